@@ -1,0 +1,66 @@
+// Package ferry holds what every layer of Ferry shares with apps and
+// operators: the error codes of SPEC.md and the sentinel errors they map to,
+// one to one. It imports nothing of Ferry's own.
+package ferry
+
+import "errors"
+
+// Sentinel errors. Wrap them with %w; Code maps them to the wire codes.
+var (
+	ErrBadRequest    = errors.New("bad request")
+	ErrUnknownAction = errors.New("unknown action")
+	ErrNotOwner      = errors.New("not the owner")
+	ErrTooLarge      = errors.New("too large")
+	ErrNotFound      = errors.New("not found")
+	ErrConflict      = errors.New("conflict")
+	ErrForbidden     = errors.New("forbidden")
+	ErrUnavailable   = errors.New("unavailable")
+)
+
+// Error codes of SPEC.md.
+const (
+	CodeBadRequest    = "bad_request"
+	CodeUnknownAction = "unknown_action"
+	CodeNotOwner      = "not_owner"
+	CodeTooLarge      = "too_large"
+	CodeNotFound      = "not_found"
+	CodeConflict      = "conflict"
+	CodeForbidden     = "forbidden"
+	CodeUnavailable   = "unavailable"
+)
+
+var codes = []struct {
+	err  error
+	code string
+}{
+	{ErrBadRequest, CodeBadRequest},
+	{ErrUnknownAction, CodeUnknownAction},
+	{ErrNotOwner, CodeNotOwner},
+	{ErrTooLarge, CodeTooLarge},
+	{ErrNotFound, CodeNotFound},
+	{ErrConflict, CodeConflict},
+	{ErrForbidden, CodeForbidden},
+	{ErrUnavailable, CodeUnavailable},
+}
+
+// Code returns the wire code of err: the code of the first sentinel it
+// wraps, else unavailable (the node could not do it, through no fault of
+// the request).
+func Code(err error) string {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return CodeUnavailable
+}
+
+// FromCode returns the sentinel of a wire code (nil for an unknown code).
+func FromCode(code string) error {
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}

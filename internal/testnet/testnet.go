@@ -1,0 +1,263 @@
+// Package testnet starts N real Ferry nodes in one process for tests and
+// benchmarks: fresh homes in temp dirs, libp2p on 127.0.0.1, an embedded
+// NATS server each, bootstrap and partners wired, cleaned up at the end.
+package testnet
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Options shape a test network.
+type Options struct {
+	// N is the number of nodes; names are A, B, C... unless Names is set.
+	N     int
+	Names []string
+	// Partners lists, per node index, the indexes of its partners.
+	Partners map[int][]int
+	// Mesh makes every node a partner of every other.
+	Mesh bool
+	// Reviewer is the index of the reviewer node; nil for none (see At).
+	Reviewer *int
+	// NoBootstrap leaves configs without bootstrap peers (the default is
+	// node 0 for every other node).
+	NoBootstrap bool
+	// Configure adjusts node i's config before it starts.
+	Configure func(i int, c *node.Config)
+	// Node is passed to node.New (timing overrides).
+	Node node.Options
+}
+
+// Net is a running test network.
+type Net struct {
+	t     testing.TB
+	o     Options
+	Homes []node.Home
+	IDs   []peer.ID
+	cfgs  []node.Config
+	mu    sync.Mutex
+	nodes []*node.Node
+}
+
+// FastSender is sender timing for tests: quick retries, short ack timeout.
+var FastSender = stream.SenderOptions{AckTimeout: 5 * time.Second, BackoffMin: 50 * time.Millisecond,
+	BackoffMax: 500 * time.Millisecond, RetryScan: 500 * time.Millisecond, DialTimeout: 3 * time.Second}
+
+// Logger is the nodes' logger: silent unless FERRY_TEST_LOG is set.
+func Logger() *slog.Logger {
+	if lvl := os.Getenv("FERRY_TEST_LOG"); lvl != "" {
+		var l slog.Level
+		_ = l.UnmarshalText([]byte(lvl))
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// Start initialises and starts a network, and stops it at cleanup.
+func Start(t testing.TB, o Options) *Net {
+	t.Helper()
+	if o.Names == nil {
+		for i := range o.N {
+			o.Names = append(o.Names, string(rune('A'+i)))
+		}
+	}
+	if o.Node.Logger == nil {
+		o.Node.Logger = Logger()
+	}
+	if o.Node.Sender.AckTimeout == 0 {
+		o.Node.Sender = FastSender
+	}
+	if o.Node.DiscoveryPeriod == 0 {
+		o.Node.DiscoveryPeriod = time.Second
+	}
+	n := &Net{t: t, o: o}
+	for i := range o.N {
+		h := node.Home{Dir: t.TempDir()}
+		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Homes = append(n.Homes, h)
+		n.IDs = append(n.IDs, id)
+	}
+	for i := range o.N {
+		c := node.Default()
+		c.Name = o.Names[i]
+		c.Listen = []string{"/ip4/127.0.0.1/tcp/" + strconv.Itoa(freePort(t))}
+		c.NATS.Listen = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		c.Admin.Listen = "127.0.0.1:0"
+		c.Log.Level = "debug"
+		var partners []int
+		if o.Mesh {
+			for j := range o.N {
+				if j != i {
+					partners = append(partners, j)
+				}
+			}
+		} else {
+			partners = o.Partners[i]
+		}
+		for _, j := range partners {
+			c.Partners = append(c.Partners, n.IDs[j].String())
+		}
+		if o.Reviewer != nil {
+			c.Reviewer = n.IDs[*o.Reviewer].String()
+		}
+		if o.Configure != nil {
+			o.Configure(i, &c)
+		}
+		n.cfgs = append(n.cfgs, c)
+	}
+	if !o.NoBootstrap && o.N > 1 {
+		boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
+		for i := 1; i < o.N; i++ {
+			n.cfgs[i].Bootstrap = append(n.cfgs[i].Bootstrap, boot)
+		}
+	}
+	n.nodes = make([]*node.Node, o.N)
+	t.Cleanup(n.Close)
+	for i := range o.N {
+		n.Restart(i)
+	}
+	return n
+}
+
+// At returns a pointer to i, for Options.Reviewer.
+func At(i int) *int { return &i }
+
+// freePort asks the kernel for a free TCP port on loopback.
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Node returns node i (nil while stopped).
+func (n *Net) Node(i int) *node.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.nodes[i]
+}
+
+// Config returns node i's config.
+func (n *Net) Config(i int) node.Config { return n.cfgs[i] }
+
+// Stop closes node i, keeping its home.
+func (n *Net) Stop(i int) {
+	n.mu.Lock()
+	nd := n.nodes[i]
+	n.nodes[i] = nil
+	n.mu.Unlock()
+	if nd != nil {
+		if err := nd.Close(); err != nil {
+			n.t.Logf("close %s: %v", n.o.Names[i], err)
+		}
+	}
+}
+
+// Restart starts node i again from its home, on the same ports.
+func (n *Net) Restart(i int) {
+	n.t.Helper()
+	n.Stop(i)
+	var nd *node.Node
+	var err error
+	// A port just released may be briefly busy; retry for a moment.
+	for try := 0; try < 50; try++ {
+		nd, err = node.New(n.cfgs[i], n.Homes[i], n.o.Node)
+		if err == nil {
+			if err = nd.Start(); err == nil {
+				break
+			}
+			_ = nd.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		n.t.Fatalf("start node %s: %v", n.o.Names[i], err)
+	}
+	n.mu.Lock()
+	n.nodes[i] = nd
+	n.mu.Unlock()
+}
+
+// Close stops every node.
+func (n *Net) Close() {
+	var wg sync.WaitGroup
+	for i := range n.nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.Stop(i) }()
+	}
+	wg.Wait()
+}
+
+// NATS connects an app to node i's NATS server; closed at cleanup.
+func (n *Net) NATS(i int) *nats.Conn {
+	n.t.Helper()
+	nc, err := nats.Connect("nats://"+n.cfgs[i].NATS.Listen, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(nc.Close)
+	return nc
+}
+
+// WaitMembers waits until every running node counts every other as a member.
+func (n *Net) WaitMembers(timeout time.Duration) {
+	n.t.Helper()
+	WaitFor(n.t, timeout, "every node sees every other as a member", func() bool {
+		for i := range n.nodes {
+			nd := n.Node(i)
+			if nd == nil {
+				continue
+			}
+			for j := range n.nodes {
+				if i != j && n.Node(j) != nil && !nd.IsMember(n.IDs[j]) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// WaitFor polls cond until it holds or the deadline passes.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	wait := time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting until %s", timeout, what)
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 50*time.Millisecond)
+	}
+}
+
+// Request sends a JSON request and decodes the reply.
+func Request(t testing.TB, nc *nats.Conn, subject string, body string, out any) {
+	t.Helper()
+	msg, err := nc.Request(subject, []byte(body), 10*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	if err := jsonUnmarshal(msg.Data, out); err != nil {
+		t.Fatalf("reply of %s: %v: %s", subject, err, msg.Data)
+	}
+}
+

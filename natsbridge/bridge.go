@@ -1,0 +1,325 @@
+// Package natsbridge connects a Ferry node to its apps over NATS: it runs the
+// embedded nats-server (the default) or connects to an external one, serves
+// the request subjects of SPEC.md and publishes the node's events. Either
+// way the rest of the node sees one client connection.
+//
+// The bridge decodes nothing beyond the reply envelope: each subject's
+// handler, given by the node, parses its own body. It must not hold state of
+// its own beyond the subscriptions.
+package natsbridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry"
+)
+
+// Options configure the bridge.
+type Options struct {
+	// URL of an external server; empty starts the embedded server on Listen.
+	URL string
+	// Listen is the embedded server's host:port; port 0 picks a free port.
+	Listen string
+	// Prefix starts every subject (ferry).
+	Prefix      string
+	Credentials string
+	Token       string
+	// MaxPayload bounds message bodies (the embedded server's max_payload).
+	MaxPayload int
+	Logger     *slog.Logger
+	// ConnectTimeout bounds the first connection to an external server.
+	ConnectTimeout time.Duration
+}
+
+// Bridge is the node's NATS side.
+type Bridge struct {
+	o      Options
+	log    *slog.Logger
+	srv    *server.Server
+	nc     *nats.Conn
+	mu     sync.Mutex
+	subs   []*nats.Subscription
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed bool
+}
+
+// Start runs the embedded server (when no URL is set) and connects.
+func Start(o Options) (*Bridge, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Prefix == "" {
+		o.Prefix = "ferry"
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Bridge{o: o, log: o.Logger, ctx: ctx, cancel: cancel}
+	opts := []nats.Option{
+		nats.Name("ferry"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(o.ConnectTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				b.log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { b.log.Info("nats reconnected", "url", nc.ConnectedUrl()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			b.log.Warn("nats error", "subject", subj, "err", err)
+		}),
+	}
+	if o.URL == "" {
+		srv, err := startEmbedded(o)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		b.srv = srv
+		opts = append(opts, nats.InProcessServer(srv))
+		if o.Token != "" {
+			opts = append(opts, nats.Token(o.Token))
+		}
+		nc, err := nats.Connect("", opts...)
+		if err != nil {
+			srv.Shutdown()
+			cancel()
+			return nil, fmt.Errorf("connect to embedded nats: %w", err)
+		}
+		b.nc = nc
+		return b, nil
+	}
+	if o.Credentials != "" {
+		opts = append(opts, nats.UserCredentials(o.Credentials))
+	}
+	if o.Token != "" {
+		opts = append(opts, nats.Token(o.Token))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("connect to nats at %s: %w", o.URL, err)
+	}
+	b.nc = nc
+	return b, nil
+}
+
+func startEmbedded(o Options) (*server.Server, error) {
+	host, portS, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("nats.listen %q: %w", o.Listen, err)
+	}
+	port, err := strconv.Atoi(portS)
+	if err != nil {
+		return nil, fmt.Errorf("nats.listen %q: bad port", o.Listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	sopts := &server.Options{
+		ServerName:    "ferry",
+		Host:          host,
+		Port:          port,
+		NoSigs:        true,
+		MaxPayload:    int32(max(o.MaxPayload, 1<<20)),
+		MaxPending:    256 << 20,
+		Authorization: o.Token,
+	}
+	srv, err := server.NewServer(sopts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	lg := &serverLog{log: o.Logger}
+	srv.SetLogger(lg, false, false)
+	srv.Start()
+	if !srv.ReadyForConnections(5 * time.Second) {
+		srv.Shutdown()
+		if err := lg.fatal(); err != nil {
+			return nil, fmt.Errorf("embedded nats on %s: %w", o.Listen, err)
+		}
+		return nil, fmt.Errorf("embedded nats on %s did not start", o.Listen)
+	}
+	return srv, nil
+}
+
+// Conn is the node's client connection.
+func (b *Bridge) Conn() *nats.Conn { return b.nc }
+
+// ClientURL is where apps connect (the embedded server's address, or the
+// external URL).
+func (b *Bridge) ClientURL() string {
+	if b.srv != nil {
+		return b.srv.ClientURL()
+	}
+	return b.nc.ConnectedUrl()
+}
+
+// Embedded reports whether the bridge runs its own server.
+func (b *Bridge) Embedded() bool { return b.srv != nil }
+
+// Subject returns prefix.suffix.
+func (b *Bridge) Subject(suffix string) string { return b.o.Prefix + "." + suffix }
+
+// Reply answers one request. Exactly one of its methods is called per request.
+type Reply struct {
+	msg *nats.Msg
+	b   *Bridge
+}
+
+// OK answers {"ok": true, ...fields}.
+func (r Reply) OK(fields map[string]any) {
+	out := make(map[string]any, len(fields)+1)
+	for k, v := range fields {
+		out[k] = v
+	}
+	out["ok"] = true
+	r.send(out)
+}
+
+// Err answers {"ok": false, "error": {"code", "message"}}.
+func (r Reply) Err(err error) {
+	r.send(map[string]any{"ok": false, "error": map[string]string{"code": ferry.Code(err), "message": err.Error()}})
+}
+
+// Expects reports whether the sender waits for a reply.
+func (r Reply) Expects() bool { return r.msg.Reply != "" }
+
+func (r Reply) send(v any) {
+	if r.msg.Reply == "" {
+		if ok, _ := v.(map[string]any)["ok"].(bool); !ok {
+			r.b.log.Warn("request without reply subject failed", "subject", r.msg.Subject, "reply", v)
+		}
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		data = []byte(`{"ok":false,"error":{"code":"unavailable","message":"encode reply"}}`)
+	}
+	if err := r.msg.Respond(data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		r.b.log.Warn("reply failed", "subject", r.msg.Subject, "err", err)
+	}
+}
+
+// Handler serves one request subject. It must not block for long: slow work
+// answers through reply later, from another goroutine.
+type Handler func(data []byte, reply Reply)
+
+// Handle subscribes prefix.suffix. Plain publishes (no reply subject) are
+// processed the same way; failures are logged.
+func (b *Bridge) Handle(suffix string, h Handler) error {
+	subj := b.Subject(suffix)
+	sub, err := b.nc.Subscribe(subj, func(m *nats.Msg) {
+		defer func() {
+			if r := recover(); r != nil {
+				b.log.Error("nats handler panicked", "subject", subj, "panic", r)
+				Reply{msg: m, b: b}.Err(fmt.Errorf("%w: internal error", ferry.ErrUnavailable))
+			}
+		}()
+		h(m.Data, Reply{msg: m, b: b})
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subj, err)
+	}
+	// Apps pipeline many requests; keep them queued rather than dropped.
+	if err := sub.SetPendingLimits(1<<20, 1<<30); err != nil {
+		return fmt.Errorf("pending limits %s: %w", subj, err)
+	}
+	b.mu.Lock()
+	b.subs = append(b.subs, sub)
+	b.mu.Unlock()
+	return nil
+}
+
+// Flush waits until the server has processed the subscriptions.
+func (b *Bridge) Flush() error {
+	if err := b.nc.FlushTimeout(5 * time.Second); err != nil {
+		return fmt.Errorf("nats flush: %w", err)
+	}
+	return nil
+}
+
+// Publish sends an event on prefix.suffix as JSON. Events are best effort
+// (core NATS): apps that were away catch up with <prefix>.changes.
+func (b *Bridge) Publish(suffix string, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		b.log.Error("encode event", "subject", suffix, "err", err)
+		return
+	}
+	if err := b.nc.Publish(b.Subject(suffix), data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		b.log.Warn("publish event", "subject", suffix, "err", err)
+	}
+}
+
+// Unsubscribe stops taking requests (the first step of shutdown).
+func (b *Bridge) Unsubscribe() {
+	b.mu.Lock()
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Unsubscribe()
+	}
+}
+
+// Close flushes, closes the connection and stops the embedded server.
+func (b *Bridge) Close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.Unsubscribe()
+	b.cancel()
+	_ = b.nc.FlushTimeout(2 * time.Second)
+	b.nc.Close()
+	if b.srv != nil {
+		b.srv.Shutdown()
+		b.srv.WaitForShutdown()
+	}
+}
+
+// serverLog adapts nats-server logging to slog and keeps the fatal error
+// (a port in use) instead of exiting.
+type serverLog struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	err error
+}
+
+func (l *serverLog) fatal() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+func (l *serverLog) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...), "component", "nats") }
+func (l *serverLog) Warnf(f string, v ...any)   { l.log.Warn(fmt.Sprintf(f, v...), "component", "nats") }
+func (l *serverLog) Errorf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...), "component", "nats") }
+func (l *serverLog) Debugf(string, ...any)      {}
+func (l *serverLog) Tracef(string, ...any)      {}
+func (l *serverLog) Fatalf(f string, v ...any) {
+	l.mu.Lock()
+	l.err = fmt.Errorf(f, v...)
+	l.mu.Unlock()
+}

@@ -1,0 +1,331 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ferrynet/ferry/protocols"
+)
+
+// Defaults, as SPEC.md lists them.
+const (
+	DefaultNetwork     = "ferry"
+	DefaultNATSListen  = "127.0.0.1:4222"
+	DefaultNATSPrefix  = "ferry"
+	DefaultAdminListen = "127.0.0.1:7480"
+	DefaultTCPListen   = "/ip4/0.0.0.0/tcp/4001"
+	DefaultQUICListen  = "/ip4/0.0.0.0/udp/4001/quic-v1"
+	MaxMessageBytesCap = 64 << 20
+	ConfigFile         = "ferry.yaml"
+	IdentityFile       = "identity.key"
+	TokenFile          = "admin.token"
+	DataDir            = "data"
+	EnvPrefix          = "FERRY_"
+)
+
+// Config is ferry.yaml. Every key is optional; Default() fills them.
+type Config struct {
+	Name              string      `yaml:"name"`
+	Network           string      `yaml:"network"`
+	Listen            []string    `yaml:"listen"`
+	Bootstrap         []string    `yaml:"bootstrap"`
+	Partners          []string    `yaml:"partners"`
+	Members           []string    `yaml:"members"`
+	Reviewer          string      `yaml:"reviewer"`
+	PrivateNetworkKey string      `yaml:"private_network_key"`
+	NATS              NATSConfig  `yaml:"nats"`
+	Admin             AdminConfig `yaml:"admin"`
+	Limits            Limits      `yaml:"limits"`
+	Review            Review      `yaml:"review"`
+	Log               LogConfig   `yaml:"log"`
+}
+
+// NATSConfig says where apps reach the node.
+type NATSConfig struct {
+	// URL of an external server; empty runs the embedded one on Listen.
+	URL string `yaml:"url"`
+	// Listen is the embedded server's host:port (port 0: any free port).
+	Listen string `yaml:"listen"`
+	// Prefix of every subject the node serves and publishes.
+	Prefix string `yaml:"prefix"`
+	// Credentials is a .creds file for an external server.
+	Credentials string `yaml:"credentials"`
+	// Token authenticates to an external server, or is required by the embedded one.
+	Token string `yaml:"token"`
+}
+
+// AdminConfig is the operator HTTP API.
+type AdminConfig struct {
+	Listen string `yaml:"listen"`
+}
+
+// Limits bound what peers and apps may send.
+type Limits struct {
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// AckRetentionHours keeps acknowledged deliveries this long before pruning.
+	AckRetentionHours int `yaml:"ack_retention_hours"`
+}
+
+// Review configures the review flow.
+type Review struct {
+	// NATSDecide lets apps decide on the reviewer through <prefix>.review.decide.
+	NATSDecide bool `yaml:"nats_decide"`
+}
+
+// LogConfig sets the log output.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text, json
+}
+
+// Default returns a working configuration.
+func Default() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "ferry"
+	}
+	return Config{
+		Name:    host,
+		Network: DefaultNetwork,
+		Listen:  []string{DefaultTCPListen, DefaultQUICListen},
+		NATS:    NATSConfig{Listen: DefaultNATSListen, Prefix: DefaultNATSPrefix},
+		Admin:   AdminConfig{Listen: DefaultAdminListen},
+		Limits:  Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7},
+		Log:     LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+// ConfigError names the key a configuration problem is in.
+type ConfigError struct {
+	Key string
+	Err error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Key, e.Err) }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func cfgErr(key string, format string, args ...any) error {
+	return &ConfigError{Key: key, Err: fmt.Errorf(format, args...)}
+}
+
+var (
+	nameRe    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	subjectRe = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+)
+
+// Validate checks every key and returns the first problem, naming its key.
+func (c *Config) Validate() error {
+	if !nameRe.MatchString(c.Name) {
+		return cfgErr("name", "%q must be 1-64 letters, digits, '.', '_' or '-'", c.Name)
+	}
+	if !nameRe.MatchString(c.Network) {
+		return cfgErr("network", "%q must be 1-64 letters, digits, '.', '_' or '-'", c.Network)
+	}
+	if len(c.Listen) == 0 {
+		return cfgErr("listen", "at least one address is needed")
+	}
+	for i, a := range c.Listen {
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return cfgErr(fmt.Sprintf("listen[%d]", i), "%q: %v", a, err)
+		}
+	}
+	for i, a := range c.Bootstrap {
+		if _, err := peer.AddrInfoFromString(a); err != nil {
+			return cfgErr(fmt.Sprintf("bootstrap[%d]", i), "%q is not a multiaddr ending in /p2p/<peer id>: %v", a, err)
+		}
+	}
+	for i, p := range c.Partners {
+		if _, err := peer.Decode(p); err != nil {
+			return cfgErr(fmt.Sprintf("partners[%d]", i), "%q is not a peer id: %v", p, err)
+		}
+	}
+	for i, p := range c.Members {
+		if _, err := peer.Decode(p); err != nil {
+			return cfgErr(fmt.Sprintf("members[%d]", i), "%q is not a peer id: %v", p, err)
+		}
+	}
+	if c.Reviewer != "" {
+		if _, err := peer.Decode(c.Reviewer); err != nil {
+			return cfgErr("reviewer", "%q is not a peer id: %v", c.Reviewer, err)
+		}
+	}
+	if c.PrivateNetworkKey != "" {
+		if _, err := os.Stat(c.PrivateNetworkKey); err != nil {
+			return cfgErr("private_network_key", "%v", err)
+		}
+	}
+	if c.NATS.URL != "" {
+		for _, u := range strings.Split(c.NATS.URL, ",") {
+			pu, err := url.Parse(strings.TrimSpace(u))
+			if err != nil || pu.Host == "" {
+				return cfgErr("nats.url", "%q is not a URL like nats://host:4222", u)
+			}
+		}
+	} else if err := checkHostPort(c.NATS.Listen); err != nil {
+		return cfgErr("nats.listen", "%v", err)
+	}
+	if !subjectRe.MatchString(c.NATS.Prefix) {
+		return cfgErr("nats.prefix", "%q is not a NATS subject prefix (tokens of letters, digits, '_' or '-', joined by '.')", c.NATS.Prefix)
+	}
+	if c.NATS.Credentials != "" {
+		if _, err := os.Stat(c.NATS.Credentials); err != nil {
+			return cfgErr("nats.credentials", "%v", err)
+		}
+	}
+	if err := checkHostPort(c.Admin.Listen); err != nil {
+		return cfgErr("admin.listen", "%v", err)
+	}
+	if c.Limits.MaxMessageBytes < 1024 || c.Limits.MaxMessageBytes > MaxMessageBytesCap {
+		return cfgErr("limits.max_message_bytes", "%d is outside 1024..%d", c.Limits.MaxMessageBytes, MaxMessageBytesCap)
+	}
+	if c.Limits.AckRetentionHours < 0 {
+		return cfgErr("limits.ack_retention_hours", "%d is negative", c.Limits.AckRetentionHours)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return cfgErr("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return cfgErr("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Errorf("%q: host must be an IP address or localhost", s)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: port must be 0-65535", s)
+	}
+	return nil
+}
+
+// LoadFile reads a ferry.yaml over the defaults; a missing file is no error.
+// Unknown keys are refused, so a typo does not pass silently.
+func LoadFile(path string) (Config, error) {
+	c := Default()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Save writes the configuration as YAML.
+func (c *Config) Save(path string) error {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encode config: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// Setting is one configuration key with its env name and flag name, for
+// overrides: nats.url is FERRY_NATS_URL and --nats-url.
+type Setting struct {
+	Key   string // nats.url
+	Env   string // FERRY_NATS_URL
+	Flag  string // nats-url
+	field reflect.Value
+}
+
+// Settings lists every key of c, addressable for overrides.
+func (c *Config) Settings() []Setting {
+	var out []Setting
+	var walk func(v reflect.Value, prefix string)
+	walk = func(v reflect.Value, prefix string) {
+		t := v.Type()
+		for i := range t.NumField() {
+			tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			key := prefix + tag
+			f := v.Field(i)
+			if f.Kind() == reflect.Struct {
+				walk(f, key+".")
+				continue
+			}
+			flat := strings.ReplaceAll(key, ".", "_")
+			out = append(out, Setting{Key: key, Env: EnvPrefix + strings.ToUpper(flat),
+				Flag: strings.ReplaceAll(flat, "_", "-"), field: f})
+		}
+	}
+	walk(reflect.ValueOf(c).Elem(), "")
+	return out
+}
+
+// Set parses a textual value into the setting (lists are comma-separated).
+func (s Setting) Set(val string) error {
+	switch s.field.Kind() {
+	case reflect.String:
+		s.field.SetString(val)
+	case reflect.Int:
+		n, err := strconv.Atoi(val)
+		if err != nil {
+			return cfgErr(s.Key, "%q is not a number", val)
+		}
+		s.field.SetInt(int64(n))
+	case reflect.Bool:
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return cfgErr(s.Key, "%q is not true or false", val)
+		}
+		s.field.SetBool(b)
+	case reflect.Slice:
+		var parts []string
+		for _, p := range strings.Split(val, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		s.field.Set(reflect.ValueOf(parts))
+	default:
+		return cfgErr(s.Key, "cannot be set from text")
+	}
+	return nil
+}
+
+// ApplyEnv overrides keys from FERRY_* environment variables.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	for _, s := range c.Settings() {
+		if v, ok := lookup(s.Env); ok {
+			if err := s.Set(v); err != nil {
+				return fmt.Errorf("%s: %w", s.Env, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	drouting "github.com/libp2p/go-libp2p/p2p/discovery/routing"
+	dutil "github.com/libp2p/go-libp2p/p2p/discovery/util"
+)
+
+// Discovery timing: rounds start fast and slow down to the period.
+const (
+	DefaultDiscoveryPeriod = 30 * time.Second
+	discoveryFirst         = 250 * time.Millisecond
+	connectTimeout         = 10 * time.Second
+)
+
+// rendezvous is the DHT key members advertise.
+func (n *Node) rendezvous() string { return "/ferry/" + n.cfg.Network + "/members" }
+
+// discover keeps the node joined: bootstrap peers, the DHT, the rendezvous
+// key, and connections to partners and the reviewer, found by peer id.
+func (n *Node) discover() {
+	defer n.wg.Done()
+	period := n.opts.DiscoveryPeriod
+	if period <= 0 {
+		period = DefaultDiscoveryPeriod
+	}
+	if err := n.dht.Bootstrap(n.ctx); err != nil {
+		n.log.Warn("dht bootstrap", "err", err)
+	}
+	disc := drouting.NewRoutingDiscovery(n.dht)
+	wait := discoveryFirst
+	for {
+		n.discoverRound(disc)
+		t := time.NewTimer(wait)
+		select {
+		case <-n.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, period)
+	}
+}
+
+func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
+	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
+	defer cancel()
+	for _, b := range n.cfg.Bootstrap {
+		ai, err := peer.AddrInfoFromString(b)
+		if err != nil || ai.ID == n.id || n.host.Network().Connectedness(ai.ID) == network.Connected {
+			continue
+		}
+		if err := n.host.Connect(ctx, *ai); err != nil {
+			n.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
+		}
+	}
+	if n.dht.RoutingTable().Size() == 0 {
+		return
+	}
+	if _, err := disc.Advertise(ctx, n.rendezvous()); err != nil && n.ctx.Err() == nil {
+		n.log.Debug("advertise", "err", err)
+	}
+	found, err := dutil.FindPeers(ctx, disc, n.rendezvous())
+	if err != nil && n.ctx.Err() == nil {
+		n.log.Debug("find members", "err", err)
+	}
+	for _, ai := range found {
+		if ai.ID == n.id || n.book.refused(ai.ID) || n.host.Network().Connectedness(ai.ID) == network.Connected {
+			continue
+		}
+		if err := n.host.Connect(ctx, ai); err != nil {
+			n.log.Debug("member unreachable", "peer", ai.ID, "err", err)
+		}
+	}
+	want := n.book.Partners()
+	if r := n.book.Reviewer(); r != "" && r != n.id {
+		want = append(want, r)
+	}
+	for _, p := range want {
+		if n.book.refused(p) || n.host.Network().Connectedness(p) == network.Connected {
+			continue
+		}
+		// The routed host finds the addresses of a bare peer id in the DHT.
+		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			n.log.Debug("peer unreachable", "peer", p, "err", err)
+		}
+	}
+}

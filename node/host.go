@@ -1,0 +1,123 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/routing"
+	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferrynet/ferry/protocols"
+)
+
+// Connection manager watermarks. Partners and the reviewer are protected.
+const (
+	connLow   = 64
+	connHigh  = 256
+	connGrace = time.Minute
+)
+
+// buildHost creates the libp2p host and its DHT. The host is routed: a
+// stream to a peer whose addresses are unknown looks them up in the DHT.
+func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBook, reg prometheus.Registerer) (host.Host, *dht.IpfsDHT, error) {
+	var psk pnet.PSK
+	if c.PrivateNetworkKey != "" {
+		f, err := os.Open(c.PrivateNetworkKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config: private_network_key: %w", err)
+		}
+		psk, err = pnet.DecodeV1PSK(f)
+		_ = f.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("config: private_network_key: %w", err)
+		}
+	}
+	listen := c.Listen
+	if psk != nil {
+		// QUIC cannot carry a pre-shared key: a private network is TCP only.
+		listen = nil
+		for _, a := range c.Listen {
+			if !strings.Contains(a, "/quic") {
+				listen = append(listen, a)
+			}
+		}
+		if len(listen) == 0 {
+			return nil, nil, fmt.Errorf("config: listen: a private network needs a TCP address (QUIC cannot use private_network_key)")
+		}
+	}
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	str, err := rcmgr.NewStatsTraceReporter()
+	if err != nil {
+		return nil, nil, fmt.Errorf("resource manager metrics: %w", err)
+	}
+	rcmgr.MustRegisterWith(reg)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithTraceReporter(str))
+	if err != nil {
+		return nil, nil, fmt.Errorf("resource manager: %w", err)
+	}
+	cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(connGrace))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connection manager: %w", err)
+	}
+	var kad *dht.IpfsDHT
+	opts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(listen...),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Security(tls.ID, tls.New),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.ConnectionGater(gater),
+		libp2p.PrometheusRegisterer(reg),
+		libp2p.DisableRelay(),
+		libp2p.UserAgent("ferry/" + Version),
+		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
+			var boot []peer.AddrInfo
+			for _, b := range c.Bootstrap {
+				ai, err := peer.AddrInfoFromString(b)
+				if err == nil {
+					boot = append(boot, *ai)
+				}
+			}
+			d, err := dht.New(ctx, h,
+				dht.ProtocolPrefix(protocols.DHTPrefix),
+				dht.Mode(dht.ModeServer),
+				dht.BootstrapPeers(boot...),
+				dht.RoutingTableRefreshPeriod(time.Minute),
+			)
+			kad = d
+			return d, err
+		}),
+	}
+	if psk != nil {
+		opts = append(opts, libp2p.PrivateNetwork(psk))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		_ = rm.Close()
+		if strings.Contains(err.Error(), "address already in use") {
+			return nil, nil, fmt.Errorf("listen %s: address already in use", strings.Join(listen, ", "))
+		}
+		return nil, nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	return h, kad, nil
+}

@@ -1,0 +1,366 @@
+// Package node assembles a Ferry node from its Config: the identity, the
+// store, the libp2p host with its DHT, the peer book, the NATS bridge, the
+// stream layer and the services, and runs them until Close. It is the only
+// package that knows every other; nothing imports it but cmd and tests.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/natsbridge"
+	"github.com/ferrynet/ferry/propagate"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Options adjust a node beyond its Config (tests, benchmarks, the demo).
+type Options struct {
+	// Logger; nil builds one from the config's log section on stderr.
+	Logger *slog.Logger
+	// Sender overrides the stream layer's timing (tests shorten it).
+	Sender stream.SenderOptions
+	// DiscoveryPeriod is the longest wait between discovery rounds.
+	DiscoveryPeriod time.Duration
+}
+
+// Node is one running Ferry process.
+type Node struct {
+	cfg  Config
+	home Home
+	opts Options
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	key  crypto.PrivKey
+	id   peer.ID
+
+	st       *store.Store
+	host     host.Host
+	dht      *dht.IpfsDHT
+	book     *peerBook
+	hello    *hello
+	bridge   *natsbridge.Bridge
+	verifier *protocols.Verifier
+	sender   *stream.Sender
+	receiver *stream.Receiver
+	prop     *propagate.Service
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	started   bool
+}
+
+// New builds a node from a validated config and its home. Nothing listens
+// until Start; a failure closes what was built.
+func New(cfg Config, home Home, o Options) (n *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := o.Logger
+	if log == nil {
+		log = NewLogger(cfg.Log, os.Stderr)
+	}
+	key, err := home.Identity()
+	if err != nil {
+		return nil, err
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("peer id: %w", err)
+	}
+	log = log.With("node", cfg.Name)
+	ctx, cancel := context.WithCancel(context.Background())
+	n = &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
+		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel}
+	defer func() {
+		if err != nil {
+			_ = n.Close()
+		}
+	}()
+	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if n.st, err = store.Open(home.DataPath(), store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg}); err != nil {
+		return nil, err
+	}
+	if n.book, err = newPeerBook(cfg, id, n.st, log.With("component", "peers")); err != nil {
+		return nil, err
+	}
+	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
+		return nil, err
+	}
+	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
+		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
+		Logger: log.With("component", "nats")})
+	if err != nil {
+		return nil, err
+	}
+	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: n.bridge,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
+	if err != nil {
+		return nil, err
+	}
+	so := o.Sender
+	so.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+	so.Hold = n.prop.Hold
+	so.Logger = log.With("component", "sender")
+	so.Registerer = n.reg
+	n.sender = stream.NewSender(n.host, n.st, so)
+	n.prop.SetSender(n.sender)
+	n.receiver = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
+	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello")}
+	return n, nil
+}
+
+// NewLogger builds the slog logger a config asks for.
+func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
+	lvl := slog.LevelInfo
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	ho := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, ho))
+	}
+	return slog.New(slog.NewTextHandler(w, ho))
+}
+
+// kindMux hands inbound deliveries to the service of their kind.
+type kindMux struct{ n *Node }
+
+func (m kindMux) handler(k pb.Kind) (stream.Handler, error) {
+	switch k {
+	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE, pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
+		return m.n.prop, nil
+	}
+	return nil, fmt.Errorf("no service for kind %s", k)
+}
+
+func (m kindMux) Admit(in *stream.Inbound) error {
+	h, err := m.handler(in.Body.Kind)
+	if err != nil {
+		return err
+	}
+	return h.Admit(in)
+}
+
+func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	h, err := m.handler(in.Body.Kind)
+	if err != nil {
+		return 0, stream.Reject("%v", err)
+	}
+	return h.Apply(tx, in)
+}
+
+// Start begins serving peers and apps, then joins the network.
+func (n *Node) Start() error {
+	if n.started {
+		return errors.New("node already started")
+	}
+	n.started = true
+	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
+	n.receiver.Start()
+	if err := n.sender.Start(); err != nil {
+		return err
+	}
+	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected})
+	if err := n.serveNATS(); err != nil {
+		return err
+	}
+	n.book.OnMember(func(p peer.ID) { n.sender.Kick(p) })
+	n.wg.Add(1)
+	go n.discover()
+	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
+	return nil
+}
+
+// connected greets peers this node dialed and protects partners' connections.
+func (n *Node) connected(_ network.Network, c network.Conn) {
+	p := c.RemotePeer()
+	if n.book.IsPartner(p) || p == n.book.Reviewer() {
+		n.host.ConnManager().Protect(p, "ferry")
+	}
+	if c.Stat().Direction != network.DirOutbound {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if n.ctx.Err() != nil {
+			return
+		}
+		if err := n.hello.greet(n.ctx, c); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("hello failed", "peer", p, "err", err)
+		}
+	}()
+}
+
+func (n *Node) serveNATS() error {
+	b := n.bridge
+	if err := b.Handle("propagate", func(data []byte, reply natsbridge.Reply) {
+		var req propagate.Request
+		if err := json.Unmarshal(data, &req); err != nil {
+			reply.Err(fmt.Errorf("%w: body is not a JSON object with action, data_type and payload: %v", ferry.ErrBadRequest, err))
+			return
+		}
+		n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
+			if err != nil {
+				reply.Err(err)
+				return
+			}
+			reply.OK(res)
+		})
+	}); err != nil {
+		return err
+	}
+	if err := b.Handle("changes", func(data []byte, reply natsbridge.Reply) {
+		var req propagate.ChangesRequest
+		if len(data) > 0 {
+			if err := json.Unmarshal(data, &req); err != nil {
+				reply.Err(fmt.Errorf("%w: body must be {\"since\": <version>, \"limit\"?: <n>}: %v", ferry.ErrBadRequest, err))
+				return
+			}
+		}
+		changes, next, err := n.prop.Changes(req)
+		if err != nil {
+			reply.Err(err)
+			return
+		}
+		reply.OK(map[string]any{"changes": changes, "next": next})
+	}); err != nil {
+		return err
+	}
+	return b.Flush()
+}
+
+// Close stops the node in reverse order: apps and peers first (no new
+// work), then services, then the store. It is idempotent.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.bridge != nil {
+			n.bridge.Unsubscribe()
+		}
+		n.cancel()
+		if n.receiver != nil {
+			n.receiver.Close()
+		}
+		if n.sender != nil {
+			n.sender.Close()
+		}
+		if n.prop != nil {
+			n.prop.Close()
+		}
+		var errs []error
+		if n.dht != nil {
+			errs = append(errs, n.dht.Close())
+		}
+		if n.host != nil {
+			errs = append(errs, n.host.Close())
+		}
+		n.wg.Wait()
+		if n.bridge != nil {
+			n.bridge.Close()
+		}
+		if n.st != nil {
+			errs = append(errs, n.st.Close())
+		}
+		n.closeErr = errors.Join(errs...)
+		if n.started {
+			n.log.Info("ferry node stopped")
+		}
+	})
+	return n.closeErr
+}
+
+// ID is the node's peer id.
+func (n *Node) ID() peer.ID { return n.id }
+
+// Name is the node's label.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Config is the node's configuration.
+func (n *Node) Config() Config { return n.cfg }
+
+// Host is the libp2p host.
+func (n *Node) Host() host.Host { return n.host }
+
+// DHT is the node's Kademlia DHT.
+func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
+
+// Store is the ledger.
+func (n *Node) Store() *store.Store { return n.st }
+
+// Sender is the delivery sender.
+func (n *Node) Sender() *stream.Sender { return n.sender }
+
+// NATSURL is where apps connect.
+func (n *Node) NATSURL() string { return n.bridge.ClientURL() }
+
+// Registry holds the node's metrics.
+func (n *Node) Registry() *prometheus.Registry { return n.reg }
+
+// Addrs are the node's dialable addresses with its peer id.
+func (n *Node) Addrs() []ma.Multiaddr {
+	p2p, _ := ma.NewComponent("p2p", n.id.String())
+	var out []ma.Multiaddr
+	for _, a := range n.host.Addrs() {
+		out = append(out, a.Encapsulate(p2p))
+	}
+	return out
+}
+
+// IsMember reports whether the node counts p as a member.
+func (n *Node) IsMember(p peer.ID) bool { return n.book.IsMember(p) }
+
+// Members lists the members the node knows.
+func (n *Node) Members() []peer.ID { return n.book.Members() }
+
+// Partners lists the node's partners.
+func (n *Node) Partners() []peer.ID { return n.book.Partners() }
+
+// SetPartner adds or removes a partner (persisted).
+func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
+	if err := n.book.SetPartner(ctx, p, on); err != nil {
+		return err
+	}
+	if on {
+		n.host.ConnManager().Protect(p, "ferry")
+		n.sender.Kick(p)
+	}
+	return nil
+}
+
+// CutLink closes every connection to p and refuses new ones until HealLink
+// (fault injection for tests and drills).
+func (n *Node) CutLink(p peer.ID) {
+	n.book.Block(p, true)
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		_ = c.Close()
+	}
+}
+
+// HealLink undoes CutLink.
+func (n *Node) HealLink(p peer.ID) {
+	n.book.Block(p, false)
+	n.sender.Kick(p)
+}

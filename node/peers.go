@@ -1,0 +1,393 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// Version is Ferry's release, sent in hello.
+const Version = "0.1.0"
+
+// peerBook knows the network: who is a member, a partner, the reviewer, and
+// each peer's name and addresses. It is the node's Roles for every service,
+// and its connection gater.
+type peerBook struct {
+	self     peer.ID
+	name     string
+	network  string
+	reviewer peer.ID
+	members  map[peer.ID]bool // from config; empty: anyone who presents the network
+	st       *store.Store
+	log      *slog.Logger
+
+	mu       sync.RWMutex
+	partners map[peer.ID]bool
+	book     map[peer.ID]*storepb.Peer
+	strange  map[peer.ID]bool // presented another network
+	blocked  map[peer.ID]bool // links cut on purpose (fault injection)
+	onMember []func(peer.ID)
+}
+
+func newPeerBook(c Config, self peer.ID, st *store.Store, log *slog.Logger) (*peerBook, error) {
+	pb := &peerBook{self: self, name: c.Name, network: c.Network, st: st, log: log,
+		members: map[peer.ID]bool{}, partners: map[peer.ID]bool{}, book: map[peer.ID]*storepb.Peer{},
+		strange: map[peer.ID]bool{}, blocked: map[peer.ID]bool{}}
+	if c.Reviewer != "" {
+		pb.reviewer, _ = peer.Decode(c.Reviewer)
+	}
+	for _, m := range c.Members {
+		id, _ := peer.Decode(m)
+		pb.members[id] = true
+	}
+	for _, p := range c.Partners {
+		id, _ := peer.Decode(p)
+		pb.partners[id] = true
+	}
+	over, err := st.PartnerOverrides()
+	if err != nil {
+		return nil, fmt.Errorf("load partners: %w", err)
+	}
+	for id, on := range over {
+		if on {
+			pb.partners[id] = true
+		} else {
+			delete(pb.partners, id)
+		}
+	}
+	peers, err := st.Peers()
+	if err != nil {
+		return nil, fmt.Errorf("load peer book: %w", err)
+	}
+	for _, p := range peers {
+		pb.book[peer.ID(p.Id)] = p
+	}
+	delete(pb.partners, self)
+	return pb, nil
+}
+
+// Self is this node.
+func (b *peerBook) Self() peer.ID { return b.self }
+
+// SelfName is this node's label.
+func (b *peerBook) SelfName() string { return b.name }
+
+// Network is the network name.
+func (b *peerBook) Network() string { return b.network }
+
+// Reviewer is the configured reviewer ("" when none).
+func (b *peerBook) Reviewer() peer.ID { return b.reviewer }
+
+// IsPartner reports whether p receives (and may send) owned resources.
+func (b *peerBook) IsPartner(p peer.ID) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.partners[p]
+}
+
+// Partners lists the partners, sorted.
+func (b *peerBook) Partners() []peer.ID {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]peer.ID, 0, len(b.partners))
+	for p := range b.partners {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// allowed reports whether p may be a member at all.
+func (b *peerBook) allowed(p peer.ID) bool {
+	return len(b.members) == 0 || b.members[p]
+}
+
+// IsMember reports whether p belongs to the network: it presented our
+// network name (or is configured as partner or reviewer), and is in
+// `members` when that list is set.
+func (b *peerBook) IsMember(p peer.ID) bool {
+	if p == b.self {
+		return true
+	}
+	if !b.allowed(p) {
+		return false
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if e := b.book[p]; e != nil && e.Member {
+		return true
+	}
+	return b.partners[p] || p == b.reviewer || b.members[p]
+}
+
+// Members lists the members this node knows, itself excluded, sorted.
+func (b *peerBook) Members() []peer.ID {
+	b.mu.RLock()
+	set := map[peer.ID]bool{}
+	for id, e := range b.book {
+		if e.Member {
+			set[id] = true
+		}
+	}
+	for id := range b.partners {
+		set[id] = true
+	}
+	for id := range b.members {
+		set[id] = true
+	}
+	b.mu.RUnlock()
+	if b.reviewer != "" {
+		set[b.reviewer] = true
+	}
+	delete(set, b.self)
+	out := make([]peer.ID, 0, len(set))
+	for id := range set {
+		if b.allowed(id) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Name is a peer's label: its hello name, else a short form of its id.
+func (b *peerBook) Name(p peer.ID) string {
+	if p == b.self {
+		return b.name
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if e := b.book[p]; e != nil && e.Name != "" {
+		return e.Name
+	}
+	s := p.String()
+	if len(s) > 12 {
+		return s[len(s)-8:]
+	}
+	return s
+}
+
+// Entry returns a copy of p's peer book entry.
+func (b *peerBook) Entry(p peer.ID) (*storepb.Peer, bool) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	e, ok := b.book[p]
+	if !ok {
+		return nil, false
+	}
+	return cloneEntry(e), true
+}
+
+// Entries lists the peer book.
+func (b *peerBook) Entries() []*storepb.Peer {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]*storepb.Peer, 0, len(b.book))
+	for _, e := range b.book {
+		out = append(out, cloneEntry(e))
+	}
+	slices.SortFunc(out, func(x, y *storepb.Peer) int { return compareStrings(x.Name, y.Name) })
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func cloneEntry(e *storepb.Peer) *storepb.Peer {
+	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member, PlannerClosed: e.PlannerClosed}
+	c.Addrs = append(c.Addrs, e.Addrs...)
+	return c
+}
+
+// OnMember registers fn to run when a peer becomes a member (first hello).
+func (b *peerBook) OnMember(fn func(peer.ID)) {
+	b.mu.Lock()
+	b.onMember = append(b.onMember, fn)
+	b.mu.Unlock()
+}
+
+// SetPartner adds or removes a partner and persists the operator's choice.
+func (b *peerBook) SetPartner(ctx context.Context, p peer.ID, on bool) error {
+	if p == b.self {
+		return errors.New("a node cannot be its own partner")
+	}
+	err := b.st.Update(ctx, func(tx *store.Txn) error {
+		tx.SetPartner(p, on)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if on {
+		b.partners[p] = true
+	} else {
+		delete(b.partners, p)
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// record stores what a hello told of p.
+func (b *peerBook) record(ctx context.Context, p peer.ID, h *pb.Hello, addrs []ma.Multiaddr) {
+	member := h.Network == b.network && b.allowed(p)
+	b.mu.Lock()
+	if h.Network != b.network {
+		b.strange[p] = true
+	}
+	e := b.book[p]
+	was := e != nil && e.Member
+	if e == nil {
+		e = &storepb.Peer{Id: []byte(p)}
+	}
+	e = cloneEntry(e)
+	e.Name, e.Network, e.Member, e.LastSeen = h.Name, h.Network, member, time.Now().Unix()
+	e.Addrs = e.Addrs[:0]
+	for _, a := range addrs {
+		e.Addrs = append(e.Addrs, a.Bytes())
+	}
+	b.book[p] = e
+	hooks := slices.Clone(b.onMember)
+	b.mu.Unlock()
+	if err := b.st.Update(ctx, func(tx *store.Txn) error { tx.PutPeer(e); return nil }); err != nil && !errors.Is(err, store.ErrClosed) {
+		b.log.Warn("save peer", "peer", p, "err", err)
+	}
+	if member && !was {
+		b.log.Info("member joined", "peer", p, "name", h.Name)
+	}
+	if member {
+		for _, fn := range hooks {
+			fn(p)
+		}
+	}
+}
+
+// seen updates a known peer's last seen time in memory.
+func (b *peerBook) seen(p peer.ID) {
+	b.mu.Lock()
+	if e := b.book[p]; e != nil {
+		e.LastSeen = time.Now().Unix()
+	}
+	b.mu.Unlock()
+}
+
+// Block cuts p off (fault injection for tests): no connection is accepted or
+// dialed until Unblock.
+func (b *peerBook) Block(p peer.ID, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		b.blocked[p] = true
+	} else {
+		delete(b.blocked, p)
+	}
+}
+
+func (b *peerBook) refused(p peer.ID) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.blocked[p] || b.strange[p] || !b.allowed(p)
+}
+
+// Connection gater: members only (when `members` is set), never a peer that
+// presented another network, never a blocked one.
+
+func (b *peerBook) InterceptPeerDial(p peer.ID) bool              { return !b.refused(p) }
+func (b *peerBook) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !b.refused(p) }
+func (b *peerBook) InterceptAccept(network.ConnMultiaddrs) bool     { return true }
+func (b *peerBook) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !b.refused(p)
+}
+func (b *peerBook) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// hello exchanges names and network on a connection this node dialed; the
+// other side answers on the same stream.
+type hello struct {
+	h    host.Host
+	book *peerBook
+	log  *slog.Logger
+}
+
+func (x *hello) me() *pb.Hello {
+	return &pb.Hello{Network: x.book.network, Name: x.book.name, Version: Version}
+}
+
+func (x *hello) serve(s network.Stream) error {
+	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
+	theirs := &pb.Hello{}
+	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	fw := protocols.NewFrameWriter(s, 4096)
+	if err := fw.Write(x.me()); err != nil {
+		return err
+	}
+	if err := fw.Flush(); err != nil {
+		return err
+	}
+	x.learn(s.Conn(), theirs)
+	return nil
+}
+
+func (x *hello) greet(ctx context.Context, c network.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, protocols.HelloTimeout)
+	defer cancel()
+	s, err := x.h.NewStream(network.WithNoDial(ctx, "hello"), c.RemotePeer(), protocols.Hello)
+	if err != nil {
+		return fmt.Errorf("open hello: %w", err)
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
+	fw := protocols.NewFrameWriter(s, 4096)
+	if err := fw.Write(x.me()); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if err := fw.Flush(); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	theirs := &pb.Hello{}
+	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+		_ = s.Reset()
+		return fmt.Errorf("read hello: %w", err)
+	}
+	x.learn(c, theirs)
+	return nil
+}
+
+func (x *hello) learn(c network.Conn, h *pb.Hello) {
+	p := c.RemotePeer()
+	addrs := x.h.Peerstore().Addrs(p)
+	if len(addrs) == 0 {
+		addrs = []ma.Multiaddr{c.RemoteMultiaddr()}
+	}
+	x.book.record(context.Background(), p, h, addrs)
+	if h.Network != x.book.network {
+		x.log.Warn("peer is in another network; disconnecting", "peer", p, "network", h.Network)
+		_ = c.Close()
+	}
+}
+

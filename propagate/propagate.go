@@ -1,0 +1,451 @@
+// Package propagate is the owned-resource flow of source 002: an app asks
+// its node to create, update or delete a resource it owns, or to send a
+// considers or planner event; the node commits the change with one delivery
+// per receiver and the stream layer carries it. On the receiving side it
+// checks that the sender is a partner and the origin, applies the change
+// once, and publishes it on the local NATS.
+//
+// A node never propagates again what it received. The service holds no
+// network state; the stream layer owns streams and retries.
+package propagate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Actions an app may ask for on <prefix>.propagate.
+const (
+	ActionCreate       = "create"
+	ActionUpdate       = "update"
+	ActionDelete       = "delete"
+	ActionConsiders    = "considers"
+	ActionPlanner      = "planner"
+	ActionClosePlanner = "close_planner"
+	ActionSearch       = "search"
+)
+
+var dataTypeRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidDataType reports whether s may be a data type: it is a NATS subject token.
+func ValidDataType(s string) bool { return dataTypeRe.MatchString(s) }
+
+// Roles is what the service needs to know of the network.
+type Roles interface {
+	Self() peer.ID
+	IsPartner(peer.ID) bool
+	Partners() []peer.ID
+	Name(peer.ID) string
+}
+
+// Sender is the part of the stream layer the service drives.
+type Sender interface {
+	Enqueue(items ...stream.Item)
+	Kick(peer.ID)
+	CloseStream(peer.ID, protocol.ID) bool
+}
+
+// Publisher publishes events on the local NATS under the node's prefix.
+type Publisher interface {
+	Publish(suffix string, v any)
+}
+
+// Searcher runs search actions (the search service).
+type Searcher interface {
+	Search(ctx context.Context, dataType string, payload json.RawMessage) (map[string]any, error)
+}
+
+// Request is the body of <prefix>.propagate.
+type Request struct {
+	Action   string          `json:"action"`
+	DataType string          `json:"data_type"`
+	Payload  json.RawMessage `json:"payload"`
+}
+
+// Result is what a propagate request answers besides ok.
+type Result map[string]any
+
+// Service runs the flow.
+type Service struct {
+	st       *store.Store
+	roles    Roles
+	sender   Sender
+	pub      Publisher
+	search   Searcher
+	maxBytes int
+	log      *slog.Logger
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+
+	mu            sync.Mutex
+	plannerClosed map[peer.ID]bool
+}
+
+// Deps are what New needs.
+type Deps struct {
+	Store           *store.Store
+	Roles           Roles
+	Sender          Sender
+	Publisher       Publisher
+	Searcher        Searcher
+	MaxMessageBytes int
+	Logger          *slog.Logger
+}
+
+const auxPlannerClosed = "planner_closed/"
+
+// New builds the service and loads which planner streams operators closed.
+func New(d Deps) (*Service, error) {
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.MaxMessageBytes == 0 {
+		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher,
+		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
+	peers, err := d.Store.Peers()
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("load peer book: %w", err)
+	}
+	for _, p := range peers {
+		if v, err := d.Store.Aux(auxPlannerClosed + string(p.Id)); err == nil && len(v) == 1 && v[0] == 1 {
+			s.plannerClosed[peer.ID(p.Id)] = true
+		}
+	}
+	return s, nil
+}
+
+// SetSender completes construction (the sender needs Hold first).
+func (s *Service) SetSender(snd Sender) { s.sender = snd }
+
+// SetSearcher sets the search service.
+func (s *Service) SetSearcher(x Searcher) { s.search = x }
+
+// Close waits for close_planner work in progress.
+func (s *Service) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// Hold keeps planner deliveries to a peer pending while its planner stream
+// is closed.
+func (s *Service) Hold(p peer.ID, lane stream.Lane) bool {
+	if lane != stream.LanePlanner {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.plannerClosed[p]
+}
+
+func badRequest(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ferry.ErrBadRequest, fmt.Sprintf(format, args...))
+}
+
+// Propagate serves one request; done is called once, after the change and
+// its deliveries are on disk (or with the reason nothing was written).
+func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, error)) {
+	if req.Action == "" {
+		done(nil, fmt.Errorf("%w: action is missing", ferry.ErrUnknownAction))
+		return
+	}
+	switch req.Action {
+	case ActionCreate, ActionUpdate, ActionDelete, ActionConsiders, ActionPlanner, ActionClosePlanner, ActionSearch:
+	default:
+		done(nil, fmt.Errorf("%w: %q (want create, update, delete, considers, planner, close_planner or search)", ferry.ErrUnknownAction, req.Action))
+		return
+	}
+	if len(req.Payload) > s.maxBytes {
+		done(nil, fmt.Errorf("%w: payload is %d bytes, the limit is %d", ferry.ErrTooLarge, len(req.Payload), s.maxBytes))
+		return
+	}
+	if req.Action != ActionClosePlanner && !ValidDataType(req.DataType) {
+		if req.DataType == "" {
+			done(nil, badRequest("data_type is missing"))
+		} else {
+			done(nil, badRequest("data_type %q must be 1-64 letters, digits, '_' or '-'", req.DataType))
+		}
+		return
+	}
+	obj, err := jsonObject(req.Payload)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	switch req.Action {
+	case ActionCreate, ActionUpdate, ActionDelete:
+		s.resource(ctx, req, obj, done)
+	case ActionConsiders:
+		s.considers(ctx, req, obj, done)
+	case ActionPlanner:
+		s.planner(ctx, req, obj, done)
+	case ActionClosePlanner:
+		s.closePlanner(obj, done)
+	case ActionSearch:
+		if s.search == nil {
+			done(nil, fmt.Errorf("%w: search is not running", ferry.ErrUnavailable))
+			return
+		}
+		res, err := s.search.Search(ctx, req.DataType, req.Payload)
+		done(res, err)
+	}
+}
+
+func jsonObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, badRequest("payload is missing")
+	}
+	if !utf8.Valid(raw) {
+		return nil, badRequest("payload is not valid UTF-8")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return nil, badRequest("payload is not a JSON object")
+	}
+	return obj, nil
+}
+
+// resourceID reads "id": a non-empty string, or a number taken as its text.
+func resourceID(obj map[string]json.RawMessage) (string, error) {
+	raw, ok := obj["id"]
+	if !ok {
+		return "", badRequest("payload.id is missing")
+	}
+	var id string
+	if err := json.Unmarshal(raw, &id); err != nil {
+		var n json.Number
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if err := dec.Decode(&n); err != nil {
+			return "", badRequest("payload.id must be a string or a number")
+		}
+		id = n.String()
+	}
+	if id == "" || len(id) > store.MaxNameBytes {
+		return "", badRequest("payload.id must be 1-%d bytes", store.MaxNameBytes)
+	}
+	return id, nil
+}
+
+func kindOf(action string) (pb.Kind, protocol.ID) {
+	switch action {
+	case ActionCreate:
+		return pb.Kind_KIND_RESOURCE_CREATE, protocols.ResourceCreate
+	case ActionUpdate:
+		return pb.Kind_KIND_RESOURCE_UPDATE, protocols.ResourceUpdate
+	case ActionDelete:
+		return pb.Kind_KIND_RESOURCE_DELETE, protocols.ResourceDelete
+	case ActionConsiders:
+		return pb.Kind_KIND_CONSIDERS, protocols.ResourceConsider
+	}
+	return pb.Kind_KIND_PLANNER, protocols.Planner
+}
+
+func (s *Service) resource(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
+	id, err := resourceID(obj)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	self := s.roles.Self()
+	if raw, ok := obj["creator_id"]; ok {
+		var creator string
+		if err := json.Unmarshal(raw, &creator); err != nil || creator != self.String() {
+			done(nil, fmt.Errorf("%w: creator_id %s is not this node (%s); only a node's own resources propagate", ferry.ErrNotOwner, raw, self))
+			return
+		}
+	} else {
+		obj["creator_id"], _ = json.Marshal(self.String())
+	}
+	doc, err := json.Marshal(obj)
+	if err != nil {
+		done(nil, badRequest("payload: %v", err))
+		return
+	}
+	kind, proto := kindOf(req.Action)
+	partners := s.roles.Partners()
+	var res Result
+	s.st.Submit(ctx, func(tx *store.Txn) error {
+		cur, err := tx.GetResource(req.DataType, self, id)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		exists := err == nil && !cur.Deleted
+		switch {
+		case req.Action == ActionCreate && exists:
+			return fmt.Errorf("%w: %s %q exists; update it instead", ferry.ErrConflict, req.DataType, id)
+		case req.Action != ActionCreate && !exists:
+			return fmt.Errorf("%w: %s %q", ferry.ErrNotFound, req.DataType, id)
+		}
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+			Payload: doc, CreatedAtUnixNano: tx.Now().UnixNano()})
+		if err != nil {
+			return err
+		}
+		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
+			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})
+		items, err := s.deliver(tx, partners, stream.LaneResource, ver, proto)
+		if err != nil {
+			return err
+		}
+		tx.OnCommit(func() { s.enqueue(items, sealed) })
+		res = Result{"id": id, "version": ver, "receivers": len(items)}
+		return nil
+	}, func(err error) { done(res, err) })
+}
+
+func (s *Service) deliver(tx *store.Txn, to []peer.ID, lane stream.Lane, ver uint64, proto protocol.ID) ([]stream.Item, error) {
+	items := make([]stream.Item, 0, len(to))
+	for _, p := range to {
+		d := &storepb.Delivery{Receiver: []byte(p), ReceiverName: s.roles.Name(p), Lane: uint32(lane),
+			ChangeVersion: ver, Protocol: string(proto)}
+		if err := tx.AddDelivery(d); err != nil {
+			return nil, err
+		}
+		items = append(items, stream.Item{D: d})
+	}
+	return items, nil
+}
+
+func (s *Service) enqueue(items []stream.Item, sealed *store.Sealed) {
+	for i := range items {
+		items[i].Env = sealed.Bytes
+	}
+	if s.sender != nil {
+		s.sender.Enqueue(items...)
+	}
+}
+
+func (s *Service) considers(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
+	var ids []string
+	if raw, ok := obj["peer_ids"]; !ok || json.Unmarshal(raw, &ids) != nil || len(ids) == 0 {
+		done(nil, badRequest("considers needs payload.peer_ids, a non-empty list of peer ids"))
+		return
+	}
+	var to []peer.ID
+	seen := map[peer.ID]bool{}
+	for _, x := range ids {
+		p, err := peer.Decode(x)
+		if err != nil {
+			done(nil, badRequest("payload.peer_ids: %q is not a peer id", x))
+			return
+		}
+		if !s.roles.IsPartner(p) {
+			done(nil, fmt.Errorf("%w: %s is not a partner", ferry.ErrForbidden, p))
+			return
+		}
+		if !seen[p] {
+			seen[p] = true
+			to = append(to, p)
+		}
+	}
+	s.event(ctx, req, to, nil, stream.LaneConsider, done)
+}
+
+func (s *Service) plannerPeer(obj map[string]json.RawMessage) (peer.ID, error) {
+	var x string
+	if raw, ok := obj["peer_id"]; !ok || json.Unmarshal(raw, &x) != nil {
+		return "", badRequest("payload.peer_id is missing")
+	}
+	p, err := peer.Decode(x)
+	if err != nil {
+		return "", badRequest("payload.peer_id: %q is not a peer id", x)
+	}
+	if !s.roles.IsPartner(p) {
+		return "", fmt.Errorf("%w: %s is not a partner; planner streams go to partners only", ferry.ErrForbidden, p)
+	}
+	return p, nil
+}
+
+func (s *Service) planner(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
+	p, err := s.plannerPeer(obj)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	s.event(ctx, req, []peer.ID{p}, []byte(p), stream.LanePlanner, done)
+}
+
+// event commits a considers or planner event with one delivery per receiver.
+func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addressee []byte, lane stream.Lane, done func(Result, error)) {
+	kind, proto := kindOf(req.Action)
+	self := s.roles.Self()
+	var res Result
+	s.st.Submit(ctx, func(tx *store.Txn) error {
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+			Payload: req.Payload, CreatedAtUnixNano: tx.Now().UnixNano(), To: addressee})
+		if err != nil {
+			return err
+		}
+		items, err := s.deliver(tx, to, lane, ver, proto)
+		if err != nil {
+			return err
+		}
+		reopen := lane == stream.LanePlanner && s.Hold(to[0], lane)
+		if reopen {
+			tx.SetAux(auxPlannerClosed+string(to[0]), []byte{0})
+		}
+		tx.OnCommit(func() {
+			if reopen {
+				s.mu.Lock()
+				delete(s.plannerClosed, to[0])
+				s.mu.Unlock()
+				s.log.Info("planner stream reopened", "peer", to[0])
+			}
+			s.enqueue(items, sealed)
+		})
+		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(items)}
+		return nil
+	}, func(err error) { done(res, err) })
+}
+
+func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result, error)) {
+	p, err := s.plannerPeer(obj)
+	if err != nil {
+		done(nil, err)
+		return
+	}
+	s.mu.Lock()
+	s.plannerClosed[p] = true
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.st.Update(s.ctx, func(tx *store.Txn) error {
+			tx.SetAux(auxPlannerClosed+string(p), []byte{1})
+			return nil
+		})
+		if err != nil {
+			done(nil, err)
+			return
+		}
+		wasOpen := false
+		if s.sender != nil {
+			wasOpen = s.sender.CloseStream(p, protocols.Planner)
+		}
+		s.log.Info("planner stream closed", "peer", p, "was_open", wasOpen)
+		done(Result{"id": p.String(), "version": 0, "closed": wasOpen}, nil)
+	}()
+}

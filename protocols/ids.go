@@ -1,0 +1,104 @@
+// Package protocols holds what Ferry nodes agree on over the wire: protocol
+// ids, frame limits, the varint-delimited framing, and the signing and
+// verification of envelopes. It does no networking and keeps no state beyond a
+// verification cache.
+package protocols
+
+import (
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ferrynet/ferry/protocols/pb"
+)
+
+// Peer protocol ids. They are versioned on their own, not with Ferry's release.
+const (
+	ResourceCreate   protocol.ID = "/ferry/resource/create/1.0.0"
+	ResourceUpdate   protocol.ID = "/ferry/resource/update/1.0.0"
+	ResourceDelete   protocol.ID = "/ferry/resource/delete/1.0.0"
+	ResourceConsider protocol.ID = "/ferry/resource/considers/1.0.0"
+	Planner          protocol.ID = "/ferry/planner/1.0.0"
+	Search           protocol.ID = "/ferry/search/1.0.0"
+	Sync             protocol.ID = "/ferry/sync/1.0.0"
+	Hello            protocol.ID = "/ferry/hello/1.0.0"
+
+	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.
+	DHTPrefix protocol.ID = "/ferry"
+)
+
+// SearchTopic is the gossipsub topic of a network's search queries.
+func SearchTopic(network string) string { return "/ferry/" + network + "/search/1.0.0" }
+
+// Resource-manager service names, one per protocol family.
+const (
+	ServiceDelivery = "ferry.delivery"
+	ServicePlanner  = "ferry.planner"
+	ServiceSearch   = "ferry.search"
+	ServiceSync     = "ferry.sync"
+	ServiceHello    = "ferry.hello"
+)
+
+// Limits and timeouts shared by both ends of a stream.
+const (
+	// DefaultMaxMessageBytes is limits.max_message_bytes when unset.
+	DefaultMaxMessageBytes = 1 << 20
+	// FrameOverhead is what a Message adds around an envelope body: ids,
+	// audit path and signature. A frame may be this much larger than the
+	// largest payload.
+	FrameOverhead = 4096
+	// HelloTimeout bounds the hello exchange on a new connection.
+	HelloTimeout = 10 * time.Second
+	// WriteTimeout bounds one write on a long-lived stream.
+	WriteTimeout = 30 * time.Second
+	// IdleTimeout closes an inbound long-lived stream nothing arrives on.
+	IdleTimeout = 10 * time.Minute
+)
+
+// ProtocolFor returns the stream protocol that carries an envelope kind.
+// Review messages ride the resource protocol of their action: insert on
+// create, update on update, delete on delete.
+func ProtocolFor(kind pb.Kind, reviewType string) (protocol.ID, bool) {
+	switch kind {
+	case pb.Kind_KIND_RESOURCE_CREATE:
+		return ResourceCreate, true
+	case pb.Kind_KIND_RESOURCE_UPDATE:
+		return ResourceUpdate, true
+	case pb.Kind_KIND_RESOURCE_DELETE:
+		return ResourceDelete, true
+	case pb.Kind_KIND_CONSIDERS:
+		return ResourceConsider, true
+	case pb.Kind_KIND_PLANNER:
+		return Planner, true
+	case pb.Kind_KIND_REVIEW_REQUEST, pb.Kind_KIND_REVIEW_DECISION:
+		switch reviewType {
+		case "insert":
+			return ResourceCreate, true
+		case "update":
+			return ResourceUpdate, true
+		case "delete":
+			return ResourceDelete, true
+		}
+	}
+	return "", false
+}
+
+// KindAllowed reports whether an envelope kind may arrive on a protocol.
+func KindAllowed(p protocol.ID, kind pb.Kind) bool {
+	switch p {
+	case ResourceCreate:
+		return kind == pb.Kind_KIND_RESOURCE_CREATE || kind == pb.Kind_KIND_REVIEW_REQUEST || kind == pb.Kind_KIND_REVIEW_DECISION
+	case ResourceUpdate:
+		return kind == pb.Kind_KIND_RESOURCE_UPDATE || kind == pb.Kind_KIND_REVIEW_REQUEST || kind == pb.Kind_KIND_REVIEW_DECISION
+	case ResourceDelete:
+		return kind == pb.Kind_KIND_RESOURCE_DELETE || kind == pb.Kind_KIND_REVIEW_REQUEST || kind == pb.Kind_KIND_REVIEW_DECISION
+	case ResourceConsider:
+		return kind == pb.Kind_KIND_CONSIDERS
+	case Planner:
+		return kind == pb.Kind_KIND_PLANNER
+	}
+	return false
+}
+
+// DeliveryProtocols are the protocols that carry Messages answered by Acks.
+var DeliveryProtocols = []protocol.ID{ResourceCreate, ResourceUpdate, ResourceDelete, ResourceConsider, Planner}

@@ -1,0 +1,238 @@
+package protocols
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/protocols/pb"
+)
+
+// Envelopes are signed in batches: the origin builds a Merkle tree (RFC 9162
+// section 2.1.1) over the bodies it commits together and signs its root once.
+// Each envelope carries its audit path, so it can be verified alone, relayed
+// by any peer, and served again by sync. A receiver verifies the root
+// signature once per batch and only hashes for the rest.
+
+// MaxTreeLeaves bounds one signed tree, and so the audit path to 10 hashes.
+const MaxTreeLeaves = 1024
+
+const rootDomain = "ferry/envelope-root/1\n"
+
+var (
+	// ErrBadSignature is returned for an envelope whose proof does not hold.
+	ErrBadSignature = errors.New("envelope signature does not verify")
+	// ErrMalformedEnvelope is returned for an envelope that cannot be decoded.
+	ErrMalformedEnvelope = errors.New("malformed envelope")
+)
+
+func leafHash(body []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte{0})
+	h.Write(body)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+func nodeHash(l, r []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte{1})
+	h.Write(l)
+	h.Write(r)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// splitPoint is the largest power of two smaller than n (n > 1).
+func splitPoint(n int) int {
+	k := 1
+	for k<<1 < n {
+		k <<= 1
+	}
+	return k
+}
+
+// treeRoot computes MTH over leaf hashes and appends, for every leaf, the
+// audit path (PATH in RFC 9162).
+func treeRoot(leaves [][32]byte, paths [][][]byte) [32]byte {
+	if len(leaves) == 1 {
+		return leaves[0]
+	}
+	k := splitPoint(len(leaves))
+	l := treeRoot(leaves[:k], paths[:k])
+	r := treeRoot(leaves[k:], paths[k:])
+	for i := range paths[:k] {
+		paths[i] = append(paths[i], append([]byte(nil), r[:]...))
+	}
+	for i := range paths[k:] {
+		paths[k+i] = append(paths[k+i], append([]byte(nil), l[:]...))
+	}
+	return nodeHash(l[:], r[:])
+}
+
+func signedRoot(size uint32, root []byte) []byte {
+	msg := make([]byte, 0, len(rootDomain)+4+len(root))
+	msg = append(msg, rootDomain...)
+	msg = binary.BigEndian.AppendUint32(msg, size)
+	return append(msg, root...)
+}
+
+// Seal signs bodies with key, one signature per tree of up to MaxTreeLeaves,
+// and returns one envelope per body in the same order.
+func Seal(key crypto.PrivKey, bodies [][]byte) ([]*pb.Envelope, error) {
+	out := make([]*pb.Envelope, 0, len(bodies))
+	for start := 0; start < len(bodies); start += MaxTreeLeaves {
+		end := min(start+MaxTreeLeaves, len(bodies))
+		chunk := bodies[start:end]
+		leaves := make([][32]byte, len(chunk))
+		for i, b := range chunk {
+			leaves[i] = leafHash(b)
+		}
+		paths := make([][][]byte, len(chunk))
+		root := treeRoot(leaves, paths)
+		sig, err := key.Sign(signedRoot(uint32(len(chunk)), root[:]))
+		if err != nil {
+			return nil, fmt.Errorf("sign envelope batch: %w", err)
+		}
+		for i, b := range chunk {
+			out = append(out, &pb.Envelope{
+				Body:          b,
+				LeafIndex:     uint32(i),
+				TreeSize:      uint32(len(chunk)),
+				Path:          paths[i],
+				RootSignature: sig,
+			})
+		}
+	}
+	return out, nil
+}
+
+// rootFromPath recomputes the tree root from a leaf and its audit path
+// (RFC 9162 section 2.1.3.2).
+func rootFromPath(leaf [32]byte, index, size uint32, path [][]byte) ([32]byte, bool) {
+	if index >= size || size > MaxTreeLeaves || len(path) > 10 {
+		return leaf, false
+	}
+	fn, sn := index, size-1
+	r := leaf
+	for _, p := range path {
+		if len(p) != sha256.Size || sn == 0 {
+			return r, false
+		}
+		if fn&1 == 1 || fn == sn {
+			r = nodeHash(p, r[:])
+			if fn&1 == 0 {
+				for fn&1 == 0 && fn != 0 {
+					fn >>= 1
+					sn >>= 1
+				}
+			}
+		} else {
+			r = nodeHash(r[:], p)
+		}
+		fn >>= 1
+		sn >>= 1
+	}
+	return r, sn == 0
+}
+
+// Verifier checks envelope proofs and remembers the roots it has verified,
+// so a batch costs one signature check however many envelopes it holds.
+type Verifier struct {
+	mu   sync.Mutex
+	cur  map[verifiedKey]struct{}
+	prev map[verifiedKey]struct{}
+	keys map[peer.ID]crypto.PubKey
+}
+
+type verifiedKey struct {
+	origin peer.ID
+	size   uint32
+	root   [32]byte
+}
+
+const verifierGeneration = 4096
+
+// NewVerifier returns an empty verifier.
+func NewVerifier() *Verifier {
+	return &Verifier{cur: map[verifiedKey]struct{}{}, keys: map[peer.ID]crypto.PubKey{}}
+}
+
+// Open verifies env and returns its decoded body. The origin is taken from the
+// body and must be a peer id whose public key it embeds (ed25519 ids do).
+func (v *Verifier) Open(env *pb.Envelope) (*pb.Body, peer.ID, error) {
+	if env == nil || len(env.Body) == 0 {
+		return nil, "", fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
+	}
+	body := &pb.Body{}
+	if err := proto.Unmarshal(env.Body, body); err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
+	}
+	origin, err := peer.IDFromBytes(body.Origin)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: origin: %w", ErrMalformedEnvelope, err)
+	}
+	if err := v.Verify(origin, env); err != nil {
+		return nil, "", err
+	}
+	return body, origin, nil
+}
+
+// Verify checks that env was signed by origin.
+func (v *Verifier) Verify(origin peer.ID, env *pb.Envelope) error {
+	root, ok := rootFromPath(leafHash(env.Body), env.LeafIndex, env.TreeSize, env.Path)
+	if !ok {
+		return fmt.Errorf("%w: bad audit path", ErrBadSignature)
+	}
+	k := verifiedKey{origin: origin, size: env.TreeSize, root: root}
+	v.mu.Lock()
+	_, hit := v.cur[k]
+	if !hit {
+		if _, hit = v.prev[k]; hit {
+			v.remember(k)
+		}
+	}
+	pub := v.keys[origin]
+	v.mu.Unlock()
+	if hit {
+		return nil
+	}
+	if pub == nil {
+		pub, err := origin.ExtractPublicKey()
+		if err != nil {
+			return fmt.Errorf("%w: no public key in origin %s: %w", ErrBadSignature, origin, err)
+		}
+		return v.check(k, pub, env)
+	}
+	return v.check(k, pub, env)
+}
+
+func (v *Verifier) check(k verifiedKey, pub crypto.PubKey, env *pb.Envelope) error {
+	ok, err := pub.Verify(signedRoot(k.size, k.root[:]), env.RootSignature)
+	if err != nil || !ok {
+		return fmt.Errorf("%w (origin %s)", ErrBadSignature, k.origin)
+	}
+	v.mu.Lock()
+	v.remember(k)
+	if len(v.keys) < verifierGeneration {
+		v.keys[k.origin] = pub
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+// remember adds k to the current generation; callers hold v.mu.
+func (v *Verifier) remember(k verifiedKey) {
+	if len(v.cur) >= verifierGeneration {
+		v.prev, v.cur = v.cur, make(map[verifiedKey]struct{}, verifierGeneration)
+	}
+	v.cur[k] = struct{}{}
+}

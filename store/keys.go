@@ -1,0 +1,105 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// Key layout. Every table has its own prefix; numeric parts are big-endian so
+// range scans come out in numeric order; variable parts (peer ids, names) are
+// length-prefixed so no key is a prefix of another table's key.
+//
+//	m/schema                          schema version
+//	m/epoch                           this store's incarnation (random, set once)
+//	m/ctr/<name>                      counters: version, delivery, request, decision
+//	c/<version>                       change log: the signed envelope of every change
+//	o/<origin>/<origin version>       local version of an origin's change (dedup, sync)
+//	r/<data type>/<creator>/<id>      current resource
+//	d/<id>                            delivery (acknowledgement row)
+//	dp/<receiver>/<lane>/<seq>        pending deliveries of a receiver, in link order
+//	dl/<receiver>/<lane>              last link seq given to a receiver's lane
+//	l/<sender>/<lane>                 link state received from a sender's lane
+//	q/<id>                            review request row
+//	qo/<origin>                       request id by origin
+//	s/<sequence>                      local version of the decision with that sequence
+//	t/<table>/<row id>                table row
+//	p/<peer id>                       peer book
+//	pp/<peer id>                      partner added (1) or removed (0) by an operator
+//	x/...                             free for services (see Txn.SetAux)
+const (
+	pMeta        = "m/"
+	pChange      = "c/"
+	pOrigin      = "o/"
+	pResource    = "r/"
+	pDelivery    = "d/"
+	pPending     = "dp/"
+	pLinkOut     = "dl/"
+	pLinkIn      = "l/"
+	pRequest     = "q/"
+	pReqOrigin   = "qo/"
+	pDecision    = "s/"
+	pTable       = "t/"
+	pPeer        = "p/"
+	pPartner     = "pp/"
+	pAux         = "x/"
+	keySchema    = "m/schema"
+	keyEpoch     = "m/epoch"
+	keyCtrPrefix = "m/ctr/"
+)
+
+// Counter names.
+const (
+	CtrVersion  = "version"
+	CtrDelivery = "delivery"
+	CtrRequest  = "request"
+	CtrDecision = "decision"
+)
+
+type key []byte
+
+func k(prefix string) key { return append(make(key, 0, 64), prefix...) }
+
+func (b key) u64(v uint64) key { return binary.BigEndian.AppendUint64(b, v) }
+
+func (b key) u8(v byte) key { return append(b, v) }
+
+// str appends a length-prefixed string (at most 255 bytes are kept distinct,
+// longer parts are refused by callers before they get here).
+func (b key) str(s string) key {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	return append(append(b, byte(len(s))), s...)
+}
+
+func (b key) bytes(p []byte) key { return b.str(string(p)) }
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+var errShortKey = errors.New("short key")
+
+func tailU64(b []byte) (uint64, error) {
+	if len(b) < 8 {
+		return 0, errShortKey
+	}
+	return binary.BigEndian.Uint64(b[len(b)-8:]), nil
+}
+
+func u64Value(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func parseU64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}

@@ -1,0 +1,629 @@
+// Package store is Ferry's durable ledger on Pebble: resources, the change
+// log with store versions, deliveries (acknowledgement rows), review requests,
+// decisions, shared tables, link state and the peer book.
+//
+// One writer goroutine owns every commit. Callers hand it transactions
+// (Update, Submit); it takes everything queued, runs the transactions one
+// after another against one batch, seals the envelopes they created with one
+// signature, commits the batch with one fsync, and only then answers each
+// caller and runs its commit hooks, in submission order (the double queue of
+// source 004). Reads go straight to Pebble.
+//
+// The store knows nothing of the network; it must not call out to services
+// except through the commit hooks that callers register.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+)
+
+// SchemaVersion is the on-disk format this build writes.
+const SchemaVersion = 1
+
+// Defaults of the commit pipeline.
+const (
+	DefaultQueue    = 8192
+	DefaultMaxBatch = 4096
+)
+
+var (
+	// ErrClosed is returned for work handed to a closed store.
+	ErrClosed = errors.New("store closed")
+	// ErrNotFound is returned by lookups of absent rows.
+	ErrNotFound = errors.New("not found")
+	// ErrNewerSchema is returned when the data directory was written by a newer Ferry.
+	ErrNewerSchema = errors.New("store written by a newer schema")
+	// ErrNoSigner is returned when a transaction seals without a signing key.
+	ErrNoSigner = errors.New("store has no signing key")
+)
+
+// Migration upgrades the store from schema version From to From+1.
+type Migration struct {
+	From  uint64
+	Apply func(db *pebble.DB, b *pebble.Batch) error
+}
+
+// migrations lists every format change; empty while schema 1 is the only one.
+var migrations []Migration
+
+// Options configure Open.
+type Options struct {
+	// Signer seals the envelopes transactions create; nil refuses Seal.
+	Signer crypto.PrivKey
+	// Logger; nil uses slog.Default.
+	Logger *slog.Logger
+	// Registerer receives the store's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Queue is how many operations may wait for the writer; default DefaultQueue.
+	Queue int
+	// MaxBatch is the most operations one commit takes; default DefaultMaxBatch.
+	MaxBatch int
+	// Migrations replaces the built-in migration list (tests).
+	Migrations []Migration
+	// Now is the clock; nil uses time.Now.
+	Now func() time.Time
+}
+
+// Store is an open ledger.
+type Store struct {
+	db     *pebble.DB
+	opts   Options
+	log    *slog.Logger
+	epoch  uint64
+	now    func() time.Time
+	ops    chan *op
+	done   chan *round
+	mu     sync.RWMutex
+	closed bool
+	wg     sync.WaitGroup
+	m      metrics
+}
+
+type op struct {
+	fn    func(*Txn) error
+	sync  bool
+	ctx   context.Context
+	cb    func(error)
+	err   error
+	hooks []func()
+}
+
+type round struct {
+	ops []*op
+}
+
+type metrics struct {
+	batches  prometheus.Counter
+	ops      prometheus.Counter
+	batchOps prometheus.Histogram
+	commit   prometheus.Histogram
+}
+
+// Open opens or creates the store in dir.
+func Open(dir string, o Options) (*Store, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Queue <= 0 {
+		o.Queue = DefaultQueue
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.Migrations == nil {
+		o.Migrations = migrations
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{o.Logger}})
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now,
+		ops: make(chan *op, o.Queue), done: make(chan *round, 4)}
+	if err := s.prepare(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	s.initMetrics(o.Registerer)
+	s.wg.Add(2)
+	go s.writer()
+	go s.completer()
+	return s, nil
+}
+
+// prepare writes or checks the schema version and runs migrations.
+func (s *Store) prepare() error {
+	v, err := s.getRaw([]byte(keySchema))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		var e [8]byte
+		if _, err := rand.Read(e[:]); err != nil {
+			return fmt.Errorf("store epoch: %w", err)
+		}
+		b := s.db.NewBatch()
+		_ = b.Set([]byte(keySchema), u64Value(SchemaVersion), nil)
+		_ = b.Set([]byte(keyEpoch), e[:], nil)
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("initialise store: %w", err)
+		}
+		s.epoch = binary.BigEndian.Uint64(e[:])
+		return nil
+	case err != nil:
+		return err
+	}
+	schema := parseU64(v)
+	if schema > SchemaVersion {
+		return fmt.Errorf("%w: data is schema %d, this build knows %d", ErrNewerSchema, schema, SchemaVersion)
+	}
+	for schema < SchemaVersion {
+		var m *Migration
+		for i := range s.opts.Migrations {
+			if s.opts.Migrations[i].From == schema {
+				m = &s.opts.Migrations[i]
+			}
+		}
+		if m == nil {
+			return fmt.Errorf("no migration from store schema %d", schema)
+		}
+		b := s.db.NewBatch()
+		if err := m.Apply(s.db, b); err != nil {
+			return fmt.Errorf("migrate store schema %d: %w", schema, err)
+		}
+		schema++
+		_ = b.Set([]byte(keySchema), u64Value(schema), nil)
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("migrate store schema %d: %w", schema-1, err)
+		}
+		s.log.Info("store migrated", "schema", schema)
+	}
+	e, err := s.getRaw([]byte(keyEpoch))
+	if err != nil {
+		return fmt.Errorf("store epoch: %w", err)
+	}
+	s.epoch = parseU64(e)
+	return nil
+}
+
+func (s *Store) initMetrics(reg prometheus.Registerer) {
+	s.m = metrics{
+		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "commits_total", Help: "Group commits (one fsync each)."}),
+		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
+		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_operations", Help: "Transactions per group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_seconds", Help: "Time to write and fsync one group commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{s.m.batches, s.m.ops, s.m.batchOps, s.m.commit} {
+			_ = reg.Register(c)
+		}
+	}
+}
+
+// Epoch is this store's incarnation number: random, fixed at creation.
+func (s *Store) Epoch() uint64 { return s.epoch }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }
+
+// Update runs fn in the next group commit and returns once that commit is on
+// disk (or fn failed; then nothing fn wrote is kept).
+func (s *Store) Update(ctx context.Context, fn func(*Txn) error) error {
+	ch := make(chan error, 1)
+	s.submit(ctx, fn, true, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		// The operation may still commit; the caller stops waiting.
+		return fmt.Errorf("wait for commit: %w", ctx.Err())
+	}
+}
+
+// Submit queues fn and returns at once; cb runs after the commit (or fn's
+// failure), in submission order, on the store's completion goroutine. It
+// must not block. Submit blocks while the queue is full (backpressure).
+func (s *Store) Submit(ctx context.Context, fn func(*Txn) error, cb func(error)) {
+	s.submit(ctx, fn, true, cb)
+}
+
+// SubmitLazy is Submit for changes that may be lost in a crash without harm
+// (marks that only save a resend); a batch of only lazy operations is not
+// fsynced.
+func (s *Store) SubmitLazy(ctx context.Context, fn func(*Txn) error, cb func(error)) {
+	s.submit(ctx, fn, false, cb)
+}
+
+func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb func(error)) {
+	if cb == nil {
+		cb = func(error) {}
+	}
+	o := &op{fn: fn, sync: sync, ctx: ctx, cb: cb}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		cb(ErrClosed)
+		return
+	}
+	select {
+	case s.ops <- o:
+	case <-ctx.Done():
+		cb(fmt.Errorf("queue for commit: %w", ctx.Err()))
+	}
+}
+
+// writer owns every commit.
+func (s *Store) writer() {
+	defer s.wg.Done()
+	defer close(s.done)
+	batch := make([]*op, 0, s.opts.MaxBatch)
+	for {
+		first, ok := <-s.ops
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case o, ok := <-s.ops:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		s.commitRound(batch)
+		s.done <- &round{ops: append([]*op(nil), batch...)}
+	}
+}
+
+func (s *Store) commitRound(ops []*op) {
+	start := time.Now()
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	now := s.now()
+	var sealed []*Sealed
+	sync := false
+	applied := 0
+	for _, o := range ops {
+		if err := o.ctx.Err(); err != nil {
+			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
+			continue
+		}
+		t := &Txn{s: s, b: b, now: now, writes: map[string]int{}}
+		if err := safeRun(o.fn, t); err != nil {
+			o.err = err
+			continue
+		}
+		if err := t.flush(); err != nil {
+			o.err = err
+			continue
+		}
+		o.hooks = t.hooks
+		sealed = append(sealed, t.sealed...)
+		sync = sync || o.sync
+		applied++
+	}
+	fail := func(err error) {
+		for _, o := range ops {
+			if o.err == nil {
+				o.err = err
+				o.hooks = nil
+			}
+		}
+	}
+	if len(sealed) > 0 {
+		if err := s.seal(b, sealed); err != nil {
+			fail(err)
+			return
+		}
+	}
+	if applied == 0 {
+		return
+	}
+	wo := pebble.NoSync
+	if sync {
+		wo = pebble.Sync
+	}
+	if err := b.Commit(wo); err != nil {
+		s.log.Error("store commit failed", "err", err, "operations", applied)
+		fail(fmt.Errorf("commit: %w", err))
+		return
+	}
+	s.m.batches.Inc()
+	s.m.ops.Add(float64(applied))
+	s.m.batchOps.Observe(float64(applied))
+	s.m.commit.Observe(time.Since(start).Seconds())
+}
+
+// safeRun runs a transaction function, turning a panic into an error so one
+// bad operation cannot take down the writer.
+func safeRun(fn func(*Txn) error, t *Txn) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("transaction panicked: %v", r)
+		}
+	}()
+	return fn(t)
+}
+
+func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
+	if s.opts.Signer == nil {
+		return ErrNoSigner
+	}
+	bodies := make([][]byte, len(sealed))
+	for i, x := range sealed {
+		bodies[i] = x.body
+	}
+	envs, err := protocols.Seal(s.opts.Signer, bodies)
+	if err != nil {
+		return err
+	}
+	for i, x := range sealed {
+		x.Envelope = envs[i]
+		v, err := proto.Marshal(envs[i])
+		if err != nil {
+			return fmt.Errorf("encode envelope: %w", err)
+		}
+		x.Bytes = v
+		if err := b.Set(x.key, v, nil); err != nil {
+			return fmt.Errorf("write envelope: %w", err)
+		}
+	}
+	return nil
+}
+
+// completer answers callers and runs their hooks in submission order.
+func (s *Store) completer() {
+	defer s.wg.Done()
+	for r := range s.done {
+		for _, o := range r.ops {
+			if o.err == nil {
+				for _, h := range o.hooks {
+					h()
+				}
+			}
+			o.cb(o.err)
+		}
+	}
+}
+
+// Close waits for queued work to commit, then closes Pebble. It is idempotent.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.ops)
+	s.mu.Unlock()
+	s.wg.Wait()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) getRaw(key []byte) ([]byte, error) {
+	v, c, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %q: %w", key, err)
+	}
+	out := append([]byte(nil), v...)
+	_ = c.Close()
+	return out, nil
+}
+
+// scan calls fn for each key in [lo, hi) in order until fn returns false.
+func (s *Store) scan(lo, hi []byte, reverse bool, fn func(k, v []byte) (bool, error)) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	defer it.Close()
+	var ok bool
+	if reverse {
+		ok = it.Last()
+	} else {
+		ok = it.First()
+	}
+	for ; ok; ok = next(it, reverse) {
+		more, err := fn(it.Key(), it.Value())
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	return nil
+}
+
+func next(it *pebble.Iterator, reverse bool) bool {
+	if reverse {
+		return it.Prev()
+	}
+	return it.Next()
+}
+
+// Txn is one caller's transaction inside a group commit. Its writes are kept
+// aside and join the batch only if its function returns nil. Reads see the
+// batch so far (earlier transactions of the same commit) and the transaction's
+// own writes.
+type Txn struct {
+	s      *Store
+	b      *pebble.Batch
+	now    time.Time
+	ops    []kv
+	writes map[string]int
+	hooks  []func()
+	sealed []*Sealed
+}
+
+type kv struct {
+	k, v []byte
+	del  bool
+}
+
+// Sealed is an envelope body that the commit signs; Envelope is set once the
+// transaction's commit hooks run.
+type Sealed struct {
+	Envelope *pb.Envelope
+	Bytes    []byte // Envelope, encoded
+	key      []byte
+	body     []byte
+}
+
+// Now is the commit's clock reading, the same for every transaction of it.
+func (t *Txn) Now() time.Time { return t.now }
+
+// OnCommit registers fn to run after the commit is on disk, in order with
+// other transactions' hooks. fn must not block for long.
+func (t *Txn) OnCommit(fn func()) { t.hooks = append(t.hooks, fn) }
+
+// Epoch is the store's incarnation.
+func (t *Txn) Epoch() uint64 { return t.s.epoch }
+
+func (t *Txn) get(key []byte) ([]byte, error) {
+	if i, ok := t.writes[string(key)]; ok {
+		if t.ops[i].del {
+			return nil, ErrNotFound
+		}
+		return t.ops[i].v, nil
+	}
+	v, c, err := t.b.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %q: %w", key, err)
+	}
+	out := append([]byte(nil), v...)
+	_ = c.Close()
+	return out, nil
+}
+
+func (t *Txn) set(key, val []byte) {
+	t.writes[string(key)] = len(t.ops)
+	t.ops = append(t.ops, kv{k: key, v: val})
+}
+
+func (t *Txn) del(key []byte) {
+	t.writes[string(key)] = len(t.ops)
+	t.ops = append(t.ops, kv{k: key, del: true})
+}
+
+func (t *Txn) flush() error {
+	for _, o := range t.ops {
+		var err error
+		if o.del {
+			err = t.b.Delete(o.k, nil)
+		} else {
+			err = t.b.Set(o.k, o.v, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("stage write: %w", err)
+		}
+	}
+	return nil
+}
+
+// Next returns the next value of a named counter (1 first).
+func (t *Txn) Next(name string) (uint64, error) {
+	key := k(keyCtrPrefix).str(name)
+	v, err := t.get(key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	n := parseU64(v) + 1
+	t.set(key, u64Value(n))
+	return n, nil
+}
+
+// Counter returns a named counter's current value (reads committed data only).
+func (s *Store) Counter(name string) (uint64, error) {
+	v, err := s.getRaw(k(keyCtrPrefix).str(name))
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	return parseU64(v), err
+}
+
+func unmarshal(v []byte, m proto.Message) error {
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("decode %T: %w", m, err)
+	}
+	return nil
+}
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		// Only invalid UTF-8 in string fields fails; callers validate input.
+		panic(fmt.Sprintf("encode %T: %v", m, err))
+	}
+	return b
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...interface{}) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Errorf(format string, args ...interface{}) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	panic(fmt.Sprintf(format, args...))
+}
+
+var _ io.Closer = (*Store)(nil)
+
+// Savepoint marks the transaction's state so RollbackTo can undo what follows.
+type Savepoint struct{ ops, hooks, sealed int }
+
+// Savepoint returns a mark of everything written so far.
+func (t *Txn) Savepoint() Savepoint {
+	return Savepoint{ops: len(t.ops), hooks: len(t.hooks), sealed: len(t.sealed)}
+}
+
+// RollbackTo forgets every write, hook and seal made after sp. Counters read
+// through Next after sp are rolled back too (they are writes).
+func (t *Txn) RollbackTo(sp Savepoint) {
+	t.ops = t.ops[:sp.ops]
+	t.hooks = t.hooks[:sp.hooks]
+	t.sealed = t.sealed[:sp.sealed]
+	clear(t.writes)
+	for i, o := range t.ops {
+		t.writes[string(o.k)] = i
+	}
+}

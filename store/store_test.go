@@ -1,0 +1,341 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/goleak"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newKey(t testing.TB) (crypto.PrivKey, peer.ID) {
+	t.Helper()
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(priv)
+	return priv, id
+}
+
+func open(t testing.TB, dir string, key crypto.PrivKey) *Store {
+	t.Helper()
+	s, err := Open(dir, Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConcurrentCommitsAreDurableAndBatched(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, nil)
+	const callers, each = 32, 50
+	var wg sync.WaitGroup
+	errs := make(chan error, callers*each)
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				errs <- s.Update(context.Background(), func(tx *Txn) error {
+					tx.PutRow("tb", uint64(c*each+i+1), []byte(`{"n":1}`))
+					_, err := tx.Next("n")
+					return err
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := open(t, dir, nil)
+	rows, err := s2.Rows("tb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != callers*each {
+		t.Fatalf("rows after reopen = %d, want %d", len(rows), callers*each)
+	}
+	n, _ := s2.Counter("n")
+	if n != callers*each {
+		t.Fatalf("counter = %d, want %d", n, callers*each)
+	}
+}
+
+func TestFailedTransactionLeavesNoTrace(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	boom := errors.New("boom")
+	var order []int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Add(3)
+	record := func(i int) func(error) {
+		return func(error) { mu.Lock(); order = append(order, i); mu.Unlock(); wg.Done() }
+	}
+	ctx := context.Background()
+	s.Submit(ctx, func(tx *Txn) error { tx.PutRow("tb", 1, []byte(`{}`)); return nil }, record(1))
+	s.Submit(ctx, func(tx *Txn) error {
+		tx.PutRow("tb", 2, []byte(`{}`))
+		if _, err := tx.Next("c"); err != nil {
+			return err
+		}
+		return boom
+	}, func(err error) {
+		if !errors.Is(err, boom) {
+			t.Errorf("failing txn got %v", err)
+		}
+		record(2)(err)
+	})
+	s.Submit(ctx, func(tx *Txn) error {
+		if _, err := tx.GetRow("tb", 2); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("saw a failed transaction's write: %v", err)
+		}
+		if _, err := tx.GetRow("tb", 1); err != nil {
+			return fmt.Errorf("did not see an earlier write: %w", err)
+		}
+		tx.PutRow("tb", 3, []byte(`{}`))
+		return nil
+	}, func(err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		record(3)(err)
+	})
+	wg.Wait()
+	if fmt.Sprint(order) != "[1 2 3]" {
+		t.Fatalf("callbacks ran in order %v", order)
+	}
+	if c, _ := s.Counter("c"); c != 0 {
+		t.Fatalf("failed transaction's counter kept: %d", c)
+	}
+	rows, _ := s.Rows("tb")
+	if len(rows) != 2 || rows[0].ID != 1 || rows[1].ID != 3 {
+		t.Fatalf("rows = %+v", rows)
+	}
+}
+
+func TestPanickingTransactionIsAnError(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	err := s.Update(context.Background(), func(*Txn) error { panic("bad") })
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	if err := s.Update(context.Background(), func(tx *Txn) error { tx.PutRow("t", 1, []byte("{}")); return nil }); err != nil {
+		t.Fatalf("store unusable after a panic: %v", err)
+	}
+}
+
+func TestSealedChangesVerifyAndDedup(t *testing.T) {
+	key, id := newKey(t)
+	s := open(t, t.TempDir(), key)
+	var sealed []*Sealed
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range 20 {
+		wg.Add(1)
+		s.Submit(context.Background(), func(tx *Txn) error {
+			_, x, err := tx.AppendOwn(&pb.Body{Origin: []byte(id), Kind: pb.Kind_KIND_RESOURCE_CREATE, Payload: []byte(fmt.Sprintf(`{"id":"%d"}`, i))})
+			tx.OnCommit(func() { mu.Lock(); sealed = append(sealed, x); mu.Unlock() })
+			return err
+		}, func(err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	v := protocols.NewVerifier()
+	for _, x := range sealed {
+		if x.Envelope == nil {
+			t.Fatal("hook ran before sealing")
+		}
+		if _, _, err := v.Open(x.Envelope); err != nil {
+			t.Fatal(err)
+		}
+	}
+	changes, err := s.OriginChanges(id, 5, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 15 || changes[0].Body.OriginVersion != 6 {
+		t.Fatalf("origin changes after 5: %d, first %v", len(changes), changes[0].Body.OriginVersion)
+	}
+	last, _ := s.LastOriginVersion(id)
+	if last != 20 {
+		t.Fatalf("last origin version %d", last)
+	}
+	// A second store receives the envelopes; the second copy is a duplicate.
+	r := open(t, t.TempDir(), nil)
+	for round := range 2 {
+		for _, x := range sealed {
+			body, origin, err := v.Open(x.Envelope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Update(context.Background(), func(tx *Txn) error {
+				_, dup, err := tx.AppendReceived(origin, body.OriginVersion, x.Envelope)
+				if dup != (round == 1) {
+					return fmt.Errorf("round %d: dup=%v", round, dup)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	all, _ := r.Changes(0, 1000)
+	if len(all) != 20 {
+		t.Fatalf("receiver holds %d changes", len(all))
+	}
+	origins, _ := r.Origins()
+	if len(origins) != 1 || origins[0] != id {
+		t.Fatalf("origins %v", origins)
+	}
+}
+
+func TestSealWithoutSignerFailsTheCommit(t *testing.T) {
+	_, id := newKey(t)
+	s := open(t, t.TempDir(), nil)
+	err := s.Update(context.Background(), func(tx *Txn) error {
+		_, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(id)})
+		return err
+	})
+	if !errors.Is(err, ErrNoSigner) {
+		t.Fatalf("got %v", err)
+	}
+	if n, _ := s.Counter(CtrVersion); n != 0 {
+		t.Fatal("version counter moved in a failed commit")
+	}
+}
+
+func TestDeliveriesKeepLinkOrder(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	_, a := newKey(t)
+	_, b := newKey(t)
+	ctx := context.Background()
+	err := s.Update(ctx, func(tx *Txn) error {
+		for i := range 6 {
+			rcv := a
+			if i%2 == 1 {
+				rcv = b
+			}
+			if err := tx.AddDelivery(&storepb.Delivery{Receiver: []byte(rcv), Lane: uint32(i % 3), ChangeVersion: uint64(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, _ := s.PendingFor(a, 100)
+	if len(pa) != 3 {
+		t.Fatalf("pending for a: %d", len(pa))
+	}
+	for i := 1; i < len(pa); i++ {
+		if pa[i-1].Lane > pa[i].Lane || (pa[i-1].Lane == pa[i].Lane && pa[i-1].LinkSeq >= pa[i].LinkSeq) {
+			t.Fatalf("out of order: %v", pa)
+		}
+	}
+	recv, _ := s.PendingReceivers()
+	if len(recv) != 2 {
+		t.Fatalf("pending receivers %v", recv)
+	}
+	err = s.Update(ctx, func(tx *Txn) error {
+		for _, d := range pa {
+			d.State = storepb.Delivery_STATE_SENDED
+			tx.PutDelivery(d)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pa, _ := s.PendingFor(a, 100); len(pa) != 0 {
+		t.Fatalf("still pending: %v", pa)
+	}
+	recv, _ = s.PendingReceivers()
+	if len(recv) != 1 || recv[0] != b {
+		t.Fatalf("pending receivers after acks: %v", recv)
+	}
+}
+
+func TestSchemaChecksAndMigrations(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	epoch := s.Epoch()
+	_ = s.Close()
+	// Pretend the data is from schema 0 and needs a migration.
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Set([]byte(keySchema), u64Value(0), pebble.Sync)
+	_ = db.Close()
+	if _, err := Open(dir, Options{Migrations: []Migration{}}); err == nil {
+		t.Fatal("opened without a migration path")
+	}
+	ran := false
+	s, err = Open(dir, Options{Migrations: []Migration{{From: 0, Apply: func(_ *pebble.DB, b *pebble.Batch) error {
+		ran = true
+		return b.Set(rowKey("migrated", 1), []byte("{}"), nil)
+	}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ran || s.Epoch() != epoch {
+		t.Fatalf("migration ran=%v epoch kept=%v", ran, s.Epoch() == epoch)
+	}
+	if _, err := s.Row("migrated", 1); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	db, _ = pebble.Open(dir, &pebble.Options{})
+	_ = db.Set([]byte(keySchema), u64Value(SchemaVersion+1), pebble.Sync)
+	_ = db.Close()
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrNewerSchema) {
+		t.Fatalf("newer schema: %v", err)
+	}
+}
+
+func TestCloseIsIdempotentAndRefusesWork(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(context.Background(), func(*Txn) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -1,0 +1,66 @@
+package stream
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// ServeFunc serves one inbound stream. It returns nil when the stream ended
+// cleanly (it is then closed) or an error (the stream is reset and the error
+// logged).
+type ServeFunc func(s network.Stream) error
+
+// Handle registers serve for protocol id with the resource manager service
+// name, a memory reservation for the stream's buffers, a recover that resets
+// the stream, and Reset on every error path.
+func Handle(h host.Host, id protocol.ID, service string, reserve int, log *slog.Logger, serve ServeFunc) {
+	h.SetStreamHandler(id, func(s network.Stream) {
+		remote := s.Conn().RemotePeer()
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("stream handler panicked", "protocol", id, "peer", remote, "panic", r)
+				_ = s.Reset()
+			}
+		}()
+		if err := s.Scope().SetService(service); err != nil {
+			log.Debug("attach stream to service", "protocol", id, "peer", remote, "err", err)
+			_ = s.Reset()
+			return
+		}
+		if err := s.Scope().ReserveMemory(reserve, network.ReservationPriorityAlways); err != nil {
+			log.Warn("stream refused: no memory", "protocol", id, "peer", remote, "err", err)
+			_ = s.Reset()
+			return
+		}
+		defer s.Scope().ReleaseMemory(reserve)
+		if err := serve(s); err != nil {
+			log.Warn("stream reset", "protocol", id, "peer", remote, "err", err)
+			_ = s.Reset()
+			return
+		}
+		_ = s.Close()
+	})
+}
+
+// RefusedError is an inbound message refused before anything was written:
+// the stream is reset.
+type RefusedError struct {
+	Reason string
+	Err    error
+}
+
+func (e *RefusedError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("refused: %s: %v", e.Reason, e.Err)
+	}
+	return "refused: " + e.Reason
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// Refuse builds a RefusedError.
+func Refuse(reason string, err error) error { return &RefusedError{Reason: reason, Err: err} }
