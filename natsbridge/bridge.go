@@ -313,11 +313,15 @@ func (l *serverLog) fatal() error {
 	return l.err
 }
 
-func (l *serverLog) Noticef(f string, v ...any) { l.log.Debug(fmt.Sprintf(f, v...), "component", "nats") }
-func (l *serverLog) Warnf(f string, v ...any)   { l.log.Warn(fmt.Sprintf(f, v...), "component", "nats") }
-func (l *serverLog) Errorf(f string, v ...any)  { l.log.Error(fmt.Sprintf(f, v...), "component", "nats") }
-func (l *serverLog) Debugf(string, ...any)      {}
-func (l *serverLog) Tracef(string, ...any)      {}
+func (l *serverLog) Noticef(f string, v ...any) {
+	l.log.Debug(fmt.Sprintf(f, v...), "component", "nats")
+}
+func (l *serverLog) Warnf(f string, v ...any) { l.log.Warn(fmt.Sprintf(f, v...), "component", "nats") }
+func (l *serverLog) Errorf(f string, v ...any) {
+	l.log.Error(fmt.Sprintf(f, v...), "component", "nats")
+}
+func (l *serverLog) Debugf(string, ...any) {}
+func (l *serverLog) Tracef(string, ...any) {}
 func (l *serverLog) Fatalf(f string, v ...any) {
 	l.mu.Lock()
 	l.err = fmt.Errorf(f, v...)

@@ -314,9 +314,9 @@ func (b *peerBook) refused(p peer.ID) bool {
 // Connection gater: members only (when `members` is set), never a peer that
 // presented another network, never a blocked one.
 
-func (b *peerBook) InterceptPeerDial(p peer.ID) bool              { return !b.refused(p) }
+func (b *peerBook) InterceptPeerDial(p peer.ID) bool                 { return !b.refused(p) }
 func (b *peerBook) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !b.refused(p) }
-func (b *peerBook) InterceptAccept(network.ConnMultiaddrs) bool     { return true }
+func (b *peerBook) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
 func (b *peerBook) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
 	return !b.refused(p)
 }
@@ -390,4 +390,3 @@ func (x *hello) learn(c network.Conn, h *pb.Hello) {
 		_ = c.Close()
 	}
 }
-

@@ -49,7 +49,9 @@ type RejectError struct{ Reason string }
 func (e *RejectError) Error() string { return e.Reason }
 
 // Reject builds a RejectError.
-func Reject(format string, args ...any) error { return &RejectError{Reason: fmt.Sprintf(format, args...)} }
+func Reject(format string, args ...any) error {
+	return &RejectError{Reason: fmt.Sprintf(format, args...)}
+}
 
 // ReceiverOptions configure a Receiver.
 type ReceiverOptions struct {

@@ -260,4 +260,3 @@ func Request(t testing.TB, nc *nats.Conn, subject string, body string, out any) 
 		t.Fatalf("reply of %s: %v: %s", subject, err, msg.Data)
 	}
 }
-
