@@ -23,7 +23,6 @@ func (n *Node) rendezvous() string { return "/ferry/" + n.cfg.Network + "/member
 // discover keeps the node joined: bootstrap peers, the DHT, the rendezvous
 // key, and connections to partners and the reviewer, found by peer id.
 func (n *Node) discover() {
-	defer n.wg.Done()
 	period := n.opts.DiscoveryPeriod
 	if period <= 0 {
 		period = DefaultDiscoveryPeriod
@@ -49,6 +48,9 @@ func (n *Node) discover() {
 func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
 	defer cancel()
+	for _, c := range n.hello.pending() {
+		n.greet(c)
+	}
 	for _, b := range n.cfg.Bootstrap {
 		ai, err := peer.AddrInfoFromString(b)
 		if err != nil || ai.ID == n.id || n.host.Network().Connectedness(ai.ID) == network.Connected {

@@ -29,6 +29,7 @@ import (
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
 )
@@ -63,9 +64,12 @@ type Node struct {
 	sender   *stream.Sender
 	receiver *stream.Receiver
 	prop     *propagate.Service
+	review   *review.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
+	goMu      sync.Mutex // guards wg.Add against Close
+	closing   bool
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -128,9 +132,11 @@ func New(cfg Config, home Home, o Options) (n *Node, err error) {
 	so.Registerer = n.reg
 	n.sender = stream.NewSender(n.host, n.st, so)
 	n.prop.SetSender(n.sender)
+	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review")})
 	n.receiver = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
-	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello")}
+	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}}
 	return n, nil
 }
 
@@ -152,6 +158,8 @@ func (m kindMux) handler(k pb.Kind) (stream.Handler, error) {
 	switch k {
 	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE, pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
 		return m.n.prop, nil
+	case pb.Kind_KIND_REVIEW_REQUEST, pb.Kind_KIND_REVIEW_DECISION:
+		return m.n.review, nil
 	}
 	return nil, fmt.Errorf("no service for kind %s", k)
 }
@@ -183,13 +191,18 @@ func (n *Node) Start() error {
 	if err := n.sender.Start(); err != nil {
 		return err
 	}
-	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected})
+	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected,
+		DisconnectedF: func(_ network.Network, c network.Conn) { n.hello.forget(c) }})
+	// Connections made before the notifiee (the DHT dials its bootstrap
+	// peers as it starts) are greeted here and by every discovery round.
+	for _, c := range n.hello.pending() {
+		n.greet(c)
+	}
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
 	n.book.OnMember(func(p peer.ID) { n.sender.Kick(p) })
-	n.wg.Add(1)
-	go n.discover()
+	n.spawn(n.discover)
 	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
 	return nil
 }
@@ -203,16 +216,31 @@ func (n *Node) connected(_ network.Network, c network.Conn) {
 	if c.Stat().Direction != network.DirOutbound {
 		return
 	}
+	n.greet(c)
+}
+
+// spawn runs fn on a goroutine the node owns; Close waits for it. After
+// Close has begun it runs nothing.
+func (n *Node) spawn(fn func()) {
+	n.goMu.Lock()
+	defer n.goMu.Unlock()
+	if n.closing {
+		return
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if n.ctx.Err() != nil {
-			return
-		}
-		if err := n.hello.greet(n.ctx, c); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("hello failed", "peer", p, "err", err)
-		}
+		fn()
 	}()
+}
+
+// greet runs hello on a connection in the background.
+func (n *Node) greet(c network.Conn) {
+	n.spawn(func() {
+		if err := n.hello.greet(n.ctx, c); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("hello failed", "peer", c.RemotePeer(), "err", err)
+		}
+	})
 }
 
 func (n *Node) serveNATS() error {
@@ -250,8 +278,52 @@ func (n *Node) serveNATS() error {
 	}); err != nil {
 		return err
 	}
+	if err := b.Handle("review.submit", func(data []byte, reply natsbridge.Reply) {
+		var req review.SubmitRequest
+		if err := json.Unmarshal(data, &req); err != nil {
+			reply.Err(fmt.Errorf("%w: body must be {\"type\", \"table_name\", \"table_id\", \"data\", \"description\"}: %v", ferry.ErrBadRequest, err))
+			return
+		}
+		n.review.Submit(n.ctx, req, func(row review.Row, err error) {
+			if err != nil {
+				reply.Err(err)
+				return
+			}
+			reply.OK(map[string]any{"request": row})
+		})
+	}); err != nil {
+		return err
+	}
+	if err := b.Handle("review.decide", func(data []byte, reply natsbridge.Reply) {
+		if !n.cfg.Review.NATSDecide {
+			reply.Err(fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
+			return
+		}
+		var req review.DecideRequest
+		if err := json.Unmarshal(data, &req); err != nil {
+			reply.Err(fmt.Errorf("%w: body must be {\"request_id\", \"decision\", \"data\"?, \"note\"?}: %v", ferry.ErrBadRequest, err))
+			return
+		}
+		n.Decide(req, func(row review.Row, err error) {
+			if err != nil {
+				reply.Err(err)
+				return
+			}
+			reply.OK(map[string]any{"request": row})
+		})
+	}); err != nil {
+		return err
+	}
 	return b.Flush()
 }
+
+// Decide runs a reviewer decision (admin API, CLI, NATS).
+func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
+	n.review.Decide(n.ctx, req, done)
+}
+
+// Review is the review service.
+func (n *Node) Review() *review.Service { return n.review }
 
 // Close stops the node in reverse order: apps and peers first (no new
 // work), then services, then the store. It is idempotent.
@@ -260,6 +332,9 @@ func (n *Node) Close() error {
 		if n.bridge != nil {
 			n.bridge.Unsubscribe()
 		}
+		n.goMu.Lock()
+		n.closing = true
+		n.goMu.Unlock()
 		n.cancel()
 		if n.receiver != nil {
 			n.receiver.Close()

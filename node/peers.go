@@ -328,6 +328,28 @@ type hello struct {
 	h    host.Host
 	book *peerBook
 	log  *slog.Logger
+
+	mu      sync.Mutex
+	greeted map[string]bool // connection ids that exchanged hello
+}
+
+// pending lists connections that have not exchanged hello yet.
+func (x *hello) pending() []network.Conn {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []network.Conn
+	for _, c := range x.h.Network().Conns() {
+		if !x.greeted[c.ID()] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (x *hello) forget(c network.Conn) {
+	x.mu.Lock()
+	delete(x.greeted, c.ID())
+	x.mu.Unlock()
 }
 
 func (x *hello) me() *pb.Hello {
@@ -379,6 +401,9 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 }
 
 func (x *hello) learn(c network.Conn, h *pb.Hello) {
+	x.mu.Lock()
+	x.greeted[c.ID()] = true
+	x.mu.Unlock()
 	p := c.RemotePeer()
 	addrs := x.h.Peerstore().Addrs(p)
 	if len(addrs) == 0 {

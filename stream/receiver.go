@@ -74,8 +74,9 @@ type Receiver struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
-	mu    sync.Mutex
-	lanes map[laneKey]*sequencer
+	mu      sync.Mutex
+	lanes   map[laneKey]*sequencer
+	streams map[*inStream]struct{}
 
 	received *prometheus.CounterVec
 }
@@ -125,7 +126,7 @@ func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Ha
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Receiver{host: h, st: st, handler: handler, verifier: v, opts: o, log: o.Logger,
-		ctx: ctx, cancel: cancel, lanes: map[laneKey]*sequencer{},
+		ctx: ctx, cancel: cancel, lanes: map[laneKey]*sequencer{}, streams: map[*inStream]struct{}{},
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "delivery", Name: "received_total",
 			Help: "Inbound delivery messages by outcome."}, []string{"outcome"})}
 	if o.Registerer != nil {
@@ -145,12 +146,18 @@ func (r *Receiver) Start() {
 	}
 }
 
-// Close unregisters the handlers and waits for the streams being served.
+// Close unregisters the handlers, resets the streams being served and
+// waits for their goroutines.
 func (r *Receiver) Close() {
 	for _, p := range protocols.DeliveryProtocols {
 		r.host.RemoveStreamHandler(p)
 	}
+	r.mu.Lock()
 	r.cancel()
+	for in := range r.streams {
+		_ = in.s.Reset()
+	}
+	r.mu.Unlock()
 	r.wg.Wait()
 }
 
@@ -190,6 +197,18 @@ func (in *inStream) ack(a *pb.Ack) {
 func (r *Receiver) serve(s network.Stream) error {
 	in := &inStream{s: s, remote: s.Conn().RemotePeer(), proto: s.Protocol(),
 		wake: make(chan struct{}, 1), failed: make(chan struct{})}
+	r.mu.Lock()
+	if r.ctx.Err() != nil {
+		r.mu.Unlock()
+		return r.ctx.Err()
+	}
+	r.streams[in] = struct{}{}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.streams, in)
+		r.mu.Unlock()
+	}()
 	writerDone := make(chan error, 1)
 	stop := make(chan struct{})
 	go func() { writerDone <- r.writeAcks(in, stop) }()

@@ -1,0 +1,422 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
+)
+
+const (
+	payloadBytes = 256
+	dataType     = "bench"
+	propagateSub = "ferry.propagate"
+	createdSub   = "ferry.resource.created.>"
+)
+
+var idKey = []byte(`"id":"`)
+
+// epoch is the process's time origin: every timestamp is time.Since(epoch),
+// monotonic, so goroutines never share a mutable start time.
+var epoch = time.Now()
+
+func now() time.Duration { return time.Since(epoch) }
+
+// propagateBody appends a create request whose payload object is exactly
+// payloadBytes long: {"id":"<id>","pad":"xxx..."}.
+func propagateBody(buf []byte, id string) []byte {
+	buf = append(buf, `{"action":"create","data_type":"`+dataType+`","payload":`...)
+	head := len(`{"id":"`) + len(id) + len(`","pad":"`)
+	pad := max(payloadBytes-head-len(`"}`), 0)
+	buf = append(buf, `{"id":"`...)
+	buf = append(buf, id...)
+	buf = append(buf, `","pad":"`...)
+	for range pad {
+		buf = append(buf, 'x')
+	}
+	buf = append(buf, `"}}`...)
+	return buf
+}
+
+// eventID finds the first "id":"..." in a reply or an event (the resource's
+// id: no other key of either ends in a bare "id").
+func eventID(data []byte) []byte {
+	i := bytes.Index(data, idKey)
+	if i < 0 {
+		return nil
+	}
+	rest := data[i+len(idKey):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return nil
+	}
+	return rest[:j]
+}
+
+// seqOf parses "e<digits>"; -1 if id is not a measured event.
+func seqOf(id []byte) int {
+	if len(id) < 2 || id[0] != 'e' {
+		return -1
+	}
+	n := 0
+	for _, c := range id[1:] {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// counter counts the events one node publishes on its NATS. Its handler
+// runs on one goroutine (one subscription); read it after done or after
+// the subscription is drained.
+type counter struct {
+	n      int
+	counts []uint8
+	got    int
+	dups   int
+	bad    int
+	doneAt time.Duration
+	recvNs []int64 // arrival per event, when asked for
+	done   chan struct{}
+	warm   chan struct{}
+	once   sync.Once
+	sub    *nats.Subscription
+}
+
+func newCounter(t testing.TB, nc *nats.Conn, n int, withTimes bool) *counter {
+	t.Helper()
+	c := &counter{n: n, counts: make([]uint8, n), done: make(chan struct{}), warm: make(chan struct{})}
+	if withTimes {
+		c.recvNs = make([]int64, n)
+	}
+	sub, err := nc.Subscribe(createdSub, c.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.sub = sub
+	return c
+}
+
+func (c *counter) handle(m *nats.Msg) {
+	id := eventID(m.Data)
+	if len(id) > 0 && id[0] == 'w' {
+		c.once.Do(func() { close(c.warm) })
+		return
+	}
+	i := seqOf(id)
+	if i < 0 || i >= c.n {
+		c.bad++
+		return
+	}
+	c.counts[i]++
+	if c.counts[i] > 1 {
+		c.dups++
+		return
+	}
+	if c.recvNs != nil {
+		c.recvNs[i] = int64(now())
+	}
+	c.got++
+	if c.got == c.n {
+		c.doneAt = now()
+		close(c.done)
+	}
+}
+
+// app is a NATS client pipelining propagate requests with one reply inbox.
+type app struct {
+	nc       *nats.Conn
+	inbox    string
+	sem      chan struct{}
+	n        int
+	start    time.Duration
+	ok       int
+	failed   int
+	firstErr string
+	doneAt   time.Duration
+	ackNs    []int64
+	sendNs   []int64
+	done     chan struct{}
+	sub      *nats.Subscription
+}
+
+func newApp(t testing.TB, nc *nats.Conn, n, inflight int, withTimes bool) *app {
+	t.Helper()
+	a := &app{nc: nc, inbox: nats.NewInbox(), sem: make(chan struct{}, inflight), n: n, done: make(chan struct{})}
+	if withTimes {
+		a.ackNs = make([]int64, n)
+		a.sendNs = make([]int64, n)
+	}
+	sub, err := nc.Subscribe(a.inbox, a.reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a.sub = sub
+	return a
+}
+
+func (a *app) reply(m *nats.Msg) {
+	<-a.sem
+	if bytes.Contains(m.Data, []byte(`"ok":true`)) {
+		a.ok++
+		if a.ackNs != nil {
+			if i := seqOf(eventID(m.Data)); i >= 0 && i < a.n {
+				a.ackNs[i] = int64(now())
+			}
+		}
+	} else {
+		a.failed++
+		if a.firstErr == "" {
+			a.firstErr = string(m.Data)
+		}
+	}
+	if a.ok+a.failed == a.n {
+		a.doneAt = now()
+		close(a.done)
+	}
+}
+
+// send issues n creates, at most cap(sem) unanswered; pace > 0 spaces the
+// sends (the i-th no earlier than start+i*pace).
+func (a *app) send(t testing.TB, pace time.Duration) {
+	t.Helper()
+	buf := make([]byte, 0, 512)
+	for i := range a.n {
+		if pace > 0 {
+			if d := a.start + time.Duration(i)*pace - now(); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		a.sem <- struct{}{}
+		buf = propagateBody(buf[:0], "e"+strconv.Itoa(i))
+		if a.sendNs != nil {
+			a.sendNs[i] = int64(now())
+		}
+		if err := a.nc.PublishRequest(propagateSub, a.inbox, buf); err != nil {
+			t.Fatalf("publish request %d: %v", i, err)
+		}
+	}
+	if err := a.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ferryNet starts A with the given number of partners (each a partner of A
+// in turn), connects counters to every partner and warms every path up with
+// one event.
+func ferryNet(t testing.TB, partners, n int, withTimes bool) (*testnet.Net, *nats.Conn, []*counter) {
+	t.Helper()
+	p := map[int][]int{}
+	for i := 1; i <= partners; i++ {
+		p[0] = append(p[0], i)
+		p[i] = []int{0}
+	}
+	net := testnet.Start(t, testnet.Options{N: partners + 1, Partners: p})
+	var cs []*counter
+	for i := 1; i <= partners; i++ {
+		cs = append(cs, newCounter(t, net.NATS(i), n, withTimes))
+	}
+	a := net.NATS(0)
+	var r struct {
+		OK    bool `json:"ok"`
+		Error any  `json:"error"`
+	}
+	testnet.Request(t, a, propagateSub, string(propagateBody(nil, "w0")), &r)
+	if !r.OK {
+		t.Fatalf("warm-up create: %v", r.Error)
+	}
+	for i, c := range cs {
+		select {
+		case <-c.warm:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("warm-up event did not reach partner %d", i+1)
+		}
+	}
+	return net, a, cs
+}
+
+// storeStats are a node's group-commit counters (its store metrics).
+type storeStats struct {
+	Commits, Ops float64
+	Busy         time.Duration // time inside commit rounds: transactions, sealing, fsync
+}
+
+func (a storeStats) sub(b storeStats) storeStats {
+	return storeStats{Commits: a.Commits - b.Commits, Ops: a.Ops - b.Ops, Busy: a.Busy - b.Busy}
+}
+
+func (a storeStats) String() string {
+	if a.Commits == 0 {
+		return "no commits"
+	}
+	return fmt.Sprintf("%.0f commits, %.0f tx/commit, %.1f ms/commit, writer busy %.2fs",
+		a.Commits, a.Ops/a.Commits, float64(a.Busy)/float64(time.Millisecond)/a.Commits, a.Busy.Seconds())
+}
+
+func gatherStore(t testing.TB, nd *node.Node) storeStats {
+	t.Helper()
+	mfs, err := nd.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st storeStats
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "ferry_store_commits_total":
+				st.Commits += m.GetCounter().GetValue()
+			case "ferry_store_operations_total":
+				st.Ops += m.GetCounter().GetValue()
+			case "ferry_store_commit_seconds":
+				st.Busy += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
+			}
+		}
+	}
+	return st
+}
+
+type ferryResult struct {
+	Partners int
+	N        int
+	Elapsed  time.Duration // first send to last event at the slowest partner
+	AckedAt  time.Duration // first send to last fsynced reply at A
+	Check    string
+	Failed   bool
+	// Store group commits during the run at A and at its first partner.
+	StoreA, StoreB storeStats
+	// Latency runs only.
+	P50, P99, Max, AckP50, AckP99 time.Duration
+	Rate                          float64 // offered load, events/s
+}
+
+func (r ferryResult) EventsPerSec() float64 { return float64(r.N) / r.Elapsed.Seconds() }
+
+// waitAll waits for the app's replies and every counter, with a deadline.
+func waitAll(t testing.TB, a *app, cs []*counter, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	select {
+	case <-a.done:
+	case <-deadline:
+		t.Fatalf("timed out: %d ok + %d failed replies of %d", a.ok, a.failed, a.n)
+	}
+	for i, c := range cs {
+		select {
+		case <-c.done:
+		case <-deadline:
+			t.Fatalf("timed out: partner %d has %d of %d events", i+1, c.got, c.n)
+		}
+	}
+}
+
+// settle lets late duplicates arrive, then stops the counters and checks
+// that every reply was ok and every event arrived exactly once everywhere.
+func settle(t testing.TB, a *app, cs []*counter, wait time.Duration) (string, bool) {
+	t.Helper()
+	time.Sleep(wait)
+	_ = a.sub.Drain()
+	for _, c := range cs {
+		_ = c.sub.Drain()
+	}
+	for _, c := range cs {
+		for c.sub.IsValid() {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for a.sub.IsValid() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	bad := a.ok != a.n || a.failed != 0
+	got, dups, unk := 0, 0, 0
+	for _, c := range cs {
+		got += c.got
+		dups += c.dups
+		unk += c.bad
+	}
+	bad = bad || got != a.n*len(cs) || dups != 0 || unk != 0
+	msg := fmt.Sprintf("replies %d/%d ok; events %d/%d, %d dup", a.ok, a.n, got, a.n*len(cs), dups)
+	if unk != 0 {
+		msg += fmt.Sprintf(", %d unparsed", unk)
+	}
+	if a.failed != 0 {
+		msg += "; first error: " + a.firstErr
+	}
+	if bad {
+		t.Errorf("ferry checks failed: %s", msg)
+	}
+	return msg, bad
+}
+
+// ferryThroughput runs the pipelined load from A to its partners.
+func ferryThroughput(t testing.TB, partners, n, inflight int, wait time.Duration) ferryResult {
+	net, nc, cs := ferryNet(t, partners, n, false)
+	a := newApp(t, nc, n, inflight, false)
+	runtime.GC()
+	sa, sb := gatherStore(t, net.Node(0)), gatherStore(t, net.Node(1))
+	a.start = now()
+	a.send(t, 0)
+	waitAll(t, a, cs, 5*time.Minute)
+	r := ferryResult{Partners: partners, N: n, AckedAt: a.doneAt - a.start}
+	r.StoreA, r.StoreB = gatherStore(t, net.Node(0)).sub(sa), gatherStore(t, net.Node(1)).sub(sb)
+	for _, c := range cs {
+		r.Elapsed = max(r.Elapsed, c.doneAt-a.start)
+	}
+	r.Check, r.Failed = settle(t, a, cs, wait)
+	return r
+}
+
+// ferryLatency paces rate events/s for d at A with one partner.
+func ferryLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) ferryResult {
+	n := max(int(float64(rate)*d.Seconds()), 1)
+	_, nc, cs := ferryNet(t, 1, n, true)
+	a := newApp(t, nc, n, inflight, true)
+	runtime.GC()
+	a.start = now()
+	a.send(t, time.Second/time.Duration(rate))
+	waitAll(t, a, cs, 2*time.Minute)
+	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
+	r.Check, r.Failed = settle(t, a, cs, wait)
+	lat := make([]time.Duration, 0, n)
+	ack := make([]time.Duration, 0, n)
+	for i := range n {
+		lat = append(lat, time.Duration(cs[0].recvNs[i]-a.sendNs[i]))
+		ack = append(ack, time.Duration(a.ackNs[i]-a.sendNs[i]))
+	}
+	slices.Sort(lat)
+	slices.Sort(ack)
+	r.P50, r.P99, r.Max = quantile(lat, 0.50), quantile(lat, 0.99), lat[len(lat)-1]
+	r.AckP50, r.AckP99 = quantile(ack, 0.50), quantile(ack, 0.99)
+	return r
+}
+
+// quantile of sorted durations (nearest rank).
+func quantile(s []time.Duration, q float64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}

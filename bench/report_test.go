@@ -1,0 +1,294 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sizes are the event counts of one run; each measurement should last a few
+// seconds on a 2-core machine at scale 1.
+type sizes struct {
+	Ferry, JetStream, JetStreamSync, Libp2p int
+	LatencyRate                             int
+	LatencyFor                              time.Duration
+	FanOut                                  int // per run; 1 and 10 partners
+	FanOutPartners                          int
+	Inflight                                int
+	// Settle is the wait after the last event for late duplicates.
+	Settle time.Duration
+}
+
+var full = sizes{
+	Ferry:          20_000,
+	JetStream:      60_000,
+	JetStreamSync:  2_500,
+	Libp2p:         3_000_000,
+	LatencyRate:    1000,
+	LatencyFor:     5 * time.Second,
+	FanOut:         5_000,
+	FanOutPartners: 10,
+	Inflight:       2048,
+	Settle:         300 * time.Millisecond,
+}
+
+var smoke = sizes{
+	Ferry:          300,
+	JetStream:      300,
+	JetStreamSync:  20,
+	Libp2p:         1000,
+	LatencyRate:    1000,
+	LatencyFor:     50 * time.Millisecond,
+	FanOut:         100,
+	FanOutPartners: 2,
+	Inflight:       64,
+	Settle:         10 * time.Millisecond,
+}
+
+func (s sizes) scaled(f float64) sizes {
+	sc := func(n int) int { return max(int(float64(n)*f), 1) }
+	s.Ferry, s.JetStream, s.JetStreamSync, s.Libp2p, s.FanOut = sc(s.Ferry), sc(s.JetStream), sc(s.JetStreamSync), sc(s.Libp2p), sc(s.FanOut)
+	s.LatencyFor = time.Duration(float64(s.LatencyFor) * f)
+	return s
+}
+
+// results of one run; zero values are parts that did not run.
+type results struct {
+	Ferry       *ferryResult
+	JS, JSSync  *jsResult
+	Raw         *rawResult
+	Latency     *ferryResult
+	Fan1, FanN  *ferryResult
+	Sizes       sizes
+	Took        time.Duration
+	LoadBefore  string
+	LoadAfter   string
+	parts       map[string]bool
+	failedParts []string
+}
+
+func (r *results) want(part string) bool { return r.parts == nil || r.parts[part] }
+
+// run runs each wanted part as a subtest, so each part's nodes and servers
+// are gone before the next starts.
+func run(t *testing.T, sz sizes, parts map[string]bool) *results {
+	r := &results{Sizes: sz, parts: parts, LoadBefore: loadavg()}
+	begin := time.Now()
+	part := func(name string, f func(t *testing.T)) {
+		if !r.want(name) {
+			return
+		}
+		if !t.Run(name, f) {
+			r.failedParts = append(r.failedParts, name)
+		}
+		runtime.GC()
+	}
+	part("ferry", func(t *testing.T) {
+		x := ferryThroughput(t, 1, sz.Ferry, sz.Inflight, sz.Settle)
+		r.Ferry = &x
+	})
+	part("jetstream", func(t *testing.T) {
+		x := jetstreamSourcing(t, sz.JetStream, sz.Inflight, false, sz.Settle)
+		r.JS = &x
+	})
+	part("jetstream-sync", func(t *testing.T) {
+		x := jetstreamSourcing(t, sz.JetStreamSync, sz.Inflight, true, sz.Settle)
+		r.JSSync = &x
+	})
+	part("libp2p", func(t *testing.T) {
+		x := rawLibp2p(t, sz.Libp2p, sz.Inflight)
+		r.Raw = &x
+	})
+	part("latency", func(t *testing.T) {
+		x := ferryLatency(t, sz.LatencyRate, sz.LatencyFor, sz.Inflight, sz.Settle)
+		r.Latency = &x
+	})
+	part("fanout", func(t *testing.T) {
+		t.Run("1", func(t *testing.T) {
+			x := ferryThroughput(t, 1, sz.FanOut, sz.Inflight, sz.Settle)
+			r.Fan1 = &x
+		})
+		runtime.GC()
+		t.Run(strconv.Itoa(sz.FanOutPartners), func(t *testing.T) {
+			x := ferryThroughput(t, sz.FanOutPartners, sz.FanOut, sz.Inflight, sz.Settle)
+			r.FanN = &x
+		})
+	})
+	r.Took = time.Since(begin)
+	r.LoadAfter = loadavg()
+	return r
+}
+
+// loadavg is the 1, 5 and 15 minute load averages (Linux), to tell a quiet
+// machine from a busy one when reading the numbers.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// TestReport runs every measurement at full size and prints the table. It
+// is skipped unless FERRY_BENCH is set; see the package doc for the command.
+func TestReport(t *testing.T) {
+	if os.Getenv("FERRY_BENCH") == "" {
+		t.Skip("set FERRY_BENCH=1 to run the benchmark report (see bench/doc.go)")
+	}
+	scale := 1.0
+	if s := os.Getenv("FERRY_BENCH_SCALE"); s != "" {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || f <= 0 {
+			t.Fatalf("FERRY_BENCH_SCALE=%q: want a positive number", s)
+		}
+		scale = f
+	}
+	sz := full.scaled(scale)
+	if s := os.Getenv("FERRY_BENCH_INFLIGHT"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			t.Fatalf("FERRY_BENCH_INFLIGHT=%q: want a positive integer", s)
+		}
+		sz.Inflight = n
+	}
+	var parts map[string]bool
+	if s := os.Getenv("FERRY_BENCH_ONLY"); s != "" {
+		parts = map[string]bool{}
+		for _, p := range strings.Split(s, ",") {
+			parts[strings.TrimSpace(p)] = true
+		}
+	}
+	r := run(t, sz, parts)
+	fmt.Print(r.table())
+}
+
+// TestSmoke runs every measurement at a tiny size so the harness keeps
+// working; it does not print the table unless -v.
+func TestSmoke(t *testing.T) {
+	if os.Getenv("FERRY_BENCH") != "" {
+		t.Skip("TestReport runs instead")
+	}
+	r := run(t, smoke, nil)
+	if testing.Verbose() {
+		fmt.Print(r.table())
+	}
+}
+
+func rate(n int, d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return thousands(float64(n) / d.Seconds())
+}
+
+// thousands formats a rate with a thin separator: 123,456.
+func thousands(f float64) string {
+	s := strconv.FormatInt(int64(f+0.5), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }
+
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms"
+}
+
+func ratio(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "-"
+	}
+	if v := a / b; v < 0.995 {
+		return strconv.FormatFloat(v, 'g', 2, 64) + "x"
+	}
+	return strconv.FormatFloat(a/b, 'f', 2, 64) + "x"
+}
+
+func status(failed bool, check string) string {
+	if failed {
+		return "FAILED: " + check
+	}
+	return check
+}
+
+// table renders the results as one markdown table.
+func (r *results) table() string {
+	var b strings.Builder
+	host, _ := os.Hostname()
+	fmt.Fprintf(&b, "\nFerry benchmark: %s, %s/%s, %d CPUs (GOMAXPROCS %d), host %s, %d in flight, run took %s, load average %s before, %s after\n\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), host, r.Sizes.Inflight,
+		r.Took.Round(time.Second), r.LoadBefore, r.LoadAfter)
+	b.WriteString("| # | Measurement | Events | Time (s) | Events/s | Ratio | p50 | p99 | Checks |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|---|\n")
+	row := func(num, name string, n int, d time.Duration, rt, rat, p50, p99, check string) {
+		ns, ds := "-", "-"
+		if n > 0 {
+			ns = thousands(float64(n))
+		}
+		if d > 0 {
+			ds = secs(d)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", num, name, ns, ds, rt, rat, p50, p99, check)
+	}
+	var ferryRate float64
+	if f := r.Ferry; f != nil {
+		ferryRate = f.EventsPerSec()
+		row("1", "Ferry A→B, pipelined creates, until B published every event", f.N, f.Elapsed, rate(f.N, f.Elapsed), "1.00x (ref)", "", "",
+			status(f.Failed, f.Check)+fmt.Sprintf("; A acked all (fsynced) at %ss = %s/s", secs(f.AckedAt), rate(f.N, f.AckedAt)))
+	}
+	if j := r.JS; j != nil {
+		row("2a", "JetStream SRC→DST sourcing over leafnode (default sync)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
+			"Ferry/JS "+ratio(ferryRate, j.MsgsPerSec()), "", "", status(j.Failed, j.Check)+fmt.Sprintf("; SRC acked all at %ss", secs(j.AckedAt)))
+	}
+	if j := r.JSSync; j != nil {
+		row("2b", "JetStream SRC→DST sourcing, SyncAlways (fsync per write)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
+			"Ferry/JS-sync "+ratio(ferryRate, j.MsgsPerSec()), "", "", status(j.Failed, j.Check)+fmt.Sprintf("; SRC acked all at %ss", secs(j.AckedAt)))
+	}
+	if x := r.Raw; x != nil {
+		row("3", "raw libp2p stream (TCP+noise+yamux), acked, pipelined", x.N, x.Elapsed, rate(x.N, x.Elapsed),
+			"Ferry/raw "+ratio(ferryRate, x.MsgsPerSec()), "", "", status(x.Failed, x.Check))
+	}
+	if l := r.Latency; l != nil {
+		row("4", fmt.Sprintf("Ferry latency at %s events/s paced, send at A → event on B", thousands(l.Rate)), l.N, l.Elapsed, rate(l.N, l.Elapsed), "",
+			ms(l.P50), ms(l.P99), status(l.Failed, l.Check)+fmt.Sprintf("; max %s; fsynced reply at A p50 %s, p99 %s", ms(l.Max), ms(l.AckP50), ms(l.AckP99)))
+	}
+	if f := r.Fan1; f != nil {
+		row("5a", "Ferry fan-out, A with 1 partner", f.N, f.Elapsed, rate(f.N, f.Elapsed), "1.00x (ref)", "", "", status(f.Failed, f.Check))
+	}
+	if f := r.FanN; f != nil {
+		var rat string
+		if r.Fan1 != nil {
+			rat = fmt.Sprintf("%d/1 %s", f.Partners, ratio(f.EventsPerSec(), r.Fan1.EventsPerSec()))
+		}
+		row("5b", fmt.Sprintf("Ferry fan-out, A with %d partners, until all published every event", f.Partners), f.N, f.Elapsed, rate(f.N, f.Elapsed), rat, "", "",
+			status(f.Failed, f.Check)+fmt.Sprintf("; %s deliveries/s", rate(f.N*f.Partners, f.Elapsed)))
+	}
+	b.WriteString("\nStore group commits during the runs (A = sender, B = first partner):\n\n")
+	for _, x := range []struct {
+		name string
+		f    *ferryResult
+	}{{"1", r.Ferry}, {"5a", r.Fan1}, {"5b", r.FanN}} {
+		if x.f != nil {
+			fmt.Fprintf(&b, "- %s: A %s; B %s\n", x.name, x.f.StoreA, x.f.StoreB)
+		}
+	}
+	if len(r.failedParts) > 0 {
+		fmt.Fprintf(&b, "\nFAILED parts: %s\n", strings.Join(r.failedParts, ", "))
+	}
+	b.WriteString("\n")
+	return b.String()
+}

@@ -1,0 +1,236 @@
+package review
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Admit lets in review requests from members to the reviewer, sent by
+// their applicant, and decisions signed by the configured reviewer.
+func (s *Service) Admit(in *stream.Inbound) error {
+	switch in.Body.Kind {
+	case pb.Kind_KIND_REVIEW_REQUEST:
+		if !s.IsReviewer() {
+			return errors.New("this node is not the reviewer")
+		}
+		if !s.roles.IsMember(in.From) {
+			return fmt.Errorf("%s is not a member", in.From)
+		}
+		if in.Origin != in.From {
+			return fmt.Errorf("request origin %s differs from sender %s", in.Origin, in.From)
+		}
+		return nil
+	case pb.Kind_KIND_REVIEW_DECISION:
+		return s.AdmitDecision(in.Origin)
+	}
+	return fmt.Errorf("kind %s is not a review message", in.Body.Kind)
+}
+
+// AdmitDecision accepts decisions signed by the configured reviewer only.
+func (s *Service) AdmitDecision(origin peer.ID) error {
+	r := s.roles.Reviewer()
+	if r == "" {
+		return errors.New("no reviewer is configured here")
+	}
+	if origin != r {
+		return fmt.Errorf("decision signed by %s, not by the reviewer %s", origin, r)
+	}
+	if s.IsReviewer() {
+		return errors.New("the reviewer does not take decisions from others")
+	}
+	return nil
+}
+
+// Apply commits a received request or decision.
+func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	if in.Body.Kind == pb.Kind_KIND_REVIEW_REQUEST {
+		return s.applyRequest(tx, in)
+	}
+	return s.ApplyDecision(tx, in.Envelope, in.Body)
+}
+
+func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	rr := &pb.ReviewRequest{}
+	if err := proto.Unmarshal(in.Body.Payload, rr); err != nil {
+		return 0, stream.Reject("request payload: %v", err)
+	}
+	origin := originOf(in.Origin, rr.RequestId)
+	if _, err := tx.RequestByOrigin(origin); err == nil {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return 0, err
+	}
+	typ, err := ParseType(rr.Type)
+	if err != nil {
+		return 0, stream.Reject("%v", err)
+	}
+	if !ValidTable(rr.TableName) || rr.TableName != in.Body.DataType || rr.TableId == 0 || rr.RequestId == 0 {
+		return 0, stream.Reject("request names no valid table row")
+	}
+	if _, err := CheckData(rr.TableId, rr.Data, typ); err != nil {
+		return 0, stream.Reject("%v", err)
+	}
+	ver, dup, err := tx.AppendReceived(in.Origin, in.Body.OriginVersion, in.Envelope)
+	if err != nil || dup {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	}
+	id, err := tx.Next(store.CtrRequest)
+	if err != nil {
+		return 0, err
+	}
+	applicant := rr.ApplicantName
+	if applicant == "" {
+		applicant = s.roles.Name(in.Origin)
+	}
+	row := &storepb.Request{Id: id, TableId: rr.TableId, TableName: rr.TableName, Applicant: applicant,
+		Reviewer: s.roles.SelfName(), Type: typ.String(), Status: Waiting.String(), Data: rr.Data,
+		DescriptionSender: rr.SenderNote, CreatedAt: rr.CreatedAt, ApplicantId: []byte(in.Origin),
+		ReviewerId: []byte(s.roles.Self()), Origin: origin, ChangeVersion: ver}
+	tx.PutRequest(row)
+	tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
+	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+}
+
+// ApplyDecision applies a reviewer decision whose envelope was verified
+// against the reviewer. Accepted and edited decisions apply strictly in
+// sequence order: one that arrives ahead of a missing one is kept (durably)
+// until the gap is filled, then applied with it. Sync uses it too.
+func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
+	d := &pb.ReviewDecision{}
+	if err := proto.Unmarshal(body.Payload, d); err != nil {
+		return 0, stream.Reject("decision payload: %v", err)
+	}
+	if d.Request == nil {
+		return 0, stream.Reject("decision without its request")
+	}
+	status, err := ParseStatus(d.Status)
+	if err != nil || status == Waiting {
+		return 0, stream.Reject("decision status %q", d.Status)
+	}
+	if _, err := ParseType(d.Request.Type); err != nil || !ValidTable(d.Request.TableName) {
+		return 0, stream.Reject("decision names no valid table row")
+	}
+	if status == Rejected {
+		if d.Sequence != 0 {
+			return 0, stream.Reject("a rejection carries no sequence")
+		}
+		ver, dup, err := tx.AppendReceived(peer.ID(body.Origin), body.OriginVersion, env)
+		if err != nil || dup {
+			return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+		}
+		return pb.AckStatus_ACK_STATUS_APPLIED, s.record(tx, d, ver)
+	}
+	if d.Sequence == 0 {
+		return 0, stream.Reject("an applied decision needs a sequence")
+	}
+	applied := parseU64(mustAux(tx, auxApplied))
+	switch {
+	case d.Sequence <= applied:
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+	case d.Sequence > applied+1:
+		held, err := tx.GetAux(auxHeld(d.Sequence))
+		if err == nil && len(held) > 0 {
+			return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+		}
+		raw, err := proto.Marshal(env)
+		if err != nil {
+			return 0, err
+		}
+		tx.SetAux(auxHeld(d.Sequence), raw)
+		s.log.Info("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
+		if s.gaps != nil {
+			from := peer.ID(body.Origin)
+			tx.OnCommit(func() { s.gaps.DecisionGap(from, applied, d.Sequence) })
+		}
+		return pb.AckStatus_ACK_STATUS_APPLIED, nil
+	}
+	if err := s.applyInOrder(tx, env, body, d); err != nil {
+		return 0, err
+	}
+	// Apply what was held behind it.
+	for next := d.Sequence + 1; ; next++ {
+		raw, err := tx.GetAux(auxHeld(next))
+		if errors.Is(err, store.ErrNotFound) || (err == nil && len(raw) == 0) {
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+		henv := &pb.Envelope{}
+		hbody := &pb.Body{}
+		hd := &pb.ReviewDecision{}
+		if proto.Unmarshal(raw, henv) != nil || proto.Unmarshal(henv.Body, hbody) != nil || proto.Unmarshal(hbody.Payload, hd) != nil {
+			return 0, fmt.Errorf("held decision %d is corrupt", next)
+		}
+		tx.SetAux(auxHeld(next), nil)
+		if err := s.applyInOrder(tx, henv, hbody, hd); err != nil {
+			return 0, err
+		}
+	}
+	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+}
+
+func mustAux(tx *store.Txn, name string) []byte {
+	v, _ := tx.GetAux(name)
+	return v
+}
+
+// applyInOrder applies the decision that is next in sequence.
+func (s *Service) applyInOrder(tx *store.Txn, env *pb.Envelope, body *pb.Body, d *pb.ReviewDecision) error {
+	ver, dup, err := tx.AppendReceived(peer.ID(body.Origin), body.OriginVersion, env)
+	if err != nil {
+		return err
+	}
+	if dup {
+		// The change log has it (sync delivered it earlier) but it was not
+		// applied: apply it now against its recorded version.
+		ver, _, err = tx.HasOrigin(peer.ID(body.Origin), body.OriginVersion)
+		if err != nil {
+			return err
+		}
+	}
+	typ, _ := ParseType(d.Request.Type)
+	existing, err := tx.GetRow(d.Request.TableName, d.Request.TableId)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	change, err := ApplyRow(typ, d.Request.TableId, existing, d.Data, false)
+	if err != nil {
+		return err
+	}
+	applyChange(tx, d.Request.TableName, d.Request.TableId, change)
+	tx.PutDecision(d.Sequence, ver)
+	tx.SetAux(auxApplied, u64(d.Sequence))
+	return s.record(tx, d, ver)
+}
+
+// record writes the request row with its final status and publishes it.
+func (s *Service) record(tx *store.Txn, d *pb.ReviewDecision, ver uint64) error {
+	r, err := tx.RequestByOrigin(d.Origin)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		id, err := tx.Next(store.CtrRequest)
+		if err != nil {
+			return err
+		}
+		rq := d.Request
+		r = &storepb.Request{Id: id, TableId: rq.TableId, TableName: rq.TableName, Applicant: rq.ApplicantName,
+			Type: rq.Type, DescriptionSender: rq.SenderNote, CreatedAt: rq.CreatedAt, ApplicantId: d.Applicant, Origin: d.Origin}
+	case err != nil:
+		return err
+	}
+	r.Reviewer = d.ReviewerName
+	r.ReviewerId = []byte(s.roles.Reviewer())
+	r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = d.Status, d.Sequence, d.Data, d.ReceiverNote, d.DecidedAt, ver
+	tx.PutRequest(r)
+	tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
+	return nil
+}

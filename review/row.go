@@ -1,0 +1,120 @@
+package review
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// Row is a request row as apps and operators see it (SPEC.md "The review ledger").
+type Row struct {
+	ID          uint64          `json:"id"`
+	TableID     uint64          `json:"table_id"`
+	TableName   string          `json:"table_name"`
+	Applicant   string          `json:"applicant"`
+	Reviewer    string          `json:"reviewer"`
+	Type        string          `json:"type"`
+	Status      string          `json:"status"`
+	Data        json.RawMessage `json:"data"`
+	Description Description     `json:"description"`
+	CreatedAt   int64           `json:"created_at"`
+	ApplicantID string          `json:"applicant_id"`
+	ReviewerID  string          `json:"reviewer_id"`
+	Origin      string          `json:"origin"`
+	Sequence    uint64          `json:"sequence"`
+	// Conflict, on the reviewer for a waiting request, says why accepting it
+	// would be refused (the row it updates or deletes is missing, or the row
+	// it inserts exists).
+	Conflict string `json:"conflict,omitempty"`
+}
+
+// Description is the request's description column.
+type Description struct {
+	Sender   string `json:"sender"`
+	Receiver string `json:"receiver"`
+}
+
+func (s *Service) render(r *storepb.Request) Row {
+	data := json.RawMessage(r.Data)
+	if !json.Valid(data) {
+		data = json.RawMessage("{}")
+	}
+	row := Row{ID: r.Id, TableID: r.TableId, TableName: r.TableName, Applicant: r.Applicant, Reviewer: r.Reviewer,
+		Type: r.Type, Status: r.Status, Data: data, Description: Description{Sender: r.DescriptionSender, Receiver: r.DescriptionReceiver},
+		CreatedAt: r.CreatedAt, ApplicantID: peer.ID(r.ApplicantId).String(), ReviewerID: peer.ID(r.ReviewerId).String(),
+		Origin: r.Origin, Sequence: r.Sequence}
+	if r.Status == Waiting.String() && s.IsReviewer() {
+		row.Conflict = s.conflict(r)
+	}
+	return row
+}
+
+// conflict checks a waiting request against the reviewer's table now.
+func (s *Service) conflict(r *storepb.Request) string {
+	typ, err := ParseType(r.Type)
+	if err != nil {
+		return err.Error()
+	}
+	existing, err := s.st.Row(r.TableName, r.TableId)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return ""
+	}
+	if _, err := ApplyRow(typ, r.TableId, existing, r.Data, true); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// Requests lists request rows, all or with one status.
+func (s *Service) Requests(status string) ([]Row, error) {
+	if status != "" {
+		if _, err := ParseStatus(status); err != nil {
+			return nil, err
+		}
+	}
+	rs, err := s.st.Requests(status)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	out := make([]Row, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, s.render(r))
+	}
+	return out, nil
+}
+
+// Request reads one request row.
+func (s *Service) Request(id uint64) (Row, error) {
+	r, err := s.st.Request(id)
+	if errors.Is(err, store.ErrNotFound) {
+		return Row{}, fmt.Errorf("%w: request %d", ferry.ErrNotFound, id)
+	}
+	if err != nil {
+		return Row{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	return s.render(r), nil
+}
+
+// RequestByOrigin reads a request row by its origin.
+func (s *Service) RequestByOrigin(origin string) (Row, error) {
+	r, err := s.st.RequestByOrigin(origin)
+	if errors.Is(err, store.ErrNotFound) {
+		return Row{}, fmt.Errorf("%w: request %s", ferry.ErrNotFound, origin)
+	}
+	if err != nil {
+		return Row{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	return s.render(r), nil
+}
+
+// Applied is the last decision sequence applied here.
+func (s *Service) Applied() uint64 {
+	v, _ := s.st.Aux(auxApplied)
+	return parseU64(v)
+}

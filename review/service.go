@@ -1,0 +1,390 @@
+package review
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Event subjects (under the node's prefix).
+const (
+	SubjectRequested = "review.requested"
+	SubjectDecided   = "review.decided" // review.decided.<table_name>
+)
+
+var tableRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidTable reports whether s may name a shared table (a NATS subject token).
+func ValidTable(s string) bool { return tableRe.MatchString(s) }
+
+// Roles is what the service needs to know of the network.
+type Roles interface {
+	Self() peer.ID
+	SelfName() string
+	Reviewer() peer.ID
+	IsMember(peer.ID) bool
+	Members() []peer.ID
+	Name(peer.ID) string
+}
+
+// Sender is the part of the stream layer the service drives.
+type Sender interface {
+	Enqueue(items ...stream.Item)
+}
+
+// Publisher publishes events on the local NATS.
+type Publisher interface {
+	Publish(suffix string, v any)
+}
+
+// GapFiller is told when a decision arrived ahead of a missing one, so the
+// missing ones are fetched (the sync service).
+type GapFiller interface {
+	DecisionGap(from peer.ID, have, got uint64)
+}
+
+// Service runs the review flow on one node.
+type Service struct {
+	st      *store.Store
+	roles   Roles
+	sender  Sender
+	pub     Publisher
+	gaps    GapFiller
+	maxData int
+	log     *slog.Logger
+}
+
+// Deps are what New needs.
+type Deps struct {
+	Store           *store.Store
+	Roles           Roles
+	Sender          Sender
+	Publisher       Publisher
+	MaxMessageBytes int
+	Logger          *slog.Logger
+}
+
+// New builds the service.
+func New(d Deps) *Service {
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.MaxMessageBytes == 0 {
+		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
+	}
+	return &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, maxData: d.MaxMessageBytes, log: d.Logger}
+}
+
+// SetGapFiller sets the sync service.
+func (s *Service) SetGapFiller(g GapFiller) { s.gaps = g }
+
+// IsReviewer reports whether this node is the reviewer.
+func (s *Service) IsReviewer() bool {
+	r := s.roles.Reviewer()
+	return r != "" && r == s.roles.Self()
+}
+
+// SubmitRequest is the body of <prefix>.review.submit.
+type SubmitRequest struct {
+	Type        string          `json:"type"`
+	TableName   string          `json:"table_name"`
+	TableID     uint64          `json:"table_id"`
+	Data        json.RawMessage `json:"data"`
+	Description string          `json:"description"`
+}
+
+// Submit commits a request (waiting) and its delivery to the reviewer, and
+// answers with the request row once both are on disk.
+func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, error)) {
+	typ, err := ParseType(req.Type)
+	if err != nil {
+		done(Row{}, err)
+		return
+	}
+	if req.TableName == "" {
+		done(Row{}, fmt.Errorf("%w: table_name is missing", ferry.ErrBadRequest))
+		return
+	}
+	if !ValidTable(req.TableName) {
+		done(Row{}, fmt.Errorf("%w: table_name %q must be 1-64 letters, digits, '_' or '-'", ferry.ErrBadRequest, req.TableName))
+		return
+	}
+	if req.TableID == 0 {
+		done(Row{}, fmt.Errorf("%w: table_id is missing (a positive integer)", ferry.ErrBadRequest))
+		return
+	}
+	if len(req.Data) > s.maxData {
+		done(Row{}, fmt.Errorf("%w: data is %d bytes, the limit is %d", ferry.ErrTooLarge, len(req.Data), s.maxData))
+		return
+	}
+	data, err := CheckData(req.TableID, req.Data, typ)
+	if err != nil {
+		done(Row{}, err)
+		return
+	}
+	reviewer := s.roles.Reviewer()
+	if reviewer == "" {
+		done(Row{}, fmt.Errorf("%w: no reviewer is configured on this node", ferry.ErrUnavailable))
+		return
+	}
+	self := s.roles.Self()
+	protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_REQUEST, typ.String())
+	var row *storepb.Request
+	s.st.Submit(ctx, func(tx *store.Txn) error {
+		id, err := tx.Next(store.CtrRequest)
+		if err != nil {
+			return err
+		}
+		now := tx.Now()
+		rr := &pb.ReviewRequest{RequestId: id, TableId: req.TableID, TableName: req.TableName, Type: typ.String(),
+			Data: data, SenderNote: req.Description, ApplicantName: s.roles.SelfName(), CreatedAt: now.Unix()}
+		payload, err := proto.Marshal(rr)
+		if err != nil {
+			return err
+		}
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
+			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)})
+		if err != nil {
+			return err
+		}
+		row = &storepb.Request{Id: id, TableId: req.TableID, TableName: req.TableName, Applicant: s.roles.SelfName(),
+			Reviewer: s.roles.Name(reviewer), Type: typ.String(), Status: Waiting.String(), Data: data,
+			DescriptionSender: req.Description, CreatedAt: now.Unix(), ApplicantId: []byte(self),
+			ReviewerId: []byte(reviewer), Origin: originOf(self, id), ChangeVersion: ver}
+		tx.PutRequest(row)
+		if reviewer == self {
+			tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
+			return nil
+		}
+		d := &storepb.Delivery{Receiver: []byte(reviewer), ReceiverName: s.roles.Name(reviewer), Lane: uint32(stream.LaneRequest),
+			ChangeVersion: ver, Protocol: string(protoID), RequestId: id}
+		if err := tx.AddDelivery(d); err != nil {
+			return err
+		}
+		tx.OnCommit(func() { s.sender.Enqueue(stream.Item{D: d, Env: sealed.Bytes}) })
+		return nil
+	}, func(err error) {
+		if err != nil {
+			done(Row{}, err)
+			return
+		}
+		done(s.render(row), nil)
+	})
+}
+
+func originOf(applicant peer.ID, id uint64) string {
+	return applicant.String() + "/" + strconv.FormatUint(id, 10)
+}
+
+// DecideRequest is the body of <prefix>.review.decide and of the admin API's
+// accept, edit and reject.
+type DecideRequest struct {
+	RequestID uint64            `json:"request_id"`
+	Decision  string            `json:"decision"`
+	Data      json.RawMessage   `json:"data,omitempty"` // edit: the new data, replacing the request's
+	Set       map[string]string `json:"set,omitempty"`  // edit: FIELD=VALUE changes to the request's data
+	Note      string            `json:"note,omitempty"` // description.receiver
+}
+
+const auxApplied = "review/applied"
+
+func auxHeld(seq uint64) string { return fmt.Sprintf("review/held/%020d", seq) }
+
+// Decide runs an operator's decision at the reviewer, all in one commit: the
+// state change, the table change, the decision sequence, the signed decision
+// and one delivery per receiver.
+func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, error)) {
+	dec, err := ParseDecision(req.Decision)
+	if err != nil {
+		done(Row{}, err)
+		return
+	}
+	if req.RequestID == 0 {
+		done(Row{}, fmt.Errorf("%w: request_id is missing", ferry.ErrBadRequest))
+		return
+	}
+	if dec != Edit && (len(req.Data) > 0 || len(req.Set) > 0) {
+		done(Row{}, fmt.Errorf("%w: data and set go with edit only", ferry.ErrBadRequest))
+		return
+	}
+	if len(req.Note) > 4096 {
+		done(Row{}, fmt.Errorf("%w: note is over 4096 bytes", ferry.ErrTooLarge))
+		return
+	}
+	self := s.roles.Self()
+	var row *storepb.Request
+	s.st.Submit(ctx, func(tx *store.Txn) error {
+		r, err := tx.GetRequest(req.RequestID)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("%w: request %d", ferry.ErrNotFound, req.RequestID)
+		}
+		if err != nil {
+			return err
+		}
+		typ, err := ParseType(r.Type)
+		if err != nil {
+			return err
+		}
+		cur, _ := ParseStatus(r.Status)
+		next, eff, err := Transition(cur, typ, dec, s.IsReviewer(), len(req.Data) > 0 || len(req.Set) > 0)
+		if err != nil {
+			return err
+		}
+		data := r.Data
+		if dec == Edit {
+			if len(req.Data) > 0 {
+				if data, err = CheckData(r.TableId, req.Data, typ); err != nil {
+					return err
+				}
+			}
+			if len(req.Set) > 0 {
+				if data, err = SetFields(data, req.Set); err != nil {
+					return err
+				}
+			}
+		}
+		var seq uint64
+		if eff.Apply {
+			existing, err := tx.GetRow(r.TableName, r.TableId)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			change, err := ApplyRow(typ, r.TableId, existing, data, true)
+			if err != nil {
+				return err
+			}
+			applyChange(tx, r.TableName, r.TableId, change)
+			if seq, err = tx.Next(store.CtrDecision); err != nil {
+				return err
+			}
+		}
+		note := req.Note
+		if note == "" {
+			note = defaultNote(typ, next)
+		}
+		now := tx.Now()
+		applicant := peer.ID(r.ApplicantId)
+		d := &pb.ReviewDecision{Origin: r.Origin, Sequence: seq, Status: next.String(), Data: data, ReceiverNote: note,
+			ReviewerName: s.roles.SelfName(), Applicant: r.ApplicantId, DecidedAt: now.Unix(),
+			Request: &pb.ReviewRequest{RequestId: originID(r.Origin), TableId: r.TableId, TableName: r.TableName, Type: r.Type,
+				Data: r.Data, SenderNote: r.DescriptionSender, ApplicantName: r.Applicant, CreatedAt: r.CreatedAt}}
+		payload, err := proto.Marshal(d)
+		if err != nil {
+			return err
+		}
+		body := &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: r.TableName,
+			Payload: payload, CreatedAtUnixNano: now.UnixNano()}
+		var to []peer.ID
+		if eff.Broadcast {
+			to = s.roles.Members()
+			if applicant != self && !contains(to, applicant) {
+				to = append(to, applicant)
+			}
+		} else if applicant != self {
+			to = []peer.ID{applicant}
+			body.To = []byte(applicant)
+		}
+		ver, sealed, err := tx.AppendOwn(body)
+		if err != nil {
+			return err
+		}
+		if eff.Apply {
+			tx.PutDecision(seq, ver)
+			tx.SetAux(auxApplied, u64(seq))
+		}
+		r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
+		tx.PutRequest(r)
+		row = r
+		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
+		var items []stream.Item
+		for _, p := range to {
+			if p == self {
+				continue
+			}
+			dl := &storepb.Delivery{Receiver: []byte(p), ReceiverName: s.roles.Name(p), Lane: uint32(stream.LaneDecision),
+				ChangeVersion: ver, Protocol: string(protoID), RequestId: r.Id}
+			if err := tx.AddDelivery(dl); err != nil {
+				return err
+			}
+			items = append(items, stream.Item{D: dl})
+		}
+		tx.OnCommit(func() {
+			for i := range items {
+				items[i].Env = sealed.Bytes
+			}
+			s.sender.Enqueue(items...)
+			s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r))
+		})
+		return nil
+	}, func(err error) {
+		if err != nil {
+			done(Row{}, err)
+			return
+		}
+		done(s.render(row), nil)
+	})
+}
+
+func contains(ps []peer.ID, p peer.ID) bool {
+	for _, x := range ps {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+func defaultNote(t Type, s Status) string {
+	switch s {
+	case Rejected:
+		return "rejected"
+	case Edited:
+		return "edited"
+	}
+	switch t {
+	case Insert:
+		return "added"
+	case Update:
+		return "updated"
+	}
+	return "deleted"
+}
+
+func originID(origin string) uint64 {
+	i := strings.LastIndexByte(origin, '/')
+	n, _ := strconv.ParseUint(origin[i+1:], 10, 64)
+	return n
+}
+
+func applyChange(tx *store.Txn, table string, id uint64, c RowChange) {
+	if c.Delete {
+		tx.DeleteRow(table, id)
+	} else {
+		tx.PutRow(table, id, c.Row)
+	}
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func parseU64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
