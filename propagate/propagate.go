@@ -213,6 +213,18 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 	}
 }
 
+// encodeJSON encodes without HTML escaping, so a document does not grow
+// past the size it was checked at.
+func encodeJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
+}
+
 func jsonObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, badRequest("payload is missing")
@@ -279,9 +291,13 @@ func (s *Service) resource(ctx context.Context, req Request, obj map[string]json
 	} else {
 		obj["creator_id"], _ = json.Marshal(self.String())
 	}
-	doc, err := json.Marshal(obj)
+	doc, err := encodeJSON(obj)
 	if err != nil {
 		done(nil, badRequest("payload: %v", err))
+		return
+	}
+	if len(doc) > s.maxBytes {
+		done(nil, fmt.Errorf("%w: payload is %d bytes once encoded, the limit is %d", ferry.ErrTooLarge, len(doc), s.maxBytes))
 		return
 	}
 	kind, proto := kindOf(req.Action)

@@ -129,12 +129,12 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		done(Row{}, fmt.Errorf("%w: table_id is missing (a positive integer)", ferry.ErrBadRequest))
 		return
 	}
-	if len(req.Data) > s.maxData {
-		done(Row{}, fmt.Errorf("%w: data is %d bytes, the limit is %d", ferry.ErrTooLarge, len(req.Data), s.maxData))
-		return
-	}
 	data, err := CheckData(req.TableID, req.Data, typ)
 	if err != nil {
+		done(Row{}, err)
+		return
+	}
+	if err := s.checkSize(data); err != nil {
 		done(Row{}, err)
 		return
 	}
@@ -186,6 +186,15 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		}
 		done(s.render(row), nil)
 	})
+}
+
+// checkSize bounds request data to half the message limit: a decision
+// carries the request's data and the data applied, and must fit one frame.
+func (s *Service) checkSize(data []byte) error {
+	if limit := s.maxData / 2; len(data) > limit {
+		return fmt.Errorf("%w: data is %d bytes, the limit for review data is %d (half of limits.max_message_bytes)", ferry.ErrTooLarge, len(data), limit)
+	}
+	return nil
 }
 
 func originOf(applicant peer.ID, id uint64) string {
@@ -257,6 +266,9 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 				if data, err = SetFields(data, req.Set); err != nil {
 					return err
 				}
+			}
+			if err := s.checkSize(data); err != nil {
+				return err
 			}
 		}
 		var seq uint64

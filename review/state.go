@@ -10,6 +10,7 @@
 package review
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -234,7 +235,19 @@ func CheckData(tableID uint64, data json.RawMessage, typ Type) ([]byte, error) {
 		}
 		delete(obj, "id")
 	}
-	return json.Marshal(obj)
+	return encodeJSON(obj)
+}
+
+// encodeJSON encodes without HTML escaping, so data does not grow past the
+// size it was checked at.
+func encodeJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
 }
 
 // SetFields applies FIELD=VALUE edits to a data object: VALUE is JSON if it
@@ -257,7 +270,7 @@ func SetFields(data []byte, sets map[string]string) ([]byte, error) {
 			obj[k], _ = json.Marshal(v)
 		}
 	}
-	return json.Marshal(obj)
+	return encodeJSON(obj)
 }
 
 // IsRefusal reports whether err is one of the state machine's refusals.

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -103,6 +104,9 @@ func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
 
 // Changes returns up to limit changes after version since, in version order.
 func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
+	if since == math.MaxUint64 {
+		return nil, nil
+	}
 	var out []Change
 	err := s.scan(k(pChange).u64(since+1), prefixEnd([]byte(pChange)), false, func(key, v []byte) (bool, error) {
 		ver, err := tailU64(key)
@@ -122,6 +126,9 @@ func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 // OriginChanges returns up to limit changes of origin with an origin version
 // after `after`, in origin-version order.
 func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int) ([]Change, error) {
+	if after == math.MaxUint64 {
+		return nil, nil
+	}
 	prefix := k(pOrigin).str(string(origin))
 	var vers []uint64
 	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
@@ -461,6 +468,9 @@ func (t *Txn) HasDecision(seq uint64) (bool, error) {
 
 // Decisions returns up to limit decision changes after sequence `after`.
 func (s *Store) Decisions(after uint64, limit int) ([]Change, error) {
+	if after == math.MaxUint64 {
+		return nil, nil
+	}
 	var vers []uint64
 	err := s.scan(k(pDecision).u64(after+1), prefixEnd([]byte(pDecision)), false, func(_, v []byte) (bool, error) {
 		vers = append(vers, parseU64(v))
@@ -600,6 +610,9 @@ func (s *Store) Aux(name string) ([]byte, error) { return s.getRaw(k(pAux).str(n
 // PendingFrom returns up to limit pending deliveries of one receiver lane
 // with a link seq after `after`, in link order.
 func (s *Store) PendingFrom(receiver peer.ID, lane uint32, after uint64, limit int) ([]*storepb.Delivery, error) {
+	if after == math.MaxUint64 {
+		return nil, nil
+	}
 	prefix := k(pPending).str(string(receiver)).u8(byte(lane))
 	var ids []uint64
 	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
