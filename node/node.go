@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -74,6 +75,9 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 	started   bool
+	startedAt time.Time
+	admin     *http.Server
+	adminAddr string
 }
 
 // New builds a node from a validated config and its home. Nothing listens
@@ -202,6 +206,10 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.book.OnMember(func(p peer.ID) { n.sender.Kick(p) })
+	if err := n.startAdmin(); err != nil {
+		return err
+	}
+	n.startedAt = time.Now().UTC()
 	n.spawn(n.discover)
 	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
 	return nil
@@ -329,6 +337,7 @@ func (n *Node) Review() *review.Service { return n.review }
 // work), then services, then the store. It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.stopAdmin()
 		if n.bridge != nil {
 			n.bridge.Unsubscribe()
 		}

@@ -1,0 +1,478 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/review"
+)
+
+func operatorCmds(g *globals) []*cobra.Command {
+	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
+		resourcesCmd(g), publishCmd(g), submitCmd(g), searchCmd(g)}
+}
+
+// emit prints v as indented JSON (--json) or through table.
+func (g *globals) emit(w io.Writer, v any, table func(*tabwriter.Writer)) error {
+	if g.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func statusCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "status", Short: "Show the local node's state", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Status node.Status }
+			if err := c.call("GET", "/api/v1/status", nil, &out); err != nil {
+				return err
+			}
+			s := out.Status
+			return g.emit(cmd.OutOrStdout(), s, func(w *tabwriter.Writer) {
+				role := "member"
+				if s.IsReviewer {
+					role = "reviewer"
+				}
+				fmt.Fprintf(w, "name\t%s\npeer id\t%s\nnetwork\t%s\nrole\t%s\nversion\t%s\nstarted\t%s\n", s.Name, s.PeerID, s.Network, role, s.Version, s.StartedAt.Format(time.RFC3339))
+				fmt.Fprintf(w, "nats\t%s (embedded: %v)\nadmin\thttp://%s\n", s.NATS, s.NATSEmbedded, s.Admin)
+				for _, a := range s.Addrs {
+					fmt.Fprintf(w, "listen\t%s\n", a)
+				}
+				fmt.Fprintf(w, "reviewer\t%s\npartners\t%d\nmembers\t%d\nconnected\t%d\nstore version\t%d\ndecisions applied\t%d\npending acks\t%d\n",
+					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks)
+			})
+		}}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func printPeers(g *globals, w io.Writer, peers []node.PeerInfo) error {
+	return g.emit(w, peers, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "NAME\tPEER ID\tROLES\tCONNECTED\tLAST SEEN\tADDRESSES")
+		for _, p := range peers {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", p.Name, p.PeerID, strings.Join(p.Roles, ","), p.Connected, ago(p.LastSeen), strings.Join(p.Addrs, " "))
+		}
+	})
+}
+
+func peersCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "peers", Short: "List known peers: name, peer id, roles, addresses, last seen", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Peers []node.PeerInfo }
+			if err := c.call("GET", "/api/v1/peers", nil, &out); err != nil {
+				return err
+			}
+			return printPeers(g, cmd.OutOrStdout(), out.Peers)
+		}}
+}
+
+func partnersCmd(g *globals) *cobra.Command {
+	p := &cobra.Command{Use: "partners", Short: "List, add or remove partners (persisted in the node's store)"}
+	p.AddCommand(&cobra.Command{Use: "list", Short: "List partners", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Partners []node.PeerInfo }
+			if err := c.call("GET", "/api/v1/partners", nil, &out); err != nil {
+				return err
+			}
+			return printPeers(g, cmd.OutOrStdout(), out.Partners)
+		}})
+	for _, verb := range []string{"add", "remove"} {
+		p.AddCommand(&cobra.Command{Use: verb + " PEER_ID", Short: verb + " a partner", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				var out map[string]any
+				if verb == "add" {
+					err = c.call("POST", "/api/v1/partners", map[string]string{"peer_id": args[0]}, &out)
+				} else {
+					err = c.call("DELETE", "/api/v1/partners/"+url.PathEscape(args[0]), nil, &out)
+				}
+				if err != nil {
+					return err
+				}
+				if g.json {
+					return g.emit(cmd.OutOrStdout(), out, nil)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "partner %s: %s\n", verb, args[0])
+				return nil
+			}})
+	}
+	return p
+}
+
+// RequestTable prints request rows laid out as source 000 does.
+func RequestTable(w *tabwriter.Writer, rows []review.Row) {
+	fmt.Fprintln(w, "ID\tTABLE_ID\tTABLE_NAME\tAPPLICANT\tREVIEWER\tTYPE\tSTATUS\tDATA\tDESCRIPTION\tCREATED_AT\tSEQ\tCONFLICT")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t{sender: %s, receiver: %s}\t%d\t%d\t%s\n", r.ID, r.TableID, r.TableName,
+			r.Applicant, r.Reviewer, r.Type, r.Status, compact(r.Data), r.Description.Sender, r.Description.Receiver, r.CreatedAt,
+			r.Sequence, dash(r.Conflict))
+	}
+}
+
+func compact(raw json.RawMessage) string {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return string(raw)
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func requestsCmd(g *globals) *cobra.Command {
+	r := &cobra.Command{Use: "requests", Short: "Read and decide review requests"}
+	var status string
+	list := &cobra.Command{Use: "list", Short: "List request rows", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Requests []review.Row }
+			q := ""
+			if status != "" {
+				q = "?status=" + url.QueryEscape(status)
+			}
+			if err := c.call("GET", "/api/v1/requests"+q, nil, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Requests, func(w *tabwriter.Writer) { RequestTable(w, out.Requests) })
+		}}
+	list.Flags().StringVar(&status, "status", "", "only rows with this status: waiting, accepted, edited or rejected")
+	show := &cobra.Command{Use: "show ID", Short: "Show one request row", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := requestID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Request review.Row }
+			if err := c.call("GET", "/api/v1/requests/"+strconv.FormatUint(id, 10), nil, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+		}}
+	r.AddCommand(list, show)
+	for _, d := range []string{"accept", "reject", "edit"} {
+		var note, data string
+		var sets []string
+		dc := &cobra.Command{Use: d + " ID", Short: d + " a waiting request (on the reviewer)", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				id, err := requestID(args[0])
+				if err != nil {
+					return err
+				}
+				body := review.DecideRequest{Note: note}
+				if d == "edit" {
+					if data == "" && len(sets) == 0 {
+						return fmt.Errorf("edit needs --set FIELD=VALUE or --data JSON")
+					}
+					if data != "" {
+						if !json.Valid([]byte(data)) {
+							return fmt.Errorf("--data is not valid JSON")
+						}
+						body.Data = json.RawMessage(data)
+					}
+					if len(sets) > 0 {
+						body.Set = map[string]string{}
+						for _, s := range sets {
+							k, v, ok := strings.Cut(s, "=")
+							if !ok || k == "" {
+								return fmt.Errorf("--set %q: want FIELD=VALUE", s)
+							}
+							body.Set[k] = v
+						}
+					}
+				}
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				var out struct{ Request review.Row }
+				if err := c.call("POST", "/api/v1/requests/"+strconv.FormatUint(id, 10)+"/"+d, body, &out); err != nil {
+					return err
+				}
+				return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+			}}
+		dc.Flags().StringVar(&note, "note", "", "description.receiver (default: added, updated, deleted, edited or rejected)")
+		if d == "edit" {
+			dc.Flags().StringArrayVar(&sets, "set", nil, "FIELD=VALUE change to the request's data (VALUE is JSON if it parses, else a string); repeatable")
+			dc.Flags().StringVar(&data, "data", "", "the edited data as a JSON object, replacing the request's")
+		}
+		r.AddCommand(dc)
+	}
+	return r
+}
+
+func requestID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("request id %q is not a positive number", s)
+	}
+	return id, nil
+}
+
+// AckTable prints acknowledgement rows.
+func AckTable(w *tabwriter.Writer, acks []node.AckRow) {
+	fmt.Fprintln(w, "ID\tREQUEST_ID\tRECEIVER\tACK\tATTEMPTS\tNEXT ATTEMPT\tPROTOCOL")
+	for _, a := range acks {
+		next := "-"
+		if !a.NextAttemptAt.IsZero() {
+			next = a.NextAttemptAt.Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack, a.Attempts, next, a.Protocol)
+	}
+}
+
+func acksCmd(g *globals) *cobra.Command {
+	a := &cobra.Command{Use: "acks", Short: "The acknowledgement ledger: one row per delivery owed to a receiver"}
+	var req uint64
+	var pending bool
+	list := &cobra.Command{Use: "list", Short: "List acknowledgement rows", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if req != 0 {
+				q.Set("request", strconv.FormatUint(req, 10))
+			}
+			if pending {
+				q.Set("pending", "1")
+			}
+			var out struct{ Acks []node.AckRow }
+			if err := c.call("GET", "/api/v1/acks?"+q.Encode(), nil, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Acks, func(w *tabwriter.Writer) { AckTable(w, out.Acks) })
+		}}
+	list.Flags().Uint64Var(&req, "request", 0, "only the rows of this request id")
+	list.Flags().BoolVar(&pending, "pending", false, "only rows still waiting for their ack")
+	a.AddCommand(list)
+	return a
+}
+
+// RowsTable prints table rows: id first, then every field by name.
+func RowsTable(w *tabwriter.Writer, rows []json.RawMessage) {
+	var objs []map[string]any
+	cols := map[string]bool{}
+	for _, r := range rows {
+		var m map[string]any
+		if json.Unmarshal(r, &m) == nil {
+			objs = append(objs, m)
+			for k := range m {
+				if k != "id" {
+					cols[k] = true
+				}
+			}
+		}
+	}
+	names := make([]string, 0, len(cols))
+	for k := range cols {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	fmt.Fprint(w, "ID")
+	for _, k := range names {
+		fmt.Fprint(w, "\t"+strings.ToUpper(k))
+	}
+	fmt.Fprintln(w)
+	for _, m := range objs {
+		fmt.Fprint(w, cell(m["id"]))
+		for _, k := range names {
+			fmt.Fprint(w, "\t"+cell(m[k]))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func cell(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "-"
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func rowsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "rows TABLE", Short: "Show a shared table's rows", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Rows []json.RawMessage }
+			if err := c.call("GET", "/api/v1/tables/"+url.PathEscape(args[0])+"/rows", nil, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Rows, func(w *tabwriter.Writer) { RowsTable(w, out.Rows) })
+		}}
+}
+
+func resourcesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "resources [DATA_TYPE]", Short: "List resources held here, own and received", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			q := ""
+			if len(args) == 1 {
+				q = "?data_type=" + url.QueryEscape(args[0])
+			}
+			var out struct{ Resources []node.ResourceRow }
+			if err := c.call("GET", "/api/v1/resources"+q, nil, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Resources, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "DATA_TYPE\tID\tCREATOR\tOWN\tVERSION\tDELETED\tRESOURCE")
+				for _, r := range out.Resources {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%d\t%v\t%s\n", r.DataType, r.ID, r.Creator, r.Own, r.OriginVersion, r.Deleted, compact(r.Resource))
+				}
+			})
+		}}
+}
+
+func jsonArg(name, s string) (json.RawMessage, error) {
+	if !json.Valid([]byte(s)) {
+		return nil, fmt.Errorf("%s is not valid JSON: %s", name, s)
+	}
+	return json.RawMessage(s), nil
+}
+
+func publishCmd(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "publish ACTION DATA_TYPE JSON", Short: "Propagate an action as an app would on ferry.propagate",
+		Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			payload, err := jsonArg("JSON", args[2])
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out map[string]any
+			if err := c.call("POST", "/api/v1/propagate", map[string]any{"action": args[0], "data_type": args[1], "payload": payload}, &out); err != nil {
+				return err
+			}
+			delete(out, "ok")
+			return g.emit(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				keys := make([]string, 0, len(out))
+				for k := range out {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				for _, k := range keys {
+					fmt.Fprintf(w, "%s\t%s\n", k, cell(out[k]))
+				}
+			})
+		}}
+}
+
+func submitCmd(g *globals) *cobra.Command {
+	var desc string
+	c := &cobra.Command{Use: "submit TYPE TABLE ID JSON", Short: "Submit a change to a shared table for review (type insert, update or delete)",
+		Args: cobra.ExactArgs(4),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := strconv.ParseUint(args[2], 10, 64)
+			if err != nil || id == 0 {
+				return fmt.Errorf("ID %q is not a positive number", args[2])
+			}
+			data, err := jsonArg("JSON", args[3])
+			if err != nil {
+				return err
+			}
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct{ Request review.Row }
+			body := review.SubmitRequest{Type: args[0], TableName: args[1], TableID: id, Data: data, Description: desc}
+			if err := cl.call("POST", "/api/v1/review/submit", body, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+		}}
+	c.Flags().StringVar(&desc, "description", "", "description.sender: why this change")
+	return c
+}
+
+func searchCmd(g *globals) *cobra.Command {
+	var scope string
+	var wait time.Duration
+	c := &cobra.Command{Use: "search DATA_TYPE TEXT", Short: "Search peers (data type peer) or resources across the network",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				QueryID string            `json:"query_id"`
+				Results []json.RawMessage `json:"results"`
+			}
+			body := map[string]any{"data_type": args[0], "search": args[1], "type": scope, "wait_ms": wait.Milliseconds()}
+			if err := cl.call("POST", "/api/v1/search", body, &out); err != nil {
+				return err
+			}
+			return g.emit(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "query\t%s\n", out.QueryID)
+				for _, r := range out.Results {
+					fmt.Fprintf(w, "result\t%s\n", compact(r))
+				}
+			})
+		}}
+	c.Flags().StringVar(&scope, "scope", "all", "who is asked: all (gossipsub), known or partner")
+	c.Flags().DurationVar(&wait, "wait", 2*time.Second, "how long to collect answers")
+	return c
+}

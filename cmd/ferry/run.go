@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrynet/ferry/node"
+)
+
+func (g *globals) homeDir() node.Home {
+	if g.home != "" {
+		return node.Home{Dir: g.home}
+	}
+	return node.Home{Dir: node.DefaultHome()}
+}
+
+func initCmd(g *globals) *cobra.Command {
+	var o node.InitOptions
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Create the identity key (0600), a default ferry.yaml and admin.token; print the peer id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h := g.homeDir()
+			id, err := h.Init(o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), id)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&o.Name, "name", "", "the node's name, shown in tables (default: the host name)")
+	c.Flags().StringVar(&o.Network, "network", "", "the network name members share (default ferry)")
+	return c
+}
+
+func runCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Run the node until SIGINT or SIGTERM (initialises an empty home first)",
+		Long: "Run the node until SIGINT or SIGTERM. Every ferry.yaml key can be overridden by an\n" +
+			"environment variable (nats.url: FERRY_NATS_URL) or a flag (--nats-url); lists are comma-separated.",
+		Args: cobra.NoArgs,
+	}
+	// One flag per configuration key, generated from the config itself.
+	defaults := node.Default()
+	settings := defaults.Settings()
+	vals := make([]string, len(settings))
+	for i, s := range settings {
+		c.Flags().StringVar(&vals[i], s.Flag, "", "override "+s.Key+" (env "+s.Env+")")
+	}
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		h := g.homeDir()
+		if _, err := h.Init(node.InitOptions{}); err != nil {
+			return err
+		}
+		cfg, err := h.LoadConfig()
+		if err != nil {
+			return err
+		}
+		for i, s := range cfg.Settings() {
+			if cmd.Flags().Changed(settings[i].Flag) {
+				if err := s.Set(vals[i]); err != nil {
+					return fmt.Errorf("--%s: %w", s.Flag, err)
+				}
+			}
+		}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		n, err := node.New(cfg, h, node.Options{})
+		if err != nil {
+			return err
+		}
+		if err := n.Start(); err != nil {
+			_ = n.Close()
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		fmt.Fprintf(cmd.ErrOrStderr(), "ferry %s running: peer %s, nats %s, admin http://%s (Ctrl-C stops)\n",
+			cfg.Name, n.ID(), n.NATSURL(), n.AdminAddr())
+		<-ctx.Done()
+		stop()
+		return n.Close()
+	}
+	return c
+}

@@ -1,0 +1,540 @@
+package node
+
+import (
+	"context"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/propagate"
+	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// AdminAddrFile holds the admin API's actual address while the node runs,
+// so the CLI finds it when admin.listen asks for any port.
+const AdminAddrFile = "admin.addr"
+
+//go:embed console.html
+var consoleHTML []byte
+
+// startAdmin listens on admin.listen and serves the operator API.
+func (n *Node) startAdmin() error {
+	token, err := n.home.Token()
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", n.cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin api: listen %s: %w", n.cfg.Admin.Listen, err)
+	}
+	n.adminAddr = l.Addr().String()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write(consoleHTML)
+	})
+	api := http.NewServeMux()
+	n.routes(api)
+	mux.Handle("/api/v1/", requireToken(token, api))
+	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	n.spawn(func() {
+		if err := n.admin.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("admin api stopped", "err", err)
+		}
+	})
+	_ = os.WriteFile(n.home.Dir+"/"+AdminAddrFile, []byte(n.adminAddr+"\n"), 0o600)
+	return nil
+}
+
+func (n *Node) stopAdmin() {
+	if n.admin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = n.admin.Shutdown(ctx)
+	_ = os.Remove(n.home.Dir + "/" + AdminAddrFile)
+}
+
+// AdminAddr is the admin API's address ("" before Start).
+func (n *Node) AdminAddr() string { return n.adminAddr }
+
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]any{"ok": false,
+				"error": map[string]string{"code": ferry.CodeForbidden, "message": "missing or wrong bearer token (see admin.token in the node's home)"}})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func ok(w http.ResponseWriter, fields map[string]any) {
+	out := map[string]any{"ok": true}
+	for k, v := range fields {
+		out[k] = v
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func fail(w http.ResponseWriter, err error) {
+	code := ferry.Code(err)
+	status := map[string]int{ferry.CodeBadRequest: 400, ferry.CodeUnknownAction: 400, ferry.CodeTooLarge: 413,
+		ferry.CodeNotOwner: 403, ferry.CodeForbidden: 403, ferry.CodeNotFound: 404, ferry.CodeConflict: 409,
+		ferry.CodeUnavailable: 503}[code]
+	writeJSON(w, status, map[string]any{"ok": false, "error": map[string]string{"code": code, "message": err.Error()}})
+}
+
+func badReq(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ferry.ErrBadRequest, fmt.Sprintf(format, args...))
+}
+
+// decode reads a JSON body of at most 2x the message limit.
+func (n *Node) decode(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(2*n.cfg.Limits.MaxMessageBytes+(64<<10))))
+	if err != nil {
+		return badReq("read body: %v", err)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return badReq("body is not valid JSON for this call: %v", err)
+	}
+	return nil
+}
+
+// wait runs an asynchronous service call and waits for its answer.
+func wait[T any](r *http.Request, call func(done func(T, error))) (T, error) {
+	type res struct {
+		v   T
+		err error
+	}
+	ch := make(chan res, 1)
+	call(func(v T, err error) { ch <- res{v, err} })
+	select {
+	case x := <-ch:
+		return x.v, x.err
+	case <-r.Context().Done():
+		var zero T
+		return zero, fmt.Errorf("%w: %w", ferry.ErrUnavailable, r.Context().Err())
+	}
+}
+
+func (n *Node) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, _ *http.Request) { ok(w, map[string]any{"status": n.Status()}) })
+	mux.HandleFunc("GET /api/v1/peers", func(w http.ResponseWriter, _ *http.Request) { ok(w, map[string]any{"peers": n.PeerInfos()}) })
+	mux.HandleFunc("GET /api/v1/partners", func(w http.ResponseWriter, _ *http.Request) {
+		var out []PeerInfo
+		for _, p := range n.PeerInfos() {
+			if p.has("partner") {
+				out = append(out, p)
+			}
+		}
+		ok(w, map[string]any{"partners": out})
+	})
+	mux.HandleFunc("POST /api/v1/partners", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			PeerID string `json:"peer_id"`
+		}
+		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		n.partnerCall(w, r, req.PeerID, true)
+	})
+	mux.HandleFunc("DELETE /api/v1/partners/{id}", func(w http.ResponseWriter, r *http.Request) {
+		n.partnerCall(w, r, r.PathValue("id"), false)
+	})
+	mux.HandleFunc("GET /api/v1/requests", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := n.review.Requests(r.URL.Query().Get("status"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"requests": nonNil(rows)})
+	})
+	mux.HandleFunc("GET /api/v1/requests/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			fail(w, badReq("request id %q is not a number", r.PathValue("id")))
+			return
+		}
+		row, err := n.review.Request(id)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"request": row})
+	})
+	mux.HandleFunc("POST /api/v1/requests/{id}/{decision}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			fail(w, badReq("request id %q is not a number", r.PathValue("id")))
+			return
+		}
+		var req review.DecideRequest
+		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		req.RequestID, req.Decision = id, r.PathValue("decision")
+		row, err := wait(r, func(done func(review.Row, error)) { n.Decide(req, done) })
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"request": row})
+	})
+	mux.HandleFunc("GET /api/v1/acks", func(w http.ResponseWriter, r *http.Request) {
+		var reqID uint64
+		if s := r.URL.Query().Get("request"); s != "" {
+			var err error
+			if reqID, err = strconv.ParseUint(s, 10, 64); err != nil {
+				fail(w, badReq("request %q is not a number", s))
+				return
+			}
+		}
+		pending := r.URL.Query().Get("pending")
+		acks, err := n.Acks(reqID, pending == "1" || pending == "true")
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"acks": acks})
+	})
+	mux.HandleFunc("GET /api/v1/tables/{name}/rows", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := n.Rows(r.PathValue("name"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"table": r.PathValue("name"), "rows": rows})
+	})
+	mux.HandleFunc("GET /api/v1/resources", func(w http.ResponseWriter, r *http.Request) {
+		res, err := n.Resources(r.URL.Query().Get("data_type"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"resources": res})
+	})
+	mux.HandleFunc("GET /api/v1/changes", func(w http.ResponseWriter, r *http.Request) {
+		var req propagate.ChangesRequest
+		q := r.URL.Query()
+		var err1, err2 error
+		if s := q.Get("since"); s != "" {
+			req.Since, err1 = strconv.ParseUint(s, 10, 64)
+		}
+		if s := q.Get("limit"); s != "" {
+			req.Limit, err2 = strconv.Atoi(s)
+		}
+		if err1 != nil || err2 != nil {
+			fail(w, badReq("since and limit must be numbers"))
+			return
+		}
+		changes, next, err := n.prop.Changes(req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"changes": changes, "next": next})
+	})
+	mux.HandleFunc("POST /api/v1/propagate", func(w http.ResponseWriter, r *http.Request) {
+		var req propagate.Request
+		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		res, err := wait(r, func(done func(propagate.Result, error)) { n.prop.Propagate(n.ctx, req, done) })
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, res)
+	})
+	mux.HandleFunc("POST /api/v1/review/submit", func(w http.ResponseWriter, r *http.Request) {
+		var req review.SubmitRequest
+		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		row, err := wait(r, func(done func(review.Row, error)) { n.review.Submit(n.ctx, req, done) })
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"request": row})
+	})
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func (n *Node) partnerCall(w http.ResponseWriter, r *http.Request, id string, on bool) {
+	p, err := peer.Decode(id)
+	if err != nil {
+		fail(w, badReq("%q is not a peer id", id))
+		return
+	}
+	if err := n.SetPartner(r.Context(), p, on); err != nil {
+		fail(w, fmt.Errorf("%w: %w", ferry.ErrBadRequest, err))
+		return
+	}
+	ok(w, map[string]any{"peer_id": p.String(), "partner": on})
+}
+
+// Status is what `ferry status` shows.
+type Status struct {
+	PeerID          string    `json:"peer_id"`
+	Name            string    `json:"name"`
+	Network         string    `json:"network"`
+	Version         string    `json:"version"`
+	StartedAt       time.Time `json:"started_at"`
+	Addrs           []string  `json:"addrs"`
+	NATS            string    `json:"nats"`
+	NATSEmbedded    bool      `json:"nats_embedded"`
+	Admin           string    `json:"admin"`
+	Reviewer        string    `json:"reviewer"`
+	IsReviewer      bool      `json:"is_reviewer"`
+	Partners        int       `json:"partners"`
+	Members         int       `json:"members"`
+	Connected       int       `json:"connected"`
+	StoreVersion    uint64    `json:"store_version"`
+	DecisionApplied uint64    `json:"decision_applied"`
+	PendingAcks     int       `json:"pending_acks"`
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	s := Status{PeerID: n.id.String(), Name: n.cfg.Name, Network: n.cfg.Network, Version: Version, StartedAt: n.startedAt,
+		NATS: n.bridge.ClientURL(), NATSEmbedded: n.bridge.Embedded(), Admin: n.adminAddr, IsReviewer: n.review.IsReviewer(),
+		Partners: len(n.book.Partners()), Members: len(n.book.Members()), Connected: len(n.host.Network().Peers()),
+		DecisionApplied: n.review.Applied()}
+	for _, a := range n.Addrs() {
+		s.Addrs = append(s.Addrs, a.String())
+	}
+	if r := n.book.Reviewer(); r != "" {
+		s.Reviewer = r.String()
+	}
+	s.StoreVersion, _ = n.st.Counter(store.CtrVersion)
+	_ = n.st.Deliveries(0, func(d *storepb.Delivery) bool {
+		if d.State == storepb.Delivery_STATE_PENDING {
+			s.PendingAcks++
+		}
+		return true
+	})
+	return s
+}
+
+// PeerInfo is a row of `ferry peers`.
+type PeerInfo struct {
+	PeerID    string    `json:"peer_id"`
+	Name      string    `json:"name"`
+	Roles     []string  `json:"roles"`
+	Addrs     []string  `json:"addrs"`
+	LastSeen  time.Time `json:"last_seen"`
+	Connected bool      `json:"connected"`
+}
+
+func (p PeerInfo) has(role string) bool {
+	for _, r := range p.Roles {
+		if r == role {
+			return true
+		}
+	}
+	return false
+}
+
+// PeerInfos lists every peer the node knows: the peer book, partners and the reviewer.
+func (n *Node) PeerInfos() []PeerInfo {
+	known := map[peer.ID]*storepb.Peer{}
+	for _, e := range n.book.Entries() {
+		known[peer.ID(e.Id)] = e
+	}
+	for _, p := range append(n.book.Partners(), n.book.Members()...) {
+		if _, ok := known[p]; !ok {
+			known[p] = &storepb.Peer{Id: []byte(p)}
+		}
+	}
+	if r := n.book.Reviewer(); r != "" && r != n.id {
+		if _, ok := known[r]; !ok {
+			known[r] = &storepb.Peer{Id: []byte(r)}
+		}
+	}
+	out := make([]PeerInfo, 0, len(known))
+	for id, e := range known {
+		pi := PeerInfo{PeerID: id.String(), Name: n.book.Name(id), Connected: n.host.Network().Connectedness(id) == network.Connected}
+		if e.LastSeen > 0 {
+			pi.LastSeen = time.Unix(e.LastSeen, 0).UTC()
+		}
+		if n.book.IsPartner(id) {
+			pi.Roles = append(pi.Roles, "partner")
+		}
+		if n.book.IsMember(id) {
+			pi.Roles = append(pi.Roles, "member")
+		}
+		if id == n.book.Reviewer() {
+			pi.Roles = append(pi.Roles, "reviewer")
+		}
+		if pi.Roles == nil {
+			pi.Roles = []string{"stranger"}
+		}
+		for _, b := range e.Addrs {
+			if a, err := ma.NewMultiaddrBytes(b); err == nil {
+				pi.Addrs = append(pi.Addrs, a.String())
+			}
+		}
+		if len(pi.Addrs) == 0 {
+			for _, a := range n.host.Peerstore().Addrs(id) {
+				pi.Addrs = append(pi.Addrs, a.String())
+			}
+		}
+		out = append(out, pi)
+	}
+	sortPeerInfos(out)
+	return out
+}
+
+func sortPeerInfos(ps []PeerInfo) {
+	for i := 1; i < len(ps); i++ {
+		for j := i; j > 0 && (ps[j].Name < ps[j-1].Name || (ps[j].Name == ps[j-1].Name && ps[j].PeerID < ps[j-1].PeerID)); j-- {
+			ps[j], ps[j-1] = ps[j-1], ps[j]
+		}
+	}
+}
+
+// AckRow is a row of the acknowledgement table (source 000) for every
+// delivery: review requests and decisions, and owned resources.
+type AckRow struct {
+	ID            uint64    `json:"id"`
+	RequestID     uint64    `json:"request_id"`
+	Receiver      string    `json:"receiver"`
+	Ack           string    `json:"ack"`
+	Attempts      uint32    `json:"attempts"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	ReceiverID    string    `json:"receiver_id"`
+	Protocol      string    `json:"protocol"`
+	Version       uint64    `json:"version"`
+	Error         string    `json:"error,omitempty"`
+}
+
+// Acks lists deliveries, for one request or all, pending only or all.
+func (n *Node) Acks(requestID uint64, pendingOnly bool) ([]AckRow, error) {
+	out := []AckRow{}
+	err := n.st.Deliveries(0, func(d *storepb.Delivery) bool {
+		if requestID != 0 && d.RequestId != requestID {
+			return true
+		}
+		if pendingOnly && d.State != storepb.Delivery_STATE_PENDING {
+			return true
+		}
+		out = append(out, RenderAck(d))
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	return out, nil
+}
+
+// RenderAck turns a delivery into its acknowledgement row.
+func RenderAck(d *storepb.Delivery) AckRow {
+	a := AckRow{ID: d.Id, RequestID: d.RequestId, Receiver: d.ReceiverName, Attempts: d.Attempts,
+		ReceiverID: peer.ID(d.Receiver).String(), Protocol: d.Protocol, Version: d.ChangeVersion, Error: d.Error}
+	switch d.State {
+	case storepb.Delivery_STATE_PENDING:
+		a.Ack = "pending"
+		if d.NextAttemptAt > 0 {
+			a.NextAttemptAt = time.Unix(0, d.NextAttemptAt).UTC()
+		}
+	case storepb.Delivery_STATE_SENDED:
+		a.Ack = "sended"
+	default:
+		a.Ack = "rejected"
+	}
+	return a
+}
+
+// Rows lists a shared table's rows (JSON objects with "id").
+func (n *Node) Rows(table string) ([]json.RawMessage, error) {
+	if !review.ValidTable(table) {
+		return nil, badReq("table name %q must be 1-64 letters, digits, '_' or '-'", table)
+	}
+	rows, err := n.st.Rows(table)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	out := make([]json.RawMessage, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, r.JSON)
+	}
+	return out, nil
+}
+
+// ResourceRow is a row of `ferry resources`.
+type ResourceRow struct {
+	DataType      string          `json:"data_type"`
+	ID            string          `json:"id"`
+	Creator       string          `json:"creator_id"`
+	Own           bool            `json:"own"`
+	OriginVersion uint64          `json:"origin_version"`
+	Version       uint64          `json:"version"`
+	Deleted       bool            `json:"deleted"`
+	Resource      json.RawMessage `json:"resource"`
+}
+
+// Resources lists resources held here, own and received (deleted ones too).
+func (n *Node) Resources(dataType string) ([]ResourceRow, error) {
+	if dataType != "" && !propagate.ValidDataType(dataType) {
+		return nil, badReq("data type %q must be 1-64 letters, digits, '_' or '-'", dataType)
+	}
+	rs, err := n.st.Resources(dataType)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	out := make([]ResourceRow, 0, len(rs))
+	for _, r := range rs {
+		creator := peer.ID(r.Creator)
+		out = append(out, ResourceRow{DataType: r.DataType, ID: r.Id, Creator: creator.String(), Own: creator == n.id,
+			OriginVersion: r.OriginVersion, Version: r.Version, Deleted: r.Deleted, Resource: r.Json})
+	}
+	return out, nil
+}
