@@ -1,6 +1,7 @@
 package review
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,4 +118,34 @@ func (s *Service) RequestByOrigin(origin string) (Row, error) {
 func (s *Service) Applied() uint64 {
 	v, _ := s.st.Aux(auxApplied)
 	return parseU64(v)
+}
+
+// Seed writes rows into an empty table without review: the initial shared
+// state every member starts from, as in the source's walk-through (the demo
+// uses it). It refuses a table that already has rows.
+func (s *Service) Seed(ctx context.Context, table string, rows map[uint64]json.RawMessage) error {
+	if !ValidTable(table) {
+		return fmt.Errorf("%w: table name %q", ferry.ErrBadRequest, table)
+	}
+	have, err := s.st.Rows(table)
+	if err != nil {
+		return err
+	}
+	if len(have) > 0 {
+		return fmt.Errorf("%w: table %s already has rows", ferry.ErrConflict, table)
+	}
+	return s.st.Update(ctx, func(tx *store.Txn) error {
+		for id, data := range rows {
+			clean, err := CheckData(id, data, Insert)
+			if err != nil {
+				return err
+			}
+			row, err := rowJSON(id, nil, clean)
+			if err != nil {
+				return err
+			}
+			tx.PutRow(table, id, row)
+		}
+		return nil
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -308,6 +309,9 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			if applicant != self && !contains(to, applicant) {
 				to = append(to, applicant)
 			}
+			// Acknowledgement rows in the order of the receivers' names, as
+			// the source lays them out.
+			slices.SortFunc(to, func(a, b peer.ID) int { return strings.Compare(s.roles.Name(a), s.roles.Name(b)) })
 		} else if applicant != self {
 			to = []peer.ID{applicant}
 			body.To = []byte(applicant)
