@@ -173,26 +173,36 @@ func (n *Net) Stop(i int) {
 // Restart starts node i again from its home, on the same ports.
 func (n *Net) Restart(i int) {
 	n.t.Helper()
+	n.RestartPaused(i)()
+}
+
+// RestartPaused builds node i again from its home, on the same ports, with
+// its embedded NATS up, and returns the function that starts the rest (so a
+// test can connect its apps first and miss no event).
+func (n *Net) RestartPaused(i int) (start func()) {
+	n.t.Helper()
 	n.Stop(i)
 	var nd *node.Node
 	var err error
 	// A port just released may be briefly busy; retry for a moment.
 	for try := 0; try < 50; try++ {
-		nd, err = node.New(n.cfgs[i], n.Homes[i], n.o.Node)
-		if err == nil {
-			if err = nd.Start(); err == nil {
-				break
-			}
-			_ = nd.Close()
+		if nd, err = node.New(n.cfgs[i], n.Homes[i], n.o.Node); err == nil {
+			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		n.t.Fatalf("start node %s: %v", n.o.Names[i], err)
+		n.t.Fatalf("build node %s: %v", n.o.Names[i], err)
 	}
 	n.mu.Lock()
 	n.nodes[i] = nd
 	n.mu.Unlock()
+	return func() {
+		n.t.Helper()
+		if err := nd.Start(); err != nil {
+			n.t.Fatalf("start node %s: %v", n.o.Names[i], err)
+		}
+	}
 }
 
 // Close stops every node.
