@@ -37,9 +37,14 @@
 //
 // To see where Ferry's time goes, profile the throughput part alone:
 //
-//	FERRY_BENCH=1 FERRY_BENCH_ONLY=ferry go test ./bench/ -run '^TestReport$' -v -count=1 -cpuprofile /tmp/ferry.cpu
-//	go tool pprof -top /tmp/ferry.cpu
+//	FERRY_BENCH=1 FERRY_BENCH_ONLY=ferry go test ./bench/ -run '^TestReport$' -v -count=1 -cpuprofile /tmp/ferry.cpu -o /tmp/bench.test
+//	go tool pprof -top /tmp/bench.test /tmp/ferry.cpu
 //
 // Without FERRY_BENCH, go test ./bench/ runs only TestSmoke: every
-// measurement at a tiny size, to keep the harness working.
+// measurement at a tiny size (about a second; skipped with -short), to keep
+// the harness working.
+//
+// Numbers move with the machine: the header prints the load average and
+// what one fsync costs in the temp dir, and under the table the store's
+// group commits on the sending and the receiving node.
 package bench

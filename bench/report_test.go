@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,12 +26,12 @@ type sizes struct {
 
 var full = sizes{
 	Ferry:          20_000,
-	JetStream:      60_000,
-	JetStreamSync:  2_500,
+	JetStream:      100_000,
+	JetStreamSync:  5_000,
 	Libp2p:         3_000_000,
 	LatencyRate:    1000,
 	LatencyFor:     5 * time.Second,
-	FanOut:         5_000,
+	FanOut:         10_000,
 	FanOutPartners: 10,
 	Inflight:       2048,
 	Settle:         300 * time.Millisecond,
@@ -67,6 +68,7 @@ type results struct {
 	Took        time.Duration
 	LoadBefore  string
 	LoadAfter   string
+	Fsync       string
 	parts       map[string]bool
 	failedParts []string
 }
@@ -76,7 +78,7 @@ func (r *results) want(part string) bool { return r.parts == nil || r.parts[part
 // run runs each wanted part as a subtest, so each part's nodes and servers
 // are gone before the next starts.
 func run(t *testing.T, sz sizes, parts map[string]bool) *results {
-	r := &results{Sizes: sz, parts: parts, LoadBefore: loadavg()}
+	r := &results{Sizes: sz, parts: parts, LoadBefore: loadavg(), Fsync: fsyncProbe(t)}
 	begin := time.Now()
 	part := func(name string, f func(t *testing.T)) {
 		if !r.want(name) {
@@ -121,6 +123,30 @@ func run(t *testing.T, sz sizes, parts map[string]bool) *results {
 	r.Took = time.Since(begin)
 	r.LoadAfter = loadavg()
 	return r
+}
+
+// fsyncProbe times 200 appends of 256 bytes, each followed by an fsync, in
+// a temp dir: what one fsync costs on this disk right now.
+func fsyncProbe(t *testing.T) string {
+	f, err := os.CreateTemp(t.TempDir(), "fsync")
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	buf := make([]byte, payloadBytes)
+	var ds []time.Duration
+	for range 200 {
+		start := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return "?"
+		}
+		if err := f.Sync(); err != nil {
+			return "?"
+		}
+		ds = append(ds, time.Since(start))
+	}
+	slices.Sort(ds)
+	return fmt.Sprintf("p50 %s, p99 %s", ms(quantile(ds, 0.5)), ms(quantile(ds, 0.99)))
 }
 
 // loadavg is the 1, 5 and 15 minute load averages (Linux), to tell a quiet
@@ -176,6 +202,9 @@ func TestSmoke(t *testing.T) {
 	if os.Getenv("FERRY_BENCH") != "" {
 		t.Skip("TestReport runs instead")
 	}
+	if testing.Short() {
+		t.Skip("starts several small networks (about a second)")
+	}
 	r := run(t, smoke, nil)
 	if testing.Verbose() {
 		fmt.Print(r.table())
@@ -229,9 +258,10 @@ func status(failed bool, check string) string {
 func (r *results) table() string {
 	var b strings.Builder
 	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "\nFerry benchmark: %s, %s/%s, %d CPUs (GOMAXPROCS %d), host %s, %d in flight, run took %s, load average %s before, %s after\n\n",
+	fmt.Fprintf(&b, "\nFerry benchmark: %s, %s/%s, %d CPUs (GOMAXPROCS %d), host %s, %d in flight, run took %s\n"+
+		"Load average %s before, %s after; 256-byte write+fsync in the temp dir: %s\n\n",
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), host, r.Sizes.Inflight,
-		r.Took.Round(time.Second), r.LoadBefore, r.LoadAfter)
+		r.Took.Round(time.Second), r.LoadBefore, r.LoadAfter, r.Fsync)
 	b.WriteString("| # | Measurement | Events | Time (s) | Events/s | Ratio | p50 | p99 | Checks |\n")
 	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|---|\n")
 	row := func(num, name string, n int, d time.Duration, rt, rat, p50, p99, check string) {
