@@ -261,19 +261,20 @@ func ferryNet(t testing.TB, partners, n int, withTimes bool) (*testnet.Net, *nat
 // storeStats are a node's group-commit counters (its store metrics).
 type storeStats struct {
 	Commits, Ops float64
-	Busy         time.Duration // time inside commit rounds: transactions, sealing, fsync
+	Busy         time.Duration // writer time inside commit rounds: transactions, sealing, applying the batch
+	Sync         time.Duration // completer time waiting for fsyncs (overlaps the next round)
 }
 
 func (a storeStats) sub(b storeStats) storeStats {
-	return storeStats{Commits: a.Commits - b.Commits, Ops: a.Ops - b.Ops, Busy: a.Busy - b.Busy}
+	return storeStats{Commits: a.Commits - b.Commits, Ops: a.Ops - b.Ops, Busy: a.Busy - b.Busy, Sync: a.Sync - b.Sync}
 }
 
 func (a storeStats) String() string {
 	if a.Commits == 0 {
 		return "no commits"
 	}
-	return fmt.Sprintf("%.0f commits, %.0f tx/commit, %.1f ms/commit, writer busy %.2fs",
-		a.Commits, a.Ops/a.Commits, float64(a.Busy)/float64(time.Millisecond)/a.Commits, a.Busy.Seconds())
+	return fmt.Sprintf("%.0f commits, %.0f tx/commit, %.2f ms/commit in the writer, writer busy %.2fs, fsync wait %.2fs",
+		a.Commits, a.Ops/a.Commits, float64(a.Busy)/float64(time.Millisecond)/a.Commits, a.Busy.Seconds(), a.Sync.Seconds())
 }
 
 func gatherStore(t testing.TB, nd *node.Node) storeStats {
@@ -290,8 +291,10 @@ func gatherStore(t testing.TB, nd *node.Node) storeStats {
 				st.Commits += m.GetCounter().GetValue()
 			case "ferry_store_operations_total":
 				st.Ops += m.GetCounter().GetValue()
-			case "ferry_store_commit_seconds":
+			case "ferry_store_round_seconds":
 				st.Busy += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
+			case "ferry_store_fsync_wait_seconds":
+				st.Sync += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
 			}
 		}
 	}

@@ -269,6 +269,13 @@ func (b *Bridge) Publish(suffix string, v any) {
 	}
 }
 
+// PublishRaw sends an already encoded event on prefix.suffix.
+func (b *Bridge) PublishRaw(suffix string, data []byte) {
+	if err := b.nc.Publish(b.Subject(suffix), data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		b.log.Warn("publish event", "subject", suffix, "err", err)
+	}
+}
+
 // Unsubscribe stops taking requests (the first step of shutdown).
 func (b *Bridge) Unsubscribe() {
 	b.mu.Lock()

@@ -176,6 +176,14 @@ func (m kindMux) Admit(in *stream.Inbound) error {
 	return h.Admit(in)
 }
 
+func (m kindMux) Prepare(in *stream.Inbound) {
+	if h, err := m.handler(in.Body.Kind); err == nil {
+		if p, ok := h.(stream.Preparer); ok {
+			p.Prepare(in)
+		}
+	}
+}
+
 func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
 	h, err := m.handler(in.Body.Kind)
 	if err != nil {

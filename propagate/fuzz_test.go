@@ -126,6 +126,15 @@ func (p *fuzzPublisher) Publish(suffix string, v any) {
 	p.events = append(p.events, suffix)
 }
 
+func (p *fuzzPublisher) PublishRaw(suffix string, data []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !json.Valid(data) && p.err == nil {
+		p.err = fmt.Errorf("event %s is not JSON: %s", suffix, data)
+	}
+	p.events = append(p.events, suffix)
+}
+
 func (p *fuzzPublisher) state() (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

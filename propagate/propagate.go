@@ -66,6 +66,7 @@ type Sender interface {
 // Publisher publishes events on the local NATS under the node's prefix.
 type Publisher interface {
 	Publish(suffix string, v any)
+	PublishRaw(suffix string, data []byte)
 }
 
 // Searcher runs search actions (the search service).
@@ -98,6 +99,7 @@ type Service struct {
 
 	mu            sync.Mutex
 	plannerClosed map[peer.ID]bool
+	ids           sync.Map // peer.ID -> its text form
 }
 
 // Deps are what New needs.

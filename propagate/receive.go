@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -34,6 +37,15 @@ type PayloadEvent struct {
 	Payload      json.RawMessage `json:"payload"`
 }
 
+// prepared is a received change checked before it reaches the store.
+type prepared struct {
+	reject  error  // authentic but refused for good
+	id      string // resource id
+	subject string // event subject suffix
+	origin  string // origin peer id, as text
+	field   string // "resource" or "payload"
+}
+
 // Admit lets in only what a partner sends of its own: resources travel from
 // their creator to its partners and are never relayed on this path.
 func (s *Service) Admit(in *stream.Inbound) error {
@@ -46,74 +58,118 @@ func (s *Service) Admit(in *stream.Inbound) error {
 	return nil
 }
 
-// Apply commits a received change once and publishes it after the commit.
-func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
-	return s.ApplyChange(tx, in.Envelope, in.Body)
+// Prepare decodes and checks a received change on the stream's goroutine.
+func (s *Service) Prepare(in *stream.Inbound) { in.Prepared = s.prepare(in.Body) }
+
+func (s *Service) prepare(body *pb.Body) *prepared {
+	o := peerOf(body)
+	p := &prepared{origin: s.idString(o), field: "payload"}
+	if !ValidDataType(body.DataType) {
+		p.reject = stream.Reject("data type %q is not valid", body.DataType)
+		return p
+	}
+	switch body.Kind {
+	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
+		obj, err := jsonObject(body.Payload)
+		if err != nil {
+			p.reject = stream.Reject("%v", err)
+			return p
+		}
+		if p.id, err = resourceID(obj); err != nil {
+			p.reject = stream.Reject("%v", err)
+			return p
+		}
+		var creator string
+		if err := json.Unmarshal(obj["creator_id"], &creator); err != nil || creator != p.origin {
+			p.reject = stream.Reject("resource %q: creator_id is not its origin %s", p.id, o)
+			return p
+		}
+		verb := map[pb.Kind]string{pb.Kind_KIND_RESOURCE_CREATE: "created", pb.Kind_KIND_RESOURCE_UPDATE: "updated",
+			pb.Kind_KIND_RESOURCE_DELETE: "deleted"}[body.Kind]
+		p.subject, p.field = SubjectResource+"."+verb+"."+body.DataType, "resource"
+	case pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
+		if !json.Valid(body.Payload) {
+			p.reject = stream.Reject("payload is not JSON")
+			return p
+		}
+		p.subject = SubjectConsiders + "." + body.DataType
+		if body.Kind == pb.Kind_KIND_PLANNER {
+			p.subject = SubjectPlanner + "." + body.DataType
+		}
+	default:
+		p.reject = stream.Reject("kind %s is not a resource change", body.Kind)
+	}
+	return p
 }
 
-// ApplyChange applies one verified change of origin; sync uses it too.
-// The envelope must have been verified against the body's origin.
+// event encodes the published body by hand: the payload is JSON already.
+func (p *prepared) event(version, local uint64, payload []byte) []byte {
+	b := make([]byte, 0, len(payload)+len(p.origin)+96)
+	b = append(b, `{"origin":"`...)
+	b = append(b, p.origin...)
+	b = append(b, `","version":`...)
+	b = strconv.AppendUint(b, version, 10)
+	b = append(b, `,"local_version":`...)
+	b = strconv.AppendUint(b, local, 10)
+	b = append(b, `,"`...)
+	b = append(b, p.field...)
+	b = append(b, `":`...)
+	b = append(b, payload...)
+	return append(b, '}')
+}
+
+// idString caches the text form of peer ids (base58 is not free).
+func (s *Service) idString(p peer.ID) string {
+	if v, ok := s.ids.Load(p); ok {
+		return v.(string)
+	}
+	str := p.String()
+	s.ids.Store(p, str)
+	return str
+}
+
+// Apply commits a received change once and publishes it after the commit.
+func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	p, _ := in.Prepared.(*prepared)
+	return s.apply(tx, in.Envelope, in.Body, p)
+}
+
+// ApplyChange applies one change of origin; sync uses it too. The envelope
+// must have been verified against the body's origin.
 func (s *Service) ApplyChange(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
+	return s.apply(tx, env, body, nil)
+}
+
+func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepared) (pb.AckStatus, error) {
 	o := peerOf(body)
 	if _, dup, err := tx.HasOrigin(o, body.OriginVersion); err != nil || dup {
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}
-	if !ValidDataType(body.DataType) {
-		return 0, stream.Reject("data type %q is not valid", body.DataType)
+	if p == nil {
+		p = s.prepare(body)
 	}
-	switch body.Kind {
-	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
-		return s.applyResource(tx, env, body)
-	case pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
-		if !json.Valid(body.Payload) {
-			return 0, stream.Reject("payload is not JSON")
-		}
-		ver, _, err := tx.AppendReceived(o, body.OriginVersion, env)
-		if err != nil {
-			return 0, err
-		}
-		subj := SubjectConsiders
-		if body.Kind == pb.Kind_KIND_PLANNER {
-			subj = SubjectPlanner
-		}
-		ev := PayloadEvent{Origin: o.String(), Version: body.OriginVersion, LocalVersion: ver, Payload: body.Payload}
-		tx.OnCommit(func() { s.pub.Publish(subj+"."+body.DataType, ev) })
-		return pb.AckStatus_ACK_STATUS_APPLIED, nil
-	}
-	return 0, stream.Reject("kind %s is not a resource change", body.Kind)
-}
-
-func (s *Service) applyResource(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
-	o := peerOf(body)
-	obj, err := jsonObject(body.Payload)
-	if err != nil {
-		return 0, stream.Reject("%v", err)
-	}
-	id, err := resourceID(obj)
-	if err != nil {
-		return 0, stream.Reject("%v", err)
-	}
-	var creator string
-	if err := json.Unmarshal(obj["creator_id"], &creator); err != nil || creator != o.String() {
-		return 0, stream.Reject("resource %q: creator_id is not its origin %s", id, o)
+	if p.reject != nil {
+		return 0, p.reject
 	}
 	ver, _, err := tx.AppendReceived(o, body.OriginVersion, env)
 	if err != nil {
 		return 0, err
 	}
-	cur, err := tx.GetResource(body.DataType, o, id)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return 0, err
+	if p.field == "resource" {
+		cur, err := tx.GetResource(body.DataType, o, p.id)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return 0, err
+		}
+		// Keep the newest state: a change that arrives late (through sync,
+		// after a later one) is kept in the change log but does not roll
+		// back the row.
+		if cur == nil || cur.OriginVersion < body.OriginVersion {
+			tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,
+				Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, Json: body.Payload, UpdatedAt: tx.Now().UnixNano()})
+		}
 	}
-	// Keep the newest state: a change that arrives late (through sync, after
-	// a later one) is kept in the change log but does not roll back the row.
-	if cur == nil || cur.OriginVersion < body.OriginVersion {
-		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(o), OriginVersion: body.OriginVersion,
-			Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, Json: body.Payload, UpdatedAt: tx.Now().UnixNano()})
-	}
-	verb := map[pb.Kind]string{pb.Kind_KIND_RESOURCE_CREATE: "created", pb.Kind_KIND_RESOURCE_UPDATE: "updated",
-		pb.Kind_KIND_RESOURCE_DELETE: "deleted"}[body.Kind]
-	ev := ResourceEvent{Origin: o.String(), Version: body.OriginVersion, LocalVersion: ver, Resource: body.Payload}
-	tx.OnCommit(func() { s.pub.Publish(SubjectResource+"."+verb+"."+body.DataType, ev) })
+	ev := p.event(body.OriginVersion, ver, body.Payload)
+	subject := p.subject
+	tx.OnCommit(func() { s.pub.PublishRaw(subject, ev) })
 	return pb.AckStatus_ACK_STATUS_APPLIED, nil
 }

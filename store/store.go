@@ -21,10 +21,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -78,7 +81,14 @@ type Options struct {
 	Migrations []Migration
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
+	// CacheBytes sizes Pebble's block cache; default DefaultCacheBytes.
+	CacheBytes int64
 }
+
+var debugRounds = os.Getenv("FERRY_DEBUG_ROUNDS") != ""
+
+// DefaultCacheBytes is the block cache a store gets unless told otherwise.
+const DefaultCacheBytes = 64 << 20
 
 // Store is an open ledger.
 type Store struct {
@@ -91,6 +101,10 @@ type Store struct {
 	done   chan *round
 	mu     sync.RWMutex
 	closed bool
+	failed error // set by the writer when Pebble fails; every later commit fails
+	// hot caches small keys every transaction reads (counters, link state):
+	// owned by the writer, updated after each round is applied.
+	hot map[string][]byte
 	wg     sync.WaitGroup
 	m      metrics
 }
@@ -105,14 +119,17 @@ type op struct {
 }
 
 type round struct {
-	ops []*op
+	ops   []*op
+	batch *pebble.Batch // nil: nothing to wait for
+	sync  bool
 }
 
 type metrics struct {
 	batches  prometheus.Counter
 	ops      prometheus.Counter
 	batchOps prometheus.Histogram
-	commit   prometheus.Histogram
+	prep     prometheus.Histogram
+	sync     prometheus.Histogram
 }
 
 // Open opens or creates the store in dir.
@@ -132,12 +149,28 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{o.Logger}})
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
+	cache := pebble.NewCache(o.CacheBytes)
+	defer cache.Unref()
+	po := &pebble.Options{
+		Logger:       pebbleLogger{o.Logger},
+		Cache:        cache,
+		MemTableSize: 32 << 20,
+		// Most point reads ask for keys that are not there (is this change
+		// new?); bloom filters answer them without reading blocks.
+		Levels: []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10}},
+		L0CompactionThreshold: 4,
+		L0StopWritesThreshold: 32,
+		LBaseMaxBytes:         256 << 20,
+	}
+	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now,
-		ops: make(chan *op, o.Queue), done: make(chan *round, 4)}
+		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -208,11 +241,13 @@ func (s *Store) initMetrics(reg prometheus.Registerer) {
 		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
 		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_operations", Help: "Transactions per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
-		commit: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_seconds", Help: "Time to write and fsync one group commit.",
+		prep: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "round_seconds", Help: "Time to run one group commit's transactions and apply its batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
+		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time waited for one group commit's fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.m.batches, s.m.ops, s.m.batchOps, s.m.commit} {
+		for _, c := range []prometheus.Collector{s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync} {
 			_ = reg.Register(c)
 		}
 	}
@@ -293,68 +328,101 @@ func (s *Store) writer() {
 				break drain
 			}
 		}
-		s.commitRound(batch)
-		s.done <- &round{ops: append([]*op(nil), batch...)}
+		s.done <- s.commitRound(append([]*op(nil), batch...))
 	}
 }
 
-func (s *Store) commitRound(ops []*op) {
+// commitRound runs the transactions of one round against a fresh batch and
+// applies it. With fsync, it returns as soon as the batch is in the
+// memtable: the completer waits for the fsync while the writer prepares the
+// next round (reads of later rounds see this one, and nobody is answered
+// before its fsync).
+func (s *Store) commitRound(ops []*op) *round {
+	r := &round{ops: ops}
+	if s.failed != nil {
+		for _, o := range ops {
+			o.err = s.failed
+		}
+		return r
+	}
 	start := time.Now()
-	b := s.db.NewIndexedBatch()
-	defer b.Close()
+	b := s.db.NewBatch()
 	now := s.now()
+	view := map[string]*kv{} // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
-	sync := false
 	applied := 0
 	for _, o := range ops {
 		if err := o.ctx.Err(); err != nil {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, b: b, now: now, writes: map[string]int{}}
+		t := &Txn{s: s, view: view, now: now, writes: map[string]int{}}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
 		}
-		if err := t.flush(); err != nil {
+		if err := t.flush(b, view); err != nil {
 			o.err = err
 			continue
 		}
 		o.hooks = t.hooks
 		sealed = append(sealed, t.sealed...)
-		sync = sync || o.sync
+		r.sync = r.sync || o.sync
 		applied++
 	}
-	fail := func(err error) {
+	fail := func(err error) *round {
 		for _, o := range ops {
 			if o.err == nil {
 				o.err = err
 				o.hooks = nil
 			}
 		}
-	}
-	if len(sealed) > 0 {
-		if err := s.seal(b, sealed); err != nil {
-			fail(err)
-			return
-		}
+		_ = b.Close()
+		r.sync = false
+		return r
 	}
 	if applied == 0 {
-		return
+		_ = b.Close()
+		return r
 	}
-	wo := pebble.NoSync
-	if sync {
-		wo = pebble.Sync
+	tTx := time.Since(start)
+	if len(sealed) > 0 {
+		if err := s.seal(b, sealed); err != nil {
+			return fail(err)
+		}
 	}
-	if err := b.Commit(wo); err != nil {
+	tSeal := time.Since(start)
+	defer func() {
+		if debugRounds {
+			s.log.Info("round", "ops", applied, "tx", tTx, "seal", tSeal-tTx, "apply", time.Since(start)-tSeal)
+		}
+	}()
+	var err error
+	if r.sync {
+		err = s.db.ApplyNoSyncWait(b, pebble.Sync)
+	} else {
+		err = s.db.Apply(b, pebble.NoSync)
+	}
+	if err != nil {
 		s.log.Error("store commit failed", "err", err, "operations", applied)
-		fail(fmt.Errorf("commit: %w", err))
-		return
+		s.failed = fmt.Errorf("store failed: %w", err)
+		return fail(fmt.Errorf("commit: %w", err))
+	}
+	r.batch = b
+	for key, w := range view {
+		if isHot(key) {
+			if w.del {
+				s.hot[key] = nil
+			} else {
+				s.hot[key] = w.v
+			}
+		}
 	}
 	s.m.batches.Inc()
 	s.m.ops.Add(float64(applied))
 	s.m.batchOps.Observe(float64(applied))
-	s.m.commit.Observe(time.Since(start).Seconds())
+	s.m.prep.Observe(time.Since(start).Seconds())
+	return r
 }
 
 // safeRun runs a transaction function, turning a panic into an error so one
@@ -394,10 +462,28 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 	return nil
 }
 
-// completer answers callers and runs their hooks in submission order.
+// completer waits for each round's fsync, then answers callers and runs
+// their hooks in submission order.
 func (s *Store) completer() {
 	defer s.wg.Done()
 	for r := range s.done {
+		if r.batch != nil {
+			if r.sync {
+				start := time.Now()
+				err := r.batch.SyncWait()
+				s.m.sync.Observe(time.Since(start).Seconds())
+				if err != nil {
+					s.log.Error("store fsync failed", "err", err)
+					for _, o := range r.ops {
+						if o.err == nil {
+							o.err = fmt.Errorf("fsync: %w", err)
+							o.hooks = nil
+						}
+					}
+				}
+			}
+			_ = r.batch.Close()
+		}
 		for _, o := range r.ops {
 			if o.err == nil {
 				for _, h := range o.hooks {
@@ -480,7 +566,7 @@ func next(it *pebble.Iterator, reverse bool) bool {
 // own writes.
 type Txn struct {
 	s      *Store
-	b      *pebble.Batch
+	view   map[string]*kv
 	now    time.Time
 	ops    []kv
 	writes map[string]int
@@ -519,8 +605,26 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 		}
 		return t.ops[i].v, nil
 	}
-	v, c, err := t.b.Get(key)
+	if w, ok := t.view[string(key)]; ok {
+		if w.del {
+			return nil, ErrNotFound
+		}
+		return w.v, nil
+	}
+	hot := isHot(string(key))
+	if hot {
+		if v, ok := t.s.hot[string(key)]; ok {
+			if v == nil {
+				return nil, ErrNotFound
+			}
+			return v, nil
+		}
+	}
+	v, c, err := t.s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
+		if hot {
+			t.s.hot[string(key)] = nil
+		}
 		return nil, ErrNotFound
 	}
 	if err != nil {
@@ -528,7 +632,16 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 	}
 	out := append([]byte(nil), v...)
 	_ = c.Close()
+	if hot {
+		t.s.hot[string(key)] = out
+	}
 	return out, nil
+}
+
+// isHot reports whether a key is one the writer keeps in memory: small,
+// read by most transactions, and only ever written through transactions.
+func isHot(key string) bool {
+	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pLinkOut) || strings.HasPrefix(key, pLinkIn)
 }
 
 func (t *Txn) set(key, val []byte) {
@@ -541,17 +654,19 @@ func (t *Txn) del(key []byte) {
 	t.ops = append(t.ops, kv{k: key, del: true})
 }
 
-func (t *Txn) flush() error {
-	for _, o := range t.ops {
+func (t *Txn) flush(b *pebble.Batch, view map[string]*kv) error {
+	for i := range t.ops {
+		o := &t.ops[i]
 		var err error
 		if o.del {
-			err = t.b.Delete(o.k, nil)
+			err = b.Delete(o.k, nil)
 		} else {
-			err = t.b.Set(o.k, o.v, nil)
+			err = b.Set(o.k, o.v, nil)
 		}
 		if err != nil {
 			return fmt.Errorf("stage write: %w", err)
 		}
+		view[string(o.k)] = o
 	}
 	return nil
 }

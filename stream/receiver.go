@@ -29,6 +29,16 @@ type Inbound struct {
 	Body     *pb.Body
 	Envelope *pb.Envelope
 	Lane     Lane
+	// Prepared is what the handler's Prepare computed, if it has one.
+	Prepared any
+}
+
+// Preparer is an optional part of a Handler: Prepare runs on the stream's
+// reader goroutine before the message is ordered, so work that needs no
+// store (decoding, validation, encoding events) stays off the store's
+// single writer.
+type Preparer interface {
+	Prepare(in *Inbound)
 }
 
 // Handler is the service side of inbound deliveries.
@@ -284,6 +294,9 @@ func (r *Receiver) accept(in *inStream, msg *pb.Message) error {
 	m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: msg.Envelope, Lane: lane}
 	if err := r.handler.Admit(m); err != nil {
 		return Refuse("not admitted", err)
+	}
+	if p, ok := r.handler.(Preparer); ok {
+		p.Prepare(m)
 	}
 	return r.sequence(in, m, msg)
 }

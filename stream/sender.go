@@ -721,7 +721,7 @@ func (o *outbox) readAcks(st *outStream, max int) {
 // acked takes acks off the in-flight set and records them in the ledger.
 func (o *outbox) acked(acks []*pb.Ack) {
 	type done struct {
-		id     uint64
+		d      *storepb.Delivery
 		sends  int
 		status pb.AckStatus
 		reason string
@@ -735,7 +735,7 @@ func (o *outbox) acked(acks []*pb.Ack) {
 		}
 		delete(o.inflight, a.Id)
 		delete(o.ids, a.Id)
-		ds = append(ds, done{id: a.Id, sends: e.sends, status: a.Status, reason: a.Error})
+		ds = append(ds, done{d: e.d, sends: e.sends, status: a.Status, reason: a.Error})
 	}
 	o.failures = 0
 	o.mu.Unlock()
@@ -747,20 +747,14 @@ func (o *outbox) acked(acks []*pb.Ack) {
 	for _, d := range ds {
 		o.s.m.acked.WithLabelValues(outcome(d.status)).Inc()
 	}
+	// The rows are written from the outbox's copy, without reading them
+	// back: a delivery in flight is pending on disk, and the failure path
+	// (which does read) never turns an acknowledged row back to pending.
 	var marked []*storepb.Delivery
 	o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
 		marked = marked[:0]
 		for _, x := range ds {
-			d, err := tx.GetDelivery(x.id)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if d.State != storepb.Delivery_STATE_PENDING {
-				continue
-			}
+			d := proto.Clone(x.d).(*storepb.Delivery)
 			d.State = storepb.Delivery_STATE_SENDED
 			if x.status == pb.AckStatus_ACK_STATUS_REJECTED {
 				d.State = storepb.Delivery_STATE_REJECTED

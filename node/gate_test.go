@@ -1,0 +1,309 @@
+package node_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// createBody is a valid resource create of origin, at its version ver.
+func createBody(t *testing.T, origin peer.ID, ver uint64, id string) []byte {
+	t.Helper()
+	payload, err := json.Marshal(map[string]any{"id": id, "creator_id": origin.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(&pb.Body{Origin: []byte(origin), OriginVersion: ver, Kind: pb.Kind_KIND_RESOURCE_CREATE,
+		DataType: "vm", Payload: payload, CreatedAtUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func seal(t *testing.T, key crypto.PrivKey, body []byte) *pb.Envelope {
+	t.Helper()
+	envs, err := protocols.Seal(key, [][]byte{body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envs[0]
+}
+
+// gateLinkEpoch is the link epoch of the hand-made deliveries: not A's
+// store epoch, so they never pass for deliveries of A's own sender.
+const gateLinkEpoch = 0x6a7e
+
+func delivery(seq uint64, env *pb.Envelope) *pb.Message {
+	return &pb.Message{Id: 1000 + seq, LinkEpoch: gateLinkEpoch, LinkSeq: seq, Lane: uint32(stream.LaneResource), Envelope: env}
+}
+
+// exchange opens a create stream from `from` to `to`, writes raw (one or
+// more frames, or a bare header) and reads one ack.
+func exchange(t *testing.T, from host.Host, to peer.ID, raw []byte) (*pb.Ack, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := from.NewStream(ctx, to, protocols.ResourceCreate)
+	if err != nil {
+		t.Fatalf("open stream: %v", err)
+	}
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(raw); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	ack := &pb.Ack{}
+	if err := protocols.NewFrameReader(s, 4096).Read(ack); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	_ = s.Close()
+	return ack, nil
+}
+
+func frame(t *testing.T, m *pb.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(binary.AppendUvarint(nil, uint64(len(b))), b...)
+}
+
+// wantReset checks that a stream was reset by the receiver: an error, no ack,
+// and not because our own deadline ran out.
+func wantReset(t *testing.T, what string, ack *pb.Ack, err error) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: got ack %v, want the stream reset", what, ack)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: no answer before the deadline (%v), want a reset", what, err)
+	}
+	if !errors.Is(err, network.ErrReset) {
+		t.Fatalf("%s: stream ended with %v, want a reset", what, err)
+	}
+}
+
+func wantApplied(t *testing.T, what string, ack *pb.Ack, err error, id uint64) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if ack.Id != id || ack.Status != pb.AckStatus_ACK_STATUS_APPLIED {
+		t.Fatalf("%s: ack %v, want APPLIED for %d", what, ack, id)
+	}
+}
+
+// received is B's count of inbound deliveries with an outcome
+// (ferry_delivery_received_total).
+func received(t *testing.T, nd *node.Node, outcome string) int {
+	t.Helper()
+	mfs, err := nd.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ferry_delivery_received_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					return int(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func changes(t *testing.T, nd *node.Node) int {
+	t.Helper()
+	cs, err := nd.Store().Changes(0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(cs)
+}
+
+// TestGateRefusesNonPartnersAndForgeries: a non-partner's frame on a
+// partner-only protocol is refused, and so is a forged signature; a genuine
+// frame of a partner is applied, and an oversized frame resets only its stream.
+func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 2}) // members, not partners
+	net.WaitMembers(20 * time.Second)
+	nA, nB := net.Node(0), net.Node(1)
+	A, B := net.IDs[0], net.IDs[1]
+	if nA.Config().Limits.MaxMessageBytes != protocols.DefaultMaxMessageBytes {
+		t.Fatalf("limit %d", nA.Config().Limits.MaxMessageBytes)
+	}
+	keyA, err := node.Home{Dir: net.Homes[0].Dir}.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := peer.IDFromPrivateKey(keyA); id != A {
+		t.Fatalf("home 0 key is %s, not A %s", id, A)
+	}
+	if nA.Store().Epoch() == gateLinkEpoch {
+		t.Fatalf("A's store epoch is the test's link epoch %d", gateLinkEpoch)
+	}
+	natsB := net.NATS(1)
+	events, err := natsB.SubscribeSync("ferry.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := natsB.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := changes(t, nB); n != 0 {
+		t.Fatalf("B starts with %d changes", n)
+	}
+
+	// 0. A stranger (a bare libp2p host with its own key) sends its own
+	// genuinely signed create: refused.
+	strangerKey, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := libp2p.New(libp2p.Identity(strangerKey), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stranger.Close() })
+	ctx := context.Background()
+	if err := stranger.Connect(ctx, peer.AddrInfo{ID: B, Addrs: nB.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := exchange(t, stranger, B, frame(t, delivery(1, seal(t, strangerKey, createBody(t, stranger.ID(), 1, "stranger")))))
+	wantReset(t, "stranger's frame", ack, err)
+
+	// 1. A is a member, not a partner: its genuine, signed create is refused.
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "x")))))
+	wantReset(t, "non-partner frame", ack, err)
+	if n := changes(t, nB); n != 0 {
+		t.Fatalf("B stored %d changes of a non-partner", n)
+	}
+
+	// Partners on both sides from here on.
+	if err := nA.SetPartner(ctx, B, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := nB.SetPartner(ctx, A, true); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. Forged: a body claiming origin A sealed with another key.
+	other, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, other, createBody(t, A, 1, "forged")))))
+	wantReset(t, "forged signature", ack, err)
+
+	// 3. Tampered: A's genuine envelope with its body changed after sealing.
+	env := seal(t, keyA, createBody(t, A, 1, "x"))
+	env.Body = createBody(t, A, 1, "tampered")
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, env)))
+	wantReset(t, "tampered body", ack, err)
+
+	// 4. Relayed: a genuine envelope of another origin, sent by partner A.
+	otherID, _ := peer.IDFromPrivateKey(other)
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, other, createBody(t, otherID, 1, "relayed")))))
+	wantReset(t, "envelope of another origin", ack, err)
+	if n := changes(t, nB); n != 0 {
+		t.Fatalf("B stored %d changes of refused frames", n)
+	}
+	if n := received(t, nB, "refused"); n != 5 {
+		t.Fatalf("B counted %d refused deliveries, want 5", n)
+	}
+
+	// 5. Positive control: the same genuine frame as in 1, now from a partner.
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "good")))))
+	wantApplied(t, "genuine frame of a partner", ack, err, 1001)
+	if n := changes(t, nB); n != 1 {
+		t.Fatalf("B holds %d changes after one applied create", n)
+	}
+	// B's first event is the good create: nothing was published for 1-4.
+	wantEvent(t, events, A, "good")
+
+	// 6. Oversized: a frame header declaring more than max_message_bytes +
+	// FrameOverhead resets the stream before anything is read or stored.
+	limit := nB.Config().Limits.MaxMessageBytes + protocols.FrameOverhead
+	raw := binary.AppendUvarint(nil, uint64(limit+1))
+	raw = append(raw, make([]byte, 1024)...)
+	ack, err = exchange(t, nA.Host(), B, raw)
+	wantReset(t, "oversized frame", ack, err)
+	// So does a real message a bit over the limit.
+	big := make([]byte, nB.Config().Limits.MaxMessageBytes+protocols.FrameOverhead)
+	for i := range big {
+		big[i] = 'a'
+	}
+	hugeBody, err := proto.Marshal(&pb.Body{Origin: []byte(A), OriginVersion: 2, Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
+		Payload: []byte(`{"id":"huge","creator_id":"` + A.String() + `","pad":"` + string(big) + `"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(2, seal(t, keyA, hugeBody))))
+	wantReset(t, "message over the limit", ack, err)
+	if n := received(t, nB, "malformed"); n != 2 {
+		t.Fatalf("B counted %d malformed deliveries, want 2", n)
+	}
+
+	// B keeps working: the next genuine frame is applied and published.
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(2, seal(t, keyA, createBody(t, A, 2, "after")))))
+	wantApplied(t, "genuine frame after the oversized ones", ack, err, 1002)
+	wantEvent(t, events, A, "after")
+	if n := changes(t, nB); n != 2 {
+		t.Fatalf("B holds %d changes, want 2", n)
+	}
+	// And a replay of an applied frame is a duplicate, not a second change.
+	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "good")))))
+	if err != nil || ack.Status != pb.AckStatus_ACK_STATUS_DUPLICATE {
+		t.Fatalf("replay: %v %v, want DUPLICATE", ack, err)
+	}
+	if n := changes(t, nB); n != 2 {
+		t.Fatalf("B holds %d changes after a replay, want 2", n)
+	}
+	if n := received(t, nB, "applied"); n != 2 {
+		t.Fatalf("B counted %d applied deliveries, want 2", n)
+	}
+}
+
+func wantEvent(t *testing.T, sub *nats.Subscription, origin peer.ID, id string) {
+	t.Helper()
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no event for %q: %v", id, err)
+	}
+	var ev struct {
+		Origin   string         `json:"origin"`
+		Resource map[string]any `json:"resource"`
+	}
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "ferry.resource.created.vm" || ev.Origin != origin.String() || ev.Resource["id"] != id {
+		t.Fatalf("event %s %s, want the create of %q", m.Subject, m.Data, id)
+	}
+}
