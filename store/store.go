@@ -105,8 +105,8 @@ type Store struct {
 	// hot caches small keys every transaction reads (counters, link state):
 	// owned by the writer, updated after each round is applied.
 	hot map[string][]byte
-	wg     sync.WaitGroup
-	m      metrics
+	wg  sync.WaitGroup
+	m   metrics
 }
 
 type op struct {
@@ -160,7 +160,7 @@ func Open(dir string, o Options) (*Store, error) {
 		MemTableSize: 32 << 20,
 		// Most point reads ask for keys that are not there (is this change
 		// new?); bloom filters answer them without reading blocks.
-		Levels: []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10}},
+		Levels:                []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10}},
 		L0CompactionThreshold: 4,
 		L0StopWritesThreshold: 32,
 		LBaseMaxBytes:         256 << 20,
