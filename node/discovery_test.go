@@ -64,7 +64,8 @@ func TestDiscoveryThroughDHT(t *testing.T) {
 	net.WaitMembers(20 * time.Second)
 	// A and C count each other as members from their config (partners), so
 	// wait for the proof they met: each exchanged hello with the other, which
-	// needs a connection, which needs C's address, which A only had from the DHT.
+	// needs a connection, so one of them had the other's address, which only
+	// the DHT could give (their configs name B alone).
 	testnet.WaitFor(t, 20*time.Second, "A and C exchanged hello", func() bool {
 		ca, ok1 := peerInfo(net.Node(a), C)
 		ac, ok2 := peerInfo(net.Node(c), A)

@@ -81,7 +81,8 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		libp2p.ListenAddrStrings(listen...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(tls.ID, tls.New),
-		libp2p.Transport(tcp.NewTCPTransport),
+		// No SO_REUSEPORT: a second node on the same port must fail to start.
+		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.ConnectionGater(gater),

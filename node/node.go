@@ -82,7 +82,7 @@ type Node struct {
 
 // New builds a node from a validated config and its home. Nothing listens
 // until Start; a failure closes what was built.
-func New(cfg Config, home Home, o Options) (n *Node, err error) {
+func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func New(cfg Config, home Home, o Options) (n *Node, err error) {
 	}
 	log = log.With("node", cfg.Name)
 	ctx, cancel := context.WithCancel(context.Background())
-	n = &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
+	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
 		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel}
 	defer func() {
 		if err != nil {
@@ -134,6 +134,9 @@ func New(cfg Config, home Home, o Options) (n *Node, err error) {
 	so.Hold = n.prop.Hold
 	so.Logger = log.With("component", "sender")
 	so.Registerer = n.reg
+	if so.Retention == 0 {
+		so.Retention = time.Duration(cfg.Limits.AckRetentionHours) * time.Hour
+	}
 	n.sender = stream.NewSender(n.host, n.st, so)
 	n.prop.SetSender(n.sender)
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,

@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -107,6 +108,11 @@ type Store struct {
 	hot map[string][]byte
 	wg  sync.WaitGroup
 	m   metrics
+	// durable holds counter values as of the last fsynced round. Pebble
+	// makes a round visible to readers before its fsync ends; readers that
+	// hand data to other nodes or apps (reload of deliveries, changes,
+	// sync) stop at these marks so nothing leaves before it is on disk.
+	durableVersion, durableDelivery atomic.Uint64
 }
 
 type op struct {
@@ -122,6 +128,8 @@ type round struct {
 	ops   []*op
 	batch *pebble.Batch // nil: nothing to wait for
 	sync  bool
+	// counter values after this round (0: unchanged)
+	version, delivery uint64
 }
 
 type metrics struct {
@@ -174,6 +182,14 @@ func Open(dir string, o Options) (*Store, error) {
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
 		return nil, err
+	}
+	for name, dst := range map[string]*atomic.Uint64{CtrVersion: &s.durableVersion, CtrDelivery: &s.durableDelivery} {
+		v, err := s.Counter(name)
+		if err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+		dst.Store(v)
 	}
 	s.initMetrics(o.Registerer)
 	s.wg.Add(2)
@@ -252,6 +268,12 @@ func (s *Store) initMetrics(reg prometheus.Registerer) {
 		}
 	}
 }
+
+// DurableVersion is the highest store version known to be on disk.
+func (s *Store) DurableVersion() uint64 { return s.durableVersion.Load() }
+
+// DurableDelivery is the highest delivery id known to be on disk.
+func (s *Store) DurableDelivery() uint64 { return s.durableDelivery.Load() }
 
 // Epoch is this store's incarnation number: random, fixed at creation.
 func (s *Store) Epoch() uint64 { return s.epoch }
@@ -409,6 +431,12 @@ func (s *Store) commitRound(ops []*op) *round {
 		return fail(fmt.Errorf("commit: %w", err))
 	}
 	r.batch = b
+	if w, ok := view[string(k(keyCtrPrefix).str(CtrVersion))]; ok && !w.del {
+		r.version = parseU64(w.v)
+	}
+	if w, ok := view[string(k(keyCtrPrefix).str(CtrDelivery))]; ok && !w.del {
+		r.delivery = parseU64(w.v)
+	}
 	for key, w := range view {
 		if isHot(key) {
 			if w.del {
@@ -483,6 +511,12 @@ func (s *Store) completer() {
 				}
 			}
 			_ = r.batch.Close()
+			if r.version > 0 {
+				s.durableVersion.Store(r.version)
+			}
+			if r.delivery > 0 {
+				s.durableDelivery.Store(r.delivery)
+			}
 		}
 		for _, o := range r.ops {
 			if o.err == nil {

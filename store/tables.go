@@ -113,6 +113,9 @@ func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 		if err != nil {
 			return false, err
 		}
+		if ver > s.DurableVersion() {
+			return false, nil // not on disk yet
+		}
 		c, err := decodeChange(ver, v)
 		if err != nil {
 			return false, err
@@ -131,7 +134,11 @@ func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int) ([]Change
 	}
 	prefix := k(pOrigin).str(string(origin))
 	var vers []uint64
+	durable := s.DurableVersion()
 	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
+		if parseU64(v) > durable {
+			return false, nil // not on disk yet
+		}
 		vers = append(vers, parseU64(v))
 		return len(vers) < limit, nil
 	})
@@ -184,6 +191,18 @@ func (s *Store) Origins() ([]peer.ID, error) {
 		lo = prefixEnd(k(pOrigin).str(string(id)))
 	}
 }
+
+// CounterValue reads a named counter inside a transaction.
+func (t *Txn) CounterValue(name string) (uint64, error) {
+	v, err := t.get(k(keyCtrPrefix).str(name))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	return parseU64(v), nil
+}
+
+// SetCounter sets a named counter.
+func (t *Txn) SetCounter(name string, v uint64) { t.set(k(keyCtrPrefix).str(name), u64Value(v)) }
 
 // ---- resources ----
 
@@ -472,7 +491,11 @@ func (s *Store) Decisions(after uint64, limit int) ([]Change, error) {
 		return nil, nil
 	}
 	var vers []uint64
+	durable := s.DurableVersion()
 	err := s.scan(k(pDecision).u64(after+1), prefixEnd([]byte(pDecision)), false, func(_, v []byte) (bool, error) {
+		if parseU64(v) > durable {
+			return false, nil // not on disk yet
+		}
 		vers = append(vers, parseU64(v))
 		return len(vers) < limit, nil
 	})
@@ -614,8 +637,12 @@ func (s *Store) PendingFrom(receiver peer.ID, lane uint32, after uint64, limit i
 		return nil, nil
 	}
 	prefix := k(pPending).str(string(receiver)).u8(byte(lane))
+	durable := s.DurableDelivery()
 	var ids []uint64
 	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
+		if parseU64(v) > durable {
+			return false, nil // not on disk yet
+		}
 		ids = append(ids, parseU64(v))
 		return len(ids) < limit, nil
 	})

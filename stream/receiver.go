@@ -97,8 +97,12 @@ type laneKey struct {
 }
 
 // sequencer orders one sender lane. next is the next link seq to submit;
-// durable is the last one committed.
+// durable is the last one committed. submitMu serialises the submissions
+// of the lane (several streams may carry it) and may be held while the
+// store's queue is full; mu guards the state and is never held across a
+// blocking call, so commit callbacks can always take it.
 type sequencer struct {
+	submitMu  sync.Mutex
 	mu        sync.Mutex
 	loaded    bool
 	epoch     uint64
@@ -315,12 +319,37 @@ func (r *Receiver) seqFor(p peer.ID, lane Lane) *sequencer {
 
 func (r *Receiver) sequence(in *inStream, m *Inbound, msg *pb.Message) error {
 	sq := r.seqFor(in.remote, m.Lane)
+	sq.submitMu.Lock()
+	defer sq.submitMu.Unlock()
+	ready, err := r.order(sq, in, m, msg)
+	if err != nil {
+		return err
+	}
+	for _, sub := range ready {
+		r.submitOwed(sq, sub)
+	}
+	return nil
+}
+
+// submission is a message whose turn has come, with the lane state it was
+// ordered under.
+type submission struct {
+	in    *inStream
+	m     *Inbound
+	msg   *pb.Message
+	epoch uint64
+}
+
+// order decides, under the state lock, what to do with a message: answer
+// it as a duplicate, hold it, or return it (and any held ones it unblocks)
+// for submission in link order.
+func (r *Receiver) order(sq *sequencer, in *inStream, m *Inbound, msg *pb.Message) ([]submission, error) {
 	sq.mu.Lock()
 	defer sq.mu.Unlock()
 	if !sq.loaded {
 		ls, err := r.st.LinkIn(in.remote, uint32(m.Lane))
 		if err != nil {
-			return fmt.Errorf("read link state: %w", err)
+			return nil, fmt.Errorf("read link state: %w", err)
 		}
 		sq.epoch, sq.durable, sq.next, sq.loaded = ls.Epoch, ls.LastSeq, ls.LastSeq+1, true
 	}
@@ -338,12 +367,12 @@ func (r *Receiver) sequence(in *inStream, m *Inbound, msg *pb.Message) error {
 	case msg.LinkSeq <= sq.durable:
 		r.received.WithLabelValues("duplicate").Inc()
 		in.ack(&pb.Ack{Id: msg.Id, Status: pb.AckStatus_ACK_STATUS_DUPLICATE})
-		return nil
+		return nil, nil
 	case msg.LinkSeq < sq.next:
 		// Submitted, not yet committed: answer this copy when it lands.
 		in.owed.Add(1)
 		sq.waiters[msg.LinkSeq] = append(sq.waiters[msg.LinkSeq], waiter{st: in, id: msg.Id})
-		return nil
+		return nil, nil
 	case msg.LinkSeq > sq.next:
 		size := len(msg.Envelope.Body) + 256
 		if old, ok := sq.held[msg.LinkSeq]; ok {
@@ -354,16 +383,17 @@ func (r *Receiver) sequence(in *inStream, m *Inbound, msg *pb.Message) error {
 		}
 		if sq.heldBytes+size > r.opts.MaxHeldBytes {
 			r.received.WithLabelValues("dropped").Inc()
-			return nil // no ack: the sender resends
+			return nil, nil // no ack: the sender resends
 		}
 		in.owed.Add(1)
 		sq.held[msg.LinkSeq] = &heldMsg{in: m, msg: msg, st: in, bytes: size}
 		sq.heldBytes += size
 		r.received.WithLabelValues("held").Inc()
-		return nil
+		return nil, nil
 	}
 	in.owed.Add(1)
-	r.submitOwed(sq, in, m, msg)
+	ready := []submission{{in: in, m: m, msg: msg, epoch: sq.epoch}}
+	sq.next = msg.LinkSeq + 1
 	for {
 		h, ok := sq.held[sq.next]
 		if !ok {
@@ -372,16 +402,18 @@ func (r *Receiver) sequence(in *inStream, m *Inbound, msg *pb.Message) error {
 		delete(sq.held, sq.next)
 		sq.heldBytes -= h.bytes
 		// Owed was counted when held.
-		r.submitOwed(sq, h.st, h.in, h.msg)
+		ready = append(ready, submission{in: h.st, m: h.in, msg: h.msg, epoch: sq.epoch})
+		sq.next++
 	}
-	return nil
+	return ready, nil
 }
 
-// submitOwed queues the apply transaction of the next message of a lane; the
-// caller holds sq.mu and has counted the message as owed.
-func (r *Receiver) submitOwed(sq *sequencer, in *inStream, m *Inbound, msg *pb.Message) {
-	seq, epoch := msg.LinkSeq, sq.epoch
-	sq.next = seq + 1
+// submitOwed queues the apply transaction of the next message of a lane.
+// The caller holds sq.submitMu (not sq.mu) and has counted the message as
+// owed.
+func (r *Receiver) submitOwed(sq *sequencer, sub submission) {
+	in, m, msg := sub.in, sub.m, sub.msg
+	seq, epoch := msg.LinkSeq, sub.epoch
 	var status pb.AckStatus
 	var reason string
 	r.st.Submit(r.ctx, func(tx *store.Txn) error {

@@ -57,7 +57,11 @@ type SenderOptions struct {
 	// without sending them (a closed planner stream). Kick re-evaluates.
 	Hold func(peer.ID, Lane) bool
 	// OnAcked runs after a delivery's ack is recorded.
-	OnAcked    func(*storepb.Delivery)
+	OnAcked func(*storepb.Delivery)
+	// Retention keeps acknowledged deliveries this long before they are
+	// pruned from the ledger; 0 keeps them forever. Pending ones are never
+	// pruned.
+	Retention time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -175,6 +179,7 @@ func (s *Sender) retryLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.opts.RetryScan)
 	defer t.Stop()
+	var lastPrune time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -183,8 +188,48 @@ func (s *Sender) retryLoop() {
 			if err := s.scan(); err != nil && s.ctx.Err() == nil {
 				s.log.Warn("retry scan failed", "err", err)
 			}
+			if s.opts.Retention > 0 && time.Since(lastPrune) >= min(s.opts.Retention/4, 10*time.Minute) {
+				lastPrune = time.Now()
+				if n, err := s.Prune(time.Now().Add(-s.opts.Retention)); err != nil && s.ctx.Err() == nil {
+					s.log.Warn("prune acknowledged deliveries", "err", err)
+				} else if n > 0 {
+					s.log.Info("pruned acknowledged deliveries", "rows", n)
+				}
+			}
 		}
 	}
+}
+
+// Prune deletes acknowledged deliveries acknowledged before cutoff. Ids
+// grow with time, so the scan stops at the first row created after it.
+func (s *Sender) Prune(cutoff time.Time) (int, error) {
+	c := cutoff.UnixNano()
+	var old []*storepb.Delivery
+	err := s.st.Deliveries(0, func(d *storepb.Delivery) bool {
+		if d.CreatedAt > c {
+			return false
+		}
+		if d.State != storepb.Delivery_STATE_PENDING && d.AckedAt > 0 && d.AckedAt < c {
+			old = append(old, d)
+		}
+		return len(old) < 100000
+	})
+	if err != nil {
+		return 0, err
+	}
+	for start := 0; start < len(old); start += 1000 {
+		chunk := old[start:min(start+1000, len(old))]
+		err := s.st.Update(s.ctx, func(tx *store.Txn) error {
+			for _, d := range chunk {
+				tx.DeleteDelivery(d)
+			}
+			return nil
+		})
+		if err != nil {
+			return start, err
+		}
+	}
+	return len(old), nil
 }
 
 func (s *Sender) scan() error {
@@ -621,6 +666,7 @@ func (o *outbox) send(batch []*entry) {
 		e.st = st
 		e.sentAt = time.Now()
 		e.sends++
+		e.d.Attempts++
 		o.mu.Unlock()
 		if err := st.fw.WriteRaw(o.frame(e)); err != nil {
 			o.requeue(batch[i+1:])
@@ -735,7 +781,7 @@ func (o *outbox) acked(acks []*pb.Ack) {
 		}
 		delete(o.inflight, a.Id)
 		delete(o.ids, a.Id)
-		ds = append(ds, done{d: e.d, sends: e.sends, status: a.Status, reason: a.Error})
+		ds = append(ds, done{d: proto.Clone(e.d).(*storepb.Delivery), sends: e.sends, status: a.Status, reason: a.Error})
 	}
 	o.failures = 0
 	o.mu.Unlock()
@@ -754,13 +800,12 @@ func (o *outbox) acked(acks []*pb.Ack) {
 	o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
 		marked = marked[:0]
 		for _, x := range ds {
-			d := proto.Clone(x.d).(*storepb.Delivery)
+			d := x.d
 			d.State = storepb.Delivery_STATE_SENDED
 			if x.status == pb.AckStatus_ACK_STATUS_REJECTED {
 				d.State = storepb.Delivery_STATE_REJECTED
 				d.Error = x.reason
 			}
-			d.Attempts += uint32(x.sends)
 			d.AckedAt = tx.Now().UnixNano()
 			d.NextAttemptAt = 0
 			tx.PutDelivery(d)
@@ -844,11 +889,19 @@ func (o *outbox) failed(err error, attempted []*entry) {
 	d = d/2 + rand.N(d/2+1)
 	o.retryAt = time.Now().Add(d)
 	if len(attempted) == 0 && len(o.queue) > 0 {
+		// Nothing was written: the head of the queue was attempted.
 		attempted = o.queue[:min(len(o.queue), 64)]
+		for _, e := range attempted {
+			e.d.Attempts++
+		}
 	}
-	ids := make([]uint64, 0, len(attempted))
+	type mark struct {
+		id       uint64
+		attempts uint32
+	}
+	ids := make([]mark, 0, len(attempted))
 	for _, e := range attempted {
-		ids = append(ids, e.d.Id)
+		ids = append(ids, mark{e.d.Id, e.d.Attempts})
 	}
 	next := o.retryAt.UnixNano()
 	failures := o.failures
@@ -865,8 +918,8 @@ func (o *outbox) failed(err error, attempted []*entry) {
 		return
 	}
 	o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
-		for _, id := range ids {
-			dl, err := tx.GetDelivery(id)
+		for _, m := range ids {
+			dl, err := tx.GetDelivery(m.id)
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
@@ -876,7 +929,7 @@ func (o *outbox) failed(err error, attempted []*entry) {
 			if dl.State != storepb.Delivery_STATE_PENDING {
 				continue
 			}
-			dl.Attempts++
+			dl.Attempts = m.attempts
 			dl.NextAttemptAt = next
 			tx.PutDelivery(dl)
 		}

@@ -48,7 +48,7 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+func (e *apiError) Error() string { return e.Message + " (" + e.Code + ")" }
 
 // call sends a request and decodes the answer's fields into out.
 func (c *client) call(method, path string, body any, out any) error {
