@@ -61,7 +61,7 @@ type SenderOptions struct {
 	// Retention keeps acknowledged deliveries this long before they are
 	// pruned from the ledger; 0 keeps them forever. Pending ones are never
 	// pruned.
-	Retention time.Duration
+	Retention  time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
