@@ -33,6 +33,7 @@ import (
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
+	ferrysync "github.com/ferrynet/ferry/sync"
 )
 
 // Options adjust a node beyond its Config (tests, benchmarks, the demo).
@@ -43,6 +44,8 @@ type Options struct {
 	Sender stream.SenderOptions
 	// DiscoveryPeriod is the longest wait between discovery rounds.
 	DiscoveryPeriod time.Duration
+	// SyncPeriod is the anti-entropy period (default sync.DefaultPeriod).
+	SyncPeriod time.Duration
 }
 
 // Node is one running Ferry process.
@@ -66,6 +69,7 @@ type Node struct {
 	receiver *stream.Receiver
 	prop     *propagate.Service
 	review   *review.Service
+	sync     *ferrysync.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -141,6 +145,10 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	n.prop.SetSender(n.sender)
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review")})
+	n.sync = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Roles: n.book,
+		Resources: n.prop, Decisions: n.review, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
+		Logger: log.With("component", "sync"), Registerer: n.reg})
+	n.review.SetGapFiller(n.sync)
 	n.receiver = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
 	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}}
@@ -216,7 +224,11 @@ func (n *Node) Start() error {
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
-	n.book.OnMember(func(p peer.ID) { n.sender.Kick(p) })
+	n.sync.Start()
+	n.book.OnMember(func(p peer.ID) {
+		n.sender.Kick(p)
+		n.sync.Connected(p)
+	})
 	if err := n.startAdmin(); err != nil {
 		return err
 	}
@@ -341,6 +353,9 @@ func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
 	n.review.Decide(n.ctx, req, done)
 }
 
+// Sync is the catch-up service.
+func (n *Node) Sync() *ferrysync.Service { return n.sync }
+
 // Review is the review service.
 func (n *Node) Review() *review.Service { return n.review }
 
@@ -361,6 +376,9 @@ func (n *Node) Close() error {
 		}
 		if n.sender != nil {
 			n.sender.Close()
+		}
+		if n.sync != nil && n.started {
+			n.sync.Close()
 		}
 		if n.prop != nil {
 			n.prop.Close()

@@ -115,6 +115,17 @@ type Deps struct {
 
 const auxPlannerClosed = "planner_closed/"
 
+// Counters the service keeps in the store. Own resource changes form a
+// chain: each names the previous one (Body.prev_version), so a receiver
+// knows exactly when it holds every change of an origin up to a version.
+const (
+	CtrResourceHead = "resource_head"  // this node's last own resource change
+	ctrChainPrefix  = "resource_held/" // + origin: every change of origin up to this version is held
+)
+
+// ChainCounter names the counter of how far an origin's chain is held.
+func ChainCounter(origin peer.ID) string { return ctrChainPrefix + string(origin) }
+
 // New builds the service and loads which planner streams operators closed.
 func New(d Deps) (*Service, error) {
 	if d.Logger == nil {
@@ -317,11 +328,16 @@ func (s *Service) resource(ctx context.Context, req Request, obj map[string]json
 		case req.Action != ActionCreate && !exists:
 			return fmt.Errorf("%w: %s %q", ferry.ErrNotFound, req.DataType, id)
 		}
-		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
-			Payload: doc, CreatedAtUnixNano: tx.Now().UnixNano()})
+		prev, err := tx.CounterValue(CtrResourceHead)
 		if err != nil {
 			return err
 		}
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+			Payload: doc, CreatedAtUnixNano: tx.Now().UnixNano(), PrevVersion: prev})
+		if err != nil {
+			return err
+		}
+		tx.SetCounter(CtrResourceHead, ver)
 		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
 			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})
 		items, err := s.deliver(tx, partners, stream.LaneResource, ver, proto)

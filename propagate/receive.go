@@ -118,6 +118,27 @@ func (p *prepared) event(version, local uint64, payload []byte) []byte {
 	return append(b, '}')
 }
 
+func isResource(k pb.Kind) bool {
+	return k == pb.Kind_KIND_RESOURCE_CREATE || k == pb.Kind_KIND_RESOURCE_UPDATE || k == pb.Kind_KIND_RESOURCE_DELETE
+}
+
+// advanceChain moves an origin's held-up-to mark over a change that follows
+// it directly. A change that arrives after a gap leaves the mark where it
+// is; sync fetches from the mark and the chain closes.
+func advanceChain(tx *store.Txn, o peer.ID, body *pb.Body) error {
+	held, err := tx.CounterValue(ChainCounter(o))
+	if err != nil {
+		return err
+	}
+	if held == body.PrevVersion && body.OriginVersion > held {
+		tx.SetCounter(ChainCounter(o), body.OriginVersion)
+	}
+	return nil
+}
+
+// Held is how far this node holds every resource change of origin.
+func (s *Service) Held(o peer.ID) (uint64, error) { return s.st.Counter(ChainCounter(o)) }
+
 // idString caches the text form of peer ids (base58 is not free).
 func (s *Service) idString(p peer.ID) string {
 	if v, ok := s.ids.Load(p); ok {
@@ -142,6 +163,11 @@ func (s *Service) ApplyChange(tx *store.Txn, env *pb.Envelope, body *pb.Body) (p
 
 func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepared) (pb.AckStatus, error) {
 	o := peerOf(body)
+	if isResource(body.Kind) {
+		if err := advanceChain(tx, o, body); err != nil {
+			return 0, err
+		}
+	}
 	if _, dup, err := tx.HasOrigin(o, body.OriginVersion); err != nil || dup {
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}

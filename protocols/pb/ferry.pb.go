@@ -200,7 +200,8 @@ type Body struct {
 	DataType          string                 `protobuf:"bytes,4,opt,name=data_type,json=dataType,proto3" json:"data_type,omitempty"` // resource data type, or table name for review messages
 	Payload           []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
 	CreatedAtUnixNano int64                  `protobuf:"varint,6,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
-	To                []byte                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"` // receiver peer id for targeted kinds (considers, planner, review request, rejection); empty: any
+	To                []byte                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`                                       // receiver peer id for targeted kinds (considers, planner, review request, rejection); empty: any
+	PrevVersion       uint64                 `protobuf:"varint,8,opt,name=prev_version,json=prevVersion,proto3" json:"prev_version,omitempty"` // resource kinds: the origin version of the origin's previous resource change (0: none)
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -282,6 +283,13 @@ func (x *Body) GetTo() []byte {
 		return x.To
 	}
 	return nil
+}
+
+func (x *Body) GetPrevVersion() uint64 {
+	if x != nil {
+		return x.PrevVersion
+	}
+	return 0
 }
 
 // Envelope is a body plus the proof that its origin signed it: the origin signs
@@ -841,12 +849,13 @@ func (x *SyncRequest) GetLimit() uint32 {
 	return 0
 }
 
-// SyncBatch is one answer batch; the asker acks each batch before the next.
+// SyncBatch is one answer batch. The stream's flow control paces the
+// server: it writes the next batch while the asker applies this one.
 type SyncBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Envelopes     []*Envelope            `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
-	Done          bool                   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
-	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Done          bool                   `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`  // nothing more after this batch
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"` // the request was refused; nothing follows
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1104,7 +1113,7 @@ var File_ferry_proto protoreflect.FileDescriptor
 
 const file_ferry_proto_rawDesc = "" +
 	"\n" +
-	"\vferry.proto\x12\bferry.v1\"\xe1\x01\n" +
+	"\vferry.proto\x12\bferry.v1\"\x84\x02\n" +
 	"\x04Body\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\fR\x06origin\x12%\n" +
 	"\x0eorigin_version\x18\x02 \x01(\x04R\roriginVersion\x12\"\n" +
@@ -1112,7 +1121,8 @@ const file_ferry_proto_rawDesc = "" +
 	"\tdata_type\x18\x04 \x01(\tR\bdataType\x12\x18\n" +
 	"\apayload\x18\x05 \x01(\fR\apayload\x12/\n" +
 	"\x14created_at_unix_nano\x18\x06 \x01(\x03R\x11createdAtUnixNano\x12\x0e\n" +
-	"\x02to\x18\a \x01(\fR\x02to\"\x95\x01\n" +
+	"\x02to\x18\a \x01(\fR\x02to\x12!\n" +
+	"\fprev_version\x18\b \x01(\x04R\vprevVersion\"\x95\x01\n" +
 	"\bEnvelope\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1d\n" +
 	"\n" +
