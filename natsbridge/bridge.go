@@ -150,12 +150,16 @@ func startEmbedded(o Options) (*server.Server, error) {
 	lg := &serverLog{log: o.Logger}
 	srv.SetLogger(lg, false, false)
 	srv.Start()
-	if !srv.ReadyForConnections(5 * time.Second) {
-		srv.Shutdown()
+	// Poll so a listen failure (a port in use) is reported at once.
+	for deadline := time.Now().Add(5 * time.Second); !srv.ReadyForConnections(50 * time.Millisecond); {
 		if err := lg.fatal(); err != nil {
+			srv.Shutdown()
 			return nil, fmt.Errorf("embedded nats on %s: %w", o.Listen, err)
 		}
-		return nil, fmt.Errorf("embedded nats on %s did not start", o.Listen)
+		if time.Now().After(deadline) {
+			srv.Shutdown()
+			return nil, fmt.Errorf("embedded nats on %s did not start", o.Listen)
+		}
 	}
 	return srv, nil
 }
