@@ -221,7 +221,9 @@ func TestReviewCases(t *testing.T) {
 func TestReviewBadInput(t *testing.T) {
 	net := reviewNet(t)
 	a := net.NATS(nA)
-	before := func() string { return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(0, false))) }
+	before := func() string {
+		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(0, false)))
+	}
 	b0 := before()
 	for _, tc := range []struct{ body, code string }{
 		{`{"type":"upsert","table_name":"tb","table_id":1,"data":{}}`, "bad_request"},
