@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -164,6 +165,13 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, ho))
 	}
 	return slog.New(slog.NewTextHandler(w, ho))
+}
+
+// RouteLibp2pLogs sends go-libp2p's own logs to h, tagged
+// component=libp2p. It is process-wide: call it once, before the first
+// node starts (cmd/ferry and internal/testnet do).
+func RouteLibp2pLogs(h slog.Handler) {
+	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
 }
 
 // kindMux hands inbound deliveries to the service of their kind.

@@ -74,6 +74,7 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 	}
 	defer logf.Close()
 	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	node.RouteLibp2pLogs(log.Handler())
 	names := []string{"A", "B", "C", "D"}
 	nodes := make([]*demoNode, len(names))
 	ids := make([]string, len(names))

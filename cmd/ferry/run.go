@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,6 +41,25 @@ func initCmd(g *globals) *cobra.Command {
 	return c
 }
 
+// libp2pLevel keeps go-libp2p's logs to warnings and errors unless the
+// node logs at debug: its info lines are noise to an operator.
+type libp2pLevel struct {
+	slog.Handler
+	debug bool
+}
+
+func (l libp2pLevel) Enabled(ctx context.Context, lv slog.Level) bool {
+	return (l.debug || lv >= slog.LevelWarn) && l.Handler.Enabled(ctx, lv)
+}
+
+func (l libp2pLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return libp2pLevel{l.Handler.WithAttrs(as), l.debug}
+}
+
+func (l libp2pLevel) WithGroup(name string) slog.Handler {
+	return libp2pLevel{l.Handler.WithGroup(name), l.debug}
+}
+
 func runCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run",
@@ -74,7 +94,9 @@ func runCmd(g *globals) *cobra.Command {
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
-		n, err := node.New(cfg, h, node.Options{})
+		log := node.NewLogger(cfg.Log, os.Stderr)
+		node.RouteLibp2pLogs(libp2pLevel{log.Handler(), cfg.Log.Level == "debug"})
+		n, err := node.New(cfg, h, node.Options{Logger: log})
 		if err != nil {
 			return err
 		}

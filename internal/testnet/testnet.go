@@ -6,14 +6,15 @@ package testnet
 import (
 	"io"
 	"log/slog"
-	"net"
+	"net/url"
 	"os"
-	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/node"
@@ -55,8 +56,17 @@ type Net struct {
 var FastSender = stream.SenderOptions{AckTimeout: 5 * time.Second, BackoffMin: 50 * time.Millisecond,
 	BackoffMax: 500 * time.Millisecond, RetryScan: 500 * time.Millisecond, DialTimeout: 3 * time.Second}
 
+var routeOnce sync.Once
+
 // Logger is the nodes' logger: silent unless FERRY_TEST_LOG is set.
+// go-libp2p's own logs go the same way.
 func Logger() *slog.Logger {
+	l := logger()
+	routeOnce.Do(func() { node.RouteLibp2pLogs(l.Handler()) })
+	return l
+}
+
+func logger() *slog.Logger {
 	if lvl := os.Getenv("FERRY_TEST_LOG"); lvl != "" {
 		var l slog.Level
 		_ = l.UnmarshalText([]byte(lvl))
@@ -95,8 +105,9 @@ func Start(t testing.TB, o Options) *Net {
 	for i := range o.N {
 		c := node.Default()
 		c.Name = o.Names[i]
-		c.Listen = []string{"/ip4/127.0.0.1/tcp/" + strconv.Itoa(freePort(t))}
-		c.NATS.Listen = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		// Port 0 at first; the ports a node got are kept for its restarts.
+		c.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+		c.NATS.Listen = "127.0.0.1:0"
 		c.Admin.Listen = "127.0.0.1:0"
 		c.Log.Level = "debug"
 		var partners []int
@@ -120,32 +131,40 @@ func Start(t testing.TB, o Options) *Net {
 		}
 		n.cfgs = append(n.cfgs, c)
 	}
-	if !o.NoBootstrap && o.N > 1 {
-		boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
-		for i := 1; i < o.N; i++ {
-			n.cfgs[i].Bootstrap = append(n.cfgs[i].Bootstrap, boot)
-		}
-	}
 	n.nodes = make([]*node.Node, o.N)
 	t.Cleanup(n.Close)
 	for i := range o.N {
+		if i == 1 && !o.NoBootstrap {
+			boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
+			for j := 1; j < o.N; j++ {
+				n.cfgs[j].Bootstrap = append(n.cfgs[j].Bootstrap, boot)
+			}
+		}
 		n.Restart(i)
 	}
 	return n
 }
 
+// pin records the ports a node listens on, so a restart reuses them.
+func (n *Net) pin(i int, nd *node.Node) {
+	c := &n.cfgs[i]
+	if strings.HasSuffix(c.Listen[0], "/tcp/0") {
+		for _, a := range nd.Host().Addrs() {
+			if port, err := a.ValueForProtocol(ma.P_TCP); err == nil {
+				c.Listen = []string{"/ip4/127.0.0.1/tcp/" + port}
+				break
+			}
+		}
+	}
+	if strings.HasSuffix(c.NATS.Listen, ":0") {
+		if u, err := url.Parse(nd.NATSURL()); err == nil {
+			c.NATS.Listen = u.Host
+		}
+	}
+}
+
 // At returns a pointer to i, for Options.Reviewer.
 func At(i int) *int { return &i }
-
-// freePort asks the kernel for a free TCP port on loopback.
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // Node returns node i (nil while stopped).
 func (n *Net) Node(i int) *node.Node {
@@ -194,6 +213,7 @@ func (n *Net) RestartPaused(i int) (start func()) {
 	if err != nil {
 		n.t.Fatalf("build node %s: %v", n.o.Names[i], err)
 	}
+	n.pin(i, nd)
 	n.mu.Lock()
 	n.nodes[i] = nd
 	n.mu.Unlock()
