@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -9,7 +10,13 @@ import (
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
-const faultEvents = 10000
+// faultEvents is 10,000 events; FERRY_SOAK=1 (make soak) runs ten times as many.
+var faultEvents = func() int {
+	if os.Getenv("FERRY_SOAK") != "" {
+		return 100000
+	}
+	return 10000
+}()
 
 func partnersAB() testnet.Options {
 	return testnet.Options{N: 2, Partners: map[int][]int{0: {1}, 1: {0}}}

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/ferrynet/ferry/protocols"
@@ -353,7 +354,11 @@ func (x *hello) forget(c network.Conn) {
 }
 
 func (x *hello) me() *pb.Hello {
-	return &pb.Hello{Network: x.book.network, Name: x.book.name, Version: Version}
+	h := &pb.Hello{Network: x.book.network, Name: x.book.name, Version: Version}
+	for _, a := range x.h.Addrs() {
+		h.Addrs = append(h.Addrs, a.Bytes())
+	}
+	return h
 }
 
 func (x *hello) serve(s network.Stream) error {
@@ -405,9 +410,19 @@ func (x *hello) learn(c network.Conn, h *pb.Hello) {
 	x.greeted[c.ID()] = true
 	x.mu.Unlock()
 	p := c.RemotePeer()
-	addrs := x.h.Peerstore().Addrs(p)
-	if len(addrs) == 0 {
+	// The peer's own listen addresses; a connection's remote address is an
+	// ephemeral port when the peer dialed in.
+	var addrs []ma.Multiaddr
+	for _, b := range h.Addrs {
+		if a, err := ma.NewMultiaddrBytes(b); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 && c.Stat().Direction == network.DirOutbound {
 		addrs = []ma.Multiaddr{c.RemoteMultiaddr()}
+	}
+	if len(addrs) > 0 && h.Network == x.book.network {
+		x.h.Peerstore().AddAddrs(p, addrs, peerstore.RecentlyConnectedAddrTTL)
 	}
 	x.book.record(context.Background(), p, h, addrs)
 	if h.Network != x.book.network {

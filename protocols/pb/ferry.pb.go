@@ -725,6 +725,7 @@ type Hello struct {
 	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the sender's listen addresses (binary multiaddrs)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -778,6 +779,13 @@ func (x *Hello) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Hello) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
 }
 
 // SyncRequest asks a peer on /ferry/sync/1.0.0 for what the asker is missing.
@@ -1164,11 +1172,12 @@ const file_ferry_proto_rawDesc = "" +
 	"\rreviewer_name\x18\a \x01(\tR\freviewerName\x12\x1c\n" +
 	"\tapplicant\x18\b \x01(\fR\tapplicant\x12\x1d\n" +
 	"\n" +
-	"decided_at\x18\t \x01(\x03R\tdecidedAt\"O\n" +
+	"decided_at\x18\t \x01(\x03R\tdecidedAt\"e\n" +
 	"\x05Hello\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"\xc7\x01\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
+	"\x05addrs\x18\x04 \x03(\fR\x05addrs\"\xc7\x01\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x04what\x18\x01 \x01(\x0e2\x1a.ferry.v1.SyncRequest.WhatR\x04what\x12\x16\n" +
 	"\x06origin\x18\x02 \x01(\fR\x06origin\x12\x14\n" +

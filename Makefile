@@ -1,0 +1,43 @@
+# Ferry's make targets. `make test` is what CI runs (.ci/run).
+GO ?= go
+FUZZTIME ?= 60s
+STATICCHECK_VERSION ?= v0.7.0
+
+.PHONY: test build run demo lint fuzz bench bench-store soak tools
+
+# The test suite: every package, race detector on.
+test:
+	$(GO) test -race -timeout 18m ./...
+
+build:
+	CGO_ENABLED=0 $(GO) build -o bin/ferry ./cmd/ferry
+
+run:
+	$(GO) run ./cmd/ferry run
+
+demo:
+	$(GO) run ./cmd/ferry demo
+
+# gofmt, go vet and staticcheck (installed from the module proxy by scripts/tools.sh).
+lint: tools
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1)
+	$(GO) vet ./...
+	./bin/tools/staticcheck ./...
+
+tools:
+	@STATICCHECK_VERSION=$(STATICCHECK_VERSION) ./scripts/tools.sh
+
+# Every fuzz target for FUZZTIME each (60s by default).
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+# The benchmark report of docs/BENCHMARKS.md.
+bench:
+	FERRY_BENCH=1 $(GO) test ./bench/ -run '^TestReport$$' -v -count=1 -timeout 30m
+
+bench-store:
+	$(GO) test ./store/ -run '^$$' -bench . -benchtime 3s
+
+# Long fault runs: the fault tests with 10x the events (not part of CI).
+soak:
+	FERRY_SOAK=1 $(GO) test -race -timeout 60m ./e2e/ -run 'Fault|Partition|Sync'
