@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -152,24 +153,38 @@ func (s *Service) idString(p peer.ID) string {
 // Apply commits a received change once and publishes it after the commit.
 func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
 	p, _ := in.Prepared.(*prepared)
-	return s.apply(tx, in.Envelope, in.Body, p)
+	return s.apply(tx, in.Envelope, in.Body, p, true)
 }
 
 // ApplyChange applies one change of origin; sync uses it too. The envelope
 // must have been verified against the body's origin.
 func (s *Service) ApplyChange(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
-	return s.apply(tx, env, body, nil)
+	return s.apply(tx, env, body, nil, false)
 }
 
-func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepared) (pb.AckStatus, error) {
+// ctrSynced + origin is the highest origin version sync ever applied here.
+const ctrSynced = "resource_synced/"
+
+// apply commits one change. On the delivery path (viaLink) a change beyond
+// anything sync brought cannot be held already: the link's sequence
+// numbers turn away its own resends. Such a fresh change needs no reads to
+// find duplicates or a newer row, which keeps the store's writer lean.
+func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepared, viaLink bool) (pb.AckStatus, error) {
 	o := peerOf(body)
 	if isResource(body.Kind) {
 		if err := advanceChain(tx, o, body); err != nil {
 			return 0, err
 		}
 	}
-	if _, dup, err := tx.HasOrigin(o, body.OriginVersion); err != nil || dup {
-		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	synced, err := tx.CounterValue(ctrSynced + string(o))
+	if err != nil {
+		return 0, err
+	}
+	fresh := viaLink && body.OriginVersion > synced
+	if !fresh {
+		if _, dup, err := tx.HasOrigin(o, body.OriginVersion); err != nil || dup {
+			return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+		}
 	}
 	if p == nil {
 		p = s.prepare(body)
@@ -177,14 +192,24 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 	if p.reject != nil {
 		return 0, p.reject
 	}
-	ver, _, err := tx.AppendReceived(o, body.OriginVersion, env)
+	raw, err := proto.Marshal(env)
 	if err != nil {
 		return 0, err
 	}
+	ver, err := tx.AppendFresh(o, body.OriginVersion, raw)
+	if err != nil {
+		return 0, err
+	}
+	if !viaLink && body.OriginVersion > synced {
+		tx.SetCounter(ctrSynced+string(o), body.OriginVersion)
+	}
 	if p.field == "resource" {
-		cur, err := tx.GetResource(body.DataType, o, p.id)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return 0, err
+		var cur *storepb.Resource
+		if !fresh {
+			cur, err = tx.GetResource(body.DataType, o, p.id)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return 0, err
+			}
 		}
 		// Keep the newest state: a change that arrives late (through sync,
 		// after a later one) is kept in the change log but does not roll

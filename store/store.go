@@ -368,7 +368,6 @@ func (s *Store) commitRound(ops []*op) *round {
 		return r
 	}
 	start := time.Now()
-	b := s.db.NewBatch()
 	now := s.now()
 	view := map[string]*kv{} // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
@@ -378,20 +377,28 @@ func (s *Store) commitRound(ops []*op) *round {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, view: view, now: now, writes: map[string]int{}}
+		t := &Txn{s: s, view: view, now: now}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
 		}
-		if err := t.flush(b, view); err != nil {
-			o.err = err
-			continue
-		}
+		t.flush(view)
 		o.hooks = t.hooks
 		sealed = append(sealed, t.sealed...)
 		r.sync = r.sync || o.sync
 		applied++
 	}
+	if applied == 0 {
+		return r
+	}
+	size := 0
+	for key, w := range view {
+		size += len(key) + len(w.v) + 16
+	}
+	for _, x := range sealed {
+		size += len(x.key) + len(x.body) + 1024
+	}
+	b := s.db.NewBatchWithSize(size)
 	fail := func(err error) *round {
 		for _, o := range ops {
 			if o.err == nil {
@@ -403,9 +410,18 @@ func (s *Store) commitRound(ops []*op) *round {
 		r.sync = false
 		return r
 	}
-	if applied == 0 {
-		_ = b.Close()
-		return r
+	// One write per key: a counter bumped by every transaction of the
+	// round reaches the memtable once.
+	for key, w := range view {
+		var err error
+		if w.del {
+			err = b.Delete([]byte(key), nil)
+		} else {
+			err = b.Set([]byte(key), w.v, nil)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("stage write: %w", err))
+		}
 	}
 	tTx := time.Since(start)
 	if len(sealed) > 0 {
@@ -603,7 +619,6 @@ type Txn struct {
 	view   map[string]*kv
 	now    time.Time
 	ops    []kv
-	writes map[string]int
 	hooks  []func()
 	sealed []*Sealed
 }
@@ -633,11 +648,14 @@ func (t *Txn) OnCommit(fn func()) { t.hooks = append(t.hooks, fn) }
 func (t *Txn) Epoch() uint64 { return t.s.epoch }
 
 func (t *Txn) get(key []byte) ([]byte, error) {
-	if i, ok := t.writes[string(key)]; ok {
-		if t.ops[i].del {
-			return nil, ErrNotFound
+	// A transaction writes a handful of keys: the last write wins.
+	for i := len(t.ops) - 1; i >= 0; i-- {
+		if string(t.ops[i].k) == string(key) {
+			if t.ops[i].del {
+				return nil, ErrNotFound
+			}
+			return t.ops[i].v, nil
 		}
-		return t.ops[i].v, nil
 	}
 	if w, ok := t.view[string(key)]; ok {
 		if w.del {
@@ -679,30 +697,18 @@ func isHot(key string) bool {
 }
 
 func (t *Txn) set(key, val []byte) {
-	t.writes[string(key)] = len(t.ops)
 	t.ops = append(t.ops, kv{k: key, v: val})
 }
 
 func (t *Txn) del(key []byte) {
-	t.writes[string(key)] = len(t.ops)
 	t.ops = append(t.ops, kv{k: key, del: true})
 }
 
-func (t *Txn) flush(b *pebble.Batch, view map[string]*kv) error {
+// flush makes a successful transaction's writes part of the round.
+func (t *Txn) flush(view map[string]*kv) {
 	for i := range t.ops {
-		o := &t.ops[i]
-		var err error
-		if o.del {
-			err = b.Delete(o.k, nil)
-		} else {
-			err = b.Set(o.k, o.v, nil)
-		}
-		if err != nil {
-			return fmt.Errorf("stage write: %w", err)
-		}
-		view[string(o.k)] = o
+		view[string(t.ops[i].k)] = &t.ops[i]
 	}
-	return nil
 }
 
 // Next returns the next value of a named counter (1 first).
@@ -771,8 +777,4 @@ func (t *Txn) RollbackTo(sp Savepoint) {
 	t.ops = t.ops[:sp.ops]
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
-	clear(t.writes)
-	for i, o := range t.ops {
-		t.writes[string(o.k)] = i
-	}
 }

@@ -69,6 +69,19 @@ func (t *Txn) AppendReceived(origin peer.ID, originVersion uint64, env *pb.Envel
 	return ver, false, nil
 }
 
+// AppendFresh stores an envelope the caller knows is not held yet (a new
+// link sequence from its origin, beyond anything sync brought), without the
+// read AppendReceived makes to find out.
+func (t *Txn) AppendFresh(origin peer.ID, originVersion uint64, env []byte) (uint64, error) {
+	ver, err := t.Next(CtrVersion)
+	if err != nil {
+		return 0, err
+	}
+	t.set(k(pChange).u64(ver), env)
+	t.set(k(pOrigin).str(string(origin)).u64(originVersion), u64Value(ver))
+	return ver, nil
+}
+
 // Change is one entry of the change log.
 type Change struct {
 	Version  uint64
@@ -220,9 +233,13 @@ func (t *Txn) GetResource(dataType string, creator peer.ID, id string) (*storepb
 	return r, unmarshal(v, r)
 }
 
-// PutResource writes a resource's current state.
+// PutResource writes a resource's current state. Its JSON is not stored
+// twice: the row points at the change (r.Version) whose payload it is, and
+// Resources reads it from there.
 func (t *Txn) PutResource(r *storepb.Resource) {
-	t.set(resourceKey(r.DataType, r.Creator, r.Id), marshal(r))
+	row := &storepb.Resource{DataType: r.DataType, Id: r.Id, Creator: r.Creator, OriginVersion: r.OriginVersion,
+		Version: r.Version, Deleted: r.Deleted, UpdatedAt: r.UpdatedAt}
+	t.set(resourceKey(r.DataType, r.Creator, r.Id), marshal(row))
 }
 
 // Resources lists resources, of one data type or ("") of all, deleted ones
@@ -241,7 +258,19 @@ func (s *Store) Resources(dataType string) ([]*storepb.Resource, error) {
 		out = append(out, r)
 		return true, nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range out {
+		if len(r.Json) == 0 && r.Version > 0 {
+			c, err := s.Change(r.Version)
+			if err != nil {
+				return nil, fmt.Errorf("resource %s/%s: change %d: %w", r.DataType, r.Id, r.Version, err)
+			}
+			r.Json = c.Body.Payload
+		}
+	}
+	return out, nil
 }
 
 // ---- deliveries ----
