@@ -202,14 +202,16 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 		}
 		return
 	}
+	if req.Action == ActionCreate || req.Action == ActionUpdate || req.Action == ActionDelete {
+		s.resource(ctx, req, done)
+		return
+	}
 	obj, err := jsonObject(req.Payload)
 	if err != nil {
 		done(nil, err)
 		return
 	}
 	switch req.Action {
-	case ActionCreate, ActionUpdate, ActionDelete:
-		s.resource(ctx, req, obj, done)
 	case ActionConsiders:
 		s.considers(ctx, req, obj, done)
 	case ActionPlanner:
@@ -226,18 +228,6 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 	}
 }
 
-// encodeJSON encodes without HTML escaping, so a document does not grow
-// past the size it was checked at.
-func encodeJSON(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimRight(b.Bytes(), "\n"), nil
-}
-
 func jsonObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, badRequest("payload is missing")
@@ -250,28 +240,6 @@ func jsonObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
 		return nil, badRequest("payload is not a JSON object")
 	}
 	return obj, nil
-}
-
-// resourceID reads "id": a non-empty string, or a number taken as its text.
-func resourceID(obj map[string]json.RawMessage) (string, error) {
-	raw, ok := obj["id"]
-	if !ok {
-		return "", badRequest("payload.id is missing")
-	}
-	var id string
-	if err := json.Unmarshal(raw, &id); err != nil {
-		var n json.Number
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.UseNumber()
-		if err := dec.Decode(&n); err != nil {
-			return "", badRequest("payload.id must be a string or a number")
-		}
-		id = n.String()
-	}
-	if id == "" || len(id) > store.MaxNameBytes {
-		return "", badRequest("payload.id must be 1-%d bytes", store.MaxNameBytes)
-	}
-	return id, nil
 }
 
 func kindOf(action string) (pb.Kind, protocol.ID) {
@@ -288,26 +256,48 @@ func kindOf(action string) (pb.Kind, protocol.ID) {
 	return pb.Kind_KIND_PLANNER, protocols.Planner
 }
 
-func (s *Service) resource(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
-	id, err := resourceID(obj)
+// checkResource reads a resource document's id and creator_id. The
+// document is scanned, not decoded (see jsonscan.go).
+func checkResource(doc []byte) (id string, creator []byte, err error) {
+	if len(bytes.TrimSpace(doc)) == 0 {
+		return "", nil, badRequest("payload is missing")
+	}
+	if !utf8.Valid(doc) {
+		return "", nil, badRequest("payload is not valid UTF-8")
+	}
+	vals, ok := topLevel(doc, "id", "creator_id")
+	if !ok {
+		return "", nil, badRequest("payload is not a JSON object")
+	}
+	if vals[0] == nil {
+		return "", nil, badRequest("payload.id is missing")
+	}
+	id, ok = idText(vals[0])
+	if !ok {
+		return "", nil, badRequest("payload.id must be a non-empty string or a number")
+	}
+	if len(id) > store.MaxNameBytes || !utf8.ValidString(id) {
+		return "", nil, badRequest("payload.id must be 1-%d bytes of UTF-8", store.MaxNameBytes)
+	}
+	return id, vals[1], nil
+}
+
+func (s *Service) resource(ctx context.Context, req Request, done func(Result, error)) {
+	id, creatorRaw, err := checkResource(req.Payload)
 	if err != nil {
 		done(nil, err)
 		return
 	}
 	self := s.roles.Self()
-	if raw, ok := obj["creator_id"]; ok {
-		var creator string
-		if err := json.Unmarshal(raw, &creator); err != nil || creator != self.String() {
-			done(nil, fmt.Errorf("%w: creator_id %s is not this node (%s); only a node's own resources propagate", ferry.ErrNotOwner, raw, self))
+	selfText := s.idString(self)
+	doc := []byte(req.Payload)
+	if creatorRaw != nil {
+		if creator, ok := jsonString(creatorRaw); !ok || creator != selfText {
+			done(nil, fmt.Errorf("%w: creator_id %s is not this node (%s); only a node's own resources propagate", ferry.ErrNotOwner, creatorRaw, self))
 			return
 		}
 	} else {
-		obj["creator_id"], _ = json.Marshal(self.String())
-	}
-	doc, err := encodeJSON(obj)
-	if err != nil {
-		done(nil, badRequest("payload: %v", err))
-		return
+		doc = withMember(doc, "creator_id", selfText)
 	}
 	if len(doc) > s.maxBytes {
 		done(nil, fmt.Errorf("%w: payload is %d bytes once encoded, the limit is %d", ferry.ErrTooLarge, len(doc), s.maxBytes))

@@ -71,17 +71,13 @@ func (s *Service) prepare(body *pb.Body) *prepared {
 	}
 	switch body.Kind {
 	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
-		obj, err := jsonObject(body.Payload)
+		id, creatorRaw, err := checkResource(body.Payload)
 		if err != nil {
 			p.reject = stream.Reject("%v", err)
 			return p
 		}
-		if p.id, err = resourceID(obj); err != nil {
-			p.reject = stream.Reject("%v", err)
-			return p
-		}
-		var creator string
-		if err := json.Unmarshal(obj["creator_id"], &creator); err != nil || creator != p.origin {
+		p.id = id
+		if creator, ok := jsonString(creatorRaw); !ok || creator != p.origin {
 			p.reject = stream.Reject("resource %q: creator_id is not its origin %s", p.id, o)
 			return p
 		}
