@@ -284,6 +284,21 @@ func must2[T any](v T, err error) T {
 	return v
 }
 
+// TestConsoleServed: the review console is served at / without a token
+// (it asks for one and sends it with every API call).
+func TestConsoleServed(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 1})
+	resp, err := http.Get("http://" + net.Node(0).AdminAddr() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !bytes.Contains(b, []byte("Ferry review console")) || !bytes.Contains(b, []byte("/api/v1/")) {
+		t.Fatalf("GET /: %d %.200s", resp.StatusCode, b)
+	}
+}
+
 // TestSubmitWithoutReviewer is refused as unavailable.
 func TestSubmitWithoutReviewer(t *testing.T) {
 	net := testnet.Start(t, testnet.Options{N: 1})
