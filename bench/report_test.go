@@ -19,6 +19,7 @@ type sizes struct {
 	LatencyFor                              time.Duration
 	FanOut                                  int // per run; 1 and 10 partners
 	FanOutPartners                          int
+	JoinRows, JoinResources                 int // new member catch-up
 	Inflight                                int
 	// Settle is the wait after the last event for late duplicates.
 	Settle time.Duration
@@ -33,6 +34,8 @@ var full = sizes{
 	LatencyFor:     5 * time.Second,
 	FanOut:         10_000,
 	FanOutPartners: 10,
+	JoinRows:       100_000,
+	JoinResources:  10_000,
 	Inflight:       2048,
 	Settle:         300 * time.Millisecond,
 }
@@ -46,6 +49,8 @@ var smoke = sizes{
 	LatencyFor:     50 * time.Millisecond,
 	FanOut:         100,
 	FanOutPartners: 2,
+	JoinRows:       50,
+	JoinResources:  10,
 	Inflight:       64,
 	Settle:         10 * time.Millisecond,
 }
@@ -53,6 +58,7 @@ var smoke = sizes{
 func (s sizes) scaled(f float64) sizes {
 	sc := func(n int) int { return max(int(float64(n)*f), 1) }
 	s.Ferry, s.JetStream, s.JetStreamSync, s.Libp2p, s.FanOut = sc(s.Ferry), sc(s.JetStream), sc(s.JetStreamSync), sc(s.Libp2p), sc(s.FanOut)
+	s.JoinRows, s.JoinResources = sc(s.JoinRows), sc(s.JoinResources)
 	s.LatencyFor = time.Duration(float64(s.LatencyFor) * f)
 	return s
 }
@@ -64,6 +70,7 @@ type results struct {
 	Raw         *rawResult
 	Latency     *ferryResult
 	Fan1, FanN  *ferryResult
+	Join        *joinResult
 	Sizes       sizes
 	Took        time.Duration
 	LoadBefore  string
@@ -119,6 +126,10 @@ func run(t *testing.T, sz sizes, parts map[string]bool) *results {
 			x := ferryThroughput(t, sz.FanOutPartners, sz.FanOut, sz.Inflight, sz.Settle)
 			r.FanN = &x
 		})
+	})
+	part("join", func(t *testing.T) {
+		x := newMemberJoin(t, sz.JoinRows, sz.JoinResources, sz.Inflight)
+		r.Join = &x
 	})
 	r.Took = time.Since(begin)
 	r.LoadAfter = loadavg()
@@ -306,6 +317,10 @@ func (r *results) table() string {
 		}
 		row("5b", fmt.Sprintf("Ferry fan-out, A with %d partners, until all published every event", f.Partners), f.N, f.Elapsed, rate(f.N, f.Elapsed), rat, "", "",
 			status(f.Failed, f.Check)+fmt.Sprintf("; %s deliveries/s", rate(f.N*f.Partners, f.Elapsed)))
+	}
+	if j := r.Join; j != nil {
+		row("6", fmt.Sprintf("New member catches up: %s table rows (decisions) and %s resources through sync", thousands(float64(j.Rows)), thousands(float64(j.Resource))),
+			j.Rows, j.Elapsed, rate(j.Rows, j.Elapsed)+" rows/s", "", "", "", status(j.Failed, j.Check)+fmt.Sprintf("; building them at the reviewer took %ss", secs(j.Build)))
 	}
 	b.WriteString("\nStore group commits during the runs (A = sender, B = first partner):\n\n")
 	for _, x := range []struct {

@@ -48,6 +48,9 @@ func (n *Node) discover() {
 func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
 	defer cancel()
+	// Rounds are paced here; the swarm's dial backoff (up to five minutes)
+	// would keep a healed partition apart.
+	ctx = network.WithForceDirectDial(ctx, "ferry discovery")
 	for _, c := range n.hello.pending() {
 		n.greet(c)
 	}

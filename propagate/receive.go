@@ -192,7 +192,7 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 	if err != nil {
 		return 0, err
 	}
-	ver, err := tx.AppendFresh(o, body.OriginVersion, raw)
+	ver, err := tx.AppendFresh(body, raw)
 	if err != nil {
 		return 0, err
 	}

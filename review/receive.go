@@ -78,7 +78,7 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 	if _, err := CheckData(rr.TableId, rr.Data, typ); err != nil {
 		return 0, stream.Reject("%v", err)
 	}
-	ver, dup, err := tx.AppendReceived(in.Origin, in.Body.OriginVersion, in.Envelope)
+	ver, dup, err := tx.AppendReceived(in.Body, in.Envelope)
 	if err != nil || dup {
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}
@@ -122,7 +122,7 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 		if d.Sequence != 0 {
 			return 0, stream.Reject("a rejection carries no sequence")
 		}
-		ver, dup, err := tx.AppendReceived(peer.ID(body.Origin), body.OriginVersion, env)
+		ver, dup, err := tx.AppendReceived(body, env)
 		if err != nil || dup {
 			return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 		}
@@ -131,7 +131,10 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 	if d.Sequence == 0 {
 		return 0, stream.Reject("an applied decision needs a sequence")
 	}
-	applied := parseU64(mustAux(tx, auxApplied))
+	applied, err := tx.CounterValue(ctrApplied)
+	if err != nil {
+		return 0, err
+	}
 	switch {
 	case d.Sequence <= applied:
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
@@ -145,6 +148,11 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 			return 0, err
 		}
 		tx.SetAux(auxHeld(d.Sequence), raw)
+		if heldMax, err := tx.CounterValue(ctrHeldMax); err != nil {
+			return 0, err
+		} else if d.Sequence > heldMax {
+			tx.SetCounter(ctrHeldMax, d.Sequence)
+		}
 		s.log.Info("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
 		if s.gaps != nil {
 			from := peer.ID(body.Origin)
@@ -156,7 +164,11 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 		return 0, err
 	}
 	// Apply what was held behind it.
-	for next := d.Sequence + 1; ; next++ {
+	heldMax, err := tx.CounterValue(ctrHeldMax)
+	if err != nil {
+		return 0, err
+	}
+	for next := d.Sequence + 1; next <= heldMax; next++ {
 		raw, err := tx.GetAux(auxHeld(next))
 		if errors.Is(err, store.ErrNotFound) || (err == nil && len(raw) == 0) {
 			break
@@ -178,14 +190,9 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 	return pb.AckStatus_ACK_STATUS_APPLIED, nil
 }
 
-func mustAux(tx *store.Txn, name string) []byte {
-	v, _ := tx.GetAux(name)
-	return v
-}
-
 // applyInOrder applies the decision that is next in sequence.
 func (s *Service) applyInOrder(tx *store.Txn, env *pb.Envelope, body *pb.Body, d *pb.ReviewDecision) error {
-	ver, dup, err := tx.AppendReceived(peer.ID(body.Origin), body.OriginVersion, env)
+	ver, dup, err := tx.AppendReceived(body, env)
 	if err != nil {
 		return err
 	}
@@ -208,7 +215,7 @@ func (s *Service) applyInOrder(tx *store.Txn, env *pb.Envelope, body *pb.Body, d
 	}
 	applyChange(tx, d.Request.TableName, d.Request.TableId, change)
 	tx.PutDecision(d.Sequence, ver)
-	tx.SetAux(auxApplied, u64(d.Sequence))
+	tx.SetCounter(ctrApplied, d.Sequence)
 	return s.record(tx, d, ver)
 }
 

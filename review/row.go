@@ -41,6 +41,7 @@ type Description struct {
 	Receiver string `json:"receiver"`
 }
 
+// render is a row as events carry it.
 func (s *Service) render(r *storepb.Request) Row {
 	data := json.RawMessage(r.Data)
 	if !json.Valid(data) {
@@ -50,6 +51,13 @@ func (s *Service) render(r *storepb.Request) Row {
 		Type: r.Type, Status: r.Status, Data: data, Description: Description{Sender: r.DescriptionSender, Receiver: r.DescriptionReceiver},
 		CreatedAt: r.CreatedAt, ApplicantID: peer.ID(r.ApplicantId).String(), ReviewerID: peer.ID(r.ReviewerId).String(),
 		Origin: r.Origin, Sequence: r.Sequence}
+	return row
+}
+
+// view is a row as the operator reads it: on the reviewer, a waiting row
+// says whether accepting it now would be refused.
+func (s *Service) view(r *storepb.Request) Row {
+	row := s.render(r)
 	if r.Status == Waiting.String() && s.IsReviewer() {
 		row.Conflict = s.conflict(r)
 	}
@@ -85,7 +93,7 @@ func (s *Service) Requests(status string) ([]Row, error) {
 	}
 	out := make([]Row, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, s.render(r))
+		out = append(out, s.view(r))
 	}
 	return out, nil
 }
@@ -99,7 +107,7 @@ func (s *Service) Request(id uint64) (Row, error) {
 	if err != nil {
 		return Row{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}
-	return s.render(r), nil
+	return s.view(r), nil
 }
 
 // RequestByOrigin reads a request row by its origin.
@@ -111,13 +119,13 @@ func (s *Service) RequestByOrigin(origin string) (Row, error) {
 	if err != nil {
 		return Row{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}
-	return s.render(r), nil
+	return s.view(r), nil
 }
 
 // Applied is the last decision sequence applied here.
 func (s *Service) Applied() uint64 {
-	v, _ := s.st.Aux(auxApplied)
-	return parseU64(v)
+	v, _ := s.st.Counter(ctrApplied)
+	return v
 }
 
 // Seed writes rows into an empty table without review: the initial shared

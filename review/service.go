@@ -212,7 +212,12 @@ type DecideRequest struct {
 	Note      string            `json:"note,omitempty"` // description.receiver
 }
 
-const auxApplied = "review/applied"
+// Counters (kept hot by the store's writer): the last decision sequence
+// applied here, and the highest sequence held until its predecessors come.
+const (
+	ctrApplied = "review_applied"
+	ctrHeldMax = "review_held_max"
+)
 
 func auxHeld(seq uint64) string { return fmt.Sprintf("review/held/%020d", seq) }
 
@@ -322,7 +327,7 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		}
 		if eff.Apply {
 			tx.PutDecision(seq, ver)
-			tx.SetAux(auxApplied, u64(seq))
+			tx.SetCounter(ctrApplied, seq)
 		}
 		r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
 		tx.PutRequest(r)

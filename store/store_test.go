@@ -175,7 +175,7 @@ func TestSealedChangesVerifyAndDedup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	changes, err := s.OriginChanges(id, 5, 100)
+	changes, _, err := s.OriginChanges(id, 5, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,12 +190,12 @@ func TestSealedChangesVerifyAndDedup(t *testing.T) {
 	r := open(t, t.TempDir(), nil)
 	for round := range 2 {
 		for _, x := range sealed {
-			body, origin, err := v.Open(x.Envelope)
+			body, _, err := v.Open(x.Envelope)
 			if err != nil {
 				t.Fatal(err)
 			}
 			err = r.Update(context.Background(), func(tx *Txn) error {
-				_, dup, err := tx.AppendReceived(origin, body.OriginVersion, x.Envelope)
+				_, dup, err := tx.AppendReceived(body, x.Envelope)
 				if dup != (round == 1) {
 					return fmt.Errorf("round %d: dup=%v", round, dup)
 				}

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -33,8 +35,24 @@ func (t *Txn) AppendOwn(body *pb.Body) (uint64, *Sealed, error) {
 	}
 	s := &Sealed{key: k(pChange).u64(ver), body: b}
 	t.sealed = append(t.sealed, s)
-	t.set(k(pOrigin).bytes(body.Origin).u64(ver), u64Value(ver))
+	t.set(k(pOrigin).bytes(body.Origin).u64(ver), indexValue(ver, body.Kind))
 	return ver, s, nil
+}
+
+// The origin index maps (origin, origin version) to the local version and
+// the change's kind, so scans for one kind skip the rest without loading
+// them.
+func indexValue(ver uint64, kind pb.Kind) []byte { return append(u64Value(ver), byte(kind)) }
+
+func parseIndex(v []byte) (uint64, pb.Kind) {
+	if len(v) < 8 {
+		return 0, 0
+	}
+	var kind pb.Kind
+	if len(v) > 8 {
+		kind = pb.Kind(v[8])
+	}
+	return binary.BigEndian.Uint64(v[:8]), kind
 }
 
 // HasOrigin reports whether the change (origin, originVersion) is held, and
@@ -47,38 +65,35 @@ func (t *Txn) HasOrigin(origin peer.ID, originVersion uint64) (uint64, bool, err
 	if err != nil {
 		return 0, false, err
 	}
-	return parseU64(v), true, nil
+	ver, _ := parseIndex(v)
+	return ver, true, nil
 }
 
-// AppendReceived stores an envelope that came from origin under the next
-// store version. It reports dup (and writes nothing) when the change is held.
-func (t *Txn) AppendReceived(origin peer.ID, originVersion uint64, env *pb.Envelope) (ver uint64, dup bool, err error) {
-	if v, ok, err := t.HasOrigin(origin, originVersion); err != nil || ok {
+// AppendReceived stores an envelope that came from body's origin under
+// the next store version. It reports dup (and writes nothing) when the
+// change is held.
+func (t *Txn) AppendReceived(body *pb.Body, env *pb.Envelope) (ver uint64, dup bool, err error) {
+	if v, ok, err := t.HasOrigin(peer.ID(body.Origin), body.OriginVersion); err != nil || ok {
 		return v, ok, err
-	}
-	ver, err = t.Next(CtrVersion)
-	if err != nil {
-		return 0, false, err
 	}
 	b, err := proto.Marshal(env)
 	if err != nil {
 		return 0, false, fmt.Errorf("encode envelope: %w", err)
 	}
-	t.set(k(pChange).u64(ver), b)
-	t.set(k(pOrigin).str(string(origin)).u64(originVersion), u64Value(ver))
-	return ver, false, nil
+	ver, err = t.AppendFresh(body, b)
+	return ver, false, err
 }
 
 // AppendFresh stores an envelope the caller knows is not held yet (a new
 // link sequence from its origin, beyond anything sync brought), without the
 // read AppendReceived makes to find out.
-func (t *Txn) AppendFresh(origin peer.ID, originVersion uint64, env []byte) (uint64, error) {
+func (t *Txn) AppendFresh(body *pb.Body, env []byte) (uint64, error) {
 	ver, err := t.Next(CtrVersion)
 	if err != nil {
 		return 0, err
 	}
 	t.set(k(pChange).u64(ver), env)
-	t.set(k(pOrigin).str(string(origin)).u64(originVersion), u64Value(ver))
+	t.set(k(pOrigin).bytes(body.Origin).u64(body.OriginVersion), indexValue(ver, body.Kind))
 	return ver, nil
 }
 
@@ -140,33 +155,43 @@ func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 }
 
 // OriginChanges returns up to limit changes of origin with an origin version
-// after `after`, in origin-version order.
-func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int) ([]Change, error) {
+// after `after`, in origin-version order; with kinds, only changes of those
+// kinds. It also returns the origin version the scan reached, so a caller
+// asking again starts after what was skipped.
+func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...pb.Kind) ([]Change, uint64, error) {
 	if after == math.MaxUint64 {
-		return nil, nil
+		return nil, after, nil
 	}
 	prefix := k(pOrigin).str(string(origin))
 	var vers []uint64
 	durable := s.DurableVersion()
-	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
-		if parseU64(v) > durable {
+	reached := after
+	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(key, v []byte) (bool, error) {
+		ver, kind := parseIndex(v)
+		if ver > durable {
 			return false, nil // not on disk yet
 		}
-		vers = append(vers, parseU64(v))
+		if ov, err := tailU64(key); err == nil {
+			reached = ov
+		}
+		if len(kinds) > 0 && !slices.Contains(kinds, kind) {
+			return true, nil
+		}
+		vers = append(vers, ver)
 		return len(vers) < limit, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, reached, err
 	}
 	out := make([]Change, 0, len(vers))
 	for _, v := range vers {
 		c, err := s.Change(v)
 		if err != nil {
-			return nil, fmt.Errorf("change %d: %w", v, err)
+			return nil, reached, fmt.Errorf("change %d: %w", v, err)
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return out, reached, nil
 }
 
 // LastOriginVersion is the highest origin version held from origin (0: none).

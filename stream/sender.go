@@ -716,6 +716,9 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	}
 	ctx, cancel := context.WithTimeout(o.s.ctx, o.s.opts.DialTimeout)
 	defer cancel()
+	// The outbox keeps its own capped backoff; the swarm's (up to five
+	// minutes after repeated failures) would hold a healed link shut.
+	ctx = network.WithForceDirectDial(ctx, "ferry delivery")
 	s, err := o.s.host.NewStream(ctx, o.peer, id)
 	if err != nil {
 		return nil, fmt.Errorf("open %s to %s: %w", id, o.peer, err)

@@ -285,7 +285,7 @@ func (s *Service) fetch(p peer.ID, j job) error {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
 	defer cancel()
-	st, err := s.d.Host.NewStream(ctx, p, protocols.Sync)
+	st, err := s.d.Host.NewStream(network.WithForceDirectDial(ctx, "ferry sync"), p, protocols.Sync)
 	if err != nil {
 		return fmt.Errorf("open sync stream: %w", err)
 	}
@@ -430,8 +430,8 @@ func (s *Service) serve(st network.Stream) error {
 		}
 		return fw.Flush()
 	}
-	var next func(after uint64) ([]store.Change, error)
-	var position func(store.Change) uint64
+	// next returns the changes after a position and the position reached.
+	var next func(after uint64) ([]store.Change, uint64, error)
 	var latest uint64
 	switch req.What {
 	case pb.SyncRequest_WHAT_RESOURCES:
@@ -449,8 +449,10 @@ func (s *Service) serve(st network.Stream) error {
 		if latest == 0 && origin != self {
 			return refuse("unknown origin %s", origin)
 		}
-		next = func(after uint64) ([]store.Change, error) { return s.d.Store.OriginChanges(origin, after, BatchSize) }
-		position = func(c store.Change) uint64 { return c.Body.OriginVersion }
+		next = func(after uint64) ([]store.Change, uint64, error) {
+			return s.d.Store.OriginChanges(origin, after, BatchSize,
+				pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE)
+		}
 	case pb.SyncRequest_WHAT_DECISIONS:
 		if !s.d.Roles.IsMember(remote) {
 			return refuse("decisions are shared with members only")
@@ -459,8 +461,13 @@ func (s *Service) serve(st network.Stream) error {
 		if latest, err = s.d.Store.LastDecision(); err != nil {
 			return err
 		}
-		next = func(after uint64) ([]store.Change, error) { return s.d.Store.Decisions(after, BatchSize) }
-		position = func(c store.Change) uint64 { return decisionSequence(c.Body) }
+		next = func(after uint64) ([]store.Change, uint64, error) {
+			cs, err := s.d.Store.Decisions(after, BatchSize)
+			if len(cs) > 0 {
+				after = decisionSequence(cs[len(cs)-1].Body)
+			}
+			return cs, after, err
+		}
 	default:
 		return refuse("unknown request %v", req.What)
 	}
@@ -472,16 +479,13 @@ func (s *Service) serve(st network.Stream) error {
 		if s.ctx.Err() != nil {
 			return s.ctx.Err()
 		}
-		cs, err := next(after)
+		cs, reached, err := next(after)
 		if err != nil {
 			return err
 		}
+		after = reached
 		batch := &pb.SyncBatch{Done: len(cs) < BatchSize}
 		for _, c := range cs {
-			after = position(c)
-			if req.What == pb.SyncRequest_WHAT_RESOURCES && (!isResource(c.Body.Kind) || len(c.Body.To) > 0) {
-				continue
-			}
 			batch.Envelopes = append(batch.Envelopes, c.Envelope)
 		}
 		_ = st.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +36,9 @@ type Options struct {
 	// NoBootstrap leaves configs without bootstrap peers (the default is
 	// node 0 for every other node).
 	NoBootstrap bool
+	// Later lists nodes that Start initialises but does not run: a test
+	// starts them with Restart (a member that joins a network with history).
+	Later []int
 	// Configure adjusts node i's config before it starts.
 	Configure func(i int, c *node.Config)
 	// Node is passed to node.New (timing overrides).
@@ -140,7 +144,9 @@ func Start(t testing.TB, o Options) *Net {
 				n.cfgs[j].Bootstrap = append(n.cfgs[j].Bootstrap, boot)
 			}
 		}
-		n.Restart(i)
+		if !slices.Contains(o.Later, i) {
+			n.Restart(i)
+		}
 	}
 	return n
 }
