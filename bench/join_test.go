@@ -7,8 +7,8 @@ import (
 
 	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/propagate"
-	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/store"
 )
 
 // joinResult is the catch-up of a new member.

@@ -285,15 +285,6 @@ func (b *peerBook) record(ctx context.Context, p peer.ID, h *pb.Hello, addrs []m
 	}
 }
 
-// seen updates a known peer's last seen time in memory.
-func (b *peerBook) seen(p peer.ID) {
-	b.mu.Lock()
-	if e := b.book[p]; e != nil {
-		e.LastSeen = time.Now().Unix()
-	}
-	b.mu.Unlock()
-}
-
 // Block cuts p off (fault injection for tests): no connection is accepted or
 // dialed until Unblock.
 func (b *peerBook) Block(p peer.ID, on bool) {

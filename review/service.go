@@ -2,7 +2,6 @@ package review
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -399,13 +398,4 @@ func applyChange(tx *store.Txn, table string, id uint64, c RowChange) {
 	} else {
 		tx.PutRow(table, id, c.Row)
 	}
-}
-
-func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
-
-func parseU64(b []byte) uint64 {
-	if len(b) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(b)
 }

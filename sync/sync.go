@@ -93,7 +93,6 @@ type Service struct {
 	mu      gosync.Mutex
 	want    map[job]bool // work asked for and not yet started
 	wake    chan struct{}
-	running bool
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
