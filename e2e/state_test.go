@@ -64,13 +64,3 @@ func waitConverged(t *testing.T, net *testnet.Net, nodes []int, timeout time.Dur
 	})
 	return ref
 }
-
-func diffStates(t *testing.T, net *testnet.Net, nodes []int, tables ...string) {
-	t.Helper()
-	ref := state(t, net.Node(nodes[0]), tables...)
-	for _, i := range nodes[1:] {
-		if s := state(t, net.Node(i), tables...); s != ref {
-			t.Logf("node %d:\n%s\n--- node %d:\n%s", nodes[0], ref, i, s)
-		}
-	}
-}

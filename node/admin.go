@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/propagate"
+	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
@@ -285,6 +286,19 @@ func (n *Node) routes(mux *http.ServeMux) {
 			return
 		}
 		ok(w, res)
+	})
+	mux.HandleFunc("POST /api/v1/search", func(w http.ResponseWriter, r *http.Request) {
+		var req pubsub.CollectRequest
+		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		col, err := n.search.Collect(r.Context(), req)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"query_id": col.QueryID, "scope": col.Scope, "asked": col.Asked, "results": col.Results})
 	})
 	mux.HandleFunc("POST /api/v1/review/submit", func(w http.ResponseWriter, r *http.Request) {
 		var req review.SubmitRequest

@@ -31,6 +31,7 @@ import (
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
@@ -71,6 +72,7 @@ type Node struct {
 	prop     *propagate.Service
 	review   *review.Service
 	sync     *ferrysync.Service
+	search   *pubsub.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -150,6 +152,12 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		Resources: n.prop, Decisions: n.review, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
 	n.review.SetGapFiller(n.sync)
+	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
+		Publisher: n.bridge, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
+	if err != nil {
+		return nil, err
+	}
+	n.prop.SetSearcher(n.search)
 	n.receiver = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
 	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}}
@@ -228,6 +236,9 @@ func (n *Node) Start() error {
 	// peers as it starts) are greeted here and by every discovery round.
 	for _, c := range n.hello.pending() {
 		n.greet(c)
+	}
+	if err := n.search.Start(); err != nil {
+		return err
 	}
 	if err := n.serveNATS(); err != nil {
 		return err
@@ -387,6 +398,9 @@ func (n *Node) Close() error {
 		}
 		if n.sync != nil && n.started {
 			n.sync.Close()
+		}
+		if n.search != nil {
+			n.search.Close()
 		}
 		if n.prop != nil {
 			n.prop.Close()

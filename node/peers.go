@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
 )
@@ -220,6 +222,34 @@ func cloneEntry(e *storepb.Peer) *storepb.Peer {
 	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member, PlannerClosed: e.PlannerClosed}
 	c.Addrs = append(c.Addrs, e.Addrs...)
 	return c
+}
+
+// Lookup finds peer book entries by peer id or (case-insensitive) name,
+// for search on data type peer.
+func (b *peerBook) Lookup(text string) []pubsub.PeerRecord {
+	text = strings.TrimSpace(text)
+	id, idErr := peer.Decode(text)
+	b.mu.RLock()
+	var found []*storepb.Peer
+	for p, e := range b.book {
+		if (idErr == nil && p == id) || strings.EqualFold(e.Name, text) {
+			found = append(found, cloneEntry(e))
+		}
+	}
+	b.mu.RUnlock()
+	slices.SortFunc(found, func(x, y *storepb.Peer) int { return compareStrings(string(x.Id), string(y.Id)) })
+	out := make([]pubsub.PeerRecord, 0, len(found))
+	for _, e := range found {
+		p := peer.ID(e.Id)
+		r := pubsub.PeerRecord{PeerID: p.String(), Name: b.Name(p), Addrs: []string{}, Roles: pubsub.RoleNames(b, p)}
+		for _, a := range e.Addrs {
+			if m, err := ma.NewMultiaddrBytes(a); err == nil {
+				r.Addrs = append(r.Addrs, m.String())
+			}
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // OnMember registers fn to run when a peer becomes a member (first hello).

@@ -1,0 +1,42 @@
+package pubsub
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Reasons an incoming query, frame or result is dropped (the "reason" label).
+const (
+	dropMalformed   = "malformed"     // does not decode or breaks a limit
+	dropSpoofed     = "spoofed"       // asker is not the signer or the stream's peer
+	dropNotMember   = "not_member"    // sender is not a member of the network
+	dropRateLimited = "rate_limited"  // sender is over its query rate
+	dropQueueFull   = "queue_full"    // too many queries waiting to be answered
+	dropDuplicate   = "duplicate"     // query answered, or results from that peer taken, already
+	dropExpired     = "expired"       // the query's deadline passed before the answer
+	dropUnknown     = "unknown_query" // results for a query this node does not have open
+)
+
+type metrics struct {
+	queries *prometheus.CounterVec // direction (in, out), via (gossip, stream, local)
+	results *prometheus.CounterVec // direction (in: taken here, out: sent to askers)
+	dropped *prometheus.CounterVec // reason
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "search", Name: "queries_total",
+			Help: "Search queries, by direction (out: asked by this node's apps, in: asked by peers) and how they travel."},
+			[]string{"direction", "via"}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "search", Name: "results_total",
+			Help: "Search result documents, by direction (in: taken for an open query, out: sent to askers)."},
+			[]string{"direction"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "search", Name: "dropped_total",
+			Help: "Incoming search queries, frames and results dropped, by reason."},
+			[]string{"reason"}),
+	}
+	if reg != nil {
+		// A second service on one registry (tests) keeps its own counters.
+		for _, c := range []prometheus.Collector{m.queries, m.results, m.dropped} {
+			_ = reg.Register(c)
+		}
+	}
+	return m
+}
