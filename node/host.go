@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -20,6 +21,8 @@ import (
 	tls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry/protocols"
@@ -31,6 +34,40 @@ const (
 	connHigh  = 256
 	connGrace = time.Minute
 )
+
+// preflight binds each fixed listen port once and lets it go, so a port in
+// use is reported before libp2p starts: go-libp2p leaves goroutines behind
+// when its own listen fails.
+func preflight(listen []string) error {
+	for _, s := range listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return fmt.Errorf("config: listen: %q: %w", s, err)
+		}
+		network, addr, err := manet.DialArgs(a)
+		if err != nil {
+			continue // not an IP address we can check
+		}
+		if strings.HasSuffix(addr, ":0") {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(network, "tcp"):
+			l, err := net.Listen(network, addr)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", s, err)
+			}
+			_ = l.Close()
+		case strings.HasPrefix(network, "udp"):
+			c, err := net.ListenPacket(network, addr)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", s, err)
+			}
+			_ = c.Close()
+		}
+	}
+	return nil
+}
 
 // buildHost creates the libp2p host and its DHT. The host is routed: a
 // stream to a peer whose addresses are unknown looks them up in the DHT.
@@ -59,6 +96,9 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		if len(listen) == 0 {
 			return nil, nil, fmt.Errorf("config: listen: a private network needs a TCP address (QUIC cannot use private_network_key)")
 		}
+	}
+	if err := preflight(listen); err != nil {
+		return nil, nil, err
 	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
@@ -115,6 +155,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		_ = rm.Close()
+		_ = cm.Close()
 		if strings.Contains(err.Error(), "address already in use") {
 			return nil, nil, fmt.Errorf("listen %s: address already in use", strings.Join(listen, ", "))
 		}
