@@ -76,22 +76,36 @@ func TestConvergesThroughSyncAlone(t *testing.T) {
 		r := submit(t, a, "insert", "tb1", i, fmt.Sprintf(`{"n":%d}`, i))
 		decide(t, net.Node(0), r.ID, "accept")
 	}
-	// Lose every delivery owed to X: stop A, delete its rows, restart.
-	net.Stop(0)
-	st, err := store.Open(net.Homes[0].DataPath(), store.Options{})
+	if n := dropDeliveries(t, net, 0, 1); n < 300 {
+		t.Fatalf("A owed X only %d deliveries", n)
+	}
+	net.Restart(1)
+	waitConverged(t, net, []int{0, 1}, 60*time.Second, "tb1")
+	if pendingAt(net, 0) != 0 {
+		t.Fatal("A has deliveries again; the test proves nothing")
+	}
+	if rows, _ := net.Node(1).Store().Rows("tb1"); len(rows) != 20 {
+		t.Fatalf("X holds %d rows of tb1", len(rows))
+	}
+}
+
+// dropDeliveries loses every delivery node from owes node to: it stops
+// from, deletes the rows from its store and starts it again. It returns how
+// many rows it deleted.
+func dropDeliveries(t *testing.T, net *testnet.Net, from, to int) int {
+	t.Helper()
+	net.Stop(from)
+	st, err := store.Open(net.Homes[from].DataPath(), store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var owed []*storepb.Delivery
 	_ = st.Deliveries(0, func(d *storepb.Delivery) bool {
-		if peer.ID(d.Receiver) == net.IDs[1] {
+		if peer.ID(d.Receiver) == net.IDs[to] {
 			owed = append(owed, d)
 		}
 		return true
 	})
-	if len(owed) < 300 {
-		t.Fatalf("A owed X only %d deliveries", len(owed))
-	}
 	if err := st.Update(context.Background(), func(tx *store.Txn) error {
 		for _, d := range owed {
 			tx.DeleteDelivery(d)
@@ -101,15 +115,27 @@ func TestConvergesThroughSyncAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = st.Close()
-	net.Restart(0)
+	net.Restart(from)
+	return len(owed)
+}
+
+// TestSyncLargeChanges: catch-up cuts its answers by size, so changes near
+// the message limit still arrive.
+func TestSyncLargeChanges(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 2, Names: []string{"A", "X"}, Partners: map[int][]int{0: {1}, 1: {0}}})
+	net.WaitMembers(20 * time.Second)
+	a := net.NATS(0)
+	net.Stop(1)
+	big := strings.Repeat("x", 900<<10)
+	for i := range 8 {
+		must(t, a, fmt.Sprintf(`{"action":"create","data_type":"blob","payload":{"id":"b%d","data":%q}}`, i, big))
+	}
+	dropDeliveries(t, net, 0, 1)
 	net.Restart(1)
-	waitConverged(t, net, []int{0, 1}, 60*time.Second, "tb1")
-	if pendingAt(net, 0) != 0 {
-		t.Fatal("A has deliveries again; the test proves nothing")
-	}
-	if rows, _ := net.Node(1).Store().Rows("tb1"); len(rows) != 20 {
-		t.Fatalf("X holds %d rows of tb1", len(rows))
-	}
+	testnet.WaitFor(t, 60*time.Second, "X holds the eight large resources", func() bool {
+		rs, _ := net.Node(1).Store().Resources("blob")
+		return len(rs) == 8
+	})
 }
 
 // TestPartitionHeals: five nodes split 2|3, both sides change resources

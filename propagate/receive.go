@@ -186,7 +186,9 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 		p = s.prepare(body)
 	}
 	if p.reject != nil {
-		return 0, p.reject
+		// Refused for good, but held as far as the chain goes: the mark
+		// moved past it, so catch-up does not fetch it again and again.
+		return 0, stream.RejectKeeping("%v", p.reject)
 	}
 	raw, err := proto.Marshal(env)
 	if err != nil {
@@ -210,10 +212,13 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 		// Keep the newest state: a change that arrives late (through sync,
 		// after a later one) is kept in the change log but does not roll
 		// back the row.
-		if cur == nil || cur.OriginVersion < body.OriginVersion {
-			tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,
-				Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, Json: body.Payload, UpdatedAt: tx.Now().UnixNano()})
+		if cur != nil && cur.OriginVersion >= body.OriginVersion {
+			// Older than what is held (catch-up brought it late): kept in
+			// the change log, but neither the row nor apps go back to it.
+			return pb.AckStatus_ACK_STATUS_APPLIED, nil
 		}
+		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,
+			Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, Json: body.Payload, UpdatedAt: tx.Now().UnixNano()})
 	}
 	ev := p.event(body.OriginVersion, ver, body.Payload)
 	subject := p.subject

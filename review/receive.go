@@ -182,7 +182,7 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 		if proto.Unmarshal(raw, henv) != nil || proto.Unmarshal(henv.Body, hbody) != nil || proto.Unmarshal(hbody.Payload, hd) != nil {
 			return 0, fmt.Errorf("held decision %d is corrupt", next)
 		}
-		tx.SetAux(auxHeld(next), nil)
+		tx.DeleteAux(auxHeld(next))
 		if err := s.applyInOrder(tx, henv, hbody, hd); err != nil {
 			return 0, err
 		}

@@ -102,7 +102,7 @@ type Store struct {
 	done   chan *round
 	mu     sync.RWMutex
 	closed bool
-	failed error // set by the writer when Pebble fails; every later commit fails
+	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
 	// hot caches small keys every transaction reads (counters, link state):
 	// owned by the writer, updated after each round is applied.
 	hot map[string][]byte
@@ -253,7 +253,7 @@ func (s *Store) prepare() error {
 
 func (s *Store) initMetrics(reg prometheus.Registerer) {
 	s.m = metrics{
-		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "commits_total", Help: "Group commits (one fsync each)."}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "commits_total", Help: "Group commits (one batch each; fsynced unless every operation in it was lazy)."}),
 		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
 		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_operations", Help: "Transactions per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
@@ -361,9 +361,9 @@ func (s *Store) writer() {
 // before its fsync).
 func (s *Store) commitRound(ops []*op) *round {
 	r := &round{ops: ops}
-	if s.failed != nil {
+	if f := s.failed.Load(); f != nil {
 		for _, o := range ops {
-			o.err = s.failed
+			o.err = *f
 		}
 		return r
 	}
@@ -443,7 +443,8 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	if err != nil {
 		s.log.Error("store commit failed", "err", err, "operations", applied)
-		s.failed = fmt.Errorf("store failed: %w", err)
+		f := fmt.Errorf("store failed: %w", err)
+		s.failed.Store(&f)
 		return fail(fmt.Errorf("commit: %w", err))
 	}
 	r.batch = b
@@ -517,21 +518,27 @@ func (s *Store) completer() {
 				err := r.batch.SyncWait()
 				s.m.sync.Observe(time.Since(start).Seconds())
 				if err != nil {
-					s.log.Error("store fsync failed", "err", err)
+					// What is not on disk must never be handed out: the
+					// durable marks stay, and the store takes no more work.
+					s.log.Error("store fsync failed; the store stops taking work", "err", err)
+					f := fmt.Errorf("store failed: fsync: %w", err)
+					s.failed.Store(&f)
 					for _, o := range r.ops {
 						if o.err == nil {
-							o.err = fmt.Errorf("fsync: %w", err)
+							o.err = f
 							o.hooks = nil
 						}
 					}
 				}
 			}
 			_ = r.batch.Close()
-			if r.version > 0 {
-				s.durableVersion.Store(r.version)
-			}
-			if r.delivery > 0 {
-				s.durableDelivery.Store(r.delivery)
+			if s.failed.Load() == nil {
+				if r.version > 0 {
+					s.durableVersion.Store(r.version)
+				}
+				if r.delivery > 0 {
+					s.durableDelivery.Store(r.delivery)
+				}
 			}
 		}
 		for _, o := range r.ops {

@@ -678,6 +678,9 @@ func (s *Store) PartnerOverrides() (map[peer.ID]bool, error) {
 // SetAux writes a service's own value under x/<name>.
 func (t *Txn) SetAux(name string, v []byte) { t.set(k(pAux).str(name), v) }
 
+// DeleteAux removes a service's value.
+func (t *Txn) DeleteAux(name string) { t.del(k(pAux).str(name)) }
+
 // GetAux reads a service's value inside a transaction.
 func (t *Txn) GetAux(name string) ([]byte, error) { return t.get(k(pAux).str(name)) }
 

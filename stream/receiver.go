@@ -54,13 +54,24 @@ type Handler interface {
 }
 
 // RejectError refuses an authentic message for good.
-type RejectError struct{ Reason string }
+type RejectError struct {
+	Reason string
+	// Keep leaves the handler's writes in place (bookkeeping that must
+	// record the refused message, such as an origin's chain mark); by
+	// default they are rolled back.
+	Keep bool
+}
 
 func (e *RejectError) Error() string { return e.Reason }
 
-// Reject builds a RejectError.
+// Reject builds a RejectError whose writes are rolled back.
 func Reject(format string, args ...any) error {
 	return &RejectError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// RejectKeeping builds a RejectError that keeps the handler's writes.
+func RejectKeeping(format string, args ...any) error {
+	return &RejectError{Reason: fmt.Sprintf(format, args...), Keep: true}
 }
 
 // ReceiverOptions configure a Receiver.
@@ -433,7 +444,9 @@ func (r *Receiver) submitOwed(sq *sequencer, sub submission) {
 		var rej *RejectError
 		switch {
 		case errors.As(err, &rej):
-			tx.RollbackTo(sp)
+			if !rej.Keep {
+				tx.RollbackTo(sp)
+			}
 			status, reason = pb.AckStatus_ACK_STATUS_REJECTED, rej.Reason
 		case err != nil:
 			return err

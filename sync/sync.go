@@ -30,6 +30,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -39,8 +40,10 @@ import (
 
 // Defaults.
 const (
-	DefaultPeriod   = 30 * time.Second
+	DefaultPeriod = 30 * time.Second
+	// BatchSize and MaxBatchBytes bound one answer frame.
 	BatchSize       = 512
+	MaxBatchBytes   = 4 << 20
 	requestTimeout  = 2 * time.Minute
 	maxRequestBytes = 1024
 )
@@ -90,9 +93,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     gosync.WaitGroup
 
-	mu      gosync.Mutex
-	want    map[job]bool // work asked for and not yet started
-	wake    chan struct{}
+	mu   gosync.Mutex
+	want map[job]bool // work asked for and not yet started
+	wake chan struct{}
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
@@ -118,8 +121,8 @@ func New(d Deps) *Service {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, want: map[job]bool{}, wake: make(chan struct{}, 1),
-		// A batch of BatchSize envelopes each up to a message: bound the frame.
-		max: BatchSize*(protocols.FrameOverhead) + 4*d.MaxMessageBytes,
+		// A batch holds MaxBatchBytes, or one change of up to a message.
+		max: MaxBatchBytes + d.MaxMessageBytes + 2*protocols.FrameOverhead,
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "changes_total",
 			Help: "Changes received through sync, by what and outcome."}, []string{"what", "outcome"}),
 		rounds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "requests_total",
@@ -383,7 +386,9 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 			var rej *stream.RejectError
 			switch {
 			case errors.As(err, &rej):
-				tx.RollbackTo(sp)
+				if !rej.Keep {
+					tx.RollbackTo(sp)
+				}
 				outcomes[2]++
 				s.log.Warn("sync: change refused", "origin", peer.ID(it.body.Origin), "version", it.body.OriginVersion, "reason", rej.Reason)
 			case err != nil:
@@ -473,7 +478,13 @@ func (s *Service) serve(st network.Stream) error {
 	if req.After > latest {
 		return refuse("position %d is in the future (this node holds up to %d)", req.After, latest)
 	}
-	after := req.After
+	position := func(c store.Change) uint64 {
+		if req.What == pb.SyncRequest_WHAT_DECISIONS {
+			return decisionSequence(c.Body)
+		}
+		return c.Body.OriginVersion
+	}
+	after, sent := req.After, 0
 	for {
 		if s.ctx.Err() != nil {
 			return s.ctx.Err()
@@ -482,11 +493,26 @@ func (s *Service) serve(st network.Stream) error {
 		if err != nil {
 			return err
 		}
-		after = reached
+		// A batch ends at BatchSize changes, at MaxBatchBytes, or at the
+		// asker's limit; the next starts after its last change.
 		batch := &pb.SyncBatch{Done: len(cs) < BatchSize}
-		for _, c := range cs {
+		size := 0
+		limited := func() bool { return req.Limit > 0 && sent >= int(req.Limit) }
+		for i, c := range cs {
+			n := proto.Size(c.Envelope)
+			if i > 0 && (size+n > MaxBatchBytes || limited()) {
+				reached = position(cs[i-1])
+				batch.Done = false
+				break
+			}
 			batch.Envelopes = append(batch.Envelopes, c.Envelope)
+			size += n
+			sent++
 		}
+		if limited() {
+			batch.Done = true
+		}
+		after = reached
 		_ = st.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))
 		if err := fw.Write(batch); err != nil {
 			return err
