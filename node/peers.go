@@ -219,7 +219,7 @@ func compareStrings(a, b string) int {
 }
 
 func cloneEntry(e *storepb.Peer) *storepb.Peer {
-	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member, PlannerClosed: e.PlannerClosed}
+	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member}
 	c.Addrs = append(c.Addrs, e.Addrs...)
 	return c
 }
@@ -252,7 +252,8 @@ func (b *peerBook) Lookup(text string) []pubsub.PeerRecord {
 	return out
 }
 
-// OnMember registers fn to run when a peer becomes a member (first hello).
+// OnMember registers fn to run each time a member says hello (each new
+// connection): the node uses it to resend and catch up at once.
 func (b *peerBook) OnMember(fn func(peer.ID)) {
 	b.mu.Lock()
 	b.onMember = append(b.onMember, fn)

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"unicode/utf8"
 
@@ -137,14 +138,14 @@ func New(d Deps) (*Service, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
-	peers, err := d.Store.Peers()
+	closed, err := d.Store.AuxPrefix(auxPlannerClosed)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("load peer book: %w", err)
+		return nil, fmt.Errorf("load closed planner streams: %w", err)
 	}
-	for _, p := range peers {
-		if v, err := d.Store.Aux(auxPlannerClosed + string(p.Id)); err == nil && len(v) == 1 && v[0] == 1 {
-			s.plannerClosed[peer.ID(p.Id)] = true
+	for name, v := range closed {
+		if len(v) == 1 && v[0] == 1 {
+			s.plannerClosed[peer.ID(strings.TrimPrefix(name, auxPlannerClosed))] = true
 		}
 	}
 	return s, nil

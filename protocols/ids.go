@@ -33,7 +33,6 @@ func SearchTopic(network string) string { return "/ferry/" + network + "/search/
 // Resource-manager service names, one per protocol family.
 const (
 	ServiceDelivery = "ferry.delivery"
-	ServicePlanner  = "ferry.planner"
 	ServiceSearch   = "ferry.search"
 	ServiceSync     = "ferry.sync"
 	ServiceHello    = "ferry.hello"

@@ -339,3 +339,20 @@ func TestCloseIsIdempotentAndRefusesWork(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestAuxPrefix(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	err := s.Update(context.Background(), func(tx *Txn) error {
+		tx.SetAux("planner_closed/a", []byte{1})
+		tx.SetAux("planner_closed/b", []byte{0})
+		tx.SetAux("other/c", []byte{1})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.AuxPrefix("planner_closed/")
+	if err != nil || len(got) != 2 || got["planner_closed/a"][0] != 1 || got["planner_closed/b"][0] != 0 {
+		t.Fatalf("AuxPrefix: %v %v", got, err)
+	}
+}

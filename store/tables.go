@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -683,6 +684,23 @@ func (t *Txn) DeleteAux(name string) { t.del(k(pAux).str(name)) }
 
 // GetAux reads a service's value inside a transaction.
 func (t *Txn) GetAux(name string) ([]byte, error) { return t.get(k(pAux).str(name)) }
+
+// AuxPrefix returns every committed service value whose name starts with prefix.
+func (s *Store) AuxPrefix(prefix string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	lo := []byte(pAux)
+	err := s.scan(lo, prefixEnd(lo), false, func(key, v []byte) (bool, error) {
+		if len(key) < len(pAux)+1 {
+			return true, nil
+		}
+		name := string(key[len(pAux)+1:])
+		if strings.HasPrefix(name, prefix) {
+			out[name] = append([]byte(nil), v...)
+		}
+		return true, nil
+	})
+	return out, err
+}
 
 // Aux reads a committed service value.
 func (s *Store) Aux(name string) ([]byte, error) { return s.getRaw(k(pAux).str(name)) }
