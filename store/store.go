@@ -163,9 +163,8 @@ func Open(dir string, o Options) (*Store, error) {
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
 	po := &pebble.Options{
-		Logger:       pebbleLogger{o.Logger},
-		Cache:        cache,
-		MemTableSize: 32 << 20,
+		Logger: pebbleLogger{o.Logger},
+		Cache:  cache,
 		// Most point reads ask for keys that are not there (is this change
 		// new?); bloom filters answer them without reading blocks.
 		Levels:                []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10}},
