@@ -299,6 +299,10 @@ func (s *Sender) Kick(p peer.ID) {
 	o.wakeUp()
 }
 
+// Holds reports whether deliveries of a lane to p are being held (see
+// SenderOptions.Hold).
+func (s *Sender) Holds(p peer.ID, l Lane) bool { return s.opts.Hold(p, l) }
+
 // CloseStream closes the outbound stream of protocol id to p, if open: the
 // receiver answers what it owes and closes its side. It reports whether a
 // stream was open.
