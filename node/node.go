@@ -293,75 +293,58 @@ func (n *Node) greet(c network.Conn) {
 	})
 }
 
+// handleJSON serves a request subject whose body is JSON: it decodes the
+// body into T (usage says what it should look like; an empty body is the
+// zero T when optional) and answers with what call reports.
+func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool, call func(req T, done func(map[string]any, error))) error {
+	return b.Handle(suffix, func(data []byte, reply natsbridge.Reply) {
+		var req T
+		if len(data) > 0 || !optional {
+			if err := json.Unmarshal(data, &req); err != nil {
+				reply.Err(fmt.Errorf("%w: body must be %s: %v", ferry.ErrBadRequest, usage, err))
+				return
+			}
+		}
+		call(req, func(fields map[string]any, err error) {
+			if err != nil {
+				reply.Err(err)
+				return
+			}
+			reply.OK(fields)
+		})
+	})
+}
+
 func (n *Node) serveNATS() error {
 	b := n.bridge
-	if err := b.Handle("propagate", func(data []byte, reply natsbridge.Reply) {
-		var req propagate.Request
-		if err := json.Unmarshal(data, &req); err != nil {
-			reply.Err(fmt.Errorf("%w: body is not a JSON object with action, data_type and payload: %v", ferry.ErrBadRequest, err))
-			return
-		}
-		n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
-			if err != nil {
-				reply.Err(err)
-				return
-			}
-			reply.OK(res)
-		})
-	}); err != nil {
+	if err := handleJSON(b, "propagate", `a JSON object with action, data_type and payload`, false,
+		func(req propagate.Request, done func(map[string]any, error)) {
+			n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) { done(res, err) })
+		}); err != nil {
 		return err
 	}
-	if err := b.Handle("changes", func(data []byte, reply natsbridge.Reply) {
-		var req propagate.ChangesRequest
-		if len(data) > 0 {
-			if err := json.Unmarshal(data, &req); err != nil {
-				reply.Err(fmt.Errorf("%w: body must be {\"since\": <version>, \"limit\"?: <n>}: %v", ferry.ErrBadRequest, err))
-				return
-			}
-		}
-		changes, next, err := n.prop.Changes(req)
-		if err != nil {
-			reply.Err(err)
-			return
-		}
-		reply.OK(map[string]any{"changes": changes, "next": next})
-	}); err != nil {
+	// An empty body asks for everything from the start.
+	if err := handleJSON(b, "changes", `{"since": <version>, "limit"?: <n>}`, true,
+		func(req propagate.ChangesRequest, done func(map[string]any, error)) {
+			changes, next, err := n.prop.Changes(req)
+			done(map[string]any{"changes": changes, "next": next}, err)
+		}); err != nil {
 		return err
 	}
-	if err := b.Handle("review.submit", func(data []byte, reply natsbridge.Reply) {
-		var req review.SubmitRequest
-		if err := json.Unmarshal(data, &req); err != nil {
-			reply.Err(fmt.Errorf("%w: body must be {\"type\", \"table_name\", \"table_id\", \"data\", \"description\"}: %v", ferry.ErrBadRequest, err))
-			return
-		}
-		n.review.Submit(n.ctx, req, func(row review.Row, err error) {
-			if err != nil {
-				reply.Err(err)
-				return
-			}
-			reply.OK(map[string]any{"request": row})
-		})
-	}); err != nil {
+	if err := handleJSON(b, "review.submit", `{"type", "table_name", "table_id", "data", "description"}`, false,
+		func(req review.SubmitRequest, done func(map[string]any, error)) {
+			n.review.Submit(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
+		}); err != nil {
 		return err
 	}
-	if err := b.Handle("review.decide", func(data []byte, reply natsbridge.Reply) {
-		if !n.cfg.Review.NATSDecide {
-			reply.Err(fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
-			return
-		}
-		var req review.DecideRequest
-		if err := json.Unmarshal(data, &req); err != nil {
-			reply.Err(fmt.Errorf("%w: body must be {\"request_id\", \"decision\", \"data\"?, \"note\"?}: %v", ferry.ErrBadRequest, err))
-			return
-		}
-		n.Decide(req, func(row review.Row, err error) {
-			if err != nil {
-				reply.Err(err)
+	if err := handleJSON(b, "review.decide", `{"request_id", "decision", "data"?, "set"?, "note"?}`, false,
+		func(req review.DecideRequest, done func(map[string]any, error)) {
+			if !n.cfg.Review.NATSDecide {
+				done(nil, fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
 				return
 			}
-			reply.OK(map[string]any{"request": row})
-		})
-	}); err != nil {
+			n.Decide(req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
+		}); err != nil {
 		return err
 	}
 	return b.Flush()

@@ -207,30 +207,6 @@ func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
 	return last, err
 }
 
-// Origins lists every origin the change log holds changes of.
-func (s *Store) Origins() ([]peer.ID, error) {
-	var out []peer.ID
-	lo := []byte(pOrigin)
-	hi := prefixEnd(lo)
-	for {
-		var found []byte
-		err := s.scan(lo, hi, false, func(key, _ []byte) (bool, error) {
-			found = append([]byte(nil), key...)
-			return false, nil
-		})
-		if err != nil || found == nil {
-			return out, err
-		}
-		n := int(found[len(pOrigin)])
-		if len(found) < len(pOrigin)+1+n {
-			return out, errShortKey
-		}
-		id := peer.ID(found[len(pOrigin)+1 : len(pOrigin)+1+n])
-		out = append(out, id)
-		lo = prefixEnd(k(pOrigin).str(string(id)))
-	}
-}
-
 // CounterValue reads a named counter inside a transaction.
 func (t *Txn) CounterValue(name string) (uint64, error) {
 	v, err := t.get(k(keyCtrPrefix).str(name))
@@ -378,32 +354,6 @@ func (s *Store) Deliveries(from uint64, fn func(*storepb.Delivery) bool) error {
 		}
 		return fn(d), nil
 	})
-}
-
-// PendingFor returns up to limit pending deliveries of receiver in (lane,
-// link seq) order.
-func (s *Store) PendingFor(receiver peer.ID, limit int) ([]*storepb.Delivery, error) {
-	prefix := k(pPending).str(string(receiver))
-	var ids []uint64
-	err := s.scan(prefix, prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
-		ids = append(ids, parseU64(v))
-		return len(ids) < limit, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*storepb.Delivery, 0, len(ids))
-	for _, id := range ids {
-		d, err := s.Delivery(id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
 }
 
 // PendingReceivers lists the receivers that have pending deliveries.
