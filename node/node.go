@@ -225,6 +225,12 @@ func (n *Node) Start() error {
 		return errors.New("node already started")
 	}
 	n.started = true
+	n.startedAt = time.Now().UTC()
+	// Each hello with a member resends what is owed it and catches up from it.
+	n.book.OnMember(func(p peer.ID) {
+		n.sender.Kick(p)
+		n.sync.Connected(p)
+	})
 	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
@@ -244,14 +250,9 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.sync.Start()
-	n.book.OnMember(func(p peer.ID) {
-		n.sender.Kick(p)
-		n.sync.Connected(p)
-	})
 	if err := n.startAdmin(); err != nil {
 		return err
 	}
-	n.startedAt = time.Now().UTC()
 	n.spawn(n.discover)
 	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
 	return nil
