@@ -50,7 +50,7 @@ func submit(t *testing.T, nc *nats.Conn, typ string, table string, id int, data 
 func waitingAt(t *testing.T, rev *node.Node, origin string) review.Row {
 	t.Helper()
 	var row review.Row
-	testnet.WaitFor(t, 30*time.Second, "the reviewer holds "+origin, func() bool {
+	testnet.WaitFor(t, 60*time.Second, "the reviewer holds "+origin, func() bool {
 		r, err := rev.Review().RequestByOrigin(origin)
 		row = r
 		return err == nil

@@ -58,7 +58,7 @@ type Net struct {
 
 // FastSender is sender timing for tests: quick retries, short ack timeout.
 var FastSender = stream.SenderOptions{AckTimeout: 5 * time.Second, BackoffMin: 50 * time.Millisecond,
-	BackoffMax: 500 * time.Millisecond, RetryScan: 500 * time.Millisecond, DialTimeout: 3 * time.Second}
+	BackoffMax: 500 * time.Millisecond, RetryScan: 500 * time.Millisecond, DialTimeout: 10 * time.Second}
 
 var routeOnce sync.Once
 
