@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,8 +84,6 @@ type Options struct {
 	// CacheBytes sizes Pebble's block cache; default DefaultCacheBytes.
 	CacheBytes int64
 }
-
-var debugRounds = os.Getenv("FERRY_DEBUG_ROUNDS") != ""
 
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
 const DefaultCacheBytes = 64 << 20
@@ -422,18 +419,11 @@ func (s *Store) commitRound(ops []*op) *round {
 			return fail(fmt.Errorf("stage write: %w", err))
 		}
 	}
-	tTx := time.Since(start)
 	if len(sealed) > 0 {
 		if err := s.seal(b, sealed); err != nil {
 			return fail(err)
 		}
 	}
-	tSeal := time.Since(start)
-	defer func() {
-		if debugRounds {
-			s.log.Info("round", "ops", applied, "tx", tTx, "seal", tSeal-tTx, "apply", time.Since(start)-tSeal)
-		}
-	}()
 	var err error
 	if r.sync {
 		err = s.db.ApplyNoSyncWait(b, pebble.Sync)
