@@ -226,6 +226,7 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 	for _, d := range nodes {
 		fmt.Fprintf(out, "  %s: nats %s  admin http://%s  (ferry --home %s status)\n", d.name, d.n.NATSURL(), d.n.AdminAddr(), d.home.Dir)
 	}
+	fmt.Fprintf(out, "Review console of C (the reviewer): http://%s/#token=%s\n", cNode.n.AdminAddr(), cNode.api.token)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
