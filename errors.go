@@ -1,9 +1,13 @@
 // Package ferry holds what every layer of Ferry shares with apps and
 // operators: the error codes of SPEC.md and the sentinel errors they map to,
-// one to one. It imports nothing of Ferry's own.
+// one to one, and the rule for names that become NATS subject tokens. It
+// imports nothing of Ferry's own.
 package ferry
 
-import "errors"
+import (
+	"errors"
+	"regexp"
+)
 
 // Sentinel errors. Wrap them with %w; Code maps them to the wire codes.
 var (
@@ -55,12 +59,8 @@ func Code(err error) string {
 	return CodeUnavailable
 }
 
-// FromCode returns the sentinel of a wire code (nil for an unknown code).
-func FromCode(code string) error {
-	for _, c := range codes {
-		if c.code == code {
-			return c.err
-		}
-	}
-	return nil
-}
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidName reports whether s may be a data type or a shared table name:
+// 1-64 letters, digits, '_' or '-', so it is one NATS subject token.
+func ValidName(s string) bool { return nameRe.MatchString(s) }

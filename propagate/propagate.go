@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,10 +43,8 @@ const (
 	ActionSearch       = "search"
 )
 
-var dataTypeRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // ValidDataType reports whether s may be a data type: it is a NATS subject token.
-func ValidDataType(s string) bool { return dataTypeRe.MatchString(s) }
+func ValidDataType(s string) bool { return ferry.ValidName(s) }
 
 // Roles is what the service needs to know of the network.
 type Roles interface {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,10 +27,8 @@ const (
 	SubjectDecided   = "review.decided" // review.decided.<table_name>
 )
 
-var tableRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // ValidTable reports whether s may name a shared table (a NATS subject token).
-func ValidTable(s string) bool { return tableRe.MatchString(s) }
+func ValidTable(s string) bool { return ferry.ValidName(s) }
 
 // Roles is what the service needs to know of the network.
 type Roles interface {

@@ -12,7 +12,6 @@ package review
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -271,14 +270,4 @@ func SetFields(data []byte, sets map[string]string) ([]byte, error) {
 		}
 	}
 	return encodeJSON(obj)
-}
-
-// IsRefusal reports whether err is one of the state machine's refusals.
-func IsRefusal(err error) bool {
-	for _, e := range []error{ErrNotReviewer, ErrDecided, ErrEditDelete, ErrEditWithoutData, ErrRowExists, ErrRowMissing} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }

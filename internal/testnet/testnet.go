@@ -4,6 +4,7 @@
 package testnet
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/url"
@@ -292,7 +293,7 @@ func Request(t testing.TB, nc *nats.Conn, subject string, body string, out any) 
 	if err != nil {
 		t.Fatalf("request %s: %v", subject, err)
 	}
-	if err := jsonUnmarshal(msg.Data, out); err != nil {
+	if err := json.Unmarshal(msg.Data, out); err != nil {
 		t.Fatalf("reply of %s: %v: %s", subject, err, msg.Data)
 	}
 }
