@@ -220,11 +220,13 @@ func (s *Service) worker() {
 	}
 }
 
-// run asks candidate peers in turn until one answers fully.
+// run asks candidate peers in turn until one answers fully. Only peers
+// connected now are asked: dialing is the discovery loop's work, and a
+// down peer would hold the worker for a whole dial timeout every round.
 func (s *Service) run(j job) error {
 	var cands []peer.ID
 	add := func(p peer.ID) {
-		if p == "" || p == s.d.Roles.Self() {
+		if p == "" || p == s.d.Roles.Self() || !s.connected(p) {
 			return
 		}
 		for _, c := range cands {
@@ -239,16 +241,12 @@ func (s *Service) run(j job) error {
 	case pb.SyncRequest_WHAT_RESOURCES:
 		add(j.origin)
 		for _, p := range s.d.Roles.Partners() {
-			if s.connected(p) {
-				add(p)
-			}
+			add(p)
 		}
 	case pb.SyncRequest_WHAT_DECISIONS:
 		add(s.d.Roles.Reviewer())
 		for _, p := range s.d.Roles.Members() {
-			if s.connected(p) {
-				add(p)
-			}
+			add(p)
 		}
 	}
 	var errs []error
@@ -263,7 +261,7 @@ func (s *Service) run(j job) error {
 		errs = append(errs, fmt.Errorf("%s: %w", p, err))
 	}
 	if len(errs) == 0 {
-		return errors.New("no peer to ask")
+		return errors.New("no peer to ask is connected")
 	}
 	return errors.Join(errs...)
 }
@@ -287,7 +285,7 @@ func (s *Service) fetch(p peer.ID, j job) error {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
 	defer cancel()
-	st, err := s.d.Host.NewStream(network.WithForceDirectDial(ctx, "ferry sync"), p, protocols.Sync)
+	st, err := s.d.Host.NewStream(network.WithNoDial(ctx, "ferry sync"), p, protocols.Sync)
 	if err != nil {
 		return fmt.Errorf("open sync stream: %w", err)
 	}
