@@ -43,4 +43,15 @@ func TestAckedDeliveriesArePruned(t *testing.T) {
 	if s, p := count(); s != 0 || p != 50 {
 		t.Fatalf("after pruning: %d sended, %d pending; want 0 and 50", s, p)
 	}
+	if n, _ := net.Node(0).Store().PendingCount(); n != 50 {
+		t.Fatalf("the pending index counts %d", n)
+	}
+	if st := net.Node(0).Status(); st.PendingAcks != 50 {
+		t.Fatalf("status shows %d pending acks", st.PendingAcks)
+	}
+	all, _ := net.Node(0).Acks(0, false, 0)
+	newest, err := net.Node(0).Acks(0, false, 3)
+	if err != nil || len(newest) != 3 || newest[0].ID >= newest[1].ID || newest[2].ID != all[len(all)-1].ID {
+		t.Fatalf("the newest three acks: %+v %v", newest, err)
+	}
 }

@@ -81,7 +81,7 @@ func settled(t *testing.T, net *testnet.Net, origin, status string, holders []in
 			if err != nil {
 				continue
 			}
-			acks, _ := net.Node(i).Acks(r.ID, true)
+			acks, _ := net.Node(i).Acks(r.ID, true, 0)
 			if len(acks) > 0 {
 				return false
 			}
@@ -98,7 +98,7 @@ func ackRows(t *testing.T, net *testnet.Net, i int, origin string) []string {
 	if err != nil {
 		return nil
 	}
-	acks, err := net.Node(i).Acks(r.ID, false)
+	acks, err := net.Node(i).Acks(r.ID, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestReviewBadInput(t *testing.T) {
 	net := reviewNet(t)
 	a := net.NATS(nA)
 	before := func() string {
-		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(0, false)))
+		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(0, false, 0)))
 	}
 	b0 := before()
 	for _, tc := range []struct{ body, code string }{

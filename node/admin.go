@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -230,7 +231,15 @@ func (n *Node) routes(mux *http.ServeMux) {
 			}
 		}
 		pending := r.URL.Query().Get("pending")
-		acks, err := n.Acks(reqID, pending == "1" || pending == "true")
+		limit := 0
+		if s := r.URL.Query().Get("limit"); s != "" {
+			var err error
+			if limit, err = strconv.Atoi(s); err != nil || limit < 0 {
+				fail(w, badReq("limit %q is not a count", s))
+				return
+			}
+		}
+		acks, err := n.Acks(reqID, pending == "1" || pending == "true", limit)
 		if err != nil {
 			fail(w, err)
 			return
@@ -369,12 +378,7 @@ func (n *Node) Status() Status {
 		s.Reviewer = r.String()
 	}
 	s.StoreVersion, _ = n.st.Counter(store.CtrVersion)
-	_ = n.st.Deliveries(0, func(d *storepb.Delivery) bool {
-		if d.State == storepb.Delivery_STATE_PENDING {
-			s.PendingAcks++
-		}
-		return true
-	})
+	s.PendingAcks, _ = n.st.PendingCount()
 	return s
 }
 
@@ -470,19 +474,24 @@ type AckRow struct {
 	Error         string    `json:"error,omitempty"`
 }
 
-// Acks lists deliveries, for one request or all, pending only or all.
-func (n *Node) Acks(requestID uint64, pendingOnly bool) ([]AckRow, error) {
+// Acks lists deliveries in id order, for one request or all, pending only
+// or all; with limit > 0, only the newest limit of them.
+func (n *Node) Acks(requestID uint64, pendingOnly bool, limit int) ([]AckRow, error) {
 	out := []AckRow{}
-	err := n.st.Deliveries(0, func(d *storepb.Delivery) bool {
-		if requestID != 0 && d.RequestId != requestID {
-			return true
-		}
-		if pendingOnly && d.State != storepb.Delivery_STATE_PENDING {
+	keep := func(d *storepb.Delivery) bool {
+		if (requestID != 0 && d.RequestId != requestID) || (pendingOnly && d.State != storepb.Delivery_STATE_PENDING) {
 			return true
 		}
 		out = append(out, RenderAck(d))
-		return true
-	})
+		return limit == 0 || len(out) < limit
+	}
+	var err error
+	if limit > 0 {
+		err = n.st.DeliveriesNewestFirst(keep)
+		slices.Reverse(out)
+	} else {
+		err = n.st.Deliveries(0, keep)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}

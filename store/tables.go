@@ -347,13 +347,33 @@ func (s *Store) Delivery(id uint64) (*storepb.Delivery, error) {
 // Deliveries calls fn for every delivery from id `from` on, in id order,
 // until fn returns false.
 func (s *Store) Deliveries(from uint64, fn func(*storepb.Delivery) bool) error {
-	return s.scan(k(pDelivery).u64(from), prefixEnd([]byte(pDelivery)), false, func(_, v []byte) (bool, error) {
+	return s.scanDeliveries(false, k(pDelivery).u64(from), fn)
+}
+
+// DeliveriesNewestFirst calls fn for every delivery, newest first, until
+// fn returns false.
+func (s *Store) DeliveriesNewestFirst(fn func(*storepb.Delivery) bool) error {
+	return s.scanDeliveries(true, []byte(pDelivery), fn)
+}
+
+func (s *Store) scanDeliveries(reverse bool, lo []byte, fn func(*storepb.Delivery) bool) error {
+	return s.scan(lo, prefixEnd([]byte(pDelivery)), reverse, func(_, v []byte) (bool, error) {
 		d := &storepb.Delivery{}
 		if err := unmarshal(v, d); err != nil {
 			return false, err
 		}
 		return fn(d), nil
 	})
+}
+
+// PendingCount counts pending deliveries from the pending index alone.
+func (s *Store) PendingCount() (int, error) {
+	n := 0
+	err := s.scan([]byte(pPending), prefixEnd([]byte(pPending)), false, func(_, _ []byte) (bool, error) {
+		n++
+		return true, nil
+	})
+	return n, err
 }
 
 // PendingReceivers lists the receivers that have pending deliveries.

@@ -180,7 +180,7 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 			return false
 		}
 		atC = r
-		acks, _ := a.n.Acks(sub.Request.ID, true)
+		acks, _ := a.n.Acks(sub.Request.ID, true, 0)
 		return len(acks) == 0
 	}); err != nil {
 		return err
@@ -205,7 +205,7 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 				return false
 			}
 		}
-		acks, _ := cNode.n.Acks(atC.ID, true)
+		acks, _ := cNode.n.Acks(atC.ID, true, 0)
 		return len(acks) == 0
 	}); err != nil {
 		return err
