@@ -380,7 +380,7 @@ func (n *Node) Close() error {
 		if n.sender != nil {
 			n.sender.Close()
 		}
-		if n.sync != nil && n.started {
+		if n.sync != nil {
 			n.sync.Close()
 		}
 		if n.search != nil {
