@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/ferrynet/ferry/internal/testnet"
-	"github.com/ferrynet/ferry/store/storepb"
 )
 
 // faultEvents is 10,000 events; FERRY_SOAK=1 (make soak) runs ten times as many.
@@ -34,17 +33,8 @@ func okIDs(t *testing.T, rs []reply, from int) map[string]bool {
 	return ids
 }
 
-// pendingAt counts A's pending deliveries.
-func pendingAt(net *testnet.Net, i int) int {
-	n := 0
-	_ = net.Node(i).Store().Deliveries(0, func(d *storepb.Delivery) bool {
-		if d.State == storepb.Delivery_STATE_PENDING {
-			n++
-		}
-		return true
-	})
-	return n
-}
+// pendingAt counts the changes node i's receivers have not acknowledged.
+func pendingAt(net *testnet.Net, i int) int { return net.Node(i).Status().PendingAcks }
 
 // settle waits until A has nothing pending (no resend can come) and B's app
 // saw want events, then checks them.

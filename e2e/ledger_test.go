@@ -5,53 +5,90 @@ import (
 	"time"
 
 	"github.com/ferrynet/ferry/internal/testnet"
-	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/node"
 )
 
-// TestAckedDeliveriesArePruned: the ledger keeps pending rows and drops
-// acknowledged ones after the retention window.
-func TestAckedDeliveriesArePruned(t *testing.T) {
+// TestAckRowsFollowTheFloors: acknowledgement rows are derived from the log
+// and each receiver's ack floor: pending while a partner is down, sended for
+// the one that acknowledged, paged newest first, filtered by receiver and
+// state.
+func TestAckRowsFollowTheFloors(t *testing.T) {
 	net := testnet.Start(t, testnet.Options{N: 3, Partners: map[int][]int{0: {1, 2}, 1: {0}, 2: {0}}})
 	net.WaitMembers(20 * time.Second)
 	a := net.NATS(0)
-	net.Stop(2) // C's deliveries stay pending
+	net.Stop(2) // C's rows stay pending
 	for _, r := range pipeline(t, a, 0, 50, 16, "create") {
 		if !r.OK {
 			t.Fatal(r.Error)
 		}
 	}
-	count := func() (sended, pending int) {
-		_ = net.Node(0).Store().Deliveries(0, func(d *storepb.Delivery) bool {
-			if d.State == storepb.Delivery_STATE_PENDING {
-				pending++
-			} else {
-				sended++
-			}
-			return true
-		})
-		return
+	A := net.Node(0)
+	count := func(q node.AckQuery) int {
+		q.Limit = node.MaxAckPage
+		p, err := A.Acks(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(p.Rows)
 	}
-	testnet.WaitFor(t, 20*time.Second, "B's 50 deliveries acknowledged", func() bool { s, _ := count(); return s == 50 })
-	// A cutoff before the acks prunes nothing.
-	if n, err := net.Node(0).Sender().Prune(time.Now().Add(-time.Hour)); err != nil || n != 0 {
-		t.Fatalf("prune with an old cutoff removed %d rows (%v)", n, err)
+	testnet.WaitFor(t, 20*time.Second, "B acknowledged its 50", func() bool { return count(node.AckQuery{State: node.AckSended}) == 50 })
+	if n := count(node.AckQuery{State: node.AckPending, Receiver: "C"}); n != 50 {
+		t.Fatalf("C has %d pending rows, want 50", n)
 	}
-	n, err := net.Node(0).Sender().Prune(time.Now().Add(time.Second))
-	if err != nil || n != 50 {
-		t.Fatalf("pruned %d rows (%v), want 50", n, err)
+	if n := count(node.AckQuery{Receiver: net.IDs[1].String(), State: node.AckPending}); n != 0 {
+		t.Fatalf("B has %d pending rows", n)
 	}
-	if s, p := count(); s != 0 || p != 50 {
-		t.Fatalf("after pruning: %d sended, %d pending; want 0 and 50", s, p)
-	}
-	if n, _ := net.Node(0).Store().PendingCount(); n != 50 {
-		t.Fatalf("the pending index counts %d", n)
-	}
-	if st := net.Node(0).Status(); st.PendingAcks != 50 {
+	if st := A.Status(); st.PendingAcks != 50 {
 		t.Fatalf("status shows %d pending acks", st.PendingAcks)
 	}
-	all, _ := net.Node(0).Acks(0, false, 0)
-	newest, err := net.Node(0).Acks(0, false, 3)
-	if err != nil || len(newest) != 3 || newest[0].ID >= newest[1].ID || newest[2].ID != all[len(all)-1].ID {
-		t.Fatalf("the newest three acks: %+v %v", newest, err)
+	var ds []node.DeliveryState
+	for _, d := range A.Deliveries() {
+		if d.Lane == "resource" {
+			ds = append(ds, d)
+		}
+	}
+	if len(ds) != 2 || ds[0].Receiver != "B" || ds[0].Pending != 0 || ds[1].Receiver != "C" || ds[1].Pending != 50 || ds[1].OldestPending.IsZero() {
+		t.Fatalf("deliveries: %+v", ds)
+	}
+	// Pages: newest first, 100 rows in all, in pages of 30, no row twice.
+	seen := map[string]bool{}
+	var prevVersion uint64
+	cursor := ""
+	pages := 0
+	for {
+		p, err := A.Acks(node.AckQuery{Limit: 30, Before: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, r := range p.Rows {
+			if seen[r.ID] {
+				t.Fatalf("row %s twice", r.ID)
+			}
+			seen[r.ID] = true
+			if prevVersion != 0 && r.Version > prevVersion {
+				t.Fatalf("row %s after version %d: not newest first", r.ID, prevVersion)
+			}
+			prevVersion = r.Version
+			if r.Kind != "resource" || r.Protocol == "" || r.CreatedAt.IsZero() {
+				t.Fatalf("row %+v", r)
+			}
+		}
+		if p.Next == "" {
+			break
+		}
+		cursor = p.Next
+	}
+	if len(seen) != 100 || pages != 4 {
+		t.Fatalf("%d rows in %d pages, want 100 in 4", len(seen), pages)
+	}
+	if _, err := A.Acks(node.AckQuery{State: "lost"}); err == nil {
+		t.Fatal("an unknown state was accepted")
+	}
+	// C comes back: its floor catches up and its rows turn sended.
+	net.Restart(2)
+	testnet.WaitFor(t, 30*time.Second, "C acknowledged its 50", func() bool { return count(node.AckQuery{State: node.AckPending}) == 0 })
+	if n := count(node.AckQuery{State: node.AckSended}); n != 100 {
+		t.Fatalf("%d rows sended, want 100", n)
 	}
 }

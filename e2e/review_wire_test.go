@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -11,29 +10,20 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/wiretest"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/stream"
 )
 
-// sendOne writes one delivery message on a fresh stream and reports whether
-// an ack came back (false: the stream was reset).
+// sendOne writes one change in a batch on a fresh stream and reports
+// whether it was answered (false: the stream was reset).
 func sendOne(t *testing.T, h host.Host, to peer.ID, signer crypto.PrivKey, body *pb.Body, lane stream.Lane) bool {
 	t.Helper()
 	env := forge(t, signer, body)
 	proto_, _ := protocols.ProtocolFor(body.Kind, "insert")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := h.NewStream(ctx, to, proto_)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	fw := protocols.NewFrameWriter(s, 1<<20)
-	_ = fw.Write(&pb.Message{Id: 1, LinkEpoch: 1, LinkSeq: 1, Lane: uint32(lane), Envelope: env})
-	_ = fw.Flush()
-	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
-	return protocols.NewFrameReader(s, 1<<20).Read(&pb.Ack{}) == nil
+	_, _, err := wiretest.Send(h, to, proto_, wiretest.Batch(1, uint32(lane), 0, env))
+	return err == nil
 }
 
 // TestReviewWireRefusals: a request from a peer that is not a member, and a

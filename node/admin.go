@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -222,29 +221,42 @@ func (n *Node) routes(mux *http.ServeMux) {
 		ok(w, map[string]any{"request": row})
 	})
 	mux.HandleFunc("GET /api/v1/acks", func(w http.ResponseWriter, r *http.Request) {
-		var reqID uint64
-		if s := r.URL.Query().Get("request"); s != "" {
-			var err error
-			if reqID, err = strconv.ParseUint(s, 10, 64); err != nil {
-				fail(w, badReq("request %q is not a number", s))
-				return
+		q := r.URL.Query()
+		aq := AckQuery{Receiver: q.Get("receiver"), State: q.Get("state"), Kind: q.Get("kind"), Before: q.Get("before")}
+		if p := q.Get("pending"); p == "1" || p == "true" {
+			aq.State = AckPending
+		}
+		for name, dst := range map[string]*uint64{"request": &aq.RequestID, "version": &aq.Version} {
+			if s := q.Get(name); s != "" {
+				v, err := strconv.ParseUint(s, 10, 64)
+				if err != nil {
+					fail(w, badReq("%s %q is not a number", name, s))
+					return
+				}
+				*dst = v
 			}
 		}
-		pending := r.URL.Query().Get("pending")
-		limit := 0
-		if s := r.URL.Query().Get("limit"); s != "" {
-			var err error
-			if limit, err = strconv.Atoi(s); err != nil || limit < 0 {
+		if s := q.Get("limit"); s != "" {
+			v, err := strconv.Atoi(s)
+			if err != nil {
 				fail(w, badReq("limit %q is not a count", s))
 				return
 			}
+			aq.Limit = v
 		}
-		acks, err := n.Acks(reqID, pending == "1" || pending == "true", limit)
+		page, err := n.Acks(aq)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"acks": acks})
+		fields := map[string]any{"acks": page.Rows}
+		if page.Next != "" {
+			fields["next"] = page.Next
+		}
+		ok(w, fields)
+	})
+	mux.HandleFunc("GET /api/v1/deliveries", func(w http.ResponseWriter, _ *http.Request) {
+		ok(w, map[string]any{"deliveries": n.Deliveries()})
 	})
 	mux.HandleFunc("GET /api/v1/tables/{name}/rows", func(w http.ResponseWriter, r *http.Request) {
 		rows, err := n.Rows(r.PathValue("name"))
@@ -378,7 +390,7 @@ func (n *Node) Status() Status {
 		s.Reviewer = r.String()
 	}
 	s.StoreVersion, _ = n.st.Counter(store.CtrVersion)
-	s.PendingAcks, _ = n.st.PendingCount()
+	s.PendingAcks = n.pendingAcks()
 	return s
 }
 
@@ -457,63 +469,6 @@ func sortPeerInfos(ps []PeerInfo) {
 			ps[j], ps[j-1] = ps[j-1], ps[j]
 		}
 	}
-}
-
-// AckRow is a row of the acknowledgement table (source 000) for every
-// delivery: review requests and decisions, and owned resources.
-type AckRow struct {
-	ID            uint64    `json:"id"`
-	RequestID     uint64    `json:"request_id"`
-	Receiver      string    `json:"receiver"`
-	Ack           string    `json:"ack"`
-	Attempts      uint32    `json:"attempts"`
-	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
-	ReceiverID    string    `json:"receiver_id"`
-	Protocol      string    `json:"protocol"`
-	Version       uint64    `json:"version"`
-	Error         string    `json:"error,omitempty"`
-}
-
-// Acks lists deliveries in id order, for one request or all, pending only
-// or all; with limit > 0, only the newest limit of them.
-func (n *Node) Acks(requestID uint64, pendingOnly bool, limit int) ([]AckRow, error) {
-	out := []AckRow{}
-	keep := func(d *storepb.Delivery) bool {
-		if (requestID != 0 && d.RequestId != requestID) || (pendingOnly && d.State != storepb.Delivery_STATE_PENDING) {
-			return true
-		}
-		out = append(out, RenderAck(d))
-		return limit == 0 || len(out) < limit
-	}
-	var err error
-	if limit > 0 {
-		err = n.st.DeliveriesNewestFirst(keep)
-		slices.Reverse(out)
-	} else {
-		err = n.st.Deliveries(0, keep)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
-	}
-	return out, nil
-}
-
-// RenderAck turns a delivery into its acknowledgement row.
-func RenderAck(d *storepb.Delivery) AckRow {
-	a := AckRow{ID: d.Id, RequestID: d.RequestId, Receiver: d.ReceiverName, Attempts: d.Attempts,
-		ReceiverID: peer.ID(d.Receiver).String(), Protocol: d.Protocol, Version: d.ChangeVersion, Error: d.Error}
-	switch d.State {
-	case storepb.Delivery_STATE_PENDING:
-		a.Ack = "pending"
-		if d.NextAttemptAt > 0 {
-			a.NextAttemptAt = time.Unix(0, d.NextAttemptAt).UTC()
-		}
-	case storepb.Delivery_STATE_SENDED:
-		a.Ack = "sended"
-	default:
-		a.Ack = "rejected"
-	}
-	return a
 }
 
 // Rows lists a shared table's rows (JSON objects with "id").

@@ -63,6 +63,22 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 			n.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
 		}
 	}
+	// Partners and the reviewer first: the peerstore knows their addresses
+	// from the peer book even when no bootstrap peer is up.
+	want := n.book.Partners()
+	if r := n.book.Reviewer(); r != "" && r != n.id {
+		want = append(want, r)
+	}
+	for _, p := range want {
+		if n.book.refused(p) || n.host.Network().Connectedness(p) == network.Connected {
+			continue
+		}
+		// The routed host finds the addresses of a bare peer id in the
+		// peerstore or the DHT.
+		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			n.log.Debug("peer unreachable", "peer", p, "err", err)
+		}
+	}
 	if n.dht.RoutingTable().Size() == 0 {
 		return
 	}
@@ -79,19 +95,6 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 		}
 		if err := n.host.Connect(ctx, ai); err != nil {
 			n.log.Debug("member unreachable", "peer", ai.ID, "err", err)
-		}
-	}
-	want := n.book.Partners()
-	if r := n.book.Reviewer(); r != "" && r != n.id {
-		want = append(want, r)
-	}
-	for _, p := range want {
-		if n.book.refused(p) || n.host.Network().Connectedness(p) == network.Connected {
-			continue
-		}
-		// The routed host finds the addresses of a bare peer id in the DHT.
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
-			n.log.Debug("peer unreachable", "peer", p, "err", err)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wiretest"
 	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -49,17 +50,21 @@ func seal(t *testing.T, key crypto.PrivKey, body []byte) *pb.Envelope {
 	return envs[0]
 }
 
-// gateLinkEpoch is the link epoch of the hand-made deliveries: not A's
-// store epoch, so they never pass for deliveries of A's own sender.
+// gateLinkEpoch is the sender epoch of the hand-made batches: not A's
+// store epoch, so they never pass for batches of A's own sender.
 const gateLinkEpoch = 0x6a7e
 
-func delivery(seq uint64, env *pb.Envelope) *pb.Message {
-	return &pb.Message{Id: 1000 + seq, LinkEpoch: gateLinkEpoch, LinkSeq: seq, Lane: uint32(stream.LaneResource), Envelope: env}
+// batchOf frames envelopes of A's resource lane, after version `after`.
+func batchOf(after uint64, envs ...*pb.Envelope) []byte {
+	return frameOf(wiretest.Batch(gateLinkEpoch, uint32(stream.LaneResource), after, envs...))
 }
 
+func frameOf(b []byte) []byte { return append(binary.AppendUvarint(nil, uint64(len(b))), b...) }
+
 // exchange opens a create stream from `from` to `to`, writes raw (one or
-// more frames, or a bare header) and reads one ack.
-func exchange(t *testing.T, from host.Host, to peer.ID, raw []byte) (*pb.Ack, error) {
+// more frames, or a bare header) and reads the first answer after the
+// receiver's position reports.
+func exchange(t *testing.T, from host.Host, to peer.ID, raw []byte) (*pb.Reply, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -72,30 +77,26 @@ func exchange(t *testing.T, from host.Host, to peer.ID, raw []byte) (*pb.Ack, er
 		_ = s.Reset()
 		return nil, err
 	}
-	ack := &pb.Ack{}
-	if err := protocols.NewFrameReader(s, 4096).Read(ack); err != nil {
-		_ = s.Reset()
-		return nil, err
+	fr := protocols.NewFrameReader(s, protocols.MaxReplyBytes)
+	for {
+		r := &pb.Reply{}
+		if err := fr.Read(r); err != nil {
+			_ = s.Reset()
+			return nil, err
+		}
+		if !r.Report {
+			_ = s.Close()
+			return r, nil
+		}
 	}
-	_ = s.Close()
-	return ack, nil
 }
 
-func frame(t *testing.T, m *pb.Message) []byte {
-	t.Helper()
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(binary.AppendUvarint(nil, uint64(len(b))), b...)
-}
-
-// wantReset checks that a stream was reset by the receiver: an error, no ack,
-// and not because our own deadline ran out.
-func wantReset(t *testing.T, what string, ack *pb.Ack, err error) {
+// wantReset checks that a stream was reset by the receiver: an error, no
+// answer, and not because our own deadline ran out.
+func wantReset(t *testing.T, what string, r *pb.Reply, err error) {
 	t.Helper()
 	if err == nil {
-		t.Fatalf("%s: got ack %v, want the stream reset", what, ack)
+		t.Fatalf("%s: got answer %v, want the stream reset", what, r)
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("%s: no answer before the deadline (%v), want a reset", what, err)
@@ -105,13 +106,13 @@ func wantReset(t *testing.T, what string, ack *pb.Ack, err error) {
 	}
 }
 
-func wantApplied(t *testing.T, what string, ack *pb.Ack, err error, id uint64) {
+func wantApplied(t *testing.T, what string, r *pb.Reply, err error, through uint64) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
-	if ack.Id != id || ack.Status != pb.AckStatus_ACK_STATUS_APPLIED {
-		t.Fatalf("%s: ack %v, want APPLIED for %d", what, ack, id)
+	if r.Through != through || len(r.Refused) != 0 || r.Epoch != gateLinkEpoch {
+		t.Fatalf("%s: answer %v, want applied through %d", what, r, through)
 	}
 }
 
@@ -195,11 +196,11 @@ func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
 	if err := stranger.Connect(ctx, peer.AddrInfo{ID: B, Addrs: nB.Host().Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	ack, err := exchange(t, stranger, B, frame(t, delivery(1, seal(t, strangerKey, createBody(t, stranger.ID(), 1, "stranger")))))
+	ack, err := exchange(t, stranger, B, batchOf(0, seal(t, strangerKey, createBody(t, stranger.ID(), 1, "stranger"))))
 	wantReset(t, "stranger's frame", ack, err)
 
 	// 1. A is a member, not a partner: its genuine, signed create is refused.
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "x")))))
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, seal(t, keyA, createBody(t, A, 1, "x"))))
 	wantReset(t, "non-partner frame", ack, err)
 	if n := changes(t, nB); n != 0 {
 		t.Fatalf("B stored %d changes of a non-partner", n)
@@ -218,18 +219,18 @@ func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, other, createBody(t, A, 1, "forged")))))
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, seal(t, other, createBody(t, A, 1, "forged"))))
 	wantReset(t, "forged signature", ack, err)
 
 	// 3. Tampered: A's genuine envelope with its body changed after sealing.
 	env := seal(t, keyA, createBody(t, A, 1, "x"))
 	env.Body = createBody(t, A, 1, "tampered")
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, env)))
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, env))
 	wantReset(t, "tampered body", ack, err)
 
 	// 4. Relayed: a genuine envelope of another origin, sent by partner A.
 	otherID, _ := peer.IDFromPrivateKey(other)
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, other, createBody(t, otherID, 1, "relayed")))))
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, seal(t, other, createBody(t, otherID, 1, "relayed"))))
 	wantReset(t, "envelope of another origin", ack, err)
 	if n := changes(t, nB); n != 0 {
 		t.Fatalf("B stored %d changes of refused frames", n)
@@ -239,8 +240,9 @@ func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
 	}
 
 	// 5. Positive control: the same genuine frame as in 1, now from a partner.
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "good")))))
-	wantApplied(t, "genuine frame of a partner", ack, err, 1001)
+	good := seal(t, keyA, createBody(t, A, 1, "good"))
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, good))
+	wantApplied(t, "genuine frame of a partner", ack, err, 1)
 	if n := changes(t, nB); n != 1 {
 		t.Fatalf("B holds %d changes after one applied create", n)
 	}
@@ -264,29 +266,70 @@ func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(2, seal(t, keyA, hugeBody))))
+	ack, err = exchange(t, nA.Host(), B, batchOf(1, seal(t, keyA, hugeBody)))
 	wantReset(t, "message over the limit", ack, err)
 	if n := received(t, nB, "malformed"); n != 2 {
 		t.Fatalf("B counted %d malformed deliveries, want 2", n)
 	}
 
 	// B keeps working: the next genuine frame is applied and published.
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(2, seal(t, keyA, createBody(t, A, 2, "after")))))
-	wantApplied(t, "genuine frame after the oversized ones", ack, err, 1002)
+	ack, err = exchange(t, nA.Host(), B, batchOf(1, seal(t, keyA, createBody(t, A, 2, "after"))))
+	wantApplied(t, "genuine frame after the oversized ones", ack, err, 2)
 	wantEvent(t, events, A, "after")
 	if n := changes(t, nB); n != 2 {
 		t.Fatalf("B holds %d changes, want 2", n)
 	}
-	// And a replay of an applied frame is a duplicate, not a second change.
-	ack, err = exchange(t, nA.Host(), B, frame(t, delivery(1, seal(t, keyA, createBody(t, A, 1, "good")))))
-	if err != nil || ack.Status != pb.AckStatus_ACK_STATUS_DUPLICATE {
-		t.Fatalf("replay: %v %v, want DUPLICATE", ack, err)
+	// And a replay of an applied frame is a duplicate, not a second change:
+	// it is answered with the lane's position.
+	ack, err = exchange(t, nA.Host(), B, batchOf(0, good))
+	if err != nil || ack.Through != 2 || len(ack.Refused) != 0 {
+		t.Fatalf("replay: %v %v, want an answer through 2", ack, err)
 	}
 	if n := changes(t, nB); n != 2 {
 		t.Fatalf("B holds %d changes after a replay, want 2", n)
 	}
 	if n := received(t, nB, "applied"); n != 2 {
 		t.Fatalf("B counted %d applied deliveries, want 2", n)
+	}
+	// The same version with other content is an equivocation: refused, and
+	// loudly, never taken for a duplicate.
+	ack, err = exchange(t, nA.Host(), B, batchOf(1, seal(t, keyA, createBody(t, A, 2, "other"))))
+	if err != nil || ack.Through != 2 || len(ack.Refused) != 1 || !ack.Refused[0].Equivocation || ack.Refused[0].Version != 2 {
+		t.Fatalf("equivocation: %v %v, want a refusal of version 2", ack, err)
+	}
+	if n := received(t, nB, "equivocation"); n != 1 {
+		t.Fatalf("B counted %d equivocations, want 1", n)
+	}
+	// A batch is applied as a whole: a change refused inside it (a data
+	// type that is not a subject token) is named by its version, and the
+	// others are applied.
+	bad, err := proto.Marshal(&pb.Body{Origin: []byte(A), OriginVersion: 4, Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "a.b",
+		Payload: []byte(`{"id":"bad","creator_id":"` + A.String() + `"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	envs, err := protocols.Seal(keyA, [][]byte{createBody(t, A, 3, "three"), bad, createBody(t, A, 5, "five")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err = exchange(t, nA.Host(), B, batchOf(2, envs...))
+	if err != nil || ack.Through != 5 || len(ack.Refused) != 1 || ack.Refused[0].Version != 4 || ack.Refused[0].Equivocation {
+		t.Fatalf("batch with a refused change: %v %v", ack, err)
+	}
+	wantEvent(t, events, A, "three")
+	wantEvent(t, events, A, "five")
+	if n := changes(t, nB); n != 4 {
+		t.Fatalf("B holds %d changes, want 4", n)
+	}
+	// Out of order inside a batch: refused as a whole, nothing written.
+	envs, err = protocols.Seal(keyA, [][]byte{createBody(t, A, 7, "seven"), createBody(t, A, 6, "six")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err = exchange(t, nA.Host(), B, batchOf(5, envs...))
+	wantReset(t, "versions out of order", ack, err)
+	if n := changes(t, nB); n != 4 {
+		t.Fatalf("B holds %d changes after a refused batch, want 4", n)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -139,12 +140,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	so := o.Sender
 	so.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 	so.Hold = n.prop.Hold
+	so.OnAhead = n.ahead
+	so.DecisionHead = func() uint64 { return n.review.Applied() }
 	so.Logger = log.With("component", "sender")
 	so.Registerer = n.reg
-	if so.Retention == 0 {
-		so.Retention = time.Duration(cfg.Limits.AckRetentionHours) * time.Hour
+	if n.sender, err = stream.NewSender(n.host, n.st, n.book, so); err != nil {
+		return nil, err
 	}
-	n.sender = stream.NewSender(n.host, n.st, so)
 	n.prop.SetSender(n.sender)
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review")})
@@ -158,8 +160,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.prop.SetSearcher(n.search)
-	n.receiver = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
+	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
+	if err != nil {
+		return nil, err
+	}
 	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}}
 	return n, nil
 }
@@ -219,6 +224,16 @@ func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) 
 	return h.Apply(tx, in)
 }
 
+// ahead runs when a receiver reports that it holds this node's changes
+// beyond this node's own log: the data directory was restored from an older
+// copy. Versions are never given twice (they are floored at the clock), and
+// the log is raised past what peers hold.
+func (n *Node) ahead(p peer.ID, lane stream.Lane, version uint64) {
+	n.log.Error("a peer holds changes of this node that this node's store does not: it was restored from an older copy",
+		"peer", p, "lane", lane, "peer_holds", version, "this_node_holds", n.st.DurableVersion())
+	_ = n.st.Update(n.ctx, func(tx *store.Txn) error { return tx.RaiseVersion(version) })
+}
+
 // Start begins serving peers and apps, then joins the network.
 func (n *Node) Start() error {
 	if n.started {
@@ -231,6 +246,19 @@ func (n *Node) Start() error {
 		n.sender.Kick(p)
 		n.sync.Connected(p)
 	})
+	// Addresses learned before the restart: partners and the reviewer stay
+	// reachable when no bootstrap peer is up.
+	for _, e := range n.book.Entries() {
+		var addrs []ma.Multiaddr
+		for _, b := range e.Addrs {
+			if a, err := ma.NewMultiaddrBytes(b); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+		if len(addrs) > 0 && e.Member {
+			n.host.Peerstore().AddAddrs(peer.ID(e.Id), addrs, peerstore.AddressTTL)
+		}
+	}
 	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {

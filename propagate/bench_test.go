@@ -15,7 +15,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry/store"
-	"github.com/ferrynet/ferry/stream"
 )
 
 type benchRoles struct{ self, partner peer.ID }
@@ -27,7 +26,7 @@ func (r benchRoles) Name(peer.ID) string      { return "B" }
 
 type nopSender struct{}
 
-func (nopSender) Enqueue(...stream.Item)                {}
+func (nopSender) Notify(store.OwnEntry)                 {}
 func (nopSender) Kick(peer.ID)                          {}
 func (nopSender) CloseStream(peer.ID, protocol.ID) bool { return false }
 func (nopPub) Publish(string, any)                      {}

@@ -56,7 +56,8 @@ type Roles interface {
 
 // Sender is the part of the stream layer the service drives.
 type Sender interface {
-	Enqueue(items ...stream.Item)
+	// Notify tells the sender an entry of this node's log is on disk.
+	Notify(store.OwnEntry)
 	Kick(peer.ID)
 	CloseStream(peer.ID, protocol.ID) bool
 }
@@ -302,7 +303,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		return
 	}
 	kind, proto := kindOf(req.Action)
-	partners := s.roles.Partners()
+	partners := len(s.roles.Partners())
 	var res Result
 	s.st.Submit(ctx, func(tx *store.Txn) error {
 		cur, err := tx.GetResource(req.DataType, self, id)
@@ -320,7 +321,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		if err != nil {
 			return err
 		}
-		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+		ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: doc, CreatedAtUnixNano: tx.Now().UnixNano(), PrevVersion: prev})
 		if err != nil {
 			return err
@@ -328,35 +329,20 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		tx.SetCounter(CtrResourceHead, ver)
 		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
 			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})
-		items, err := s.deliver(tx, partners, stream.LaneResource, ver, proto)
-		if err != nil {
-			return err
-		}
-		tx.OnCommit(func() { s.enqueue(items, sealed) })
-		res = Result{"id": id, "version": ver, "receivers": len(items)}
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneResource), Kind: kind, Protocol: proto})
+		res = Result{"id": id, "version": ver, "receivers": partners}
 		return nil
 	}, func(err error) { done(res, err) })
 }
 
-func (s *Service) deliver(tx *store.Txn, to []peer.ID, lane stream.Lane, ver uint64, proto protocol.ID) ([]stream.Item, error) {
-	items := make([]stream.Item, 0, len(to))
-	for _, p := range to {
-		d := &storepb.Delivery{Receiver: []byte(p), ReceiverName: s.roles.Name(p), Lane: uint32(lane),
-			ChangeVersion: ver, Protocol: string(proto)}
-		if err := tx.AddDelivery(d); err != nil {
-			return nil, err
-		}
-		items = append(items, stream.Item{D: d})
-	}
-	return items, nil
-}
-
-func (s *Service) enqueue(items []stream.Item, sealed *store.Sealed) {
-	for i := range items {
-		items[i].Env = sealed.Bytes
-	}
+// deliver records an own change as owed to its receivers (the log is the
+// outbox: nothing is written per receiver) and tells the sender once it is
+// on disk.
+func (s *Service) deliver(tx *store.Txn, e store.OwnEntry) {
+	e.CreatedAt = tx.Now().UnixNano()
+	tx.AddOwnEntry(e)
 	if s.sender != nil {
-		s.sender.Enqueue(items...)
+		tx.OnCommit(func() { s.sender.Notify(e) })
 	}
 }
 
@@ -416,29 +402,24 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 	self := s.roles.Self()
 	var res Result
 	s.st.Submit(ctx, func(tx *store.Txn) error {
-		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+		ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: req.Payload, CreatedAtUnixNano: tx.Now().UnixNano(), To: addressee})
-		if err != nil {
-			return err
-		}
-		items, err := s.deliver(tx, to, lane, ver, proto)
 		if err != nil {
 			return err
 		}
 		reopen := lane == stream.LanePlanner && s.Hold(to[0], lane)
 		if reopen {
 			tx.SetAux(auxPlannerClosed+string(to[0]), []byte{0})
-		}
-		tx.OnCommit(func() {
-			if reopen {
+			// Reopened before the sender hears of the new entry.
+			tx.OnCommit(func() {
 				s.mu.Lock()
 				delete(s.plannerClosed, to[0])
 				s.mu.Unlock()
 				s.log.Info("planner stream reopened", "peer", to[0])
-			}
-			s.enqueue(items, sealed)
-		})
-		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(items)}
+			})
+		}
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to})
+		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(to)}
 		return nil
 	}, func(err error) { done(res, err) })
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -119,15 +118,19 @@ func isResource(k pb.Kind) bool {
 	return k == pb.Kind_KIND_RESOURCE_CREATE || k == pb.Kind_KIND_RESOURCE_UPDATE || k == pb.Kind_KIND_RESOURCE_DELETE
 }
 
-// advanceChain moves an origin's held-up-to mark over a change that follows
-// it directly. A change that arrives after a gap leaves the mark where it
-// is; sync fetches from the mark and the chain closes.
+// advanceChain moves an origin's held-up-to mark over a change whose
+// predecessor it covers: every change up to the mark is held, and the
+// origin made no resource change between the predecessor and this one, so
+// every change up to this one is held. (The predecessor is the mark itself
+// but for a node restored from an older copy, whose first changes name an
+// older predecessor.) A change that arrives after a gap leaves the mark
+// where it is; sync fetches from the mark and the chain closes.
 func advanceChain(tx *store.Txn, o peer.ID, body *pb.Body) error {
 	held, err := tx.CounterValue(ChainCounter(o))
 	if err != nil {
 		return err
 	}
-	if held == body.PrevVersion && body.OriginVersion > held {
+	if body.PrevVersion <= held && body.OriginVersion > held {
 		tx.SetCounter(ChainCounter(o), body.OriginVersion)
 	}
 	return nil
@@ -148,24 +151,24 @@ func (s *Service) idString(p peer.ID) string {
 
 // Apply commits a received change once and publishes it after the commit.
 func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
-	p, _ := in.Prepared.(*prepared)
-	return s.apply(tx, in.Envelope, in.Body, p, true)
+	return s.apply(tx, in, true)
 }
 
-// ApplyChange applies one change of origin; sync uses it too. The envelope
-// must have been verified against the body's origin.
-func (s *Service) ApplyChange(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
-	return s.apply(tx, env, body, nil, false)
+// ApplyChange applies one change of origin that came through catch-up. The
+// envelope must have been verified against the body's origin.
+func (s *Service) ApplyChange(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	return s.apply(tx, in, false)
 }
 
 // ctrSynced + origin is the highest origin version sync ever applied here.
 const ctrSynced = "resource_synced/"
 
 // apply commits one change. On the delivery path (viaLink) a change beyond
-// anything sync brought cannot be held already: the link's sequence
-// numbers turn away its own resends. Such a fresh change needs no reads to
-// find duplicates or a newer row, which keeps the store's writer lean.
-func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepared, viaLink bool) (pb.AckStatus, error) {
+// anything sync brought cannot be held already: the lane's position turns
+// away the link's own resends. Such a fresh change needs no reads to find
+// duplicates or a newer row, which keeps the store's writer lean.
+func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.AckStatus, error) {
+	body := in.Body
 	o := peerOf(body)
 	if isResource(body.Kind) {
 		if err := advanceChain(tx, o, body); err != nil {
@@ -178,10 +181,11 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 	}
 	fresh := viaLink && body.OriginVersion > synced
 	if !fresh {
-		if _, dup, err := tx.HasOrigin(o, body.OriginVersion); err != nil || dup {
+		if held, err := stream.CheckHeld(tx, o, body.OriginVersion, in.Hash); err != nil || held {
 			return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 		}
 	}
+	p, _ := in.Prepared.(*prepared)
 	if p == nil {
 		p = s.prepare(body)
 	}
@@ -190,11 +194,7 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 		// moved past it, so catch-up does not fetch it again and again.
 		return 0, stream.RejectKeeping("%v", p.reject)
 	}
-	raw, err := proto.Marshal(env)
-	if err != nil {
-		return 0, err
-	}
-	ver, err := tx.AppendFresh(body, raw)
+	ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
 	if err != nil {
 		return 0, err
 	}
@@ -211,14 +211,12 @@ func (s *Service) apply(tx *store.Txn, env *pb.Envelope, body *pb.Body, p *prepa
 		}
 		// Keep the newest state: a change that arrives late (through sync,
 		// after a later one) is kept in the change log but does not roll
-		// back the row.
+		// back the row, and apps are not told of it.
 		if cur != nil && cur.OriginVersion >= body.OriginVersion {
-			// Older than what is held (catch-up brought it late): kept in
-			// the change log, but neither the row nor apps go back to it.
 			return pb.AckStatus_ACK_STATUS_APPLIED, nil
 		}
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,
-			Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, Json: body.Payload, UpdatedAt: tx.Now().UnixNano()})
+			Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})
 	}
 	ev := p.event(body.OriginVersion, ver, body.Payload)
 	subject := p.subject

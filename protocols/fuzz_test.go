@@ -73,11 +73,11 @@ func nextFrame(data []byte, max int) expectedFrame {
 }
 
 func FuzzFrameReader(f *testing.F) {
-	msg := &pb.Message{Id: 7, LinkEpoch: 99, LinkSeq: 3, Lane: 1, Envelope: &pb.Envelope{
+	msg := &pb.Batch{Epoch: 99, Lane: 1, After: 3, Envelopes: []*pb.Envelope{{
 		Body: []byte("body"), LeafIndex: 1, TreeSize: 2, Path: [][]byte{bytes.Repeat([]byte{0xaa}, 32)}, RootSignature: []byte("sig"),
-	}}
+	}}}
 	one := encodeFrames(f, msg)
-	three := encodeFrames(f, msg, &pb.Message{}, &pb.Message{Id: 1 << 40})
+	three := encodeFrames(f, msg, &pb.Batch{}, &pb.Batch{After: 1 << 40})
 	f.Add([]byte{}, uint32(1024))
 	f.Add(one, uint32(1024))
 	f.Add(three, uint32(1024))
@@ -141,7 +141,7 @@ func FuzzFrameReader(f *testing.F) {
 		rest = data
 		for i := 0; ; i++ {
 			want := nextFrame(rest, max)
-			m := &pb.Message{}
+			m := &pb.Batch{}
 			err := fr.Read(m)
 			switch {
 			case want.eof:
@@ -157,7 +157,7 @@ func FuzzFrameReader(f *testing.F) {
 					t.Fatalf("read %d: malformed input: got %v, want a read error", i, err)
 				}
 			default:
-				wantMsg := &pb.Message{}
+				wantMsg := &pb.Batch{}
 				wantErr := proto.Unmarshal(want.frame, wantMsg)
 				if (err == nil) != (wantErr == nil) {
 					t.Fatalf("read %d: got %v, decoding the frame alone gives %v", i, err, wantErr)
@@ -380,16 +380,17 @@ func FuzzEnvelopeOpen(f *testing.F) {
 	})
 }
 
-func FuzzMessageAck(f *testing.F) {
+func FuzzBatchReply(f *testing.F) {
 	batches, _ := sealedBatches(f)
 	env := batches[0][1]
 	seeds := []proto.Message{
-		&pb.Message{Id: 1, LinkEpoch: 2, LinkSeq: 3, Lane: 4, Envelope: env},
-		&pb.Message{},
-		&pb.Message{Id: ^uint64(0), Envelope: &pb.Envelope{}},
-		&pb.Ack{Id: 1, Status: pb.AckStatus_ACK_STATUS_APPLIED},
-		&pb.Ack{Id: 2, Status: pb.AckStatus_ACK_STATUS_REJECTED, Error: "data type \"x y\" is not valid"},
-		&pb.Ack{Status: pb.AckStatus(42)},
+		&pb.Batch{Epoch: 2, Lane: 4, After: 3, Envelopes: []*pb.Envelope{env, env}},
+		&pb.Batch{},
+		&pb.Batch{After: ^uint64(0), Envelopes: []*pb.Envelope{{}}},
+		&pb.Reply{Lane: 1, Epoch: 2, Through: 3},
+		&pb.Reply{Lane: 2, Through: 9, Refused: []*pb.Refusal{{Version: 9, Reason: "data type \"x y\" is not valid"}}},
+		&pb.Reply{Lane: 5, Report: true, WantSnapshot: true},
+		&pb.Reply{Refused: []*pb.Refusal{{Version: 1, Equivocation: true}}},
 		&pb.Hello{Network: "main", Name: "node-a", Version: "0.1.0"},
 		&pb.Hello{Name: "ünïcödé ✓"},
 	}
@@ -411,8 +412,9 @@ func FuzzMessageAck(f *testing.F) {
 
 	// Every message of ferry.proto: they are all decoded from peers.
 	newMsgs := []func() proto.Message{
-		func() proto.Message { return &pb.Message{} },
-		func() proto.Message { return &pb.Ack{} },
+		func() proto.Message { return &pb.Batch{} },
+		func() proto.Message { return &pb.Reply{} },
+		func() proto.Message { return &pb.SnapshotChunk{} },
 		func() proto.Message { return &pb.Hello{} },
 		func() proto.Message { return &pb.Envelope{} },
 		func() proto.Message { return &pb.Body{} },

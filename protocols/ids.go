@@ -14,11 +14,13 @@ import (
 
 // Peer protocol ids. They are versioned on their own, not with Ferry's release.
 const (
-	ResourceCreate   protocol.ID = "/ferry/resource/create/1.0.0"
-	ResourceUpdate   protocol.ID = "/ferry/resource/update/1.0.0"
-	ResourceDelete   protocol.ID = "/ferry/resource/delete/1.0.0"
-	ResourceConsider protocol.ID = "/ferry/resource/considers/1.0.0"
-	Planner          protocol.ID = "/ferry/planner/1.0.0"
+	// The delivery protocols carry Batch frames answered by Reply frames
+	// (2.0.0; 1.0.0 carried one Message per frame, each acked alone).
+	ResourceCreate   protocol.ID = "/ferry/resource/create/2.0.0"
+	ResourceUpdate   protocol.ID = "/ferry/resource/update/2.0.0"
+	ResourceDelete   protocol.ID = "/ferry/resource/delete/2.0.0"
+	ResourceConsider protocol.ID = "/ferry/resource/considers/2.0.0"
+	Planner          protocol.ID = "/ferry/planner/2.0.0"
 	Search           protocol.ID = "/ferry/search/1.0.0"
 	Sync             protocol.ID = "/ferry/sync/1.0.0"
 	Hello            protocol.ID = "/ferry/hello/1.0.0"
@@ -52,6 +54,9 @@ const (
 	WriteTimeout = 30 * time.Second
 	// IdleTimeout closes an inbound long-lived stream nothing arrives on.
 	IdleTimeout = 10 * time.Minute
+	// MaxReplyBytes bounds a delivery Reply frame (a few numbers, and the
+	// reasons of refused entries).
+	MaxReplyBytes = 1 << 20
 )
 
 // ProtocolFor returns the stream protocol that carries an envelope kind.
@@ -99,5 +104,24 @@ func KindAllowed(p protocol.ID, kind pb.Kind) bool {
 	return false
 }
 
-// DeliveryProtocols are the protocols that carry Messages answered by Acks.
+// DeliveryProtocols are the protocols that carry Batches answered by Replies.
 var DeliveryProtocols = []protocol.ID{ResourceCreate, ResourceUpdate, ResourceDelete, ResourceConsider, Planner}
+
+// ProtocolCode is a delivery protocol's one-byte code (stored in the
+// delivery index instead of the id); 0 for any other protocol.
+func ProtocolCode(id protocol.ID) byte {
+	for i, p := range DeliveryProtocols {
+		if p == id {
+			return byte(i + 1)
+		}
+	}
+	return 0
+}
+
+// ProtocolByCode is the delivery protocol with a code ("" for none).
+func ProtocolByCode(c byte) protocol.ID {
+	if c == 0 || int(c) > len(DeliveryProtocols) {
+		return ""
+	}
+	return DeliveryProtocols[c-1]
+}

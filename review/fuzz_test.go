@@ -27,7 +27,7 @@ func (r fuzzRoles) Reviewer() peer.ID     { return r.reviewer }
 func (r fuzzRoles) IsMember(peer.ID) bool { return true }
 func (r fuzzRoles) Members() []peer.ID    { return nil }
 func (r fuzzRoles) Name(p peer.ID) string { return "P" }
-func (fuzzSink) Enqueue(...stream.Item)   {}
+func (fuzzSink) Notify(store.OwnEntry)    {}
 func (fuzzSink) Publish(string, any)      {}
 
 type fuzzSink struct{}
@@ -181,9 +181,13 @@ func FuzzApplyDecision(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		in, err := stream.InboundOf(envs[0], body, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
 		_ = st.Update(context.Background(), func(tx *store.Txn) error {
 			sp := tx.Savepoint()
-			_, err := s.ApplyDecision(tx, envs[0], body)
+			_, err := s.ApplyDecision(tx, in)
 			var rej *stream.RejectError
 			if errors.As(err, &rej) {
 				tx.RollbackTo(sp)

@@ -54,7 +54,7 @@ func (s *Service) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	if in.Body.Kind == pb.Kind_KIND_REVIEW_REQUEST {
 		return s.applyRequest(tx, in)
 	}
-	return s.ApplyDecision(tx, in.Envelope, in.Body)
+	return s.ApplyDecision(tx, in)
 }
 
 func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
@@ -62,9 +62,15 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 	if err := proto.Unmarshal(in.Body.Payload, rr); err != nil {
 		return 0, stream.Reject("request payload: %v", err)
 	}
+	if held, err := stream.CheckHeld(tx, in.Origin, in.Body.OriginVersion, in.Hash); err != nil || held {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	}
 	origin := originOf(in.Origin, rr.RequestId)
 	if _, err := tx.RequestByOrigin(origin); err == nil {
-		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+		// A request under the same origin with other content: the applicant
+		// reused a request id (older applicants numbered requests with a
+		// counter a restored store could repeat).
+		return 0, &stream.RejectError{Equivocation: true, Reason: fmt.Sprintf("equivocation: this node holds another request %s", origin)}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return 0, err
 	}
@@ -78,9 +84,9 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 	if _, err := CheckData(rr.TableId, rr.Data, typ); err != nil {
 		return 0, stream.Reject("%v", err)
 	}
-	ver, dup, err := tx.AppendReceived(in.Body, in.Envelope)
-	if err != nil || dup {
-		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	ver, err := tx.AppendReceived(in.Body, in.Hash, in.Raw)
+	if err != nil {
+		return 0, err
 	}
 	id, err := tx.Next(store.CtrRequest)
 	if err != nil {
@@ -103,7 +109,8 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 // against the reviewer. Accepted and edited decisions apply strictly in
 // sequence order: one that arrives ahead of a missing one is kept (durably)
 // until the gap is filled, then applied with it. Sync uses it too.
-func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error) {
+func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	body := in.Body
 	d := &pb.ReviewDecision{}
 	if err := proto.Unmarshal(body.Payload, d); err != nil {
 		return 0, stream.Reject("decision payload: %v", err)
@@ -118,13 +125,16 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 	if _, err := ParseType(d.Request.Type); err != nil || !ValidTable(d.Request.TableName) {
 		return 0, stream.Reject("decision names no valid table row")
 	}
+	if held, err := stream.CheckHeld(tx, in.Origin, body.OriginVersion, in.Hash); err != nil || held {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	}
 	if status == Rejected {
 		if d.Sequence != 0 {
 			return 0, stream.Reject("a rejection carries no sequence")
 		}
-		ver, dup, err := tx.AppendReceived(body, env)
-		if err != nil || dup {
-			return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+		ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
+		if err != nil {
+			return 0, err
 		}
 		return pb.AckStatus_ACK_STATUS_APPLIED, s.record(tx, d, ver)
 	}
@@ -137,17 +147,21 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 	}
 	switch {
 	case d.Sequence <= applied:
+		// Held already, under another version: the same decision relayed,
+		// or a reviewer that reused a sequence (an equivocation).
+		if _, hash, ok, err := tx.Decision(d.Sequence); err != nil {
+			return 0, err
+		} else if ok && hash != 0 && hash != in.Hash {
+			return 0, &stream.RejectError{Equivocation: true,
+				Reason: fmt.Sprintf("equivocation: this node applied another decision under sequence %d", d.Sequence)}
+		}
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 	case d.Sequence > applied+1:
 		held, err := tx.GetAux(auxHeld(d.Sequence))
 		if err == nil && len(held) > 0 {
 			return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 		}
-		raw, err := proto.Marshal(env)
-		if err != nil {
-			return 0, err
-		}
-		tx.SetAux(auxHeld(d.Sequence), raw)
+		tx.SetAux(auxHeld(d.Sequence), in.Raw)
 		if heldMax, err := tx.CounterValue(ctrHeldMax); err != nil {
 			return 0, err
 		} else if d.Sequence > heldMax {
@@ -160,47 +174,50 @@ func (s *Service) ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) 
 		}
 		return pb.AckStatus_ACK_STATUS_APPLIED, nil
 	}
-	if err := s.applyInOrder(tx, env, body, d); err != nil {
+	if err := s.applyInOrder(tx, in, d); err != nil {
 		return 0, err
 	}
-	// Apply what was held behind it.
+	return pb.AckStatus_ACK_STATUS_APPLIED, s.releaseHeld(tx, d.Sequence)
+}
+
+// releaseHeld applies the decisions held behind sequence seq, in order.
+func (s *Service) releaseHeld(tx *store.Txn, seq uint64) error {
 	heldMax, err := tx.CounterValue(ctrHeldMax)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	for next := d.Sequence + 1; next <= heldMax; next++ {
+	for next := seq + 1; next <= heldMax; next++ {
 		raw, err := tx.GetAux(auxHeld(next))
 		if errors.Is(err, store.ErrNotFound) || (err == nil && len(raw) == 0) {
 			break
 		}
 		if err != nil {
-			return 0, err
+			return err
 		}
 		henv := &pb.Envelope{}
 		hbody := &pb.Body{}
 		hd := &pb.ReviewDecision{}
 		if proto.Unmarshal(raw, henv) != nil || proto.Unmarshal(henv.Body, hbody) != nil || proto.Unmarshal(hbody.Payload, hd) != nil {
-			return 0, fmt.Errorf("held decision %d is corrupt", next)
+			return fmt.Errorf("held decision %d is corrupt", next)
 		}
 		tx.DeleteAux(auxHeld(next))
-		if err := s.applyInOrder(tx, henv, hbody, hd); err != nil {
-			return 0, err
+		hin := &stream.Inbound{Origin: peer.ID(hbody.Origin), Body: hbody, Envelope: henv, Raw: raw, Hash: store.BodyHash(henv.Body)}
+		if err := s.applyInOrder(tx, hin, hd); err != nil {
+			return err
 		}
 	}
-	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+	return nil
 }
 
 // applyInOrder applies the decision that is next in sequence.
-func (s *Service) applyInOrder(tx *store.Txn, env *pb.Envelope, body *pb.Body, d *pb.ReviewDecision) error {
-	ver, dup, err := tx.AppendReceived(body, env)
+func (s *Service) applyInOrder(tx *store.Txn, in *stream.Inbound, d *pb.ReviewDecision) error {
+	e, held, err := tx.HeldOrigin(in.Origin, in.Body.OriginVersion)
 	if err != nil {
 		return err
 	}
-	if dup {
-		// The change log has it (sync delivered it earlier) but it was not
-		// applied: apply it now against its recorded version.
-		ver, _, err = tx.HasOrigin(peer.ID(body.Origin), body.OriginVersion)
-		if err != nil {
+	ver := e.LocalVersion
+	if !held {
+		if ver, err = tx.AppendReceived(in.Body, in.Hash, in.Raw); err != nil {
 			return err
 		}
 	}
@@ -214,7 +231,7 @@ func (s *Service) applyInOrder(tx *store.Txn, env *pb.Envelope, body *pb.Body, d
 		return err
 	}
 	applyChange(tx, d.Request.TableName, d.Request.TableId, change)
-	tx.PutDecision(d.Sequence, ver)
+	tx.PutDecision(d.Sequence, ver, in.Hash)
 	tx.SetCounter(ctrApplied, d.Sequence)
 	return s.record(tx, d, ver)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -42,7 +41,8 @@ type Roles interface {
 
 // Sender is the part of the stream layer the service drives.
 type Sender interface {
-	Enqueue(items ...stream.Item)
+	// Notify tells the sender an entry of this node's log is on disk.
+	Notify(store.OwnEntry)
 }
 
 // Publisher publishes events on the local NATS.
@@ -148,33 +148,35 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		if err != nil {
 			return err
 		}
+		// The request travels under this node's version of it, which is
+		// never handed out twice (not even by a node restored from an older
+		// copy): its origin names it on every node.
+		ver, err := tx.NextVersion()
+		if err != nil {
+			return err
+		}
 		now := tx.Now()
-		rr := &pb.ReviewRequest{RequestId: id, TableId: req.TableID, TableName: req.TableName, Type: typ.String(),
+		rr := &pb.ReviewRequest{RequestId: ver, TableId: req.TableID, TableName: req.TableName, Type: typ.String(),
 			Data: data, SenderNote: req.Description, ApplicantName: s.roles.SelfName(), CreatedAt: now.Unix()}
 		payload, err := proto.Marshal(rr)
 		if err != nil {
 			return err
 		}
-		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
-			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)})
-		if err != nil {
+		if _, err := tx.AppendOwnAt(ver, &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
+			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)}); err != nil {
 			return err
 		}
 		row = &storepb.Request{Id: id, TableId: req.TableID, TableName: req.TableName, Applicant: s.roles.SelfName(),
 			Reviewer: s.roles.Name(reviewer), Type: typ.String(), Status: Waiting.String(), Data: data,
 			DescriptionSender: req.Description, CreatedAt: now.Unix(), ApplicantId: []byte(self),
-			ReviewerId: []byte(reviewer), Origin: originOf(self, id), ChangeVersion: ver}
+			ReviewerId: []byte(reviewer), Origin: originOf(self, ver), ChangeVersion: ver}
 		tx.PutRequest(row)
 		if reviewer == self {
 			tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
 			return nil
 		}
-		d := &storepb.Delivery{Receiver: []byte(reviewer), ReceiverName: s.roles.Name(reviewer), Lane: uint32(stream.LaneRequest),
-			ChangeVersion: ver, Protocol: string(protoID), RequestId: id}
-		if err := tx.AddDelivery(d); err != nil {
-			return err
-		}
-		tx.OnCommit(func() { s.sender.Enqueue(stream.Item{D: d, Env: sealed.Bytes}) })
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneRequest), Kind: pb.Kind_KIND_REVIEW_REQUEST,
+			Protocol: protoID, RequestID: id, To: []peer.ID{reviewer}})
 		return nil
 	}, func(err error) {
 		if err != nil {
@@ -183,6 +185,16 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		}
 		done(s.render(row), nil)
 	})
+}
+
+// deliver records an own change as owed to its receivers (the log is the
+// outbox) and tells the sender once it is on disk.
+func (s *Service) deliver(tx *store.Txn, e store.OwnEntry) {
+	e.CreatedAt = tx.Now().UnixNano()
+	tx.AddOwnEntry(e)
+	if s.sender != nil {
+		tx.OnCommit(func() { s.sender.Notify(e) })
+	}
 }
 
 // checkSize bounds request data to half the message limit: a decision
@@ -304,16 +316,11 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		}
 		body := &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: r.TableName,
 			Payload: payload, CreatedAtUnixNano: now.UnixNano()}
+		// Accepted and edited decisions go to every member (broadcast: the
+		// receivers are the members when it is sent); a rejection to the
+		// applicant only.
 		var to []peer.ID
-		if eff.Broadcast {
-			to = s.roles.Members()
-			if applicant != self && !contains(to, applicant) {
-				to = append(to, applicant)
-			}
-			// Acknowledgement rows in the order of the receivers' names, as
-			// the source lays them out.
-			slices.SortFunc(to, func(a, b peer.ID) int { return strings.Compare(s.roles.Name(a), s.roles.Name(b)) })
-		} else if applicant != self {
+		if !eff.Broadcast && applicant != self {
 			to = []peer.ID{applicant}
 			body.To = []byte(applicant)
 		}
@@ -322,32 +329,18 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			return err
 		}
 		if eff.Apply {
-			tx.PutDecision(seq, ver)
+			tx.PutDecision(seq, ver, sealed.Hash)
 			tx.SetCounter(ctrApplied, seq)
 		}
 		r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
 		tx.PutRequest(r)
 		row = r
 		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
-		var items []stream.Item
-		for _, p := range to {
-			if p == self {
-				continue
-			}
-			dl := &storepb.Delivery{Receiver: []byte(p), ReceiverName: s.roles.Name(p), Lane: uint32(stream.LaneDecision),
-				ChangeVersion: ver, Protocol: string(protoID), RequestId: r.Id}
-			if err := tx.AddDelivery(dl); err != nil {
-				return err
-			}
-			items = append(items, stream.Item{D: dl})
+		if eff.Broadcast || len(to) > 0 {
+			s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneDecision), Kind: pb.Kind_KIND_REVIEW_DECISION,
+				Protocol: protoID, RequestID: r.Id, To: to})
 		}
-		tx.OnCommit(func() {
-			for i := range items {
-				items[i].Env = sealed.Bytes
-			}
-			s.sender.Enqueue(items...)
-			s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r))
-		})
+		tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
 		return nil
 	}, func(err error) {
 		if err != nil {
@@ -356,15 +349,6 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		}
 		done(s.render(row), nil)
 	})
-}
-
-func contains(ps []peer.ID, p peer.ID) bool {
-	for _, x := range ps {
-		if x == p {
-			return true
-		}
-	}
-	return false
 }
 
 func defaultNote(t Type, s Status) string {

@@ -5,20 +5,24 @@ import (
 	"errors"
 )
 
-// Key layout. Every table has its own prefix; numeric parts are big-endian so
-// range scans come out in numeric order; variable parts (peer ids, names) are
-// length-prefixed so no key is a prefix of another table's key.
+// Key layout (schema 2). Every table has its own prefix; numeric parts are
+// big-endian so range scans come out in numeric order; variable parts (peer
+// ids, names) are length-prefixed so no key is a prefix of another table's
+// key.
 //
 //	m/schema                          schema version
 //	m/epoch                           this store's incarnation (random, set once)
-//	m/ctr/<name>                      counters: version, delivery, request, decision
-//	c/<version>                       change log: the signed envelope of every change
-//	o/<origin>/<origin version>       local version of an origin's change (dedup, sync)
+//	m/ctr/<name>                      counters: version, request, decision, ...
+//	c/<version>                       change log: the sealed envelope of every change, own and received
+//	o/<origin>/<origin version>       an origin's change held here: local version, kind, body hash, time applied
+//	D/<version>                       own deliveries: this node's changes that go to receivers (lane, kind,
+//	                                  protocol, request id, addressees); the outbox is the log
+//	A/<receiver>/<lane>/<version>     own deliveries addressed to one receiver (considers, planner, review
+//	                                  requests, rejections); broadcast lanes are read from D/
+//	F/<receiver>/<lane>               ack floor: the receiver acknowledged the lane through this version
+//	J/<receiver>/<version>            an own delivery the receiver refused for good, with the reason
+//	P/<sender>/<lane>                 position: this node applied the sender's lane through that version
 //	r/<data type>/<creator>/<id>      current resource
-//	d/<id>                            delivery (acknowledgement row)
-//	dp/<receiver>/<lane>/<seq>        pending deliveries of a receiver, in link order
-//	dl/<receiver>/<lane>              last link seq given to a receiver's lane
-//	l/<sender>/<lane>                 link state received from a sender's lane
 //	q/<id>                            review request row
 //	qo/<origin>                       request id by origin
 //	s/<sequence>                      local version of the decision with that sequence
@@ -26,15 +30,20 @@ import (
 //	p/<peer id>                       peer book
 //	pp/<peer id>                      partner added (1) or removed (0) by an operator
 //	x/...                             free for services (see Txn.SetAux)
+//
+// Schema 1 also had d/ (delivery rows), dp/ (pending index), dl/ (outbound
+// link seqs) and l/ (inbound link state); the migration to schema 2 turns
+// them into D/, A/, F/ and P/ and deletes them.
 const (
 	pMeta        = "m/"
 	pChange      = "c/"
 	pOrigin      = "o/"
+	pOwn         = "D/"
+	pAddressed   = "A/"
+	pFloor       = "F/"
+	pRefused     = "J/"
+	pPosition    = "P/"
 	pResource    = "r/"
-	pDelivery    = "d/"
-	pPending     = "dp/"
-	pLinkOut     = "dl/"
-	pLinkIn      = "l/"
 	pRequest     = "q/"
 	pReqOrigin   = "qo/"
 	pDecision    = "s/"
@@ -45,12 +54,17 @@ const (
 	keySchema    = "m/schema"
 	keyEpoch     = "m/epoch"
 	keyCtrPrefix = "m/ctr/"
+
+	// schema 1 only (read by the migration)
+	pDeliveryV1 = "d/"
+	pPendingV1  = "dp/"
+	pLinkOutV1  = "dl/"
+	pLinkInV1   = "l/"
 )
 
 // Counter names.
 const (
 	CtrVersion  = "version"
-	CtrDelivery = "delivery"
 	CtrRequest  = "request"
 	CtrDecision = "decision"
 )

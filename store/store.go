@@ -28,6 +28,7 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
+	"github.com/cockroachdb/pebble/vfs"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -37,7 +38,7 @@ import (
 )
 
 // SchemaVersion is the on-disk format this build writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Defaults of the commit pipeline.
 const (
@@ -83,6 +84,9 @@ type Options struct {
 	Now func() time.Time
 	// CacheBytes sizes Pebble's block cache; default DefaultCacheBytes.
 	CacheBytes int64
+	// InMemory keeps the whole store in memory (unit tests of the layers
+	// above): dir is then only a name, and nothing survives Close.
+	InMemory bool
 }
 
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
@@ -105,11 +109,11 @@ type Store struct {
 	hot map[string][]byte
 	wg  sync.WaitGroup
 	m   metrics
-	// durable holds counter values as of the last fsynced round. Pebble
-	// makes a round visible to readers before its fsync ends; readers that
-	// hand data to other nodes or apps (reload of deliveries, changes,
-	// sync) stop at these marks so nothing leaves before it is on disk.
-	durableVersion, durableDelivery atomic.Uint64
+	// durableVersion is the version counter as of the last fsynced round.
+	// Pebble makes a round visible to readers before its fsync ends; readers
+	// that hand data to other nodes or apps (backlogs, changes, sync) stop
+	// at it so nothing leaves before it is on disk.
+	durableVersion atomic.Uint64
 }
 
 type op struct {
@@ -125,8 +129,8 @@ type round struct {
 	ops   []*op
 	batch *pebble.Batch // nil: nothing to wait for
 	sync  bool
-	// counter values after this round (0: unchanged)
-	version, delivery uint64
+	// the version counter after this round (0: unchanged)
+	version uint64
 }
 
 type metrics struct {
@@ -169,6 +173,9 @@ func Open(dir string, o Options) (*Store, error) {
 		L0StopWritesThreshold: 32,
 		LBaseMaxBytes:         256 << 20,
 	}
+	if o.InMemory {
+		po.FS = vfs.NewMem()
+	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -179,14 +186,12 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	for name, dst := range map[string]*atomic.Uint64{CtrVersion: &s.durableVersion, CtrDelivery: &s.durableDelivery} {
-		v, err := s.Counter(name)
-		if err != nil {
-			_ = db.Close()
-			return nil, err
-		}
-		dst.Store(v)
+	v, err := s.Counter(CtrVersion)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
 	}
+	s.durableVersion.Store(v)
 	s.initMetrics(o.Registerer)
 	s.wg.Add(2)
 	go s.writer()
@@ -267,9 +272,6 @@ func (s *Store) initMetrics(reg prometheus.Registerer) {
 
 // DurableVersion is the highest store version known to be on disk.
 func (s *Store) DurableVersion() uint64 { return s.durableVersion.Load() }
-
-// DurableDelivery is the highest delivery id known to be on disk.
-func (s *Store) DurableDelivery() uint64 { return s.durableDelivery.Load() }
 
 // Epoch is this store's incarnation number: random, fixed at creation.
 func (s *Store) Epoch() uint64 { return s.epoch }
@@ -440,9 +442,6 @@ func (s *Store) commitRound(ops []*op) *round {
 	if w, ok := view[string(k(keyCtrPrefix).str(CtrVersion))]; ok && !w.del {
 		r.version = parseU64(w.v)
 	}
-	if w, ok := view[string(k(keyCtrPrefix).str(CtrDelivery))]; ok && !w.del {
-		r.delivery = parseU64(w.v)
-	}
 	for key, w := range view {
 		if isHot(key) {
 			if w.del {
@@ -524,9 +523,6 @@ func (s *Store) completer() {
 			if s.failed.Load() == nil {
 				if r.version > 0 {
 					s.durableVersion.Store(r.version)
-				}
-				if r.delivery > 0 {
-					s.durableDelivery.Store(r.delivery)
 				}
 			}
 		}
@@ -629,6 +625,7 @@ type kv struct {
 type Sealed struct {
 	Envelope *pb.Envelope
 	Bytes    []byte // Envelope, encoded
+	Hash     uint64 // BodyHash of the body
 	key      []byte
 	body     []byte
 }
@@ -689,7 +686,7 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 // isHot reports whether a key is one the writer keeps in memory: small,
 // read by most transactions, and only ever written through transactions.
 func isHot(key string) bool {
-	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pLinkOut) || strings.HasPrefix(key, pLinkIn)
+	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pPosition)
 }
 
 func (t *Txn) set(key, val []byte) {

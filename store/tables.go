@@ -5,207 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"google.golang.org/protobuf/proto"
 
-	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
 // MaxNameBytes bounds data types, table names and resource ids, which are
 // parts of keys.
 const MaxNameBytes = 255
-
-// ---- change log ----
-
-// AppendOwn gives body the next store version as its origin version, writes
-// it to the change log and registers it for sealing with this commit's
-// signature. body.Origin must be this node.
-func (t *Txn) AppendOwn(body *pb.Body) (uint64, *Sealed, error) {
-	ver, err := t.Next(CtrVersion)
-	if err != nil {
-		return 0, nil, err
-	}
-	body.OriginVersion = ver
-	b, err := proto.Marshal(body)
-	if err != nil {
-		return 0, nil, fmt.Errorf("encode body: %w", err)
-	}
-	s := &Sealed{key: k(pChange).u64(ver), body: b}
-	t.sealed = append(t.sealed, s)
-	t.set(k(pOrigin).bytes(body.Origin).u64(ver), indexValue(ver, body.Kind))
-	return ver, s, nil
-}
-
-// The origin index maps (origin, origin version) to the local version and
-// the change's kind, so scans for one kind skip the rest without loading
-// them.
-func indexValue(ver uint64, kind pb.Kind) []byte { return append(u64Value(ver), byte(kind)) }
-
-func parseIndex(v []byte) (uint64, pb.Kind) {
-	if len(v) < 8 {
-		return 0, 0
-	}
-	var kind pb.Kind
-	if len(v) > 8 {
-		kind = pb.Kind(v[8])
-	}
-	return binary.BigEndian.Uint64(v[:8]), kind
-}
-
-// HasOrigin reports whether the change (origin, originVersion) is held, and
-// at which local version.
-func (t *Txn) HasOrigin(origin peer.ID, originVersion uint64) (uint64, bool, error) {
-	v, err := t.get(k(pOrigin).str(string(origin)).u64(originVersion))
-	if errors.Is(err, ErrNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, err
-	}
-	ver, _ := parseIndex(v)
-	return ver, true, nil
-}
-
-// AppendReceived stores an envelope that came from body's origin under
-// the next store version. It reports dup (and writes nothing) when the
-// change is held.
-func (t *Txn) AppendReceived(body *pb.Body, env *pb.Envelope) (ver uint64, dup bool, err error) {
-	if v, ok, err := t.HasOrigin(peer.ID(body.Origin), body.OriginVersion); err != nil || ok {
-		return v, ok, err
-	}
-	b, err := proto.Marshal(env)
-	if err != nil {
-		return 0, false, fmt.Errorf("encode envelope: %w", err)
-	}
-	ver, err = t.AppendFresh(body, b)
-	return ver, false, err
-}
-
-// AppendFresh stores an envelope the caller knows is not held yet (a new
-// link sequence from its origin, beyond anything sync brought), without the
-// read AppendReceived makes to find out.
-func (t *Txn) AppendFresh(body *pb.Body, env []byte) (uint64, error) {
-	ver, err := t.Next(CtrVersion)
-	if err != nil {
-		return 0, err
-	}
-	t.set(k(pChange).u64(ver), env)
-	t.set(k(pOrigin).bytes(body.Origin).u64(body.OriginVersion), indexValue(ver, body.Kind))
-	return ver, nil
-}
-
-// Change is one entry of the change log.
-type Change struct {
-	Version  uint64
-	Envelope *pb.Envelope
-	Body     *pb.Body
-}
-
-func decodeChange(ver uint64, v []byte) (Change, error) {
-	env := &pb.Envelope{}
-	if err := unmarshal(v, env); err != nil {
-		return Change{}, err
-	}
-	body := &pb.Body{}
-	if err := unmarshal(env.Body, body); err != nil {
-		return Change{}, err
-	}
-	return Change{Version: ver, Envelope: env, Body: body}, nil
-}
-
-// Change reads the change at a store version.
-func (s *Store) Change(ver uint64) (Change, error) {
-	v, err := s.getRaw(k(pChange).u64(ver))
-	if err != nil {
-		return Change{}, err
-	}
-	return decodeChange(ver, v)
-}
-
-// ChangeEnvelope reads the raw envelope bytes of a change.
-func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
-	return s.getRaw(k(pChange).u64(ver))
-}
-
-// Changes returns up to limit changes after version since, in version order.
-func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
-	if since == math.MaxUint64 {
-		return nil, nil
-	}
-	var out []Change
-	err := s.scan(k(pChange).u64(since+1), prefixEnd([]byte(pChange)), false, func(key, v []byte) (bool, error) {
-		ver, err := tailU64(key)
-		if err != nil {
-			return false, err
-		}
-		if ver > s.DurableVersion() {
-			return false, nil // not on disk yet
-		}
-		c, err := decodeChange(ver, v)
-		if err != nil {
-			return false, err
-		}
-		out = append(out, c)
-		return len(out) < limit, nil
-	})
-	return out, err
-}
-
-// OriginChanges returns up to limit changes of origin with an origin version
-// after `after`, in origin-version order; with kinds, only changes of those
-// kinds. It also returns the origin version the scan reached, so a caller
-// asking again starts after what was skipped.
-func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...pb.Kind) ([]Change, uint64, error) {
-	if after == math.MaxUint64 {
-		return nil, after, nil
-	}
-	prefix := k(pOrigin).str(string(origin))
-	var vers []uint64
-	durable := s.DurableVersion()
-	reached := after
-	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(key, v []byte) (bool, error) {
-		ver, kind := parseIndex(v)
-		if ver > durable {
-			return false, nil // not on disk yet
-		}
-		if ov, err := tailU64(key); err == nil {
-			reached = ov
-		}
-		if len(kinds) > 0 && !slices.Contains(kinds, kind) {
-			return true, nil
-		}
-		vers = append(vers, ver)
-		return len(vers) < limit, nil
-	})
-	if err != nil {
-		return nil, reached, err
-	}
-	out := make([]Change, 0, len(vers))
-	for _, v := range vers {
-		c, err := s.Change(v)
-		if err != nil {
-			return nil, reached, fmt.Errorf("change %d: %w", v, err)
-		}
-		out = append(out, c)
-	}
-	return out, reached, nil
-}
-
-// LastOriginVersion is the highest origin version held from origin (0: none).
-func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
-	prefix := k(pOrigin).str(string(origin))
-	var last uint64
-	err := s.scan(prefix, prefixEnd(prefix), true, func(key, _ []byte) (bool, error) {
-		v, err := tailU64(key)
-		last = v
-		return false, err
-	})
-	return last, err
-}
 
 // CounterValue reads a named counter inside a transaction.
 func (t *Txn) CounterValue(name string) (uint64, error) {
@@ -275,164 +84,6 @@ func (s *Store) Resources(dataType string) ([]*storepb.Resource, error) {
 	return out, nil
 }
 
-// ---- deliveries ----
-
-// AddDelivery gives d an id and the next link seq of its receiver's lane and
-// writes it pending.
-func (t *Txn) AddDelivery(d *storepb.Delivery) error {
-	id, err := t.Next(CtrDelivery)
-	if err != nil {
-		return err
-	}
-	lk := k(pLinkOut).bytes(d.Receiver).u8(byte(d.Lane))
-	v, err := t.get(lk)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return err
-	}
-	seq := parseU64(v) + 1
-	t.set(lk, u64Value(seq))
-	d.Id, d.LinkSeq = id, seq
-	d.State = storepb.Delivery_STATE_PENDING
-	if d.CreatedAt == 0 {
-		d.CreatedAt = t.now.UnixNano()
-	}
-	if d.NextAttemptAt == 0 {
-		d.NextAttemptAt = d.CreatedAt
-	}
-	t.set(k(pDelivery).u64(id), marshal(d))
-	t.set(pendingKey(d), u64Value(id))
-	return nil
-}
-
-func pendingKey(d *storepb.Delivery) key {
-	return k(pPending).bytes(d.Receiver).u8(byte(d.Lane)).u64(d.LinkSeq)
-}
-
-// GetDelivery reads a delivery inside a transaction.
-func (t *Txn) GetDelivery(id uint64) (*storepb.Delivery, error) {
-	v, err := t.get(k(pDelivery).u64(id))
-	if err != nil {
-		return nil, err
-	}
-	d := &storepb.Delivery{}
-	return d, unmarshal(v, d)
-}
-
-// PutDelivery rewrites a delivery, keeping the pending index in step with its state.
-func (t *Txn) PutDelivery(d *storepb.Delivery) {
-	t.set(k(pDelivery).u64(d.Id), marshal(d))
-	if d.State == storepb.Delivery_STATE_PENDING {
-		t.set(pendingKey(d), u64Value(d.Id))
-	} else {
-		t.del(pendingKey(d))
-	}
-}
-
-// DeleteDelivery removes a delivery row (retention pruning).
-func (t *Txn) DeleteDelivery(d *storepb.Delivery) {
-	t.del(k(pDelivery).u64(d.Id))
-	t.del(pendingKey(d))
-}
-
-// Delivery reads one delivery.
-func (s *Store) Delivery(id uint64) (*storepb.Delivery, error) {
-	v, err := s.getRaw(k(pDelivery).u64(id))
-	if err != nil {
-		return nil, err
-	}
-	d := &storepb.Delivery{}
-	return d, unmarshal(v, d)
-}
-
-// Deliveries calls fn for every delivery from id `from` on, in id order,
-// until fn returns false.
-func (s *Store) Deliveries(from uint64, fn func(*storepb.Delivery) bool) error {
-	return s.scanDeliveries(false, k(pDelivery).u64(from), fn)
-}
-
-// DeliveriesNewestFirst calls fn for every delivery, newest first, until
-// fn returns false.
-func (s *Store) DeliveriesNewestFirst(fn func(*storepb.Delivery) bool) error {
-	return s.scanDeliveries(true, []byte(pDelivery), fn)
-}
-
-func (s *Store) scanDeliveries(reverse bool, lo []byte, fn func(*storepb.Delivery) bool) error {
-	return s.scan(lo, prefixEnd([]byte(pDelivery)), reverse, func(_, v []byte) (bool, error) {
-		d := &storepb.Delivery{}
-		if err := unmarshal(v, d); err != nil {
-			return false, err
-		}
-		return fn(d), nil
-	})
-}
-
-// PendingCount counts pending deliveries from the pending index alone.
-func (s *Store) PendingCount() (int, error) {
-	n := 0
-	err := s.scan([]byte(pPending), prefixEnd([]byte(pPending)), false, func(_, _ []byte) (bool, error) {
-		n++
-		return true, nil
-	})
-	return n, err
-}
-
-// PendingReceivers lists the receivers that have pending deliveries.
-func (s *Store) PendingReceivers() ([]peer.ID, error) {
-	var out []peer.ID
-	lo := []byte(pPending)
-	hi := prefixEnd(lo)
-	for {
-		var found []byte
-		err := s.scan(lo, hi, false, func(key, _ []byte) (bool, error) {
-			found = append([]byte(nil), key...)
-			return false, nil
-		})
-		if err != nil || found == nil {
-			return out, err
-		}
-		n := int(found[len(pPending)])
-		if len(found) < len(pPending)+1+n {
-			return out, errShortKey
-		}
-		id := peer.ID(found[len(pPending)+1 : len(pPending)+1+n])
-		out = append(out, id)
-		lo = prefixEnd(k(pPending).str(string(id)))
-	}
-}
-
-// ---- link state (receiver side) ----
-
-// LinkIn reads what this node holds of a sender's lane.
-func (t *Txn) LinkIn(sender peer.ID, lane uint32) (*storepb.LinkState, error) {
-	v, err := t.get(k(pLinkIn).str(string(sender)).u8(byte(lane)))
-	if errors.Is(err, ErrNotFound) {
-		return &storepb.LinkState{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	l := &storepb.LinkState{}
-	return l, unmarshal(v, l)
-}
-
-// SetLinkIn records a sender lane's state.
-func (t *Txn) SetLinkIn(sender peer.ID, lane uint32, l *storepb.LinkState) {
-	t.set(k(pLinkIn).str(string(sender)).u8(byte(lane)), marshal(l))
-}
-
-// LinkIn reads committed link state.
-func (s *Store) LinkIn(sender peer.ID, lane uint32) (*storepb.LinkState, error) {
-	v, err := s.getRaw(k(pLinkIn).str(string(sender)).u8(byte(lane)))
-	if errors.Is(err, ErrNotFound) {
-		return &storepb.LinkState{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	l := &storepb.LinkState{}
-	return l, unmarshal(v, l)
-}
-
 // ---- review requests and decisions ----
 
 // PutRequest writes a request row and its origin index.
@@ -498,16 +149,33 @@ func (s *Store) Requests(status string) ([]*storepb.Request, error) {
 }
 
 // PutDecision records that the decision with a sequence is the change at a
-// local version.
-func (t *Txn) PutDecision(seq, version uint64) { t.set(k(pDecision).u64(seq), u64Value(version)) }
+// local version, with its body's fingerprint (store.BodyHash).
+func (t *Txn) PutDecision(seq, version, hash uint64) {
+	t.set(k(pDecision).u64(seq), binary.BigEndian.AppendUint64(u64Value(version), hash))
+}
 
-// HasDecision reports whether the decision with seq is held.
-func (t *Txn) HasDecision(seq uint64) (bool, error) {
-	_, err := t.get(k(pDecision).u64(seq))
+// Decision reports whether the decision with seq is held, at which local
+// version and with which fingerprint (0 when not recorded).
+func (t *Txn) Decision(seq uint64) (version, hash uint64, ok bool, err error) {
+	v, err := t.get(k(pDecision).u64(seq))
 	if errors.Is(err, ErrNotFound) {
-		return false, nil
+		return 0, 0, false, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return 0, 0, false, err
+	}
+	version = decisionVersion(v)
+	if len(v) >= 16 {
+		hash = binary.BigEndian.Uint64(v[8:16])
+	}
+	return version, hash, true, nil
+}
+
+func decisionVersion(v []byte) uint64 {
+	if len(v) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v[:8])
 }
 
 // Decisions returns up to limit decision changes after sequence `after`.
@@ -518,10 +186,10 @@ func (s *Store) Decisions(after uint64, limit int) ([]Change, error) {
 	var vers []uint64
 	durable := s.DurableVersion()
 	err := s.scan(k(pDecision).u64(after+1), prefixEnd([]byte(pDecision)), false, func(_, v []byte) (bool, error) {
-		if parseU64(v) > durable {
+		if decisionVersion(v) > durable {
 			return false, nil // not on disk yet
 		}
-		vers = append(vers, parseU64(v))
+		vers = append(vers, decisionVersion(v))
 		return len(vers) < limit, nil
 	})
 	if err != nil {
@@ -674,36 +342,3 @@ func (s *Store) AuxPrefix(prefix string) (map[string][]byte, error) {
 
 // Aux reads a committed service value.
 func (s *Store) Aux(name string) ([]byte, error) { return s.getRaw(k(pAux).str(name)) }
-
-// PendingFrom returns up to limit pending deliveries of one receiver lane
-// with a link seq after `after`, in link order.
-func (s *Store) PendingFrom(receiver peer.ID, lane uint32, after uint64, limit int) ([]*storepb.Delivery, error) {
-	if after == math.MaxUint64 {
-		return nil, nil
-	}
-	prefix := k(pPending).str(string(receiver)).u8(byte(lane))
-	durable := s.DurableDelivery()
-	var ids []uint64
-	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
-		if parseU64(v) > durable {
-			return false, nil // not on disk yet
-		}
-		ids = append(ids, parseU64(v))
-		return len(ids) < limit, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*storepb.Delivery, 0, len(ids))
-	for _, id := range ids {
-		d, err := s.Delivery(id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
-}

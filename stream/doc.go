@@ -1,32 +1,46 @@
-// Package stream carries deliveries between Ferry nodes: one long-lived
-// outbound stream per (peer, protocol), many messages in flight on it, each
-// answered by an ack on the same stream; a retry loop that resends what was
-// not acknowledged, forever, with capped exponential backoff and jitter; and
-// the receiving side that verifies, orders and hands each message to a
-// service inside a store transaction.
+// Package stream carries deliveries between Ferry nodes. The change log is
+// the outbox (the shape of a Kafka or JetStream consumer): for each receiver
+// and lane the sender keeps a durable ack floor, the highest version the
+// receiver has applied in order, and in memory what is in flight. It streams
+// the log after the floor, filtered to what is addressed to the receiver,
+// many envelopes per frame (a Batch), on one long-lived stream per (peer,
+// protocol); the receiver verifies and applies a batch in one store
+// transaction and answers "applied through N" on the same stream (a Reply).
+// A receiver that was away is simply one whose floor is behind: the same
+// stream sends its backlog at full speed under flow control, resent with
+// capped exponential backoff and jitter, forever, until acknowledged.
 //
-// The ledger is the store: a delivery is a row until its ack marks it
-// sended. This package keeps only what is in flight in memory, so a restart
-// loses nothing. It does not decide what a message means; services do,
-// through the Handler interface.
+// When a stream opens, the receiver first reports how far it holds each of
+// the sender's lanes, so the sender resumes exactly there: a receiver
+// restored from an older copy gets again what it lost, and a sender whose
+// receivers hold more of its versions than it does learns that it was
+// restored (SenderOptions.OnAhead).
+//
+// Nothing is written per (change, receiver): not when a change is committed,
+// not when it is acknowledged. This package does not decide what a change
+// means; services do, through the Handler interface.
 package stream
 
 import "github.com/ferrynet/ferry/protocols/pb"
 
-// Lane is an ordering domain between one sender and one receiver: link
-// sequence numbers are contiguous per lane, and the receiver applies a
-// lane's messages strictly in that order. Lanes are independent, so a held
-// planner stream never blocks resources.
+// Lane is an ordering domain between one sender and one receiver: the
+// receiver applies a lane's entries strictly in the sender's version order,
+// and acknowledges it cumulatively. Lanes are independent, so a held planner
+// stream never blocks resources.
 type Lane uint32
 
 // Lanes.
 const (
-	LaneResource Lane = 1 // create, update, delete of owned resources
-	LaneConsider Lane = 2 // considers events
-	LanePlanner  Lane = 3 // planner updates
-	LaneRequest  Lane = 4 // review requests, applicant to reviewer
-	LaneDecision Lane = 5 // review decisions, reviewer to members
+	LaneResource Lane = 1 // create, update, delete of owned resources: broadcast to partners
+	LaneConsider Lane = 2 // considers events: addressed to the listed partners
+	LanePlanner  Lane = 3 // planner updates: addressed to one partner
+	LaneRequest  Lane = 4 // review requests: addressed to the reviewer
+	LaneDecision Lane = 5 // review decisions: accepted and edited ones broadcast to members, rejections addressed to the applicant
+	numLanes          = 5
 )
+
+// Lanes lists every lane.
+var Lanes = []Lane{LaneResource, LaneConsider, LanePlanner, LaneRequest, LaneDecision}
 
 func (l Lane) String() string {
 	switch l {

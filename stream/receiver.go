@@ -14,6 +14,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -21,22 +23,35 @@ import (
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
-// Inbound is one verified message handed to a Handler.
+// Inbound is one verified change handed to a Handler.
 type Inbound struct {
-	From     peer.ID // the stream's remote peer
+	From     peer.ID // the stream's remote peer (for deliveries, also the origin)
 	Protocol protocol.ID
 	Origin   peer.ID // who signed the body
 	Body     *pb.Body
 	Envelope *pb.Envelope
+	Raw      []byte // the envelope as received, stored verbatim
+	Hash     uint64 // store.BodyHash of the body
 	Lane     Lane
 	// Prepared is what the handler's Prepare computed, if it has one.
 	Prepared any
 }
 
+// InboundOf builds the Inbound of a change that arrived outside a
+// delivery stream (catch-up): env must have been verified against origin.
+func InboundOf(env *pb.Envelope, body *pb.Body, origin peer.ID) (*Inbound, error) {
+	raw, err := proto.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("encode envelope: %w", err)
+	}
+	return &Inbound{From: origin, Origin: origin, Body: body, Envelope: env, Raw: raw, Hash: store.BodyHash(env.Body),
+		Lane: LaneFor(body.Kind)}, nil
+}
+
 // Preparer is an optional part of a Handler: Prepare runs on the stream's
-// reader goroutine before the message is ordered, so work that needs no
-// store (decoding, validation, encoding events) stays off the store's
-// single writer.
+// reader goroutine before the batch is ordered, so work that needs no store
+// (decoding, validation, encoding events) stays off the store's single
+// writer.
 type Preparer interface {
 	Prepare(in *Inbound)
 }
@@ -44,22 +59,26 @@ type Preparer interface {
 // Handler is the service side of inbound deliveries.
 type Handler interface {
 	// Admit runs before anything is written. An error resets the stream:
-	// use it for peers that may not send this message at all.
+	// use it for peers that may not send this change at all.
 	Admit(in *Inbound) error
-	// Apply runs inside the store transaction that also advances the link.
-	// A *RejectError means the message is authentic but refused for good: its
-	// writes are rolled back, the link advances and the sender is told. Any
-	// other error fails the transaction (nothing is acked; it comes again).
+	// Apply runs inside the store transaction that applies the batch and
+	// moves the lane's position. A *RejectError means the change is
+	// authentic but refused for good: its writes are rolled back, the lane
+	// moves on and the sender is told. Any other error fails the whole
+	// batch (nothing is answered; it comes again).
 	Apply(tx *store.Txn, in *Inbound) (pb.AckStatus, error)
 }
 
-// RejectError refuses an authentic message for good.
+// RejectError refuses an authentic change for good.
 type RejectError struct {
 	Reason string
 	// Keep leaves the handler's writes in place (bookkeeping that must
-	// record the refused message, such as an origin's chain mark); by
+	// record the refused change, such as an origin's chain mark); by
 	// default they are rolled back.
 	Keep bool
+	// Equivocation: this node holds the same (origin, version) with other
+	// content.
+	Equivocation bool
 }
 
 func (e *RejectError) Error() string { return e.Reason }
@@ -74,14 +93,43 @@ func RejectKeeping(format string, args ...any) error {
 	return &RejectError{Reason: fmt.Sprintf(format, args...), Keep: true}
 }
 
+// CheckHeld answers a change that may be held already: DUPLICATE when this
+// node holds it with the same content, an equivocation refusal when it holds
+// another change under the same (origin, version), and held=false when it
+// does not hold it.
+func CheckHeld(tx *store.Txn, origin peer.ID, version, hash uint64) (held bool, err error) {
+	e, ok, err := tx.HeldOrigin(origin, version)
+	if err != nil || !ok {
+		return false, err
+	}
+	if e.Hash != 0 && e.Hash != hash {
+		return true, &RejectError{Equivocation: true,
+			Reason: fmt.Sprintf("equivocation: this node holds another change of %s under version %d", origin, version)}
+	}
+	return true, nil
+}
+
+// Snapshots lets a service turn a new member's decision lane into a
+// snapshot fetch: Want reports, for the decision lane of sender (whose last
+// decision sequence is head), that this node fetches a snapshot first.
+type Snapshots interface {
+	Want(sender peer.ID, head uint64) bool
+}
+
 // ReceiverOptions configure a Receiver.
 type ReceiverOptions struct {
 	MaxMessageBytes int
 	Logger          *slog.Logger
 	Registerer      prometheus.Registerer
-	// MaxHeldBytes bounds out-of-order messages held per (sender, lane).
+	// MaxHeldBytes bounds out-of-order batches held per (sender, lane).
 	MaxHeldBytes int
+	// Snapshots, if set, may hold a new member's decision lane.
+	Snapshots Snapshots
 }
+
+// DefaultMaxHeldBytes bounds what one lane holds while it waits for an
+// earlier batch that travels on another stream.
+const DefaultMaxHeldBytes = 64 << 20
 
 // Receiver serves the delivery protocols.
 type Receiver struct {
@@ -96,6 +144,7 @@ type Receiver struct {
 	wg       sync.WaitGroup
 
 	mu      sync.Mutex
+	closed  bool
 	lanes   map[laneKey]*sequencer
 	streams map[*inStream]struct{}
 
@@ -107,44 +156,49 @@ type laneKey struct {
 	lane Lane
 }
 
-// sequencer orders one sender lane. next is the next link seq to submit;
-// durable is the last one committed. submitMu serialises the submissions
-// of the lane (several streams may carry it) and may be held while the
-// store's queue is full; mu guards the state and is never held across a
-// blocking call, so commit callbacks can always take it.
+// sequencer orders one sender lane. durable is the position committed;
+// next is the last entry submitted (>= durable). submitMu serialises the
+// submissions of the lane (several streams may carry it) and may be held
+// while the store's queue is full; mu guards the state and is never held
+// across a blocking call, so commit callbacks can always take it.
 type sequencer struct {
 	submitMu  sync.Mutex
 	mu        sync.Mutex
 	loaded    bool
 	epoch     uint64
-	next      uint64
 	durable   uint64
-	held      map[uint64]*heldMsg
+	next      uint64
+	held      map[uint64]*batch // by after
 	heldBytes int
-	// waiters are later copies of submitted, uncommitted messages, which
-	// came on another stream: they are answered when the commit lands.
-	waiters map[uint64][]waiter
+	// waiters are copies of submitted, uncommitted batches that came on
+	// another stream: they are answered when the commit lands.
+	waiters []waiter
 }
 
 type waiter struct {
-	st *inStream
-	id uint64
+	st      *inStream
+	through uint64
 }
 
-type heldMsg struct {
-	in    *Inbound
-	msg   *pb.Message
-	st    *inStream
-	bytes int
+// batch is a decoded, verified Batch frame.
+type batch struct {
+	st      *inStream
+	lane    Lane
+	epoch   uint64
+	after   uint64
+	through uint64
+	headSeq uint64
+	ins     []*Inbound
+	bytes   int
 }
 
 // NewReceiver builds a Receiver; Start registers its protocol handlers.
-func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Handler, o ReceiverOptions) *Receiver {
+func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Handler, o ReceiverOptions) (*Receiver, error) {
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	if o.MaxHeldBytes == 0 {
-		o.MaxHeldBytes = 64 << 20
+		o.MaxHeldBytes = DefaultMaxHeldBytes
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -153,22 +207,41 @@ func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Ha
 	r := &Receiver{host: h, st: st, handler: handler, verifier: v, opts: o, log: o.Logger,
 		ctx: ctx, cancel: cancel, lanes: map[laneKey]*sequencer{}, streams: map[*inStream]struct{}{},
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "delivery", Name: "received_total",
-			Help: "Inbound delivery messages by outcome."}, []string{"outcome"})}
-	if o.Registerer != nil {
-		_ = o.Registerer.Register(r.received)
+			Help: "Inbound changes by outcome."}, []string{"outcome"})}
+	for _, o := range []string{"applied", "duplicate", "rejected", "equivocation", "held", "dropped", "malformed", "refused", "failed"} {
+		r.received.WithLabelValues(o)
 	}
-	return r
+	if o.Registerer != nil {
+		if err := o.Registerer.Register(r.received); err != nil {
+			cancel()
+			return nil, fmt.Errorf("register receiver metrics: %w", err)
+		}
+	}
+	return r, nil
 }
 
 // Start registers the stream handlers of every delivery protocol.
 func (r *Receiver) Start() {
 	for _, p := range protocols.DeliveryProtocols {
 		Handle(r.host, p, protocols.ServiceDelivery, 256<<10, r.log, func(s network.Stream) error {
-			r.wg.Add(1)
+			if !r.enter() {
+				return errors.New("receiver closed")
+			}
 			defer r.wg.Done()
 			return r.serve(s)
 		})
 	}
+}
+
+// enter counts a handler that may run while Close waits; it refuses after Close.
+func (r *Receiver) enter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Add(1)
+	return true
 }
 
 // Close unregisters the handlers, resets the streams being served and
@@ -178,6 +251,7 @@ func (r *Receiver) Close() {
 		r.host.RemoveStreamHandler(p)
 	}
 	r.mu.Lock()
+	r.closed = true
 	r.cancel()
 	for in := range r.streams {
 		_ = in.s.Reset()
@@ -186,19 +260,19 @@ func (r *Receiver) Close() {
 	r.wg.Wait()
 }
 
-// inStream is one inbound stream: its reader is the handler goroutine and an
-// ack writer goroutine answers on the same stream.
+// inStream is one inbound stream: its reader is the handler goroutine and a
+// writer goroutine answers on the same stream.
 type inStream struct {
 	s       network.Stream
 	remote  peer.ID
 	proto   protocol.ID
 	mu      sync.Mutex
-	acks    []*pb.Ack
+	replies []*pb.Reply
 	wake    chan struct{}
 	failed  chan struct{} // closed when the stream must be reset
 	failErr error
 	once    sync.Once
-	owed    sync.WaitGroup // messages submitted and not yet answered
+	owed    sync.WaitGroup // batches submitted or waiting and not yet answered
 }
 
 func (in *inStream) fail(err error) {
@@ -209,9 +283,9 @@ func (in *inStream) fail(err error) {
 	})
 }
 
-func (in *inStream) ack(a *pb.Ack) {
+func (in *inStream) reply(rs ...*pb.Reply) {
 	in.mu.Lock()
-	in.acks = append(in.acks, a)
+	in.replies = append(in.replies, rs...)
 	in.mu.Unlock()
 	select {
 	case in.wake <- struct{}{}:
@@ -219,14 +293,41 @@ func (in *inStream) ack(a *pb.Ack) {
 	}
 }
 
+// Report sends p, on the streams it has open to this node, this node's
+// position in each of its lanes (after a snapshot moved the decision lane).
+func (r *Receiver) Report(p peer.ID) {
+	rs, err := r.positions(p)
+	if err != nil {
+		r.log.Warn("read positions", "peer", p, "err", err)
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for in := range r.streams {
+		if in.remote == p {
+			in.reply(rs...)
+			return
+		}
+	}
+}
+
+// positions are this node's reports of how far it holds each of p's lanes.
+func (r *Receiver) positions(p peer.ID) ([]*pb.Reply, error) {
+	out := make([]*pb.Reply, 0, numLanes)
+	for _, l := range Lanes {
+		pos, err := r.st.Position(p, uint8(l))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.Reply{Lane: uint32(l), Epoch: pos.Epoch, Through: pos.Version, Report: true})
+	}
+	return out, nil
+}
+
 func (r *Receiver) serve(s network.Stream) error {
 	in := &inStream{s: s, remote: s.Conn().RemotePeer(), proto: s.Protocol(),
 		wake: make(chan struct{}, 1), failed: make(chan struct{})}
 	r.mu.Lock()
-	if r.ctx.Err() != nil {
-		r.mu.Unlock()
-		return r.ctx.Err()
-	}
 	r.streams[in] = struct{}{}
 	r.mu.Unlock()
 	defer func() {
@@ -234,11 +335,17 @@ func (r *Receiver) serve(s network.Stream) error {
 		delete(r.streams, in)
 		r.mu.Unlock()
 	}()
+	// First, where this node stands in each of the sender's lanes.
+	reports, err := r.positions(in.remote)
+	if err != nil {
+		return fmt.Errorf("read positions: %w", err)
+	}
+	in.reply(reports...)
 	writerDone := make(chan error, 1)
 	stop := make(chan struct{})
-	go func() { writerDone <- r.writeAcks(in, stop) }()
+	go func() { writerDone <- r.writeReplies(in, stop) }()
 
-	err := r.readLoop(in)
+	err = r.readLoop(in)
 	if err == nil {
 		// Clean EOF: answer what is owed, then close.
 		owed := make(chan struct{})
@@ -246,7 +353,7 @@ func (r *Receiver) serve(s network.Stream) error {
 		select {
 		case <-owed:
 		case <-time.After(10 * time.Second):
-			err = errors.New("gave up waiting to answer owed acks")
+			err = errors.New("gave up waiting to answer owed batches")
 		case <-in.failed:
 			err = in.failErr
 		case <-r.ctx.Done():
@@ -264,14 +371,13 @@ func (r *Receiver) readLoop(in *inStream) error {
 	fr := protocols.NewFrameReader(in.s, r.opts.MaxMessageBytes+protocols.FrameOverhead)
 	for {
 		_ = in.s.SetReadDeadline(time.Now().Add(protocols.IdleTimeout))
-		msg := &pb.Message{}
-		err := fr.Read(msg)
+		frame, err := fr.Next()
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			r.received.WithLabelValues("malformed").Inc()
-			return fmt.Errorf("read message: %w", err)
+			return fmt.Errorf("read batch: %w", err)
 		}
 		select {
 		case <-in.failed:
@@ -280,40 +386,121 @@ func (r *Receiver) readLoop(in *inStream) error {
 			return r.ctx.Err()
 		default:
 		}
-		if err := r.accept(in, msg); err != nil {
+		b, err := r.open(in, append([]byte(nil), frame...))
+		if err != nil {
 			r.received.WithLabelValues("refused").Inc()
+			return err
+		}
+		if len(b.ins) == 0 {
+			continue
+		}
+		if err := r.sequence(b); err != nil {
 			return err
 		}
 	}
 }
 
-// accept verifies a message and hands it to its lane's sequencer.
-func (r *Receiver) accept(in *inStream, msg *pb.Message) error {
-	body, origin, err := r.verifier.Open(msg.Envelope)
+// decodeBatch reads a Batch frame, keeping each envelope's bytes as they
+// came (they are stored verbatim).
+func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, envs [][]byte, err error) {
+	for len(frame) > 0 {
+		num, typ, n := protowire.ConsumeTag(frame)
+		if n < 0 {
+			return 0, 0, 0, 0, nil, protowire.ParseError(n)
+		}
+		frame = frame[n:]
+		switch {
+		case num == 4 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(frame)
+			if n < 0 {
+				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+			}
+			envs = append(envs, v)
+			frame = frame[n:]
+		case typ == protowire.VarintType && num >= 1 && num <= 5:
+			v, n := protowire.ConsumeVarint(frame)
+			if n < 0 {
+				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+			}
+			switch num {
+			case 1:
+				epoch = v
+			case 2:
+				lane = Lane(v)
+			case 3:
+				after = v
+			case 5:
+				headSeq = v
+			}
+			frame = frame[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, frame)
+			if n < 0 {
+				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+			}
+			frame = frame[n:]
+		}
+	}
+	return epoch, lane, after, headSeq, envs, nil
+}
+
+// open decodes and verifies a batch: every envelope signed by the sender,
+// of a kind this protocol carries and of the batch's lane, in increasing
+// versions after the batch's `after`, addressed to this node or to any;
+// then each is admitted and prepared by the service. Any failure refuses
+// the whole frame (the stream is reset; nothing is written).
+func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
+	epoch, lane, after, headSeq, envs, err := decodeBatch(frame)
 	if err != nil {
-		return Refuse("bad envelope", err)
+		return nil, Refuse("malformed batch", err)
 	}
-	if !protocols.KindAllowed(in.proto, body.Kind) {
-		return Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
+	if lane < LaneResource || lane > numLanes {
+		return nil, Refuse(fmt.Sprintf("unknown lane %d", lane), nil)
 	}
-	lane := LaneFor(body.Kind)
-	if Lane(msg.Lane) != lane {
-		return Refuse(fmt.Sprintf("kind %s on lane %d", body.Kind, msg.Lane), nil)
+	if len(envs) == 0 {
+		return nil, Refuse("empty batch", nil)
 	}
-	if msg.LinkSeq == 0 {
-		return Refuse("link seq 0", nil)
+	b := &batch{st: in, lane: lane, epoch: epoch, after: after, headSeq: headSeq, bytes: len(frame)}
+	prev := after
+	for _, raw := range envs {
+		env := &pb.Envelope{}
+		if err := proto.Unmarshal(raw, env); err != nil {
+			return nil, Refuse("malformed envelope", err)
+		}
+		body, origin, err := r.verifier.Open(env)
+		if err != nil {
+			return nil, Refuse("bad envelope", err)
+		}
+		if origin != in.remote {
+			return nil, Refuse(fmt.Sprintf("change signed by %s, not by the sender", origin), nil)
+		}
+		if !protocols.KindAllowed(in.proto, body.Kind) {
+			return nil, Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
+		}
+		if LaneFor(body.Kind) != lane {
+			return nil, Refuse(fmt.Sprintf("kind %s in lane %s", body.Kind, lane), nil)
+		}
+		if body.OriginVersion <= prev {
+			return nil, Refuse(fmt.Sprintf("version %d out of order (after %d)", body.OriginVersion, prev), nil)
+		}
+		prev = body.OriginVersion
+		if len(body.To) > 0 && peer.ID(body.To) != r.host.ID() {
+			return nil, Refuse("change addressed to another peer", nil)
+		}
+		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: env, Raw: raw,
+			Hash: store.BodyHash(env.Body), Lane: lane}
+		if err := r.handler.Admit(m); err != nil {
+			return nil, Refuse("not admitted", err)
+		}
+		b.ins = append(b.ins, m)
 	}
-	if len(body.To) > 0 && peer.ID(body.To) != r.host.ID() {
-		return Refuse("message addressed to another peer", nil)
-	}
-	m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: msg.Envelope, Lane: lane}
-	if err := r.handler.Admit(m); err != nil {
-		return Refuse("not admitted", err)
-	}
+	b.through = prev
 	if p, ok := r.handler.(Preparer); ok {
-		p.Prepare(m)
+		for _, m := range b.ins {
+			p.Prepare(m)
+		}
 	}
-	return r.sequence(in, m, msg)
+	return b, nil
 }
 
 func (r *Receiver) seqFor(p peer.ID, lane Lane) *sequencer {
@@ -322,192 +509,260 @@ func (r *Receiver) seqFor(p peer.ID, lane Lane) *sequencer {
 	key := laneKey{p, lane}
 	s := r.lanes[key]
 	if s == nil {
-		s = &sequencer{held: map[uint64]*heldMsg{}, waiters: map[uint64][]waiter{}}
+		s = &sequencer{held: map[uint64]*batch{}}
 		r.lanes[key] = s
 	}
 	return s
 }
 
-func (r *Receiver) sequence(in *inStream, m *Inbound, msg *pb.Message) error {
-	sq := r.seqFor(in.remote, m.Lane)
+func (r *Receiver) sequence(b *batch) error {
+	if b.lane == LaneDecision && b.headSeq > 0 && r.opts.Snapshots != nil && b.after == 0 &&
+		r.opts.Snapshots.Want(b.st.remote, b.headSeq) {
+		b.st.reply(&pb.Reply{Lane: uint32(b.lane), WantSnapshot: true})
+		return nil
+	}
+	sq := r.seqFor(b.st.remote, b.lane)
 	sq.submitMu.Lock()
 	defer sq.submitMu.Unlock()
-	ready, err := r.order(sq, in, m, msg)
+	ready, dup, err := r.order(sq, b)
 	if err != nil {
 		return err
 	}
-	for _, sub := range ready {
-		r.submitOwed(sq, sub)
+	if dup != nil {
+		dup.Refused = r.equivocations(b)
+		b.st.reply(dup)
+		return nil
+	}
+	for _, x := range ready {
+		r.submit(sq, x)
 	}
 	return nil
 }
 
-// submission is a message whose turn has come, with the lane state it was
-// ordered under.
-type submission struct {
-	in    *inStream
-	m     *Inbound
-	msg   *pb.Message
-	epoch uint64
-}
-
-// order decides, under the state lock, what to do with a message: answer
-// it as a duplicate, hold it, or return it (and any held ones it unblocks)
-// for submission in link order.
-func (r *Receiver) order(sq *sequencer, in *inStream, m *Inbound, msg *pb.Message) ([]submission, error) {
+// order decides, under the state lock, what to do with a batch: answer it
+// (all held here already), hold it (an earlier one travels on another
+// stream), or return it and the held ones it unblocks for submission.
+func (r *Receiver) order(sq *sequencer, b *batch) ([]*batch, *pb.Reply, error) {
 	sq.mu.Lock()
 	defer sq.mu.Unlock()
 	if !sq.loaded {
-		ls, err := r.st.LinkIn(in.remote, uint32(m.Lane))
+		pos, err := r.st.Position(b.st.remote, uint8(b.lane))
 		if err != nil {
-			return nil, fmt.Errorf("read link state: %w", err)
+			return nil, nil, fmt.Errorf("read position: %w", err)
 		}
-		sq.epoch, sq.durable, sq.next, sq.loaded = ls.Epoch, ls.LastSeq, ls.LastSeq+1, true
+		sq.epoch, sq.durable, sq.next, sq.loaded = pos.Epoch, pos.Version, pos.Version, true
 	}
-	if msg.LinkEpoch != sq.epoch {
-		// The sender's store is a new incarnation: its lane restarts at 1.
-		r.log.Info("sender lane restarted", "peer", in.remote, "lane", m.Lane, "epoch", msg.LinkEpoch)
-		sq.epoch, sq.durable, sq.next = msg.LinkEpoch, 0, 1
-		for _, h := range sq.held {
-			h.st.owed.Done()
-		}
-		clear(sq.held)
-		sq.heldBytes = 0
+	if b.epoch != sq.epoch {
+		// The sender's store is another incarnation: its lanes start over.
+		r.log.Info("sender store is a new incarnation; its lanes start over", "peer", b.st.remote, "lane", b.lane, "epoch", b.epoch)
+		sq.epoch, sq.durable, sq.next = b.epoch, 0, 0
+		sq.dropHeld()
 	}
 	switch {
-	case msg.LinkSeq <= sq.durable:
-		r.received.WithLabelValues("duplicate").Inc()
-		in.ack(&pb.Ack{Id: msg.Id, Status: pb.AckStatus_ACK_STATUS_DUPLICATE})
-		return nil, nil
-	case msg.LinkSeq < sq.next:
+	case b.through <= sq.durable:
+		r.received.WithLabelValues("duplicate").Add(float64(len(b.ins)))
+		return nil, &pb.Reply{Lane: uint32(b.lane), Epoch: sq.epoch, Through: sq.durable}, nil
+	case b.through <= sq.next:
 		// Submitted, not yet committed: answer this copy when it lands.
-		in.owed.Add(1)
-		sq.waiters[msg.LinkSeq] = append(sq.waiters[msg.LinkSeq], waiter{st: in, id: msg.Id})
-		return nil, nil
-	case msg.LinkSeq > sq.next:
-		size := len(msg.Envelope.Body) + 256
-		if old, ok := sq.held[msg.LinkSeq]; ok {
-			// A resend on a newer stream replaces the held copy.
+		b.st.owed.Add(1)
+		sq.waiters = append(sq.waiters, waiter{st: b.st, through: b.through})
+		return nil, nil, nil
+	case b.after > sq.next:
+		if old, ok := sq.held[b.after]; ok {
+			if old.through >= b.through {
+				return nil, nil, nil // the held copy covers it; it is answered when applied
+			}
 			sq.heldBytes -= old.bytes
-			delete(sq.held, msg.LinkSeq)
 			old.st.owed.Done()
 		}
-		if sq.heldBytes+size > r.opts.MaxHeldBytes {
-			r.received.WithLabelValues("dropped").Inc()
-			return nil, nil // no ack: the sender resends
+		if sq.heldBytes+b.bytes > r.opts.MaxHeldBytes {
+			r.received.WithLabelValues("dropped").Add(float64(len(b.ins)))
+			return nil, nil, nil // no answer: the sender resends
 		}
-		in.owed.Add(1)
-		sq.held[msg.LinkSeq] = &heldMsg{in: m, msg: msg, st: in, bytes: size}
-		sq.heldBytes += size
-		r.received.WithLabelValues("held").Inc()
-		return nil, nil
+		b.st.owed.Add(1)
+		sq.held[b.after] = b
+		sq.heldBytes += b.bytes
+		r.received.WithLabelValues("held").Add(float64(len(b.ins)))
+		return nil, nil, nil
 	}
-	in.owed.Add(1)
-	ready := []submission{{in: in, m: m, msg: msg, epoch: sq.epoch}}
-	sq.next = msg.LinkSeq + 1
+	b.st.owed.Add(1)
+	ready := []*batch{b}
+	sq.next = b.through
 	for {
-		h, ok := sq.held[sq.next]
-		if !ok {
+		var nxt *batch
+		for after, h := range sq.held {
+			if after > sq.next {
+				continue
+			}
+			delete(sq.held, after)
+			sq.heldBytes -= h.bytes
+			if h.through <= sq.next {
+				// Covered by what is submitted: answer when it lands.
+				sq.waiters = append(sq.waiters, waiter{st: h.st, through: h.through})
+				continue
+			}
+			nxt = h
 			break
 		}
-		delete(sq.held, sq.next)
-		sq.heldBytes -= h.bytes
-		// Owed was counted when held.
-		ready = append(ready, submission{in: h.st, m: h.in, msg: h.msg, epoch: sq.epoch})
-		sq.next++
+		if nxt == nil {
+			break
+		}
+		// Owed was counted when it was held.
+		ready = append(ready, nxt)
+		sq.next = nxt.through
 	}
-	return ready, nil
+	return ready, nil, nil
 }
 
-// submitOwed queues the apply transaction of the next message of a lane.
-// The caller holds sq.submitMu (not sq.mu) and has counted the message as
-// owed.
-func (r *Receiver) submitOwed(sq *sequencer, sub submission) {
-	in, m, msg := sub.in, sub.m, sub.msg
-	seq, epoch := msg.LinkSeq, sub.epoch
-	var status pb.AckStatus
-	var reason string
+// dropHeld forgets held batches; callers hold sq.mu.
+func (sq *sequencer) dropHeld() {
+	for _, h := range sq.held {
+		h.st.owed.Done()
+	}
+	clear(sq.held)
+	sq.heldBytes = 0
+}
+
+// equivocations checks, off the store's writer, the entries of a batch
+// this node holds already: one held with other content is refused.
+func (r *Receiver) equivocations(b *batch) []*pb.Refusal {
+	var out []*pb.Refusal
+	for _, m := range b.ins {
+		e, err := r.st.OriginEntry(m.Origin, m.Body.OriginVersion)
+		if err != nil || e.Hash == 0 || e.Hash == m.Hash {
+			continue
+		}
+		out = append(out, r.equivocation(m))
+	}
+	return out
+}
+
+func (r *Receiver) equivocation(m *Inbound) *pb.Refusal {
+	r.received.WithLabelValues("equivocation").Inc()
+	reason := fmt.Sprintf("equivocation: this node holds another change of %s under version %d", m.Origin, m.Body.OriginVersion)
+	r.log.Error("refused a change: its sender signed another change under the same version before (was the sender's store restored from an older copy while its clock went back?)",
+		"peer", m.From, "version", m.Body.OriginVersion, "kind", m.Body.Kind)
+	return &pb.Refusal{Version: m.Body.OriginVersion, Reason: reason, Equivocation: true}
+}
+
+// submit queues the transaction that applies a batch and moves the lane's
+// position. The caller holds sq.submitMu and has counted the batch as owed.
+func (r *Receiver) submit(sq *sequencer, b *batch) {
+	from, lane, epoch := b.st.remote, b.lane, b.epoch
+	var refused []*pb.Refusal
+	var counts [3]int // applied, duplicate, rejected
 	r.st.Submit(r.ctx, func(tx *store.Txn) error {
-		ls, err := tx.LinkIn(m.From, uint32(m.Lane))
+		refused, counts = refused[:0], [3]int{}
+		pos, err := tx.Position(from, uint8(lane))
 		if err != nil {
 			return err
 		}
-		if ls.Epoch == epoch && ls.LastSeq >= seq {
-			status = pb.AckStatus_ACK_STATUS_DUPLICATE
-			return nil
+		held := pos.Version
+		if pos.Epoch != epoch {
+			held = 0
 		}
-		if (ls.Epoch == epoch && ls.LastSeq != seq-1) || (ls.Epoch != epoch && seq != 1) {
-			return fmt.Errorf("lane %s of %s out of order: holds %d/%d, got %d/%d", m.Lane, m.From, ls.Epoch, ls.LastSeq, epoch, seq)
+		if held < b.after {
+			return fmt.Errorf("lane %s of %s out of order: holds %d, batch after %d", lane, from, held, b.after)
 		}
-		sp := tx.Savepoint()
-		status, err = r.handler.Apply(tx, m)
-		var rej *RejectError
-		switch {
-		case errors.As(err, &rej):
-			if !rej.Keep {
-				tx.RollbackTo(sp)
+		for _, m := range b.ins {
+			v := m.Body.OriginVersion
+			if v <= held {
+				if _, err := CheckHeld(tx, m.Origin, v, m.Hash); err != nil {
+					var rej *RejectError
+					if !errors.As(err, &rej) {
+						return err
+					}
+					refused = append(refused, r.equivocation(m))
+				}
+				counts[1]++
+				continue
 			}
-			status, reason = pb.AckStatus_ACK_STATUS_REJECTED, rej.Reason
-		case err != nil:
-			return err
+			sp := tx.Savepoint()
+			status, err := r.handler.Apply(tx, m)
+			var rej *RejectError
+			switch {
+			case errors.As(err, &rej):
+				if !rej.Keep {
+					tx.RollbackTo(sp)
+				}
+				if rej.Equivocation {
+					refused = append(refused, r.equivocation(m))
+				} else {
+					refused = append(refused, &pb.Refusal{Version: v, Reason: clip(rej.Reason)})
+					r.log.Warn("change refused", "peer", from, "origin", m.Origin, "kind", m.Body.Kind, "version", v, "reason", rej.Reason)
+				}
+				counts[2]++
+			case err != nil:
+				return err
+			case status == pb.AckStatus_ACK_STATUS_DUPLICATE:
+				counts[1]++
+			default:
+				counts[0]++
+			}
 		}
-		tx.SetLinkIn(m.From, uint32(m.Lane), &storepb.LinkState{Epoch: epoch, LastSeq: seq})
+		if b.through > held {
+			tx.SetPosition(from, uint8(lane), &storepb.Position{Epoch: epoch, Version: b.through})
+		}
 		return nil
 	}, func(err error) {
-		defer in.owed.Done()
+		defer b.st.owed.Done()
 		sq.mu.Lock()
-		waiters := sq.waiters[seq]
-		delete(sq.waiters, seq)
+		var answer []waiter
 		if err != nil {
 			sq.loaded = false
-			for _, h := range sq.held {
-				h.st.owed.Done()
+			sq.dropHeld()
+			answer = sq.waiters
+			sq.waiters = nil
+		} else {
+			if sq.epoch == epoch && b.through > sq.durable {
+				sq.durable = b.through
 			}
-			clear(sq.held)
-			sq.heldBytes = 0
-		} else if sq.epoch == epoch && seq > sq.durable {
-			sq.durable = seq
+			kept := sq.waiters[:0]
+			for _, w := range sq.waiters {
+				if w.through <= sq.durable {
+					answer = append(answer, w)
+				} else {
+					kept = append(kept, w)
+				}
+			}
+			sq.waiters = kept
 		}
+		durable := sq.durable
 		sq.mu.Unlock()
-		for _, w := range waiters {
+		for _, w := range answer {
 			if err == nil {
-				w.st.ack(&pb.Ack{Id: w.id, Status: pb.AckStatus_ACK_STATUS_DUPLICATE})
+				w.st.reply(&pb.Reply{Lane: uint32(lane), Epoch: epoch, Through: durable})
 			}
 			w.st.owed.Done()
 		}
 		if err != nil {
-			r.log.Warn("apply failed; the sender will resend", "peer", m.From, "lane", m.Lane, "seq", seq, "err", err)
-			r.received.WithLabelValues("failed").Inc()
-			in.fail(fmt.Errorf("apply seq %d: %w", seq, err))
+			r.log.Warn("apply failed; the sender will resend", "peer", from, "lane", lane, "through", b.through, "err", err)
+			r.received.WithLabelValues("failed").Add(float64(len(b.ins)))
+			b.st.fail(fmt.Errorf("apply batch through %d: %w", b.through, err))
 			return
 		}
-		if status == pb.AckStatus_ACK_STATUS_REJECTED {
-			r.log.Warn("message rejected", "peer", m.From, "origin", m.Origin, "kind", m.Body.Kind, "reason", reason)
-		}
-		r.received.WithLabelValues(outcome(status)).Inc()
-		in.ack(&pb.Ack{Id: msg.Id, Status: status, Error: reason})
+		r.received.WithLabelValues("applied").Add(float64(counts[0]))
+		r.received.WithLabelValues("duplicate").Add(float64(counts[1]))
+		r.received.WithLabelValues("rejected").Add(float64(counts[2]))
+		b.st.reply(&pb.Reply{Lane: uint32(lane), Epoch: epoch, Through: b.through, Refused: refused})
 	})
 }
 
-func outcome(s pb.AckStatus) string {
-	switch s {
-	case pb.AckStatus_ACK_STATUS_APPLIED:
-		return "applied"
-	case pb.AckStatus_ACK_STATUS_DUPLICATE:
-		return "duplicate"
-	case pb.AckStatus_ACK_STATUS_REJECTED:
-		return "rejected"
+// clip bounds a refusal's reason so a reply of many stays small.
+func clip(s string) string {
+	if len(s) > 256 {
+		return s[:256]
 	}
-	return "other"
+	return s
 }
 
-// writeAcks answers on the stream, flushing when no more acks are queued.
-func (r *Receiver) writeAcks(in *inStream, stop <-chan struct{}) error {
-	fw := protocols.NewFrameWriter(in.s, r.opts.MaxMessageBytes+protocols.FrameOverhead)
+// writeReplies answers on the stream, flushing when no more are queued.
+func (r *Receiver) writeReplies(in *inStream, stop <-chan struct{}) error {
+	fw := protocols.NewFrameWriter(in.s, protocols.MaxReplyBytes)
 	for {
 		in.mu.Lock()
-		batch := in.acks
-		in.acks = nil
+		batch := in.replies
+		in.replies = nil
 		in.mu.Unlock()
 		if len(batch) > 0 {
 			_ = in.s.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))
@@ -527,7 +782,7 @@ func (r *Receiver) writeAcks(in *inStream, stop <-chan struct{}) error {
 		case <-in.wake:
 		case <-stop:
 			in.mu.Lock()
-			left := len(in.acks)
+			left := len(in.replies)
 			in.mu.Unlock()
 			if left > 0 {
 				continue

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -17,7 +18,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -25,80 +25,82 @@ import (
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
-// Sender defaults.
+// Sender defaults. Each is a tuning number with its reason.
 const (
-	DefaultWindow      = 4096
+	// DefaultBatchEntries bounds the entries of one frame: one group commit
+	// seals up to 1024 bodies under one signature, so a batch of that many
+	// costs the receiver one signature check.
+	DefaultBatchEntries = 1024
+	// DefaultBatchBytes bounds the envelopes of one frame (a single larger
+	// entry goes alone): big enough to amortise a frame, small enough that
+	// a stream interleaves lanes.
+	DefaultBatchBytes = 512 << 10
+	// DefaultWindow is the batches in flight per lane: enough to keep a
+	// loopback or LAN link busy while the receiver commits.
+	DefaultWindow      = 8
 	DefaultAckTimeout  = 30 * time.Second
 	DefaultDialTimeout = 15 * time.Second
 	DefaultBackoffMin  = 200 * time.Millisecond
 	DefaultBackoffMax  = 30 * time.Second
-	DefaultMaxQueued   = 1 << 16
-	DefaultRetryScan   = 5 * time.Second
-	idleExit           = time.Minute
-	reloadChunk        = 8192
+	// DefaultRetryScan is how often receivers with a backlog and no running
+	// outbox (a member that just became one, a partner added) are looked for.
+	DefaultRetryScan = 5 * time.Second
+	// idleExit ends an outbox (and closes its streams) that had nothing to
+	// send for this long: outboxes exist only for receivers with a backlog.
+	idleExit = 10 * time.Second
+	// snapshotPause holds the decision lane of a new member that fetches a
+	// snapshot first, until it reports its new position (or this passes).
+	snapshotPause = time.Minute
 )
+
+// Audience tells who receives the broadcast entries of a lane: partners for
+// resources, members for the reviewer's decisions. Addressed entries name
+// their receivers themselves.
+type Audience interface {
+	// Receives reports whether p receives lane l's broadcast entries.
+	Receives(p peer.ID, l Lane) bool
+	// Receivers lists every receiver of lane l's broadcast entries.
+	Receivers(l Lane) []peer.ID
+}
 
 // SenderOptions configure a Sender.
 type SenderOptions struct {
 	MaxMessageBytes int
-	// Window bounds the unacknowledged messages in flight to one peer.
+	// BatchEntries and BatchBytes bound one frame.
+	BatchEntries int
+	BatchBytes   int
+	// Window bounds the batches in flight per lane.
 	Window int
-	// AckTimeout resets a stream whose oldest message waits longer for its ack.
+	// AckTimeout resets a stream whose oldest batch waits longer for its answer.
 	AckTimeout  time.Duration
 	DialTimeout time.Duration
 	BackoffMin  time.Duration
 	BackoffMax  time.Duration
-	// MaxQueued bounds deliveries kept in memory per peer; beyond it they
-	// stay in the store and are read back in order.
-	MaxQueued int
-	// RetryScan is the period of the stuck-delivery scan.
+	// RetryScan is the period of the scan for receivers with a backlog.
 	RetryScan time.Duration
-	// Hold, when it returns true, keeps a lane's deliveries to a peer pending
-	// without sending them (a closed planner stream). Kick re-evaluates.
+	// Hold, when it returns true, keeps a lane to a peer from sending (a
+	// closed planner stream). Kick re-evaluates.
 	Hold func(peer.ID, Lane) bool
-	// OnAcked runs after a delivery's ack is recorded.
-	OnAcked func(*storepb.Delivery)
-	// Retention keeps acknowledged deliveries this long before they are
-	// pruned from the ledger; 0 keeps them forever. Pending ones are never
-	// pruned.
-	Retention  time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	// OnAhead runs when a receiver reports that it holds this node's
+	// changes beyond this node's own log: the store was restored from an
+	// older copy. version is the highest the receiver holds.
+	OnAhead func(p peer.ID, lane Lane, version uint64)
+	// DecisionHead returns the reviewer's last decision sequence, sent with
+	// decision batches so a new member can ask for a snapshot instead.
+	DecisionHead func() uint64
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
 }
 
-// Item is a committed delivery handed to the sender, with its envelope when
-// the caller has it at hand.
-type Item struct {
-	D   *storepb.Delivery
-	Env []byte // encoded pb.Envelope; nil: read from the store
-}
-
-// Sender pushes deliveries to peers and resends them until acknowledged.
-type Sender struct {
-	host   host.Host
-	st     *store.Store
-	opts   SenderOptions
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	boxes map[peer.ID]*outbox
-
-	m senderMetrics
-}
-
-type senderMetrics struct {
-	sent, resent, opens, failures prometheus.Counter
-	acked                         *prometheus.CounterVec
-	inflight                      prometheus.Gauge
-}
-
-// NewSender builds a Sender; Start begins its work.
-func NewSender(h host.Host, st *store.Store, o SenderOptions) *Sender {
+func (o *SenderOptions) fill() {
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = protocols.DefaultMaxMessageBytes
+	}
+	if o.BatchEntries <= 0 {
+		o.BatchEntries = DefaultBatchEntries
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = min(DefaultBatchBytes, o.MaxMessageBytes)
 	}
 	if o.Window <= 0 {
 		o.Window = DefaultWindow
@@ -115,173 +117,240 @@ func NewSender(h host.Host, st *store.Store, o SenderOptions) *Sender {
 	if o.BackoffMax <= 0 {
 		o.BackoffMax = DefaultBackoffMax
 	}
-	if o.MaxQueued <= 0 {
-		o.MaxQueued = DefaultMaxQueued
-	}
 	if o.RetryScan <= 0 {
 		o.RetryScan = DefaultRetryScan
 	}
 	if o.Hold == nil {
 		o.Hold = func(peer.ID, Lane) bool { return false }
 	}
+	if o.OnAhead == nil {
+		o.OnAhead = func(peer.ID, Lane, uint64) {}
+	}
+	if o.DecisionHead == nil {
+		o.DecisionHead = func() uint64 { return 0 }
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// Sender streams each receiver's backlog and moves its ack floors.
+type Sender struct {
+	host host.Host
+	st   *store.Store
+	aud  Audience
+	opts SenderOptions
+	log  *slog.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	// heads are the last durable broadcast entry of each lane.
+	heads [numLanes + 1]atomic.Uint64
+	dirty atomic.Uint32 // broadcast lanes with news, as bits
+	kick  chan struct{}
+
+	mu      sync.Mutex
+	closed  bool
+	boxes   map[peer.ID]*outbox
+	floors  map[store.FloorKey]*storepb.Floor // as loaded, for outboxes not yet made
+	started bool
+
+	m senderMetrics
+}
+
+type senderMetrics struct {
+	batches, entries, resent, opens, failures, equivocations prometheus.Counter
+	refused                                                 prometheus.Counter
+	inflight                                                prometheus.Gauge
+}
+
+// NewSender builds a Sender; Start begins its work.
+func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Sender, error) {
+	o.fill()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Sender{host: h, st: st, opts: o, log: o.Logger, ctx: ctx, cancel: cancel, boxes: map[peer.ID]*outbox{}}
+	s := &Sender{host: h, st: st, aud: aud, opts: o, log: o.Logger, ctx: ctx, stop: cancel,
+		boxes: map[peer.ID]*outbox{}, kick: make(chan struct{}, 1)}
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "delivery", Name: name, Help: help})
 	}
 	s.m = senderMetrics{
-		sent:     c("sent_total", "Messages written to peers."),
-		resent:   c("resent_total", "Messages written again after a failure."),
-		opens:    c("stream_opens_total", "Outbound delivery streams opened."),
-		failures: c("stream_failures_total", "Outbound delivery streams that failed or could not be opened."),
-		acked: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "delivery", Name: "acked_total",
-			Help: "Acks received by status."}, []string{"status"}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "delivery", Name: "inflight",
-			Help: "Messages written and not yet acknowledged."}),
+		batches:       c("batches_sent_total", "Batches written to receivers."),
+		entries:       c("sent_total", "Entries (changes) written to receivers, resends included."),
+		resent:        c("resent_total", "Entries written again after a failure or a rewind."),
+		opens:         c("stream_opens_total", "Outbound delivery streams opened."),
+		failures:      c("stream_failures_total", "Outbound delivery streams that failed or could not be opened."),
+		equivocations: c("equivocations_reported_total", "Entries receivers refused because they hold the same version of this node with other content."),
+		refused:       c("refused_total", "Entries receivers refused for good."),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "delivery", Name: "inflight_batches",
+			Help: "Batches written and not yet answered."}),
 	}
 	if o.Registerer != nil {
-		for _, col := range []prometheus.Collector{s.m.sent, s.m.resent, s.m.opens, s.m.failures, s.m.acked, s.m.inflight} {
-			_ = o.Registerer.Register(col)
+		for _, col := range []prometheus.Collector{s.m.batches, s.m.entries, s.m.resent, s.m.opens, s.m.failures,
+			s.m.equivocations, s.m.refused, s.m.inflight} {
+			if err := o.Registerer.Register(col); err != nil {
+				cancel()
+				return nil, fmt.Errorf("register delivery metrics: %w", err)
+			}
 		}
 	}
-	return s
+	return s, nil
 }
 
-// Start loads every receiver with pending deliveries and starts the
-// stuck-delivery scan.
-func (s *Sender) Start() error {
-	if err := s.scan(); err != nil {
-		return err
+// go runs fn on a goroutine the sender owns; after Close it runs nothing.
+// Callers hold s.mu.
+func (s *Sender) goLocked(fn func()) bool {
+	if s.closed {
+		return false
 	}
 	s.wg.Add(1)
-	go s.retryLoop()
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Start loads the ack floors and the lanes' heads, starts an outbox for
+// every receiver with a backlog, and the scan that finds new ones.
+func (s *Sender) Start() error {
+	floors, err := s.st.Floors()
+	if err != nil {
+		return fmt.Errorf("load ack floors: %w", err)
+	}
+	for _, l := range []Lane{LaneResource, LaneDecision} {
+		h, err := s.st.LaneHead("", uint8(l), true)
+		if err != nil {
+			return fmt.Errorf("read lane heads: %w", err)
+		}
+		s.heads[l].Store(h)
+	}
+	s.mu.Lock()
+	s.floors = floors
+	s.started = true
+	s.goLocked(s.loop)
+	s.mu.Unlock()
+	s.scan()
 	return nil
 }
 
-// Close stops every outbox and waits for them. Pending deliveries stay in
-// the store.
+// Close stops every outbox and waits for them; it saves the floors they
+// moved. The log and the floors stay on disk: nothing is lost.
 func (s *Sender) Close() {
 	s.mu.Lock()
-	s.cancel()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.stop()
+	boxes := make([]*outbox, 0, len(s.boxes))
 	for _, o := range s.boxes {
-		o.resetAll()
+		boxes = append(boxes, o)
 	}
 	s.mu.Unlock()
+	for _, o := range boxes {
+		o.resetAll()
+	}
 	s.wg.Wait()
+	for _, o := range boxes {
+		o.saveFloors(context.Background())
+	}
 }
 
-// retryLoop is the stuck-session scan of source 004: it finds receivers with
-// pending deliveries that no outbox is working on and starts one.
-func (s *Sender) retryLoop() {
-	defer s.wg.Done()
+// Notify tells the sender that an entry of its own log is on disk (it runs
+// in store commit hooks and never blocks): broadcast entries wake the
+// lane's receivers, addressed ones their addressees.
+func (s *Sender) Notify(e store.OwnEntry) {
+	lane := Lane(e.Lane)
+	if lane < LaneResource || lane > numLanes {
+		return
+	}
+	if len(e.To) == 0 {
+		for {
+			h := s.heads[lane].Load()
+			if e.Version <= h || s.heads[lane].CompareAndSwap(h, e.Version) {
+				break
+			}
+		}
+		for {
+			d := s.dirty.Load()
+			if d&(1<<lane) != 0 || s.dirty.CompareAndSwap(d, d|1<<lane) {
+				break
+			}
+		}
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	for _, p := range e.To {
+		if p == s.host.ID() {
+			continue
+		}
+		if o := s.box(p); o != nil {
+			o.noteAddressed(lane, e.Version)
+			o.wakeUp()
+		}
+	}
+}
+
+// loop wakes the receivers of lanes with news, and periodically looks for
+// receivers with a backlog and no running outbox.
+func (s *Sender) loop() {
 	t := time.NewTicker(s.opts.RetryScan)
 	defer t.Stop()
-	var lastPrune time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
-			if err := s.scan(); err != nil && s.ctx.Err() == nil {
-				s.log.Warn("retry scan failed", "err", err)
-			}
-			if s.opts.Retention > 0 && time.Since(lastPrune) >= min(s.opts.Retention/4, 10*time.Minute) {
-				lastPrune = time.Now()
-				if n, err := s.Prune(time.Now().Add(-s.opts.Retention)); err != nil && s.ctx.Err() == nil {
-					s.log.Warn("prune acknowledged deliveries", "err", err)
-				} else if n > 0 {
-					s.log.Info("pruned acknowledged deliveries", "rows", n)
+		case <-s.kick:
+			d := s.dirty.Swap(0)
+			for _, l := range Lanes {
+				if d&(1<<l) == 0 {
+					continue
+				}
+				for _, p := range s.aud.Receivers(l) {
+					if p == s.host.ID() {
+						continue
+					}
+					if o := s.box(p); o != nil {
+						o.wakeUp()
+					}
 				}
 			}
+		case <-t.C:
+			s.scan()
 		}
 	}
 }
 
-// Prune deletes acknowledged deliveries acknowledged before cutoff. Ids
-// grow with time, so the scan stops at the first row created after it.
-func (s *Sender) Prune(cutoff time.Time) (int, error) {
-	c := cutoff.UnixNano()
-	var old []*storepb.Delivery
-	err := s.st.Deliveries(0, func(d *storepb.Delivery) bool {
-		if d.CreatedAt > c {
-			return false
+// scan starts an outbox for every receiver with a backlog.
+func (s *Sender) scan() {
+	seen := map[peer.ID]bool{}
+	for _, l := range []Lane{LaneResource, LaneDecision} {
+		if s.heads[l].Load() == 0 {
+			continue
 		}
-		if d.State != storepb.Delivery_STATE_PENDING && d.AckedAt > 0 && d.AckedAt < c {
-			old = append(old, d)
-		}
-		return len(old) < 100000
-	})
-	if err != nil {
-		return 0, err
-	}
-	for start := 0; start < len(old); start += 1000 {
-		chunk := old[start:min(start+1000, len(old))]
-		err := s.st.Update(s.ctx, func(tx *store.Txn) error {
-			for _, d := range chunk {
-				tx.DeleteDelivery(d)
-			}
-			return nil
-		})
-		if err != nil {
-			return start, err
+		for _, p := range s.aud.Receivers(l) {
+			seen[p] = true
 		}
 	}
-	return len(old), nil
-}
-
-func (s *Sender) scan() error {
-	ids, err := s.st.PendingReceivers()
-	if err != nil {
-		return fmt.Errorf("list pending receivers: %w", err)
+	addressed, err := s.st.AddressedReceivers()
+	if err != nil && s.ctx.Err() == nil {
+		s.log.Warn("list addressed receivers", "err", err)
 	}
-	for _, p := range ids {
+	for _, p := range addressed {
+		seen[p] = true
+	}
+	for p := range seen {
 		if p == s.host.ID() {
 			continue
 		}
-		o := s.box(p)
-		o.mu.Lock()
-		idle := len(o.queue) == 0 && len(o.inflight) == 0
-		if idle {
-			o.spill()
+		if o := s.box(p); o != nil {
+			o.wakeUp()
 		}
-		o.mu.Unlock()
-		o.wakeUp()
-	}
-	return nil
-}
-
-// box returns the outbox of p, starting its pump if it is not running.
-func (s *Sender) box(p peer.ID) *outbox {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	o := s.boxes[p]
-	if o == nil {
-		o = &outbox{s: s, peer: p, ids: map[uint64]*entry{}, inflight: map[uint64]*entry{},
-			streams: map[protocol.ID]*outStream{}, cursor: map[Lane]uint64{}, wake: make(chan struct{}, 1)}
-		s.boxes[p] = o
-	}
-	if !o.running && s.ctx.Err() == nil {
-		o.running = true
-		s.wg.Add(1)
-		go o.run()
-	}
-	return o
-}
-
-// Enqueue hands committed deliveries to their receivers' outboxes. It never
-// blocks: it is called from store commit hooks.
-func (s *Sender) Enqueue(items ...Item) {
-	for _, it := range items {
-		p := peer.ID(it.D.Receiver)
-		if p == s.host.ID() {
-			continue
-		}
-		o := s.box(p)
-		o.add(it)
-		o.wakeUp()
 	}
 }
 
@@ -292,16 +361,36 @@ func (s *Sender) Kick(p peer.ID) {
 		return
 	}
 	o := s.box(p)
+	if o == nil {
+		return
+	}
 	o.mu.Lock()
-	o.spill()
 	o.retryAt = time.Time{}
 	o.mu.Unlock()
 	o.wakeUp()
 }
 
-// Holds reports whether deliveries of a lane to p are being held (see
-// SenderOptions.Hold).
+// Holds reports whether a lane to p is held (see SenderOptions.Hold).
 func (s *Sender) Holds(p peer.ID, l Lane) bool { return s.opts.Hold(p, l) }
+
+// box returns the outbox of p, starting its pump if it is not running; nil
+// once the sender is closed.
+func (s *Sender) box(p peer.ID) *outbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.started {
+		return nil
+	}
+	o := s.boxes[p]
+	if o == nil {
+		o = newOutbox(s, p)
+		s.boxes[p] = o
+	}
+	if !o.running {
+		o.running = s.goLocked(o.run)
+	}
+	return o
+}
 
 // CloseStream closes the outbound stream of protocol id to p, if open: the
 // receiver answers what it owes and closes its side. It reports whether a
@@ -347,33 +436,59 @@ func (s *Sender) StreamOpen(p peer.ID, id protocol.ID) bool {
 	return st != nil && !st.closing
 }
 
-// PeerStats is what an outbox holds.
-type PeerStats struct {
-	Queued, Inflight int
-	Streams          []protocol.ID
-	Failures         int
+// LaneState is what the sender knows of one receiver's lane.
+type LaneState struct {
+	Floor         uint64
+	AckedAt       time.Time
+	Inflight      int // batches
+	Attempts      uint32
+	NextAttemptAt time.Time
+	LastError     string
+	Held          bool
 }
 
-// Stats reports the outbox of p.
-func (s *Sender) Stats(p peer.ID) PeerStats {
+// Lane reports one receiver's lane.
+func (s *Sender) Lane(p peer.ID, l Lane) LaneState {
+	if l < LaneResource || l > numLanes {
+		return LaneState{}
+	}
 	s.mu.Lock()
 	o := s.boxes[p]
-	s.mu.Unlock()
+	var f *storepb.Floor
 	if o == nil {
-		return PeerStats{}
+		f = s.floors[store.FloorKey{Receiver: p, Lane: uint8(l)}]
+	}
+	s.mu.Unlock()
+	ls := LaneState{Held: s.opts.Hold(p, l)}
+	if o == nil {
+		if f != nil {
+			ls.Floor, ls.AckedAt = f.Version, time.Unix(0, f.AckedAt)
+		}
+		return ls
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	ps := PeerStats{Queued: len(o.queue), Inflight: len(o.inflight), Failures: o.failures}
-	for id := range o.streams {
-		ps.Streams = append(ps.Streams, id)
+	st := o.lanes[l]
+	ls.Floor, ls.Inflight, ls.Attempts, ls.LastError = st.floor, len(st.inflight), st.attempts, o.lastErr
+	if st.ackedAt > 0 {
+		ls.AckedAt = time.Unix(0, st.ackedAt)
 	}
-	slices.Sort(ps.Streams)
-	return ps
+	if time.Now().Before(o.retryAt) {
+		ls.NextAttemptAt = o.retryAt
+	}
+	return ls
 }
 
-// outbox is the sending state of one peer. Its pump goroutine is the only
-// writer of its streams; one reader per stream takes the acks.
+// Head is the last durable broadcast entry of a lane (0: none).
+func (s *Sender) Head(l Lane) uint64 {
+	if l < LaneResource || l > numLanes {
+		return 0
+	}
+	return s.heads[l].Load()
+}
+
+// outbox is the sending state of one receiver. Its pump goroutine is the
+// only writer of its streams; one reader per stream takes the replies.
 type outbox struct {
 	s    *Sender
 	peer peer.ID
@@ -382,24 +497,35 @@ type outbox struct {
 	running bool // guarded by Sender.mu
 
 	mu        sync.Mutex
-	queue     []*entry // not sent, per lane in link order
-	ids       map[uint64]*entry
-	inflight  map[uint64]*entry
+	lanes     [numLanes + 1]*laneState
 	streams   map[protocol.ID]*outStream
-	cursor    map[Lane]uint64 // highest link seq of each lane held in memory
-	spilled   bool            // the store holds pending deliveries not in memory
-	spillGen  int
 	failures  int
 	retryAt   time.Time
+	lastErr   string
 	idleSince time.Time
 }
 
-type entry struct {
-	d      *storepb.Delivery
-	env    []byte
-	sentAt time.Time
-	sends  int
-	st     *outStream
+// laneState is one lane of one receiver. The receiver has applied every
+// entry up to floor; entries up to cursor were written and are in flight.
+type laneState struct {
+	lane       Lane
+	floor      uint64
+	saved      uint64 // the floor on disk
+	ackedAt    int64
+	cursor     uint64
+	inflight   []*sent
+	addrHead   uint64 // last entry addressed to this receiver in this lane (0: unknown yet)
+	addrLoaded bool
+	attempts   uint32    // sends of the entry after the floor
+	pausedTo   time.Time // a new member fetches a snapshot (decision lane)
+}
+
+// sent is one batch in flight.
+type sent struct {
+	after, through uint64
+	entries        int
+	st             *outStream
+	at             time.Time
 }
 
 type outStream struct {
@@ -410,6 +536,18 @@ type outStream struct {
 	closing bool
 }
 
+func newOutbox(s *Sender, p peer.ID) *outbox {
+	o := &outbox{s: s, peer: p, wake: make(chan struct{}, 1), streams: map[protocol.ID]*outStream{}}
+	for _, l := range Lanes {
+		ls := &laneState{lane: l}
+		if f := s.floors[store.FloorKey{Receiver: p, Lane: uint8(l)}]; f != nil {
+			ls.floor, ls.saved, ls.ackedAt, ls.cursor = f.Version, f.Version, f.AckedAt, f.Version
+		}
+		o.lanes[l] = ls
+	}
+	return o
+}
+
 func (o *outbox) wakeUp() {
 	select {
 	case o.wake <- struct{}{}:
@@ -417,153 +555,58 @@ func (o *outbox) wakeUp() {
 	}
 }
 
-// spill marks that the store may hold deliveries not in memory; callers hold o.mu.
-func (o *outbox) spill() {
-	o.spilled = true
-	o.spillGen++
-}
-
-func (o *outbox) add(it Item) {
+func (o *outbox) noteAddressed(l Lane, v uint64) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	if _, ok := o.ids[it.D.Id]; ok {
-		return
+	if ls := o.lanes[l]; v > ls.addrHead {
+		ls.addrHead = v
 	}
-	lane := Lane(it.D.Lane)
-	if o.spilled || len(o.queue) >= o.s.opts.MaxQueued {
-		o.spill()
-		return
-	}
-	o.push(&entry{d: it.D, env: it.Env}, lane)
-}
-
-// push appends an entry; callers hold o.mu.
-func (o *outbox) push(e *entry, lane Lane) {
-	o.queue = append(o.queue, e)
-	o.ids[e.d.Id] = e
-	if e.d.LinkSeq > o.cursor[lane] {
-		o.cursor[lane] = e.d.LinkSeq
-	}
-}
-
-// reload reads pending deliveries after the in-memory cursor of each lane.
-func (o *outbox) reload() error {
-	o.mu.Lock()
-	gen := o.spillGen
-	cursor := make(map[Lane]uint64, len(o.cursor))
-	for l, c := range o.cursor {
-		cursor[l] = c
-	}
-	room := o.s.opts.MaxQueued - len(o.queue)
 	o.mu.Unlock()
-	full := false
-	var loaded []*storepb.Delivery
-	for _, lane := range []Lane{LaneResource, LaneConsider, LanePlanner, LaneRequest, LaneDecision} {
-		if room <= 0 {
-			full = true
-			break
-		}
-		ds, err := o.s.st.PendingFrom(o.peer, uint32(lane), cursor[lane], min(room, reloadChunk))
-		if err != nil {
-			return fmt.Errorf("read pending deliveries: %w", err)
-		}
-		if len(ds) == min(room, reloadChunk) {
-			full = true
-		}
-		room -= len(ds)
-		loaded = append(loaded, ds...)
+}
+
+// head is the last entry of a lane this receiver gets; callers hold o.mu.
+func (o *outbox) head(ls *laneState) uint64 {
+	h := ls.addrHead
+	if (ls.lane == LaneResource || ls.lane == LaneDecision) && o.s.aud.Receives(o.peer, ls.lane) {
+		h = max(h, o.s.heads[ls.lane].Load())
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for _, d := range loaded {
-		if _, ok := o.ids[d.Id]; ok {
+	return h
+}
+
+// loadHeads reads, once per outbox, the last entry addressed to the receiver
+// in each lane.
+func (o *outbox) loadHeads() error {
+	for _, l := range Lanes {
+		o.mu.Lock()
+		done := o.lanes[l].addrLoaded
+		o.mu.Unlock()
+		if done {
 			continue
 		}
-		o.push(&entry{d: d}, Lane(d.Lane))
-	}
-	o.sortQueue()
-	if !full && gen == o.spillGen {
-		o.spilled = false
+		h, err := o.s.st.LaneHead(o.peer, uint8(l), false)
+		if err != nil {
+			return err
+		}
+		o.mu.Lock()
+		ls := o.lanes[l]
+		ls.addrHead, ls.addrLoaded = max(ls.addrHead, h), true
+		o.mu.Unlock()
 	}
 	return nil
 }
 
-func (o *outbox) sortQueue() {
-	slices.SortStableFunc(o.queue, func(a, b *entry) int {
-		if a.d.Lane != b.d.Lane {
-			return int(a.d.Lane) - int(b.d.Lane)
-		}
-		switch {
-		case a.d.LinkSeq < b.d.LinkSeq:
-			return -1
-		case a.d.LinkSeq > b.d.LinkSeq:
-			return 1
-		}
-		return 0
-	})
-}
-
-// take moves up to n sendable entries from the queue to in flight.
-func (o *outbox) take(n int) []*entry {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	n = min(n, o.s.opts.Window-len(o.inflight))
-	if n <= 0 || len(o.queue) == 0 {
-		return nil
-	}
-	held := map[Lane]bool{}
-	isHeld := func(l Lane) bool {
-		h, ok := held[l]
-		if !ok {
-			h = o.s.opts.Hold(o.peer, l)
-			held[l] = h
-		}
-		return h
-	}
-	var out []*entry
-	i := 0
-	for i < len(o.queue) && len(out) < n && !isHeld(Lane(o.queue[i].d.Lane)) {
-		out = append(out, o.queue[i])
-		i++
-	}
-	if i == len(o.queue) || len(out) == n {
-		// The common case: a prefix of the queue, no copying.
-		clear(o.queue[:i])
-		o.queue = o.queue[i:]
-	} else {
-		// A held lane: skip its entries, keep them in order.
-		kept := make([]*entry, 0, len(o.queue)-i)
-		for j, e := range o.queue[i:] {
-			if len(out) >= n {
-				kept = append(kept, o.queue[i+j:]...)
-				break
-			}
-			if isHeld(Lane(e.d.Lane)) {
-				kept = append(kept, e)
-				continue
-			}
-			out = append(out, e)
-		}
-		o.queue = kept
-	}
-	for _, e := range out {
-		o.inflight[e.d.Id] = e
-	}
-	return out
-}
-
 func (o *outbox) run() {
-	defer o.s.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	if err := o.loadHeads(); err != nil && o.s.ctx.Err() == nil {
+		o.s.log.Warn("read backlog heads", "peer", o.peer, "err", err)
+	}
 	for {
 		if o.s.ctx.Err() != nil {
-			o.stop()
+			o.resetAll()
 			return
 		}
 		o.mu.Lock()
 		wait := time.Until(o.retryAt)
-		needReload := o.spilled && len(o.queue) < o.s.opts.MaxQueued/2
 		o.mu.Unlock()
 		if wait > 0 {
 			t := time.NewTimer(wait)
@@ -575,16 +618,7 @@ func (o *outbox) run() {
 			t.Stop()
 			continue
 		}
-		if needReload {
-			if err := o.reload(); err != nil {
-				o.s.log.Warn("reload deliveries", "peer", o.peer, "err", err)
-				o.failed(err, nil)
-				continue
-			}
-		}
-		batch := o.take(512)
-		if len(batch) > 0 {
-			o.send(batch)
+		if o.pump() {
 			continue
 		}
 		if o.idle() {
@@ -599,112 +633,162 @@ func (o *outbox) run() {
 	}
 }
 
-// idle ends the pump when nothing is queued, in flight or spilled for a
-// while; it reports whether the pump should return.
-func (o *outbox) idle() bool {
-	o.s.mu.Lock()
-	defer o.s.mu.Unlock()
+// plan is one batch to write.
+type plan struct {
+	ls      *laneState
+	after   uint64
+	entries []store.Entry
+}
+
+// pump writes what the window allows on every lane; it reports whether it
+// wrote anything.
+func (o *outbox) pump() bool {
+	var plans []plan
+	now := time.Now()
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.queue) > 0 || len(o.inflight) > 0 || o.spilled {
-		o.idleSince = time.Time{}
+	type want struct {
+		ls    *laneState
+		after uint64
+		room  int
+	}
+	var wants []want
+	for _, l := range Lanes {
+		ls := o.lanes[l]
+		if now.Before(ls.pausedTo) || o.s.opts.Hold(o.peer, l) {
+			continue
+		}
+		room := o.s.opts.Window - len(ls.inflight)
+		if room <= 0 || ls.cursor >= o.head(ls) {
+			continue
+		}
+		wants = append(wants, want{ls, ls.cursor, room})
+	}
+	o.mu.Unlock()
+	for _, w := range wants {
+		broadcast := (w.ls.lane == LaneResource || w.ls.lane == LaneDecision) && o.s.aud.Receives(o.peer, w.ls.lane)
+		es, err := o.s.st.Backlog(o.peer, uint8(w.ls.lane), broadcast, w.after, w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes)
+		if err != nil {
+			o.failed(fmt.Errorf("read backlog: %w", err))
+			return false
+		}
+		if len(es) == 0 {
+			// The head moved past entries that are not on disk for this
+			// receiver (another receiver's, or truncated): nothing to send.
+			o.mu.Lock()
+			if w.ls.cursor == w.after {
+				w.ls.cursor = max(w.ls.cursor, min(o.head(w.ls), o.s.st.DurableVersion()))
+				if len(w.ls.inflight) == 0 && w.ls.floor < w.ls.cursor {
+					// nothing in flight and nothing owed below the cursor
+					w.ls.floor = w.ls.cursor
+				}
+			}
+			o.mu.Unlock()
+			continue
+		}
+		plans = append(plans, o.cut(w.ls, w.after, es, w.room)...)
+	}
+	if len(plans) == 0 {
 		return false
 	}
-	if o.idleSince.IsZero() {
-		o.idleSince = time.Now()
-		return false
-	}
-	if time.Since(o.idleSince) < idleExit {
-		return false
-	}
-	o.running = false
-	for _, st := range o.streams {
-		_ = st.s.Close()
-	}
+	o.write(plans)
 	return true
 }
 
-// stop ends the pump on shutdown.
-func (o *outbox) stop() {
-	o.s.mu.Lock()
-	o.running = false
-	o.s.mu.Unlock()
-	o.resetAll()
-}
-
-func (o *outbox) resetAll() {
-	o.mu.Lock()
-	streams := make([]*outStream, 0, len(o.streams))
-	for _, st := range o.streams {
-		streams = append(streams, st)
-	}
-	o.mu.Unlock()
-	for _, st := range streams {
-		_ = st.s.Reset()
-	}
-}
-
-// send writes a batch, grouped by protocol, and flushes each stream once.
-func (o *outbox) send(batch []*entry) {
-	touched := map[*outStream]bool{}
-	for i, e := range batch {
-		if e.env == nil {
-			env, err := o.s.st.ChangeEnvelope(e.d.ChangeVersion)
-			if err != nil {
-				// The change is gone: nothing can ever be sent for this row.
-				o.s.log.Error("delivery without its change", "delivery", e.d.Id, "version", e.d.ChangeVersion, "err", err)
-				o.requeue(batch[i:])
-				o.failed(err, nil)
-				return
+// cut groups entries into batches: consecutive entries of one protocol, at
+// most BatchEntries and about BatchBytes each.
+func (o *outbox) cut(ls *laneState, after uint64, es []store.Entry, room int) []plan {
+	var out []plan
+	start, size := 0, 0
+	for i, e := range es {
+		if i > start && (e.Protocol != es[start].Protocol || i-start >= o.s.opts.BatchEntries || size+len(e.Env) > o.s.opts.BatchBytes) {
+			out = append(out, plan{ls: ls, after: after, entries: es[start:i]})
+			after = es[i-1].Version
+			start, size = i, 0
+			if len(out) == room {
+				return out
 			}
-			e.env = env
 		}
-		st, err := o.stream(protocol.ID(e.d.Protocol))
+		size += len(e.Env)
+	}
+	return append(out, plan{ls: ls, after: after, entries: es[start:]})
+}
+
+// write sends batches, each on its protocol's stream, and flushes each
+// stream once.
+func (o *outbox) write(plans []plan) {
+	touched := map[*outStream]bool{}
+	defer func() {
+		for st := range touched {
+			_ = st.s.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))
+			if err := st.fw.Flush(); err != nil {
+				o.streamDown(st, err)
+			}
+		}
+	}()
+	for _, p := range plans {
+		proto := p.entries[0].Protocol
+		st, err := o.stream(proto)
 		if err != nil {
-			o.requeue(batch[i:])
-			o.failed(err, nil)
-			o.flush(touched)
+			o.failed(err)
 			return
 		}
 		o.mu.Lock()
-		e.st = st
-		e.sentAt = time.Now()
-		e.sends++
-		e.d.Attempts++
-		o.mu.Unlock()
-		if err := st.fw.WriteRaw(o.frame(e)); err != nil {
-			o.requeue(batch[i+1:])
-			o.streamDown(st, err)
-			o.flush(touched)
+		if p.ls.cursor != p.after {
+			// A reply moved the lane while the backlog was read: read again.
+			o.mu.Unlock()
 			return
 		}
-		if e.sends > 1 {
-			o.s.m.resent.Inc()
+		last := p.entries[len(p.entries)-1].Version
+		resend := p.after < p.ls.floor || (len(p.ls.inflight) == 0 && p.ls.attempts > 0)
+		p.ls.inflight = append(p.ls.inflight, &sent{after: p.after, through: last, entries: len(p.entries), st: st, at: time.Now()})
+		p.ls.cursor = last
+		if len(p.ls.inflight) == 1 {
+			p.ls.attempts++
 		}
-		o.s.m.sent.Inc()
-		o.s.m.inflight.Inc()
-		touched[st] = true
-	}
-	o.flush(touched)
-}
-
-func (o *outbox) flush(touched map[*outStream]bool) {
-	for st := range touched {
-		_ = st.s.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))
-		if err := st.fw.Flush(); err != nil {
+		o.mu.Unlock()
+		var head uint64
+		if p.ls.lane == LaneDecision {
+			head = o.s.opts.DecisionHead()
+		}
+		if err := st.fw.WriteRaw(encodeBatch(o.s.st.Epoch(), p.ls.lane, p.after, p.entries, head)); err != nil {
 			o.streamDown(st, err)
+			return
+		}
+		touched[st] = true
+		o.s.m.batches.Inc()
+		o.s.m.inflight.Inc()
+		o.s.m.entries.Add(float64(len(p.entries)))
+		if resend {
+			o.s.m.resent.Add(float64(len(p.entries)))
 		}
 	}
 }
 
-// frame encodes a Message around the stored envelope bytes without decoding
-// them: an embedded message field is its length-delimited bytes.
-func (o *outbox) frame(e *entry) []byte {
-	head, _ := proto.Marshal(&pb.Message{Id: e.d.Id, LinkEpoch: o.s.st.Epoch(), LinkSeq: e.d.LinkSeq, Lane: e.d.Lane})
-	b := make([]byte, 0, len(head)+len(e.env)+8)
-	b = append(b, head...)
-	b = protowire.AppendTag(b, 5, protowire.BytesType)
-	return protowire.AppendBytes(b, e.env)
+// encodeBatch builds a Batch frame around the stored envelope bytes without
+// decoding them: a repeated message field is its length-delimited bytes.
+func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
+	size := 32
+	for _, e := range es {
+		size += len(e.Env) + 4
+	}
+	b := make([]byte, 0, size)
+	b = protowire.AppendTag(b, 1, protowire.VarintType)
+	b = protowire.AppendVarint(b, epoch)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(lane))
+	if after > 0 {
+		b = protowire.AppendTag(b, 3, protowire.VarintType)
+		b = protowire.AppendVarint(b, after)
+	}
+	for _, e := range es {
+		b = protowire.AppendTag(b, 4, protowire.BytesType)
+		b = protowire.AppendBytes(b, e.Env)
+	}
+	if headSeq > 0 {
+		b = protowire.AppendTag(b, 5, protowire.VarintType)
+		b = protowire.AppendVarint(b, headSeq)
+	}
+	return b
 }
 
 // stream returns the open stream of a protocol, opening it if needed.
@@ -731,35 +815,39 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 		_ = s.Reset()
 		return nil, fmt.Errorf("attach stream to service: %w", err)
 	}
-	max := o.s.opts.MaxMessageBytes + protocols.FrameOverhead
-	st = &outStream{proto: id, s: s, fw: protocols.NewFrameWriter(s, max), done: make(chan struct{})}
+	limit := o.s.opts.MaxMessageBytes + protocols.FrameOverhead
+	st = &outStream{proto: id, s: s, fw: protocols.NewFrameWriter(s, limit), done: make(chan struct{})}
+	o.s.mu.Lock()
+	ok := o.s.goLocked(func() { o.readReplies(st) })
+	o.s.mu.Unlock()
+	if !ok {
+		_ = s.Reset()
+		return nil, errors.New("sender closed")
+	}
 	o.mu.Lock()
 	o.streams[id] = st
 	o.mu.Unlock()
 	o.s.m.opens.Inc()
-	o.s.wg.Add(1)
-	go o.readAcks(st, max)
 	return st, nil
 }
 
-// readAcks is the one reader of an outbound stream.
-func (o *outbox) readAcks(st *outStream, max int) {
-	defer o.s.wg.Done()
+// readReplies is the one reader of an outbound stream.
+func (o *outbox) readReplies(st *outStream) {
 	defer close(st.done)
-	fr := protocols.NewFrameReader(st.s, max)
-	var acks []*pb.Ack
+	fr := protocols.NewFrameReader(st.s, protocols.MaxReplyBytes)
+	var rs []*pb.Reply
 	for {
-		a := &pb.Ack{}
-		err := fr.Read(a)
+		r := &pb.Reply{}
+		err := fr.Read(r)
 		if err == nil {
-			acks = append(acks, a)
-			if fr.Buffered() > 0 && len(acks) < 1024 {
+			rs = append(rs, r)
+			if fr.Buffered() > 0 && len(rs) < 256 {
 				continue
 			}
 		}
-		if len(acks) > 0 {
-			o.acked(acks)
-			acks = nil
+		if len(rs) > 0 {
+			o.replies(st, rs)
+			rs = nil
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -771,98 +859,203 @@ func (o *outbox) readAcks(st *outStream, max int) {
 	}
 }
 
-// acked takes acks off the in-flight set and records them in the ledger.
-func (o *outbox) acked(acks []*pb.Ack) {
-	type done struct {
-		d      *storepb.Delivery
-		sends  int
-		status pb.AckStatus
+// replies applies what a receiver answered: floors move, position reports
+// rewind or advance lanes, refusals are recorded.
+func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
+	epoch := o.s.st.Epoch()
+	durable := o.s.st.DurableVersion()
+	type refusal struct {
+		ver    uint64
 		reason string
 	}
-	var ds []done
+	var refused []refusal
+	var ahead []struct {
+		l Lane
+		v uint64
+	}
+	now := time.Now()
 	o.mu.Lock()
-	for _, a := range acks {
-		e, ok := o.inflight[a.Id]
-		if !ok {
+	for _, r := range rs {
+		l := Lane(r.Lane)
+		if l < LaneResource || l > numLanes {
 			continue
 		}
-		delete(o.inflight, a.Id)
-		delete(o.ids, a.Id)
-		ds = append(ds, done{d: proto.Clone(e.d).(*storepb.Delivery), sends: e.sends, status: a.Status, reason: a.Error})
+		ls := o.lanes[l]
+		through := r.Through
+		if r.Epoch != epoch {
+			through = 0 // the receiver holds nothing of this incarnation
+		}
+		if r.WantSnapshot {
+			ls.pausedTo = now.Add(snapshotPause)
+			o.dropInflight(ls)
+			ls.cursor = ls.floor
+			continue
+		}
+		if r.Report {
+			if through > durable {
+				ahead = append(ahead, struct {
+					l Lane
+					v uint64
+				}{l, through})
+			}
+			switch {
+			case through < ls.floor:
+				o.s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from its position",
+					"peer", o.peer, "lane", l, "floor", ls.floor, "position", through)
+				ls.floor = through
+				o.dropInflight(ls)
+				ls.cursor = ls.floor
+			case through > ls.floor:
+				ls.floor, ls.ackedAt = through, now.UnixNano()
+			}
+			if through > 0 {
+				ls.pausedTo = time.Time{}
+			}
+		} else if through > ls.floor {
+			ls.floor, ls.ackedAt = through, now.UnixNano()
+			ls.attempts = 0
+			o.failures = 0
+			o.lastErr = ""
+		}
+		if ls.cursor < ls.floor {
+			ls.cursor = ls.floor
+		}
+		kept := ls.inflight[:0]
+		for _, b := range ls.inflight {
+			if b.through > ls.floor {
+				kept = append(kept, b)
+			} else {
+				o.s.m.inflight.Dec()
+			}
+		}
+		clear(ls.inflight[len(kept):])
+		ls.inflight = kept
+		for _, f := range r.Refused {
+			refused = append(refused, refusal{f.Version, f.Reason})
+			o.s.m.refused.Inc()
+			if f.Equivocation {
+				o.s.m.equivocations.Inc()
+				o.s.log.Error("receiver holds another change under this node's version: equivocation (was this node's store restored from an older copy while its clock went back?)",
+					"peer", o.peer, "lane", l, "version", f.Version, "reason", f.Reason)
+			} else {
+				o.s.log.Warn("receiver refused a change for good", "peer", o.peer, "lane", l, "version", f.Version, "reason", f.Reason)
+			}
+		}
 	}
-	o.failures = 0
 	o.mu.Unlock()
 	o.wakeUp()
-	if len(ds) == 0 {
+	for _, a := range ahead {
+		o.s.opts.OnAhead(o.peer, a.l, a.v)
+	}
+	if len(refused) > 0 {
+		o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
+			for _, r := range refused {
+				tx.SetRefused(o.peer, r.ver, r.reason)
+			}
+			return nil
+		}, nil)
+	}
+	o.saveFloors(o.s.ctx)
+}
+
+// dropInflight forgets a lane's batches in flight (they will be read
+// again from the log); callers hold o.mu.
+func (o *outbox) dropInflight(ls *laneState) {
+	o.s.m.inflight.Sub(float64(len(ls.inflight)))
+	clear(ls.inflight)
+	ls.inflight = ls.inflight[:0]
+}
+
+// saveFloors writes the floors that moved, without an fsync of their own: a
+// floor lost in a crash only means a resend the receiver answers at once.
+func (o *outbox) saveFloors(ctx context.Context) {
+	type fl struct {
+		lane Lane
+		f    *storepb.Floor
+	}
+	var fs []fl
+	o.mu.Lock()
+	for _, l := range Lanes {
+		ls := o.lanes[l]
+		if ls.floor != ls.saved {
+			ls.saved = ls.floor
+			fs = append(fs, fl{l, &storepb.Floor{Version: ls.floor, AckedAt: ls.ackedAt}})
+		}
+	}
+	o.mu.Unlock()
+	if len(fs) == 0 {
 		return
 	}
-	o.s.m.inflight.Sub(float64(len(ds)))
-	for _, d := range ds {
-		o.s.m.acked.WithLabelValues(outcome(d.status)).Inc()
-	}
-	// The rows are written from the outbox's copy, without reading them
-	// back: a delivery in flight is pending on disk, and the failure path
-	// (which does read) never turns an acknowledged row back to pending.
-	var marked []*storepb.Delivery
-	o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
-		marked = marked[:0]
-		for _, x := range ds {
-			d := x.d
-			d.State = storepb.Delivery_STATE_SENDED
-			if x.status == pb.AckStatus_ACK_STATUS_REJECTED {
-				d.State = storepb.Delivery_STATE_REJECTED
-				d.Error = x.reason
-			}
-			d.AckedAt = tx.Now().UnixNano()
-			d.NextAttemptAt = 0
-			tx.PutDelivery(d)
-			marked = append(marked, d)
+	o.s.st.SubmitLazy(ctx, func(tx *store.Txn) error {
+		for _, f := range fs {
+			tx.SetFloor(o.peer, uint8(f.lane), f.f)
 		}
 		return nil
-	}, func(err error) {
-		if err != nil {
-			if !errors.Is(err, store.ErrClosed) {
-				o.s.log.Warn("record acks", "peer", o.peer, "err", err)
-			}
-			return
-		}
-		if o.s.opts.OnAcked != nil {
-			for _, d := range marked {
-				o.s.opts.OnAcked(d)
-			}
-		}
-	})
+	}, nil)
 }
 
-// requeue puts entries still in flight back at the front of their lanes;
-// callers must not hold o.mu.
-func (o *outbox) requeue(es []*entry) {
-	if len(es) == 0 {
-		return
-	}
+// idle ends the pump when nothing was owed or in flight for a while; it
+// reports whether the pump should return.
+func (o *outbox) idle() bool {
+	o.s.mu.Lock()
+	defer o.s.mu.Unlock()
 	o.mu.Lock()
-	for _, e := range es {
-		if _, ok := o.inflight[e.d.Id]; !ok {
-			continue
+	defer o.mu.Unlock()
+	now := time.Now()
+	for _, l := range Lanes {
+		ls := o.lanes[l]
+		if len(ls.inflight) > 0 || (ls.cursor < o.head(ls) && !o.s.opts.Hold(o.peer, l) && !now.Before(ls.pausedTo)) {
+			o.idleSince = time.Time{}
+			return false
 		}
-		delete(o.inflight, e.d.Id)
-		e.st = nil
-		o.queue = append(o.queue, e)
 	}
-	o.sortQueue()
-	o.mu.Unlock()
+	if o.idleSince.IsZero() {
+		o.idleSince = now
+		return false
+	}
+	if now.Sub(o.idleSince) < idleExit {
+		return false
+	}
+	o.running = false
+	for _, st := range o.streams {
+		_ = st.s.Close()
+	}
+	return true
 }
 
-// streamDown drops a stream and puts what was in flight on it back in the queue.
+func (o *outbox) resetAll() {
+	o.mu.Lock()
+	streams := make([]*outStream, 0, len(o.streams))
+	for _, st := range o.streams {
+		streams = append(streams, st)
+	}
+	o.mu.Unlock()
+	for _, st := range streams {
+		_ = st.s.Reset()
+	}
+}
+
+// streamDown drops a stream. Every lane with batches in flight on it goes
+// back to its floor (go-back-N: later batches of the lane may be held by
+// the receiver waiting for this stream's), and is resent from there.
 func (o *outbox) streamDown(st *outStream, err error) {
 	o.mu.Lock()
 	if o.streams[st.proto] == st {
 		delete(o.streams, st.proto)
 	}
-	var back []*entry
-	for _, e := range o.inflight {
-		if e.st == st {
-			back = append(back, e)
+	lost := 0
+	for _, l := range Lanes {
+		ls := o.lanes[l]
+		hit := false
+		for _, b := range ls.inflight {
+			if b.st == st {
+				hit = true
+				lost += b.entries
+			}
+		}
+		if hit {
+			o.dropInflight(ls)
+			ls.cursor = ls.floor
 		}
 	}
 	closing := st.closing
@@ -872,21 +1065,18 @@ func (o *outbox) streamDown(st *outStream, err error) {
 	} else {
 		_ = st.s.Close()
 	}
-	o.s.m.inflight.Sub(float64(len(back)))
-	o.requeue(back)
-	if err != nil || (len(back) > 0 && !closing) {
+	if err != nil || (lost > 0 && !closing) {
 		if err == nil {
-			err = errors.New("stream closed with messages in flight")
+			err = errors.New("stream closed with batches in flight")
 		}
-		o.failed(err, back)
+		o.s.m.failures.Inc()
+		o.failed(err)
 	}
 	o.wakeUp()
 }
 
-// failed schedules the next attempt with capped exponential backoff and
-// jitter and records it on the deliveries that were attempted.
-func (o *outbox) failed(err error, attempted []*entry) {
-	o.s.m.failures.Inc()
+// failed schedules the next attempt with capped exponential backoff and jitter.
+func (o *outbox) failed(err error) {
 	o.mu.Lock()
 	o.failures++
 	d := o.s.opts.BackoffMin << min(o.failures-1, 20)
@@ -895,22 +1085,7 @@ func (o *outbox) failed(err error, attempted []*entry) {
 	}
 	d = d/2 + rand.N(d/2+1)
 	o.retryAt = time.Now().Add(d)
-	if len(attempted) == 0 && len(o.queue) > 0 {
-		// Nothing was written: the head of the queue was attempted.
-		attempted = o.queue[:min(len(o.queue), 64)]
-		for _, e := range attempted {
-			e.d.Attempts++
-		}
-	}
-	type mark struct {
-		id       uint64
-		attempts uint32
-	}
-	ids := make([]mark, 0, len(attempted))
-	for _, e := range attempted {
-		ids = append(ids, mark{e.d.Id, e.d.Attempts})
-	}
-	next := o.retryAt.UnixNano()
+	o.lastErr = err.Error()
 	failures := o.failures
 	o.mu.Unlock()
 	if o.s.ctx.Err() != nil {
@@ -921,52 +1096,45 @@ func (o *outbox) failed(err error, attempted []*entry) {
 		level = slog.LevelInfo
 	}
 	o.s.log.Log(o.s.ctx, level, "delivery to peer failed; will retry", "peer", o.peer, "failures", failures, "retry_in", d.Round(time.Millisecond), "err", err)
-	if len(ids) == 0 {
-		return
-	}
-	o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
-		for _, m := range ids {
-			dl, err := tx.GetDelivery(m.id)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if dl.State != storepb.Delivery_STATE_PENDING {
-				continue
-			}
-			dl.Attempts = m.attempts
-			dl.NextAttemptAt = next
-			tx.PutDelivery(dl)
-		}
-		return nil
-	}, nil)
 }
 
-// checkTimeouts resets a stream whose oldest message waited too long for its ack.
+// checkTimeouts resets a stream whose oldest batch waited too long.
 func (o *outbox) checkTimeouts() {
 	o.mu.Lock()
 	var stuck *outStream
-	var orphans []*entry
-	for _, e := range o.inflight {
-		if time.Since(e.sentAt) <= o.s.opts.AckTimeout {
-			continue
+	for _, l := range Lanes {
+		for _, b := range o.lanes[l].inflight {
+			if time.Since(b.at) > o.s.opts.AckTimeout {
+				stuck = b.st
+				break
+			}
 		}
-		if e.st == nil || o.streams[e.st.proto] != e.st {
-			orphans = append(orphans, e)
-		} else if stuck == nil {
-			stuck = e.st
+		if stuck != nil {
+			break
 		}
 	}
 	o.mu.Unlock()
-	if len(orphans) > 0 {
-		o.s.m.inflight.Sub(float64(len(orphans)))
-		o.requeue(orphans)
-		o.wakeUp()
-	}
 	if stuck != nil {
-		o.s.log.Info("no ack in time; resetting stream", "peer", o.peer, "protocol", stuck.proto)
+		o.s.log.Info("no answer in time; resetting stream", "peer", o.peer, "protocol", stuck.proto)
 		_ = stuck.s.Reset() // the reader sees the error and calls streamDown
 	}
+}
+
+// Receivers lists the peers the sender has state for (outboxes or floors).
+func (s *Sender) Receivers() []peer.ID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := map[peer.ID]bool{}
+	for p := range s.boxes {
+		set[p] = true
+	}
+	for k := range s.floors {
+		set[k.Receiver] = true
+	}
+	out := make([]peer.ID, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
 }

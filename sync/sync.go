@@ -60,13 +60,13 @@ type Roles interface {
 
 // Resources applies owned-resource changes (the propagate service).
 type Resources interface {
-	ApplyChange(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error)
+	ApplyChange(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	Held(origin peer.ID) (uint64, error)
 }
 
 // Decisions applies reviewer decisions (the review service).
 type Decisions interface {
-	ApplyDecision(tx *store.Txn, env *pb.Envelope, body *pb.Body) (pb.AckStatus, error)
+	ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	Applied() uint64
 }
 
@@ -330,11 +330,6 @@ func (s *Service) fetch(p peer.ID, j job) error {
 	}
 }
 
-type opened struct {
-	env  *pb.Envelope
-	body *pb.Body
-}
-
 // apply verifies a whole batch first: one forged envelope and nothing of the
 // batch is applied.
 func (s *Service) apply(j job, envs []*pb.Envelope) error {
@@ -342,7 +337,7 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 	if j.what == pb.SyncRequest_WHAT_DECISIONS {
 		what = "decisions"
 	}
-	items := make([]opened, 0, len(envs))
+	items := make([]*stream.Inbound, 0, len(envs))
 	for _, env := range envs {
 		body, origin, err := s.d.Verifier.Open(env)
 		if err != nil {
@@ -364,7 +359,11 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 				continue // a rejection for another applicant
 			}
 		}
-		items = append(items, opened{env: env, body: body})
+		in, err := stream.InboundOf(env, body, origin)
+		if err != nil {
+			return err
+		}
+		items = append(items, in)
 	}
 	if len(items) == 0 {
 		return nil
@@ -377,9 +376,9 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 			var st pb.AckStatus
 			var err error
 			if j.what == pb.SyncRequest_WHAT_RESOURCES {
-				st, err = s.d.Resources.ApplyChange(tx, it.env, it.body)
+				st, err = s.d.Resources.ApplyChange(tx, it)
 			} else {
-				st, err = s.d.Decisions.ApplyDecision(tx, it.env, it.body)
+				st, err = s.d.Decisions.ApplyDecision(tx, it)
 			}
 			var rej *stream.RejectError
 			switch {
@@ -388,7 +387,7 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 					tx.RollbackTo(sp)
 				}
 				outcomes[2]++
-				s.log.Warn("sync: change refused", "origin", peer.ID(it.body.Origin), "version", it.body.OriginVersion, "reason", rej.Reason)
+				s.log.Warn("sync: change refused", "origin", it.Origin, "version", it.Body.OriginVersion, "reason", rej.Reason)
 			case err != nil:
 				return err
 			case st == pb.AckStatus_ACK_STATUS_DUPLICATE:

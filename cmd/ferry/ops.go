@@ -263,7 +263,7 @@ func AckTable(w *tabwriter.Writer, acks []node.AckRow) {
 		if !a.NextAttemptAt.IsZero() {
 			next = a.NextAttemptAt.Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack, a.Attempts, next, a.Protocol)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack, a.Attempts, next, a.Protocol)
 	}
 }
 

@@ -36,6 +36,7 @@ const (
 	Kind_KIND_PLANNER         Kind = 5 // /ferry/planner/1.0.0, payload: JSON
 	Kind_KIND_REVIEW_REQUEST  Kind = 6 // insert/update/delete protocol by request type, payload: ReviewRequest
 	Kind_KIND_REVIEW_DECISION Kind = 7 // insert/update/delete protocol by request type, payload: ReviewDecision
+	Kind_KIND_SNAPSHOT        Kind = 8 // never delivered: sync answers to a new member, payload: SnapshotChunk
 )
 
 // Enum value maps for Kind.
@@ -49,6 +50,7 @@ var (
 		5: "KIND_PLANNER",
 		6: "KIND_REVIEW_REQUEST",
 		7: "KIND_REVIEW_DECISION",
+		8: "KIND_SNAPSHOT",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED":     0,
@@ -59,6 +61,7 @@ var (
 		"KIND_PLANNER":         5,
 		"KIND_REVIEW_REQUEST":  6,
 		"KIND_REVIEW_DECISION": 7,
+		"KIND_SNAPSHOT":        8,
 	}
 )
 
@@ -89,13 +92,15 @@ func (Kind) EnumDescriptor() ([]byte, []int) {
 	return file_ferry_proto_rawDescGZIP(), []int{0}
 }
 
+// AckStatus is what the receiver's service made of one change (inside a
+// batch): applied, already held, or refused for good.
 type AckStatus int32
 
 const (
 	AckStatus_ACK_STATUS_UNSPECIFIED AckStatus = 0
 	AckStatus_ACK_STATUS_APPLIED     AckStatus = 1 // committed at the receiver
 	AckStatus_ACK_STATUS_DUPLICATE   AckStatus = 2 // already held; nothing applied again
-	AckStatus_ACK_STATUS_REJECTED    AckStatus = 3 // authentic but refused for good; the sender stops resending
+	AckStatus_ACK_STATUS_REJECTED    AckStatus = 3 // authentic but refused for good; the sender stops resending it
 )
 
 // Enum value maps for AckStatus.
@@ -147,6 +152,8 @@ const (
 	SyncRequest_WHAT_UNSPECIFIED SyncRequest_What = 0
 	SyncRequest_WHAT_RESOURCES   SyncRequest_What = 1 // owned-resource changes of origin after after_version
 	SyncRequest_WHAT_DECISIONS   SyncRequest_What = 2 // reviewer decisions after after_sequence
+	SyncRequest_WHAT_OWN         SyncRequest_What = 3 // the asker's own changes this peer holds, after origin version `after` (recovery of a restored node)
+	SyncRequest_WHAT_SNAPSHOT    SyncRequest_What = 4 // the shared tables at the reviewer's last decision (reviewer only), as KIND_SNAPSHOT envelopes
 )
 
 // Enum value maps for SyncRequest_What.
@@ -155,11 +162,15 @@ var (
 		0: "WHAT_UNSPECIFIED",
 		1: "WHAT_RESOURCES",
 		2: "WHAT_DECISIONS",
+		3: "WHAT_OWN",
+		4: "WHAT_SNAPSHOT",
 	}
 	SyncRequest_What_value = map[string]int32{
 		"WHAT_UNSPECIFIED": 0,
 		"WHAT_RESOURCES":   1,
 		"WHAT_DECISIONS":   2,
+		"WHAT_OWN":         3,
+		"WHAT_SNAPSHOT":    4,
 	}
 )
 
@@ -187,7 +198,7 @@ func (x SyncRequest_What) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SyncRequest_What.Descriptor instead.
 func (SyncRequest_What) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{7, 0}
+	return file_ferry_proto_rawDescGZIP(), []int{8, 0}
 }
 
 // Body is the signed part of an envelope. Its marshaled bytes are hashed as a
@@ -371,32 +382,36 @@ func (x *Envelope) GetRootSignature() []byte {
 	return nil
 }
 
-// Message is one delivery on a stream, from sender to receiver.
-type Message struct {
+// Batch carries entries of one lane from a sender to a receiver, on a
+// delivery protocol: the sender's change log after `after`, filtered to what
+// is addressed to this receiver, in the sender's version order. Entries are
+// the envelopes as their origin sealed them (for deliveries the origin is the
+// sender, so an entry's version is its body's origin_version).
+type Batch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`                                // delivery id at the sender; the ack names it
-	LinkEpoch     uint64                 `protobuf:"varint,2,opt,name=link_epoch,json=linkEpoch,proto3" json:"link_epoch,omitempty"` // sender store incarnation; a new epoch restarts link_seq
-	LinkSeq       uint64                 `protobuf:"varint,3,opt,name=link_seq,json=linkSeq,proto3" json:"link_seq,omitempty"`       // order of deliveries from this sender to this receiver in one lane
-	Lane          uint32                 `protobuf:"varint,4,opt,name=lane,proto3" json:"lane,omitempty"`                            // ordering lane (see stream.Lane)
-	Envelope      *Envelope              `protobuf:"bytes,5,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"` // sender store incarnation (random, fixed at creation)
+	Lane          uint32                 `protobuf:"varint,2,opt,name=lane,proto3" json:"lane,omitempty"`   // ordering lane (see stream.Lane)
+	After         uint64                 `protobuf:"varint,3,opt,name=after,proto3" json:"after,omitempty"` // the sender's version of the lane entry before the first one here (0: none)
+	Envelopes     []*Envelope            `protobuf:"bytes,4,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+	HeadSequence  uint64                 `protobuf:"varint,5,opt,name=head_sequence,json=headSequence,proto3" json:"head_sequence,omitempty"` // decision lane only: the reviewer's last decision sequence (a new member may ask for a snapshot)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Message) Reset() {
-	*x = Message{}
+func (x *Batch) Reset() {
+	*x = Batch{}
 	mi := &file_ferry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Message) String() string {
+func (x *Batch) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Message) ProtoMessage() {}
+func (*Batch) ProtoMessage() {}
 
-func (x *Message) ProtoReflect() protoreflect.Message {
+func (x *Batch) ProtoReflect() protoreflect.Message {
 	mi := &file_ferry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -408,70 +423,75 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Message.ProtoReflect.Descriptor instead.
-func (*Message) Descriptor() ([]byte, []int) {
+// Deprecated: Use Batch.ProtoReflect.Descriptor instead.
+func (*Batch) Descriptor() ([]byte, []int) {
 	return file_ferry_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *Message) GetId() uint64 {
+func (x *Batch) GetEpoch() uint64 {
 	if x != nil {
-		return x.Id
+		return x.Epoch
 	}
 	return 0
 }
 
-func (x *Message) GetLinkEpoch() uint64 {
-	if x != nil {
-		return x.LinkEpoch
-	}
-	return 0
-}
-
-func (x *Message) GetLinkSeq() uint64 {
-	if x != nil {
-		return x.LinkSeq
-	}
-	return 0
-}
-
-func (x *Message) GetLane() uint32 {
+func (x *Batch) GetLane() uint32 {
 	if x != nil {
 		return x.Lane
 	}
 	return 0
 }
 
-func (x *Message) GetEnvelope() *Envelope {
+func (x *Batch) GetAfter() uint64 {
 	if x != nil {
-		return x.Envelope
+		return x.After
+	}
+	return 0
+}
+
+func (x *Batch) GetEnvelopes() []*Envelope {
+	if x != nil {
+		return x.Envelopes
 	}
 	return nil
 }
 
-// Ack answers one Message on the same stream.
-type Ack struct {
+func (x *Batch) GetHeadSequence() uint64 {
+	if x != nil {
+		return x.HeadSequence
+	}
+	return 0
+}
+
+// Reply travels receiver -> sender on the same stream: the answer to batches
+// (cumulative: "applied through"), and, unprompted, the receiver's position
+// in each lane when the stream opens.
+type Reply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Status        AckStatus              `protobuf:"varint,2,opt,name=status,proto3,enum=ferry.v1.AckStatus" json:"status,omitempty"`
-	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Lane          uint32                 `protobuf:"varint,1,opt,name=lane,proto3" json:"lane,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`                                   // the sender epoch `through` refers to (0: this receiver holds nothing of the sender)
+	Through       uint64                 `protobuf:"varint,3,opt,name=through,proto3" json:"through,omitempty"`                               // every entry of the lane up to this sender version is applied here
+	Refused       []*Refusal             `protobuf:"bytes,4,rep,name=refused,proto3" json:"refused,omitempty"`                                // entries refused for good, by version
+	Report        bool                   `protobuf:"varint,5,opt,name=report,proto3" json:"report,omitempty"`                                 // a position report, not an answer to one batch
+	WantSnapshot  bool                   `protobuf:"varint,6,opt,name=want_snapshot,json=wantSnapshot,proto3" json:"want_snapshot,omitempty"` // decision lane: this new member fetches a snapshot first; hold the lane
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Ack) Reset() {
-	*x = Ack{}
+func (x *Reply) Reset() {
+	*x = Reply{}
 	mi := &file_ferry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Ack) String() string {
+func (x *Reply) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Ack) ProtoMessage() {}
+func (*Reply) ProtoMessage() {}
 
-func (x *Ack) ProtoReflect() protoreflect.Message {
+func (x *Reply) ProtoReflect() protoreflect.Message {
 	mi := &file_ferry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -483,30 +503,112 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Ack.ProtoReflect.Descriptor instead.
-func (*Ack) Descriptor() ([]byte, []int) {
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
 	return file_ferry_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *Ack) GetId() uint64 {
+func (x *Reply) GetLane() uint32 {
 	if x != nil {
-		return x.Id
+		return x.Lane
 	}
 	return 0
 }
 
-func (x *Ack) GetStatus() AckStatus {
+func (x *Reply) GetEpoch() uint64 {
 	if x != nil {
-		return x.Status
+		return x.Epoch
 	}
-	return AckStatus_ACK_STATUS_UNSPECIFIED
+	return 0
 }
 
-func (x *Ack) GetError() string {
+func (x *Reply) GetThrough() uint64 {
 	if x != nil {
-		return x.Error
+		return x.Through
+	}
+	return 0
+}
+
+func (x *Reply) GetRefused() []*Refusal {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+func (x *Reply) GetReport() bool {
+	if x != nil {
+		return x.Report
+	}
+	return false
+}
+
+func (x *Reply) GetWantSnapshot() bool {
+	if x != nil {
+		return x.WantSnapshot
+	}
+	return false
+}
+
+// Refusal names one entry of a batch the receiver refused for good.
+type Refusal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Equivocation  bool                   `protobuf:"varint,3,opt,name=equivocation,proto3" json:"equivocation,omitempty"` // the receiver holds this (origin, version) with other content
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Refusal) Reset() {
+	*x = Refusal{}
+	mi := &file_ferry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Refusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Refusal) ProtoMessage() {}
+
+func (x *Refusal) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
+func (*Refusal) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Refusal) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Refusal) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
+}
+
+func (x *Refusal) GetEquivocation() bool {
+	if x != nil {
+		return x.Equivocation
+	}
+	return false
 }
 
 // ReviewRequest is the payload of KIND_REVIEW_REQUEST.
@@ -526,7 +628,7 @@ type ReviewRequest struct {
 
 func (x *ReviewRequest) Reset() {
 	*x = ReviewRequest{}
-	mi := &file_ferry_proto_msgTypes[4]
+	mi := &file_ferry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +640,7 @@ func (x *ReviewRequest) String() string {
 func (*ReviewRequest) ProtoMessage() {}
 
 func (x *ReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[4]
+	mi := &file_ferry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +653,7 @@ func (x *ReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewRequest.ProtoReflect.Descriptor instead.
 func (*ReviewRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{4}
+	return file_ferry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReviewRequest) GetRequestId() uint64 {
@@ -628,7 +730,7 @@ type ReviewDecision struct {
 
 func (x *ReviewDecision) Reset() {
 	*x = ReviewDecision{}
-	mi := &file_ferry_proto_msgTypes[5]
+	mi := &file_ferry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +742,7 @@ func (x *ReviewDecision) String() string {
 func (*ReviewDecision) ProtoMessage() {}
 
 func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[5]
+	mi := &file_ferry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +755,7 @@ func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewDecision.ProtoReflect.Descriptor instead.
 func (*ReviewDecision) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{5}
+	return file_ferry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReviewDecision) GetOrigin() string {
@@ -725,14 +827,15 @@ type Hello struct {
 	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // the sender's listen addresses (binary multiaddrs)
+	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`                                    // the sender's listen addresses (binary multiaddrs)
+	HoldsVersion  uint64                 `protobuf:"varint,5,opt,name=holds_version,json=holdsVersion,proto3" json:"holds_version,omitempty"` // the highest origin version of the other side's changes the sender holds (0: none)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_proto_msgTypes[6]
+	mi := &file_ferry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +847,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[6]
+	mi := &file_ferry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +860,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{6}
+	return file_ferry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Hello) GetNetwork() string {
@@ -788,6 +891,13 @@ func (x *Hello) GetAddrs() [][]byte {
 	return nil
 }
 
+func (x *Hello) GetHoldsVersion() uint64 {
+	if x != nil {
+		return x.HoldsVersion
+	}
+	return 0
+}
+
 // SyncRequest asks a peer on /ferry/sync/1.0.0 for what the asker is missing.
 type SyncRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -801,7 +911,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ferry_proto_msgTypes[7]
+	mi := &file_ferry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +923,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[7]
+	mi := &file_ferry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +936,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{7}
+	return file_ferry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncRequest) GetWhat() SyncRequest_What {
@@ -870,7 +980,7 @@ type SyncBatch struct {
 
 func (x *SyncBatch) Reset() {
 	*x = SyncBatch{}
-	mi := &file_ferry_proto_msgTypes[8]
+	mi := &file_ferry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +992,7 @@ func (x *SyncBatch) String() string {
 func (*SyncBatch) ProtoMessage() {}
 
 func (x *SyncBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[8]
+	mi := &file_ferry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +1005,7 @@ func (x *SyncBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncBatch.ProtoReflect.Descriptor instead.
 func (*SyncBatch) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{8}
+	return file_ferry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncBatch) GetEnvelopes() []*Envelope {
@@ -934,7 +1044,7 @@ type SearchQuery struct {
 
 func (x *SearchQuery) Reset() {
 	*x = SearchQuery{}
-	mi := &file_ferry_proto_msgTypes[9]
+	mi := &file_ferry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1056,7 @@ func (x *SearchQuery) String() string {
 func (*SearchQuery) ProtoMessage() {}
 
 func (x *SearchQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[9]
+	mi := &file_ferry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1069,7 @@ func (x *SearchQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchQuery.ProtoReflect.Descriptor instead.
 func (*SearchQuery) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{9}
+	return file_ferry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SearchQuery) GetQueryId() string {
@@ -1015,7 +1125,7 @@ type SearchFrame struct {
 
 func (x *SearchFrame) Reset() {
 	*x = SearchFrame{}
-	mi := &file_ferry_proto_msgTypes[10]
+	mi := &file_ferry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1137,7 @@ func (x *SearchFrame) String() string {
 func (*SearchFrame) ProtoMessage() {}
 
 func (x *SearchFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[10]
+	mi := &file_ferry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1150,7 @@ func (x *SearchFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchFrame.ProtoReflect.Descriptor instead.
 func (*SearchFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{10}
+	return file_ferry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SearchFrame) GetQuery() *SearchQuery {
@@ -1068,7 +1178,7 @@ type SearchResults struct {
 
 func (x *SearchResults) Reset() {
 	*x = SearchResults{}
-	mi := &file_ferry_proto_msgTypes[11]
+	mi := &file_ferry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1190,7 @@ func (x *SearchResults) String() string {
 func (*SearchResults) ProtoMessage() {}
 
 func (x *SearchResults) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[11]
+	mi := &file_ferry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1203,7 @@ func (x *SearchResults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchResults.ProtoReflect.Descriptor instead.
 func (*SearchResults) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{11}
+	return file_ferry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SearchResults) GetQueryId() string {
@@ -1113,6 +1223,144 @@ func (x *SearchResults) GetDataType() string {
 func (x *SearchResults) GetResults() [][]byte {
 	if x != nil {
 		return x.Results
+	}
+	return nil
+}
+
+// SnapshotChunk is the payload of KIND_SNAPSHOT: part of the shared tables as
+// they stand at one decision sequence, signed by the reviewer.
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"` // the decision sequence the tables are at
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`   // the reviewer's version of that decision (the member's decision-lane position after it)
+	Index         uint32                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`       // chunk number, from 0
+	Last          bool                   `protobuf:"varint,4,opt,name=last,proto3" json:"last,omitempty"`         // the tables are complete with this chunk
+	Rows          []*TableRow            `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_ferry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SnapshotChunk) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *SnapshotChunk) GetRows() []*TableRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+type TableRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Table         string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	Id            uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Json          []byte                 `protobuf:"bytes,3,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TableRow) Reset() {
+	*x = TableRow{}
+	mi := &file_ferry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TableRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TableRow) ProtoMessage() {}
+
+func (x *TableRow) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TableRow.ProtoReflect.Descriptor instead.
+func (*TableRow) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TableRow) GetTable() string {
+	if x != nil {
+		return x.Table
+	}
+	return ""
+}
+
+func (x *TableRow) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *TableRow) GetJson() []byte {
+	if x != nil {
+		return x.Json
 	}
 	return nil
 }
@@ -1137,18 +1385,24 @@ const file_ferry_proto_rawDesc = "" +
 	"leaf_index\x18\x02 \x01(\rR\tleafIndex\x12\x1b\n" +
 	"\ttree_size\x18\x03 \x01(\rR\btreeSize\x12\x12\n" +
 	"\x04path\x18\x04 \x03(\fR\x04path\x12%\n" +
-	"\x0eroot_signature\x18\x05 \x01(\fR\rrootSignature\"\x97\x01\n" +
-	"\aMessage\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1d\n" +
-	"\n" +
-	"link_epoch\x18\x02 \x01(\x04R\tlinkEpoch\x12\x19\n" +
-	"\blink_seq\x18\x03 \x01(\x04R\alinkSeq\x12\x12\n" +
-	"\x04lane\x18\x04 \x01(\rR\x04lane\x12.\n" +
-	"\benvelope\x18\x05 \x01(\v2\x12.ferry.v1.EnvelopeR\benvelope\"X\n" +
-	"\x03Ack\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\x12+\n" +
-	"\x06status\x18\x02 \x01(\x0e2\x13.ferry.v1.AckStatusR\x06status\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\xf7\x01\n" +
+	"\x0eroot_signature\x18\x05 \x01(\fR\rrootSignature\"\x9e\x01\n" +
+	"\x05Batch\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
+	"\x04lane\x18\x02 \x01(\rR\x04lane\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\x04R\x05after\x120\n" +
+	"\tenvelopes\x18\x04 \x03(\v2\x12.ferry.v1.EnvelopeR\tenvelopes\x12#\n" +
+	"\rhead_sequence\x18\x05 \x01(\x04R\fheadSequence\"\xb5\x01\n" +
+	"\x05Reply\x12\x12\n" +
+	"\x04lane\x18\x01 \x01(\rR\x04lane\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\athrough\x18\x03 \x01(\x04R\athrough\x12+\n" +
+	"\arefused\x18\x04 \x03(\v2\x11.ferry.v1.RefusalR\arefused\x12\x16\n" +
+	"\x06report\x18\x05 \x01(\bR\x06report\x12#\n" +
+	"\rwant_snapshot\x18\x06 \x01(\bR\fwantSnapshot\"_\n" +
+	"\aRefusal\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\"\n" +
+	"\fequivocation\x18\x03 \x01(\bR\fequivocation\"\xf7\x01\n" +
 	"\rReviewRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x19\n" +
@@ -1172,21 +1426,24 @@ const file_ferry_proto_rawDesc = "" +
 	"\rreviewer_name\x18\a \x01(\tR\freviewerName\x12\x1c\n" +
 	"\tapplicant\x18\b \x01(\fR\tapplicant\x12\x1d\n" +
 	"\n" +
-	"decided_at\x18\t \x01(\x03R\tdecidedAt\"e\n" +
+	"decided_at\x18\t \x01(\x03R\tdecidedAt\"\x8a\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
-	"\x05addrs\x18\x04 \x03(\fR\x05addrs\"\xc7\x01\n" +
+	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12#\n" +
+	"\rholds_version\x18\x05 \x01(\x04R\fholdsVersion\"\xe8\x01\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x04what\x18\x01 \x01(\x0e2\x1a.ferry.v1.SyncRequest.WhatR\x04what\x12\x16\n" +
 	"\x06origin\x18\x02 \x01(\fR\x06origin\x12\x14\n" +
 	"\x05after\x18\x03 \x01(\x04R\x05after\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\rR\x05limit\"D\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"e\n" +
 	"\x04What\x12\x14\n" +
 	"\x10WHAT_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWHAT_RESOURCES\x10\x01\x12\x12\n" +
-	"\x0eWHAT_DECISIONS\x10\x02\"g\n" +
+	"\x0eWHAT_DECISIONS\x10\x02\x12\f\n" +
+	"\bWHAT_OWN\x10\x03\x12\x11\n" +
+	"\rWHAT_SNAPSHOT\x10\x04\"g\n" +
 	"\tSyncBatch\x120\n" +
 	"\tenvelopes\x18\x01 \x03(\v2\x12.ferry.v1.EnvelopeR\tenvelopes\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12\x14\n" +
@@ -1204,7 +1461,17 @@ const file_ferry_proto_rawDesc = "" +
 	"\rSearchResults\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\tR\aqueryId\x12\x1b\n" +
 	"\tdata_type\x18\x02 \x01(\tR\bdataType\x12\x18\n" +
-	"\aresults\x18\x03 \x03(\fR\aresults*\xc3\x01\n" +
+	"\aresults\x18\x03 \x03(\fR\aresults\"\x97\x01\n" +
+	"\rSnapshotChunk\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\rR\x05index\x12\x12\n" +
+	"\x04last\x18\x04 \x01(\bR\x04last\x12&\n" +
+	"\x04rows\x18\x05 \x03(\v2\x12.ferry.v1.TableRowR\x04rows\"D\n" +
+	"\bTableRow\x12\x14\n" +
+	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04json\x18\x03 \x01(\fR\x04json*\xd6\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KIND_RESOURCE_CREATE\x10\x01\x12\x18\n" +
@@ -1213,7 +1480,8 @@ const file_ferry_proto_rawDesc = "" +
 	"\x0eKIND_CONSIDERS\x10\x04\x12\x10\n" +
 	"\fKIND_PLANNER\x10\x05\x12\x17\n" +
 	"\x13KIND_REVIEW_REQUEST\x10\x06\x12\x18\n" +
-	"\x14KIND_REVIEW_DECISION\x10\a*r\n" +
+	"\x14KIND_REVIEW_DECISION\x10\a\x12\x11\n" +
+	"\rKIND_SNAPSHOT\x10\b*r\n" +
 	"\tAckStatus\x12\x1a\n" +
 	"\x16ACK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ACK_STATUS_APPLIED\x10\x01\x12\x18\n" +
@@ -1233,38 +1501,42 @@ func file_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_ferry_proto_goTypes = []any{
 	(Kind)(0),              // 0: ferry.v1.Kind
 	(AckStatus)(0),         // 1: ferry.v1.AckStatus
 	(SyncRequest_What)(0),  // 2: ferry.v1.SyncRequest.What
 	(*Body)(nil),           // 3: ferry.v1.Body
 	(*Envelope)(nil),       // 4: ferry.v1.Envelope
-	(*Message)(nil),        // 5: ferry.v1.Message
-	(*Ack)(nil),            // 6: ferry.v1.Ack
-	(*ReviewRequest)(nil),  // 7: ferry.v1.ReviewRequest
-	(*ReviewDecision)(nil), // 8: ferry.v1.ReviewDecision
-	(*Hello)(nil),          // 9: ferry.v1.Hello
-	(*SyncRequest)(nil),    // 10: ferry.v1.SyncRequest
-	(*SyncBatch)(nil),      // 11: ferry.v1.SyncBatch
-	(*SearchQuery)(nil),    // 12: ferry.v1.SearchQuery
-	(*SearchFrame)(nil),    // 13: ferry.v1.SearchFrame
-	(*SearchResults)(nil),  // 14: ferry.v1.SearchResults
+	(*Batch)(nil),          // 5: ferry.v1.Batch
+	(*Reply)(nil),          // 6: ferry.v1.Reply
+	(*Refusal)(nil),        // 7: ferry.v1.Refusal
+	(*ReviewRequest)(nil),  // 8: ferry.v1.ReviewRequest
+	(*ReviewDecision)(nil), // 9: ferry.v1.ReviewDecision
+	(*Hello)(nil),          // 10: ferry.v1.Hello
+	(*SyncRequest)(nil),    // 11: ferry.v1.SyncRequest
+	(*SyncBatch)(nil),      // 12: ferry.v1.SyncBatch
+	(*SearchQuery)(nil),    // 13: ferry.v1.SearchQuery
+	(*SearchFrame)(nil),    // 14: ferry.v1.SearchFrame
+	(*SearchResults)(nil),  // 15: ferry.v1.SearchResults
+	(*SnapshotChunk)(nil),  // 16: ferry.v1.SnapshotChunk
+	(*TableRow)(nil),       // 17: ferry.v1.TableRow
 }
 var file_ferry_proto_depIdxs = []int32{
 	0,  // 0: ferry.v1.Body.kind:type_name -> ferry.v1.Kind
-	4,  // 1: ferry.v1.Message.envelope:type_name -> ferry.v1.Envelope
-	1,  // 2: ferry.v1.Ack.status:type_name -> ferry.v1.AckStatus
-	7,  // 3: ferry.v1.ReviewDecision.request:type_name -> ferry.v1.ReviewRequest
+	4,  // 1: ferry.v1.Batch.envelopes:type_name -> ferry.v1.Envelope
+	7,  // 2: ferry.v1.Reply.refused:type_name -> ferry.v1.Refusal
+	8,  // 3: ferry.v1.ReviewDecision.request:type_name -> ferry.v1.ReviewRequest
 	2,  // 4: ferry.v1.SyncRequest.what:type_name -> ferry.v1.SyncRequest.What
 	4,  // 5: ferry.v1.SyncBatch.envelopes:type_name -> ferry.v1.Envelope
-	12, // 6: ferry.v1.SearchFrame.query:type_name -> ferry.v1.SearchQuery
-	14, // 7: ferry.v1.SearchFrame.results:type_name -> ferry.v1.SearchResults
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	13, // 6: ferry.v1.SearchFrame.query:type_name -> ferry.v1.SearchQuery
+	15, // 7: ferry.v1.SearchFrame.results:type_name -> ferry.v1.SearchResults
+	17, // 8: ferry.v1.SnapshotChunk.rows:type_name -> ferry.v1.TableRow
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_proto_init() }
@@ -1278,7 +1550,7 @@ func file_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_proto_rawDesc), len(file_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

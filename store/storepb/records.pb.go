@@ -72,7 +72,9 @@ func (Delivery_State) EnumDescriptor() ([]byte, []int) {
 	return file_records_proto_rawDescGZIP(), []int{0, 0}
 }
 
-// Delivery is one message owed to one receiver: an acknowledgement row.
+// Delivery is one message owed to one receiver: an acknowledgement row of
+// store schema 1, read only by the migration to schema 2 (which derives
+// acknowledgement rows from the change log and the ack floors).
 type Delivery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -322,7 +324,8 @@ func (x *Resource) GetUpdatedAt() int64 {
 	return 0
 }
 
-// LinkState is what a receiver holds of one sender's lane.
+// LinkState is what a receiver held of one sender's lane in store schema 1
+// (read only by the migration).
 type LinkState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
@@ -375,6 +378,114 @@ func (x *LinkState) GetLastSeq() uint64 {
 	return 0
 }
 
+// Position is what a receiver holds of one sender's lane: every entry of the
+// lane up to `version` (the sender's version) is applied here.
+type Position struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"` // the sender's store incarnation
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Position) Reset() {
+	*x = Position{}
+	mi := &file_records_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Position) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Position) ProtoMessage() {}
+
+func (x *Position) ProtoReflect() protoreflect.Message {
+	mi := &file_records_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Position.ProtoReflect.Descriptor instead.
+func (*Position) Descriptor() ([]byte, []int) {
+	return file_records_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Position) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Position) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Floor is what a sender knows a receiver holds of one of its lanes: the
+// receiver acknowledged every entry of the lane up to `version`.
+type Floor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	AckedAt       int64                  `protobuf:"varint,2,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"` // unix nanoseconds of the last advance
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Floor) Reset() {
+	*x = Floor{}
+	mi := &file_records_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Floor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Floor) ProtoMessage() {}
+
+func (x *Floor) ProtoReflect() protoreflect.Message {
+	mi := &file_records_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Floor.ProtoReflect.Descriptor instead.
+func (*Floor) Descriptor() ([]byte, []int) {
+	return file_records_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Floor) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Floor) GetAckedAt() int64 {
+	if x != nil {
+		return x.AckedAt
+	}
+	return 0
+}
+
 // Request is a row of the review ledger (SPEC.md "The review ledger").
 type Request struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -401,7 +512,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_records_proto_msgTypes[3]
+	mi := &file_records_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +524,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_records_proto_msgTypes[3]
+	mi := &file_records_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +537,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_records_proto_rawDescGZIP(), []int{3}
+	return file_records_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Request) GetId() uint64 {
@@ -563,7 +674,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_records_proto_msgTypes[4]
+	mi := &file_records_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +686,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_records_proto_msgTypes[4]
+	mi := &file_records_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +699,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_records_proto_rawDescGZIP(), []int{4}
+	return file_records_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Peer) GetId() []byte {
@@ -672,7 +783,13 @@ const file_records_proto_rawDesc = "" +
 	"updated_at\x18\b \x01(\x03R\tupdatedAt\"<\n" +
 	"\tLinkState\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"\x8c\x04\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\":\n" +
+	"\bPosition\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"<\n" +
+	"\x05Floor\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x19\n" +
+	"\backed_at\x18\x02 \x01(\x03R\aackedAt\"\x8c\x04\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\btable_id\x18\x02 \x01(\x04R\atableId\x12\x1d\n" +
@@ -717,14 +834,16 @@ func file_records_proto_rawDescGZIP() []byte {
 }
 
 var file_records_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_records_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_records_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_records_proto_goTypes = []any{
 	(Delivery_State)(0), // 0: ferry.store.v1.Delivery.State
 	(*Delivery)(nil),    // 1: ferry.store.v1.Delivery
 	(*Resource)(nil),    // 2: ferry.store.v1.Resource
 	(*LinkState)(nil),   // 3: ferry.store.v1.LinkState
-	(*Request)(nil),     // 4: ferry.store.v1.Request
-	(*Peer)(nil),        // 5: ferry.store.v1.Peer
+	(*Position)(nil),    // 4: ferry.store.v1.Position
+	(*Floor)(nil),       // 5: ferry.store.v1.Floor
+	(*Request)(nil),     // 6: ferry.store.v1.Request
+	(*Peer)(nil),        // 7: ferry.store.v1.Peer
 }
 var file_records_proto_depIdxs = []int32{
 	0, // 0: ferry.store.v1.Delivery.state:type_name -> ferry.store.v1.Delivery.State
@@ -746,7 +865,7 @@ func file_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_records_proto_rawDesc), len(file_records_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

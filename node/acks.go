@@ -1,0 +1,362 @@
+package node
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// The acknowledgement table of source 000 is not stored: each row is one
+// (own change, receiver) pair, and its state is derived from the change log,
+// the receiver's ack floor of the change's lane and the refusals. A change
+// goes to the receivers its entry names, or, broadcast, to the lane's
+// receivers (partners for resources, members for decisions).
+
+// Limits of one page of acknowledgement rows.
+const (
+	DefaultAckPage = 100
+	MaxAckPage     = 1000
+)
+
+// AckQuery selects acknowledgement rows.
+type AckQuery struct {
+	RequestID uint64 // 0: any
+	Receiver  string // peer id or name; "": any
+	State     string // "pending", "sended", "rejected"; "": any
+	Kind      string // "resource", "considers", "planner", "request", "decision"; "": any
+	Version   uint64 // one change (this node's version); 0: any
+	Before    string // page cursor (AckPage.Next); "": start from the newest
+	Limit     int    // default DefaultAckPage, at most MaxAckPage
+}
+
+// AckPage is one page of rows, newest first.
+type AckPage struct {
+	Rows []AckRow `json:"rows"`
+	Next string   `json:"next,omitempty"` // cursor of the next (older) page; empty: no more
+}
+
+// AckRow is a row of the acknowledgement table (source 000), for every
+// delivery: owned resources, considers, planner, review requests and
+// decisions.
+type AckRow struct {
+	ID            string    `json:"id"`         // "<version>.<n>": the change and the receiver's place among its receivers
+	RequestID     uint64    `json:"request_id"` // review messages; 0 otherwise
+	Receiver      string    `json:"receiver"`   // name
+	ReceiverID    string    `json:"receiver_id"`
+	Ack           string    `json:"ack"`  // pending, sended, rejected
+	Kind          string    `json:"kind"` // resource, considers, planner, request, decision
+	Protocol      string    `json:"protocol"`
+	Version       uint64    `json:"version"`
+	Attempts      uint32    `json:"attempts"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	CreatedAt     time.Time `json:"created_at"`
+	Error         string    `json:"error,omitempty"` // rejected: why; pending: the last send error
+}
+
+// Ack states.
+const (
+	AckPending  = "pending"
+	AckSended   = "sended"
+	AckRejected = "rejected"
+)
+
+func parseCursor(s string) (ver uint64, n int, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	a, b, ok := strings.Cut(s, ".")
+	ver, err1 := strconv.ParseUint(a, 10, 64)
+	n, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || ver == 0 || n < 1 {
+		return 0, 0, badReq("cursor %q is not <version>.<n>", s)
+	}
+	return ver, n, nil
+}
+
+// Acks lists acknowledgement rows, newest change first, and within a change
+// in the order of the receivers' names (as source 000 lays them out).
+func (n *Node) Acks(q AckQuery) (AckPage, error) {
+	page := AckPage{Rows: []AckRow{}}
+	if q.Limit == 0 {
+		q.Limit = DefaultAckPage
+	}
+	if q.Limit < 0 || q.Limit > MaxAckPage {
+		return page, badReq("limit must be 1-%d", MaxAckPage)
+	}
+	switch q.State {
+	case "", AckPending, AckSended, AckRejected:
+	default:
+		return page, badReq("state %q is not pending, sended or rejected", q.State)
+	}
+	if q.Kind != "" && !slices.Contains([]string{"resource", "considers", "planner", "request", "decision"}, q.Kind) {
+		return page, badReq("kind %q is not resource, considers, planner, request or decision", q.Kind)
+	}
+	beforeVer, beforeN, err := parseCursor(q.Before)
+	if err != nil {
+		return page, err
+	}
+	var want peer.ID
+	if q.Receiver != "" {
+		if want, err = n.resolvePeer(q.Receiver); err != nil {
+			return page, err
+		}
+	}
+	d := newAckDeriver(n)
+	scanFrom := beforeVer + 1 // OwnEntries lists versions below this
+	if beforeVer == 0 {
+		scanFrom = 0
+	}
+	if q.Version > 0 {
+		if beforeVer != 0 && q.Version > beforeVer {
+			return page, nil
+		}
+		scanFrom = q.Version + 1
+	}
+	var scanErr error
+	err = n.st.OwnEntries(scanFrom, func(e store.OwnEntry) bool {
+		if q.Version > 0 && e.Version != q.Version {
+			return false
+		}
+		if (q.RequestID != 0 && e.RequestID != q.RequestID) || (q.Kind != "" && q.Kind != stream.Lane(e.Lane).String()) {
+			return true
+		}
+		rows, err := d.rows(e)
+		if err != nil {
+			scanErr = err
+			return false
+		}
+		for i, r := range rows {
+			if e.Version == beforeVer && i+1 <= beforeN {
+				continue
+			}
+			if (want != "" && r.ReceiverID != want.String()) || (q.State != "" && r.Ack != q.State) {
+				continue
+			}
+			if len(page.Rows) == q.Limit {
+				page.Next = page.Rows[len(page.Rows)-1].ID
+				return false
+			}
+			page.Rows = append(page.Rows, r)
+		}
+		return true
+	})
+	if err == nil {
+		err = scanErr
+	}
+	if err != nil {
+		return AckPage{Rows: []AckRow{}}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	return page, nil
+}
+
+// resolvePeer reads a peer id or a peer's name.
+func (n *Node) resolvePeer(s string) (peer.ID, error) {
+	if p, err := peer.Decode(s); err == nil {
+		return p, nil
+	}
+	for _, e := range n.book.Entries() {
+		if e.Name == s {
+			return peer.ID(e.Id), nil
+		}
+	}
+	for _, p := range append(n.book.Partners(), n.book.Members()...) {
+		if n.book.Name(p) == s {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: no peer named %q", ferry.ErrNotFound, s)
+}
+
+// ackDeriver renders rows, caching what one listing reads more than once.
+type ackDeriver struct {
+	n         *Node
+	receivers map[stream.Lane][]peer.ID
+	refusals  map[peer.ID]map[uint64]string
+	lanes     map[laneOf]stream.LaneState
+}
+
+type laneOf struct {
+	p peer.ID
+	l stream.Lane
+}
+
+func newAckDeriver(n *Node) *ackDeriver {
+	return &ackDeriver{n: n, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
+		lanes: map[laneOf]stream.LaneState{}}
+}
+
+// broadcast lists a lane's receivers in the order of their names.
+func (d *ackDeriver) broadcast(l stream.Lane) []peer.ID {
+	if ps, ok := d.receivers[l]; ok {
+		return ps
+	}
+	ps := slices.Clone(d.n.book.Receivers(l))
+	d.sortByName(ps)
+	d.receivers[l] = ps
+	return ps
+}
+
+func (d *ackDeriver) sortByName(ps []peer.ID) {
+	slices.SortFunc(ps, func(a, b peer.ID) int {
+		if c := strings.Compare(d.n.book.Name(a), d.n.book.Name(b)); c != 0 {
+			return c
+		}
+		return strings.Compare(string(a), string(b))
+	})
+}
+
+func (d *ackDeriver) lane(p peer.ID, l stream.Lane) stream.LaneState {
+	k := laneOf{p, l}
+	if s, ok := d.lanes[k]; ok {
+		return s
+	}
+	s := d.n.sender.Lane(p, l)
+	d.lanes[k] = s
+	return s
+}
+
+func (d *ackDeriver) refused(p peer.ID, ver uint64) (string, bool, error) {
+	m, ok := d.refusals[p]
+	if !ok {
+		var err error
+		if m, err = d.n.st.Refusals(p); err != nil {
+			return "", false, err
+		}
+		d.refusals[p] = m
+	}
+	r, ok := m[ver]
+	return r, ok, nil
+}
+
+// rows renders the acknowledgement rows of one own change.
+func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
+	l := stream.Lane(e.Lane)
+	to := e.To
+	if len(to) == 0 {
+		to = d.broadcast(l)
+	} else if len(to) > 1 {
+		to = slices.Clone(to)
+		d.sortByName(to)
+	}
+	out := make([]AckRow, 0, len(to))
+	for i, p := range to {
+		if p == d.n.id {
+			continue
+		}
+		r := AckRow{ID: strconv.FormatUint(e.Version, 10) + "." + strconv.Itoa(i+1), RequestID: e.RequestID,
+			Receiver: d.n.book.Name(p), ReceiverID: p.String(), Kind: l.String(), Protocol: string(e.Protocol),
+			Version: e.Version, CreatedAt: time.Unix(0, e.CreatedAt).UTC()}
+		ls := d.lane(p, l)
+		reason, rejected, err := d.refused(p, e.Version)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case rejected:
+			r.Ack, r.Error, r.Attempts = AckRejected, reason, 1
+		case ls.Floor >= e.Version:
+			r.Ack, r.Attempts = AckSended, 1
+		default:
+			r.Ack = AckPending
+			if ls.Inflight > 0 || ls.Attempts > 0 {
+				r.Attempts = ls.Attempts
+			}
+			r.NextAttemptAt = ls.NextAttemptAt
+			r.Error = ls.LastError
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// DeliveryState is the delivery state of one receiver's lane.
+type DeliveryState struct {
+	Receiver      string    `json:"receiver"`
+	ReceiverID    string    `json:"receiver_id"`
+	Lane          string    `json:"lane"`    // resource, considers, planner, request, decision
+	Pending       int       `json:"pending"` // changes not yet acknowledged (counted up to MaxPendingCount)
+	OldestPending time.Time `json:"oldest_pending,omitzero"`
+	Floor         uint64    `json:"floor"` // acknowledged through this version
+	Attempts      uint32    `json:"attempts"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	LastError     string    `json:"last_error,omitempty"`
+	Held          bool      `json:"held"` // a closed planner stream
+}
+
+// MaxPendingCount bounds how far Deliveries counts one lane's backlog.
+const MaxPendingCount = 1_000_000
+
+// Deliveries reports every receiver lane that has had something to receive.
+func (n *Node) Deliveries() []DeliveryState {
+	type key struct {
+		p peer.ID
+		l stream.Lane
+	}
+	var keys []key
+	seen := map[key]bool{}
+	add := func(p peer.ID, l stream.Lane) {
+		k := key{p, l}
+		if p != n.id && !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for _, l := range []stream.Lane{stream.LaneResource, stream.LaneDecision} {
+		if n.sender.Head(l) == 0 {
+			continue
+		}
+		for _, p := range n.book.Receivers(l) {
+			add(p, l)
+		}
+	}
+	addressed, _ := n.st.AddressedReceivers()
+	for _, p := range append(addressed, n.sender.Receivers()...) {
+		for _, l := range stream.Lanes {
+			add(p, l)
+		}
+	}
+	out := make([]DeliveryState, 0, len(keys))
+	for _, k := range keys {
+		ls := n.sender.Lane(k.p, k.l)
+		broadcast := n.book.Receives(k.p, k.l)
+		if !broadcast {
+			if h, _ := n.st.LaneHead(k.p, uint8(k.l), false); h == 0 {
+				continue
+			}
+		}
+		ds := DeliveryState{Receiver: n.book.Name(k.p), ReceiverID: k.p.String(), Lane: k.l.String(), Floor: ls.Floor,
+			Attempts: ls.Attempts, NextAttemptAt: ls.NextAttemptAt, LastError: ls.LastError, Held: ls.Held}
+		count, first, err := n.st.BacklogCount(k.p, uint8(k.l), broadcast, ls.Floor, MaxPendingCount)
+		if err == nil && count > 0 {
+			ds.Pending = count
+			if e, err := n.st.OwnEntry(first); err == nil {
+				ds.OldestPending = time.Unix(0, e.CreatedAt).UTC()
+			}
+		}
+		out = append(out, ds)
+	}
+	slices.SortFunc(out, func(a, b DeliveryState) int {
+		if c := strings.Compare(a.Receiver, b.Receiver); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Lane, b.Lane)
+	})
+	return out
+}
+
+// pendingAcks counts what every receiver still owes an acknowledgement for.
+func (n *Node) pendingAcks() int {
+	total := 0
+	for _, d := range n.Deliveries() {
+		total += d.Pending
+	}
+	return total
+}

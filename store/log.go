@@ -1,0 +1,659 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// The change log is the outbox: every change this node makes or receives
+// is one entry c/<version>, and what goes to receivers is read from it,
+// per receiver and lane, after that receiver's ack floor. Nothing is written
+// per (change, receiver) when a change is committed or acknowledged.
+
+// ---- versions ----
+
+// NextVersion gives the next store version: one more than the last, and
+// never below the commit's clock in microseconds. A node restored from an
+// older copy of its data directory therefore never hands out again a version
+// its peers have seen (they were all given before now), even before it has
+// heard from them.
+func (t *Txn) NextVersion() (uint64, error) {
+	key := k(keyCtrPrefix).str(CtrVersion)
+	v, err := t.get(key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	n := max(parseU64(v)+1, uint64(max(t.now.UnixMicro(), 0)))
+	t.set(key, u64Value(n))
+	return n, nil
+}
+
+// RaiseVersion makes every later version greater than v (a peer holds this
+// node's changes up to v: its store was restored from an older copy).
+func (t *Txn) RaiseVersion(v uint64) error {
+	cur, err := t.CounterValue(CtrVersion)
+	if err != nil {
+		return err
+	}
+	if v > cur {
+		t.SetCounter(CtrVersion, v)
+	}
+	return nil
+}
+
+// ---- the change log and the origin index ----
+
+// BodyHash fingerprints a change's signed body: the same (origin, version)
+// with another fingerprint is an equivocation, not a resend.
+func BodyHash(body []byte) uint64 {
+	h := sha256.Sum256(body)
+	return binary.BigEndian.Uint64(h[:8])
+}
+
+// OriginEntry is what the origin index holds of one change: where it is in
+// this node's log, its kind, its fingerprint and when it was committed here.
+type OriginEntry struct {
+	LocalVersion uint64
+	Kind         pb.Kind
+	Hash         uint64
+	AppliedAt    time.Time
+}
+
+func originValue(ver uint64, kind pb.Kind, hash uint64, at time.Time) []byte {
+	b := make([]byte, 0, 25)
+	b = binary.BigEndian.AppendUint64(b, ver)
+	b = append(b, byte(kind))
+	b = binary.BigEndian.AppendUint64(b, hash)
+	return binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
+}
+
+func parseOrigin(v []byte) OriginEntry {
+	var e OriginEntry
+	if len(v) >= 8 {
+		e.LocalVersion = binary.BigEndian.Uint64(v)
+	}
+	if len(v) >= 9 {
+		e.Kind = pb.Kind(v[8])
+	}
+	if len(v) >= 17 {
+		e.Hash = binary.BigEndian.Uint64(v[9:])
+	}
+	if len(v) >= 25 {
+		e.AppliedAt = time.Unix(0, int64(binary.BigEndian.Uint64(v[17:])))
+	}
+	return e
+}
+
+func originKey(origin []byte, ver uint64) key { return k(pOrigin).bytes(origin).u64(ver) }
+
+// AppendOwn gives body the next store version as its origin version, writes
+// it to the change log and registers it for sealing with this commit's
+// signature. body.Origin must be this node.
+func (t *Txn) AppendOwn(body *pb.Body) (uint64, *Sealed, error) {
+	ver, err := t.NextVersion()
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := t.AppendOwnAt(ver, body)
+	return ver, s, err
+}
+
+// AppendOwnAt is AppendOwn for a version the caller took from NextVersion
+// (it needed it inside the body's payload).
+func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
+	body.OriginVersion = ver
+	b, err := proto.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode body: %w", err)
+	}
+	s := &Sealed{key: k(pChange).u64(ver), body: b, Hash: BodyHash(b)}
+	t.sealed = append(t.sealed, s)
+	t.set(originKey(body.Origin, ver), originValue(ver, body.Kind, s.Hash, t.now))
+	return s, nil
+}
+
+// HeldOrigin reports whether the change (origin, originVersion) is held,
+// and what the index knows of it.
+func (t *Txn) HeldOrigin(origin peer.ID, originVersion uint64) (OriginEntry, bool, error) {
+	v, err := t.get(originKey([]byte(origin), originVersion))
+	if errors.Is(err, ErrNotFound) {
+		return OriginEntry{}, false, nil
+	}
+	if err != nil {
+		return OriginEntry{}, false, err
+	}
+	return parseOrigin(v), true, nil
+}
+
+// HasOrigin reports whether the change (origin, originVersion) is held, and
+// at which local version.
+func (t *Txn) HasOrigin(origin peer.ID, originVersion uint64) (uint64, bool, error) {
+	e, ok, err := t.HeldOrigin(origin, originVersion)
+	return e.LocalVersion, ok, err
+}
+
+// AppendReceived stores an envelope (its encoded bytes, env) that came from
+// body's origin under the next store version. hash is BodyHash of its body.
+// The caller has checked that the change is not held.
+func (t *Txn) AppendReceived(body *pb.Body, hash uint64, env []byte) (uint64, error) {
+	ver, err := t.NextVersion()
+	if err != nil {
+		return 0, err
+	}
+	t.set(k(pChange).u64(ver), env)
+	t.set(originKey(body.Origin, body.OriginVersion), originValue(ver, body.Kind, hash, t.now))
+	return ver, nil
+}
+
+// PutOwnRecovered stores one of this node's own changes at its original
+// version (recovered from a peer after a restore from an older copy). It
+// reports false, writing nothing, when that version is taken.
+func (t *Txn) PutOwnRecovered(body *pb.Body, hash uint64, env []byte) (bool, error) {
+	ck := k(pChange).u64(body.OriginVersion)
+	if _, err := t.get(ck); err == nil {
+		return false, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return false, err
+	}
+	t.set(ck, env)
+	t.set(originKey(body.Origin, body.OriginVersion), originValue(body.OriginVersion, body.Kind, hash, t.now))
+	return true, t.RaiseVersion(body.OriginVersion)
+}
+
+// OriginEntry reads what the origin index holds of a change.
+func (s *Store) OriginEntry(origin peer.ID, originVersion uint64) (OriginEntry, error) {
+	v, err := s.getRaw(originKey([]byte(origin), originVersion))
+	if err != nil {
+		return OriginEntry{}, err
+	}
+	return parseOrigin(v), nil
+}
+
+// Change is one entry of the change log.
+type Change struct {
+	Version  uint64
+	Envelope *pb.Envelope
+	Body     *pb.Body
+}
+
+func decodeChange(ver uint64, v []byte) (Change, error) {
+	env := &pb.Envelope{}
+	if err := unmarshal(v, env); err != nil {
+		return Change{}, err
+	}
+	body := &pb.Body{}
+	if err := unmarshal(env.Body, body); err != nil {
+		return Change{}, err
+	}
+	return Change{Version: ver, Envelope: env, Body: body}, nil
+}
+
+// Change reads the change at a store version.
+func (s *Store) Change(ver uint64) (Change, error) {
+	v, err := s.getRaw(k(pChange).u64(ver))
+	if err != nil {
+		return Change{}, err
+	}
+	return decodeChange(ver, v)
+}
+
+// ChangeEnvelope reads the raw envelope bytes of a change.
+func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
+	return s.getRaw(k(pChange).u64(ver))
+}
+
+// Changes returns up to limit changes after version since, in version order,
+// as far as they are on disk.
+func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
+	if since == math.MaxUint64 {
+		return nil, nil
+	}
+	durable := s.DurableVersion()
+	var out []Change
+	err := s.scan(k(pChange).u64(since+1), k(pChange).u64(durable+1), false, func(key, v []byte) (bool, error) {
+		ver, err := tailU64(key)
+		if err != nil {
+			return false, err
+		}
+		c, err := decodeChange(ver, v)
+		if err != nil {
+			return false, err
+		}
+		out = append(out, c)
+		return len(out) < limit, nil
+	})
+	return out, err
+}
+
+// OriginChanges returns up to limit changes of origin with an origin version
+// after `after`, in origin-version order; with kinds, only changes of those
+// kinds. It also returns the origin version the scan reached, so a caller
+// asking again starts after what was skipped. It stops at the durable mark.
+func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...pb.Kind) ([]Change, uint64, error) {
+	if after == math.MaxUint64 {
+		return nil, after, nil
+	}
+	prefix := k(pOrigin).str(string(origin))
+	var vers []uint64
+	durable := s.DurableVersion()
+	reached := after
+	err := s.scan(prefix.u64(after+1), prefixEnd(prefix), false, func(key, v []byte) (bool, error) {
+		e := parseOrigin(v)
+		if e.LocalVersion > durable {
+			return false, nil // not on disk yet
+		}
+		if ov, err := tailU64(key); err == nil {
+			reached = ov
+		}
+		if len(kinds) > 0 && !slices.Contains(kinds, e.Kind) {
+			return true, nil
+		}
+		vers = append(vers, e.LocalVersion)
+		return len(vers) < limit, nil
+	})
+	if err != nil {
+		return nil, reached, err
+	}
+	out := make([]Change, 0, len(vers))
+	for _, v := range vers {
+		c, err := s.Change(v)
+		if errors.Is(err, ErrNotFound) {
+			continue // truncated by retention
+		}
+		if err != nil {
+			return nil, reached, fmt.Errorf("change %d: %w", v, err)
+		}
+		out = append(out, c)
+	}
+	return out, reached, nil
+}
+
+// LastOriginVersion is the highest origin version held from origin (0: none).
+func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
+	prefix := k(pOrigin).str(string(origin))
+	var last uint64
+	err := s.scan(prefix, prefixEnd(prefix), true, func(key, _ []byte) (bool, error) {
+		v, err := tailU64(key)
+		last = v
+		return false, err
+	})
+	return last, err
+}
+
+// ---- own deliveries ----
+
+// OwnEntry is one of this node's changes that goes to receivers: the
+// receivers of a broadcast entry are those of its lane when it is sent
+// (partners for resources, members for decisions); an addressed entry goes
+// to To.
+type OwnEntry struct {
+	Version   uint64
+	Lane      uint8
+	Kind      pb.Kind
+	Protocol  protocol.ID
+	RequestID uint64 // review messages: the local request id
+	CreatedAt int64  // unix nanoseconds
+	To        []peer.ID
+}
+
+const ownAddressed = 1
+
+func encodeOwn(e OwnEntry) []byte {
+	b := make([]byte, 0, 24+len(e.To)*40)
+	flags := byte(0)
+	if len(e.To) > 0 {
+		flags |= ownAddressed
+	}
+	b = append(b, e.Lane, byte(e.Kind), protocols.ProtocolCode(e.Protocol), flags)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.CreatedAt))
+	b = binary.AppendUvarint(b, e.RequestID)
+	b = binary.AppendUvarint(b, uint64(len(e.To)))
+	for _, p := range e.To {
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
+	}
+	return b
+}
+
+var errBadOwn = errors.New("malformed delivery index entry")
+
+func decodeOwn(ver uint64, v []byte) (OwnEntry, error) {
+	if len(v) < 12 {
+		return OwnEntry{}, errBadOwn
+	}
+	e := OwnEntry{Version: ver, Lane: v[0], Kind: pb.Kind(v[1]), Protocol: protocols.ProtocolByCode(v[2]),
+		CreatedAt: int64(binary.BigEndian.Uint64(v[4:12]))}
+	rest := v[12:]
+	var n int
+	if e.RequestID, n = binary.Uvarint(rest); n <= 0 {
+		return OwnEntry{}, errBadOwn
+	}
+	rest = rest[n:]
+	count, n := binary.Uvarint(rest)
+	if n <= 0 || count > uint64(len(rest)) {
+		return OwnEntry{}, errBadOwn
+	}
+	rest = rest[n:]
+	for range count {
+		l, n := binary.Uvarint(rest)
+		if n <= 0 || uint64(len(rest)-n) < l {
+			return OwnEntry{}, errBadOwn
+		}
+		e.To = append(e.To, peer.ID(rest[n:n+int(l)]))
+		rest = rest[n+int(l):]
+	}
+	return e, nil
+}
+
+// broadcastOwn tells, from an encoded entry alone, its lane and whether it
+// is addressed.
+func broadcastOwn(v []byte) (lane uint8, addressed bool) {
+	if len(v) < 4 {
+		return 0, true
+	}
+	return v[0], v[3]&ownAddressed != 0
+}
+
+func addressedKey(to peer.ID, lane uint8) key { return k(pAddressed).str(string(to)).u8(lane) }
+
+// AddOwnEntry records one of this node's changes as owed to receivers.
+func (t *Txn) AddOwnEntry(e OwnEntry) {
+	if e.CreatedAt == 0 {
+		e.CreatedAt = t.now.UnixNano()
+	}
+	t.set(k(pOwn).u64(e.Version), encodeOwn(e))
+	for _, p := range e.To {
+		t.set(addressedKey(p, e.Lane).u64(e.Version), []byte{byte(e.Kind), protocols.ProtocolCode(e.Protocol)})
+	}
+}
+
+// OwnEntry reads the delivery record of one of this node's changes.
+func (s *Store) OwnEntry(ver uint64) (OwnEntry, error) {
+	v, err := s.getRaw(k(pOwn).u64(ver))
+	if err != nil {
+		return OwnEntry{}, err
+	}
+	return decodeOwn(ver, v)
+}
+
+// OwnEntries calls fn for this node's delivery records with a version below
+// `before` (0: all), newest first, until fn returns false. It sees only
+// what is on disk.
+func (s *Store) OwnEntries(before uint64, fn func(OwnEntry) bool) error {
+	hi := k(pOwn).u64(s.DurableVersion() + 1)
+	if before > 0 && before <= s.DurableVersion() {
+		hi = k(pOwn).u64(before)
+	}
+	return s.scan([]byte(pOwn), hi, true, func(key, v []byte) (bool, error) {
+		ver, err := tailU64(key)
+		if err != nil {
+			return false, err
+		}
+		e, err := decodeOwn(ver, v)
+		if err != nil {
+			return false, fmt.Errorf("delivery record %d: %w", ver, err)
+		}
+		return fn(e), nil
+	})
+}
+
+// Entry is one change of a receiver's backlog, ready to send.
+type Entry struct {
+	Version  uint64
+	Kind     pb.Kind
+	Protocol protocol.ID
+	Env      []byte // the sealed envelope, encoded
+}
+
+// Backlog returns the entries of one receiver's lane after version `after`,
+// in version order, at most maxEntries and about maxBytes of envelopes (at
+// least one entry), as far as they are on disk. With broadcast, the lane's
+// broadcast entries are included (the receiver is one of the lane's
+// receivers); the entries addressed to the receiver always are.
+func (s *Store) Backlog(recv peer.ID, lane uint8, broadcast bool, after uint64, maxEntries, maxBytes int) ([]Entry, error) {
+	if after == math.MaxUint64 {
+		return nil, nil
+	}
+	durable := s.DurableVersion()
+	if after >= durable {
+		return nil, nil
+	}
+	heads, err := s.backlogHeads(recv, lane, broadcast, after, durable, maxEntries)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, len(heads))
+	size := 0
+	for _, e := range heads {
+		env, err := s.getRaw(k(pChange).u64(e.Version))
+		if errors.Is(err, ErrNotFound) {
+			continue // truncated: every receiver had it, or it was never there
+		}
+		if err != nil {
+			return nil, err
+		}
+		if len(out) > 0 && size+len(env) > maxBytes {
+			break
+		}
+		e.Env = env
+		size += len(env)
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// backlogHeads lists up to max entries of a receiver's lane in (after,
+// until], merging the broadcast entries of D/ with those of A/.
+func (s *Store) backlogHeads(recv peer.ID, lane uint8, broadcast bool, after, until uint64, max int) ([]Entry, error) {
+	var out []Entry
+	if broadcast {
+		err := s.scan(k(pOwn).u64(after+1), k(pOwn).u64(until+1), false, func(key, v []byte) (bool, error) {
+			l, addressed := broadcastOwn(v)
+			if l != lane || addressed {
+				return true, nil
+			}
+			ver, err := tailU64(key)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, Entry{Version: ver, Kind: pb.Kind(v[1]), Protocol: protocols.ProtocolByCode(v[2])})
+			return len(out) < max, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var addressed []Entry
+	hi := addressedKey(recv, lane).u64(until + 1)
+	if len(out) == max {
+		hi = addressedKey(recv, lane).u64(out[len(out)-1].Version) // nothing beyond the broadcast ones is needed
+	}
+	err := s.scan(addressedKey(recv, lane).u64(after+1), hi, false, func(key, v []byte) (bool, error) {
+		ver, err := tailU64(key)
+		if err != nil || len(v) < 2 {
+			return false, errors.Join(err, errBadOwn)
+		}
+		addressed = append(addressed, Entry{Version: ver, Kind: pb.Kind(v[0]), Protocol: protocols.ProtocolByCode(v[1])})
+		return len(addressed) < max, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(addressed) == 0 {
+		return out, nil
+	}
+	out = append(out, addressed...)
+	slices.SortFunc(out, func(a, b Entry) int {
+		switch {
+		case a.Version < b.Version:
+			return -1
+		case a.Version > b.Version:
+			return 1
+		}
+		return 0
+	})
+	return out[:min(len(out), max)], nil
+}
+
+// BacklogCount counts, up to max, the entries of a receiver's lane after
+// `after` on disk, and returns the first of them.
+func (s *Store) BacklogCount(recv peer.ID, lane uint8, broadcast bool, after uint64, max int) (int, uint64, error) {
+	durable := s.DurableVersion()
+	if after >= durable {
+		return 0, 0, nil
+	}
+	heads, err := s.backlogHeads(recv, lane, broadcast, after, durable, max)
+	if err != nil || len(heads) == 0 {
+		return 0, 0, err
+	}
+	return len(heads), heads[0].Version, nil
+}
+
+// LaneHead is the last entry on disk of a receiver's lane (0: none). For a
+// broadcast lane it scans back through the delivery records to the lane's
+// last one.
+func (s *Store) LaneHead(recv peer.ID, lane uint8, broadcast bool) (uint64, error) {
+	var head uint64
+	if broadcast {
+		err := s.scan([]byte(pOwn), k(pOwn).u64(s.DurableVersion()+1), true, func(key, v []byte) (bool, error) {
+			if l, addressed := broadcastOwn(v); l != lane || addressed {
+				return true, nil
+			}
+			var err error
+			head, err = tailU64(key)
+			return false, err
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	prefix := addressedKey(recv, lane)
+	err := s.scan(prefix, prefix.u64(s.DurableVersion()+1), true, func(key, _ []byte) (bool, error) {
+		v, err := tailU64(key)
+		head = max(head, v)
+		return false, err
+	})
+	return head, err
+}
+
+// AddressedReceivers lists the peers with entries addressed to them.
+func (s *Store) AddressedReceivers() ([]peer.ID, error) {
+	var out []peer.ID
+	lo := []byte(pAddressed)
+	hi := prefixEnd(lo)
+	for {
+		var found []byte
+		err := s.scan(lo, hi, false, func(key, _ []byte) (bool, error) {
+			found = append([]byte(nil), key...)
+			return false, nil
+		})
+		if err != nil || found == nil {
+			return out, err
+		}
+		n := int(found[len(pAddressed)])
+		if len(found) < len(pAddressed)+1+n {
+			return out, errShortKey
+		}
+		id := peer.ID(found[len(pAddressed)+1 : len(pAddressed)+1+n])
+		out = append(out, id)
+		lo = prefixEnd(k(pAddressed).str(string(id)))
+	}
+}
+
+// ---- ack floors (sender side) ----
+
+// FloorKey names one receiver's lane.
+type FloorKey struct {
+	Receiver peer.ID
+	Lane     uint8
+}
+
+func floorKey(recv peer.ID, lane uint8) key { return k(pFloor).str(string(recv)).u8(lane) }
+
+// SetFloor records that a receiver acknowledged a lane through f.Version.
+func (t *Txn) SetFloor(recv peer.ID, lane uint8, f *storepb.Floor) {
+	t.set(floorKey(recv, lane), marshal(f))
+}
+
+// Floors reads every ack floor.
+func (s *Store) Floors() (map[FloorKey]*storepb.Floor, error) {
+	out := map[FloorKey]*storepb.Floor{}
+	err := s.scan([]byte(pFloor), prefixEnd([]byte(pFloor)), false, func(key, v []byte) (bool, error) {
+		rest := key[len(pFloor):]
+		if len(rest) < 1 || len(rest) != 1+int(rest[0])+1 {
+			return false, errShortKey
+		}
+		f := &storepb.Floor{}
+		if err := unmarshal(v, f); err != nil {
+			return false, err
+		}
+		out[FloorKey{Receiver: peer.ID(rest[1 : 1+rest[0]]), Lane: rest[len(rest)-1]}] = f
+		return true, nil
+	})
+	return out, err
+}
+
+// SetRefused records that a receiver refused one of this node's changes for good.
+func (t *Txn) SetRefused(recv peer.ID, ver uint64, reason string) {
+	t.set(k(pRefused).str(string(recv)).u64(ver), []byte(reason))
+}
+
+// Refusals returns the changes a receiver refused, by version.
+func (s *Store) Refusals(recv peer.ID) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	prefix := k(pRefused).str(string(recv))
+	err := s.scan(prefix, prefixEnd(prefix), false, func(key, v []byte) (bool, error) {
+		ver, err := tailU64(key)
+		out[ver] = string(v)
+		return true, err
+	})
+	return out, err
+}
+
+// ---- positions (receiver side) ----
+
+func positionKey(sender peer.ID, lane uint8) key { return k(pPosition).str(string(sender)).u8(lane) }
+
+// Position reads how far this node applied a sender's lane.
+func (t *Txn) Position(sender peer.ID, lane uint8) (*storepb.Position, error) {
+	v, err := t.get(positionKey(sender, lane))
+	if errors.Is(err, ErrNotFound) {
+		return &storepb.Position{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := &storepb.Position{}
+	return p, unmarshal(v, p)
+}
+
+// SetPosition records how far this node applied a sender's lane.
+func (t *Txn) SetPosition(sender peer.ID, lane uint8, p *storepb.Position) {
+	t.set(positionKey(sender, lane), marshal(p))
+}
+
+// Position reads committed position of a sender's lane.
+func (s *Store) Position(sender peer.ID, lane uint8) (*storepb.Position, error) {
+	v, err := s.getRaw(positionKey(sender, lane))
+	if errors.Is(err, ErrNotFound) {
+		return &storepb.Position{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := &storepb.Position{}
+	return p, unmarshal(v, p)
+}
