@@ -161,8 +161,8 @@ type Sender struct {
 
 type senderMetrics struct {
 	batches, entries, resent, opens, failures, equivocations prometheus.Counter
-	refused                                                 prometheus.Counter
-	inflight                                                prometheus.Gauge
+	refused                                                  prometheus.Counter
+	inflight                                                 prometheus.Gauge
 }
 
 // NewSender builds a Sender; Start begins its work.
