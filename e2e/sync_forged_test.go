@@ -59,12 +59,14 @@ func metric(t *testing.T, n *node.Node, name string, labels map[string]string) f
 	return total
 }
 
-// TestSyncDropsForgedAnswers: a partner that answers sync with a change it
-// did not sign, or a decision the reviewer did not sign, gets nothing applied.
+// TestSyncDropsForgedAnswers: a partner that answers sync with a change its
+// origin did not sign, or a decision the reviewer did not sign, gets
+// nothing applied.
 func TestSyncDropsForgedAnswers(t *testing.T) {
 	rogueKey, rogue := key(t)
 	otherKey, _ := key(t)
 	_, reviewer := key(t) // configured, never running
+	_, origin := key(t)   // a partner of V's, never running: the rogue serves its chain
 	h, err := libp2p.New(libp2p.Identity(rogueKey), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +81,9 @@ func TestSyncDropsForgedAnswers(t *testing.T) {
 		}
 		var env *pb.Envelope
 		if req.What == pb.SyncRequest_WHAT_RESOURCES {
-			// Claims to be the rogue's change, signed by another key.
-			env = forge(t, otherKey, &pb.Body{Origin: []byte(rogue), OriginVersion: 1, Kind: pb.Kind_KIND_RESOURCE_CREATE,
-				DataType: "vm", Payload: []byte(`{"id":"evil","creator_id":"` + rogue.String() + `"}`)})
+			// Claims to be the absent partner's change, signed by another key.
+			env = forge(t, otherKey, &pb.Body{Origin: []byte(origin), OriginVersion: 1, Kind: pb.Kind_KIND_RESOURCE_CREATE,
+				DataType: "vm", Payload: []byte(`{"id":"evil","creator_id":"` + origin.String() + `"}`)})
 		} else {
 			d, _ := proto.Marshal(&pb.ReviewDecision{Origin: "x/1", Sequence: 1, Status: "accepted", Data: []byte(`{"evil":true}`),
 				Request: &pb.ReviewRequest{RequestId: 1, TableId: 1, TableName: "tb1", Type: "insert", Data: []byte(`{}`)}})
@@ -94,7 +96,7 @@ func TestSyncDropsForgedAnswers(t *testing.T) {
 		_ = fw.Flush()
 	})
 	net := testnet.Start(t, testnet.Options{N: 1, Names: []string{"V"}, Configure: func(_ int, c *node.Config) {
-		c.Partners = []string{rogue.String()}
+		c.Partners = []string{rogue.String(), origin.String()}
 		c.Reviewer = reviewer.String()
 	}})
 	v := net.Node(0)

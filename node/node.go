@@ -84,6 +84,7 @@ type Node struct {
 	closeErr  error
 	started   bool
 	startedAt time.Time
+	restore   restoreState
 	admin     *http.Server
 	adminAddr string
 }
@@ -120,6 +121,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.st, err = store.Open(home.DataPath(), store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg}); err != nil {
 		return nil, err
 	}
+	n.restore.from, n.restore.warned = n.st.DurableVersion(), map[peer.ID]bool{}
 	if n.book, err = newPeerBook(cfg, id, n.st, log.With("component", "peers")); err != nil {
 		return nil, err
 	}
@@ -149,11 +151,15 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.prop.SetSender(n.sender)
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review")})
-	n.sync = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Roles: n.book,
-		Resources: n.prop, Decisions: n.review, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
+		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
+	n.sync, err = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
+		Resources: n.prop, Decisions: n.review, Own: n, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
-	n.review.SetGapFiller(n.sync)
+	if err != nil {
+		return nil, err
+	}
+	n.review.SetCatchUp(n.sync)
 	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: n.bridge, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
@@ -161,11 +167,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.prop.SetSearcher(n.search)
 	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg})
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg,
+		Snapshots: n.review})
 	if err != nil {
 		return nil, err
 	}
-	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}}
+	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{},
+		holds: n.holdsOf, onHolds: n.peerHolds}
 	return n, nil
 }
 
@@ -222,16 +230,6 @@ func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) 
 		return 0, stream.Reject("%v", err)
 	}
 	return h.Apply(tx, in)
-}
-
-// ahead runs when a receiver reports that it holds this node's changes
-// beyond this node's own log: the data directory was restored from an older
-// copy. Versions are never given twice (they are floored at the clock), and
-// the log is raised past what peers hold.
-func (n *Node) ahead(p peer.ID, lane stream.Lane, version uint64) {
-	n.log.Error("a peer holds changes of this node that this node's store does not: it was restored from an older copy",
-		"peer", p, "lane", lane, "peer_holds", version, "this_node_holds", n.st.DurableVersion())
-	_ = n.st.Update(n.ctx, func(tx *store.Txn) error { return tx.RaiseVersion(version) })
 }
 
 // Start begins serving peers and apps, then joins the network.
@@ -475,6 +473,9 @@ func (n *Node) Addrs() []ma.Multiaddr {
 	}
 	return out
 }
+
+// Met reports whether p exchanged hello with the node since it started.
+func (n *Node) Met(p peer.ID) bool { return n.hello.Met(p) }
 
 // IsMember reports whether the node counts p as a member.
 func (n *Node) IsMember(p peer.ID) bool { return n.book.IsMember(p) }

@@ -351,9 +351,21 @@ type hello struct {
 	h    host.Host
 	book *peerBook
 	log  *slog.Logger
+	// holds tells how far this node holds a peer's own changes (sent in
+	// hello); onHolds hears how far the peer holds this node's.
+	holds   func(peer.ID) uint64
+	onHolds func(peer.ID, uint64)
 
 	mu      sync.Mutex
-	greeted map[string]bool // connection ids that exchanged hello
+	greeted map[string]bool  // connection ids that exchanged hello
+	met     map[peer.ID]bool // peers that exchanged hello since the node started
+}
+
+// Met reports whether p exchanged hello with this node since it started.
+func (x *hello) Met(p peer.ID) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.met[p]
 }
 
 // pending lists connections that have not exchanged hello yet.
@@ -375,8 +387,11 @@ func (x *hello) forget(c network.Conn) {
 	x.mu.Unlock()
 }
 
-func (x *hello) me() *pb.Hello {
+func (x *hello) me(p peer.ID) *pb.Hello {
 	h := &pb.Hello{Network: x.book.network, Name: x.book.name, Version: Version}
+	if x.holds != nil {
+		h.HoldsVersion = x.holds(p)
+	}
 	for _, a := range x.h.Addrs() {
 		h.Addrs = append(h.Addrs, a.Bytes())
 	}
@@ -390,7 +405,7 @@ func (x *hello) serve(s network.Stream) error {
 		return fmt.Errorf("read hello: %w", err)
 	}
 	fw := protocols.NewFrameWriter(s, 4096)
-	if err := fw.Write(x.me()); err != nil {
+	if err := fw.Write(x.me(s.Conn().RemotePeer())); err != nil {
 		return err
 	}
 	if err := fw.Flush(); err != nil {
@@ -410,7 +425,7 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
 	fw := protocols.NewFrameWriter(s, 4096)
-	if err := fw.Write(x.me()); err != nil {
+	if err := fw.Write(x.me(c.RemotePeer())); err != nil {
 		_ = s.Reset()
 		return err
 	}
@@ -430,6 +445,10 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 func (x *hello) learn(c network.Conn, h *pb.Hello) {
 	x.mu.Lock()
 	x.greeted[c.ID()] = true
+	if x.met == nil {
+		x.met = map[peer.ID]bool{}
+	}
+	x.met[c.RemotePeer()] = true
 	x.mu.Unlock()
 	p := c.RemotePeer()
 	// The peer's own listen addresses; a connection's remote address is an
@@ -450,5 +469,9 @@ func (x *hello) learn(c network.Conn, h *pb.Hello) {
 	if h.Network != x.book.network {
 		x.log.Warn("peer is in another network; disconnecting", "peer", p, "network", h.Network)
 		_ = c.Close()
+		return
+	}
+	if x.onHolds != nil && x.book.IsMember(p) {
+		x.onHolds(p, h.HoldsVersion)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -50,10 +52,12 @@ type Publisher interface {
 	Publish(suffix string, v any)
 }
 
-// GapFiller is told when a decision arrived ahead of a missing one, so the
-// missing ones are fetched (the sync service).
-type GapFiller interface {
+// CatchUp fetches what the decision lane cannot bring (the sync service):
+// the decisions missing before one that arrived ahead of them, and a
+// snapshot of the tables for a new member.
+type CatchUp interface {
 	DecisionGap(from peer.ID, have, got uint64)
+	SnapshotFetcher
 }
 
 // Service runs the review flow on one node.
@@ -62,9 +66,17 @@ type Service struct {
 	roles   Roles
 	sender  Sender
 	pub     Publisher
-	gaps    GapFiller
+	gaps    CatchUp
+	snaps   SnapshotFetcher
 	maxData int
 	log     *slog.Logger
+	ready   func() error
+	// afterSnapshot runs when the tables were taken from a snapshot.
+	afterSnapshot func(reviewer peer.ID)
+
+	snapMu      sync.Mutex
+	snapRunning bool
+	snapRetryAt time.Time
 }
 
 // Deps are what New needs.
@@ -75,6 +87,12 @@ type Deps struct {
 	Publisher       Publisher
 	MaxMessageBytes int
 	Logger          *slog.Logger
+	// Ready, if set, is asked before a decision: an error refuses it (a
+	// reviewer that has not compared its decisions with a member since it
+	// started may have been restored from an older copy).
+	Ready func() error
+	// AfterSnapshot runs when this member took the tables from a snapshot.
+	AfterSnapshot func(reviewer peer.ID)
 }
 
 // New builds the service.
@@ -85,11 +103,13 @@ func New(d Deps) *Service {
 	if d.MaxMessageBytes == 0 {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
-	return &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, maxData: d.MaxMessageBytes, log: d.Logger}
+	return &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, maxData: d.MaxMessageBytes, log: d.Logger,
+		ready: d.Ready, afterSnapshot: d.AfterSnapshot}
 }
 
-// SetGapFiller sets the sync service.
-func (s *Service) SetGapFiller(g GapFiller) { s.gaps = g }
+// SetCatchUp sets the sync service (built after this one: it applies
+// decisions through it).
+func (s *Service) SetCatchUp(c CatchUp) { s.gaps, s.snaps = c, c }
 
 // IsReviewer reports whether this node is the reviewer.
 func (s *Service) IsReviewer() bool {
@@ -249,6 +269,12 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 	if len(req.Note) > 4096 {
 		done(Row{}, fmt.Errorf("%w: note is over 4096 bytes", ferry.ErrTooLarge))
 		return
+	}
+	if s.ready != nil && s.IsReviewer() {
+		if err := s.ready(); err != nil {
+			done(Row{}, err)
+			return
+		}
 	}
 	self := s.roles.Self()
 	var row *storepb.Request

@@ -293,6 +293,23 @@ func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
 	return last, err
 }
 
+// LastOriginVersionBelow is the highest origin version held from origin
+// that is at most limit (0: none).
+func (s *Store) LastOriginVersionBelow(origin peer.ID, limit uint64) (uint64, error) {
+	prefix := k(pOrigin).str(string(origin))
+	hi := prefixEnd(prefix)
+	if limit < math.MaxUint64 {
+		hi = k(pOrigin).str(string(origin)).u64(limit + 1)
+	}
+	var last uint64
+	err := s.scan(prefix, hi, true, func(key, _ []byte) (bool, error) {
+		v, err := tailU64(key)
+		last = v
+		return false, err
+	})
+	return last, err
+}
+
 // ---- own deliveries ----
 
 // OwnEntry is one of this node's changes that goes to receivers: the

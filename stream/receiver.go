@@ -554,7 +554,9 @@ func (r *Receiver) order(sq *sequencer, b *batch) ([]*batch, *pb.Reply, error) {
 	}
 	if b.epoch != sq.epoch {
 		// The sender's store is another incarnation: its lanes start over.
-		r.log.Info("sender store is a new incarnation; its lanes start over", "peer", b.st.remote, "lane", b.lane, "epoch", b.epoch)
+		if sq.epoch != 0 {
+			r.log.Info("sender store is a new incarnation; its lanes start over", "peer", b.st.remote, "lane", b.lane, "epoch", b.epoch)
+		}
 		sq.epoch, sq.durable, sq.next = b.epoch, 0, 0
 		sq.dropHeld()
 	}

@@ -534,6 +534,9 @@ type outStream struct {
 	fw      *protocols.FrameWriter
 	done    chan struct{}
 	closing bool
+	// lastReply is when the receiver last answered on this stream (or the
+	// stream opened): a receiver that keeps answering is slow, not stuck.
+	lastReply atomic.Int64
 }
 
 func newOutbox(s *Sender, p peer.ID) *outbox {
@@ -817,6 +820,7 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	}
 	limit := o.s.opts.MaxMessageBytes + protocols.FrameOverhead
 	st = &outStream{proto: id, s: s, fw: protocols.NewFrameWriter(s, limit), done: make(chan struct{})}
+	st.lastReply.Store(time.Now().UnixNano())
 	o.s.mu.Lock()
 	ok := o.s.goLocked(func() { o.readReplies(st) })
 	o.s.mu.Unlock()
@@ -846,6 +850,7 @@ func (o *outbox) readReplies(st *outStream) {
 			}
 		}
 		if len(rs) > 0 {
+			st.lastReply.Store(time.Now().UnixNano())
 			o.replies(st, rs)
 			rs = nil
 		}
@@ -1098,13 +1103,20 @@ func (o *outbox) failed(err error) {
 	o.s.log.Log(o.s.ctx, level, "delivery to peer failed; will retry", "peer", o.peer, "failures", failures, "retry_in", d.Round(time.Millisecond), "err", err)
 }
 
-// checkTimeouts resets a stream whose oldest batch waited too long.
+// checkTimeouts resets a stream on which batches wait and nothing was
+// answered for AckTimeout (since the later of the last answer and the
+// oldest batch's send): a receiver that keeps answering is slow, not stuck.
 func (o *outbox) checkTimeouts() {
 	o.mu.Lock()
 	var stuck *outStream
+	now := time.Now()
 	for _, l := range Lanes {
 		for _, b := range o.lanes[l].inflight {
-			if time.Since(b.at) > o.s.opts.AckTimeout {
+			last := time.Unix(0, b.st.lastReply.Load())
+			if b.at.After(last) {
+				last = b.at
+			}
+			if now.Sub(last) > o.s.opts.AckTimeout {
 				stuck = b.st
 				break
 			}

@@ -1,18 +1,22 @@
-// Package sync is catch-up (source 003): a node that restarts, joins late or
-// heals from a partition asks its peers, on /ferry/sync/1.0.0, for what it is
-// missing, and applies it exactly as if it had been delivered:
+// Package sync is catch-up (source 003) where the delivery streams cannot
+// bring what a node misses. A partner or member that was away is a receiver
+// whose ack floor is behind, and the sender's own stream brings it
+// everything (package stream); sync, on /ferry/sync/1.0.0, covers the rest:
 //
-//   - owned-resource changes of an origin after the version up to which this
-//     node holds that origin's chain of changes, served by the origin or by
-//     any of its partners, verified by the origin's signature;
+//   - owned-resource changes of an origin that is not connected, after the
+//     version up to which this node holds that origin's chain, served by any
+//     partner of the origin and verified by the origin's signature;
 //   - reviewer decisions after the last sequence applied here, served by any
-//     member, verified by the reviewer's signature.
+//     member when the reviewer is not connected (they are signed by the
+//     reviewer), or when one arrived ahead of a gap;
+//   - a node's own changes that a peer holds and the node lost (its data
+//     directory was restored from an older copy), served by that peer;
+//   - a snapshot of the shared tables at the reviewer's last decision, signed
+//     by the reviewer, for a new member facing a long backlog of decisions.
 //
 // Answers stream in batches paced by the stream's flow control; every round
 // starts from what is on disk, so an interrupted catch-up resumes where it
-// stopped. It runs at start, when a partner or member connects, when a
-// decision arrives ahead of a gap, and periodically (anti-entropy), so a
-// node converges even when deliveries were lost for good.
+// stopped. Jobs are merged by what they fetch.
 //
 // Importers name the package ferrysync; it must not send deliveries.
 package sync
@@ -26,6 +30,7 @@ import (
 	gosync "sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -64,10 +69,25 @@ type Resources interface {
 	Held(origin peer.ID) (uint64, error)
 }
 
-// Decisions applies reviewer decisions (the review service).
+// Decisions applies reviewer decisions and snapshots, and serves
+// snapshots (the review service).
 type Decisions interface {
 	ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	Applied() uint64
+	ServeSnapshot(ctx context.Context, emit func(*pb.SnapshotChunk) error) error
+	ApplySnapshotChunk(tx *store.Txn, c *pb.SnapshotChunk, reviewer peer.ID) error
+	SnapshotDone(reviewer peer.ID, err error)
+}
+
+// Own puts back this node's own changes that a peer held and this node
+// lost; it reports whether the change was missing.
+type Own interface {
+	RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error)
+	// RecoverFrom is the version after which this node asks for its own
+	// changes (the last it held when it started).
+	RecoverFrom() uint64
+	// Recovered runs after a recovery from p ended.
+	Recovered(p peer.ID, n int, err error)
 }
 
 // Deps are what New needs.
@@ -75,9 +95,11 @@ type Deps struct {
 	Host            host.Host
 	Store           *store.Store
 	Verifier        *protocols.Verifier
+	Signer          crypto.PrivKey // signs snapshots (the reviewer)
 	Roles           Roles
 	Resources       Resources
 	Decisions       Decisions
+	Own             Own
 	MaxMessageBytes int
 	Period          time.Duration
 	Logger          *slog.Logger
@@ -93,23 +115,25 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     gosync.WaitGroup
 
-	mu   gosync.Mutex
-	want map[job]bool // work asked for and not yet started
-	wake chan struct{}
+	mu     gosync.Mutex
+	closed bool
+	want   map[job][]peer.ID // work asked for and not yet started, with peers to ask first
+	wake   chan struct{}
+	last   time.Time // end of the last catch-up that brought something
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
 }
 
-// job is one catch-up to run: resources of an origin, or decisions.
+// job is one catch-up to run: what to fetch (and of which origin); jobs
+// asked for again before they run merge, their hints with them.
 type job struct {
 	what   pb.SyncRequest_What
 	origin peer.ID // resources only
-	hint   peer.ID // a peer to ask first
 }
 
 // New builds the service; Start serves the protocol and begins catch-up.
-func New(d Deps) *Service {
+func New(d Deps) (*Service, error) {
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
@@ -120,7 +144,7 @@ func New(d Deps) *Service {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, want: map[job]bool{}, wake: make(chan struct{}, 1),
+	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, want: map[job][]peer.ID{}, wake: make(chan struct{}, 1),
 		// A batch holds MaxBatchBytes, or one change of up to a message.
 		max: MaxBatchBytes + d.MaxMessageBytes + 2*protocols.FrameOverhead,
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "changes_total",
@@ -128,60 +152,130 @@ func New(d Deps) *Service {
 		rounds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "requests_total",
 			Help: "Sync requests this node made."}),
 	}
-	if d.Registerer != nil {
-		_ = d.Registerer.Register(s.applied)
-		_ = d.Registerer.Register(s.rounds)
+	for _, w := range []string{"resources", "decisions", "own", "snapshot"} {
+		for _, o := range []string{"applied", "duplicate", "refused", "forged"} {
+			s.applied.WithLabelValues(w, o)
+		}
 	}
-	return s
+	if d.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.applied, s.rounds} {
+			if err := d.Registerer.Register(c); err != nil {
+				cancel()
+				return nil, fmt.Errorf("register sync metrics: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+// enter counts a goroutine or handler that Close waits for; it refuses
+// after Close.
+func (s *Service) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
 }
 
 // Start registers the handler and starts the catch-up worker.
 func (s *Service) Start() {
 	stream.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.log, func(st network.Stream) error {
-		s.wg.Add(1)
+		if !s.enter() {
+			return errors.New("sync closed")
+		}
 		defer s.wg.Done()
 		return s.serve(st)
 	})
-	s.wg.Add(1)
-	go s.worker()
+	if s.enter() {
+		go func() {
+			defer s.wg.Done()
+			s.worker()
+		}()
+	}
 	s.Everything()
 }
 
 // Close stops serving and waits for catch-up in progress to stop.
 func (s *Service) Close() {
 	s.d.Host.RemoveStreamHandler(protocols.Sync)
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 }
 
-// Everything asks for a full round: every partner's resources and the decisions.
+// LastCatchUp is when catch-up last brought something (zero: never).
+func (s *Service) LastCatchUp() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Everything asks for what only catch-up can bring: the chains of partners
+// that are not connected (their own streams bring the rest), and the
+// decisions while the reviewer is not connected.
 func (s *Service) Everything() {
 	for _, p := range s.d.Roles.Partners() {
-		s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p})
+		if !s.connected(p) {
+			s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p}, "")
+		}
 	}
-	if s.d.Roles.Reviewer() != "" && s.d.Roles.Reviewer() != s.d.Roles.Self() {
-		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS})
+	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && !s.connected(r) {
+		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, "")
 	}
 }
 
-// Connected asks for what a newly connected peer can give.
+// Connected asks a newly connected peer for what it can give: a partner
+// serves the chains of other partners that are not connected, a member the
+// decisions while the reviewer is not connected.
 func (s *Service) Connected(p peer.ID) {
 	if s.d.Roles.IsPartner(p) {
-		s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p, hint: p})
+		for _, o := range s.d.Roles.Partners() {
+			if o != p && !s.connected(o) {
+				s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: o}, p)
+			}
+		}
 	}
-	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && s.d.Roles.IsMember(p) {
-		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS, hint: p})
+	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && r != p && !s.connected(r) && s.d.Roles.IsMember(p) {
+		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, p)
 	}
 }
 
 // DecisionGap asks for the decisions missing before one that arrived early.
 func (s *Service) DecisionGap(from peer.ID, _, _ uint64) {
-	s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS, hint: from})
+	s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, from)
 }
 
-func (s *Service) ask(j job) {
+// Recover asks p for this node's own changes that p holds and this node
+// lost.
+func (s *Service) Recover(p peer.ID) {
+	s.ask(job{what: pb.SyncRequest_WHAT_OWN}, p)
+}
+
+// FetchSnapshot asks the reviewer for a snapshot of the shared tables.
+func (s *Service) FetchSnapshot(reviewer peer.ID) {
+	s.ask(job{what: pb.SyncRequest_WHAT_SNAPSHOT}, reviewer)
+}
+
+func (s *Service) ask(j job, hint peer.ID) {
 	s.mu.Lock()
-	s.want[j] = true
+	hints, ok := s.want[j]
+	if hint != "" {
+		found := false
+		for _, h := range hints {
+			found = found || h == hint
+		}
+		if !found {
+			hints = append(hints, hint)
+		}
+	}
+	if !ok || hint != "" {
+		s.want[j] = hints
+	}
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -191,22 +285,30 @@ func (s *Service) ask(j job) {
 
 // worker runs asked-for jobs one at a time, and a full round every period.
 func (s *Service) worker() {
-	defer s.wg.Done()
 	t := time.NewTicker(s.d.Period)
 	defer t.Stop()
 	for {
 		s.mu.Lock()
 		var next *job
-		for j := range s.want {
-			j := j
-			next = &j
+		var hints []peer.ID
+		for j, h := range s.want {
+			next, hints = &j, h
 			delete(s.want, j)
 			break
 		}
 		s.mu.Unlock()
 		if next != nil {
-			if err := s.run(*next); err != nil && s.ctx.Err() == nil {
-				s.log.Info("catch-up incomplete; will try again", "what", next.what, "origin", next.origin, "err", err)
+			err := s.run(*next, hints)
+			switch next.what {
+			case pb.SyncRequest_WHAT_SNAPSHOT:
+				if len(hints) > 0 {
+					s.d.Decisions.SnapshotDone(hints[0], err)
+				}
+			case pb.SyncRequest_WHAT_OWN:
+			default:
+				if err != nil && s.ctx.Err() == nil {
+					s.log.Debug("catch-up incomplete; will try again", "what", next.what, "origin", next.origin, "err", err)
+				}
 			}
 			continue
 		}
@@ -223,7 +325,7 @@ func (s *Service) worker() {
 // run asks candidate peers in turn until one answers fully. Only peers
 // connected now are asked: dialing is the discovery loop's work, and a
 // down peer would hold the worker for a whole dial timeout every round.
-func (s *Service) run(j job) error {
+func (s *Service) run(j job, hints []peer.ID) error {
 	var cands []peer.ID
 	add := func(p peer.ID) {
 		if p == "" || p == s.d.Roles.Self() || !s.connected(p) {
@@ -236,7 +338,9 @@ func (s *Service) run(j job) error {
 		}
 		cands = append(cands, p)
 	}
-	add(j.hint)
+	for _, h := range hints {
+		add(h)
+	}
 	switch j.what {
 	case pb.SyncRequest_WHAT_RESOURCES:
 		add(j.origin)
@@ -254,8 +358,16 @@ func (s *Service) run(j job) error {
 		if s.ctx.Err() != nil {
 			return s.ctx.Err()
 		}
-		err := s.fetch(p, j)
+		n, err := s.fetch(p, j)
+		if j.what == pb.SyncRequest_WHAT_OWN {
+			s.d.Own.Recovered(p, n, err)
+		}
 		if err == nil {
+			if n > 0 {
+				s.mu.Lock()
+				s.last = time.Now()
+				s.mu.Unlock()
+			}
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", p, err))
@@ -270,29 +382,46 @@ func (s *Service) connected(p peer.ID) bool {
 	return s.d.Host.Network().Connectedness(p) == network.Connected
 }
 
-// fetch runs one request against one peer and applies what comes back.
-func (s *Service) fetch(p peer.ID, j job) error {
+func whatName(w pb.SyncRequest_What) string {
+	switch w {
+	case pb.SyncRequest_WHAT_RESOURCES:
+		return "resources"
+	case pb.SyncRequest_WHAT_DECISIONS:
+		return "decisions"
+	case pb.SyncRequest_WHAT_OWN:
+		return "own"
+	case pb.SyncRequest_WHAT_SNAPSHOT:
+		return "snapshot"
+	}
+	return "unknown"
+}
+
+// fetch runs one request against one peer and applies what comes back; it
+// returns how many changes it applied.
+func (s *Service) fetch(p peer.ID, j job) (int, error) {
 	var after uint64
 	switch j.what {
 	case pb.SyncRequest_WHAT_RESOURCES:
 		held, err := s.d.Resources.Held(j.origin)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		after = held
-	default:
+	case pb.SyncRequest_WHAT_DECISIONS:
 		after = s.d.Decisions.Applied()
+	case pb.SyncRequest_WHAT_OWN:
+		after = s.d.Own.RecoverFrom()
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
 	defer cancel()
 	st, err := s.d.Host.NewStream(network.WithNoDial(ctx, "ferry sync"), p, protocols.Sync)
 	if err != nil {
-		return fmt.Errorf("open sync stream: %w", err)
+		return 0, fmt.Errorf("open sync stream: %w", err)
 	}
 	defer st.Close()
 	if err := st.Scope().SetService(protocols.ServiceSync); err != nil {
 		_ = st.Reset()
-		return err
+		return 0, err
 	}
 	_ = st.SetDeadline(time.Now().Add(requestTimeout))
 	s.rounds.Inc()
@@ -300,84 +429,107 @@ func (s *Service) fetch(p peer.ID, j job) error {
 	req := &pb.SyncRequest{What: j.what, Origin: []byte(j.origin), After: after}
 	if err := fw.Write(req); err != nil {
 		_ = st.Reset()
-		return err
+		return 0, err
 	}
 	if err := fw.Flush(); err != nil {
 		_ = st.Reset()
-		return err
+		return 0, err
 	}
 	_ = st.CloseWrite()
 	fr := protocols.NewFrameReader(st, s.max)
+	total := 0
+	snap := &snapshotState{reviewer: p}
 	for {
 		batch := &pb.SyncBatch{}
 		if err := fr.Read(batch); err != nil {
 			_ = st.Reset()
 			if errors.Is(err, io.EOF) {
-				return errors.New("answer ended without done")
+				return total, errors.New("answer ended without done")
 			}
-			return err
+			return total, err
 		}
 		if batch.Error != "" {
-			return fmt.Errorf("refused: %s", batch.Error)
+			return total, fmt.Errorf("refused: %s", batch.Error)
 		}
-		if err := s.apply(j, batch.Envelopes); err != nil {
+		var n int
+		var err error
+		if j.what == pb.SyncRequest_WHAT_SNAPSHOT {
+			n, err = s.applySnapshot(snap, batch.Envelopes)
+		} else {
+			n, err = s.apply(j, batch.Envelopes)
+		}
+		total += n
+		if err != nil {
 			_ = st.Reset()
-			return err
+			return total, err
 		}
 		if batch.Done {
-			return nil
+			if j.what == pb.SyncRequest_WHAT_SNAPSHOT && !snap.complete {
+				return total, errors.New("snapshot ended before its last chunk")
+			}
+			return total, nil
 		}
 	}
 }
 
 // apply verifies a whole batch first: one forged envelope and nothing of the
 // batch is applied.
-func (s *Service) apply(j job, envs []*pb.Envelope) error {
-	what := "resources"
-	if j.what == pb.SyncRequest_WHAT_DECISIONS {
-		what = "decisions"
-	}
+func (s *Service) apply(j job, envs []*pb.Envelope) (int, error) {
+	what := whatName(j.what)
+	self := s.d.Roles.Self()
 	items := make([]*stream.Inbound, 0, len(envs))
+	forged := func(format string, args ...any) (int, error) {
+		s.applied.WithLabelValues(what, "forged").Inc()
+		return 0, fmt.Errorf(format, args...)
+	}
 	for _, env := range envs {
 		body, origin, err := s.d.Verifier.Open(env)
 		if err != nil {
-			s.applied.WithLabelValues(what, "forged").Inc()
-			return fmt.Errorf("forged change in answer: %w", err)
+			return forged("forged change in answer: %w", err)
 		}
 		switch j.what {
 		case pb.SyncRequest_WHAT_RESOURCES:
 			if origin != j.origin || !isResource(body.Kind) || len(body.To) > 0 {
-				s.applied.WithLabelValues(what, "forged").Inc()
-				return fmt.Errorf("answer holds a change that is not a resource change of %s", j.origin)
+				return forged("answer holds a change that is not a resource change of %s", j.origin)
+			}
+		case pb.SyncRequest_WHAT_OWN:
+			if origin != self {
+				return forged("answer holds a change of %s, not of this node", origin)
 			}
 		default:
 			if origin != s.d.Roles.Reviewer() || body.Kind != pb.Kind_KIND_REVIEW_DECISION {
-				s.applied.WithLabelValues(what, "forged").Inc()
-				return fmt.Errorf("answer holds a decision not signed by the reviewer")
+				return forged("answer holds a decision not signed by the reviewer")
 			}
-			if len(body.To) > 0 && peer.ID(body.To) != s.d.Roles.Self() {
+			if len(body.To) > 0 && peer.ID(body.To) != self {
 				continue // a rejection for another applicant
 			}
 		}
 		in, err := stream.InboundOf(env, body, origin)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		items = append(items, in)
 	}
 	if len(items) == 0 {
-		return nil
+		return 0, nil
 	}
 	var outcomes [3]int // applied, duplicate, rejected
 	err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
 		outcomes = [3]int{}
 		for _, it := range items {
 			sp := tx.Savepoint()
-			var st pb.AckStatus
+			st := pb.AckStatus_ACK_STATUS_APPLIED
 			var err error
-			if j.what == pb.SyncRequest_WHAT_RESOURCES {
+			switch j.what {
+			case pb.SyncRequest_WHAT_RESOURCES:
 				st, err = s.d.Resources.ApplyChange(tx, it)
-			} else {
+			case pb.SyncRequest_WHAT_OWN:
+				var missing bool
+				missing, err = s.d.Own.RecoverOwn(tx, it)
+				if err == nil && !missing {
+					st = pb.AckStatus_ACK_STATUS_DUPLICATE
+				}
+			default:
 				st, err = s.d.Decisions.ApplyDecision(tx, it)
 			}
 			var rej *stream.RejectError
@@ -387,7 +539,11 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 					tx.RollbackTo(sp)
 				}
 				outcomes[2]++
-				s.log.Warn("sync: change refused", "origin", it.Origin, "version", it.Body.OriginVersion, "reason", rej.Reason)
+				level := slog.LevelWarn
+				if rej.Equivocation {
+					level = slog.LevelError
+				}
+				s.log.Log(s.ctx, level, "sync: change refused", "origin", it.Origin, "version", it.Body.OriginVersion, "reason", rej.Reason)
 			case err != nil:
 				return err
 			case st == pb.AckStatus_ACK_STATUS_DUPLICATE:
@@ -399,7 +555,7 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("apply sync batch: %w", err)
+		return 0, fmt.Errorf("apply sync batch: %w", err)
 	}
 	s.applied.WithLabelValues(what, "applied").Add(float64(outcomes[0]))
 	s.applied.WithLabelValues(what, "duplicate").Add(float64(outcomes[1]))
@@ -407,118 +563,62 @@ func (s *Service) apply(j job, envs []*pb.Envelope) error {
 	if outcomes[0] > 0 {
 		s.log.Debug("sync applied", "what", what, "applied", outcomes[0], "duplicates", outcomes[1])
 	}
-	return nil
+	return outcomes[0], nil
+}
+
+// snapshotState follows one snapshot as its chunks arrive.
+type snapshotState struct {
+	reviewer peer.ID
+	next     uint32
+	sequence uint64
+	complete bool
+}
+
+// applySnapshot verifies a batch of snapshot chunks (signed by the
+// reviewer, in order, all at one sequence) and applies it in one
+// transaction.
+func (s *Service) applySnapshot(snap *snapshotState, envs []*pb.Envelope) (int, error) {
+	var chunks []*pb.SnapshotChunk
+	for _, env := range envs {
+		body, origin, err := s.d.Verifier.Open(env)
+		if err != nil || origin != s.d.Roles.Reviewer() || origin != snap.reviewer || body.Kind != pb.Kind_KIND_SNAPSHOT {
+			s.applied.WithLabelValues("snapshot", "forged").Inc()
+			return 0, errors.New("answer holds a snapshot chunk not signed by the reviewer")
+		}
+		c := &pb.SnapshotChunk{}
+		if err := proto.Unmarshal(body.Payload, c); err != nil {
+			return 0, fmt.Errorf("snapshot chunk: %w", err)
+		}
+		if c.Index != snap.next || snap.complete || (c.Index > 0 && c.Sequence != snap.sequence) {
+			return 0, fmt.Errorf("snapshot chunk %d out of order (want %d)", c.Index, snap.next)
+		}
+		snap.next++
+		snap.sequence = c.Sequence
+		snap.complete = c.Last
+		chunks = append(chunks, c)
+	}
+	if len(chunks) == 0 {
+		return 0, nil
+	}
+	rows := 0
+	err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
+		for _, c := range chunks {
+			if err := s.d.Decisions.ApplySnapshotChunk(tx, c, snap.reviewer); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("apply snapshot: %w", err)
+	}
+	for _, c := range chunks {
+		rows += len(c.Rows)
+	}
+	s.applied.WithLabelValues("snapshot", "applied").Add(float64(rows))
+	return rows, nil
 }
 
 func isResource(k pb.Kind) bool {
 	return k == pb.Kind_KIND_RESOURCE_CREATE || k == pb.Kind_KIND_RESOURCE_UPDATE || k == pb.Kind_KIND_RESOURCE_DELETE
-}
-
-// serve answers one sync request.
-func (s *Service) serve(st network.Stream) error {
-	remote := st.Conn().RemotePeer()
-	_ = st.SetDeadline(time.Now().Add(requestTimeout))
-	req := &pb.SyncRequest{}
-	if err := protocols.NewFrameReader(st, maxRequestBytes).Read(req); err != nil {
-		return fmt.Errorf("read sync request: %w", err)
-	}
-	fw := protocols.NewFrameWriter(st, s.max)
-	refuse := func(format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		s.log.Info("sync request refused", "peer", remote, "reason", msg)
-		if err := fw.Write(&pb.SyncBatch{Error: msg, Done: true}); err != nil {
-			return err
-		}
-		return fw.Flush()
-	}
-	// next returns the changes after a position and the position reached.
-	var next func(after uint64) ([]store.Change, uint64, error)
-	var latest uint64
-	switch req.What {
-	case pb.SyncRequest_WHAT_RESOURCES:
-		origin, err := peer.IDFromBytes(req.Origin)
-		if err != nil {
-			return refuse("origin is not a peer id")
-		}
-		self := s.d.Roles.Self()
-		if !s.d.Roles.IsPartner(remote) || (origin != self && !s.d.Roles.IsPartner(origin)) {
-			return refuse("resources of %s are shared with partners only", origin)
-		}
-		if latest, err = s.d.Store.LastOriginVersion(origin); err != nil {
-			return err
-		}
-		if latest == 0 && origin != self {
-			return refuse("unknown origin %s", origin)
-		}
-		next = func(after uint64) ([]store.Change, uint64, error) {
-			return s.d.Store.OriginChanges(origin, after, BatchSize,
-				pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE)
-		}
-	case pb.SyncRequest_WHAT_DECISIONS:
-		if !s.d.Roles.IsMember(remote) {
-			return refuse("decisions are shared with members only")
-		}
-		var err error
-		if latest, err = s.d.Store.LastDecision(); err != nil {
-			return err
-		}
-		next = func(after uint64) ([]store.Change, uint64, error) {
-			cs, err := s.d.Store.Decisions(after, BatchSize)
-			if len(cs) > 0 {
-				after = decisionSequence(cs[len(cs)-1].Body)
-			}
-			return cs, after, err
-		}
-	default:
-		return refuse("unknown request %v", req.What)
-	}
-	if req.After > latest {
-		return refuse("position %d is in the future (this node holds up to %d)", req.After, latest)
-	}
-	position := func(c store.Change) uint64 {
-		if req.What == pb.SyncRequest_WHAT_DECISIONS {
-			return decisionSequence(c.Body)
-		}
-		return c.Body.OriginVersion
-	}
-	after, sent := req.After, 0
-	for {
-		if s.ctx.Err() != nil {
-			return s.ctx.Err()
-		}
-		cs, reached, err := next(after)
-		if err != nil {
-			return err
-		}
-		// A batch ends at BatchSize changes, at MaxBatchBytes, or at the
-		// asker's limit; the next starts after its last change.
-		batch := &pb.SyncBatch{Done: len(cs) < BatchSize}
-		size := 0
-		limited := func() bool { return req.Limit > 0 && sent >= int(req.Limit) }
-		for i, c := range cs {
-			n := proto.Size(c.Envelope)
-			if i > 0 && (size+n > MaxBatchBytes || limited()) {
-				reached = position(cs[i-1])
-				batch.Done = false
-				break
-			}
-			batch.Envelopes = append(batch.Envelopes, c.Envelope)
-			size += n
-			sent++
-		}
-		if limited() {
-			batch.Done = true
-		}
-		after = reached
-		_ = st.SetWriteDeadline(time.Now().Add(protocols.WriteTimeout))
-		if err := fw.Write(batch); err != nil {
-			return err
-		}
-		if err := fw.Flush(); err != nil {
-			return err
-		}
-		if batch.Done {
-			return nil
-		}
-	}
 }

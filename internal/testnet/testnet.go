@@ -256,14 +256,14 @@ func (n *Net) NATS(i int) *nats.Conn {
 // WaitMembers waits until every running node counts every other as a member.
 func (n *Net) WaitMembers(timeout time.Duration) {
 	n.t.Helper()
-	WaitFor(n.t, timeout, "every node sees every other as a member", func() bool {
+	WaitFor(n.t, timeout, "every node sees every other as a member and met it", func() bool {
 		for i := range n.nodes {
 			nd := n.Node(i)
 			if nd == nil {
 				continue
 			}
 			for j := range n.nodes {
-				if i != j && n.Node(j) != nil && !nd.IsMember(n.IDs[j]) {
+				if i != j && n.Node(j) != nil && (!nd.IsMember(n.IDs[j]) || !nd.Met(n.IDs[j])) {
 					return false
 				}
 			}

@@ -1236,6 +1236,7 @@ type SnapshotChunk struct {
 	Index         uint32                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`       // chunk number, from 0
 	Last          bool                   `protobuf:"varint,4,opt,name=last,proto3" json:"last,omitempty"`         // the tables are complete with this chunk
 	Rows          []*TableRow            `protobuf:"bytes,5,rep,name=rows,proto3" json:"rows,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"` // the reviewer's store incarnation (its lanes' epoch)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1303,6 +1304,13 @@ func (x *SnapshotChunk) GetRows() []*TableRow {
 		return x.Rows
 	}
 	return nil
+}
+
+func (x *SnapshotChunk) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 type TableRow struct {
@@ -1461,13 +1469,14 @@ const file_ferry_proto_rawDesc = "" +
 	"\rSearchResults\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\tR\aqueryId\x12\x1b\n" +
 	"\tdata_type\x18\x02 \x01(\tR\bdataType\x12\x18\n" +
-	"\aresults\x18\x03 \x03(\fR\aresults\"\x97\x01\n" +
+	"\aresults\x18\x03 \x03(\fR\aresults\"\xad\x01\n" +
 	"\rSnapshotChunk\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\rR\x05index\x12\x12\n" +
 	"\x04last\x18\x04 \x01(\bR\x04last\x12&\n" +
-	"\x04rows\x18\x05 \x03(\v2\x12.ferry.v1.TableRowR\x04rows\"D\n" +
+	"\x04rows\x18\x05 \x03(\v2\x12.ferry.v1.TableRowR\x04rows\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\"D\n" +
 	"\bTableRow\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +

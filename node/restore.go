@@ -1,0 +1,139 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// A node restored from an older copy of its data directory must never
+// hand out again a version, a request or a decision sequence its peers have
+// seen, and must not lose what they hold of it. Versions are floored at the
+// clock (store.Txn.NextVersion), requests travel under their version, and
+// when a peer shows that it holds this node's changes beyond this node's
+// log (in hello, or in a delivery stream's position report) the node says
+// so in one line, raises its version counter past them and takes them back
+// from that peer (sync, "own"). A reviewer decides only once it has
+// compared its decisions with a member since it started.
+
+// decideGrace is how long a reviewer that has members but has heard from
+// none of them waits before it decides anyway.
+const decideGrace = 15 * time.Second
+
+type restoreState struct {
+	mu       sync.Mutex
+	compared bool             // a member told what it holds of this node since it started
+	warned   map[peer.ID]bool // peers reported ahead (logged once each)
+	from     uint64           // this node's version counter when its store opened
+}
+
+// holdsOf is how far this node holds p's own changes (sent in hello).
+func (n *Node) holdsOf(p peer.ID) uint64 {
+	v, err := n.st.LastOriginVersion(p)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// missingOwn reports whether this node lacks its own change at version v.
+func (n *Node) missingOwn(v uint64) bool {
+	if v == 0 {
+		return false
+	}
+	if v > n.st.DurableVersion() {
+		return true
+	}
+	_, err := n.st.OriginEntry(n.id, v)
+	return errors.Is(err, store.ErrNotFound)
+}
+
+// peerHolds hears, in hello, the highest of this node's versions p holds.
+func (n *Node) peerHolds(p peer.ID, v uint64) {
+	if n.missingOwn(v) {
+		n.ahead(p, 0, v)
+		return
+	}
+	n.restore.mu.Lock()
+	n.restore.compared = true
+	n.restore.mu.Unlock()
+}
+
+// ahead runs when p holds this node's changes up to v and this node lacks
+// v: the data directory was restored from an older copy.
+func (n *Node) ahead(p peer.ID, lane stream.Lane, v uint64) {
+	if !n.missingOwn(v) {
+		return
+	}
+	n.restore.mu.Lock()
+	first := !n.restore.warned[p]
+	n.restore.warned[p] = true
+	n.restore.mu.Unlock()
+	if first {
+		n.log.Error("this node's store was restored from an older copy: a peer holds changes of this node that its store lost; raising the version counter past them and taking them back from the peer",
+			"peer", p, "lane", lane, "peer_holds", v, "store_version", n.st.DurableVersion())
+	}
+	if err := n.st.Update(n.ctx, func(tx *store.Txn) error { return tx.RaiseVersion(v) }); err != nil {
+		n.log.Error("raise the version counter", "err", err)
+		return
+	}
+	n.sync.Recover(p)
+}
+
+// RecoverOwn puts back one of this node's own changes (sync, "own").
+func (n *Node) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
+	switch in.Body.Kind {
+	case pb.Kind_KIND_REVIEW_REQUEST, pb.Kind_KIND_REVIEW_DECISION:
+		return n.review.RecoverOwn(tx, in)
+	}
+	return n.prop.RecoverOwn(tx, in)
+}
+
+// RecoverFrom is the version after which this node asks for its own
+// changes back: its counter when the store opened (every version it gave
+// since then is above what an older run gave).
+func (n *Node) RecoverFrom() uint64 {
+	n.restore.mu.Lock()
+	defer n.restore.mu.Unlock()
+	v, err := n.st.LastOriginVersionBelow(n.id, n.restore.from)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// Recovered ends a recovery from p.
+func (n *Node) Recovered(p peer.ID, count int, err error) {
+	if err != nil {
+		n.log.Warn("taking back this node's changes from a peer failed; will try again when it reports", "peer", p, "err", err)
+		n.restore.mu.Lock()
+		delete(n.restore.warned, p)
+		n.restore.mu.Unlock()
+		return
+	}
+	n.log.Info("took back this node's changes a peer held", "peer", p, "changes", count)
+	n.restore.mu.Lock()
+	n.restore.compared = true
+	n.restore.mu.Unlock()
+}
+
+// decideReady refuses a reviewer's decision until it has compared its
+// decisions with a member since it started (or it has none, or waited
+// decideGrace for one).
+func (n *Node) decideReady() error {
+	n.restore.mu.Lock()
+	compared := n.restore.compared
+	n.restore.mu.Unlock()
+	if compared || len(n.book.Members()) == 0 || time.Since(n.startedAt) > decideGrace {
+		return nil
+	}
+	return fmt.Errorf("%w: the reviewer has not yet heard from a member since it started (it compares its decisions with theirs so that a restored store never reuses a sequence); retry in a moment", ferry.ErrUnavailable)
+}

@@ -1,0 +1,52 @@
+package propagate
+
+import (
+	"errors"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// RecoverOwn puts back one of this node's own changes that a peer held and
+// this node's store lost (its data directory was restored from an older
+// copy): at its original version, with the resource row it set if nothing
+// newer is held, and owed again to partners that may lack it. It reports
+// whether the change was missing.
+func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
+	body := in.Body
+	ok, err := tx.PutOwnRecovered(body, in.Hash, in.Raw)
+	if err != nil || !ok || !isResource(body.Kind) {
+		return ok, err
+	}
+	id, _, err := checkResource(body.Payload)
+	if err != nil {
+		return true, nil // kept in the log; it never made a row
+	}
+	self := s.roles.Self()
+	cur, err := tx.GetResource(body.DataType, self, id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	if cur == nil || cur.OriginVersion < body.OriginVersion {
+		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(self), OriginVersion: body.OriginVersion,
+			Version: body.OriginVersion, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})
+	}
+	head, err := tx.CounterValue(CtrResourceHead)
+	if err != nil {
+		return false, err
+	}
+	if body.OriginVersion > head {
+		tx.SetCounter(CtrResourceHead, body.OriginVersion)
+	}
+	proto, _ := protocols.ProtocolFor(body.Kind, "")
+	e := store.OwnEntry{Version: body.OriginVersion, Lane: uint8(stream.LaneResource), Kind: body.Kind, Protocol: proto,
+		CreatedAt: body.CreatedAtUnixNano}
+	tx.AddOwnEntry(e)
+	if s.sender != nil {
+		tx.OnCommit(func() { s.sender.Notify(e) })
+	}
+	return true, nil
+}
