@@ -402,17 +402,22 @@ func ferryLatency(t testing.TB, rate int, d time.Duration, inflight int, wait ti
 	waitAll(t, a, cs, 2*time.Minute)
 	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
 	r.Check, r.Failed = settle(t, a, cs, wait)
+	latencies(&r, a, cs[0], n)
+	return r
+}
+
+// latencies fills in the send-to-event and send-to-reply quantiles.
+func latencies(r *ferryResult, a *app, c *counter, n int) {
 	lat := make([]time.Duration, 0, n)
 	ack := make([]time.Duration, 0, n)
 	for i := range n {
-		lat = append(lat, time.Duration(cs[0].recvNs[i]-a.sendNs[i]))
+		lat = append(lat, time.Duration(c.recvNs[i]-a.sendNs[i]))
 		ack = append(ack, time.Duration(a.ackNs[i]-a.sendNs[i]))
 	}
 	slices.Sort(lat)
 	slices.Sort(ack)
 	r.P50, r.P99, r.Max = quantile(lat, 0.50), quantile(lat, 0.99), lat[len(lat)-1]
 	r.AckP50, r.AckP99 = quantile(ack, 0.50), quantile(ack, 0.99)
-	return r
 }
 
 // quantile of sorted durations (nearest rank).

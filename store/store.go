@@ -89,6 +89,19 @@ type Options struct {
 	InMemory bool
 }
 
+// levels tunes the LSM for what Ferry writes: signed envelopes (random
+// bytes: compression gains little and costs CPU on every flush and
+// compaction) and indexes under increasing keys. Bloom filters answer the
+// frequent "is this change new?" reads without reading blocks.
+func levels() []pebble.LevelOptions {
+	ls := make([]pebble.LevelOptions, 7)
+	for i := range ls {
+		ls[i] = pebble.LevelOptions{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10,
+			Compression: pebble.NoCompression, TargetFileSize: 16 << 20 << min(i, 3)}
+	}
+	return ls
+}
+
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
 const DefaultCacheBytes = 64 << 20
 
@@ -168,10 +181,11 @@ func Open(dir string, o Options) (*Store, error) {
 		Cache:  cache,
 		// Most point reads ask for keys that are not there (is this change
 		// new?); bloom filters answer them without reading blocks.
-		Levels:                []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10), BlockSize: 32 << 10}},
-		L0CompactionThreshold: 4,
-		L0StopWritesThreshold: 32,
-		LBaseMaxBytes:         256 << 20,
+		Levels:                levels(),
+		L0CompactionThreshold: 8,
+		L0StopWritesThreshold: 64,
+		LBaseMaxBytes:         512 << 20,
+		MemTableSize:          64 << 20,
 	}
 	if o.InMemory {
 		po.FS = vfs.NewMem()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -93,6 +94,18 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		if err := cfg.Validate(); err != nil {
 			return err
+		}
+		if path := os.Getenv("FERRY_CPUPROFILE"); path != "" {
+			// A CPU profile of the whole run, for `go tool pprof`: where a
+			// node's time goes under a real load.
+			f, err := os.Create(path)
+			if err != nil {
+				return fmt.Errorf("FERRY_CPUPROFILE: %w", err)
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return fmt.Errorf("FERRY_CPUPROFILE: %w", err)
+			}
+			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 		}
 		log := node.NewLogger(cfg.Log, os.Stderr)
 		node.RouteLibp2pLogs(libp2pLevel{log.Handler(), cfg.Log.Level == "debug"})

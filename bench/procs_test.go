@@ -1,0 +1,210 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/internal/proc"
+)
+
+// Ferry as it runs in production: each node its own `ferry run` process
+// (built without the race detector), the app in this test process. The
+// processes share the machine's cores with the app, so a node's CPU time is
+// read from /proc, per process.
+
+// cpuOf is a process's user+system CPU time so far.
+func cpuOf(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clkTck = 100 // sysconf(_SC_CLK_TCK) on Linux
+	return time.Duration(utime+stime) * time.Second / clkTck
+}
+
+// selfCPU is this test process's CPU time (the app and the baselines).
+func selfCPU() time.Duration { return cpuOf(os.Getpid()) }
+
+// procNet starts A and its partners as processes, each partner of A and A
+// of each, warms every path with one event and returns A's app connection
+// and a counter on every partner.
+func procNet(t testing.TB, partners, n int, withTimes bool) (*proc.Node, []*proc.Node, *nats.Conn, []*counter) {
+	t.Helper()
+	quiet := func(o proc.Options) proc.Options {
+		o.LogLevel = "warn"
+		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
+			// Each node writes a CPU profile of its run, flushed when it stops.
+			o.Env = append(o.Env, "FERRY_CPUPROFILE="+dir+"/"+o.Name+".cpu")
+		}
+		return o
+	}
+	a := proc.New(t, quiet(proc.Options{Name: "A"}))
+	var bs []*proc.Node
+	for i := range partners {
+		bs = append(bs, proc.New(t, quiet(proc.Options{Name: "B" + strconv.Itoa(i+1)})))
+	}
+	a.SetPartners(bs...)
+	for _, b := range bs {
+		b.SetPartners(a)
+		b.SetBootstrap(a)
+	}
+	a.Start()
+	for _, b := range bs {
+		b.Start()
+	}
+	var cs []*counter
+	for _, b := range bs {
+		nc, err := nats.Connect(b.NATSURL(), nats.MaxReconnects(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		cs = append(cs, newCounter(t, nc, n, withTimes))
+	}
+	nc, err := nats.Connect(a.NATSURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	warm(t, nc, cs)
+	return a, bs, nc, cs
+}
+
+// warm sends one create and waits until every counter saw it.
+func warm(t testing.TB, nc *nats.Conn, cs []*counter) {
+	t.Helper()
+	msg, err := nc.Request(propagateSub, propagateBody(nil, "w0"), 30*time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), `"ok":true`) {
+		t.Fatalf("warm-up create: %v %s", err, msgData(msg))
+	}
+	for i, c := range cs {
+		select {
+		case <-c.warm:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("warm-up event did not reach partner %d", i+1)
+		}
+	}
+}
+
+func msgData(m *nats.Msg) string {
+	if m == nil {
+		return ""
+	}
+	return string(m.Data)
+}
+
+// procResult adds per-process CPU to a throughput run.
+type procResult struct {
+	ferryResult
+	CPUA   time.Duration   // A's CPU during the run
+	CPUB   []time.Duration // each partner's
+	CPUApp time.Duration   // this process (the app)
+}
+
+// UsPerEvent is A's CPU per event in microseconds.
+func (r procResult) UsPerEvent() float64 {
+	return float64(r.CPUA.Microseconds()) / float64(r.N)
+}
+
+func (r procResult) partnersUs() string {
+	var parts []string
+	for _, c := range r.CPUB {
+		parts = append(parts, fmt.Sprintf("%.1f", float64(c.Microseconds())/float64(r.N)))
+	}
+	return strings.Join(parts, "/")
+}
+
+// ferryProcs runs the pipelined load from A to its partners, as processes.
+func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) procResult {
+	a, bs, nc, cs := procNet(t, partners, n, false)
+	app := newApp(t, nc, n, inflight, false)
+	runtime.GC()
+	r := procResult{ferryResult: ferryResult{Partners: partners, N: n}}
+	cpuA0, cpuApp0 := cpuOf(a.Pid()), selfCPU()
+	cpuB0 := make([]time.Duration, len(bs))
+	for i, b := range bs {
+		cpuB0[i] = cpuOf(b.Pid())
+	}
+	app.start = now()
+	app.send(t, 0)
+	waitAll(t, app, cs, 10*time.Minute)
+	r.AckedAt = app.doneAt - app.start
+	for _, c := range cs {
+		r.Elapsed = max(r.Elapsed, c.doneAt-app.start)
+	}
+	r.CPUA, r.CPUApp = cpuOf(a.Pid())-cpuA0, selfCPU()-cpuApp0
+	for i, b := range bs {
+		r.CPUB = append(r.CPUB, cpuOf(b.Pid())-cpuB0[i])
+	}
+	r.Check, r.Failed = settle(t, app, cs, wait)
+	if os.Getenv("FERRY_BENCH_METRICS") != "" {
+		for _, p := range append([]*proc.Node{a}, bs...) {
+			_, body, _ := p.Get("/metrics")
+			for _, l := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(l, "ferry_store_") && !strings.Contains(l, "_bucket") {
+					t.Logf("%s %s", p.Name(), l)
+				}
+			}
+		}
+	}
+	if os.Getenv("FERRY_BENCH_PROFILES") != "" {
+		for _, p := range append([]*proc.Node{a}, bs...) {
+			p.Term(30 * time.Second)
+		}
+	}
+	return r
+}
+
+// ferryProcsLatency paces rate events/s for d at A (a process) with one partner.
+func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) ferryResult {
+	n := max(int(float64(rate)*d.Seconds()), 1)
+	_, _, nc, cs := procNet(t, 1, n, true)
+	a := newApp(t, nc, n, inflight, true)
+	runtime.GC()
+	a.start = now()
+	a.send(t, time.Second/time.Duration(rate))
+	waitAll(t, a, cs, 5*time.Minute)
+	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
+	r.Check, r.Failed = settle(t, a, cs, wait)
+	latencies(&r, a, cs[0], n)
+	return r
+}
+
+// TestProcsQuick runs the process throughput alone and prints it:
+//
+//	FERRY_BENCH_PROCS=200000 go test ./bench/ -run TestProcsQuick -v -count=1
+func TestProcsQuick(t *testing.T) {
+	s := os.Getenv("FERRY_BENCH_PROCS")
+	if s == "" {
+		t.Skip("set FERRY_BENCH_PROCS=<events>")
+	}
+	n, _ := strconv.Atoi(s)
+	partners := 1
+	if p := os.Getenv("FERRY_BENCH_PARTNERS"); p != "" {
+		partners, _ = strconv.Atoi(p)
+	}
+	r := ferryProcs(t, partners, n, 2048, 300*time.Millisecond)
+	t.Logf("%d events to %d partner(s): %.2fs, %.0f events/s, acked at %.2fs; A %.1f µs/event, partners %s µs/event, app %.1f µs/event; %s",
+		n, partners, r.Elapsed.Seconds(), r.EventsPerSec(), r.AckedAt.Seconds(), r.UsPerEvent(), r.partnersUs(),
+		float64(r.CPUApp.Microseconds())/float64(n), r.Check)
+}
+
+func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
