@@ -185,7 +185,7 @@ func Open(dir string, o Options) (*Store, error) {
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 64,
 		LBaseMaxBytes:         512 << 20,
-		MemTableSize:          64 << 20,
+		MemTableSize:          16 << 20,
 	}
 	if o.InMemory {
 		po.FS = vfs.NewMem()
