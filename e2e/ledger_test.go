@@ -92,3 +92,71 @@ func TestAckRowsFollowTheFloors(t *testing.T) {
 		t.Fatalf("%d rows sended, want 100", n)
 	}
 }
+
+// TestRetentionDropsAcknowledgedRecords: delivery records every receiver
+// acknowledged are dropped past the window, except a resource's current
+// state, so a partner added later still gets every resource.
+func TestRetentionDropsAcknowledgedRecords(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 3, Partners: map[int][]int{0: {1}, 1: {0}}})
+	net.WaitMembers(20 * time.Second)
+	a := net.NATS(0)
+	for _, r := range pipeline(t, a, 0, 100, 16, "create") {
+		if !r.OK {
+			t.Fatal(r.Error)
+		}
+	}
+	for _, r := range pipeline(t, a, 0, 50, 16, "update") {
+		if !r.OK {
+			t.Fatal(r.Error)
+		}
+	}
+	A := net.Node(0)
+	all := func() int {
+		n, cursor := 0, ""
+		for {
+			p, err := A.Acks(node.AckQuery{Limit: node.MaxAckPage, Before: cursor})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(p.Rows)
+			if p.Next == "" {
+				return n
+			}
+			cursor = p.Next
+		}
+	}
+	testnet.WaitFor(t, 20*time.Second, "B acknowledged all 150", func() bool { return pendingAt(net, 0) == 0 })
+	if n := all(); n != 150 {
+		t.Fatalf("%d rows before retention, want 150", n)
+	}
+	// A window that ends now: the 50 superseded creates go; the 100 current
+	// states stay. A second pass finds nothing more.
+	dropped, err := A.Sender().Truncate(t.Context(), time.Now(), A.Propagate().Current)
+	if err != nil || dropped != 50 {
+		t.Fatalf("dropped %d (%v), want 50", dropped, err)
+	}
+	if n := all(); n != 100 {
+		t.Fatalf("%d rows after retention, want 100", n)
+	}
+	if dropped, err := A.Sender().Truncate(t.Context(), time.Now(), A.Propagate().Current); err != nil || dropped != 0 {
+		t.Fatalf("second pass dropped %d (%v)", dropped, err)
+	}
+	// C becomes A's partner: it gets every resource in its current state.
+	if err := A.SetPartner(t.Context(), net.IDs[2], true); err != nil {
+		t.Fatal(err)
+	}
+	if err := net.Node(2).SetPartner(t.Context(), net.IDs[0], true); err != nil {
+		t.Fatal(err)
+	}
+	testnet.WaitFor(t, 30*time.Second, "C holds the 100 resources", func() bool {
+		rs, _ := net.Node(2).Store().Resources("vm")
+		return len(rs) == 100
+	})
+	// An updated resource arrives in its current state (the update), not
+	// as the dropped create.
+	atA, _ := A.Store().Resource("vm", net.IDs[0], "vm-7")
+	atC, _ := net.Node(2).Store().Resource("vm", net.IDs[0], "vm-7")
+	if atA == nil || atC == nil || atA.OriginVersion != atC.OriginVersion {
+		t.Fatalf("vm-7: at A %v, at C %v", atA, atC)
+	}
+}

@@ -49,6 +49,8 @@ type Options struct {
 	DiscoveryPeriod time.Duration
 	// SyncPeriod is the anti-entropy period (default sync.DefaultPeriod).
 	SyncPeriod time.Duration
+	// Retention overrides limits.ack_retention_hours (tests, soaks).
+	Retention time.Duration
 }
 
 // Node is one running Ferry process.
@@ -280,6 +282,7 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.spawn(n.discover)
+	n.spawn(n.retain)
 	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
 	return nil
 }
@@ -384,6 +387,9 @@ func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
 
 // Sync is the catch-up service.
 func (n *Node) Sync() *ferrysync.Service { return n.sync }
+
+// Propagate is the owned-resource service.
+func (n *Node) Propagate() *propagate.Service { return n.prop }
 
 // Review is the review service.
 func (n *Node) Review() *review.Service { return n.review }

@@ -674,3 +674,33 @@ func (s *Store) Position(sender peer.ID, lane uint8) (*storepb.Position, error) 
 	p := &storepb.Position{}
 	return p, unmarshal(v, p)
 }
+
+// OwnEntriesFrom calls fn for this node's delivery records from version
+// `from` on, oldest first, as far as they are on disk, until fn returns
+// false.
+func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
+	return s.scan(k(pOwn).u64(from), k(pOwn).u64(s.DurableVersion()+1), false, func(key, v []byte) (bool, error) {
+		ver, err := tailU64(key)
+		if err != nil {
+			return false, err
+		}
+		e, err := decodeOwn(ver, v)
+		if err != nil {
+			return false, fmt.Errorf("delivery record %d: %w", ver, err)
+		}
+		return fn(e), nil
+	})
+}
+
+// DropOwnEntry deletes the delivery record of an own change its receivers
+// acknowledged (retention), with their refusals of it; the change itself
+// stays in the log.
+func (t *Txn) DropOwnEntry(e OwnEntry, receivers []peer.ID) {
+	t.del(k(pOwn).u64(e.Version))
+	for _, p := range e.To {
+		t.del(addressedKey(p, e.Lane).u64(e.Version))
+	}
+	for _, p := range receivers {
+		t.del(k(pRefused).str(string(p)).u64(e.Version))
+	}
+}

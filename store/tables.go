@@ -44,6 +44,16 @@ func (t *Txn) GetResource(dataType string, creator peer.ID, id string) (*storepb
 	return r, unmarshal(v, r)
 }
 
+// Resource reads one committed resource row.
+func (s *Store) Resource(dataType string, creator peer.ID, id string) (*storepb.Resource, error) {
+	v, err := s.getRaw(resourceKey(dataType, []byte(creator), id))
+	if err != nil {
+		return nil, err
+	}
+	r := &storepb.Resource{}
+	return r, unmarshal(v, r)
+}
+
 // PutResource writes a resource's current state. Its JSON is not stored
 // twice: the row points at the change (r.Version) whose payload it is, and
 // Resources reads it from there.

@@ -155,6 +155,9 @@ type Sender struct {
 	boxes   map[peer.ID]*outbox
 	floors  map[store.FloorKey]*storepb.Floor // as loaded, for outboxes not yet made
 	started bool
+	// truncFrom is where the next retention pass starts: every delivery
+	// record below it was dropped or is gone.
+	truncFrom uint64
 
 	m senderMetrics
 }

@@ -1,0 +1,92 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry/store"
+)
+
+// Retention: the delivery records of this node's changes (what the
+// acknowledgement rows are derived from) are dropped once every receiver
+// acknowledged them and they are older than the retention window. Records
+// of a resource's current state stay, so a partner added later still gets
+// every resource; the change log itself stays (it is ferry.changes).
+
+// Retention tuning.
+const (
+	// retentionScan bounds the records one pass looks at.
+	retentionScan = 200_000
+	// retentionChunk bounds the records one commit drops.
+	retentionChunk = 10_000
+)
+
+// Truncate drops the delivery records created before cutoff that every
+// receiver acknowledged, except those current reports as a resource's
+// current state. It returns how many it dropped.
+func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(version uint64) bool) (int, error) {
+	c := cutoff.UnixNano()
+	type drop struct {
+		e     store.OwnEntry
+		recvs []peer.ID
+	}
+	var drops []drop
+	scanned := 0
+	s.mu.Lock()
+	from := s.truncFrom
+	s.mu.Unlock()
+	next := from
+	pinned := false // an entry that stays: the next pass starts there
+	err := s.st.OwnEntriesFrom(from, func(e store.OwnEntry) bool {
+		if e.CreatedAt >= c {
+			return false
+		}
+		scanned++
+		recvs := e.To
+		if len(recvs) == 0 {
+			recvs = s.aud.Receivers(Lane(e.Lane))
+		}
+		acked := true
+		for _, p := range recvs {
+			if p != s.host.ID() && s.Lane(p, Lane(e.Lane)).Floor < e.Version {
+				acked = false
+				break
+			}
+		}
+		if !acked || (current != nil && current(e.Version)) {
+			if !pinned {
+				next, pinned = e.Version, true
+			}
+		} else {
+			drops = append(drops, drop{e, recvs})
+			if !pinned {
+				next = e.Version + 1
+			}
+		}
+		return scanned < retentionScan
+	})
+	if err != nil {
+		return 0, fmt.Errorf("scan delivery records: %w", err)
+	}
+	for start := 0; start < len(drops); start += retentionChunk {
+		chunk := drops[start:min(start+retentionChunk, len(drops))]
+		err := s.st.Update(ctx, func(tx *store.Txn) error {
+			for _, d := range chunk {
+				tx.DropOwnEntry(d.e, d.recvs)
+			}
+			return nil
+		})
+		if err != nil {
+			return start, err
+		}
+	}
+	s.mu.Lock()
+	if next > s.truncFrom {
+		s.truncFrom = next
+	}
+	s.mu.Unlock()
+	return len(drops), nil
+}
