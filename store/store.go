@@ -30,6 +30,7 @@ import (
 	"github.com/cockroachdb/pebble/bloom"
 	"github.com/cockroachdb/pebble/vfs"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -63,8 +64,6 @@ type Migration struct {
 	Apply func(db *pebble.DB, b *pebble.Batch) error
 }
 
-// migrations lists every format change; empty while schema 1 is the only one.
-var migrations []Migration
 
 // Options configure Open.
 type Options struct {
@@ -165,8 +164,12 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
-	if o.Migrations == nil {
-		o.Migrations = migrations
+	if o.Migrations == nil && o.Signer != nil {
+		self, err := peer.IDFromPrivateKey(o.Signer)
+		if err != nil {
+			return nil, fmt.Errorf("store signer: %w", err)
+		}
+		o.Migrations = builtinMigrations(self)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -245,7 +248,7 @@ func (s *Store) prepare() error {
 			}
 		}
 		if m == nil {
-			return fmt.Errorf("no migration from store schema %d", schema)
+			return fmt.Errorf("no migration from store schema %d to %d: start this build on a new data directory, or run the Ferry release that wrote it", schema, SchemaVersion)
 		}
 		b := s.db.NewBatch()
 		if err := m.Apply(s.db, b); err != nil {
