@@ -1,0 +1,312 @@
+package stream
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// The stream layer against an in-memory ledger (Pebble on an in-memory
+// file system) and libp2p's in-memory network (mocknet), the way
+// hashicorp/raft tests against InmemStore and InmemTransport.
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// audience: b receives A's resource lane.
+type audience struct{ recv peer.ID }
+
+func (x audience) Receives(p peer.ID, l Lane) bool { return p == x.recv && l == LaneResource }
+func (x audience) Receivers(l Lane) []peer.ID {
+	if l == LaneResource {
+		return []peer.ID{x.recv}
+	}
+	return nil
+}
+
+// recorder is a Handler that stores what it applies and remembers the order.
+type recorder struct {
+	mu      sync.Mutex
+	applied []uint64 // origin versions, in commit order
+	reject  func(v uint64) bool
+}
+
+func (r *recorder) Admit(*Inbound) error { return nil }
+
+func (r *recorder) Apply(tx *store.Txn, in *Inbound) (pb.AckStatus, error) {
+	v := in.Body.OriginVersion
+	if r.reject != nil && r.reject(v) {
+		return 0, Reject("refused %d", v)
+	}
+	if held, err := CheckHeld(tx, in.Origin, v, in.Hash); err != nil || held {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	}
+	if _, err := tx.AppendReceived(in.Body, in.Hash, in.Raw); err != nil {
+		return 0, err
+	}
+	tx.OnCommit(func() {
+		r.mu.Lock()
+		r.applied = append(r.applied, v)
+		r.mu.Unlock()
+	})
+	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+}
+
+func (r *recorder) versions() []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.applied)
+}
+
+type side struct {
+	key  crypto.PrivKey
+	id   peer.ID
+	host host.Host
+	st   *store.Store
+}
+
+type pair struct {
+	t      *testing.T
+	mn     mocknet.Mocknet
+	a, b   side
+	snd    *Sender
+	rcv    *Receiver
+	rec    *recorder
+	ahead  chan uint64
+	sndOpt SenderOptions
+}
+
+func newSide(t *testing.T, mn mocknet.Mocknet, i int) side {
+	t.Helper()
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(key)
+	h, err := mn.AddPeer(key, ma.StringCast(fmt.Sprintf("/ip4/10.0.0.%d/tcp/4001", i)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return side{key: key, id: id, host: h, st: openMem(t, key)}
+}
+
+func openMem(t *testing.T, key crypto.PrivKey) *store.Store {
+	t.Helper()
+	st, err := store.Open("mem", store.Options{Signer: key, InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// newPair links A and B and starts A's sender and B's receiver.
+func newPair(t *testing.T, rec *recorder) *pair {
+	t.Helper()
+	mn := mocknet.New()
+	t.Cleanup(func() { _ = mn.Close() })
+	p := &pair{t: t, mn: mn, a: newSide(t, mn, 1), b: newSide(t, mn, 2), rec: rec, ahead: make(chan uint64, 16)}
+	if err := mn.LinkAll(); err != nil {
+		t.Fatal(err)
+	}
+	p.sndOpt = SenderOptions{AckTimeout: 2 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		RetryScan: 100 * time.Millisecond, BatchEntries: 100,
+		OnAhead: func(_ peer.ID, _ Lane, v uint64) { p.ahead <- v }, Logger: quiet}
+	p.startReceiver(p.b.st)
+	var err error
+	if p.snd, err = NewSender(p.a.host, p.a.st, audience{p.b.id}, p.sndOpt); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.snd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.snd.Close)
+	return p
+}
+
+func (p *pair) startReceiver(st *store.Store) {
+	p.t.Helper()
+	r, err := NewReceiver(p.b.host, st, protocols.NewVerifier(), p.rec, ReceiverOptions{Logger: quiet})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	r.Start()
+	p.rcv = r
+	p.t.Cleanup(r.Close)
+}
+
+// commit writes n own resource changes at A in transactions of per, and
+// tells the sender.
+func (p *pair) commit(n, per int) []uint64 {
+	p.t.Helper()
+	var vers []uint64
+	for done := 0; done < n; done += per {
+		err := p.a.st.Update(context.Background(), func(tx *store.Txn) error {
+			for i := done; i < min(done+per, n); i++ {
+				ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
+					Payload: []byte(fmt.Sprintf(`{"id":"r%d"}`, i))})
+				if err != nil {
+					return err
+				}
+				e := store.OwnEntry{Version: ver, Lane: uint8(LaneResource), Kind: pb.Kind_KIND_RESOURCE_CREATE, Protocol: protocols.ResourceCreate}
+				tx.AddOwnEntry(e)
+				tx.OnCommit(func() { p.snd.Notify(e) })
+				vers = append(vers, ver)
+			}
+			return nil
+		})
+		if err != nil {
+			p.t.Fatal(err)
+		}
+	}
+	return vers
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// exactlyOnce checks that got is want, in order, once each.
+func exactlyOnce(t *testing.T, got, want []uint64) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Fatalf("applied %d changes (first %v), want %d in order once each", len(got), got[:min(5, len(got))], len(want))
+	}
+}
+
+func TestDeliversEveryChangeOnceInOrder(t *testing.T) {
+	p := newPair(t, &recorder{})
+	want := p.commit(3000, 700)
+	waitFor(t, "B applied 3000", func() bool { return len(p.rec.versions()) >= 3000 })
+	exactlyOnce(t, p.rec.versions(), want)
+	last := want[len(want)-1]
+	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	if pos, _ := p.b.st.Position(p.a.id, uint8(LaneResource)); pos.Version != last || pos.Epoch != p.a.st.Epoch() {
+		t.Fatalf("B's position %v, want %d at epoch %d", pos, last, p.a.st.Epoch())
+	}
+	// Nothing is written per change and receiver: the floor is one record.
+	fs, _ := p.a.st.Floors()
+	if len(fs) != 1 {
+		t.Fatalf("floors %v", fs)
+	}
+}
+
+// A link cut in the middle: the batches in flight are sent again from the
+// floor (go-back-N), and the receiver applies each change once.
+func TestResendsAfterACutLinkOnce(t *testing.T) {
+	p := newPair(t, &recorder{})
+	want := p.commit(500, 100)
+	waitFor(t, "B applied some", func() bool { return len(p.rec.versions()) >= 100 })
+	if err := p.mn.UnlinkPeers(p.a.id, p.b.id); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
+	want = append(want, p.commit(2000, 500)...)
+	time.Sleep(50 * time.Millisecond) // let the sender fail and back off
+	if _, err := p.mn.LinkPeers(p.a.id, p.b.id); err != nil {
+		t.Fatal(err)
+	}
+	p.snd.Kick(p.b.id)
+	waitFor(t, "B applied 2500", func() bool { return len(p.rec.versions()) >= 2500 })
+	exactlyOnce(t, p.rec.versions(), want)
+}
+
+// A receiver whose store was replaced (restored from an older copy, or new)
+// reports where it stands when the next stream opens; the sender rewinds
+// its floor and sends everything again.
+func TestReceiverThatLostItsStoreGetsEverythingAgain(t *testing.T) {
+	p := newPair(t, &recorder{})
+	want := p.commit(400, 100)
+	waitFor(t, "B applied 400", func() bool { return len(p.rec.versions()) >= 400 })
+	last := want[len(want)-1]
+	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	p.rcv.Close()
+	p.b.host.RemoveStreamHandler(protocols.ResourceCreate)
+	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
+	fresh := &recorder{}
+	p.rec = fresh
+	p.startReceiver(openMem(t, p.b.key))
+	want = append(want, p.commit(10, 10)...) // something new makes A open a stream
+	waitFor(t, "the fresh B applied everything", func() bool { return len(fresh.versions()) >= 410 })
+	exactlyOnce(t, fresh.versions(), want)
+}
+
+// A refused change is named by its version in the answer; the rest of its
+// batch is applied and the floor moves past it.
+func TestRefusedChangesAreNamedAndTheRestApplied(t *testing.T) {
+	rec := &recorder{}
+	p := newPair(t, rec)
+	all := p.commit(350, 350)
+	refused := map[uint64]bool{}
+	for i, v := range all {
+		if i%7 == 3 {
+			refused[v] = true
+		}
+	}
+	rec.reject = func(v uint64) bool { return refused[v] }
+	last := all[len(all)-1]
+	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	var want []uint64
+	for _, v := range all {
+		if !refused[v] {
+			want = append(want, v)
+		}
+	}
+	exactlyOnce(t, rec.versions(), want)
+	waitFor(t, "A recorded every refusal", func() bool {
+		got, _ := p.a.st.Refusals(p.b.id)
+		return len(got) == len(refused)
+	})
+	got, _ := p.a.st.Refusals(p.b.id)
+	for v := range refused {
+		if got[v] != fmt.Sprintf("refused %d", v) {
+			t.Fatalf("refusal of %d: %q", v, got[v])
+		}
+	}
+}
+
+// A receiver that holds more of the sender's lane than the sender's own log
+// (the sender's store was restored from an older copy) makes the sender say
+// so when a stream opens.
+func TestSenderLearnsAReceiverHoldsMore(t *testing.T) {
+	p := newPair(t, &recorder{})
+	ahead := uint64(time.Now().Add(time.Hour).UnixMicro()) // above any version A gives in this test
+	if err := p.b.st.Update(context.Background(), func(tx *store.Txn) error {
+		tx.SetPosition(p.a.id, uint8(LaneResource), &storepb.Position{Epoch: p.a.st.Epoch(), Version: ahead})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p.commit(1, 1)
+	select {
+	case v := <-p.ahead:
+		if v != ahead {
+			t.Fatalf("OnAhead with %d, want %d", v, ahead)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the sender never heard that B holds more")
+	}
+}
