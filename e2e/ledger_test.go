@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
@@ -49,9 +50,9 @@ func TestAckedDeliveriesArePruned(t *testing.T) {
 	if st := net.Node(0).Status(); st.PendingAcks != 50 {
 		t.Fatalf("status shows %d pending acks", st.PendingAcks)
 	}
-	all, _ := net.Node(0).Acks(0, false, 0)
-	newest, err := net.Node(0).Acks(0, false, 3)
-	if err != nil || len(newest) != 3 || newest[0].ID >= newest[1].ID || newest[2].ID != all[len(all)-1].ID {
+	all, _ := net.Node(0).Acks(node.AckQuery{Limit: node.MaxAckLimit})
+	newest, err := net.Node(0).Acks(node.AckQuery{Limit: 3})
+	if err != nil || len(newest.Rows) != 3 || newest.Rows[0].Version <= newest.Rows[1].Version || newest.Rows[0].ID != all.Rows[0].ID || newest.Next == "" {
 		t.Fatalf("the newest three acks: %+v %v", newest, err)
 	}
 }

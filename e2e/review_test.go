@@ -81,8 +81,8 @@ func settled(t *testing.T, net *testnet.Net, origin, status string, holders []in
 			if err != nil {
 				continue
 			}
-			acks, _ := net.Node(i).Acks(r.ID, true, 0)
-			if len(acks) > 0 {
+			acks, _ := net.Node(i).Acks(node.AckQuery{RequestID: r.ID, State: "pending"})
+			if len(acks.Rows) > 0 {
 				return false
 			}
 		}
@@ -98,12 +98,12 @@ func ackRows(t *testing.T, net *testnet.Net, i int, origin string) []string {
 	if err != nil {
 		return nil
 	}
-	acks, err := net.Node(i).Acks(r.ID, false, 0)
+	acks, err := net.Node(i).Acks(node.AckQuery{RequestID: r.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, a := range acks {
+	for _, a := range acks.Rows {
 		out = append(out, a.Receiver+":"+a.Ack)
 	}
 	return out
@@ -222,7 +222,7 @@ func TestReviewBadInput(t *testing.T) {
 	net := reviewNet(t)
 	a := net.NATS(nA)
 	before := func() string {
-		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(0, false, 0)))
+		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(node.AckQuery{Limit: node.MaxAckLimit})))
 	}
 	b0 := before()
 	for _, tc := range []struct{ body, code string }{

@@ -202,7 +202,7 @@ func TestRunInProcess(t *testing.T) {
 	if !strings.Contains(runOut.String(), "running: peer "+id) {
 		t.Fatalf("run did not say it was running:\n%s", runOut.String())
 	}
-	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "cannot reach") {
+	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "node is not running") {
 		t.Fatalf("status of a stopped node: %v", err)
 	}
 }

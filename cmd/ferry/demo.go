@@ -180,8 +180,8 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 			return false
 		}
 		atC = r
-		acks, _ := a.n.Acks(sub.Request.ID, true, 0)
-		return len(acks) == 0
+		acks, err := a.n.Acks(node.AckQuery{RequestID: sub.Request.ID, State: "pending"})
+		return err == nil && len(acks.Rows) == 0
 	}); err != nil {
 		return err
 	}
@@ -205,8 +205,8 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 				return false
 			}
 		}
-		acks, _ := cNode.n.Acks(atC.ID, true, 0)
-		return len(acks) == 0
+		acks, err := cNode.n.Acks(node.AckQuery{RequestID: atC.ID, State: "pending"})
+		return err == nil && len(acks.Rows) == 0
 	}); err != nil {
 		return err
 	}
@@ -271,7 +271,7 @@ func printNode(out io.Writer, g *globals, d *demoNode, tables []string) error {
 			}
 			fmt.Fprintln(tw, "id\trequest_id\treceiver\tack")
 			for _, a := range res.Acks {
-				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack)
 			}
 			if len(res.Acks) == 0 {
 				fmt.Fprintln(tw, "(none)")
