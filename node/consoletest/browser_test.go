@@ -153,7 +153,6 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	}
 
-
 	// Signing in: the page asks for the token, then shows the queue. (The
 	// first call starts the browser: no step timeout on it.)
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#token"))); err != nil {
