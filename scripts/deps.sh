@@ -20,9 +20,13 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo="sudo"
   else
     echo "scripts/deps.sh: as root, run: apt-get install -y --no-install-recommends ${need[*]}" >&2
+    [ $soft -eq 1 ] && exit 0
     exit 1
   fi
 fi
 echo "scripts/deps.sh: installing ${need[*]}" >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+  echo "scripts/deps.sh: could not install ${need[*]}" >&2
+  [ $soft -eq 1 ] && exit 0
+  exit 1
+fi
