@@ -29,7 +29,7 @@ import (
 // The trace protocol.
 const (
 	TraceProtocol protocol.ID = "/ferry/trace/1.0.0"
-	ServiceTrace              = "ferry.trace"
+	ServiceTrace  string      = "ferry.trace"
 	// maxTraceQueryBytes bounds a query (two ids); maxTraceAnswerBytes an
 	// answer (at most maxTraceReceivers rows).
 	maxTraceQueryBytes  = 1024
