@@ -52,6 +52,9 @@ function fromUnix(s) { return s ? new Date(s * 1000).toISOString() : null; }
 // ---- messages: they stay until dismissed ----
 let msgSeq = 0;
 function say(text, isErr) {
+  // The same error again (a refresh that keeps failing) is not repeated.
+  const last = $("messages").lastElementChild;
+  if (isErr && last && last.classList.contains("err") && last.firstChild.textContent === text) return last;
   const id = "msg-" + (++msgSeq);
   const m = el("div", {class: "msg" + (isErr ? " err" : ""), id, role: isErr ? "alert" : "status"},
     el("span", {text}),
