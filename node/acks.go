@@ -149,6 +149,9 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 	full, first := false, true
 	var last uint64 // delivery id of the page's last row: the next page's cursor
 	err := n.ackRuns(before, func(run []*storepb.Delivery) bool {
+		if q.Version != 0 && run[0].ChangeVersion < q.Version {
+			return false // runs come newest change first: the change is behind
+		}
 		skip := first && before != 0
 		first = false
 		for i, d := range run {

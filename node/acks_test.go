@@ -57,8 +57,9 @@ func TestAckRowsPagesAndFilters(t *testing.T) {
 			t.Fatalf("row %+v", r)
 		}
 	}
-	if all.Rows[0].Receiver != "B" || all.Rows[1].Receiver != "C" || all.Rows[0].ID != fmt.Sprintf("%d.1", all.Rows[0].Version) {
-		t.Fatalf("the newest change's rows: %+v %+v", all.Rows[0], all.Rows[1])
+	if r0, r1 := all.Rows[0], all.Rows[1]; r0.Version != r1.Version || r0.Receiver == r1.Receiver ||
+		r0.ID != fmt.Sprintf("%d.1", r0.Version) || r1.ID != fmt.Sprintf("%d.2", r0.Version) {
+		t.Fatalf("the newest change's rows: %+v %+v", r0, r1)
 	}
 	// Pages of three: the same rows, in the same order.
 	var paged []string
