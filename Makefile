@@ -3,11 +3,32 @@ GO ?= go
 FUZZTIME ?= 60s
 STATICCHECK_VERSION ?= v0.7.0
 
-.PHONY: test build run demo lint fuzz bench bench-store soak tools
+.PHONY: test build run demo lint fuzz bench bench-store soak tools deps diagrams check-diagrams check-ops
 
-# The test suite: every package, race detector on.
+# The test suite: every package, race detector on. The console's browser
+# test needs Chromium (scripts/deps.sh installs it where it can; outside CI
+# the test skips with a message when Chromium is missing). Screenshots go to
+# artifacts/console/.
 test:
+	@./scripts/deps.sh --soft
 	$(GO) test -race -timeout 18m ./...
+
+# Debian packages the tests and checks use: chromium, plantuml, graphviz, promtool.
+deps:
+	./scripts/deps.sh
+
+# Render every docs/diagrams/*.puml to SVG (commit the SVGs).
+diagrams:
+	./scripts/diagrams.sh
+
+# Fail when a committed SVG is not the render of its source.
+check-diagrams:
+	./scripts/diagrams.sh --check
+
+# The Prometheus alert rules parse and their unit tests pass.
+check-ops:
+	promtool check rules docs/ops/alerts.yml
+	cd docs/ops && promtool test rules alerts_test.yml
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/ferry ./cmd/ferry

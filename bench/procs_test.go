@@ -208,3 +208,17 @@ func TestProcsQuick(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
+
+// TestProcsLatencyQuick paces the process run and prints the latency:
+//
+//	FERRY_BENCH_RATE=1000 go test ./bench/ -run TestProcsLatencyQuick -v -count=1
+func TestProcsLatencyQuick(t *testing.T) {
+	s := os.Getenv("FERRY_BENCH_RATE")
+	if s == "" {
+		t.Skip("set FERRY_BENCH_RATE=<events/s>")
+	}
+	rate, _ := strconv.Atoi(s)
+	r := ferryProcsLatency(t, rate, 5*time.Second, 2048, 300*time.Millisecond)
+	t.Logf("%d events/s for 5s: send at A to event on B p50 %v, p99 %v, max %v; fsynced reply p50 %v, p99 %v; %s",
+		rate, r.P50, r.P99, r.Max, r.AckP50, r.AckP99, r.Check)
+}

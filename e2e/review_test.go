@@ -294,8 +294,17 @@ func TestConsoleServed(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !bytes.Contains(b, []byte("Ferry review console")) || !bytes.Contains(b, []byte("/api/v1/")) {
+	if resp.StatusCode != 200 || !bytes.Contains(b, []byte("Ferry console")) || !bytes.Contains(b, []byte("/console/console.js")) {
 		t.Fatalf("GET /: %d %.200s", resp.StatusCode, b)
+	}
+	js, err := http.Get("http://" + net.Node(0).AdminAddr() + "/console/console.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer js.Body.Close()
+	b, _ = io.ReadAll(js.Body)
+	if js.StatusCode != 200 || !bytes.Contains(b, []byte("/api/v1/")) {
+		t.Fatalf("GET /console/console.js: %d %.200s", js.StatusCode, b)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry"
 )
@@ -40,6 +41,8 @@ type Options struct {
 	Logger     *slog.Logger
 	// ConnectTimeout bounds the first connection to an external server.
 	ConnectTimeout time.Duration
+	// Registerer takes the request metrics (nil: not exported).
+	Registerer prometheus.Registerer
 }
 
 // Bridge is the node's NATS side.
@@ -53,6 +56,7 @@ type Bridge struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	closed bool
+	m      *metrics
 }
 
 // Start runs the embedded server (when no URL is set) and connects.
@@ -66,8 +70,12 @@ func Start(o Options) (*Bridge, error) {
 	if o.ConnectTimeout == 0 {
 		o.ConnectTimeout = 5 * time.Second
 	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("nats metrics: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Bridge{o: o, log: o.Logger, ctx: ctx, cancel: cancel}
+	b := &Bridge{o: o, log: o.Logger, ctx: ctx, cancel: cancel, m: m}
 	opts := []nats.Option{
 		nats.Name("ferry"),
 		nats.MaxReconnects(-1),
@@ -184,8 +192,10 @@ func (b *Bridge) Subject(suffix string) string { return b.o.Prefix + "." + suffi
 
 // Reply answers one request. Exactly one of its methods is called per request.
 type Reply struct {
-	msg *nats.Msg
-	b   *Bridge
+	msg   *nats.Msg
+	b     *Bridge
+	start time.Time
+	subj  string // the subscription's subject (the metric label)
 }
 
 // OK answers {"ok": true, ...fields}.
@@ -195,12 +205,20 @@ func (r Reply) OK(fields map[string]any) {
 		out[k] = v
 	}
 	out["ok"] = true
+	r.observe(CodeOK)
 	r.send(out)
 }
 
 // Err answers {"ok": false, "error": {"code", "message"}}.
 func (r Reply) Err(err error) {
+	r.observe(ferry.Code(err))
 	r.send(map[string]any{"ok": false, "error": map[string]string{"code": ferry.Code(err), "message": err.Error()}})
+}
+
+func (r Reply) observe(code string) {
+	if r.b.m != nil && r.subj != "" {
+		r.b.m.observe(r.subj, code, r.start)
+	}
 }
 
 // Expects reports whether the sender waits for a reply.
@@ -230,14 +248,16 @@ type Handler func(data []byte, reply Reply)
 // processed the same way; failures are logged.
 func (b *Bridge) Handle(suffix string, h Handler) error {
 	subj := b.Subject(suffix)
+	b.m.subject(subj)
 	sub, err := b.nc.Subscribe(subj, func(m *nats.Msg) {
+		rp := Reply{msg: m, b: b, start: time.Now(), subj: subj}
 		defer func() {
 			if r := recover(); r != nil {
 				b.log.Error("nats handler panicked", "subject", subj, "panic", r)
-				Reply{msg: m, b: b}.Err(fmt.Errorf("%w: internal error", ferry.ErrUnavailable))
+				rp.Err(fmt.Errorf("%w: internal error", ferry.ErrUnavailable))
 			}
 		}()
-		h(m.Data, Reply{msg: m, b: b})
+		h(m.Data, rp)
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", subj, err)

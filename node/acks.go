@@ -24,6 +24,16 @@ import (
 const (
 	DefaultAckPage = 100
 	MaxAckPage     = 1000
+	// DefaultAckLimit and MaxAckLimit name the same limits for callers
+	// that speak of a limit.
+	DefaultAckLimit = DefaultAckPage
+	MaxAckLimit     = MaxAckPage
+)
+
+// AckStates and AckKinds are what acknowledgement rows may be filtered by.
+var (
+	AckStates = []string{AckPending, AckSended, AckRejected}
+	AckKinds  = []string{"resource", "considers", "planner", "request", "decision"}
 )
 
 // AckQuery selects acknowledgement rows.
@@ -96,7 +106,7 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 	default:
 		return page, badReq("state %q is not pending, sended or rejected", q.State)
 	}
-	if q.Kind != "" && !slices.Contains([]string{"resource", "considers", "planner", "request", "decision"}, q.Kind) {
+	if q.Kind != "" && !slices.Contains(AckKinds, q.Kind) {
 		return page, badReq("kind %q is not resource, considers, planner, request or decision", q.Kind)
 	}
 	beforeVer, beforeN, err := parseCursor(q.Before)
@@ -163,12 +173,12 @@ func (n *Node) resolvePeer(s string) (peer.ID, error) {
 		return p, nil
 	}
 	for _, e := range n.book.Entries() {
-		if e.Name == s {
+		if strings.EqualFold(e.Name, s) {
 			return peer.ID(e.Id), nil
 		}
 	}
 	for _, p := range append(n.book.Partners(), n.book.Members()...) {
-		if n.book.Name(p) == s {
+		if strings.EqualFold(n.book.Name(p), s) {
 			return p, nil
 		}
 	}
@@ -309,13 +319,15 @@ func (n *Node) Deliveries() []DeliveryState {
 			keys = append(keys, k)
 		}
 	}
+	// Every receiver a lane has, whether or not it owes anything (metrics
+	// start at zero): partners, the reviewer, and on the reviewer members.
 	for _, l := range []stream.Lane{stream.LaneResource, stream.LaneDecision} {
-		if n.sender.Head(l) == 0 {
-			continue
-		}
 		for _, p := range n.book.Receivers(l) {
 			add(p, l)
 		}
+	}
+	if r := n.book.Reviewer(); r != "" && r != n.id {
+		add(r, stream.LaneRequest)
 	}
 	addressed, _ := n.st.AddressedReceivers()
 	for _, p := range append(addressed, n.sender.Receivers()...) {
@@ -327,7 +339,7 @@ func (n *Node) Deliveries() []DeliveryState {
 	for _, k := range keys {
 		ls := n.sender.Lane(k.p, k.l)
 		broadcast := n.book.Receives(k.p, k.l)
-		if !broadcast {
+		if !broadcast && !(k.l == stream.LaneRequest && k.p == n.book.Reviewer()) {
 			if h, _ := n.st.LaneHead(k.p, uint8(k.l), false); h == 0 {
 				continue
 			}
@@ -352,8 +364,8 @@ func (n *Node) Deliveries() []DeliveryState {
 	return out
 }
 
-// pendingAcks counts what every receiver still owes an acknowledgement for.
-func (n *Node) pendingAcks() int {
+// pendingTotal counts what every receiver still owes an acknowledgement for.
+func (n *Node) pendingTotal() int {
 	total := 0
 	for _, d := range n.Deliveries() {
 		total += d.Pending

@@ -3,13 +3,14 @@ package node
 import (
 	"context"
 	"crypto/subtle"
-	_ "embed"
+	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/docs"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
@@ -32,8 +34,14 @@ import (
 // so the CLI finds it when admin.listen asks for any port.
 const AdminAddrFile = "admin.addr"
 
-//go:embed console.html
-var consoleHTML []byte
+// PeerHeader names the node on every admin API answer, so the CLI can tell
+// its home's node from another that took the address.
+const PeerHeader = "Ferry-Peer-Id"
+
+// The console: index.html, console.js and console.css, served as they are.
+//
+//go:embed console
+var consoleFS embed.FS
 
 // startAdmin listens on admin.listen and serves the operator API.
 func (n *Node) startAdmin() error {
@@ -52,14 +60,30 @@ func (n *Node) startAdmin() error {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_, _ = w.Write(consoleHTML)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, consoleFS, "console/index.html")
+	})
+	mux.Handle("GET /console/", http.FileServerFS(consoleFS))
+	mux.HandleFunc("GET /flows/index.json", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, docs.Diagrams())
+	})
+	mux.HandleFunc("GET /flows/{file}", func(w http.ResponseWriter, r *http.Request) {
+		b, err := docs.SVG(r.PathValue("file"))
+		if err != nil || !strings.HasSuffix(r.PathValue("file"), ".svg") {
+			fail(w, fmt.Errorf("%w: no diagram %q", ferry.ErrNotFound, r.PathValue("file")))
+			return
+		}
+		w.Header().Set("Content-Type", "image/svg+xml")
+		_, _ = w.Write(b)
 	})
 	api := http.NewServeMux()
 	n.routes(api)
 	mux.Handle("/api/v1/", requireToken(token, api))
-	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	self := n.id.String()
+	n.admin = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(PeerHeader, self)
+		mux.ServeHTTP(w, r)
+	})}
 	n.spawn(func() {
 		if err := n.admin.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin api stopped", "err", err)
@@ -73,6 +97,7 @@ func (n *Node) stopAdmin() {
 	if n.admin == nil {
 		return
 	}
+	close(n.adminQuit)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = n.admin.Shutdown(ctx)
@@ -194,12 +219,12 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, badReq("request id %q is not a number", r.PathValue("id")))
 			return
 		}
-		row, err := n.review.Request(id)
+		d, err := n.RequestDetail(id)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"request": row})
+		ok(w, map[string]any{"request": d.Request, "current": d.Current, "diff": d.Diff, "receivers": d.Receivers})
 	})
 	mux.HandleFunc("POST /api/v1/requests/{id}/{decision}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
@@ -221,42 +246,34 @@ func (n *Node) routes(mux *http.ServeMux) {
 		ok(w, map[string]any{"request": row})
 	})
 	mux.HandleFunc("GET /api/v1/acks", func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		aq := AckQuery{Receiver: q.Get("receiver"), State: q.Get("state"), Kind: q.Get("kind"), Before: q.Get("before")}
-		if p := q.Get("pending"); p == "1" || p == "true" {
-			aq.State = AckPending
-		}
-		for name, dst := range map[string]*uint64{"request": &aq.RequestID, "version": &aq.Version} {
-			if s := q.Get(name); s != "" {
-				v, err := strconv.ParseUint(s, 10, 64)
-				if err != nil {
-					fail(w, badReq("%s %q is not a number", name, s))
-					return
-				}
-				*dst = v
-			}
-		}
-		if s := q.Get("limit"); s != "" {
-			v, err := strconv.Atoi(s)
-			if err != nil {
-				fail(w, badReq("limit %q is not a count", s))
-				return
-			}
-			aq.Limit = v
-		}
-		page, err := n.Acks(aq)
+		q, err := ackQuery(r.URL.Query())
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		fields := map[string]any{"acks": page.Rows}
-		if page.Next != "" {
-			fields["next"] = page.Next
+		page, err := n.Acks(q)
+		if err != nil {
+			fail(w, err)
+			return
 		}
-		ok(w, fields)
+		ok(w, map[string]any{"acks": page.Rows, "next": page.Next})
 	})
 	mux.HandleFunc("GET /api/v1/deliveries", func(w http.ResponseWriter, _ *http.Request) {
-		ok(w, map[string]any{"deliveries": n.Deliveries()})
+		ok(w, map[string]any{"deliveries": nonNil(n.Deliveries())})
+	})
+	mux.HandleFunc("GET /api/v1/events", n.serveEvents)
+	mux.HandleFunc("GET /api/v1/trace/{origin}/{version}", func(w http.ResponseWriter, r *http.Request) {
+		origin, ver, err := n.ParseChangeRef(r.PathValue("origin") + "/" + r.PathValue("version"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		rep, err := n.Trace(r.Context(), origin, ver)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"trace": rep, "plantuml": rep.PlantUML()})
 	})
 	mux.HandleFunc("GET /api/v1/tables/{name}/rows", func(w http.ResponseWriter, r *http.Request) {
 		rows, err := n.Rows(r.PathValue("name"))
@@ -301,7 +318,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		res, err := wait(r, func(done func(propagate.Result, error)) { n.prop.Propagate(n.ctx, req, done) })
+		res, err := wait(r, func(done func(propagate.Result, error)) { n.Propagate(req, done) })
 		if err != nil {
 			fail(w, err)
 			return
@@ -327,7 +344,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		row, err := wait(r, func(done func(review.Row, error)) { n.review.Submit(n.ctx, req, done) })
+		row, err := wait(r, func(done func(review.Row, error)) { n.Submit(req, done) })
 		if err != nil {
 			fail(w, err)
 			return
@@ -375,6 +392,10 @@ type Status struct {
 	StoreVersion    uint64    `json:"store_version"`
 	DecisionApplied uint64    `json:"decision_applied"`
 	PendingAcks     int       `json:"pending_acks"`
+	WaitingRequests int       `json:"waiting_requests"`
+	PeersUp         int       `json:"peers_up"`   // known peers connected now
+	PeersDown       int       `json:"peers_down"` // known peers not connected
+	LastCatchUp     time.Time `json:"last_catch_up,omitzero"`
 }
 
 // Status reports the node's state.
@@ -390,7 +411,20 @@ func (n *Node) Status() Status {
 		s.Reviewer = r.String()
 	}
 	s.StoreVersion, _ = n.st.Counter(store.CtrVersion)
-	s.PendingAcks = n.pendingAcks()
+	s.PendingAcks = n.pendingTotal()
+	if w, err := n.st.Requests("waiting"); err == nil {
+		s.WaitingRequests = len(w)
+	}
+	for _, p := range n.PeerInfos() {
+		if p.Connected {
+			s.PeersUp++
+		} else {
+			s.PeersDown++
+		}
+	}
+	if t := n.sync.LastCatchUp(); !t.IsZero() {
+		s.LastCatchUp = t.UTC()
+	}
 	return s
 }
 
@@ -515,4 +549,36 @@ func (n *Node) Resources(dataType string) ([]ResourceRow, error) {
 			OriginVersion: r.OriginVersion, Version: r.Version, Deleted: r.Deleted, Resource: r.Json})
 	}
 	return out, nil
+}
+
+// ackQuery reads GET /api/v1/acks's parameters: request, receiver, state
+// (pending=1 is state=pending), kind, version, before, limit.
+func ackQuery(v url.Values) (AckQuery, error) {
+	q := AckQuery{Receiver: v.Get("receiver"), State: v.Get("state"), Kind: v.Get("kind"), Before: v.Get("before")}
+	if p := v.Get("pending"); p == "1" || p == "true" {
+		if q.State != "" && q.State != "pending" {
+			return q, badReq("pending and state=%s contradict each other", q.State)
+		}
+		q.State = "pending"
+	}
+	for _, f := range []struct {
+		name string
+		dst  *uint64
+	}{{"request", &q.RequestID}, {"version", &q.Version}} {
+		if s := v.Get(f.name); s != "" {
+			x, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return q, badReq("%s %q is not a number", f.name, s)
+			}
+			*f.dst = x
+		}
+	}
+	if s := v.Get("limit"); s != "" {
+		l, err := strconv.Atoi(s)
+		if err != nil || l < 0 {
+			return q, badReq("limit %q is not a count", s)
+		}
+		q.Limit = l
+	}
+	return q, nil
 }

@@ -13,7 +13,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
@@ -89,6 +91,12 @@ type Node struct {
 	restore   restoreState
 	admin     *http.Server
 	adminAddr string
+
+	// For operators: the event feed (events.go) and metrics (metrics.go).
+	quitting  *atomic.Bool // set when Close begins (quiets the logs)
+	events    *eventHub
+	metrics   *nodeMetrics
+	adminQuit chan struct{} // closed when the admin API stops: ends event streams
 }
 
 // New builds a node from a validated config and its home. Nothing listens
@@ -109,16 +117,21 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer id: %w", err)
 	}
-	log = log.With("node", cfg.Name)
+	quitting := &atomic.Bool{}
+	log = slog.New(newQuietHandler(log.Handler(), quitting)).With("node", cfg.Name)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
-		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel}
+		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel,
+		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
 		}
 	}()
 	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if n.metrics, err = newNodeMetrics(n); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 
 	if n.st, err = store.Open(home.DataPath(), store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg}); err != nil {
 		return nil, err
@@ -132,11 +145,12 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
 		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
-		Logger: log.With("component", "nats")})
+		Logger: log.With("component", "nats"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: n.bridge,
+	pub := eventPublisher{b: n.bridge, n: n}
+	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: pub,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {
 		return nil, err
@@ -146,13 +160,14 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	so.Hold = n.prop.Hold
 	so.OnAhead = n.ahead
 	so.DecisionHead = func() uint64 { return n.review.Applied() }
+	so.OnAcked = n.onAcked
 	so.Logger = log.With("component", "sender")
 	so.Registerer = n.reg
 	if n.sender, err = stream.NewSender(n.host, n.st, n.book, so); err != nil {
 		return nil, err
 	}
 	n.prop.SetSender(n.sender)
-	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: n.bridge,
+	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: pub,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
 		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
 	n.sync, err = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
@@ -163,7 +178,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.review.SetCatchUp(n.sync)
 	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
-		Publisher: n.bridge, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
+		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +246,11 @@ func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) 
 	if err != nil {
 		return 0, stream.Reject("%v", err)
 	}
-	return h.Apply(tx, in)
+	st, err := h.Apply(tx, in)
+	if err == nil && st == pb.AckStatus_ACK_STATUS_APPLIED {
+		m.n.applied(tx, in.From, in.Body)
+	}
+	return st, err
 }
 
 // Start begins serving peers and apps, then joins the network.
@@ -260,6 +279,7 @@ func (n *Node) Start() error {
 		}
 	}
 	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
+	stream.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -349,7 +369,7 @@ func (n *Node) serveNATS() error {
 	b := n.bridge
 	if err := handleJSON(b, "propagate", `a JSON object with action, data_type and payload`, false,
 		func(req propagate.Request, done func(map[string]any, error)) {
-			n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) { done(res, err) })
+			n.Propagate(req, func(res propagate.Result, err error) { done(res, err) })
 		}); err != nil {
 		return err
 	}
@@ -363,7 +383,7 @@ func (n *Node) serveNATS() error {
 	}
 	if err := handleJSON(b, "review.submit", `{"type", "table_name", "table_id", "data", "description"}`, false,
 		func(req review.SubmitRequest, done func(map[string]any, error)) {
-			n.review.Submit(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
+			n.Submit(req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
 		}); err != nil {
 		return err
 	}
@@ -382,14 +402,38 @@ func (n *Node) serveNATS() error {
 
 // Decide runs a reviewer decision (admin API, CLI, NATS).
 func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
-	n.review.Decide(n.ctx, req, done)
+	n.review.Decide(n.ctx, req, func(row review.Row, err error) {
+		n.decided(req, row, err)
+		done(row, err)
+	})
+}
+
+// Propagate runs an app's propagate request (NATS, admin API).
+func (n *Node) Propagate(req propagate.Request, done func(propagate.Result, error)) {
+	n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
+		if v, _ := res["version"].(uint64); err == nil && v != 0 {
+			n.committed(req.Action, v, 0, req.DataType)
+		}
+		done(res, err)
+	})
+}
+
+// Submit runs an app's review request (NATS, admin API).
+func (n *Node) Submit(req review.SubmitRequest, done func(review.Row, error)) {
+	n.review.Submit(n.ctx, req, func(row review.Row, err error) {
+		if err == nil && n.events.active() {
+			n.events.emit(Event{Type: EventSubmitted, Kind: "request", RequestID: row.ID,
+				Detail: row.Type + " " + row.TableName + " row " + strconv.FormatUint(row.TableID, 10) + " to " + row.Reviewer})
+		}
+		done(row, err)
+	})
 }
 
 // Sync is the catch-up service.
 func (n *Node) Sync() *ferrysync.Service { return n.sync }
 
-// Propagate is the owned-resource service.
-func (n *Node) Propagate() *propagate.Service { return n.prop }
+// PropagateService is the owned-resource service.
+func (n *Node) PropagateService() *propagate.Service { return n.prop }
 
 // Review is the review service.
 func (n *Node) Review() *review.Service { return n.review }
@@ -398,6 +442,7 @@ func (n *Node) Review() *review.Service { return n.review }
 // work), then services, then the store. It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.quitting.Store(true)
 		n.stopAdmin()
 		if n.bridge != nil {
 			n.bridge.Unsubscribe()

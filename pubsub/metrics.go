@@ -32,6 +32,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Incoming search queries, frames and results dropped, by reason."},
 			[]string{"reason"}),
 	}
+	// Every series exists from the start at zero, so alerts see 0, not no data.
+	for _, via := range []string{"gossip", "stream"} {
+		m.queries.WithLabelValues("in", via)
+	}
+	for _, via := range []string{"local", "all", "known", "partner"} {
+		m.queries.WithLabelValues("out", via)
+	}
+	m.results.WithLabelValues("in")
+	m.results.WithLabelValues("out")
+	for _, r := range []string{dropMalformed, dropSpoofed, dropNotMember, dropRateLimited, dropQueueFull, dropDuplicate, dropExpired, dropUnknown} {
+		m.dropped.WithLabelValues(r)
+	}
 	if reg != nil {
 		// A second service on one registry (tests) keeps its own counters.
 		for _, c := range []prometheus.Collector{m.queries, m.results, m.dropped} {

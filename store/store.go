@@ -64,7 +64,6 @@ type Migration struct {
 	Apply func(db *pebble.DB, b *pebble.Batch) error
 }
 
-
 // Options configure Open.
 type Options struct {
 	// Signer seals the envelopes transactions create; nil refuses Seal.

@@ -88,8 +88,12 @@ type SenderOptions struct {
 	// DecisionHead returns the reviewer's last decision sequence, sent with
 	// decision batches so a new member can ask for a snapshot instead.
 	DecisionHead func() uint64
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// OnAcked, if set, runs for every answer of a receiver: the lane is
+	// applied through `through`, and refused names the changes it refused
+	// for good. It runs on the stream's reader and must not block.
+	OnAcked    func(p peer.ID, lane Lane, through uint64, refused []*pb.Refusal)
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 func (o *SenderOptions) fill() {
@@ -164,7 +168,7 @@ type Sender struct {
 
 type senderMetrics struct {
 	batches, entries, resent, opens, failures, equivocations prometheus.Counter
-	refused                                                  prometheus.Counter
+	refused, acked                                           prometheus.Counter
 	inflight                                                 prometheus.Gauge
 }
 
@@ -185,12 +189,13 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 		failures:      c("stream_failures_total", "Outbound delivery streams that failed or could not be opened."),
 		equivocations: c("equivocations_reported_total", "Entries receivers refused because they hold the same version of this node with other content."),
 		refused:       c("refused_total", "Entries receivers refused for good."),
+		acked:         c("acked_total", "Entries sent and acknowledged by their receivers (refused ones included)."),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "delivery", Name: "inflight_batches",
 			Help: "Batches written and not yet answered."}),
 	}
 	if o.Registerer != nil {
 		for _, col := range []prometheus.Collector{s.m.batches, s.m.entries, s.m.resent, s.m.opens, s.m.failures,
-			s.m.equivocations, s.m.refused, s.m.inflight} {
+			s.m.equivocations, s.m.refused, s.m.acked, s.m.inflight} {
 			if err := o.Registerer.Register(col); err != nil {
 				cancel()
 				return nil, fmt.Errorf("register delivery metrics: %w", err)
@@ -735,6 +740,9 @@ func (o *outbox) write(plans []plan) {
 		proto := p.entries[0].Protocol
 		st, err := o.stream(proto)
 		if err != nil {
+			o.mu.Lock()
+			p.ls.attempts++ // the entries after the floor were tried again
+			o.mu.Unlock()
 			o.failed(err)
 			return
 		}
@@ -881,6 +889,12 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 		l Lane
 		v uint64
 	}
+	type ackNote struct {
+		l       Lane
+		through uint64
+		refused []*pb.Refusal
+	}
+	var acks []ackNote
 	now := time.Now()
 	o.mu.Lock()
 	for _, r := range rs {
@@ -919,11 +933,16 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 			if through > 0 {
 				ls.pausedTo = time.Time{}
 			}
-		} else if through > ls.floor {
-			ls.floor, ls.ackedAt = through, now.UnixNano()
-			ls.attempts = 0
-			o.failures = 0
-			o.lastErr = ""
+		} else {
+			if through > ls.floor {
+				ls.floor, ls.ackedAt = through, now.UnixNano()
+				ls.attempts = 0
+				o.failures = 0
+				o.lastErr = ""
+			}
+			if o.s.opts.OnAcked != nil {
+				acks = append(acks, ackNote{l, through, r.Refused})
+			}
 		}
 		if ls.cursor < ls.floor {
 			ls.cursor = ls.floor
@@ -934,6 +953,7 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 				kept = append(kept, b)
 			} else {
 				o.s.m.inflight.Dec()
+				o.s.m.acked.Add(float64(b.entries))
 			}
 		}
 		clear(ls.inflight[len(kept):])
@@ -954,6 +974,9 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 	o.wakeUp()
 	for _, a := range ahead {
 		o.s.opts.OnAhead(o.peer, a.l, a.v)
+	}
+	for _, a := range acks {
+		o.s.opts.OnAcked(o.peer, a.l, a.through, a.refused)
 	}
 	if len(refused) > 0 {
 		o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {

@@ -202,7 +202,14 @@ func TestRunInProcess(t *testing.T) {
 	if !strings.Contains(runOut.String(), "running: peer "+id) {
 		t.Fatalf("run did not say it was running:\n%s", runOut.String())
 	}
-	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "cannot reach") {
+	// It says where its home is and how to open the console.
+	abs, _ := filepath.Abs(home)
+	for _, want := range []string{"home     " + abs, "export FERRY_HOME=" + abs, "console  http://" + addr + "/#token=", "metrics  http://" + addr + "/metrics"} {
+		if !strings.Contains(runOut.String(), want) {
+			t.Fatalf("run's first lines lack %q:\n%s", want, runOut.String())
+		}
+	}
+	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "node is not running") {
 		t.Fatalf("status of a stopped node: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -20,7 +23,14 @@ type client struct {
 	base  string
 	token string
 	http  *http.Client
+	// peer is the home's node; an answer from any other node is refused
+	// ("" skips the check: the demo talks to nodes it started itself).
+	peer peer.ID
+	home string
 }
+
+// errNotRunning says the home's node does not answer.
+var errNotRunning = errors.New("node is not running")
 
 func (g *globals) client() (*client, error) {
 	h := g.homeDir()
@@ -28,18 +38,22 @@ func (g *globals) client() (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (is %s a node home? run `ferry init` or pass --home)", err, h.Dir)
 	}
-	addr := ""
-	if b, err := os.ReadFile(filepath.Join(h.Dir, node.AdminAddrFile)); err == nil {
-		addr = strings.TrimSpace(string(b))
+	key, err := h.Identity()
+	if err != nil {
+		return nil, fmt.Errorf("%w (is %s a node home? run `ferry init` or pass --home)", err, h.Dir)
 	}
-	if addr == "" {
-		cfg, err := h.LoadConfig()
-		if err != nil {
-			return nil, err
-		}
-		addr = cfg.Admin.Listen
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, err
 	}
-	return &client{base: "http://" + addr, token: token, http: &http.Client{Timeout: 60 * time.Second}}, nil
+	// Only the address the running node wrote: never the configured
+	// default, where another node may answer.
+	b, err := os.ReadFile(filepath.Join(h.Dir, node.AdminAddrFile))
+	addr := strings.TrimSpace(string(b))
+	if err != nil || addr == "" {
+		return nil, fmt.Errorf("%w: %s has no %s (start it with `ferry run --home %s`)", errNotRunning, h.Dir, node.AdminAddrFile, h.Dir)
+	}
+	return &client{base: "http://" + addr, token: token, http: &http.Client{Timeout: 60 * time.Second}, peer: id, home: h.Dir}, nil
 }
 
 // apiError is an error answer of the admin API.
@@ -50,25 +64,55 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message + " (" + e.Code + ")" }
 
-// call sends a request and decodes the answer's fields into out.
-func (c *client) call(method, path string, body any, out any) error {
+// request sends a request and checks that the home's node answered.
+func (c *client) request(method, path string, body any) (*http.Response, error) {
+	return c.requestBody(context.Background(), method, path, body)
+}
+
+func (c *client) requestCtx(ctx context.Context, method, path string) (*http.Response, error) {
+	return c.requestBody(ctx, method, path, nil)
+}
+
+func (c *client) requestBody(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the node's admin API at %s (is `ferry run` running?): %w", c.base, err)
+		if c.peer != "" {
+			return nil, fmt.Errorf("%w: nothing answers at %s, the address %s/%s names (did it crash? `ferry run --home %s` starts it)",
+				errNotRunning, c.base, c.home, node.AdminAddrFile, c.home)
+		}
+		return nil, fmt.Errorf("cannot reach the node's admin API at %s: %w", c.base, err)
+	}
+	if got := resp.Header.Get(node.PeerHeader); c.peer != "" && got != c.peer.String() {
+		resp.Body.Close()
+		who := "something that is not a Ferry node"
+		if got != "" {
+			who = "another node (" + got + ")"
+		}
+		return nil, fmt.Errorf("%w: %s answers at %s, not this home's node %s (the home's %s is stale)",
+			errNotRunning, who, c.base, c.peer, node.AdminAddrFile)
+	}
+	return resp, nil
+}
+
+// call sends a request and decodes the answer's fields into out.
+func (c *client) call(method, path string, body any, out any) error {
+	resp, err := c.request(method, path, body)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)

@@ -222,6 +222,35 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 	if !keep {
 		return nil
 	}
+	// Leave work for the newcomer: three requests wait for C's operator.
+	waiting := []struct {
+		d    *demoNode
+		body string
+	}{
+		{nodes[1], `{"type":"update","table_name":"tb1","table_id":2,"data":{"name":"name2-renamed"},"description":"B renames row 2"}`},
+		{nodes[3], `{"type":"insert","table_name":"tb1","table_id":4,"data":{"unique_num":50123,"name":"name4"},"description":"D adds row 4"}`},
+		{nodes[0], `{"type":"delete","table_name":"tb1","table_id":1,"data":{},"description":"A removes row 1"}`},
+	}
+	for _, w := range waiting {
+		msg, err := w.d.nc.Request("ferry.review.submit", []byte(w.body), demoTimeout)
+		if err != nil {
+			return fmt.Errorf("submit on %s: %w", w.d.name, err)
+		}
+		if err := json.Unmarshal(msg.Data, &sub); err != nil || !sub.OK {
+			return fmt.Errorf("submit on %s refused: %s", w.d.name, msg.Data)
+		}
+	}
+	if err := waitUntil("C holds the three new requests", func() bool {
+		rs, err := cNode.n.Review().Requests("waiting")
+		return err == nil && len(rs) == len(waiting)
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "\nThree more requests wait for C's operator (B updates row 2, D inserts row 4, A deletes row 1):")
+	fmt.Fprintf(out, "  ferry --home %s requests list --status waiting\n", cNode.home.Dir)
+	fmt.Fprintf(out, "  ferry --home %s requests show <id>      (the current row and the diff)\n", cNode.home.Dir)
+	fmt.Fprintf(out, "  ferry --home %s requests accept <id>    (or edit, reject; or decide in the console below)\n", cNode.home.Dir)
+	fmt.Fprintf(out, "  ferry --home %s watch                   (what A sends, receives and applies, live)\n", a.home.Dir)
 	fmt.Fprintln(out, "\nThe nodes keep running (Ctrl-C stops them):")
 	for _, d := range nodes {
 		fmt.Fprintf(out, "  %s: nats %s  admin http://%s  (ferry --home %s status)\n", d.name, d.n.NATSURL(), d.n.AdminAddr(), d.home.Dir)

@@ -28,8 +28,9 @@ func main() {
 }
 
 type globals struct {
-	home string
-	json bool
+	home     string
+	json     bool
+	absolute bool
 }
 
 func newRoot() *cobra.Command {
@@ -42,7 +43,8 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.home, "home", "", "node home directory (default $FERRY_HOME, else ~/.ferry)")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of a table")
-	root.AddCommand(initCmd(g), runCmd(g), demoCmd(g))
+	root.PersistentFlags().BoolVar(&g.absolute, "absolute", false, "print times as RFC 3339 in UTC instead of relative (3m ago)")
+	root.AddCommand(initCmd(g), runCmd(g), demoCmd(g), versionCmd(g))
 	root.AddCommand(operatorCmds(g)...)
 	return root
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,7 +20,7 @@ import (
 
 func operatorCmds(g *globals) []*cobra.Command {
 	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
-		resourcesCmd(g), publishCmd(g), submitCmd(g), searchCmd(g)}
+		resourcesCmd(g), publishCmd(g), submitCmd(g), searchCmd(g), watchCmd(g), traceCmd(g)}
 }
 
 // emit prints v as indented JSON (--json) or through table.
@@ -51,13 +52,13 @@ func statusCmd(g *globals) *cobra.Command {
 				if s.IsReviewer {
 					role = "reviewer"
 				}
-				fmt.Fprintf(w, "name\t%s\npeer id\t%s\nnetwork\t%s\nrole\t%s\nversion\t%s\nstarted\t%s\n", s.Name, s.PeerID, s.Network, role, s.Version, s.StartedAt.Format(time.RFC3339))
+				fmt.Fprintf(w, "name\t%s\npeer id\t%s\nnetwork\t%s\nrole\t%s\nversion\t%s\nstarted\t%s\n", s.Name, s.PeerID, s.Network, role, s.Version, g.when(s.StartedAt))
 				fmt.Fprintf(w, "nats\t%s (embedded: %v)\nadmin\thttp://%s\n", s.NATS, s.NATSEmbedded, s.Admin)
 				for _, a := range s.Addrs {
 					fmt.Fprintf(w, "listen\t%s\n", a)
 				}
-				fmt.Fprintf(w, "reviewer\t%s\npartners\t%d\nmembers\t%d\nconnected\t%d\nstore version\t%d\ndecisions applied\t%d\npending acks\t%d\n",
-					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks)
+				fmt.Fprintf(w, "reviewer\t%s\npartners\t%d\nmembers\t%d\nconnected\t%d\nstore version\t%d\ndecisions applied\t%d\npending acks\t%d\nlast catch-up\t%s\nconsole\thttp://%s/\n",
+					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks, g.when(s.LastCatchUp), s.Admin)
 			})
 		}}
 }
@@ -69,18 +70,18 @@ func dash(s string) string {
 	return s
 }
 
-func ago(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return time.Since(t).Round(time.Second).String() + " ago"
-}
-
 func printPeers(g *globals, w io.Writer, peers []node.PeerInfo) error {
 	return g.emit(w, peers, func(tw *tabwriter.Writer) {
-		fmt.Fprintln(tw, "NAME\tPEER ID\tROLES\tCONNECTED\tLAST SEEN\tADDRESSES")
+		fmt.Fprintln(tw, "NAME\tPEER ID\tROLES\tSTATE\tLAST SEEN\tADDRESSES")
 		for _, p := range peers {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", p.Name, p.PeerID, strings.Join(p.Roles, ","), p.Connected, ago(p.LastSeen), strings.Join(p.Addrs, " "))
+			state, seen := "down", g.when(p.LastSeen)
+			if p.LastSeen.IsZero() {
+				seen = "never"
+			}
+			if p.Connected {
+				state, seen = "connected", "now"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.PeerID, strings.Join(p.Roles, ","), state, seen, strings.Join(p.Addrs, " "))
 		}
 	})
 }
@@ -141,11 +142,11 @@ func partnersCmd(g *globals) *cobra.Command {
 }
 
 // RequestTable prints request rows laid out as source 000 does.
-func RequestTable(w *tabwriter.Writer, rows []review.Row) {
+func (g *globals) RequestTable(w *tabwriter.Writer, rows []review.Row) {
 	fmt.Fprintln(w, "ID\tTABLE_ID\tTABLE_NAME\tAPPLICANT\tREVIEWER\tTYPE\tSTATUS\tDATA\tDESCRIPTION\tCREATED_AT\tSEQ\tCONFLICT")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t{sender: %s, receiver: %s}\t%d\t%d\t%s\n", r.ID, r.TableID, r.TableName,
-			r.Applicant, r.Reviewer, r.Type, r.Status, compact(r.Data), r.Description.Sender, r.Description.Receiver, r.CreatedAt,
+		fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t{sender: %s, receiver: %s}\t%s\t%d\t%s\n", r.ID, r.TableID, r.TableName,
+			r.Applicant, r.Reviewer, r.Type, r.Status, compact(r.Data), r.Description.Sender, r.Description.Receiver, g.when(unix(r.CreatedAt)),
 			r.Sequence, dash(r.Conflict))
 	}
 }
@@ -176,10 +177,11 @@ func requestsCmd(g *globals) *cobra.Command {
 			if err := c.call("GET", "/api/v1/requests"+q, nil, &out); err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Requests, func(w *tabwriter.Writer) { RequestTable(w, out.Requests) })
+			return g.emit(cmd.OutOrStdout(), out.Requests, func(w *tabwriter.Writer) { g.RequestTable(w, out.Requests) })
 		}}
 	list.Flags().StringVar(&status, "status", "", "only rows with this status: waiting, accepted, edited or rejected")
-	show := &cobra.Command{Use: "show ID", Short: "Show one request row", Args: cobra.ExactArgs(1),
+	show := &cobra.Command{Use: "show ID", Short: "Show one request: its row, the table row it changes now, the change field by field, and who a decision goes to",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := requestID(args[0])
 			if err != nil {
@@ -189,11 +191,11 @@ func requestsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct{ Request review.Row }
+			var out node.RequestDetail
 			if err := c.call("GET", "/api/v1/requests/"+strconv.FormatUint(id, 10), nil, &out); err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+			return g.emit(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) { g.requestDetail(w, out) })
 		}}
 	r.AddCommand(list, show)
 	for _, d := range []string{"accept", "reject", "edit"} {
@@ -211,10 +213,11 @@ func requestsCmd(g *globals) *cobra.Command {
 						return fmt.Errorf("edit needs --set FIELD=VALUE or --data JSON")
 					}
 					if data != "" {
-						if !json.Valid([]byte(data)) {
-							return fmt.Errorf("--data is not valid JSON")
+						raw, err := jsonArg("--data", data)
+						if err != nil {
+							return err
 						}
-						body.Data = json.RawMessage(data)
+						body.Data = raw
 					}
 					if len(sets) > 0 {
 						body.Set = map[string]string{}
@@ -235,7 +238,7 @@ func requestsCmd(g *globals) *cobra.Command {
 				if err := c.call("POST", "/api/v1/requests/"+strconv.FormatUint(id, 10)+"/"+d, body, &out); err != nil {
 					return err
 				}
-				return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+				return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { g.RequestTable(w, []review.Row{out.Request}) })
 			}}
 		dc.Flags().StringVar(&note, "note", "", "description.receiver (default: added, updated, deleted, edited or rejected)")
 		if d == "edit" {
@@ -256,44 +259,99 @@ func requestID(s string) (uint64, error) {
 }
 
 // AckTable prints acknowledgement rows.
-func AckTable(w *tabwriter.Writer, acks []node.AckRow) {
-	fmt.Fprintln(w, "ID\tREQUEST_ID\tRECEIVER\tACK\tATTEMPTS\tNEXT ATTEMPT\tPROTOCOL")
+func (g *globals) AckTable(w *tabwriter.Writer, acks []node.AckRow) {
+	fmt.Fprintln(w, "ID\tREQUEST_ID\tRECEIVER\tKIND\tACK\tATTEMPTS\tCREATED\tNEXT ATTEMPT\tLAST ERROR")
 	for _, a := range acks {
-		next := "-"
-		if !a.NextAttemptAt.IsZero() {
-			next = a.NextAttemptAt.Format(time.RFC3339)
+		req := "-"
+		if a.RequestID != 0 {
+			req = strconv.FormatUint(a.RequestID, 10)
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.RequestID, a.Receiver, a.Ack, a.Attempts, next, a.Protocol)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, req, a.Receiver, a.Kind, a.Ack, a.Attempts,
+			g.when(a.CreatedAt), g.when(a.NextAttemptAt), dash(oneLine(a.Error, 80)))
 	}
 }
 
+// oneLine keeps the first line of s, cut to max runes.
+func oneLine(s string, max int) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if r := []rune(s); len(r) > max {
+		return string(r[:max-1]) + "…"
+	}
+	return s
+}
+
 func acksCmd(g *globals) *cobra.Command {
-	a := &cobra.Command{Use: "acks", Short: "The acknowledgement ledger: one row per delivery owed to a receiver"}
-	var req uint64
+	a := &cobra.Command{Use: "acks", Short: "The acknowledgement ledger: one row per change owed to a receiver"}
+	var q node.AckQuery
 	var pending bool
-	list := &cobra.Command{Use: "list", Short: "List acknowledgement rows", Args: cobra.NoArgs,
+	list := &cobra.Command{Use: "list", Short: "List acknowledgement rows, newest change first",
+		Long: "List acknowledgement rows, newest change first (receivers of one change in their order).\n" +
+			"A page holds --limit rows; the line after the table gives the --before value of the next page.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pending {
+				if q.State != "" && q.State != "pending" {
+					return fmt.Errorf("--pending and --state %s contradict each other", q.State)
+				}
+				q.State = "pending"
+			}
+			if err := oneOf("--state", q.State, node.AckStates); err != nil {
+				return err
+			}
+			if err := oneOf("--kind", q.Kind, node.AckKinds); err != nil {
+				return err
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			q := url.Values{}
-			if req != 0 {
-				q.Set("request", strconv.FormatUint(req, 10))
+			v := url.Values{}
+			for k, x := range map[string]string{"receiver": q.Receiver, "state": q.State, "kind": q.Kind, "before": q.Before} {
+				if x != "" {
+					v.Set(k, x)
+				}
 			}
-			if pending {
-				q.Set("pending", "1")
+			if q.RequestID != 0 {
+				v.Set("request", strconv.FormatUint(q.RequestID, 10))
 			}
-			var out struct{ Acks []node.AckRow }
-			if err := c.call("GET", "/api/v1/acks?"+q.Encode(), nil, &out); err != nil {
+			if q.Limit != 0 {
+				v.Set("limit", strconv.Itoa(q.Limit))
+			}
+			var out struct {
+				Acks []node.AckRow `json:"acks"`
+				Next string        `json:"next"`
+			}
+			if err := c.call("GET", "/api/v1/acks?"+v.Encode(), nil, &out); err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Acks, func(w *tabwriter.Writer) { AckTable(w, out.Acks) })
+			if g.json {
+				return g.emit(cmd.OutOrStdout(), node.AckPage{Rows: out.Acks, Next: out.Next}, nil)
+			}
+			if err := g.emit(cmd.OutOrStdout(), nil, func(w *tabwriter.Writer) { g.AckTable(w, out.Acks) }); err != nil {
+				return err
+			}
+			if out.Next != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "more: ferry acks list --before %s (with the same filters)\n", out.Next)
+			}
+			return nil
 		}}
-	list.Flags().Uint64Var(&req, "request", 0, "only the rows of this request id")
-	list.Flags().BoolVar(&pending, "pending", false, "only rows still waiting for their ack")
+	f := list.Flags()
+	f.Uint64Var(&q.RequestID, "request", 0, "only the rows of this request id")
+	f.StringVar(&q.Receiver, "receiver", "", "only rows of this receiver (name or peer id)")
+	f.StringVar(&q.State, "state", "", "only rows in this state: "+strings.Join(node.AckStates, ", "))
+	f.StringVar(&q.Kind, "kind", "", "only rows of this kind: "+strings.Join(node.AckKinds, ", "))
+	f.BoolVar(&pending, "pending", false, "only rows still waiting for their ack (--state pending)")
+	f.IntVar(&q.Limit, "limit", 0, fmt.Sprintf("rows per page (default %d, at most %d)", node.DefaultAckLimit, node.MaxAckLimit))
+	f.StringVar(&q.Before, "before", "", "the page after this cursor (printed under the previous page)")
 	a.AddCommand(list)
 	return a
+}
+
+func oneOf(flag, v string, set []string) error {
+	if v == "" || slices.Contains(set, v) {
+		return nil
+	}
+	return fmt.Errorf("%s %q: want one of %s", flag, v, strings.Join(set, ", "))
 }
 
 // RowsTable prints table rows: id first, then every field by name.
@@ -354,6 +412,9 @@ func rowsCmd(g *globals) *cobra.Command {
 			if err := c.call("GET", "/api/v1/tables/"+url.PathEscape(args[0])+"/rows", nil, &out); err != nil {
 				return err
 			}
+			if len(out.Rows) == 0 {
+				return fmt.Errorf("table %s has no rows here (not_found): a table exists once a decision or the seed writes a row", args[0])
+			}
 			return g.emit(cmd.OutOrStdout(), out.Rows, func(w *tabwriter.Writer) { RowsTable(w, out.Rows) })
 		}}
 }
@@ -382,9 +443,14 @@ func resourcesCmd(g *globals) *cobra.Command {
 		}}
 }
 
+// jsonArg checks a JSON object argument and names it and the problem.
 func jsonArg(name, s string) (json.RawMessage, error) {
-	if !json.Valid([]byte(s)) {
-		return nil, fmt.Errorf("%s is not valid JSON: %s", name, s)
+	var v any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		return nil, fmt.Errorf("%s %q is not valid JSON (%v); quote it for the shell, e.g. '{\"name\": \"x\"}'", name, oneLine(s, 40), err)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, fmt.Errorf("%s %q must be a JSON object, e.g. '{\"name\": \"x\"}'", name, oneLine(s, 40))
 	}
 	return json.RawMessage(s), nil
 }
@@ -393,7 +459,7 @@ func publishCmd(g *globals) *cobra.Command {
 	return &cobra.Command{Use: "publish ACTION DATA_TYPE JSON", Short: "Propagate an action as an app would on ferry.propagate",
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			payload, err := jsonArg("JSON", args[2])
+			payload, err := jsonArg("the payload", args[2])
 			if err != nil {
 				return err
 			}
@@ -428,7 +494,7 @@ func submitCmd(g *globals) *cobra.Command {
 			if err != nil || id == 0 {
 				return fmt.Errorf("ID %q is not a positive number", args[2])
 			}
-			data, err := jsonArg("JSON", args[3])
+			data, err := jsonArg("the data", args[3])
 			if err != nil {
 				return err
 			}
@@ -441,7 +507,7 @@ func submitCmd(g *globals) *cobra.Command {
 			if err := cl.call("POST", "/api/v1/review/submit", body, &out); err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { RequestTable(w, []review.Row{out.Request}) })
+			return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { g.RequestTable(w, []review.Row{out.Request}) })
 		}}
 	c.Flags().StringVar(&desc, "description", "", "description.sender: why this change")
 	return c

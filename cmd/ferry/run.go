@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 
@@ -119,8 +120,15 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		fmt.Fprintf(cmd.ErrOrStderr(), "ferry %s running: peer %s, nats %s, admin http://%s (Ctrl-C stops)\n",
-			cfg.Name, n.ID(), n.NATSURL(), n.AdminAddr())
+		token, _ := h.Token()
+		home, _ := filepath.Abs(h.Dir)
+		fmt.Fprintf(cmd.ErrOrStderr(), "ferry %s running: peer %s (Ctrl-C stops)\n"+
+			"  home     %s   (operate it: export FERRY_HOME=%s; ferry status, ferry watch)\n"+
+			"  nats     %s   (apps: nats req %s.propagate ...)\n"+
+			"  console  http://%s/#token=%s\n"+
+			"  admin    http://%s/api/v1/   (bearer token in %s)\n"+
+			"  metrics  http://%s/metrics\n",
+			cfg.Name, n.ID(), home, home, n.NATSURL(), cfg.NATS.Prefix, n.AdminAddr(), token, n.AdminAddr(), h.TokenPath(), n.AdminAddr())
 		<-ctx.Done()
 		stop()
 		return n.Close()

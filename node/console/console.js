@@ -1,0 +1,436 @@
+// Ferry console: talks to this node's admin API with the bearer token kept
+// for the browser session. No external code; everything is in this file.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 5000;
+
+// A link may carry the token as #token=...: kept for this browser session,
+// then dropped from the address bar.
+const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromHash) { sessionStorage.setItem("ferry-token", fromHash); history.replaceState(null, "", location.pathname); }
+let token = sessionStorage.getItem("ferry-token") || "";
+
+const state = {
+  status: null, online: null, lastOK: null, view: "queue",
+  details: new Map(), // request id -> detail (current row, diff, receivers)
+  ackCursor: "", ackPages: [], ackNext: "",
+  busy: false,
+};
+
+// ---- small helpers ----
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const k of kids) if (k !== null && k !== undefined) e.append(k);
+  return e;
+}
+function json(v) { return v === undefined ? "" : JSON.stringify(v); }
+function ago(t) {
+  if (!t) return "-";
+  const d = (Date.now() - new Date(t).getTime()) / 1000;
+  const a = Math.abs(d);
+  let s;
+  if (a < 1) return "just now";
+  if (a < 60) s = Math.floor(a) + "s";
+  else if (a < 3600) s = Math.floor(a / 60) + "m";
+  else if (a < 172800) s = Math.floor(a / 3600) + "h";
+  else s = Math.floor(a / 86400) + "d";
+  return d >= 0 ? s + " ago" : "in " + s;
+}
+function timeCell(t) {
+  const td = el("td", {text: ago(t)});
+  if (t) td.title = new Date(t).toISOString();
+  return td;
+}
+function fromUnix(s) { return s ? new Date(s * 1000).toISOString() : null; }
+
+// ---- messages: they stay until dismissed ----
+let msgSeq = 0;
+function say(text, isErr) {
+  // The same error again (a refresh that keeps failing) is not repeated.
+  const last = $("messages").lastElementChild;
+  if (isErr && last && last.classList.contains("err") && last.firstChild.textContent === text) return last;
+  const id = "msg-" + (++msgSeq);
+  const m = el("div", {class: "msg" + (isErr ? " err" : ""), id, role: isErr ? "alert" : "status"},
+    el("span", {text}),
+    el("button", {type: "button", class: "link", "aria-label": "Dismiss message", text: "Dismiss", onclick: () => m.remove()}));
+  $("messages").append(m);
+  return m;
+}
+
+// ---- the API ----
+class Offline extends Error {}
+async function api(method, path, body) {
+  let res;
+  try {
+    res = await fetch("/api/v1/" + path, {
+      method, headers: {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+      body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
+    });
+  } catch (e) {
+    setOnline(false);
+    throw new Offline("the node does not answer");
+  }
+  setOnline(true);
+  const out = await res.json().catch(() => ({ok: false, error: {code: "unavailable", message: res.status + " " + res.statusText}}));
+  if (res.status === 401) { signOut("The token was refused: " + (out.error ? out.error.message : "401")); throw new Error("signed out"); }
+  if (!out.ok) throw new Error(out.error ? out.error.message + " (" + out.error.code + ")" : res.statusText);
+  return out;
+}
+
+// ---- connection state ----
+function setOnline(up) {
+  if (state.online === up) return;
+  state.online = up;
+  const c = $("conn");
+  c.className = "conn " + (up ? "up" : "down");
+  c.textContent = up ? "connected" : "disconnected";
+  document.body.classList.toggle("offline", !up);
+  $("offline").hidden = up;
+  if (!up) $("offline-since").textContent = state.lastOK ? state.lastOK.toLocaleTimeString() : "before the node stopped";
+  for (const b of document.querySelectorAll(".needs-node")) b.disabled = !up;
+  if (!up) { const d = $("confirm"); if (d.open) d.close("cancel"); }
+}
+
+// ---- sign in and out ----
+function signOut(why) {
+  token = "";
+  sessionStorage.removeItem("ferry-token");
+  $("login").hidden = false;
+  $("tabs").hidden = true;
+  for (const v of document.querySelectorAll(".view")) v.hidden = true;
+  $("who").textContent = "not signed in";
+  $("facts").textContent = "";
+  if (why) say(why, true);
+  $("token").focus();
+}
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = $("token").value.trim();
+  sessionStorage.setItem("ferry-token", token);
+  start();
+});
+$("signout").addEventListener("click", () => signOut());
+
+// ---- tabs (arrow keys move between them) ----
+const tabs = ["queue", "acks", "peers", "trace", "flows"];
+function show(view) {
+  state.view = view;
+  for (const t of tabs) {
+    $("tab-" + t).setAttribute("aria-selected", t === view ? "true" : "false");
+    $("tab-" + t).tabIndex = t === view ? 0 : -1;
+    $("view-" + t).hidden = t !== view;
+  }
+  refresh();
+}
+for (const t of tabs) {
+  $("tab-" + t).addEventListener("click", () => show(t));
+  $("tab-" + t).addEventListener("keydown", (e) => {
+    const i = tabs.indexOf(t);
+    if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+      const n = tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+      show(n); $("tab-" + n).focus(); e.preventDefault();
+    }
+  });
+}
+
+// ---- header ----
+async function loadStatus() {
+  const st = (await api("GET", "status")).status;
+  state.status = st;
+  state.lastOK = new Date();
+  $("who").textContent = st.name + (st.is_reviewer ? " · reviewer" : " · member");
+  $("who").title = st.peer_id;
+  $("facts").replaceChildren(
+    "peers ", el("b", {text: st.peers_up + " up"}), " / " + st.peers_down + " down · backlog ",
+    el("b", {text: String(st.pending_acks)}), " · waiting ", el("b", {text: String(st.waiting_requests)}),
+    " · updated ", el("span", {id: "updated", text: state.lastOK.toLocaleTimeString()}));
+  $("queue-count").textContent = st.waiting_requests ? String(st.waiting_requests) : "";
+}
+
+// ---- review queue ----
+async function loadQueue() {
+  const st = state.status;
+  const q = $("status").value;
+  const reqs = (await api("GET", "requests" + (q ? "?status=" + encodeURIComponent(q) : ""))).requests;
+  reqs.sort((a, b) => b.id - a.id);
+  const waiting = reqs.filter((r) => r.status === "waiting");
+  // Details (current row, diff, receivers) for waiting rows.
+  await Promise.all(waiting.map(async (r) => {
+    try { state.details.set(r.id, await api("GET", "requests/" + r.id)); } catch (e) { if (e instanceof Offline) throw e; }
+  }));
+  $("reviewer-note").textContent = st.is_reviewer ? "" :
+    "This node is not the reviewer: decisions are made on the reviewer (" + (st.reviewer || "none configured") + ").";
+  const box = $("requests");
+  if (reqs.length === 0) {
+    box.replaceChildren(el("div", {class: "empty", id: "empty-queue"},
+      q === "waiting" ? "No request is waiting for a decision. When an app submits a change on ferry.review.submit " +
+        "(or an operator runs `ferry submit`), it appears here." : "No request with this status."));
+    return;
+  }
+  box.replaceChildren(...reqs.map((r) => requestCard(r, st)));
+}
+
+function requestCard(r, st) {
+  const d = state.details.get(r.id);
+  const card = el("article", {class: "card", id: "req-" + r.id, "aria-label": "request " + r.id});
+  card.append(el("h3", {}, "#" + r.id + " · " + r.type + " " + r.table_name + " row " + r.table_id + " · ",
+    el("span", {class: r.status, text: r.status}), r.sequence ? " · sequence " + r.sequence : ""));
+  const created = el("span", {text: ago(fromUnix(r.created_at))});
+  created.title = fromUnix(r.created_at) || "";
+  card.append(el("div", {class: "meta"}, "from " + r.applicant + " · ", created,
+    " · “" + (r.description.sender || "no description") + "”" + (r.description.receiver ? " · reviewer: “" + r.description.receiver + "”" : "")));
+  if (r.status === "waiting" && d) {
+    card.append(diffTable(d));
+  } else {
+    card.append(el("div", {class: "meta mono", text: "data " + json(r.data)}));
+  }
+  if (r.conflict) card.append(el("div", {class: "conflict", text: "Accepting now would be refused: " + r.conflict}));
+  if (r.status === "waiting" && st.is_reviewer) {
+    const off = !state.online;
+    card.append(el("div", {class: "decide"},
+      el("button", {type: "button", class: "primary needs-node", disabled: off, id: "accept-" + r.id, onclick: () => decide(r, "accept")}, "Accept…"),
+      r.type !== "delete" ? el("button", {type: "button", class: "needs-node", disabled: off, id: "edit-" + r.id, onclick: () => decide(r, "edit")}, "Edit…") : null,
+      el("button", {type: "button", class: "danger needs-node", disabled: off, id: "reject-" + r.id, onclick: () => decide(r, "reject")}, "Reject…")));
+  }
+  return card;
+}
+
+function diffTable(d) {
+  const rows = d.diff.map((f) => el("tr", {class: f.change},
+    el("td", {text: f.field}), el("td", {text: f.change}), el("td", {text: f.before ? json(f.before) : "-"}), el("td", {text: f.after ? json(f.after) : "-"})));
+  const cur = d.current === null ? "the row does not exist yet" : json(d.current);
+  return el("div", {},
+    el("div", {class: "meta"}, "current row: ", el("code", {text: cur})),
+    el("table", {class: "diff"}, el("thead", {}, el("tr", {}, el("th", {text: "field"}), el("th", {text: "change"}),
+      el("th", {text: "current"}), el("th", {text: "after accepting"}))), el("tbody", {}, ...rows)));
+}
+
+// ---- deciding: a dialog that says who receives the decision ----
+let pending = null;
+function decide(r, decision) {
+  if (!state.online) return;
+  const d = state.details.get(r.id);
+  const recv = d ? (decision === "reject" ? d.receivers.reject : d.receivers.accept) : [];
+  const to = recv.length ? recv.join(", ") : "no other node";
+  const what = r.type + " " + r.table_name + " row " + r.table_id;
+  $("confirm-error").textContent = "";
+  $("note").value = "";
+  $("edit-fields").hidden = decision !== "edit";
+  if (decision === "accept") {
+    $("confirm-title").textContent = "Accept request " + r.id + "?";
+    $("confirm-text").textContent = "The change (" + what + ") is applied here and the decision goes to every member: " + to + ". It cannot be undone.";
+    $("confirm-ok").textContent = "Accept";
+  } else if (decision === "reject") {
+    $("confirm-title").textContent = "Reject request " + r.id + "?";
+    $("confirm-text").textContent = "Nothing changes in " + r.table_name + ". The rejection goes to the applicant only: " + to + ".";
+    $("confirm-ok").textContent = "Reject";
+  } else {
+    $("confirm-title").textContent = "Edit request " + r.id + " (" + what + ")";
+    $("confirm-text").textContent = "Change the values, then save: the edited data is applied here and the decision goes to every member: " + to + ".";
+    $("confirm-ok").textContent = "Save edit";
+    fillFields(r, d);
+  }
+  pending = {r, decision};
+  $("confirm").showModal();
+  const first = decision === "edit" ? document.querySelector("#edit-fields tbody input") : $("note");
+  if (first) first.focus();
+}
+
+function fillFields(r, d) {
+  const tb = document.querySelector("#edit-fields tbody");
+  tb.replaceChildren();
+  const cur = d && d.current ? d.current : {};
+  for (const [k, v] of Object.entries(r.data || {})) tb.append(fieldRow(k, v, cur[k], false));
+}
+
+function fieldRow(name, value, current, isNew) {
+  const nameIn = el("input", {"aria-label": "field name", value: name, readonly: !isNew, class: "fname"});
+  const valIn = el("input", {"aria-label": "value of " + (name || "new field"), class: "fval",
+    value: value === undefined ? "" : (typeof value === "string" ? value : JSON.stringify(value))});
+  const tr = el("tr", {},
+    el("td", {}, nameIn), el("td", {class: "mono", text: current === undefined ? "-" : json(current)}), el("td", {}, valIn),
+    el("td", {}, el("button", {type: "button", class: "link", "aria-label": "remove field " + name, text: "remove", onclick: () => tr.remove()})));
+  return tr;
+}
+$("add-field").addEventListener("click", () => {
+  const tr = fieldRow("", "", undefined, true);
+  document.querySelector("#edit-fields tbody").append(tr);
+  tr.querySelector("input").focus();
+});
+
+// editedData reads the form: a value is JSON if it parses, else text.
+function editedData() {
+  const out = {};
+  for (const tr of document.querySelectorAll("#edit-fields tbody tr")) {
+    const name = tr.querySelector(".fname").value.trim();
+    const raw = tr.querySelector(".fval").value;
+    if (!name) throw new Error("every field needs a name");
+    if (name === "id") throw new Error("the id is the table id; it cannot be edited");
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new Error("field name “" + name + "” must be 1-64 letters, digits, '_', '-' or '.'");
+    if (name in out) throw new Error("field “" + name + "” appears twice");
+    let v;
+    try { v = JSON.parse(raw); } catch (e) { v = raw; }
+    out[name] = v;
+  }
+  if (Object.keys(out).length === 0) throw new Error("an edit needs at least one field");
+  return out;
+}
+
+$("confirm-form").addEventListener("submit", async (e) => {
+  if (e.submitter && e.submitter.value === "cancel") { pending = null; return; }
+  e.preventDefault();
+  if (!pending || state.busy) return;
+  const {r, decision} = pending;
+  const body = {note: $("note").value.trim()};
+  if (decision === "edit") {
+    try { body.data = editedData(); } catch (err) { $("confirm-error").textContent = err.message; return; }
+  }
+  state.busy = true;
+  $("confirm-ok").disabled = true;
+  try {
+    const out = await api("POST", "requests/" + r.id + "/" + decision, body);
+    $("confirm").close("ok");
+    pending = null;
+    const row = out.request;
+    say("Request " + r.id + " " + row.status + (row.sequence ? " as decision " + row.sequence : "") + ": " +
+      (row.status === "rejected" ? "the rejection goes to " + row.applicant + "." : "applied here; the decision goes to every member."));
+  } catch (err) {
+    if (err instanceof Offline) { say("Request " + r.id + ": the node does not answer; the decision was not confirmed.", true); }
+    else $("confirm-error").textContent = err.message;
+    if (!(err instanceof Offline)) return;
+  } finally {
+    state.busy = false;
+    $("confirm-ok").disabled = !state.online;
+  }
+  refresh();
+});
+
+// ---- acknowledgements ----
+async function loadAcks() {
+  const p = new URLSearchParams();
+  const rcv = $("f-receiver").value.trim(), s = $("f-state").value, k = $("f-kind").value;
+  if (rcv) p.set("receiver", rcv);
+  if (s) p.set("state", s);
+  if (k) p.set("kind", k);
+  if (state.ackCursor) p.set("before", state.ackCursor);
+  p.set("limit", "50");
+  const out = await api("GET", "acks?" + p.toString());
+  state.ackNext = out.next || "";
+  const tb = $("acks").tBodies[0];
+  tb.replaceChildren(...out.acks.map((a) => el("tr", {},
+    el("td", {class: "mono", text: a.id}), el("td", {text: a.request_id || "-"}), el("td", {text: a.receiver, title: a.receiver_id}),
+    el("td", {text: a.kind}), el("td", {class: a.ack, text: a.ack}), el("td", {text: String(a.attempts)}),
+    timeCell(a.created_at), timeCell(a.next_attempt_at), el("td", {class: "err", text: a.error || ""}))));
+  if (out.acks.length === 0) tb.append(el("tr", {}, el("td", {colspan: "9", class: "muted", text: "No acknowledgement rows match."})));
+  $("acks-older").disabled = !state.ackNext;
+  $("acks-newest").disabled = !state.ackCursor;
+  $("acks-page").textContent = state.ackCursor ? "page " + (state.ackPages.length + 1) + " (older rows)" : "newest rows";
+}
+$("ack-filters").addEventListener("submit", (e) => { e.preventDefault(); state.ackCursor = ""; state.ackPages = []; refresh(); });
+$("acks-older").addEventListener("click", () => { state.ackPages.push(state.ackCursor); state.ackCursor = state.ackNext; refresh(); });
+$("acks-newest").addEventListener("click", () => { state.ackCursor = ""; state.ackPages = []; refresh(); });
+
+// ---- peers ----
+async function loadPeers() {
+  const [peers, dels] = await Promise.all([api("GET", "peers"), api("GET", "deliveries")]);
+  const byPeer = new Map();
+  for (const d of dels.deliveries) {
+    const x = byPeer.get(d.receiver_id) || {pending: 0, oldest: null, err: ""};
+    x.pending += d.pending;
+    if (d.oldest_pending && (!x.oldest || d.oldest_pending < x.oldest)) x.oldest = d.oldest_pending;
+    if (d.last_error) x.err = d.last_error;
+    byPeer.set(d.receiver_id, x);
+  }
+  const st = state.status;
+  $("catchup").textContent = "Last catch-up: " + (st.last_catch_up ? ago(st.last_catch_up) + " (" + st.last_catch_up + ")" : "none since the node started") +
+    ". Decisions applied here: " + st.decision_applied + ".";
+  $("receivers").replaceChildren(...peers.peers.map((p) => el("option", {value: p.name})));
+  const tb = $("peers").tBodies[0];
+  tb.replaceChildren(...peers.peers.map((p) => {
+    const d = byPeer.get(p.peer_id) || {pending: 0, oldest: null, err: ""};
+    return el("tr", {},
+      el("td", {text: p.name, title: p.peer_id}), el("td", {text: p.roles.join(", ")}),
+      el("td", {class: p.connected ? "connected" : "down", text: p.connected ? "connected" : "down"}),
+      p.connected ? el("td", {text: "now"}) : timeCell(p.last_seen),
+      el("td", {text: String(d.pending)}), d.oldest ? timeCell(d.oldest) : el("td", {text: "-"}), el("td", {class: "err", text: d.err}));
+  }));
+  if (peers.peers.length === 0) tb.append(el("tr", {}, el("td", {colspan: "7", class: "muted", text: "No peers known yet: a lone node, or discovery has not found any."})));
+}
+
+// ---- trace ----
+$("trace-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const ref = $("trace-ref").value.trim();
+  const [o, v] = ref.split("/");
+  const out = $("trace-out");
+  out.replaceChildren(el("p", {class: "muted", text: "Tracing " + ref + "…"}));
+  try {
+    const t = await api("GET", "trace/" + encodeURIComponent(o || "") + "/" + encodeURIComponent(v || ""));
+    const tr = t.trace;
+    const t0 = tr.committed_at ? new Date(tr.committed_at).getTime() : null;
+    const rows = tr.nodes.map((n) => el("tr", {},
+      el("td", {text: n.name + (n.role === "origin" ? " (origin)" : "")}),
+      el("td", {text: n.ask_error ? "not asked: " + n.ask_error : n.held ? "holds it as version " + n.local_version : "does not hold it"}),
+      el("td", {text: n.applied_at ? (t0 !== null ? "+" + (new Date(n.applied_at).getTime() - t0) + " ms" : n.applied_at) : "-"}),
+      el("td", {class: n.ack || "", text: n.role === "origin" ? "committed" : (n.ack || "-") + (n.attempts ? ", " + n.attempts + " attempt(s)" : "")}),
+      el("td", {class: "mono", text: n.published || "-"}), el("td", {class: "err", text: n.error || ""})));
+    out.replaceChildren(
+      el("p", {}, "Change " + tr.origin_name + "/" + tr.version + " (" + (tr.kind || "?") + (tr.data_type ? " " + tr.data_type : "") + ")" +
+        (tr.committed_at ? ", committed " + new Date(tr.committed_at).toISOString() : "")),
+      el("div", {class: "scroll"}, el("table", {id: "trace-table"}, el("thead", {}, el("tr", {}, ...["node", "holds", "applied", "ack", "published to apps", "error"].map((h) => el("th", {text: h})))), el("tbody", {}, ...rows))),
+      el("h2", {text: "As PlantUML (ferry trace prints the same)"}), el("pre", {text: t.plantuml}));
+  } catch (err) { out.replaceChildren(el("p", {class: "error", text: err.message})); }
+});
+
+// ---- flows: the diagrams of docs/diagrams, rendered to SVG ----
+async function loadFlows() {
+  if ($("flow").options.length) return;
+  const res = await fetch("/flows/index.json", {cache: "no-store"}).catch(() => null);
+  if (!res || !res.ok) return;
+  const list = await res.json();
+  $("flow").replaceChildren(...list.map((f) => el("option", {value: f.file, text: f.title})));
+  showFlow();
+}
+function showFlow() {
+  const f = $("flow").value;
+  if (!f) return;
+  $("flow-img").src = "/flows/" + f;
+  $("flow-img").alt = "Sequence diagram: " + $("flow").selectedOptions[0].text;
+}
+$("flow").addEventListener("change", showFlow);
+
+// ---- refresh loop ----
+let timer = null;
+let loading = false;
+async function refresh() {
+  if (!token || loading) return;
+  loading = true;
+  try {
+    await loadStatus();
+    if (state.view === "queue") await loadQueue();
+    else if (state.view === "acks") await loadAcks();
+    else if (state.view === "peers") await loadPeers();
+    else if (state.view === "flows") await loadFlows();
+  } catch (e) {
+    if (!(e instanceof Offline) && e.message !== "signed out") say(e.message, true);
+  } finally {
+    loading = false;
+  }
+}
+$("refresh").addEventListener("click", refresh);
+$("status").addEventListener("change", refresh);
+
+function start() {
+  if (!token) { signOut(); return; }
+  $("login").hidden = true;
+  $("tabs").hidden = false;
+  show(state.view);
+  if (!timer) timer = setInterval(() => { if (!$("confirm").open) refresh(); }, REFRESH_MS);
+}
+start();

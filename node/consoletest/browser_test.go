@@ -1,0 +1,264 @@
+// Package consoletest drives the node's web console in real headless
+// Chromium (Debian's chromium, installed by scripts/deps.sh): sign in,
+// accept, edit through the form, reject, result messages that stay, and
+// the disconnected state once the node stops. Screenshots go to
+// artifacts/console/ at the repository root (git-ignored; CI keeps them).
+package consoletest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+)
+
+const (
+	nA, nB, nC = 0, 1, 2 // C is the reviewer
+	step       = 30 * time.Second
+)
+
+// chromium finds Debian's Chromium; outside CI its absence skips the test
+// with a message, in CI it fails.
+func chromium(t *testing.T) string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("Chromium is missing: scripts/deps.sh installs Debian's chromium (CI runs it first)")
+	}
+	t.Skip("Chromium is missing: run scripts/deps.sh (apt-get install chromium) to run the console's browser test")
+	return ""
+}
+
+func artifacts(t *testing.T) string {
+	dir := filepath.Join("..", "..", "artifacts", "console")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func submit(t *testing.T, net *testnet.Net, i int, body string) uint64 {
+	t.Helper()
+	var out struct {
+		OK      bool
+		Request struct{ Origin string }
+		Error   any
+	}
+	testnet.Request(t, net.NATS(i), "ferry.review.submit", body, &out)
+	if !out.OK {
+		t.Fatalf("submit %s: %v", body, out.Error)
+	}
+	var id uint64
+	testnet.WaitFor(t, step, "the reviewer holds "+out.Request.Origin, func() bool {
+		r, err := net.Node(nC).Review().RequestByOrigin(out.Request.Origin)
+		id = r.ID
+		return err == nil
+	})
+	return id
+}
+
+func TestConsoleInBrowser(t *testing.T) {
+	exe := chromium(t)
+	net := testnet.Start(t, testnet.Options{N: 3, Reviewer: testnet.At(nC)})
+	net.WaitMembers(30 * time.Second)
+	token, err := net.Homes[nC].Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + net.Node(nC).AdminAddr()
+	accept := submit(t, net, nA, `{"type":"insert","table_name":"tb","table_id":1,"data":{"name":"one","n":1},"description":"to accept"}`)
+	edit := submit(t, net, nB, `{"type":"insert","table_name":"tb","table_id":2,"data":{"name":"two","n":2},"description":"to edit"}`)
+	reject := submit(t, net, nA, `{"type":"insert","table_name":"tb","table_id":3,"data":{"name":"three"},"description":"to reject"}`)
+
+	dir := artifacts(t)
+	opts := []chromedp.ExecAllocatorOption{chromedp.ExecPath(exe), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.NoFirstRun, chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(800, 1000)}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancelT()
+	shot := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, c := context.WithTimeout(ctx, step)
+		defer c()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			shot("failed")
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	eval := func(what, expr string) any {
+		t.Helper()
+		sctx, c := context.WithTimeout(ctx, step)
+		defer c()
+		v, err := chromedp.Run(sctx, chromedp.Evaluate[any](expr))
+		if err != nil {
+			shot("failed")
+			t.Fatalf("%s: %v", what, err)
+		}
+		return v
+	}
+	text := func(sel string) string {
+		t.Helper()
+		s, _ := eval("read "+sel, fmt.Sprintf(`(document.querySelector(%q) || {textContent: ""}).textContent`, sel)).(string)
+		return s
+	}
+	// poll waits until the expression is true.
+	poll := func(what, expr string) {
+		t.Helper()
+		sctx, c := context.WithTimeout(ctx, step)
+		defer c()
+		if _, err := chromedp.Run(sctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
+			shot("failed")
+			t.Fatalf("%s: %v (page says: %s)", what, err, text("body"))
+		}
+	}
+	// waitText waits until the element's text contains want.
+	waitText := func(sel, want string) {
+		t.Helper()
+		poll(fmt.Sprintf("wait for %q in %s", want, sel),
+			fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.textContent.includes(%q); })()`, sel, want))
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	fits := func(view string) {
+		t.Helper()
+		if w, _ := eval("page width", `document.documentElement.scrollWidth`).(float64); w > 800 {
+			shot("failed")
+			t.Fatalf("the %s view is %.0f px wide in an 800 px window", view, w)
+		}
+	}
+
+	// Signing in: the page asks for the token, then shows the queue. (The
+	// first call starts the browser: no step timeout on it.)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#token"))); err != nil {
+		t.Fatalf("open the console: %v", err)
+	}
+	shot("01-sign-in")
+	run("sign in", chromedp.SendKeys(css("#token"), token), chromedp.Click(css("#signin")),
+		chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", accept))))
+	waitText("#who", "reviewer")
+	waitText("#conn", "connected")
+	// At 800 px every decide button is inside the window.
+	right, _ := eval("measure", `Math.max(...[...document.querySelectorAll(".decide button")].map(b => b.getBoundingClientRect().right))`).(float64)
+	if right > 800 || right == 0 {
+		t.Fatalf("decide buttons end at %.0f px in an 800 px window", right)
+	}
+	if d := text(fmt.Sprintf("#req-%d", edit)); !strings.Contains(d, "after accepting") || !strings.Contains(d, `"two"`) {
+		t.Fatalf("request %d shows no diff: %s", edit, d)
+	}
+	fits("queue")
+	shot("02-queue")
+
+	// Accept: the confirmation names who receives the decision.
+	run("accept", chromedp.Click(css(fmt.Sprintf("#accept-%d", accept))), chromedp.WaitVisible(css("#confirm")))
+	if c := text("#confirm-text"); !strings.Contains(c, "A") || !strings.Contains(c, "B") {
+		t.Fatalf("the accept confirmation does not name the members: %q", c)
+	}
+	shot("03-accept-confirm")
+	run("confirm accept", chromedp.Click(css("#confirm-ok")))
+	waitText("#messages", fmt.Sprintf("Request %d accepted", accept))
+
+	// Edit through the form: change one field, add one.
+	run("edit", chromedp.Click(css(fmt.Sprintf("#edit-%d", edit))), chromedp.WaitVisible(css("#edit-fields")))
+	eval("change a field", `(() => {
+		for (const tr of document.querySelectorAll("#edit-fields tbody tr")) {
+			if (tr.querySelector(".fname").value === "name") { const v = tr.querySelector(".fval"); v.value = "two-edited"; }
+		}
+		return true })()`)
+	run("add a field", chromedp.Click(css("#add-field")))
+	// A bad field name is refused in the form, nothing is sent.
+	eval("bad field", `(() => { const rows = document.querySelectorAll("#edit-fields tbody tr"); const tr = rows[rows.length-1];
+		tr.querySelector(".fname").value = "id"; tr.querySelector(".fval").value = "9"; return true })()`)
+	run("save the bad field", chromedp.Click(css("#confirm-ok")))
+	waitText("#confirm-error", "cannot be edited")
+	eval("good field", `(() => { const rows = document.querySelectorAll("#edit-fields tbody tr"); const tr = rows[rows.length-1];
+		tr.querySelector(".fname").value = "color"; tr.querySelector(".fval").value = "blue"; return true })()`)
+	shot("04-edit-form")
+	run("save edit", chromedp.Click(css("#confirm-ok")))
+	waitText("#messages", fmt.Sprintf("Request %d edited", edit))
+	testnet.WaitFor(t, step, "B holds the edited row 2", func() bool {
+		rows, err := net.Node(nB).Rows("tb")
+		if err != nil {
+			return false
+		}
+		for _, r := range rows {
+			var m map[string]any
+			if json.Unmarshal(r, &m) == nil && m["id"] == float64(2) {
+				return m["name"] == "two-edited" && m["color"] == "blue" && m["n"] == float64(2)
+			}
+		}
+		return false
+	})
+
+	// Reject with a note: the rejection goes to the applicant only.
+	run("reject", chromedp.Click(css(fmt.Sprintf("#reject-%d", reject))), chromedp.WaitVisible(css("#confirm")))
+	if c := text("#confirm-text"); !strings.Contains(c, "applicant only: A") {
+		t.Fatalf("the reject confirmation: %q", c)
+	}
+	run("note", chromedp.SendKeys(css("#note"), "not needed"), chromedp.Click(css("#confirm-ok")))
+	waitText("#messages", fmt.Sprintf("Request %d rejected", reject))
+
+	// The messages stay across refreshes until dismissed.
+	before := text("#updated")
+	poll("a refresh", fmt.Sprintf(`!!document.querySelector("#updated") && document.querySelector("#updated").textContent !== %q`, before))
+	msgs := text("#messages")
+	for _, want := range []string{fmt.Sprintf("Request %d accepted", accept), fmt.Sprintf("Request %d edited", edit), fmt.Sprintf("Request %d rejected", reject)} {
+		if !strings.Contains(msgs, want) {
+			t.Fatalf("after a refresh the messages lost %q: %s", want, msgs)
+		}
+	}
+	waitText("#requests", "No request is waiting")
+	shot("05-decided")
+
+	// The acknowledgement rows, newest first, with a filter.
+	run("acks", chromedp.Click(css("#tab-acks")))
+	waitText("#acks", "decision")
+	run("filter", chromedp.SetValue(css("#f-state"), "sended"), chromedp.Click(css("#ack-filters button")))
+	waitText("#acks-page", "newest")
+	fits("acknowledgements")
+	shot("06-acks")
+	run("peers", chromedp.Click(css("#tab-peers")))
+	waitText("#peers", "connected")
+	run("flows", chromedp.Click(css("#tab-flows")))
+	fits("flows")
+	poll("a flow diagram", `(() => { const i = document.querySelector("#flow-img"); return i.complete && i.naturalWidth > 0; })()`)
+	shot("07-flows")
+	run("back to the queue", chromedp.Click(css("#tab-queue")))
+
+	// A request waits, then the node stops: the page says so and disables actions.
+	late := submit(t, net, nA, `{"type":"insert","table_name":"tb","table_id":4,"data":{"name":"four"}}`)
+	run("the late request", chromedp.Click(css("#refresh")), chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", late))))
+	net.Stop(nC)
+	waitText("#conn", "disconnected")
+	run("banner", chromedp.WaitVisible(css("#offline")))
+	if disabled, _ := eval("accept disabled", fmt.Sprintf(`document.querySelector("#accept-%d").disabled`, late)).(bool); !disabled {
+		t.Fatal("the accept button stays enabled while the node is down")
+	}
+	shot("08-disconnected")
+	t.Logf("screenshots in %s", dir)
+}

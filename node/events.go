@@ -1,0 +1,268 @@
+package node
+
+// events.go is the node's live activity feed for operators (`ferry watch`,
+// the console): what the node commits and sends, what its receivers
+// acknowledge, what it receives and applies, what it decides and what it
+// publishes to its apps. It is in memory only and best effort: a slow
+// watcher misses events (and is told how many) rather than slowing the node.
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/natsbridge"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Event types.
+const (
+	EventCommitted = "committed" // a change of this node is on disk and queued for its receivers
+	EventAcked     = "acked"     // a receiver acknowledged a change of this node
+	EventRejected  = "rejected"  // a receiver refused a change of this node for good
+	EventApplied   = "applied"   // a change from a peer is applied here (and published to apps)
+	EventSubmitted = "submitted" // a review request of this node's apps is on disk
+	EventDecided   = "decided"   // the operator here decided a request
+	EventPublished = "published" // an event went out on this node's NATS
+)
+
+// Event is one line of `ferry watch`.
+type Event struct {
+	Seq           uint64    `json:"seq"`
+	Time          time.Time `json:"time"`
+	Type          string    `json:"type"`
+	Kind          string    `json:"kind,omitempty"`
+	Peer          string    `json:"peer,omitempty"` // receiver or sender name
+	PeerID        string    `json:"peer_id,omitempty"`
+	Version       uint64    `json:"version,omitempty"` // this node's version
+	Origin        string    `json:"origin,omitempty"`  // origin peer id of a received change
+	OriginVersion uint64    `json:"origin_version,omitempty"`
+	RequestID     uint64    `json:"request_id,omitempty"`
+	Subject       string    `json:"subject,omitempty"`
+	To            []string  `json:"to,omitempty"` // receivers of a committed change
+	Detail        string    `json:"detail,omitempty"`
+}
+
+const (
+	eventBacklog = 256 // recent events a new watcher gets first
+	watcherQueue = 1024
+)
+
+// eventHub fans events out to watchers.
+type eventHub struct {
+	mu       sync.Mutex
+	seq      uint64
+	recent   []Event
+	watchers map[*watcher]struct{}
+}
+
+type watcher struct {
+	ch      chan Event
+	dropped int
+}
+
+func newEventHub() *eventHub { return &eventHub{watchers: map[*watcher]struct{}{}} }
+
+// active reports whether anyone watches (callers skip costly detail when not).
+func (h *eventHub) active() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.watchers) > 0
+}
+
+func (h *eventHub) emit(e Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seq++
+	e.Seq = h.seq
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	h.recent = append(h.recent, e)
+	if len(h.recent) > eventBacklog {
+		h.recent = slices.Delete(h.recent, 0, len(h.recent)-eventBacklog)
+	}
+	for w := range h.watchers {
+		select {
+		case w.ch <- e:
+		default:
+			w.dropped++
+		}
+	}
+}
+
+// watch registers a watcher and returns the recent events to show first.
+func (h *eventHub) watch() (*watcher, []Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := &watcher{ch: make(chan Event, watcherQueue)}
+	h.watchers[w] = struct{}{}
+	return w, slices.Clone(h.recent)
+}
+
+func (h *eventHub) unwatch(w *watcher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.watchers, w)
+}
+
+// takeDropped returns and resets how many events w missed.
+func (h *eventHub) takeDropped(w *watcher) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := w.dropped
+	w.dropped = 0
+	return d
+}
+
+// onAcked is the sender's hook: a receiver acknowledged (or refused) a delivery.
+func (n *Node) onAcked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal) {
+	if n.opts.Sender.OnAcked != nil {
+		n.opts.Sender.OnAcked(p, lane, through, refused)
+	}
+	if !n.events.active() {
+		return
+	}
+	name := n.book.Name(p)
+	n.events.emit(Event{Type: EventAcked, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: through})
+	for _, r := range refused {
+		n.events.emit(Event{Type: EventRejected, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: r.Version, Detail: r.Reason})
+	}
+}
+
+// committed reports a change of this node and who it goes to.
+func (n *Node) committed(kind string, version, requestID uint64, detail string) {
+	if !n.events.active() {
+		return
+	}
+	e := Event{Type: EventCommitted, Kind: kind, Version: version, RequestID: requestID, Detail: detail}
+	if page, err := n.Acks(AckQuery{Version: version, Limit: MaxAckPage}); err == nil {
+		for _, r := range page.Rows {
+			e.To = append(e.To, r.Receiver)
+		}
+	}
+	n.events.emit(e)
+}
+
+// eventPublisher is the services' NATS publisher: it publishes through the
+// bridge and tells watchers.
+type eventPublisher struct {
+	b *natsbridge.Bridge
+	n *Node
+}
+
+func (p eventPublisher) Publish(suffix string, v any) {
+	p.b.Publish(suffix, v)
+	p.published(suffix)
+}
+
+func (p eventPublisher) PublishRaw(suffix string, data []byte) {
+	p.b.PublishRaw(suffix, data)
+	p.published(suffix)
+}
+
+func (p eventPublisher) published(suffix string) {
+	if p.n.events.active() {
+		p.n.events.emit(Event{Type: EventPublished, Subject: p.b.Subject(suffix)})
+	}
+}
+
+// serveEvents streams events as server-sent events (text/event-stream): the
+// recent ones first, then each as it happens, with a comment line every
+// 15 s so proxies and clients see the stream is alive.
+func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		fail(w, fmt.Errorf("%w: streaming is not supported here", ferry.ErrUnavailable))
+		return
+	}
+	wt, recent := n.events.watch()
+	defer n.events.unwatch(wt)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	send := func(e Event) bool {
+		b, _ := json.Marshal(e)
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.Seq, e.Type, b)
+		return err == nil
+	}
+	if r.URL.Query().Get("recent") != "0" {
+		for _, e := range recent {
+			if !send(e) {
+				return
+			}
+		}
+	}
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-n.adminQuit:
+			return
+		case e := <-wt.ch:
+			if !send(e) {
+				return
+			}
+			if d := n.events.takeDropped(wt); d > 0 {
+				if _, err := fmt.Fprintf(w, "event: dropped\ndata: {\"dropped\":%d}\n\n", d); err != nil {
+					return
+				}
+			}
+			fl.Flush()
+		case <-keep.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
+}
+
+// applied is called inside the transaction that applies a change from a
+// peer; the event and the trace record follow its commit.
+func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
+	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
+	tx.OnCommit(func() {
+		at := time.Now().UTC()
+		if n.events.active() {
+			n.events.emit(Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
+				PeerID: from.String(), Origin: origin.String(), OriginVersion: ver, Detail: body.DataType})
+		}
+	})
+}
+
+// decided counts a decision by outcome and tells watchers.
+func (n *Node) decided(req review.DecideRequest, row review.Row, err error) {
+	outcome := "refused"
+	if err == nil {
+		outcome = row.Status
+	}
+	n.metrics.decisions.WithLabelValues(outcome).Inc()
+	if err != nil || !n.events.active() {
+		return
+	}
+	r, _ := n.st.Request(row.ID)
+	e := Event{Type: EventDecided, Kind: "decision", RequestID: row.ID,
+		Detail: fmt.Sprintf("%s %s %s row %d (sequence %d)", row.Status, row.Type, row.TableName, row.TableID, row.Sequence)}
+	if r != nil && r.ChangeVersion != 0 {
+		e.Version = r.ChangeVersion
+		if page, err := n.Acks(AckQuery{Version: r.ChangeVersion, Limit: MaxAckPage}); err == nil {
+			for _, a := range page.Rows {
+				e.To = append(e.To, a.Receiver)
+			}
+		}
+	}
+	n.events.emit(e)
+}
