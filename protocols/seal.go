@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"math/bits"
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -32,23 +34,31 @@ var (
 	ErrMalformedEnvelope = errors.New("malformed envelope")
 )
 
+// hashers are reused: a fresh sha256 digest per leaf was an allocation per
+// envelope on both ends.
+var hashers = sync.Pool{New: func() any { return sha256.New() }}
+
 func leafHash(body []byte) [32]byte {
-	h := sha256.New()
+	h := hashers.Get().(hash.Hash)
+	h.Reset()
 	h.Write([]byte{0})
 	h.Write(body)
 	var out [32]byte
 	h.Sum(out[:0])
+	hashers.Put(h)
 	return out
 }
 
+// LeafHash is the Merkle leaf hash of a body (RFC 9162: SHA-256 of 0x00 and
+// the body).
+func LeafHash(body []byte) [32]byte { return leafHash(body) }
+
 func nodeHash(l, r []byte) [32]byte {
-	h := sha256.New()
-	h.Write([]byte{1})
-	h.Write(l)
-	h.Write(r)
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
+	var buf [65]byte
+	buf[0] = 1
+	copy(buf[1:33], l)
+	copy(buf[33:], r)
+	return sha256.Sum256(buf[:])
 }
 
 // splitPoint is the largest power of two smaller than n (n > 1).
@@ -61,7 +71,8 @@ func splitPoint(n int) int {
 }
 
 // treeRoot computes MTH over leaf hashes and appends, for every leaf, the
-// audit path (PATH in RFC 9162).
+// audit path (PATH in RFC 9162). Each path's hashes are slices of one
+// buffer per subtree node, shared by the leaves under it.
 func treeRoot(leaves [][32]byte, paths [][][]byte) [32]byte {
 	if len(leaves) == 1 {
 		return leaves[0]
@@ -69,11 +80,16 @@ func treeRoot(leaves [][32]byte, paths [][][]byte) [32]byte {
 	k := splitPoint(len(leaves))
 	l := treeRoot(leaves[:k], paths[:k])
 	r := treeRoot(leaves[k:], paths[k:])
+	var sib [64]byte
+	copy(sib[:32], r[:])
+	copy(sib[32:], l[:])
+	shared := make([]byte, 64)
+	copy(shared, sib[:])
 	for i := range paths[:k] {
-		paths[i] = append(paths[i], append([]byte(nil), r[:]...))
+		paths[i] = append(paths[i], shared[:32:32])
 	}
 	for i := range paths[k:] {
-		paths[k+i] = append(paths[k+i], append([]byte(nil), l[:]...))
+		paths[k+i] = append(paths[k+i], shared[32:64:64])
 	}
 	return nodeHash(l[:], r[:])
 }
@@ -88,15 +104,31 @@ func signedRoot(size uint32, root []byte) []byte {
 // Seal signs bodies with key, one signature per tree of up to MaxTreeLeaves,
 // and returns one envelope per body in the same order.
 func Seal(key crypto.PrivKey, bodies [][]byte) ([]*pb.Envelope, error) {
+	return SealLeaves(key, bodies, nil)
+}
+
+// SealLeaves is Seal for a caller that has the bodies' leaf hashes at hand
+// (LeafHash); nil computes them.
+func SealLeaves(key crypto.PrivKey, bodies [][]byte, leafHashes [][32]byte) ([]*pb.Envelope, error) {
 	out := make([]*pb.Envelope, 0, len(bodies))
 	for start := 0; start < len(bodies); start += MaxTreeLeaves {
 		end := min(start+MaxTreeLeaves, len(bodies))
 		chunk := bodies[start:end]
-		leaves := make([][32]byte, len(chunk))
-		for i, b := range chunk {
-			leaves[i] = leafHash(b)
+		var leaves [][32]byte
+		if leafHashes != nil {
+			leaves = leafHashes[start:end]
+		} else {
+			leaves = make([][32]byte, len(chunk))
+			for i, b := range chunk {
+				leaves[i] = leafHash(b)
+			}
 		}
 		paths := make([][][]byte, len(chunk))
+		depth := bits.Len(uint(len(chunk) - 1))
+		headers := make([][]byte, len(chunk)*depth)
+		for i := range paths {
+			paths[i] = headers[i*depth : i*depth : (i+1)*depth]
+		}
 		root := treeRoot(leaves, paths)
 		sig, err := key.Sign(signedRoot(uint32(len(chunk)), root[:]))
 		if err != nil {
@@ -169,26 +201,38 @@ func NewVerifier() *Verifier {
 // Open verifies env and returns its decoded body. The origin is taken from the
 // body and must be a peer id whose public key it embeds (ed25519 ids do).
 func (v *Verifier) Open(env *pb.Envelope) (*pb.Body, peer.ID, error) {
+	body, origin, _, err := v.OpenLeaf(env)
+	return body, origin, err
+}
+
+// OpenLeaf is Open that also returns the body's leaf hash (LeafHash).
+func (v *Verifier) OpenLeaf(env *pb.Envelope) (*pb.Body, peer.ID, [32]byte, error) {
+	var leaf [32]byte
 	if env == nil || len(env.Body) == 0 {
-		return nil, "", fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
+		return nil, "", leaf, fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
 	}
 	body := &pb.Body{}
 	if err := proto.Unmarshal(env.Body, body); err != nil {
-		return nil, "", fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
+		return nil, "", leaf, fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
 	}
 	origin, err := peer.IDFromBytes(body.Origin)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: origin: %w", ErrMalformedEnvelope, err)
+		return nil, "", leaf, fmt.Errorf("%w: origin: %w", ErrMalformedEnvelope, err)
 	}
-	if err := v.Verify(origin, env); err != nil {
-		return nil, "", err
+	leaf = leafHash(env.Body)
+	if err := v.verify(origin, env, leaf); err != nil {
+		return nil, "", leaf, err
 	}
-	return body, origin, nil
+	return body, origin, leaf, nil
 }
 
 // Verify checks that env was signed by origin.
 func (v *Verifier) Verify(origin peer.ID, env *pb.Envelope) error {
-	root, ok := rootFromPath(leafHash(env.Body), env.LeafIndex, env.TreeSize, env.Path)
+	return v.verify(origin, env, leafHash(env.Body))
+}
+
+func (v *Verifier) verify(origin peer.ID, env *pb.Envelope, leaf [32]byte) error {
+	root, ok := rootFromPath(leaf, env.LeafIndex, env.TreeSize, env.Path)
 	if !ok {
 		return fmt.Errorf("%w: bad audit path", ErrBadSignature)
 	}

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -57,11 +56,13 @@ func (t *Txn) RaiseVersion(v uint64) error {
 // ---- the change log and the origin index ----
 
 // BodyHash fingerprints a change's signed body: the same (origin, version)
-// with another fingerprint is an equivocation, not a resend.
-func BodyHash(body []byte) uint64 {
-	h := sha256.Sum256(body)
-	return binary.BigEndian.Uint64(h[:8])
-}
+// with another fingerprint is an equivocation, not a resend. It is the
+// first 8 bytes of the body's Merkle leaf hash, which sealing and
+// verification compute anyway (HashOfLeaf).
+func BodyHash(body []byte) uint64 { return HashOfLeaf(protocols.LeafHash(body)) }
+
+// HashOfLeaf is BodyHash from a body's leaf hash.
+func HashOfLeaf(leaf [32]byte) uint64 { return binary.BigEndian.Uint64(leaf[:8]) }
 
 // OriginEntry is what the origin index holds of one change: where it is in
 // this node's log, its kind, its fingerprint and when it was committed here.
@@ -119,7 +120,8 @@ func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode body: %w", err)
 	}
-	s := &Sealed{key: k(pChange).u64(ver), body: b, Hash: BodyHash(b)}
+	s := &Sealed{key: k(pChange).u64(ver), body: b, leaf: protocols.LeafHash(b)}
+	s.Hash = HashOfLeaf(s.leaf)
 	t.sealed = append(t.sealed, s)
 	t.set(originKey(body.Origin, ver), originValue(ver, body.Kind, s.Hash, t.now))
 	return s, nil

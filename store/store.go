@@ -490,10 +490,11 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 		return ErrNoSigner
 	}
 	bodies := make([][]byte, len(sealed))
+	leaves := make([][32]byte, len(sealed))
 	for i, x := range sealed {
-		bodies[i] = x.body
+		bodies[i], leaves[i] = x.body, x.leaf
 	}
-	envs, err := protocols.Seal(s.opts.Signer, bodies)
+	envs, err := protocols.SealLeaves(s.opts.Signer, bodies, leaves)
 	if err != nil {
 		return err
 	}
@@ -642,6 +643,7 @@ type Sealed struct {
 	Envelope *pb.Envelope
 	Bytes    []byte // Envelope, encoded
 	Hash     uint64 // BodyHash of the body
+	leaf     [32]byte
 	key      []byte
 	body     []byte
 }

@@ -467,7 +467,7 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 		if err := proto.Unmarshal(raw, env); err != nil {
 			return nil, Refuse("malformed envelope", err)
 		}
-		body, origin, err := r.verifier.Open(env)
+		body, origin, leaf, err := r.verifier.OpenLeaf(env)
 		if err != nil {
 			return nil, Refuse("bad envelope", err)
 		}
@@ -488,7 +488,7 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 			return nil, Refuse("change addressed to another peer", nil)
 		}
 		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: env, Raw: raw,
-			Hash: store.BodyHash(env.Body), Lane: lane}
+			Hash: store.HashOfLeaf(leaf), Lane: lane}
 		if err := r.handler.Admit(m); err != nil {
 			return nil, Refuse("not admitted", err)
 		}
