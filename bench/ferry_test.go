@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"fmt"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,8 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/ferrynet/ferry/internal/testnet"
-	"github.com/ferrynet/ferry/node"
 )
 
 const (
@@ -224,83 +221,6 @@ func (a *app) send(t testing.TB, pace time.Duration) {
 	}
 }
 
-// ferryNet starts A with the given number of partners (each a partner of A
-// in turn), connects counters to every partner and warms every path up with
-// one event.
-func ferryNet(t testing.TB, partners, n int, withTimes bool) (*testnet.Net, *nats.Conn, []*counter) {
-	t.Helper()
-	p := map[int][]int{}
-	for i := 1; i <= partners; i++ {
-		p[0] = append(p[0], i)
-		p[i] = []int{0}
-	}
-	net := testnet.Start(t, testnet.Options{N: partners + 1, Partners: p})
-	var cs []*counter
-	for i := 1; i <= partners; i++ {
-		cs = append(cs, newCounter(t, net.NATS(i), n, withTimes))
-	}
-	a := net.NATS(0)
-	var r struct {
-		OK    bool `json:"ok"`
-		Error any  `json:"error"`
-	}
-	testnet.Request(t, a, propagateSub, string(propagateBody(nil, "w0")), &r)
-	if !r.OK {
-		t.Fatalf("warm-up create: %v", r.Error)
-	}
-	for i, c := range cs {
-		select {
-		case <-c.warm:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("warm-up event did not reach partner %d", i+1)
-		}
-	}
-	return net, a, cs
-}
-
-// storeStats are a node's group-commit counters (its store metrics).
-type storeStats struct {
-	Commits, Ops float64
-	Busy         time.Duration // writer time inside commit rounds: transactions, sealing, applying the batch
-	Sync         time.Duration // completer time waiting for fsyncs (overlaps the next round)
-}
-
-func (a storeStats) sub(b storeStats) storeStats {
-	return storeStats{Commits: a.Commits - b.Commits, Ops: a.Ops - b.Ops, Busy: a.Busy - b.Busy, Sync: a.Sync - b.Sync}
-}
-
-func (a storeStats) String() string {
-	if a.Commits == 0 {
-		return "no commits"
-	}
-	return fmt.Sprintf("%.0f commits, %.0f tx/commit, %.2f ms/commit in the writer, writer busy %.2fs, fsync wait %.2fs",
-		a.Commits, a.Ops/a.Commits, float64(a.Busy)/float64(time.Millisecond)/a.Commits, a.Busy.Seconds(), a.Sync.Seconds())
-}
-
-func gatherStore(t testing.TB, nd *node.Node) storeStats {
-	t.Helper()
-	mfs, err := nd.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st storeStats
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			switch mf.GetName() {
-			case "ferry_store_commits_total":
-				st.Commits += m.GetCounter().GetValue()
-			case "ferry_store_operations_total":
-				st.Ops += m.GetCounter().GetValue()
-			case "ferry_store_round_seconds":
-				st.Busy += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
-			case "ferry_store_fsync_wait_seconds":
-				st.Sync += time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
-			}
-		}
-	}
-	return st
-}
-
 type ferryResult struct {
 	Partners int
 	N        int
@@ -308,8 +228,6 @@ type ferryResult struct {
 	AckedAt  time.Duration // first send to last fsynced reply at A
 	Check    string
 	Failed   bool
-	// Store group commits during the run at A and at its first partner.
-	StoreA, StoreB storeStats
 	// Latency runs only.
 	P50, P99, Max, AckP50, AckP99 time.Duration
 	Rate                          float64 // offered load, events/s
@@ -371,39 +289,6 @@ func settle(t testing.TB, a *app, cs []*counter, wait time.Duration) (string, bo
 		t.Errorf("ferry checks failed: %s", msg)
 	}
 	return msg, bad
-}
-
-// ferryThroughput runs the pipelined load from A to its partners.
-func ferryThroughput(t testing.TB, partners, n, inflight int, wait time.Duration) ferryResult {
-	net, nc, cs := ferryNet(t, partners, n, false)
-	a := newApp(t, nc, n, inflight, false)
-	runtime.GC()
-	sa, sb := gatherStore(t, net.Node(0)), gatherStore(t, net.Node(1))
-	a.start = now()
-	a.send(t, 0)
-	waitAll(t, a, cs, 5*time.Minute)
-	r := ferryResult{Partners: partners, N: n, AckedAt: a.doneAt - a.start}
-	r.StoreA, r.StoreB = gatherStore(t, net.Node(0)).sub(sa), gatherStore(t, net.Node(1)).sub(sb)
-	for _, c := range cs {
-		r.Elapsed = max(r.Elapsed, c.doneAt-a.start)
-	}
-	r.Check, r.Failed = settle(t, a, cs, wait)
-	return r
-}
-
-// ferryLatency paces rate events/s for d at A with one partner.
-func ferryLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) ferryResult {
-	n := max(int(float64(rate)*d.Seconds()), 1)
-	_, nc, cs := ferryNet(t, 1, n, true)
-	a := newApp(t, nc, n, inflight, true)
-	runtime.GC()
-	a.start = now()
-	a.send(t, time.Second/time.Duration(rate))
-	waitAll(t, a, cs, 2*time.Minute)
-	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
-	r.Check, r.Failed = settle(t, a, cs, wait)
-	latencies(&r, a, cs[0], n)
-	return r
 }
 
 // latencies fills in the send-to-event and send-to-reply quantiles.

@@ -68,6 +68,7 @@ func runJS(t testing.TB, name, domain string, syncAlways bool, configure func(*s
 type jsResult struct {
 	SyncAlways bool
 	N          int
+	CPU        time.Duration // this process's CPU during the run (server and app), where measured
 	Elapsed    time.Duration // first publish to DST holding every message
 	AckedAt    time.Duration // first publish to the last PubAck from SRC
 	Check      string
@@ -223,6 +224,91 @@ func jetstreamSourcing(t testing.TB, n, inflight int, syncAlways bool, wait time
 		r.Check += fmt.Sprintf("; %d publish errors, first: %v", pubErrs.Load(), firstErr.Load())
 	}
 	r.Failed = acked.Load() != int64(n) || pubErrs.Load() != 0 || got != uint64(n) || info.State.Msgs-1 != uint64(n)
+	if r.Failed {
+		t.Errorf("jetstream checks failed: %s", r.Check)
+	}
+	return r
+}
+
+// jetstreamAsync is the other baseline: one nats-server with JetStream,
+// one file-backed stream, the app publishing n 256-byte messages with
+// async publish and at most inflight unacknowledged; the clock stops at the
+// last PubAck. It is what an app gets from JetStream on one site, with no
+// second site and its default sync (no fsync before the ack).
+func jetstreamAsync(t testing.TB, n, inflight int) jsResult {
+	t.Helper()
+	s := runJS(t, "single", "single", false, nil)
+	var acked, pubErrs atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, inflight)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	done := make(chan struct{})
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(inflight+16),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) {
+			if m.Subject == "bench.m" {
+				if acked.Add(1)+pubErrs.Load() == int64(n) {
+					close(done)
+				}
+				<-sem
+			}
+		}),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			firstErr.CompareAndSwap(nil, err.Error())
+			if m.Subject == "bench.m" {
+				if pubErrs.Add(1)+acked.Load() == int64(n) {
+					close(done)
+				}
+				<-sem
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"bench.>"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatalf("create stream: %v", err)
+	}
+	if _, err := js.Publish(ctx, "bench.warm", make([]byte, payloadBytes)); err != nil {
+		t.Fatalf("warm-up publish: %v", err)
+	}
+	runtime.GC()
+	payload := make([]byte, payloadBytes)
+	for i := range payload {
+		payload[i] = 'x'
+	}
+	cpu0 := selfCPU()
+	start := now()
+	for i := range n {
+		sem <- struct{}{}
+		binary.BigEndian.PutUint64(payload, uint64(i))
+		if _, err := js.PublishAsync("bench.m", payload); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatalf("timed out: %d of %d acked", acked.Load(), n)
+	}
+	elapsed := now() - start
+	cpu := selfCPU() - cpu0
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := jsResult{N: n, Elapsed: elapsed, AckedAt: elapsed, CPU: cpu}
+	r.Check = fmt.Sprintf("acks %d/%d ok; stream holds %d", acked.Load(), n, info.State.Msgs-1)
+	if pubErrs.Load() != 0 {
+		r.Check += fmt.Sprintf("; %d publish errors, first: %v", pubErrs.Load(), firstErr.Load())
+	}
+	r.Failed = acked.Load() != int64(n) || pubErrs.Load() != 0 || info.State.Msgs-1 != uint64(n)
 	if r.Failed {
 		t.Errorf("jetstream checks failed: %s", r.Check)
 	}

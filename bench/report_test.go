@@ -11,45 +11,49 @@ import (
 	"time"
 )
 
-// sizes are the event counts of one run; each measurement should last a few
-// seconds on a 2-core machine at scale 1.
+// sizes are the event counts of one run; each Ferry throughput run should
+// take at least 200,000 events and ten seconds on a 2-core machine at scale 1.
 type sizes struct {
-	Ferry, JetStream, JetStreamSync, Libp2p int
-	LatencyRate                             int
-	LatencyFor                              time.Duration
-	FanOut                                  int // per run; 1 and 10 partners
-	FanOutPartners                          int
-	JoinRows, JoinResources                 int // new member catch-up
-	Inflight                                int
+	Ferry, FanOut, JetStream, JetStreamSync, JSAsync, Libp2p int
+	FanOutPartners                                           int
+	LatencyRates                                             []int
+	LatencyFor                                               time.Duration
+	CatchUp                                                  int // a partner back after missing this many changes
+	JoinRows, JoinResources                                  int // a new member's backlog
+	Inflight                                                 int
 	// Settle is the wait after the last event for late duplicates.
 	Settle time.Duration
 }
 
 var full = sizes{
-	Ferry:          20_000,
-	JetStream:      100_000,
+	Ferry:          400_000,
+	FanOut:         200_000,
+	FanOutPartners: 5,
+	JetStream:      300_000,
 	JetStreamSync:  5_000,
+	JSAsync:        1_000_000,
 	Libp2p:         3_000_000,
-	LatencyRate:    1000,
+	LatencyRates:   []int{1000, 10_000},
 	LatencyFor:     5 * time.Second,
-	FanOut:         10_000,
-	FanOutPartners: 10,
-	JoinRows:       100_000,
-	JoinResources:  10_000,
+	CatchUp:        100_000,
+	JoinRows:       1_000_000,
+	JoinResources:  100_000,
 	Inflight:       2048,
 	Settle:         300 * time.Millisecond,
 }
 
 var smoke = sizes{
 	Ferry:          300,
-	JetStream:      300,
-	JetStreamSync:  20,
-	Libp2p:         1000,
-	LatencyRate:    1000,
-	LatencyFor:     50 * time.Millisecond,
 	FanOut:         100,
 	FanOutPartners: 2,
-	JoinRows:       50,
+	JetStream:      300,
+	JetStreamSync:  20,
+	JSAsync:        300,
+	Libp2p:         1000,
+	LatencyRates:   []int{1000},
+	LatencyFor:     50 * time.Millisecond,
+	CatchUp:        100,
+	JoinRows:       20,
 	JoinResources:  10,
 	Inflight:       64,
 	Settle:         10 * time.Millisecond,
@@ -57,20 +61,22 @@ var smoke = sizes{
 
 func (s sizes) scaled(f float64) sizes {
 	sc := func(n int) int { return max(int(float64(n)*f), 1) }
-	s.Ferry, s.JetStream, s.JetStreamSync, s.Libp2p, s.FanOut = sc(s.Ferry), sc(s.JetStream), sc(s.JetStreamSync), sc(s.Libp2p), sc(s.FanOut)
-	s.JoinRows, s.JoinResources = sc(s.JoinRows), sc(s.JoinResources)
+	s.Ferry, s.FanOut, s.JetStream, s.JetStreamSync, s.JSAsync, s.Libp2p = sc(s.Ferry), sc(s.FanOut), sc(s.JetStream), sc(s.JetStreamSync), sc(s.JSAsync), sc(s.Libp2p)
+	s.CatchUp, s.JoinRows, s.JoinResources = sc(s.CatchUp), sc(s.JoinRows), sc(s.JoinResources)
 	s.LatencyFor = time.Duration(float64(s.LatencyFor) * f)
 	return s
 }
 
 // results of one run; zero values are parts that did not run.
 type results struct {
-	Ferry       *ferryResult
+	Ferry       *procResult
+	FanN        *procResult
 	JS, JSSync  *jsResult
+	JSAsync     *jsResult
 	Raw         *rawResult
-	Latency     *ferryResult
-	Fan1, FanN  *ferryResult
-	Join        *joinResult
+	Latency     []ferryResult
+	CatchUp     *catchUpResult
+	Join        *catchUpResult
 	Sizes       sizes
 	Took        time.Duration
 	LoadBefore  string
@@ -97,12 +103,20 @@ func run(t *testing.T, sz sizes, parts map[string]bool) *results {
 		runtime.GC()
 	}
 	part("ferry", func(t *testing.T) {
-		x := ferryThroughput(t, 1, sz.Ferry, sz.Inflight, sz.Settle)
+		x := ferryProcs(t, 1, sz.Ferry, sz.Inflight, sz.Settle)
 		r.Ferry = &x
+	})
+	part("fanout", func(t *testing.T) {
+		x := ferryProcs(t, sz.FanOutPartners, sz.FanOut, sz.Inflight, sz.Settle)
+		r.FanN = &x
 	})
 	part("jetstream", func(t *testing.T) {
 		x := jetstreamSourcing(t, sz.JetStream, sz.Inflight, false, sz.Settle)
 		r.JS = &x
+	})
+	part("jsasync", func(t *testing.T) {
+		x := jetstreamAsync(t, sz.JSAsync, sz.Inflight)
+		r.JSAsync = &x
 	})
 	part("jetstream-sync", func(t *testing.T) {
 		x := jetstreamSourcing(t, sz.JetStreamSync, sz.Inflight, true, sz.Settle)
@@ -113,22 +127,18 @@ func run(t *testing.T, sz sizes, parts map[string]bool) *results {
 		r.Raw = &x
 	})
 	part("latency", func(t *testing.T) {
-		x := ferryLatency(t, sz.LatencyRate, sz.LatencyFor, sz.Inflight, sz.Settle)
-		r.Latency = &x
+		for _, rate := range sz.LatencyRates {
+			t.Run(strconv.Itoa(rate), func(t *testing.T) {
+				r.Latency = append(r.Latency, ferryProcsLatency(t, rate, sz.LatencyFor, sz.Inflight, sz.Settle))
+			})
+		}
 	})
-	part("fanout", func(t *testing.T) {
-		t.Run("1", func(t *testing.T) {
-			x := ferryThroughput(t, 1, sz.FanOut, sz.Inflight, sz.Settle)
-			r.Fan1 = &x
-		})
-		runtime.GC()
-		t.Run(strconv.Itoa(sz.FanOutPartners), func(t *testing.T) {
-			x := ferryThroughput(t, sz.FanOutPartners, sz.FanOut, sz.Inflight, sz.Settle)
-			r.FanN = &x
-		})
+	part("catchup", func(t *testing.T) {
+		x := partnerBack(t, sz.CatchUp, sz.Inflight)
+		r.CatchUp = &x
 	})
 	part("join", func(t *testing.T) {
-		x := newMemberJoin(t, sz.JoinRows, sz.JoinResources, sz.Inflight)
+		x := newMember(t, sz.JoinRows, sz.JoinResources, sz.Inflight)
 		r.Join = &x
 	})
 	r.Took = time.Since(begin)
@@ -285,51 +295,53 @@ func (r *results) table() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", num, name, ns, ds, rt, rat, p50, p99, check)
 	}
+	us := func(d time.Duration, n int) string {
+		return strconv.FormatFloat(float64(d.Microseconds())/float64(max(n, 1)), 'f', 1, 64) + " µs/event"
+	}
 	var ferryRate float64
 	if f := r.Ferry; f != nil {
 		ferryRate = f.EventsPerSec()
-		row("1", "Ferry A→B, pipelined creates, until B published every event", f.N, f.Elapsed, rate(f.N, f.Elapsed), "1.00x (ref)", "", "",
-			status(f.Failed, f.Check)+fmt.Sprintf("; A acked all (fsynced) at %ss = %s/s", secs(f.AckedAt), rate(f.N, f.AckedAt)))
+		row("1", "Ferry A→B, separate processes, pipelined creates, until B published every event", f.N, f.Elapsed, rate(f.N, f.Elapsed), "1.00x (ref)", "", "",
+			status(f.Failed, f.Check)+fmt.Sprintf("; A acked all (fsynced) at %ss; CPU: A %s, B %s, app %s", secs(f.AckedAt),
+				us(f.CPUA, f.N), us(f.CPUB[0], f.N), us(f.CPUApp, f.N)))
+	}
+	if f := r.FanN; f != nil {
+		rat := ""
+		if r.Ferry != nil {
+			rat = "A's CPU " + ratio(f.UsPerEvent(), r.Ferry.UsPerEvent()) + " of 1 partner's"
+		}
+		row("2", fmt.Sprintf("Ferry A with %d partners, separate processes, until all published every event", f.Partners), f.N, f.Elapsed, rate(f.N, f.Elapsed), rat, "", "",
+			status(f.Failed, f.Check)+fmt.Sprintf("; %s deliveries/s; CPU: A %s, partners %s µs/event", rate(f.N*f.Partners, f.Elapsed), us(f.CPUA, f.N), f.partnersUs()))
 	}
 	if j := r.JS; j != nil {
-		row("2a", "JetStream SRC→DST sourcing over leafnode (default sync)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
+		row("3a", "JetStream SRC→DST sourcing over leafnode (default sync)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
 			"Ferry/JS "+ratio(ferryRate, j.MsgsPerSec()), "", "", status(j.Failed, j.Check)+fmt.Sprintf("; SRC acked all at %ss", secs(j.AckedAt)))
 	}
+	if j := r.JSAsync; j != nil {
+		row("3b", "JetStream async publish into one file-backed stream (default sync)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
+			"Ferry/JS "+ratio(ferryRate, j.MsgsPerSec()), "", "", status(j.Failed, j.Check)+fmt.Sprintf("; server and app %s", us(j.CPU, j.N)))
+	}
 	if j := r.JSSync; j != nil {
-		row("2b", "JetStream SRC→DST sourcing, SyncAlways (fsync per write)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
+		row("3c", "JetStream SRC→DST sourcing, SyncAlways (fsync per write)", j.N, j.Elapsed, rate(j.N, j.Elapsed),
 			"Ferry/JS-sync "+ratio(ferryRate, j.MsgsPerSec()), "", "", status(j.Failed, j.Check)+fmt.Sprintf("; SRC acked all at %ss", secs(j.AckedAt)))
 	}
 	if x := r.Raw; x != nil {
-		row("3", "raw libp2p stream (TCP+noise+yamux), acked, pipelined", x.N, x.Elapsed, rate(x.N, x.Elapsed),
+		row("4", "raw libp2p stream (TCP+noise+yamux), acked, pipelined", x.N, x.Elapsed, rate(x.N, x.Elapsed),
 			"Ferry/raw "+ratio(ferryRate, x.MsgsPerSec()), "", "", status(x.Failed, x.Check))
 	}
-	if l := r.Latency; l != nil {
-		row("4", fmt.Sprintf("Ferry latency at %s events/s paced, send at A → event on B", thousands(l.Rate)), l.N, l.Elapsed, rate(l.N, l.Elapsed), "",
+	for i, l := range r.Latency {
+		row(fmt.Sprintf("5%c", 'a'+i), fmt.Sprintf("Ferry latency at %s events/s paced, send at A → event on B (processes)", thousands(l.Rate)), l.N, l.Elapsed, rate(l.N, l.Elapsed), "",
 			ms(l.P50), ms(l.P99), status(l.Failed, l.Check)+fmt.Sprintf("; max %s; fsynced reply at A p50 %s, p99 %s", ms(l.Max), ms(l.AckP50), ms(l.AckP99)))
 	}
-	if f := r.Fan1; f != nil {
-		row("5a", "Ferry fan-out, A with 1 partner", f.N, f.Elapsed, rate(f.N, f.Elapsed), "1.00x (ref)", "", "", status(f.Failed, f.Check))
+	if c := r.CatchUp; c != nil {
+		row("6", fmt.Sprintf("A partner back after missing %s changes: from its process start until it holds them all", thousands(float64(c.N))),
+			c.N, c.Elapsed, rate(c.N, c.Elapsed), "", "", "", status(c.Failed, c.Check)+fmt.Sprintf("; its start took %ss; A took the %s creates in %ss",
+				secs(c.Startup), thousands(float64(c.N)), secs(c.Build)))
 	}
-	if f := r.FanN; f != nil {
-		var rat string
-		if r.Fan1 != nil {
-			rat = fmt.Sprintf("%d/1 %s", f.Partners, ratio(f.EventsPerSec(), r.Fan1.EventsPerSec()))
-		}
-		row("5b", fmt.Sprintf("Ferry fan-out, A with %d partners, until all published every event", f.Partners), f.N, f.Elapsed, rate(f.N, f.Elapsed), rat, "", "",
-			status(f.Failed, f.Check)+fmt.Sprintf("; %s deliveries/s", rate(f.N*f.Partners, f.Elapsed)))
-	}
-	if j := r.Join; j != nil {
-		row("6", fmt.Sprintf("New member catches up: %s table rows (decisions) and %s resources through sync", thousands(float64(j.Rows)), thousands(float64(j.Resource))),
-			j.Rows, j.Elapsed, rate(j.Rows, j.Elapsed)+" rows/s", "", "", "", status(j.Failed, j.Check)+fmt.Sprintf("; building them at the reviewer took %ss", secs(j.Build)))
-	}
-	b.WriteString("\nStore group commits during the runs (A = sender, B = first partner):\n\n")
-	for _, x := range []struct {
-		name string
-		f    *ferryResult
-	}{{"1", r.Ferry}, {"5a", r.Fan1}, {"5b", r.FanN}} {
-		if x.f != nil {
-			fmt.Fprintf(&b, "- %s: A %s; B %s\n", x.name, x.f.StoreA, x.f.StoreB)
-		}
+	if c := r.Join; c != nil {
+		row("7", fmt.Sprintf("A new member with %s decided rows and %s resources: from its process start until it is current", thousands(float64(c.Rows)), thousands(float64(c.N))),
+			c.Rows+c.N, c.Elapsed, "", "", "", "", status(c.Failed, c.Check)+fmt.Sprintf("; its start took %ss; building them at the reviewer took %ss",
+				secs(c.Startup), secs(c.Build)))
 	}
 	if len(r.failedParts) > 0 {
 		fmt.Fprintf(&b, "\nFAILED parts: %s\n", strings.Join(r.failedParts, ", "))

@@ -1,0 +1,227 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/node"
+)
+
+// catchUpResult is a returning partner or a new member catching up.
+type catchUpResult struct {
+	N, Rows  int
+	Build    time.Duration // making the backlog at the origin or reviewer
+	Elapsed  time.Duration // from the receiver's process start until it holds everything
+	Startup  time.Duration // of which: until its process was ready
+	Check    string
+	Failed   bool
+	Snapshot bool // the member took the tables from a snapshot
+}
+
+// status reads a node's status through its admin API.
+func nodeStatus(t testing.TB, n *proc.Node) node.Status {
+	t.Helper()
+	code, body, err := n.Get("/api/v1/status")
+	if err != nil || code != 200 {
+		t.Fatalf("%s status: %d %v %s", n.Name(), code, err, body)
+	}
+	var out struct{ Status node.Status }
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Status
+}
+
+// pendingFor is what sender still owes receiver in a lane (its admin API).
+func pendingFor(t testing.TB, sender *proc.Node, receiver, lane string) int {
+	t.Helper()
+	code, body, err := sender.Get("/api/v1/deliveries")
+	if err != nil || code != 200 {
+		t.Fatalf("%s deliveries: %d %v", sender.Name(), code, err)
+	}
+	var out struct{ Deliveries []node.DeliveryState }
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range out.Deliveries {
+		if d.Receiver == receiver && d.Lane == lane {
+			return d.Pending
+		}
+	}
+	return -1
+}
+
+// pipelineNATS sends n requests built by body(i) on subject with up to
+// inflight outstanding and fails the test on any refusal.
+func pipelineNATS(t testing.TB, nc *nats.Conn, subject string, n, inflight int, body func(i int) []byte) {
+	t.Helper()
+	sem := make(chan struct{}, inflight)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr string
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			m, err := nc.Request(subject, body(i), time.Minute)
+			if err == nil && strings.Contains(string(m.Data), `"ok":true`) {
+				return
+			}
+			mu.Lock()
+			if firstErr == "" {
+				firstErr = fmt.Sprintf("%s %d: %v %s", subject, i, err, msgData(m))
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if firstErr != "" {
+		t.Fatal(firstErr)
+	}
+}
+
+// partnerBack: partner B is stopped while A takes n creates; the clock runs
+// from B's process start until A's floor for B covers them all (B applied
+// and acknowledged every one).
+func partnerBack(t testing.TB, n, inflight int) catchUpResult {
+	a, bs, nc, _ := procNet(t, 1, 1, false)
+	b := bs[0]
+	if code := b.Term(30 * time.Second); code != 0 {
+		t.Fatalf("B exited %d", code)
+	}
+	begin := now()
+	pipelineNATS(t, nc, propagateSub, n, inflight, func(i int) []byte { return propagateBody(nil, "e"+strconv.Itoa(i)) })
+	r := catchUpResult{N: n, Build: now() - begin}
+	if p := pendingFor(t, a, "B1", "resource"); p != n {
+		t.Fatalf("A owes B %d changes, want %d", p, n)
+	}
+	start := now()
+	b.Start()
+	r.Startup = now() - start
+	deadline := time.Now().Add(5 * time.Minute)
+	for pendingFor(t, a, "B1", "resource") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("B still misses %d changes", pendingFor(t, a, "B1", "resource"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.Elapsed = now() - start
+	st := nodeStatus(t, b)
+	r.Check = fmt.Sprintf("A owes B nothing; B's store at version %d", st.StoreVersion)
+	return r
+}
+
+// newMember: reviewer R makes rows decisions (each a request it submits and
+// accepts over NATS) and resources creates; N, a member and R's partner
+// that R has never met, starts fresh. The clock runs from N's process start
+// until N applied every decision and R owes it no resource.
+func newMember(t testing.TB, rows, resources, inflight int) catchUpResult {
+	quiet := func(o proc.Options) proc.Options { o.LogLevel = "warn"; return o }
+	r := proc.New(t, quiet(proc.Options{Name: "R"}))
+	m := proc.New(t, quiet(proc.Options{Name: "N"}))
+	r.SetPartners(m)
+	m.SetPartners(r)
+	r.SetReviewer(r)
+	m.SetReviewer(r)
+	m.SetBootstrap(r)
+	r.Configure(func(c *node.Config) { c.Review.NATSDecide = true })
+	r.Start()
+	nc, err := nats.Connect(r.NATSURL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	// A reviewer whose members are all away decides once it waited for
+	// one of them for its grace period (it compares decisions with a member
+	// first): wait for that.
+	waitDecide := time.Now().Add(time.Minute)
+	for {
+		msg, err := nc.Request("ferry.review.decide", []byte(`{"request_id":999999999,"decision":"accept"}`), 10*time.Second)
+		if err == nil && !strings.Contains(string(msg.Data), "unavailable") {
+			break
+		}
+		if time.Now().After(waitDecide) {
+			t.Fatalf("R never decides: %v %s", err, msgData(msg))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	begin := now()
+	pad := strings.Repeat("x", 32)
+	// Submit and decide in waves: a request's local id comes back in its reply.
+	const wave = 10_000
+	for from := 0; from < rows; from += wave {
+		k := min(wave, rows-from)
+		ids := make([]uint64, k)
+		var mu sync.Mutex
+		sem := make(chan struct{}, inflight)
+		var wg sync.WaitGroup
+		var firstErr string
+		for i := range k {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				id := from + i + 1
+				msg, err := nc.Request("ferry.review.submit", []byte(fmt.Sprintf(
+					`{"type":"insert","table_name":"big","table_id":%d,"data":{"n":%d,"pad":%q}}`, id, id, pad)), time.Minute)
+				var rep struct {
+					OK      bool
+					Request struct{ ID uint64 }
+				}
+				if err == nil {
+					_ = json.Unmarshal(msg.Data, &rep)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if !rep.OK && firstErr == "" {
+					firstErr = fmt.Sprintf("submit %d: %v %s", id, err, msgData(msg))
+				}
+				ids[i] = rep.Request.ID
+			}()
+		}
+		wg.Wait()
+		if firstErr != "" {
+			t.Fatal(firstErr)
+		}
+		pipelineNATS(t, nc, "ferry.review.decide", k, inflight, func(i int) []byte {
+			return []byte(fmt.Sprintf(`{"request_id":%d,"decision":"accept"}`, ids[i]))
+		})
+	}
+	pipelineNATS(t, nc, propagateSub, resources, inflight, func(i int) []byte { return propagateBody(nil, "r"+strconv.Itoa(i)) })
+	res := catchUpResult{Rows: rows, N: resources, Build: now() - begin}
+	if st := nodeStatus(t, r); st.DecisionApplied != uint64(rows) {
+		t.Fatalf("R applied %d decisions, want %d", st.DecisionApplied, rows)
+	}
+	start := now()
+	m.Start()
+	res.Startup = now() - start
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		st := nodeStatus(t, m)
+		if st.DecisionApplied == uint64(rows) && pendingFor(t, r, "N", "resource") == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("N applied %d of %d decisions; R owes it %d resources", st.DecisionApplied, rows, pendingFor(t, r, "N", "resource"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res.Elapsed = now() - start
+	code, body, err := m.Get("/metrics")
+	if err != nil || code != 200 {
+		t.Fatal(err)
+	}
+	res.Snapshot = strings.Contains(string(body), `ferry_sync_changes_total{outcome="applied",what="snapshot"}`) &&
+		!strings.Contains(string(body), `ferry_sync_changes_total{outcome="applied",what="snapshot"} 0`)
+	res.Check = fmt.Sprintf("N applied %d decisions; R owes N no resource; snapshot %v", rows, res.Snapshot)
+	return res
+}
