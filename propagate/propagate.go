@@ -321,7 +321,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		if err != nil {
 			return err
 		}
-		ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: doc, CreatedAtUnixNano: tx.Now().UnixNano(), PrevVersion: prev})
 		if err != nil {
 			return err
@@ -329,20 +329,23 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		tx.SetCounter(CtrResourceHead, ver)
 		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
 			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})
-		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneResource), Kind: kind, Protocol: proto})
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneResource), Kind: kind, Protocol: proto}, sealed)
 		res = Result{"id": id, "version": ver, "receivers": partners}
 		return nil
 	}, func(err error) { done(res, err) })
 }
 
 // deliver records an own change as owed to its receivers (the log is the
-// outbox: nothing is written per receiver) and tells the sender once it is
-// on disk.
-func (s *Service) deliver(tx *store.Txn, e store.OwnEntry) {
+// outbox: nothing is written per receiver) and hands it, sealed, to the
+// sender once it is on disk.
+func (s *Service) deliver(tx *store.Txn, e store.OwnEntry, sealed *store.Sealed) {
 	e.CreatedAt = tx.Now().UnixNano()
 	tx.AddOwnEntry(e)
 	if s.sender != nil {
-		tx.OnCommit(func() { s.sender.Notify(e) })
+		tx.OnCommit(func() {
+			e.Env = sealed.Bytes
+			s.sender.Notify(e)
+		})
 	}
 }
 
@@ -402,7 +405,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 	self := s.roles.Self()
 	var res Result
 	s.st.Submit(ctx, func(tx *store.Txn) error {
-		ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: req.Payload, CreatedAtUnixNano: tx.Now().UnixNano(), To: addressee})
 		if err != nil {
 			return err
@@ -418,7 +421,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 				s.log.Info("planner stream reopened", "peer", to[0])
 			})
 		}
-		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to})
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to}, sealed)
 		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(to)}
 		return nil
 	}, func(err error) { done(res, err) })

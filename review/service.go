@@ -182,8 +182,9 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		if err != nil {
 			return err
 		}
-		if _, err := tx.AppendOwnAt(ver, &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
-			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)}); err != nil {
+		sealed, err := tx.AppendOwnAt(ver, &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
+			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)})
+		if err != nil {
 			return err
 		}
 		row = &storepb.Request{Id: id, TableId: req.TableID, TableName: req.TableName, Applicant: s.roles.SelfName(),
@@ -196,7 +197,7 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 			return nil
 		}
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneRequest), Kind: pb.Kind_KIND_REVIEW_REQUEST,
-			Protocol: protoID, RequestID: id, To: []peer.ID{reviewer}})
+			Protocol: protoID, RequestID: id, To: []peer.ID{reviewer}}, sealed)
 		return nil
 	}, func(err error) {
 		if err != nil {
@@ -208,12 +209,15 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 }
 
 // deliver records an own change as owed to its receivers (the log is the
-// outbox) and tells the sender once it is on disk.
-func (s *Service) deliver(tx *store.Txn, e store.OwnEntry) {
+// outbox) and hands it, sealed, to the sender once it is on disk.
+func (s *Service) deliver(tx *store.Txn, e store.OwnEntry, sealed *store.Sealed) {
 	e.CreatedAt = tx.Now().UnixNano()
 	tx.AddOwnEntry(e)
 	if s.sender != nil {
-		tx.OnCommit(func() { s.sender.Notify(e) })
+		tx.OnCommit(func() {
+			e.Env = sealed.Bytes
+			s.sender.Notify(e)
+		})
 	}
 }
 
@@ -364,7 +368,7 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
 		if eff.Broadcast || len(to) > 0 {
 			s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneDecision), Kind: pb.Kind_KIND_REVIEW_DECISION,
-				Protocol: protoID, RequestID: r.Id, To: to})
+				Protocol: protoID, RequestID: r.Id, To: to}, sealed)
 		}
 		tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
 		return nil

@@ -326,6 +326,9 @@ type OwnEntry struct {
 	RequestID uint64 // review messages: the local request id
 	CreatedAt int64  // unix nanoseconds
 	To        []peer.ID
+	// Env is the sealed envelope, when the entry is handed over in memory
+	// right after its commit (not stored with the record).
+	Env []byte
 }
 
 const ownAddressed = 1

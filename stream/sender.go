@@ -151,6 +151,7 @@ type Sender struct {
 
 	// heads are the last durable broadcast entry of each lane.
 	heads [numLanes + 1]atomic.Uint64
+	tail  tail
 	dirty atomic.Uint32 // broadcast lanes with news, as bits
 	kick  chan struct{}
 
@@ -177,7 +178,7 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 	o.fill()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Sender{host: h, st: st, aud: aud, opts: o, log: o.Logger, ctx: ctx, stop: cancel,
-		boxes: map[peer.ID]*outbox{}, kick: make(chan struct{}, 1)}
+		boxes: map[peer.ID]*outbox{}, kick: make(chan struct{}, 1), tail: tail{max: DefaultTailBytes}}
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "delivery", Name: name, Help: help})
 	}
@@ -274,6 +275,7 @@ func (s *Sender) Notify(e store.OwnEntry) {
 	if lane < LaneResource || lane > numLanes {
 		return
 	}
+	s.tail.add(e)
 	if len(e.To) == 0 {
 		for {
 			h := s.heads[lane].Load()
@@ -677,10 +679,15 @@ func (o *outbox) pump() bool {
 	o.mu.Unlock()
 	for _, w := range wants {
 		broadcast := (w.ls.lane == LaneResource || w.ls.lane == LaneDecision) && o.s.aud.Receives(o.peer, w.ls.lane)
-		es, err := o.s.st.Backlog(o.peer, uint8(w.ls.lane), broadcast, w.after, w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes)
-		if err != nil {
-			o.failed(fmt.Errorf("read backlog: %w", err))
-			return false
+		maxEntries, maxBytes := w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes
+		es, ok := o.s.tail.backlog(o.peer, w.ls.lane, broadcast, w.after, maxEntries, maxBytes)
+		if !ok {
+			var err error
+			es, err = o.s.st.Backlog(o.peer, uint8(w.ls.lane), broadcast, w.after, maxEntries, maxBytes)
+			if err != nil {
+				o.failed(fmt.Errorf("read backlog: %w", err))
+				return false
+			}
 		}
 		if len(es) == 0 {
 			// The head moved past entries that are not on disk for this

@@ -1,0 +1,101 @@
+package stream
+
+import (
+	"slices"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry/store"
+)
+
+// The tail keeps this node's most recent own entries in memory, with their
+// sealed envelopes, as they are committed: a receiver that keeps up reads
+// its backlog from here instead of the store, and ten receivers of the same
+// changes read them once. It holds every own entry from its first version
+// to its last (an entry that arrives out of order empties it), so a backlog
+// after a version it covers is complete.
+
+// DefaultTailBytes bounds the envelopes the tail keeps.
+const DefaultTailBytes = 32 << 20
+
+type tail struct {
+	mu    sync.RWMutex
+	max   int
+	es    []store.OwnEntry // in version order; Env set
+	bytes int
+	// from is the version after which the tail is complete (every own
+	// entry above it is in es); 0 with es empty: nothing known.
+	from uint64
+}
+
+// add appends a committed own entry (commit hooks run in version order).
+func (t *tail) add(e store.OwnEntry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(e.Env) == 0 {
+		// An entry the tail cannot hold: it is no longer complete.
+		clear(t.es)
+		t.es, t.bytes, t.from = t.es[:0], 0, 0
+		return
+	}
+	if n := len(t.es); n > 0 && e.Version <= t.es[n-1].Version {
+		// Out of order (a recovered change): what follows would not be
+		// complete. Start again from this entry.
+		clear(t.es)
+		t.es, t.bytes = t.es[:0], 0
+	}
+	if len(t.es) == 0 {
+		t.from = e.Version - 1
+	}
+	t.es = append(t.es, e)
+	t.bytes += len(e.Env)
+	if t.bytes > t.max {
+		// Drop the older half at once (amortised).
+		cut := len(t.es) / 2
+		for _, x := range t.es[:cut] {
+			t.bytes -= len(x.Env)
+		}
+		t.from = t.es[cut-1].Version
+		t.es = slices.Delete(t.es, 0, cut)
+	}
+}
+
+// backlog returns what a receiver's lane holds after `after`, as Backlog
+// does, and ok=false when the tail does not cover `after`.
+func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEntries, maxBytes int) ([]store.Entry, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if len(t.es) == 0 || after < t.from {
+		return nil, false
+	}
+	i, _ := slices.BinarySearchFunc(t.es, after+1, func(e store.OwnEntry, v uint64) int {
+		switch {
+		case e.Version < v:
+			return -1
+		case e.Version > v:
+			return 1
+		}
+		return 0
+	})
+	var out []store.Entry
+	size := 0
+	for _, e := range t.es[i:] {
+		if Lane(e.Lane) != lane {
+			continue
+		}
+		if len(e.To) == 0 {
+			if !broadcast {
+				continue
+			}
+		} else if !slices.Contains(e.To, p) {
+			continue
+		}
+		if len(out) > 0 && (len(out) == maxEntries || size+len(e.Env) > maxBytes) {
+			break
+		}
+		out = append(out, store.Entry{Version: e.Version, Kind: e.Kind, Protocol: e.Protocol, Env: e.Env})
+		size += len(e.Env)
+	}
+	return out, true
+}
