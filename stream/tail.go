@@ -25,29 +25,27 @@ type tail struct {
 	es    []store.OwnEntry // in version order; Env set
 	bytes int
 	// from is the version after which the tail is complete (every own
-	// entry above it is in es); 0 with es empty: nothing known.
-	from uint64
+	// entry above it is in es); seen is the highest version it was given.
+	from, seen uint64
 }
 
 // add appends a committed own entry (commit hooks run in version order).
 func (t *tail) add(e store.OwnEntry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(e.Env) == 0 {
-		// An entry the tail cannot hold: it is no longer complete.
-		clear(t.es)
-		t.es, t.bytes, t.from = t.es[:0], 0, 0
-		return
-	}
-	if n := len(t.es); n > 0 && e.Version <= t.es[n-1].Version {
-		// Out of order (a recovered change): what follows would not be
-		// complete. Start again from this entry.
-		clear(t.es)
-		t.es, t.bytes = t.es[:0], 0
-	}
-	if len(t.es) == 0 {
+	if t.seen == 0 {
 		t.from = e.Version - 1
 	}
+	if e.Version <= t.seen || len(e.Env) == 0 {
+		// Out of order (a recovered change), or an entry it cannot hold:
+		// it is complete again only above everything it was given.
+		clear(t.es)
+		t.es, t.bytes = t.es[:0], 0
+		t.seen = max(t.seen, e.Version)
+		t.from = t.seen
+		return
+	}
+	t.seen = e.Version
 	t.es = append(t.es, e)
 	t.bytes += len(e.Env)
 	if t.bytes > t.max {
@@ -66,7 +64,7 @@ func (t *tail) add(e store.OwnEntry) {
 func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEntries, maxBytes int) ([]store.Entry, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	if len(t.es) == 0 || after < t.from {
+	if t.seen == 0 || after < t.from {
 		return nil, false
 	}
 	i, _ := slices.BinarySearchFunc(t.es, after+1, func(e store.OwnEntry, v uint64) int {

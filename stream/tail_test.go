@@ -59,8 +59,15 @@ func TestTailCoversWhatItHolds(t *testing.T) {
 	if _, ok := tl.backlog(a, LaneResource, true, 20, 100, 1<<20); ok {
 		t.Fatal("after an out-of-order entry the tail still covers 20")
 	}
+	add(24, LaneResource) // above everything seen: covered again from 23
+	if es, ok := tl.backlog(a, LaneResource, true, 23, 100, 1<<20); !ok || len(es) != 1 || es[0].Version != 24 {
+		t.Fatalf("after 23: %v %v", vers(es), ok)
+	}
 	tl.add(store.OwnEntry{Version: 30, Lane: uint8(LaneResource)})
 	if _, ok := tl.backlog(a, LaneResource, true, 29, 100, 1<<20); ok {
 		t.Fatal("after an entry without its envelope the tail still covers 29")
+	}
+	if _, ok := tl.backlog(a, LaneResource, true, 30, 100, 1<<20); !ok {
+		t.Fatal("the tail does not cover what follows the entry without its envelope")
 	}
 }
