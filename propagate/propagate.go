@@ -98,6 +98,7 @@ type Service struct {
 
 	mu            sync.Mutex
 	plannerClosed map[peer.ID]bool
+	known         *known // own resources, for creates that need no read
 	ids           sync.Map // peer.ID -> its text form
 }
 
@@ -136,6 +137,11 @@ func New(d Deps) (*Service, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
+	var err error
+	if s.known, err = loadKnown(d.Store, d.Roles.Self()); err != nil {
+		cancel()
+		return nil, fmt.Errorf("load own resources: %w", err)
+	}
 	closed, err := d.Store.AuxPrefix(auxPlannerClosed)
 	if err != nil {
 		cancel()
@@ -306,7 +312,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 	partners := len(s.roles.Partners())
 	var res Result
 	s.st.Submit(ctx, func(tx *store.Txn) error {
-		cur, err := tx.GetResource(req.DataType, self, id)
+		cur, err := s.ownRow(tx, req.DataType, self, id)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
@@ -327,6 +333,9 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 			return err
 		}
 		tx.SetCounter(CtrResourceHead, ver)
+		if cur == nil {
+			s.noteOwn(req.DataType, id)
+		}
 		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
 			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneResource), Kind: kind, Protocol: proto}, sealed)

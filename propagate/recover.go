@@ -32,6 +32,9 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return false, err
 	}
+	if cur == nil {
+		s.noteOwn(body.DataType, id)
+	}
 	if cur == nil || cur.OriginVersion < body.OriginVersion {
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(self), OriginVersion: body.OriginVersion,
 			Version: body.OriginVersion, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})

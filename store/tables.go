@@ -44,6 +44,22 @@ func (t *Txn) GetResource(dataType string, creator peer.ID, id string) (*storepb
 	return r, unmarshal(v, r)
 }
 
+// ResourceKeys calls fn with the data type, creator and id of every
+// resource row, reading keys only, until fn returns false.
+func (s *Store) ResourceKeys(fn func(dataType string, creator peer.ID, id string) bool) error {
+	return s.scan([]byte(pResource), prefixEnd([]byte(pResource)), false, func(key, _ []byte) (bool, error) {
+		rest := key[len(pResource):]
+		var parts [3]string
+		for i := range parts {
+			if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+				return false, errShortKey
+			}
+			parts[i], rest = string(rest[1:1+rest[0]]), rest[1+rest[0]:]
+		}
+		return fn(parts[0], peer.ID(parts[1]), parts[2]), nil
+	})
+}
+
 // Resource reads one committed resource row.
 func (s *Store) Resource(dataType string, creator peer.ID, id string) (*storepb.Resource, error) {
 	v, err := s.getRaw(resourceKey(dataType, []byte(creator), id))

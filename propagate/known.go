@@ -1,0 +1,121 @@
+package propagate
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// known is a Bloom filter of this node's own resources (data type and id):
+// a create of an id it has never held, the common case, needs no read of
+// the store to rule out a conflict. It grows by adding a filter twice as
+// large when the newest one is full (each key is in one of them), so it
+// never forgets a key, not even one written in a commit still in flight.
+type known struct {
+	mu   sync.Mutex
+	seed maphash.Seed
+	gens []*bloom
+}
+
+type bloom struct {
+	bits []uint64
+	n    int // keys added
+	cap  int // keys it is sized for (10 bits each, 4 probes: about 1% false positives)
+}
+
+const knownProbes = 4
+
+func newKnown(capacity int) *known {
+	k := &known{seed: maphash.MakeSeed()}
+	k.grow(max(capacity, 1<<16))
+	return k
+}
+
+func (k *known) grow(capacity int) {
+	k.gens = append(k.gens, &bloom{bits: make([]uint64, (capacity*10+63)/64), cap: capacity})
+}
+
+func (k *known) hashes(dataType, id string) (uint64, uint64) {
+	var h maphash.Hash
+	h.SetSeed(k.seed)
+	_, _ = h.WriteString(dataType)
+	_ = h.WriteByte(0)
+	_, _ = h.WriteString(id)
+	a := h.Sum64()
+	return a, a>>32 | a<<32 | 1
+}
+
+// add records a resource.
+func (k *known) add(dataType, id string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	b := k.gens[len(k.gens)-1]
+	if b.n >= b.cap {
+		k.grow(2 * b.cap)
+		b = k.gens[len(k.gens)-1]
+	}
+	x, y := k.hashes(dataType, id)
+	m := uint64(len(b.bits) * 64)
+	for i := range uint64(knownProbes) {
+		bit := (x + i*y) % m
+		b.bits[bit/64] |= 1 << (bit % 64)
+	}
+	b.n++
+}
+
+// mayHold reports whether the resource may exist (false: it certainly
+// does not).
+func (k *known) mayHold(dataType, id string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	x, y := k.hashes(dataType, id)
+next:
+	for _, b := range k.gens {
+		m := uint64(len(b.bits) * 64)
+		for i := range uint64(knownProbes) {
+			bit := (x + i*y) % m
+			if b.bits[bit/64]&(1<<(bit%64)) == 0 {
+				continue next
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// loadKnown builds the filter from the resources this node holds of its own
+// (keys only).
+func loadKnown(st *store.Store, self peer.ID) (*known, error) {
+	type key struct{ dataType, id string }
+	var own []key
+	err := st.ResourceKeys(func(dataType string, creator peer.ID, id string) bool {
+		if creator == self {
+			own = append(own, key{dataType, id})
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	k := newKnown(2 * len(own))
+	for _, x := range own {
+		k.add(x.dataType, x.id)
+	}
+	return k, nil
+}
+
+// ownRow reads one of this node's resource rows inside a transaction,
+// without a read when the filter rules it out.
+func (s *Service) ownRow(tx *store.Txn, dataType string, self peer.ID, id string) (*storepb.Resource, error) {
+	if !s.known.mayHold(dataType, id) {
+		return nil, store.ErrNotFound
+	}
+	return tx.GetResource(dataType, self, id)
+}
+
+// noteOwn records a resource this node created.
+func (s *Service) noteOwn(dataType, id string) { s.known.add(dataType, id) }

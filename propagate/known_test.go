@@ -1,0 +1,36 @@
+package propagate
+
+import (
+	"fmt"
+	"testing"
+)
+
+// The filter never forgets a resource it was told of, and rules out most
+// of those it was not.
+func TestKnownHasNoFalseNegatives(t *testing.T) {
+	k := newKnown(0) // 65,536 keys, then it grows
+	const n = 200_000
+	for i := range n {
+		k.add("vm", fmt.Sprint("in", i))
+	}
+	for i := range n {
+		if !k.mayHold("vm", fmt.Sprint("in", i)) {
+			t.Fatalf("in%d forgotten", i)
+		}
+	}
+	if len(k.gens) < 2 {
+		t.Fatalf("%d generations after %d keys", len(k.gens), n)
+	}
+	fp := 0
+	for i := range n {
+		if k.mayHold("vm", fmt.Sprint("out", i)) {
+			fp++
+		}
+	}
+	if fp > n/20 {
+		t.Fatalf("%d of %d absent resources may be held: the filter rules out too little", fp, n)
+	}
+	if k.mayHold("other", "in1") && k.mayHold("other", "in2") && k.mayHold("other", "in3") {
+		t.Fatal("the data type is not part of the key")
+	}
+}
