@@ -18,8 +18,9 @@ run:
 demo:
 	$(GO) run ./cmd/ferry demo
 
-# gofmt, go vet and staticcheck (installed from the module proxy by scripts/tools.sh).
+# gofmt, go vet, staticcheck (installed from the module proxy by scripts/tools.sh) and a tidy go.mod.
 lint: tools
+	@$(GO) mod tidy -diff || (echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1)
 	$(GO) vet ./...
 	./bin/tools/staticcheck ./...
