@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/natsbridge"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
@@ -114,7 +115,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 			_ = n.Close()
 		}
 	}()
-	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := promreg.Register(n.reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, err
+	}
 
 	if n.st, err = store.Open(home.DataPath(), store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg}); err != nil {
 		return nil, err

@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 )
@@ -187,7 +188,10 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		dst.Store(v)
 	}
-	s.initMetrics(o.Registerer)
+	if err := s.initMetrics(o.Registerer); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	s.wg.Add(2)
 	go s.writer()
 	go s.completer()
@@ -247,7 +251,7 @@ func (s *Store) prepare() error {
 	return nil
 }
 
-func (s *Store) initMetrics(reg prometheus.Registerer) {
+func (s *Store) initMetrics(reg prometheus.Registerer) error {
 	s.m = metrics{
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "commits_total", Help: "Group commits (one batch each; fsynced unless every operation in it was lazy)."}),
 		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
@@ -258,11 +262,10 @@ func (s *Store) initMetrics(reg prometheus.Registerer) {
 		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time waited for one group commit's fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync} {
-			_ = reg.Register(c)
-		}
+	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
+		return fmt.Errorf("store: %w", err)
 	}
+	return nil
 }
 
 // DurableVersion is the highest store version known to be on disk.
