@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/idem"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -77,6 +78,9 @@ type Request struct {
 	Action   string          `json:"action"`
 	DataType string          `json:"data_type"`
 	Payload  json.RawMessage `json:"payload"`
+	// IdempotencyKey makes a retry get the first answer (request.go).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	idem           *idem.Request
 }
 
 // Result is what a propagate request answers besides ok.
@@ -192,6 +196,10 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 		done(nil, fmt.Errorf("%w: payload is %d bytes, the limit is %d", ferry.ErrTooLarge, len(req.Payload), s.maxBytes))
 		return
 	}
+	if err := req.admit(); err != nil {
+		done(nil, err)
+		return
+	}
 	if req.Action != ActionClosePlanner && !ValidDataType(req.DataType) {
 		if req.DataType == "" {
 			done(nil, badRequest("data_type is missing"))
@@ -304,7 +312,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 	kind, proto := kindOf(req.Action)
 	partners := s.roles.Partners()
 	var res Result
-	s.st.Submit(ctx, func(tx *store.Txn) error {
+	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		cur, err := tx.GetResource(req.DataType, self, id)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -335,7 +343,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		tx.OnCommit(func() { s.enqueue(items, sealed) })
 		res = Result{"id": id, "version": ver, "receivers": len(items)}
 		return nil
-	}, func(err error) { done(res, err) })
+	}), func(err error) { done(res, err) })
 }
 
 func (s *Service) deliver(tx *store.Txn, to []peer.ID, lane stream.Lane, ver uint64, proto protocol.ID) ([]stream.Item, error) {
@@ -415,7 +423,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 	kind, proto := kindOf(req.Action)
 	self := s.roles.Self()
 	var res Result
-	s.st.Submit(ctx, func(tx *store.Txn) error {
+	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: req.Payload, CreatedAtUnixNano: tx.Now().UnixNano(), To: addressee})
 		if err != nil {
@@ -440,7 +448,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 		})
 		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(items)}
 		return nil
-	}, func(err error) { done(res, err) })
+	}), func(err error) { done(res, err) })
 }
 
 func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result, error)) {

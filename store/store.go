@@ -84,6 +84,11 @@ type Options struct {
 	Now func() time.Time
 	// CacheBytes sizes Pebble's block cache; default DefaultCacheBytes.
 	CacheBytes int64
+	// Health: the free-space reserve, the stall bound, the fatal hook (health.go).
+	Health HealthOptions
+	// IdempotencyWindow is how long idempotency keys are kept (idem.go);
+	// default DefaultIdempotencyWindow.
+	IdempotencyWindow time.Duration
 }
 
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
@@ -101,6 +106,7 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
+	h      *health               // free space, stalls, Pebble's failures (health.go)
 	// hot caches small keys every transaction reads (counters, link state):
 	// owned by the writer, updated after each round is applied.
 	hot map[string][]byte
@@ -160,8 +166,9 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
+	h := newHealth(dir, o.Health, o.Logger)
 	po := &pebble.Options{
-		Logger: pebbleLogger{o.Logger},
+		Logger: pebbleLogger{o.Logger, h.fatal},
 		Cache:  cache,
 		// Most point reads ask for keys that are not there (is this change
 		// new?); bloom filters answer them without reading blocks.
@@ -170,11 +177,12 @@ func Open(dir string, o Options) (*Store, error) {
 		L0StopWritesThreshold: 32,
 		LBaseMaxBytes:         256 << 20,
 	}
+	h.pebbleOptions(po)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now,
+	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h,
 		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
@@ -319,9 +327,11 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 		cb(ErrClosed)
 		return
 	}
+	s.h.enqueued()
 	select {
 	case s.ops <- o:
 	case <-ctx.Done():
+		s.h.queued.Add(-1)
 		cb(fmt.Errorf("queue for commit: %w", ctx.Err()))
 	}
 }
@@ -360,7 +370,7 @@ func (s *Store) writer() {
 // before its fsync).
 func (s *Store) commitRound(ops []*op) *round {
 	r := &round{ops: ops}
-	if f := s.failed.Load(); f != nil {
+	if f := s.failure(); f != nil {
 		for _, o := range ops {
 			o.err = *f
 		}
@@ -409,6 +419,10 @@ func (s *Store) commitRound(ops []*op) *round {
 		r.sync = false
 		return r
 	}
+	// Below the free-space reserve nothing is written (health.go).
+	if err := s.h.admit(size); err != nil {
+		return fail(err)
+	}
 	// One write per key: a counter bumped by every transaction of the
 	// round reaches the memtable once.
 	for key, w := range view {
@@ -434,7 +448,7 @@ func (s *Store) commitRound(ops []*op) *round {
 		err = s.db.Apply(b, pebble.NoSync)
 	}
 	if err != nil {
-		s.log.Error("store commit failed", "err", err, "operations", applied)
+		s.log.Error("store commit failed", "err", err.Error(), "operations", applied)
 		f := fmt.Errorf("store failed: %w", err)
 		s.failed.Store(&f)
 		return fail(fmt.Errorf("commit: %w", err))
@@ -503,7 +517,18 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 // their hooks in submission order.
 func (s *Store) completer() {
 	defer s.wg.Done()
+	// stopped is the fsync failure of an earlier round: rounds after it were
+	// applied to the memtable before it failed, and none of them is answered
+	// as committed (not even one that wrote nothing).
+	var stopped error
 	for r := range s.done {
+		if stopped != nil {
+			for _, o := range r.ops {
+				if o.err == nil {
+					o.err, o.hooks = stopped, nil
+				}
+			}
+		}
 		if r.batch != nil {
 			if r.sync {
 				start := time.Now()
@@ -512,9 +537,10 @@ func (s *Store) completer() {
 				if err != nil {
 					// What is not on disk must never be handed out: the
 					// durable marks stay, and the store takes no more work.
-					s.log.Error("store fsync failed; the store stops taking work", "err", err)
+					s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
 					f := fmt.Errorf("store failed: fsync: %w", err)
 					s.failed.Store(&f)
+					stopped = f
 					for _, o := range r.ops {
 						if o.err == nil {
 							o.err = f
@@ -524,7 +550,7 @@ func (s *Store) completer() {
 				}
 			}
 			_ = r.batch.Close()
-			if s.failed.Load() == nil {
+			if stopped == nil {
 				if r.version > 0 {
 					s.durableVersion.Store(r.version)
 				}
@@ -541,6 +567,7 @@ func (s *Store) completer() {
 			}
 			o.cb(o.err)
 		}
+		s.h.answered(len(r.ops))
 	}
 }
 
@@ -747,7 +774,10 @@ func marshal(m proto.Message) []byte {
 	return b
 }
 
-type pebbleLogger struct{ l *slog.Logger }
+type pebbleLogger struct {
+	l     *slog.Logger
+	fatal func(string) // health.fatal: records the failure, calls Options.Health.OnFatal
+}
 
 func (p pebbleLogger) Infof(format string, args ...interface{}) {
 	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
@@ -757,6 +787,7 @@ func (p pebbleLogger) Errorf(format string, args ...interface{}) {
 }
 func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	p.fatal(fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
 
