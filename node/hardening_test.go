@@ -63,7 +63,9 @@ type envelope struct {
 	Resources []struct{ ID string } `json:"resources"`
 	Requests  []struct{ ID uint64 } `json:"requests"`
 	Rows      []json.RawMessage     `json:"rows"`
-	Peers     []struct{ PeerID string `json:"peer_id"` } `json:"peers"`
+	Peers     []struct {
+		PeerID string `json:"peer_id"`
+	} `json:"peers"`
 }
 
 func decodeEnv(t *testing.T, b []byte) envelope {
