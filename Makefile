@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 60s
 STATICCHECK_VERSION ?= v0.7.0
 
-.PHONY: test build run demo lint fuzz bench bench-store soak tools
+.PHONY: test build run demo lint fuzz bench bench-store soak faults tools
 
 # The test suite: every package, race detector on.
 test:
@@ -42,3 +42,9 @@ bench-store:
 # Long fault runs: the fault tests with 10x the events (not part of CI).
 soak:
 	FERRY_SOAK=1 $(GO) test -race -timeout 60m ./e2e/ -run 'Fault|Partition|Sync'
+
+# The process-level fault suite (faults/), long: 21 disk fill cycles, 12 SIGTERMs under load, 20 SIGKILLs
+# with keyed retries, 60,000 changes paged. `make test` runs its short version. The disk test mounts a
+# small file system: run as root (it skips, saying so, otherwise).
+faults:
+	FERRY_FAULTS=long $(GO) test -count=1 -timeout 90m -v -run . ./faults/

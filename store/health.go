@@ -271,9 +271,14 @@ func (h *health) left() uint64 {
 	return h.free - h.written
 }
 
+// lowErr is the error of a refused commit: "unavailable: disk almost full: ...".
 func (h *health) lowErr() error {
-	return fmt.Errorf("%w: %w: %s free under %s, below the reserve of %s (limits.min_free_disk_mb); free space to resume writes",
-		ferry.ErrUnavailable, ErrDiskLow, mib(h.free), h.dir, mib(h.o.MinFreeBytes))
+	return fmt.Errorf("%w: %w: %s", ferry.ErrUnavailable, ErrDiskLow, h.lowDetail())
+}
+
+func (h *health) lowDetail() string {
+	return fmt.Sprintf("%s free under %s, below the reserve of %s (limits.min_free_disk_mb); free space to resume writes",
+		mib(h.left()), h.dir, mib(h.o.MinFreeBytes))
 }
 
 func mib(b uint64) string {
@@ -312,9 +317,9 @@ func (s *Store) Health() Health {
 		out.FreeBytes = u.AvailBytes
 	}
 	out.WriteStall = h.writeStall
-	var low error
+	low := ""
 	if out.DiskLow {
-		low = h.lowErr()
+		low = ErrDiskLow.Error() + ": " + h.lowDetail()
 	}
 	h.mu.Unlock()
 	if out.Queued > 0 {
@@ -330,8 +335,8 @@ func (s *Store) Health() Health {
 		if out.WriteStall != "" {
 			out.Reason += " (pebble stopped writes: " + out.WriteStall + ")"
 		}
-	case low != nil:
-		out.Reason = low.Error()
+	case low != "":
+		out.Reason = low
 	}
 	out.OK = out.Reason == ""
 	return out
