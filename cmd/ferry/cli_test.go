@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -479,5 +480,47 @@ func TestStoppedNodeNeverReachesAnother(t *testing.T) {
 	}
 	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "node is not running") {
 		t.Fatalf("status through a stale admin.addr: %v", err)
+	}
+}
+
+// TestCLIPagesThroughListings: `ferry resources` and `ferry rows` print
+// every row of listings longer than one page (1000 rows).
+func TestCLIPagesThroughListings(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 1})
+	nc := net.NATS(0)
+	const n = 1234
+	sem := make(chan struct{}, 64)
+	errs := make(chan error, n)
+	for i := range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			m, err := nc.Request("ferry.propagate", []byte(fmt.Sprintf(`{"action":"create","data_type":"vm","payload":{"id":"vm-%d"}}`, i)), 30*time.Second)
+			if err == nil && !strings.Contains(string(m.Data), `"ok":true`) {
+				err = errors.New(string(m.Data))
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := map[uint64]json.RawMessage{}
+	for i := range 1500 {
+		rows[uint64(i+1)] = json.RawMessage(fmt.Sprintf(`{"v":%d}`, i))
+	}
+	if err := net.Node(0).Review().Seed(context.Background(), "big", rows); err != nil {
+		t.Fatal(err)
+	}
+	home := net.Homes[0].Dir
+	var res []node.ResourceRow
+	if err := json.Unmarshal([]byte(mustFerry(t, "--home", home, "resources", "--json")), &res); err != nil || len(res) != n {
+		t.Fatalf("ferry resources --json: %d rows (%v), want %d", len(res), err, n)
+	}
+	var got []json.RawMessage
+	if err := json.Unmarshal([]byte(mustFerry(t, "--home", home, "rows", "big", "--json")), &got); err != nil || len(got) != 1500 {
+		t.Fatalf("ferry rows big --json: %d rows (%v), want 1500", len(got), err)
 	}
 }
