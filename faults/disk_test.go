@@ -13,12 +13,13 @@ import (
 	"time"
 
 	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/node"
 )
 
 // smallFS mounts a file system of mb MiB that the test makes itself: ext4
-// on a loop device, else a tmpfs with a size limit. It skips, saying why,
-// where neither can be mounted (not root).
+// on a loop device, else (or with FERRY_FAULTS_FS=tmpfs) a tmpfs with a size
+// limit. It skips, saying why, where neither can be mounted (not root).
 func smallFS(t *testing.T, mb int) (dir, kind string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -39,7 +40,9 @@ func smallFS(t *testing.T, mb int) (dir, kind string) {
 		})
 		return dir, kind
 	}
-	if _, err := exec.LookPath("mkfs.ext4"); err == nil {
+	if os.Getenv("FERRY_FAULTS_FS") == "tmpfs" {
+		tried = append(tried, "ext4: FERRY_FAULTS_FS=tmpfs")
+	} else if _, err := exec.LookPath("mkfs.ext4"); err == nil {
 		img := filepath.Join(base, "disk.img")
 		err := os.WriteFile(img, nil, 0o600)
 		if err == nil {
@@ -187,7 +190,15 @@ func TestDiskFullAndFreed(t *testing.T) {
 			// Down to 4 MiB above the reserve; the node's writes do the rest.
 			fill(t, dir, filler, (reserveMB+4)<<20)
 			took := waitHealthz(t, a, 503, "disk almost full", 60*time.Second)
-			// Restart on the full disk: SIGTERM under load, then start again.
+			// Restart on the full disk. The apps stop first: they are
+			// connected to the node's embedded NATS server, which stops with
+			// it, and a request on its way then is cut (SIGTERM under load is
+			// TestSIGTERMUnderLoad's, with an external server).
+			cancel()
+			wg.Wait()
+			if hung := tl.count(timedOut) - hungBefore; hung > 0 {
+				t.Fatalf("cycle %d: %d requests hung (timed out) while the node refused writes: %s", cycle, hung, tl)
+			}
 			start := time.Now()
 			if code := a.Term(40 * time.Second); code != 0 {
 				t.Fatalf("cycle %d: exit %d after SIGTERM on a full disk:\n%s", cycle, code, a.Stderr())
@@ -197,6 +208,10 @@ func TestDiskFullAndFreed(t *testing.T) {
 			// obsolete files as it does, so /healthz is 503 or 200 now).
 			left := freeBytes(t, dir)
 			a.Start()
+			testnet.WaitFor(t, 20*time.Second, "the app reconnects", app.IsConnected)
+			hungBefore = tl.count(timedOut)
+			ctx, cancel = context.WithCancel(context.Background())
+			wg = load(ctx, app, 16, 8<<10, fmt.Sprintf("d%d-after", cycle), 10*time.Second, tl)
 			if err := os.Remove(filler); err != nil {
 				t.Fatal(err)
 			}
