@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/store"
 )
 
 // api calls node i's admin API and returns the status and body.
@@ -552,4 +553,58 @@ func TestCloseAnswersEveryRequestTaken(t *testing.T) {
 		}
 	}
 	t.Logf("%d requests answered, %d ok", len(answered), ok)
+}
+
+// TestStalledStoreStopsTheNode: a store whose commits stop (here a
+// transaction that never returns holds the writer, as a disk that hangs
+// would) is reported on /healthz with the reason, becomes the node's fatal
+// error after StallExit, and Close returns within its bounds instead of
+// hanging.
+func TestStalledStoreStopsTheNode(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 1, Node: node.Options{StallAfter: 200 * time.Millisecond,
+		StallExit: 500 * time.Millisecond, DrainTimeout: time.Second, StoreCloseTimeout: time.Second}})
+	nd := net.Node(0)
+	block := make(chan struct{})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(block)
+		}
+	}
+	defer release()
+	nd.Store().Submit(context.Background(), func(*store.Txn) error { <-block; return nil }, nil)
+	nc := net.NATS(0)
+	pending := make(chan error, 1)
+	go func() {
+		_, err := nc.Request("ferry.propagate", []byte(`{"action":"create","data_type":"vm","payload":{"id":"x"}}`), 3*time.Second)
+		pending <- err
+	}()
+	testnet.WaitFor(t, 10*time.Second, "/healthz says the store is stalled", func() bool {
+		resp, err := http.Get("http://" + nd.AdminAddr() + "/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == 503 && strings.Contains(string(b), "unavailable: store stalled: no commit finished")
+	})
+	select {
+	case err := <-nd.Fatal():
+		if !strings.Contains(err.Error(), "store stalled") {
+			t.Fatalf("fatal error: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a stalled store did not become the node's fatal error")
+	}
+	start := time.Now()
+	err := nd.Close()
+	if took := time.Since(start); took > 8*time.Second {
+		t.Fatalf("Close took %v with the writer stuck", took)
+	}
+	if err == nil || !strings.Contains(err.Error(), "did not close") {
+		t.Fatalf("Close with the writer stuck: %v, want the store's bounded close to say so", err)
+	}
+	release()
+	<-pending // answered or cut by the close: not waited for longer
 }

@@ -51,9 +51,14 @@ type Options struct {
 	DiscoveryPeriod time.Duration
 	// SyncPeriod is the anti-entropy period (default sync.DefaultPeriod).
 	SyncPeriod time.Duration
+	// StallAfter is how long queued work may wait for a commit before the
+	// store says it is stalled (default store.DefaultStallAfter).
+	StallAfter time.Duration
 	// StallExit is how long the store may stay stalled before the node
 	// gives up (default DefaultStallExit; see health.go).
 	StallExit time.Duration
+	// StoreCloseTimeout bounds the store's close (default StoreCloseTimeout).
+	StoreCloseTimeout time.Duration
 	// OnFatal is called when the store's Pebble reports an error it cannot
 	// go on from; it should not return (ferry run prints one line and
 	// exits 1). nil: the store panics, as Pebble expects.
@@ -143,7 +148,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 
 	so := store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg,
 		IdempotencyWindow: time.Duration(cfg.Limits.IdempotencyWindowSeconds) * time.Second,
-		Health: store.HealthOptions{MinFreeBytes: uint64(cfg.Limits.MinFreeDiskMB) << 20, OnFatal: func(err error) {
+		Health: store.HealthOptions{MinFreeBytes: uint64(cfg.Limits.MinFreeDiskMB) << 20, StallAfter: o.StallAfter, OnFatal: func(err error) {
 			n.die(err)
 			if o.OnFatal != nil {
 				o.OnFatal(err)
@@ -441,7 +446,11 @@ func (n *Node) Close() error {
 		}
 		n.g.Close()
 		if n.st != nil {
-			errs = append(errs, n.st.CloseWithin(StoreCloseTimeout))
+			d := n.opts.StoreCloseTimeout
+			if d <= 0 {
+				d = StoreCloseTimeout
+			}
+			errs = append(errs, n.st.CloseWithin(d))
 		}
 		if n.bridge != nil {
 			n.bridge.Close()
