@@ -240,7 +240,9 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("Drain returned (%v) with %d requests unanswered", err, b.InFlight())
 	case <-time.After(100 * time.Millisecond):
 	}
-	if h := b.Health(); h.InFlight != n {
+	// (A late request may have been taken before the server saw the drain:
+	// it is held and answered like the others.)
+	if h := b.Health(); h.InFlight < n {
 		t.Fatalf("health while draining: %+v", h)
 	}
 	close(release)

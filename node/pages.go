@@ -118,7 +118,7 @@ func (n *Node) peersPage(w http.ResponseWriter, r *http.Request, field, role str
 // Rows lists every row of a shared table, page after page (tests and the
 // demo; the admin API answers one page at a time).
 func (n *Node) Rows(table string) ([]json.RawMessage, error) {
-	var all []json.RawMessage
+	all := []json.RawMessage{}
 	var after uint64
 	for {
 		rows, next, err := n.RowsPage(table, after, MaxPageLimit)
