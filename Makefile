@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 60s
 STATICCHECK_VERSION ?= v0.7.0
 
-.PHONY: test build run demo lint fuzz bench bench-store soak tools deps diagrams check-diagrams check-ops
+.PHONY: test build run demo lint fuzz bench bench-store soak faults tools deps diagrams check-diagrams check-ops
 
 # The test suite: every package, race detector on. The console's browser
 # test needs Chromium (scripts/deps.sh installs it where it can; outside CI
@@ -39,8 +39,9 @@ run:
 demo:
 	$(GO) run ./cmd/ferry demo
 
-# gofmt, go vet and staticcheck (installed from the module proxy by scripts/tools.sh).
+# gofmt, go vet, staticcheck (installed from the module proxy by scripts/tools.sh) and a tidy go.mod.
 lint: tools
+	@$(GO) mod tidy -diff || (echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1)
 	$(GO) vet ./...
 	./bin/tools/staticcheck ./...
@@ -62,3 +63,9 @@ bench-store:
 # Long fault runs: the fault tests with 10x the events (not part of CI).
 soak:
 	FERRY_SOAK=1 $(GO) test -race -timeout 60m ./e2e/ -run 'Fault|Partition|Sync'
+
+# The process-level fault suite (faults/), long: 21 disk fill cycles, 12 SIGTERMs under load, 20 SIGKILLs
+# with keyed retries, 60,000 changes paged. `make test` runs its short version. The disk test mounts a
+# small file system: run as root (it skips, saying so, otherwise).
+faults:
+	FERRY_FAULTS=long $(GO) test -count=1 -timeout 90m -v -run . ./faults/

@@ -5,10 +5,16 @@
 //
 // The bridge decodes nothing beyond the reply envelope: each subject's
 // handler, given by the node, parses its own body. It must not hold state of
-// its own beyond the subscriptions.
+// its own beyond the subscriptions and the count of requests in flight.
+//
+// Shutdown is a drain (drain.go): Drain stops taking requests, answers the
+// ones already taken, and only then may the node close its services and
+// the store; Close closes the connection last, so that replies of work the
+// store finishes while it closes still reach the apps.
 package natsbridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +23,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -41,7 +48,7 @@ type Options struct {
 	Logger     *slog.Logger
 	// ConnectTimeout bounds the first connection to an external server.
 	ConnectTimeout time.Duration
-	// Registerer takes the request metrics (nil: not exported).
+	// Registerer receives the bridge's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 }
 
@@ -56,6 +63,7 @@ type Bridge struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	closed bool
+	flight inflight
 	m      *metrics
 }
 
@@ -72,10 +80,10 @@ func Start(o Options) (*Bridge, error) {
 	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
-		return nil, fmt.Errorf("nats metrics: %w", err)
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Bridge{o: o, log: o.Logger, ctx: ctx, cancel: cancel, m: m}
+	b := &Bridge{o: o, log: o.Logger, ctx: ctx, cancel: cancel, m: m, flight: inflight{gauge: m.inflight}}
 	opts := []nats.Option{
 		nats.Name("ferry"),
 		nats.MaxReconnects(-1),
@@ -190,13 +198,17 @@ func (b *Bridge) Embedded() bool { return b.srv != nil }
 // Subject returns prefix.suffix.
 func (b *Bridge) Subject(suffix string) string { return b.o.Prefix + "." + suffix }
 
-// Reply answers one request. Exactly one of its methods is called per request.
+// Reply answers one request. Exactly one of its methods OK or Err is called
+// per request; a second call is logged and dropped.
 type Reply struct {
 	msg   *nats.Msg
 	b     *Bridge
 	start time.Time
 	subj  string // the subscription's subject (the metric label)
+	state *replyState
 }
+
+type replyState struct{ sent atomic.Bool }
 
 // OK answers {"ok": true, ...fields}.
 func (r Reply) OK(fields map[string]any) {
@@ -205,14 +217,16 @@ func (r Reply) OK(fields map[string]any) {
 		out[k] = v
 	}
 	out["ok"] = true
-	r.observe(CodeOK)
-	r.send(out)
+	r.send(out, CodeOK)
 }
 
 // Err answers {"ok": false, "error": {"code", "message"}}.
 func (r Reply) Err(err error) {
-	r.observe(ferry.Code(err))
-	r.send(map[string]any{"ok": false, "error": map[string]string{"code": ferry.Code(err), "message": err.Error()}})
+	r.send(errorBody(err), ferry.Code(err))
+}
+
+func errorBody(err error) map[string]any {
+	return map[string]any{"ok": false, "error": map[string]string{"code": ferry.Code(err), "message": err.Error()}}
 }
 
 func (r Reply) observe(code string) {
@@ -224,20 +238,74 @@ func (r Reply) observe(code string) {
 // Expects reports whether the sender waits for a reply.
 func (r Reply) Expects() bool { return r.msg.Reply != "" }
 
-func (r Reply) send(v any) {
-	if r.msg.Reply == "" {
-		if ok, _ := v.(map[string]any)["ok"].(bool); !ok {
-			r.b.log.Warn("request without reply subject failed", "subject", r.msg.Subject, "reply", v)
-		}
+// Header is a header of the request ("" when absent), e.g. Nats-Msg-Id.
+func (r Reply) Header(name string) string {
+	if r.msg.Header == nil {
+		return ""
+	}
+	return r.msg.Header.Get(name)
+}
+
+// MaxPayload is the largest reply the server takes, in bytes.
+func (r Reply) MaxPayload() int { return r.b.MaxPayload() }
+
+func (r Reply) send(v any, code string) {
+	if r.state != nil && !r.state.sent.CompareAndSwap(false, true) {
+		r.b.log.Error("second reply to one request dropped", "subject", r.msg.Subject)
 		return
 	}
-	data, err := json.Marshal(v)
+	defer r.b.flight.done()
+	ok := code == CodeOK
+	r.observe(code)
+	outcome := "ok"
+	if !ok {
+		outcome = "error"
+	}
+	if r.msg.Reply == "" {
+		if !ok {
+			r.b.log.Warn("request without reply subject failed", "subject", r.msg.Subject, "reply", v)
+		}
+		r.b.m.replies.WithLabelValues(outcome).Inc()
+		return
+	}
+	data, err := encode(v)
 	if err != nil {
 		data = []byte(`{"ok":false,"error":{"code":"unavailable","message":"encode reply"}}`)
+		outcome = "error"
 	}
-	if err := r.msg.Respond(data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		r.b.log.Warn("reply failed", "subject", r.msg.Subject, "err", err)
+	if max := r.b.MaxPayload(); len(data) > max {
+		// An app must get an answer, not a timeout: say what was too big.
+		data, _ = encode(errorBody(fmt.Errorf("%w: the reply is %d bytes, over the NATS server's max payload of %d; ask for less",
+			ferry.ErrTooLarge, len(data), max)))
+		outcome = "too_large"
 	}
+	if err := r.msg.Respond(data); err != nil {
+		outcome = "failed"
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			r.b.log.Warn("reply failed", "subject", r.msg.Subject, "err", err)
+		}
+	}
+	r.b.m.replies.WithLabelValues(outcome).Inc()
+}
+
+// encode is compact JSON without HTML escaping: documents apps sent go back
+// as they came, and '<' does not grow to six bytes.
+func encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
+}
+
+// MaxPayload is the largest message the server takes (its max_payload).
+func (b *Bridge) MaxPayload() int {
+	if mp := b.nc.MaxPayload(); mp > 0 {
+		return int(mp)
+	}
+	return 1 << 20
 }
 
 // Handler serves one request subject. It must not block for long: slow work
@@ -250,14 +318,15 @@ func (b *Bridge) Handle(suffix string, h Handler) error {
 	subj := b.Subject(suffix)
 	b.m.subject(subj)
 	sub, err := b.nc.Subscribe(subj, func(m *nats.Msg) {
-		rp := Reply{msg: m, b: b, start: time.Now(), subj: subj}
+		b.flight.add()
+		reply := Reply{msg: m, b: b, start: time.Now(), subj: subj, state: &replyState{}}
 		defer func() {
 			if r := recover(); r != nil {
 				b.log.Error("nats handler panicked", "subject", subj, "panic", r)
-				rp.Err(fmt.Errorf("%w: internal error", ferry.ErrUnavailable))
+				reply.Err(fmt.Errorf("%w: internal error", ferry.ErrUnavailable))
 			}
 		}()
-		h(m.Data, rp)
+		h(m.Data, reply)
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", subj, err)
@@ -283,7 +352,7 @@ func (b *Bridge) Flush() error {
 // Publish sends an event on prefix.suffix as JSON. Events are best effort
 // (core NATS): apps that were away catch up with <prefix>.changes.
 func (b *Bridge) Publish(suffix string, v any) {
-	data, err := json.Marshal(v)
+	data, err := encode(v)
 	if err != nil {
 		b.log.Error("encode event", "subject", suffix, "err", err)
 		return
@@ -300,18 +369,9 @@ func (b *Bridge) PublishRaw(suffix string, data []byte) {
 	}
 }
 
-// Unsubscribe stops taking requests (the first step of shutdown).
-func (b *Bridge) Unsubscribe() {
-	b.mu.Lock()
-	subs := b.subs
-	b.subs = nil
-	b.mu.Unlock()
-	for _, s := range subs {
-		_ = s.Unsubscribe()
-	}
-}
-
-// Close flushes, closes the connection and stops the embedded server.
+// Close stops taking requests, flushes the replies sent so far, closes the
+// connection and stops the embedded server. Requests still queued are not
+// answered: call Drain first.
 func (b *Bridge) Close() {
 	b.mu.Lock()
 	if b.closed {
@@ -319,8 +379,12 @@ func (b *Bridge) Close() {
 		return
 	}
 	b.closed = true
+	subs := b.subs
+	b.subs = nil
 	b.mu.Unlock()
-	b.Unsubscribe()
+	for _, s := range subs {
+		_ = s.Unsubscribe()
+	}
 	b.cancel()
 	_ = b.nc.FlushTimeout(2 * time.Second)
 	b.nc.Close()

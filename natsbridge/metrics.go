@@ -1,11 +1,13 @@
 package natsbridge
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/promreg"
 )
 
 // CodeOK labels requests answered {"ok": true}.
@@ -15,12 +17,18 @@ const CodeOK = "ok"
 var Codes = []string{CodeOK, ferry.CodeBadRequest, ferry.CodeUnknownAction, ferry.CodeNotOwner, ferry.CodeTooLarge,
 	ferry.CodeNotFound, ferry.CodeConflict, ferry.CodeForbidden, ferry.CodeUnavailable}
 
-// metrics count the requests apps make, by subject and answer code, and
-// time them from arrival to answer (the answer comes after the change is
-// on disk, so this is what an app waits).
+// Outcomes are the values of the outcome label of replies_total.
+var Outcomes = []string{"ok", "error", "too_large", "failed"}
+
+// metrics count the requests apps make, by subject and answer code, time
+// them from arrival to answer (the answer comes after the change is on
+// disk, so this is what an app waits), count how replies went out and how
+// many requests are being handled.
 type metrics struct {
-	requests *prometheus.CounterVec
+	requests *prometheus.CounterVec // subject, code
 	latency  *prometheus.HistogramVec
+	replies  *prometheus.CounterVec // outcome
+	inflight prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -31,13 +39,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "nats", Name: "request_duration_seconds",
 			Help:    "Time from a request's arrival to its answer, by subject.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"subject"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "nats", Name: "replies_total",
+			Help: "Replies to apps: ok, error (an error answer), too_large (the answer did not fit the max payload; an error was sent instead), failed (could not be sent)."},
+			[]string{"outcome"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "nats", Name: "requests_in_flight",
+			Help: "Requests taken and not yet answered."}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.latency} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
+	for _, o := range Outcomes {
+		m.replies.WithLabelValues(o)
+	}
+	if err := promreg.Register(reg, m.requests, m.latency, m.replies, m.inflight); err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
 	}
 	return m, nil
 }

@@ -55,10 +55,8 @@ func (n *Node) startAdmin() error {
 	}
 	n.adminAddr = l.Addr().String()
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	mux.HandleFunc("GET /healthz", n.serveHealth(false))
+	mux.HandleFunc("GET /readyz", n.serveHealth(true))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, consoleFS, "console/index.html")
@@ -79,11 +77,7 @@ func (n *Node) startAdmin() error {
 	api := http.NewServeMux()
 	n.routes(api)
 	mux.Handle("/api/v1/", requireToken(token, api))
-	self := n.id.String()
-	n.admin = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(PeerHeader, self)
-		mux.ServeHTTP(w, r)
-	})}
+	n.admin = &http.Server{Handler: n.identify(withFormat(mux)), ReadHeaderTimeout: 10 * time.Second}
 	n.spawn(func() {
 		if err := n.admin.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin api stopped", "err", err)
@@ -93,15 +87,19 @@ func (n *Node) startAdmin() error {
 	return nil
 }
 
-func (n *Node) stopAdmin() {
+// stopAdmin stops listening and waits (until ctx ends) for the calls in
+// flight to be answered.
+func (n *Node) stopAdmin(ctx context.Context) error {
 	if n.admin == nil {
-		return
+		return nil
 	}
-	close(n.adminQuit)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = n.admin.Shutdown(ctx)
+	close(n.adminQuit) // ends the event streams, which Shutdown would wait for
 	_ = os.Remove(n.home.Dir + "/" + AdminAddrFile)
+	if err := n.admin.Shutdown(ctx); err != nil {
+		_ = n.admin.Close()
+		return fmt.Errorf("admin api: calls left unanswered: %w", err)
+	}
+	return nil
 }
 
 // AdminAddr is the admin API's address ("" before Start).
@@ -120,11 +118,46 @@ func requireToken(token string, next http.Handler) http.Handler {
 	})
 }
 
+func (n *Node) identify(next http.Handler) http.Handler {
+	id := n.id.String()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(PeerHeader, id)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// jsonWriter carries the answer's format: compact JSON, or indented with
+// ?pretty=1 (indenting a deeply nested document multiplies its size).
+type jsonWriter struct {
+	http.ResponseWriter
+	pretty bool
+}
+
+// Flush passes a flush on (the event stream needs it).
+func (w *jsonWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *jsonWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func withFormat(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Query().Get("pretty")
+		next.ServeHTTP(&jsonWriter{ResponseWriter: w, pretty: p == "1" || p == "true"}, r)
+	})
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if jw, ok := w.(*jsonWriter); ok && jw.pretty {
+		enc.SetIndent("", "  ")
+	}
 	_ = enc.Encode(v)
 }
 
@@ -148,11 +181,23 @@ func badReq(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ferry.ErrBadRequest, fmt.Sprintf(format, args...))
 }
 
-// decode reads a JSON body of at most 2x the message limit.
+// maxBody is the largest request body: twice the message limit and 64 KiB.
+func (n *Node) maxBody() int64 { return int64(2*n.cfg.Limits.MaxMessageBytes + (64 << 10)) }
+
+// decode reads a JSON body of at most maxBody bytes; a larger one, whatever
+// its size, is refused with 413 too_large (at most maxBody+1 bytes are read).
 func (n *Node) decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(2*n.cfg.Limits.MaxMessageBytes+(64<<10))))
+	limit := n.maxBody()
+	tooLarge := fmt.Errorf("%w: the request body is over %d bytes (2 × limits.max_message_bytes + 64 KiB)", ferry.ErrTooLarge, limit)
+	if r.ContentLength > limit {
+		return tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
 		return badReq("read body: %v", err)
+	}
+	if int64(len(body)) > limit {
+		return tooLarge
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return nil
@@ -182,16 +227,8 @@ func wait[T any](r *http.Request, call func(done func(T, error))) (T, error) {
 
 func (n *Node) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, _ *http.Request) { ok(w, map[string]any{"status": n.Status()}) })
-	mux.HandleFunc("GET /api/v1/peers", func(w http.ResponseWriter, _ *http.Request) { ok(w, map[string]any{"peers": n.PeerInfos()}) })
-	mux.HandleFunc("GET /api/v1/partners", func(w http.ResponseWriter, _ *http.Request) {
-		var out []PeerInfo
-		for _, p := range n.PeerInfos() {
-			if p.has("partner") {
-				out = append(out, p)
-			}
-		}
-		ok(w, map[string]any{"partners": out})
-	})
+	mux.HandleFunc("GET /api/v1/peers", func(w http.ResponseWriter, r *http.Request) { n.peersPage(w, r, "peers", "") })
+	mux.HandleFunc("GET /api/v1/partners", func(w http.ResponseWriter, r *http.Request) { n.peersPage(w, r, "partners", "partner") })
 	mux.HandleFunc("POST /api/v1/partners", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			PeerID string `json:"peer_id"`
@@ -206,12 +243,17 @@ func (n *Node) routes(mux *http.ServeMux) {
 		n.partnerCall(w, r, r.PathValue("id"), false)
 	})
 	mux.HandleFunc("GET /api/v1/requests", func(w http.ResponseWriter, r *http.Request) {
-		rows, err := n.review.Requests(r.URL.Query().Get("status"))
+		after, limit, err := idPage(r)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"requests": nonNil(rows)})
+		rows, next, err := n.review.RequestsPage(r.URL.Query().Get("status"), after, limit)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"requests": nonNil(rows), "next": idCursor(next)})
 	})
 	mux.HandleFunc("GET /api/v1/requests/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
@@ -276,20 +318,30 @@ func (n *Node) routes(mux *http.ServeMux) {
 		ok(w, map[string]any{"trace": rep, "plantuml": rep.PlantUML()})
 	})
 	mux.HandleFunc("GET /api/v1/tables/{name}/rows", func(w http.ResponseWriter, r *http.Request) {
-		rows, err := n.Rows(r.PathValue("name"))
+		after, limit, err := idPage(r)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"table": r.PathValue("name"), "rows": rows})
+		rows, next, err := n.RowsPage(r.PathValue("name"), after, limit)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"table": r.PathValue("name"), "rows": rows, "next": idCursor(next)})
 	})
 	mux.HandleFunc("GET /api/v1/resources", func(w http.ResponseWriter, r *http.Request) {
-		res, err := n.Resources(r.URL.Query().Get("data_type"))
+		limit, err := pageLimit(r)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"resources": res})
+		res, next, err := n.ResourcesPage(r.URL.Query().Get("data_type"), r.URL.Query().Get("after"), limit)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"resources": res, "next": next})
 	})
 	mux.HandleFunc("GET /api/v1/changes", func(w http.ResponseWriter, r *http.Request) {
 		var req propagate.ChangesRequest
@@ -305,16 +357,20 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, badReq("since and limit must be numbers"))
 			return
 		}
-		changes, next, err := n.prop.Changes(req)
+		page, err := n.prop.ChangesPage(req, changesPageBytes)
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"changes": changes, "next": next})
+		ok(w, map[string]any{"changes": page.Changes, "next": page.Next, "more": page.More})
 	})
 	mux.HandleFunc("POST /api/v1/propagate", func(w http.ResponseWriter, r *http.Request) {
 		var req propagate.Request
 		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		if err := idempotencyKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
 			fail(w, err)
 			return
 		}
@@ -341,6 +397,10 @@ func (n *Node) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/review/submit", func(w http.ResponseWriter, r *http.Request) {
 		var req review.SubmitRequest
 		if err := n.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		if err := idempotencyKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
 			fail(w, err)
 			return
 		}
@@ -396,6 +456,8 @@ type Status struct {
 	PeersUp         int       `json:"peers_up"`   // known peers connected now
 	PeersDown       int       `json:"peers_down"` // known peers not connected
 	LastCatchUp     time.Time `json:"last_catch_up,omitzero"`
+	// Health is what /healthz and /readyz report (health.go).
+	Health HealthReport `json:"health"`
 }
 
 // Status reports the node's state.
@@ -425,6 +487,7 @@ func (n *Node) Status() Status {
 	if t := n.sync.LastCatchUp(); !t.IsZero() {
 		s.LastCatchUp = t.UTC()
 	}
+	s.Health = n.Health()
 	return s
 }
 
@@ -505,20 +568,21 @@ func sortPeerInfos(ps []PeerInfo) {
 	}
 }
 
-// Rows lists a shared table's rows (JSON objects with "id").
-func (n *Node) Rows(table string) ([]json.RawMessage, error) {
+// RowsPage lists at most limit rows of a shared table (JSON objects with
+// "id") with an id after `after`, and the id to ask after next (0: no more).
+func (n *Node) RowsPage(table string, after uint64, limit int) ([]json.RawMessage, uint64, error) {
 	if !review.ValidTable(table) {
-		return nil, badReq("table name %q must be 1-64 letters, digits, '_' or '-'", table)
+		return nil, 0, badReq("table name %q must be 1-64 letters, digits, '_' or '-'", table)
 	}
-	rows, err := n.st.Rows(table)
+	rows, next, err := n.st.RowsPage(table, after, limit)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		return nil, 0, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}
 	out := make([]json.RawMessage, 0, len(rows))
 	for _, r := range rows {
 		out = append(out, r.JSON)
 	}
-	return out, nil
+	return out, next, nil
 }
 
 // ResourceRow is a row of `ferry resources`.
@@ -533,14 +597,20 @@ type ResourceRow struct {
 	Resource      json.RawMessage `json:"resource"`
 }
 
-// Resources lists resources held here, own and received (deleted ones too).
-func (n *Node) Resources(dataType string) ([]ResourceRow, error) {
+// ResourcesPage lists at most limit resources held here, own and received
+// (deleted ones too), after the cursor `after` ("" from the start), and the
+// cursor of the next page ("": no more).
+func (n *Node) ResourcesPage(dataType, after string, limit int) ([]ResourceRow, string, error) {
 	if dataType != "" && !propagate.ValidDataType(dataType) {
-		return nil, badReq("data type %q must be 1-64 letters, digits, '_' or '-'", dataType)
+		return nil, "", badReq("data type %q must be 1-64 letters, digits, '_' or '-'", dataType)
 	}
-	rs, err := n.st.Resources(dataType)
+	cursor, err := decodeCursor(after)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		return nil, "", err
+	}
+	rs, next, err := n.st.ResourcesPage(dataType, cursor, limit)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}
 	out := make([]ResourceRow, 0, len(rs))
 	for _, r := range rs {
@@ -548,7 +618,7 @@ func (n *Node) Resources(dataType string) ([]ResourceRow, error) {
 		out = append(out, ResourceRow{DataType: r.DataType, ID: r.Id, Creator: creator.String(), Own: creator == n.id,
 			OriginVersion: r.OriginVersion, Version: r.Version, Deleted: r.Deleted, Resource: r.Json})
 	}
-	return out, nil
+	return out, encodeCursor(next), nil
 }
 
 // ackQuery reads GET /api/v1/acks's parameters: request, receiver, state

@@ -76,7 +76,20 @@ type Limits struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// AckRetentionHours keeps acknowledged deliveries this long before pruning.
 	AckRetentionHours int `yaml:"ack_retention_hours"`
+	// IdempotencyWindowSeconds is how long a request's idempotency key is
+	// remembered: a repeat within it gets the first answer.
+	IdempotencyWindowSeconds int `yaml:"idempotency_window_seconds"`
+	// MinFreeDiskMB is the free space kept under the data directory: below
+	// it the node refuses writes (unavailable: disk almost full) so the
+	// store can still compact and restart. 0: no reserve.
+	MinFreeDiskMB int `yaml:"min_free_disk_mb"`
 }
+
+// Defaults of the limits that are not in SPEC.md.
+const (
+	DefaultIdempotencyWindowSeconds = 120
+	DefaultMinFreeDiskMB            = 256
+)
 
 // Review configures the review flow.
 type Review struct {
@@ -102,8 +115,9 @@ func Default() Config {
 		Listen:  []string{DefaultTCPListen, DefaultQUICListen},
 		NATS:    NATSConfig{Listen: DefaultNATSListen, Prefix: DefaultNATSPrefix},
 		Admin:   AdminConfig{Listen: DefaultAdminListen},
-		Limits:  Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7},
-		Log:     LogConfig{Level: "info", Format: "text"},
+		Limits: Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7,
+			IdempotencyWindowSeconds: DefaultIdempotencyWindowSeconds, MinFreeDiskMB: DefaultMinFreeDiskMB},
+		Log: LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -192,6 +206,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.AckRetentionHours < 0 {
 		return cfgErr("limits.ack_retention_hours", "%d is negative", c.Limits.AckRetentionHours)
+	}
+	if c.Limits.IdempotencyWindowSeconds < 1 || c.Limits.IdempotencyWindowSeconds > 7*24*3600 {
+		return cfgErr("limits.idempotency_window_seconds", "%d is outside 1..604800", c.Limits.IdempotencyWindowSeconds)
+	}
+	if c.Limits.MinFreeDiskMB < 0 {
+		return cfgErr("limits.min_free_disk_mb", "%d is negative", c.Limits.MinFreeDiskMB)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -376,9 +377,11 @@ func TestNewReportsStartupErrors(t *testing.T) {
 		name string
 		set  func(c *node.Config)
 		want string
+		is   error // the error wraps it (matched with errors.Is, never by text)
 	}{
-		{"unreachable nats.url", func(c *node.Config) { c.NATS.URL = "nats://127.0.0.1:1" }, "nats://127.0.0.1:1"},
-		{"listen address in use", func(c *node.Config) { c.Listen = []string{"/ip4/127.0.0.1/tcp/" + strconv.Itoa(busyPort)} }, "in use"},
+		{"unreachable nats.url", func(c *node.Config) { c.NATS.URL = "nats://127.0.0.1:1" }, "nats://127.0.0.1:1", nil},
+		{"listen address in use", func(c *node.Config) { c.Listen = []string{"/ip4/127.0.0.1/tcp/" + strconv.Itoa(busyPort)} }, "in use", syscall.EADDRINUSE},
+		{"nats port in use", func(c *node.Config) { c.NATS.Listen = "127.0.0.1:" + strconv.Itoa(busyPort) }, "in use", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := node.Home{Dir: t.TempDir()}
@@ -401,6 +404,9 @@ func TestNewReportsStartupErrors(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error %q should say %q on one line", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("error %q does not wrap %v", err, tc.is)
 			}
 			// Everything New built was released: a second node opens the same home.
 			c2 := node.Default()

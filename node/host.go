@@ -156,10 +156,10 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 	if err != nil {
 		_ = rm.Close()
 		_ = cm.Close()
-		if strings.Contains(err.Error(), "address already in use") {
-			return nil, nil, fmt.Errorf("listen %s: address already in use", strings.Join(listen, ", "))
-		}
-		return nil, nil, fmt.Errorf("libp2p host: %w", err)
+		// A port in use is found by preflight, with the system's error
+		// (errors.Is(err, syscall.EADDRINUSE)); go-libp2p reports its own
+		// listen failures as text only, so nothing here matches on them.
+		return nil, nil, fmt.Errorf("libp2p host on %s: %w", strings.Join(listen, ", "), err)
 	}
 	return h, kad, nil
 }

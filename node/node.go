@@ -30,6 +30,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/lifecycle"
+	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/natsbridge"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
@@ -53,7 +55,30 @@ type Options struct {
 	SyncPeriod time.Duration
 	// Retention overrides limits.ack_retention_hours (tests, soaks).
 	Retention time.Duration
+	// StallAfter is how long queued work may wait for a commit before the
+	// store says it is stalled (default store.DefaultStallAfter).
+	StallAfter time.Duration
+	// StallExit is how long the store may stay stalled before the node
+	// gives up (default DefaultStallExit; see health.go).
+	StallExit time.Duration
+	// StoreCloseTimeout bounds the store's close (default StoreCloseTimeout).
+	StoreCloseTimeout time.Duration
+	// OnFatal is called when the store's Pebble reports an error it cannot
+	// go on from; it should not return (ferry run prints one line and
+	// exits 1). nil: the store panics, as Pebble expects.
+	OnFatal func(error)
+	// DrainTimeout bounds how long Close waits for requests in flight
+	// (default DefaultDrainTimeout).
+	DrainTimeout time.Duration
 }
+
+// Bounds of Close (the order is in docs/architecture.md).
+const (
+	// DefaultDrainTimeout bounds the wait for requests already taken.
+	DefaultDrainTimeout = 10 * time.Second
+	// StoreCloseTimeout bounds the store's close (a disk that hangs).
+	StoreCloseTimeout = 10 * time.Second
+)
 
 // Node is one running Ferry process.
 type Node struct {
@@ -81,12 +106,12 @@ type Node struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	goMu      sync.Mutex // guards wg.Add against Close
-	closing   bool
-	wg        sync.WaitGroup
+	g         lifecycle.Group // every goroutine the node starts
 	closeOnce sync.Once
 	closeErr  error
 	started   bool
+	running   atomic.Bool // Start finished
+	draining  atomic.Bool // Close began
 	startedAt time.Time
 	restore   restoreState
 	admin     *http.Server
@@ -97,6 +122,8 @@ type Node struct {
 	events    *eventHub
 	metrics   *nodeMetrics
 	adminQuit chan struct{} // closed when the admin API stops: ends event streams
+	fatal     chan error
+	fatalOnce sync.Once
 }
 
 // New builds a node from a validated config and its home. Nothing listens
@@ -121,19 +148,29 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	log = slog.New(newQuietHandler(log.Handler(), quitting)).With("node", cfg.Name)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
-		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel,
+		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel, fatal: make(chan error, 1),
 		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
 		}
 	}()
-	n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := promreg.Register(n.reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, err
+	}
 	if n.metrics, err = newNodeMetrics(n); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 
-	if n.st, err = store.Open(home.DataPath(), store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg}); err != nil {
+	so := store.Options{Signer: key, Logger: log.With("component", "store"), Registerer: n.reg,
+		IdempotencyWindow: time.Duration(cfg.Limits.IdempotencyWindowSeconds) * time.Second,
+		Health: store.HealthOptions{MinFreeBytes: uint64(cfg.Limits.MinFreeDiskMB) << 20, StallAfter: o.StallAfter, OnFatal: func(err error) {
+			n.die(err)
+			if o.OnFatal != nil {
+				o.OnFatal(err)
+			}
+		}}}
+	if n.st, err = store.Open(home.DataPath(), so); err != nil {
 		return nil, err
 	}
 	n.restore.from, n.restore.warned = n.st.DurableVersion(), map[peer.ID]bool{}
@@ -155,15 +192,15 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	so := o.Sender
-	so.MaxMessageBytes = cfg.Limits.MaxMessageBytes
-	so.Hold = n.prop.Hold
-	so.OnAhead = n.ahead
-	so.DecisionHead = func() uint64 { return n.review.Applied() }
-	so.OnAcked = n.onAcked
-	so.Logger = log.With("component", "sender")
-	so.Registerer = n.reg
-	if n.sender, err = stream.NewSender(n.host, n.st, n.book, so); err != nil {
+	sndo := o.Sender
+	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+	sndo.Hold = n.prop.Hold
+	sndo.OnAhead = n.ahead
+	sndo.DecisionHead = func() uint64 { return n.review.Applied() }
+	sndo.OnAcked = n.onAcked
+	sndo.Logger = log.With("component", "sender")
+	sndo.Registerer = n.reg
+	if n.sender, err = stream.NewSender(n.host, n.st, n.book, sndo); err != nil {
 		return nil, err
 	}
 	n.prop.SetSender(n.sender)
@@ -303,6 +340,9 @@ func (n *Node) Start() error {
 	}
 	n.spawn(n.discover)
 	n.spawn(n.retain)
+	n.spawn(n.watchHealth)
+	n.spawn(n.expireIdempotencyKeys)
+	n.running.Store(true)
 	n.log.Info("ferry node started", "peer", n.id, "nats", n.bridge.ClientURL(), "listen", n.host.Addrs())
 	return nil
 }
@@ -321,18 +361,7 @@ func (n *Node) connected(_ network.Network, c network.Conn) {
 
 // spawn runs fn on a goroutine the node owns; Close waits for it. After
 // Close has begun it runs nothing.
-func (n *Node) spawn(fn func()) {
-	n.goMu.Lock()
-	defer n.goMu.Unlock()
-	if n.closing {
-		return
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		fn()
-	}()
-}
+func (n *Node) spawn(fn func()) { n.g.Go(fn) }
 
 // greet runs hello on a connection in the background.
 func (n *Node) greet(c network.Conn) {
@@ -346,7 +375,7 @@ func (n *Node) greet(c network.Conn) {
 // handleJSON serves a request subject whose body is JSON: it decodes the
 // body into T (usage says what it should look like; an empty body is the
 // zero T when optional) and answers with what call reports.
-func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool, call func(req T, done func(map[string]any, error))) error {
+func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool, call func(req T, reply natsbridge.Reply, done func(map[string]any, error))) error {
 	return b.Handle(suffix, func(data []byte, reply natsbridge.Reply) {
 		var req T
 		if len(data) > 0 || !optional {
@@ -355,7 +384,7 @@ func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool
 				return
 			}
 		}
-		call(req, func(fields map[string]any, err error) {
+		call(req, reply, func(fields map[string]any, err error) {
 			if err != nil {
 				reply.Err(err)
 				return
@@ -367,28 +396,37 @@ func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool
 
 func (n *Node) serveNATS() error {
 	b := n.bridge
-	if err := handleJSON(b, "propagate", `a JSON object with action, data_type and payload`, false,
-		func(req propagate.Request, done func(map[string]any, error)) {
+	if err := handleJSON(b, "propagate", `a JSON object with action, data_type, payload and idempotency_key?`, false,
+		func(req propagate.Request, reply natsbridge.Reply, done func(map[string]any, error)) {
+			if err := idempotencyKey(&req.IdempotencyKey, reply.Header(MsgIDHeader), MsgIDHeader); err != nil {
+				done(nil, err)
+				return
+			}
 			n.Propagate(req, func(res propagate.Result, err error) { done(res, err) })
 		}); err != nil {
 		return err
 	}
-	// An empty body asks for everything from the start.
+	// An empty body asks for everything from the start. A page fills the
+	// reply up to the server's max payload.
 	if err := handleJSON(b, "changes", `{"since": <version>, "limit"?: <n>}`, true,
-		func(req propagate.ChangesRequest, done func(map[string]any, error)) {
-			changes, next, err := n.prop.Changes(req)
-			done(map[string]any{"changes": changes, "next": next}, err)
+		func(req propagate.ChangesRequest, reply natsbridge.Reply, done func(map[string]any, error)) {
+			page, err := n.prop.ChangesPage(req, reply.MaxPayload())
+			done(map[string]any{"changes": page.Changes, "next": page.Next, "more": page.More}, err)
 		}); err != nil {
 		return err
 	}
-	if err := handleJSON(b, "review.submit", `{"type", "table_name", "table_id", "data", "description"}`, false,
-		func(req review.SubmitRequest, done func(map[string]any, error)) {
+	if err := handleJSON(b, "review.submit", `{"type", "table_name", "table_id", "data", "description", "idempotency_key"?}`, false,
+		func(req review.SubmitRequest, reply natsbridge.Reply, done func(map[string]any, error)) {
+			if err := idempotencyKey(&req.IdempotencyKey, reply.Header(MsgIDHeader), MsgIDHeader); err != nil {
+				done(nil, err)
+				return
+			}
 			n.Submit(req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
 		}); err != nil {
 		return err
 	}
 	if err := handleJSON(b, "review.decide", `{"request_id", "decision", "data"?, "set"?, "note"?}`, false,
-		func(req review.DecideRequest, done func(map[string]any, error)) {
+		func(req review.DecideRequest, _ natsbridge.Reply, done func(map[string]any, error)) {
 			if !n.cfg.Review.NATSDecide {
 				done(nil, fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
 				return
@@ -438,18 +476,28 @@ func (n *Node) PropagateService() *propagate.Service { return n.prop }
 // Review is the review service.
 func (n *Node) Review() *review.Service { return n.review }
 
-// Close stops the node in reverse order: apps and peers first (no new
-// work), then services, then the store. It is idempotent.
+// Close stops the node, within bounds, in this order (docs/architecture.md):
+//
+//  1. drain: the admin API stops listening and the NATS subscriptions are
+//     drained (no new request is taken; apps get no responders), while the
+//     requests already taken are answered (at most DrainTimeout);
+//  2. the node's context is cancelled, no goroutine starts any more, and
+//     the peer side stops: receiver, sender, sync, search, propagate, DHT,
+//     host; then the node's own goroutines are waited for;
+//  3. the store closes: queued work commits (at most StoreCloseTimeout);
+//  4. the NATS connection flushes the replies and closes, and the embedded
+//     server stops: last, so nothing answered in 1-3 is lost.
+//
+// It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.quitting.Store(true)
-		n.stopAdmin()
+		n.draining.Store(true)
+		var errs []error
 		if n.bridge != nil {
-			n.bridge.Unsubscribe()
+			errs = append(errs, n.drain())
 		}
-		n.goMu.Lock()
-		n.closing = true
-		n.goMu.Unlock()
+		n.g.Shut()
 		n.cancel()
 		if n.receiver != nil {
 			n.receiver.Close()
@@ -466,19 +514,22 @@ func (n *Node) Close() error {
 		if n.prop != nil {
 			n.prop.Close()
 		}
-		var errs []error
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
 		if n.host != nil {
 			errs = append(errs, n.host.Close())
 		}
-		n.wg.Wait()
+		n.g.Close()
+		if n.st != nil {
+			d := n.opts.StoreCloseTimeout
+			if d <= 0 {
+				d = StoreCloseTimeout
+			}
+			errs = append(errs, n.st.CloseWithin(d))
+		}
 		if n.bridge != nil {
 			n.bridge.Close()
-		}
-		if n.st != nil {
-			errs = append(errs, n.st.Close())
 		}
 		n.closeErr = errors.Join(errs...)
 		if n.started {
@@ -486,6 +537,30 @@ func (n *Node) Close() error {
 		}
 	})
 	return n.closeErr
+}
+
+// drain stops taking requests (admin API and NATS) and waits for the ones
+// in flight to be answered, at most DrainTimeout.
+func (n *Node) drain() error {
+	d := n.opts.DrainTimeout
+	if d <= 0 {
+		d = DefaultDrainTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	start := time.Now()
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- n.stopAdmin(ctx) }()
+	err := n.bridge.Drain(ctx)
+	if aerr := <-adminDone; aerr != nil {
+		err = errors.Join(err, aerr)
+	}
+	if err != nil {
+		n.log.Warn("requests left unanswered at shutdown", "err", err.Error(), "waited", time.Since(start).Round(time.Millisecond))
+		return nil // reported; the close goes on
+	}
+	n.log.Info("drained: every request taken was answered", "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // ID is the node's peer id.

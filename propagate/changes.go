@@ -1,6 +1,7 @@
 package propagate
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -14,10 +15,17 @@ import (
 	"github.com/ferrynet/ferry/store"
 )
 
-// Change limits of <prefix>.changes.
+// Change limits of <prefix>.changes. A page also stops before it would
+// outgrow the reply's byte budget (the NATS server's max payload).
 const (
 	DefaultChangesLimit = 1000
 	MaxChangesLimit     = 10000
+	// changesChunk is how many changes are read from the store at a time
+	// while a page fills (bounds the memory of one answer to what it sends).
+	changesChunk = 32
+	// pageOverhead is room for the envelope around the changes:
+	// {"ok":true,"changes":[...],"next":<20 digits>,"more":false}.
+	pageOverhead = 96
 )
 
 // ChangesRequest is the body of <prefix>.changes.
@@ -78,6 +86,74 @@ func (s *Service) Changes(req ChangesRequest) ([]Change, uint64, error) {
 		next = c.Version
 	}
 	return out, next, nil
+}
+
+// ChangesPage is one answer of <prefix>.changes: changes in version order,
+// the version to ask from next, and whether more changes are held after it.
+type ChangesPage struct {
+	Changes []json.RawMessage `json:"changes"` // each a Change
+	Next    uint64            `json:"next"`
+	More    bool              `json:"more"`
+}
+
+// ChangesPage answers <prefix>.changes within maxBytes of JSON (0: no byte
+// bound): the changes after req.Since, at most req.Limit of them (default
+// DefaultChangesLimit), cut where the next one would not fit. More says
+// that changes remain after Next (ask again with since = Next). A single
+// change too large for maxBytes is refused with too_large, naming it.
+func (s *Service) ChangesPage(req ChangesRequest, maxBytes int) (ChangesPage, error) {
+	if req.Limit < 0 || req.Limit > MaxChangesLimit {
+		return ChangesPage{}, fmt.Errorf("%w: limit must be 0-%d", ferry.ErrBadRequest, MaxChangesLimit)
+	}
+	if req.Limit == 0 {
+		req.Limit = DefaultChangesLimit
+	}
+	page := ChangesPage{Changes: []json.RawMessage{}, Next: req.Since}
+	budget, size := maxBytes-pageOverhead, 0
+	for len(page.Changes) < req.Limit {
+		want := min(req.Limit-len(page.Changes), changesChunk)
+		cs, err := s.st.Changes(page.Next, want)
+		if err != nil {
+			return ChangesPage{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		}
+		for _, c := range cs {
+			b, err := encodeChange(RenderChange(c))
+			if err != nil {
+				return ChangesPage{}, fmt.Errorf("%w: change %d: %w", ferry.ErrUnavailable, c.Version, err)
+			}
+			if maxBytes > 0 && size+len(b)+1 > budget {
+				if len(page.Changes) == 0 {
+					return ChangesPage{}, fmt.Errorf("%w: change %d is %d bytes of JSON, over the reply limit of %d bytes", ferry.ErrTooLarge, c.Version, len(b), budget)
+				}
+				page.More = true
+				return page, nil
+			}
+			page.Changes = append(page.Changes, b)
+			size += len(b) + 1
+			page.Next = c.Version
+		}
+		if len(cs) < want {
+			return page, nil // the end of what is held (on disk)
+		}
+	}
+	more, err := s.st.Changes(page.Next, 1)
+	if err != nil {
+		return ChangesPage{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	page.More = len(more) > 0
+	return page, nil
+}
+
+// encodeChange is compact JSON without HTML escaping: a payload is sent as
+// it was stored, and '<' does not grow to six bytes.
+func encodeChange(c Change) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
 }
 
 // RenderChange turns a stored change into its JSON form.

@@ -25,6 +25,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/idem"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -78,6 +79,9 @@ type Request struct {
 	Action   string          `json:"action"`
 	DataType string          `json:"data_type"`
 	Payload  json.RawMessage `json:"payload"`
+	// IdempotencyKey makes a retry get the first answer (request.go).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	idem           *idem.Request
 }
 
 // Result is what a propagate request answers besides ok.
@@ -98,7 +102,7 @@ type Service struct {
 
 	mu            sync.Mutex
 	plannerClosed map[peer.ID]bool
-	known         *known // own resources, for creates that need no read
+	known         *known   // own resources, for creates that need no read
 	ids           sync.Map // peer.ID -> its text form
 }
 
@@ -197,6 +201,10 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 	}
 	if len(req.Payload) > s.maxBytes {
 		done(nil, fmt.Errorf("%w: payload is %d bytes, the limit is %d", ferry.ErrTooLarge, len(req.Payload), s.maxBytes))
+		return
+	}
+	if err := req.admit(); err != nil {
+		done(nil, err)
 		return
 	}
 	if req.Action != ActionClosePlanner && !ValidDataType(req.DataType) {
@@ -311,7 +319,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 	kind, proto := kindOf(req.Action)
 	partners := len(s.roles.Partners())
 	var res Result
-	s.st.Submit(ctx, func(tx *store.Txn) error {
+	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		cur, err := s.ownRow(tx, req.DataType, self, id)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -341,7 +349,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneResource), Kind: kind, Protocol: proto}, sealed)
 		res = Result{"id": id, "version": ver, "receivers": partners}
 		return nil
-	}, func(err error) { done(res, err) })
+	}), func(err error) { done(res, err) })
 }
 
 // deliver records an own change as owed to its receivers (the log is the
@@ -413,7 +421,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 	kind, proto := kindOf(req.Action)
 	self := s.roles.Self()
 	var res Result
-	s.st.Submit(ctx, func(tx *store.Txn) error {
+	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
 			Payload: req.Payload, CreatedAtUnixNano: tx.Now().UnixNano(), To: addressee})
 		if err != nil {
@@ -433,7 +441,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to}, sealed)
 		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(to)}
 		return nil
-	}, func(err error) { done(res, err) })
+	}), func(err error) { done(res, err) })
 }
 
 func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result, error)) {

@@ -156,10 +156,10 @@ func (s *Service) gossipLoop() {
 // serve handles one inbound /ferry/search/1.0.0 stream: one frame, a query
 // (direct scopes) or results (an answer to this node's query).
 func (s *Service) serve(st network.Stream) error {
-	if !s.enter() {
+	if !s.g.Add() {
 		return stream.Refuse("search is closing", nil)
 	}
-	defer s.wg.Done()
+	defer s.g.Done()
 	remote := st.Conn().RemotePeer()
 	if !s.d.Roles.IsMember(remote) {
 		s.m.dropped.WithLabelValues(dropNotMember).Inc()

@@ -1,6 +1,12 @@
 package pubsub
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferrynet/ferry/internal/promreg"
+)
 
 // Reasons an incoming query, frame or result is dropped (the "reason" label).
 const (
@@ -20,7 +26,7 @@ type metrics struct {
 	dropped *prometheus.CounterVec // reason
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "search", Name: "queries_total",
 			Help: "Search queries, by direction (out: asked by this node's apps, in: asked by peers) and how they travel."},
@@ -44,11 +50,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{dropMalformed, dropSpoofed, dropNotMember, dropRateLimited, dropQueueFull, dropDuplicate, dropExpired, dropUnknown} {
 		m.dropped.WithLabelValues(r)
 	}
-	if reg != nil {
-		// A second service on one registry (tests) keeps its own counters.
-		for _, c := range []prometheus.Collector{m.queries, m.results, m.dropped} {
-			_ = reg.Register(c)
-		}
+	if err := promreg.Register(reg, m.queries, m.results, m.dropped); err != nil {
+		return nil, fmt.Errorf("search: %w", err)
 	}
-	return m
+	return m, nil
 }

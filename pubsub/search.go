@@ -169,7 +169,7 @@ func (s *Service) register(q *openQuery) error {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started || s.closing {
+	if !s.started || s.g.Closed() {
 		return fmt.Errorf("%w: search is not running", ferry.ErrUnavailable)
 	}
 	for id, o := range s.open {

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
@@ -160,12 +161,11 @@ type Service struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	g      lifecycle.Group // every goroutine and stream handler the service runs
 
-	mu       sync.Mutex // guards the fields below and wg.Add against Close
+	mu       sync.Mutex // guards the fields below
 	starting bool       // Start was called
 	started  bool       // Start succeeded
-	closing  bool
 	open     map[string]*openQuery
 	answered map[answeredKey]time.Time // (asker, query id) -> forget after
 
@@ -198,9 +198,13 @@ func New(d Deps) (*Service, error) {
 	if d.MaxMessageBytes <= 0 {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
+	m, err := newMetrics(d.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{d: d, log: d.Logger, self: d.Roles.Self(), max: d.MaxMessageBytes + protocols.FrameOverhead,
-		now: time.Now, m: newMetrics(d.Registerer), ctx: ctx, cancel: cancel,
+		now: time.Now, m: m, ctx: ctx, cancel: cancel,
 		open: map[string]*openQuery{}, answered: map[answeredKey]time.Time{},
 		answers: make(chan answerJob, answerQueue), dials: make(chan struct{}, maxDials)}
 	s.limiter = newLimiter(QueryRate, QueryBurst, maxLimiterPeers, func() time.Time { return s.now() })
@@ -215,7 +219,7 @@ func (s *Service) Topic() string { return protocols.SearchTopic(s.d.Roles.Networ
 // must not run at the same time.
 func (s *Service) Start() (err error) {
 	s.mu.Lock()
-	if s.starting || s.closing {
+	if s.starting || s.g.Closed() {
 		s.mu.Unlock()
 		return errors.New("search: already started or closed")
 	}
@@ -267,15 +271,15 @@ func (s *Service) Start() (err error) {
 // It is idempotent.
 func (s *Service) Close() {
 	s.closeOnce.Do(func() {
+		s.g.Shut()
 		s.mu.Lock()
-		s.closing = true
 		starting := s.starting
 		s.mu.Unlock()
 		if starting {
 			s.d.Host.RemoveStreamHandler(protocols.Search)
 		}
 		s.cancel()
-		s.wg.Wait()
+		s.g.Close()
 		s.stopGossip()
 	})
 }
@@ -312,27 +316,4 @@ func (s *Service) stopGossip() {
 
 // spawn runs fn on a goroutine the service owns; Close waits for it. Once
 // Close has begun it runs nothing and returns false.
-func (s *Service) spawn(fn func()) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		fn()
-	}()
-	return true
-}
-
-// enter counts a stream handler in; false once Close has begun.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
+func (s *Service) spawn(fn func()) bool { return s.g.Go(fn) }

@@ -157,3 +157,22 @@ func (s *Service) Seed(ctx context.Context, table string, rows map[uint64]json.R
 		return nil
 	})
 }
+
+// RequestsPage lists at most limit request rows with an id after `after`,
+// all or those with one status, and the id to ask after next (0: no more).
+func (s *Service) RequestsPage(status string, after uint64, limit int) ([]Row, uint64, error) {
+	if status != "" {
+		if _, err := ParseStatus(status); err != nil {
+			return nil, 0, err
+		}
+	}
+	rs, next, err := s.st.RequestsPage(status, after, limit)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+	}
+	out := make([]Row, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, s.view(r))
+	}
+	return out, next, nil
+}

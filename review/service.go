@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/idem"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -124,6 +125,9 @@ type SubmitRequest struct {
 	TableID     uint64          `json:"table_id"`
 	Data        json.RawMessage `json:"data"`
 	Description string          `json:"description"`
+	// IdempotencyKey makes a retry get the first answer (idem.go).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	idem           *idem.Request
 }
 
 // Submit commits a request (waiting) and its delivery to the reviewer, and
@@ -155,6 +159,10 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		done(Row{}, err)
 		return
 	}
+	if err := req.admitKey(typ, data); err != nil {
+		done(Row{}, err)
+		return
+	}
 	reviewer := s.roles.Reviewer()
 	if reviewer == "" {
 		done(Row{}, fmt.Errorf("%w: no reviewer is configured on this node", ferry.ErrUnavailable))
@@ -163,7 +171,8 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 	self := s.roles.Self()
 	protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_REQUEST, typ.String())
 	var row *storepb.Request
-	s.st.Submit(ctx, func(tx *store.Txn) error {
+	var first *Row // a retry's first answer
+	s.st.Submit(ctx, s.withIdem(req, &row, &first, func(tx *store.Txn) error {
 		id, err := tx.Next(store.CtrRequest)
 		if err != nil {
 			return err
@@ -199,12 +208,15 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneRequest), Kind: pb.Kind_KIND_REVIEW_REQUEST,
 			Protocol: protoID, RequestID: id, To: []peer.ID{reviewer}}, sealed)
 		return nil
-	}, func(err error) {
-		if err != nil {
+	}), func(err error) {
+		switch {
+		case err != nil:
 			done(Row{}, err)
-			return
+		case first != nil:
+			done(*first, nil)
+		default:
+			done(s.render(row), nil)
 		}
-		done(s.render(row), nil)
 	})
 }
 

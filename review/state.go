@@ -223,6 +223,9 @@ func CheckData(tableID uint64, data json.RawMessage, typ Type) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%w: data is missing", ferry.ErrBadRequest)
 	}
+	if err := ferry.CheckJSONDepth(data); err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
 		return nil, fmt.Errorf("%w: data is not a JSON object", ferry.ErrBadRequest)

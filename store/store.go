@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 )
@@ -85,6 +86,11 @@ type Options struct {
 	// InMemory keeps the whole store in memory (unit tests of the layers
 	// above): dir is then only a name, and nothing survives Close.
 	InMemory bool
+	// Health: the free-space reserve, the stall bound, the fatal hook (health.go).
+	Health HealthOptions
+	// IdempotencyWindow is how long idempotency keys are kept (idem.go);
+	// default DefaultIdempotencyWindow.
+	IdempotencyWindow time.Duration
 }
 
 // levels tunes the LSM for what Ferry writes: signed envelopes (random
@@ -115,6 +121,7 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
+	h      *health               // free space, stalls, Pebble's failures (health.go)
 	// hot caches small keys every transaction reads (counters, link state):
 	// owned by the writer, updated after each round is applied.
 	hot map[string][]byte
@@ -178,8 +185,12 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
+	if o.InMemory {
+		o.Health.FS = vfs.NewMem()
+	}
+	h := newHealth(dir, o.Health, o.Logger)
 	po := &pebble.Options{
-		Logger: pebbleLogger{o.Logger},
+		Logger: pebbleLogger{o.Logger, h.fatal},
 		Cache:  cache,
 		// Most point reads ask for keys that are not there (is this change
 		// new?); bloom filters answer them without reading blocks.
@@ -189,14 +200,12 @@ func Open(dir string, o Options) (*Store, error) {
 		LBaseMaxBytes:         512 << 20,
 		MemTableSize:          16 << 20,
 	}
-	if o.InMemory {
-		po.FS = vfs.NewMem()
-	}
+	h.pebbleOptions(po) // the file system: o.Health.FS (in memory) or the disk's
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now,
+	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h,
 		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
@@ -208,7 +217,10 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.durableVersion.Store(v)
-	s.initMetrics(o.Registerer)
+	if err := s.initMetrics(o.Registerer); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	s.wg.Add(2)
 	go s.writer()
 	go s.completer()
@@ -268,7 +280,7 @@ func (s *Store) prepare() error {
 	return nil
 }
 
-func (s *Store) initMetrics(reg prometheus.Registerer) {
+func (s *Store) initMetrics(reg prometheus.Registerer) error {
 	s.m = metrics{
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "commits_total", Help: "Group commits (one batch each; fsynced unless every operation in it was lazy)."}),
 		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
@@ -279,11 +291,10 @@ func (s *Store) initMetrics(reg prometheus.Registerer) {
 		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time waited for one group commit's fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync} {
-			_ = reg.Register(c)
-		}
+	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
+		return fmt.Errorf("store: %w", err)
 	}
+	return nil
 }
 
 // DurableVersion is the highest store version known to be on disk.
@@ -334,9 +345,11 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 		cb(ErrClosed)
 		return
 	}
+	s.h.enqueued()
 	select {
 	case s.ops <- o:
 	case <-ctx.Done():
+		s.h.queued.Add(-1)
 		cb(fmt.Errorf("queue for commit: %w", ctx.Err()))
 	}
 }
@@ -375,7 +388,7 @@ func (s *Store) writer() {
 // before its fsync).
 func (s *Store) commitRound(ops []*op) *round {
 	r := &round{ops: ops}
-	if f := s.failed.Load(); f != nil {
+	if f := s.failure(); f != nil {
 		for _, o := range ops {
 			o.err = *f
 		}
@@ -424,6 +437,10 @@ func (s *Store) commitRound(ops []*op) *round {
 		r.sync = false
 		return r
 	}
+	// Below the free-space reserve nothing is written (health.go).
+	if err := s.h.admit(size); err != nil {
+		return fail(err)
+	}
 	// One write per key: a counter bumped by every transaction of the
 	// round reaches the memtable once.
 	for key, w := range view {
@@ -449,7 +466,7 @@ func (s *Store) commitRound(ops []*op) *round {
 		err = s.db.Apply(b, pebble.NoSync)
 	}
 	if err != nil {
-		s.log.Error("store commit failed", "err", err, "operations", applied)
+		s.log.Error("store commit failed", "err", err.Error(), "operations", applied)
 		f := fmt.Errorf("store failed: %w", err)
 		s.failed.Store(&f)
 		return fail(fmt.Errorf("commit: %w", err))
@@ -516,7 +533,18 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 // their hooks in submission order.
 func (s *Store) completer() {
 	defer s.wg.Done()
+	// stopped is the fsync failure of an earlier round: rounds after it were
+	// applied to the memtable before it failed, and none of them is answered
+	// as committed (not even one that wrote nothing).
+	var stopped error
 	for r := range s.done {
+		if stopped != nil {
+			for _, o := range r.ops {
+				if o.err == nil {
+					o.err, o.hooks = stopped, nil
+				}
+			}
+		}
 		if r.batch != nil {
 			if r.sync {
 				start := time.Now()
@@ -525,9 +553,10 @@ func (s *Store) completer() {
 				if err != nil {
 					// What is not on disk must never be handed out: the
 					// durable marks stay, and the store takes no more work.
-					s.log.Error("store fsync failed; the store stops taking work", "err", err)
+					s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
 					f := fmt.Errorf("store failed: fsync: %w", err)
 					s.failed.Store(&f)
+					stopped = f
 					for _, o := range r.ops {
 						if o.err == nil {
 							o.err = f
@@ -537,7 +566,7 @@ func (s *Store) completer() {
 				}
 			}
 			_ = r.batch.Close()
-			if s.failed.Load() == nil {
+			if stopped == nil {
 				if r.version > 0 {
 					s.durableVersion.Store(r.version)
 				}
@@ -551,6 +580,7 @@ func (s *Store) completer() {
 			}
 			o.cb(o.err)
 		}
+		s.h.answered(len(r.ops))
 	}
 }
 
@@ -759,7 +789,10 @@ func marshal(m proto.Message) []byte {
 	return b
 }
 
-type pebbleLogger struct{ l *slog.Logger }
+type pebbleLogger struct {
+	l     *slog.Logger
+	fatal func(string) // health.fatal: records the failure, calls Options.Health.OnFatal
+}
 
 func (p pebbleLogger) Infof(format string, args ...interface{}) {
 	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
@@ -769,6 +802,7 @@ func (p pebbleLogger) Errorf(format string, args ...interface{}) {
 }
 func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
 	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	p.fatal(fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
 

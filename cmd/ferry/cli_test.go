@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -165,8 +167,11 @@ func TestRunInProcess(t *testing.T) {
 	}
 	addr := adminAddr(home)
 
-	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
+	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != 200 || strings.Split(body, "\n")[0] != "ok" || !strings.Contains(body, "store: ok") {
 		t.Fatalf("/healthz: %d %q", code, body)
+	}
+	if code, body := httpGet(t, "http://"+addr+"/readyz"); code != 200 || strings.Split(body, "\n")[0] != "ok" || !strings.Contains(body, "nats: ok") {
+		t.Fatalf("/readyz: %d %q", code, body)
 	}
 	if code, _ := httpGet(t, "http://"+addr+"/api/v1/status"); code != http.StatusUnauthorized {
 		t.Fatalf("/api/v1/status without a token: %d, want 401", code)
@@ -214,23 +219,19 @@ func TestRunInProcess(t *testing.T) {
 	}
 }
 
-// stopRun sends SIGINT to this process until the run command returns.
+// stopRun sends SIGINT to this process once (run catches signals before
+// its node writes admin.addr) and waits for the run command to return.
 func stopRun(t *testing.T, done chan error) error {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-done:
-			return err
-		case <-deadline:
-			t.Fatal("run did not return within 10s of SIGINT")
-		case <-tick.C:
-		}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(40 * time.Second):
+		t.Fatal("run did not return within 40s of SIGINT")
+		return nil
 	}
 }
 
@@ -434,4 +435,99 @@ func TestRunBinary(t *testing.T) {
 			t.Fatalf("exit %d, want a last line naming nats://127.0.0.1:1; stderr:\n%s", r.code, r.stderr)
 		}
 	})
+}
+
+// TestStoppedNodeNeverReachesAnother: the CLI finds its node only through
+// admin.addr, and refuses an answer from another node. Before, a home
+// without admin.addr fell back to admin.listen (127.0.0.1:7480 by default)
+// and showed whatever node listened there.
+func TestStoppedNodeNeverReachesAnother(t *testing.T) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set(node.PeerHeader, "12D3KooWOtherNodeOtherNodeOtherNodeOtherNodeOther")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true,"status":{"name":"OTHER","peer_id":"other"}}`)
+	}))
+	defer other.Close()
+	otherAddr := strings.TrimPrefix(other.URL, "http://")
+
+	home := t.TempDir()
+	mustFerry(t, "init", "--home", home, "--name", "X")
+	// The home's admin.listen names the other node's address.
+	cfg, err := node.LoadFile(filepath.Join(home, node.ConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Admin.Listen = otherAddr
+	if err := cfg.Save(filepath.Join(home, node.ConfigFile)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ferry(t, "--home", home, "status")
+	if err == nil || !strings.Contains(err.Error(), "node is not running") || strings.Contains(out, "OTHER") {
+		t.Fatalf("status of a stopped node with admin.listen on another node: %v\n%s", err, out)
+	}
+
+	// A stale admin.addr (a node killed with SIGKILL) now names the other node.
+	if err := os.WriteFile(filepath.Join(home, node.AdminAddrFile), []byte(otherAddr+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = ferry(t, "--home", home, "status")
+	if err == nil || !strings.Contains(err.Error(), "node is not running") || !strings.Contains(err.Error(), "another node") || strings.Contains(out, "OTHER") {
+		t.Fatalf("status through a stale admin.addr that another node answers: %v\n%s", err, out)
+	}
+
+	// A stale admin.addr where nothing listens.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	_ = l.Close()
+	if err := os.WriteFile(filepath.Join(home, node.AdminAddrFile), []byte(dead+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ferry(t, "--home", home, "status"); err == nil || !strings.Contains(err.Error(), "node is not running") {
+		t.Fatalf("status through a stale admin.addr: %v", err)
+	}
+}
+
+// TestCLIPagesThroughListings: `ferry resources` and `ferry rows` print
+// every row of listings longer than one page (1000 rows).
+func TestCLIPagesThroughListings(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 1})
+	nc := net.NATS(0)
+	const n = 1234
+	sem := make(chan struct{}, 64)
+	errs := make(chan error, n)
+	for i := range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			m, err := nc.Request("ferry.propagate", []byte(fmt.Sprintf(`{"action":"create","data_type":"vm","payload":{"id":"vm-%d"}}`, i)), 30*time.Second)
+			if err == nil && !strings.Contains(string(m.Data), `"ok":true`) {
+				err = errors.New(string(m.Data))
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := map[uint64]json.RawMessage{}
+	for i := range 1500 {
+		rows[uint64(i+1)] = json.RawMessage(fmt.Sprintf(`{"v":%d}`, i))
+	}
+	if err := net.Node(0).Review().Seed(context.Background(), "big", rows); err != nil {
+		t.Fatal(err)
+	}
+	home := net.Homes[0].Dir
+	var res []node.ResourceRow
+	if err := json.Unmarshal([]byte(mustFerry(t, "--home", home, "resources", "--json")), &res); err != nil || len(res) != n {
+		t.Fatalf("ferry resources --json: %d rows (%v), want %d", len(res), err, n)
+	}
+	var got []json.RawMessage
+	if err := json.Unmarshal([]byte(mustFerry(t, "--home", home, "rows", "big", "--json")), &got); err != nil || len(got) != 1500 {
+		t.Fatalf("ferry rows big --json: %d rows (%v), want 1500", len(got), err)
+	}
 }

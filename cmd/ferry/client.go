@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -136,4 +138,35 @@ func (c *client) call(method, path string, body any, out any) error {
 		return json.Unmarshal(raw, out)
 	}
 	return nil
+}
+
+// listAll reads every page of a paged listing (limit=MaxPageLimit, then
+// after=<next> until no next) and returns the rows of field.
+func listAll[T any](c *client, path string, q url.Values, field string) ([]T, error) {
+	if q == nil {
+		q = url.Values{}
+	}
+	q.Set("limit", strconv.Itoa(node.MaxPageLimit))
+	all := []T{}
+	for {
+		var page map[string]json.RawMessage
+		if err := c.call("GET", path+"?"+q.Encode(), nil, &page); err != nil {
+			return nil, err
+		}
+		var rows []T
+		if raw, ok := page[field]; ok {
+			if err := json.Unmarshal(raw, &rows); err != nil {
+				return nil, fmt.Errorf("admin API: %s: %w", field, err)
+			}
+		}
+		all = append(all, rows...)
+		var next string
+		if raw, ok := page["next"]; ok {
+			_ = json.Unmarshal(raw, &next)
+		}
+		if next == "" {
+			return all, nil
+		}
+		q.Set("after", next)
+	}
 }

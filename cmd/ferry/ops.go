@@ -59,8 +59,18 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "reviewer\t%s\npartners\t%d\nmembers\t%d\nconnected\t%d\nstore version\t%d\ndecisions applied\t%d\npending acks\t%d\nlast catch-up\t%s\nconsole\thttp://%s/\n",
 					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks, g.when(s.LastCatchUp), s.Admin)
+				fmt.Fprintf(w, "health\t%s\n", healthLine(s.Health))
+				fmt.Fprintf(w, "free disk\t%.0f MiB (reserve %.0f MiB)\n", float64(s.Health.Store.FreeBytes)/(1<<20), float64(s.Health.Store.MinFreeBytes)/(1<<20))
 			})
 		}}
+}
+
+// healthLine is "ok" or "unavailable: <reason>" (the readiness of /readyz).
+func healthLine(h node.HealthReport) string {
+	if h.Ready {
+		return "ok"
+	}
+	return "unavailable: " + h.Reason
 }
 
 func dash(s string) string {
@@ -93,11 +103,11 @@ func peersCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct{ Peers []node.PeerInfo }
-			if err := c.call("GET", "/api/v1/peers", nil, &out); err != nil {
+			peers, err := listAll[node.PeerInfo](c, "/api/v1/peers", nil, "peers")
+			if err != nil {
 				return err
 			}
-			return printPeers(g, cmd.OutOrStdout(), out.Peers)
+			return printPeers(g, cmd.OutOrStdout(), peers)
 		}}
 }
 
@@ -109,11 +119,11 @@ func partnersCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct{ Partners []node.PeerInfo }
-			if err := c.call("GET", "/api/v1/partners", nil, &out); err != nil {
+			partners, err := listAll[node.PeerInfo](c, "/api/v1/partners", nil, "partners")
+			if err != nil {
 				return err
 			}
-			return printPeers(g, cmd.OutOrStdout(), out.Partners)
+			return printPeers(g, cmd.OutOrStdout(), partners)
 		}})
 	for _, verb := range []string{"add", "remove"} {
 		p.AddCommand(&cobra.Command{Use: verb + " PEER_ID", Short: verb + " a partner", Args: cobra.ExactArgs(1),
@@ -169,15 +179,15 @@ func requestsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct{ Requests []review.Row }
-			q := ""
+			q := url.Values{}
 			if status != "" {
-				q = "?status=" + url.QueryEscape(status)
+				q.Set("status", status)
 			}
-			if err := c.call("GET", "/api/v1/requests"+q, nil, &out); err != nil {
+			rows, err := listAll[review.Row](c, "/api/v1/requests", q, "requests")
+			if err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Requests, func(w *tabwriter.Writer) { g.RequestTable(w, out.Requests) })
+			return g.emit(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) { g.RequestTable(w, rows) })
 		}}
 	list.Flags().StringVar(&status, "status", "", "only rows with this status: waiting, accepted, edited or rejected")
 	show := &cobra.Command{Use: "show ID", Short: "Show one request: its row, the table row it changes now, the change field by field, and who a decision goes to",
@@ -408,14 +418,14 @@ func rowsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct{ Rows []json.RawMessage }
-			if err := c.call("GET", "/api/v1/tables/"+url.PathEscape(args[0])+"/rows", nil, &out); err != nil {
+			rows, err := listAll[json.RawMessage](c, "/api/v1/tables/"+url.PathEscape(args[0])+"/rows", nil, "rows")
+			if err != nil {
 				return err
 			}
-			if len(out.Rows) == 0 {
+			if len(rows) == 0 {
 				return fmt.Errorf("table %s has no rows here (not_found): a table exists once a decision or the seed writes a row", args[0])
 			}
-			return g.emit(cmd.OutOrStdout(), out.Rows, func(w *tabwriter.Writer) { RowsTable(w, out.Rows) })
+			return g.emit(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) { RowsTable(w, rows) })
 		}}
 }
 
@@ -426,17 +436,17 @@ func resourcesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := ""
+			q := url.Values{}
 			if len(args) == 1 {
-				q = "?data_type=" + url.QueryEscape(args[0])
+				q.Set("data_type", args[0])
 			}
-			var out struct{ Resources []node.ResourceRow }
-			if err := c.call("GET", "/api/v1/resources"+q, nil, &out); err != nil {
+			resources, err := listAll[node.ResourceRow](c, "/api/v1/resources", q, "resources")
+			if err != nil {
 				return err
 			}
-			return g.emit(cmd.OutOrStdout(), out.Resources, func(w *tabwriter.Writer) {
+			return g.emit(cmd.OutOrStdout(), resources, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "DATA_TYPE\tID\tCREATOR\tOWN\tVERSION\tDELETED\tRESOURCE")
-				for _, r := range out.Resources {
+				for _, r := range resources {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%d\t%v\t%s\n", r.DataType, r.ID, r.Creator, r.Own, r.OriginVersion, r.Deleted, compact(r.Resource))
 				}
 			})

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -110,7 +111,18 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		log := node.NewLogger(cfg.Log, os.Stderr)
 		node.RouteLibp2pLogs(libp2pLevel{log.Handler(), cfg.Log.Level == "debug"})
-		n, err := node.New(cfg, h, node.Options{Logger: log})
+		// Signals are caught from here on: one that comes while the node
+		// starts stops it once it has started.
+		sigs := make(chan os.Signal, 2)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+		stderr := cmd.ErrOrStderr()
+		n, err := node.New(cfg, h, node.Options{Logger: log, OnFatal: func(err error) {
+			// Pebble cannot go on: one line, and exit at once (what was
+			// acknowledged is on disk).
+			fmt.Fprintf(stderr, "ferry: store failed: %v; exiting so that the store is reopened (nothing acknowledged is lost)\n", err)
+			os.Exit(1)
+		}})
 		if err != nil {
 			return err
 		}
@@ -118,20 +130,47 @@ func runCmd(g *globals) *cobra.Command {
 			_ = n.Close()
 			return err
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
 		token, _ := h.Token()
 		home, _ := filepath.Abs(h.Dir)
-		fmt.Fprintf(cmd.ErrOrStderr(), "ferry %s running: peer %s (Ctrl-C stops)\n"+
+		fmt.Fprintf(stderr, "ferry %s running: peer %s (Ctrl-C stops)\n"+
 			"  home     %s   (operate it: export FERRY_HOME=%s; ferry status, ferry watch)\n"+
 			"  nats     %s   (apps: nats req %s.propagate ...)\n"+
 			"  console  http://%s/#token=%s\n"+
 			"  admin    http://%s/api/v1/   (bearer token in %s)\n"+
 			"  metrics  http://%s/metrics\n",
 			cfg.Name, n.ID(), home, home, n.NATSURL(), cfg.NATS.Prefix, n.AdminAddr(), token, n.AdminAddr(), h.TokenPath(), n.AdminAddr())
-		<-ctx.Done()
-		stop()
-		return n.Close()
+		var cause error
+		select {
+		case sig := <-sigs:
+			log.Info("stopping", "signal", sig.String())
+		case cause = <-n.Fatal():
+		}
+		return stop(n, sigs, cause)
 	}
 	return c
+}
+
+// shutdownTimeout bounds the stop: the drain (node.DefaultDrainTimeout),
+// the services, the store (node.StoreCloseTimeout), the NATS flush.
+const shutdownTimeout = 30 * time.Second
+
+// stop closes the node within shutdownTimeout; a second signal ends the
+// wait at once. cause, when the node stopped itself, is what run returns.
+func stop(n *node.Node, sigs <-chan os.Signal, cause error) error {
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	select {
+	case err := <-closed:
+		if cause != nil {
+			return cause
+		}
+		return err
+	case sig := <-sigs:
+		return fmt.Errorf("second signal (%s): exiting before the shutdown finished", sig)
+	case <-time.After(shutdownTimeout):
+		if cause != nil {
+			return fmt.Errorf("%w (and the shutdown did not finish within %v)", cause, shutdownTimeout)
+		}
+		return fmt.Errorf("shutdown did not finish within %v; exiting", shutdownTimeout)
+	}
 }

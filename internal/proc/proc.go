@@ -22,15 +22,20 @@
 //   - New initialises a home (t.TempDir unless Options.Home names one) with
 //     `ferry init`, and writes a ferry.yaml that uses only 127.0.0.1 and free
 //     ports: libp2p TCP, embedded NATS and the admin API each get a port
-//     found by listening on 127.0.0.1:0 and closing, pinned in ferry.yaml so
-//     a restart reuses them. It never uses the default ports (4001, 4222,
-//     7480). QUIC is off (one TCP address).
+//     that was free (a listen on it succeeded and was closed), pinned in
+//     ferry.yaml so a restart reuses them. The ports are taken below the
+//     kernel's ephemeral range (net.ipv4.ip_local_port_range): a port from
+//     that range (what listening on :0 gives) is also handed to outgoing
+//     connections, and an app reconnecting while its node is down can take
+//     the node's pinned port before it restarts. It never uses the default
+//     ports (4001, 4222, 7480). QUIC is off (one TCP address).
 //   - Start runs `ferry run --home H` as a child with FERRY_* variables of
 //     the test's environment removed, stderr captured to a file in the
 //     test's temp dir (its tail is logged when the test fails), and waits
-//     until the node is ready: GET /healthz answers 200 and the NATS port
-//     accepts a connection. A node that exits while starting fails the test
-//     with its stderr.
+//     until the node is up: GET /healthz answers (200, or 503 with a reason:
+//     a node on a full disk is up and says why it refuses writes) and the
+//     NATS port accepts a connection. A node that exits while starting fails
+//     the test with its stderr.
 //   - Kill sends SIGKILL and waits for the process; Term sends SIGTERM and
 //     returns the exit code, failing the test if the node is still running
 //     after the bound. Restart starts a stopped node again (or kills a
@@ -51,6 +56,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -147,15 +153,51 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// below the ephemeral range when it is known (see the package comment),
+// never a default port of Ferry.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+	lo := ephemeralLow()
+	for range 1000 {
+		port := 0
+		if lo > 11000 {
+			port = 10000 + rand.IntN(lo-11000)
+		}
+		switch port {
+		case 4001, 4222, 7480:
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if p == 4001 || p == 4222 || p == 7480 {
+			continue
+		}
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("find a free port: none in 1000 tries")
+	return 0
+}
+
+// ephemeralLow is the lowest port the kernel gives outgoing connections (0: unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return lo
 }
 
 // Options shape one node.
@@ -184,6 +226,7 @@ type Node struct {
 	natsPrt int
 	admPort int
 	errPath string
+	extURL  string // nats.url of ferry.yaml: the node uses an external server
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -253,6 +296,9 @@ func (n *Node) Configure(fn func(*node.Config)) {
 	if err := c.Validate(); err != nil {
 		n.t.Fatalf("node %s: %v", n.o.Name, err)
 	}
+	n.mu.Lock()
+	n.extURL = c.NATS.URL
+	n.mu.Unlock()
 	if err := c.Save(n.home.ConfigPath()); err != nil {
 		n.t.Fatal(err)
 	}
@@ -322,8 +368,13 @@ func (n *Node) Start() {
 func (n *Node) StartErr() error {
 	n.mu.Lock()
 	if n.cmd != nil {
-		n.mu.Unlock()
-		return fmt.Errorf("node %s is already running", n.o.Name)
+		select {
+		case <-n.exited: // it ended by itself
+			n.cmd = nil
+		default:
+			n.mu.Unlock()
+			return fmt.Errorf("node %s is already running", n.o.Name)
+		}
 	}
 	f, err := os.OpenFile(n.errPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -399,8 +450,14 @@ func (n *Node) ready(hc *http.Client) bool {
 		return false
 	}
 	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
 		return false
+	}
+	n.mu.Lock()
+	external := n.extURL != ""
+	n.mu.Unlock()
+	if external {
+		return true // the node connected to it before its admin API started
 	}
 	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", n.natsPrt), time.Second)
 	if err != nil {
@@ -511,6 +568,17 @@ func (n *Node) TermErr(bound time.Duration) (int, error) {
 	}
 }
 
+// Healthz returns GET /healthz's status and body (0 when nothing answers).
+func (n *Node) Healthz() (int, string) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(n.AdminURL() + "/healthz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // Wait waits for the process to end by itself and returns its exit code;
 // the test fails after timeout.
 func (n *Node) Wait(timeout time.Duration) int {
@@ -575,8 +643,16 @@ func tail(path string, lines int) string {
 // Name is the node's name.
 func (n *Node) Name() string { return n.o.Name }
 
-// NATSURL is where apps connect.
-func (n *Node) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.natsPrt) }
+// NATSURL is where apps connect: the embedded server's pinned port, or
+// nats.url when the node uses an external server.
+func (n *Node) NATSURL() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.extURL != "" {
+		return n.extURL
+	}
+	return fmt.Sprintf("nats://127.0.0.1:%d", n.natsPrt)
+}
 
 // AdminURL is the admin API's base URL (no trailing slash).
 func (n *Node) AdminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", n.admPort) }

@@ -157,7 +157,8 @@ async function loadStatus() {
 async function loadQueue() {
   const st = state.status;
   const q = $("status").value;
-  const reqs = (await api("GET", "requests" + (q ? "?status=" + encodeURIComponent(q) : ""))).requests;
+  // One page of at most 1000 requests; `ferry requests list` pages through all.
+  const reqs = (await api("GET", "requests?limit=1000" + (q ? "&status=" + encodeURIComponent(q) : ""))).requests;
   reqs.sort((a, b) => b.id - a.id);
   const waiting = reqs.filter((r) => r.status === "waiting");
   // Details (current row, diff, receivers) for waiting rows.
@@ -338,7 +339,7 @@ $("acks-newest").addEventListener("click", () => { state.ackCursor = ""; state.a
 
 // ---- peers ----
 async function loadPeers() {
-  const [peers, dels] = await Promise.all([api("GET", "peers"), api("GET", "deliveries")]);
+  const [peers, dels] = await Promise.all([api("GET", "peers?limit=1000"), api("GET", "deliveries")]);
   const byPeer = new Map();
   for (const d of dels.deliveries) {
     const x = byPeer.get(d.receiver_id) || {pending: 0, oldest: null, err: ""};

@@ -1,0 +1,27 @@
+// Package faults is Ferry's process-level fault suite: it runs real `ferry
+// run` processes (internal/proc) and attacks them the way issue 11 did:
+//
+//   - disk: a node's home on a small ext4 image (a tmpfs with a size limit
+//     where loop devices are missing) that fills up and is freed again, by
+//     the node's own writes and by another process, in cycles: no request
+//     hangs, /healthz says 503 with the reason within seconds, the node
+//     either refuses writes (disk almost full) and resumes once space is
+//     freed, or exits non-zero with one line and restarts; nothing
+//     acknowledged is lost;
+//   - pages: ferry.changes read page by page over changes that do not fit
+//     one NATS message: every reply within the server's max payload, every
+//     change once, in order;
+//   - SIGTERM under load: every request the node took is answered, the node
+//     exits 0 within its bound, and every acknowledged create reaches the
+//     partner;
+//   - retries across a crash: creates with idempotency keys, the node
+//     SIGKILLed mid-burst and restarted, every key retried: the first answer
+//     or a fresh one, never conflict, and each resource written once.
+//
+// The tests are short by default (they run in `make test` and CI); with
+// FERRY_FAULTS=long (`make faults`) they run many more cycles and events
+// and log their figures. The disk test needs root to mount a file system;
+// elsewhere it skips, saying so.
+//
+// The package holds tests only.
+package faults
