@@ -291,6 +291,11 @@ func (r Reply) send(v any, code string) {
 // encode is compact JSON without HTML escaping: documents apps sent go back
 // as they came, and '<' does not grow to six bytes.
 func encode(v any) ([]byte, error) {
+	if m, ok := v.(map[string]any); ok {
+		if b, ok := appendFlat(make([]byte, 0, 128), m); ok {
+			return b, nil
+		}
+	}
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)

@@ -82,6 +82,9 @@ type Request struct {
 	// IdempotencyKey makes a retry get the first answer (request.go).
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	idem           *idem.Request
+	// scan is set by DecodeRequest: the payload is valid JSON nested at
+	// most ferry.MaxJSONDepth deep, with what the scan found in it.
+	scan *scanned
 }
 
 // Result is what a propagate request answers besides ok.
@@ -282,21 +285,33 @@ func checkResource(doc []byte) (id string, creator []byte, err error) {
 	if !ok {
 		return "", nil, badRequest("payload is not a JSON object")
 	}
-	if vals[0] == nil {
+	return resourceID(vals[0], vals[1])
+}
+
+// checkScanned is checkResource for a payload DecodeRequest already scanned.
+func checkScanned(req Request) (id string, creator []byte, err error) {
+	if req.scan == nil || !req.scan.object {
+		return checkResource(req.Payload)
+	}
+	return resourceID(req.scan.id, req.scan.creator)
+}
+
+func resourceID(rawID, creator []byte) (id string, _ []byte, err error) {
+	if rawID == nil {
 		return "", nil, badRequest("payload.id is missing")
 	}
-	id, ok = idText(vals[0])
+	id, ok := idText(rawID)
 	if !ok {
 		return "", nil, badRequest("payload.id must be a non-empty string or a number")
 	}
 	if len(id) > store.MaxNameBytes || !utf8.ValidString(id) {
 		return "", nil, badRequest("payload.id must be 1-%d bytes of UTF-8", store.MaxNameBytes)
 	}
-	return id, vals[1], nil
+	return id, creator, nil
 }
 
 func (s *Service) resource(ctx context.Context, req Request, done func(Result, error)) {
-	id, creatorRaw, err := checkResource(req.Payload)
+	id, creatorRaw, err := checkScanned(req)
 	if err != nil {
 		done(nil, err)
 		return

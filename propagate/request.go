@@ -18,8 +18,13 @@ const idemOp = "propagate"
 // fingerprints the request for the key (action, data type, payload with
 // insignificant spaces removed).
 func (req *Request) admit() error {
-	if err := ferry.CheckJSONDepth(req.Payload); err != nil {
-		return fmt.Errorf("payload: %w", err)
+	if req.scan == nil { // DecodeRequest checked the depth as it read
+		if err := ferry.CheckJSONDepth(req.Payload); err != nil {
+			return fmt.Errorf("payload: %w", err)
+		}
+	}
+	if req.IdempotencyKey == "" {
+		return nil
 	}
 	var err error
 	req.idem, err = idem.New(idemOp, req.IdempotencyKey, []byte(req.Action), []byte(req.DataType), idem.JSON(req.Payload))

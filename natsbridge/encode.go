@@ -1,0 +1,66 @@
+package natsbridge
+
+import (
+	"slices"
+	"strconv"
+)
+
+// appendFlat encodes a reply whose values are all strings of plain ASCII,
+// integers or booleans (the answer to a propagate: ok, id, version,
+// receivers) the way encoding/json does, keys sorted, without reflection.
+// ok is false for anything else; the caller then uses encoding/json.
+func appendFlat(b []byte, m map[string]any) ([]byte, bool) {
+	if len(m) > 16 {
+		return b, false
+	}
+	var keys [16]string
+	ks := keys[:0]
+	for k := range m {
+		if !plain(k) {
+			return b, false
+		}
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	b = append(b, '{')
+	for i, k := range ks {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, k...)
+		b = append(b, '"', ':')
+		switch v := m[k].(type) {
+		case string:
+			if !plain(v) {
+				return b, false
+			}
+			b = append(b, '"')
+			b = append(b, v...)
+			b = append(b, '"')
+		case bool:
+			b = strconv.AppendBool(b, v)
+		case int:
+			b = strconv.AppendInt(b, int64(v), 10)
+		case int64:
+			b = strconv.AppendInt(b, v, 10)
+		case uint64:
+			b = strconv.AppendUint(b, v, 10)
+		case uint32:
+			b = strconv.AppendUint(b, uint64(v), 10)
+		default:
+			return b, false
+		}
+	}
+	return append(b, '}'), true
+}
+
+// plain reports whether s is printable ASCII that JSON takes as it is.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}

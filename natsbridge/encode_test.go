@@ -1,0 +1,46 @@
+package natsbridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+)
+
+// TestFlatRepliesMatchEncodingJSON: the reflection-free encoder writes the
+// bytes encoding/json writes, and leaves to it what it cannot.
+func TestFlatRepliesMatchEncodingJSON(t *testing.T) {
+	cases := []struct {
+		m    map[string]any
+		flat bool
+	}{
+		{map[string]any{"ok": true, "id": "vm-1", "version": uint64(1795961846557355), "receivers": 3}, true},
+		{map[string]any{"ok": false, "n": int64(-4), "u": uint32(7)}, true},
+		{map[string]any{}, true},
+		{map[string]any{"ok": true, "id": "<b>&"}, true},
+		{map[string]any{"ok": true, "id": "é"}, false},
+		{map[string]any{"ok": true, "id": "a\"b"}, false},
+		{map[string]any{"ok": true, "id": "a\nb"}, false},
+		{map[string]any{"ok": true, "f": 1.5}, false},
+		{map[string]any{"ok": true, "l": []string{"a"}}, false},
+		{map[string]any{"o\"k": true}, false},
+	}
+	for _, c := range cases {
+		got, ok := appendFlat(nil, c.m)
+		if ok != c.flat {
+			t.Errorf("%v: flat %v, want %v", c.m, ok, c.flat)
+			continue
+		}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(c.m); err != nil {
+			t.Fatal(err)
+		}
+		if ok && string(got) != string(bytes.TrimRight(want.Bytes(), "\n")) {
+			t.Errorf("flat %s, encoding/json %s", got, want.Bytes())
+		}
+		if enc, err := encode(c.m); err != nil || string(enc) != string(bytes.TrimRight(want.Bytes(), "\n")) {
+			t.Errorf("encode %s %v, encoding/json %s", enc, err, want.Bytes())
+		}
+	}
+}

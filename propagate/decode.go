@@ -1,0 +1,346 @@
+package propagate
+
+import (
+	"unicode/utf8"
+
+	"github.com/ferrynet/ferry"
+)
+
+// The body of <prefix>.propagate is read in one pass: the scan below checks
+// that the whole body is valid JSON, finds the request's members and, when
+// the payload is an object, its top-level "id" and "creator_id", and checks
+// how deeply the payload nests. Before, the body went through
+// json.Unmarshal, a depth scan, a validity scan and a member scan: four
+// passes and a copy, the largest cost of a request at the NATS hop.
+//
+// The scan takes only the common shape: a JSON object whose members named
+// exactly action, data_type, idempotency_key are strings without escapes,
+// in valid UTF-8. Anything else (escapes, a member named "Action", which
+// encoding/json would match, invalid UTF-8, a body nested too deeply)
+// is left to json.Unmarshal, so the answer to unusual input is the one it
+// always was.
+
+// scanned is what the one-pass scan learnt about a request's payload.
+type scanned struct {
+	// object: the payload is a JSON object whose top-level member names
+	// have no escapes; id and creator are their raw values (nil: absent).
+	object      bool
+	id, creator []byte
+}
+
+// DecodeRequest reads a propagate request body in one pass. ok is false
+// when the body is not of the common shape; the caller then decodes it with
+// encoding/json (and gets its error for a malformed body).
+func DecodeRequest(data []byte) (req Request, ok bool) {
+	if !utf8.Valid(data) {
+		return Request{}, false
+	}
+	s := scan{b: data}
+	s.space()
+	if !s.eat('{') {
+		return Request{}, false
+	}
+	var info scanned
+	s.space()
+	if !s.eat('}') {
+		for {
+			s.space()
+			key, esc, good := s.str()
+			if !good || esc {
+				return Request{}, false
+			}
+			s.space()
+			if !s.eat(':') {
+				return Request{}, false
+			}
+			s.space()
+			switch string(key) {
+			case "action", "data_type", "idempotency_key":
+				v, esc, good := s.str()
+				if !good || esc {
+					return Request{}, false
+				}
+				switch string(key) {
+				case "action":
+					req.Action = string(v)
+				case "data_type":
+					req.DataType = string(v)
+				default:
+					req.IdempotencyKey = string(v)
+				}
+			case "payload":
+				start := s.i
+				info = scanned{}
+				if s.i < len(s.b) && s.b[s.i] == '{' {
+					if !s.object(1, &info) {
+						return Request{}, false
+					}
+				} else if !s.value(1) {
+					return Request{}, false
+				}
+				req.Payload = data[start:s.i]
+			default:
+				if foldsTo(key) {
+					// encoding/json matches member names without case.
+					return Request{}, false
+				}
+				if !s.value(1) {
+					return Request{}, false
+				}
+			}
+			s.space()
+			if s.eat('}') {
+				break
+			}
+			if !s.eat(',') {
+				return Request{}, false
+			}
+		}
+	}
+	s.space()
+	if s.i != len(s.b) {
+		return Request{}, false
+	}
+	if req.Payload != nil {
+		req.scan = &info
+	}
+	return req, true
+}
+
+// foldsTo reports whether key is one of the request's member names in
+// another case.
+func foldsTo(key []byte) bool {
+	for _, name := range [...]string{"action", "data_type", "payload", "idempotency_key"} {
+		if len(key) != len(name) {
+			continue
+		}
+		same := true
+		for i := range key {
+			c := key[i]
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != name[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return true
+		}
+	}
+	return false
+}
+
+// scan is a JSON validator over b from i. Depths count the payload's own
+// nesting: the payload itself is at depth 1.
+type scan struct {
+	b []byte
+	i int
+}
+
+func (s *scan) space() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scan) eat(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// str reads a string at s.i and returns its contents (between the quotes)
+// and whether it holds escapes.
+func (s *scan) str() (v []byte, esc, ok bool) {
+	if !s.eat('"') {
+		return nil, false, false
+	}
+	start := s.i
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			v = s.b[start:s.i]
+			s.i++
+			return v, esc, true
+		case c == '\\':
+			esc = true
+			s.i++
+			if s.i >= len(s.b) {
+				return nil, false, false
+			}
+			switch s.b[s.i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i++
+			case 'u':
+				if s.i+5 > len(s.b) {
+					return nil, false, false
+				}
+				for _, h := range s.b[s.i+1 : s.i+5] {
+					if !isHex(h) {
+						return nil, false, false
+					}
+				}
+				s.i += 5
+			default:
+				return nil, false, false
+			}
+		case c < 0x20:
+			return nil, false, false
+		default:
+			s.i++
+		}
+	}
+	return nil, false, false
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+// value reads any JSON value at depth.
+func (s *scan) value(depth int) bool {
+	if s.i >= len(s.b) {
+		return false
+	}
+	switch c := s.b[s.i]; {
+	case c == '{':
+		return s.object(depth, nil)
+	case c == '[':
+		return s.array(depth)
+	case c == '"':
+		_, _, ok := s.str()
+		return ok
+	case c == 't':
+		return s.lit("true")
+	case c == 'f':
+		return s.lit("false")
+	case c == 'n':
+		return s.lit("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return s.number()
+	}
+	return false
+}
+
+func (s *scan) lit(w string) bool {
+	if len(s.b)-s.i >= len(w) && string(s.b[s.i:s.i+len(w)]) == w {
+		s.i += len(w)
+		return true
+	}
+	return false
+}
+
+func (s *scan) digits() int {
+	n := 0
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+		n++
+	}
+	return n
+}
+
+func (s *scan) number() bool {
+	s.eat('-')
+	if s.eat('0') {
+		// no more digits after a leading zero
+	} else if s.digits() == 0 {
+		return false
+	}
+	if s.eat('.') && s.digits() == 0 {
+		return false
+	}
+	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		s.i++
+		if !s.eat('+') {
+			s.eat('-')
+		}
+		if s.digits() == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// object reads an object at depth; with info, it notes the raw values of
+// the top-level "id" and "creator_id" (the last of duplicates, as
+// encoding/json keeps).
+func (s *scan) object(depth int, info *scanned) bool {
+	if depth > ferry.MaxJSONDepth {
+		return false // the slow path names the problem
+	}
+	s.i++ // '{'
+	plain := true
+	s.space()
+	if !s.eat('}') {
+		for {
+			s.space()
+			key, esc, ok := s.str()
+			if !ok {
+				return false
+			}
+			plain = plain && !esc
+			s.space()
+			if !s.eat(':') {
+				return false
+			}
+			s.space()
+			start := s.i
+			if !s.value(depth + 1) {
+				return false
+			}
+			if info != nil && !esc {
+				switch string(key) {
+				case "id":
+					info.id = s.b[start:s.i]
+				case "creator_id":
+					info.creator = s.b[start:s.i]
+				}
+			}
+			s.space()
+			if s.eat('}') {
+				break
+			}
+			if !s.eat(',') {
+				return false
+			}
+		}
+	}
+	if info != nil {
+		info.object = plain
+	}
+	return true
+}
+
+func (s *scan) array(depth int) bool {
+	if depth > ferry.MaxJSONDepth {
+		return false
+	}
+	s.i++ // '['
+	s.space()
+	if s.eat(']') {
+		return true
+	}
+	for {
+		s.space()
+		if !s.value(depth + 1) {
+			return false
+		}
+		s.space()
+		if s.eat(']') {
+			return true
+		}
+		if !s.eat(',') {
+			return false
+		}
+	}
+}
