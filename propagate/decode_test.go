@@ -39,6 +39,12 @@ func sameAsSlowPath(t *testing.T, body []byte) (fast bool) {
 	if got.scan.object {
 		id1, c1, err1 := checkScanned(got)
 		id2, c2, err2 := checkResource(got.Payload)
+		if vals, ok := topLevel(got.Payload, "id", "creator_id"); ok {
+			id3, c3, err3 := resourceID(vals[0], vals[1])
+			if id3 != id2 || !bytes.Equal(c3, c2) || (err3 == nil) != (err2 == nil) {
+				t.Fatalf("%q: checkResource id %q creator %q err %v; topLevel id %q creator %q err %v", body, id2, c2, err2, id3, c3, err3)
+			}
+		}
 		if id1 != id2 || !bytes.Equal(c1, c2) || (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error()) {
 			t.Fatalf("%q: scanned id %q creator %q err %v; checkResource id %q creator %q err %v", body, id1, c1, err1, id2, c2, err2)
 		}

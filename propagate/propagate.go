@@ -281,6 +281,17 @@ func checkResource(doc []byte) (id string, creator []byte, err error) {
 	if !utf8.Valid(doc) {
 		return "", nil, badRequest("payload is not valid UTF-8")
 	}
+	// One pass for the common shape; topLevel for the rest.
+	sc := scan{b: doc}
+	sc.space()
+	if sc.i < len(doc) && doc[sc.i] == '{' {
+		var info scanned
+		if sc.object(1, &info) && info.object {
+			if sc.space(); sc.i == len(doc) {
+				return resourceID(info.id, info.creator)
+			}
+		}
+	}
 	vals, ok := topLevel(doc, "id", "creator_id")
 	if !ok {
 		return "", nil, badRequest("payload is not a JSON object")
