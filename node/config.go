@@ -74,7 +74,10 @@ type AdminConfig struct {
 // Limits bound what peers and apps may send.
 type Limits struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
-	// AckRetentionHours keeps acknowledged deliveries this long before pruning.
+	// AckRetentionHours keeps the delivery records of own changes that every
+	// receiver acknowledged this long after the change was made; retention
+	// then drops them (not a resource's current state, never the change
+	// log). 0 keeps them forever.
 	AckRetentionHours int `yaml:"ack_retention_hours"`
 	// IdempotencyWindowSeconds is how long a request's idempotency key is
 	// remembered: a repeat within it gets the first answer.

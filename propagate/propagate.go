@@ -1,7 +1,9 @@
 // Package propagate is the owned-resource flow of source 002: an app asks
 // its node to create, update or delete a resource it owns, or to send a
-// considers or planner event; the node commits the change with one delivery
-// per receiver and the stream layer carries it. On the receiving side it
+// considers or planner event; the node commits the change to its log with
+// one delivery record (broadcast to its partners, or addressed to the
+// listed ones) and the stream layer carries it to each receiver after that
+// receiver's ack floor. On the receiving side it
 // checks that the sender is a partner and the origin, applies the change
 // once, and publishes it on the local NATS.
 //
@@ -442,7 +444,8 @@ func (s *Service) planner(ctx context.Context, req Request, obj map[string]json.
 	s.event(ctx, req, []peer.ID{p}, []byte(p), stream.LanePlanner, done)
 }
 
-// event commits a considers or planner event with one delivery per receiver.
+// event commits a considers or planner event with one delivery record
+// addressed to its receivers.
 func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addressee []byte, lane stream.Lane, done func(Result, error)) {
 	kind, proto := kindOf(req.Action)
 	self := s.roles.Self()

@@ -44,9 +44,11 @@ const (
 const (
 	// DefaultMaxMessageBytes is limits.max_message_bytes when unset.
 	DefaultMaxMessageBytes = 1 << 20
-	// FrameOverhead is what a Message adds around an envelope body: ids,
-	// audit path and signature. A frame may be this much larger than the
-	// largest payload.
+	// FrameOverhead is what a frame adds around one envelope's payload: the
+	// body's other fields, the envelope's leaf index, tree size, audit path
+	// and signature, and the Batch (epoch, lane, after, head sequence) or
+	// the sync and search frames around it. A frame may be this much larger
+	// than the largest payload.
 	FrameOverhead = 4096
 	// HelloTimeout bounds the hello exchange on a new connection.
 	HelloTimeout = 10 * time.Second

@@ -267,7 +267,8 @@ func auxHeld(seq uint64) string { return fmt.Sprintf("review/held/%020d", seq) }
 
 // Decide runs an operator's decision at the reviewer, all in one commit: the
 // state change, the table change, the decision sequence, the signed decision
-// and one delivery per receiver.
+// and its delivery record (broadcast to every member for accepted and
+// edited decisions, addressed to the applicant for a rejection).
 func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, error)) {
 	dec, err := ParseDecision(req.Decision)
 	if err != nil {

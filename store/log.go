@@ -273,7 +273,7 @@ func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...
 	for _, v := range vers {
 		c, err := s.Change(v)
 		if errors.Is(err, ErrNotFound) {
-			continue // truncated by retention
+			continue // an index entry without its change: not expected (retention never drops c/)
 		}
 		if err != nil {
 			return nil, reached, fmt.Errorf("change %d: %w", v, err)
@@ -462,7 +462,7 @@ func (s *Store) Backlog(recv peer.ID, lane uint8, broadcast bool, after uint64, 
 	for _, e := range heads {
 		env, err := s.getRaw(k(pChange).u64(e.Version))
 		if errors.Is(err, ErrNotFound) {
-			continue // truncated: every receiver had it, or it was never there
+			continue // a delivery record without its change: not expected (retention never drops c/)
 		}
 		if err != nil {
 			return nil, err

@@ -1,6 +1,8 @@
 // Package store is Ferry's durable ledger on Pebble: resources, the change
-// log with store versions, deliveries (acknowledgement rows), review requests,
-// decisions, shared tables, link state and the peer book.
+// log with store versions (it is the outbox), the delivery records of own
+// changes with each receiver's ack floor and refusals (acknowledgement rows
+// are derived from them), the positions of received lanes, review requests,
+// decisions, shared tables and the peer book.
 //
 // One writer goroutine owns every commit. Callers hand it transactions
 // (Update, Submit); it takes everything queued, runs the transactions one
@@ -122,7 +124,7 @@ type Store struct {
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
 	h      *health               // free space, stalls, Pebble's failures (health.go)
-	// hot caches small keys every transaction reads (counters, link state):
+	// hot caches small keys every transaction reads (counters, positions):
 	// owned by the writer, updated after each round is applied.
 	hot map[string][]byte
 	wg  sync.WaitGroup

@@ -29,13 +29,13 @@ type Kind int32
 
 const (
 	Kind_KIND_UNSPECIFIED     Kind = 0
-	Kind_KIND_RESOURCE_CREATE Kind = 1 // /ferry/resource/create/1.0.0, payload: resource JSON
-	Kind_KIND_RESOURCE_UPDATE Kind = 2 // /ferry/resource/update/1.0.0, payload: resource JSON
-	Kind_KIND_RESOURCE_DELETE Kind = 3 // /ferry/resource/delete/1.0.0, payload: resource JSON
-	Kind_KIND_CONSIDERS       Kind = 4 // /ferry/resource/considers/1.0.0, payload: JSON
-	Kind_KIND_PLANNER         Kind = 5 // /ferry/planner/1.0.0, payload: JSON
-	Kind_KIND_REVIEW_REQUEST  Kind = 6 // insert/update/delete protocol by request type, payload: ReviewRequest
-	Kind_KIND_REVIEW_DECISION Kind = 7 // insert/update/delete protocol by request type, payload: ReviewDecision
+	Kind_KIND_RESOURCE_CREATE Kind = 1 // /ferry/resource/create/2.0.0, payload: resource JSON
+	Kind_KIND_RESOURCE_UPDATE Kind = 2 // /ferry/resource/update/2.0.0, payload: resource JSON
+	Kind_KIND_RESOURCE_DELETE Kind = 3 // /ferry/resource/delete/2.0.0, payload: resource JSON
+	Kind_KIND_CONSIDERS       Kind = 4 // /ferry/resource/considers/2.0.0, payload: JSON
+	Kind_KIND_PLANNER         Kind = 5 // /ferry/planner/2.0.0, payload: JSON
+	Kind_KIND_REVIEW_REQUEST  Kind = 6 // create/update/delete protocol by request type (insert on create), payload: ReviewRequest
+	Kind_KIND_REVIEW_DECISION Kind = 7 // create/update/delete protocol by request type (insert on create), payload: ReviewDecision
 	Kind_KIND_SNAPSHOT        Kind = 8 // never delivered: sync answers to a new member, payload: SnapshotChunk
 )
 
@@ -150,8 +150,8 @@ type SyncRequest_What int32
 
 const (
 	SyncRequest_WHAT_UNSPECIFIED SyncRequest_What = 0
-	SyncRequest_WHAT_RESOURCES   SyncRequest_What = 1 // owned-resource changes of origin after after_version
-	SyncRequest_WHAT_DECISIONS   SyncRequest_What = 2 // reviewer decisions after after_sequence
+	SyncRequest_WHAT_RESOURCES   SyncRequest_What = 1 // owned-resource changes of origin after origin version `after`
+	SyncRequest_WHAT_DECISIONS   SyncRequest_What = 2 // reviewer decisions after decision sequence `after`
 	SyncRequest_WHAT_OWN         SyncRequest_What = 3 // the asker's own changes this peer holds, after origin version `after` (recovery of a restored node)
 	SyncRequest_WHAT_SNAPSHOT    SyncRequest_What = 4 // the shared tables at the reviewer's last decision (reviewer only), as KIND_SNAPSHOT envelopes
 )
@@ -211,7 +211,7 @@ type Body struct {
 	DataType          string                 `protobuf:"bytes,4,opt,name=data_type,json=dataType,proto3" json:"data_type,omitempty"` // resource data type, or table name for review messages
 	Payload           []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
 	CreatedAtUnixNano int64                  `protobuf:"varint,6,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
-	To                []byte                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`                                       // receiver peer id for targeted kinds (considers, planner, review request, rejection); empty: any
+	To                []byte                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`                                       // receiver peer id for addressed kinds (planner, review request, rejection); empty: any (considers too: they go to listed partners)
 	PrevVersion       uint64                 `protobuf:"varint,8,opt,name=prev_version,json=prevVersion,proto3" json:"prev_version,omitempty"` // resource kinds: the origin version of the origin's previous resource change (0: none)
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -555,7 +555,7 @@ type Refusal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	Equivocation  bool                   `protobuf:"varint,3,opt,name=equivocation,proto3" json:"equivocation,omitempty"` // the receiver holds this (origin, version) with other content
+	Equivocation  bool                   `protobuf:"varint,3,opt,name=equivocation,proto3" json:"equivocation,omitempty"` // the receiver holds this (origin, version), request origin or decision sequence with other content
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -614,7 +614,7 @@ func (x *Refusal) GetEquivocation() bool {
 // ReviewRequest is the payload of KIND_REVIEW_REQUEST.
 type ReviewRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // the applicant's request id
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // the applicant's version of the request (origin <applicant>/<request_id>)
 	TableId       uint64                 `protobuf:"varint,2,opt,name=table_id,json=tableId,proto3" json:"table_id,omitempty"`
 	TableName     string                 `protobuf:"bytes,3,opt,name=table_name,json=tableName,proto3" json:"table_name,omitempty"`
 	Type          string                 `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`                               // insert, update, delete
