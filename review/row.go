@@ -128,6 +128,13 @@ func (s *Service) Applied() uint64 {
 	return v
 }
 
+// Held reports whether decisions are held here behind a missing one (a
+// gap that catch-up has to fill).
+func (s *Service) Held() bool {
+	m, _ := s.st.Counter(ctrHeldMax)
+	return m > s.Applied()
+}
+
 // Seed writes rows into an empty table without review: the initial shared
 // state every member starts from, as in the source's walk-through (the demo
 // uses it). It refuses a table that already has rows.

@@ -74,6 +74,8 @@ type Resources interface {
 type Decisions interface {
 	ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	Applied() uint64
+	// Held reports decisions held behind a missing one.
+	Held() bool
 	ServeSnapshot(ctx context.Context, emit func(*pb.SnapshotChunk) error) error
 	ApplySnapshotChunk(tx *store.Txn, c *pb.SnapshotChunk, reviewer peer.ID) error
 	SnapshotDone(reviewer peer.ID, err error)
@@ -217,14 +219,17 @@ func (s *Service) LastCatchUp() time.Time {
 
 // Everything asks for what only catch-up can bring: the chains of partners
 // that are not connected (their own streams bring the rest), and the
-// decisions while the reviewer is not connected.
+// decisions while the reviewer is not connected or decisions are held
+// behind a gap.
 func (s *Service) Everything() {
 	for _, p := range s.d.Roles.Partners() {
 		if !s.connected(p) {
 			s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p}, "")
 		}
 	}
-	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && !s.connected(r) {
+	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && (!s.connected(r) || s.d.Decisions.Held()) {
+		// Decisions held behind a gap are asked for again each period: the
+		// job that DecisionGap started may have failed.
 		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, "")
 	}
 }
