@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 // serve answers one sync request.
 func (s *Service) serve(st network.Stream) error {
 	remote := st.Conn().RemotePeer()
+	// Close resets the stream: an asker that stops reading (or never sends
+	// its request) must not hold Close until the deadline.
+	stop := context.AfterFunc(s.ctx, func() { _ = st.Reset() })
+	defer stop()
 	_ = st.SetDeadline(time.Now().Add(requestTimeout))
 	req := &pb.SyncRequest{}
 	if err := protocols.NewFrameReader(st, maxRequestBytes).Read(req); err != nil {

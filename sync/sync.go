@@ -424,6 +424,10 @@ func (s *Service) fetch(p peer.ID, j job) (int, error) {
 		return 0, fmt.Errorf("open sync stream: %w", err)
 	}
 	defer st.Close()
+	// Close (or the request's timeout) resets the stream: a peer that stops
+	// answering must not hold the worker, and Close, until the deadline.
+	stop := context.AfterFunc(ctx, func() { _ = st.Reset() })
+	defer stop()
 	if err := st.Scope().SetService(protocols.ServiceSync); err != nil {
 		_ = st.Reset()
 		return 0, err

@@ -931,3 +931,79 @@ func TestCandidatesAreAskedInTurn(t *testing.T) {
 		})
 	}
 }
+
+// closes runs Close and reports whether it returned within a few seconds.
+// (mocknet ignores deadlines: a Close that waits for a stalled stream
+// waits here until the test releases the peer; on real hosts it would wait
+// until the stream's deadline, up to requestTimeout.)
+func closes(n *node) bool {
+	done := make(chan struct{})
+	go func() {
+		n.svc.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(5 * time.Second):
+		return false
+	}
+}
+
+// Close stops catch-up at once even while a peer stalls, asking or
+// answering: it resets the streams in progress rather than wait for their
+// deadlines (a node's shutdown waits for it).
+func TestCloseDoesNotWaitForAStalledPeer(t *testing.T) {
+	t.Run("asking", func(t *testing.T) {
+		net := newNetwork(t)
+		n, h := net.node(), net.node()
+		n.roles.set(nil, []peer.ID{n.id, h.id}, "")
+		asked, release := make(chan struct{}), make(chan struct{})
+		t.Cleanup(func() { close(release) })
+		h.host.SetStreamHandler(protocols.Sync, func(st network.Stream) {
+			_ = protocols.NewFrameReader(st, maxRequestBytes).Read(&pb.SyncRequest{})
+			close(asked)
+			<-release // never answers
+			_ = st.Reset()
+		})
+		net.connect(n, h)
+		n.start()
+		n.svc.Recover(h.id)
+		<-asked
+		if !closes(n) {
+			t.Fatal("Close waits for a peer that does not answer")
+		}
+		if r := n.own.recoveries(); len(r) != 1 || r[0].err == nil {
+			t.Fatalf("recoveries %v, want one that failed", r)
+		}
+	})
+	t.Run("answering", func(t *testing.T) {
+		net := newNetwork(t)
+		s, p := net.node(), net.node()
+		o := newOrigin(t)
+		s.roles.set([]peer.ID{p.id, o.id}, nil, "")
+		s.hold(o.resources(3*BatchSize+10, 40)...) // four batches: mocknet hands one write on before the asker reads it
+		net.connect(p, s)
+		s.start()
+		st, err := p.host.NewStream(t.Context(), s.id, protocols.Sync)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Reset() })
+		fw := protocols.NewFrameWriter(st, maxRequestBytes)
+		if err := fw.Write(&pb.SyncRequest{What: pb.SyncRequest_WHAT_RESOURCES, Origin: []byte(o.id)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// Read the first batch (the server is answering), then stop
+		// reading: the server's next write waits for the asker.
+		if err := protocols.NewFrameReader(st, s.svc.max).Read(&pb.SyncBatch{}); err != nil {
+			t.Fatal(err)
+		}
+		if !closes(s) {
+			t.Fatal("Close waits for an asker that does not read")
+		}
+	})
+}
