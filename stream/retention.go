@@ -16,8 +16,8 @@ import (
 // of a resource's current state stay, so a partner added later still gets
 // every resource; the change log itself stays (it is ferry.changes).
 
-// Retention tuning.
-const (
+// Retention tuning (variables for the tests).
+var (
 	// retentionScan bounds the records one pass looks at.
 	retentionScan = 200_000
 	// retentionChunk bounds the records one commit drops.
@@ -27,6 +27,13 @@ const (
 // Truncate drops the delivery records created before cutoff that every
 // receiver acknowledged, except those current reports as a resource's
 // current state. It returns how many it dropped.
+//
+// Passes sweep the records like a clock hand: each looks at up to
+// retentionScan records from where the last one stopped, and once a pass
+// reaches the cutoff (or the end of the log) the next starts over from the
+// oldest record. Records kept for now (not acknowledged yet, or a current
+// state that a later update supersedes) are looked at again on the next
+// turn, and any number of them never stops the sweep.
 func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(version uint64) bool) (int, error) {
 	c := cutoff.UnixNano()
 	type drop struct {
@@ -38,8 +45,7 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 	s.mu.Lock()
 	from := s.truncFrom
 	s.mu.Unlock()
-	next := from
-	pinned := false // an entry that stays: the next pass starts there
+	next := uint64(0) // the turn is over unless the scan stops at its bound
 	err := s.st.OwnEntriesFrom(from, func(e store.OwnEntry) bool {
 		if e.CreatedAt >= c {
 			return false
@@ -56,17 +62,14 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 				break
 			}
 		}
-		if !acked || (current != nil && current(e.Version)) {
-			if !pinned {
-				next, pinned = e.Version, true
-			}
-		} else {
+		if acked && (current == nil || !current(e.Version)) {
 			drops = append(drops, drop{e, recvs})
-			if !pinned {
-				next = e.Version + 1
-			}
 		}
-		return scanned < retentionScan
+		if scanned >= retentionScan {
+			next = e.Version + 1
+			return false
+		}
+		return true
 	})
 	if err != nil {
 		return 0, fmt.Errorf("scan delivery records: %w", err)
@@ -84,9 +87,7 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 		}
 	}
 	s.mu.Lock()
-	if next > s.truncFrom {
-		s.truncFrom = next
-	}
+	s.truncFrom = next
 	s.mu.Unlock()
 	return len(drops), nil
 }
