@@ -93,7 +93,7 @@ var (
 	descDisk = prometheus.NewDesc("ferry_store_disk_bytes",
 		"Bytes the store's files take on disk.", nil, nil)
 	descCatchUp = prometheus.NewDesc("ferry_sync_last_catchup_timestamp_seconds",
-		"Unix time a catch-up answer from a peer was last read to its end (0: never since start).", nil, nil)
+		"Unix time catch-up last brought something from a peer (0: never since start).", nil, nil)
 	descReviewer = prometheus.NewDesc("ferry_review_is_reviewer",
 		"1 on the reviewer, 0 elsewhere.", nil, nil)
 )

@@ -750,6 +750,7 @@ func (o *outbox) write(plans []plan) {
 			o.mu.Lock()
 			p.ls.attempts++ // the entries after the floor were tried again
 			o.mu.Unlock()
+			o.s.m.failures.Inc()
 			o.failed(err)
 			return
 		}
