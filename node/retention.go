@@ -30,7 +30,7 @@ func (n *Node) retain() {
 			return
 		case <-t.C:
 		}
-		dropped, err := n.sender.Truncate(n.ctx, time.Now().Add(-window), n.prop.Current)
+		dropped, err := n.sender.Truncate(n.ctx, time.Now().Add(-window))
 		switch {
 		case err != nil && n.ctx.Err() == nil:
 			n.log.Warn("drop acknowledged delivery records", "err", err)

@@ -7,14 +7,16 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
 )
 
 // Retention: the delivery records of this node's changes (what the
 // acknowledgement rows are derived from) are dropped once every receiver
-// acknowledged them and they are older than the retention window. Records
-// of a resource's current state stay, so a partner added later still gets
-// every resource; the change log itself stays (it is ferry.changes).
+// acknowledged them and they are older than the retention window. The
+// record of each resource's latest change stays, so a partner added later
+// still gets every resource; the change log itself stays (it is
+// ferry.changes).
 
 // Retention tuning (variables for the tests).
 var (
@@ -25,16 +27,17 @@ var (
 )
 
 // Truncate drops the delivery records created before cutoff that every
-// receiver acknowledged, except those current reports as a resource's
-// current state. It returns how many it dropped.
+// receiver acknowledged, except the latest change of each resource (a
+// resource change stays until a later one marks it superseded,
+// store.Txn.Supersede). It returns how many it dropped.
 //
 // Passes sweep the records like a clock hand: each looks at up to
 // retentionScan records from where the last one stopped, and once a pass
 // reaches the cutoff (or the end of the log) the next starts over from the
-// oldest record. Records kept for now (not acknowledged yet, or a current
-// state that a later update supersedes) are looked at again on the next
-// turn, and any number of them never stops the sweep.
-func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(version uint64) bool) (int, error) {
+// oldest record. Records kept for now (not acknowledged yet, or the latest
+// change of a resource until a later one supersedes it) are looked at again
+// on the next turn, and any number of them never stops the sweep.
+func (s *Sender) Truncate(ctx context.Context, cutoff time.Time) (int, error) {
 	c := cutoff.UnixNano()
 	type drop struct {
 		e     store.OwnEntry
@@ -62,7 +65,7 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 				break
 			}
 		}
-		if acked && (current == nil || !current(e.Version)) {
+		if acked && (e.Superseded || !isResource(e.Kind)) {
 			drops = append(drops, drop{e, recvs})
 		}
 		if scanned >= retentionScan {
@@ -90,4 +93,8 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 	s.truncFrom = next
 	s.mu.Unlock()
 	return len(drops), nil
+}
+
+func isResource(k pb.Kind) bool {
+	return k == pb.Kind_KIND_RESOURCE_CREATE || k == pb.Kind_KIND_RESOURCE_UPDATE || k == pb.Kind_KIND_RESOURCE_DELETE
 }

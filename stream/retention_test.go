@@ -16,6 +16,20 @@ func ownRecords(t *testing.T, st *store.Store) int {
 	return n
 }
 
+// supersede marks own resource changes as superseded by later ones.
+func supersede(t *testing.T, st *store.Store, vers []uint64) {
+	t.Helper()
+	err := st.Update(t.Context(), func(tx *store.Txn) error {
+		for _, v := range vers {
+			tx.Supersede(v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestRetentionSweepsPastKeptRecords: records kept for good at the front
 // (resources' current states), more than one pass looks at, do not stop
 // retention from dropping the acknowledged records behind them; once a kept
@@ -30,15 +44,13 @@ func TestRetentionSweepsPastKeptRecords(t *testing.T) {
 	vers := p.commit(300, 30)
 	waitFor(t, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
 
-	keep := map[uint64]bool{}
-	for _, v := range vers[:150] {
-		keep[v] = true
-	}
-	current := func(v uint64) bool { return keep[v] }
+	// The first 150 are their resources' latest changes; the rest were
+	// superseded.
+	supersede(t, p.a.st, vers[150:])
 	sweep := func(passes int) int {
 		dropped := 0
 		for range passes {
-			n, err := p.snd.Truncate(t.Context(), time.Now().Add(time.Second), current)
+			n, err := p.snd.Truncate(t.Context(), time.Now().Add(time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -54,7 +66,7 @@ func TestRetentionSweepsPastKeptRecords(t *testing.T) {
 		t.Fatalf("%d records left, want the 150 kept", n)
 	}
 	// The kept ones are superseded: the next turn drops them.
-	clear(keep)
+	supersede(t, p.a.st, vers[:150])
 	if n := sweep(4); n != 150 {
 		t.Fatalf("dropped %d superseded records, want 150", n)
 	}
@@ -72,7 +84,8 @@ func TestRetentionKeepsWhatIsNotAcknowledged(t *testing.T) {
 	waitFor(t, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
 	p.rcv.Close() // B stops answering: what A commits now stays owed
 	more := p.commit(10, 10)
-	if n, err := p.snd.Truncate(t.Context(), time.Now().Add(time.Second), nil); err != nil || n != 40 {
+	supersede(t, p.a.st, append(vers, more...))
+	if n, err := p.snd.Truncate(t.Context(), time.Now().Add(time.Second)); err != nil || n != 40 {
 		t.Fatalf("dropped %d (%v), want the 40 acknowledged", n, err)
 	}
 	if n := ownRecords(t, p.a.st); n != len(more) {
