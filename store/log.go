@@ -7,11 +7,11 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -117,10 +117,10 @@ func (t *Txn) AppendOwn(body *pb.Body) (uint64, *Sealed, error) {
 // (it needed it inside the body's payload).
 func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 	body.OriginVersion = ver
-	b, err := proto.Marshal(body)
-	if err != nil {
-		return nil, fmt.Errorf("encode body: %w", err)
+	if !utf8.ValidString(body.DataType) {
+		return nil, fmt.Errorf("encode body: data type %q is not UTF-8", body.DataType)
 	}
+	b := protocols.AppendBody(make([]byte, 0, protocols.BodySize(body)), body)
 	s := &Sealed{key: k(pChange).u64(ver), body: b, leaf: protocols.LeafHash(b)}
 	s.Hash = HashOfLeaf(s.leaf)
 	t.sealed = append(t.sealed, s)

@@ -519,10 +519,7 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 	}
 	for i, x := range sealed {
 		x.Envelope = envs[i]
-		v, err := proto.Marshal(envs[i])
-		if err != nil {
-			return fmt.Errorf("encode envelope: %w", err)
-		}
+		v := protocols.MarshalEnvelope(envs[i])
 		x.Bytes = v
 		if err := b.Set(x.key, v, nil); err != nil {
 			return fmt.Errorf("write envelope: %w", err)
