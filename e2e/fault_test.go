@@ -9,7 +9,7 @@ import (
 	"github.com/ferrynet/ferry/internal/testnet"
 )
 
-// faultEvents is 10,000 events; FERRY_SOAK=1 (make soak) runs ten times as many.
+// faultEvents is 10,000 events; FERRY_SOAK=1 (make soak-faults) runs ten times as many.
 var faultEvents = func() int {
 	if os.Getenv("FERRY_SOAK") != "" {
 		return 100000

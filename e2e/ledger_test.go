@@ -131,14 +131,14 @@ func TestRetentionDropsAcknowledgedRecords(t *testing.T) {
 	}
 	// A window that ends now: the 50 superseded creates go; the 100 current
 	// states stay. A second pass finds nothing more.
-	dropped, err := A.Sender().Truncate(t.Context(), time.Now(), A.PropagateService().Current)
+	dropped, err := A.Sender().Truncate(t.Context(), time.Now())
 	if err != nil || dropped != 50 {
 		t.Fatalf("dropped %d (%v), want 50", dropped, err)
 	}
 	if n := all(); n != 100 {
 		t.Fatalf("%d rows after retention, want 100", n)
 	}
-	if dropped, err := A.Sender().Truncate(t.Context(), time.Now(), A.PropagateService().Current); err != nil || dropped != 0 {
+	if dropped, err := A.Sender().Truncate(t.Context(), time.Now()); err != nil || dropped != 0 {
 		t.Fatalf("second pass dropped %d (%v)", dropped, err)
 	}
 	// C becomes A's partner: it gets every resource in its current state.

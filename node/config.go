@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -77,8 +78,9 @@ type Limits struct {
 	// AckRetentionHours keeps the delivery records of own changes that every
 	// receiver acknowledged this long after the change was made; retention
 	// then drops them (not a resource's current state, never the change
-	// log). 0 keeps them forever.
-	AckRetentionHours int `yaml:"ack_retention_hours"`
+	// log). 0 keeps them forever; fractions of an hour are taken (0.05:
+	// three minutes).
+	AckRetentionHours float64 `yaml:"ack_retention_hours"`
 	// IdempotencyWindowSeconds is how long a request's idempotency key is
 	// remembered: a repeat within it gets the first answer.
 	IdempotencyWindowSeconds int `yaml:"idempotency_window_seconds"`
@@ -208,7 +210,7 @@ func (c *Config) Validate() error {
 		return cfgErr("limits.max_message_bytes", "%d is outside 1024..%d", c.Limits.MaxMessageBytes, MaxMessageBytesCap)
 	}
 	if c.Limits.AckRetentionHours < 0 {
-		return cfgErr("limits.ack_retention_hours", "%d is negative", c.Limits.AckRetentionHours)
+		return cfgErr("limits.ack_retention_hours", "%v is negative", c.Limits.AckRetentionHours)
 	}
 	if c.Limits.IdempotencyWindowSeconds < 1 || c.Limits.IdempotencyWindowSeconds > 7*24*3600 {
 		return cfgErr("limits.idempotency_window_seconds", "%d is outside 1..604800", c.Limits.IdempotencyWindowSeconds)
@@ -321,6 +323,12 @@ func (s Setting) Set(val string) error {
 			return cfgErr(s.Key, "%q is not a number", val)
 		}
 		s.field.SetInt(int64(n))
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(val, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return cfgErr(s.Key, "%q is not a number", val)
+		}
+		s.field.SetFloat(f)
 	case reflect.Bool:
 		b, err := strconv.ParseBool(val)
 		if err != nil {

@@ -220,12 +220,13 @@ func TestLoadFileOverDefaults(t *testing.T) {
 func TestApplyEnvOverrides(t *testing.T) {
 	p1, p2 := newPeerID(t).String(), newPeerID(t).String()
 	env := map[string]string{
-		"FERRY_NATS_URL":                 "nats://10.1.2.3:4222",
-		"FERRY_PARTNERS":                 p1 + ", " + p2 + ",",
-		"FERRY_LIMITS_MAX_MESSAGE_BYTES": "2048",
-		"FERRY_REVIEW_NATS_DECIDE":       "true",
-		"FERRY_LOG_LEVEL":                "debug",
-		"NATS_URL":                       "nats://ignored:1", // not FERRY_*
+		"FERRY_NATS_URL":                   "nats://10.1.2.3:4222",
+		"FERRY_PARTNERS":                   p1 + ", " + p2 + ",",
+		"FERRY_LIMITS_MAX_MESSAGE_BYTES":   "2048",
+		"FERRY_LIMITS_ACK_RETENTION_HOURS": "0.05",
+		"FERRY_REVIEW_NATS_DECIDE":         "true",
+		"FERRY_LOG_LEVEL":                  "debug",
+		"NATS_URL":                         "nats://ignored:1", // not FERRY_*
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	c := node.Default()
@@ -238,7 +239,7 @@ func TestApplyEnvOverrides(t *testing.T) {
 	if !slices.Equal(c.Partners, []string{p1, p2}) {
 		t.Errorf("partners = %q, want [%s %s]", c.Partners, p1, p2)
 	}
-	if c.Limits.MaxMessageBytes != 2048 || !c.Review.NATSDecide || c.Log.Level != "debug" {
+	if c.Limits.MaxMessageBytes != 2048 || c.Limits.AckRetentionHours != 0.05 || !c.Review.NATSDecide || c.Log.Level != "debug" {
 		t.Errorf("overrides not applied: %+v", c)
 	}
 	if c.NATS.Listen != node.DefaultNATSListen || c.Admin.Listen != node.DefaultAdminListen {
@@ -268,6 +269,18 @@ func TestApplyEnvOverrides(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "review.nats_decide") {
 		t.Fatalf("bad bool: %v", err)
+	}
+	for _, bad := range []string{"soon", "NaN", "+Inf"} {
+		c = node.Default()
+		err = c.ApplyEnv(func(k string) (string, bool) {
+			if k == "FERRY_LIMITS_ACK_RETENTION_HOURS" {
+				return bad, true
+			}
+			return "", false
+		})
+		if err == nil || !strings.Contains(err.Error(), "limits.ack_retention_hours") {
+			t.Fatalf("bad number %q: %v", bad, err)
+		}
 	}
 }
 

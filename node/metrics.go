@@ -8,6 +8,7 @@ package node
 // the store), so they are never stale and exist from the first scrape.
 
 import (
+	"github.com/ferrynet/ferry/store"
 	"io/fs"
 	"path/filepath"
 	"runtime"
@@ -92,8 +93,10 @@ var (
 		"Peers this node knows, by role and connection state (a peer with two roles counts in both).", []string{"role", "state"}, nil)
 	descDisk = prometheus.NewDesc("ferry_store_disk_bytes",
 		"Bytes the store's files take on disk.", nil, nil)
+	descParts = prometheus.NewDesc("ferry_store_part_bytes",
+		"Estimated bytes of the store's flushed tables by part: log (changes and their origin index), ledger (delivery records, floors, refusals, positions), tables (resources, requests, decisions, shared rows), other.", []string{"part"}, nil)
 	descCatchUp = prometheus.NewDesc("ferry_sync_last_catchup_timestamp_seconds",
-		"Unix time a catch-up answer from a peer was last read to its end (0: never since start).", nil, nil)
+		"Unix time catch-up last brought something from a peer (0: never since start).", nil, nil)
 	descReviewer = prometheus.NewDesc("ferry_review_is_reviewer",
 		"1 on the reviewer, 0 elsewhere.", nil, nil)
 )
@@ -103,7 +106,7 @@ type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPending, descOldest, descBacklog, descQueue, descApplied, descLag, descPeers,
-		descDisk, descCatchUp, descReviewer} {
+		descDisk, descParts, descCatchUp, descReviewer} {
 		ch <- d
 	}
 }
@@ -151,6 +154,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	gauge(descDisk, float64(dirBytes(n.home.DataPath())))
+	if parts, err := n.st.PartBytes(); err == nil {
+		for _, p := range store.Parts {
+			gauge(descParts, float64(parts[p]), p)
+		}
+	}
 	last := 0.0
 	if t := n.sync.LastCatchUp(); !t.IsZero() {
 		last = float64(t.UnixNano()) / 1e9

@@ -15,7 +15,7 @@ func retainEvery(window time.Duration) time.Duration {
 // acknowledged that are older than limits.ack_retention_hours (0 keeps
 // them forever).
 func (n *Node) retain() {
-	window := time.Duration(n.cfg.Limits.AckRetentionHours) * time.Hour
+	window := time.Duration(n.cfg.Limits.AckRetentionHours * float64(time.Hour))
 	if n.opts.Retention > 0 {
 		window = n.opts.Retention
 	}
@@ -30,7 +30,7 @@ func (n *Node) retain() {
 			return
 		case <-t.C:
 		}
-		dropped, err := n.sender.Truncate(n.ctx, time.Now().Add(-window), n.prop.Current)
+		dropped, err := n.sender.Truncate(n.ctx, time.Now().Add(-window))
 		switch {
 		case err != nil && n.ctx.Err() == nil:
 			n.log.Warn("drop acknowledged delivery records", "err", err)

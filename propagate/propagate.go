@@ -371,6 +371,8 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		tx.SetCounter(CtrResourceHead, ver)
 		if cur == nil {
 			s.noteOwn(req.DataType, id)
+		} else {
+			tx.Supersede(cur.OriginVersion) // retention may drop its delivery record
 		}
 		tx.PutResource(&storepb.Resource{DataType: req.DataType, Id: id, Creator: []byte(self), OriginVersion: ver,
 			Version: ver, Deleted: req.Action == ActionDelete, Json: doc, UpdatedAt: tx.Now().UnixNano()})

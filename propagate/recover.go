@@ -1,8 +1,6 @@
 package propagate
 
 import (
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"errors"
 
 	"github.com/ferrynet/ferry/protocols"
@@ -35,6 +33,12 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	if cur == nil {
 		s.noteOwn(body.DataType, id)
 	}
+	switch {
+	case cur != nil && cur.OriginVersion > body.OriginVersion:
+		tx.Supersede(body.OriginVersion)
+	case cur != nil && cur.OriginVersion < body.OriginVersion:
+		tx.Supersede(cur.OriginVersion)
+	}
 	if cur == nil || cur.OriginVersion < body.OriginVersion {
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(self), OriginVersion: body.OriginVersion,
 			Version: body.OriginVersion, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})
@@ -54,20 +58,4 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 		tx.OnCommit(func() { s.sender.Notify(e) })
 	}
 	return true, nil
-}
-
-// Current reports whether this node's change at version v is the current
-// state of one of its resources (retention keeps its delivery record, so a
-// partner added later still gets the resource).
-func (s *Service) Current(v uint64) bool {
-	c, err := s.st.Change(v)
-	if err != nil || !isResource(c.Body.Kind) {
-		return false
-	}
-	id, _, err := checkResource(c.Body.Payload)
-	if err != nil {
-		return false
-	}
-	r, err := s.st.Resource(c.Body.DataType, peer.ID(c.Body.Origin), id)
-	return err == nil && r.Version == v
 }

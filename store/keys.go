@@ -17,6 +17,8 @@ import (
 //	o/<origin>/<origin version>       an origin's change held here: local version, kind, body hash, time applied
 //	D/<version>                       own deliveries: this node's changes that go to receivers (lane, kind,
 //	                                  protocol, request id, addressees); the outbox is the log
+//	U/<version>                       an own resource change a later change of the same resource superseded
+//	                                  (retention may drop its delivery record; the latest one stays)
 //	A/<receiver>/<lane>/<version>     own deliveries addressed to one receiver (considers, planner, review
 //	                                  requests, rejections); broadcast lanes are read from D/
 //	F/<receiver>/<lane>               ack floor: the receiver acknowledged the lane through this version
@@ -39,6 +41,7 @@ const (
 	pChange      = "c/"
 	pOrigin      = "o/"
 	pOwn         = "D/"
+	pSuperseded  = "U/"
 	pAddressed   = "A/"
 	pFloor       = "F/"
 	pRefused     = "J/"

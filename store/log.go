@@ -7,10 +7,11 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unicode/utf8"
 
+	"github.com/cockroachdb/pebble"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -116,10 +117,10 @@ func (t *Txn) AppendOwn(body *pb.Body) (uint64, *Sealed, error) {
 // (it needed it inside the body's payload).
 func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 	body.OriginVersion = ver
-	b, err := proto.Marshal(body)
-	if err != nil {
-		return nil, fmt.Errorf("encode body: %w", err)
+	if !utf8.ValidString(body.DataType) {
+		return nil, fmt.Errorf("encode body: data type %q is not UTF-8", body.DataType)
 	}
+	b := protocols.AppendBody(make([]byte, 0, protocols.BodySize(body)), body)
 	s := &Sealed{key: k(pChange).u64(ver), body: b, leaf: protocols.LeafHash(b)}
 	s.Hash = HashOfLeaf(s.leaf)
 	t.sealed = append(t.sealed, s)
@@ -326,6 +327,9 @@ type OwnEntry struct {
 	RequestID uint64 // review messages: the local request id
 	CreatedAt int64  // unix nanoseconds
 	To        []peer.ID
+	// Superseded: a later own change of the same resource exists (read
+	// from U/ by OwnEntriesFrom; see Txn.Supersede).
+	Superseded bool
 	// Env is the sealed envelope, when the entry is handed over in memory
 	// right after its commit (not stored with the record).
 	Env []byte
@@ -684,6 +688,13 @@ func (s *Store) Position(sender peer.ID, lane uint8) (*storepb.Position, error) 
 // `from` on, oldest first, as far as they are on disk, until fn returns
 // false.
 func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
+	// The superseded marks are read alongside, in the same version order.
+	marks, err := s.db.NewIter(&pebble.IterOptions{LowerBound: k(pSuperseded).u64(from), UpperBound: prefixEnd([]byte(pSuperseded))})
+	if err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	defer marks.Close()
+	more := marks.First()
 	return s.scan(k(pOwn).u64(from), k(pOwn).u64(s.DurableVersion()+1), false, func(key, v []byte) (bool, error) {
 		ver, err := tailU64(key)
 		if err != nil {
@@ -693,8 +704,26 @@ func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
 		if err != nil {
 			return false, fmt.Errorf("delivery record %d: %w", ver, err)
 		}
+		for more {
+			m, err := tailU64(marks.Key())
+			if err != nil {
+				return false, err
+			}
+			if m > ver {
+				break
+			}
+			e.Superseded = m == ver
+			more = marks.Next()
+		}
 		return fn(e), nil
 	})
+}
+
+// Supersede marks the own resource change at version as superseded by a
+// later one of the same resource: retention may drop its delivery record
+// (the latest change of a resource stays, for partners added later).
+func (t *Txn) Supersede(version uint64) {
+	t.set(k(pSuperseded).u64(version), []byte{})
 }
 
 // DropOwnEntry deletes the delivery record of an own change its receivers
@@ -702,6 +731,7 @@ func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
 // stays in the log.
 func (t *Txn) DropOwnEntry(e OwnEntry, receivers []peer.ID) {
 	t.del(k(pOwn).u64(e.Version))
+	t.del(k(pSuperseded).u64(e.Version))
 	for _, p := range e.To {
 		t.del(addressedKey(p, e.Lane).u64(e.Version))
 	}

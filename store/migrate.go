@@ -63,6 +63,8 @@ func laneOfKind(k pb.Kind) uint8 {
 //   - the link state received from a sender becomes a position: the highest
 //     version of that sender held in the lane;
 //   - decision records gain the decision's hash;
+//   - own resource changes that are not their resource's latest are marked
+//     superseded;
 //   - delivery rows, the pending index and link state are deleted.
 func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 	get := func(key []byte) ([]byte, error) {
@@ -159,6 +161,23 @@ func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 		}
 	}
 
+	// The latest change of each own resource: the others are marked
+	// superseded (retention may drop their delivery records).
+	latest := map[uint64]bool{}
+	err = each(pResource, func(_, v []byte) error {
+		r := &storepb.Resource{}
+		if err := proto.Unmarshal(v, r); err != nil {
+			return err
+		}
+		if peer.ID(r.Creator) == self {
+			latest[r.Version] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
 	// The origin index, and the delivery records of own changes.
 	err = each(pOrigin, func(key, v []byte) error {
 		if len(v) < 8 {
@@ -204,6 +223,11 @@ func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 		}
 		if err := b.Set(k(pOwn).u64(ver), encodeOwn(e), nil); err != nil {
 			return err
+		}
+		if e.Lane == laneResource && !latest[ver] {
+			if err := b.Set(k(pSuperseded).u64(ver), nil, nil); err != nil {
+				return err
+			}
 		}
 		for _, p := range e.To {
 			if err := b.Set(addressedKey(p, e.Lane).u64(ver), []byte{byte(e.Kind), protocols.ProtocolCode(e.Protocol)}, nil); err != nil {

@@ -78,6 +78,8 @@ func TestMigrateSchema1(t *testing.T) {
 	set(k(pLinkOutV1).bytes([]byte(b)).u8(laneResource), u64Value(2))
 	set(k(pLinkInV1).str(string(sender)).u8(laneResource), marshal(&storepb.LinkState{Epoch: 5, LastSeq: 3}))
 	set(k(pDecision).u64(1), u64Value(2))
+	// Resource a's current row is its update (version 2).
+	set(resourceKey("vm", []byte(self), "a"), marshal(&storepb.Resource{DataType: "vm", Id: "a", Creator: []byte(self), OriginVersion: 2, Version: 2}))
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +110,13 @@ func TestMigrateSchema1(t *testing.T) {
 	}
 	if e, err := s.OwnEntry(4); err != nil || len(e.To) != 1 || e.To[0] != r || e.RequestID != 9 || e.Protocol != protocols.ResourceCreate {
 		t.Fatalf("request record %+v %v", e, err)
+	}
+	superseded := map[uint64]bool{}
+	if err := s.OwnEntriesFrom(0, func(e OwnEntry) bool { superseded[e.Version] = e.Superseded; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if !superseded[1] || superseded[2] || superseded[3] || superseded[4] {
+		t.Fatalf("superseded marks %v: want only the create that the update replaced", superseded)
 	}
 	if _, err := s.OwnEntry(5); err == nil {
 		t.Fatal("a received change got a delivery record")

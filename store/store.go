@@ -519,10 +519,7 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 	}
 	for i, x := range sealed {
 		x.Envelope = envs[i]
-		v, err := proto.Marshal(envs[i])
-		if err != nil {
-			return fmt.Errorf("encode envelope: %w", err)
-		}
+		v := protocols.MarshalEnvelope(envs[i])
 		x.Bytes = v
 		if err := b.Set(x.key, v, nil); err != nil {
 			return fmt.Errorf("write envelope: %w", err)
@@ -824,4 +821,38 @@ func (t *Txn) RollbackTo(sp Savepoint) {
 	t.ops = t.ops[:sp.ops]
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
+}
+
+// Parts name the groups of PartBytes.
+var Parts = []string{"log", "ledger", "tables", "other"}
+
+// PartBytes estimates the bytes the store's flushed tables hold for each
+// part (Parts): the change log, the delivery ledger, the tables, the rest.
+// What is still in the memtable is not counted.
+func (s *Store) PartBytes() (map[string]uint64, error) {
+	groups := map[string][]string{
+		"log":    {pChange, pOrigin},
+		"ledger": {pOwn, pAddressed, pFloor, pRefused, pPosition},
+		"tables": {pResource, pRequest, pReqOrigin, pDecision, pTable},
+	}
+	out := map[string]uint64{}
+	var known uint64
+	for part, prefixes := range groups {
+		for _, p := range prefixes {
+			n, err := s.db.EstimateDiskUsage([]byte(p), prefixEnd([]byte(p)))
+			if err != nil {
+				return nil, fmt.Errorf("estimate %s: %w", p, err)
+			}
+			out[part] += n
+			known += n
+		}
+	}
+	all, err := s.db.EstimateDiskUsage([]byte{0}, []byte{0xff})
+	if err != nil {
+		return nil, fmt.Errorf("estimate the store: %w", err)
+	}
+	if all > known {
+		out["other"] = all - known
+	}
+	return out, nil
 }

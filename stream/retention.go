@@ -7,17 +7,19 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
 )
 
 // Retention: the delivery records of this node's changes (what the
 // acknowledgement rows are derived from) are dropped once every receiver
-// acknowledged them and they are older than the retention window. Records
-// of a resource's current state stay, so a partner added later still gets
-// every resource; the change log itself stays (it is ferry.changes).
+// acknowledged them and they are older than the retention window. The
+// record of each resource's latest change stays, so a partner added later
+// still gets every resource; the change log itself stays (it is
+// ferry.changes).
 
-// Retention tuning.
-const (
+// Retention tuning (variables for the tests).
+var (
 	// retentionScan bounds the records one pass looks at.
 	retentionScan = 200_000
 	// retentionChunk bounds the records one commit drops.
@@ -25,9 +27,17 @@ const (
 )
 
 // Truncate drops the delivery records created before cutoff that every
-// receiver acknowledged, except those current reports as a resource's
-// current state. It returns how many it dropped.
-func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(version uint64) bool) (int, error) {
+// receiver acknowledged, except the latest change of each resource (a
+// resource change stays until a later one marks it superseded,
+// store.Txn.Supersede). It returns how many it dropped.
+//
+// Passes sweep the records like a clock hand: each looks at up to
+// retentionScan records from where the last one stopped, and once a pass
+// reaches the cutoff (or the end of the log) the next starts over from the
+// oldest record. Records kept for now (not acknowledged yet, or the latest
+// change of a resource until a later one supersedes it) are looked at again
+// on the next turn, and any number of them never stops the sweep.
+func (s *Sender) Truncate(ctx context.Context, cutoff time.Time) (int, error) {
 	c := cutoff.UnixNano()
 	type drop struct {
 		e     store.OwnEntry
@@ -38,8 +48,7 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 	s.mu.Lock()
 	from := s.truncFrom
 	s.mu.Unlock()
-	next := from
-	pinned := false // an entry that stays: the next pass starts there
+	next := uint64(0) // the turn is over unless the scan stops at its bound
 	err := s.st.OwnEntriesFrom(from, func(e store.OwnEntry) bool {
 		if e.CreatedAt >= c {
 			return false
@@ -56,17 +65,14 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 				break
 			}
 		}
-		if !acked || (current != nil && current(e.Version)) {
-			if !pinned {
-				next, pinned = e.Version, true
-			}
-		} else {
+		if acked && (e.Superseded || !isResource(e.Kind)) {
 			drops = append(drops, drop{e, recvs})
-			if !pinned {
-				next = e.Version + 1
-			}
 		}
-		return scanned < retentionScan
+		if scanned >= retentionScan {
+			next = e.Version + 1
+			return false
+		}
+		return true
 	})
 	if err != nil {
 		return 0, fmt.Errorf("scan delivery records: %w", err)
@@ -84,9 +90,11 @@ func (s *Sender) Truncate(ctx context.Context, cutoff time.Time, current func(ve
 		}
 	}
 	s.mu.Lock()
-	if next > s.truncFrom {
-		s.truncFrom = next
-	}
+	s.truncFrom = next
 	s.mu.Unlock()
 	return len(drops), nil
+}
+
+func isResource(k pb.Kind) bool {
+	return k == pb.Kind_KIND_RESOURCE_CREATE || k == pb.Kind_KIND_RESOURCE_UPDATE || k == pb.Kind_KIND_RESOURCE_DELETE
 }

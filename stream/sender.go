@@ -160,8 +160,8 @@ type Sender struct {
 	boxes   map[peer.ID]*outbox
 	floors  map[store.FloorKey]*storepb.Floor // as loaded, for outboxes not yet made
 	started bool
-	// truncFrom is where the next retention pass starts: every delivery
-	// record below it was dropped or is gone.
+	// truncFrom is where the next retention pass starts (0: a new turn
+	// of the sweep, from the oldest record).
 	truncFrom uint64
 
 	m senderMetrics
@@ -750,6 +750,7 @@ func (o *outbox) write(plans []plan) {
 			o.mu.Lock()
 			p.ls.attempts++ // the entries after the floor were tried again
 			o.mu.Unlock()
+			o.s.m.failures.Inc()
 			o.failed(err)
 			return
 		}

@@ -125,6 +125,7 @@ type Service struct {
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
+	failed  *prometheus.CounterVec
 }
 
 // job is one catch-up to run: what to fetch (and of which origin); jobs
@@ -153,14 +154,17 @@ func New(d Deps) (*Service, error) {
 			Help: "Changes received through sync, by what and outcome."}, []string{"what", "outcome"}),
 		rounds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "requests_total",
 			Help: "Sync requests this node made."}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "jobs_failed_total",
+			Help: "Catch-up jobs that ended without every candidate peer answering fully, by what they fetched (they are tried again)."}, []string{"what"}),
 	}
 	for _, w := range []string{"resources", "decisions", "own", "snapshot"} {
+		s.failed.WithLabelValues(w)
 		for _, o := range []string{"applied", "duplicate", "refused", "forged"} {
 			s.applied.WithLabelValues(w, o)
 		}
 	}
 	if d.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.applied, s.rounds} {
+		for _, c := range []prometheus.Collector{s.applied, s.rounds, s.failed} {
 			if err := d.Registerer.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("register sync metrics: %w", err)
@@ -304,6 +308,9 @@ func (s *Service) worker() {
 		s.mu.Unlock()
 		if next != nil {
 			err := s.run(*next, hints)
+			if err != nil && s.ctx.Err() == nil {
+				s.failed.WithLabelValues(whatName(next.what)).Inc()
+			}
 			switch next.what {
 			case pb.SyncRequest_WHAT_SNAPSHOT:
 				if len(hints) > 0 {

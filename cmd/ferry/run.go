@@ -109,6 +109,16 @@ func runCmd(g *globals) *cobra.Command {
 			}
 			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
 		}
+		if path := os.Getenv("FERRY_MEMPROFILE"); path != "" {
+			// A heap profile written when the node stops: what it holds
+			// after a long run.
+			defer func() {
+				if f, err := os.Create(path); err == nil {
+					_ = pprof.Lookup("heap").WriteTo(f, 0)
+					_ = f.Close()
+				}
+			}()
+		}
 		log := node.NewLogger(cfg.Log, os.Stderr)
 		node.RouteLibp2pLogs(libp2pLevel{log.Handler(), cfg.Log.Level == "debug"})
 		// Signals are caught from here on: one that comes while the node
