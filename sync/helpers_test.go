@@ -581,6 +581,15 @@ func (n *node) outcome(what, outcome string) int {
 	return int(m.GetCounter().GetValue())
 }
 
+// failures reads the failed jobs counter of what.
+func (n *node) failures(what string) int {
+	m := &dto.Metric{}
+	if err := n.svc.failed.WithLabelValues(what).Write(m); err != nil {
+		n.t.Fatal(err)
+	}
+	return int(m.GetCounter().GetValue())
+}
+
 // wants lists the jobs asked for and not yet taken by the worker.
 func (n *node) wants() map[job][]peer.ID {
 	n.svc.mu.Lock()

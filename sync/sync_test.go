@@ -71,11 +71,12 @@ func TestResourcesOfAnAbsentOriginComeFromAPartner(t *testing.T) {
 		t.Fatalf("N holds O's chain up to %d, want %d", held, all[7])
 	}
 
-	// N starts alone: O's chain is asked for and no one can answer.
+	// N starts alone: the chains of its partners that are not connected
+	// (S's and O's) are asked for and no one can answer.
 	s.start()
 	n.start()
-	waitFor(t, "N's first job finds no peer", func() bool {
-		return len(n.logs.find(incomplete, "err", "no peer to ask is connected")) > 0
+	waitFor(t, "N's first jobs find no peer", func() bool {
+		return len(n.logs.find(incomplete, "err", "no peer to ask is connected")) == 2
 	})
 	if len(n.res.applied()) != 0 {
 		t.Fatalf("applied %v with no peer", n.res.applied())
@@ -101,6 +102,9 @@ func TestResourcesOfAnAbsentOriginComeFromAPartner(t *testing.T) {
 	}
 	if a, d := n.outcome("resources", "applied"), n.outcome("resources", "duplicate"); a != 11 || d != 1 {
 		t.Fatalf("outcomes applied %d, duplicate %d; want 11 and 1 (the change delivered ahead)", a, d)
+	}
+	if f := n.failures("resources"); f != 2 {
+		t.Fatalf("failed resources jobs %d, want 2 (the ones that found no peer)", f)
 	}
 
 	// Asking again brings nothing: the run starts from the chain mark.
@@ -336,6 +340,7 @@ func TestOwnChangesSignedByAnotherAreRefused(t *testing.T) {
 	if len(n.own.applied()) != 0 {
 		t.Fatalf("recovered %v", n.own.applied())
 	}
+	waitFor(t, "the failed job is counted", func() bool { return n.failures("own") == 1 })
 }
 
 // The snapshot streams from the reviewer: every chunk reaches
@@ -432,6 +437,9 @@ func TestSnapshotOnlyFromTheReviewer(t *testing.T) {
 	if f := n.outcome("snapshot", "forged"); f != 1 {
 		t.Fatalf("forged snapshot outcomes %d, want 1", f)
 	}
+	if f := n.failures("snapshot"); f != 3 {
+		t.Fatalf("failed snapshot jobs %d, want 3", f)
+	}
 	if a := n.dec.Applied(); a != 0 {
 		t.Fatalf("applied sequence %d", a)
 	}
@@ -463,6 +471,9 @@ func TestRefusedRequestIsRecordedAndNothingApplied(t *testing.T) {
 	}
 	if !n.svc.LastCatchUp().IsZero() {
 		t.Fatal("a refused job counts as a catch-up")
+	}
+	if f := n.failures("resources"); f < 1 {
+		t.Fatalf("failed resources jobs %d, want at least 1", f)
 	}
 
 	// An asker that holds more than the server is refused too.
@@ -649,6 +660,9 @@ func TestEverythingAsksForDecisionsHeldBehindAGap(t *testing.T) {
 	waitFor(t, "a job failed", func() bool { return len(n.logs.find(incomplete, "err", want)) > 0 })
 	if n.dec.Applied() != 2 {
 		t.Fatal("applied decisions from a refused answer")
+	}
+	if f := n.failures("decisions"); f < 1 {
+		t.Fatalf("failed decisions jobs %d, want at least 1", f)
 	}
 	r.roles.set(nil, []peer.ID{r.id, n.id}, r.id)
 	waitFor(t, "the gap is filled", func() bool { return len(n.dec.applied()) >= 3 })
