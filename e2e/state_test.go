@@ -53,14 +53,47 @@ func state(t *testing.T, n *node.Node, tables ...string) string {
 func waitConverged(t *testing.T, net *testnet.Net, nodes []int, timeout time.Duration, tables ...string) string {
 	t.Helper()
 	var ref string
-	testnet.WaitFor(t, timeout, "every node holds the same state", func() bool {
+	deadline := time.Now().Add(timeout)
+	for {
 		ref = state(t, net.Node(nodes[0]), tables...)
+		same := true
 		for _, i := range nodes[1:] {
-			if state(t, net.Node(i), tables...) != ref {
-				return false
+			if got := state(t, net.Node(i), tables...); got != ref {
+				same = false
+				if time.Now().After(deadline) {
+					t.Fatalf("timed out after %v waiting until every node holds the same state: node %d differs from node %d: %s",
+						timeout, i, nodes[0], stateDiff(ref, got))
+				}
+				break
 			}
 		}
-		return true
-	})
-	return ref
+		if same {
+			return ref
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stateDiff names what one state holds that the other does not (a few lines).
+func stateDiff(a, b string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	var onlyA, onlyB []string
+	for l := range ma {
+		if !mb[l] && len(onlyA) < 5 {
+			onlyA = append(onlyA, l)
+		}
+	}
+	for l := range mb {
+		if !ma[l] && len(onlyB) < 5 {
+			onlyB = append(onlyB, l)
+		}
+	}
+	return fmt.Sprintf("%d lines vs %d; only in the first: %q; only in the second: %q", len(ma), len(mb), onlyA, onlyB)
 }

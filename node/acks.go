@@ -135,7 +135,7 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 		if q.Version > 0 && e.Version != q.Version {
 			return false
 		}
-		if (q.RequestID != 0 && e.RequestID != q.RequestID) || (q.Kind != "" && q.Kind != stream.Lane(e.Lane).String()) {
+		if (q.RequestID != 0 && e.RequestID != q.RequestID) || (q.Kind != "" && q.Kind != ackKind(stream.Lane(e.Lane))) {
 			return true
 		}
 		rows, err := d.rows(e)
@@ -262,7 +262,7 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 			continue
 		}
 		r := AckRow{ID: strconv.FormatUint(e.Version, 10) + "." + strconv.Itoa(i+1), RequestID: e.RequestID,
-			Receiver: d.n.book.Name(p), ReceiverID: p.String(), Kind: l.String(), Protocol: string(e.Protocol),
+			Receiver: d.n.book.Name(p), ReceiverID: p.String(), Kind: ackKind(l), Protocol: string(e.Protocol),
 			Version: e.Version, CreatedAt: time.Unix(0, e.CreatedAt).UTC()}
 		ls := d.lane(p, l)
 		reason, rejected, err := d.refused(p, e.Version)
@@ -371,4 +371,13 @@ func (n *Node) pendingTotal() int {
 		total += d.Pending
 	}
 	return total
+}
+
+// ackKind is the kind an acknowledgement row shows: its lane's, with
+// rejections (a lane of their own) shown as the decisions they are.
+func ackKind(l stream.Lane) string {
+	if l == stream.LaneRejection {
+		return stream.LaneDecision.String()
+	}
+	return l.String()
 }

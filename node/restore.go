@@ -62,6 +62,9 @@ func (n *Node) peerHolds(p peer.ID, v uint64) {
 		n.ahead(p, 0, v)
 		return
 	}
+	// A receiver that holds less than it acknowledged (its store was
+	// restored or replaced) gets it again.
+	n.sender.HoldsAtMost(p, v)
 	n.restore.mu.Lock()
 	n.restore.compared = true
 	n.restore.mu.Unlock()

@@ -24,6 +24,8 @@ const (
 	Search           protocol.ID = "/ferry/search/1.0.0"
 	Sync             protocol.ID = "/ferry/sync/1.0.0"
 	Hello            protocol.ID = "/ferry/hello/1.0.0"
+	// Applied carries a member's AppliedReport to the reviewer.
+	Applied protocol.ID = "/ferry/applied/1.0.0"
 
 	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.
 	DHTPrefix protocol.ID = "/ferry"
@@ -32,12 +34,17 @@ const (
 // SearchTopic is the gossipsub topic of a network's search queries.
 func SearchTopic(network string) string { return "/ferry/" + network + "/search/1.0.0" }
 
+// DecisionsTopic is the gossipsub topic the reviewer publishes its
+// decisions on (DecisionNews).
+func DecisionsTopic(network string) string { return "/ferry/" + network + "/decisions/1.0.0" }
+
 // Resource-manager service names, one per protocol family.
 const (
 	ServiceDelivery = "ferry.delivery"
 	ServiceSearch   = "ferry.search"
 	ServiceSync     = "ferry.sync"
 	ServiceHello    = "ferry.hello"
+	ServiceSpread   = "ferry.spread"
 )
 
 // Limits and timeouts shared by both ends of a stream.

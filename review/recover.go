@@ -51,7 +51,7 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 			return true, nil
 		}
 		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, d.Request.Type)
-		e := store.OwnEntry{Version: body.OriginVersion, Lane: uint8(stream.LaneDecision), Kind: body.Kind, Protocol: protoID,
+		e := store.OwnEntry{Version: body.OriginVersion, Lane: uint8(stream.LaneOf(body)), Kind: body.Kind, Protocol: protoID,
 			CreatedAt: body.CreatedAtUnixNano}
 		if d.Sequence == 0 {
 			if err := s.record(tx, d, body.OriginVersion); err != nil {

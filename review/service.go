@@ -380,7 +380,7 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		row = r
 		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
 		if eff.Broadcast || len(to) > 0 {
-			s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneDecision), Kind: pb.Kind_KIND_REVIEW_DECISION,
+			s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneOf(body)), Kind: pb.Kind_KIND_REVIEW_DECISION,
 				Protocol: protoID, RequestID: r.Id, To: to}, sealed)
 		}
 		tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })

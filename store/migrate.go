@@ -27,14 +27,18 @@ func builtinMigrations(self peer.ID) []Migration {
 
 // Lane numbers of schema 2 (package stream's), for the migration.
 const (
-	laneResource = 1
-	laneConsider = 2
-	lanePlanner  = 3
-	laneRequest  = 4
-	laneDecision = 5
+	laneResource  = 1
+	laneConsider  = 2
+	lanePlanner   = 3
+	laneRequest   = 4
+	laneDecision  = 5
+	laneRejection = 6
 )
 
-func laneOfKind(k pb.Kind) uint8 {
+func laneOfKind(k pb.Kind, to []byte) uint8 {
+	if k == pb.Kind_KIND_REVIEW_DECISION && len(to) > 0 {
+		return laneRejection
+	}
 	switch k {
 	case pb.Kind_KIND_CONSIDERS:
 		return laneConsider
@@ -124,6 +128,13 @@ func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 			requestIDs[d.ChangeVersion] = d.RequestId
 		}
 		lk := laneKey{p, uint8(d.Lane)}
+		if lk.lane == laneDecision {
+			// Schema 1 carried rejections in the decision lane; they have
+			// a lane of their own now.
+			if _, body, err := change(d.ChangeVersion); err == nil && len(body.To) > 0 {
+				lk.lane = laneRejection
+			}
+		}
 		f := floors[lk]
 		if f == nil {
 			f = &floorAcc{}
@@ -194,7 +205,7 @@ func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 		if peer.ID(body.Origin) != self {
 			return nil
 		}
-		e := OwnEntry{Version: ver, Lane: laneOfKind(body.Kind), Kind: body.Kind, CreatedAt: body.CreatedAtUnixNano,
+		e := OwnEntry{Version: ver, Lane: laneOfKind(body.Kind, body.To), Kind: body.Kind, CreatedAt: body.CreatedAtUnixNano,
 			RequestID: requestIDs[ver]}
 		var reviewType string
 		switch body.Kind {
@@ -251,26 +262,49 @@ func migrateV1(db *pebble.DB, b *pebble.Batch, self peer.ID) error {
 		if err := proto.Unmarshal(v, ls); err != nil || ls.LastSeq == 0 {
 			return err
 		}
-		var pos uint64
+		// The position of each lane the link carried: the sender's last
+		// change of that lane held here (schema 1's decision lane is now
+		// the decision and the rejection lanes).
+		want := map[uint8]uint64{lane: 0}
+		if lane == laneDecision {
+			want[laneRejection] = 0
+		}
 		prefix := k(pOrigin).str(string(sender))
 		it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 		if err != nil {
 			return err
 		}
-		for ok := it.Last(); ok; ok = it.Prev() {
+		found := 0
+		for ok := it.Last(); ok && found < len(want); ok = it.Prev() {
 			val := it.Value()
-			if len(val) >= 9 && laneOfKind(pb.Kind(val[8])) == lane {
-				pos, _ = tailU64(it.Key())
-				break
+			if len(val) < 9 {
+				continue
+			}
+			kind := pb.Kind(val[8])
+			var to []byte
+			if kind == pb.Kind_KIND_REVIEW_DECISION {
+				if _, body, err := change(binary.BigEndian.Uint64(val[:8])); err == nil {
+					to = body.To
+				}
+			}
+			l := laneOfKind(kind, to)
+			if v, ok := want[l]; ok && v == 0 {
+				want[l], _ = tailU64(it.Key())
+				found++
 			}
 		}
 		if err := it.Close(); err != nil {
 			return err
 		}
-		if pos == 0 {
-			return nil
+		for l, pos := range want {
+			if pos == 0 {
+				continue
+			}
+			if err := b.Set(positionKey(sender, l), marshal(&storepb.Position{Epoch: ls.Epoch, Version: pos}), nil); err != nil {
+				return err
+			}
 		}
-		return b.Set(positionKey(sender, lane), marshal(&storepb.Position{Epoch: ls.Epoch, Version: pos}), nil)
+		return nil
 	})
 	if err != nil {
 		return err

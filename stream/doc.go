@@ -35,12 +35,17 @@ const (
 	LaneConsider Lane = 2 // considers events: addressed to the listed partners
 	LanePlanner  Lane = 3 // planner updates: addressed to one partner
 	LaneRequest  Lane = 4 // review requests: addressed to the reviewer
-	LaneDecision Lane = 5 // review decisions: accepted and edited ones broadcast to members, rejections addressed to the applicant
-	numLanes          = 5
+	LaneDecision Lane = 5 // review decisions that apply (accepted, edited): broadcast to members
+	// LaneRejection carries rejections, addressed to the applicant. They
+	// have a lane of their own so that the decision lane holds only what
+	// every member applies, in sequence order: a member that applied
+	// decisions from gossip holds the decision lane through them.
+	LaneRejection Lane = 6
+	numLanes           = 6
 )
 
 // Lanes lists every lane.
-var Lanes = []Lane{LaneResource, LaneConsider, LanePlanner, LaneRequest, LaneDecision}
+var Lanes = []Lane{LaneResource, LaneConsider, LanePlanner, LaneRequest, LaneDecision, LaneRejection}
 
 func (l Lane) String() string {
 	switch l {
@@ -54,11 +59,23 @@ func (l Lane) String() string {
 		return "request"
 	case LaneDecision:
 		return "decision"
+	case LaneRejection:
+		return "rejection"
 	}
 	return "unknown"
 }
 
-// LaneFor returns the lane of an envelope kind.
+// LaneOf returns the lane an envelope travels in: its kind's, and for a
+// decision addressed to one peer (a rejection), the rejection lane.
+func LaneOf(body *pb.Body) Lane {
+	if body.Kind == pb.Kind_KIND_REVIEW_DECISION && len(body.To) > 0 {
+		return LaneRejection
+	}
+	return LaneFor(body.Kind)
+}
+
+// LaneFor returns the lane of an envelope kind (a decision's: the decision
+// lane; see LaneOf).
 func LaneFor(kind pb.Kind) Lane {
 	switch kind {
 	case pb.Kind_KIND_CONSIDERS:

@@ -45,7 +45,7 @@ func InboundOf(env *pb.Envelope, body *pb.Body, origin peer.ID) (*Inbound, error
 		return nil, fmt.Errorf("encode envelope: %w", err)
 	}
 	return &Inbound{From: origin, Origin: origin, Body: body, Envelope: env, Raw: raw, Hash: store.BodyHash(env.Body),
-		Lane: LaneFor(body.Kind)}, nil
+		Lane: LaneOf(body)}, nil
 }
 
 // Preparer is an optional part of a Handler: Prepare runs on the stream's
@@ -477,7 +477,7 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 		if !protocols.KindAllowed(in.proto, body.Kind) {
 			return nil, Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
 		}
-		if LaneFor(body.Kind) != lane {
+		if LaneOf(body) != lane {
 			return nil, Refuse(fmt.Sprintf("kind %s in lane %s", body.Kind, lane), nil)
 		}
 		if body.OriginVersion <= prev {

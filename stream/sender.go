@@ -1,11 +1,13 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -91,9 +93,14 @@ type SenderOptions struct {
 	// OnAcked, if set, runs for every answer of a receiver: the lane is
 	// applied through `through`, and refused names the changes it refused
 	// for good. It runs on the stream's reader and must not block.
-	OnAcked    func(p peer.ID, lane Lane, through uint64, refused []*pb.Refusal)
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	OnAcked func(p peer.ID, lane Lane, through uint64, refused []*pb.Refusal)
+	// DecisionFallback, when positive, holds the decision lane's entries
+	// back from a receiver until they are this old: they spread by gossip
+	// first (spread/), and members report what they applied (Acknowledge);
+	// the stream only carries what a member has not reported by then.
+	DecisionFallback time.Duration
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
 }
 
 func (o *SenderOptions) fill() {
@@ -689,6 +696,11 @@ func (o *outbox) pump() bool {
 				return false
 			}
 		}
+		if w.ls.lane == LaneDecision && o.s.opts.DecisionFallback > 0 && len(es) > 0 {
+			if es = o.fallbackDue(es, now); len(es) == 0 {
+				continue // nothing old enough yet: the next tick looks again
+			}
+		}
 		if len(es) == 0 {
 			// The head moved past entries that are not on disk for this
 			// receiver (another receiver's, or truncated): nothing to send.
@@ -710,6 +722,93 @@ func (o *outbox) pump() bool {
 	}
 	o.write(plans)
 	return true
+}
+
+// fallbackDue keeps the decisions that may go on the stream now: those
+// older than DecisionFallback (a version is the clock in microseconds when
+// the change was made, or a little past it), up to the first that is not.
+func (o *outbox) fallbackDue(es []store.Entry, now time.Time) []store.Entry {
+	due := uint64(now.Add(-o.s.opts.DecisionFallback).UnixMicro())
+	i, _ := slices.BinarySearchFunc(es, due+1, func(e store.Entry, v uint64) int {
+		return cmp.Compare(e.Version, v)
+	})
+	return es[:i]
+}
+
+// Acknowledge takes a receiver's word, given outside the stream, that it
+// applied lane l through version `through` (a member's report of the
+// decisions it applied from gossip): the floor moves as on a reply.
+// The receiver's outbox is not started for it: the periodic scan starts
+// it if the lane still owes something.
+func (s *Sender) Acknowledge(p peer.ID, l Lane, through uint64) {
+	s.mu.Lock()
+	if s.closed || !s.started {
+		s.mu.Unlock()
+		return
+	}
+	o := s.boxes[p]
+	if o == nil {
+		o = newOutbox(s, p)
+		s.boxes[p] = o
+	}
+	s.mu.Unlock()
+	o.replies(nil, []*pb.Reply{{Lane: uint32(l), Epoch: s.st.Epoch(), Through: through}})
+}
+
+// HoldsAtMost takes a receiver's word (its hello) that it holds nothing of
+// this node's after version v: a floor above v is wrong (its store was
+// restored or replaced), and the lane goes back to v and is sent again (the
+// receiver's position reports, when the stream opens, refine it).
+func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
+	s.mu.Lock()
+	if s.closed || !s.started {
+		s.mu.Unlock()
+		return
+	}
+	o := s.boxes[p]
+	if o == nil {
+		o = newOutbox(s, p)
+		s.boxes[p] = o
+	}
+	s.mu.Unlock()
+	o.mu.Lock()
+	floors := make(map[Lane]uint64, len(Lanes))
+	for _, l := range Lanes {
+		if ls := o.lanes[l]; ls.floor > v {
+			floors[l] = ls.floor
+		}
+	}
+	o.mu.Unlock()
+	// Only a lane that owes the receiver an entry in (v, floor] is wrong: a
+	// floor also passes entries that were for others.
+	wrong := map[Lane]bool{}
+	for l, f := range floors {
+		broadcast := (l == LaneResource || l == LaneDecision) && s.aud.Receives(p, l)
+		es, err := s.st.Backlog(p, uint8(l), broadcast, v, 1, math.MaxInt)
+		if err == nil && len(es) > 0 && es[0].Version <= f {
+			wrong[l] = true
+		}
+	}
+	if len(wrong) == 0 {
+		return
+	}
+	moved := false
+	o.mu.Lock()
+	for _, l := range Lanes {
+		if ls := o.lanes[l]; wrong[l] && ls.floor > v {
+			s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from what it holds",
+				"peer", p, "lane", l, "floor", ls.floor, "holds", v)
+			ls.floor = v
+			o.dropInflight(ls)
+			ls.cursor = v
+			moved = true
+		}
+	}
+	o.mu.Unlock()
+	if moved {
+		o.saveFloors(s.ctx)
+		s.Kick(p)
+	}
 }
 
 // cut groups entries into batches: consecutive entries of one protocol, at

@@ -254,6 +254,32 @@ func TestReceiverThatLostItsStoreGetsEverythingAgain(t *testing.T) {
 	exactlyOnce(t, fresh.versions(), want)
 }
 
+// TestReceiverThatSaysItHoldsLessGetsItAgain: with nothing new to send, a
+// receiver's word (hello) that it holds less than its floor makes the
+// sender open a stream and resend; a word that holds everything changes
+// nothing.
+func TestReceiverThatSaysItHoldsLessGetsItAgain(t *testing.T) {
+	p := newPair(t, &recorder{})
+	want := p.commit(100, 50)
+	last := want[len(want)-1]
+	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	p.snd.HoldsAtMost(p.b.id, last) // true: nothing changes
+	if f := p.snd.Lane(p.b.id, LaneResource).Floor; f != last {
+		t.Fatalf("floor %d after a word that holds everything", f)
+	}
+	p.rcv.Close()
+	p.b.host.RemoveStreamHandler(protocols.ResourceCreate)
+	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
+	fresh := &recorder{}
+	p.rec = fresh
+	p.startReceiver(openMem(t, p.b.key))
+	// It says it holds half; its position report, once the stream opens,
+	// says it holds nothing: it gets everything, once, in order.
+	p.snd.HoldsAtMost(p.b.id, want[49])
+	waitFor(t, "the fresh B got everything", func() bool { return len(fresh.versions()) >= 100 })
+	exactlyOnce(t, fresh.versions(), want)
+}
+
 // A refused change is named by its version in the answer; the rest of its
 // batch is applied and the floor moves past it.
 func TestRefusedChangesAreNamedAndTheRestApplied(t *testing.T) {

@@ -1373,6 +1373,110 @@ func (x *TableRow) GetJson() []byte {
 	return nil
 }
 
+// DecisionNews travels on the gossipsub topic /ferry/<network>/decisions/1.0.0,
+// published by the reviewer only: the decisions it just committed, and its
+// last decision sequence. Members apply what it carries and ask their
+// neighbours (sync) for what they miss.
+type DecisionNews struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Decisions     [][]byte               `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"` // sealed envelopes (Envelope) of broadcast decisions, in sequence order
+	Head          uint64                 `protobuf:"varint,2,opt,name=head,proto3" json:"head,omitempty"`          // the reviewer's last decision sequence
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecisionNews) Reset() {
+	*x = DecisionNews{}
+	mi := &file_ferry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionNews) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionNews) ProtoMessage() {}
+
+func (x *DecisionNews) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionNews.ProtoReflect.Descriptor instead.
+func (*DecisionNews) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DecisionNews) GetDecisions() [][]byte {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *DecisionNews) GetHead() uint64 {
+	if x != nil {
+		return x.Head
+	}
+	return 0
+}
+
+// AppliedReport travels member -> reviewer on /ferry/applied/1.0.0, one frame
+// per stream: the member applied every decision through this sequence (the
+// connection authenticates the member). The reviewer's acknowledgement rows
+// of the decisions follow it.
+type AppliedReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedReport) Reset() {
+	*x = AppliedReport{}
+	mi := &file_ferry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedReport) ProtoMessage() {}
+
+func (x *AppliedReport) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedReport.ProtoReflect.Descriptor instead.
+func (*AppliedReport) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AppliedReport) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 var File_ferry_proto protoreflect.FileDescriptor
 
 const file_ferry_proto_rawDesc = "" +
@@ -1480,7 +1584,12 @@ const file_ferry_proto_rawDesc = "" +
 	"\bTableRow\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +
-	"\x04json\x18\x03 \x01(\fR\x04json*\xd6\x01\n" +
+	"\x04json\x18\x03 \x01(\fR\x04json\"@\n" +
+	"\fDecisionNews\x12\x1c\n" +
+	"\tdecisions\x18\x01 \x03(\fR\tdecisions\x12\x12\n" +
+	"\x04head\x18\x02 \x01(\x04R\x04head\"+\n" +
+	"\rAppliedReport\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence*\xd6\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KIND_RESOURCE_CREATE\x10\x01\x12\x18\n" +
@@ -1510,7 +1619,7 @@ func file_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ferry_proto_goTypes = []any{
 	(Kind)(0),              // 0: ferry.v1.Kind
 	(AckStatus)(0),         // 1: ferry.v1.AckStatus
@@ -1530,6 +1639,8 @@ var file_ferry_proto_goTypes = []any{
 	(*SearchResults)(nil),  // 15: ferry.v1.SearchResults
 	(*SnapshotChunk)(nil),  // 16: ferry.v1.SnapshotChunk
 	(*TableRow)(nil),       // 17: ferry.v1.TableRow
+	(*DecisionNews)(nil),   // 18: ferry.v1.DecisionNews
+	(*AppliedReport)(nil),  // 19: ferry.v1.AppliedReport
 }
 var file_ferry_proto_depIdxs = []int32{
 	0,  // 0: ferry.v1.Body.kind:type_name -> ferry.v1.Kind
@@ -1559,7 +1670,7 @@ func file_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_proto_rawDesc), len(file_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
