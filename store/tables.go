@@ -204,6 +204,16 @@ func decisionVersion(v []byte) uint64 {
 	return binary.BigEndian.Uint64(v[:8])
 }
 
+// DecisionVersion is the local version of the decision with sequence seq
+// (ErrNotFound: none held).
+func (s *Store) DecisionVersion(seq uint64) (uint64, error) {
+	v, err := s.getRaw(k(pDecision).u64(seq))
+	if err != nil {
+		return 0, err
+	}
+	return decisionVersion(v), nil
+}
+
 // Decisions returns up to limit decision changes after sequence `after`.
 func (s *Store) Decisions(after uint64, limit int) ([]Change, error) {
 	if after == math.MaxUint64 {

@@ -1381,6 +1381,7 @@ type DecisionNews struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Decisions     [][]byte               `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"` // sealed envelopes (Envelope) of broadcast decisions, in sequence order
 	Head          uint64                 `protobuf:"varint,2,opt,name=head,proto3" json:"head,omitempty"`          // the reviewer's last decision sequence
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`        // the reviewer's store incarnation (its lanes' epoch)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1425,6 +1426,13 @@ func (x *DecisionNews) GetDecisions() [][]byte {
 func (x *DecisionNews) GetHead() uint64 {
 	if x != nil {
 		return x.Head
+	}
+	return 0
+}
+
+func (x *DecisionNews) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
 	}
 	return 0
 }
@@ -1584,10 +1592,11 @@ const file_ferry_proto_rawDesc = "" +
 	"\bTableRow\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x12\n" +
-	"\x04json\x18\x03 \x01(\fR\x04json\"@\n" +
+	"\x04json\x18\x03 \x01(\fR\x04json\"V\n" +
 	"\fDecisionNews\x12\x1c\n" +
 	"\tdecisions\x18\x01 \x03(\fR\tdecisions\x12\x12\n" +
-	"\x04head\x18\x02 \x01(\x04R\x04head\"+\n" +
+	"\x04head\x18\x02 \x01(\x04R\x04head\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"+\n" +
 	"\rAppliedReport\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence*\xd6\x01\n" +
 	"\x04Kind\x12\x14\n" +

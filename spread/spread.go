@@ -1,0 +1,524 @@
+// Package spread carries review decisions to members without a connection
+// from the reviewer to each of them.
+//
+// The reviewer publishes each decision it commits, sealed as it is stored,
+// on the gossipsub topic /ferry/<network>/decisions/1.0.0 (DecisionNews,
+// coalesced: what commits within a few milliseconds goes in one message),
+// and its last decision sequence every HeadEvery while nothing new goes out.
+// Gossipsub forwards a message through each member's mesh of neighbours, so
+// a decision reaches every subscribed member in a few hops; a member that
+// misses one (a lost message, a gap, a head ahead of what it applied) asks
+// the peers it is connected to through sync, which serves decisions from any
+// member that holds them (they are signed by the reviewer).
+//
+// A member applies what arrives exactly as the delivery stream would
+// (review's ApplyDecision, decisions out of order held), moves its position
+// in the reviewer's decision lane to the last decision it applied, and
+// reports the sequence it applied to the reviewer (AppliedReport on
+// /ferry/applied/1.0.0, at most every ReportEvery). The reviewer takes the
+// report as an acknowledgement: the member's floor in the decision lane
+// moves, and the acknowledgement rows follow. The delivery stream is the
+// fallback (stream.SenderOptions.DecisionFallback): what a member has not
+// reported after that long goes to it on the stream, as before.
+package spread
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	gosync "sync"
+	"time"
+
+	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/internal/promreg"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Defaults.
+const (
+	// DefaultHeadEvery is how often the reviewer tells its last sequence
+	// while no decision goes out.
+	DefaultHeadEvery = 5 * time.Second
+	// DefaultReportEvery bounds how often a member reports.
+	DefaultReportEvery = 200 * time.Millisecond
+	// coalesce is how long the reviewer gathers decisions into one message.
+	coalesce = 5 * time.Millisecond
+	// maxNewsBytes bounds one DecisionNews: gossipsub's default message
+	// limit is 1 MiB; a larger decision goes by head and pull.
+	maxNewsBytes = 768 << 10
+	// reportTimeout bounds one report to the reviewer.
+	reportTimeout = 10 * time.Second
+)
+
+// Roles is what the service needs of the node's view of the network.
+type Roles interface {
+	Self() peer.ID
+	Reviewer() peer.ID
+	IsMember(p peer.ID) bool
+}
+
+// Decisions applies decisions (review.Service).
+type Decisions interface {
+	ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
+	Applied() uint64
+}
+
+// Acker moves a member's floor on its report (stream.Sender).
+type Acker interface {
+	Acknowledge(p peer.ID, l stream.Lane, through uint64)
+}
+
+// CatchUp asks connected peers for missing decisions (sync.Service).
+type CatchUp interface {
+	DecisionGap(from peer.ID, have, got uint64)
+}
+
+// Deps are what the service works with.
+type Deps struct {
+	Host      host.Host
+	PubSub    *gossip.PubSub
+	Network   string
+	Store     *store.Store
+	Verifier  *protocols.Verifier
+	Roles     Roles
+	Decisions Decisions
+	Acker     Acker
+	CatchUp   CatchUp
+	// HeadEvery and ReportEvery default to DefaultHeadEvery and
+	// DefaultReportEvery.
+	HeadEvery   time.Duration
+	ReportEvery time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+}
+
+// Service spreads decisions (on the reviewer) and takes them (on members).
+type Service struct {
+	d      Deps
+	log    *slog.Logger
+	topic  *gossip.Topic
+	sub    *gossip.Subscription
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     gosync.WaitGroup
+
+	mu       gosync.Mutex
+	pending  [][]byte // reviewer: sealed decisions not yet published
+	queued   int      // their bytes
+	kick     chan struct{}
+	reported uint64 // member: the last sequence the reviewer took
+	report   chan struct{}
+	// versions maps the sequences of decisions taken from news and not yet
+	// applied (held) to the reviewer's versions of them, for holdLane.
+	versions map[uint64]uint64
+
+	m metrics
+}
+
+type metrics struct {
+	news      *prometheus.CounterVec // direction
+	decisions *prometheus.CounterVec // outcome
+	reports   *prometheus.CounterVec // direction, outcome
+}
+
+// New builds the service; Start joins the topic.
+func New(d Deps) (*Service, error) {
+	if d.HeadEvery <= 0 {
+		d.HeadEvery = DefaultHeadEvery
+	}
+	if d.ReportEvery <= 0 {
+		d.ReportEvery = DefaultReportEvery
+	}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	s := &Service{d: d, log: d.Logger, kick: make(chan struct{}, 1), report: make(chan struct{}, 1), versions: map[uint64]uint64{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.m = metrics{
+		news: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "news_total",
+			Help: "Decision news on the gossip topic: published by the reviewer (out), taken by a member (in)."}, []string{"direction"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "decisions_total",
+			Help: "Decisions taken from gossip by a member, by outcome (applied, duplicate, refused, forged)."}, []string{"outcome"}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "reports_total",
+			Help: "Applied reports: sent by a member (out) or taken by the reviewer (in), by outcome (ok, failed, refused)."}, []string{"direction", "outcome"}),
+	}
+	for _, d := range []string{"in", "out"} {
+		s.m.news.WithLabelValues(d)
+		for _, o := range []string{"ok", "failed", "refused"} {
+			s.m.reports.WithLabelValues(d, o)
+		}
+	}
+	for _, o := range []string{"applied", "duplicate", "refused", "forged"} {
+		s.m.decisions.WithLabelValues(o)
+	}
+	if err := promreg.Register(d.Registerer, s.m.news, s.m.decisions, s.m.reports); err != nil {
+		return nil, fmt.Errorf("spread: %w", err)
+	}
+	return s, nil
+}
+
+// Start joins the decisions topic, serves reports and starts the loops.
+func (s *Service) Start() error {
+	name := protocols.DecisionsTopic(s.d.Network)
+	if err := s.d.PubSub.RegisterTopicValidator(name, s.validate); err != nil {
+		return fmt.Errorf("decisions topic validator: %w", err)
+	}
+	t, err := s.d.PubSub.Join(name)
+	if err != nil {
+		return fmt.Errorf("join %s: %w", name, err)
+	}
+	s.topic = t
+	if s.sub, err = t.Subscribe(); err != nil {
+		return fmt.Errorf("subscribe %s: %w", name, err)
+	}
+	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
+	s.wg.Add(3)
+	go s.readLoop()
+	go s.publishLoop()
+	go s.reportLoop()
+	return nil
+}
+
+// Close leaves the topic and waits for the loops.
+func (s *Service) Close() {
+	s.d.Host.RemoveStreamHandler(protocols.Applied)
+	s.cancel()
+	if s.sub != nil {
+		s.sub.Cancel()
+	}
+	s.wg.Wait()
+	if s.topic != nil {
+		_ = s.topic.Close()
+	}
+	_ = s.d.PubSub.UnregisterTopicValidator(protocols.DecisionsTopic(s.d.Network))
+}
+
+// reviewer reports whether this node is the reviewer.
+func (s *Service) reviewer() bool {
+	r := s.d.Roles.Reviewer()
+	return r != "" && r == s.d.Roles.Self()
+}
+
+// Publish queues a decision the reviewer just committed (env: its sealed
+// envelope as stored) for the next DecisionNews.
+func (s *Service) Publish(env []byte) {
+	if !s.reviewer() {
+		return
+	}
+	s.mu.Lock()
+	if len(env) <= maxNewsBytes {
+		s.pending = append(s.pending, env)
+		s.queued += len(env)
+	} // a larger one travels by head and pull
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// publishLoop sends what Publish queued, a few milliseconds' worth at a
+// time, and the head while nothing else goes out.
+func (s *Service) publishLoop() {
+	defer s.wg.Done()
+	head := time.NewTicker(s.d.HeadEvery)
+	defer head.Stop()
+	sent := time.Now()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+			select {
+			case <-time.After(coalesce):
+			case <-s.ctx.Done():
+				return
+			}
+			s.flush()
+			sent = time.Now()
+		case <-head.C:
+			if s.reviewer() && time.Since(sent) >= s.d.HeadEvery {
+				s.send(nil)
+				sent = time.Now()
+			}
+		}
+	}
+}
+
+func (s *Service) flush() {
+	for {
+		s.mu.Lock()
+		var batch [][]byte
+		size := 0
+		for len(s.pending) > 0 && (len(batch) == 0 || size+len(s.pending[0]) <= maxNewsBytes) {
+			size += len(s.pending[0])
+			batch = append(batch, s.pending[0])
+			s.pending = s.pending[1:]
+		}
+		s.queued -= size
+		s.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		s.send(batch)
+	}
+}
+
+func (s *Service) send(decisions [][]byte) {
+	b, err := proto.Marshal(&pb.DecisionNews{Decisions: decisions, Head: s.d.Decisions.Applied(), Epoch: s.d.Store.Epoch()})
+	if err == nil {
+		err = s.topic.Publish(s.ctx, b)
+	}
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Warn("publish decisions", "decisions", len(decisions), "err", err)
+		}
+		return
+	}
+	s.m.news.WithLabelValues("out").Inc()
+}
+
+// validate lets through (and forwards) only news the reviewer published.
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+	if msg.GetFrom() != s.d.Roles.Reviewer() {
+		return gossip.ValidationReject
+	}
+	n := &pb.DecisionNews{}
+	if proto.Unmarshal(msg.GetData(), n) != nil {
+		return gossip.ValidationReject
+	}
+	msg.ValidatorData = n
+	return gossip.ValidationAccept
+}
+
+func (s *Service) readLoop() {
+	defer s.wg.Done()
+	for {
+		msg, err := s.sub.Next(s.ctx)
+		if err != nil {
+			return
+		}
+		n, ok := msg.ValidatorData.(*pb.DecisionNews)
+		if !ok || msg.ReceivedFrom == s.d.Host.ID() || s.reviewer() {
+			continue
+		}
+		s.m.news.WithLabelValues("in").Inc()
+		if err := s.take(n); err != nil && s.ctx.Err() == nil {
+			s.log.Warn("decisions from gossip", "err", err)
+		}
+	}
+}
+
+// take applies the decisions of one DecisionNews and asks for what is
+// missing before its head.
+func (s *Service) take(n *pb.DecisionNews) error {
+	reviewer := s.d.Roles.Reviewer()
+	var items []*stream.Inbound
+	seqs := map[*stream.Inbound]uint64{}
+	for _, raw := range n.Decisions {
+		env := &pb.Envelope{}
+		if err := proto.Unmarshal(raw, env); err != nil {
+			s.m.decisions.WithLabelValues("forged").Inc()
+			return fmt.Errorf("malformed decision envelope: %w", err)
+		}
+		body, origin, err := s.d.Verifier.Open(env)
+		if err != nil || origin != reviewer || body.Kind != pb.Kind_KIND_REVIEW_DECISION || len(body.To) > 0 {
+			s.m.decisions.WithLabelValues("forged").Inc()
+			return fmt.Errorf("a decision in the news is not the reviewer's broadcast decision (%v)", err)
+		}
+		d := &pb.ReviewDecision{}
+		if proto.Unmarshal(body.Payload, d) != nil || d.Sequence == 0 {
+			s.m.decisions.WithLabelValues("forged").Inc()
+			return errors.New("a decision in the news has no sequence")
+		}
+		in := &stream.Inbound{From: reviewer, Origin: origin, Body: body, Envelope: env, Raw: raw,
+			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision}
+		items = append(items, in)
+		seqs[in] = d.Sequence
+		s.mu.Lock()
+		s.versions[d.Sequence] = body.OriginVersion
+		s.mu.Unlock()
+	}
+	if len(items) > 0 {
+		var counts [3]int
+		err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
+			counts = [3]int{}
+			for _, in := range items {
+				sp := tx.Savepoint()
+				st, err := s.d.Decisions.ApplyDecision(tx, in)
+				var rej *stream.RejectError
+				switch {
+				case errors.As(err, &rej):
+					if !rej.Keep {
+						tx.RollbackTo(sp)
+					}
+					counts[2]++
+					s.log.Warn("decision from gossip refused", "sequence", seqs[in], "reason", rej.Reason)
+				case err != nil:
+					return err
+				case st == pb.AckStatus_ACK_STATUS_DUPLICATE:
+					counts[1]++
+				default:
+					counts[0]++
+				}
+			}
+			return s.holdLane(tx, n.Epoch)
+		})
+		if err != nil {
+			return fmt.Errorf("apply decisions: %w", err)
+		}
+		s.m.decisions.WithLabelValues("applied").Add(float64(counts[0]))
+		s.m.decisions.WithLabelValues("duplicate").Add(float64(counts[1]))
+		s.m.decisions.WithLabelValues("refused").Add(float64(counts[2]))
+	}
+	applied := s.d.Decisions.Applied()
+	s.mu.Lock()
+	for seq := range s.versions {
+		if seq <= applied {
+			delete(s.versions, seq)
+		}
+	}
+	s.mu.Unlock()
+	if n.Head > applied && s.d.CatchUp != nil {
+		s.d.CatchUp.DecisionGap(reviewer, applied, n.Head)
+	}
+	s.wantReport()
+	return nil
+}
+
+// holdLane moves this member's position in the reviewer's decision lane to
+// the decision it has now applied last, when that one came by news (now or
+// earlier, held): the lane holds only decisions, in sequence order, so the
+// member holds it through that decision's version and a stream from the
+// reviewer starts after it.
+func (s *Service) holdLane(tx *store.Txn, epoch uint64) error {
+	applied, err := tx.CounterValue("review_applied")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ver := s.versions[applied]
+	s.mu.Unlock()
+	if ver == 0 || epoch == 0 {
+		return nil
+	}
+	reviewer := s.d.Roles.Reviewer()
+	pos, err := tx.Position(reviewer, uint8(stream.LaneDecision))
+	if err != nil {
+		return err
+	}
+	if (pos.Epoch == epoch && pos.Version < ver) || pos.Version == 0 {
+		tx.SetPosition(reviewer, uint8(stream.LaneDecision), &storepb.Position{Epoch: epoch, Version: ver})
+	}
+	return nil
+}
+
+func (s *Service) wantReport() {
+	select {
+	case s.report <- struct{}{}:
+	default:
+	}
+}
+
+// reportLoop tells the reviewer what this member applied, at most every
+// ReportEvery, and again every HeadEvery until the reviewer took it.
+func (s *Service) reportLoop() {
+	defer s.wg.Done()
+	retry := time.NewTicker(s.d.HeadEvery)
+	defer retry.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.report:
+		case <-retry.C:
+		}
+		if s.reviewer() {
+			continue
+		}
+		applied := s.d.Decisions.Applied()
+		s.mu.Lock()
+		due := applied > s.reported
+		s.mu.Unlock()
+		if !due {
+			continue
+		}
+		if err := s.sendReport(applied); err != nil {
+			s.m.reports.WithLabelValues("out", "failed").Inc()
+			if s.ctx.Err() == nil {
+				s.log.Debug("report applied decisions to the reviewer", "sequence", applied, "err", err)
+			}
+		} else {
+			s.m.reports.WithLabelValues("out", "ok").Inc()
+			s.mu.Lock()
+			s.reported = max(s.reported, applied)
+			s.mu.Unlock()
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(s.d.ReportEvery):
+		}
+	}
+}
+
+func (s *Service) sendReport(seq uint64) error {
+	r := s.d.Roles.Reviewer()
+	if r == "" {
+		return errors.New("no reviewer")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, reportTimeout)
+	defer cancel()
+	st, err := s.d.Host.NewStream(ctx, r, protocols.Applied)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", protocols.Applied, err)
+	}
+	_ = st.SetDeadline(time.Now().Add(reportTimeout))
+	fw := protocols.NewFrameWriter(st, 1<<10)
+	if err := fw.Write(&pb.AppliedReport{Sequence: seq}); err != nil {
+		_ = st.Reset()
+		return err
+	}
+	if err := fw.Flush(); err != nil {
+		_ = st.Reset()
+		return err
+	}
+	return st.Close()
+}
+
+// serveReport takes a member's report on the reviewer.
+func (s *Service) serveReport(st network.Stream) error {
+	p := st.Conn().RemotePeer()
+	if !s.reviewer() || !s.d.Roles.IsMember(p) {
+		s.m.reports.WithLabelValues("in", "refused").Inc()
+		return fmt.Errorf("applied report from %s: this node is not its reviewer", p)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(reportTimeout))
+	r := &pb.AppliedReport{}
+	if err := protocols.NewFrameReader(st, 1<<10).Read(r); err != nil {
+		s.m.reports.WithLabelValues("in", "failed").Inc()
+		return fmt.Errorf("read applied report: %w", err)
+	}
+	if r.Sequence == 0 {
+		return nil
+	}
+	ver, err := s.d.Store.DecisionVersion(r.Sequence)
+	if err != nil {
+		s.m.reports.WithLabelValues("in", "refused").Inc()
+		return fmt.Errorf("applied report from %s: sequence %d: %w", p, r.Sequence, err)
+	}
+	s.d.Acker.Acknowledge(p, stream.LaneDecision, ver)
+	s.m.reports.WithLabelValues("in", "ok").Inc()
+	return nil
+}

@@ -1,0 +1,356 @@
+package spread
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	gosync "sync"
+	"testing"
+	"time"
+
+	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// The service against in-memory stores, libp2p's in-memory network and a
+// real gossipsub on each node. The review service is a small fake that
+// applies decisions in sequence order (holding early ones) and keeps the
+// counter review does; the reviewer's sender is a fake that records the
+// floors reports move.
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const ctrApplied = "review_applied"
+
+type roles struct {
+	self, reviewer peer.ID
+	members        map[peer.ID]bool
+}
+
+func (r roles) Self() peer.ID           { return r.self }
+func (r roles) Reviewer() peer.ID       { return r.reviewer }
+func (r roles) IsMember(p peer.ID) bool { return r.members[p] }
+func seqOf(in *stream.Inbound) uint64 {
+	d := &pb.ReviewDecision{}
+	_ = proto.Unmarshal(in.Body.Payload, d)
+	return d.Sequence
+}
+func newKey(t *testing.T) crypto.PrivKey {
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	must(t, err)
+	return k
+}
+
+var testutilCount = testutil.ToFloat64
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// decisions applies in sequence order, holding early ones in memory.
+type decisions struct {
+	st   *store.Store
+	mu   gosync.Mutex
+	held map[uint64]*stream.Inbound
+}
+
+func (d *decisions) Applied() uint64 { v, _ := d.st.Counter(ctrApplied); return v }
+
+func (d *decisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	seq := seqOf(in)
+	applied, err := tx.CounterValue(ctrApplied)
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case seq <= applied:
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+	case seq > applied+1:
+		d.held[seq] = in
+		return pb.AckStatus_ACK_STATUS_APPLIED, nil
+	}
+	for next := seq; ; next++ {
+		x := in
+		if next != seq {
+			if x = d.held[next]; x == nil {
+				break
+			}
+			delete(d.held, next)
+		}
+		if _, err := tx.AppendReceived(x.Body, x.Hash, x.Raw); err != nil {
+			return 0, err
+		}
+		tx.SetCounter(ctrApplied, next)
+	}
+	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+}
+
+// acker records the floors members' reports move (the reviewer's sender).
+type acker struct {
+	mu     gosync.Mutex
+	floors map[peer.ID]uint64
+}
+
+func (a *acker) Acknowledge(p peer.ID, l stream.Lane, through uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if l == stream.LaneDecision && through > a.floors[p] {
+		a.floors[p] = through
+	}
+}
+
+func (a *acker) floor(p peer.ID) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.floors[p]
+}
+
+// gaps is the catch-up of a member: it records what it is asked for and
+// fills the gap from the reviewer's store, as sync would from any peer.
+type gaps struct {
+	mu     gosync.Mutex
+	asks   int
+	got    uint64
+	from   *store.Store // the reviewer's
+	member *Service
+}
+
+func (g *gaps) DecisionGap(_ peer.ID, have, got uint64) {
+	g.mu.Lock()
+	g.asks++
+	g.got = max(g.got, got)
+	from, member := g.from, g.member
+	g.mu.Unlock()
+	if from == nil {
+		return
+	}
+	cs, err := from.Decisions(have, 1000)
+	if err != nil || len(cs) == 0 {
+		return
+	}
+	var raws [][]byte
+	for _, c := range cs {
+		raws = append(raws, protocols.MarshalEnvelope(c.Envelope))
+	}
+	go func() { _ = member.take(&pb.DecisionNews{Decisions: raws, Head: got, Epoch: from.Epoch()}) }()
+}
+
+func (g *gaps) asked() (int, uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.asks, g.got
+}
+
+type node struct {
+	id   peer.ID
+	st   *store.Store
+	svc  *Service
+	dec  *decisions
+	ack  *acker
+	gaps *gaps
+}
+
+type net struct {
+	t     *testing.T
+	mn    mocknet.Mocknet
+	nodes []*node
+}
+
+// newNet starts n nodes, node 0 the reviewer, each linked to its
+// neighbours on a ring and three ahead (gossip has to relay); members fill
+// gaps from the reviewer's store, as sync would.
+func newNet(t *testing.T, n int) *net {
+	t.Helper()
+	mn := mocknet.New()
+	t.Cleanup(func() { _ = mn.Close() })
+	keys := make([]crypto.PrivKey, n)
+	ids := make([]peer.ID, n)
+	members := map[peer.ID]bool{}
+	for i := range n {
+		keys[i] = newKey(t)
+		ids[i], _ = peer.IDFromPrivateKey(keys[i])
+		members[ids[i]] = true
+	}
+	x := &net{t: t, mn: mn}
+	for i := range n {
+		h, err := mn.AddPeer(keys[i], ma.StringCast(fmt.Sprintf("/ip4/10.0.1.%d/tcp/4001", i+1)))
+		must(t, err)
+		st, err := store.Open("mem", store.Options{Signer: keys[i], InMemory: true})
+		must(t, err)
+		t.Cleanup(func() { _ = st.Close() })
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		ps, err := gossip.NewGossipSub(ctx, h, gossip.WithMessageSignaturePolicy(gossip.StrictSign), gossip.WithFloodPublish(true))
+		must(t, err)
+		nd := &node{id: ids[i], st: st, dec: &decisions{st: st, held: map[uint64]*stream.Inbound{}}, ack: &acker{floors: map[peer.ID]uint64{}}, gaps: &gaps{}}
+		nd.svc, err = New(Deps{Host: h, PubSub: ps, Network: "test", Store: st, Verifier: protocols.NewVerifier(),
+			Roles: roles{self: ids[i], reviewer: ids[0], members: members}, Decisions: nd.dec, Acker: nd.ack, CatchUp: nd.gaps,
+			HeadEvery: 100 * time.Millisecond, ReportEvery: 20 * time.Millisecond, Logger: quiet})
+		must(t, err)
+		if i > 0 {
+			nd.gaps.from, nd.gaps.member = x.nodes[0].st, nd.svc
+		}
+		must(t, nd.svc.Start())
+		t.Cleanup(nd.svc.Close)
+		x.nodes = append(x.nodes, nd)
+	}
+	must(t, mn.LinkAll())
+	for i := range n {
+		for _, j := range []int{(i + 1) % n, (i + 3) % n} {
+			if _, err := mn.ConnectPeers(ids[i], ids[j]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return x
+}
+
+// decide commits decisions from..to at the reviewer and publishes them.
+func (x *net) decide(from, to uint64) map[uint64]uint64 {
+	x.t.Helper()
+	r := x.nodes[0]
+	vers := map[uint64]uint64{}
+	for seq := from; seq <= to; seq++ {
+		payload, _ := proto.Marshal(&pb.ReviewDecision{Sequence: seq, Request: &pb.ReviewRequest{TableName: "tb", TableId: seq, Type: "insert", Data: []byte(`{}`)}})
+		err := r.st.Update(context.Background(), func(tx *store.Txn) error {
+			ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(r.id), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: "tb", Payload: payload})
+			if err != nil {
+				return err
+			}
+			tx.PutDecision(seq, ver, sealed.Hash)
+			tx.SetCounter(ctrApplied, seq)
+			vers[seq] = ver
+			tx.OnCommit(func() { r.svc.Publish(sealed.Bytes) })
+			return nil
+		})
+		must(x.t, err)
+	}
+	return vers
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestDecisionsReachEveryMemberAndTheirReportsTheReviewer: decisions the
+// reviewer publishes reach members it is not connected to, each is applied
+// once in order, each member's position in the decision lane follows, and
+// every member's report moves its floor at the reviewer.
+func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
+	x := newNet(t, 12)
+	// Gossipsub builds its mesh on its heartbeat: let the subscriptions meet.
+	waitFor(t, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	vers := x.decide(1, 40)
+	for i, n := range x.nodes[1:] {
+		waitFor(t, fmt.Sprintf("member %d applied 40", i+1), func() bool { return n.dec.Applied() == 40 })
+		pos, err := n.st.Position(x.nodes[0].id, uint8(stream.LaneDecision))
+		must(t, err)
+		if pos.Version != vers[40] || pos.Epoch != x.nodes[0].st.Epoch() {
+			t.Fatalf("member %d's position in the decision lane: %+v, want version %d", i+1, pos, vers[40])
+		}
+	}
+	rev := x.nodes[0]
+	for i, n := range x.nodes[1:] {
+		waitFor(t, fmt.Sprintf("member %d's report reached the reviewer", i+1), func() bool { return rev.ack.floor(n.id) == vers[40] })
+	}
+	if n := testutilCount(rev.svc.m.reports.WithLabelValues("in", "ok")); n < float64(len(x.nodes)-1) {
+		t.Fatalf("the reviewer took %v reports", n)
+	}
+}
+
+// TestAMemberThatMissedNewsAsksForTheGap: a member cut off while decisions
+// went out hears the head when it is back, asks for what it lacks, and
+// applies it.
+func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
+	x := newNet(t, 6)
+	waitFor(t, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	cut := x.nodes[5]
+	for _, n := range x.nodes[:5] {
+		must(t, x.mn.UnlinkPeers(cut.id, n.id))
+		_ = x.mn.DisconnectPeers(cut.id, n.id)
+	}
+	x.decide(1, 10)
+	waitFor(t, "the others applied 10", func() bool { return x.nodes[4].dec.Applied() == 10 })
+	if cut.dec.Applied() != 0 {
+		t.Fatal("the cut member applied decisions")
+	}
+	for _, n := range x.nodes[:5] {
+		must(t, func() error { _, err := x.mn.LinkPeers(cut.id, n.id); return err }())
+	}
+	_, err := x.mn.ConnectPeers(cut.id, x.nodes[1].id)
+	must(t, err)
+	waitFor(t, "the member asked for decisions through 10", func() bool { _, got := cut.gaps.asked(); return got == 10 })
+	waitFor(t, "the member applied 10", func() bool { return cut.dec.Applied() == 10 })
+}
+
+// TestNewsFromAnotherPeerIsRefused: only the reviewer's news is taken.
+func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
+	x := newNet(t, 4)
+	waitFor(t, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	// Member 1 seals a "decision" itself and publishes it as news.
+	m := x.nodes[1]
+	payload, _ := proto.Marshal(&pb.ReviewDecision{Sequence: 1, Request: &pb.ReviewRequest{TableName: "tb", TableId: 1, Type: "insert", Data: []byte(`{}`)}})
+	var raw []byte
+	must(t, m.st.Update(context.Background(), func(tx *store.Txn) error {
+		_, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(m.id), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: "tb", Payload: payload})
+		tx.OnCommit(func() { raw = sealed.Bytes })
+		return err
+	}))
+	b, _ := proto.Marshal(&pb.DecisionNews{Decisions: [][]byte{raw}, Head: 1})
+	if err := m.svc.topic.Publish(context.Background(), b); err == nil {
+		t.Fatal("a member published news: its own validator let it through")
+	}
+	// Then the reviewer's own decision: it arrives; the forged one never did.
+	x.decide(1, 1)
+	for _, n := range x.nodes[2:] {
+		waitFor(t, "members applied the reviewer's decision", func() bool { return n.dec.Applied() == 1 })
+		if got := testutilCount(n.svc.m.decisions.WithLabelValues("forged")); got != 0 {
+			t.Fatalf("a member looked at %v forged decisions: the validator let them through", got)
+		}
+	}
+}
