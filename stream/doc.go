@@ -41,8 +41,9 @@ const (
 	// every member applies, in sequence order: a member that applied
 	// decisions from gossip holds the decision lane through them.
 	LaneRejection Lane = 6
-	numLanes           = 6
 )
+
+const numLanes = 6
 
 // Lanes lists every lane.
 var Lanes = []Lane{LaneResource, LaneConsider, LanePlanner, LaneRequest, LaneDecision, LaneRejection}
