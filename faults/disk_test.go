@@ -112,6 +112,18 @@ func fill(t *testing.T, dir, path string, leave uint64) {
 	}
 }
 
+// release deletes the filler and commits the file system's journal: ext4
+// does not hand out blocks freed in a transaction that has not committed
+// (up to 5 s), so a node started at once on a disk just freed could still
+// get ENOSPC.
+func release(t *testing.T, filler string) {
+	t.Helper()
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Sync()
+}
+
 // waitHealthz waits until /healthz answers code with a body containing want.
 func waitHealthz(t *testing.T, a *proc.Node, code int, want string, timeout time.Duration) time.Duration {
 	t.Helper()
@@ -166,7 +178,7 @@ func waitWrite(t *testing.T, a *proc.Node, id string, tl *tally, timeout time.Du
 func TestDiskFullAndFreed(t *testing.T) {
 	cycles := pick(3, 21)
 	const reserveMB = 16
-	dir, kind := smallFS(t, 128)
+	dir, kind := smallFS(t, 1024) // room for the store as it grows over 21 cycles (~400 MiB), the reserve and its headroom
 	a := proc.New(t, proc.Options{Name: "A", Home: filepath.Join(dir, "home"), Configure: func(c *node.Config) {
 		c.Limits.MinFreeDiskMB = reserveMB
 	}})
@@ -187,8 +199,10 @@ func TestDiskFullAndFreed(t *testing.T) {
 		var fig string
 		switch cycle % 3 {
 		case 0:
-			// Down to 4 MiB above the reserve; the node's writes do the rest.
-			fill(t, dir, filler, (reserveMB+4)<<20)
+			// Down to 4 MiB above the reserve and the headroom the store
+			// keeps to flush its memory (twice its 16 MiB memtable); the
+			// node's writes do the rest.
+			fill(t, dir, filler, (reserveMB+32+4)<<20)
 			took := waitHealthz(t, a, 503, "disk almost full", 60*time.Second)
 			// Restart on the full disk. The apps stop first: they are
 			// connected to the node's embedded NATS server, which stops with
@@ -212,9 +226,7 @@ func TestDiskFullAndFreed(t *testing.T) {
 			hungBefore = tl.count(timedOut)
 			ctx, cancel = context.WithCancel(context.Background())
 			wg = load(ctx, app, 16, 8<<10, fmt.Sprintf("d%d-after", cycle), 10*time.Second, tl)
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
+			release(t, filler)
 			back := waitHealthz(t, a, 200, "ok", 10*time.Second)
 			fig = fmt.Sprintf("reserve: 503 after %v, SIGTERM to exit %v, restart with %.1f MiB free ok, 200 %v after freeing",
 				took.Round(time.Millisecond), stop.Round(time.Millisecond), float64(left)/(1<<20), back.Round(time.Millisecond))
@@ -256,9 +268,7 @@ func TestDiskFullAndFreed(t *testing.T) {
 			} else {
 				fig = fmt.Sprintf("full to the last byte: 503 after %v", took.Round(time.Millisecond))
 			}
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
+			release(t, filler)
 			if exited {
 				a.Start()
 			} else {
@@ -295,9 +305,7 @@ func TestDiskFullAndFreed(t *testing.T) {
 			if code == 0 || !strings.HasPrefix(last, "ferry: ") || !(strings.Contains(last, "disk") || strings.Contains(last, "no space")) {
 				t.Fatalf("cycle %d: the node exited %d; want non-zero with one line naming the disk, got %q", cycle, code, last)
 			}
-			if err := os.Remove(filler); err != nil {
-				t.Fatal(err)
-			}
+			release(t, filler)
 			a.Configure(func(c *node.Config) { c.Limits.MinFreeDiskMB = reserveMB })
 			a.Start()
 			fig = fmt.Sprintf("no reserve, full to the last byte: exited %d after %v: %q; restarted", code, took.Round(time.Millisecond), last)
@@ -307,7 +315,7 @@ func TestDiskFullAndFreed(t *testing.T) {
 		resumed := waitWrite(t, a, fmt.Sprintf("probe-%d", cycle), tl, 20*time.Second)
 		fig += fmt.Sprintf(", a write ok %v later", resumed.Round(time.Millisecond))
 		figures = append(figures, fig)
-		t.Logf("cycle %d: %s", cycle, fig)
+		t.Logf("cycle %d: %s (%.0f MiB free)", cycle, fig, float64(freeBytes(t, dir))/(1<<20))
 		// A node that exits takes its embedded NATS server with it: requests
 		// on their way then time out at the app. While it runs, none may.
 		if hung := tl.count(timedOut) - hungBefore; !exited && hung > 0 {

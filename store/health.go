@@ -64,8 +64,15 @@ var ErrDiskLow = errors.New("disk almost full")
 // HealthOptions configure the health checks (Options.Health).
 type HealthOptions struct {
 	// MinFreeBytes: commits are refused while the file system under the
-	// data directory has less free space than this. 0: no check.
+	// data directory has less free space than this plus Headroom. 0: no
+	// check.
 	MinFreeBytes uint64
+	// Headroom is kept free on top of MinFreeBytes for the store's own
+	// writes after a refused commit: flushing what its memory tables hold
+	// (Open sets it to twice the memtable size). Without it, a store that
+	// stopped taking commits at the reserve still wrote a flush past it and
+	// failed with ENOSPC.
+	Headroom uint64
 	// StallAfter: queued work waiting this long with no commit finishing
 	// makes the store stalled. Default DefaultStallAfter.
 	StallAfter time.Duration
@@ -92,6 +99,7 @@ type Health struct {
 	DiskLow      bool      `json:"disk_low,omitempty"`
 	FreeBytes    uint64    `json:"free_bytes"`
 	MinFreeBytes uint64    `json:"min_free_bytes"`
+	Headroom     uint64    `json:"headroom_bytes,omitempty"`
 	Queued       int64     `json:"queued"`
 	LastCommit   time.Time `json:"last_commit,omitzero"`
 	// WriteStall is Pebble's reason while it holds writes back.
@@ -245,12 +253,13 @@ func (h *health) admit(size int) error {
 	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if now.Sub(h.freeAt) > freeCheckEvery || h.diskLow || h.left() < h.o.MinFreeBytes+uint64(size) {
+	if now.Sub(h.freeAt) > freeCheckEvery || h.diskLow || h.left() < h.reserve()+uint64(size) {
 		h.readFree(now)
 	}
-	if h.left() < h.o.MinFreeBytes+uint64(size) {
+	if h.left() < h.reserve()+uint64(size) {
 		if !h.diskLow {
-			h.log.Warn("disk almost full: refusing writes until space is freed", "free_bytes", h.free, "reserve_bytes", h.o.MinFreeBytes, "dir", h.dir)
+			h.log.Warn("disk almost full: refusing writes until space is freed", "free_bytes", h.free, "reserve_bytes", h.o.MinFreeBytes,
+				"headroom_bytes", h.o.Headroom, "dir", h.dir)
 		}
 		h.diskLow = true
 		return h.lowErr()
@@ -262,6 +271,9 @@ func (h *health) admit(size int) error {
 	h.written += uint64(size)
 	return nil
 }
+
+// reserve is the free space below which commits are refused.
+func (h *health) reserve() uint64 { return h.o.MinFreeBytes + h.o.Headroom }
 
 // left is the free space less what was written since it was read; h.mu is held.
 func (h *health) left() uint64 {
@@ -277,6 +289,10 @@ func (h *health) lowErr() error {
 }
 
 func (h *health) lowDetail() string {
+	if h.o.Headroom > 0 {
+		return fmt.Sprintf("%s free under %s, below the reserve of %s (limits.min_free_disk_mb) and the %s the store keeps to flush its memory; free space to resume writes",
+			mib(h.left()), h.dir, mib(h.o.MinFreeBytes), mib(h.o.Headroom))
+	}
 	return fmt.Sprintf("%s free under %s, below the reserve of %s (limits.min_free_disk_mb); free space to resume writes",
 		mib(h.left()), h.dir, mib(h.o.MinFreeBytes))
 }
@@ -300,7 +316,7 @@ func (s *Store) failure() *error {
 func (s *Store) Health() Health {
 	h := s.h
 	now := time.Now()
-	out := Health{Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes}
+	out := Health{Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes, Headroom: h.o.Headroom}
 	if lc := h.lastCommit.Load(); lc > 0 {
 		out.LastCommit = time.Unix(0, lc).UTC()
 	}
@@ -309,7 +325,7 @@ func (s *Store) Health() Health {
 		if now.Sub(h.freeAt) > healthFreeEvery {
 			h.readFree(now)
 			// An idle store notices a disk that others filled, and one freed.
-			h.diskLow = h.left() < h.o.MinFreeBytes
+			h.diskLow = h.left() < h.reserve()
 		}
 		out.FreeBytes = h.left()
 		out.DiskLow = h.diskLow

@@ -108,6 +108,9 @@ func levels() []pebble.LevelOptions {
 	return ls
 }
 
+// memTableSize is Pebble's memtable size: a flush writes up to this much.
+const memTableSize = 16 << 20
+
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
 const DefaultCacheBytes = 64 << 20
 
@@ -190,6 +193,9 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.InMemory {
 		o.Health.FS = vfs.NewMem()
 	}
+	if o.Health.MinFreeBytes > 0 && o.Health.Headroom == 0 {
+		o.Health.Headroom = 2 * memTableSize
+	}
 	h := newHealth(dir, o.Health, o.Logger)
 	po := &pebble.Options{
 		Logger: pebbleLogger{o.Logger, h.fatal},
@@ -199,8 +205,7 @@ func Open(dir string, o Options) (*Store, error) {
 		Levels:                levels(),
 		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 64,
-		LBaseMaxBytes:         512 << 20,
-		MemTableSize:          16 << 20,
+		MemTableSize:          memTableSize,
 	}
 	h.pebbleOptions(po) // the file system: o.Health.FS (in memory) or the disk's
 	db, err := pebble.Open(dir, po)

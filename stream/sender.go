@@ -772,6 +772,12 @@ func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
 	}
 	s.mu.Unlock()
 	o.mu.Lock()
+	if len(o.streams) > 0 {
+		// A stream is open: the receiver reported its positions when it
+		// opened, which say more than a hello built before the last replies.
+		o.mu.Unlock()
+		return
+	}
 	floors := make(map[Lane]uint64, len(Lanes))
 	for _, l := range Lanes {
 		if ls := o.lanes[l]; ls.floor > v {
