@@ -19,6 +19,7 @@ import (
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	gossip "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -93,6 +94,7 @@ type Node struct {
 	st       *store.Store
 	host     host.Host
 	dht      *dht.IpfsDHT
+	gossip   *gossip.PubSub // one gossipsub router, shared by the services that gossip
 	book     *peerBook
 	hello    *hello
 	bridge   *natsbridge.Bridge
@@ -179,6 +181,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
 		return nil, err
+	}
+	if n.gossip, err = gossip.NewGossipSub(ctx, n.host); err != nil {
+		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
 		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
