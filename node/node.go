@@ -39,6 +39,7 @@ import (
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/spread"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
 	ferrysync "github.com/ferrynet/ferry/sync"
@@ -71,6 +72,9 @@ type Options struct {
 	// DrainTimeout bounds how long Close waits for requests in flight
 	// (default DefaultDrainTimeout).
 	DrainTimeout time.Duration
+	// SpreadHeadEvery is how often the reviewer gossips its last decision
+	// sequence while no decision goes out (default spread.DefaultHeadEvery).
+	SpreadHeadEvery time.Duration
 }
 
 // Bounds of Close (the order is in docs/architecture.md).
@@ -79,6 +83,11 @@ const (
 	DefaultDrainTimeout = 10 * time.Second
 	// StoreCloseTimeout bounds the store's close (a disk that hangs).
 	StoreCloseTimeout = 10 * time.Second
+	// DefaultDecisionFallback is how long a decision is left to gossip
+	// (spread/) before the delivery stream carries it to a member that has
+	// not reported it applied (stream.SenderOptions.DecisionFallback; a
+	// negative Options.Sender.DecisionFallback turns the wait off).
+	DefaultDecisionFallback = 10 * time.Second
 )
 
 // Node is one running Ferry process.
@@ -105,6 +114,7 @@ type Node struct {
 	review   *review.Service
 	sync     *ferrysync.Service
 	search   *pubsub.Service
+	spread   *spread.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -182,7 +192,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
 		return nil, err
 	}
-	if n.gossip, err = gossip.NewGossipSub(ctx, n.host); err != nil {
+	if n.gossip, err = gossip.NewGossipSub(ctx, n.host, pubsub.PubSubOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
@@ -204,12 +214,18 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	sndo.DecisionHead = func() uint64 { return n.review.Applied() }
 	sndo.OnAcked = n.onAcked
 	sndo.Logger = log.With("component", "sender")
+	switch {
+	case sndo.DecisionFallback == 0:
+		sndo.DecisionFallback = DefaultDecisionFallback
+	case sndo.DecisionFallback < 0:
+		sndo.DecisionFallback = 0
+	}
 	sndo.Registerer = n.reg
 	if n.sender, err = stream.NewSender(n.host, n.st, n.book, sndo); err != nil {
 		return nil, err
 	}
 	n.prop.SetSender(n.sender)
-	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: n.sender, Publisher: pub,
+	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: decisionTap{n}, Publisher: pub,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
 		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
 	n.sync, err = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
@@ -219,7 +235,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.review.SetCatchUp(n.sync)
-	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
+	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
+		Verifier: n.verifier, Roles: n.book, Decisions: n.review, Acker: n.sender, CatchUp: n.sync,
+		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
+	if err != nil {
+		return nil, err
+	}
+	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
@@ -252,6 +274,18 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 // node starts (cmd/ferry and internal/testnet do).
 func RouteLibp2pLogs(h slog.Handler) {
 	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
+}
+
+// decisionTap is the review service's sender: every own entry goes to the
+// delivery stream, and each decision the reviewer commits also goes out on
+// gossip (spread) as soon as it is on disk.
+type decisionTap struct{ n *Node }
+
+func (d decisionTap) Notify(e store.OwnEntry) {
+	if stream.Lane(e.Lane) == stream.LaneDecision && len(e.Env) > 0 && d.n.spread != nil {
+		d.n.spread.Publish(e.Env)
+	}
+	d.n.sender.Notify(e)
 }
 
 // kindMux hands inbound deliveries to the service of their kind.
@@ -340,6 +374,9 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.sync.Start()
+	if err := n.spread.Start(); err != nil {
+		return err
+	}
 	if err := n.startAdmin(); err != nil {
 		return err
 	}
@@ -517,6 +554,9 @@ func (n *Node) Close() error {
 			errs = append(errs, n.drain())
 		}
 		n.g.Shut()
+		if n.spread != nil {
+			n.spread.Close()
+		}
 		n.cancel()
 		if n.receiver != nil {
 			n.receiver.Close()
