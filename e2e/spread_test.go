@@ -13,6 +13,8 @@ import (
 // carrying decisions (a fallback of an hour), an accepted request still
 // reaches every member, through the gossip topic, and the reviewer's
 // acknowledgement rows all turn sended, from the members' applied reports.
+// The members count what they applied from the news itself (not from a
+// pull after a head announcement).
 func TestDecisionsSpreadByGossip(t *testing.T) {
 	so := testnet.FastSender
 	so.DecisionFallback = time.Hour
@@ -31,6 +33,11 @@ func TestDecisionsSpreadByGossip(t *testing.T) {
 			if got := rowsOf(t, net.Node(i), table); got != `[{"id":5,"name":"spread","unique_num":7}]` {
 				t.Fatalf("node %d %s = %s", i, table, got)
 			}
+		}
+	}
+	for _, i := range []int{nA, nB, nD} {
+		if got := metric(t, net.Node(i), "ferry_spread_decisions_total", map[string]string{"outcome": "applied"}); got < 3 {
+			t.Errorf("node %d applied %v decisions from gossip news, want 3", i, got)
 		}
 	}
 }
