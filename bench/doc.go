@@ -1,50 +1,59 @@
 // Package bench measures Ferry against what a user would otherwise pick and
-// against the transport it runs on. Everything runs in one process on
-// loopback, so every number includes the app, the nodes and the baselines
-// sharing the same CPUs.
+// against the transport it runs on. Ferry's nodes run as separate `ferry run`
+// processes (the binary is built once per test run), so each node's CPU is
+// its own process's (/proc/<pid>/stat); the app, the NATS JetStream
+// baselines and the raw libp2p hosts run in the test process. Everything is
+// on loopback and shares the machine's CPUs.
 //
-// One command runs every measurement and prints a markdown table:
+// One command runs every measurement and prints a markdown table
+// (`make bench`):
 //
 //	FERRY_BENCH=1 go test ./bench/ -run '^TestReport$' -v -count=1 -timeout 30m
 //
-// It measures, in order:
+// Its parts, in order (FERRY_BENCH_ONLY names them):
 //
-//  1. Ferry throughput: an app pipelines ferry.propagate creates (256-byte
-//     payloads, many in flight) at node A; the clock runs from the first send
-//     until node B has published every ferry.resource.created event on its
-//     NATS. Every reply must be ok and every event must arrive exactly once.
-//  2. NATS JetStream sourcing: stream SRC on server A, stream DST on server B
-//     sourcing SRC over a leafnode (two JetStream domains); async publishes
-//     at A until DST holds every message. Once with the default sync
-//     interval and once with sync_interval: always (fsync per write), since
-//     Ferry fsyncs before it answers.
-//  3. The ceiling: one long-lived libp2p stream (TCP, noise, yamux) between
-//     two hosts, varint-framed 256-byte messages, each acked on the stream,
-//     many in flight.
-//  4. Ferry latency at 1,000 events/s for 5 s: send of the propagate request
-//     at A to arrival of the event on B's NATS (p50, p99), and to the
-//     fsynced reply at A.
-//  5. Fan-out: A with 1 partner and with 10 partners (11 nodes), the same
-//     pipelined load, until every partner has published every event.
+//   - ferry: an app pipelines ferry.propagate creates (256-byte payloads,
+//     2,048 in flight) at process A; the clock runs from the first send until
+//     process B has published every ferry.resource.created event on its NATS.
+//     Every reply must be ok and every event arrive exactly once. CPU per
+//     event of A, B and the app.
+//   - fanout: the same with A and 5 partner processes, until every partner
+//     published every event; A's CPU per event against the 1-partner run.
+//   - jetstream, jetstream-sync: NATS JetStream sourcing, stream SRC on
+//     server A and DST on server B sourcing SRC over a leafnode; async
+//     publishes at A until DST holds every message; once with the default
+//     sync interval, once with sync_interval: always (fsync per write, as
+//     Ferry fsyncs before it answers).
+//   - jsasync: JetStream async publish into one file-backed stream (one
+//     server), until every publish is acknowledged.
+//   - libp2p: the ceiling, one long-lived libp2p stream (TCP, noise, yamux),
+//     varint-framed 256-byte messages, each acked on the stream.
+//   - latency: paced sends at 1,000 and 10,000 events/s for 5 s: send at A to
+//     the event on B's NATS (p50, p99, max) and to the fsynced reply at A.
+//   - catchup: A takes 100,000 creates while its partner B is stopped; the
+//     clock runs from B's process start until B holds them all.
+//   - join: a reviewer with 1,000,000 decided rows and 100,000 resources of
+//     its own; a new member (a partner of it) starts with an empty store; the
+//     clock runs from its process start until it applied every decision and
+//     holds every resource (snapshot, then the decisions after it).
 //
 // Knobs (environment):
 //
-//	FERRY_BENCH=1          run TestReport (otherwise it is skipped)
-//	FERRY_BENCH_SCALE=0.5  multiply every event count (default 1)
-//	FERRY_BENCH_ONLY=ferry,latency   run only these parts; parts are
-//	                       ferry, jetstream, jetstream-sync, libp2p, latency, fanout
-//	FERRY_BENCH_INFLIGHT=2048   requests/messages in flight (default 2048)
+//	FERRY_BENCH=1                run TestReport (otherwise it is skipped)
+//	FERRY_BENCH_SCALE=0.5        multiply every event count (default 1)
+//	FERRY_BENCH_ONLY=ferry,latency   run only these parts
+//	FERRY_BENCH_INFLIGHT=2048    requests/messages in flight
+//	FERRY_BENCH_PROFILES=DIR     each ferry process writes DIR/<name>.cpu
+//	FERRY_BENCH_METRICS=1        log each process's ferry_store_* metrics
 //
-// To see where Ferry's time goes, profile the throughput part alone:
-//
-//	FERRY_BENCH=1 FERRY_BENCH_ONLY=ferry go test ./bench/ -run '^TestReport$' -v -count=1 -cpuprofile /tmp/ferry.cpu -o /tmp/bench.test
-//	go tool pprof -top /tmp/bench.test /tmp/ferry.cpu
+// Single measurements: TestProcsQuick (FERRY_BENCH_PROCS=<events>,
+// FERRY_BENCH_PARTNERS=<n>), TestProcsLatencyQuick (FERRY_BENCH_RATE=<events/s>).
+// The soak (`make soak`) is TestSoak (FERRY_SOAK_MINUTES, FERRY_SOAK_RATE).
 //
 // Without FERRY_BENCH, go test ./bench/ runs only TestSmoke: every
-// measurement at a tiny size (about a second; skipped with -short), to keep
-// the harness working.
+// measurement at a tiny size (skipped with -short), to keep the harness
+// working.
 //
 // Numbers move with the machine: the header prints the load average and
-// what one fsync costs in the temp dir, and under the table the store's
-// group commits on the sending and the receiving node.
+// what one fsync costs in the temp dir.
 package bench
