@@ -39,9 +39,11 @@ run:
 demo:
 	$(GO) run ./cmd/ferry demo
 
-# gofmt, go vet, staticcheck (installed from the module proxy by scripts/tools.sh) and a tidy go.mod.
+# gofmt, go vet, staticcheck (installed from the module proxy by scripts/tools.sh), a tidy go.mod, and
+# no built file tracked by git (scripts/check-tree.sh).
 lint: tools
 	@$(GO) mod tidy -diff || (echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1)
+	@./scripts/check-tree.sh
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); exit 1)
 	$(GO) vet ./...
 	./bin/tools/staticcheck ./...
