@@ -28,12 +28,10 @@ import (
 	"github.com/ferrynet/ferry/protocols"
 )
 
-// Connection manager watermarks. Partners and the reviewer are protected.
-const (
-	connLow   = 64
-	connHigh  = 256
-	connGrace = time.Minute
-)
+// connGrace keeps a new connection from the connection manager's trimming
+// (its watermarks come from connections.max, see connLimits). Partners, the
+// reviewer and the chosen neighbours are protected.
+const connGrace = time.Minute
 
 // preflight binds each fixed listen port once and lets it go, so a port in
 // use is reported before libp2p starts: go-libp2p leaves goroutines behind
@@ -111,7 +109,8 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager: %w", err)
 	}
-	cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(connGrace))
+	low, high := connLimits(c)
+	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connection manager: %w", err)
 	}

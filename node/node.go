@@ -197,6 +197,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
 		return nil, err
 	}
+	if err := n.registerConnMetrics(); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	if n.gossip, err = gossip.NewGossipSub(ctx, n.host, pubsub.PubSubOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
@@ -405,7 +408,7 @@ func (n *Node) Start() error {
 func (n *Node) connected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	if n.book.IsPartner(p) || p == n.book.Reviewer() {
-		n.host.ConnManager().Protect(p, "ferry")
+		n.host.ConnManager().Protect(p, connTag)
 	}
 	if c.Stat().Direction != network.DirOutbound {
 		return
@@ -692,7 +695,7 @@ func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 		return err
 	}
 	if on {
-		n.host.ConnManager().Protect(p, "ferry")
+		n.host.ConnManager().Protect(p, connTag)
 		n.sender.Kick(p)
 	}
 	return nil
