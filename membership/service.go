@@ -400,6 +400,7 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 		req.Self = self
 	}
 	fw := protocols.NewFrameWriter(st, MaxRecordBytes+64)
+	defer fw.Release()
 	if err := fw.Write(req); err == nil {
 		err = fw.Flush()
 	}
@@ -409,6 +410,7 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 	}
 	_ = st.CloseWrite()
 	fr := protocols.NewFrameReader(st, pageBytes)
+	defer fr.Release()
 	taken := 0
 	for {
 		page := &pb.MembersPage{}
@@ -439,7 +441,9 @@ const pageBytes = pageRecords*(MaxRecordBytes+8) + 16
 func (s *Service) serve(st network.Stream) error {
 	_ = st.SetDeadline(time.Now().Add(pullTimeout))
 	req := &pb.MembersRequest{}
-	if err := protocols.NewFrameReader(st, MaxRecordBytes+64).Read(req); err != nil {
+	fr := protocols.NewFrameReader(st, MaxRecordBytes+64)
+	defer fr.Release()
+	if err := fr.Read(req); err != nil {
 		return fmt.Errorf("read members request: %w", err)
 	}
 	if req.Self != nil {
@@ -453,6 +457,7 @@ func (s *Service) serve(st network.Stream) error {
 	}
 	recs := s.Records()
 	fw := protocols.NewFrameWriter(st, pageBytes)
+	defer fw.Release()
 	for {
 		n := min(len(recs), pageRecords)
 		page := &pb.MembersPage{Done: n == len(recs)}

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/pubsub"
@@ -394,13 +395,20 @@ func (x *hello) me(p peer.ID) *pb.Hello {
 	return h
 }
 
+// maxHelloBytes bounds a hello frame: names, addresses and a membership
+// record.
+const maxHelloBytes = 4096 + membership.MaxRecordBytes
+
 func (x *hello) serve(s network.Stream) error {
 	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
 	theirs := &pb.Hello{}
-	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+	fr := protocols.NewFrameReader(s, maxHelloBytes)
+	defer fr.Release()
+	if err := fr.Read(theirs); err != nil {
 		return fmt.Errorf("read hello: %w", err)
 	}
-	fw := protocols.NewFrameWriter(s, 4096)
+	fw := protocols.NewFrameWriter(s, maxHelloBytes)
+	defer fw.Release()
 	if err := fw.Write(x.me(s.Conn().RemotePeer())); err != nil {
 		return err
 	}
@@ -420,7 +428,10 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
-	fw := protocols.NewFrameWriter(s, 4096)
+	fw := protocols.NewFrameWriter(s, maxHelloBytes)
+	defer fw.Release()
+	fr := protocols.NewFrameReader(s, maxHelloBytes)
+	defer fr.Release()
 	if err := fw.Write(x.me(c.RemotePeer())); err != nil {
 		_ = s.Reset()
 		return err
@@ -430,7 +441,7 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 		return err
 	}
 	theirs := &pb.Hello{}
-	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+	if err := fr.Read(theirs); err != nil {
 		_ = s.Reset()
 		return fmt.Errorf("read hello: %w", err)
 	}
