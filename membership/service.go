@@ -401,7 +401,8 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 	}
 	fw := protocols.NewFrameWriter(st, MaxRecordBytes+64)
 	defer fw.Release()
-	if err := fw.Write(req); err == nil {
+	err = fw.Write(req)
+	if err == nil {
 		err = fw.Flush()
 	}
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/store"
@@ -82,17 +81,6 @@ func sameAddrs(a, b [][]byte) bool {
 // MembersKnown is the number of members with a signed record held, this
 // node included.
 func (n *Node) MembersKnown() int { return n.members.Known() }
-
-// addrsOf decodes binary multiaddrs, skipping bad ones.
-func addrsOf(bs [][]byte) []ma.Multiaddr {
-	var out []ma.Multiaddr
-	for _, b := range bs {
-		if a, err := ma.NewMultiaddrBytes(b); err == nil {
-			out = append(out, a)
-		}
-	}
-	return out
-}
 
 // takeRecord keeps the membership record a peer sent in hello.
 func (n *Node) takeRecord(p peer.ID, raw []byte) {
