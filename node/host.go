@@ -33,6 +33,9 @@ import (
 // reviewer and the chosen neighbours are protected.
 const connGrace = time.Minute
 
+// dhtRefresh is the DHT routing table's refresh period.
+const dhtRefresh = 10 * time.Minute
+
 // preflight binds each fixed listen port once and lets it go, so a port in
 // use is reported before libp2p starts: go-libp2p leaves goroutines behind
 // when its own listen fails.
@@ -140,7 +143,10 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 				dht.ProtocolPrefix(protocols.DHTPrefix),
 				dht.Mode(dht.ModeServer),
 				dht.BootstrapPeers(boot...),
-				dht.RoutingTableRefreshPeriod(time.Minute),
+				// Kademlia's default: the routing table fills from the
+				// connections the node makes anyway, and each refresh
+				// costs every other node lookups to answer (idle CPU).
+				dht.RoutingTableRefreshPeriod(dhtRefresh),
 			)
 			kad = d
 			return d, err
