@@ -49,6 +49,7 @@ type Config struct {
 	NATS              NATSConfig  `yaml:"nats"`
 	Admin             AdminConfig `yaml:"admin"`
 	Limits            Limits      `yaml:"limits"`
+	Connections       Connections `yaml:"connections"`
 	Review            Review      `yaml:"review"`
 	Log               LogConfig   `yaml:"log"`
 }
@@ -90,6 +91,21 @@ type Limits struct {
 	MinFreeDiskMB int `yaml:"min_free_disk_mb"`
 }
 
+// Connections bound the node's open connections: partners and the reviewer
+// stay connected, plus up to Neighbours other members (the gossip mesh);
+// any other member is dialed when there is something to send it. Above Max
+// open connections the least needed are closed.
+type Connections struct {
+	Neighbours int `yaml:"neighbours"`
+	Max        int `yaml:"max"`
+}
+
+// Defaults of the connection bounds.
+const (
+	DefaultNeighbours     = 6
+	DefaultMaxConnections = 48
+)
+
 // Defaults of the limits that are not in SPEC.md.
 const (
 	DefaultIdempotencyWindowSeconds = 120
@@ -122,7 +138,8 @@ func Default() Config {
 		Admin:   AdminConfig{Listen: DefaultAdminListen},
 		Limits: Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7,
 			IdempotencyWindowSeconds: DefaultIdempotencyWindowSeconds, MinFreeDiskMB: DefaultMinFreeDiskMB},
-		Log: LogConfig{Level: "info", Format: "text"},
+		Connections: Connections{Neighbours: DefaultNeighbours, Max: DefaultMaxConnections},
+		Log:         LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -217,6 +234,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MinFreeDiskMB < 0 {
 		return cfgErr("limits.min_free_disk_mb", "%d is negative", c.Limits.MinFreeDiskMB)
+	}
+	if c.Connections.Neighbours < 1 || c.Connections.Neighbours > 1000 {
+		return cfgErr("connections.neighbours", "%d is outside 1..1000", c.Connections.Neighbours)
+	}
+	if c.Connections.Max < c.Connections.Neighbours+2 || c.Connections.Max > 10000 {
+		return cfgErr("connections.max", "%d is outside %d..10000 (at least neighbours + 2)", c.Connections.Max, c.Connections.Neighbours+2)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -15,13 +15,19 @@ const (
 	DefaultDiscoveryPeriod = 30 * time.Second
 	discoveryFirst         = 250 * time.Millisecond
 	connectTimeout         = 10 * time.Second
+	// advertiseEvery is how often the node advertises itself under the
+	// rendezvous key (provider records live 48 hours).
+	advertiseEvery = 30 * time.Minute
 )
 
 // rendezvous is the DHT key members advertise.
 func (n *Node) rendezvous() string { return "/ferry/" + n.cfg.Network + "/members" }
 
 // discover keeps the node joined: bootstrap peers, the DHT, the rendezvous
-// key, and connections to partners and the reviewer, found by peer id.
+// key, connections to partners and the reviewer, found by peer id, and to
+// `connections.neighbours` other members. The DHT is walked only while
+// neighbours are lacking (and to advertise, rarely); once the node has its
+// connections the rounds only check them.
 func (n *Node) discover() {
 	period := n.opts.DiscoveryPeriod
 	if period <= 0 {
@@ -32,8 +38,9 @@ func (n *Node) discover() {
 	}
 	disc := drouting.NewRoutingDiscovery(n.dht)
 	wait := discoveryFirst
+	var advertised time.Time
 	for {
-		n.discoverRound(disc)
+		n.discoverRound(disc, &advertised)
 		t := time.NewTimer(wait)
 		select {
 		case <-n.ctx.Done():
@@ -45,7 +52,7 @@ func (n *Node) discover() {
 	}
 }
 
-func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
+func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, advertised *time.Time) {
 	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
 	defer cancel()
 	// Rounds are paced here; the swarm's dial backoff (up to five minutes)
@@ -54,7 +61,13 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 	for _, c := range n.hello.pending() {
 		n.greet(c)
 	}
+	// Bootstrap peers while the node has no neighbours yet (it knows no
+	// member to pick).
+	joined := len(n.neighbours()) > 0
 	for _, b := range n.cfg.Bootstrap {
+		if joined {
+			break
+		}
 		ai, err := peer.AddrInfoFromString(b)
 		if err != nil || ai.ID == n.id || n.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
@@ -66,7 +79,7 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 	// Partners and the reviewer first: the peerstore knows their addresses
 	// from the peer book even when no bootstrap peer is up.
 	want := n.book.Partners()
-	if r := n.book.Reviewer(); r != "" && r != n.id {
+	if r := n.book.Reviewer(); r != "" && r != n.id && n.keepReviewer() {
 		want = append(want, r)
 	}
 	for _, p := range want {
@@ -79,22 +92,37 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery) {
 			n.log.Debug("peer unreachable", "peer", p, "err", err)
 		}
 	}
+	// Neighbours from the members known by their records first.
+	lacking := n.keepNeighbours(ctx)
+	defer n.trim()
 	if n.dht.RoutingTable().Size() == 0 {
 		return
 	}
-	if _, err := disc.Advertise(ctx, n.rendezvous()); err != nil && n.ctx.Err() == nil {
-		n.log.Debug("advertise", "err", err)
+	if time.Since(*advertised) >= advertiseEvery {
+		if _, err := disc.Advertise(ctx, n.rendezvous()); err != nil && n.ctx.Err() == nil {
+			n.log.Debug("advertise", "err", err)
+		} else if err == nil {
+			*advertised = time.Now()
+		}
+	}
+	if lacking <= 0 {
+		return
 	}
 	found, err := dutil.FindPeers(ctx, disc, n.rendezvous())
 	if err != nil && n.ctx.Err() == nil {
 		n.log.Debug("find members", "err", err)
 	}
 	for _, ai := range found {
+		if lacking <= 0 {
+			break
+		}
 		if ai.ID == n.id || n.book.refused(ai.ID) || n.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
 		if err := n.host.Connect(ctx, ai); err != nil {
 			n.log.Debug("member unreachable", "peer", ai.ID, "err", err)
+			continue
 		}
+		lacking--
 	}
 }

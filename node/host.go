@@ -28,12 +28,13 @@ import (
 	"github.com/ferrynet/ferry/protocols"
 )
 
-// Connection manager watermarks. Partners and the reviewer are protected.
-const (
-	connLow   = 64
-	connHigh  = 256
-	connGrace = time.Minute
-)
+// connGrace keeps a new connection from the connection manager's trimming
+// (its watermarks come from connections.max, see connLimits). Partners, the
+// reviewer and the chosen neighbours are protected.
+const connGrace = time.Minute
+
+// dhtRefresh is the DHT routing table's refresh period.
+const dhtRefresh = 10 * time.Minute
 
 // preflight binds each fixed listen port once and lets it go, so a port in
 // use is reported before libp2p starts: go-libp2p leaves goroutines behind
@@ -111,7 +112,8 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager: %w", err)
 	}
-	cm, err := connmgr.NewConnManager(connLow, connHigh, connmgr.WithGracePeriod(connGrace))
+	low, high := connLimits(c)
+	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(connGrace))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connection manager: %w", err)
 	}
@@ -141,7 +143,10 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 				dht.ProtocolPrefix(protocols.DHTPrefix),
 				dht.Mode(dht.ModeServer),
 				dht.BootstrapPeers(boot...),
-				dht.RoutingTableRefreshPeriod(time.Minute),
+				// Kademlia's default: the routing table fills from the
+				// connections the node makes anyway, and each refresh
+				// costs every other node lookups to answer (idle CPU).
+				dht.RoutingTableRefreshPeriod(dhtRefresh),
 			)
 			kad = d
 			return d, err

@@ -33,6 +33,7 @@ import (
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
+	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/natsbridge"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
@@ -75,6 +76,9 @@ type Options struct {
 	// SpreadHeadEvery is how often the reviewer gossips its last decision
 	// sequence while no decision goes out (default spread.DefaultHeadEvery).
 	SpreadHeadEvery time.Duration
+	// MembersRepublish is the membership record republish and pull period
+	// (default membership.DefaultRepublish).
+	MembersRepublish time.Duration
 }
 
 // Bounds of Close (the order is in docs/architecture.md).
@@ -106,6 +110,7 @@ type Node struct {
 	gossip   *gossip.PubSub // one gossipsub router, shared by the services that gossip
 	book     *peerBook
 	hello    *hello
+	members  *membership.Service // signed membership records (membership.go)
 	bridge   *natsbridge.Bridge
 	verifier *protocols.Verifier
 	sender   *stream.Sender
@@ -192,6 +197,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
 		return nil, err
 	}
+	if err := n.registerConnMetrics(); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	if n.gossip, err = gossip.NewGossipSub(ctx, n.host, pubsub.PubSubOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
@@ -255,6 +263,10 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{},
 		holds: n.holdsOf, onHolds: n.peerHolds}
+	if n.members, err = n.newMembership(); err != nil {
+		return nil, err
+	}
+	n.hello.own, n.hello.take = n.members.Own, n.takeRecord
 	return n, nil
 }
 
@@ -370,6 +382,9 @@ func (n *Node) Start() error {
 	if err := n.search.Start(); err != nil {
 		return err
 	}
+	if err := n.members.Start(); err != nil {
+		return err
+	}
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
@@ -393,7 +408,7 @@ func (n *Node) Start() error {
 func (n *Node) connected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	if n.book.IsPartner(p) || p == n.book.Reviewer() {
-		n.host.ConnManager().Protect(p, "ferry")
+		n.host.ConnManager().Protect(p, connTag)
 	}
 	if c.Stat().Direction != network.DirOutbound {
 		return
@@ -570,6 +585,9 @@ func (n *Node) Close() error {
 		if n.search != nil {
 			n.search.Close()
 		}
+		if n.members != nil {
+			n.members.Close()
+		}
 		if n.prop != nil {
 			n.prop.Close()
 		}
@@ -677,7 +695,7 @@ func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 		return err
 	}
 	if on {
-		n.host.ConnManager().Protect(p, "ferry")
+		n.host.ConnManager().Protect(p, connTag)
 		n.sender.Kick(p)
 	}
 	return nil

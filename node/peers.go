@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/pubsub"
@@ -282,34 +283,23 @@ func (b *peerBook) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 	return nil
 }
 
-// record stores what a hello told of p.
-func (b *peerBook) record(ctx context.Context, p peer.ID, h *pb.Hello, addrs []ma.Multiaddr) {
-	member := h.Network == b.network && b.allowed(p)
+// record notes a hello from p: a peer that presented another network is
+// refused from now on; a member's hello (a live connection) runs the
+// OnMember hooks. Hello does not make a member (its signed record does,
+// see learn) and writes nothing to disk.
+func (b *peerBook) record(p peer.ID, h *pb.Hello) {
 	b.mu.Lock()
 	if h.Network != b.network {
 		b.strange[p] = true
 	}
-	e := b.book[p]
-	was := e != nil && e.Member
-	if e == nil {
-		e = &storepb.Peer{Id: []byte(p)}
+	if e := b.book[p]; e != nil {
+		e = cloneEntry(e)
+		e.LastSeen = time.Now().Unix()
+		b.book[p] = e
 	}
-	e = cloneEntry(e)
-	e.Name, e.Network, e.Member, e.LastSeen = h.Name, h.Network, member, time.Now().Unix()
-	e.Addrs = e.Addrs[:0]
-	for _, a := range addrs {
-		e.Addrs = append(e.Addrs, a.Bytes())
-	}
-	b.book[p] = e
 	hooks := slices.Clone(b.onMember)
 	b.mu.Unlock()
-	if err := b.st.Update(ctx, func(tx *store.Txn) error { tx.PutPeer(e); return nil }); err != nil && !errors.Is(err, store.ErrClosed) {
-		b.log.Warn("save peer", "peer", p, "err", err)
-	}
-	if member && !was {
-		b.log.Info("member joined", "peer", p, "name", h.Name)
-	}
-	if member {
+	if h.Network == b.network && b.IsMember(p) {
 		for _, fn := range hooks {
 			fn(p)
 		}
@@ -355,6 +345,10 @@ type hello struct {
 	// hello); onHolds hears how far the peer holds this node's.
 	holds   func(peer.ID) uint64
 	onHolds func(peer.ID, uint64)
+	// own is this node's signed membership record (sent in hello); take
+	// verifies and keeps a peer's.
+	own  func() []byte
+	take func(p peer.ID, raw []byte)
 
 	mu      sync.Mutex
 	greeted map[string]bool  // connection ids that exchanged hello
@@ -389,6 +383,9 @@ func (x *hello) forget(c network.Conn) {
 
 func (x *hello) me(p peer.ID) *pb.Hello {
 	h := &pb.Hello{Network: x.book.network, Name: x.book.name, Version: Version}
+	if x.own != nil {
+		h.Record = x.own()
+	}
 	if x.holds != nil {
 		h.HoldsVersion = x.holds(p)
 	}
@@ -398,13 +395,20 @@ func (x *hello) me(p peer.ID) *pb.Hello {
 	return h
 }
 
+// maxHelloBytes bounds a hello frame: names, addresses and a membership
+// record.
+const maxHelloBytes = 4096 + membership.MaxRecordBytes
+
 func (x *hello) serve(s network.Stream) error {
 	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
 	theirs := &pb.Hello{}
-	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+	fr := protocols.NewFrameReader(s, maxHelloBytes)
+	defer fr.Release()
+	if err := fr.Read(theirs); err != nil {
 		return fmt.Errorf("read hello: %w", err)
 	}
-	fw := protocols.NewFrameWriter(s, 4096)
+	fw := protocols.NewFrameWriter(s, maxHelloBytes)
+	defer fw.Release()
 	if err := fw.Write(x.me(s.Conn().RemotePeer())); err != nil {
 		return err
 	}
@@ -424,7 +428,10 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(protocols.HelloTimeout))
-	fw := protocols.NewFrameWriter(s, 4096)
+	fw := protocols.NewFrameWriter(s, maxHelloBytes)
+	defer fw.Release()
+	fr := protocols.NewFrameReader(s, maxHelloBytes)
+	defer fr.Release()
 	if err := fw.Write(x.me(c.RemotePeer())); err != nil {
 		_ = s.Reset()
 		return err
@@ -434,7 +441,7 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 		return err
 	}
 	theirs := &pb.Hello{}
-	if err := protocols.NewFrameReader(s, 4096).Read(theirs); err != nil {
+	if err := fr.Read(theirs); err != nil {
 		_ = s.Reset()
 		return fmt.Errorf("read hello: %w", err)
 	}
@@ -465,7 +472,10 @@ func (x *hello) learn(c network.Conn, h *pb.Hello) {
 	if len(addrs) > 0 && h.Network == x.book.network {
 		x.h.Peerstore().AddAddrs(p, addrs, peerstore.RecentlyConnectedAddrTTL)
 	}
-	x.book.record(context.Background(), p, h, addrs)
+	if len(h.Record) > 0 && h.Network == x.book.network && x.take != nil {
+		x.take(p, h.Record)
+	}
+	x.book.record(p, h)
 	if h.Network != x.book.network {
 		x.log.Warn("peer is in another network; disconnecting", "peer", p, "network", h.Network)
 		_ = c.Close()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -20,9 +21,57 @@ type FrameReader struct {
 	buf []byte
 }
 
+// Frame buffers: each reader and writer buffers at most maxFrameBuffer
+// bytes, less when its protocol's frames are smaller (a hello holds 4 KiB,
+// not 64), and takes its buffer from a pool of its size class. Release
+// hands it back.
+const (
+	minFrameBuffer = 512
+	maxFrameBuffer = 64 << 10
+)
+
+// bufferClass is the pool index and size of the buffer for frames of at
+// most max bytes: the next power of two that holds a frame and its length,
+// within minFrameBuffer..maxFrameBuffer.
+func bufferClass(max int) (int, int) {
+	size, class := minFrameBuffer, 0
+	for size < max+binary.MaxVarintLen64 && size < maxFrameBuffer {
+		size *= 2
+		class++
+	}
+	return class, size
+}
+
+const bufferClasses = 8 // 512 B .. 64 KiB
+
+var (
+	readerPools [bufferClasses]sync.Pool
+	writerPools [bufferClasses]sync.Pool
+)
+
 // NewFrameReader reads frames of at most max bytes from r.
 func NewFrameReader(r io.Reader, max int) *FrameReader {
-	return &FrameReader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+	class, size := bufferClass(max)
+	br, _ := readerPools[class].Get().(*bufio.Reader)
+	if br == nil {
+		// Built on nil, then reset: NewReaderSize would hand back r itself
+		// when r is a large enough bufio.Reader, and Release would pool it.
+		br = bufio.NewReaderSize(nil, size)
+	}
+	br.Reset(r)
+	return &FrameReader{r: br, max: max}
+}
+
+// Release returns the reader's buffer to its pool; the reader must not be
+// used after.
+func (fr *FrameReader) Release() {
+	if fr.r == nil {
+		return
+	}
+	fr.r.Reset(nil)
+	class, _ := bufferClass(fr.max)
+	readerPools[class].Put(fr.r)
+	fr.r, fr.buf = nil, nil
 }
 
 // Next reads the next frame into its internal buffer and returns it. The
@@ -74,7 +123,25 @@ type FrameWriter struct {
 
 // NewFrameWriter writes frames of at most max bytes to w.
 func NewFrameWriter(w io.Writer, max int) *FrameWriter {
-	return &FrameWriter{w: bufio.NewWriterSize(w, 64<<10), max: max}
+	class, size := bufferClass(max)
+	bw, _ := writerPools[class].Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, size)
+	}
+	bw.Reset(w)
+	return &FrameWriter{w: bw, max: max}
+}
+
+// Release returns the writer's buffer to its pool (what was not flushed is
+// dropped); the writer must not be used after.
+func (fw *FrameWriter) Release() {
+	if fw.w == nil {
+		return
+	}
+	fw.w.Reset(nil)
+	class, _ := bufferClass(fw.max)
+	writerPools[class].Put(fw.w)
+	fw.w, fw.buf = nil, nil
 }
 
 // Write appends one frame.

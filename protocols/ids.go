@@ -26,6 +26,8 @@ const (
 	Hello            protocol.ID = "/ferry/hello/1.0.0"
 	// Applied carries a member's AppliedReport to the reviewer.
 	Applied protocol.ID = "/ferry/applied/1.0.0"
+	// Members answers a joining node with every membership record held.
+	Members protocol.ID = "/ferry/members/1.0.0"
 
 	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.
 	DHTPrefix protocol.ID = "/ferry"
@@ -38,6 +40,10 @@ func SearchTopic(network string) string { return "/ferry/" + network + "/search/
 // decisions on (DecisionNews).
 func DecisionsTopic(network string) string { return "/ferry/" + network + "/decisions/1.0.0" }
 
+// MembersTopic is the gossipsub topic of a network's signed membership
+// records.
+func MembersTopic(network string) string { return "/ferry/" + network + "/members/1.0.0" }
+
 // Resource-manager service names, one per protocol family.
 const (
 	ServiceDelivery = "ferry.delivery"
@@ -45,6 +51,7 @@ const (
 	ServiceSync     = "ferry.sync"
 	ServiceHello    = "ferry.hello"
 	ServiceSpread   = "ferry.spread"
+	ServiceMembers  = "ferry.members"
 )
 
 // Limits and timeouts shared by both ends of a stream.

@@ -343,7 +343,8 @@ func (s *Sender) loop() {
 	}
 }
 
-// scan starts an outbox for every receiver with a backlog.
+// scan starts an outbox for every receiver with a backlog (and only for
+// those: an idle receiver costs no goroutine).
 func (s *Sender) scan() {
 	seen := map[peer.ID]bool{}
 	for _, l := range []Lane{LaneResource, LaneDecision} {
@@ -351,7 +352,7 @@ func (s *Sender) scan() {
 			continue
 		}
 		for _, p := range s.aud.Receivers(l) {
-			seen[p] = true
+			seen[p] = false
 		}
 	}
 	addressed, err := s.st.AddressedReceivers()
@@ -361,8 +362,8 @@ func (s *Sender) scan() {
 	for _, p := range addressed {
 		seen[p] = true
 	}
-	for p := range seen {
-		if p == s.host.ID() {
+	for p, addr := range seen {
+		if p == s.host.ID() || !s.owes(p, addr) {
 			continue
 		}
 		if o := s.box(p); o != nil {
@@ -371,10 +372,59 @@ func (s *Sender) scan() {
 	}
 }
 
+// owes reports whether p may have something to receive: its outbox is
+// running or holds batches in flight, or a lane's head (broadcast, and
+// addressed to p when addressed is set: a store read) is past p's floor.
+func (s *Sender) owes(p peer.ID, addressed bool) bool {
+	var floors [numLanes + 1]uint64
+	s.mu.Lock()
+	o := s.boxes[p]
+	if o != nil && o.running {
+		s.mu.Unlock()
+		return true
+	}
+	if o == nil {
+		for _, l := range Lanes {
+			if f := s.floors[store.FloorKey{Receiver: p, Lane: uint8(l)}]; f != nil {
+				floors[l] = f.Version
+			}
+		}
+	}
+	s.mu.Unlock()
+	if o != nil {
+		// The outbox keeps its lanes' heads (addressed ones too) current.
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		for _, l := range Lanes {
+			ls := o.lanes[l]
+			if len(ls.inflight) > 0 || ls.floor < o.head(ls) || (!ls.addrLoaded && addressed) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, l := range []Lane{LaneResource, LaneDecision} {
+		if h := s.heads[l].Load(); h > floors[l] && s.aud.Receives(p, l) {
+			return true
+		}
+	}
+	if !addressed {
+		return false
+	}
+	for _, l := range Lanes {
+		h, err := s.st.LaneHead(p, uint8(l), false)
+		if err != nil || h > floors[l] {
+			return true // on a read error, let the outbox look
+		}
+	}
+	return false
+}
+
 // Kick makes p's outbox try again now: after a hold is lifted, or when the
-// peer has just connected (its backoff is cut short).
+// peer has just connected (its backoff is cut short). A peer owed nothing
+// gets no outbox.
 func (s *Sender) Kick(p peer.ID) {
-	if p == s.host.ID() {
+	if p == s.host.ID() || !s.owes(p, true) {
 		return
 	}
 	o := s.box(p)

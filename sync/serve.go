@@ -23,10 +23,13 @@ func (s *Service) serve(st network.Stream) error {
 	defer stop()
 	_ = st.SetDeadline(time.Now().Add(requestTimeout))
 	req := &pb.SyncRequest{}
-	if err := protocols.NewFrameReader(st, maxRequestBytes).Read(req); err != nil {
+	fr := protocols.NewFrameReader(st, maxRequestBytes)
+	defer fr.Release()
+	if err := fr.Read(req); err != nil {
 		return fmt.Errorf("read sync request: %w", err)
 	}
 	fw := protocols.NewFrameWriter(st, s.max)
+	defer fw.Release()
 	refuse := func(format string, args ...any) error {
 		msg := fmt.Sprintf(format, args...)
 		s.log.Info("sync request refused", "peer", remote, "reason", msg)

@@ -442,6 +442,7 @@ func (s *Service) fetch(p peer.ID, j job) (int, error) {
 	_ = st.SetDeadline(time.Now().Add(requestTimeout))
 	s.rounds.Inc()
 	fw := protocols.NewFrameWriter(st, maxRequestBytes)
+	defer fw.Release()
 	req := &pb.SyncRequest{What: j.what, Origin: []byte(j.origin), After: after}
 	if err := fw.Write(req); err != nil {
 		_ = st.Reset()
@@ -453,6 +454,7 @@ func (s *Service) fetch(p peer.ID, j job) (int, error) {
 	}
 	_ = st.CloseWrite()
 	fr := protocols.NewFrameReader(st, s.max)
+	defer fr.Release()
 	total := 0
 	snap := &snapshotState{reviewer: p}
 	for {

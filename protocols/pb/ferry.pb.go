@@ -829,6 +829,7 @@ type Hello struct {
 	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`                                    // the sender's listen addresses (binary multiaddrs)
 	HoldsVersion  uint64                 `protobuf:"varint,5,opt,name=holds_version,json=holdsVersion,proto3" json:"holds_version,omitempty"` // the highest origin version of the other side's changes the sender holds (0: none)
+	Record        []byte                 `protobuf:"bytes,6,opt,name=record,proto3" json:"record,omitempty"`                                  // the sender's SignedMemberRecord (ferry_members.proto), marshaled: what makes it a member
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -896,6 +897,13 @@ func (x *Hello) GetHoldsVersion() uint64 {
 		return x.HoldsVersion
 	}
 	return 0
+}
+
+func (x *Hello) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
 }
 
 // SyncRequest asks a peer on /ferry/sync/1.0.0 for what the asker is missing.
@@ -1546,13 +1554,14 @@ const file_ferry_proto_rawDesc = "" +
 	"\rreviewer_name\x18\a \x01(\tR\freviewerName\x12\x1c\n" +
 	"\tapplicant\x18\b \x01(\fR\tapplicant\x12\x1d\n" +
 	"\n" +
-	"decided_at\x18\t \x01(\x03R\tdecidedAt\"\x8a\x01\n" +
+	"decided_at\x18\t \x01(\x03R\tdecidedAt\"\xa2\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12#\n" +
-	"\rholds_version\x18\x05 \x01(\x04R\fholdsVersion\"\xe8\x01\n" +
+	"\rholds_version\x18\x05 \x01(\x04R\fholdsVersion\x12\x16\n" +
+	"\x06record\x18\x06 \x01(\fR\x06record\"\xe8\x01\n" +
 	"\vSyncRequest\x12.\n" +
 	"\x04what\x18\x01 \x01(\x0e2\x1a.ferry.v1.SyncRequest.WhatR\x04what\x12\x16\n" +
 	"\x06origin\x18\x02 \x01(\fR\x06origin\x12\x14\n" +

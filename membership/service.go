@@ -1,0 +1,484 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	gosync "sync"
+	"time"
+
+	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ferrynet/ferry/internal/promreg"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// Timing.
+const (
+	// DefaultRepublish is how often a node publishes its record again and
+	// pulls the record set from a neighbour (anti-entropy).
+	DefaultRepublish = 5 * time.Minute
+	// pullTimeout bounds one pull.
+	pullTimeout = 15 * time.Second
+	// pageRecords is the records of one MembersPage.
+	pageRecords = 128
+)
+
+// startSchedule is when a starting node publishes its record (and pulls
+// while it has not pulled yet), before settling on the republish period:
+// the first publishes may find no neighbour subscribed yet.
+var startSchedule = []time.Duration{0, time.Second, 3 * time.Second, 10 * time.Second, 30 * time.Second}
+
+// Deps are what the service works with.
+type Deps struct {
+	Host    host.Host
+	PubSub  *gossip.PubSub
+	Key     crypto.PrivKey
+	Network string
+	Name    string
+	Version string
+	// Allowed reports whether a peer may be a member at all (the config's
+	// members list; nil: anyone presenting the network).
+	Allowed func(peer.ID) bool
+	// OnRecord runs for each record of another peer that is new or newer
+	// than the one held. It must not block for long.
+	OnRecord func(Record)
+	// Republish defaults to DefaultRepublish.
+	Republish  time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Service keeps this node's record spread and the records of the others.
+type Service struct {
+	d      Deps
+	log    *slog.Logger
+	topic  *gossip.Topic
+	sub    *gossip.Subscription
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     gosync.WaitGroup
+	pull   chan struct{}
+
+	mu      gosync.Mutex
+	own     Record
+	held    map[peer.ID]Record
+	pulled  time.Time // last complete pull
+	started bool
+
+	known   prometheus.Gauge
+	records *prometheus.CounterVec // source, outcome
+}
+
+// New builds the service and signs this node's first record (without
+// addresses until Start).
+func New(d Deps) (*Service, error) {
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.Republish <= 0 {
+		d.Republish = DefaultRepublish
+	}
+	if d.Allowed == nil {
+		d.Allowed = func(peer.ID) bool { return true }
+	}
+	if d.OnRecord == nil {
+		d.OnRecord = func(Record) {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, pull: make(chan struct{}, 1), held: map[peer.ID]Record{},
+		known: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Name: "members_known",
+			Help: "Members this node holds a signed membership record of (itself included)."}),
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "records_total",
+			Help: "Membership records received, by source (gossip, pull, hello) and outcome (taken, stale, refused)."}, []string{"source", "outcome"}),
+	}
+	for _, src := range []string{"gossip", "pull", "hello"} {
+		for _, o := range []string{"taken", "stale", "refused"} {
+			s.records.WithLabelValues(src, o)
+		}
+	}
+	if err := s.resign(nil); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := promreg.Register(d.Registerer, s.known, s.records); err != nil {
+		cancel()
+		return nil, fmt.Errorf("membership: %w", err)
+	}
+	return s, nil
+}
+
+// resign signs a new own record with addrs; callers hold no lock.
+func (s *Service) resign(addrs []ma.Multiaddr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seq := uint64(time.Now().UnixNano())
+	if seq <= s.own.Seq {
+		seq = s.own.Seq + 1
+	}
+	r, err := Sign(s.d.Key, Record{Network: s.d.Network, Name: s.d.Name, Version: s.d.Version, Addrs: addrs, Seq: seq})
+	if err != nil {
+		return err
+	}
+	s.own = r
+	s.held[r.Peer] = r
+	s.known.Set(float64(len(s.held)))
+	return nil
+}
+
+// Start joins the members topic, serves pulls and starts publishing.
+func (s *Service) Start() error {
+	name := protocols.MembersTopic(s.d.Network)
+	if err := s.d.PubSub.RegisterTopicValidator(name, s.validate); err != nil {
+		return fmt.Errorf("members topic validator: %w", err)
+	}
+	t, err := s.d.PubSub.Join(name)
+	if err != nil {
+		return fmt.Errorf("join %s: %w", name, err)
+	}
+	s.topic = t
+	if s.sub, err = t.Subscribe(); err != nil {
+		return fmt.Errorf("subscribe %s: %w", name, err)
+	}
+	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, s.log, s.serve)
+	if err := s.resign(s.d.Host.Addrs()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
+	s.wg.Add(2)
+	go s.readLoop()
+	go s.loop()
+	return nil
+}
+
+// Close leaves the topic and waits for the loops.
+func (s *Service) Close() {
+	if s.d.Host != nil {
+		s.d.Host.RemoveStreamHandler(protocols.Members)
+	}
+	s.cancel()
+	if s.sub != nil {
+		s.sub.Cancel()
+	}
+	s.wg.Wait()
+	if s.topic != nil {
+		_ = s.topic.Close()
+		_ = s.d.PubSub.UnregisterTopicValidator(protocols.MembersTopic(s.d.Network))
+	}
+}
+
+// Own is this node's current signed record, as it travels.
+func (s *Service) Own() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.own.Raw
+}
+
+// Known is the number of members with a record held, this node included.
+func (s *Service) Known() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
+}
+
+// Records lists the records held, this node's included, by peer id.
+func (s *Service) Records() []Record {
+	s.mu.Lock()
+	out := make([]Record, 0, len(s.held))
+	for _, r := range s.held {
+		out = append(out, r)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b Record) int { return compareIDs(a.Peer, b.Peer) })
+	return out
+}
+
+func compareIDs(a, b peer.ID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Joined tells the service that a connection to a member is up: a node
+// that has not pulled the record set yet pulls it now.
+func (s *Service) Joined() {
+	s.mu.Lock()
+	done := !s.pulled.IsZero()
+	s.mu.Unlock()
+	if done {
+		return
+	}
+	select {
+	case s.pull <- struct{}{}:
+	default:
+	}
+}
+
+// Take verifies a record that came outside gossip (hello) and keeps it if
+// it is newer than the one held; it reports whether it was taken.
+func (s *Service) Take(raw []byte) (Record, error) { return s.take(raw, "hello") }
+
+func (s *Service) take(raw []byte, source string) (Record, error) {
+	r, err := s.check(raw)
+	if err != nil {
+		if errors.Is(err, ErrStale) {
+			s.records.WithLabelValues(source, "stale").Inc()
+		} else {
+			s.records.WithLabelValues(source, "refused").Inc()
+		}
+		return r, err
+	}
+	s.mu.Lock()
+	if h, ok := s.held[r.Peer]; ok && h.Seq >= r.Seq {
+		s.mu.Unlock()
+		s.records.WithLabelValues(source, "stale").Inc()
+		return r, fmt.Errorf("%w: %d <= %d", ErrStale, r.Seq, h.Seq)
+	}
+	s.held[r.Peer] = r
+	s.known.Set(float64(len(s.held)))
+	s.mu.Unlock()
+	s.records.WithLabelValues(source, "taken").Inc()
+	s.d.OnRecord(r)
+	return r, nil
+}
+
+// check opens a record and refuses what the node must not take: another
+// network, a peer outside the members list, this node's own id, a record
+// not newer than the one held.
+func (s *Service) check(raw []byte) (Record, error) {
+	r, err := Open(raw, s.d.Network)
+	if err != nil {
+		return r, err
+	}
+	if !s.d.Allowed(r.Peer) {
+		return r, fmt.Errorf("%w: %s", ErrNotAllowed, r.Peer)
+	}
+	s.mu.Lock()
+	h, ok := s.held[r.Peer]
+	s.mu.Unlock()
+	if ok && h.Seq >= r.Seq {
+		return r, fmt.Errorf("%w: %d <= %d", ErrStale, r.Seq, h.Seq)
+	}
+	return r, nil
+}
+
+// validate lets through (and forwards) records that verify and are news:
+// a stale one is ignored, not forwarded (whoever sent it may not have the
+// newer one yet); a forged one is rejected (its sender is penalised).
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+	_, err := s.check(msg.GetData())
+	switch {
+	case err == nil:
+		return gossip.ValidationAccept
+	case errors.Is(err, ErrStale):
+		return gossip.ValidationIgnore
+	}
+	return gossip.ValidationReject
+}
+
+func (s *Service) readLoop() {
+	defer s.wg.Done()
+	for {
+		msg, err := s.sub.Next(s.ctx)
+		if err != nil {
+			return
+		}
+		if msg.ReceivedFrom == s.d.Host.ID() {
+			continue
+		}
+		_, _ = s.take(msg.GetData(), "gossip")
+	}
+}
+
+// loop publishes the own record on the start schedule and then every
+// Republish period (a new record when the addresses changed), and pulls
+// the record set: on Joined until one pull succeeded, then each period.
+func (s *Service) loop() {
+	defer s.wg.Done()
+	step := 0
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.pull:
+			s.pullOne()
+			continue
+		case <-t.C:
+		}
+		s.publish()
+		s.mu.Lock()
+		due := s.pulled.IsZero() || time.Since(s.pulled) >= s.d.Republish
+		s.mu.Unlock()
+		if due {
+			s.pullOne()
+		}
+		step++
+		wait := s.d.Republish
+		if step < len(startSchedule) {
+			wait = startSchedule[step] - startSchedule[step-1]
+		}
+		// Jitter: nodes started together do not publish together.
+		t.Reset(wait/2 + rand.N(wait/2+1))
+	}
+}
+
+// publish sends the own record, signed again when the addresses changed.
+func (s *Service) publish() {
+	addrs := s.d.Host.Addrs()
+	s.mu.Lock()
+	same := slices.EqualFunc(addrs, s.own.Addrs, func(a, b ma.Multiaddr) bool { return a.Equal(b) })
+	s.mu.Unlock()
+	if !same {
+		if err := s.resign(addrs); err != nil {
+			s.log.Warn("sign member record", "err", err)
+			return
+		}
+	}
+	if err := s.topic.Publish(s.ctx, s.Own()); err != nil && s.ctx.Err() == nil {
+		s.log.Debug("publish member record", "err", err)
+	}
+}
+
+// pullOne asks one connected peer, at random among those in the members
+// topic (else any connected peer), for every record it holds.
+func (s *Service) pullOne() {
+	cands := s.topic.ListPeers()
+	if len(cands) == 0 {
+		cands = s.d.Host.Network().Peers()
+	}
+	cands = slices.DeleteFunc(cands, func(p peer.ID) bool { return !s.d.Allowed(p) })
+	if len(cands) == 0 {
+		return
+	}
+	p := cands[rand.N(len(cands))]
+	n, err := s.Pull(s.ctx, p)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Debug("pull member records", "peer", p, "err", err)
+		}
+		return
+	}
+	s.mu.Lock()
+	s.pulled = time.Now()
+	s.mu.Unlock()
+	s.log.Debug("pulled member records", "peer", p, "records", n)
+}
+
+// Pull asks p, over a connection already open, for every record it holds;
+// it sends this node's own record first. It returns the records taken.
+func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
+	defer cancel()
+	st, err := s.d.Host.NewStream(network.WithNoDial(ctx, "members pull"), p, protocols.Members)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", protocols.Members, err)
+	}
+	_ = st.SetDeadline(time.Now().Add(pullTimeout))
+	req := &pb.MembersRequest{}
+	self := &pb.SignedMemberRecord{}
+	if err := unmarshal(s.Own(), self); err == nil {
+		req.Self = self
+	}
+	fw := protocols.NewFrameWriter(st, MaxRecordBytes+64)
+	defer fw.Release()
+	err = fw.Write(req)
+	if err == nil {
+		err = fw.Flush()
+	}
+	if err != nil {
+		_ = st.Reset()
+		return 0, err
+	}
+	_ = st.CloseWrite()
+	fr := protocols.NewFrameReader(st, pageBytes)
+	defer fr.Release()
+	taken := 0
+	for {
+		page := &pb.MembersPage{}
+		if err := fr.Read(page); err != nil {
+			_ = st.Reset()
+			return taken, fmt.Errorf("read members page: %w", err)
+		}
+		for _, r := range page.Records {
+			raw, err := marshal(r)
+			if err != nil {
+				continue
+			}
+			if _, err := s.take(raw, "pull"); err == nil {
+				taken++
+			}
+		}
+		if page.Done {
+			_ = st.Close()
+			return taken, nil
+		}
+	}
+}
+
+// pageBytes bounds one MembersPage frame.
+const pageBytes = pageRecords*(MaxRecordBytes+8) + 16
+
+// serve answers a pull with every record held, in pages.
+func (s *Service) serve(st network.Stream) error {
+	_ = st.SetDeadline(time.Now().Add(pullTimeout))
+	req := &pb.MembersRequest{}
+	fr := protocols.NewFrameReader(st, MaxRecordBytes+64)
+	defer fr.Release()
+	if err := fr.Read(req); err != nil {
+		return fmt.Errorf("read members request: %w", err)
+	}
+	if req.Self != nil {
+		if raw, err := marshal(req.Self); err == nil {
+			if r, err := s.take(raw, "pull"); err != nil && !errors.Is(err, ErrStale) {
+				return fmt.Errorf("asker's record: %w", err)
+			} else if err == nil && r.Peer != st.Conn().RemotePeer() {
+				s.log.Debug("pull carried another peer's record", "peer", st.Conn().RemotePeer(), "record", r.Peer)
+			}
+		}
+	}
+	recs := s.Records()
+	fw := protocols.NewFrameWriter(st, pageBytes)
+	defer fw.Release()
+	for {
+		n := min(len(recs), pageRecords)
+		page := &pb.MembersPage{Done: n == len(recs)}
+		for _, r := range recs[:n] {
+			m := &pb.SignedMemberRecord{}
+			if err := unmarshal(r.Raw, m); err == nil {
+				page.Records = append(page.Records, m)
+			}
+		}
+		recs = recs[n:]
+		if err := fw.Write(page); err != nil {
+			return err
+		}
+		if page.Done {
+			break
+		}
+	}
+	return fw.Flush()
+}
+
+func marshal(m *pb.SignedMemberRecord) ([]byte, error) { return proto.Marshal(m) }
+
+func unmarshal(b []byte, m *pb.SignedMemberRecord) error { return proto.Unmarshal(b, m) }
