@@ -1,10 +1,15 @@
 // Package testnet starts N real Ferry nodes in one process for tests and
 // benchmarks: fresh homes in temp dirs, libp2p on 127.0.0.1, an embedded
 // NATS server each, bootstrap and partners wired, cleaned up at the end.
+//
+// For big networks (the scale bench) the nodes' libp2p can run on one
+// in-memory mocknet (Options.Mocknet) and their NATS on one shared embedded
+// server (Options.SharedNATS); see those options for what changes.
 package testnet
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
@@ -16,7 +21,9 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/node"
@@ -44,6 +51,19 @@ type Options struct {
 	Configure func(i int, c *node.Config)
 	// Node is passed to node.New (timing overrides).
 	Node node.Options
+	// Mocknet runs every node's libp2p on one libp2p mocknet
+	// (p2p/net/mock) instead of TCP on 127.0.0.1: in-memory connections,
+	// no sockets, no noise or yamux, no file descriptors (node.Options.Host).
+	// Two nodes are linked the first time one dials the other, so a
+	// network of bounded connections does not pay for N² links. Each node
+	// still has its own DHT, gossipsub, store and services.
+	Mocknet bool
+	// SharedNATS points every node at one embedded NATS server (nats.url)
+	// under its own prefix (Net.Prefix) instead of an embedded server per
+	// node: one listener and one client connection per node instead of a
+	// server each (fds, goroutines, memory at hundreds of nodes). Net.NATS
+	// connects to the shared server; subjects start with Net.Prefix(i).
+	SharedNATS bool
 }
 
 // Net is a running test network.
@@ -55,6 +75,10 @@ type Net struct {
 	cfgs  []node.Config
 	mu    sync.Mutex
 	nodes []*node.Node
+
+	mn      mocknet.Mocknet // Options.Mocknet
+	nats    *server.Server  // Options.SharedNATS
+	closing bool            // Close: no unlinking per node
 }
 
 // FastSender is sender timing for tests: quick retries, short ack timeout.
@@ -85,7 +109,11 @@ func Start(t testing.TB, o Options) *Net {
 	t.Helper()
 	if o.Names == nil {
 		for i := range o.N {
-			o.Names = append(o.Names, string(rune('A'+i)))
+			if o.N <= 26 {
+				o.Names = append(o.Names, string(rune('A'+i)))
+			} else {
+				o.Names = append(o.Names, fmt.Sprintf("N%04d", i))
+			}
 		}
 	}
 	if o.Node.Logger == nil {
@@ -98,6 +126,12 @@ func Start(t testing.TB, o Options) *Net {
 		o.Node.DiscoveryPeriod = time.Second
 	}
 	n := &Net{t: t, o: o}
+	if o.Mocknet {
+		n.mn = mocknet.New()
+	}
+	if o.SharedNATS {
+		n.nats = sharedNATS(t)
+	}
 	for i := range o.N {
 		h := node.Home{Dir: t.TempDir()}
 		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
@@ -112,7 +146,15 @@ func Start(t testing.TB, o Options) *Net {
 		c.Name = o.Names[i]
 		// Port 0 at first; the ports a node got are kept for its restarts.
 		c.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+		if o.Mocknet {
+			// The address the mocknet host announces (nothing listens).
+			c.Listen = []string{fmt.Sprintf("/ip4/10.%d.%d.%d/tcp/4242", i>>16&255, i>>8&255, i&255)}
+		}
 		c.NATS.Listen = "127.0.0.1:0"
+		if o.SharedNATS {
+			c.NATS.URL = n.nats.ClientURL()
+			c.NATS.Prefix = n.Prefix(i)
+		}
 		c.Admin.Listen = "127.0.0.1:0"
 		c.Log.Level = "debug"
 		var partners []int
@@ -137,7 +179,16 @@ func Start(t testing.TB, o Options) *Net {
 		n.cfgs = append(n.cfgs, c)
 	}
 	n.nodes = make([]*node.Node, o.N)
-	t.Cleanup(n.Close)
+	t.Cleanup(func() {
+		n.Close()
+		if n.mn != nil {
+			_ = n.mn.Close()
+		}
+		if n.nats != nil {
+			n.nats.Shutdown()
+			n.nats.WaitForShutdown()
+		}
+	})
 	for i := range o.N {
 		if i == 1 && !o.NoBootstrap {
 			boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
@@ -163,7 +214,7 @@ func (n *Net) pin(i int, nd *node.Node) {
 			}
 		}
 	}
-	if strings.HasSuffix(c.NATS.Listen, ":0") {
+	if strings.HasSuffix(c.NATS.Listen, ":0") && c.NATS.URL == "" {
 		if u, err := url.Parse(nd.NATSURL()); err == nil {
 			c.NATS.Listen = u.Host
 		}
@@ -193,6 +244,7 @@ func (n *Net) Stop(i int) {
 		if err := nd.Close(); err != nil {
 			n.t.Logf("close %s: %v", n.o.Names[i], err)
 		}
+		n.unlink(i)
 	}
 }
 
@@ -212,7 +264,13 @@ func (n *Net) RestartPaused(i int) (start func()) {
 	var err error
 	// A port just released may be briefly busy; retry for a moment.
 	for try := 0; try < 50; try++ {
-		if nd, err = node.New(n.cfgs[i], n.Homes[i], n.o.Node); err == nil {
+		o := n.o.Node
+		if n.mn != nil {
+			if o.Host, err = n.mockHost(i); err != nil {
+				n.t.Fatalf("mocknet host of %s: %v", n.o.Names[i], err)
+			}
+		}
+		if nd, err = node.New(n.cfgs[i], n.Homes[i], o); err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -232,8 +290,41 @@ func (n *Net) RestartPaused(i int) (start func()) {
 	}
 }
 
+// StartAll starts nodes from, from+1, ... to-1 (not yet running) with up
+// to par at a time, retrying a node whose build fails for a moment (ports,
+// file descriptors). It is for big networks: Start starts nodes one by one.
+func (n *Net) StartAll(from, to, par int) {
+	n.t.Helper()
+	sem := make(chan struct{}, max(par, 1))
+	var wg sync.WaitGroup
+	for i := from; i < to; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			n.Restart(i)
+		}()
+	}
+	wg.Wait()
+}
+
+// Prefix is node i's NATS subject prefix ("ferry", or its own under
+// SharedNATS).
+func (n *Net) Prefix(i int) string {
+	if n.o.SharedNATS {
+		return "ferry." + n.o.Names[i]
+	}
+	return "ferry"
+}
+
+// Mocknet is the network's mocknet (nil unless Options.Mocknet).
+func (n *Net) Mocknet() mocknet.Mocknet { return n.mn }
+
 // Close stops every node.
 func (n *Net) Close() {
+	n.mu.Lock()
+	n.closing = true
+	n.mu.Unlock()
 	var wg sync.WaitGroup
 	for i := range n.nodes {
 		wg.Add(1)
@@ -245,7 +336,11 @@ func (n *Net) Close() {
 // NATS connects an app to node i's NATS server; closed at cleanup.
 func (n *Net) NATS(i int) *nats.Conn {
 	n.t.Helper()
-	nc, err := nats.Connect("nats://"+n.cfgs[i].NATS.Listen, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	url := "nats://" + n.cfgs[i].NATS.Listen
+	if n.nats != nil {
+		url = n.nats.ClientURL()
+	}
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		n.t.Fatal(err)
 	}
