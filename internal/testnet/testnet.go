@@ -259,29 +259,10 @@ func (n *Net) Restart(i int) {
 // test can connect its apps first and miss no event).
 func (n *Net) RestartPaused(i int) (start func()) {
 	n.t.Helper()
-	n.Stop(i)
-	var nd *node.Node
-	var err error
-	// A port just released may be briefly busy; retry for a moment.
-	for try := 0; try < 50; try++ {
-		o := n.o.Node
-		if n.mn != nil {
-			if o.Host, err = n.mockHost(i); err != nil {
-				n.t.Fatalf("mocknet host of %s: %v", n.o.Names[i], err)
-			}
-		}
-		if nd, err = node.New(n.cfgs[i], n.Homes[i], o); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	nd, err := n.build(i)
 	if err != nil {
-		n.t.Fatalf("build node %s: %v", n.o.Names[i], err)
+		n.t.Fatal(err)
 	}
-	n.pin(i, nd)
-	n.mu.Lock()
-	n.nodes[i] = nd
-	n.mu.Unlock()
 	return func() {
 		n.t.Helper()
 		if err := nd.Start(); err != nil {
@@ -290,22 +271,70 @@ func (n *Net) RestartPaused(i int) (start func()) {
 	}
 }
 
-// StartAll starts nodes from, from+1, ... to-1 (not yet running) with up
-// to par at a time, retrying a node whose build fails for a moment (ports,
-// file descriptors). It is for big networks: Start starts nodes one by one.
-func (n *Net) StartAll(from, to, par int) {
-	n.t.Helper()
+// build stops node i and builds it again from its home, on the same ports.
+func (n *Net) build(i int) (*node.Node, error) {
+	n.Stop(i)
+	var nd *node.Node
+	var err error
+	// A port just released may be briefly busy; retry for a moment.
+	for try := 0; try < 50; try++ {
+		o := n.o.Node
+		if n.mn != nil {
+			if o.Host, err = n.mockHost(i); err != nil {
+				return nil, fmt.Errorf("mocknet host of %s: %w", n.o.Names[i], err)
+			}
+		}
+		if nd, err = node.New(n.cfgs[i], n.Homes[i], o); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build node %s: %w", n.o.Names[i], err)
+	}
+	n.pin(i, nd)
+	n.mu.Lock()
+	n.nodes[i] = nd
+	n.mu.Unlock()
+	return nd, nil
+}
+
+// StartAll starts nodes from, from+1, ... to-1 with up to par at a time.
+// It is for big networks (Start starts nodes one by one): a node that fails
+// to build or start (a port just released, a moment without file
+// descriptors) is stopped and tried again, up to five times; the error is
+// the first node's that never started.
+func (n *Net) StartAll(from, to, par int) error {
 	sem := make(chan struct{}, max(par, 1))
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
 	for i := from; i < to; i++ {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			n.Restart(i)
+			var err error
+			for try := 0; try < 5; try++ {
+				var nd *node.Node
+				if nd, err = n.build(i); err == nil {
+					if err = nd.Start(); err == nil {
+						return
+					}
+					err = fmt.Errorf("start node %s: %w", n.o.Names[i], err)
+				}
+				n.Stop(i)
+				time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
+			}
+			mu.Lock()
+			if first == nil {
+				first = err
+			}
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
+	return first
 }
 
 // Prefix is node i's NATS subject prefix ("ferry", or its own under
@@ -391,4 +420,57 @@ func Request(t testing.TB, nc *nats.Conn, subject string, body string, out any) 
 	if err := json.Unmarshal(msg.Data, out); err != nil {
 		t.Fatalf("reply of %s: %v: %s", subject, err, msg.Data)
 	}
+}
+
+// ConnsPerNode counts each running node's open libp2p connections (to any
+// peer, either direction), by node index; -1 for a node not running.
+func (n *Net) ConnsPerNode() []int {
+	out := make([]int, len(n.nodes))
+	for i := range n.nodes {
+		out[i] = -1
+		if nd := n.Node(i); nd != nil {
+			out[i] = len(nd.Host().Network().Conns())
+		}
+	}
+	return out
+}
+
+// ConnStats is the largest and the mean of counts (ConnsPerNode), over the
+// running nodes.
+func ConnStats(counts []int) (most int, mean float64) {
+	var sum, k int
+	for _, c := range counts {
+		if c < 0 {
+			continue
+		}
+		most = max(most, c)
+		sum += c
+		k++
+	}
+	if k > 0 {
+		mean = float64(sum) / float64(k)
+	}
+	return most, mean
+}
+
+// Membership counts, over every ordered pair of running nodes (i, j), those
+// where i counts j as a member (node.IsMember; a live connection is not
+// needed), and the pairs in all.
+func (n *Net) Membership() (have, want int) {
+	for i := range n.nodes {
+		nd := n.Node(i)
+		if nd == nil {
+			continue
+		}
+		for j := range n.nodes {
+			if i == j || n.Node(j) == nil {
+				continue
+			}
+			want++
+			if nd.IsMember(n.IDs[j]) {
+				have++
+			}
+		}
+	}
+	return have, want
 }
