@@ -63,11 +63,12 @@ func TestThirtyNodes(t *testing.T) {
 		later = append(later, i)
 	}
 	begin := time.Now()
+	t.Cleanup(func() { t.Logf("stopped after %v", time.Since(begin).Round(time.Millisecond)) }) // runs after the network's cleanup
 	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(rv), Later: later})
 	if err := net.StartAll(1, n, 8); err != nil {
 		t.Fatal(err)
 	}
-	waitFullMembership(t, net, 90*time.Second)
+	waitFullMembership(t, net, 150*time.Second)
 	t.Logf("full membership after %v", time.Since(begin).Round(time.Millisecond))
 	connectionsPerNode(t, net)
 
