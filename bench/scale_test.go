@@ -33,7 +33,10 @@ import (
 //	FERRY_SCALE_N=10,100,300   real network sizes (default 10,100,300)
 //	FERRY_SCALE_SIM=1000       simulated (mocknet) sizes (default 1000; "" or 0: none)
 //	FERRY_SCALE_IDLE=10s       the idle window CPU is measured over (default 10s)
+//	FERRY_SCALE_JOIN=5m        how long to wait for full membership; a network short of
+//	                           it is measured as it stands, and the table says how far it got
 //	FERRY_SCALE_PAR=16         nodes started at once (default 16)
+//	FERRY_SCALE_MAX_RSS=8      GB of process RSS at which a run stops and reports where it stood
 //
 // Without FERRY_SCALE, TestScaleSmoke runs the same measurement on 4 real
 // and 4 simulated nodes with a one-second idle window (skipped with -short).
@@ -211,7 +214,7 @@ func decideAll(t testing.TB, rev *node.Node, ids []uint64) {
 
 // scaleRun starts n nodes (node 0 is the bootstrap peer and the reviewer),
 // measures, and stops them.
-func scaleRun(t *testing.T, n int, sim bool, idle time.Duration, par int) (r scaleRow) {
+func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) (r scaleRow) {
 	r = scaleRow{N: n, Sim: sim}
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -226,26 +229,47 @@ func scaleRun(t *testing.T, n int, sim bool, idle time.Duration, par int) (r sca
 		Node: production()})
 	m := newMembers(net, n)
 	begin := time.Now()
-	if err := net.StartAll(1, n, par); err != nil {
-		r.Failed = "start: " + err.Error()
-		m.poll()
-		r.Members = m.share()
-		return r
+	// Nodes start in rounds, so a network too big for this machine's
+	// memory stops at the cap (scaleMaxRSS) instead of at the OOM killer.
+	step := max(4*par, 16)
+	for from := 1; from < n; from += step {
+		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
+			m.poll()
+			r.Members = m.share()
+			r.Failed = fmt.Sprintf("stopped with %d of %d nodes started: process RSS %.1f GB over FERRY_SCALE_MAX_RSS (membership then %s)",
+				from, n, float64(rss)/1e9, r.Members)
+			return r
+		}
+		if err := net.StartAll(from, min(from+step, n), par); err != nil {
+			r.Failed = "start: " + err.Error()
+			m.poll()
+			r.Members = m.share()
+			return r
+		}
 	}
-	// Membership: generous, a stuck network is reported, not waited for.
-	deadline := begin.Add(max(2*time.Minute, time.Duration(n)*400*time.Millisecond))
+	// Membership: a network stuck short of it is measured as it stands.
+	deadline := begin.Add(join)
+	wait := 5 * time.Minute
 	for !m.poll() {
 		if time.Now().After(deadline) {
-			r.Startup = time.Since(begin)
+			break
+		}
+		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
 			r.Members = m.share()
-			r.Failed = fmt.Sprintf("membership at %s after %s", r.Members, secs(r.Startup))
+			r.Failed = fmt.Sprintf("stopped %s s after the start: process RSS %.1f GB over FERRY_SCALE_MAX_RSS, membership at %s",
+				secs(time.Since(begin)), float64(rss)/1e9, r.Members)
 			return r
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	r.Startup = time.Since(begin)
-	r.Members = "100%"
-	t.Logf("N=%d sim=%v: full membership in %s s", n, sim, secs(r.Startup))
+	r.Members = m.share()
+	if m.left > 0 {
+		t.Logf("N=%d sim=%v: membership at %s after %s s; measuring the rest as it stands", n, sim, r.Members, secs(r.Startup))
+		wait = 2 * time.Minute
+	} else {
+		t.Logf("N=%d sim=%v: full membership in %s s", n, sim, secs(r.Startup))
+	}
 
 	// Idle: let the start-up's tail settle, then measure.
 	time.Sleep(idle / 2)
@@ -259,7 +283,6 @@ func scaleRun(t *testing.T, n int, sim bool, idle time.Duration, par int) (r sca
 		100*r.IdleCPU, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
 
 	rev := net.Node(0)
-	wait := 5 * time.Minute
 	// One decision.
 	ids := submitAt(t, rev, 0, 1)
 	start := time.Now()
@@ -332,7 +355,11 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 		if r.Failed != "" {
 			acks += "; fails: " + r.Failed
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s |\n", name, dash(r.Startup),
+		startup := dash(r.Startup)
+		if r.Members != "100%" {
+			startup = fmt.Sprintf("not reached: %s of member pairs after %s", r.Members, startup)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s |\n", name, startup,
 			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, 100*r.IdleCPU, hundred, dash(r.One), acks)
 	}
 	fmt.Fprintf(&b, "\nStart-up: from starting nodes 1..N-1 (node 0, the bootstrap peer and the reviewer, already up; up to %d started at once) "+
@@ -348,6 +375,31 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 		"until every member's applied sequence reaches the last. Every node has its own store and embedded services; "+
 		"the apps' NATS is one shared embedded server.\n", idle, idle/2)
 	return b.String()
+}
+
+func scaleDuration(t *testing.T, env string, def time.Duration) time.Duration {
+	s := os.Getenv(env)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		t.Fatalf("%s=%q: want a duration", env, s)
+	}
+	return d
+}
+
+// scaleMaxRSS is the process RSS (FERRY_SCALE_MAX_RSS, GB; default 8) at
+// which a run stops starting nodes or waiting for membership, and reports
+// where it stood. The machine is shared: the OOM killer must not choose.
+func scaleMaxRSS() int64 {
+	gb := 8.0
+	if s := os.Getenv("FERRY_SCALE_MAX_RSS"); s != "" {
+		if f, err := strconv.ParseFloat(s, 64); err == nil && f > 0 {
+			gb = f
+		}
+	}
+	return int64(gb * 1e9)
 }
 
 func scalePar() int {
@@ -378,7 +430,7 @@ func scaleSizes(t *testing.T, env, def string) []int {
 	return out
 }
 
-func runScale(t *testing.T, real, sim []int, idle time.Duration) []scaleRow {
+func runScale(t *testing.T, real, sim []int, idle, join time.Duration) []scaleRow {
 	var rows []scaleRow
 	each := func(n int, s bool) {
 		name := fmt.Sprintf("N=%d", n)
@@ -386,7 +438,7 @@ func runScale(t *testing.T, real, sim []int, idle time.Duration) []scaleRow {
 			name += "-sim"
 		}
 		var r scaleRow
-		t.Run(name, func(t *testing.T) { r = scaleRun(t, n, s, idle, scalePar()) })
+		t.Run(name, func(t *testing.T) { r = scaleRun(t, n, s, idle, join, scalePar()) })
 		if r.Failed != "" {
 			t.Logf("%s: %s", name, r.Failed)
 		}
@@ -407,16 +459,9 @@ func TestScale(t *testing.T) {
 	if os.Getenv("FERRY_SCALE") == "" {
 		t.Skip("set FERRY_SCALE=1 to run the scale report (make scale)")
 	}
-	idle := 10 * time.Second
-	if s := os.Getenv("FERRY_SCALE_IDLE"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			t.Fatalf("FERRY_SCALE_IDLE=%q: want a duration", s)
-		}
-		idle = d
-	}
+	idle, join := scaleDuration(t, "FERRY_SCALE_IDLE", 10*time.Second), scaleDuration(t, "FERRY_SCALE_JOIN", 5*time.Minute)
 	load := loadavg()
-	rows := runScale(t, scaleSizes(t, "FERRY_SCALE_N", "10,100,300"), scaleSizes(t, "FERRY_SCALE_SIM", "1000"), idle)
+	rows := runScale(t, scaleSizes(t, "FERRY_SCALE_N", "10,100,300"), scaleSizes(t, "FERRY_SCALE_SIM", "1000"), idle, join)
 	table := scaleTable(rows, idle, load)
 	fmt.Print(table)
 	if err := os.MkdirAll("results", 0o755); err != nil {
@@ -438,7 +483,7 @@ func TestScaleSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two small networks (a few seconds)")
 	}
-	rows := runScale(t, []int{4}, []int{4}, time.Second)
+	rows := runScale(t, []int{4}, []int{4}, time.Second, time.Minute)
 	for _, r := range rows {
 		if r.Failed != "" {
 			t.Errorf("N=%d sim=%v: %s", r.N, r.Sim, r.Failed)
