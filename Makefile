@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 60s
 STATICCHECK_VERSION ?= v0.7.0
 
-.PHONY: test build run demo lint fuzz bench bench-store soak soak-faults faults tools deps diagrams check-diagrams check-ops
+.PHONY: test build run demo lint fuzz bench bench-store scale soak soak-faults faults tools deps diagrams check-diagrams check-ops
 
 # The test suite: every package, race detector on. The console's browser
 # test needs Chromium (scripts/deps.sh installs it where it can; outside CI
@@ -61,6 +61,14 @@ bench:
 
 bench-store:
 	$(GO) test ./store/ -run '^$$' -bench . -benchtime 3s
+
+# The scale report of issue 10 (docs/BENCHMARKS.md, "Scale"): N nodes in one process at production
+# timing, real ones (libp2p TCP on 127.0.0.1) for N in FERRY_SCALE_N and simulated ones (libp2p on one
+# mocknet) for N in FERRY_SCALE_SIM: start-up to full membership, RSS, goroutines and connections per
+# node, idle CPU, 100 decisions and one decision applied by all, the reviewer's ack rows. Prints a
+# markdown table and writes it to bench/results/scale.md.
+scale:
+	FERRY_SCALE=1 FERRY_SCALE_N=$${FERRY_SCALE_N-10,100,300} FERRY_SCALE_SIM=$${FERRY_SCALE_SIM-1000} $(GO) test ./bench/ -run '^TestScale$$' -v -count=1 -timeout 90m
 
 # The soak of docs/BENCHMARKS.md: A and its partner B as processes, 5,000 changes a second for
 # 10 minutes with a one-minute retention window; fails unless RSS stays flat within 10% and the

@@ -79,6 +79,14 @@ type Options struct {
 	// MembersRepublish is the membership record republish and pull period
 	// (default membership.DefaultRepublish).
 	MembersRepublish time.Duration
+	// Host, when set, is the libp2p host to run on instead of one built
+	// from the config (libp2p's mocknet in tests and the scale bench). The
+	// node owns it from New on: Close closes it, and so does a failed New.
+	// Its identity must be the home's key. The config's listen addresses,
+	// private network key and transports are not used; the peer book still
+	// gates who may connect (prebuilt.go), and the DHT and every service
+	// run on it as on a built host.
+	Host host.Host
 }
 
 // Bounds of Close (the order is in docs/architecture.md).
@@ -146,6 +154,13 @@ type Node struct {
 // New builds a node from a validated config and its home. Nothing listens
 // until Start; a failure closes what was built.
 func New(cfg Config, home Home, o Options) (_ *Node, err error) {
+	if o.Host != nil {
+		defer func() {
+			if err != nil {
+				_ = o.Host.Close() // the node owns it (Options.Host)
+			}
+		}()
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -194,7 +209,15 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.book, err = newPeerBook(cfg, id, n.st, log.With("component", "peers")); err != nil {
 		return nil, err
 	}
-	if n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg); err != nil {
+	if o.Host != nil {
+		if o.Host.ID() != id {
+			return nil, fmt.Errorf("options: host is %s, the home's identity %s", o.Host.ID(), id)
+		}
+		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.book)
+	} else {
+		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := n.registerConnMetrics(); err != nil {

@@ -1,10 +1,15 @@
 // Package testnet starts N real Ferry nodes in one process for tests and
 // benchmarks: fresh homes in temp dirs, libp2p on 127.0.0.1, an embedded
 // NATS server each, bootstrap and partners wired, cleaned up at the end.
+//
+// For big networks (the scale bench) the nodes' libp2p can run on one
+// in-memory mocknet (Options.Mocknet) and their NATS on one shared embedded
+// server (Options.SharedNATS); see those options for what changes.
 package testnet
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/url"
@@ -16,7 +21,9 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/node"
@@ -44,6 +51,19 @@ type Options struct {
 	Configure func(i int, c *node.Config)
 	// Node is passed to node.New (timing overrides).
 	Node node.Options
+	// Mocknet runs every node's libp2p on one libp2p mocknet
+	// (p2p/net/mock) instead of TCP on 127.0.0.1: in-memory connections,
+	// no sockets, no noise or yamux, no file descriptors (node.Options.Host).
+	// Two nodes are linked the first time one dials the other, so a
+	// network of bounded connections does not pay for N² links. Each node
+	// still has its own DHT, gossipsub, store and services.
+	Mocknet bool
+	// SharedNATS points every node at one embedded NATS server (nats.url)
+	// under its own prefix (Net.Prefix) instead of an embedded server per
+	// node: one listener and one client connection per node instead of a
+	// server each (fds, goroutines, memory at hundreds of nodes). Net.NATS
+	// connects to the shared server; subjects start with Net.Prefix(i).
+	SharedNATS bool
 }
 
 // Net is a running test network.
@@ -55,6 +75,10 @@ type Net struct {
 	cfgs  []node.Config
 	mu    sync.Mutex
 	nodes []*node.Node
+
+	mn      mocknet.Mocknet // Options.Mocknet
+	nats    *server.Server  // Options.SharedNATS
+	closing bool            // Close: no unlinking per node
 }
 
 // FastSender is sender timing for tests: quick retries, short ack timeout.
@@ -85,7 +109,11 @@ func Start(t testing.TB, o Options) *Net {
 	t.Helper()
 	if o.Names == nil {
 		for i := range o.N {
-			o.Names = append(o.Names, string(rune('A'+i)))
+			if o.N <= 26 {
+				o.Names = append(o.Names, string(rune('A'+i)))
+			} else {
+				o.Names = append(o.Names, fmt.Sprintf("N%04d", i))
+			}
 		}
 	}
 	if o.Node.Logger == nil {
@@ -98,6 +126,12 @@ func Start(t testing.TB, o Options) *Net {
 		o.Node.DiscoveryPeriod = time.Second
 	}
 	n := &Net{t: t, o: o}
+	if o.Mocknet {
+		n.mn = mocknet.New()
+	}
+	if o.SharedNATS {
+		n.nats = sharedNATS(t)
+	}
 	for i := range o.N {
 		h := node.Home{Dir: t.TempDir()}
 		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
@@ -112,7 +146,15 @@ func Start(t testing.TB, o Options) *Net {
 		c.Name = o.Names[i]
 		// Port 0 at first; the ports a node got are kept for its restarts.
 		c.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+		if o.Mocknet {
+			// The address the mocknet host announces (nothing listens).
+			c.Listen = []string{fmt.Sprintf("/ip4/10.%d.%d.%d/tcp/4242", i>>16&255, i>>8&255, i&255)}
+		}
 		c.NATS.Listen = "127.0.0.1:0"
+		if o.SharedNATS {
+			c.NATS.URL = n.nats.ClientURL()
+			c.NATS.Prefix = n.Prefix(i)
+		}
 		c.Admin.Listen = "127.0.0.1:0"
 		c.Log.Level = "debug"
 		var partners []int
@@ -137,7 +179,16 @@ func Start(t testing.TB, o Options) *Net {
 		n.cfgs = append(n.cfgs, c)
 	}
 	n.nodes = make([]*node.Node, o.N)
-	t.Cleanup(n.Close)
+	t.Cleanup(func() {
+		n.Close()
+		if n.mn != nil {
+			_ = n.mn.Close()
+		}
+		if n.nats != nil {
+			n.nats.Shutdown()
+			n.nats.WaitForShutdown()
+		}
+	})
 	for i := range o.N {
 		if i == 1 && !o.NoBootstrap {
 			boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
@@ -163,7 +214,7 @@ func (n *Net) pin(i int, nd *node.Node) {
 			}
 		}
 	}
-	if strings.HasSuffix(c.NATS.Listen, ":0") {
+	if strings.HasSuffix(c.NATS.Listen, ":0") && c.NATS.URL == "" {
 		if u, err := url.Parse(nd.NATSURL()); err == nil {
 			c.NATS.Listen = u.Host
 		}
@@ -193,6 +244,7 @@ func (n *Net) Stop(i int) {
 		if err := nd.Close(); err != nil {
 			n.t.Logf("close %s: %v", n.o.Names[i], err)
 		}
+		n.unlink(i)
 	}
 }
 
@@ -207,23 +259,10 @@ func (n *Net) Restart(i int) {
 // test can connect its apps first and miss no event).
 func (n *Net) RestartPaused(i int) (start func()) {
 	n.t.Helper()
-	n.Stop(i)
-	var nd *node.Node
-	var err error
-	// A port just released may be briefly busy; retry for a moment.
-	for try := 0; try < 50; try++ {
-		if nd, err = node.New(n.cfgs[i], n.Homes[i], n.o.Node); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	nd, err := n.build(i)
 	if err != nil {
-		n.t.Fatalf("build node %s: %v", n.o.Names[i], err)
+		n.t.Fatal(err)
 	}
-	n.pin(i, nd)
-	n.mu.Lock()
-	n.nodes[i] = nd
-	n.mu.Unlock()
 	return func() {
 		n.t.Helper()
 		if err := nd.Start(); err != nil {
@@ -232,8 +271,89 @@ func (n *Net) RestartPaused(i int) (start func()) {
 	}
 }
 
+// build stops node i and builds it again from its home, on the same ports.
+func (n *Net) build(i int) (*node.Node, error) {
+	n.Stop(i)
+	var nd *node.Node
+	var err error
+	// A port just released may be briefly busy; retry for a moment.
+	for try := 0; try < 50; try++ {
+		o := n.o.Node
+		if n.mn != nil {
+			if o.Host, err = n.mockHost(i); err != nil {
+				return nil, fmt.Errorf("mocknet host of %s: %w", n.o.Names[i], err)
+			}
+		}
+		if nd, err = node.New(n.cfgs[i], n.Homes[i], o); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build node %s: %w", n.o.Names[i], err)
+	}
+	n.pin(i, nd)
+	n.mu.Lock()
+	n.nodes[i] = nd
+	n.mu.Unlock()
+	return nd, nil
+}
+
+// StartAll starts nodes from, from+1, ... to-1 with up to par at a time.
+// It is for big networks (Start starts nodes one by one): a node that fails
+// to build or start (a port just released, a moment without file
+// descriptors) is stopped and tried again, up to five times; the error is
+// the first node's that never started.
+func (n *Net) StartAll(from, to, par int) error {
+	sem := make(chan struct{}, max(par, 1))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for i := from; i < to; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			var err error
+			for try := 0; try < 5; try++ {
+				var nd *node.Node
+				if nd, err = n.build(i); err == nil {
+					if err = nd.Start(); err == nil {
+						return
+					}
+					err = fmt.Errorf("start node %s: %w", n.o.Names[i], err)
+				}
+				n.Stop(i)
+				time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
+			}
+			mu.Lock()
+			if first == nil {
+				first = err
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// Prefix is node i's NATS subject prefix ("ferry", or its own under
+// SharedNATS).
+func (n *Net) Prefix(i int) string {
+	if n.o.SharedNATS {
+		return "ferry." + n.o.Names[i]
+	}
+	return "ferry"
+}
+
+// Mocknet is the network's mocknet (nil unless Options.Mocknet).
+func (n *Net) Mocknet() mocknet.Mocknet { return n.mn }
+
 // Close stops every node.
 func (n *Net) Close() {
+	n.mu.Lock()
+	n.closing = true
+	n.mu.Unlock()
 	var wg sync.WaitGroup
 	for i := range n.nodes {
 		wg.Add(1)
@@ -245,7 +365,11 @@ func (n *Net) Close() {
 // NATS connects an app to node i's NATS server; closed at cleanup.
 func (n *Net) NATS(i int) *nats.Conn {
 	n.t.Helper()
-	nc, err := nats.Connect("nats://"+n.cfgs[i].NATS.Listen, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	url := "nats://" + n.cfgs[i].NATS.Listen
+	if n.nats != nil {
+		url = n.nats.ClientURL()
+	}
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -296,4 +420,57 @@ func Request(t testing.TB, nc *nats.Conn, subject string, body string, out any) 
 	if err := json.Unmarshal(msg.Data, out); err != nil {
 		t.Fatalf("reply of %s: %v: %s", subject, err, msg.Data)
 	}
+}
+
+// ConnsPerNode counts each running node's open libp2p connections (to any
+// peer, either direction), by node index; -1 for a node not running.
+func (n *Net) ConnsPerNode() []int {
+	out := make([]int, len(n.nodes))
+	for i := range n.nodes {
+		out[i] = -1
+		if nd := n.Node(i); nd != nil {
+			out[i] = len(nd.Host().Network().Conns())
+		}
+	}
+	return out
+}
+
+// ConnStats is the largest and the mean of counts (ConnsPerNode), over the
+// running nodes.
+func ConnStats(counts []int) (most int, mean float64) {
+	var sum, k int
+	for _, c := range counts {
+		if c < 0 {
+			continue
+		}
+		most = max(most, c)
+		sum += c
+		k++
+	}
+	if k > 0 {
+		mean = float64(sum) / float64(k)
+	}
+	return most, mean
+}
+
+// Membership counts, over every ordered pair of running nodes (i, j), those
+// where i counts j as a member (node.IsMember; a live connection is not
+// needed), and the pairs in all.
+func (n *Net) Membership() (have, want int) {
+	for i := range n.nodes {
+		nd := n.Node(i)
+		if nd == nil {
+			continue
+		}
+		for j := range n.nodes {
+			if i == j || n.Node(j) == nil {
+				continue
+			}
+			want++
+			if nd.IsMember(n.IDs[j]) {
+				have++
+			}
+		}
+	}
+	return have, want
 }

@@ -1,0 +1,495 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/stream"
+)
+
+// The scale report of issue 10 (docs/BENCHMARKS.md, "Scale"): N nodes in
+// this process, real ones (libp2p TCP on 127.0.0.1) and simulated ones
+// (every node complete, its libp2p on one mocknet), all at production
+// timing. `make scale` runs it:
+//
+//	FERRY_SCALE=1 go test ./bench/ -run '^TestScale$' -v -count=1 -timeout 60m
+//
+// Knobs (environment):
+//
+//	FERRY_SCALE=1              run TestScale (otherwise it is skipped)
+//	FERRY_SCALE_N=10,100,300   real network sizes (default 10,100,300)
+//	FERRY_SCALE_SIM=1000       simulated (mocknet) sizes (default 1000; "" or 0: none)
+//	FERRY_SCALE_IDLE=10s       the idle window CPU is measured over (default 10s)
+//	FERRY_SCALE_JOIN=5m        how long to wait for full membership; a network short of
+//	                           it is measured as it stands, and the table says how far it got
+//	FERRY_SCALE_PAR=16         nodes started at once (default 16)
+//	FERRY_SCALE_MAX_RSS=8      GB of process RSS at which a run stops and reports where it stood
+//
+// Without FERRY_SCALE, TestScaleSmoke runs the same measurement on 4 real
+// and 4 simulated nodes with a one-second idle window (skipped with -short).
+
+// scaleRow is one network size's measurement.
+type scaleRow struct {
+	N         int
+	Sim       bool
+	Startup   time.Duration // starting nodes 1..N-1 (node 0, the bootstrap, up) until every node counts every other a member
+	Members   string        // "100%" or how far membership got
+	RSS       int64         // process RSS at idle, bytes
+	Base      int64         // process RSS before the network started
+	Gor       int           // goroutines at idle
+	ConnMax   int
+	ConnMean  float64
+	IdleCPU   float64       // of one core, all nodes together
+	One       time.Duration // one decision: the accept until every member applied it
+	Hundred   time.Duration // 100 decisions: the first accept until every member applied all
+	DecideFor time.Duration // 100 decisions: the first accept until the reviewer decided the last
+	Acks      string        // the reviewer's decision ack rows: all sended, or what is left
+	Failed    string        // why the run stopped early
+}
+
+// production is node timing as `ferry run` has it (testnet shortens it).
+func production() node.Options {
+	return node.Options{
+		DiscoveryPeriod: node.DefaultDiscoveryPeriod,
+		Sender: stream.SenderOptions{AckTimeout: stream.DefaultAckTimeout, DialTimeout: stream.DefaultDialTimeout,
+			BackoffMin: stream.DefaultBackoffMin, BackoffMax: stream.DefaultBackoffMax, RetryScan: stream.DefaultRetryScan},
+	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// members tracks, per node, the nodes it does not yet count as members, so
+// a poll of a big network looks only at what is missing.
+type members struct {
+	net     *testnet.Net
+	missing [][]int
+	left    int
+	total   int
+}
+
+func newMembers(net *testnet.Net, n int) *members {
+	m := &members{net: net, missing: make([][]int, n)}
+	for i := range n {
+		for j := range n {
+			if i != j {
+				m.missing[i] = append(m.missing[i], j)
+			}
+		}
+	}
+	m.total = n * (n - 1)
+	m.left = m.total
+	return m
+}
+
+// poll drops what is now known and reports whether nothing is missing.
+func (m *members) poll() bool {
+	for i, miss := range m.missing {
+		nd := m.net.Node(i)
+		if nd == nil || len(miss) == 0 {
+			continue
+		}
+		keep := miss[:0]
+		for _, j := range miss {
+			if !nd.IsMember(m.net.IDs[j]) {
+				keep = append(keep, j)
+			}
+		}
+		m.left -= len(miss) - len(keep)
+		m.missing[i] = keep
+	}
+	return m.left == 0
+}
+
+func (m *members) share() string {
+	return strconv.FormatFloat(100*float64(m.total-m.left)/float64(max(m.total, 1)), 'f', 1, 64) + "%"
+}
+
+// waitApplied waits until every node has applied decision seq; false at
+// the deadline.
+func waitApplied(net *testnet.Net, n int, seq uint64, deadline time.Time) bool {
+	next := 0
+	for time.Now().Before(deadline) {
+		for next < n {
+			nd := net.Node(next)
+			if nd != nil && nd.Review().Applied() < seq {
+				break
+			}
+			next++
+		}
+		if next == n {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
+
+// acksLeft reports how the reviewer's acknowledgement rows of decisions
+// stand: "" when every one is sended, else what is pending or rejected.
+func acksLeft(rev *node.Node) string {
+	var out []string
+	for _, st := range []string{node.AckPending, node.AckRejected} {
+		page, err := rev.Acks(node.AckQuery{Kind: "decision", State: st, Limit: node.MaxAckPage})
+		if err != nil {
+			return err.Error()
+		}
+		if k := len(page.Rows); k > 0 {
+			more := ""
+			if page.Next != "" {
+				more = "+"
+			}
+			out = append(out, fmt.Sprintf("%d%s %s", k, more, st))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// submitAt submits k review requests at the reviewer itself (no delivery)
+// and returns their ids.
+func submitAt(t testing.TB, rev *node.Node, base, k int) []uint64 {
+	t.Helper()
+	ids := make([]uint64, k)
+	errs := make(chan error, k)
+	var wg sync.WaitGroup
+	for i := range k {
+		wg.Add(1)
+		rev.Submit(review.SubmitRequest{Type: "insert", TableName: "scale", TableID: uint64(base + i + 1),
+			Data: json.RawMessage(`{"office":"x"}`), Description: "scale"}, func(row review.Row, err error) {
+			ids[i] = row.ID
+			if err != nil {
+				errs <- err
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("submit at the reviewer: %v", err)
+	}
+	return ids
+}
+
+// decideAll accepts every request at once and returns when the reviewer
+// has decided the last one.
+func decideAll(t testing.TB, rev *node.Node, ids []uint64) {
+	t.Helper()
+	errs := make(chan error, len(ids))
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		rev.Decide(review.DecideRequest{RequestID: id, Decision: "accept"}, func(_ review.Row, err error) {
+			if err != nil {
+				errs <- err
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("accept at the reviewer: %v", err)
+	}
+}
+
+// scaleRun starts n nodes (node 0 is the bootstrap peer and the reviewer),
+// measures, and stops them.
+func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) (r scaleRow) {
+	r = scaleRow{N: n, Sim: sim}
+	runtime.GC()
+	debug.FreeOSMemory()
+	r.Base = rssOf(os.Getpid())
+	later := make([]int, 0, n-1)
+	for i := 1; i < n; i++ {
+		later = append(later, i)
+	}
+	// One NATS server for all: apps do not take part here, and a server
+	// per node costs a listener, connections and goroutines each.
+	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(0), Later: later, Mocknet: sim, SharedNATS: true,
+		Node: production()})
+	m := newMembers(net, n)
+	begin := time.Now()
+	// Nodes start in rounds, so a network too big for this machine's
+	// memory stops at the cap (scaleMaxRSS) instead of at the OOM killer.
+	step := max(4*par, 16)
+	for from := 1; from < n; from += step {
+		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
+			m.poll()
+			r.Members = m.share()
+			r.Failed = fmt.Sprintf("stopped with %d of %d nodes started: process RSS %.1f GB over FERRY_SCALE_MAX_RSS (membership then %s)",
+				from, n, float64(rss)/1e9, r.Members)
+			return r
+		}
+		if err := net.StartAll(from, min(from+step, n), par); err != nil {
+			r.Failed = "start: " + err.Error()
+			m.poll()
+			r.Members = m.share()
+			return r
+		}
+	}
+	// Membership: a network stuck short of it is measured as it stands.
+	deadline := begin.Add(join)
+	wait := 5 * time.Minute
+	for !m.poll() {
+		if time.Now().After(deadline) {
+			break
+		}
+		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
+			r.Members = m.share()
+			r.Failed = fmt.Sprintf("stopped %s s after the start: process RSS %.1f GB over FERRY_SCALE_MAX_RSS, membership at %s",
+				secs(time.Since(begin)), float64(rss)/1e9, r.Members)
+			return r
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.Startup = time.Since(begin)
+	r.Members = m.share()
+	if m.left > 0 {
+		t.Logf("N=%d sim=%v: membership at %s after %s s; measuring the rest as it stands", n, sim, r.Members, secs(r.Startup))
+		wait = 2 * time.Minute
+	} else {
+		t.Logf("N=%d sim=%v: full membership in %s s", n, sim, secs(r.Startup))
+	}
+
+	// Idle: let the start-up's tail settle, then measure.
+	time.Sleep(idle / 2)
+	c0, w0 := cpuTime(), time.Now()
+	time.Sleep(idle)
+	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
+	r.RSS = rssOf(os.Getpid())
+	r.Gor = runtime.NumGoroutine()
+	r.ConnMax, r.ConnMean = testnet.ConnStats(net.ConnsPerNode())
+	t.Logf("N=%d sim=%v: idle CPU %.0f%%, RSS %d MiB, %d goroutines, connections max %d mean %.1f", n, sim,
+		100*r.IdleCPU, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
+
+	rev := net.Node(0)
+	// One decision.
+	ids := submitAt(t, rev, 0, 1)
+	start := time.Now()
+	decideAll(t, rev, ids)
+	seq := rev.Review().Applied()
+	if !waitApplied(net, n, seq, start.Add(wait)) {
+		r.Failed = "one decision not applied by all within " + wait.String()
+		return r
+	}
+	r.One = time.Since(start)
+	// A hundred.
+	ids = submitAt(t, rev, 1, 100)
+	start = time.Now()
+	decideAll(t, rev, ids)
+	r.DecideFor = time.Since(start)
+	seq = rev.Review().Applied()
+	if !waitApplied(net, n, seq, start.Add(wait)) {
+		r.Failed = "100 decisions not applied by all within " + wait.String()
+		return r
+	}
+	r.Hundred = time.Since(start)
+	t.Logf("N=%d sim=%v: one decision %s s, 100 decisions %s s (decided in %s s)", n, sim, secs(r.One), secs(r.Hundred), secs(r.DecideFor))
+	// The reviewer's acknowledgement rows: every member reports what it
+	// applied; wait a while for the last reports.
+	ackBy := time.Now().Add(max(time.Minute, idle))
+	for {
+		r.Acks = acksLeft(rev)
+		if r.Acks == "" || time.Now().After(ackBy) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r.Acks == "" {
+		r.Acks = fmt.Sprintf("yes (%d members × 101)", n-1)
+	} else {
+		r.Acks = "no: " + r.Acks
+	}
+	return r
+}
+
+func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Scale (issue 10): all nodes in one process, production timing; %s, %d CPUs, load average %s before the run.\n\n",
+		runtime.Version(), runtime.NumCPU(), load)
+	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | idle CPU (of one core) | 100 decisions applied by all (decisions/s at the reviewer) | one decision applied by all | reviewer's ack rows all sended |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	dash := func(d time.Duration) string {
+		if d == 0 {
+			return "-"
+		}
+		return secs(d) + " s"
+	}
+	for _, r := range rows {
+		name := strconv.Itoa(r.N)
+		if r.Sim {
+			name += " simulated (mocknet)"
+		}
+		if r.Failed != "" && r.RSS == 0 {
+			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | |\n", name, r.Failed)
+			continue
+		}
+		hundred := "-"
+		if r.Hundred > 0 {
+			hundred = fmt.Sprintf("%s s (%s/s)", secs(r.Hundred), rate(100, r.DecideFor))
+		}
+		acks := r.Acks
+		if acks == "" {
+			acks = "-"
+		}
+		if r.Failed != "" {
+			acks += "; fails: " + r.Failed
+		}
+		startup := dash(r.Startup)
+		if r.Members != "100%" {
+			startup = fmt.Sprintf("not reached: %s of member pairs after %s", r.Members, startup)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s |\n", name, startup,
+			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, 100*r.IdleCPU, hundred, dash(r.One), acks)
+	}
+	fmt.Fprintf(&b, "\nStart-up: from starting nodes 1..N-1 (node 0, the bootstrap peer and the reviewer, already up; up to %d started at once) "+
+		"until every node counts every other a member. RSS per node: process RSS at idle / N, in parentheses (RSS at idle - RSS before the network started) / N (RSS before: ", scalePar())
+	for i, r := range rows {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d MB at N=%d", r.Base>>20, r.N)
+	}
+	fmt.Fprintf(&b, "). Idle CPU: process CPU time (getrusage) over %s, after %s of rest following full membership. "+
+		"Decisions: review requests submitted at the reviewer, then accepted all at once; the clock runs from the first accept "+
+		"until every member's applied sequence reaches the last. Every node has its own store and embedded services; "+
+		"the apps' NATS is one shared embedded server.\n", idle, idle/2)
+	return b.String()
+}
+
+func scaleDuration(t *testing.T, env string, def time.Duration) time.Duration {
+	s := os.Getenv(env)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		t.Fatalf("%s=%q: want a duration", env, s)
+	}
+	return d
+}
+
+// scaleMaxRSS is the process RSS (FERRY_SCALE_MAX_RSS, GB; default 8) at
+// which a run stops starting nodes or waiting for membership, and reports
+// where it stood. The machine is shared: the OOM killer must not choose.
+func scaleMaxRSS() int64 {
+	gb := 8.0
+	if s := os.Getenv("FERRY_SCALE_MAX_RSS"); s != "" {
+		if f, err := strconv.ParseFloat(s, 64); err == nil && f > 0 {
+			gb = f
+		}
+	}
+	return int64(gb * 1e9)
+}
+
+func scalePar() int {
+	if s := os.Getenv("FERRY_SCALE_PAR"); s != "" {
+		if p, err := strconv.Atoi(s); err == nil && p > 0 {
+			return p
+		}
+	}
+	return 16
+}
+
+func scaleSizes(t *testing.T, env, def string) []int {
+	s, ok := os.LookupEnv(env)
+	if !ok {
+		s = def
+	}
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" || f == "0" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 2 {
+			t.Fatalf("%s=%q: want sizes of at least 2, comma-separated", env, s)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func runScale(t *testing.T, real, sim []int, idle, join time.Duration) []scaleRow {
+	var rows []scaleRow
+	each := func(n int, s bool) {
+		name := fmt.Sprintf("N=%d", n)
+		if s {
+			name += "-sim"
+		}
+		var r scaleRow
+		t.Run(name, func(t *testing.T) { r = scaleRun(t, n, s, idle, join, scalePar()) })
+		if r.Failed != "" {
+			t.Logf("%s: %s", name, r.Failed)
+		}
+		rows = append(rows, r)
+	}
+	for _, n := range real {
+		each(n, false)
+	}
+	for _, n := range sim {
+		each(n, true)
+	}
+	return rows
+}
+
+// TestScale measures the scale table (see the knobs above) and writes it
+// to bench/results/scale.md.
+func TestScale(t *testing.T) {
+	if os.Getenv("FERRY_SCALE") == "" {
+		t.Skip("set FERRY_SCALE=1 to run the scale report (make scale)")
+	}
+	idle, join := scaleDuration(t, "FERRY_SCALE_IDLE", 10*time.Second), scaleDuration(t, "FERRY_SCALE_JOIN", 5*time.Minute)
+	load := loadavg()
+	rows := runScale(t, scaleSizes(t, "FERRY_SCALE_N", "10,100,300"), scaleSizes(t, "FERRY_SCALE_SIM", "1000"), idle, join)
+	table := scaleTable(rows, idle, load)
+	fmt.Print(table)
+	if err := os.MkdirAll("results", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join("results", "scale.md")
+	if err := os.WriteFile(out, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("written to bench/%s", out)
+}
+
+// TestScaleSmoke keeps the scale harness working: 4 real and 4 simulated
+// nodes, a one-second idle window. It fails only if a run does.
+func TestScaleSmoke(t *testing.T) {
+	if os.Getenv("FERRY_SCALE") != "" {
+		t.Skip("TestScale runs instead")
+	}
+	if testing.Short() {
+		t.Skip("starts two small networks (a few seconds)")
+	}
+	rows := runScale(t, []int{4}, []int{4}, time.Second, time.Minute)
+	for _, r := range rows {
+		if r.Failed != "" {
+			t.Errorf("N=%d sim=%v: %s", r.N, r.Sim, r.Failed)
+		}
+	}
+	if testing.Verbose() {
+		fmt.Print(scaleTable(rows, time.Second, loadavg()))
+	}
+}

@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/review"
+)
+
+// connectionsPerNode counts each node's open libp2p connections and logs
+// the largest and the mean (issue 10 bounds them; see TestThirtyNodes).
+func connectionsPerNode(t *testing.T, net *testnet.Net) []int {
+	t.Helper()
+	counts := net.ConnsPerNode()
+	most, mean := testnet.ConnStats(counts)
+	t.Logf("connections per node: max %d, mean %.1f, over %d nodes", most, mean, len(counts))
+	return counts
+}
+
+// waitFullMembership waits until every node counts every other a member;
+// at the deadline it says which are missing.
+func waitFullMembership(t *testing.T, net *testnet.Net, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		have, want := net.Membership()
+		if have == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			for i, id := range net.IDs {
+				var missing []int
+				for j, other := range net.IDs {
+					if i != j && !net.Node(i).IsMember(other) {
+						missing = append(missing, j)
+					}
+				}
+				if len(missing) > 0 {
+					t.Logf("node %d (%s) misses %v; connections %d", i, id, missing, len(net.Node(i).Host().Network().Conns()))
+				}
+			}
+			t.Fatalf("membership %d of %d pairs after %v", have, want, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestThirtyNodes: 30 real nodes (libp2p on 127.0.0.1, an embedded NATS
+// each) reach full membership; a review request submitted at a member and
+// accepted at the reviewer is applied by every one of the 29 members; and
+// every acknowledgement row of the reviewer for that decision is sended.
+func TestThirtyNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 30 nodes")
+	}
+	const n = 30
+	const rv = 0 // the reviewer, also every node's bootstrap peer
+	var later []int
+	for i := 1; i < n; i++ {
+		later = append(later, i)
+	}
+	begin := time.Now()
+	t.Cleanup(func() { t.Logf("stopped after %v", time.Since(begin).Round(time.Millisecond)) }) // runs after the network's cleanup
+	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(rv), Later: later})
+	if err := net.StartAll(1, n, 8); err != nil {
+		t.Fatal(err)
+	}
+	waitFullMembership(t, net, 150*time.Second)
+	t.Logf("full membership after %v", time.Since(begin).Round(time.Millisecond))
+	connectionsPerNode(t, net)
+
+	req := submit(t, net.NATS(1), "insert", "offices", 1, `{"name":"office 1"}`)
+	rev := net.Node(rv)
+	atRev := waitingAt(t, rev, req.Origin)
+	done := make(chan error, 1)
+	rev.Decide(review.DecideRequest{RequestID: atRev.ID, Decision: "accept"}, func(_ review.Row, err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	seq := rev.Review().Applied()
+	testnet.WaitFor(t, 60*time.Second, "every member applied the decision", func() bool {
+		for i := range n {
+			nd := net.Node(i)
+			if nd.Review().Applied() < seq {
+				return false
+			}
+			if r, err := nd.Review().RequestByOrigin(req.Origin); err != nil || r.Status != "accepted" {
+				return false
+			}
+		}
+		return true
+	})
+
+	t.Logf("applied by all after %v", time.Since(begin).Round(time.Millisecond))
+
+	// The reviewer's rows for the decision: one per member, each sended.
+	var rows []node.AckRow
+	testnet.WaitFor(t, 60*time.Second, "every ack row of the reviewer for the decision is sended", func() bool {
+		page, err := rev.Acks(node.AckQuery{RequestID: atRev.ID, Kind: "decision", Limit: node.MaxAckPage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows = page.Rows
+		for _, r := range rows {
+			if r.Ack != node.AckSended {
+				return false
+			}
+		}
+		return len(rows) == n-1
+	})
+	var got, want []string
+	for _, r := range rows {
+		got = append(got, r.ReceiverID)
+	}
+	for i := range n {
+		if i != rv {
+			want = append(want, net.IDs[i].String())
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("the reviewer's rows name %v, want every member %v", got, want)
+	}
+	t.Logf("every row sended after %v", time.Since(begin).Round(time.Millisecond))
+	connectionsPerNode(t, net)
+}

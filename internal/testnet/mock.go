@@ -1,0 +1,95 @@
+package testnet
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// mockHost adds node i to the mocknet under its home's key, at the address
+// of its config, and returns its host behind a linker (Options.Mocknet).
+// A host of an earlier run of node i was closed with that node; its links
+// went with it (unlink).
+func (n *Net) mockHost(i int) (host.Host, error) {
+	key, err := n.Homes[i].Identity()
+	if err != nil {
+		return nil, err
+	}
+	a, err := ma.NewMultiaddr(n.cfgs[i].Listen[0])
+	if err != nil {
+		return nil, err
+	}
+	h, err := n.mn.AddPeer(key, a)
+	if err != nil {
+		return nil, err
+	}
+	return &linker{Host: h, mn: n.mn}, nil
+}
+
+// unlink removes node i's mocknet links after it stopped, so a restarted
+// node i is linked to its new host, not the closed one.
+func (n *Net) unlink(i int) {
+	n.mu.Lock()
+	closing := n.closing
+	n.mu.Unlock()
+	if n.mn == nil || closing {
+		return
+	}
+	for _, p := range n.mn.Peers() {
+		if p != n.IDs[i] && len(n.mn.LinksBetweenPeers(n.IDs[i], p)) > 0 {
+			_ = n.mn.UnlinkPeers(n.IDs[i], p)
+		}
+	}
+}
+
+// linker is a mocknet host that links itself to a peer before it first
+// dials it: a mocknet dials only over links, and linking every pair of a
+// thousand nodes up front costs half a million links.
+type linker struct {
+	host.Host
+	mn mocknet.Mocknet
+}
+
+func (l *linker) link(p peer.ID) {
+	if p == l.ID() || len(l.mn.LinksBetweenPeers(l.ID(), p)) > 0 || l.mn.Net(p) == nil {
+		return
+	}
+	// Two dialers may link the same pair at once: a second link is harmless.
+	_, _ = l.mn.LinkPeers(l.ID(), p)
+}
+
+func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	l.link(ai.ID)
+	return l.Host.Connect(ctx, ai)
+}
+
+func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	l.link(p)
+	return l.Host.NewStream(ctx, p, pids...)
+}
+
+// sharedNATS starts the one embedded NATS server of Options.SharedNATS, on
+// a free port of 127.0.0.1; stopped at cleanup (Start's).
+func sharedNATS(t testing.TB) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+		MaxPayload: 8 << 20, MaxPending: 256 << 20})
+	if err != nil {
+		t.Fatal(fmt.Errorf("shared nats: %w", err))
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		t.Fatal("shared nats did not start")
+	}
+	return s
+}
