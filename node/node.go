@@ -267,7 +267,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	n.review.SetCatchUp(n.sync)
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
-		Verifier: n.verifier, Roles: n.book, Decisions: n.review, Acker: n.sender, CatchUp: n.sync,
+		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.sync,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
@@ -322,6 +322,21 @@ func (d decisionTap) Notify(e store.OwnEntry) {
 	}
 	d.n.sender.Notify(e)
 }
+
+// gossipDecisions applies the decisions spread takes from gossip as the
+// delivery stream's would be: by the review service, and told to watchers
+// (ferry watch) once applied.
+type gossipDecisions struct{ n *Node }
+
+func (g gossipDecisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+	st, err := g.n.review.ApplyDecision(tx, in)
+	if err == nil && st == pb.AckStatus_ACK_STATUS_APPLIED {
+		g.n.applied(tx, in.From, in.Body)
+	}
+	return st, err
+}
+
+func (g gossipDecisions) Applied() uint64 { return g.n.review.Applied() }
 
 // kindMux hands inbound deliveries to the service of their kind.
 type kindMux struct{ n *Node }
