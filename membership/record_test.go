@@ -1,11 +1,14 @@
 package membership
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
 
+	gossip "github.com/libp2p/go-libp2p-pubsub"
+	gpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -143,5 +146,41 @@ func TestRecordRefusals(t *testing.T) {
 	}
 	if len(seen) != 2 || seen[1].Name != "A2" || svc.Known() != 2 {
 		t.Fatalf("taken %d records, known %d", len(seen), svc.Known())
+	}
+}
+
+// The gossip validator passes a node's own record and a record held
+// already (so a republish floods once), ignores older ones, and rejects
+// forged ones.
+func TestValidatorOnRepublish(t *testing.T) {
+	self, _ := key(t)
+	svc, err := New(Deps{Key: self, Network: "net", Name: "S"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	msg := func(raw []byte) *gossip.Message { return &gossip.Message{Message: &gpb.Message{Data: raw}} }
+	if got := svc.validate(context.Background(), "", msg(svc.Own())); got != gossip.ValidationAccept {
+		t.Fatalf("own record: %v", got)
+	}
+	k, id := key(t)
+	r2, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 2})
+	r1, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 1})
+	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != gossip.ValidationAccept {
+		t.Fatalf("new record: %v", got)
+	}
+	if _, err := svc.Take(r2.Raw); err != nil {
+		t.Fatal(err)
+	}
+	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != gossip.ValidationAccept {
+		t.Fatalf("the record held, again: %v", got)
+	}
+	if got := svc.validate(context.Background(), "", msg(r1.Raw)); got != gossip.ValidationIgnore {
+		t.Fatalf("older record: %v", got)
+	}
+	other, _ := key(t)
+	forged := resign(t, other, &pb.MemberRecord{Peer: []byte(id), Network: "net", Name: "A", Seq: 3})
+	if got := svc.validate(context.Background(), "", msg(forged)); got != gossip.ValidationReject {
+		t.Fatalf("forged record: %v", got)
 	}
 }

@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,7 +40,7 @@ const (
 // startSchedule is when a starting node publishes its record (and pulls
 // while it has not pulled yet), before settling on the republish period:
 // the first publishes may find no neighbour subscribed yet.
-var startSchedule = []time.Duration{0, time.Second, 3 * time.Second, 10 * time.Second, 30 * time.Second}
+var startSchedule = []time.Duration{0, 2 * time.Second, 10 * time.Second, 30 * time.Second}
 
 // Deps are what the service works with.
 type Deps struct {
@@ -280,11 +281,19 @@ func (s *Service) check(raw []byte) (Record, error) {
 	return r, nil
 }
 
-// validate lets through (and forwards) records that verify and are news:
-// a stale one is ignored, not forwarded (whoever sent it may not have the
-// newer one yet); a forged one is rejected (its sender is penalised).
+// validate lets through (and forwards) records that verify and are news,
+// and the very record held already (its bytes compared, not verified
+// again): each publish then floods the network once (gossipsub drops what
+// it has seen), reaching the nodes that missed the record however they
+// are connected. An older record is ignored (not forwarded: whoever sent
+// it may not have the newer one yet); a forged one is rejected (its sender
+// is penalised).
 func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
-	_, err := s.check(msg.GetData())
+	raw := msg.GetData()
+	if s.holds(raw) {
+		return gossip.ValidationAccept
+	}
+	_, err := s.check(raw)
 	switch {
 	case err == nil:
 		return gossip.ValidationAccept
@@ -292,6 +301,26 @@ func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) go
 		return gossip.ValidationIgnore
 	}
 	return gossip.ValidationReject
+}
+
+// holds reports whether raw is, byte for byte, the record held of its peer.
+func (s *Service) holds(raw []byte) bool {
+	if len(raw) > MaxRecordBytes {
+		return false
+	}
+	sr := &pb.SignedMemberRecord{}
+	m := &pb.MemberRecord{}
+	if unmarshal(raw, sr) != nil || proto.Unmarshal(sr.Record, m) != nil {
+		return false
+	}
+	id, err := peer.IDFromBytes(m.Peer)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.held[id]
+	return ok && bytes.Equal(h.Raw, raw)
 }
 
 func (s *Service) readLoop() {

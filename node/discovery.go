@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -18,6 +19,8 @@ const (
 	// advertiseEvery is how often the node advertises itself under the
 	// rendezvous key (provider records live 48 hours).
 	advertiseEvery = 30 * time.Minute
+	// advertiseTimeout bounds one advertisement.
+	advertiseTimeout = 30 * time.Second
 )
 
 // rendezvous is the DHT key members advertise.
@@ -38,9 +41,9 @@ func (n *Node) discover() {
 	}
 	disc := drouting.NewRoutingDiscovery(n.dht)
 	wait := discoveryFirst
-	var advertised time.Time
+	adv := &advertising{}
 	for {
-		n.discoverRound(disc, &advertised)
+		n.discoverRound(disc, adv)
 		t := time.NewTimer(wait)
 		select {
 		case <-n.ctx.Done():
@@ -52,7 +55,51 @@ func (n *Node) discover() {
 	}
 }
 
-func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, advertised *time.Time) {
+// advertising paces the rendezvous advertisements: every advertiseEvery
+// after one succeeded, and after a failure again in a minute, doubling.
+type advertising struct {
+	mu    sync.Mutex
+	next  time.Time
+	fails int
+	busy  bool
+}
+
+func (a *advertising) due() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.busy && !time.Now().Before(a.next)
+}
+
+// advertise puts this node under the rendezvous key (a DHT provide: the
+// closest peers to the key are dialed), on its own goroutine and deadline:
+// it must not hold the discovery round, nor be retried every round.
+func (n *Node) advertise(disc *drouting.RoutingDiscovery, adv *advertising) {
+	adv.mu.Lock()
+	if adv.busy || time.Now().Before(adv.next) {
+		adv.mu.Unlock()
+		return
+	}
+	adv.busy = true
+	adv.mu.Unlock()
+	ctx, cancel := context.WithTimeout(n.ctx, advertiseTimeout)
+	defer cancel()
+	_, err := disc.Advertise(ctx, n.rendezvous())
+	adv.mu.Lock()
+	defer adv.mu.Unlock()
+	adv.busy = false
+	if err == nil {
+		adv.fails = 0
+		adv.next = time.Now().Add(advertiseEvery)
+		return
+	}
+	if n.ctx.Err() == nil {
+		n.log.Debug("advertise", "err", err)
+	}
+	adv.fails++
+	adv.next = time.Now().Add(min(time.Minute<<min(adv.fails-1, 5), advertiseEvery))
+}
+
+func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, adv *advertising) {
 	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
 	defer cancel()
 	// Rounds are paced here; the swarm's dial backoff (up to five minutes)
@@ -98,12 +145,8 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, advertised *time.T
 	if n.dht.RoutingTable().Size() == 0 {
 		return
 	}
-	if time.Since(*advertised) >= advertiseEvery {
-		if _, err := disc.Advertise(ctx, n.rendezvous()); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("advertise", "err", err)
-		} else if err == nil {
-			*advertised = time.Now()
-		}
+	if adv.due() {
+		n.spawn(func() { n.advertise(disc, adv) })
 	}
 	if lacking <= 0 {
 		return
