@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -64,10 +65,15 @@ func TestThirtyNodes(t *testing.T) {
 	}
 	begin := time.Now()
 	t.Cleanup(func() { t.Logf("stopped after %v", time.Since(begin).Round(time.Millisecond)) }) // runs after the network's cleanup
-	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(rv), Later: later})
+	// Bounded connections: 3 neighbours, at most 12 connections a node
+	// (partners and the reviewer count within it).
+	const neighbours, maxConns = 3, 12
+	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(rv), Later: later,
+		Configure: func(_ int, c *node.Config) { c.Connections.Neighbours, c.Connections.Max = neighbours, maxConns }})
 	if err := net.StartAll(1, n, 8); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("all started after %v", time.Since(begin).Round(time.Millisecond))
 	waitFullMembership(t, net, 150*time.Second)
 	t.Logf("full membership after %v", time.Since(begin).Round(time.Millisecond))
 	connectionsPerNode(t, net)
@@ -98,6 +104,15 @@ func TestThirtyNodes(t *testing.T) {
 
 	// The reviewer's rows for the decision: one per member, each sended.
 	var rows []node.AckRow
+	defer func() {
+		if t.Failed() {
+			for _, r := range rows {
+				if r.Ack != node.AckSended {
+					t.Logf("row for %s: %s, attempts %d, last error %q", r.Receiver, r.Ack, r.Attempts, r.Error)
+				}
+			}
+		}
+	}()
 	testnet.WaitFor(t, 60*time.Second, "every ack row of the reviewer for the decision is sended", func() bool {
 		page, err := rev.Acks(node.AckQuery{RequestID: atRev.ID, Kind: "decision", Limit: node.MaxAckPage})
 		if err != nil {
@@ -126,5 +141,17 @@ func TestThirtyNodes(t *testing.T) {
 		t.Fatalf("the reviewer's rows name %v, want every member %v", got, want)
 	}
 	t.Logf("every row sended after %v", time.Since(begin).Round(time.Millisecond))
+	// Trimming runs with discovery: every node settles within its bound.
+	var counts []int
+	defer func() {
+		if t.Failed() {
+			t.Logf("connections per node (the reviewer first): %v", counts)
+		}
+	}()
+	testnet.WaitFor(t, 60*time.Second, fmt.Sprintf("every node within %d connections", maxConns), func() bool {
+		counts = net.ConnsPerNode()
+		most, _ := testnet.ConnStats(counts)
+		return most <= maxConns
+	})
 	connectionsPerNode(t, net)
 }

@@ -31,16 +31,24 @@ const (
 	// DefaultRepublish is how often a node publishes its record again and
 	// pulls the record set from a neighbour (anti-entropy).
 	DefaultRepublish = 5 * time.Minute
+	// pullEvery is how often a node pulls the record set from a neighbour
+	// once its start schedule is over; a new neighbour brings a pull too,
+	// at most every pullAgain. Records held already cost a comparison, not
+	// a signature check.
+	pullEvery = time.Minute
+	pullAgain = 5 * time.Second
 	// pullTimeout bounds one pull.
 	pullTimeout = 15 * time.Second
 	// pageRecords is the records of one MembersPage.
 	pageRecords = 128
 )
 
-// startSchedule is when a starting node publishes its record (and pulls
-// while it has not pulled yet), before settling on the republish period:
-// the first publishes may find no neighbour subscribed yet.
-var startSchedule = []time.Duration{0, 2 * time.Second, 10 * time.Second, 30 * time.Second}
+// startSchedule is when a starting node publishes its record and pulls the
+// record set, before settling on the republish and pull periods: the first
+// publishes may find no neighbour subscribed yet, and the first pulls
+// neighbours that do not know every member yet.
+var startSchedule = []time.Duration{0, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
+	20 * time.Second, 30 * time.Second, 45 * time.Second, 60 * time.Second, 90 * time.Second, 120 * time.Second}
 
 // Deps are what the service works with.
 type Deps struct {
@@ -77,6 +85,9 @@ type Service struct {
 	own     Record
 	held    map[peer.ID]Record
 	pulled  time.Time // last complete pull
+	// published is when the loop last published the own record (the
+	// loop's own state).
+	published time.Time
 	started bool
 
 	known   prometheus.Gauge
@@ -218,11 +229,12 @@ func compareIDs(a, b peer.ID) int {
 	return 0
 }
 
-// Joined tells the service that a connection to a member is up: a node
-// that has not pulled the record set yet pulls it now.
+// Joined tells the service that a connection to a member is up: the node
+// pulls the record set now unless it pulled within pullAgain (records a
+// partition or a bounded set of connections kept apart meet here).
 func (s *Service) Joined() {
 	s.mu.Lock()
-	done := !s.pulled.IsZero()
+	done := !s.pulled.IsZero() && time.Since(s.pulled) < pullAgain
 	s.mu.Unlock()
 	if done {
 		return
@@ -265,6 +277,14 @@ func (s *Service) take(raw []byte, source string) (Record, error) {
 // network, a peer outside the members list, this node's own id, a record
 // not newer than the one held.
 func (s *Service) check(raw []byte) (Record, error) {
+	if id, seq, ok := peek(raw); ok {
+		s.mu.Lock()
+		h, held := s.held[id]
+		s.mu.Unlock()
+		if held && h.Seq >= seq {
+			return Record{Peer: id, Seq: seq}, fmt.Errorf("%w: %d <= %d", ErrStale, seq, h.Seq)
+		}
+	}
 	r, err := Open(raw, s.d.Network)
 	if err != nil {
 		return r, err
@@ -301,6 +321,25 @@ func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) go
 		return gossip.ValidationIgnore
 	}
 	return gossip.ValidationReject
+}
+
+// peek reads a record's peer and sequence without checking its signature:
+// a record no newer than the one held is dropped without that cost (a
+// forged one claims at most a newer sequence, and is then checked).
+func peek(raw []byte) (peer.ID, uint64, bool) {
+	if len(raw) > MaxRecordBytes {
+		return "", 0, false
+	}
+	sr := &pb.SignedMemberRecord{}
+	m := &pb.MemberRecord{}
+	if unmarshal(raw, sr) != nil || proto.Unmarshal(sr.Record, m) != nil {
+		return "", 0, false
+	}
+	id, err := peer.IDFromBytes(m.Peer)
+	if err != nil {
+		return "", 0, false
+	}
+	return id, m.Seq, true
 }
 
 // holds reports whether raw is, byte for byte, the record held of its peer.
@@ -354,15 +393,17 @@ func (s *Service) loop() {
 			continue
 		case <-t.C:
 		}
-		s.publish()
+		if step < len(startSchedule) || time.Since(s.published) >= s.d.Republish {
+			s.publish()
+		}
 		s.mu.Lock()
-		due := s.pulled.IsZero() || time.Since(s.pulled) >= s.d.Republish
+		due := step < len(startSchedule) || s.pulled.IsZero() || time.Since(s.pulled) >= min(pullEvery, s.d.Republish)
 		s.mu.Unlock()
 		if due {
 			s.pullOne()
 		}
 		step++
-		wait := s.d.Republish
+		wait := min(pullEvery, s.d.Republish)
 		if step < len(startSchedule) {
 			wait = startSchedule[step] - startSchedule[step-1]
 		}
@@ -383,6 +424,7 @@ func (s *Service) publish() {
 			return
 		}
 	}
+	s.published = time.Now()
 	if err := s.topic.Publish(s.ctx, s.Own()); err != nil && s.ctx.Err() == nil {
 		s.log.Debug("publish member record", "err", err)
 	}

@@ -369,7 +369,7 @@ func (n *Net) NATS(i int) *nats.Conn {
 	if n.nats != nil {
 		url = n.nats.ClientURL()
 	}
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.Timeout(10*time.Second))
 	if err != nil {
 		n.t.Fatal(err)
 	}
