@@ -40,7 +40,7 @@ const (
 // startSchedule is when a starting node publishes its record (and pulls
 // while it has not pulled yet), before settling on the republish period:
 // the first publishes may find no neighbour subscribed yet.
-var startSchedule = []time.Duration{0, 2 * time.Second, 10 * time.Second, 30 * time.Second}
+var startSchedule = []time.Duration{0, 2 * time.Second, 10 * time.Second, 30 * time.Second, time.Minute, 2 * time.Minute}
 
 // Deps are what the service works with.
 type Deps struct {
@@ -339,7 +339,8 @@ func (s *Service) readLoop() {
 
 // loop publishes the own record on the start schedule and then every
 // Republish period (a new record when the addresses changed), and pulls
-// the record set: on Joined until one pull succeeded, then each period.
+// the record set: on Joined until one pull succeeded, at each step of the
+// start schedule, then each period.
 func (s *Service) loop() {
 	defer s.wg.Done()
 	step := 0
@@ -355,8 +356,11 @@ func (s *Service) loop() {
 		case <-t.C:
 		}
 		s.publish()
+		// Pulls on each step of the start schedule too: what the first
+		// publishes of others missed (a mesh still forming) comes whole
+		// from a neighbour.
 		s.mu.Lock()
-		due := s.pulled.IsZero() || time.Since(s.pulled) >= s.d.Republish
+		due := s.pulled.IsZero() || step < len(startSchedule) || time.Since(s.pulled) >= s.d.Republish
 		s.mu.Unlock()
 		if due {
 			s.pullOne()
