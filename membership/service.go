@@ -378,7 +378,8 @@ func (s *Service) readLoop() {
 
 // loop publishes the own record on the start schedule and then every
 // Republish period (a new record when the addresses changed), and pulls
-// the record set: on Joined until one pull succeeded, then each period.
+// the record set: on Joined until one pull succeeded, at each step of the
+// start schedule, then each period.
 func (s *Service) loop() {
 	defer s.wg.Done()
 	step := 0

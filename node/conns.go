@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -90,6 +91,20 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 	return lacking
 }
 
+// trimGrace keeps a new connection from trim: a joining node completes
+// hello and pulls the membership records over its first connection.
+const trimGrace = 10 * time.Second
+
+// young reports whether a connection to p opened within trimGrace.
+func (n *Node) young(p peer.ID) bool {
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		if time.Since(c.Stat().Opened) < trimGrace {
+			return true
+		}
+	}
+	return false
+}
+
 // busy reports whether a connection to p carries work now: a delivery,
 // sync or membership stream.
 func (n *Node) busy(p peer.ID) bool {
@@ -106,8 +121,8 @@ func (n *Node) busy(p peer.ID) bool {
 
 // trim closes connections above connections.max: first to peers that are
 // not members (DHT walks), then to members this node did not pick as
-// neighbours, never to partners, the reviewer, or a peer with work in
-// flight. It keeps `neighbours` members connected.
+// neighbours, never to partners, the reviewer, a peer with work in flight,
+// or one connected for less than trimGrace. It keeps `neighbours` members connected.
 func (n *Node) trim() {
 	peers := n.host.Network().Peers()
 	excess := len(peers) - n.cfg.Connections.Max
@@ -121,7 +136,7 @@ func (n *Node) trim() {
 	var cands []cand
 	members := 0
 	for _, p := range peers {
-		if n.special(p) || n.busy(p) {
+		if n.special(p) || n.busy(p) || n.young(p) {
 			continue
 		}
 		switch {
