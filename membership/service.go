@@ -81,14 +81,14 @@ type Service struct {
 	wg     gosync.WaitGroup
 	pull   chan struct{}
 
-	mu      gosync.Mutex
-	own     Record
-	held    map[peer.ID]Record
-	pulled  time.Time // last complete pull
+	mu     gosync.Mutex
+	own    Record
+	held   map[peer.ID]Record
+	pulled time.Time // last complete pull
 	// published is when the loop last published the own record (the
 	// loop's own state).
 	published time.Time
-	started bool
+	started   bool
 
 	known   prometheus.Gauge
 	records *prometheus.CounterVec // source, outcome
