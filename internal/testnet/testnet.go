@@ -125,7 +125,17 @@ func Start(t testing.TB, o Options) *Net {
 	if o.Node.DiscoveryPeriod == 0 {
 		o.Node.DiscoveryPeriod = time.Second
 	}
-	n := &Net{t: t, o: o}
+	n := &Net{t: t, o: o, nodes: make([]*node.Node, o.N)}
+	t.Cleanup(func() {
+		n.Close()
+		if n.mn != nil {
+			_ = n.mn.Close()
+		}
+		if n.nats != nil {
+			n.nats.Shutdown()
+			n.nats.WaitForShutdown()
+		}
+	})
 	if o.Mocknet {
 		n.mn = mocknet.New()
 	}
@@ -178,17 +188,6 @@ func Start(t testing.TB, o Options) *Net {
 		}
 		n.cfgs = append(n.cfgs, c)
 	}
-	n.nodes = make([]*node.Node, o.N)
-	t.Cleanup(func() {
-		n.Close()
-		if n.mn != nil {
-			_ = n.mn.Close()
-		}
-		if n.nats != nil {
-			n.nats.Shutdown()
-			n.nats.WaitForShutdown()
-		}
-	})
 	for i := range o.N {
 		if i == 1 && !o.NoBootstrap {
 			boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
