@@ -126,6 +126,17 @@ func Start(t testing.TB, o Options) *Net {
 		o.Node.DiscoveryPeriod = time.Second
 	}
 	n := &Net{t: t, o: o, nodes: make([]*node.Node, o.N)}
+	for i := range o.N {
+		h := node.Home{Dir: t.TempDir()}
+		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Homes = append(n.Homes, h)
+		n.IDs = append(n.IDs, id)
+	}
+	// After the temp dirs: cleanups run last first, so the nodes stop
+	// before their homes are removed.
 	t.Cleanup(func() {
 		n.Close()
 		if n.mn != nil {
@@ -141,15 +152,6 @@ func Start(t testing.TB, o Options) *Net {
 	}
 	if o.SharedNATS {
 		n.nats = sharedNATS(t)
-	}
-	for i := range o.N {
-		h := node.Home{Dir: t.TempDir()}
-		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Homes = append(n.Homes, h)
-		n.IDs = append(n.IDs, id)
 	}
 	for i := range o.N {
 		c := node.Default()
