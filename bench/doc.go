@@ -54,6 +54,10 @@
 // measurement at a tiny size (skipped with -short), to keep the harness
 // working.
 //
+// The scale report of issue 10 (many nodes in one process, real and on a
+// mocknet) is TestScale in scale_test.go, run by `make scale`; its knobs
+// are described there, and TestScaleSmoke runs it at 4 nodes by default.
+//
 // Numbers move with the machine: the header prints the load average and
 // what one fsync costs in the temp dir.
 package bench

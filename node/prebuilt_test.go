@@ -135,3 +135,15 @@ func TestPrebuiltHostIdentity(t *testing.T) {
 		t.Fatal("New failed and left the host it was given open")
 	}
 }
+
+// TestPrebuiltHostRestart: a node of a mocknet network stops and starts
+// again on a new host of the same identity, and meets the others again.
+func TestPrebuiltHostRestart(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 3, Mocknet: true})
+	net.WaitMembers(30 * time.Second)
+	net.Restart(1)
+	net.WaitMembers(30 * time.Second)
+	if got := len(net.Node(1).Host().Network().Conns()); got == 0 {
+		t.Fatal("the restarted node has no connection")
+	}
+}

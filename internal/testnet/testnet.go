@@ -125,13 +125,7 @@ func Start(t testing.TB, o Options) *Net {
 	if o.Node.DiscoveryPeriod == 0 {
 		o.Node.DiscoveryPeriod = time.Second
 	}
-	n := &Net{t: t, o: o}
-	if o.Mocknet {
-		n.mn = mocknet.New()
-	}
-	if o.SharedNATS {
-		n.nats = sharedNATS(t)
-	}
+	n := &Net{t: t, o: o, nodes: make([]*node.Node, o.N)}
 	for i := range o.N {
 		h := node.Home{Dir: t.TempDir()}
 		id, err := h.Init(node.InitOptions{Name: o.Names[i]})
@@ -140,6 +134,24 @@ func Start(t testing.TB, o Options) *Net {
 		}
 		n.Homes = append(n.Homes, h)
 		n.IDs = append(n.IDs, id)
+	}
+	// After the temp dirs: cleanups run last first, so the nodes stop
+	// before their homes are removed.
+	t.Cleanup(func() {
+		n.Close()
+		if n.mn != nil {
+			_ = n.mn.Close()
+		}
+		if n.nats != nil {
+			n.nats.Shutdown()
+			n.nats.WaitForShutdown()
+		}
+	})
+	if o.Mocknet {
+		n.mn = mocknet.New()
+	}
+	if o.SharedNATS {
+		n.nats = sharedNATS(t)
 	}
 	for i := range o.N {
 		c := node.Default()
@@ -178,17 +190,6 @@ func Start(t testing.TB, o Options) *Net {
 		}
 		n.cfgs = append(n.cfgs, c)
 	}
-	n.nodes = make([]*node.Node, o.N)
-	t.Cleanup(func() {
-		n.Close()
-		if n.mn != nil {
-			_ = n.mn.Close()
-		}
-		if n.nats != nil {
-			n.nats.Shutdown()
-			n.nats.WaitForShutdown()
-		}
-	})
 	for i := range o.N {
 		if i == 1 && !o.NoBootstrap {
 			boot := n.cfgs[0].Listen[0] + "/p2p/" + n.IDs[0].String()
