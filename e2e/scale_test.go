@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -65,8 +66,7 @@ func TestThirtyNodes(t *testing.T) {
 	begin := time.Now()
 	t.Cleanup(func() { t.Logf("stopped after %v", time.Since(begin).Round(time.Millisecond)) }) // runs after the network's cleanup
 	// Bounded connections: 3 neighbours, at most 12 connections a node
-	// (partners and the reviewer count within it), as configured; see the
-	// end of the test.
+	// (partners and the reviewer count within it).
 	const neighbours, maxConns = 3, 12
 	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(rv), Later: later,
 		Configure: func(_ int, c *node.Config) { c.Connections.Neighbours, c.Connections.Max = neighbours, maxConns }})
@@ -141,9 +141,19 @@ func TestThirtyNodes(t *testing.T) {
 		t.Fatalf("the reviewer's rows name %v, want every member %v", got, want)
 	}
 	t.Logf("every row sended after %v", time.Since(begin).Round(time.Millisecond))
-	// The bound is configured, and logged, not asserted: nodes trim above
-	// connections.max each discovery round, but on this test's 30 nodes
-	// they settle at a mean of 15-22 connections for a max of 12 (issue 10
-	// is open on it; see docs/BENCHMARKS.md, "Scale").
+	// A node trims above connections.max each discovery round, sparing
+	// connections younger than 10 s (a joiner's hello and pull): between
+	// rounds a few new ones may stand above the bound, not the network.
+	var counts []int
+	defer func() {
+		if t.Failed() {
+			t.Logf("connections per node (the reviewer first): %v", counts)
+		}
+	}()
+	testnet.WaitFor(t, 60*time.Second, fmt.Sprintf("connections at most %d a node, %d on average", maxConns+neighbours, maxConns), func() bool {
+		counts = net.ConnsPerNode()
+		most, mean := testnet.ConnStats(counts)
+		return most <= maxConns+neighbours && mean <= maxConns
+	})
 	connectionsPerNode(t, net)
 }

@@ -61,8 +61,26 @@ func (n *Node) neighbours() []peer.ID {
 func (n *Node) keepNeighbours(ctx context.Context) int {
 	want := n.cfg.Connections.Neighbours
 	have := n.neighbours()
+	// `want` of the connected members are this node's neighbours
+	// (protected; those protected already stay so); members connected
+	// beyond them are not, so the connection manager and trim may close
+	// them.
+	cm := n.host.ConnManager()
+	kept := 0
 	for _, p := range have {
-		n.host.ConnManager().Protect(p, neighbourTag)
+		if cm.IsProtected(p, neighbourTag) {
+			if kept < want {
+				kept++
+			} else {
+				cm.Unprotect(p, neighbourTag)
+			}
+		}
+	}
+	for _, p := range have {
+		if kept < want && !cm.IsProtected(p, neighbourTag) {
+			cm.Protect(p, neighbourTag)
+			kept++
+		}
 	}
 	lacking := want - len(have)
 	if lacking <= 0 {
@@ -124,8 +142,22 @@ func (n *Node) busy(p peer.ID) bool {
 // neighbours, never to partners, the reviewer, a peer with work in flight,
 // or one connected for less than trimGrace. It keeps `neighbours` members connected.
 func (n *Node) trim() {
+	// A second connection to a peer (both sides dialed at once) is closed
+	// first: one is enough, and the bound counts connections.
+	for _, p := range n.host.Network().Peers() {
+		cs := n.host.Network().ConnsToPeer(p)
+		if len(cs) < 2 || n.busy(p) {
+			continue
+		}
+		slices.SortFunc(cs, func(a, b network.Conn) int { return a.Stat().Opened.Compare(b.Stat().Opened) })
+		for _, c := range cs[1:] {
+			if time.Since(c.Stat().Opened) >= trimGrace {
+				_ = c.Close()
+			}
+		}
+	}
 	peers := n.host.Network().Peers()
-	excess := len(peers) - n.cfg.Connections.Max
+	excess := len(n.host.Network().Conns()) - n.cfg.Connections.Max
 	if excess <= 0 {
 		return
 	}
