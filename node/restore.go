@@ -33,7 +33,17 @@ type restoreState struct {
 	compared bool             // a member told what it holds of this node since it started
 	warned   map[peer.ID]bool // peers reported ahead (logged once each)
 	from     uint64           // this node's version counter when its store opened
+	// retry is the wait before asking a peer again after a recovery from
+	// it failed (doubling, recoverRetryMax at most), by peer.
+	retry map[peer.ID]time.Duration
 }
+
+// Retries of a failed recovery: it is asked again without waiting for the
+// peer to report once more (a hello comes once per connection).
+const (
+	recoverRetryMin = time.Second
+	recoverRetryMax = 30 * time.Second
+)
 
 // holdsOf is how far this node holds p's own changes (sent in hello).
 func (n *Node) holdsOf(p peer.ID) uint64 {
@@ -116,15 +126,29 @@ func (n *Node) RecoverFrom() uint64 {
 // Recovered ends a recovery from p.
 func (n *Node) Recovered(p peer.ID, count int, err error) {
 	if err != nil {
-		n.log.Warn("taking back this node's changes from a peer failed; will try again when it reports", "peer", p, "err", err)
 		n.restore.mu.Lock()
-		delete(n.restore.warned, p)
+		if n.restore.retry == nil {
+			n.restore.retry = map[peer.ID]time.Duration{}
+		}
+		wait := min(max(2*n.restore.retry[p], recoverRetryMin), recoverRetryMax)
+		n.restore.retry[p] = wait
 		n.restore.mu.Unlock()
+		n.log.Warn("taking back this node's changes from a peer failed; asking again", "peer", p, "in", wait, "err", err)
+		n.spawn(func() {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			select {
+			case <-n.ctx.Done():
+			case <-t.C:
+				n.sync.Recover(p)
+			}
+		})
 		return
 	}
 	n.log.Info("took back this node's changes a peer held", "peer", p, "changes", count)
 	n.restore.mu.Lock()
 	n.restore.compared = true
+	delete(n.restore.retry, p)
 	n.restore.mu.Unlock()
 }
 

@@ -385,7 +385,15 @@ func (s *Service) run(j job, hints []peer.ID) error {
 		errs = append(errs, fmt.Errorf("%s: %w", p, err))
 	}
 	if len(errs) == 0 {
-		return errors.New("no peer to ask is connected")
+		err := errors.New("no peer to ask is connected")
+		if j.what == pb.SyncRequest_WHAT_OWN {
+			// The node asks again (Own.Recovered): nothing else would, the
+			// peer having reported once.
+			for _, h := range hints {
+				s.d.Own.Recovered(h, 0, err)
+			}
+		}
+		return err
 	}
 	return errors.Join(errs...)
 }
