@@ -344,22 +344,14 @@ func peek(raw []byte) (peer.ID, uint64, bool) {
 
 // holds reports whether raw is, byte for byte, the record held of its peer.
 func (s *Service) holds(raw []byte) bool {
-	if len(raw) > MaxRecordBytes {
-		return false
-	}
-	sr := &pb.SignedMemberRecord{}
-	m := &pb.MemberRecord{}
-	if unmarshal(raw, sr) != nil || proto.Unmarshal(sr.Record, m) != nil {
-		return false
-	}
-	id, err := peer.IDFromBytes(m.Peer)
-	if err != nil {
+	id, _, ok := peek(raw)
+	if !ok {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	h, ok := s.held[id]
-	return ok && bytes.Equal(h.Raw, raw)
+	h, held := s.held[id]
+	return held && bytes.Equal(h.Raw, raw)
 }
 
 func (s *Service) readLoop() {
