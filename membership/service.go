@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -152,18 +153,11 @@ func (s *Service) resign(addrs []ma.Multiaddr) error {
 
 // Start joins the members topic, serves pulls and starts publishing.
 func (s *Service) Start() error {
-	name := protocols.MembersTopic(s.d.Network)
-	if err := s.d.PubSub.RegisterTopicValidator(name, s.validate); err != nil {
-		return fmt.Errorf("members topic validator: %w", err)
-	}
-	t, err := s.d.PubSub.Join(name)
+	t, sub, err := gossiptopic.Join(s.d.PubSub, protocols.MembersTopic(s.d.Network), s.validate)
 	if err != nil {
-		return fmt.Errorf("join %s: %w", name, err)
+		return err
 	}
-	s.topic = t
-	if s.sub, err = t.Subscribe(); err != nil {
-		return fmt.Errorf("subscribe %s: %w", name, err)
-	}
+	s.topic, s.sub = t, sub
 	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, s.log, s.serve)
 	if err := s.resign(s.d.Host.Addrs()); err != nil {
 		return err

@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -170,18 +171,11 @@ func New(d Deps) (*Service, error) {
 
 // Start joins the decisions topic, serves reports and starts the loops.
 func (s *Service) Start() error {
-	name := protocols.DecisionsTopic(s.d.Network)
-	if err := s.d.PubSub.RegisterTopicValidator(name, s.validate); err != nil {
-		return fmt.Errorf("decisions topic validator: %w", err)
-	}
-	t, err := s.d.PubSub.Join(name)
+	t, sub, err := gossiptopic.Join(s.d.PubSub, protocols.DecisionsTopic(s.d.Network), s.validate)
 	if err != nil {
-		return fmt.Errorf("join %s: %w", name, err)
+		return err
 	}
-	s.topic = t
-	if s.sub, err = t.Subscribe(); err != nil {
-		return fmt.Errorf("subscribe %s: %w", name, err)
-	}
+	s.topic, s.sub = t, sub
 	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
 	s.wg.Add(3)
 	go s.readLoop()
