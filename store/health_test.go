@@ -138,8 +138,14 @@ func TestStallIsReported(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if h := s.Health(); !h.OK || h.Queued != 0 || h.LastCommit.IsZero() {
-		t.Fatalf("health after the stall: %+v", h)
+	// The callbacks run before the completer marks the round done: wait
+	// for the mark, with a deadline.
+	deadline = time.Now().Add(5 * time.Second)
+	for h = s.Health(); !h.OK || h.Queued != 0 || h.LastCommit.IsZero(); h = s.Health() {
+		if time.Now().After(deadline) {
+			t.Fatalf("health after the stall: %+v", h)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
