@@ -7,12 +7,16 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/node"
@@ -38,6 +42,9 @@ import (
 //	FERRY_SCALE_PAR=16         nodes started at once (default 16)
 //	FERRY_SCALE_MAX_RSS=8      GB of process RSS at which a run stops and reports where it stood
 //	FERRY_SCALE_TIMING=test    testnet's timing instead of production's (discovery every second)
+//	FERRY_SCALE_REST=5s        rest between full membership and the idle window (default half of it)
+//	FERRY_SCALE_PROFILE=dir    write a CPU profile of the idle window and a goroutine and heap
+//	                           profile at its end into dir (scale-N[-sim].{cpu,goroutine,heap}.pprof)
 //
 // Without FERRY_SCALE, TestScaleSmoke runs the same measurement on 4 real
 // and 4 simulated nodes with a one-second idle window (skipped with -short).
@@ -279,10 +286,16 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	}
 
 	// Idle: let the start-up's tail settle, then measure.
-	time.Sleep(idle / 2)
+	rest := scaleDuration(t, "FERRY_SCALE_REST", idle/2)
+	stopLine := connTimeline(t, net, begin)
+	time.Sleep(rest)
+	stopProf := scaleProfile(t, n, sim)
 	c0, w0 := cpuTime(), time.Now()
 	time.Sleep(idle)
 	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
+	stopProf()
+	stopLine()
+	t.Logf("N=%d sim=%v: connections %s", n, sim, connBreakdown(net))
 	r.RSS = rssOf(os.Getpid())
 	r.Gor = runtime.NumGoroutine()
 	r.ConnMax, r.ConnMean = testnet.ConnStats(net.ConnsPerNode())
@@ -503,4 +516,106 @@ func TestScaleSmoke(t *testing.T) {
 	if testing.Verbose() {
 		fmt.Print(scaleTable(rows, time.Second, loadavg()))
 	}
+}
+
+// scaleProfile starts the profiles of FERRY_SCALE_PROFILE (none when it is
+// unset) and returns what ends them.
+func scaleProfile(t *testing.T, n int, sim bool) func() {
+	dir := os.Getenv("FERRY_SCALE_PROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	name := fmt.Sprintf("scale-%d", n)
+	if sim {
+		name += "-sim"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cpu, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = cpu.Close()
+		for _, p := range []string{"goroutine", "heap"} {
+			f, err := os.Create(filepath.Join(dir, name+"."+p+".pprof"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pprof.Lookup(p).WriteTo(f, 0); err != nil {
+				t.Fatal(err)
+			}
+			_ = f.Close()
+		}
+	}
+}
+
+// connBreakdown sorts the network's connections by what the far end is
+// to the near one: a member (neighbour or other), or not a member, and
+// counts duplicates (a second connection to the same peer).
+func connBreakdown(net *testnet.Net) string {
+	var member, other, dup, in, out int
+	for i := range net.IDs {
+		nd := net.Node(i)
+		if nd == nil {
+			continue
+		}
+		nw := nd.Host().Network()
+		for _, p := range nw.Peers() {
+			cs := nw.ConnsToPeer(p)
+			dup += max(len(cs)-1, 0)
+			for _, c := range cs {
+				if c.Stat().Direction == network.DirInbound {
+					in++
+				} else {
+					out++
+				}
+				if nd.IsMember(p) {
+					member++
+				} else {
+					other++
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("to members %d, to others %d, duplicates %d, inbound %d, outbound %d", member, other, dup, in, out)
+}
+
+// connTimeline logs, every 10 s until the returned func runs, the
+// network's connections (mean, max) and the connections opened and closed
+// since the last line: churn shows there.
+func connTimeline(t *testing.T, net *testnet.Net, begin time.Time) func() {
+	var opened, closed atomic.Int64
+	for i := range net.IDs {
+		if nd := net.Node(i); nd != nil {
+			nd.Host().Network().Notify(&network.NotifyBundle{
+				ConnectedF:    func(network.Network, network.Conn) { opened.Add(1) },
+				DisconnectedF: func(network.Network, network.Conn) { closed.Add(1) },
+			})
+		}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(10 * time.Second)
+		defer tk.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tk.C:
+			}
+			most, mean := testnet.ConnStats(net.ConnsPerNode())
+			t.Logf("t=%s s: connections max %d mean %.1f; opened %d, closed %d in 10 s", secs(time.Since(begin)), most, mean,
+				opened.Swap(0), closed.Swap(0))
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }

@@ -27,10 +27,10 @@ const (
 	neighbourTag = "ferry-neighbour"
 )
 
-// special reports whether p is kept connected by role: a partner or the
-// reviewer.
-func (n *Node) special(p peer.ID) bool {
-	return n.book.IsPartner(p) || p == n.book.Reviewer()
+// kept reports whether p is kept connected by role: a partner, or the
+// reviewer while keepReviewer holds.
+func (n *Node) kept(p peer.ID) bool {
+	return n.book.IsPartner(p) || (p == n.book.Reviewer() && n.keepReviewer())
 }
 
 // keepReviewer reports whether discovery keeps a connection to the
@@ -44,43 +44,42 @@ func (n *Node) keepReviewer() bool {
 	return len(n.book.Members()) < n.cfg.Connections.Max
 }
 
-// neighbours lists the connected members that are neither partners nor the
-// reviewer.
+// neighbours lists the members this node chose as its neighbours (dialed
+// by keepNeighbours, protected under neighbourTag) and is connected to.
+// A connection another member opened to this node is that member's
+// neighbour, not this node's: the dialer keeps it or closes it.
 func (n *Node) neighbours() []peer.ID {
 	var out []peer.ID
+	cm := n.host.ConnManager()
 	for _, p := range n.host.Network().Peers() {
-		if p != n.id && !n.special(p) && n.book.IsMember(p) {
+		if p != n.id && !n.kept(p) && n.book.IsMember(p) && cm.IsProtected(p, neighbourTag) {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// keepNeighbours dials known members, at random, until `neighbours` of them
-// are connected; it reports how many are still lacking.
-func (n *Node) keepNeighbours(ctx context.Context) int {
-	want := n.cfg.Connections.Neighbours
-	have := n.neighbours()
-	// `want` of the connected members are this node's neighbours
-	// (protected; those protected already stay so); members connected
-	// beyond them are not, so the connection manager and trim may close
-	// them.
-	cm := n.host.ConnManager()
-	kept := 0
-	for _, p := range have {
-		if cm.IsProtected(p, neighbourTag) {
-			if kept < want {
-				kept++
-			} else {
-				cm.Unprotect(p, neighbourTag)
-			}
+// outbound reports whether this node opened a connection it holds to p.
+func (n *Node) outbound(p peer.ID) bool {
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		if c.Stat().Direction == network.DirOutbound {
+			return true
 		}
 	}
-	for _, p := range have {
-		if kept < want && !cm.IsProtected(p, neighbourTag) {
-			cm.Protect(p, neighbourTag)
-			kept++
-		}
+	return false
+}
+
+// keepNeighbours keeps `neighbours` members connected as this node's
+// neighbours: beyond that number it lets go of the extra ones, below it
+// it picks members at random (the bootstrap peer and the first members
+// met are not favoured: neighbours spread evenly) and dials them. It
+// reports how many are still lacking.
+func (n *Node) keepNeighbours(ctx context.Context) int {
+	want := n.cfg.Connections.Neighbours
+	cm := n.host.ConnManager()
+	have := n.neighbours()
+	for _, p := range have[min(want, len(have)):] {
+		cm.Unprotect(p, neighbourTag)
 	}
 	lacking := want - len(have)
 	if lacking <= 0 {
@@ -88,11 +87,21 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 	}
 	var cands []peer.ID
 	for _, p := range n.book.Members() {
-		if p == n.id || n.special(p) || n.book.refused(p) || n.host.Network().Connectedness(p) == network.Connected ||
-			len(n.host.Peerstore().Addrs(p)) == 0 {
+		if p == n.id || n.kept(p) || n.book.refused(p) || cm.IsProtected(p, neighbourTag) {
 			continue
 		}
-		cands = append(cands, p)
+		// A member connected already counts when this node opened the
+		// connection; one the member opened is its own (a dial would
+		// make a second).
+		if n.host.Network().Connectedness(p) == network.Connected {
+			if n.outbound(p) {
+				cands = append(cands, p)
+			}
+			continue
+		}
+		if len(n.host.Peerstore().Addrs(p)) > 0 {
+			cands = append(cands, p)
+		}
 	}
 	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	for _, p := range cands {
@@ -103,7 +112,7 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 			n.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
-		n.host.ConnManager().Protect(p, neighbourTag)
+		cm.Protect(p, neighbourTag)
 		lacking--
 	}
 	return lacking
@@ -113,10 +122,16 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 // hello and pulls the membership records over its first connection.
 const trimGrace = 10 * time.Second
 
-// young reports whether a connection to p opened within trimGrace.
-func (n *Node) young(p peer.ID) bool {
+// idleAfter is how long a connection this node opened and no longer needs
+// (not to a partner, the reviewer or a neighbour; no delivery, sync or
+// membership stream on it) stays open: a sender that has more for the
+// peer within it finds the connection up.
+const idleAfter = time.Minute
+
+// young reports whether a connection to p opened within d.
+func (n *Node) young(p peer.ID, d time.Duration) bool {
 	for _, c := range n.host.Network().ConnsToPeer(p) {
-		if time.Since(c.Stat().Opened) < trimGrace {
+		if time.Since(c.Stat().Opened) < d {
 			return true
 		}
 	}
@@ -137,15 +152,22 @@ func (n *Node) busy(p peer.ID) bool {
 	return false
 }
 
-// trim closes connections above connections.max: first to peers that are
+// trim holds the connections to what the node needs. A second connection
+// to a peer is closed. A connection this node opened and no longer needs
+// is closed once idle for idleAfter (the dialer owns a connection: the
+// other side may hold it as its neighbour). Above connections.max the
+// least needed are closed, in either direction: first to peers that are
 // not members (DHT walks), then to members this node did not pick as
-// neighbours, never to partners, the reviewer, a peer with work in flight,
-// or one connected for less than trimGrace. It keeps `neighbours` members connected.
+// neighbours; never to partners, the reviewer, a peer with work in
+// flight, or one connected for less than trimGrace, and `neighbours`
+// members stay.
 func (n *Node) trim() {
+	nw := n.host.Network()
+	cm := n.host.ConnManager()
 	// A second connection to a peer (both sides dialed at once) is closed
 	// first: one is enough, and the bound counts connections.
-	for _, p := range n.host.Network().Peers() {
-		cs := n.host.Network().ConnsToPeer(p)
+	for _, p := range nw.Peers() {
+		cs := nw.ConnsToPeer(p)
 		if len(cs) < 2 || n.busy(p) {
 			continue
 		}
@@ -156,8 +178,17 @@ func (n *Node) trim() {
 			}
 		}
 	}
-	peers := n.host.Network().Peers()
-	excess := len(n.host.Network().Conns()) - n.cfg.Connections.Max
+	if r := n.book.Reviewer(); r != "" && r != n.id && !n.kept(r) {
+		cm.Unprotect(r, connTag)
+	}
+	for _, p := range nw.Peers() {
+		if n.kept(p) || cm.IsProtected(p, neighbourTag) || !n.outbound(p) || n.busy(p) || n.young(p, idleAfter) {
+			continue
+		}
+		_ = nw.ClosePeer(p)
+	}
+	peers := nw.Peers()
+	excess := len(nw.Conns()) - n.cfg.Connections.Max
 	if excess <= 0 {
 		return
 	}
@@ -168,15 +199,14 @@ func (n *Node) trim() {
 	var cands []cand
 	members := 0
 	for _, p := range peers {
-		if n.special(p) || n.busy(p) || n.young(p) {
+		if n.kept(p) || n.busy(p) || n.young(p, trimGrace) {
 			continue
 		}
 		switch {
 		case !n.book.IsMember(p):
 			cands = append(cands, cand{p, 0})
-		case !n.host.ConnManager().IsProtected(p, neighbourTag):
+		case !cm.IsProtected(p, neighbourTag):
 			cands = append(cands, cand{p, 1})
-			members++
 		default:
 			cands = append(cands, cand{p, 2})
 			members++
@@ -188,14 +218,14 @@ func (n *Node) trim() {
 		if excess == 0 {
 			break
 		}
-		if c.rank > 0 && members <= n.cfg.Connections.Neighbours {
-			break
-		}
-		if c.rank > 0 {
+		if c.rank == 2 {
+			if members <= n.cfg.Connections.Neighbours {
+				break
+			}
 			members--
 		}
-		n.host.ConnManager().Unprotect(c.p, neighbourTag)
-		_ = n.host.Network().ClosePeer(c.p)
+		cm.Unprotect(c.p, neighbourTag)
+		_ = nw.ClosePeer(c.p)
 		excess--
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -19,6 +20,14 @@ const (
 	// advertiseEvery is how often the node advertises itself under the
 	// rendezvous key (provider records live 48 hours).
 	advertiseEvery = 30 * time.Minute
+	// rendezvousProviders is how many members advertise the rendezvous key
+	// in a period, on average: each advertises with the probability
+	// rendezvousProviders / members. A node that knows no member finds a
+	// few under the key and learns every other from their records; each
+	// advertisement is a DHT walk that dials some twenty peers.
+	rendezvousProviders = 16
+	// advertiseFirst bounds the wait before the first advertisement.
+	advertiseFirst = 2 * time.Minute
 	// advertiseTimeout bounds one advertisement.
 	advertiseTimeout = 30 * time.Second
 )
@@ -29,21 +38,28 @@ func (n *Node) rendezvous() string { return "/ferry/" + n.cfg.Network + "/member
 // discover keeps the node joined: bootstrap peers, the DHT, the rendezvous
 // key, connections to partners and the reviewer, found by peer id, and to
 // `connections.neighbours` other members. The DHT is walked only while
-// neighbours are lacking (and to advertise, rarely); once the node has its
-// connections the rounds only check them.
+// neighbours are lacking, to advertise (first within advertiseFirst, then
+// every advertiseEvery) and to refresh its routing table (every
+// dhtRefresh); once the node has its connections the rounds only check
+// them and trim the rest.
 func (n *Node) discover() {
 	period := n.opts.DiscoveryPeriod
 	if period <= 0 {
 		period = DefaultDiscoveryPeriod
 	}
-	if err := n.dht.Bootstrap(n.ctx); err != nil {
-		n.log.Warn("dht bootstrap", "err", err)
-	}
 	disc := drouting.NewRoutingDiscovery(n.dht)
 	wait := discoveryFirst
-	adv := &advertising{}
+	// The first advertisement waits until the start's dials are done, at
+	// a random time so that nodes started together do not walk the DHT
+	// together; members find this node by its record meanwhile.
+	adv := &advertising{next: time.Now().Add(advertiseFirst/2 + rand.N(advertiseFirst/2))}
+	refresh := time.Now().Add(dhtRefresh/2 + rand.N(dhtRefresh/2))
 	for {
 		n.discoverRound(disc, adv)
+		if time.Now().After(refresh) {
+			n.dht.RefreshRoutingTable()
+			refresh = time.Now().Add(dhtRefresh/2 + rand.N(dhtRefresh/2))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-n.ctx.Done():
@@ -62,6 +78,13 @@ type advertising struct {
 	next  time.Time
 	fails int
 	busy  bool
+}
+
+// skip passes this period's advertisement (see rendezvousProviders).
+func (a *advertising) skip() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.next = time.Now().Add(advertiseEvery)
 }
 
 func (a *advertising) due() bool {
@@ -146,7 +169,11 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, adv *advertising) 
 		return
 	}
 	if adv.due() {
-		n.spawn(func() { n.advertise(disc, adv) })
+		if k := len(n.book.Members()); k <= rendezvousProviders || rand.N(k) < rendezvousProviders {
+			n.spawn(func() { n.advertise(disc, adv) })
+		} else {
+			adv.skip()
+		}
 	}
 	if lacking <= 0 {
 		return

@@ -33,8 +33,30 @@ import (
 // reviewer and the chosen neighbours are protected.
 const connGrace = time.Minute
 
-// dhtRefresh is the DHT routing table's refresh period.
-const dhtRefresh = 10 * time.Minute
+// dhtRefresh is how often discovery refreshes the DHT routing table (a
+// walk of every bucket, which dials the peers it meets), at a random time
+// in the second half of each period. Kademlia's own refresh (at start and
+// every ten minutes) is off: a network of members started together would
+// each walk the whole network at once, and the routing table fills from
+// the connections the node makes anyway. Ferry looks members up by their
+// records; the DHT serves the rendezvous key and peers known by id only.
+const dhtRefresh = time.Hour
+
+// dhtOptions are the DHT's options on a built or a prebuilt host.
+func dhtOptions(c Config) []dht.Option {
+	var boot []peer.AddrInfo
+	for _, b := range c.Bootstrap {
+		if ai, err := peer.AddrInfoFromString(b); err == nil {
+			boot = append(boot, *ai)
+		}
+	}
+	return []dht.Option{
+		dht.ProtocolPrefix(protocols.DHTPrefix),
+		dht.Mode(dht.ModeServer),
+		dht.BootstrapPeers(boot...),
+		dht.DisableAutoRefresh(),
+	}
+}
 
 // preflight binds each fixed listen port once and lets it go, so a port in
 // use is reported before libp2p starts: go-libp2p leaves goroutines behind
@@ -132,22 +154,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			var boot []peer.AddrInfo
-			for _, b := range c.Bootstrap {
-				ai, err := peer.AddrInfoFromString(b)
-				if err == nil {
-					boot = append(boot, *ai)
-				}
-			}
-			d, err := dht.New(ctx, h,
-				dht.ProtocolPrefix(protocols.DHTPrefix),
-				dht.Mode(dht.ModeServer),
-				dht.BootstrapPeers(boot...),
-				// Kademlia's default: the routing table fills from the
-				// connections the node makes anyway, and each refresh
-				// costs every other node lookups to answer (idle CPU).
-				dht.RoutingTableRefreshPeriod(dhtRefresh),
-			)
+			d, err := dht.New(ctx, h, dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),

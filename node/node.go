@@ -445,7 +445,7 @@ func (n *Node) Start() error {
 // connected greets peers this node dialed and protects partners' connections.
 func (n *Node) connected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
-	if n.book.IsPartner(p) || p == n.book.Reviewer() {
+	if n.kept(p) {
 		n.host.ConnManager().Protect(p, connTag)
 	}
 	if c.Stat().Direction != network.DirOutbound {

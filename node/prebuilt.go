@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -11,8 +10,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	routedhost "github.com/libp2p/go-libp2p/p2p/host/routed"
-
-	"github.com/ferrynet/ferry/protocols"
 )
 
 // A prebuilt host (Options.Host: libp2p's mocknet in tests and the scale
@@ -37,18 +34,7 @@ import (
 // and transports are the prebuilt host's business and are not used.
 func adoptHost(ctx context.Context, c Config, h host.Host, book *peerBook) (host.Host, *dht.IpfsDHT, error) {
 	g := &gatedHost{Host: h, book: book}
-	var boot []peer.AddrInfo
-	for _, b := range c.Bootstrap {
-		if ai, err := peer.AddrInfoFromString(b); err == nil {
-			boot = append(boot, *ai)
-		}
-	}
-	kad, err := dht.New(ctx, g,
-		dht.ProtocolPrefix(protocols.DHTPrefix),
-		dht.Mode(dht.ModeServer),
-		dht.BootstrapPeers(boot...),
-		dht.RoutingTableRefreshPeriod(time.Minute),
-	)
+	kad, err := dht.New(ctx, g, dhtOptions(c)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dht on the prebuilt host: %w", err)
 	}
