@@ -41,6 +41,7 @@ import (
 //	                           it is measured as it stands, and the table says how far it got
 //	FERRY_SCALE_PAR=16         nodes started at once (default 16)
 //	FERRY_SCALE_MAX_RSS=8      GB of process RSS at which a run stops and reports where it stood
+//	                           (make scale passes 12 and a 200 s rest)
 //	FERRY_SCALE_TIMING=test    testnet's timing instead of production's (discovery every second)
 //	FERRY_SCALE_REST=5s        rest between full membership and the idle window (default half of it)
 //	FERRY_SCALE_PROFILE=dir    write a CPU profile of the idle window and a goroutine and heap
@@ -261,10 +262,17 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 			return r
 		}
 	}
+	t.Logf("N=%d sim=%v: %d nodes started in %s s", n, sim, n-1, secs(time.Since(begin)))
+	var share atomic.Value
+	m.poll()
+	share.Store(m.share())
+	stopLine := connTimeline(t, net, begin, &share)
+	defer stopLine()
 	// Membership: a network stuck short of it is measured as it stands.
 	deadline := begin.Add(join)
 	wait := 5 * time.Minute
 	for !m.poll() {
+		share.Store(m.share())
 		if time.Now().After(deadline) {
 			break
 		}
@@ -278,6 +286,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	}
 	r.Startup = time.Since(begin)
 	r.Members, r.Full = m.share(), m.left == 0
+	share.Store(r.Members)
 	if m.left > 0 {
 		t.Logf("N=%d sim=%v: membership at %s after %s s; measuring the rest as it stands", n, sim, r.Members, secs(r.Startup))
 		wait = 2 * time.Minute
@@ -287,14 +296,12 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 
 	// Idle: let the start-up's tail settle, then measure.
 	rest := scaleDuration(t, "FERRY_SCALE_REST", idle/2)
-	stopLine := connTimeline(t, net, begin)
 	time.Sleep(rest)
 	stopProf := scaleProfile(t, n, sim)
 	c0, w0 := cpuTime(), time.Now()
 	time.Sleep(idle)
 	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
 	stopProf()
-	stopLine()
 	t.Logf("N=%d sim=%v: connections %s", n, sim, connBreakdown(net))
 	r.RSS = rssOf(os.Getpid())
 	r.Gor = runtime.NumGoroutine()
@@ -589,7 +596,7 @@ func connBreakdown(net *testnet.Net) string {
 // connTimeline logs, every 10 s until the returned func runs, the
 // network's connections (mean, max) and the connections opened and closed
 // since the last line: churn shows there.
-func connTimeline(t *testing.T, net *testnet.Net, begin time.Time) func() {
+func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic.Value) func() {
 	var opened, closed atomic.Int64
 	for i := range net.IDs {
 		if nd := net.Node(i); nd != nil {
@@ -613,9 +620,10 @@ func connTimeline(t *testing.T, net *testnet.Net, begin time.Time) func() {
 			case <-tk.C:
 			}
 			most, mean := testnet.ConnStats(net.ConnsPerNode())
-			t.Logf("t=%s s: connections max %d mean %.1f; opened %d, closed %d in 10 s", secs(time.Since(begin)), most, mean,
-				opened.Swap(0), closed.Swap(0))
+			t.Logf("t=%s s: membership %s; connections max %d mean %.1f; opened %d, closed %d in 10 s", secs(time.Since(begin)),
+				share.Load(), most, mean, opened.Swap(0), closed.Swap(0))
 		}
 	}()
-	return func() { close(done); wg.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }

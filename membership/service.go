@@ -3,6 +3,8 @@ package membership
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -51,6 +53,17 @@ const (
 var startSchedule = []time.Duration{0, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
 	20 * time.Second, 30 * time.Second, 45 * time.Second, 60 * time.Second, 90 * time.Second, 120 * time.Second}
 
+// publishAt are the steps of startSchedule that publish too (the others
+// only pull): each publish floods the whole network, a pull costs one
+// neighbour a digest comparison when nothing is new.
+var publishAt = map[time.Duration]bool{0: true, 2 * time.Second: true, 10 * time.Second: true,
+	30 * time.Second: true, 120 * time.Second: true}
+
+// pullSoon is how soon a node pulls again (from another neighbour, at
+// random) after a pull that brought records it did not hold: while members
+// join, the set converges in a few seconds instead of along the schedule.
+const pullSoon = time.Second
+
 // Deps are what the service works with.
 type Deps struct {
 	Host    host.Host
@@ -86,6 +99,7 @@ type Service struct {
 	own    Record
 	held   map[peer.ID]Record
 	pulled time.Time // last complete pull
+	sum    []byte    // digest of held (nil: to compute again)
 	// published is when the loop last published the own record (the
 	// loop's own state).
 	published time.Time
@@ -93,6 +107,7 @@ type Service struct {
 
 	known   prometheus.Gauge
 	records *prometheus.CounterVec // source, outcome
+	pulls   *prometheus.CounterVec // answer
 }
 
 // New builds the service and signs this node's first record (without
@@ -116,6 +131,8 @@ func New(d Deps) (*Service, error) {
 			Help: "Members this node holds a signed membership record of (itself included)."}),
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "records_total",
 			Help: "Membership records received, by source (gossip, pull, hello) and outcome (taken, stale, refused)."}, []string{"source", "outcome"}),
+		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "pulls_served_total",
+			Help: "Pulls of the record set this node answered, by answer: same (the asker's digest matched, nothing sent) or records (every record held)."}, []string{"answer"}),
 	}
 	for _, src := range []string{"gossip", "pull", "hello"} {
 		for _, o := range []string{"taken", "stale", "refused"} {
@@ -126,7 +143,10 @@ func New(d Deps) (*Service, error) {
 		cancel()
 		return nil, err
 	}
-	if err := promreg.Register(d.Registerer, s.known, s.records); err != nil {
+	for _, a := range []string{"same", "records"} {
+		s.pulls.WithLabelValues(a)
+	}
+	if err := promreg.Register(d.Registerer, s.known, s.records, s.pulls); err != nil {
 		cancel()
 		return nil, fmt.Errorf("membership: %w", err)
 	}
@@ -147,6 +167,7 @@ func (s *Service) resign(addrs []ma.Multiaddr) error {
 	}
 	s.own = r
 	s.held[r.Peer] = r
+	s.sum = nil
 	s.known.Set(float64(len(s.held)))
 	return nil
 }
@@ -199,6 +220,36 @@ func (s *Service) Known() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.held)
+}
+
+// digest is the digest of the records held (see pb.MembersRequest); the
+// caller holds s.mu.
+func (s *Service) digestLocked() []byte {
+	if s.sum != nil {
+		return s.sum
+	}
+	ids := make([]peer.ID, 0, len(s.held))
+	for id := range s.held {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, compareIDs)
+	h := sha256.New()
+	var seq [8]byte
+	for _, id := range ids {
+		h.Write([]byte(id))
+		binary.BigEndian.PutUint64(seq[:], s.held[id].Seq)
+		h.Write(seq[:])
+	}
+	s.sum = h.Sum(nil)
+	return s.sum
+}
+
+// Digest is the digest of the records held: two nodes with the same digest
+// hold the same records.
+func (s *Service) Digest() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.digestLocked()
 }
 
 // Records lists the records held, this node's included, by peer id.
@@ -260,6 +311,7 @@ func (s *Service) take(raw []byte, source string) (Record, error) {
 		return r, fmt.Errorf("%w: %d <= %d", ErrStale, r.Seq, h.Seq)
 	}
 	s.held[r.Peer] = r
+	s.sum = nil
 	s.known.Set(float64(len(s.held)))
 	s.mu.Unlock()
 	s.records.WithLabelValues(source, "taken").Inc()
@@ -371,23 +423,38 @@ func (s *Service) loop() {
 	step := 0
 	t := time.NewTimer(0)
 	defer t.Stop()
+	// soon runs a pull after one that brought news (pullSoon).
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	defer soon.Stop()
+	armed := false
+	pull := func() {
+		if s.pullOne() > 0 && !armed {
+			armed = true
+			soon.Reset(pullSoon/2 + rand.N(pullSoon/2+1))
+		}
+	}
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-s.pull:
-			s.pullOne()
+			pull()
+			continue
+		case <-soon.C:
+			armed = false
+			pull()
 			continue
 		case <-t.C:
 		}
-		if step < len(startSchedule) || time.Since(s.published) >= s.d.Republish {
+		if (step < len(startSchedule) && publishAt[startSchedule[step]]) || time.Since(s.published) >= s.d.Republish {
 			s.publish()
 		}
 		s.mu.Lock()
 		due := step < len(startSchedule) || s.pulled.IsZero() || time.Since(s.pulled) >= min(pullEvery, s.d.Republish)
 		s.mu.Unlock()
 		if due {
-			s.pullOne()
+			pull()
 		}
 		step++
 		wait := min(pullEvery, s.d.Republish)
@@ -418,15 +485,16 @@ func (s *Service) publish() {
 }
 
 // pullOne asks one connected peer, at random among those in the members
-// topic (else any connected peer), for every record it holds.
-func (s *Service) pullOne() {
+// topic (else any connected peer), for every record it holds; it returns
+// the records taken.
+func (s *Service) pullOne() int {
 	cands := s.topic.ListPeers()
 	if len(cands) == 0 {
 		cands = s.d.Host.Network().Peers()
 	}
 	cands = slices.DeleteFunc(cands, func(p peer.ID) bool { return !s.d.Allowed(p) })
 	if len(cands) == 0 {
-		return
+		return 0
 	}
 	p := cands[rand.N(len(cands))]
 	n, err := s.Pull(s.ctx, p)
@@ -434,12 +502,13 @@ func (s *Service) pullOne() {
 		if s.ctx.Err() == nil {
 			s.log.Debug("pull member records", "peer", p, "err", err)
 		}
-		return
+		return n
 	}
 	s.mu.Lock()
 	s.pulled = time.Now()
 	s.mu.Unlock()
 	s.log.Debug("pulled member records", "peer", p, "records", n)
+	return n
 }
 
 // Pull asks p, over a connection already open, for every record it holds;
@@ -452,7 +521,7 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 		return 0, fmt.Errorf("open %s: %w", protocols.Members, err)
 	}
 	_ = st.SetDeadline(time.Now().Add(pullTimeout))
-	req := &pb.MembersRequest{}
+	req := &pb.MembersRequest{Digest: s.Digest()}
 	self := &pb.SignedMemberRecord{}
 	if err := unmarshal(s.Own(), self); err == nil {
 		req.Self = self
@@ -514,9 +583,17 @@ func (s *Service) serve(st network.Stream) error {
 			}
 		}
 	}
-	recs := s.Records()
 	fw := protocols.NewFrameWriter(st, pageBytes)
 	defer fw.Release()
+	if len(req.Digest) > 0 && bytes.Equal(req.Digest, s.Digest()) {
+		s.pulls.WithLabelValues("same").Inc()
+		if err := fw.Write(&pb.MembersPage{Done: true}); err != nil {
+			return err
+		}
+		return fw.Flush()
+	}
+	s.pulls.WithLabelValues("records").Inc()
+	recs := s.Records()
 	for {
 		n := min(len(recs), pageRecords)
 		page := &pb.MembersPage{Done: n == len(recs)}

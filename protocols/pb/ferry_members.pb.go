@@ -175,9 +175,14 @@ func (x *SignedMemberRecord) GetPublicKey() []byte {
 
 // MembersRequest opens /ferry/members/1.0.0: the asker's own record (the
 // answerer takes it as from gossip) and a request for every record held.
+// When digest is set and equals the answerer's digest of its own set, the
+// answer is one empty page (done): both hold the same records.
 type MembersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Self          *SignedMemberRecord    `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Self  *SignedMemberRecord    `protobuf:"bytes,1,opt,name=self,proto3" json:"self,omitempty"`
+	// SHA-256 over the records held, sorted by peer id: for each, the peer
+	// id's bytes, then the sequence as 8 bytes big-endian.
+	Digest        []byte `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,6 +220,13 @@ func (*MembersRequest) Descriptor() ([]byte, []int) {
 func (x *MembersRequest) GetSelf() *SignedMemberRecord {
 	if x != nil {
 		return x.Self
+	}
+	return nil
+}
+
+func (x *MembersRequest) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
 	}
 	return nil
 }
@@ -288,9 +300,10 @@ const file_ferry_members_proto_rawDesc = "" +
 	"\x06record\x18\x01 \x01(\fR\x06record\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x03 \x01(\fR\tpublicKey\"B\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\"Z\n" +
 	"\x0eMembersRequest\x120\n" +
-	"\x04self\x18\x01 \x01(\v2\x1c.ferry.v1.SignedMemberRecordR\x04self\"Y\n" +
+	"\x04self\x18\x01 \x01(\v2\x1c.ferry.v1.SignedMemberRecordR\x04self\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\"Y\n" +
 	"\vMembersPage\x126\n" +
 	"\arecords\x18\x01 \x03(\v2\x1c.ferry.v1.SignedMemberRecordR\arecords\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04doneB(Z&github.com/ferrynet/ferry/protocols/pbb\x06proto3"

@@ -1,0 +1,109 @@
+package membership
+
+import (
+	"context"
+	"testing"
+
+	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// started is a membership service on a real host on 127.0.0.1 with its own
+// gossipsub router.
+type started struct {
+	h   host.Host
+	svc *Service
+	reg *prometheus.Registry
+}
+
+func start(t *testing.T, name string) started {
+	t.Helper()
+	k, _ := key(t)
+	h, err := libp2p.New(libp2p.Identity(k), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ps, err := gossip.NewGossipSub(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	svc, err := New(Deps{Host: h, PubSub: ps, Key: k, Network: "net", Name: name, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	return started{h: h, svc: svc, reg: reg}
+}
+
+func servedPulls(t *testing.T, s started, answer string) float64 {
+	t.Helper()
+	return testutil.ToFloat64(s.svc.pulls.WithLabelValues(answer))
+}
+
+// TestPullSendsNothingWhenTheSetsAgree: a pull carries the asker's digest;
+// an answerer holding the same records sends none, and the digests of two
+// nodes agree exactly when their records do.
+func TestPullSendsNothingWhenTheSetsAgree(t *testing.T) {
+	a, b := start(t, "A"), start(t, "B")
+	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	// The first pull: A holds only its own record, B only its own; B takes
+	// A's from the request and sends both.
+	before := servedPulls(t, b, "records")
+	if _, err := a.svc.Pull(context.Background(), b.h.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if a.svc.Known() != 2 || b.svc.Known() != 2 {
+		t.Fatalf("after one pull: A knows %d, B %d records; want 2 each", a.svc.Known(), b.svc.Known())
+	}
+	if got := servedPulls(t, b, "records") - before; got < 1 {
+		t.Fatalf("B answered %v pulls with records; want the first one", got)
+	}
+	if string(a.svc.Digest()) != string(b.svc.Digest()) {
+		t.Fatal("A and B hold the same records and their digests differ")
+	}
+	// Again: the digests agree, B sends nothing.
+	same := servedPulls(t, b, "same")
+	n, err := a.svc.Pull(context.Background(), b.h.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || servedPulls(t, b, "same") != same+1 {
+		t.Fatalf("second pull took %d records, B's same answers %v -> %v; want 0 records and one more same answer", n, same, servedPulls(t, b, "same"))
+	}
+	// A newer record of a third peer at B: the digests differ, and the
+	// next pull brings it.
+	k3, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Sign(k3, Record{Network: "net", Name: "C", Seq: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.svc.Take(r.Raw); err != nil {
+		t.Fatal(err)
+	}
+	if string(a.svc.Digest()) == string(b.svc.Digest()) {
+		t.Fatal("B holds a record A does not and their digests agree")
+	}
+	if n, err := a.svc.Pull(context.Background(), b.h.ID()); err != nil || n != 1 {
+		t.Fatalf("pull after B learned C: took %d, %v; want 1", n, err)
+	}
+	if string(a.svc.Digest()) != string(b.svc.Digest()) {
+		t.Fatal("digests differ after the pull that brought C")
+	}
+}
