@@ -31,9 +31,16 @@ import (
 
 // Timing.
 const (
-	// DefaultRepublish is how often a node publishes its record again and
-	// pulls the record set from a neighbour (anti-entropy).
-	DefaultRepublish = 5 * time.Minute
+	// DefaultRepublish is how often a node publishes its record again
+	// (unchanged: pulls do the anti-entropy, and each publish floods the
+	// whole network, N validations). A shorter Republish also shortens the
+	// pull period.
+	DefaultRepublish = 30 * time.Minute
+	// recordRefresh is the age at which a node signs its record again with
+	// the same addresses: others keep a record's addresses in their
+	// peerstores for a day (node's memberAddrTTL) and take only a newer
+	// record.
+	recordRefresh = 12 * time.Hour
 	// pullEvery is how often a node pulls the record set from a neighbour
 	// once its start schedule is over; a new neighbour brings a pull too,
 	// at most every pullAgain. Records held already cost a comparison, not
@@ -52,12 +59,6 @@ const (
 // neighbours that do not know every member yet.
 var startSchedule = []time.Duration{0, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
 	20 * time.Second, 30 * time.Second, 45 * time.Second, 60 * time.Second, 90 * time.Second, 120 * time.Second}
-
-// publishAt are the steps of startSchedule that publish too (the others
-// only pull): each publish floods the whole network, a pull costs one
-// neighbour a digest comparison when nothing is new.
-var publishAt = map[time.Duration]bool{0: true, 2 * time.Second: true, 10 * time.Second: true,
-	30 * time.Second: true, 120 * time.Second: true}
 
 // pullSoon is how soon a node pulls again (from another neighbour, at
 // random) after a pull that brought records it did not hold: while members
@@ -100,9 +101,10 @@ type Service struct {
 	held   map[peer.ID]Record
 	pulled time.Time // last complete pull
 	sum    []byte    // digest of held (nil: to compute again)
-	// published is when the loop last published the own record (the
-	// loop's own state).
+	// published is when the loop last published the own record, and
+	// pubSeq the sequence it published (the loop's own state).
 	published time.Time
+	pubSeq    uint64
 	started   bool
 
 	known   prometheus.Gauge
@@ -414,10 +416,13 @@ func (s *Service) readLoop() {
 	}
 }
 
-// loop publishes the own record on the start schedule and then every
-// Republish period (a new record when the addresses changed), and pulls
+// loop publishes the own record once per record (a new one when the
+// addresses changed or the record is recordRefresh old), as soon as the
+// members topic has a peer, and again every Republish period; and pulls
 // the record set: on Joined until one pull succeeded, at each step of the
-// start schedule, then each period.
+// start schedule, after a pull that brought news, then each period. Each
+// publish floods the network (every node validates it once); a pull costs
+// one neighbour a digest comparison when nothing is new.
 func (s *Service) loop() {
 	defer s.wg.Done()
 	step := 0
@@ -447,7 +452,11 @@ func (s *Service) loop() {
 			continue
 		case <-t.C:
 		}
-		if (step < len(startSchedule) && publishAt[startSchedule[step]]) || time.Since(s.published) >= s.d.Republish {
+		s.refresh()
+		s.mu.Lock()
+		fresh := s.own.Seq != s.pubSeq
+		s.mu.Unlock()
+		if (fresh && len(s.topic.ListPeers()) > 0) || time.Since(s.published) >= s.d.Republish {
 			s.publish()
 		}
 		s.mu.Lock()
@@ -461,25 +470,35 @@ func (s *Service) loop() {
 		if step < len(startSchedule) {
 			wait = startSchedule[step] - startSchedule[step-1]
 		}
-		// Jitter: nodes started together do not publish together.
+		// Jitter: nodes started together do not pull together.
 		t.Reset(wait/2 + rand.N(wait/2+1))
 	}
 }
 
-// publish sends the own record, signed again when the addresses changed.
-func (s *Service) publish() {
+// refresh signs the own record again when the addresses changed or it is
+// recordRefresh old.
+func (s *Service) refresh() {
 	addrs := s.d.Host.Addrs()
 	s.mu.Lock()
 	same := slices.EqualFunc(addrs, s.own.Addrs, func(a, b ma.Multiaddr) bool { return a.Equal(b) })
+	old := time.Since(time.Unix(0, int64(s.own.Seq))) >= recordRefresh
 	s.mu.Unlock()
-	if !same {
-		if err := s.resign(addrs); err != nil {
-			s.log.Warn("sign member record", "err", err)
-			return
-		}
+	if same && !old {
+		return
 	}
+	if err := s.resign(addrs); err != nil {
+		s.log.Warn("sign member record", "err", err)
+	}
+}
+
+// publish sends the own record.
+func (s *Service) publish() {
+	s.mu.Lock()
+	own, seq := s.own.Raw, s.own.Seq
+	s.mu.Unlock()
 	s.published = time.Now()
-	if err := s.topic.Publish(s.ctx, s.Own()); err != nil && s.ctx.Err() == nil {
+	s.pubSeq = seq
+	if err := s.topic.Publish(s.ctx, own); err != nil && s.ctx.Err() == nil {
 		s.log.Debug("publish member record", "err", err)
 	}
 }

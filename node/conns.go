@@ -128,6 +128,16 @@ const trimGrace = 10 * time.Second
 // peer within it finds the connection up.
 const idleAfter = time.Minute
 
+// bootstrapPeer reports whether p is one of the config's bootstrap peers.
+func (n *Node) bootstrapPeer(p peer.ID) bool {
+	for _, b := range n.cfg.Bootstrap {
+		if ai, err := peer.AddrInfoFromString(b); err == nil && ai.ID == p {
+			return true
+		}
+	}
+	return false
+}
+
 // young reports whether a connection to p opened within d.
 func (n *Node) young(p peer.ID, d time.Duration) bool {
 	for _, c := range n.host.Network().ConnsToPeer(p) {
@@ -155,7 +165,8 @@ func (n *Node) busy(p peer.ID) bool {
 // trim holds the connections to what the node needs. A second connection
 // to a peer is closed. A connection this node opened and no longer needs
 // is closed once idle for idleAfter (the dialer owns a connection: the
-// other side may hold it as its neighbour). Above connections.max the
+// other side may hold it as its neighbour), to a bootstrap peer already
+// after trimGrace once the node has its neighbours. Above connections.max the
 // least needed are closed, in either direction: first to peers that are
 // not members (DHT walks), then to members this node did not pick as
 // neighbours; never to partners, the reviewer, a peer with work in
@@ -181,8 +192,18 @@ func (n *Node) trim() {
 	if r := n.book.Reviewer(); r != "" && r != n.id && !n.kept(r) {
 		cm.Unprotect(r, connTag)
 	}
+	// A bootstrap peer is let go of as soon as the node has its
+	// neighbours: every joining node dials it.
+	settled := len(n.neighbours()) >= n.cfg.Connections.Neighbours
 	for _, p := range nw.Peers() {
-		if n.kept(p) || cm.IsProtected(p, neighbourTag) || !n.outbound(p) || n.busy(p) || n.young(p, idleAfter) {
+		if n.kept(p) || cm.IsProtected(p, neighbourTag) || !n.outbound(p) || n.busy(p) {
+			continue
+		}
+		hold := idleAfter
+		if settled && n.bootstrapPeer(p) {
+			hold = trimGrace
+		}
+		if n.young(p, hold) {
 			continue
 		}
 		_ = nw.ClosePeer(p)

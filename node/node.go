@@ -76,7 +76,8 @@ type Options struct {
 	// SpreadHeadEvery is how often the reviewer gossips its last decision
 	// sequence while no decision goes out (default spread.DefaultHeadEvery).
 	SpreadHeadEvery time.Duration
-	// MembersRepublish is the membership record republish and pull period
+	// MembersRepublish is the membership record republish period (and the
+	// pull period when shorter than a minute)
 	// (default membership.DefaultRepublish).
 	MembersRepublish time.Duration
 	// Host, when set, is the libp2p host to run on instead of one built

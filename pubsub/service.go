@@ -138,16 +138,22 @@ type Deps struct {
 	Registerer prometheus.Registerer
 }
 
-// PubSubOptions are the gossipsub options search needs: default signing
-// (StrictSign: every message is signed by its author, so GetFrom is
-// authenticated) and flood publishing, so that a query reaches every
-// connected member at once instead of waiting for the mesh to form.
+// PubSubOptions are the gossipsub options of a node's router: default
+// signing (StrictSign: every message is signed by its author, so GetFrom
+// is authenticated), flood publishing, so that a query reaches every
+// connected member at once instead of waiting for the mesh to form, and a
+// deeper queue per peer (gossipsub drops a message to a peer whose queue
+// is full; members joining together publish their records at once).
 func PubSubOptions() []gossip.Option {
 	return []gossip.Option{
 		gossip.WithMessageSignaturePolicy(gossip.StrictSign),
 		gossip.WithFloodPublish(true),
+		gossip.WithPeerOutboundQueueSize(peerQueue),
 	}
 }
+
+// peerQueue is gossipsub's outbound queue per peer (its default is 32).
+const peerQueue = 256
 
 // Service runs searches for the local apps and answers other members'.
 type Service struct {
