@@ -44,30 +44,34 @@ import (
 //	                           (make scale passes 12 and a 200 s rest)
 //	FERRY_SCALE_TIMING=test    testnet's timing instead of production's (discovery every second)
 //	FERRY_SCALE_REST=5s        rest between full membership and the idle window (default half of it)
-//	FERRY_SCALE_PROFILE=dir    write a CPU profile of the idle window and a goroutine and heap
-//	                           profile at its end into dir (scale-N[-sim].{cpu,goroutine,heap}.pprof)
+//	FERRY_SCALE_PROFILE=dir    write CPU profiles of the start (until full membership) and of
+//	                           the idle window, with a goroutine and heap profile at the end of
+//	                           each, into dir (scale-N[-sim]-{start,idle}.{cpu,goroutine,heap}.pprof)
 //
 // Without FERRY_SCALE, TestScaleSmoke runs the same measurement on 4 real
 // and 4 simulated nodes with a one-second idle window (skipped with -short).
 
 // scaleRow is one network size's measurement.
 type scaleRow struct {
-	N         int
-	Sim       bool
-	Startup   time.Duration // starting nodes 1..N-1 (node 0, the bootstrap, up) until every node counts every other a member
-	Members   string        // how far membership got (pairs (i, j) where i counts j a member)
-	Full      bool          // every pair
-	RSS       int64         // process RSS at idle, bytes
-	Base      int64         // process RSS before the network started
-	Gor       int           // goroutines at idle
-	ConnMax   int
-	ConnMean  float64
-	IdleCPU   float64       // of one core, all nodes together
-	One       time.Duration // one decision: the accept until every member applied it
-	Hundred   time.Duration // 100 decisions: the first accept until every member applied all
-	DecideFor time.Duration // 100 decisions: the first accept until the reviewer decided the last
-	Acks      string        // the reviewer's decision ack rows: all sended, or what is left
-	Failed    string        // why the run stopped early
+	N           int
+	Sim         bool
+	Startup     time.Duration // starting nodes 1..N-1 (node 0, the bootstrap, up) until every node counts every other a member
+	Members     string        // how far membership got (pairs (i, j) where i counts j a member)
+	Full        bool          // every pair
+	RSS         int64         // process RSS at idle, bytes
+	Base        int64         // process RSS before the network started
+	Gor         int           // goroutines at idle
+	ConnMax     int
+	ConnMean    float64
+	IdleCPU     float64       // of one core, all nodes together
+	One         time.Duration // one decision: the accept until every member applied it
+	Hundred     time.Duration // 100 decisions: the first accept until every member applied all
+	DecideFor   time.Duration // 100 decisions: the first accept until the reviewer decided the last
+	Thousand    time.Duration // 1,000 decisions: the first accept until the reviewer decided the last
+	ThousandAll time.Duration // 1,000 decisions: the first accept until every member applied the last
+	Acks        string        // the reviewer's decision ack rows: all sended, or what is left
+	Failed      string        // why the run stopped early
+	Rest        time.Duration // rest between full membership and the idle window
 }
 
 // production is node timing as `ferry run` has it (testnet shortens it);
@@ -244,6 +248,8 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 		Node: production()})
 	m := newMembers(net, n)
 	begin := time.Now()
+	stopStart := scaleProfile(t, n, sim, "start")
+	defer stopStart()
 	// Nodes start in rounds, so a network too big for this machine's
 	// memory stops at the cap (scaleMaxRSS) instead of at the OOM killer.
 	step := max(4*par, 16)
@@ -285,6 +291,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 		time.Sleep(100 * time.Millisecond)
 	}
 	r.Startup = time.Since(begin)
+	stopStart()
 	r.Members, r.Full = m.share(), m.left == 0
 	share.Store(r.Members)
 	if m.left > 0 {
@@ -296,8 +303,9 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 
 	// Idle: let the start-up's tail settle, then measure.
 	rest := scaleDuration(t, "FERRY_SCALE_REST", idle/2)
+	r.Rest = rest
 	time.Sleep(rest)
-	stopProf := scaleProfile(t, n, sim)
+	stopProf := scaleProfile(t, n, sim, "idle")
 	c0, w0 := cpuTime(), time.Now()
 	time.Sleep(idle)
 	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
@@ -332,6 +340,19 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	}
 	r.Hundred = time.Since(start)
 	t.Logf("N=%d sim=%v: one decision %s s, 100 decisions %s s (decided in %s s)", n, sim, secs(r.One), secs(r.Hundred), secs(r.DecideFor))
+	// A thousand: long enough to give the reviewer's rate.
+	ids = submitAt(t, rev, 101, 1000)
+	start = time.Now()
+	decideAll(t, rev, ids)
+	r.Thousand = time.Since(start)
+	seq = rev.Review().Applied()
+	if !waitApplied(net, n, seq, start.Add(wait)) {
+		r.Failed = "1,000 decisions not applied by all within " + wait.String()
+		return r
+	}
+	r.ThousandAll = time.Since(start)
+	t.Logf("N=%d sim=%v: 1,000 decisions decided in %s s (%s/s), applied by all in %s s", n, sim, secs(r.Thousand),
+		rate(1000, r.Thousand), secs(r.ThousandAll))
 	// The reviewer's acknowledgement rows: every member reports what it
 	// applied; wait a while for the last reports.
 	ackBy := time.Now().Add(max(time.Minute, idle))
@@ -343,7 +364,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 		time.Sleep(200 * time.Millisecond)
 	}
 	if r.Acks == "" {
-		r.Acks = fmt.Sprintf("yes (%d members × 101)", n-1)
+		r.Acks = fmt.Sprintf("yes (%d members × 1,101)", n-1)
 	} else {
 		r.Acks = "no: " + r.Acks
 	}
@@ -358,8 +379,8 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 	}
 	fmt.Fprintf(&b, "Scale (issue 10): all nodes in one process, %s; %s, %d CPUs, load average %s before the run.\n\n",
 		timing, runtime.Version(), runtime.NumCPU(), load)
-	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | idle CPU (of one core) | 100 decisions applied by all (decisions/s at the reviewer) | one decision applied by all | reviewer's ack rows all sended |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | idle CPU (of one core) | one decision applied by all | 100 decisions applied by all | 1,000 decisions: decisions/s at the reviewer; applied by all | reviewer's ack rows all sended |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
 	dash := func(d time.Duration) string {
 		if d == 0 {
 			return "-"
@@ -372,12 +393,12 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 			name += " simulated (mocknet)"
 		}
 		if r.Failed != "" && r.RSS == 0 {
-			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | |\n", name, r.Failed)
+			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | | |\n", name, r.Failed)
 			continue
 		}
-		hundred := "-"
-		if r.Hundred > 0 {
-			hundred = fmt.Sprintf("%s s (%s/s)", secs(r.Hundred), rate(100, r.DecideFor))
+		thousand := "-"
+		if r.ThousandAll > 0 {
+			thousand = fmt.Sprintf("%s/s; %s s", rate(1000, r.Thousand), secs(r.ThousandAll))
 		}
 		acks := r.Acks
 		if acks == "" {
@@ -390,21 +411,24 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 		if !r.Full {
 			startup = fmt.Sprintf("not reached: %s of member pairs after %s", r.Members, startup)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s |\n", name, startup,
-			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, 100*r.IdleCPU, hundred, dash(r.One), acks)
+		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s | %s |\n", name, startup,
+			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, 100*r.IdleCPU,
+			dash(r.One), dash(r.Hundred), thousand, acks)
 	}
 	fmt.Fprintf(&b, "\nStart-up: from starting nodes 1..N-1 (node 0, the bootstrap peer and the reviewer, already up; up to %d started at once) "+
 		"until every node counts every other a member. RSS per node: process RSS at idle / N, in parentheses (RSS at idle - RSS before the network started) / N (RSS before: ", scalePar())
+	var rest time.Duration
 	for i, r := range rows {
+		rest = r.Rest
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "%d MB at N=%d", r.Base>>20, r.N)
 	}
 	fmt.Fprintf(&b, "). Idle CPU: process CPU time (getrusage) over %s, after %s of rest following full membership. "+
-		"Decisions: review requests submitted at the reviewer, then accepted all at once; the clock runs from the first accept "+
-		"until every member's applied sequence reaches the last. Every node has its own store and embedded services; "+
-		"the apps' NATS is one shared embedded server.\n", idle, idle/2)
+		"Decisions: review requests submitted at the reviewer, then accepted all at once (1, then 100, then 1,000); the clock runs from the first accept "+
+		"until every member's applied sequence reaches the last, and for the reviewer's rate until it decided the last. Every node has its own store and embedded services; "+
+		"the apps' NATS is one shared embedded server.\n", idle, rest)
 	return b.String()
 }
 
@@ -526,8 +550,8 @@ func TestScaleSmoke(t *testing.T) {
 }
 
 // scaleProfile starts the profiles of FERRY_SCALE_PROFILE (none when it is
-// unset) and returns what ends them.
-func scaleProfile(t *testing.T, n int, sim bool) func() {
+// unset) and returns what ends them (once; later calls do nothing).
+func scaleProfile(t *testing.T, n int, sim bool, phase string) func() {
 	dir := os.Getenv("FERRY_SCALE_PROFILE")
 	if dir == "" {
 		return func() {}
@@ -536,6 +560,7 @@ func scaleProfile(t *testing.T, n int, sim bool) func() {
 	if sim {
 		name += "-sim"
 	}
+	name += "-" + phase
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -546,19 +571,23 @@ func scaleProfile(t *testing.T, n int, sim bool) func() {
 	if err := pprof.StartCPUProfile(cpu); err != nil {
 		t.Fatal(err)
 	}
+	var once sync.Once
 	return func() {
-		pprof.StopCPUProfile()
-		_ = cpu.Close()
-		for _, p := range []string{"goroutine", "heap"} {
-			f, err := os.Create(filepath.Join(dir, name+"."+p+".pprof"))
-			if err != nil {
-				t.Fatal(err)
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			_ = cpu.Close()
+			for _, p := range []string{"goroutine", "heap"} {
+				f, err := os.Create(filepath.Join(dir, name+"."+p+".pprof"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := pprof.Lookup(p).WriteTo(f, 0); err != nil {
+					t.Error(err)
+				}
+				_ = f.Close()
 			}
-			if err := pprof.Lookup(p).WriteTo(f, 0); err != nil {
-				t.Fatal(err)
-			}
-			_ = f.Close()
-		}
+		})
 	}
 }
 

@@ -63,6 +63,8 @@ var startSchedule = []time.Duration{0, 2 * time.Second, 5 * time.Second, 10 * ti
 // pullSoon is how soon a node pulls again (from another neighbour, at
 // random) after a pull that brought records it did not hold: while members
 // join, the set converges in a few seconds instead of along the schedule.
+// While every pull brings news (a big network starting), the wait doubles
+// up to pullEvery: each pull that differs moves the whole record set.
 const pullSoon = time.Second
 
 // Deps are what the service works with.
@@ -433,10 +435,19 @@ func (s *Service) loop() {
 	soon.Stop()
 	defer soon.Stop()
 	armed := false
+	// next is the wait after a pull that brought news: pullSoon, doubling
+	// while each pull brings news (members keep joining) up to pullEvery,
+	// back to pullSoon after one that brought none.
+	next := pullSoon
 	pull := func() {
-		if s.pullOne() > 0 && !armed {
+		if s.pullOne() == 0 {
+			next = pullSoon
+			return
+		}
+		if !armed {
 			armed = true
-			soon.Reset(pullSoon/2 + rand.N(pullSoon/2+1))
+			soon.Reset(next/2 + rand.N(next/2+1))
+			next = min(2*next, pullEvery)
 		}
 	}
 	for {

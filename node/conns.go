@@ -44,15 +44,43 @@ func (n *Node) keepReviewer() bool {
 	return len(n.book.Members()) < n.cfg.Connections.Max
 }
 
+// choose marks p as one of this node's neighbours (on) or not: the node
+// keeps its own set (a prebuilt host's connection manager may not protect
+// at all, mocknet's does not) and protects them in the connection manager.
+func (n *Node) choose(p peer.ID, on bool) {
+	n.neighbourMu.Lock()
+	if n.neighbourSet == nil {
+		n.neighbourSet = map[peer.ID]struct{}{}
+	}
+	if on {
+		n.neighbourSet[p] = struct{}{}
+	} else {
+		delete(n.neighbourSet, p)
+	}
+	n.neighbourMu.Unlock()
+	if on {
+		n.host.ConnManager().Protect(p, neighbourTag)
+	} else {
+		n.host.ConnManager().Unprotect(p, neighbourTag)
+	}
+}
+
+// chosen reports whether p is one of this node's neighbours.
+func (n *Node) chosen(p peer.ID) bool {
+	n.neighbourMu.Lock()
+	defer n.neighbourMu.Unlock()
+	_, ok := n.neighbourSet[p]
+	return ok
+}
+
 // neighbours lists the members this node chose as its neighbours (dialed
-// by keepNeighbours, protected under neighbourTag) and is connected to.
+// by keepNeighbours, see choose) and is connected to.
 // A connection another member opened to this node is that member's
 // neighbour, not this node's: the dialer keeps it or closes it.
 func (n *Node) neighbours() []peer.ID {
 	var out []peer.ID
-	cm := n.host.ConnManager()
 	for _, p := range n.host.Network().Peers() {
-		if p != n.id && !n.kept(p) && n.book.IsMember(p) && cm.IsProtected(p, neighbourTag) {
+		if p != n.id && !n.kept(p) && n.book.IsMember(p) && n.chosen(p) {
 			out = append(out, p)
 		}
 	}
@@ -76,10 +104,21 @@ func (n *Node) outbound(p peer.ID) bool {
 // reports how many are still lacking.
 func (n *Node) keepNeighbours(ctx context.Context) int {
 	want := n.cfg.Connections.Neighbours
-	cm := n.host.ConnManager()
+	// A neighbour whose connection closed is one no more.
+	n.neighbourMu.Lock()
+	var gone []peer.ID
+	for p := range n.neighbourSet {
+		if n.host.Network().Connectedness(p) != network.Connected {
+			gone = append(gone, p)
+		}
+	}
+	n.neighbourMu.Unlock()
+	for _, p := range gone {
+		n.choose(p, false)
+	}
 	have := n.neighbours()
 	for _, p := range have[min(want, len(have)):] {
-		cm.Unprotect(p, neighbourTag)
+		n.choose(p, false)
 	}
 	lacking := want - len(have)
 	if lacking <= 0 {
@@ -87,7 +126,7 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 	}
 	var cands []peer.ID
 	for _, p := range n.book.Members() {
-		if p == n.id || n.kept(p) || n.book.refused(p) || cm.IsProtected(p, neighbourTag) {
+		if p == n.id || n.kept(p) || n.book.refused(p) || n.chosen(p) {
 			continue
 		}
 		// A member connected already counts when this node opened the
@@ -112,7 +151,7 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 			n.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
-		cm.Protect(p, neighbourTag)
+		n.choose(p, true)
 		lacking--
 	}
 	return lacking
@@ -138,10 +177,21 @@ func (n *Node) bootstrapPeer(p peer.ID) bool {
 	return false
 }
 
+// openedAt is when c opened: the transport's word (Stat().Opened), else
+// when the node saw it connect (libp2p's mocknet leaves Opened unset; a
+// connection older than the notifiee is taken as opened now).
+func (n *Node) openedAt(c network.Conn) time.Time {
+	if t := c.Stat().Opened; !t.IsZero() {
+		return t
+	}
+	v, _ := n.connSeen.LoadOrStore(c.ID(), time.Now())
+	return v.(time.Time)
+}
+
 // young reports whether a connection to p opened within d.
 func (n *Node) young(p peer.ID, d time.Duration) bool {
 	for _, c := range n.host.Network().ConnsToPeer(p) {
-		if time.Since(c.Stat().Opened) < d {
+		if time.Since(n.openedAt(c)) < d {
 			return true
 		}
 	}
@@ -182,9 +232,9 @@ func (n *Node) trim() {
 		if len(cs) < 2 || n.busy(p) {
 			continue
 		}
-		slices.SortFunc(cs, func(a, b network.Conn) int { return a.Stat().Opened.Compare(b.Stat().Opened) })
+		slices.SortFunc(cs, func(a, b network.Conn) int { return n.openedAt(a).Compare(n.openedAt(b)) })
 		for _, c := range cs[1:] {
-			if time.Since(c.Stat().Opened) >= trimGrace {
+			if time.Since(n.openedAt(c)) >= trimGrace {
 				_ = c.Close()
 			}
 		}
@@ -196,7 +246,7 @@ func (n *Node) trim() {
 	// neighbours: every joining node dials it.
 	settled := len(n.neighbours()) >= n.cfg.Connections.Neighbours
 	for _, p := range nw.Peers() {
-		if n.kept(p) || cm.IsProtected(p, neighbourTag) || !n.outbound(p) || n.busy(p) {
+		if n.kept(p) || n.chosen(p) || !n.outbound(p) || n.busy(p) {
 			continue
 		}
 		hold := idleAfter
@@ -226,7 +276,7 @@ func (n *Node) trim() {
 		switch {
 		case !n.book.IsMember(p):
 			cands = append(cands, cand{p, 0})
-		case !cm.IsProtected(p, neighbourTag):
+		case !n.chosen(p):
 			cands = append(cands, cand{p, 1})
 		default:
 			cands = append(cands, cand{p, 2})
@@ -245,7 +295,7 @@ func (n *Node) trim() {
 			}
 			members--
 		}
-		cm.Unprotect(c.p, neighbourTag)
+		n.choose(c.p, false)
 		_ = nw.ClosePeer(c.p)
 		excess--
 	}

@@ -113,22 +113,29 @@ type Node struct {
 	key  crypto.PrivKey
 	id   peer.ID
 
-	st       *store.Store
-	host     host.Host
-	dht      *dht.IpfsDHT
-	gossip   *gossip.PubSub // one gossipsub router, shared by the services that gossip
-	book     *peerBook
-	hello    *hello
-	members  *membership.Service // signed membership records (membership.go)
-	bridge   *natsbridge.Bridge
-	verifier *protocols.Verifier
-	sender   *stream.Sender
-	receiver *stream.Receiver
-	prop     *propagate.Service
-	review   *review.Service
-	sync     *ferrysync.Service
-	search   *pubsub.Service
-	spread   *spread.Service
+	st     *store.Store
+	host   host.Host
+	dht    *dht.IpfsDHT
+	gossip *gossip.PubSub // one gossipsub router, shared by the services that gossip
+	// connSeen holds when each connection without a transport open time
+	// (libp2p's mocknet) connected, by connection id (see openedAt).
+	connSeen sync.Map
+	// neighbourSet is the members this node chose as its neighbours
+	// (choose, chosen).
+	neighbourMu  sync.Mutex
+	neighbourSet map[peer.ID]struct{}
+	book         *peerBook
+	hello        *hello
+	members      *membership.Service // signed membership records (membership.go)
+	bridge       *natsbridge.Bridge
+	verifier     *protocols.Verifier
+	sender       *stream.Sender
+	receiver     *stream.Receiver
+	prop         *propagate.Service
+	review       *review.Service
+	sync         *ferrysync.Service
+	search       *pubsub.Service
+	spread       *spread.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -412,7 +419,10 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected,
-		DisconnectedF: func(_ network.Network, c network.Conn) { n.hello.forget(c) }})
+		DisconnectedF: func(_ network.Network, c network.Conn) {
+			n.hello.forget(c)
+			n.connSeen.Delete(c.ID())
+		}})
 	// Connections made before the notifiee (the DHT dials its bootstrap
 	// peers as it starts) are greeted here and by every discovery round.
 	for _, c := range n.hello.pending() {
@@ -446,6 +456,9 @@ func (n *Node) Start() error {
 // connected greets peers this node dialed and protects partners' connections.
 func (n *Node) connected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
+	if c.Stat().Opened.IsZero() {
+		n.connSeen.Store(c.ID(), time.Now())
+	}
 	if n.kept(p) {
 		n.host.ConnManager().Protect(p, connTag)
 	}
