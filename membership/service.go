@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -556,7 +557,7 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 	if err := unmarshal(s.Own(), self); err == nil {
 		req.Self = self
 	}
-	fw := protocols.NewFrameWriter(st, MaxRecordBytes+64)
+	fw := protocols.NewFrameWriter(st, pageBytes)
 	defer fw.Release()
 	err = fw.Write(req)
 	if err == nil {
@@ -566,10 +567,12 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 		_ = st.Reset()
 		return 0, err
 	}
-	_ = st.CloseWrite()
 	fr := protocols.NewFrameReader(st, pageBytes)
 	defer fr.Release()
 	taken := 0
+	// theirs is what the answer held, by peer: the records this node
+	// holds newer or besides go back (push-pull: both ends converge).
+	theirs := map[peer.ID]uint64{}
 	for {
 		page := &pb.MembersPage{}
 		if err := fr.Read(page); err != nil {
@@ -581,13 +584,50 @@ func (s *Service) Pull(ctx context.Context, p peer.ID) (int, error) {
 			if err != nil {
 				continue
 			}
+			if id, seq, ok := peek(raw); ok {
+				theirs[id] = max(theirs[id], seq)
+			}
 			if _, err := s.take(raw, "pull"); err == nil {
 				taken++
 			}
 		}
 		if page.Done {
-			_ = st.Close()
-			return taken, nil
+			break
+		}
+	}
+	if len(theirs) > 0 {
+		var back []Record
+		for _, r := range s.Records() {
+			if seq, ok := theirs[r.Peer]; !ok || seq < r.Seq {
+				back = append(back, r)
+			}
+		}
+		if err := writePages(fw, back); err != nil {
+			_ = st.Reset()
+			return taken, fmt.Errorf("push members pages: %w", err)
+		}
+	}
+	_ = st.Close()
+	return taken, nil
+}
+
+// writePages writes recs as MembersPages, the last one done, and flushes.
+func writePages(fw *protocols.FrameWriter, recs []Record) error {
+	for {
+		n := min(len(recs), pageRecords)
+		page := &pb.MembersPage{Done: n == len(recs)}
+		for _, r := range recs[:n] {
+			m := &pb.SignedMemberRecord{}
+			if err := unmarshal(r.Raw, m); err == nil {
+				page.Records = append(page.Records, m)
+			}
+		}
+		recs = recs[n:]
+		if err := fw.Write(page); err != nil {
+			return err
+		}
+		if page.Done {
+			return fw.Flush()
 		}
 	}
 }
@@ -623,25 +663,34 @@ func (s *Service) serve(st network.Stream) error {
 		return fw.Flush()
 	}
 	s.pulls.WithLabelValues("records").Inc()
-	recs := s.Records()
+	if err := writePages(fw, s.Records()); err != nil {
+		return err
+	}
+	// The asker sends back what it holds and this node did not (a peer of
+	// an older release closes its side instead: EOF, nothing to take).
+	if fr.Buffered() > 0 {
+		return fmt.Errorf("members request: data after the request")
+	}
+	fr.Release()
+	back := protocols.NewFrameReader(st, pageBytes)
+	defer back.Release()
 	for {
-		n := min(len(recs), pageRecords)
-		page := &pb.MembersPage{Done: n == len(recs)}
-		for _, r := range recs[:n] {
-			m := &pb.SignedMemberRecord{}
-			if err := unmarshal(r.Raw, m); err == nil {
-				page.Records = append(page.Records, m)
+		page := &pb.MembersPage{}
+		if err := back.Read(page); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read pushed members page: %w", err)
+		}
+		for _, r := range page.Records {
+			if raw, err := marshal(r); err == nil {
+				_, _ = s.take(raw, "pull")
 			}
 		}
-		recs = recs[n:]
-		if err := fw.Write(page); err != nil {
-			return err
-		}
 		if page.Done {
-			break
+			return nil
 		}
 	}
-	return fw.Flush()
 }
 
 func marshal(m *pb.SignedMemberRecord) ([]byte, error) { return proto.Marshal(m) }

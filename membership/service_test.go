@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p"
 	gossip "github.com/libp2p/go-libp2p-pubsub"
@@ -105,5 +106,51 @@ func TestPullSendsNothingWhenTheSetsAgree(t *testing.T) {
 	}
 	if string(a.svc.Digest()) != string(b.svc.Digest()) {
 		t.Fatal("digests differ after the pull that brought C")
+	}
+}
+
+// TestPullPushesBack: a pull is push-pull: the asker sends back the
+// records it holds that the answer lacked or held older, so one exchange
+// leaves both ends with the same set.
+func TestPullPushesBack(t *testing.T) {
+	a, b := start(t, "A"), start(t, "B")
+	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	sign := func(name string, seq uint64) Record {
+		k, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Sign(k, Record{Network: "net", Name: name, Seq: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// A holds C and D, B holds E: after A pulls from B, each holds all
+	// five records (A, B, C, D, E).
+	for _, r := range []Record{sign("C", 1), sign("D", 1)} {
+		if _, err := a.svc.Take(r.Raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.svc.Take(sign("E", 1).Raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.svc.Pull(context.Background(), b.h.ID()); err != nil {
+		t.Fatal(err)
+	}
+	// B takes the pushed pages on its handler's goroutine, which may still
+	// run when Pull returns.
+	deadline := time.Now().Add(10 * time.Second)
+	for b.svc.Known() < 5 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if a.svc.Known() != 5 || b.svc.Known() != 5 {
+		t.Fatalf("after one pull A holds %d records and B %d; want 5 each", a.svc.Known(), b.svc.Known())
+	}
+	if string(a.svc.Digest()) != string(b.svc.Digest()) {
+		t.Fatal("after a push-pull the digests differ")
 	}
 }
