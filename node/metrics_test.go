@@ -62,6 +62,8 @@ func TestMetricsOnAFreshNode(t *testing.T) {
 		"ferry_build_info":                          {`version="`, `goversion="go`},
 		"ferry_search_queries_total":                {`direction="in"`, `direction="out"`},
 		"ferry_search_dropped_total":                {`reason="rate_limited"`},
+		"ferry_members_pulls_served_total":          {`answer="same"`, `answer="records"`},
+		"ferry_connections":                         nil,
 	}
 	for name, labels := range want {
 		lines := got[name]
