@@ -468,7 +468,9 @@ func (s *Service) loop() {
 		s.mu.Lock()
 		fresh := s.own.Seq != s.pubSeq
 		s.mu.Unlock()
-		if (fresh && len(s.topic.ListPeers()) > 0) || time.Since(s.published) >= s.d.Republish {
+		// A new record waits for a peer in the topic (published alone it
+		// would reach no one); the same record goes again each Republish.
+		if (fresh && len(s.topic.ListPeers()) > 0) || (!fresh && time.Since(s.published) >= s.d.Republish) {
 			s.publish()
 		}
 		s.mu.Lock()

@@ -154,3 +154,27 @@ func TestPullPushesBack(t *testing.T) {
 		t.Fatal("after a push-pull the digests differ")
 	}
 }
+
+// TestNewRecordIsGossiped: a node publishes its record once the members
+// topic has a peer; a publish before that (no one subscribed yet) does not
+// count as done.
+func TestNewRecordIsGossiped(t *testing.T) {
+	a, b := start(t, "A"), start(t, "B")
+	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	gossiped := func() float64 {
+		var sum float64
+		for _, o := range []string{"taken", "stale", "refused"} {
+			sum += testutil.ToFloat64(b.svc.records.WithLabelValues("gossip", o))
+		}
+		return sum
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for gossiped() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if gossiped() == 0 {
+		t.Fatal("B received no record on the members topic within 15 s: A published its record before the topic had a peer and never again")
+	}
+}
