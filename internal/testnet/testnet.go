@@ -324,6 +324,9 @@ func (n *Net) StartAll(from, to, par int) error {
 					}
 					err = fmt.Errorf("start node %s: %w", n.o.Names[i], err)
 				}
+				// A retried node is a weaker witness (on a mocknet its
+				// peer is added again): say so.
+				n.t.Logf("start %s, try %d: %v", n.o.Names[i], try+1, err)
 				n.Stop(i)
 				time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
 			}
