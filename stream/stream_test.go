@@ -283,16 +283,20 @@ func TestReceiverThatSaysItHoldsLessGetsItAgain(t *testing.T) {
 // A refused change is named by its version in the answer; the rest of its
 // batch is applied and the floor moves past it.
 func TestRefusedChangesAreNamedAndTheRestApplied(t *testing.T) {
-	rec := &recorder{}
+	// B's receiver may apply as soon as A commits: which versions it
+	// refuses is known after the commit, so it waits for that (the
+	// refusal rule was set after the commit once, and raced the receiver).
+	ready := make(chan struct{})
+	refused := map[uint64]bool{}
+	rec := &recorder{reject: func(v uint64) bool { <-ready; return refused[v] }}
 	p := newPair(t, rec)
 	all := p.commit(350, 350)
-	refused := map[uint64]bool{}
 	for i, v := range all {
 		if i%7 == 3 {
 			refused[v] = true
 		}
 	}
-	rec.reject = func(v uint64) bool { return refused[v] }
+	close(ready)
 	last := all[len(all)-1]
 	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
 	var want []uint64
