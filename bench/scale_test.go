@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,6 +138,29 @@ func (m *members) poll() bool {
 		m.missing[i] = keep
 	}
 	return m.left == 0
+}
+
+// unknown names the nodes that most others do not count a member, and
+// how many nodes each of those knows.
+func (m *members) unknown() string {
+	missedBy := map[int]int{}
+	for _, miss := range m.missing {
+		for _, j := range miss {
+			missedBy[j]++
+		}
+	}
+	type row struct{ j, by int }
+	var rows []row
+	for j, by := range missedBy {
+		rows = append(rows, row{j, by})
+	}
+	sort.Slice(rows, func(a, b int) bool { return rows[a].by > rows[b].by })
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d nodes are missed by someone; most missed:", len(rows))
+	for _, r := range rows[:min(len(rows), 12)] {
+		fmt.Fprintf(&b, " %d (by %d; it misses %d)", r.j, r.by, len(m.missing[r.j]))
+	}
+	return b.String()
 }
 
 func (m *members) share() string {
@@ -296,6 +320,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	share.Store(r.Members)
 	if m.left > 0 {
 		t.Logf("N=%d sim=%v: membership at %s after %s s; measuring the rest as it stands", n, sim, r.Members, secs(r.Startup))
+		t.Logf("N=%d sim=%v: %s", n, sim, m.unknown())
 		wait = 2 * time.Minute
 	} else {
 		t.Logf("N=%d sim=%v: full membership in %s s", n, sim, secs(r.Startup))
