@@ -343,39 +343,32 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 		100*r.IdleCPU, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
 
 	rev := net.Node(0)
-	// One decision.
-	ids := submitAt(t, rev, 0, 1)
-	start := time.Now()
-	decideAll(t, rev, ids)
-	seq := rev.Review().Applied()
-	if !waitApplied(net, n, seq, start.Add(wait)) {
+	// round submits k requests at the reviewer, accepts them all at once
+	// and returns how long the reviewer took to decide them and every
+	// member to apply them (false: not applied by all within wait).
+	round := func(base, k int) (decided, applied time.Duration, ok bool) {
+		ids := submitAt(t, rev, base, k)
+		start := time.Now()
+		decideAll(t, rev, ids)
+		decided = time.Since(start)
+		ok = waitApplied(net, n, rev.Review().Applied(), start.Add(wait))
+		return decided, time.Since(start), ok
+	}
+	var ok bool
+	if _, r.One, ok = round(0, 1); !ok {
 		r.Failed = "one decision not applied by all within " + wait.String()
 		return r
 	}
-	r.One = time.Since(start)
-	// A hundred.
-	ids = submitAt(t, rev, 1, 100)
-	start = time.Now()
-	decideAll(t, rev, ids)
-	r.DecideFor = time.Since(start)
-	seq = rev.Review().Applied()
-	if !waitApplied(net, n, seq, start.Add(wait)) {
+	if r.DecideFor, r.Hundred, ok = round(1, 100); !ok {
 		r.Failed = "100 decisions not applied by all within " + wait.String()
 		return r
 	}
-	r.Hundred = time.Since(start)
 	t.Logf("N=%d sim=%v: one decision %s s, 100 decisions %s s (decided in %s s)", n, sim, secs(r.One), secs(r.Hundred), secs(r.DecideFor))
 	// A thousand: long enough to give the reviewer's rate.
-	ids = submitAt(t, rev, 101, 1000)
-	start = time.Now()
-	decideAll(t, rev, ids)
-	r.Thousand = time.Since(start)
-	seq = rev.Review().Applied()
-	if !waitApplied(net, n, seq, start.Add(wait)) {
+	if r.Thousand, r.ThousandAll, ok = round(101, 1000); !ok {
 		r.Failed = "1,000 decisions not applied by all within " + wait.String()
 		return r
 	}
-	r.ThousandAll = time.Since(start)
 	t.Logf("N=%d sim=%v: 1,000 decisions decided in %s s (%s/s), applied by all in %s s", n, sim, secs(r.Thousand),
 		rate(1000, r.Thousand), secs(r.ThousandAll))
 	// The reviewer's acknowledgement rows: every member reports what it
