@@ -7,7 +7,6 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	gossip "github.com/libp2p/go-libp2p-pubsub"
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +47,27 @@ func start(t *testing.T, name string) started {
 	return started{h: h, svc: svc, reg: reg}
 }
 
+// connected starts A and B and connects A to B.
+func connected(t *testing.T) (a, b started) {
+	t.Helper()
+	a, b = start(t, "A"), start(t, "B")
+	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// signed is a record of a new peer of the network "net".
+func signed(t *testing.T, name string, seq uint64) Record {
+	t.Helper()
+	k, _ := key(t)
+	r, err := Sign(k, Record{Network: "net", Name: name, Seq: seq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 func servedPulls(t *testing.T, s started, answer string) float64 {
 	t.Helper()
 	return testutil.ToFloat64(s.svc.pulls.WithLabelValues(answer))
@@ -57,10 +77,7 @@ func servedPulls(t *testing.T, s started, answer string) float64 {
 // an answerer holding the same records sends none, and the digests of two
 // nodes agree exactly when their records do.
 func TestPullSendsNothingWhenTheSetsAgree(t *testing.T) {
-	a, b := start(t, "A"), start(t, "B")
-	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := connected(t)
 	// The first pull: A holds only its own record, B only its own; B takes
 	// A's from the request and sends both.
 	before := servedPulls(t, b, "records")
@@ -87,15 +104,7 @@ func TestPullSendsNothingWhenTheSetsAgree(t *testing.T) {
 	}
 	// A newer record of a third peer at B: the digests differ, and the
 	// next pull brings it.
-	k3, _, err := crypto.GenerateEd25519Key(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Sign(k3, Record{Network: "net", Name: "C", Seq: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.svc.Take(r.Raw); err != nil {
+	if _, err := b.svc.Take(signed(t, "C", 7).Raw); err != nil {
 		t.Fatal(err)
 	}
 	if string(a.svc.Digest()) == string(b.svc.Digest()) {
@@ -113,29 +122,15 @@ func TestPullSendsNothingWhenTheSetsAgree(t *testing.T) {
 // records it holds that the answer lacked or held older, so one exchange
 // leaves both ends with the same set.
 func TestPullPushesBack(t *testing.T) {
-	a, b := start(t, "A"), start(t, "B")
-	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	sign := func(name string, seq uint64) Record {
-		k, _, err := crypto.GenerateEd25519Key(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := Sign(k, Record{Network: "net", Name: name, Seq: seq})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
+	a, b := connected(t)
 	// A holds C and D, B holds E: after A pulls from B, each holds all
 	// five records (A, B, C, D, E).
-	for _, r := range []Record{sign("C", 1), sign("D", 1)} {
+	for _, r := range []Record{signed(t, "C", 1), signed(t, "D", 1)} {
 		if _, err := a.svc.Take(r.Raw); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.svc.Take(sign("E", 1).Raw); err != nil {
+	if _, err := b.svc.Take(signed(t, "E", 1).Raw); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.svc.Pull(context.Background(), b.h.ID()); err != nil {
@@ -159,10 +154,7 @@ func TestPullPushesBack(t *testing.T) {
 // topic has a peer; a publish before that (no one subscribed yet) does not
 // count as done.
 func TestNewRecordIsGossiped(t *testing.T) {
-	a, b := start(t, "A"), start(t, "B")
-	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	_, b := connected(t)
 	gossiped := func() float64 {
 		var sum float64
 		for _, o := range []string{"taken", "stale", "refused"} {
