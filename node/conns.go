@@ -167,14 +167,15 @@ const trimGrace = 10 * time.Second
 // peer within it finds the connection up.
 const idleAfter = time.Minute
 
-// bootstrapPeer reports whether p is one of the config's bootstrap peers.
-func (n *Node) bootstrapPeer(p peer.ID) bool {
+// bootstrapIDs are the peer ids of the config's bootstrap addresses.
+func (n *Node) bootstrapIDs() map[peer.ID]bool {
+	ids := map[peer.ID]bool{}
 	for _, b := range n.cfg.Bootstrap {
-		if ai, err := peer.AddrInfoFromString(b); err == nil && ai.ID == p {
-			return true
+		if ai, err := peer.AddrInfoFromString(b); err == nil {
+			ids[ai.ID] = true
 		}
 	}
-	return false
+	return ids
 }
 
 // openedAt is when c opened: the transport's word (Stat().Opened), else
@@ -245,12 +246,13 @@ func (n *Node) trim() {
 	// A bootstrap peer is let go of as soon as the node has its
 	// neighbours: every joining node dials it.
 	settled := len(n.neighbours()) >= n.cfg.Connections.Neighbours
+	boot := n.bootstrapIDs()
 	for _, p := range nw.Peers() {
 		if n.kept(p) || n.chosen(p) || !n.outbound(p) || n.busy(p) {
 			continue
 		}
 		hold := idleAfter
-		if settled && n.bootstrapPeer(p) {
+		if settled && boot[p] {
 			hold = trimGrace
 		}
 		if n.young(p, hold) {
