@@ -130,6 +130,17 @@ type gaps struct {
 	got    uint64
 	from   *store.Store // the reviewer's
 	member *Service
+	wg     gosync.WaitGroup // the fills in flight
+	done   bool             // stopped: no more fills start
+}
+
+// stop waits for the fills in flight and starts no more (before the
+// member's store closes).
+func (g *gaps) stop() {
+	g.mu.Lock()
+	g.done = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 func (g *gaps) DecisionGap(_ peer.ID, have, got uint64) {
@@ -137,10 +148,13 @@ func (g *gaps) DecisionGap(_ peer.ID, have, got uint64) {
 	g.asks++
 	g.got = max(g.got, got)
 	from, member := g.from, g.member
-	g.mu.Unlock()
-	if from == nil {
+	if from == nil || g.done {
+		g.mu.Unlock()
 		return
 	}
+	g.wg.Add(1)
+	g.mu.Unlock()
+	defer g.wg.Done()
 	cs, err := from.Decisions(have, 1000)
 	if err != nil || len(cs) == 0 {
 		return
@@ -149,7 +163,11 @@ func (g *gaps) DecisionGap(_ peer.ID, have, got uint64) {
 	for _, c := range cs {
 		raws = append(raws, protocols.MarshalEnvelope(c.Envelope))
 	}
-	go func() { _ = member.take(&pb.DecisionNews{Decisions: raws, Head: got, Epoch: from.Epoch()}) }()
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		_ = member.take(&pb.DecisionNews{Decisions: raws, Head: got, Epoch: from.Epoch()})
+	}()
 }
 
 func (g *gaps) asked() (int, uint64) {
@@ -207,6 +225,7 @@ func newNet(t *testing.T, n int) *net {
 		if i > 0 {
 			nd.gaps.from, nd.gaps.member = x.nodes[0].st, nd.svc
 		}
+		t.Cleanup(nd.gaps.stop) // after the service stops, before the store closes
 		must(t, nd.svc.Start())
 		t.Cleanup(nd.svc.Close)
 		x.nodes = append(x.nodes, nd)
