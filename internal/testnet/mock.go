@@ -60,11 +60,31 @@ type linker struct {
 }
 
 func (l *linker) link(p peer.ID) {
-	if p == l.ID() || len(l.mn.LinksBetweenPeers(l.ID(), p)) > 0 || l.mn.Net(p) == nil {
+	there := l.mn.Net(p)
+	if p == l.ID() || there == nil {
 		return
 	}
-	// Two dialers may link the same pair at once: a second link is harmless.
-	_, _ = l.mn.LinkPeers(l.ID(), p)
+	// A link is keyed by the two peers but joins two networks: one made to
+	// an earlier host of p (a node restarted, or tried again after a failed
+	// start, while others dialed it) leads to a closed network, and the
+	// mocknet picks among a pair's links at random. Drop those; link anew
+	// when no current one is left.
+	here, current := l.mn.Net(l.ID()), false
+	for _, k := range l.mn.LinksBetweenPeers(l.ID(), p) {
+		ok := true
+		for _, x := range k.Networks() {
+			ok = ok && (x == here || x == there)
+		}
+		if ok {
+			current = true
+		} else {
+			_ = l.mn.Unlink(k)
+		}
+	}
+	if !current {
+		// Two dialers may link the same pair at once: a second link is harmless.
+		_, _ = l.mn.LinkPeers(l.ID(), p)
+	}
 }
 
 func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
