@@ -167,11 +167,12 @@ func (m *members) share() string {
 	return strconv.FormatFloat(100*float64(m.total-m.left)/float64(max(m.total, 1)), 'f', 1, 64) + "%"
 }
 
-// waitApplied waits until every node has applied decision seq; false at
-// the deadline.
-func waitApplied(net *testnet.Net, n int, seq uint64, deadline time.Time) bool {
+// waitApplied waits until every node has applied decision seq, at most
+// wait; late says why it stopped short ("" when all applied it). It stops
+// early when the process passes FERRY_SCALE_MAX_RSS.
+func waitApplied(net *testnet.Net, n int, seq uint64, start time.Time, wait time.Duration) (late string) {
 	next := 0
-	for time.Now().Before(deadline) {
+	for time.Since(start) < wait {
 		for next < n {
 			nd := net.Node(next)
 			if nd != nil && nd.Review().Applied() < seq {
@@ -180,11 +181,14 @@ func waitApplied(net *testnet.Net, n int, seq uint64, deadline time.Time) bool {
 			next++
 		}
 		if next == n {
-			return true
+			return ""
+		}
+		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
+			return fmt.Sprintf("stopped waiting: process RSS %.1f GB over FERRY_SCALE_MAX_RSS", float64(rss)/1e9)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return false
+	return "not applied by all within " + wait.String()
 }
 
 // acksLeft reports how the reviewer's acknowledgement rows of decisions
@@ -259,6 +263,16 @@ func decideAll(t testing.TB, rev *node.Node, ids []uint64) {
 // measures, and stops them.
 func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) (r scaleRow) {
 	r = scaleRow{N: n, Sim: sim}
+	// Each node's store preallocates its write-ahead logs (Pebble: 110% of
+	// the 16 MB memtable, and a second log after the first flush), about
+	// 36 MB of disk a node however little it holds: 1,000 nodes take 36 GB
+	// of the temp dir. A disk that fills mid-run kills the run mid-line
+	// (its own output cannot be written), so check first.
+	if free, need := freeBytes(t, os.TempDir()), uint64(n)*40<<20; free < need {
+		r.Failed = fmt.Sprintf("not started: %s has %.1f GB free, %d nodes need about %.1f GB (40 MB each: the stores' preallocated logs)",
+			os.TempDir(), float64(free)/1e9, n, float64(need)/1e9)
+		return r
+	}
 	runtime.GC()
 	debug.FreeOSMemory()
 	r.Base = rssOf(os.Getpid())
@@ -346,47 +360,56 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	// round submits k requests at the reviewer, accepts them all at once
 	// and returns how long the reviewer took to decide them and every
 	// member to apply them (false: not applied by all within wait).
-	round := func(base, k int) (decided, applied time.Duration, ok bool) {
+	round := func(base, k int) (decided, applied time.Duration, late string) {
 		ids := submitAt(t, rev, base, k)
 		start := time.Now()
 		decideAll(t, rev, ids)
 		decided = time.Since(start)
-		ok = waitApplied(net, n, rev.Review().Applied(), start.Add(wait))
-		return decided, time.Since(start), ok
+		late = waitApplied(net, n, rev.Review().Applied(), start, wait)
+		return decided, time.Since(start), late
 	}
-	var ok bool
-	if _, r.One, ok = round(0, 1); !ok {
-		r.Failed = "one decision not applied by all within " + wait.String()
+	stopDec := scaleProfile(t, n, sim, "decisions")
+	defer stopDec()
+	var late string
+	if _, r.One, late = round(0, 1); late != "" {
+		r.Failed = "one decision " + late
 		return r
 	}
-	if r.DecideFor, r.Hundred, ok = round(1, 100); !ok {
-		r.Failed = "100 decisions not applied by all within " + wait.String()
+	if r.DecideFor, r.Hundred, late = round(1, 100); late != "" {
+		r.Failed = "100 decisions " + late
 		return r
 	}
 	t.Logf("N=%d sim=%v: one decision %s s, 100 decisions %s s (decided in %s s)", n, sim, secs(r.One), secs(r.Hundred), secs(r.DecideFor))
+	// The rows of the targets (one and 100 decisions) first: the
+	// thousand's burst may stop the run (FERRY_SCALE_MAX_RSS).
+	r.Acks = ackRows(rev, n, 101, max(time.Minute, idle))
+	t.Logf("N=%d sim=%v: ack rows of 101 decisions sended: %s", n, sim, r.Acks)
 	// A thousand: long enough to give the reviewer's rate.
-	if r.Thousand, r.ThousandAll, ok = round(101, 1000); !ok {
-		r.Failed = "1,000 decisions not applied by all within " + wait.String()
+	if r.Thousand, r.ThousandAll, late = round(101, 1000); late != "" {
+		r.Failed = "1,000 decisions " + late
 		return r
 	}
-	t.Logf("N=%d sim=%v: 1,000 decisions decided in %s s (%s/s), applied by all in %s s", n, sim, secs(r.Thousand),
-		rate(1000, r.Thousand), secs(r.ThousandAll))
-	// The reviewer's acknowledgement rows: every member reports what it
-	// applied; wait a while for the last reports.
-	ackBy := time.Now().Add(max(time.Minute, idle))
+	t.Logf("N=%d sim=%v: 1,000 decisions decided in %s s (%s/s), applied by all in %s s; RSS then %d MiB", n, sim, secs(r.Thousand),
+		rate(1000, r.Thousand), secs(r.ThousandAll), rssOf(os.Getpid())>>20)
+	r.Acks = ackRows(rev, n, 1101, max(time.Minute, idle))
+	return r
+}
+
+// ackRows waits up to wait for the reviewer's acknowledgement rows of its
+// decisions (decided of them) to turn sended (every member reports what it
+// applied), and says how they stand.
+func ackRows(rev *node.Node, n, decided int, wait time.Duration) string {
+	by := time.Now().Add(wait)
 	for {
-		r.Acks = acksLeft(rev)
-		if r.Acks == "" || time.Now().After(ackBy) {
-			break
+		left := acksLeft(rev)
+		if left == "" {
+			return fmt.Sprintf("yes (%d members × %s)", n-1, thousands(float64(decided)))
+		}
+		if time.Now().After(by) {
+			return "no: " + left
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if r.Acks == "" {
-		r.Acks = fmt.Sprintf("yes (%d members × 1,101)", n-1)
-	} else {
-		r.Acks = "no: " + r.Acks
-	}
-	return r
 }
 
 func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
@@ -460,6 +483,15 @@ func scaleDuration(t *testing.T, env string, def time.Duration) time.Duration {
 		t.Fatalf("%s=%q: want a duration", env, s)
 	}
 	return d
+}
+
+// freeBytes is the space free to an unprivileged writer on dir's file system.
+func freeBytes(t *testing.T, dir string) uint64 {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		t.Fatalf("free space of %s: %v", dir, err)
+	}
+	return fs.Bavail * uint64(fs.Bsize)
 }
 
 // scaleMaxRSS is the process RSS (FERRY_SCALE_MAX_RSS, GB; default 8) at

@@ -167,8 +167,12 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 		} else if d.Sequence > heldMax {
 			tx.SetCounter(ctrHeldMax, d.Sequence)
 		}
-		s.log.Info("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
-		if s.gaps != nil {
+		if in.Gossip { // out of order on gossip is common; spread asks for a gap that stays
+			s.log.Debug("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
+		} else {
+			s.log.Info("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
+		}
+		if s.gaps != nil && !in.Gossip {
 			from := peer.ID(body.Origin)
 			tx.OnCommit(func() { s.gaps.DecisionGap(from, applied, d.Sequence) })
 		}

@@ -3,13 +3,14 @@
 //
 // The reviewer publishes each decision it commits, sealed as it is stored,
 // on the gossipsub topic /ferry/<network>/decisions/1.0.0 (DecisionNews,
-// coalesced: what commits within a few milliseconds goes in one message),
-// and its last decision sequence every HeadEvery while nothing new goes out.
-// Gossipsub forwards a message through each member's mesh of neighbours, so
-// a decision reaches every subscribed member in a few hops; a member that
-// misses one (a lost message, a gap, a head ahead of what it applied) asks
-// the peers it is connected to through sync, which serves decisions from any
-// member that holds them (they are signed by the reviewer).
+// coalesced: what commits within a few milliseconds goes in one message,
+// whose head is its own last sequence), and its last decision sequence every
+// HeadEvery while nothing new goes out. Gossipsub forwards a message through
+// each member's mesh of neighbours, so a decision reaches every subscribed
+// member in a few hops; a member that misses one (a lost message, a gap, a
+// head ahead of what it applied, still so a second later) asks the peers it
+// is connected to through sync, which serves decisions from any member that
+// holds them (they are signed by the reviewer).
 //
 // A member applies what arrives exactly as the delivery stream would
 // (review's ApplyDecision, decisions out of order held), moves its position
@@ -60,6 +61,12 @@ const (
 	maxNewsBytes = 768 << 10
 	// reportTimeout bounds one report to the reviewer.
 	reportTimeout = 10 * time.Second
+	// DefaultGapGrace is how long a member waits, once news told of a
+	// decision it has not applied, before it asks its peers for the gap:
+	// news published one after the other may arrive out of order through
+	// different neighbours, and a member busy applying lags the head for a
+	// moment; neither is a loss.
+	DefaultGapGrace = time.Second
 )
 
 // Roles is what the service needs of the node's view of the network.
@@ -100,8 +107,10 @@ type Deps struct {
 	// DefaultReportEvery.
 	HeadEvery   time.Duration
 	ReportEvery time.Duration
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	// GapGrace defaults to DefaultGapGrace.
+	GapGrace   time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Service spreads decisions (on the reviewer) and takes them (on members).
@@ -114,10 +123,14 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     gosync.WaitGroup
 
-	mu       gosync.Mutex
-	pending  [][]byte // reviewer: sealed decisions not yet published
-	queued   int      // their bytes
-	kick     chan struct{}
+	mu      gosync.Mutex
+	pending []queuedDecision // reviewer: decisions not yet published
+	queued  int              // their bytes
+	kick    chan struct{}
+	// gapHead is the highest head news told this member of; gapKick wakes
+	// the loop that asks for a gap that stays (gapLoop).
+	gapHead  uint64
+	gapKick  chan struct{}
 	reported uint64 // member: the last sequence the reviewer took
 	report   chan struct{}
 	// versions maps the sequences of decisions taken from news and not yet
@@ -141,10 +154,14 @@ func New(d Deps) (*Service, error) {
 	if d.ReportEvery <= 0 {
 		d.ReportEvery = DefaultReportEvery
 	}
+	if d.GapGrace <= 0 {
+		d.GapGrace = DefaultGapGrace
+	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
-	s := &Service{d: d, log: d.Logger, kick: make(chan struct{}, 1), report: make(chan struct{}, 1), versions: map[uint64]uint64{}}
+	s := &Service{d: d, log: d.Logger, kick: make(chan struct{}, 1), report: make(chan struct{}, 1), gapKick: make(chan struct{}, 1),
+		versions: map[uint64]uint64{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = metrics{
 		news: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "news_total",
@@ -177,10 +194,11 @@ func (s *Service) Start() error {
 	}
 	s.topic, s.sub = t, sub
 	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.readLoop()
 	go s.publishLoop()
 	go s.reportLoop()
+	go s.gapLoop()
 	return nil
 }
 
@@ -204,15 +222,22 @@ func (s *Service) reviewer() bool {
 	return r != "" && r == s.d.Roles.Self()
 }
 
+// queuedDecision is a committed decision waiting for the next news.
+type queuedDecision struct {
+	env []byte // its sealed envelope, as stored
+	seq uint64 // its sequence
+}
+
 // Publish queues a decision the reviewer just committed (env: its sealed
 // envelope as stored) for the next DecisionNews.
 func (s *Service) Publish(env []byte) {
 	if !s.reviewer() {
 		return
 	}
+	seq := sequenceOf(env)
 	s.mu.Lock()
 	if len(env) <= maxNewsBytes {
-		s.pending = append(s.pending, env)
+		s.pending = append(s.pending, queuedDecision{env: env, seq: seq})
 		s.queued += len(env)
 	} // a larger one travels by head and pull
 	s.mu.Unlock()
@@ -242,8 +267,13 @@ func (s *Service) publishLoop() {
 			s.flush()
 			sent = time.Now()
 		case <-head.C:
-			if s.reviewer() && time.Since(sent) >= s.d.HeadEvery {
-				s.send(nil)
+			s.mu.Lock()
+			idle := len(s.pending) == 0
+			s.mu.Unlock()
+			// The head alone, while nothing is queued: what is queued
+			// goes out with its own head (flush).
+			if s.reviewer() && idle && time.Since(sent) >= s.d.HeadEvery {
+				s.send(nil, s.d.Decisions.Applied())
 				sent = time.Now()
 			}
 		}
@@ -254,10 +284,13 @@ func (s *Service) flush() {
 	for {
 		s.mu.Lock()
 		var batch [][]byte
+		var head uint64
 		size := 0
-		for len(s.pending) > 0 && (len(batch) == 0 || size+len(s.pending[0]) <= maxNewsBytes) {
-			size += len(s.pending[0])
-			batch = append(batch, s.pending[0])
+		for len(s.pending) > 0 && (len(batch) == 0 || size+len(s.pending[0].env) <= maxNewsBytes) {
+			q := s.pending[0]
+			size += len(q.env)
+			batch = append(batch, q.env)
+			head = max(head, q.seq)
 			s.pending = s.pending[1:]
 		}
 		s.queued -= size
@@ -265,12 +298,19 @@ func (s *Service) flush() {
 		if len(batch) == 0 {
 			return
 		}
-		s.send(batch)
+		if head == 0 { // not a decision we could read: tell the store's
+			head = s.d.Decisions.Applied()
+		}
+		s.send(batch, head)
 	}
 }
 
-func (s *Service) send(decisions [][]byte) {
-	b, err := proto.Marshal(&pb.DecisionNews{Decisions: decisions, Head: s.d.Decisions.Applied(), Epoch: s.d.Store.Epoch()})
+// send publishes decisions with head, the last sequence the news tells
+// of: a batch's own last one, not the store's (decisions committed since
+// follow in the next batch, and a head ahead of them would send every
+// member to ask its peers for them at once).
+func (s *Service) send(decisions [][]byte, head uint64) {
+	b, err := proto.Marshal(&pb.DecisionNews{Decisions: decisions, Head: head, Epoch: s.d.Store.Epoch()})
 	if err == nil {
 		err = s.topic.Publish(s.ctx, b)
 	}
@@ -337,7 +377,7 @@ func (s *Service) take(n *pb.DecisionNews) error {
 			return errors.New("a decision in the news has no sequence")
 		}
 		in := &stream.Inbound{From: reviewer, Origin: origin, Body: body, Envelope: env, Raw: raw,
-			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision}
+			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision, Gossip: true}
 		items = append(items, in)
 		seqs[in] = d.Sequence
 		s.mu.Lock()
@@ -385,7 +425,7 @@ func (s *Service) take(n *pb.DecisionNews) error {
 	}
 	s.mu.Unlock()
 	if n.Head > applied && s.d.CatchUp != nil {
-		s.d.CatchUp.DecisionGap(reviewer, applied, n.Head)
+		s.noteGap(n.Head)
 	}
 	s.wantReport()
 	return nil
@@ -416,6 +456,56 @@ func (s *Service) holdLane(tx *store.Txn, epoch uint64) error {
 		tx.SetPosition(reviewer, uint8(stream.LaneDecision), &storepb.Position{Epoch: epoch, Version: ver})
 	}
 	return nil
+}
+
+// noteGap records that news told of decisions through head; gapLoop asks
+// for them if they do not come by themselves.
+func (s *Service) noteGap(head uint64) {
+	s.mu.Lock()
+	s.gapHead = max(s.gapHead, head)
+	s.mu.Unlock()
+	select {
+	case s.gapKick <- struct{}{}:
+	default:
+	}
+}
+
+// gapLoop asks the catch-up for decisions news told of (noteGap) that are
+// still not applied GapGrace later.
+func (s *Service) gapLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.gapKick:
+		}
+		for {
+			s.mu.Lock()
+			want := s.gapHead
+			s.mu.Unlock()
+			if s.d.Decisions.Applied() >= want {
+				break
+			}
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(s.d.GapGrace):
+			}
+			if applied := s.d.Decisions.Applied(); applied < want {
+				s.d.CatchUp.DecisionGap(s.d.Roles.Reviewer(), applied, want)
+			}
+		}
+	}
+}
+
+// sequenceOf reads the sequence of a sealed decision (0 if it cannot).
+func sequenceOf(raw []byte) uint64 {
+	env, body, d := &pb.Envelope{}, &pb.Body{}, &pb.ReviewDecision{}
+	if proto.Unmarshal(raw, env) != nil || proto.Unmarshal(env.Body, body) != nil || proto.Unmarshal(body.Payload, d) != nil {
+		return 0
+	}
+	return d.Sequence
 }
 
 func (s *Service) wantReport() {

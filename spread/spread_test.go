@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	gosync "sync"
 	"testing"
 	"time"
@@ -380,5 +381,56 @@ func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
 		if got := testutilCount(n.svc.m.decisions.WithLabelValues("forged")); got != 0 {
 			t.Fatalf("a member looked at %v forged decisions: the validator let them through", got)
 		}
+	}
+}
+
+// TestABurstWithoutLossAsksForNoGap: decisions committed faster than news
+// goes out reach every member by news alone; no member asks its peers for
+// a gap (each news's head is its own last decision, and news out of order
+// waits a moment before it counts as a gap).
+func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
+	x := newNet(t, 8)
+	waitFor(t, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	asks := func() []int {
+		var out []int
+		for _, n := range x.nodes[1:] {
+			k, _ := n.gaps.asked()
+			out = append(out, k)
+		}
+		return out
+	}
+	// Until gossipsub has built its mesh (on its heartbeat), a member that
+	// is not the reviewer's neighbour misses news and rightly asks: one
+	// decision at a time until one reaches every member by news alone.
+	seq := uint64(0)
+	for {
+		before := asks()
+		seq++
+		x.decide(seq, seq)
+		for _, n := range x.nodes[1:] {
+			waitFor(t, fmt.Sprintf("members applied %d", seq), func() bool { return n.dec.Applied() == seq })
+		}
+		if slices.Equal(before, asks()) {
+			break
+		}
+		if seq == 20 {
+			t.Fatal("20 decisions, one at a time, and still members asked for gaps")
+		}
+	}
+	before := asks()
+	last := seq + 300
+	x.decide(seq+1, last)
+	for i, n := range x.nodes[1:] {
+		waitFor(t, fmt.Sprintf("member %d applied %d", i+1, last), func() bool { return n.dec.Applied() == last })
+	}
+	if after := asks(); !slices.Equal(before, after) {
+		t.Errorf("members asked for gaps though no news was lost: %v before the burst, %v after", before, after)
 	}
 }

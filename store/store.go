@@ -664,7 +664,16 @@ type Txn struct {
 	ops    []kv
 	hooks  []func()
 	sealed []*Sealed
+	// index maps a key to its last write in ops[:indexed], once a
+	// transaction writes more than a handful (a batch of decisions or
+	// changes reads back what it wrote: a scan of ops each time grew with
+	// the square of the batch). RollbackTo drops it.
+	index   map[string]int
+	indexed int
 }
+
+// indexFrom is the number of writes from which get looks them up by index.
+const indexFrom = 32
 
 type kv struct {
 	k, v []byte
@@ -693,9 +702,24 @@ func (t *Txn) OnCommit(fn func()) { t.hooks = append(t.hooks, fn) }
 func (t *Txn) Epoch() uint64 { return t.s.epoch }
 
 func (t *Txn) get(key []byte) ([]byte, error) {
-	// A transaction writes a handful of keys: the last write wins.
-	for i := len(t.ops) - 1; i >= 0; i-- {
-		if string(t.ops[i].k) == string(key) {
+	// The transaction's own writes first: the last one wins.
+	if len(t.ops) < indexFrom {
+		for i := len(t.ops) - 1; i >= 0; i-- {
+			if string(t.ops[i].k) == string(key) {
+				if t.ops[i].del {
+					return nil, ErrNotFound
+				}
+				return t.ops[i].v, nil
+			}
+		}
+	} else {
+		if t.index == nil {
+			t.index = make(map[string]int, 2*len(t.ops))
+		}
+		for ; t.indexed < len(t.ops); t.indexed++ {
+			t.index[string(t.ops[t.indexed].k)] = t.indexed
+		}
+		if i, ok := t.index[string(key)]; ok {
 			if t.ops[i].del {
 				return nil, ErrNotFound
 			}
@@ -824,6 +848,7 @@ func (t *Txn) Savepoint() Savepoint {
 // through Next after sp are rolled back too (they are writes).
 func (t *Txn) RollbackTo(sp Savepoint) {
 	t.ops = t.ops[:sp.ops]
+	t.index, t.indexed = nil, 0
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
 }

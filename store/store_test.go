@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -315,5 +316,54 @@ func TestAuxPrefix(t *testing.T) {
 	got, err := s.AuxPrefix("planner_closed/")
 	if err != nil || len(got) != 2 || got["planner_closed/a"][0] != 1 || got["planner_closed/b"][0] != 0 {
 		t.Fatalf("AuxPrefix: %v %v", got, err)
+	}
+}
+
+// A transaction reads back its own writes, the last one winning, however
+// many it made (past indexFrom they are looked up by index), and a rollback
+// to a savepoint forgets what followed it for the reads too.
+func TestALargeTransactionReadsItsOwnWrites(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	name := func(i int) string { return fmt.Sprintf("big/%03d", i) }
+	want := func(tx *Txn, i int, v []byte) {
+		t.Helper()
+		got, err := tx.GetAux(name(i))
+		switch {
+		case v == nil && !errors.Is(err, ErrNotFound):
+			t.Fatalf("%s: %v %v, want not found", name(i), got, err)
+		case v != nil && (err != nil || !bytes.Equal(got, v)):
+			t.Fatalf("%s: %v %v, want %v", name(i), got, err, v)
+		}
+	}
+	err := s.Update(context.Background(), func(tx *Txn) error {
+		for i := range 3 * indexFrom {
+			tx.SetAux(name(i), []byte{byte(i)})
+			want(tx, i, []byte{byte(i)})
+		}
+		tx.SetAux(name(5), []byte{200})
+		tx.DeleteAux(name(6))
+		want(tx, 5, []byte{200})
+		want(tx, 6, nil)
+		sp := tx.Savepoint()
+		tx.SetAux(name(7), []byte{201})
+		tx.DeleteAux(name(8))
+		tx.SetAux(name(999), []byte{1})
+		want(tx, 7, []byte{201})
+		want(tx, 8, nil)
+		tx.RollbackTo(sp)
+		want(tx, 7, []byte{7})
+		want(tx, 8, []byte{8})
+		want(tx, 999, nil)
+		want(tx, 5, []byte{200})
+		want(tx, 6, nil)
+		tx.SetAux(name(9), []byte{202})
+		want(tx, 9, []byte{202})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Aux(name(9)); err != nil || !bytes.Equal(v, []byte{202}) {
+		t.Fatalf("after the commit: %v %v", v, err)
 	}
 }

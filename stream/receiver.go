@@ -35,6 +35,10 @@ type Inbound struct {
 	Lane     Lane
 	// Prepared is what the handler's Prepare computed, if it has one.
 	Prepared any
+	// Gossip: it came in a news on the decisions topic (spread), which asks
+	// for a gap itself once it stays (news may arrive out of order), so the
+	// handler should not ask at once.
+	Gossip bool
 }
 
 // InboundOf builds the Inbound of a change that arrived outside a
