@@ -131,6 +131,10 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 		scanFrom = q.Version + 1
 	}
 	var scanErr error
+	wantID := ""
+	if want != "" {
+		wantID = want.String()
+	}
 	err = n.st.OwnEntries(scanFrom, func(e store.OwnEntry) bool {
 		if q.Version > 0 && e.Version != q.Version {
 			return false
@@ -147,7 +151,7 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 			if e.Version == beforeVer && i+1 <= beforeN {
 				continue
 			}
-			if (want != "" && r.ReceiverID != want.String()) || (q.State != "" && r.Ack != q.State) {
+			if (wantID != "" && r.ReceiverID != wantID) || (q.State != "" && r.Ack != q.State) {
 				continue
 			}
 			if len(page.Rows) == q.Limit {
@@ -191,6 +195,7 @@ type ackDeriver struct {
 	receivers map[stream.Lane][]peer.ID
 	refusals  map[peer.ID]map[uint64]string
 	lanes     map[laneOf]stream.LaneState
+	ids       map[peer.ID]string // peer ids as text (base58 costs; a listing names each receiver on every row)
 }
 
 type laneOf struct {
@@ -200,7 +205,17 @@ type laneOf struct {
 
 func newAckDeriver(n *Node) *ackDeriver {
 	return &ackDeriver{n: n, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
-		lanes: map[laneOf]stream.LaneState{}}
+		lanes: map[laneOf]stream.LaneState{}, ids: map[peer.ID]string{}}
+}
+
+// idText is p.String(), once per listing.
+func (d *ackDeriver) idText(p peer.ID) string {
+	s, ok := d.ids[p]
+	if !ok {
+		s = p.String()
+		d.ids[p] = s
+	}
+	return s
 }
 
 // broadcast lists a lane's receivers in the order of their names.
@@ -262,7 +277,7 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 			continue
 		}
 		r := AckRow{ID: strconv.FormatUint(e.Version, 10) + "." + strconv.Itoa(i+1), RequestID: e.RequestID,
-			Receiver: d.n.book.Name(p), ReceiverID: p.String(), Kind: ackKind(l), Protocol: string(e.Protocol),
+			Receiver: d.n.book.Name(p), ReceiverID: d.idText(p), Kind: ackKind(l), Protocol: string(e.Protocol),
 			Version: e.Version, CreatedAt: time.Unix(0, e.CreatedAt).UTC()}
 		ls := d.lane(p, l)
 		reason, rejected, err := d.refused(p, e.Version)
