@@ -4,8 +4,9 @@
 // The reviewer publishes each decision it commits, sealed as it is stored,
 // on the gossipsub topic /ferry/<network>/decisions/1.0.0 (DecisionNews,
 // coalesced: what commits within a few milliseconds goes in one message,
-// whose head is its own last sequence), and its last decision sequence every
-// HeadEvery while nothing new goes out. Gossipsub forwards a message through
+// whose head is its own last sequence), and its last decision sequence alone
+// a second after the last news and then every HeadEvery while nothing new
+// goes out. Gossipsub forwards a message through
 // each member's mesh of neighbours, so a decision reaches every subscribed
 // member in a few hops; a member that misses one (a lost message, a gap, a
 // head ahead of what it applied, still so a second later) asks the peers it
@@ -54,6 +55,9 @@ const (
 	DefaultHeadEvery = 5 * time.Second
 	// DefaultReportEvery bounds how often a member reports.
 	DefaultReportEvery = 200 * time.Millisecond
+	// headFollow is how soon after news the reviewer sends the head alone
+	// (at most HeadEvery).
+	headFollow = time.Second
 	// coalesce is how long the reviewer gathers decisions into one message.
 	coalesce = 5 * time.Millisecond
 	// maxNewsBytes bounds one DecisionNews: gossipsub's default message
@@ -248,12 +252,14 @@ func (s *Service) Publish(env []byte) {
 }
 
 // publishLoop sends what Publish queued, a few milliseconds' worth at a
-// time, and the head while nothing else goes out.
+// time, and the head alone while nothing else goes out: once HeadFollow
+// after the last news (a member that missed it learns of it then, not a
+// whole HeadEvery later), then every HeadEvery.
 func (s *Service) publishLoop() {
 	defer s.wg.Done()
-	head := time.NewTicker(s.d.HeadEvery)
+	follow := min(headFollow, s.d.HeadEvery)
+	head := time.NewTimer(s.d.HeadEvery)
 	defer head.Stop()
-	sent := time.Now()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -265,17 +271,16 @@ func (s *Service) publishLoop() {
 				return
 			}
 			s.flush()
-			sent = time.Now()
+			head.Reset(follow)
 		case <-head.C:
 			s.mu.Lock()
 			idle := len(s.pending) == 0
 			s.mu.Unlock()
-			// The head alone, while nothing is queued: what is queued
-			// goes out with its own head (flush).
-			if s.reviewer() && idle && time.Since(sent) >= s.d.HeadEvery {
+			// What is queued goes out with its own head (flush).
+			if s.reviewer() && idle {
 				s.send(nil, s.d.Decisions.Applied())
-				sent = time.Now()
 			}
+			head.Reset(s.d.HeadEvery)
 		}
 	}
 }
