@@ -464,7 +464,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	s := Status{PeerID: n.id.String(), Name: n.cfg.Name, Network: n.cfg.Network, Version: Version, StartedAt: n.startedAt,
 		NATS: n.bridge.ClientURL(), NATSEmbedded: n.bridge.Embedded(), Admin: n.adminAddr, IsReviewer: n.review.IsReviewer(),
-		Partners: len(n.book.Partners()), Members: len(n.book.Members()), Connected: len(n.host.Network().Peers()),
+		Partners: len(n.book.Partners()), Members: n.book.MemberCount(), Connected: len(n.host.Network().Peers()),
 		DecisionApplied: n.review.Applied()}
 	for _, a := range n.Addrs() {
 		s.Addrs = append(s.Addrs, a.String())

@@ -41,7 +41,7 @@ func (n *Node) kept(p peer.ID) bool {
 // neighbours (spread/, sync/), or the reviewer would carry a connection
 // from every member.
 func (n *Node) keepReviewer() bool {
-	return len(n.book.Members()) < n.cfg.Connections.Max
+	return n.book.MemberCount() < n.cfg.Connections.Max
 }
 
 // choose marks p as one of this node's neighbours (on) or not: the node

@@ -169,7 +169,7 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, adv *advertising) 
 		return
 	}
 	if adv.due() {
-		if k := len(n.book.Members()); k <= rendezvousProviders || rand.N(k) < rendezvousProviders {
+		if k := n.book.MemberCount(); k <= rendezvousProviders || rand.N(k) < rendezvousProviders {
 			n.spawn(func() { n.advertise(disc, adv) })
 		} else {
 			adv.skip()

@@ -53,6 +53,9 @@ func (b *peerBook) learn(r membership.Record) {
 		e.LastSeen = time.Now().Unix()
 	}
 	b.book[r.Peer] = e
+	if member != was {
+		b.memberList = nil
+	}
 	b.mu.Unlock()
 	if changed {
 		b.st.SubmitLazy(context.Background(), func(tx *store.Txn) error { tx.PutPeer(e); return nil }, func(err error) {

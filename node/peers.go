@@ -46,6 +46,11 @@ type peerBook struct {
 	strange  map[peer.ID]bool // presented another network
 	blocked  map[peer.ID]bool // links cut on purpose (fault injection)
 	onMember []func(peer.ID)
+	// memberList is Members' answer until the set changes (nil: to be
+	// made again). Connection trimming and discovery ask for it often, and
+	// with a thousand members making it (a set, then a sort) was the
+	// largest share of an idle node's CPU.
+	memberList []peer.ID
 }
 
 func newPeerBook(c Config, self peer.ID, st *store.Store, log *slog.Logger) (*peerBook, error) {
@@ -141,7 +146,30 @@ func (b *peerBook) IsMember(p peer.ID) bool {
 
 // Members lists the members this node knows, itself excluded, sorted.
 func (b *peerBook) Members() []peer.ID {
+	return slices.Clone(b.members0())
+}
+
+// MemberCount is len(Members()), without the copy.
+func (b *peerBook) MemberCount() int { return len(b.members0()) }
+
+// members0 is the cached member list (callers must not change it).
+func (b *peerBook) members0() []peer.ID {
 	b.mu.RLock()
+	out := b.memberList
+	b.mu.RUnlock()
+	if out != nil {
+		return out
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.memberList == nil {
+		b.memberList = b.listMembers()
+	}
+	return b.memberList
+}
+
+// listMembers makes the member list; b.mu held.
+func (b *peerBook) listMembers() []peer.ID {
 	set := map[peer.ID]bool{}
 	for id, e := range b.book {
 		if e.Member {
@@ -154,7 +182,6 @@ func (b *peerBook) Members() []peer.ID {
 	for id := range b.members {
 		set[id] = true
 	}
-	b.mu.RUnlock()
 	if b.reviewer != "" {
 		set[b.reviewer] = true
 	}
@@ -279,6 +306,7 @@ func (b *peerBook) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 	} else {
 		delete(b.partners, p)
 	}
+	b.memberList = nil
 	b.mu.Unlock()
 	return nil
 }
