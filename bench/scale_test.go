@@ -42,7 +42,7 @@ import (
 //	                           it is measured as it stands, and the table says how far it got
 //	FERRY_SCALE_PAR=16         nodes started at once (default 16)
 //	FERRY_SCALE_MAX_RSS=8      GB of process RSS at which a run stops and reports where it stood
-//	                           (make scale passes 12 and a 200 s rest)
+//	                           (make scale passes 12, a 200 s rest and a 12 min membership wait)
 //	FERRY_SCALE_TIMING=test    testnet's timing instead of production's (discovery every second)
 //	FERRY_SCALE_REST=5s        rest between full membership and the idle window (default half of it)
 //	FERRY_SCALE_SIM_BURST=1    run the 1,000-decision burst on simulated networks above 300 nodes too
