@@ -6,12 +6,12 @@
 // coalesced: what commits within a few milliseconds goes in one message,
 // whose head is its own last sequence), and its last decision sequence alone
 // a second after the last news and then every HeadEvery while nothing new
-// goes out. Gossipsub forwards a message through
-// each member's mesh of neighbours, so a decision reaches every subscribed
-// member in a few hops; a member that misses one (a lost message, a gap, a
-// head ahead of what it applied, still so a second later) asks the peers it
-// is connected to through sync, which serves decisions from any member that
-// holds them (they are signed by the reviewer).
+// goes out. Gossipsub forwards a message through each member's mesh of
+// neighbours, so a decision reaches every subscribed member in a few hops; a
+// member that misses one (a lost message, a gap, a head ahead of what it
+// applied, still so a second later) asks the peers it is connected to
+// through sync, which serves decisions from any member that holds them (they
+// are signed by the reviewer).
 //
 // A member applies what arrives exactly as the delivery stream would
 // (review's ApplyDecision, decisions out of order held), moves its position
@@ -252,7 +252,7 @@ func (s *Service) Publish(env []byte) {
 }
 
 // publishLoop sends what Publish queued, a few milliseconds' worth at a
-// time, and the head alone while nothing else goes out: once HeadFollow
+// time, and the head alone while nothing else goes out: once headFollow
 // after the last news (a member that missed it learns of it then, not a
 // whole HeadEvery later), then every HeadEvery.
 func (s *Service) publishLoop() {
