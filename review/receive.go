@@ -1,8 +1,10 @@
 package review
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -167,11 +169,14 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 		} else if d.Sequence > heldMax {
 			tx.SetCounter(ctrHeldMax, d.Sequence)
 		}
-		if in.Gossip { // out of order on gossip is common; spread asks for a gap that stays
-			s.log.Debug("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
-		} else {
-			s.log.Info("decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
+		// Out of order on gossip is common (news take different paths), and
+		// spread asks for a gap that stays; on a stream or by catch-up a
+		// held decision is a gap: ask now.
+		level := slog.LevelInfo
+		if in.Gossip {
+			level = slog.LevelDebug
 		}
+		s.log.Log(context.Background(), level, "decision held until the ones before it arrive", "sequence", d.Sequence, "applied", applied)
 		if s.gaps != nil && !in.Gossip {
 			from := peer.ID(body.Origin)
 			tx.OnCommit(func() { s.gaps.DecisionGap(from, applied, d.Sequence) })
