@@ -184,6 +184,7 @@ type node struct {
 	dec  *decisions
 	ack  *acker
 	gaps *gaps
+	deps Deps // what svc was built from (a test may build it again)
 }
 
 type net struct {
@@ -225,6 +226,7 @@ func newNet(t *testing.T, n int, tune ...func(*Deps)) *net {
 		for _, f := range tune {
 			f(&d)
 		}
+		nd.deps = d
 		nd.svc, err = New(d)
 		must(t, err)
 		if i > 0 {
@@ -319,9 +321,11 @@ func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 	}
 }
 
-// TestAMemberThatMissedNewsAsksForTheGap: a member cut off while decisions
-// went out hears the head when it is back, asks for what it lacks, and
-// applies it.
+// TestAMemberThatMissedNewsAsksForTheGap: a member away (its service
+// stopped: a process down, as far as gossip goes) while decisions went out
+// hears the head when it is back, asks for what it lacks, and applies it.
+// (Cutting it off with mocknet links instead leaked: the mocknet closes
+// the far end of a connection later, and news still arrived under load.)
 func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 	x := newNet(t, 6)
 	waitFor(t, "every node sees the topic's peers", func() bool {
@@ -332,35 +336,26 @@ func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 		}
 		return true
 	})
-	cut := x.nodes[5]
-	for _, n := range x.nodes[:5] {
-		must(t, x.mn.UnlinkPeers(cut.id, n.id))
-		_ = x.mn.DisconnectPeers(cut.id, n.id)
-	}
-	// A connection being opened as the links went may still land: cut
-	// until none is left, and gossipsub has let go of its peers (it does on
-	// the disconnect notices, a moment later; until then a stream of the
-	// closed connection may still carry news).
-	waitFor(t, "the cut member has no connection and no topic peer", func() bool {
-		h := x.mn.Host(cut.id)
-		for _, c := range h.Network().Conns() {
-			_ = c.Close()
-		}
-		return len(h.Network().Conns()) == 0 && len(cut.svc.topic.ListPeers()) == 0
-	})
+	away := x.nodes[5]
+	away.svc.Close()
 	x.decide(1, 10)
 	waitFor(t, "the others applied 10", func() bool { return x.nodes[4].dec.Applied() == 10 })
-	if cut.dec.Applied() != 0 {
-		a, g := cut.gaps.asked()
-		t.Fatalf("the cut member applied decisions (%d; asked %d times through %d; conns %d; news in %v; peers %v)", cut.dec.Applied(), a, g, len(x.mn.Host(cut.id).Network().Conns()), testutilCount(cut.svc.m.news.WithLabelValues("in")), cut.svc.topic.ListPeers())
+	if away.dec.Applied() != 0 {
+		t.Fatal("the member away applied decisions")
 	}
-	for _, n := range x.nodes[:5] {
-		must(t, func() error { _, err := x.mn.LinkPeers(cut.id, n.id); return err }())
+	if asks, _ := away.gaps.asked(); asks != 0 {
+		t.Fatalf("the member away asked for a gap %d times", asks)
 	}
-	_, err := x.mn.ConnectPeers(cut.id, x.nodes[1].id)
+	// Back: a new service on the same host, store and gossipsub.
+	svc, err := New(away.deps)
 	must(t, err)
-	waitFor(t, "the member asked for decisions through 10", func() bool { _, got := cut.gaps.asked(); return got == 10 })
-	waitFor(t, "the member applied 10", func() bool { return cut.dec.Applied() == 10 })
+	away.gaps.mu.Lock()
+	away.gaps.member = svc
+	away.gaps.mu.Unlock()
+	t.Cleanup(svc.Close) // runs before the fills stop and the store closes
+	must(t, svc.Start())
+	waitFor(t, "the member asked for decisions through 10", func() bool { _, got := away.gaps.asked(); return got == 10 })
+	waitFor(t, "the member applied 10", func() bool { return away.dec.Applied() == 10 })
 }
 
 // TestNewsFromAnotherPeerIsRefused: only the reviewer's news is taken.
