@@ -180,6 +180,23 @@ func connect(t *testing.T, url string) *nats.Conn {
 func resources(t *testing.T, n *proc.Node) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
+	for id := range resourceRows(t, n) {
+		out[id] = true
+	}
+	return out
+}
+
+// resourceRow is a row of the admin API's resources.
+type resourceRow struct {
+	ID            string          `json:"id"`
+	OriginVersion uint64          `json:"origin_version"`
+	Resource      json.RawMessage `json:"resource"`
+}
+
+// resourceRows reads every resource (data type vm) a node holds, by id.
+func resourceRows(t *testing.T, n *proc.Node) map[string]resourceRow {
+	t.Helper()
+	out := map[string]resourceRow{}
 	after := ""
 	for {
 		path := "/api/v1/resources?data_type=vm&limit=1000"
@@ -191,16 +208,14 @@ func resources(t *testing.T, n *proc.Node) map[string]bool {
 			t.Fatalf("%s GET %s: %d %v %.200s", n.Name(), path, code, err, b)
 		}
 		var page struct {
-			Resources []struct {
-				ID string `json:"id"`
-			} `json:"resources"`
-			Next string `json:"next"`
+			Resources []resourceRow `json:"resources"`
+			Next      string        `json:"next"`
 		}
 		if err := json.Unmarshal(b, &page); err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range page.Resources {
-			out[r.ID] = true
+			out[r.ID] = r
 		}
 		if page.Next == "" {
 			return out

@@ -38,20 +38,25 @@ const (
 
 // Config is ferry.yaml. Every key is optional; Default() fills them.
 type Config struct {
-	Name              string      `yaml:"name"`
-	Network           string      `yaml:"network"`
-	Listen            []string    `yaml:"listen"`
-	Bootstrap         []string    `yaml:"bootstrap"`
-	Partners          []string    `yaml:"partners"`
-	Members           []string    `yaml:"members"`
-	Reviewer          string      `yaml:"reviewer"`
-	PrivateNetworkKey string      `yaml:"private_network_key"`
-	NATS              NATSConfig  `yaml:"nats"`
-	Admin             AdminConfig `yaml:"admin"`
-	Limits            Limits      `yaml:"limits"`
-	Connections       Connections `yaml:"connections"`
-	Review            Review      `yaml:"review"`
-	Log               LogConfig   `yaml:"log"`
+	Name              string   `yaml:"name"`
+	Network           string   `yaml:"network"`
+	Listen            []string `yaml:"listen"`
+	Bootstrap         []string `yaml:"bootstrap"`
+	Partners          []string `yaml:"partners"`
+	Members           []string `yaml:"members"`
+	Reviewer          string   `yaml:"reviewer"`
+	PrivateNetworkKey string   `yaml:"private_network_key"`
+	// TrustStore lets owned-resource writes through at start before a
+	// partner has said what it holds of this node's changes. Only for a
+	// store that is never restored from a copy: a restored one would answer
+	// a retried request a second time (node/restore.go).
+	TrustStore  bool        `yaml:"trust_store"`
+	NATS        NATSConfig  `yaml:"nats"`
+	Admin       AdminConfig `yaml:"admin"`
+	Limits      Limits      `yaml:"limits"`
+	Connections Connections `yaml:"connections"`
+	Review      Review      `yaml:"review"`
+	Log         LogConfig   `yaml:"log"`
 }
 
 // NATSConfig says where apps reach the node.

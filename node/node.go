@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/membership"
@@ -147,6 +148,7 @@ type Node struct {
 	draining  atomic.Bool // Close began
 	startedAt time.Time
 	restore   restoreState
+	ownWrites *gate.Gate // own writes wait at start for a partner's word (restore.go)
 	admin     *http.Server
 	adminAddr string
 
@@ -241,7 +243,8 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	pub := eventPublisher{b: n.bridge, n: n}
-	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: pub,
+	n.ownWrites = n.newOwnWritesGate()
+	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: pub, Gate: n.ownWrites,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {
 		return nil, err
@@ -616,6 +619,9 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.quitting.Store(true)
 		n.draining.Store(true)
+		if n.ownWrites != nil {
+			n.ownWrites.Close() // held writes are answered before the drain waits for them
+		}
 		var errs []error
 		if n.bridge != nil {
 			errs = append(errs, n.drain())

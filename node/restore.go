@@ -3,12 +3,14 @@ package node
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
@@ -23,6 +25,53 @@ import (
 // so in one line, raises its version counter past them and takes them back
 // from that peer (sync, "own"). A reviewer decides only once it has
 // compared its decisions with a member since it started.
+
+// Own writes at start. A node cannot tell a restart from a restore: both
+// open a store that was whole when it was written. A restored one lacks
+// what it answered after the copy was made (changes, idempotency keys), and
+// taking an app's retry of such a request would give it a second change
+// under a new version. So a node with partners holds its own writes
+// (creates, updates, deletes, considers, planner events) until a partner
+// has said in hello what it holds of this node's changes, and this node
+// holds as much or took the rest back from it. A write waits at most
+// ownWritesWait, then is answered unavailable with the reason; trust_store
+// lets them through at once.
+const (
+	ownWritesWait    = 4 * time.Second
+	ownWritesWaitMax = 100000 // held at once; more are answered unavailable at once
+)
+
+// newOwnWritesGate is shut when the node has partners and the config does
+// not trust the store.
+func (n *Node) newOwnWritesGate() *gate.Gate {
+	g := gate.New(ownWritesWait, ownWritesWaitMax, n.ownWritesWhy)
+	if n.cfg.TrustStore || len(n.book.Partners()) == 0 {
+		g.Open()
+		return g
+	}
+	n.log.Info("own writes wait until a partner says what it holds of this node's changes (a store restored from an older copy must not answer a retried request twice; trust_store: true skips this)",
+		"partners", len(n.book.Partners()))
+	return g
+}
+
+// ownWritesWhy is the answer to an own write that waited too long.
+func (n *Node) ownWritesWhy() error {
+	var names []string
+	for _, p := range n.book.Partners() {
+		names = append(names, n.book.Name(p))
+	}
+	return fmt.Errorf("%w: this node has not yet heard from a partner since it started (partners: %s); own writes wait until one says what it holds of this node's changes, so that a store restored from an older copy never answers a request twice; retry when a partner is connected, or set trust_store: true", ferry.ErrUnavailable, strings.Join(names, ", "))
+}
+
+// confirmedBy opens own writes: partner p holds no change of this node
+// beyond this node's store, or this node took them back from it.
+func (n *Node) confirmedBy(p peer.ID) {
+	if !n.book.IsPartner(p) || n.ownWrites.IsOpen() {
+		return
+	}
+	n.log.Info("a partner confirmed this node's store: own writes go ahead", "partner", p, "held", n.ownWrites.Waiting())
+	n.ownWrites.Open()
+}
 
 // decideGrace is how long a reviewer that has members but has heard from
 // none of them waits before it decides anyway.
@@ -78,6 +127,7 @@ func (n *Node) peerHolds(p peer.ID, v uint64) {
 	n.restore.mu.Lock()
 	n.restore.compared = true
 	n.restore.mu.Unlock()
+	n.confirmedBy(p)
 }
 
 // ahead runs when p holds this node's changes up to v and this node lacks
@@ -150,6 +200,7 @@ func (n *Node) Recovered(p peer.ID, count int, err error) {
 	n.restore.compared = true
 	delete(n.restore.retry, p)
 	n.restore.mu.Unlock()
+	n.confirmedBy(p)
 }
 
 // decideReady refuses a reviewer's decision until it has compared its

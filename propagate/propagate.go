@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -71,6 +72,13 @@ type Publisher interface {
 	PublishRaw(suffix string, data []byte)
 }
 
+// Gate holds this node's own writes back while it cannot know how far its
+// store got (internal/gate): run is called when they may go ahead, fail
+// with the reason when they waited too long.
+type Gate interface {
+	Do(run func(), fail func(error))
+}
+
 // Searcher runs search actions (the search service).
 type Searcher interface {
 	Search(ctx context.Context, dataType string, payload json.RawMessage) (map[string]any, error)
@@ -99,6 +107,7 @@ type Service struct {
 	sender   Sender
 	pub      Publisher
 	search   Searcher
+	gate     Gate
 	maxBytes int
 	log      *slog.Logger
 	ctx      context.Context
@@ -113,11 +122,14 @@ type Service struct {
 
 // Deps are what New needs.
 type Deps struct {
-	Store           *store.Store
-	Roles           Roles
-	Sender          Sender
-	Publisher       Publisher
-	Searcher        Searcher
+	Store     *store.Store
+	Roles     Roles
+	Sender    Sender
+	Publisher Publisher
+	Searcher  Searcher
+	// Gate, if set, holds creates, updates, deletes, considers and planner
+	// events until this node's store is confirmed by a partner.
+	Gate            Gate
 	MaxMessageBytes int
 	Logger          *slog.Logger
 }
@@ -144,7 +156,7 @@ func New(d Deps) (*Service, error) {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher,
+	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
 	var err error
 	if s.known, err = loadKnown(d.Store, d.Roles.Self()); err != nil {
@@ -221,7 +233,7 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 		return
 	}
 	if req.Action == ActionCreate || req.Action == ActionUpdate || req.Action == ActionDelete {
-		s.resource(ctx, req, done)
+		s.own(func() { s.resource(ctx, req, done) }, done)
 		return
 	}
 	obj, err := jsonObject(req.Payload)
@@ -231,9 +243,9 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 	}
 	switch req.Action {
 	case ActionConsiders:
-		s.considers(ctx, req, obj, done)
+		s.own(func() { s.considers(ctx, req, obj, done) }, done)
 	case ActionPlanner:
-		s.planner(ctx, req, obj, done)
+		s.own(func() { s.planner(ctx, req, obj, done) }, done)
 	case ActionClosePlanner:
 		s.closePlanner(obj, done)
 	case ActionSearch:
@@ -244,6 +256,20 @@ func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, 
 		res, err := s.search.Search(ctx, req.DataType, req.Payload)
 		done(res, err)
 	}
+}
+
+// own runs a write of this node's own log through the gate, if any.
+func (s *Service) own(run func(), done func(Result, error)) {
+	if s.gate == nil {
+		run()
+		return
+	}
+	s.gate.Do(run, func(err error) {
+		if !errors.Is(err, ferry.ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		}
+		done(nil, err)
+	})
 }
 
 func jsonObject(raw json.RawMessage) (map[string]json.RawMessage, error) {
@@ -353,6 +379,21 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 			return err
 		}
 		exists := err == nil && !cur.Deleted
+		if cur != nil && req.idem != nil {
+			// A keyed request whose key this store does not hold but whose
+			// change it does, made within the key's window: the store lost
+			// the key (it was restored from an older copy and took the
+			// change back from a partner). The first answer, not a second
+			// change; past the window the request runs again, as any.
+			same, err := s.sameChange(tx, cur, kind, doc)
+			if err != nil {
+				return err
+			}
+			if same {
+				res = Result{"id": id, "version": cur.OriginVersion, "receivers": partners}
+				return nil
+			}
+		}
 		switch {
 		case req.Action == ActionCreate && exists:
 			return fmt.Errorf("%w: %s %q exists; update it instead", ferry.ErrConflict, req.DataType, id)
@@ -380,6 +421,23 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		res = Result{"id": id, "version": ver, "receivers": partners}
 		return nil
 	}), func(err error) { done(res, err) })
+}
+
+// sameChange reports whether the change that set an own resource row is of
+// kind with the document doc (insignificant spaces aside), and was made
+// within the idempotency window.
+func (s *Service) sameChange(tx *store.Txn, cur *storepb.Resource, kind pb.Kind, doc []byte) (bool, error) {
+	c, err := tx.Change(cur.Version)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read change %d of %s %q: %w", cur.Version, cur.DataType, cur.Id, err)
+	}
+	if tx.Now().Sub(time.Unix(0, c.Body.CreatedAtUnixNano)) > s.st.IdempotencyWindow() {
+		return false, nil
+	}
+	return c.Body.Kind == kind && bytes.Equal(idem.JSON(c.Body.Payload), idem.JSON(doc)), nil
 }
 
 // deliver records an own change as owed to its receivers (the log is the

@@ -136,6 +136,20 @@ func advanceChain(tx *store.Txn, o peer.ID, body *pb.Body) error {
 	return nil
 }
 
+// collides refuses a second create of one resource by one origin: the row
+// holds an earlier create's resource that no delete ended. An origin makes
+// that only when its store lost the first (restored from an older copy and
+// written to before a partner told it what it had): the first acknowledged
+// content stays, the later is refused for good and said at ERROR.
+func (s *Service) collides(o peer.ID, p *prepared, body *pb.Body, cur *storepb.Resource) error {
+	if body.Kind != pb.Kind_KIND_RESOURCE_CREATE || cur == nil || cur.Deleted || cur.OriginVersion >= body.OriginVersion {
+		return nil
+	}
+	s.log.Error("refused a second create of a resource its origin created before: the first is kept (was the origin's store restored from an older copy?)",
+		"origin", o, "data_type", body.DataType, "id", p.id, "first_version", cur.OriginVersion, "refused_version", body.OriginVersion)
+	return stream.RejectKeeping("conflict: %s %q was created by %s at version %d; a second create at version %d is refused", body.DataType, p.id, p.origin, cur.OriginVersion, body.OriginVersion)
+}
+
 // Held is how far this node holds every resource change of origin.
 func (s *Service) Held(o peer.ID) (uint64, error) { return s.st.Counter(ChainCounter(o)) }
 
@@ -194,6 +208,16 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		// moved past it, so catch-up does not fetch it again and again.
 		return 0, stream.RejectKeeping("%v", p.reject)
 	}
+	var cur *storepb.Resource
+	if p.field == "resource" && (!fresh || body.Kind == pb.Kind_KIND_RESOURCE_CREATE) {
+		cur, err = tx.GetResource(body.DataType, o, p.id)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return 0, err
+		}
+		if err := s.collides(o, p, body, cur); err != nil {
+			return 0, err
+		}
+	}
 	ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
 	if err != nil {
 		return 0, err
@@ -202,13 +226,6 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		tx.SetCounter(ctrSynced+string(o), body.OriginVersion)
 	}
 	if p.field == "resource" {
-		var cur *storepb.Resource
-		if !fresh {
-			cur, err = tx.GetResource(body.DataType, o, p.id)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return 0, err
-			}
-		}
 		// Keep the newest state: a change that arrives late (through sync,
 		// after a later one) is kept in the change log but does not roll
 		// back the row, and apps are not told of it.

@@ -33,13 +33,23 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	if cur == nil {
 		s.noteOwn(body.DataType, id)
 	}
+	first := false // the row holds a later create of the same resource: this one was first
+	if body.Kind == pb.Kind_KIND_RESOURCE_CREATE && cur != nil && !cur.Deleted && cur.OriginVersion > body.OriginVersion {
+		if c, err := tx.Change(cur.Version); err == nil && c.Body.Kind == pb.Kind_KIND_RESOURCE_CREATE {
+			first = true
+			s.log.Error("this node created a resource again after its store lost the first create (trust_store let a write through before a partner had told what it holds): the first is kept, the later create is refused by partners",
+				"data_type", body.DataType, "id", id, "first_version", body.OriginVersion, "later_version", cur.OriginVersion)
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return false, err
+		}
+	}
 	switch {
+	case cur != nil && (cur.OriginVersion < body.OriginVersion || first):
+		tx.Supersede(cur.OriginVersion)
 	case cur != nil && cur.OriginVersion > body.OriginVersion:
 		tx.Supersede(body.OriginVersion)
-	case cur != nil && cur.OriginVersion < body.OriginVersion:
-		tx.Supersede(cur.OriginVersion)
 	}
-	if cur == nil || cur.OriginVersion < body.OriginVersion {
+	if cur == nil || cur.OriginVersion < body.OriginVersion || first {
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(self), OriginVersion: body.OriginVersion,
 			Version: body.OriginVersion, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})
 	}

@@ -213,6 +213,15 @@ func (s *Store) Change(ver uint64) (Change, error) {
 	return decodeChange(ver, v)
 }
 
+// Change reads the change at a store version inside a transaction.
+func (t *Txn) Change(ver uint64) (Change, error) {
+	v, err := t.get(k(pChange).u64(ver))
+	if err != nil {
+		return Change{}, err
+	}
+	return decodeChange(ver, v)
+}
+
 // ChangeEnvelope reads the raw envelope bytes of a change.
 func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
 	return s.getRaw(k(pChange).u64(ver))
