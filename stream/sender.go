@@ -47,9 +47,10 @@ const (
 	// DefaultRetryScan is how often receivers with a backlog and no running
 	// outbox (a member that just became one, a partner added) are looked for.
 	DefaultRetryScan = 5 * time.Second
-	// idleExit ends an outbox (and closes its streams) that had nothing to
-	// send for this long: outboxes exist only for receivers with a backlog.
-	idleExit = 10 * time.Second
+	// DefaultIdleExit ends an outbox (and closes its streams) that had
+	// nothing to send for this long: outboxes exist only for receivers with
+	// a backlog.
+	DefaultIdleExit = 10 * time.Second
 	// snapshotPause holds the decision lane of a new member that fetches a
 	// snapshot first, until it reports its new position (or this passes).
 	snapshotPause = time.Minute
@@ -80,6 +81,9 @@ type SenderOptions struct {
 	BackoffMax  time.Duration
 	// RetryScan is the period of the scan for receivers with a backlog.
 	RetryScan time.Duration
+	// IdleExit is how long an outbox with nothing to send keeps its
+	// streams open (DefaultIdleExit).
+	IdleExit time.Duration
 	// Hold, when it returns true, keeps a lane to a peer from sending (a
 	// closed planner stream). Kick re-evaluates.
 	Hold func(peer.ID, Lane) bool
@@ -130,6 +134,9 @@ func (o *SenderOptions) fill() {
 	}
 	if o.RetryScan <= 0 {
 		o.RetryScan = DefaultRetryScan
+	}
+	if o.IdleExit <= 0 {
+		o.IdleExit = DefaultIdleExit
 	}
 	if o.Hold == nil {
 		o.Hold = func(peer.ID, Lane) bool { return false }
@@ -1207,11 +1214,12 @@ func (o *outbox) idle() bool {
 		o.idleSince = now
 		return false
 	}
-	if now.Sub(o.idleSince) < idleExit {
+	if now.Sub(o.idleSince) < o.s.opts.IdleExit {
 		return false
 	}
 	o.running = false
 	for _, st := range o.streams {
+		st.closing = true // a quiet close, not a failure (streamDown)
 		_ = st.s.Close()
 	}
 	return true
@@ -1259,7 +1267,14 @@ func (o *outbox) streamDown(st *outStream, err error) {
 	} else {
 		_ = st.s.Close()
 	}
-	if err != nil || (lost > 0 && !closing) {
+	// A stream this node closed with nothing in flight ends however its
+	// reader learns of it (EOF, or a reset of the closed stream): that is
+	// no failure, and says nothing to operators above DEBUG.
+	quiet := closing && lost == 0
+	if quiet && err != nil {
+		o.s.log.Debug("closed a quiet delivery stream", "peer", o.peer, "protocol", st.proto, "err", err)
+	}
+	if (err != nil && !quiet) || (lost > 0 && !closing) {
 		if err == nil {
 			err = errors.New("stream closed with batches in flight")
 		}

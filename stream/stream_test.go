@@ -117,7 +117,10 @@ func openMem(t *testing.T, key crypto.PrivKey) *store.Store {
 }
 
 // newPair links A and B and starts A's sender and B's receiver.
-func newPair(t *testing.T, rec *recorder) *pair {
+func newPair(t *testing.T, rec *recorder) *pair { t.Helper(); return newPairWith(t, rec, nil) }
+
+// newPairWith is newPair with the sender's options changed by opt.
+func newPairWith(t *testing.T, rec *recorder, opt func(*SenderOptions)) *pair {
 	t.Helper()
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
@@ -128,6 +131,9 @@ func newPair(t *testing.T, rec *recorder) *pair {
 	p.sndOpt = SenderOptions{AckTimeout: 2 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		RetryScan: 100 * time.Millisecond, BatchEntries: 100,
 		OnAhead: func(_ peer.ID, _ Lane, v uint64) { p.ahead <- v }, Logger: quiet}
+	if opt != nil {
+		opt(&p.sndOpt)
+	}
 	p.startReceiver(p.b.st)
 	var err error
 	if p.snd, err = NewSender(p.a.host, p.a.st, audience{p.b.id}, p.sndOpt); err != nil {
