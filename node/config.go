@@ -340,6 +340,22 @@ func (c *Config) Settings() []Setting {
 	return out
 }
 
+// Type names the setting's value as flag help shows it: string, int,
+// float, bool or strings (a comma-separated list).
+func (s Setting) Type() string {
+	switch s.field.Kind() {
+	case reflect.Int:
+		return "int"
+	case reflect.Float64:
+		return "float"
+	case reflect.Bool:
+		return "bool"
+	case reflect.Slice:
+		return "strings"
+	}
+	return "string"
+}
+
 // Set parses a textual value into the setting (lists are comma-separated).
 func (s Setting) Set(val string) error {
 	switch s.field.Kind() {

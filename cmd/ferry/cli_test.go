@@ -76,7 +76,7 @@ func TestInitCommand(t *testing.T) {
 	if err != nil || c.Name != "X" {
 		t.Fatalf("ferry.yaml: %v %+v", err, c)
 	}
-	if out2 := mustFerry(t, "init", "--home", home, "--name", "Y"); strings.TrimSpace(out2) != id.String() {
+	if out2 := mustFerry(t, "init", "--home", home, "--name", "X"); strings.TrimSpace(out2) != id.String() {
 		t.Fatalf("second init printed %q, want %s", out2, id)
 	}
 	// A bad name is refused, naming the key.

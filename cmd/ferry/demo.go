@@ -67,6 +67,8 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 		if !keep {
 			defer os.RemoveAll(dir)
 		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--dir: %w", err)
 	}
 	logf, err := os.Create(filepath.Join(dir, "demo.log"))
 	if err != nil {
@@ -193,7 +195,7 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 		return err
 	}
 
-	fmt.Fprintf(out, "C's operator accepts request %d (ferry requests accept %d on C)\n\n", atC.ID, atC.ID)
+	fmt.Fprintf(out, "C's operator accepts request %d (%s requests accept %d on C)\n\n", atC.ID, selfCommand(), atC.ID)
 	var dec struct{ Request review.Row }
 	if err := cNode.api.call("POST", "/api/v1/requests/"+strconv.FormatUint(atC.ID, 10)+"/accept", map[string]string{}, &dec); err != nil {
 		return fmt.Errorf("accept on C: %w", err)
@@ -247,13 +249,14 @@ func runDemo(cmd *cobra.Command, g *globals, dir string, keep bool) (err error) 
 		return err
 	}
 	fmt.Fprintln(out, "\nThree more requests wait for C's operator (B updates row 2, D inserts row 4, A deletes row 1):")
-	fmt.Fprintf(out, "  ferry --home %s requests list --status waiting\n", cNode.home.Dir)
-	fmt.Fprintf(out, "  ferry --home %s requests show <id>      (the current row and the diff)\n", cNode.home.Dir)
-	fmt.Fprintf(out, "  ferry --home %s requests accept <id>    (or edit, reject; or decide in the console below)\n", cNode.home.Dir)
-	fmt.Fprintf(out, "  ferry --home %s watch                   (what A sends, receives and applies, live)\n", a.home.Dir)
+	self := selfCommand()
+	fmt.Fprintf(out, "  %s --home %s requests list --status waiting\n", self, cNode.home.Dir)
+	fmt.Fprintf(out, "  %s --home %s requests show <id>      (the current row and the diff)\n", self, cNode.home.Dir)
+	fmt.Fprintf(out, "  %s --home %s requests accept <id>    (or edit, reject; or decide in the console below)\n", self, cNode.home.Dir)
+	fmt.Fprintf(out, "  %s --home %s watch                   (what A sends, receives and applies, live)\n", self, a.home.Dir)
 	fmt.Fprintln(out, "\nThe nodes keep running (Ctrl-C stops them):")
 	for _, d := range nodes {
-		fmt.Fprintf(out, "  %s: nats %s  admin http://%s  (ferry --home %s status)\n", d.name, d.n.NATSURL(), d.n.AdminAddr(), d.home.Dir)
+		fmt.Fprintf(out, "  %s: nats %s  admin http://%s  (%s --home %s status)\n", d.name, d.n.NATSURL(), d.n.AdminAddr(), self, d.home.Dir)
 	}
 	fmt.Fprintf(out, "Review console of C (the reviewer): http://%s/#token=%s\n", cNode.n.AdminAddr(), cNode.api.token)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,7 @@ func TestDemo(t *testing.T) {
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
-	root.SetArgs([]string{"demo", "--dir", t.TempDir()})
+	root.SetArgs([]string{"demo", "--dir", filepath.Join(t.TempDir(), "not", "yet")}) // --dir is made when missing
 	if err := root.Execute(); err != nil {
 		t.Fatalf("demo failed: %v\n%s", err, out.String())
 	}

@@ -22,6 +22,9 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
+		if printUsageError(os.Stderr, err) {
+			os.Exit(exitUsage)
+		}
 		fmt.Fprintln(os.Stderr, "ferry:", err)
 		os.Exit(1)
 	}
@@ -46,5 +49,6 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().BoolVar(&g.absolute, "absolute", false, "print times as RFC 3339 in UTC instead of relative (3m ago)")
 	root.AddCommand(initCmd(g), runCmd(g), demoCmd(g), versionCmd(g))
 	root.AddCommand(operatorCmds(g)...)
+	strictUsage(root)
 	return root
 }

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -31,6 +32,9 @@ func initCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			h := g.homeDir()
+			if err := initOverExisting(h, o); err != nil {
+				return err
+			}
 			id, err := h.Init(o)
 			if err != nil {
 				return err
@@ -42,6 +46,27 @@ func initCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&o.Name, "name", "", "the node's name, shown in tables (default: the host name)")
 	c.Flags().StringVar(&o.Network, "network", "", "the network name members share (default ferry)")
 	return c
+}
+
+// initOverExisting refuses `init --name` or `--network` on a home that has
+// a ferry.yaml saying otherwise: init never rewrites a configuration, and
+// keeping the old name in silence would leave the operator believing it
+// changed.
+func initOverExisting(h node.Home, o node.InitOptions) error {
+	if _, err := os.Stat(h.ConfigPath()); err != nil {
+		return nil // a new home (or one without a config): init writes it
+	}
+	cfg, err := h.LoadConfig()
+	if err != nil {
+		return err
+	}
+	for _, x := range []struct{ flag, asked, has string }{{"name", o.Name, cfg.Name}, {"network", o.Network, cfg.Network}} {
+		if x.asked != "" && x.asked != x.has {
+			return fmt.Errorf("%s is initialised already with %s %q; init does not change it (--%s %q): edit %s, then restart the node",
+				h.Dir, x.flag, x.has, x.flag, x.asked, h.ConfigPath())
+		}
+	}
+	return nil
 }
 
 // libp2pLevel keeps go-libp2p's logs to warnings and errors unless the
@@ -63,6 +88,33 @@ func (l libp2pLevel) WithGroup(name string) slog.Handler {
 	return libp2pLevel{l.Handler.WithGroup(name), l.debug}
 }
 
+// settingFlag is a `run` flag that overrides a configuration key: its text
+// is parsed by the key's Setting after the config file is read (so an error
+// names the flag and the key), and help shows the key's type.
+type settingFlag struct {
+	v   *string
+	typ string
+}
+
+func (f *settingFlag) String() string { return *f.v }
+func (f *settingFlag) Set(s string) error {
+	var err error
+	switch f.typ {
+	case "int":
+		_, err = strconv.Atoi(s)
+	case "float":
+		_, err = strconv.ParseFloat(s, 64)
+	case "bool":
+		_, err = strconv.ParseBool(s)
+	}
+	if err != nil {
+		return fmt.Errorf("%q is not a %s", s, map[string]string{"int": "whole number", "float": "number", "bool": "true or false"}[f.typ])
+	}
+	*f.v = s
+	return nil
+}
+func (f *settingFlag) Type() string { return f.typ }
+
 func runCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run",
@@ -76,7 +128,10 @@ func runCmd(g *globals) *cobra.Command {
 	settings := defaults.Settings()
 	vals := make([]string, len(settings))
 	for i, s := range settings {
-		c.Flags().StringVar(&vals[i], s.Flag, "", "override "+s.Key+" (env "+s.Env+")")
+		f := c.Flags().VarPF(&settingFlag{v: &vals[i], typ: s.Type()}, s.Flag, "", "override "+s.Key+" (env "+s.Env+")")
+		if s.Type() == "bool" {
+			f.NoOptDefVal = "true" // --trust-store alone means true
+		}
 	}
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		h := g.homeDir()
@@ -142,13 +197,14 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		token, _ := h.Token()
 		home, _ := filepath.Abs(h.Dir)
+		self := selfCommand()
 		fmt.Fprintf(stderr, "ferry %s running: peer %s (Ctrl-C stops)\n"+
-			"  home     %s   (operate it: export FERRY_HOME=%s; ferry status, ferry watch)\n"+
+			"  home     %s   (operate it: export FERRY_HOME=%s; %s status, %s watch)\n"+
 			"  nats     %s   (apps: nats req %s.propagate ...)\n"+
 			"  console  http://%s/#token=%s\n"+
 			"  admin    http://%s/api/v1/   (bearer token in %s)\n"+
 			"  metrics  http://%s/metrics\n",
-			cfg.Name, n.ID(), home, home, n.NATSURL(), cfg.NATS.Prefix, n.AdminAddr(), token, n.AdminAddr(), h.TokenPath(), n.AdminAddr())
+			cfg.Name, n.ID(), home, home, self, self, n.NATSURL(), cfg.NATS.Prefix, n.AdminAddr(), token, n.AdminAddr(), h.TokenPath(), n.AdminAddr())
 		var cause error
 		select {
 		case sig := <-sigs:
