@@ -33,6 +33,10 @@ import (
 //     almost full` until space is freed, so Pebble keeps room to flush and
 //     compact and a restart on that disk works. This one clears by itself.
 //
+// A fourth makes it unhealthy without stopping writes: a corrupt block
+// (corrupt.go). Reads of that range fail with `corrupt` until a restart
+// rebuilds the store (repair.go).
+//
 // Why a full disk used to hang the node: Pebble v1.1 retries a failed flush
 // or compaction at once, without backoff ("TODO: count consecutive
 // compaction errors and backoff" in its compaction.go), so on ENOSPC it
