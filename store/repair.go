@@ -26,9 +26,11 @@ import (
 //     key down to the last one copied. The keys strictly between the last
 //     key read forward and the first read backward are lost (one damaged
 //     region: a few blocks of one file);
-//  2. it writes the repair mark (m/repair: the lost span, and the version
-//     of this node's own changes after which it asks its partners for them
-//     again) into the new store, flushes it and closes both;
+//  2. when a read failed, it writes the repair mark (m/repair: the lost
+//     span, and the version of this node's own changes after which it asks
+//     its partners for them again) into the new store; it flushes it and
+//     closes both (a damaged filter or index block fails point reads but
+//     not a scan: then nothing is lost, and the new files are whole);
 //  3. it moves the damaged directory aside (<dir>.damaged-<unix time>, for
 //     the operator: nothing is deleted) and the new one in its place.
 //
@@ -100,18 +102,18 @@ func rebuildIfMarked(dir string, mk func(readOnly bool) *pebble.Options, log *sl
 		_ = old.Close()
 		return fmt.Errorf("open a store to rebuild into (%s): %w", tmp, err)
 	}
-	m, err := salvage(old, nw)
-	if err == nil {
-		m.At, m.Reason = now.UTC(), string(bytes.TrimSpace(reason))
-		m.Damaged = fmt.Sprintf("%s.damaged-%d", dir, now.Unix())
+	m, lost, err := salvage(old, nw)
+	m.At, m.Reason = now.UTC(), string(bytes.TrimSpace(reason))
+	m.Damaged = fmt.Sprintf("%s.damaged-%d", dir, now.Unix())
+	if err == nil && lost {
 		var b []byte
 		b, err = json.Marshal(m)
 		if err == nil {
 			err = nw.Set([]byte(keyRepair), b, pebble.Sync)
 		}
-		if err == nil {
-			err = nw.Flush()
-		}
+	}
+	if err == nil {
+		err = nw.Flush()
 	}
 	if cerr := nw.Close(); err == nil && cerr != nil {
 		err = cerr
@@ -131,6 +133,12 @@ func rebuildIfMarked(dir string, mk func(readOnly bool) *pebble.Options, log *sl
 	}
 	if err := finishRebuild(tmp, dir); err != nil {
 		return err
+	}
+	if !lost {
+		// A damaged filter or index block: point reads failed, a full scan
+		// did not. The rebuilt files are whole; nothing was dropped.
+		log.Warn("store rebuilt: every key was readable; nothing was dropped; the damaged copy is kept", "kept_keys", m.Kept, "damaged_copy", m.Damaged)
+		return nil
 	}
 	log.Error("store rebuilt: the keys between the last one read before the damage and the first one read after it were unreadable and are dropped; this node takes its own changes in that range back from its partners; the damaged copy is kept",
 		"kept_keys", m.Kept, "after", m.After, "before", m.Before, "own_changes_after", m.OwnFrom, "damaged_copy", m.Damaged)
@@ -157,9 +165,8 @@ func finishRebuild(tmp, dir string) error {
 }
 
 // salvage copies every readable key of old into nw: forward until a read
-// fails, then backward down to the last key copied.
-func salvage(old, nw *pebble.DB) (RepairMark, error) {
-	var m RepairMark
+// fails, then backward down to the last key copied. lost: a read failed.
+func salvage(old, nw *pebble.DB) (m RepairMark, lost bool, err error) {
 	b := nw.NewBatch()
 	put := func(k, v []byte) error {
 		if err := b.Set(k, v, nil); err != nil {
@@ -178,19 +185,19 @@ func salvage(old, nw *pebble.DB) (RepairMark, error) {
 	var after, before []byte
 	it, err := old.NewIter(nil)
 	if err != nil {
-		return m, fmt.Errorf("read the damaged store: %w", err)
+		return m, false, fmt.Errorf("read the damaged store: %w", err)
 	}
 	for ok := it.First(); ok; ok = it.Next() {
 		if err := put(it.Key(), it.Value()); err != nil {
 			_ = it.Close()
-			return m, err
+			return m, false, err
 		}
 		after = append(after[:0], it.Key()...)
 	}
 	ferr := it.Error()
 	_ = it.Close()
 	if ferr != nil && !pebble.IsCorruptionError(ferr) {
-		return m, fmt.Errorf("read the damaged store: %w", ferr)
+		return m, false, fmt.Errorf("read the damaged store: %w", ferr)
 	}
 	if ferr != nil {
 		var lo []byte
@@ -199,27 +206,27 @@ func salvage(old, nw *pebble.DB) (RepairMark, error) {
 		}
 		it, err := old.NewIter(&pebble.IterOptions{LowerBound: lo})
 		if err != nil {
-			return m, fmt.Errorf("read the damaged store: %w", err)
+			return m, false, fmt.Errorf("read the damaged store: %w", err)
 		}
 		for ok := it.Last(); ok; ok = it.Prev() {
 			if err := put(it.Key(), it.Value()); err != nil {
 				_ = it.Close()
-				return m, err
+				return m, false, err
 			}
 			before = append(before[:0], it.Key()...)
 		}
 		berr := it.Error()
 		_ = it.Close()
 		if berr != nil && !pebble.IsCorruptionError(berr) {
-			return m, fmt.Errorf("read the damaged store: %w", berr)
+			return m, false, fmt.Errorf("read the damaged store: %w", berr)
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		return m, fmt.Errorf("copy: %w", err)
+		return m, false, fmt.Errorf("copy: %w", err)
 	}
 	m.After, m.Before = strconv.Quote(string(after)), strconv.Quote(string(before))
 	m.OwnFrom = ownFrom(after, before)
-	return m, nil
+	return m, ferr != nil, nil
 }
 
 // ownFrom is the version after which own changes may have been lost: the
