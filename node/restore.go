@@ -23,6 +23,12 @@ import (
 // so in one line, raises its version counter past them and takes them back
 // from that peer (sync, "own"). A reviewer decides only once it has
 // compared its decisions with a member since it started.
+//
+// A store rebuilt after a corruption (store/repair.go) lost a range of
+// keys, maybe in the middle of its log, which no peer's report shows: the
+// node asks the first partner that says hello for its own changes after
+// the last one read before the damage, and drops the repair mark once one
+// partner's recovery succeeded.
 
 // decideGrace is how long a reviewer that has members but has heard from
 // none of them waits before it decides anyway.
@@ -166,7 +172,7 @@ func (n *Node) Recovered(p peer.ID, count int, err error) {
 		return
 	}
 	n.log.Info("took back this node's changes a peer held", "peer", p, "changes", count)
-	if m := n.repairing(); m != nil {
+	if m := n.repairing(); m != nil && n.book.IsPartner(p) {
 		if err := n.st.Update(n.ctx, func(tx *store.Txn) error { tx.RepairDone(); return nil }); err != nil {
 			n.log.Error("store repaired, but the repair mark could not be dropped (the next start asks partners again)", "err", err)
 		} else {
