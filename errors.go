@@ -19,6 +19,10 @@ var (
 	ErrConflict      = errors.New("conflict")
 	ErrForbidden     = errors.New("forbidden")
 	ErrUnavailable   = errors.New("unavailable")
+	// ErrCorrupt: the node's store failed a checksum where the answer is;
+	// asking again gets the same answer until the store is repaired (it is
+	// not retryable, unlike ErrUnavailable).
+	ErrCorrupt = errors.New("store corrupt")
 )
 
 // Error codes of SPEC.md.
@@ -31,6 +35,7 @@ const (
 	CodeConflict      = "conflict"
 	CodeForbidden     = "forbidden"
 	CodeUnavailable   = "unavailable"
+	CodeCorrupt       = "corrupt"
 )
 
 var codes = []struct {
@@ -44,6 +49,7 @@ var codes = []struct {
 	{ErrNotFound, CodeNotFound},
 	{ErrConflict, CodeConflict},
 	{ErrForbidden, CodeForbidden},
+	{ErrCorrupt, CodeCorrupt},
 	{ErrUnavailable, CodeUnavailable},
 }
 

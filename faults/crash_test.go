@@ -83,6 +83,12 @@ func pendingAcks(t *testing.T, n *proc.Node) int {
 // how many attempts went unanswered. progress counts the acknowledged.
 func sendAll(t *testing.T, nc *nats.Conn, prefix string, total, workers int, progress *atomic.Int64) (map[string]uint64, int) {
 	t.Helper()
+	return sendAllPad(t, nc, prefix, total, workers, 160, progress)
+}
+
+// sendAllPad is sendAll with documents of pad bytes.
+func sendAllPad(t *testing.T, nc *nats.Conn, prefix string, total, workers, pad int, progress *atomic.Int64) (map[string]uint64, int) {
+	t.Helper()
 	var (
 		mu       sync.Mutex
 		acked    = make(map[string]uint64, total)
@@ -103,7 +109,7 @@ func sendAll(t *testing.T, nc *nats.Conn, prefix string, total, workers int, pro
 				}
 				id := fmt.Sprintf("%s-%d", prefix, i)
 				for attempt := 0; ; attempt++ {
-					o, r := request(nc, createMsg(id, 160, id), 5*time.Second)
+					o, r := request(nc, createMsg(id, pad, id), 5*time.Second)
 					if o == okReply {
 						mu.Lock()
 						acked[id] = r.Version

@@ -15,7 +15,7 @@ const CodeOK = "ok"
 
 // Codes are the values of the code label: ok and every error code of SPEC.md.
 var Codes = []string{CodeOK, ferry.CodeBadRequest, ferry.CodeUnknownAction, ferry.CodeNotOwner, ferry.CodeTooLarge,
-	ferry.CodeNotFound, ferry.CodeConflict, ferry.CodeForbidden, ferry.CodeUnavailable}
+	ferry.CodeNotFound, ferry.CodeConflict, ferry.CodeForbidden, ferry.CodeUnavailable, ferry.CodeCorrupt}
 
 // Outcomes are the values of the outcome label of replies_total.
 var Outcomes = []string{"ok", "error", "too_large", "failed"}

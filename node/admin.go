@@ -173,7 +173,7 @@ func fail(w http.ResponseWriter, err error) {
 	code := ferry.Code(err)
 	status := map[string]int{ferry.CodeBadRequest: 400, ferry.CodeUnknownAction: 400, ferry.CodeTooLarge: 413,
 		ferry.CodeNotOwner: 403, ferry.CodeForbidden: 403, ferry.CodeNotFound: 404, ferry.CodeConflict: 409,
-		ferry.CodeUnavailable: 503}[code]
+		ferry.CodeUnavailable: 503, ferry.CodeCorrupt: 500}[code]
 	writeJSON(w, status, map[string]any{"ok": false, "error": map[string]string{"code": code, "message": err.Error()}})
 }
 

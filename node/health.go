@@ -18,7 +18,9 @@ import (
 //     store failed (a commit or fsync failed, the disk filled under Pebble),
 //     stalled (work queued and no commit finished for store.StallAfter,
 //     5 s), or refuses writes because the disk is below the free-space
-//     reserve (limits.min_free_disk_mb). The reason is in the answer.
+//     reserve (limits.min_free_disk_mb), or is corrupt (a read met a block
+//     failing its checksum: store/corrupt.go; the node stays up, and a
+//     restart rebuilds the store). The reason is in the answer.
 //   - /readyz (readiness) is /healthz and also 503 while the node starts or
 //     drains, while its NATS connection is down, or while libp2p listens on
 //     nothing.

@@ -216,6 +216,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.restore.from, n.restore.warned = n.st.DurableVersion(), map[peer.ID]bool{}
+	if m, ok, err := n.st.Repair(); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	} else if ok {
+		n.restore.repair = &m
+		log.Warn("the store was rebuilt after a corruption: taking this node's own changes back from the first partner that connects",
+			"own_changes_after", m.OwnFrom, "damaged_copy", m.Damaged)
+	}
 	if n.book, err = newPeerBook(cfg, id, n.st, log.With("component", "peers")); err != nil {
 		return nil, err
 	}

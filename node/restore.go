@@ -25,6 +25,12 @@ import (
 // so in one line, raises its version counter past them and takes them back
 // from that peer (sync, "own"). A reviewer decides only once it has
 // compared its decisions with a member since it started.
+//
+// A store rebuilt after a corruption (store/repair.go) lost a range of
+// keys, maybe in the middle of its log, which no peer's report shows: the
+// node asks the first partner that says hello for its own changes after
+// the last one read before the damage, and drops the repair mark once one
+// partner's recovery succeeded.
 
 // Own writes at start. A node cannot tell a restart from a restore: both
 // open a store that was whole when it was written. A restored one lacks
@@ -85,6 +91,17 @@ type restoreState struct {
 	// retry is the wait before asking a peer again after a recovery from
 	// it failed (doubling, recoverRetryMax at most), by peer.
 	retry map[peer.ID]time.Duration
+	// repair: the store was rebuilt after a corruption (store/repair.go)
+	// and the own changes it lost are not yet taken back; nil otherwise.
+	repair *store.RepairMark
+}
+
+// repairing is the mark of a rebuilt store whose own changes are not yet
+// taken back from a partner.
+func (n *Node) repairing() *store.RepairMark {
+	n.restore.mu.Lock()
+	defer n.restore.mu.Unlock()
+	return n.restore.repair
 }
 
 // Retries of a failed recovery: it is asked again without waiting for the
@@ -117,6 +134,11 @@ func (n *Node) missingOwn(v uint64) bool {
 
 // peerHolds hears, in hello, the highest of this node's versions p holds.
 func (n *Node) peerHolds(p peer.ID, v uint64) {
+	// A store rebuilt after a corruption takes its own changes of the lost
+	// range back from the first partner that says hello.
+	if n.repairing() != nil && n.book.IsPartner(p) {
+		n.sync.Recover(p)
+	}
 	if n.missingOwn(v) {
 		n.ahead(p, 0, v)
 		return
@@ -166,6 +188,10 @@ func (n *Node) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 func (n *Node) RecoverFrom() uint64 {
 	n.restore.mu.Lock()
 	defer n.restore.mu.Unlock()
+	if n.restore.repair != nil {
+		// Rebuilt: everything after the last change read before the damage.
+		return n.restore.repair.OwnFrom
+	}
 	v, err := n.st.LastOriginVersionBelow(n.id, n.restore.from)
 	if err != nil {
 		return 0
@@ -196,6 +222,17 @@ func (n *Node) Recovered(p peer.ID, count int, err error) {
 		return
 	}
 	n.log.Info("took back this node's changes a peer held", "peer", p, "changes", count)
+	if m := n.repairing(); m != nil && n.book.IsPartner(p) {
+		if err := n.st.Update(n.ctx, func(tx *store.Txn) error { tx.RepairDone(); return nil }); err != nil {
+			n.log.Error("store repaired, but the repair mark could not be dropped (the next start asks partners again)", "err", err)
+		} else {
+			n.log.Info("store repaired: this node took back its own changes of the range lost to the corruption from a partner",
+				"peer", p, "changes", count, "after_version", m.OwnFrom, "damaged_copy", m.Damaged)
+		}
+		n.restore.mu.Lock()
+		n.restore.repair = nil
+		n.restore.mu.Unlock()
+	}
 	n.restore.mu.Lock()
 	n.restore.compared = true
 	delete(n.restore.retry, p)

@@ -3,6 +3,7 @@ package propagate
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -77,7 +78,7 @@ func (s *Service) Changes(req ChangesRequest) ([]Change, uint64, error) {
 	}
 	cs, err := s.st.Changes(req.Since, req.Limit)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		return nil, 0, storeErr(err)
 	}
 	out := make([]Change, 0, len(cs))
 	next := req.Since
@@ -114,7 +115,7 @@ func (s *Service) ChangesPage(req ChangesRequest, maxBytes int) (ChangesPage, er
 		want := min(req.Limit-len(page.Changes), changesChunk)
 		cs, err := s.st.Changes(page.Next, want)
 		if err != nil {
-			return ChangesPage{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+			return ChangesPage{}, storeErr(err)
 		}
 		for _, c := range cs {
 			b, err := encodeChange(RenderChange(c))
@@ -138,7 +139,7 @@ func (s *Service) ChangesPage(req ChangesRequest, maxBytes int) (ChangesPage, er
 	}
 	more, err := s.st.Changes(page.Next, 1)
 	if err != nil {
-		return ChangesPage{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
+		return ChangesPage{}, storeErr(err)
 	}
 	page.More = len(more) > 0
 	return page, nil
@@ -179,4 +180,14 @@ func RenderChange(c store.Change) Change {
 	return Change{Version: c.Version, Origin: peer.ID(c.Body.Origin).String(), OriginVersion: c.Body.OriginVersion,
 		Kind: KindName(c.Body.Kind), DataType: c.Body.DataType, Payload: payload,
 		CreatedAt: time.Unix(0, c.Body.CreatedAtUnixNano).UTC()}
+}
+
+// storeErr is a failed read of the store as apps see it: `corrupt` when a
+// block failed its checksum (asking again gets the same answer), else
+// `unavailable`.
+func storeErr(err error) error {
+	if errors.Is(err, ferry.ErrCorrupt) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 }

@@ -33,6 +33,10 @@ import (
 //     almost full` until space is freed, so Pebble keeps room to flush and
 //     compact and a restart on that disk works. This one clears by itself.
 //
+// A fourth makes it unhealthy without stopping writes: a corrupt block
+// (corrupt.go). Reads of that range fail with `corrupt` until a restart
+// rebuilds the store (repair.go).
+//
 // Why a full disk used to hang the node: Pebble v1.1 retries a failed flush
 // or compaction at once, without backoff ("TODO: count consecutive
 // compaction errors and backoff" in its compaction.go), so on ENOSPC it
@@ -95,6 +99,9 @@ type Health struct {
 	// Stalled: work is queued and no commit finished for StalledFor.
 	Stalled    bool          `json:"stalled,omitempty"`
 	StalledFor time.Duration `json:"stalled_for,omitempty"`
+	// Corrupt: a read met a block that failed its checksum (corrupt.go);
+	// the store still takes writes; a restart rebuilds it.
+	Corrupt bool `json:"corrupt,omitempty"`
 	// DiskLow: commits are refused until space is freed.
 	DiskLow      bool      `json:"disk_low,omitempty"`
 	FreeBytes    uint64    `json:"free_bytes"`
@@ -127,6 +134,9 @@ type health struct {
 	writeStall string
 	bgErrors   []time.Time // recent background errors
 	bgLogged   time.Time
+
+	corruptReason atomic.Pointer[string] // the first corruption met (corrupt.go)
+	corruptFiles  map[string]bool        // files logged as corrupt; h.mu
 }
 
 func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
@@ -191,6 +201,9 @@ func (h *health) backgroundError(err error) {
 	h.mu.Unlock()
 	if logIt {
 		h.log.Error("pebble background error", "err", err.Error(), "recent", n)
+	}
+	if pebble.IsCorruptionError(err) {
+		h.corrupt(err)
 	}
 	switch {
 	case isDiskFull(err):
@@ -343,9 +356,13 @@ func (s *Store) Health() Health {
 			out.Stalled, out.StalledFor = true, waited.Round(time.Millisecond)
 		}
 	}
+	c := h.corruptReason.Load()
+	out.Corrupt = c != nil
 	switch f := s.failure(); {
 	case f != nil:
 		out.Failed, out.Reason = true, (*f).Error()
+	case c != nil:
+		out.Reason = *c
 	case out.Stalled:
 		out.Reason = fmt.Sprintf("store stalled: no commit finished for %v with %d operations queued", out.StalledFor.Round(time.Second), out.Queued)
 		if out.WriteStall != "" {

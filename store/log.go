@@ -704,7 +704,7 @@ func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
 	}
 	defer marks.Close()
 	more := marks.First()
-	return s.scan(k(pOwn).u64(from), k(pOwn).u64(s.DurableVersion()+1), false, func(key, v []byte) (bool, error) {
+	err = s.scan(k(pOwn).u64(from), k(pOwn).u64(s.DurableVersion()+1), false, func(key, v []byte) (bool, error) {
 		ver, err := tailU64(key)
 		if err != nil {
 			return false, err
@@ -726,6 +726,10 @@ func (s *Store) OwnEntriesFrom(from uint64, fn func(OwnEntry) bool) error {
 		}
 		return fn(e), nil
 	})
+	if err == nil {
+		err = s.check(marks.Error())
+	}
+	return err
 }
 
 // Supersede marks the own resource change at version as superseded by a

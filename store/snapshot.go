@@ -13,10 +13,11 @@ import (
 // that hand it out wait for the durable mark to pass what it shows.
 type Snapshot struct {
 	snap *pebble.Snapshot
+	s    *Store
 }
 
 // NewSnapshot opens a read view; Close releases it.
-func (s *Store) NewSnapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot()} }
+func (s *Store) NewSnapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot(), s: s} }
 
 // Close releases the view.
 func (sn *Snapshot) Close() error { return sn.snap.Close() }
@@ -27,7 +28,7 @@ func (sn *Snapshot) get(key []byte) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %q: %w", key, err)
+		return nil, sn.s.check(fmt.Errorf("read %q: %w", key, err))
 	}
 	out := append([]byte(nil), v...)
 	_ = c.Close()
@@ -79,7 +80,7 @@ func (sn *Snapshot) TableRows(fn func(table string, id uint64, row []byte) (bool
 		}
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("iterate: %w", err)
+		return sn.s.check(fmt.Errorf("iterate: %w", err))
 	}
 	return nil
 }
@@ -102,5 +103,5 @@ func (t *Txn) ClearTables() error {
 	for ok := it.First(); ok; ok = it.Next() {
 		t.del(append([]byte(nil), it.Key()...))
 	}
-	return it.Error()
+	return t.s.check(it.Error())
 }

@@ -197,16 +197,29 @@ func Open(dir string, o Options) (*Store, error) {
 		o.Health.Headroom = 2 * memTableSize
 	}
 	h := newHealth(dir, o.Health, o.Logger)
-	po := &pebble.Options{
-		Logger: pebbleLogger{o.Logger, h.fatal},
-		Cache:  cache,
-		// Most point reads ask for keys that are not there (is this change
-		// new?); bloom filters answer them without reading blocks.
-		Levels:                levels(),
-		L0CompactionThreshold: 8,
-		L0StopWritesThreshold: 64,
-		MemTableSize:          memTableSize,
+	options := func() *pebble.Options {
+		return &pebble.Options{
+			Logger: pebbleLogger{o.Logger, h.fatal},
+			Cache:  cache,
+			// Most point reads ask for keys that are not there (is this change
+			// new?); bloom filters answer them without reading blocks.
+			Levels:                levels(),
+			L0CompactionThreshold: 8,
+			L0StopWritesThreshold: 64,
+			MemTableSize:          memTableSize,
+		}
 	}
+	if o.Health.FS == nil { // on the disk: a store found corrupt is rebuilt first (repair.go)
+		err := rebuildIfMarked(dir, func(readOnly bool) *pebble.Options {
+			po := options()
+			po.ReadOnly = readOnly
+			return po
+		}, o.Logger, o.Now())
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+	}
+	po := options()
 	h.pebbleOptions(po) // the file system: o.Health.FS (in memory) or the disk's
 	db, err := pebble.Open(dir, po)
 	if err != nil {
@@ -611,7 +624,7 @@ func (s *Store) getRaw(key []byte) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %q: %w", key, err)
+		return nil, s.check(fmt.Errorf("read %q: %w", key, err))
 	}
 	out := append([]byte(nil), v...)
 	_ = c.Close()
@@ -622,7 +635,7 @@ func (s *Store) getRaw(key []byte) ([]byte, error) {
 func (s *Store) scan(lo, hi []byte, reverse bool, fn func(k, v []byte) (bool, error)) error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return fmt.Errorf("iterate: %w", err)
+		return s.check(fmt.Errorf("iterate: %w", err))
 	}
 	defer it.Close()
 	var ok bool
@@ -641,7 +654,7 @@ func (s *Store) scan(lo, hi []byte, reverse bool, fn func(k, v []byte) (bool, er
 		}
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("iterate: %w", err)
+		return s.check(fmt.Errorf("iterate: %w", err))
 	}
 	return nil
 }
@@ -749,7 +762,7 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %q: %w", key, err)
+		return nil, t.s.check(fmt.Errorf("read %q: %w", key, err))
 	}
 	out := append([]byte(nil), v...)
 	_ = c.Close()

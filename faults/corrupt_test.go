@@ -1,0 +1,178 @@
+package faults
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/testnet"
+)
+
+// readChanges reads a node's change log through ferry.changes page after
+// page, and returns the changes, or the first error code and message.
+func readChanges(t *testing.T, nc *nats.Conn) ([]change, string, string) {
+	t.Helper()
+	var all []change
+	var since uint64
+	for {
+		m, err := nc.Request("ferry.changes", fmt.Appendf(nil, `{"since":%d,"limit":10000}`, since), 30*time.Second)
+		if err != nil {
+			t.Fatalf("ferry.changes since %d: %v", since, err)
+		}
+		var page struct {
+			OK      bool     `json:"ok"`
+			Changes []change `json:"changes"`
+			Next    uint64   `json:"next"`
+			More    bool     `json:"more"`
+			Error   *struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(m.Data, &page); err != nil {
+			t.Fatalf("ferry.changes since %d: %v %.300s", since, err, m.Data)
+		}
+		if !page.OK {
+			if page.Error == nil {
+				t.Fatalf("ferry.changes since %d: not ok and no error: %.300s", since, m.Data)
+			}
+			return all, page.Error.Code, page.Error.Message
+		}
+		all = append(all, page.Changes...)
+		if len(page.Changes) == 0 || !page.More {
+			return all, "", ""
+		}
+		since = page.Next
+	}
+}
+
+// largestSST is the biggest sst file of a stopped node's store.
+func largestSST(t *testing.T, n *proc.Node) (string, int64) {
+	t.Helper()
+	ssts, err := filepath.Glob(filepath.Join(n.Home().DataPath(), "*.sst"))
+	if err != nil || len(ssts) == 0 {
+		t.Fatalf("no sst under %s: %v", n.Home().DataPath(), err)
+	}
+	best, size := "", int64(0)
+	for _, p := range ssts {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			best, size = p, fi.Size()
+		}
+	}
+	return best, size
+}
+
+// TestCorruptSST writes 4 KiB of random bytes into the middle of an sst of
+// a stopped node A (its partner B holds every change of A), then starts A.
+// A says so: an ERROR line naming the file, /healthz 503 with the reason,
+// and ferry.changes over the damaged range answers `corrupt` (not
+// `unavailable`, which apps retry). After a restart A rebuilds its store
+// from what is readable and takes the lost range back from B: ferry.changes
+// reads every acknowledged create again and /healthz is 200. (Issue 16,
+// point 3: A started healthy, and ferry.changes answered `unavailable` on
+// every call with no log line.)
+func TestCorruptSST(t *testing.T) {
+	total := pick(6000, 30000)
+	a := proc.New(t, proc.Options{Name: "A"})
+	b := proc.New(t, proc.Options{Name: "B"})
+	proc.Partners(a, b)
+	a.Start()
+	b.Start()
+	app := connect(t, a.NATSURL())
+	var progress atomic.Int64
+	// 2 KiB documents: the change log is most of the store, so the middle
+	// of its largest sst is in it.
+	acked, _ := sendAllPad(t, app, "c", total, 64, 2048, &progress)
+	testnet.WaitFor(t, 2*time.Minute, "B acknowledged every change of A", func() bool { return pendingAcks(t, a) == 0 })
+	// A restart flushes what the log (WAL) held into an sst.
+	if code := a.Term(30 * time.Second); code != 0 {
+		t.Fatalf("A exited with %d", code)
+	}
+	a.Start()
+	if code := a.Term(30 * time.Second); code != 0 {
+		t.Fatalf("A exited with %d", code)
+	}
+	sst, size := largestSST(t, a)
+	junk := make([]byte, 4096)
+	_, _ = rand.Read(junk)
+	f, err := os.OpenFile(sst, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(junk, size/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote 4 KiB of random bytes at %d of %s (%d bytes)", size/2, filepath.Base(sst), size)
+
+	a.Start()
+	app = connect(t, a.NATSURL())
+	got, code, msg := readChanges(t, app)
+	if code != "corrupt" {
+		t.Fatalf("ferry.changes over the damaged sst: %d changes read, then code %q (%s); want corrupt", len(got), code, msg)
+	}
+	// Asked again: the same answer, not a transient one.
+	if _, code2, _ := readChanges(t, app); code2 != "corrupt" {
+		t.Fatalf("ferry.changes asked again: code %q, want corrupt", code2)
+	}
+	file := filepath.Base(sst)
+	hc, hb := a.Healthz()
+	if hc != 503 || !strings.Contains(hb, "corrupt") || !strings.Contains(hb, file) {
+		t.Fatalf("/healthz of the corrupt store: %d %q; want 503 naming the corruption and %s", hc, hb, file)
+	}
+	errLine := regexp.MustCompile(`(?m)^.*level=ERROR.*corrupt.*` + regexp.QuoteMeta(file) + `.*$`)
+	line := errLine.FindString(a.StderrAll())
+	if line == "" {
+		t.Fatalf("no ERROR line naming %s in A's log:\n%s", file, a.Stderr())
+	}
+	t.Logf("%d changes read before the damage; ferry.changes: %s: %.200s", len(got), code, msg)
+	t.Logf("/healthz: %d %.300s", hc, hb)
+	t.Logf("log: %.400s", line)
+
+	// Repair: a restart rebuilds the store and takes the lost range back from B.
+	if code := a.Term(30 * time.Second); code != 0 {
+		t.Fatalf("A exited with %d", code)
+	}
+	start := time.Now()
+	a.Start()
+	app = connect(t, a.NATSURL())
+	var last string
+	testnet.WaitFor(t, 2*time.Minute, "A reads all its changes again", func() bool {
+		cs, code, msg := readChanges(t, app)
+		last = fmt.Sprintf("%d changes, code %q %.200s", len(cs), code, msg)
+		return code == "" && len(cs) == len(acked)
+	})
+	checkDelivered(t, "A", mustChanges(t, app), a.PeerID().String(), acked)
+	if hc, hb := a.Healthz(); hc != 200 {
+		t.Fatalf("/healthz after the repair: %d %q", hc, hb)
+	}
+	rebuilt := regexp.MustCompile(`(?m)^.*msg="store rebuilt.*$`).FindString(a.StderrAll())
+	repaired := regexp.MustCompile(`(?m)^.*msg="store repaired.*$`).FindString(a.StderrAll())
+	if rebuilt == "" || repaired == "" {
+		t.Fatalf("A's log does not say that it rebuilt its store and took its changes back from B:\n%s", a.Stderr())
+	}
+	t.Logf("repaired in %v: %s; /healthz 200", time.Since(start).Round(time.Millisecond), last)
+	t.Logf("log: %.500s", rebuilt)
+	t.Logf("log: %.500s", repaired)
+}
+
+func mustChanges(t *testing.T, nc *nats.Conn) []change {
+	t.Helper()
+	cs, code, msg := readChanges(t, nc)
+	if code != "" {
+		t.Fatalf("ferry.changes: %s %s", code, msg)
+	}
+	return cs
+}
