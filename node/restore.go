@@ -72,8 +72,8 @@ func (n *Node) ownWritesWhy() error {
 // confirmedBy opens own writes: partner p holds no change of this node
 // beyond this node's store, or this node took them back from it.
 func (n *Node) confirmedBy(p peer.ID) {
-	if !n.book.IsPartner(p) || n.ownWrites.IsOpen() {
-		return
+	if !n.book.IsPartner(p) || n.ownWrites.IsOpen() || n.repairing() != nil {
+		return // a rebuilt store waits until its lost range is back (Recovered)
 	}
 	n.log.Info("a partner confirmed this node's store: own writes go ahead", "partner", p, "held", n.ownWrites.Waiting())
 	n.ownWrites.Open()
