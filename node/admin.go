@@ -76,6 +76,7 @@ func (n *Node) startAdmin() error {
 	})
 	api := http.NewServeMux()
 	n.routes(api)
+	api.HandleFunc("/api/v1/", unknownAPI)
 	mux.Handle("/api/v1/", requireToken(token, api))
 	n.admin = &http.Server{Handler: n.identify(withFormat(mux)), ReadHeaderTimeout: 10 * time.Second}
 	n.spawn(func() {
@@ -105,13 +106,24 @@ func (n *Node) stopAdmin(ctx context.Context) error {
 // AdminAddr is the admin API's address ("" before Start).
 func (n *Node) AdminAddr() string { return n.adminAddr }
 
+// CodeUnauthorized is the admin API's error code of a request without the
+// right bearer token (HTTP 401); forbidden (403) is a request the token
+// allows but the node refuses.
+const CodeUnauthorized = "unauthorized"
+
+// unknownAPI answers a path or method under /api/v1/ that the API lacks,
+// in JSON like every other answer.
+func unknownAPI(w http.ResponseWriter, r *http.Request) {
+	fail(w, fmt.Errorf("%w: the admin API has no %s %s (see docs/operations.md, \"Admin API\")", ferry.ErrNotFound, r.Method, r.URL.Path))
+}
+
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]any{"ok": false,
-				"error": map[string]string{"code": ferry.CodeForbidden, "message": "missing or wrong bearer token (see admin.token in the node's home)"}})
+				"error": map[string]string{"code": CodeUnauthorized, "message": "missing or wrong bearer token (see admin.token in the node's home)"}})
 			return
 		}
 		next.ServeHTTP(w, r)
