@@ -31,7 +31,7 @@ check-ops:
 	cd docs/ops && promtool test rules alerts_test.yml
 
 build:
-	CGO_ENABLED=0 $(GO) build -o bin/ferry ./cmd/ferry
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o bin/ferry ./cmd/ferry
 
 run:
 	$(GO) run ./cmd/ferry run

@@ -241,7 +241,7 @@ func buildFerry(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), "ferry")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-o", bin, ".") // the revision stamp, whatever GOFLAGS says
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -47,7 +47,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.home, "home", "", "node home directory (default $FERRY_HOME, else ~/.ferry)")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of a table")
 	root.PersistentFlags().BoolVar(&g.absolute, "absolute", false, "print times as RFC 3339 in UTC instead of relative (3m ago)")
-	root.AddCommand(initCmd(g), runCmd(g), demoCmd(g), versionCmd(g))
+	root.AddCommand(initCmd(g), runCmd(g), demoCmd(g), versionCmd(g), checkCmd(g))
 	root.AddCommand(operatorCmds(g)...)
 	strictUsage(root)
 	return root

@@ -128,6 +128,10 @@ var examples = map[string]string{
   FERRY_LIMITS_MIN_FREE_DISK_MB=1024 ferry run   # every key of ferry.yaml as an env variable too`,
 	"ferry demo": `  ferry demo
   ferry demo --keep --dir /tmp/ferry-demo   # leave the four nodes running; their homes under /tmp/ferry-demo`,
+	"ferry check": `  ferry check                           # exit 0 ok, 1 warning, 2 critical
+  ferry check --backlog-warning 1m --backlog-critical 10m
+  ferry check --json
+  ferry check --container               # a HEALTHCHECK: 1 only when a check is critical`,
 	"ferry version": `  ferry version
   ferry version --json`,
 	"ferry status": `  ferry status
