@@ -22,9 +22,8 @@ ENV FERRY_NATS_LISTEN=0.0.0.0:4222 FERRY_ADMIN_LISTEN=0.0.0.0:7480
 VOLUME ["/var/lib/ferry"]
 EXPOSE 4001/tcp 4001/udp 4222/tcp 7480/tcp
 USER 65532:65532
-# Distroless has no shell or curl: the binary checks itself (exit 1 when a
-# check is critical: not live, disk below the reserve, a delivery stuck for
-# an hour, the node not answering).
+# Distroless has no shell or curl: the binary checks itself (exit 1 when
+# the node does not answer, is not live, or is below its disk reserve).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["/usr/local/bin/ferry", "check", "--container"]
 ENTRYPOINT ["/usr/local/bin/ferry"]
 CMD ["run"]

@@ -109,6 +109,20 @@ func evaluate(in checkInput, lim checkLimits) []checkResult {
 	return out
 }
 
+// containerCode is the exit code of a container HEALTHCHECK (Docker: 0
+// healthy, 1 unhealthy, 2 reserved): unhealthy only when this node itself
+// is in trouble (not answering, not live, disk below the reserve). A
+// backlog to an away partner, or an away reviewer, is no reason to restart
+// this node.
+func containerCode(rs []checkResult) int {
+	for _, r := range rs {
+		if r.code == checkCritical && (r.Name == "node" || r.Name == "health" || r.Name == "disk") {
+			return 1
+		}
+	}
+	return 0
+}
+
 // worst is the exit code of a set of results.
 func worst(rs []checkResult) int {
 	code := checkOK
@@ -134,15 +148,14 @@ func checkCmd(g *globals) *cobra.Command {
 			}
 			code := worst(rs)
 			if containerHealth {
-				// Docker's HEALTHCHECK: 0 healthy, 1 unhealthy, 2 reserved.
-				code = map[int]int{checkOK: 0, checkWarning: 0, checkCritical: 1}[code]
+				code = containerCode(rs)
 			}
 			if code != checkOK {
 				return exitError{code}
 			}
 			return nil
 		}}
-	c.Flags().BoolVar(&containerHealth, "container", false, "exit as a container HEALTHCHECK expects: 1 (unhealthy) when a check is critical, else 0")
+	c.Flags().BoolVar(&containerHealth, "container", false, "exit as a container HEALTHCHECK expects: 1 (unhealthy) when the node does not answer, is not live or is below its disk reserve, else 0")
 	c.Flags().DurationVar(&lim.backlogWarning, "backlog-warning", 5*time.Minute, "a delivery unacknowledged this long is a warning")
 	c.Flags().DurationVar(&lim.backlogCritical, "backlog-critical", time.Hour, "a delivery unacknowledged this long is critical")
 	return c

@@ -67,6 +67,9 @@ func TestEvaluate(t *testing.T) {
 				t.Errorf("%s: %s is %s, want %s\n%s", c.name, k, got[k], v, text.String())
 			}
 		}
+		if wantC := map[bool]int{true: 1, false: 0}[c.want["health"] == "critical" || c.want["disk"] == "critical"]; containerCode(rs) != wantC {
+			t.Errorf("%s: --container exit %d, want %d", c.name, containerCode(rs), wantC)
+		}
 		if worst(rs) != c.code || !strings.Contains(text.String(), c.words) {
 			t.Errorf("%s: exit %d (want %d), lacks %q:\n%s", c.name, worst(rs), c.code, c.words, text.String())
 		}

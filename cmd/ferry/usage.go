@@ -131,7 +131,7 @@ var examples = map[string]string{
 	"ferry check": `  ferry check                           # exit 0 ok, 1 warning, 2 critical
   ferry check --backlog-warning 1m --backlog-critical 10m
   ferry check --json
-  ferry check --container               # a HEALTHCHECK: 1 only when a check is critical`,
+  ferry check --container               # a HEALTHCHECK: 1 only when the node itself is in trouble`,
 	"ferry version": `  ferry version
   ferry version --json`,
 	"ferry status": `  ferry status
