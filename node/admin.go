@@ -316,8 +316,8 @@ func (n *Node) routes(mux *http.ServeMux) {
 		ok(w, map[string]any{"deliveries": nonNil(n.Deliveries())})
 	})
 	mux.HandleFunc("GET /api/v1/events", n.serveEvents)
-	mux.HandleFunc("GET /api/v1/trace/{origin}/{version}", func(w http.ResponseWriter, r *http.Request) {
-		origin, ver, err := n.ParseChangeRef(r.PathValue("origin") + "/" + r.PathValue("version"))
+	trace := func(w http.ResponseWriter, r *http.Request, ref string) {
+		origin, ver, err := n.ParseTraceRef(ref)
 		if err != nil {
 			fail(w, err)
 			return
@@ -328,6 +328,13 @@ func (n *Node) routes(mux *http.ServeMux) {
 			return
 		}
 		ok(w, map[string]any{"trace": rep, "plantuml": rep.PlantUML()})
+	}
+	mux.HandleFunc("GET /api/v1/trace/{origin}/{version}", func(w http.ResponseWriter, r *http.Request) {
+		trace(w, r, r.PathValue("origin")+"/"+r.PathValue("version"))
+	})
+	// ?ref= <origin>/<version>, <data_type>/<id> or a request id.
+	mux.HandleFunc("GET /api/v1/trace", func(w http.ResponseWriter, r *http.Request) {
+		trace(w, r, r.URL.Query().Get("ref"))
 	})
 	mux.HandleFunc("GET /api/v1/tables/{name}/rows", func(w http.ResponseWriter, r *http.Request) {
 		after, limit, err := idPage(r)

@@ -20,9 +20,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
 	"github.com/ferrynet/ferry/stream"
 )
 
@@ -89,6 +91,65 @@ func (n *Node) ParseChangeRef(s string) (peer.ID, uint64, error) {
 		}
 	}
 	return "", 0, fmt.Errorf("%w: no peer named %q is known here", ferry.ErrNotFound, o)
+}
+
+// ParseTraceRef reads what an operator names a change by:
+//   - "<origin>/<version>" (ParseChangeRef);
+//   - "<data_type>/<id>", a resource held here: its last change (on its
+//     origin node, the one its app made);
+//   - "<request id>", a review request held here: the change that carried it.
+func (n *Node) ParseTraceRef(s string) (peer.ID, uint64, error) {
+	s = strings.TrimSpace(s)
+	if id, err := strconv.ParseUint(s, 10, 64); err == nil {
+		row, err := n.review.Request(id)
+		if err != nil {
+			return "", 0, fmt.Errorf("request %d: %w", id, err)
+		}
+		return n.ParseChangeRef(row.Origin)
+	}
+	origin, ver, err := n.ParseChangeRef(s)
+	if err == nil {
+		return origin, ver, nil
+	}
+	dataType, id, ok := strings.Cut(s, "/")
+	if !ok || dataType == "" || id == "" {
+		return "", 0, badReq("%q is not <origin>/<version>, <data_type>/<id> or a request id", s)
+	}
+	rows, rerr := n.resourcesByID(dataType, id)
+	switch {
+	case rerr != nil:
+		return "", 0, rerr
+	case len(rows) == 0:
+		return "", 0, fmt.Errorf("%w: %q is neither a change (%v) nor a resource held here", ferry.ErrNotFound, s, err)
+	case len(rows) > 1:
+		var who []string
+		for _, r := range rows {
+			who = append(who, n.book.Name(peer.ID(r.Creator))+"/"+strconv.FormatUint(r.OriginVersion, 10))
+		}
+		return "", 0, badReq("%d nodes created a %s %q: name the change, one of %s", len(rows), dataType, id, strings.Join(who, ", "))
+	}
+	return peer.ID(rows[0].Creator), rows[0].OriginVersion, nil
+}
+
+// resourcesByID reads the rows of one resource id, of any creator.
+func (n *Node) resourcesByID(dataType, id string) ([]*storepb.Resource, error) {
+	if !propagate.ValidDataType(dataType) {
+		return nil, badReq("data type %q must be 1-64 letters, digits, '_' or '-'", dataType)
+	}
+	var out []*storepb.Resource
+	if r, err := n.st.Resource(dataType, n.id, id); err == nil {
+		out = append(out, r)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	for _, p := range n.book.Partners() {
+		if r, err := n.st.Resource(dataType, p, id); err == nil {
+			out = append(out, r)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // Trace follows the change (origin, version): this node's facts, the

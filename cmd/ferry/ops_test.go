@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,10 +203,27 @@ func TestOperatorCommands(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		return len(lines) == 2 && strings.Contains(lines[1], "pending") && !strings.HasSuffix(lines[1], " -") && strings.Contains(lines[1], "open /ferry/resource/create")
 	})
-	// Trace prints PlantUML with the origin and the pending receiver.
+	// Trace prints a table: the origin, and the pending receiver with its error.
 	out = mustFerry(t, "--home", home(nA), "trace", "A/"+ver)
-	if !strings.HasPrefix(out, "@startuml") || !strings.Contains(out, "committed as version "+ver) || !strings.Contains(out, "->x") {
+	if !strings.HasPrefix(out, "resource vm A/"+ver+", committed ") || !strings.Contains(out, "NODE") ||
+		!regexp.MustCompile(`(?m)^A +origin +yes +`+ver).MatchString(out) || !regexp.MustCompile(`(?m)^B +receiver .* pending`).MatchString(out) {
 		t.Fatalf("trace:\n%s", out)
+	}
+	// The same change named by its resource on its origin; --puml draws it.
+	if by := mustFerry(t, "--home", home(nA), "trace", "vm/vm1"); by != out && !strings.HasPrefix(by, "resource vm A/"+ver+",") {
+		t.Fatalf("trace vm/vm1:\n%s", by)
+	}
+	puml := mustFerry(t, "--home", home(nA), "trace", "vm/vm1", "--puml")
+	if !strings.HasPrefix(puml, "@startuml") || !strings.Contains(puml, "committed as version "+ver) || !strings.Contains(puml, "->x") {
+		t.Fatalf("trace --puml:\n%s", puml)
+	}
+	// A request by its id (A's row of it): the change that carried it, from A.
+	rows, err := net.Node(nA).Review().Requests("accepted")
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("A's accepted requests: %v %v", rows, err)
+	}
+	if req := mustFerry(t, "--home", home(nA), "trace", strconv.FormatUint(rows[0].ID, 10)); !strings.Contains(req, "NODE") || !regexp.MustCompile(`(?m)^A +origin +yes`).MatchString(req) {
+		t.Fatalf("trace of request %d:\n%s", rows[0].ID, req)
 	}
 	// Watch saw A commit, C's decision applied and B applying it.
 	testnet.WaitFor(t, 10*time.Second, "watch lines", func() bool {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -165,18 +166,16 @@ func short(id string) string {
 }
 
 func traceCmd(g *globals) *cobra.Command {
-	return &cobra.Command{Use: "trace ORIGIN/VERSION", Short: "Where one change is on each node, as a PlantUML sequence diagram with the real times",
+	puml := false
+	c := &cobra.Command{Use: "trace REF", Short: "Where one change is on each node: a table, or a PlantUML sequence diagram with the real times",
 		Long: "Follows one change across the network: committed at its origin, sent to and applied by each\n" +
-			"receiver, acknowledged, published to apps. ORIGIN is a peer id or a node name, VERSION the\n" +
-			"origin's version (the version a publish answered, or VERSION in `ferry acks list`).\n" +
-			"Prints PlantUML (render it with `plantuml -tsvg`, or save it in docs/diagrams and run `make diagrams`);\n" +
-			"--json prints the facts.",
+			"receiver, acknowledged, published to apps. REF names the change:\n" +
+			"  ORIGIN/VERSION   a peer id or node name and the origin's version (the version a publish answered)\n" +
+			"  DATA_TYPE/ID     a resource held here (vm/vm1): its last change, on its origin the app's\n" +
+			"  REQUEST_ID       a review request held here: the change that carried it\n" +
+			"Prints a table; --puml prints PlantUML (render it with `plantuml -tsvg`); --json prints the facts.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o, v, ok := strings.Cut(args[0], "/")
-			if _, err := strconv.ParseUint(v, 10, 64); !ok || o == "" || err != nil {
-				return fmt.Errorf("%q is not ORIGIN/VERSION (e.g. A/3, or <peer id>/3)", args[0])
-			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -185,13 +184,55 @@ func traceCmd(g *globals) *cobra.Command {
 				Trace    node.TraceReport `json:"trace"`
 				PlantUML string           `json:"plantuml"`
 			}
-			if err := c.call("GET", "/api/v1/trace/"+url.PathEscape(o)+"/"+url.PathEscape(v), nil, &out); err != nil {
+			if err := c.call("GET", "/api/v1/trace?ref="+url.QueryEscape(args[0]), nil, &out); err != nil {
 				return err
 			}
-			if g.json {
+			switch {
+			case g.json:
 				return g.emit(cmd.OutOrStdout(), out.Trace, nil)
+			case puml:
+				_, err = io.WriteString(cmd.OutOrStdout(), out.PlantUML)
+				return err
 			}
-			_, err = io.WriteString(cmd.OutOrStdout(), out.PlantUML)
-			return err
+			return g.emit(cmd.OutOrStdout(), out.Trace, func(w *tabwriter.Writer) { g.traceTable(w, out.Trace) })
 		}}
+	c.Flags().BoolVar(&puml, "puml", false, "print a PlantUML sequence diagram instead of the table")
+	return c
+}
+
+// traceTable prints a trace: a line for the change, a row per node.
+func (g *globals) traceTable(w *tabwriter.Writer, t node.TraceReport) {
+	what := strings.TrimSpace(t.Kind + " " + t.DataType)
+	if what == "" {
+		what = "change"
+	}
+	fmt.Fprintf(w, "%s %s/%d, committed %s\n\n", what, t.OriginName, t.Version, g.when(t.CommittedAt))
+	fmt.Fprintln(w, "NODE\tROLE\tHOLDS\tLOCAL VERSION\tAPPLIED\tPUBLISHED\tACK\tATTEMPTS\tNOTE")
+	for _, x := range t.Nodes {
+		holds, local, applied := "no", "-", "-"
+		if x.Held {
+			holds = "yes"
+		}
+		if !x.Asked {
+			holds = "?" // not asked, or it could not be
+		}
+		if x.LocalVersion != 0 {
+			local = strconv.FormatUint(x.LocalVersion, 10)
+		}
+		if !x.AppliedAt.IsZero() {
+			applied = g.when(x.AppliedAt)
+		}
+		note := x.Error
+		if x.AskError != "" {
+			note = "not asked: " + x.AskError
+		}
+		if !x.NextAttemptAt.IsZero() {
+			note = strings.TrimSpace(note + " next try " + g.when(x.NextAttemptAt))
+		}
+		attempts := "-"
+		if x.Attempts > 0 {
+			attempts = strconv.FormatUint(uint64(x.Attempts), 10)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.Name, x.Role, holds, local, applied, dash(x.Published), dash(x.Ack), attempts, oneLine(note, 100))
+	}
 }
