@@ -548,8 +548,15 @@ func (n *Node) PeerInfos() []PeerInfo {
 	out := make([]PeerInfo, 0, len(known))
 	for id, e := range known {
 		pi := PeerInfo{PeerID: id.String(), Name: n.book.Name(id), Connected: n.host.Network().Connectedness(id) == network.Connected}
+		// Last seen: now while connected, else when its last connection
+		// closed (this run) or its last hello, whichever is later.
 		if e.LastSeen > 0 {
 			pi.LastSeen = time.Unix(e.LastSeen, 0).UTC()
+		}
+		if pi.Connected {
+			pi.LastSeen = time.Now().UTC()
+		} else if v, ok := n.lastGone.Load(id); ok && v.(time.Time).After(pi.LastSeen) {
+			pi.LastSeen = v.(time.Time).UTC()
 		}
 		if n.book.IsPartner(id) {
 			pi.Roles = append(pi.Roles, "partner")

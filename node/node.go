@@ -121,6 +121,9 @@ type Node struct {
 	// connSeen holds when each connection without a transport open time
 	// (libp2p's mocknet) connected, by connection id (see openedAt).
 	connSeen sync.Map
+	// lastGone holds when each peer's last connection closed (peer.ID ->
+	// time.Time): its last seen time while it is away (PeerInfos).
+	lastGone sync.Map
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
@@ -432,6 +435,7 @@ func (n *Node) Start() error {
 		DisconnectedF: func(_ network.Network, c network.Conn) {
 			n.hello.forget(c)
 			n.connSeen.Delete(c.ID())
+			n.lastGone.Store(c.RemotePeer(), time.Now())
 		}})
 	// Connections made before the notifiee (the DHT dials its bootstrap
 	// peers as it starts) are greeted here and by every discovery round.
