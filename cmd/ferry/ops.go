@@ -277,8 +277,35 @@ func (g *globals) AckTable(w *tabwriter.Writer, acks []node.AckRow) {
 			req = strconv.FormatUint(a.RequestID, 10)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, req, a.Receiver, a.Kind, a.Ack, a.Attempts,
-			g.when(a.CreatedAt), g.when(a.NextAttemptAt), dash(oneLine(a.Error, 80)))
+			g.when(a.CreatedAt), g.when(a.NextAttemptAt), dash(errSummary(a.Error)))
 	}
+}
+
+// errSummary shortens a delivery error for a table row (--json keeps it
+// whole): libp2p's dial errors name the peer twice and list every address
+// on lines of their own, which filled a screen with five rows during an
+// outage; the row keeps what was tried and why it failed.
+func errSummary(s string) string {
+	first, rest, _ := strings.Cut(s, "\n")
+	if what, _, ok := strings.Cut(first, ": failed to dial"); ok {
+		why := ""
+		for _, l := range strings.Split(rest, "\n") {
+			if i := strings.LastIndex(l, ": "); i >= 0 && strings.TrimSpace(l[i+2:]) != "" {
+				why = strings.TrimSpace(l[i+2:]) // the first address's reason
+				break
+			}
+		}
+		if why == "" {
+			if i := strings.LastIndex(first, ": "); i >= 0 {
+				why = first[i+2:]
+			}
+		}
+		first = what + ": dial failed"
+		if why != "" {
+			first += ": " + why
+		}
+	}
+	return oneLine(first, 100)
 }
 
 // oneLine keeps the first line of s, cut to max runes.

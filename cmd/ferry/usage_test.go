@@ -123,3 +123,20 @@ func grepLine(s, sub string) string {
 	}
 	return ""
 }
+
+// TestErrSummary (issue 21, point 4): a dial error in an acknowledgement
+// row is one short line: what was tried and why it failed.
+func TestErrSummary(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"open /ferry/resource/create/1.0.0 to 12D3KooWQRZ9: failed to dial: failed to dial 12D3KooWQRZ9: all dials failed\n  * [/ip4/127.0.0.1/tcp/21133] dial tcp 127.0.0.1:21133: connect: connection refused\n  * [/ip4/127.0.0.1/udp/21133/quic-v1] timeout: no recent network activity",
+			"open /ferry/resource/create/1.0.0 to 12D3KooWQRZ9: dial failed: connection refused"},
+		{"open /ferry/resource/create/1.0.0 to 12D3KooWQRZ9: failed to dial: context deadline exceeded",
+			"open /ferry/resource/create/1.0.0 to 12D3KooWQRZ9: dial failed: context deadline exceeded"},
+		{"no answer in time", "no answer in time"},
+		{"", ""},
+	} {
+		if got := errSummary(c.in); got != c.want {
+			t.Errorf("errSummary(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
