@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/natsbridge"
+	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/store"
@@ -237,10 +239,35 @@ func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
 	tx.OnCommit(func() {
 		at := time.Now().UTC()
 		if n.events.active() {
-			n.events.emit(Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
-				PeerID: from.String(), Origin: origin.String(), OriginVersion: ver, Detail: body.DataType})
+			e := Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
+				PeerID: from.String(), Origin: origin.String(), OriginVersion: ver, Detail: body.DataType}
+			n.appliedDetail(&e, body)
+			n.events.emit(e)
 		}
 	})
+}
+
+// appliedDetail says what an applied change was, for a person: the
+// resource's id, or the decision's outcome and this node's request id.
+func (n *Node) appliedDetail(e *Event, body *pb.Body) {
+	switch body.Kind {
+	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
+		var doc struct {
+			ID any `json:"id"`
+		}
+		if json.Unmarshal(body.Payload, &doc) == nil && doc.ID != nil {
+			e.Detail = fmt.Sprintf("%s %s %v", propagate.KindName(body.Kind), body.DataType, doc.ID)
+		}
+	case pb.Kind_KIND_REVIEW_DECISION:
+		d := &pb.ReviewDecision{}
+		if proto.Unmarshal(body.Payload, d) != nil || d.Request == nil {
+			return
+		}
+		e.Detail = fmt.Sprintf("%s %s %s row %d (sequence %d)", d.Status, d.Request.Type, d.Request.TableName, d.Request.TableId, d.Sequence)
+		if row, err := n.review.RequestByOrigin(d.Origin); err == nil {
+			e.RequestID = row.ID
+		}
+	}
 }
 
 // decided counts a decision by outcome and tells watchers.

@@ -587,7 +587,11 @@ func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
 func (n *Node) Propagate(req propagate.Request, done func(propagate.Result, error)) {
 	n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
 		if v, _ := res["version"].(uint64); err == nil && v != 0 {
-			n.committed(req.Action, v, 0, req.DataType)
+			detail := req.DataType
+			if id, ok := res["id"].(string); ok && (req.Action == propagate.ActionCreate || req.Action == propagate.ActionUpdate || req.Action == propagate.ActionDelete) {
+				detail += " " + id
+			}
+			n.committed(req.Action, v, 0, detail)
 		}
 		done(res, err)
 	})

@@ -228,9 +228,9 @@ func TestOperatorCommands(t *testing.T) {
 	// Watch saw A commit, C's decision applied and B applying it.
 	testnet.WaitFor(t, 10*time.Second, "watch lines", func() bool {
 		a, b := watchA.String(), watchB.String()
-		return strings.Contains(a, "committed  create vm, version "+ver+" -> B") && strings.Contains(a, "submitted") &&
-			strings.Contains(a, "applied    decision") && strings.Contains(a, "published  ferry.review.decided.tb") &&
-			strings.Contains(b, "applied    decision")
+		return strings.Contains(a, "committed  create vm vm1, version "+ver+" -> B") && strings.Contains(a, "submitted") &&
+			regexp.MustCompile(`applied    decision \(request \d+\) .* from C: accepted insert tb row 1 \(sequence \d+\)`).MatchString(a) &&
+			strings.Contains(a, "published  ferry.review.decided.tb") && strings.Contains(b, "applied    decision (request ")
 	})
 	if !strings.Contains(watchA.String(), "acked      request version") {
 		t.Fatalf("watch on A shows no ack of its request:\n%s", watchA.String())

@@ -135,8 +135,11 @@ func (g *globals) eventLine(e node.Event) string {
 		}
 	case node.EventApplied:
 		what = fmt.Sprintf("%s %s/%d from %s", e.Kind, short(e.Origin), e.OriginVersion, e.Peer)
+		if e.RequestID != 0 {
+			what = fmt.Sprintf("%s (request %d) %s/%d from %s", e.Kind, e.RequestID, short(e.Origin), e.OriginVersion, e.Peer)
+		}
 		if e.Detail != "" {
-			what += " (" + e.Detail + ")"
+			what += ": " + e.Detail
 		}
 	case node.EventSubmitted:
 		what = fmt.Sprintf("request %d: %s", e.RequestID, e.Detail)
