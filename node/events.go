@@ -59,11 +59,16 @@ const (
 	watcherQueue = 1024
 )
 
-// eventHub fans events out to watchers.
+// eventHub keeps the last eventBacklog events, always (a watcher that
+// connects gets them first), and fans events out to watchers. Recording is
+// a write into a ring under a mutex; what costs more (the receivers of a
+// committed change) is filled in when someone reads the event.
 type eventHub struct {
 	mu       sync.Mutex
 	seq      uint64
-	recent   []Event
+	ring     [eventBacklog]Event
+	next     int // where the next event goes
+	full     bool
 	watchers map[*watcher]struct{}
 }
 
@@ -89,9 +94,10 @@ func (h *eventHub) emit(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
-	h.recent = append(h.recent, e)
-	if len(h.recent) > eventBacklog {
-		h.recent = slices.Delete(h.recent, 0, len(h.recent)-eventBacklog)
+	h.ring[h.next] = e
+	h.next++
+	if h.next == eventBacklog {
+		h.next, h.full = 0, true
 	}
 	for w := range h.watchers {
 		select {
@@ -102,13 +108,21 @@ func (h *eventHub) emit(e Event) {
 	}
 }
 
+// recent is the kept events, oldest first; callers hold h.mu.
+func (h *eventHub) recent() []Event {
+	if !h.full {
+		return slices.Clone(h.ring[:h.next])
+	}
+	return append(slices.Clone(h.ring[h.next:]), h.ring[:h.next]...)
+}
+
 // watch registers a watcher and returns the recent events to show first.
 func (h *eventHub) watch() (*watcher, []Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	w := &watcher{ch: make(chan Event, watcherQueue)}
 	h.watchers[w] = struct{}{}
-	return w, slices.Clone(h.recent)
+	return w, h.recent()
 }
 
 func (h *eventHub) unwatch(w *watcher) {
@@ -131,9 +145,6 @@ func (n *Node) onAcked(p peer.ID, lane stream.Lane, through uint64, refused []*p
 	if n.opts.Sender.OnAcked != nil {
 		n.opts.Sender.OnAcked(p, lane, through, refused)
 	}
-	if !n.events.active() {
-		return
-	}
 	name := n.book.Name(p)
 	n.events.emit(Event{Type: EventAcked, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: through})
 	for _, r := range refused {
@@ -143,16 +154,26 @@ func (n *Node) onAcked(p peer.ID, lane stream.Lane, through uint64, refused []*p
 
 // committed reports a change of this node and who it goes to.
 func (n *Node) committed(kind string, version, requestID uint64, detail string) {
-	if !n.events.active() {
+	e := Event{Type: EventCommitted, Kind: kind, Version: version, RequestID: requestID, Detail: detail}
+	if n.events.active() {
+		n.receiversOf(&e)
+	}
+	n.events.emit(e)
+}
+
+// receiversOf fills in who a committed change goes to (its acknowledgement
+// rows): when it is committed if someone watches, else when the kept event
+// is read.
+func (n *Node) receiversOf(e *Event) {
+	if e.Type != EventCommitted || e.To != nil || e.Version == 0 {
 		return
 	}
-	e := Event{Type: EventCommitted, Kind: kind, Version: version, RequestID: requestID, Detail: detail}
-	if page, err := n.Acks(AckQuery{Version: version, Limit: MaxAckPage}); err == nil {
+	e.To = []string{}
+	if page, err := n.Acks(AckQuery{Version: e.Version, Limit: MaxAckPage}); err == nil {
 		for _, r := range page.Rows {
 			e.To = append(e.To, r.Receiver)
 		}
 	}
-	n.events.emit(e)
 }
 
 // eventPublisher is the services' NATS publisher: it publishes through the
@@ -173,9 +194,7 @@ func (p eventPublisher) PublishRaw(suffix string, data []byte) {
 }
 
 func (p eventPublisher) published(suffix string) {
-	if p.n.events.active() {
-		p.n.events.emit(Event{Type: EventPublished, Subject: p.b.Subject(suffix)})
-	}
+	p.n.events.emit(Event{Type: EventPublished, Subject: p.b.Subject(suffix)})
 }
 
 // serveEvents streams events as server-sent events (text/event-stream): the
@@ -189,6 +208,9 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	wt, recent := n.events.watch()
 	defer n.events.unwatch(wt)
+	for i := range recent {
+		n.receiversOf(&recent[i])
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -238,12 +260,10 @@ func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
 	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
 	tx.OnCommit(func() {
 		at := time.Now().UTC()
-		if n.events.active() {
-			e := Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
-				PeerID: from.String(), Origin: origin.String(), OriginVersion: ver, Detail: body.DataType}
-			n.appliedDetail(&e, body)
-			n.events.emit(e)
-		}
+		e := Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
+			PeerID: n.idText(from), Origin: n.idText(origin), OriginVersion: ver, Detail: body.DataType}
+		n.appliedDetail(&e, body)
+		n.events.emit(e)
 	})
 }
 
@@ -252,11 +272,8 @@ func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
 func (n *Node) appliedDetail(e *Event, body *pb.Body) {
 	switch body.Kind {
 	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
-		var doc struct {
-			ID any `json:"id"`
-		}
-		if json.Unmarshal(body.Payload, &doc) == nil && doc.ID != nil {
-			e.Detail = fmt.Sprintf("%s %s %v", propagate.KindName(body.Kind), body.DataType, doc.ID)
+		if id, ok := propagate.ResourceID(body.Payload); ok {
+			e.Detail = propagate.KindName(body.Kind) + " " + body.DataType + " " + id
 		}
 	case pb.Kind_KIND_REVIEW_DECISION:
 		d := &pb.ReviewDecision{}
@@ -270,6 +287,17 @@ func (n *Node) appliedDetail(e *Event, body *pb.Body) {
 	}
 }
 
+// idText is a peer id's text, cached (base58 is not free, and every applied
+// change names its origin and sender).
+func (n *Node) idText(p peer.ID) string {
+	if v, ok := n.idTexts.Load(p); ok {
+		return v.(string)
+	}
+	s := p.String()
+	n.idTexts.Store(p, s)
+	return s
+}
+
 // decided counts a decision by outcome and tells watchers.
 func (n *Node) decided(req review.DecideRequest, row review.Row, err error) {
 	outcome := "refused"
@@ -277,7 +305,7 @@ func (n *Node) decided(req review.DecideRequest, row review.Row, err error) {
 		outcome = row.Status
 	}
 	n.metrics.decisions.WithLabelValues(outcome).Inc()
-	if err != nil || !n.events.active() {
+	if err != nil {
 		return
 	}
 	r, _ := n.st.Request(row.ID)

@@ -124,6 +124,7 @@ type Node struct {
 	// lastGone holds when each peer's last connection closed (peer.ID ->
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
+	idTexts  sync.Map // peer.ID -> its text (events.go)
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
@@ -600,7 +601,7 @@ func (n *Node) Propagate(req propagate.Request, done func(propagate.Result, erro
 // Submit runs an app's review request (NATS, admin API).
 func (n *Node) Submit(req review.SubmitRequest, done func(review.Row, error)) {
 	n.review.Submit(n.ctx, req, func(row review.Row, err error) {
-		if err == nil && n.events.active() {
+		if err == nil {
 			n.events.emit(Event{Type: EventSubmitted, Kind: "request", RequestID: row.ID,
 				Detail: row.Type + " " + row.TableName + " row " + strconv.FormatUint(row.TableID, 10) + " to " + row.Reviewer})
 		}
