@@ -35,14 +35,49 @@ func (n *Node) admitDelivery(p peer.ID, id protocol.ID) bool {
 // gossipsub of a joining node open their streams at the same moment.
 const helloWait = 5 * time.Second
 
+// Streams that wait for a hello are bounded, per connection and in all: a
+// waiting stream holds what its peer sent (up to its window, 256 KiB) and a
+// goroutine. A joining node opens a few (the DHT, gossipsub); beyond the
+// bounds a stream is decided at once, as if its hello had not come.
+const (
+	waitPerConn = 8
+	waitTotal   = 128
+)
+
 // greetings tells, per connection, when its hello exchange ended (or the
 // connection went), for streams that wait on it.
 type greetings struct {
-	mu   sync.Mutex
-	done map[string]chan struct{} // by connection id; closed when greeted or gone
+	mu      sync.Mutex
+	done    map[string]chan struct{} // by connection id; closed when greeted or gone
+	waiting map[string]int           // streams waiting, by connection id
+	total   int                      // streams waiting in all
 }
 
-func newGreetings() *greetings { return &greetings{done: map[string]chan struct{}{}} }
+func newGreetings() *greetings {
+	return &greetings{done: map[string]chan struct{}{}, waiting: map[string]int{}}
+}
+
+// enter counts a stream that waits on connection id; false when the
+// bounds are reached.
+func (g *greetings) enter(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.total >= waitTotal || g.waiting[id] >= waitPerConn {
+		return false
+	}
+	g.total++
+	g.waiting[id]++
+	return true
+}
+
+func (g *greetings) leave(id string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.total--
+	if g.waiting[id]--; g.waiting[id] <= 0 {
+		delete(g.waiting, id)
+	}
+}
 
 func (g *greetings) chanOf(id string) chan struct{} {
 	g.mu.Lock()
@@ -81,12 +116,14 @@ func (g *greetings) forget(c network.Conn) {
 	}
 }
 
-// wait returns when c's hello is done, c closed, or at until.
+// wait returns when c's hello is done, c closed, or at until; at once
+// when too many streams wait already.
 func (g *greetings) wait(c network.Conn, until time.Time) {
 	d := time.Until(until)
-	if d <= 0 || c.IsClosed() {
+	if d <= 0 || c.IsClosed() || !g.enter(c.ID()) {
 		return
 	}
+	defer g.leave(c.ID())
 	ch := g.chanOf(c.ID())
 	if c.IsClosed() { // closed meanwhile: forget may have run before chanOf
 		g.forget(c)
@@ -110,8 +147,9 @@ func (n *Node) knownPeer(p peer.ID) bool { return n.book.IsPartner(p) || n.book.
 //
 //   - a stream from a peer this node does not count a member yet, on a
 //     connection whose hello has not ended, waits for that hello (at most
-//     helloWait after the connection opened) before its handler runs, so
-//     the handler's admission check (stream.Handle) knows the peer;
+//     helloWait after the connection opened; at most waitPerConn and
+//     waitTotal streams wait) before its handler runs, so the handler's
+//     admission check (stream.Handle) knows the peer;
 //   - the DHT and gossipsub, which have no admission check of their own,
 //     admit members only: a stranger's stream is reset before a byte of it
 //     is read (the DHT sizes its buffer from the length a message claims).

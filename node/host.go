@@ -65,26 +65,41 @@ func dhtOptions(c Config) []dht.Option {
 // handlers' reservations.
 const peerMemoryBase = 64 << 20
 
+// systemMemoryBase and systemMemoryPerConn size the memory all peers
+// together may hold: a base, and per connection of connections.max the
+// windows of some sixteen streams (256 KiB each to start).
+const (
+	systemMemoryBase    = 256 << 20
+	systemMemoryPerConn = 4 << 20
+)
+
 // resourceLimits are the resource manager's limits: libp2p's defaults
-// scaled to the machine (in total, an eighth of its memory), with the
-// memory of one stream, one peer and one peer's use of a service bounded
-// by what Ferry's frames need, not by the machine. A stream's frame
-// buffer is reserved in its scope as it grows (protocols.FrameReader), so
-// a peer holds at most peerMemoryBase plus a frame on each delivery
-// protocol and two more (sync, search), whatever it claims to send.
+// scaled to the machine, with the memory of one stream, one peer and one
+// peer's use of a service bounded by what Ferry's frames need, and the
+// memory of all peers together by connections.max (never more than
+// libp2p's eighth of the machine's memory). A stream's frame buffer is
+// reserved in its scope as it grows (protocols.FrameReader), so a peer
+// holds at most peerMemoryBase plus a frame on each delivery protocol and
+// two more (sync, search), whatever it claims to send.
 func resourceLimits(c Config) rcmgr.ConcreteLimitConfig {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
+	scaled := limits.AutoScale()
 	frame := int64(c.Limits.MaxMessageBytes + protocols.FrameOverhead)
 	stream := max(16<<20, frame+(1<<20))
-	peer := rcmgr.LimitVal64(peerMemoryBase + int64(len(protocols.DeliveryProtocols)+2)*frame)
+	peer := peerMemoryBase + int64(len(protocols.DeliveryProtocols)+2)*frame
+	system := systemMemoryBase + int64(c.Connections.Max)*systemMemoryPerConn + 4*peer
+	if auto := int64(scaled.ToPartialLimitConfig().System.Memory); auto > 0 {
+		system = min(system, auto)
+	}
 	partial := rcmgr.PartialLimitConfig{
-		PeerDefault:         rcmgr.ResourceLimits{Memory: peer},
-		ServicePeerDefault:  rcmgr.ResourceLimits{Memory: peer},
+		System:              rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(system)},
+		PeerDefault:         rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(peer)},
+		ServicePeerDefault:  rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(peer)},
 		ProtocolPeerDefault: rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(2 * stream)},
 		Stream:              rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(stream)},
 	}
-	return partial.Build(limits.AutoScale())
+	return partial.Build(scaled)
 }
 
 // preflight binds each fixed listen port once and lets it go, so a port in
