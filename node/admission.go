@@ -116,9 +116,9 @@ func (g *greetings) forget(c network.Conn) {
 	}
 }
 
-// wait returns when c's hello is done, c closed, or at until; at once
-// when too many streams wait already.
-func (g *greetings) wait(c network.Conn, until time.Time) {
+// wait returns when c's hello is done, c closed, stop closed, or at
+// until; at once when too many streams wait already.
+func (g *greetings) wait(c network.Conn, until time.Time, stop <-chan struct{}) {
 	d := time.Until(until)
 	if d <= 0 || c.IsClosed() || !g.enter(c.ID()) {
 		return
@@ -134,6 +134,7 @@ func (g *greetings) wait(c network.Conn, until time.Time) {
 	select {
 	case <-ch:
 	case <-t.C:
+	case <-stop:
 	}
 }
 
@@ -165,7 +166,7 @@ func (n *Node) gateStream(pid protocol.ID, h network.StreamHandler) network.Stre
 		c := s.Conn()
 		p := c.RemotePeer()
 		if !n.knownPeer(p) {
-			n.greetings.wait(c, n.openedAt(c).Add(helloWait))
+			n.greetings.wait(c, n.openedAt(c).Add(helloWait), n.ctx.Done())
 			if membersOnly && !n.knownPeer(p) {
 				n.log.Debug("stream refused at open: peer not admitted", "protocol", pid, "peer", p)
 				_ = s.Reset()
