@@ -184,7 +184,10 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, s.log, s.serve)
+	// Anyone may ask: a joining node pulls over its first connection, its
+	// own record in the request, before this node counts it a member; the
+	// request is one small frame.
+	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, nil, s.log, s.serve)
 	if err := s.resign(s.d.Host.Addrs()); err != nil {
 		return err
 	}

@@ -272,11 +272,14 @@ func (n *Node) trim() {
 	var cands []cand
 	members := 0
 	for _, p := range peers {
-		if n.kept(p) || n.busy(p) || n.young(p, trimGrace) {
+		stranger := !n.book.IsMember(p)
+		// A stranger's streams are no work of this node's: they do not
+		// keep its connection.
+		if n.kept(p) || (!stranger && n.busy(p)) || n.young(p, trimGrace) {
 			continue
 		}
 		switch {
-		case !n.book.IsMember(p):
+		case stranger:
 			cands = append(cands, cand{p, 0})
 		case !n.chosen(p):
 			cands = append(cands, cand{p, 1})
@@ -301,6 +304,34 @@ func (n *Node) trim() {
 		_ = nw.ClosePeer(c.p)
 		excess--
 	}
+}
+
+// strangerCap bounds the connections peers opened to this node while it
+// counts them neither partners nor members (a joining node is one until
+// its hello, a few milliseconds): half of connections.max, so strangers
+// never hold the room members need.
+func strangerCap(c Config) int { return max(1, c.Connections.Max/2) }
+
+// capStrangers closes c, just opened by a peer that is neither a partner
+// nor a member, when more than strangerCap such connections are open. It
+// runs on the connection notifiee, before anything was served on c.
+func (n *Node) capStrangers(c network.Conn) {
+	p := c.RemotePeer()
+	if c.Stat().Direction != network.DirInbound || n.knownPeer(p) {
+		return
+	}
+	strangers := 0
+	for _, o := range n.host.Network().Conns() {
+		if o.Stat().Direction == network.DirInbound && !o.IsClosed() && !n.knownPeer(o.RemotePeer()) {
+			strangers++
+		}
+	}
+	if strangers <= strangerCap(n.cfg) {
+		return
+	}
+	n.metrics.strangersClosed.Inc()
+	n.log.Debug("connection closed: too many strangers", "peer", p, "strangers", strangers, "cap", strangerCap(n.cfg))
+	n.spawn(func() { _ = c.Close() })
 }
 
 // connLimits are the connection manager's watermarks for a config: trimming

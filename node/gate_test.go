@@ -6,7 +6,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
@@ -235,8 +239,10 @@ func TestGateRefusesNonPartnersAndForgeries(t *testing.T) {
 	if n := changes(t, nB); n != 0 {
 		t.Fatalf("B stored %d changes of refused frames", n)
 	}
-	if n := received(t, nB, "refused"); n != 5 {
-		t.Fatalf("B counted %d refused deliveries, want 5", n)
+	// The stranger's stream was reset when it opened, before its frame
+	// was read: only 1-4 were read and refused.
+	if n := received(t, nB, "refused"); n != 4 {
+		t.Fatalf("B counted %d refused deliveries, want 4", n)
 	}
 
 	// 5. Positive control: the same genuine frame as in 1, now from a partner.
@@ -348,5 +354,69 @@ func wantEvent(t *testing.T, sub *nats.Subscription, origin peer.ID, id string) 
 	}
 	if m.Subject != "ferry.resource.created.vm" || ev.Origin != origin.String() || ev.Resource["id"] != id {
 		t.Fatalf("event %s %s, want the create of %q", m.Subject, m.Data, id)
+	}
+}
+
+// TestStrangerStreamsResetAtOpen: a stranger (a bare libp2p host with its
+// own key, never a partner nor a member) opens a stream of every protocol
+// the node announces (its identify list; libp2p's own identify and ping
+// aside, which answer anyone), claims a 1,050,000-byte frame and sends 1
+// KiB of it: every stream is reset by the node, none waits for the rest of
+// the frame.
+func TestStrangerStreamsResetAtOpen(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 1})
+	nd := net.Node(0)
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := libp2p.New(libp2p.Identity(key), libp2p.NoListenAddrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stranger.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := stranger.Connect(ctx, peer.AddrInfo{ID: nd.ID(), Addrs: nd.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	var protos []protocol.ID
+	testnet.WaitFor(t, 10*time.Second, "identify lists the node's protocols", func() bool {
+		protos, _ = stranger.Peerstore().GetProtocols(nd.ID())
+		return slices.Contains(protos, protocols.Hello)
+	})
+	claim := append(binary.AppendUvarint(nil, 1_050_000), make([]byte, 1024)...)
+	type result struct {
+		p   protocol.ID
+		err error
+	}
+	results := make(chan result, len(protos))
+	n := 0
+	for _, p := range protos {
+		if strings.HasPrefix(string(p), "/ipfs/") {
+			continue // identify, identify push, ping: libp2p's own
+		}
+		n++
+		go func() {
+			s, err := stranger.NewStream(ctx, nd.ID(), p)
+			if err != nil {
+				results <- result{p, err}
+				return
+			}
+			defer s.Reset()
+			_ = s.SetDeadline(time.Now().Add(15 * time.Second))
+			_, _ = s.Write(claim)
+			_, err = io.ReadAll(s)
+			results <- result{p, err}
+		}()
+	}
+	for range n {
+		r := <-results
+		if !errors.Is(r.err, network.ErrReset) {
+			t.Errorf("%s: the stranger's stream ended with %v, want it reset", r.p, r.err)
+		}
+	}
+	if c := changes(t, nd); c != 0 {
+		t.Fatalf("the node holds %d changes", c)
 	}
 }

@@ -12,8 +12,10 @@ import (
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -58,6 +60,48 @@ func dhtOptions(c Config) []dht.Option {
 	}
 }
 
+// peerMemoryBase is what one peer may hold in this node's memory besides
+// its frames: the windows of its streams (256 KiB each to start) and the
+// handlers' reservations.
+const peerMemoryBase = 64 << 20
+
+// systemMemoryBase and systemMemoryPerConn size the memory all peers
+// together may hold: a base, and per connection of connections.max the
+// windows of some sixteen streams (256 KiB each to start).
+const (
+	systemMemoryBase    = 256 << 20
+	systemMemoryPerConn = 4 << 20
+)
+
+// resourceLimits are the resource manager's limits: libp2p's defaults
+// scaled to the machine, with the memory of one stream, one peer and one
+// peer's use of a service bounded by what Ferry's frames need, and the
+// memory of all peers together by connections.max (never more than
+// libp2p's eighth of the machine's memory). A stream's frame buffer is
+// reserved in its scope as it grows (protocols.FrameReader), so a peer
+// holds at most peerMemoryBase plus a frame on each delivery protocol and
+// two more (sync, search), whatever it claims to send.
+func resourceLimits(c Config) rcmgr.ConcreteLimitConfig {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	scaled := limits.AutoScale()
+	frame := int64(c.Limits.MaxMessageBytes + protocols.FrameOverhead)
+	stream := max(16<<20, frame+(1<<20))
+	peer := peerMemoryBase + int64(len(protocols.DeliveryProtocols)+2)*frame
+	system := systemMemoryBase + int64(c.Connections.Max)*systemMemoryPerConn + 4*peer
+	if auto := int64(scaled.ToPartialLimitConfig().System.Memory); auto > 0 {
+		system = min(system, auto)
+	}
+	partial := rcmgr.PartialLimitConfig{
+		System:              rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(system)},
+		PeerDefault:         rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(peer)},
+		ServicePeerDefault:  rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(peer)},
+		ProtocolPeerDefault: rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(2 * stream)},
+		Stream:              rcmgr.ResourceLimits{Memory: rcmgr.LimitVal64(stream)},
+	}
+	return partial.Build(scaled)
+}
+
 // preflight binds each fixed listen port once and lets it go, so a port in
 // use is reported before libp2p starts: go-libp2p leaves goroutines behind
 // when its own listen fails.
@@ -94,7 +138,8 @@ func preflight(listen []string) error {
 
 // buildHost creates the libp2p host and its DHT. The host is routed: a
 // stream to a peer whose addresses are unknown looks them up in the DHT.
-func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBook, reg prometheus.Registerer) (host.Host, *dht.IpfsDHT, error) {
+func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBook, reg prometheus.Registerer,
+	gate func(protocol.ID, network.StreamHandler) network.StreamHandler) (host.Host, *dht.IpfsDHT, error) {
 	var psk pnet.PSK
 	if c.PrivateNetworkKey != "" {
 		f, err := os.Open(c.PrivateNetworkKey)
@@ -123,14 +168,12 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 	if err := preflight(listen); err != nil {
 		return nil, nil, err
 	}
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
 	str, err := rcmgr.NewStatsTraceReporter()
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager metrics: %w", err)
 	}
 	rcmgr.MustRegisterWith(reg)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithTraceReporter(str))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(c)), rcmgr.WithTraceReporter(str))
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager: %w", err)
 	}
@@ -154,7 +197,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			d, err := dht.New(ctx, h, dhtOptions(c)...)
+			d, err := dht.New(ctx, &admittedHost{Host: h, gate: gate}, dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),
@@ -173,5 +216,5 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		// listen failures as text only, so nothing here matches on them.
 		return nil, nil, fmt.Errorf("libp2p host on %s: %w", strings.Join(listen, ", "), err)
 	}
-	return h, kad, nil
+	return &admittedHost{Host: h, gate: gate}, kad, nil
 }

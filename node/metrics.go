@@ -32,6 +32,8 @@ var (
 type nodeMetrics struct {
 	decisions *prometheus.CounterVec
 	build     *prometheus.GaugeVec
+	// strangersClosed counts connections closed over strangerCap (conns.go).
+	strangersClosed prometheus.Counter
 }
 
 func newNodeMetrics(n *Node) (*nodeMetrics, error) {
@@ -41,12 +43,14 @@ func newNodeMetrics(n *Node) (*nodeMetrics, error) {
 			[]string{"outcome"}),
 		build: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ferry", Name: "build_info",
 			Help: "Always 1; the labels say which Ferry build runs."}, []string{"version", "revision", "goversion"}),
+		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
+			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
 	}
 	for _, o := range decisionOutcomes {
 		m.decisions.WithLabelValues(o)
 	}
 	m.build.WithLabelValues(Version, BuildRevision(), runtime.Version()).Set(1)
-	for _, c := range []prometheus.Collector{m.decisions, m.build, &stateCollector{n: n}} {
+	for _, c := range []prometheus.Collector{m.decisions, m.build, m.strangersClosed, &stateCollector{n: n}} {
 		if err := n.reg.Register(c); err != nil {
 			return nil, err
 		}

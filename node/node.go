@@ -125,6 +125,8 @@ type Node struct {
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
 	idTexts  sync.Map // peer.ID -> its text (events.go)
+	// greetings tells when each connection's hello ended (admission.go).
+	greetings *greetings
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
@@ -195,7 +197,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
 		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel, fatal: make(chan error, 1),
-		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting}
+		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting, greetings: newGreetings()}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
@@ -234,9 +236,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		if o.Host.ID() != id {
 			return nil, fmt.Errorf("options: host is %s, the home's identity %s", o.Host.ID(), id)
 		}
-		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.book)
+		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.book, n.gateStream)
 	} else {
-		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg)
+		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg, n.gateStream)
 	}
 	if err != nil {
 		return nil, err
@@ -302,11 +304,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	n.prop.SetSearcher(n.search)
 	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg,
-		Snapshots: n.review})
+		Snapshots: n.review, Admit: n.admitDelivery})
 	if err != nil {
 		return nil, err
 	}
-	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{},
+	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}, seen: n.greetings,
 		holds: n.holdsOf, onHolds: n.peerHolds}
 	if n.members, err = n.newMembership(); err != nil {
 		return nil, err
@@ -426,8 +428,9 @@ func (n *Node) Start() error {
 			n.host.Peerstore().AddAddrs(peer.ID(e.Id), addrs, peerstore.AddressTTL)
 		}
 	}
-	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
-	stream.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.log, n.serveTrace)
+	// Hello is how a peer says who it is: anyone may.
+	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
+	stream.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -435,6 +438,7 @@ func (n *Node) Start() error {
 	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected,
 		DisconnectedF: func(_ network.Network, c network.Conn) {
 			n.hello.forget(c)
+			n.greetings.forget(c)
 			n.connSeen.Delete(c.ID())
 			n.lastGone.Store(c.RemotePeer(), time.Now())
 		}})
@@ -474,6 +478,7 @@ func (n *Node) connected(_ network.Network, c network.Conn) {
 	if c.Stat().Opened.IsZero() {
 		n.connSeen.Store(c.ID(), time.Now())
 	}
+	n.capStrangers(c)
 	if n.kept(p) {
 		n.host.ConnManager().Protect(p, connTag)
 	}

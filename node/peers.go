@@ -377,6 +377,8 @@ type hello struct {
 	// verifies and keeps a peer's.
 	own  func() []byte
 	take func(p peer.ID, raw []byte)
+	// seen hears that a connection's hello ended (streams may wait on it).
+	seen *greetings
 
 	mu      sync.Mutex
 	greeted map[string]bool  // connection ids that exchanged hello
@@ -478,6 +480,9 @@ func (x *hello) greet(ctx context.Context, c network.Conn) error {
 }
 
 func (x *hello) learn(c network.Conn, h *pb.Hello) {
+	if x.seen != nil {
+		defer x.seen.greeted(c)
+	}
 	x.mu.Lock()
 	x.greeted[c.ID()] = true
 	if x.met == nil {

@@ -32,8 +32,9 @@ import (
 // routed as buildHost's is (a stream to a peer with unknown addresses looks
 // them up in the DHT). The config's listen addresses, private network key
 // and transports are the prebuilt host's business and are not used.
-func adoptHost(ctx context.Context, c Config, h host.Host, book *peerBook) (host.Host, *dht.IpfsDHT, error) {
-	g := &gatedHost{Host: h, book: book}
+func adoptHost(ctx context.Context, c Config, h host.Host, book *peerBook,
+	admit func(protocol.ID, network.StreamHandler) network.StreamHandler) (host.Host, *dht.IpfsDHT, error) {
+	g := &gatedHost{Host: h, book: book, admit: admit}
 	kad, err := dht.New(ctx, g, dhtOptions(c)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dht on the prebuilt host: %w", err)
@@ -56,7 +57,8 @@ func adoptHost(ctx context.Context, c Config, h host.Host, book *peerBook) (host
 // gatedHost is a prebuilt host behind the peer book (see above).
 type gatedHost struct {
 	host.Host
-	book *peerBook
+	book  *peerBook
+	admit func(protocol.ID, network.StreamHandler) network.StreamHandler // gateStream (admission.go)
 }
 
 func (g *gatedHost) Connect(ctx context.Context, ai peer.AddrInfo) error {
@@ -74,11 +76,11 @@ func (g *gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.I
 }
 
 func (g *gatedHost) SetStreamHandler(pid protocol.ID, h network.StreamHandler) {
-	g.Host.SetStreamHandler(pid, g.gate(h))
+	g.Host.SetStreamHandler(pid, g.gate(g.admit(pid, h)))
 }
 
 func (g *gatedHost) SetStreamHandlerMatch(pid protocol.ID, m func(protocol.ID) bool, h network.StreamHandler) {
-	g.Host.SetStreamHandlerMatch(pid, m, g.gate(h))
+	g.Host.SetStreamHandlerMatch(pid, m, g.gate(g.admit(pid, h)))
 }
 
 func (g *gatedHost) gate(h network.StreamHandler) network.StreamHandler {

@@ -14,12 +14,39 @@ import (
 // ErrFrameTooLarge is returned for a frame whose declared length exceeds the limit.
 var ErrFrameTooLarge = errors.New("frame exceeds the size limit")
 
-// FrameReader reads varint-delimited protobuf frames of bounded size.
-type FrameReader struct {
-	r   *bufio.Reader
-	max int
-	buf []byte
+// ErrNoMemory is returned when a frame's buffer cannot be reserved in its
+// memory scope (libp2p's resource manager said no).
+var ErrNoMemory = errors.New("no memory for the frame")
+
+// MemoryScope is where a FrameReader accounts its frame buffer: a libp2p
+// stream's Scope() (network.ResourceScope) satisfies it.
+type MemoryScope interface {
+	ReserveMemory(size int, prio uint8) error
+	ReleaseMemory(size int)
 }
+
+// FrameReader reads varint-delimited protobuf frames of bounded size.
+//
+// A frame's buffer grows with the bytes that arrived, never with the length
+// the frame claims: it starts at frameChunk and doubles as the body comes
+// in, up to the claimed length. A peer that claims a large frame and sends
+// little costs this node little. With Account, the buffer is reserved in a
+// resource-manager scope before it is allocated.
+type FrameReader struct {
+	r        *bufio.Reader
+	max      int
+	buf      []byte
+	scope    MemoryScope
+	reserved int
+}
+
+// frameChunk is the first allocation of a frame body larger than the
+// buffer held; the buffer then doubles with what arrived.
+const frameChunk = 64 << 10
+
+// memoryPriority is the resource-manager priority of frame buffers: high
+// (they are what a stream is for), below yamux's window reservations.
+const memoryPriority = 204 // network.ReservationPriorityHigh
 
 // Frame buffers: each reader and writer buffers at most maxFrameBuffer
 // bytes, less when its protocol's frames are smaller (a hello holds 4 KiB,
@@ -62,6 +89,13 @@ func NewFrameReader(r io.Reader, max int) *FrameReader {
 	return &FrameReader{r: br, max: max}
 }
 
+// Account reserves the reader's frame buffer in scope (a stream's
+// Scope()) as it grows; Release gives the reservation back.
+func (fr *FrameReader) Account(scope MemoryScope) *FrameReader {
+	fr.scope = scope
+	return fr
+}
+
 // Release returns the reader's buffer to its pool; the reader must not be
 // used after.
 func (fr *FrameReader) Release() {
@@ -72,6 +106,10 @@ func (fr *FrameReader) Release() {
 	class, _ := bufferClass(fr.max)
 	readerPools[class].Put(fr.r)
 	fr.r, fr.buf = nil, nil
+	if fr.scope != nil && fr.reserved > 0 {
+		fr.scope.ReleaseMemory(fr.reserved)
+	}
+	fr.reserved = 0
 }
 
 // Next reads the next frame into its internal buffer and returns it. The
@@ -87,14 +125,36 @@ func (fr *FrameReader) Next() ([]byte, error) {
 	if n > uint64(fr.max) {
 		return nil, fmt.Errorf("%w: %d > %d bytes", ErrFrameTooLarge, n, fr.max)
 	}
-	if cap(fr.buf) < int(n) {
-		fr.buf = make([]byte, n)
-	}
-	fr.buf = fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
-		return nil, fmt.Errorf("read frame body: %w", err)
+	size := int(n)
+	fr.buf = fr.buf[:0]
+	for len(fr.buf) < size {
+		if len(fr.buf) == cap(fr.buf) {
+			if err := fr.grow(min(size, max(frameChunk, 2*cap(fr.buf)))); err != nil {
+				return nil, err
+			}
+		}
+		end := min(size, cap(fr.buf))
+		if _, err := io.ReadFull(fr.r, fr.buf[len(fr.buf):end]); err != nil {
+			return nil, fmt.Errorf("read frame body: %w", err)
+		}
+		fr.buf = fr.buf[:end]
 	}
 	return fr.buf, nil
+}
+
+// grow makes the buffer's capacity c, keeping what it holds, after
+// reserving the difference in the reader's scope.
+func (fr *FrameReader) grow(c int) error {
+	if fr.scope != nil && c > fr.reserved {
+		if err := fr.scope.ReserveMemory(c-fr.reserved, memoryPriority); err != nil {
+			return fmt.Errorf("%w: %d bytes: %w", ErrNoMemory, c, err)
+		}
+		fr.reserved = c
+	}
+	b := make([]byte, len(fr.buf), c)
+	copy(b, fr.buf)
+	fr.buf = b
+	return nil
 }
 
 // Read reads the next frame and unmarshals it into m.

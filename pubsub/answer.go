@@ -155,6 +155,16 @@ func (s *Service) gossipLoop() {
 
 // serve handles one inbound /ferry/search/1.0.0 stream: one frame, a query
 // (direct scopes) or results (an answer to this node's query).
+// admitStream lets members open search streams; a stranger's is reset at
+// open, before its frame is read.
+func (s *Service) admitStream(p peer.ID) bool {
+	if s.d.Roles.IsMember(p) {
+		return true
+	}
+	s.m.dropped.WithLabelValues(dropNotMember).Inc()
+	return false
+}
+
 func (s *Service) serve(st network.Stream) error {
 	if !s.g.Add() {
 		return stream.Refuse("search is closing", nil)
@@ -169,7 +179,9 @@ func (s *Service) serve(st network.Stream) error {
 	// Close does not wait out the deadline of a peer that sends slowly.
 	defer context.AfterFunc(s.ctx, func() { _ = st.Reset() })()
 	f := &pb.SearchFrame{}
-	if err := protocols.NewFrameReader(st, s.max).Read(f); err != nil {
+	fr := protocols.NewFrameReader(st, s.max).Account(st.Scope())
+	defer fr.Release()
+	if err := fr.Read(f); err != nil {
 		s.m.dropped.WithLabelValues(dropMalformed).Inc()
 		return fmt.Errorf("read search frame: %w", err)
 	}

@@ -197,7 +197,8 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
+	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
+		s.log, s.serveReport)
 	s.wg.Add(4)
 	go s.readLoop()
 	go s.publishLoop()

@@ -6,6 +6,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
@@ -14,12 +15,24 @@ import (
 // logged).
 type ServeFunc func(s network.Stream) error
 
-// Handle registers serve for protocol id with the resource manager service
-// name, a memory reservation for the stream's buffers, a recover that resets
-// the stream, and Reset on every error path.
-func Handle(h host.Host, id protocol.ID, service string, reserve int, log *slog.Logger, serve ServeFunc) {
+// Admit decides, when a stream opens and before anything is read from it,
+// whether its peer may use the protocol at all (a partner, a member, the
+// reviewer). nil admits every peer (hello, whose frames are small).
+type Admit func(p peer.ID) bool
+
+// Handle registers serve for protocol id with an admission check, the
+// resource manager service name, a memory reservation for the stream's
+// buffers, a recover that resets the stream, and Reset on every error path.
+// A peer that admit refuses has its stream reset at open: nothing of it is
+// read and nothing is allocated for it.
+func Handle(h host.Host, id protocol.ID, service string, reserve int, admit Admit, log *slog.Logger, serve ServeFunc) {
 	h.SetStreamHandler(id, func(s network.Stream) {
 		remote := s.Conn().RemotePeer()
+		if admit != nil && !admit(remote) {
+			log.Debug("stream refused at open: peer not admitted", "protocol", id, "peer", remote)
+			_ = s.Reset()
+			return
+		}
 		defer func() {
 			if r := recover(); r != nil {
 				log.Error("stream handler panicked", "protocol", id, "peer", remote, "panic", r)

@@ -129,6 +129,10 @@ type ReceiverOptions struct {
 	MaxHeldBytes int
 	// Snapshots, if set, may hold a new member's decision lane.
 	Snapshots Snapshots
+	// Admit, if set, decides at open whether a peer may send on a delivery
+	// protocol at all (partners, members); a refused stream is reset
+	// before anything is read. Handler.Admit still checks every change.
+	Admit func(p peer.ID, id protocol.ID) bool
 }
 
 // DefaultMaxHeldBytes bounds what one lane holds while it waits for an
@@ -227,7 +231,11 @@ func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Ha
 // Start registers the stream handlers of every delivery protocol.
 func (r *Receiver) Start() {
 	for _, p := range protocols.DeliveryProtocols {
-		Handle(r.host, p, protocols.ServiceDelivery, 256<<10, r.log, func(s network.Stream) error {
+		var admit Admit
+		if r.opts.Admit != nil {
+			admit = func(remote peer.ID) bool { return r.opts.Admit(remote, p) }
+		}
+		Handle(r.host, p, protocols.ServiceDelivery, 256<<10, admit, r.log, func(s network.Stream) error {
 			if !r.enter() {
 				return errors.New("receiver closed")
 			}
@@ -372,7 +380,8 @@ func (r *Receiver) serve(s network.Stream) error {
 }
 
 func (r *Receiver) readLoop(in *inStream) error {
-	fr := protocols.NewFrameReader(in.s, r.opts.MaxMessageBytes+protocols.FrameOverhead)
+	fr := protocols.NewFrameReader(in.s, r.opts.MaxMessageBytes+protocols.FrameOverhead).Account(in.s.Scope())
+	defer fr.Release()
 	for {
 		_ = in.s.SetReadDeadline(time.Now().Add(protocols.IdleTimeout))
 		frame, err := fr.Next()

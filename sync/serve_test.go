@@ -3,6 +3,7 @@ package sync
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -64,8 +65,6 @@ func TestServeRefusals(t *testing.T) {
 		req    *pb.SyncRequest
 		reason string
 	}{
-		{"resources to a stranger", stranger, s, resources(o.id, 0),
-			fmt.Sprintf("resources of %s are shared with partners only", o.id)},
 		{"resources to a member that is not a partner", member, s, resources(o.id, 0),
 			fmt.Sprintf("resources of %s are shared with partners only", o.id)},
 		{"resources of an origin that is not a partner", partner, s, resources(notPartner.id, 0),
@@ -75,16 +74,10 @@ func TestServeRefusals(t *testing.T) {
 		{"unknown origin", partner, s, resources(empty.id, 0), fmt.Sprintf("unknown origin %s", empty.id)},
 		{"resources in the future", partner, s, resources(o.id, latest+1),
 			fmt.Sprintf("position %d is in the future (this node holds up to %d)", latest+1, latest)},
-		{"decisions to a stranger", stranger, s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_DECISIONS},
-			"decisions are shared with members only"},
 		{"decisions in the future", member, s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_DECISIONS, After: 5},
 			"position 5 is in the future (this node holds up to 2)"},
-		{"own changes to a stranger", stranger, s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_OWN},
-			"changes are given back to members only"},
 		{"snapshot from a node that is not the reviewer", member, s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_SNAPSHOT},
 			"only the reviewer serves snapshots"},
-		{"snapshot to a stranger", stranger, v, &pb.SyncRequest{What: pb.SyncRequest_WHAT_SNAPSHOT},
-			"snapshots are shared with members only"},
 		{"unknown request", partner, s, &pb.SyncRequest{}, "unknown request WHAT_UNSPECIFIED"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -97,6 +90,26 @@ func TestServeRefusals(t *testing.T) {
 			}
 			if len(c.server.logs.find("sync request refused", "reason", c.reason)) == 0 {
 				t.Fatalf("the server did not log the refusal %q", c.reason)
+			}
+		})
+	}
+
+	// A stranger (neither partner nor member) is not answered at all: its
+	// stream is reset when it opens, before its request is read.
+	for _, c := range []struct {
+		name   string
+		server *node
+		req    *pb.SyncRequest
+	}{
+		{"resources to a stranger", s, resources(o.id, 0)},
+		{"decisions to a stranger", s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_DECISIONS}},
+		{"own changes to a stranger", s, &pb.SyncRequest{What: pb.SyncRequest_WHAT_OWN}},
+		{"snapshot to a stranger", v, &pb.SyncRequest{What: pb.SyncRequest_WHAT_SNAPSHOT}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			batches, err := request(t, stranger.host, c.server.id, c.req)
+			if err == nil || !strings.Contains(err.Error(), "stream reset") {
+				t.Fatalf("answer %v, err %v; want the stream reset", batches, err)
 			}
 		})
 	}

@@ -186,9 +186,13 @@ func (s *Service) enter() bool {
 	return true
 }
 
+// admit lets partners and members open sync streams (what each may ask
+// for is checked on the request); a stranger's is reset at open.
+func (s *Service) admit(p peer.ID) bool { return s.d.Roles.IsPartner(p) || s.d.Roles.IsMember(p) }
+
 // Start registers the handler and starts the catch-up worker.
 func (s *Service) Start() {
-	stream.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.log, func(st network.Stream) error {
+	stream.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.admit, s.log, func(st network.Stream) error {
 		if !s.enter() {
 			return errors.New("sync closed")
 		}
@@ -461,7 +465,7 @@ func (s *Service) fetch(p peer.ID, j job) (int, error) {
 		return 0, err
 	}
 	_ = st.CloseWrite()
-	fr := protocols.NewFrameReader(st, s.max)
+	fr := protocols.NewFrameReader(st, s.max).Account(st.Scope())
 	defer fr.Release()
 	total := 0
 	snap := &snapshotState{reviewer: p}
