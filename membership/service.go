@@ -11,7 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	gosync "sync"
+	"sync"
 	"time"
 
 	gossip "github.com/libp2p/go-libp2p-pubsub"
@@ -96,10 +96,10 @@ type Service struct {
 	sub    *gossip.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	wg     sync.WaitGroup
 	pull   chan struct{}
 
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	own    Record
 	held   map[peer.ID]Record
 	pulled time.Time // last complete pull

@@ -484,7 +484,7 @@ func (n *Node) Status() Status {
 			s.PeersDown++
 		}
 	}
-	if t := n.sync.LastCatchUp(); !t.IsZero() {
+	if t := n.catchup.LastCatchUp(); !t.IsZero() {
 		s.LastCatchUp = t.UTC()
 	}
 	s.Health = n.Health()

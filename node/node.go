@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
@@ -44,7 +45,6 @@ import (
 	"github.com/ferrynet/ferry/spread"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
-	ferrysync "github.com/ferrynet/ferry/sync"
 )
 
 // Options adjust a node beyond its Config (tests, benchmarks, the demo).
@@ -55,7 +55,7 @@ type Options struct {
 	Sender stream.SenderOptions
 	// DiscoveryPeriod is the longest wait between discovery rounds.
 	DiscoveryPeriod time.Duration
-	// SyncPeriod is the anti-entropy period (default sync.DefaultPeriod).
+	// SyncPeriod is the anti-entropy period (default catchup.DefaultPeriod).
 	SyncPeriod time.Duration
 	// Retention overrides limits.ack_retention_hours (tests, soaks).
 	Retention time.Duration
@@ -134,7 +134,7 @@ type Node struct {
 	receiver     *stream.Receiver
 	prop         *propagate.Service
 	review       *review.Service
-	sync         *ferrysync.Service
+	catchup      *catchup.Service
 	search       *pubsub.Service
 	spread       *spread.Service
 
@@ -270,15 +270,15 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: decisionTap{n}, Publisher: pub,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
 		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
-	n.sync, err = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
+	n.catchup, err = catchup.New(catchup.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
 		Resources: n.prop, Decisions: n.review, Own: n, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.review.SetCatchUp(n.sync)
+	n.review.SetCatchUp(n.catchup)
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
-		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.sync,
+		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.catchup,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
@@ -400,7 +400,7 @@ func (n *Node) Start() error {
 	// Each hello with a member resends what is owed it and catches up from it.
 	n.book.OnMember(func(p peer.ID) {
 		n.sender.Kick(p)
-		n.sync.Connected(p)
+		n.catchup.Connected(p)
 	})
 	// Addresses learned before the restart: partners and the reviewer stay
 	// reachable when no bootstrap peer is up.
@@ -440,7 +440,7 @@ func (n *Node) Start() error {
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
-	n.sync.Start()
+	n.catchup.Start()
 	if err := n.spread.Start(); err != nil {
 		return err
 	}
@@ -593,8 +593,8 @@ func (n *Node) Submit(req review.SubmitRequest, done func(review.Row, error)) {
 	})
 }
 
-// Sync is the catch-up service.
-func (n *Node) Sync() *ferrysync.Service { return n.sync }
+// CatchUp is the catch-up service.
+func (n *Node) CatchUp() *catchup.Service { return n.catchup }
 
 // PropagateService is the owned-resource service.
 func (n *Node) PropagateService() *propagate.Service { return n.prop }
@@ -637,8 +637,8 @@ func (n *Node) Close() error {
 		if n.sender != nil {
 			n.sender.Close()
 		}
-		if n.sync != nil {
-			n.sync.Close()
+		if n.catchup != nil {
+			n.catchup.Close()
 		}
 		if n.search != nil {
 			n.search.Close()

@@ -148,7 +148,7 @@ func (n *Node) ahead(p peer.ID, lane stream.Lane, v uint64) {
 		n.log.Error("raise the version counter", "err", err)
 		return
 	}
-	n.sync.Recover(p)
+	n.catchup.Recover(p)
 }
 
 // RecoverOwn puts back one of this node's own changes (sync, "own").
@@ -190,7 +190,7 @@ func (n *Node) Recovered(p peer.ID, count int, err error) {
 			select {
 			case <-n.ctx.Done():
 			case <-t.C:
-				n.sync.Recover(p)
+				n.catchup.Recover(p)
 			}
 		})
 		return

@@ -29,7 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	gosync "sync"
+	"sync"
 	"time"
 
 	gossip "github.com/libp2p/go-libp2p-pubsub"
@@ -91,7 +91,7 @@ type Acker interface {
 	Acknowledge(p peer.ID, l stream.Lane, through uint64)
 }
 
-// CatchUp asks connected peers for missing decisions (sync.Service).
+// CatchUp asks connected peers for missing decisions (catchup.Service).
 type CatchUp interface {
 	DecisionGap(from peer.ID, have, got uint64)
 }
@@ -125,9 +125,9 @@ type Service struct {
 	sub    *gossip.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	wg     sync.WaitGroup
 
-	mu      gosync.Mutex
+	mu      sync.Mutex
 	pending []queuedDecision // reviewer: decisions not yet published
 	queued  int              // their bytes
 	kick    chan struct{}

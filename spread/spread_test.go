@@ -7,7 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	gosync "sync"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,7 +66,7 @@ func must(t *testing.T, err error) {
 // decisions applies in sequence order, holding early ones in memory.
 type decisions struct {
 	st   *store.Store
-	mu   gosync.Mutex
+	mu   sync.Mutex
 	held map[uint64]*stream.Inbound
 }
 
@@ -105,7 +105,7 @@ func (d *decisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStat
 
 // acker records the floors members' reports move (the reviewer's sender).
 type acker struct {
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	floors map[peer.ID]uint64
 }
 
@@ -126,13 +126,13 @@ func (a *acker) floor(p peer.ID) uint64 {
 // gaps is the catch-up of a member: it records what it is asked for and
 // fills the gap from the reviewer's store, as sync would from any peer.
 type gaps struct {
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	asks   int
 	got    uint64
 	from   *store.Store // the reviewer's
 	member *Service
-	wg     gosync.WaitGroup // the fills in flight
-	done   bool             // stopped: no more fills start
+	wg     sync.WaitGroup // the fills in flight
+	done   bool           // stopped: no more fills start
 }
 
 // stop waits for the fills in flight and starts no more (before the

@@ -1,4 +1,4 @@
-package sync
+package catchup
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	gosync "sync"
+	"sync"
 	"testing"
 	"time"
 
@@ -879,7 +879,7 @@ func TestCandidatesAreAskedInTurn(t *testing.T) {
 	net := newNetwork(t)
 	n, p1, p2, o, r, m, away := net.node(), net.node(), net.node(), net.node(), net.node(), net.node(), net.node()
 	name := map[peer.ID]string{p1.id: "p1", p2.id: "p2", o.id: "o", r.id: "r", m.id: "m", away.id: "away"}
-	var mu gosync.Mutex
+	var mu sync.Mutex
 	var asked []string
 	refuse := map[string]bool{}
 	for _, x := range []*node{p1, p2, o, r, m, away} {
