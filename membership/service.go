@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -71,7 +71,7 @@ const pullSoon = time.Second
 // Deps are what the service works with.
 type Deps struct {
 	Host    host.Host
-	PubSub  *gossip.PubSub
+	PubSub  *pubsub.PubSub
 	Key     crypto.PrivKey
 	Network string
 	Name    string
@@ -92,8 +92,8 @@ type Deps struct {
 type Service struct {
 	d      Deps
 	log    *slog.Logger
-	topic  *gossip.Topic
-	sub    *gossip.Subscription
+	topic  *pubsub.Topic
+	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -359,19 +359,19 @@ func (s *Service) check(raw []byte) (Record, error) {
 // are connected. An older record is ignored (not forwarded: whoever sent
 // it may not have the newer one yet); a forged one is rejected (its sender
 // is penalised).
-func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	raw := msg.GetData()
 	if s.holds(raw) {
-		return gossip.ValidationAccept
+		return pubsub.ValidationAccept
 	}
 	_, err := s.check(raw)
 	switch {
 	case err == nil:
-		return gossip.ValidationAccept
+		return pubsub.ValidationAccept
 	case errors.Is(err, ErrStale):
-		return gossip.ValidationIgnore
+		return pubsub.ValidationIgnore
 	}
-	return gossip.ValidationReject
+	return pubsub.ValidationReject
 }
 
 // peek reads a record's peer and sequence without checking its signature:

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -33,6 +33,7 @@ import (
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gate"
+	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/membership"
@@ -40,8 +41,8 @@ import (
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/spread"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
@@ -117,7 +118,7 @@ type Node struct {
 	st     *store.Store
 	host   host.Host
 	dht    *dht.IpfsDHT
-	gossip *gossip.PubSub // one gossipsub router, shared by the services that gossip
+	gossip *pubsub.PubSub // one gossipsub router, shared by the services that gossip
 	// connSeen holds when each connection without a transport open time
 	// (libp2p's mocknet) connected, by connection id (see openedAt).
 	connSeen sync.Map
@@ -135,7 +136,7 @@ type Node struct {
 	prop         *propagate.Service
 	review       *review.Service
 	catchup      *catchup.Service
-	search       *pubsub.Service
+	search       *search.Service
 	spread       *spread.Service
 
 	ctx       context.Context
@@ -233,7 +234,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err := n.registerConnMetrics(); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	if n.gossip, err = gossip.NewGossipSub(ctx, n.host, pubsub.PubSubOptions()...); err != nil {
+	if n.gossip, err = pubsub.NewGossipSub(ctx, n.host, gossiptopic.RouterOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
@@ -283,7 +284,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
+	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
 		return nil, err

@@ -32,7 +32,7 @@ import (
 	"sync"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -99,7 +99,7 @@ type CatchUp interface {
 // Deps are what the service works with.
 type Deps struct {
 	Host      host.Host
-	PubSub    *gossip.PubSub
+	PubSub    *pubsub.PubSub
 	Network   string
 	Store     *store.Store
 	Verifier  *protocols.Verifier
@@ -121,8 +121,8 @@ type Deps struct {
 type Service struct {
 	d      Deps
 	log    *slog.Logger
-	topic  *gossip.Topic
-	sub    *gossip.Subscription
+	topic  *pubsub.Topic
+	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -329,16 +329,16 @@ func (s *Service) send(decisions [][]byte, head uint64) {
 }
 
 // validate lets through (and forwards) only news the reviewer published.
-func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	if msg.GetFrom() != s.d.Roles.Reviewer() {
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	n := &pb.DecisionNews{}
 	if proto.Unmarshal(msg.GetData(), n) != nil {
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	msg.ValidatorData = n
-	return gossip.ValidationAccept
+	return pubsub.ValidationAccept
 }
 
 func (s *Service) readLoop() {

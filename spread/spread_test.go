@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
@@ -217,7 +217,7 @@ func newNet(t *testing.T, n int, tune ...func(*Deps)) *net {
 		t.Cleanup(func() { _ = st.Close() })
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		ps, err := gossip.NewGossipSub(ctx, h, gossip.WithMessageSignaturePolicy(gossip.StrictSign), gossip.WithFloodPublish(true))
+		ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMessageSignaturePolicy(pubsub.StrictSign), pubsub.WithFloodPublish(true))
 		must(t, err)
 		nd := &node{id: ids[i], st: st, dec: &decisions{st: st, held: map[uint64]*stream.Inbound{}}, ack: &acker{floors: map[peer.ID]uint64{}}, gaps: &gaps{}}
 		d := Deps{Host: h, PubSub: ps, Network: "test", Store: st, Verifier: protocols.NewVerifier(),

@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -407,7 +407,7 @@ func TestSpoofedAskerDropped(t *testing.T) {
 	// Through gossip: X signs a message whose query names A as the asker.
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ps, err := gossip.NewGossipSub(ctx, x)
+	ps, err := pubsub.NewGossipSub(ctx, x)
 	if err != nil {
 		t.Fatal(err)
 	}

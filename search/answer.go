@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"bytes"
@@ -9,7 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
@@ -112,25 +112,25 @@ func (s *Service) drop(reason string, p peer.ID, via string, err error) {
 // validateGossip is the search topic's validator: it rejects malformed and
 // spoofed queries and those of non-members, and ignores senders over their
 // rate. It hands the decoded query to the reader as ValidatorData.
-func (s *Service) validateGossip(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validateGossip(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	from := msg.GetFrom()
 	if from == s.self {
-		return gossip.ValidationAccept // this node's own query, validated as it is published
+		return pubsub.ValidationAccept // this node's own query, validated as it is published
 	}
 	q, asker, err := decodeQuery(msg.GetData(), s.now())
 	if err != nil {
 		s.drop(dropMalformed, from, "gossip", err)
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	if reason := s.admit(asker, from); reason != "" {
 		s.drop(reason, from, "gossip", fmt.Errorf("asker %s", asker))
 		if reason == dropRateLimited {
-			return gossip.ValidationIgnore
+			return pubsub.ValidationIgnore
 		}
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	msg.ValidatorData = q
-	return gossip.ValidationAccept
+	return pubsub.ValidationAccept
 }
 
 // gossipLoop reads the search topic.
