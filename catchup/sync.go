@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -188,7 +189,7 @@ func (s *Service) enter() bool {
 
 // Start registers the handler and starts the catch-up worker.
 func (s *Service) Start() {
-	stream.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.log, func(st network.Stream) error {
+	inbound.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.log, func(st network.Stream) error {
 		if !s.enter() {
 			return errors.New("sync closed")
 		}

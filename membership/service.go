@@ -24,10 +24,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // Timing.
@@ -184,7 +184,7 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, s.log, s.serve)
+	inbound.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, s.log, s.serve)
 	if err := s.resign(s.d.Host.Addrs()); err != nil {
 		return err
 	}

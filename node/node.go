@@ -34,6 +34,7 @@ import (
 	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/membership"
@@ -416,8 +417,8 @@ func (n *Node) Start() error {
 			n.host.Peerstore().AddAddrs(peer.ID(e.Id), addrs, peerstore.AddressTTL)
 		}
 	}
-	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
-	stream.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.log, n.serveTrace)
+	inbound.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
+	inbound.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err

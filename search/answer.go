@@ -14,9 +14,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // errMalformed marks a query or frame that breaks the protocol.
@@ -157,13 +157,13 @@ func (s *Service) gossipLoop() {
 // (direct scopes) or results (an answer to this node's query).
 func (s *Service) serve(st network.Stream) error {
 	if !s.g.Add() {
-		return stream.Refuse("search is closing", nil)
+		return inbound.Refuse("search is closing", nil)
 	}
 	defer s.g.Done()
 	remote := st.Conn().RemotePeer()
 	if !s.d.Roles.IsMember(remote) {
 		s.m.dropped.WithLabelValues(dropNotMember).Inc()
-		return stream.Refuse("not a member", nil)
+		return inbound.Refuse("not a member", nil)
 	}
 	_ = st.SetDeadline(time.Now().Add(streamTimeout))
 	// Close does not wait out the deadline of a peer that sends slowly.
@@ -180,14 +180,14 @@ func (s *Service) serve(st network.Stream) error {
 		return s.serveResults(remote, f.Results)
 	}
 	s.m.dropped.WithLabelValues(dropMalformed).Inc()
-	return stream.Refuse("a search frame carries a query or results", errMalformed)
+	return inbound.Refuse("a search frame carries a query or results", errMalformed)
 }
 
 func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 	asker, err := checkQuery(q, s.now())
 	if err != nil {
 		s.m.dropped.WithLabelValues(dropMalformed).Inc()
-		return stream.Refuse("malformed query", err)
+		return inbound.Refuse("malformed query", err)
 	}
 	switch reason := s.admit(asker, remote); reason {
 	case "":
@@ -196,7 +196,7 @@ func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 		return nil
 	default:
 		s.m.dropped.WithLabelValues(reason).Inc()
-		return stream.Refuse(reason, fmt.Errorf("query %s asked by %s", q.GetQueryId(), asker))
+		return inbound.Refuse(reason, fmt.Errorf("query %s asked by %s", q.GetQueryId(), asker))
 	}
 	s.m.queries.WithLabelValues("in", "stream").Inc()
 	s.enqueue(q, asker, "stream")
@@ -207,12 +207,12 @@ func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 func (s *Service) serveResults(remote peer.ID, r *pb.SearchResults) error {
 	if !ValidQueryID(r.GetQueryId()) || !tokenRe.MatchString(r.GetDataType()) {
 		s.m.dropped.WithLabelValues(dropMalformed).Inc()
-		return stream.Refuse("malformed results", fmt.Errorf("%w: query_id %q, data_type %q", errMalformed, r.GetQueryId(), r.GetDataType()))
+		return inbound.Refuse("malformed results", fmt.Errorf("%w: query_id %q, data_type %q", errMalformed, r.GetQueryId(), r.GetDataType()))
 	}
 	for i, doc := range r.GetResults() {
 		if !json.Valid(doc) {
 			s.m.dropped.WithLabelValues(dropMalformed).Inc()
-			return stream.Refuse("malformed results", fmt.Errorf("%w: result %d is not JSON", errMalformed, i))
+			return inbound.Refuse("malformed results", fmt.Errorf("%w: result %d is not JSON", errMalformed, i))
 		}
 	}
 	now := s.now()

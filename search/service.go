@@ -14,10 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/store"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // Limits and defaults of a search.
@@ -244,7 +244,7 @@ func (s *Service) Start() (err error) {
 	if s.sub, err = topic.Subscribe(); err != nil {
 		return fmt.Errorf("search: subscribe to %s: %w", name, err)
 	}
-	stream.Handle(s.d.Host, protocols.Search, protocols.ServiceSearch, reserveBytes, s.log, s.serve)
+	inbound.Handle(s.d.Host, protocols.Search, protocols.ServiceSearch, reserveBytes, s.log, s.serve)
 	for range answerWorkers {
 		s.spawn(s.answerLoop)
 	}

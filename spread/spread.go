@@ -40,6 +40,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -197,7 +198,7 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
+	inbound.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, s.log, s.serveReport)
 	s.wg.Add(4)
 	go s.readLoop()
 	go s.publishLoop()
