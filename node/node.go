@@ -418,7 +418,7 @@ func (n *Node) Start() error {
 		}
 	}
 	inbound.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, n.log, n.hello.serve)
-	inbound.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.log, n.serveTrace)
+	inbound.Handle(n.host, protocols.Trace, protocols.ServiceTrace, 8<<10, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
