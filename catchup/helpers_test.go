@@ -827,13 +827,5 @@ func (x *byHand) requests() []*pb.SyncRequest {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every wait of these tests.
+const waitTimeout = 20 * time.Second
