@@ -105,7 +105,7 @@ func TestSyncDropsForgedAnswers(t *testing.T) {
 	if err := h.Connect(ctx, peer.AddrInfo{ID: v.ID(), Addrs: v.Host().Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	v.Sync().Everything()
+	v.CatchUp().Everything()
 	testnet.WaitFor(t, 20*time.Second, "both forged answers seen", func() bool {
 		return metric(t, v, "ferry_sync_changes_total", map[string]string{"what": "resources", "outcome": "forged"}) >= 1 &&
 			metric(t, v, "ferry_sync_changes_total", map[string]string{"what": "decisions", "outcome": "forged"}) >= 1

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	gpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -159,28 +159,28 @@ func TestValidatorOnRepublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	msg := func(raw []byte) *gossip.Message { return &gossip.Message{Message: &gpb.Message{Data: raw}} }
-	if got := svc.validate(context.Background(), "", msg(svc.Own())); got != gossip.ValidationAccept {
+	msg := func(raw []byte) *pubsub.Message { return &pubsub.Message{Message: &gpb.Message{Data: raw}} }
+	if got := svc.validate(context.Background(), "", msg(svc.Own())); got != pubsub.ValidationAccept {
 		t.Fatalf("own record: %v", got)
 	}
 	k, id := key(t)
 	r2, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 2})
 	r1, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 1})
-	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != gossip.ValidationAccept {
+	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != pubsub.ValidationAccept {
 		t.Fatalf("new record: %v", got)
 	}
 	if _, err := svc.Take(r2.Raw); err != nil {
 		t.Fatal(err)
 	}
-	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != gossip.ValidationAccept {
+	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != pubsub.ValidationAccept {
 		t.Fatalf("the record held, again: %v", got)
 	}
-	if got := svc.validate(context.Background(), "", msg(r1.Raw)); got != gossip.ValidationIgnore {
+	if got := svc.validate(context.Background(), "", msg(r1.Raw)); got != pubsub.ValidationIgnore {
 		t.Fatalf("older record: %v", got)
 	}
 	other, _ := key(t)
 	forged := resign(t, other, &pb.MemberRecord{Peer: []byte(id), Network: "net", Name: "A", Seq: 3})
-	if got := svc.validate(context.Background(), "", msg(forged)); got != gossip.ValidationReject {
+	if got := svc.validate(context.Background(), "", msg(forged)); got != pubsub.ValidationReject {
 		t.Fatalf("forged record: %v", got)
 	}
 }

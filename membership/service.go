@@ -11,10 +11,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	gosync "sync"
+	"sync"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -24,10 +24,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // Timing.
@@ -71,7 +71,7 @@ const pullSoon = time.Second
 // Deps are what the service works with.
 type Deps struct {
 	Host    host.Host
-	PubSub  *gossip.PubSub
+	PubSub  *pubsub.PubSub
 	Key     crypto.PrivKey
 	Network string
 	Name    string
@@ -92,14 +92,14 @@ type Deps struct {
 type Service struct {
 	d      Deps
 	log    *slog.Logger
-	topic  *gossip.Topic
-	sub    *gossip.Subscription
+	topic  *pubsub.Topic
+	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	wg     sync.WaitGroup
 	pull   chan struct{}
 
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	own    Record
 	held   map[peer.ID]Record
 	pulled time.Time // last complete pull
@@ -187,7 +187,7 @@ func (s *Service) Start() error {
 	// Anyone may ask: a joining node pulls over its first connection, its
 	// own record in the request, before this node counts it a member; the
 	// request is one small frame.
-	stream.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, nil, s.log, s.serve)
+	inbound.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, nil, s.log, s.serve)
 	if err := s.resign(s.d.Host.Addrs()); err != nil {
 		return err
 	}
@@ -362,19 +362,19 @@ func (s *Service) check(raw []byte) (Record, error) {
 // are connected. An older record is ignored (not forwarded: whoever sent
 // it may not have the newer one yet); a forged one is rejected (its sender
 // is penalised).
-func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	raw := msg.GetData()
 	if s.holds(raw) {
-		return gossip.ValidationAccept
+		return pubsub.ValidationAccept
 	}
 	_, err := s.check(raw)
 	switch {
 	case err == nil:
-		return gossip.ValidationAccept
+		return pubsub.ValidationAccept
 	case errors.Is(err, ErrStale):
-		return gossip.ValidationIgnore
+		return pubsub.ValidationIgnore
 	}
-	return gossip.ValidationReject
+	return pubsub.ValidationReject
 }
 
 // peek reads a record's peer and sequence without checking its signature:

@@ -24,8 +24,8 @@ import (
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/docs"
 	"github.com/ferrynet/ferry/propagate"
-	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
 )
@@ -401,7 +401,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 		ok(w, res)
 	})
 	mux.HandleFunc("POST /api/v1/search", func(w http.ResponseWriter, r *http.Request) {
-		var req pubsub.CollectRequest
+		var req search.CollectRequest
 		if err := n.decode(r, &req); err != nil {
 			fail(w, err)
 			return
@@ -503,7 +503,7 @@ func (n *Node) Status() Status {
 			s.PeersDown++
 		}
 	}
-	if t := n.sync.LastCatchUp(); !t.IsZero() {
+	if t := n.catchup.LastCatchUp(); !t.IsZero() {
 		s.LastCatchUp = t.UTC()
 	}
 	s.Health = n.Health()

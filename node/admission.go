@@ -150,7 +150,7 @@ func (n *Node) knownPeer(p peer.ID) bool { return n.book.IsPartner(p) || n.book.
 //     connection whose hello has not ended, waits for that hello (at most
 //     helloWait after the connection opened; at most waitPerConn and
 //     waitTotal streams wait) before its handler runs, so the handler's
-//     admission check (stream.Handle) knows the peer;
+//     admission check (inbound.Handle) knows the peer;
 //   - the DHT and gossipsub, which have no admission check of their own,
 //     admit members only: a stranger's stream is reset before a byte of it
 //     is read (the DHT sizes its buffer from the length a message claims).

@@ -38,7 +38,7 @@ func (n *Node) kept(p peer.ID) bool {
 // reviewer can hold one connection from each). In a bigger network the
 // reviewer is dialed when there is something to send it (requests,
 // applied reports) and decisions reach members by gossip and their
-// neighbours (spread/, sync/), or the reviewer would carry a connection
+// neighbours (spread/, catchup/), or the reviewer would carry a connection
 // from every member.
 func (n *Node) keepReviewer() bool {
 	return n.book.MemberCount() < n.cfg.Connections.Max

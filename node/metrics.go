@@ -164,7 +164,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	last := 0.0
-	if t := n.sync.LastCatchUp(); !t.IsZero() {
+	if t := n.catchup.LastCatchUp(); !t.IsZero() {
 		last = float64(t.UnixNano()) / 1e9
 	}
 	gauge(descCatchUp, last)

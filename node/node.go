@@ -19,7 +19,7 @@ import (
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -31,7 +31,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gate"
+	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/membership"
@@ -39,12 +42,11 @@ import (
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/pubsub"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/spread"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
-	ferrysync "github.com/ferrynet/ferry/sync"
 )
 
 // Options adjust a node beyond its Config (tests, benchmarks, the demo).
@@ -55,7 +57,7 @@ type Options struct {
 	Sender stream.SenderOptions
 	// DiscoveryPeriod is the longest wait between discovery rounds.
 	DiscoveryPeriod time.Duration
-	// SyncPeriod is the anti-entropy period (default sync.DefaultPeriod).
+	// SyncPeriod is the anti-entropy period (default catchup.DefaultPeriod).
 	SyncPeriod time.Duration
 	// Retention overrides limits.ack_retention_hours (tests, soaks).
 	Retention time.Duration
@@ -117,7 +119,7 @@ type Node struct {
 	st     *store.Store
 	host   host.Host
 	dht    *dht.IpfsDHT
-	gossip *gossip.PubSub // one gossipsub router, shared by the services that gossip
+	gossip *pubsub.PubSub // one gossipsub router, shared by the services that gossip
 	// connSeen holds when each connection without a transport open time
 	// (libp2p's mocknet) connected, by connection id (see openedAt).
 	connSeen sync.Map
@@ -140,8 +142,8 @@ type Node struct {
 	receiver     *stream.Receiver
 	prop         *propagate.Service
 	review       *review.Service
-	sync         *ferrysync.Service
-	search       *pubsub.Service
+	catchup      *catchup.Service
+	search       *search.Service
 	spread       *spread.Service
 
 	ctx       context.Context
@@ -246,7 +248,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err := n.registerConnMetrics(); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	if n.gossip, err = gossip.NewGossipSub(ctx, n.host, pubsub.PubSubOptions()...); err != nil {
+	if n.gossip, err = pubsub.NewGossipSub(ctx, n.host, gossiptopic.RouterOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
@@ -283,20 +285,20 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: decisionTap{n}, Publisher: pub,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
 		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
-	n.sync, err = ferrysync.New(ferrysync.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
+	n.catchup, err = catchup.New(catchup.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
 		Resources: n.prop, Decisions: n.review, Own: n, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.review.SetCatchUp(n.sync)
+	n.review.SetCatchUp(n.catchup)
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
-		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.sync,
+		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.catchup,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.search, err = pubsub.New(pubsub.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
+	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
@@ -413,7 +415,7 @@ func (n *Node) Start() error {
 	// Each hello with a member resends what is owed it and catches up from it.
 	n.book.OnMember(func(p peer.ID) {
 		n.sender.Kick(p)
-		n.sync.Connected(p)
+		n.catchup.Connected(p)
 	})
 	// Addresses learned before the restart: partners and the reviewer stay
 	// reachable when no bootstrap peer is up.
@@ -429,8 +431,8 @@ func (n *Node) Start() error {
 		}
 	}
 	// Hello is how a peer says who it is: anyone may.
-	stream.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
-	stream.Handle(n.host, TraceProtocol, ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
+	inbound.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
+	inbound.Handle(n.host, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -456,7 +458,7 @@ func (n *Node) Start() error {
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
-	n.sync.Start()
+	n.catchup.Start()
 	if err := n.spread.Start(); err != nil {
 		return err
 	}
@@ -614,8 +616,8 @@ func (n *Node) Submit(req review.SubmitRequest, done func(review.Row, error)) {
 	})
 }
 
-// Sync is the catch-up service.
-func (n *Node) Sync() *ferrysync.Service { return n.sync }
+// CatchUp is the catch-up service.
+func (n *Node) CatchUp() *catchup.Service { return n.catchup }
 
 // PropagateService is the owned-resource service.
 func (n *Node) PropagateService() *propagate.Service { return n.prop }
@@ -658,8 +660,8 @@ func (n *Node) Close() error {
 		if n.sender != nil {
 			n.sender.Close()
 		}
-		if n.sync != nil {
-			n.sync.Close()
+		if n.catchup != nil {
+			n.catchup.Close()
 		}
 		if n.search != nil {
 			n.search.Close()

@@ -20,7 +20,7 @@ import (
 	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/pubsub"
+	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
 )
@@ -254,7 +254,7 @@ func cloneEntry(e *storepb.Peer) *storepb.Peer {
 
 // Lookup finds peer book entries by peer id or (case-insensitive) name,
 // for search on data type peer.
-func (b *peerBook) Lookup(text string) []pubsub.PeerRecord {
+func (b *peerBook) Lookup(text string) []search.PeerRecord {
 	text = strings.TrimSpace(text)
 	id, idErr := peer.Decode(text)
 	b.mu.RLock()
@@ -266,10 +266,10 @@ func (b *peerBook) Lookup(text string) []pubsub.PeerRecord {
 	}
 	b.mu.RUnlock()
 	slices.SortFunc(found, func(x, y *storepb.Peer) int { return compareStrings(string(x.Id), string(y.Id)) })
-	out := make([]pubsub.PeerRecord, 0, len(found))
+	out := make([]search.PeerRecord, 0, len(found))
 	for _, e := range found {
 		p := peer.ID(e.Id)
-		r := pubsub.PeerRecord{PeerID: p.String(), Name: b.Name(p), Addrs: []string{}, Roles: pubsub.RoleNames(b, p)}
+		r := search.PeerRecord{PeerID: p.String(), Name: b.Name(p), Addrs: []string{}, Roles: search.RoleNames(b, p)}
 		for _, a := range e.Addrs {
 			if m, err := ma.NewMultiaddrBytes(a); err == nil {
 				r.Addrs = append(r.Addrs, m.String())

@@ -137,7 +137,7 @@ func (n *Node) peerHolds(p peer.ID, v uint64) {
 	// A store rebuilt after a corruption takes its own changes of the lost
 	// range back from the first partner that says hello.
 	if n.repairing() != nil && n.book.IsPartner(p) {
-		n.sync.Recover(p)
+		n.catchup.Recover(p)
 	}
 	if n.missingOwn(v) {
 		n.ahead(p, 0, v)
@@ -170,7 +170,7 @@ func (n *Node) ahead(p peer.ID, lane stream.Lane, v uint64) {
 		n.log.Error("raise the version counter", "err", err)
 		return
 	}
-	n.sync.Recover(p)
+	n.catchup.Recover(p)
 }
 
 // RecoverOwn puts back one of this node's own changes (sync, "own").
@@ -216,7 +216,7 @@ func (n *Node) Recovered(p peer.ID, count int, err error) {
 			select {
 			case <-n.ctx.Done():
 			case <-t.C:
-				n.sync.Recover(p)
+				n.catchup.Recover(p)
 			}
 		})
 		return

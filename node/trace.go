@@ -17,7 +17,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/propagate"
@@ -28,10 +27,9 @@ import (
 	"github.com/ferrynet/ferry/stream"
 )
 
-// The trace protocol.
+// The trace protocol's limits (its id and service name are protocols.Trace
+// and protocols.ServiceTrace).
 const (
-	TraceProtocol protocol.ID = "/ferry/trace/1.0.0"
-	ServiceTrace  string      = "ferry.trace"
 	// maxTraceQueryBytes bounds a query (two ids); maxTraceAnswerBytes an
 	// answer (at most maxTraceReceivers rows).
 	maxTraceQueryBytes  = 1024
@@ -349,12 +347,12 @@ func (n *Node) serveTrace(s network.Stream) error {
 func (n *Node) askTrace(ctx context.Context, p, origin peer.ID, version uint64) (*pb.TraceAnswer, error) {
 	ctx, cancel := context.WithTimeout(ctx, traceTimeout)
 	defer cancel()
-	s, err := n.host.NewStream(ctx, p, TraceProtocol)
+	s, err := n.host.NewStream(ctx, p, protocols.Trace)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach %s: %w", n.book.Name(p), err)
 	}
 	defer s.Close()
-	if err := s.Scope().SetService(ServiceTrace); err != nil {
+	if err := s.Scope().SetService(protocols.ServiceTrace); err != nil {
 		_ = s.Reset()
 		return nil, err
 	}

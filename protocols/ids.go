@@ -28,6 +28,9 @@ const (
 	Applied protocol.ID = "/ferry/applied/1.0.0"
 	// Members answers a joining node with every membership record held.
 	Members protocol.ID = "/ferry/members/1.0.0"
+	// Trace asks a member where one change is on it: one TraceQuery, one
+	// TraceAnswer (node/trace.go).
+	Trace protocol.ID = "/ferry/trace/1.0.0"
 
 	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.
 	DHTPrefix protocol.ID = "/ferry"
@@ -52,6 +55,7 @@ const (
 	ServiceHello    = "ferry.hello"
 	ServiceSpread   = "ferry.spread"
 	ServiceMembers  = "ferry.members"
+	ServiceTrace    = "ferry.trace"
 )
 
 // Limits and timeouts shared by both ends of a stream.

@@ -29,10 +29,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	gosync "sync"
+	"sync"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -40,6 +40,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -91,7 +92,7 @@ type Acker interface {
 	Acknowledge(p peer.ID, l stream.Lane, through uint64)
 }
 
-// CatchUp asks connected peers for missing decisions (sync.Service).
+// CatchUp asks connected peers for missing decisions (catchup.Service).
 type CatchUp interface {
 	DecisionGap(from peer.ID, have, got uint64)
 }
@@ -99,7 +100,7 @@ type CatchUp interface {
 // Deps are what the service works with.
 type Deps struct {
 	Host      host.Host
-	PubSub    *gossip.PubSub
+	PubSub    *pubsub.PubSub
 	Network   string
 	Store     *store.Store
 	Verifier  *protocols.Verifier
@@ -121,13 +122,13 @@ type Deps struct {
 type Service struct {
 	d      Deps
 	log    *slog.Logger
-	topic  *gossip.Topic
-	sub    *gossip.Subscription
+	topic  *pubsub.Topic
+	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	wg     sync.WaitGroup
 
-	mu      gosync.Mutex
+	mu      sync.Mutex
 	pending []queuedDecision // reviewer: decisions not yet published
 	queued  int              // their bytes
 	kick    chan struct{}
@@ -197,7 +198,7 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	stream.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
+	inbound.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
 		s.log, s.serveReport)
 	s.wg.Add(4)
 	go s.readLoop()
@@ -330,16 +331,16 @@ func (s *Service) send(decisions [][]byte, head uint64) {
 }
 
 // validate lets through (and forwards) only news the reviewer published.
-func (s *Service) validate(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	if msg.GetFrom() != s.d.Roles.Reviewer() {
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	n := &pb.DecisionNews{}
 	if proto.Unmarshal(msg.GetData(), n) != nil {
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	msg.ValidatorData = n
-	return gossip.ValidationAccept
+	return pubsub.ValidationAccept
 }
 
 func (s *Service) readLoop() {

@@ -7,11 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	gosync "sync"
+	"sync"
 	"testing"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -66,7 +67,7 @@ func must(t *testing.T, err error) {
 // decisions applies in sequence order, holding early ones in memory.
 type decisions struct {
 	st   *store.Store
-	mu   gosync.Mutex
+	mu   sync.Mutex
 	held map[uint64]*stream.Inbound
 }
 
@@ -105,7 +106,7 @@ func (d *decisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStat
 
 // acker records the floors members' reports move (the reviewer's sender).
 type acker struct {
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	floors map[peer.ID]uint64
 }
 
@@ -126,13 +127,13 @@ func (a *acker) floor(p peer.ID) uint64 {
 // gaps is the catch-up of a member: it records what it is asked for and
 // fills the gap from the reviewer's store, as sync would from any peer.
 type gaps struct {
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	asks   int
 	got    uint64
 	from   *store.Store // the reviewer's
 	member *Service
-	wg     gosync.WaitGroup // the fills in flight
-	done   bool             // stopped: no more fills start
+	wg     sync.WaitGroup // the fills in flight
+	done   bool           // stopped: no more fills start
 }
 
 // stop waits for the fills in flight and starts no more (before the
@@ -217,7 +218,7 @@ func newNet(t *testing.T, n int, tune ...func(*Deps)) *net {
 		t.Cleanup(func() { _ = st.Close() })
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		ps, err := gossip.NewGossipSub(ctx, h, gossip.WithMessageSignaturePolicy(gossip.StrictSign), gossip.WithFloodPublish(true))
+		ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithMessageSignaturePolicy(pubsub.StrictSign), pubsub.WithFloodPublish(true))
 		must(t, err)
 		nd := &node{id: ids[i], st: st, dec: &decisions{st: st, held: map[uint64]*stream.Inbound{}}, ack: &acker{floors: map[peer.ID]uint64{}}, gaps: &gaps{}}
 		d := Deps{Host: h, PubSub: ps, Network: "test", Store: st, Verifier: protocols.NewVerifier(),
@@ -277,16 +278,8 @@ func (x *net) decideBy(from, to, per uint64) map[uint64]uint64 {
 	return vers
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every wait of these tests.
+const waitTimeout = 30 * time.Second
 
 // TestDecisionsReachEveryMemberAndTheirReportsTheReviewer: decisions the
 // reviewer publishes reach members it is not connected to, each is applied
@@ -295,7 +288,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 	x := newNet(t, 12)
 	// Gossipsub builds its mesh on its heartbeat: let the subscriptions meet.
-	waitFor(t, "every node sees the topic's peers", func() bool {
+	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
 		for _, n := range x.nodes {
 			if len(n.svc.topic.ListPeers()) == 0 {
 				return false
@@ -305,7 +298,7 @@ func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 	})
 	vers := x.decide(1, 40)
 	for i, n := range x.nodes[1:] {
-		waitFor(t, fmt.Sprintf("member %d applied 40", i+1), func() bool { return n.dec.Applied() == 40 })
+		wait.For(t, waitTimeout, fmt.Sprintf("member %d applied 40", i+1), func() bool { return n.dec.Applied() == 40 })
 		pos, err := n.st.Position(x.nodes[0].id, uint8(stream.LaneDecision))
 		must(t, err)
 		if pos.Version != vers[40] || pos.Epoch != x.nodes[0].st.Epoch() {
@@ -314,7 +307,7 @@ func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 	}
 	rev := x.nodes[0]
 	for i, n := range x.nodes[1:] {
-		waitFor(t, fmt.Sprintf("member %d's report reached the reviewer", i+1), func() bool { return rev.ack.floor(n.id) == vers[40] })
+		wait.For(t, waitTimeout, fmt.Sprintf("member %d's report reached the reviewer", i+1), func() bool { return rev.ack.floor(n.id) == vers[40] })
 	}
 	if n := testutilCount(rev.svc.m.reports.WithLabelValues("in", "ok")); n < float64(len(x.nodes)-1) {
 		t.Fatalf("the reviewer took %v reports", n)
@@ -328,7 +321,7 @@ func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 // the far end of a connection later, and news still arrived under load.)
 func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 	x := newNet(t, 6)
-	waitFor(t, "every node sees the topic's peers", func() bool {
+	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
 		for _, n := range x.nodes {
 			if len(n.svc.topic.ListPeers()) == 0 {
 				return false
@@ -339,7 +332,7 @@ func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 	away := x.nodes[5]
 	away.svc.Close()
 	x.decide(1, 10)
-	waitFor(t, "the others applied 10", func() bool { return x.nodes[4].dec.Applied() == 10 })
+	wait.For(t, waitTimeout, "the others applied 10", func() bool { return x.nodes[4].dec.Applied() == 10 })
 	if away.dec.Applied() != 0 {
 		t.Fatal("the member away applied decisions")
 	}
@@ -354,14 +347,14 @@ func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 	away.gaps.mu.Unlock()
 	t.Cleanup(svc.Close) // runs before the fills stop and the store closes
 	must(t, svc.Start())
-	waitFor(t, "the member asked for decisions through 10", func() bool { _, got := away.gaps.asked(); return got == 10 })
-	waitFor(t, "the member applied 10", func() bool { return away.dec.Applied() == 10 })
+	wait.For(t, waitTimeout, "the member asked for decisions through 10", func() bool { _, got := away.gaps.asked(); return got == 10 })
+	wait.For(t, waitTimeout, "the member applied 10", func() bool { return away.dec.Applied() == 10 })
 }
 
 // TestNewsFromAnotherPeerIsRefused: only the reviewer's news is taken.
 func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
 	x := newNet(t, 4)
-	waitFor(t, "every node sees the topic's peers", func() bool {
+	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
 		for _, n := range x.nodes {
 			if len(n.svc.topic.ListPeers()) == 0 {
 				return false
@@ -385,7 +378,7 @@ func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
 	// Then the reviewer's own decision: it arrives; the forged one never did.
 	x.decide(1, 1)
 	for _, n := range x.nodes[2:] {
-		waitFor(t, "members applied the reviewer's decision", func() bool { return n.dec.Applied() == 1 })
+		wait.For(t, waitTimeout, "members applied the reviewer's decision", func() bool { return n.dec.Applied() == 1 })
 		if got := testutilCount(n.svc.m.decisions.WithLabelValues("forged")); got != 0 {
 			t.Fatalf("a member looked at %v forged decisions: the validator let them through", got)
 		}
@@ -401,7 +394,7 @@ func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
 	// machine under -race; a head ahead of a batch asks at once whatever
 	// the grace (the old code's fault this test catches).
 	x := newNet(t, 8, func(d *Deps) { d.GapGrace = 5 * time.Second })
-	waitFor(t, "every node sees the topic's peers", func() bool {
+	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
 		for _, n := range x.nodes {
 			if len(n.svc.topic.ListPeers()) == 0 {
 				return false
@@ -426,7 +419,7 @@ func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
 		seq++
 		x.decide(seq, seq)
 		for _, n := range x.nodes[1:] {
-			waitFor(t, fmt.Sprintf("members applied %d", seq), func() bool { return n.dec.Applied() == seq })
+			wait.For(t, waitTimeout, fmt.Sprintf("members applied %d", seq), func() bool { return n.dec.Applied() == seq })
 		}
 		if slices.Equal(before, asks()) {
 			break
@@ -442,7 +435,7 @@ func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
 	// overflows it, and then asking is right).
 	x.decideBy(seq+1, last, 30)
 	for i, n := range x.nodes[1:] {
-		waitFor(t, fmt.Sprintf("member %d applied %d", i+1, last), func() bool { return n.dec.Applied() == last })
+		wait.For(t, waitTimeout, fmt.Sprintf("member %d applied %d", i+1, last), func() bool { return n.dec.Applied() == last })
 	}
 	if after := asks(); !slices.Equal(before, after) {
 		t.Errorf("members asked for gaps though no news was lost: %v before the burst, %v after", before, after)

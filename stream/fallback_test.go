@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -90,9 +91,9 @@ func TestDecisionsWaitForGossipAndReports(t *testing.T) {
 		t.Fatalf("floor %d after a report through %d", f, vers[2])
 	}
 	rej := p.decide(1, p.b.id)
-	waitFor(t, "B got the rejection", func() bool { return len(p.rec.versions()) == 1 })
+	wait.For(t, waitTimeout, "B got the rejection", func() bool { return len(p.rec.versions()) == 1 })
 	exactlyOnce(t, p.rec.versions(), rej)
-	waitFor(t, "B's rejection floor", func() bool { return p.snd.Lane(p.b.id, LaneRejection).Floor == rej[0] })
+	wait.For(t, waitTimeout, "B's rejection floor", func() bool { return p.snd.Lane(p.b.id, LaneRejection).Floor == rej[0] })
 	p.snd.Acknowledge(p.b.id, LaneDecision, vers[4])
 	if f := p.snd.Lane(p.b.id, LaneDecision).Floor; f != vers[4] {
 		t.Fatalf("floor %d after a report through %d", f, vers[4])
@@ -112,7 +113,7 @@ func TestDecisionsWaitForGossipAndReports(t *testing.T) {
 func TestUnreportedDecisionsFallBackToTheStream(t *testing.T) {
 	p := newDecisionPair(t, 50*time.Millisecond)
 	vers := p.decide(20, "")
-	waitFor(t, "B got every decision through the stream", func() bool { return len(p.rec.versions()) == len(vers) })
+	wait.For(t, waitTimeout, "B got every decision through the stream", func() bool { return len(p.rec.versions()) == len(vers) })
 	exactlyOnce(t, p.rec.versions(), vers)
-	waitFor(t, "B's floor", func() bool { return p.snd.Lane(p.b.id, LaneDecision).Floor == vers[len(vers)-1] })
+	wait.For(t, waitTimeout, "B's floor", func() bool { return p.snd.Lane(p.b.id, LaneDecision).Floor == vers[len(vers)-1] })
 }

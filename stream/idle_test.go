@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 // TestQuietStreamCloseIsNoFailure (issue 21, point 1): a delivery stream
@@ -16,8 +18,8 @@ func TestQuietStreamCloseIsNoFailure(t *testing.T) {
 	rec := &recorder{}
 	p := newPairWith(t, rec, func(o *SenderOptions) { o.IdleExit = 200 * time.Millisecond })
 	want := p.commit(3, 3)
-	waitFor(t, "B applied the changes", func() bool { return len(rec.versions()) == len(want) })
-	waitFor(t, "A's outbox to B ends and its streams are down", func() bool {
+	wait.For(t, waitTimeout, "B applied the changes", func() bool { return len(rec.versions()) == len(want) })
+	wait.For(t, waitTimeout, "A's outbox to B ends and its streams are down", func() bool {
 		p.snd.mu.Lock()
 		o := p.snd.boxes[p.b.id]
 		p.snd.mu.Unlock()
@@ -38,6 +40,6 @@ func TestQuietStreamCloseIsNoFailure(t *testing.T) {
 	}
 	// A new change opens a new stream and is delivered.
 	want = append(want, p.commit(1, 1)...)
-	waitFor(t, "B applied the change after the close", func() bool { return len(rec.versions()) == len(want) })
+	wait.For(t, waitTimeout, "B applied the change after the close", func() bool { return len(rec.versions()) == len(want) })
 	exactlyOnce(t, rec.versions(), want)
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -231,11 +232,11 @@ func NewReceiver(h host.Host, st *store.Store, v *protocols.Verifier, handler Ha
 // Start registers the stream handlers of every delivery protocol.
 func (r *Receiver) Start() {
 	for _, p := range protocols.DeliveryProtocols {
-		var admit Admit
+		var admit inbound.Admit
 		if r.opts.Admit != nil {
 			admit = func(remote peer.ID) bool { return r.opts.Admit(remote, p) }
 		}
-		Handle(r.host, p, protocols.ServiceDelivery, 256<<10, admit, r.log, func(s network.Stream) error {
+		inbound.Handle(r.host, p, protocols.ServiceDelivery, 256<<10, admit, r.log, func(s network.Stream) error {
 			if !r.enter() {
 				return errors.New("receiver closed")
 			}
@@ -465,45 +466,45 @@ func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, 
 func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 	epoch, lane, after, headSeq, envs, err := decodeBatch(frame)
 	if err != nil {
-		return nil, Refuse("malformed batch", err)
+		return nil, inbound.Refuse("malformed batch", err)
 	}
 	if lane < LaneResource || lane > numLanes {
-		return nil, Refuse(fmt.Sprintf("unknown lane %d", lane), nil)
+		return nil, inbound.Refuse(fmt.Sprintf("unknown lane %d", lane), nil)
 	}
 	if len(envs) == 0 {
-		return nil, Refuse("empty batch", nil)
+		return nil, inbound.Refuse("empty batch", nil)
 	}
 	b := &batch{st: in, lane: lane, epoch: epoch, after: after, headSeq: headSeq, bytes: len(frame)}
 	prev := after
 	for _, raw := range envs {
 		env := &pb.Envelope{}
 		if err := proto.Unmarshal(raw, env); err != nil {
-			return nil, Refuse("malformed envelope", err)
+			return nil, inbound.Refuse("malformed envelope", err)
 		}
 		body, origin, leaf, err := r.verifier.OpenLeaf(env)
 		if err != nil {
-			return nil, Refuse("bad envelope", err)
+			return nil, inbound.Refuse("bad envelope", err)
 		}
 		if origin != in.remote {
-			return nil, Refuse(fmt.Sprintf("change signed by %s, not by the sender", origin), nil)
+			return nil, inbound.Refuse(fmt.Sprintf("change signed by %s, not by the sender", origin), nil)
 		}
 		if !protocols.KindAllowed(in.proto, body.Kind) {
-			return nil, Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
+			return nil, inbound.Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
 		}
 		if LaneOf(body) != lane {
-			return nil, Refuse(fmt.Sprintf("kind %s in lane %s", body.Kind, lane), nil)
+			return nil, inbound.Refuse(fmt.Sprintf("kind %s in lane %s", body.Kind, lane), nil)
 		}
 		if body.OriginVersion <= prev {
-			return nil, Refuse(fmt.Sprintf("version %d out of order (after %d)", body.OriginVersion, prev), nil)
+			return nil, inbound.Refuse(fmt.Sprintf("version %d out of order (after %d)", body.OriginVersion, prev), nil)
 		}
 		prev = body.OriginVersion
 		if len(body.To) > 0 && peer.ID(body.To) != r.host.ID() {
-			return nil, Refuse("change addressed to another peer", nil)
+			return nil, inbound.Refuse("change addressed to another peer", nil)
 		}
 		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: env, Raw: raw,
 			Hash: store.HashOfLeaf(leaf), Lane: lane}
 		if err := r.handler.Admit(m); err != nil {
-			return nil, Refuse("not admitted", err)
+			return nil, inbound.Refuse("not admitted", err)
 		}
 		b.ins = append(b.ins, m)
 	}

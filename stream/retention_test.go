@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/store"
 )
 
@@ -42,7 +43,7 @@ func TestRetentionSweepsPastKeptRecords(t *testing.T) {
 	rec := &recorder{}
 	p := newPair(t, rec)
 	vers := p.commit(300, 30)
-	waitFor(t, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
+	wait.For(t, waitTimeout, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
 
 	// The first 150 are their resources' latest changes; the rest were
 	// superseded.
@@ -81,7 +82,7 @@ func TestRetentionKeepsWhatIsNotAcknowledged(t *testing.T) {
 	rec := &recorder{}
 	p := newPair(t, rec)
 	vers := p.commit(40, 10)
-	waitFor(t, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
+	wait.For(t, waitTimeout, "B acknowledged everything", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor >= vers[len(vers)-1] })
 	p.rcv.Close() // B stops answering: what A commits now stays owed
 	more := p.commit(10, 10)
 	supersede(t, p.a.st, append(vers, more...))

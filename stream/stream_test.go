@@ -17,6 +17,7 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -184,16 +185,8 @@ func (p *pair) commit(n, per int) []uint64 {
 	return vers
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every wait of these tests.
+const waitTimeout = 30 * time.Second
 
 // exactlyOnce checks that got is want, in order, once each.
 func exactlyOnce(t *testing.T, got, want []uint64) {
@@ -206,10 +199,10 @@ func exactlyOnce(t *testing.T, got, want []uint64) {
 func TestDeliversEveryChangeOnceInOrder(t *testing.T) {
 	p := newPair(t, &recorder{})
 	want := p.commit(3000, 700)
-	waitFor(t, "B applied 3000", func() bool { return len(p.rec.versions()) >= 3000 })
+	wait.For(t, waitTimeout, "B applied 3000", func() bool { return len(p.rec.versions()) >= 3000 })
 	exactlyOnce(t, p.rec.versions(), want)
 	last := want[len(want)-1]
-	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	wait.For(t, waitTimeout, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
 	if pos, _ := p.b.st.Position(p.a.id, uint8(LaneResource)); pos.Version != last || pos.Epoch != p.a.st.Epoch() {
 		t.Fatalf("B's position %v, want %d at epoch %d", pos, last, p.a.st.Epoch())
 	}
@@ -225,7 +218,7 @@ func TestDeliversEveryChangeOnceInOrder(t *testing.T) {
 func TestResendsAfterACutLinkOnce(t *testing.T) {
 	p := newPair(t, &recorder{})
 	want := p.commit(500, 100)
-	waitFor(t, "B applied some", func() bool { return len(p.rec.versions()) >= 100 })
+	wait.For(t, waitTimeout, "B applied some", func() bool { return len(p.rec.versions()) >= 100 })
 	if err := p.mn.UnlinkPeers(p.a.id, p.b.id); err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +229,7 @@ func TestResendsAfterACutLinkOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.snd.Kick(p.b.id)
-	waitFor(t, "B applied 2500", func() bool { return len(p.rec.versions()) >= 2500 })
+	wait.For(t, waitTimeout, "B applied 2500", func() bool { return len(p.rec.versions()) >= 2500 })
 	exactlyOnce(t, p.rec.versions(), want)
 }
 
@@ -246,9 +239,9 @@ func TestResendsAfterACutLinkOnce(t *testing.T) {
 func TestReceiverThatLostItsStoreGetsEverythingAgain(t *testing.T) {
 	p := newPair(t, &recorder{})
 	want := p.commit(400, 100)
-	waitFor(t, "B applied 400", func() bool { return len(p.rec.versions()) >= 400 })
+	wait.For(t, waitTimeout, "B applied 400", func() bool { return len(p.rec.versions()) >= 400 })
 	last := want[len(want)-1]
-	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	wait.For(t, waitTimeout, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
 	p.rcv.Close()
 	p.b.host.RemoveStreamHandler(protocols.ResourceCreate)
 	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
@@ -256,7 +249,7 @@ func TestReceiverThatLostItsStoreGetsEverythingAgain(t *testing.T) {
 	p.rec = fresh
 	p.startReceiver(openMem(t, p.b.key))
 	want = append(want, p.commit(10, 10)...) // something new makes A open a stream
-	waitFor(t, "the fresh B applied everything", func() bool { return len(fresh.versions()) >= 410 })
+	wait.For(t, waitTimeout, "the fresh B applied everything", func() bool { return len(fresh.versions()) >= 410 })
 	exactlyOnce(t, fresh.versions(), want)
 }
 
@@ -268,7 +261,7 @@ func TestReceiverThatSaysItHoldsLessGetsItAgain(t *testing.T) {
 	p := newPair(t, &recorder{})
 	want := p.commit(100, 50)
 	last := want[len(want)-1]
-	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	wait.For(t, waitTimeout, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
 	p.snd.HoldsAtMost(p.b.id, last) // true: nothing changes
 	if f := p.snd.Lane(p.b.id, LaneResource).Floor; f != last {
 		t.Fatalf("floor %d after a word that holds everything", f)
@@ -282,7 +275,7 @@ func TestReceiverThatSaysItHoldsLessGetsItAgain(t *testing.T) {
 	// It says it holds half; its position report, once the stream opens,
 	// says it holds nothing: it gets everything, once, in order.
 	p.snd.HoldsAtMost(p.b.id, want[49])
-	waitFor(t, "the fresh B got everything", func() bool { return len(fresh.versions()) >= 100 })
+	wait.For(t, waitTimeout, "the fresh B got everything", func() bool { return len(fresh.versions()) >= 100 })
 	exactlyOnce(t, fresh.versions(), want)
 }
 
@@ -304,7 +297,7 @@ func TestRefusedChangesAreNamedAndTheRestApplied(t *testing.T) {
 	}
 	close(ready)
 	last := all[len(all)-1]
-	waitFor(t, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
+	wait.For(t, waitTimeout, "A's floor reaches the last", func() bool { return p.snd.Lane(p.b.id, LaneResource).Floor == last })
 	var want []uint64
 	for _, v := range all {
 		if !refused[v] {
@@ -312,7 +305,7 @@ func TestRefusedChangesAreNamedAndTheRestApplied(t *testing.T) {
 		}
 	}
 	exactlyOnce(t, rec.versions(), want)
-	waitFor(t, "A recorded every refusal", func() bool {
+	wait.For(t, waitTimeout, "A recorded every refusal", func() bool {
 		got, _ := p.a.st.Refusals(p.b.id)
 		return len(got) == len(refused)
 	})

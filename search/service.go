@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"context"
@@ -8,15 +8,16 @@ import (
 	"sync"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrynet/ferry/internal/gossiptopic"
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/store"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // Limits and defaults of a search.
@@ -125,8 +126,8 @@ type Deps struct {
 	// the book only.
 	DHT DHT
 	// PubSub is the gossipsub instance to use (build it with
-	// PubSubOptions); nil: Start builds one on Host and Close stops it.
-	PubSub    *gossip.PubSub
+	// gossiptopic.RouterOptions); nil: Start builds one on Host and Close stops it.
+	PubSub    *pubsub.PubSub
 	Store     *store.Store
 	Roles     Roles
 	PeerBook  PeerBook
@@ -137,23 +138,6 @@ type Deps struct {
 	// Registerer receives the service's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
 }
-
-// PubSubOptions are the gossipsub options of a node's router: default
-// signing (StrictSign: every message is signed by its author, so GetFrom
-// is authenticated), flood publishing, so that a query reaches every
-// connected member at once instead of waiting for the mesh to form, and a
-// deeper queue per peer (gossipsub drops a message to a peer whose queue
-// is full; members joining together publish their records at once).
-func PubSubOptions() []gossip.Option {
-	return []gossip.Option{
-		gossip.WithMessageSignaturePolicy(gossip.StrictSign),
-		gossip.WithFloodPublish(true),
-		gossip.WithPeerOutboundQueueSize(peerQueue),
-	}
-}
-
-// peerQueue is gossipsub's outbound queue per peer (its default is 32).
-const peerQueue = 256
 
 // Service runs searches for the local apps and answers other members'.
 type Service struct {
@@ -178,10 +162,10 @@ type Service struct {
 	answers chan answerJob
 	dials   chan struct{} // semaphore of outbound streams
 
-	ps       *gossip.PubSub
+	ps       *pubsub.PubSub
 	psCancel context.CancelFunc // non-nil when the service built ps
-	topic    *gossip.Topic
-	sub      *gossip.Subscription
+	topic    *pubsub.Topic
+	sub      *pubsub.Subscription
 
 	closeOnce sync.Once
 }
@@ -239,7 +223,7 @@ func (s *Service) Start() (err error) {
 	s.ps = s.d.PubSub
 	if s.ps == nil {
 		psCtx, psCancel := context.WithCancel(context.Background())
-		s.ps, err = gossip.NewGossipSub(psCtx, s.d.Host, PubSubOptions()...)
+		s.ps, err = pubsub.NewGossipSub(psCtx, s.d.Host, gossiptopic.RouterOptions()...)
 		if err != nil {
 			psCancel()
 			return fmt.Errorf("search: start gossipsub: %w", err)
@@ -260,7 +244,7 @@ func (s *Service) Start() (err error) {
 	if s.sub, err = topic.Subscribe(); err != nil {
 		return fmt.Errorf("search: subscribe to %s: %w", name, err)
 	}
-	stream.Handle(s.d.Host, protocols.Search, protocols.ServiceSearch, reserveBytes, s.admitStream, s.log, s.serve)
+	inbound.Handle(s.d.Host, protocols.Search, protocols.ServiceSearch, reserveBytes, s.admitStream, s.log, s.serve)
 	for range answerWorkers {
 		s.spawn(s.answerLoop)
 	}
@@ -313,7 +297,7 @@ func (s *Service) stopGossip() {
 	if s.psCancel != nil {
 		s.psCancel()
 		s.psCancel = nil
-		for _, id := range gossip.GossipSubDefaultProtocols {
+		for _, id := range pubsub.GossipSubDefaultProtocols {
 			s.d.Host.RemoveStreamHandler(id)
 		}
 	}

@@ -1,4 +1,4 @@
-package sync
+package catchup
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	gosync "sync"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -75,7 +76,7 @@ func TestResourcesOfAnAbsentOriginComeFromAPartner(t *testing.T) {
 	// (S's and O's) are asked for and no one can answer.
 	s.start()
 	n.start()
-	waitFor(t, "N's first jobs find no peer", func() bool {
+	wait.For(t, waitTimeout, "N's first jobs find no peer", func() bool {
 		return len(n.logs.find(incomplete, "err", "no peer to ask is connected")) == 2
 	})
 	if len(n.res.applied()) != 0 {
@@ -86,8 +87,8 @@ func TestResourcesOfAnAbsentOriginComeFromAPartner(t *testing.T) {
 	net.connect(n, s)
 	n.svc.Connected(s.id)
 	want := append(slices.Clone(all[8:11]), all[12:]...)
-	waitFor(t, "N applied O's missing changes", func() bool { return len(n.res.applied()) >= len(want) })
-	waitFor(t, "the job ended", func() bool { return !n.svc.LastCatchUp().IsZero() })
+	wait.For(t, waitTimeout, "N applied O's missing changes", func() bool { return len(n.res.applied()) >= len(want) })
+	wait.For(t, waitTimeout, "the job ended", func() bool { return !n.svc.LastCatchUp().IsZero() })
 	exactly(t, "resources", versionsOf(n.res.applied()), want)
 	for _, a := range n.res.applied() {
 		if a.origin != o.id {
@@ -180,7 +181,7 @@ func TestDecisionsComeFromAMemberWhileTheReviewerIsAway(t *testing.T) {
 	net.connect(n, m)
 	m.start()
 	n.start() // the reviewer is not connected: Everything asks for decisions
-	waitFor(t, "N applied decisions 5 to 10", func() bool { return len(n.dec.applied()) >= 6 })
+	wait.For(t, waitTimeout, "N applied decisions 5 to 10", func() bool { return len(n.dec.applied()) >= 6 })
 	exactly(t, "decisions", versionsOf(n.dec.applied()), []uint64{5, 6, 7, 8, 9, 10})
 	if a := n.dec.Applied(); a != 10 {
 		t.Fatalf("applied sequence %d, want 10", a)
@@ -288,7 +289,7 @@ func TestOwnChangesComeBackFromAPeer(t *testing.T) {
 	n.start()
 
 	n.svc.Recover(p.id)
-	waitFor(t, "the recovery ended", func() bool { return len(n.own.recoveries()) == 1 })
+	wait.For(t, waitTimeout, "the recovery ended", func() bool { return len(n.own.recoveries()) == 1 })
 	if r := n.own.recoveries()[0]; r.peer != p.id || r.n != 6 || r.err != nil {
 		t.Fatalf("Recovered(%s, %d, %v), want (%s, 6, nil)", r.peer, r.n, r.err, p.id)
 	}
@@ -305,7 +306,7 @@ func TestOwnChangesComeBackFromAPeer(t *testing.T) {
 
 	// Asked again: the peer serves them again, none is missing.
 	n.svc.Recover(p.id)
-	waitFor(t, "the second recovery ended", func() bool { return len(n.own.recoveries()) == 2 })
+	wait.For(t, waitTimeout, "the second recovery ended", func() bool { return len(n.own.recoveries()) == 2 })
 	if r := n.own.recoveries()[1]; r.peer != p.id || r.n != 0 || r.err != nil {
 		t.Fatalf("second Recovered(%s, %d, %v), want (%s, 0, nil)", r.peer, r.n, r.err, p.id)
 	}
@@ -332,7 +333,7 @@ func TestOwnChangesSignedByAnotherAreRefused(t *testing.T) {
 	p.start()
 	n.start()
 	n.svc.Recover(p.id)
-	waitFor(t, "the recovery ended", func() bool { return len(n.own.recoveries()) == 1 })
+	wait.For(t, waitTimeout, "the recovery ended", func() bool { return len(n.own.recoveries()) == 1 })
 	r := n.own.recoveries()[0]
 	if r.n != 0 || !errors.Is(r.err, protocols.ErrBadSignature) {
 		t.Fatalf("Recovered(%s, %d, %v), want a bad signature", r.peer, r.n, r.err)
@@ -340,7 +341,7 @@ func TestOwnChangesSignedByAnotherAreRefused(t *testing.T) {
 	if len(n.own.applied()) != 0 {
 		t.Fatalf("recovered %v", n.own.applied())
 	}
-	waitFor(t, "the failed job is counted", func() bool { return n.failures("own") == 1 })
+	wait.For(t, waitTimeout, "the failed job is counted", func() bool { return n.failures("own") == 1 })
 }
 
 // The snapshot streams from the reviewer: every chunk reaches
@@ -359,7 +360,7 @@ func TestSnapshotFromTheReviewer(t *testing.T) {
 	n.start()
 
 	n.svc.FetchSnapshot(r.id)
-	waitFor(t, "SnapshotDone", func() bool { return len(n.dec.snapshotDone()) > 0 })
+	wait.For(t, waitTimeout, "SnapshotDone", func() bool { return len(n.dec.snapshotDone()) > 0 })
 	if d := n.dec.snapshotDone(); len(d) != 1 || d[0].reviewer != r.id || d[0].err != nil {
 		t.Fatalf("SnapshotDone %v, want once with (%s, nil)", d, r.id)
 	}
@@ -425,7 +426,7 @@ func TestSnapshotOnlyFromTheReviewer(t *testing.T) {
 		{r, "snapshot chunk 3 out of order (want 2)"},
 	} {
 		n.svc.FetchSnapshot(c.from.id)
-		waitFor(t, "SnapshotDone", func() bool { return len(n.dec.snapshotDone()) == i+1 })
+		wait.For(t, waitTimeout, "SnapshotDone", func() bool { return len(n.dec.snapshotDone()) == i+1 })
 		d := n.dec.snapshotDone()[i]
 		if d.reviewer != c.from.id || d.err == nil || !strings.Contains(d.err.Error(), c.want) {
 			t.Fatalf("SnapshotDone(%s, %v), want (%s, %q)", d.reviewer, d.err, c.from.id, c.want)
@@ -459,7 +460,7 @@ func TestRefusedRequestIsRecordedAndNothingApplied(t *testing.T) {
 	n.start() // o is away: Everything asks s for its chain
 
 	want := fmt.Sprintf("refused: resources of %s are shared with partners only", o.id)
-	waitFor(t, "N's job failed", func() bool { return len(n.logs.find(incomplete, "err", want)) > 0 })
+	wait.For(t, waitTimeout, "N's job failed", func() bool { return len(n.logs.find(incomplete, "err", want)) > 0 })
 	if len(s.logs.find("sync request refused", "reason", fmt.Sprintf("resources of %s are shared with partners only", o.id))) == 0 {
 		t.Fatal("S did not log the refusal")
 	}
@@ -657,7 +658,7 @@ func TestEverythingAsksForDecisionsHeldBehindAGap(t *testing.T) {
 	r.start()
 	n.start()
 	want := "stream reset" // a stranger's stream is reset at open
-	waitFor(t, "a job failed", func() bool { return len(n.logs.find(incomplete, "err", want)) > 0 })
+	wait.For(t, waitTimeout, "a job failed", func() bool { return len(n.logs.find(incomplete, "err", want)) > 0 })
 	if n.dec.Applied() != 2 {
 		t.Fatal("applied decisions from a refused answer")
 	}
@@ -665,7 +666,7 @@ func TestEverythingAsksForDecisionsHeldBehindAGap(t *testing.T) {
 		t.Fatalf("failed decisions jobs %d, want at least 1", f)
 	}
 	r.roles.set(nil, []peer.ID{r.id, n.id}, r.id)
-	waitFor(t, "the gap is filled", func() bool { return len(n.dec.applied()) >= 3 })
+	wait.For(t, waitTimeout, "the gap is filled", func() bool { return len(n.dec.applied()) >= 3 })
 	exactly(t, "decisions", versionsOf(n.dec.applied()), []uint64{3, 4, 5})
 	if n.dec.Held() || n.dec.Applied() != 5 {
 		t.Fatalf("held %v, applied %d after the gap was filled", n.dec.Held(), n.dec.Applied())
@@ -879,7 +880,7 @@ func TestCandidatesAreAskedInTurn(t *testing.T) {
 	net := newNetwork(t)
 	n, p1, p2, o, r, m, away := net.node(), net.node(), net.node(), net.node(), net.node(), net.node(), net.node()
 	name := map[peer.ID]string{p1.id: "p1", p2.id: "p2", o.id: "o", r.id: "r", m.id: "m", away.id: "away"}
-	var mu gosync.Mutex
+	var mu sync.Mutex
 	var asked []string
 	refuse := map[string]bool{}
 	for _, x := range []*node{p1, p2, o, r, m, away} {

@@ -1,4 +1,4 @@
-package sync
+package catchup
 
 // Catch-up against an in-memory ledger (Pebble on an in-memory file system,
 // store.Options{InMemory: true}) and libp2p's in-memory network (mocknet),
@@ -27,7 +27,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	gosync "sync"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,7 +50,7 @@ import (
 
 // roles is one node's view of the network; tests change it as they go.
 type roles struct {
-	mu       gosync.Mutex
+	mu       sync.Mutex
 	self     peer.ID
 	partners []peer.ID
 	members  []peer.ID
@@ -109,7 +109,7 @@ type entry struct {
 // the change appended to the log.
 type resources struct {
 	st     *store.Store
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	got    []entry
 	reject func(v uint64) bool
 	keep   bool // reject keeping the chain mark (RejectKeeping), as propagate does
@@ -174,7 +174,7 @@ func (f *resources) reset() {
 type decisions struct {
 	st *store.Store
 
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	got    []entry
 	chunks []*pb.SnapshotChunk // what ServeSnapshot emits
 	snap   []snapChunk         // what ApplySnapshotChunk got, committed
@@ -352,7 +352,7 @@ func (f *decisions) snapshotDone() []snapDone {
 // (Txn.PutOwnRecovered, as propagate and review do) and records the ones
 // that were missing, and every end of a recovery.
 type own struct {
-	mu        gosync.Mutex
+	mu        sync.Mutex
 	from      uint64
 	got       []entry
 	recovered []recovery
@@ -406,7 +406,7 @@ func (f *own) recoveries() []recovery {
 
 // logs records what a node logs, to read what a job or a handler reported.
 type logs struct {
-	mu   gosync.Mutex
+	mu   sync.Mutex
 	recs []logRec
 }
 
@@ -784,7 +784,7 @@ func requestRaw(t *testing.T, h host.Host, to peer.ID, frame []byte) ([]*pb.Sync
 // byHand answers every sync request on h with the same batches, written
 // as they are, then closes the stream; it records the requests.
 type byHand struct {
-	mu   gosync.Mutex
+	mu   sync.Mutex
 	reqs []*pb.SyncRequest
 }
 
@@ -827,13 +827,5 @@ func (x *byHand) requests() []*pb.SyncRequest {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+// waitTimeout bounds every wait of these tests.
+const waitTimeout = 20 * time.Second

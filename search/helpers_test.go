@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"context"
@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -40,20 +41,6 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := time.Millisecond
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting until %s", timeout, what)
-		}
-		time.Sleep(wait)
-		wait = min(wait*2, 20*time.Millisecond)
-	}
 }
 
 // fakeRoles is a peer book with fixed members and partners.
@@ -299,7 +286,7 @@ func mesh(t *testing.T, nodes ...*tnode) {
 // waitTopic waits until every node sees every other on the search topic.
 func waitTopic(t *testing.T, nodes ...*tnode) {
 	t.Helper()
-	waitFor(t, 15*time.Second, "every node sees the others on the search topic", func() bool {
+	wait.For(t, 15*time.Second, "every node sees the others on the search topic", func() bool {
 		for _, n := range nodes {
 			n.svc.mu.Lock()
 			topic := n.svc.topic

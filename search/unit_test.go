@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 )
@@ -68,10 +69,10 @@ func TestSearchAllThroughGossip(t *testing.T) {
 				count(n.svc.m.queries, "out", "all"), count(n.svc.m.results, "in"), count(n.svc.m.results, "out"))
 		}
 	})
-	waitFor(t, 10*time.Second, "answers from B and C", func() bool {
+	wait.For(t, 10*time.Second, "answers from B and C", func() bool {
 		return len(a.pub.get("q-alpha")) == 2 && len(a.pub.get("q-beta")) == 1 && len(a.pub.get(genID)) == 1
 	})
-	waitFor(t, 5*time.Second, "the queries expire", func() bool {
+	wait.For(t, 5*time.Second, "the queries expire", func() bool {
 		return !a.svc.isOpen("q-alpha") && !a.svc.isOpen("q-beta") && !a.svc.isOpen("q-none")
 	})
 	want := map[string]map[string][]string{
@@ -117,10 +118,10 @@ func TestSearchKnownAndPartnerDirect(t *testing.T) {
 	if res["asked"] != 1 || res["scope"] != ScopePartner {
 		t.Fatalf("reply %v", res)
 	}
-	waitFor(t, 10*time.Second, "answers", func() bool {
+	wait.For(t, 10*time.Second, "answers", func() bool {
 		return len(a.pub.get("q-known")) == 2 && len(a.pub.get("q-limit")) == 2 && len(a.pub.get("q-partner")) == 1
 	})
-	waitFor(t, 5*time.Second, "the queries expire", func() bool {
+	wait.For(t, 5*time.Second, "the queries expire", func() bool {
 		return !a.svc.isOpen("q-known") && !a.svc.isOpen("q-partner")
 	})
 	got := ids(t, a.pub.get("q-known"))
@@ -180,7 +181,7 @@ func TestPeerSearch(t *testing.T) {
 			if len(res) != 1 || res["query_id"] != id {
 				t.Fatalf("reply %v", res)
 			}
-			waitFor(t, 5*time.Second, "the peer search answers", func() bool { return len(a.pub.get(id)) == 1 })
+			wait.For(t, 5*time.Second, "the peer search answers", func() bool { return len(a.pub.get(id)) == 1 })
 			ev := a.pub.get(id)[0]
 			raw, _ := json.Marshal(ev)
 			var got struct {
@@ -200,7 +201,7 @@ func TestPeerSearch(t *testing.T) {
 				t.Fatalf("DHT asked: %v, want %v", a.dht.asked[asked:], tc.dht)
 			}
 			// The answer is published just before the query closes.
-			waitFor(t, 5*time.Second, "the peer search closes", func() bool { return !a.svc.isOpen(id) })
+			wait.For(t, 5*time.Second, "the peer search closes", func() bool { return !a.svc.isOpen(id) })
 		})
 	}
 }
@@ -316,7 +317,7 @@ func TestRateLimitDropsFlood(t *testing.T) {
 	if n := count(b.svc.m.dropped, dropRateLimited); n != 60-QueryBurst {
 		t.Fatalf("dropped %v queries over the rate, want %d", n, 60-QueryBurst)
 	}
-	waitFor(t, 10*time.Second, "B answers the queries within the burst", func() bool { return answers.Load() == QueryBurst })
+	wait.For(t, 10*time.Second, "B answers the queries within the burst", func() bool { return answers.Load() == QueryBurst })
 
 	clk.Add(time.Second) // refills QueryRate tokens
 	for i := 60; i < 66; i++ {
@@ -324,7 +325,7 @@ func TestRateLimitDropsFlood(t *testing.T) {
 			t.Fatalf("query %d: %v", i, err)
 		}
 	}
-	waitFor(t, 10*time.Second, "B answers the refilled queries", func() bool {
+	wait.For(t, 10*time.Second, "B answers the refilled queries", func() bool {
 		return answers.Load() == QueryBurst+QueryRate && count(b.svc.m.results, "out") == QueryBurst+QueryRate
 	})
 	if n := count(b.svc.m.dropped, dropRateLimited); n != 60-QueryBurst+1 {
@@ -407,7 +408,7 @@ func TestSpoofedAskerDropped(t *testing.T) {
 	// Through gossip: X signs a message whose query names A as the asker.
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ps, err := gossip.NewGossipSub(ctx, x)
+	ps, err := pubsub.NewGossipSub(ctx, x)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +416,7 @@ func TestSpoofedAskerDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "X sees B on the topic", func() bool { return slices.Contains(topic.ListPeers(), b.id) })
+	wait.For(t, 15*time.Second, "X sees B on the topic", func() bool { return slices.Contains(topic.ListPeers(), b.id) })
 	publish := func(q *pb.SearchQuery) {
 		t.Helper()
 		data, err := proto.Marshal(q)
@@ -427,18 +428,18 @@ func TestSpoofedAskerDropped(t *testing.T) {
 		}
 	}
 	publish(query("honest", x.ID()))
-	waitFor(t, 10*time.Second, "B takes X's own query", func() bool { return count(b.svc.m.queries, "in", "gossip") == 1 })
+	wait.For(t, 10*time.Second, "B takes X's own query", func() bool { return count(b.svc.m.queries, "in", "gossip") == 1 })
 	publish(query("spoof-2", a.id))
-	waitFor(t, 10*time.Second, "B drops the spoofed gossip query", func() bool { return count(b.svc.m.dropped, dropSpoofed) == 2 })
+	wait.For(t, 10*time.Second, "B drops the spoofed gossip query", func() bool { return count(b.svc.m.dropped, dropSpoofed) == 2 })
 	if err := topic.Publish(ctx, []byte("not a query")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "B drops the malformed gossip query", func() bool { return count(b.svc.m.dropped, dropMalformed) == 1 })
+	wait.For(t, 10*time.Second, "B drops the malformed gossip query", func() bool { return count(b.svc.m.dropped, dropMalformed) == 1 })
 	b.roles.mu.Lock()
 	delete(b.roles.members, x.ID())
 	b.roles.mu.Unlock()
 	publish(query("stranger", x.ID()))
-	waitFor(t, 10*time.Second, "B drops a non-member's query", func() bool { return count(b.svc.m.dropped, dropNotMember) == 1 })
+	wait.For(t, 10*time.Second, "B drops a non-member's query", func() bool { return count(b.svc.m.dropped, dropNotMember) == 1 })
 	if n := count(b.svc.m.queries, "in", "gossip"); n != 1 {
 		t.Fatalf("B took %v gossip queries, want 1", n)
 	}

@@ -1,9 +1,11 @@
-package stream
+package inbound
 
 import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // A stream from a peer that Admit refuses is reset when it opens: the
 // service never sees it and nothing of it is read; an admitted peer's is

@@ -1,4 +1,4 @@
-package pubsub
+package search
 
 import (
 	"bytes"
@@ -9,14 +9,14 @@ import (
 	"time"
 	"unicode/utf8"
 
-	gossip "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
-	"github.com/ferrynet/ferry/stream"
 )
 
 // errMalformed marks a query or frame that breaks the protocol.
@@ -112,25 +112,25 @@ func (s *Service) drop(reason string, p peer.ID, via string, err error) {
 // validateGossip is the search topic's validator: it rejects malformed and
 // spoofed queries and those of non-members, and ignores senders over their
 // rate. It hands the decoded query to the reader as ValidatorData.
-func (s *Service) validateGossip(_ context.Context, _ peer.ID, msg *gossip.Message) gossip.ValidationResult {
+func (s *Service) validateGossip(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	from := msg.GetFrom()
 	if from == s.self {
-		return gossip.ValidationAccept // this node's own query, validated as it is published
+		return pubsub.ValidationAccept // this node's own query, validated as it is published
 	}
 	q, asker, err := decodeQuery(msg.GetData(), s.now())
 	if err != nil {
 		s.drop(dropMalformed, from, "gossip", err)
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	if reason := s.admit(asker, from); reason != "" {
 		s.drop(reason, from, "gossip", fmt.Errorf("asker %s", asker))
 		if reason == dropRateLimited {
-			return gossip.ValidationIgnore
+			return pubsub.ValidationIgnore
 		}
-		return gossip.ValidationReject
+		return pubsub.ValidationReject
 	}
 	msg.ValidatorData = q
-	return gossip.ValidationAccept
+	return pubsub.ValidationAccept
 }
 
 // gossipLoop reads the search topic.
@@ -167,13 +167,13 @@ func (s *Service) admitStream(p peer.ID) bool {
 
 func (s *Service) serve(st network.Stream) error {
 	if !s.g.Add() {
-		return stream.Refuse("search is closing", nil)
+		return inbound.Refuse("search is closing", nil)
 	}
 	defer s.g.Done()
 	remote := st.Conn().RemotePeer()
 	if !s.d.Roles.IsMember(remote) {
 		s.m.dropped.WithLabelValues(dropNotMember).Inc()
-		return stream.Refuse("not a member", nil)
+		return inbound.Refuse("not a member", nil)
 	}
 	_ = st.SetDeadline(time.Now().Add(streamTimeout))
 	// Close does not wait out the deadline of a peer that sends slowly.
@@ -192,14 +192,14 @@ func (s *Service) serve(st network.Stream) error {
 		return s.serveResults(remote, f.Results)
 	}
 	s.m.dropped.WithLabelValues(dropMalformed).Inc()
-	return stream.Refuse("a search frame carries a query or results", errMalformed)
+	return inbound.Refuse("a search frame carries a query or results", errMalformed)
 }
 
 func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 	asker, err := checkQuery(q, s.now())
 	if err != nil {
 		s.m.dropped.WithLabelValues(dropMalformed).Inc()
-		return stream.Refuse("malformed query", err)
+		return inbound.Refuse("malformed query", err)
 	}
 	switch reason := s.admit(asker, remote); reason {
 	case "":
@@ -208,7 +208,7 @@ func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 		return nil
 	default:
 		s.m.dropped.WithLabelValues(reason).Inc()
-		return stream.Refuse(reason, fmt.Errorf("query %s asked by %s", q.GetQueryId(), asker))
+		return inbound.Refuse(reason, fmt.Errorf("query %s asked by %s", q.GetQueryId(), asker))
 	}
 	s.m.queries.WithLabelValues("in", "stream").Inc()
 	s.enqueue(q, asker, "stream")
@@ -219,12 +219,12 @@ func (s *Service) serveQuery(remote peer.ID, q *pb.SearchQuery) error {
 func (s *Service) serveResults(remote peer.ID, r *pb.SearchResults) error {
 	if !ValidQueryID(r.GetQueryId()) || !tokenRe.MatchString(r.GetDataType()) {
 		s.m.dropped.WithLabelValues(dropMalformed).Inc()
-		return stream.Refuse("malformed results", fmt.Errorf("%w: query_id %q, data_type %q", errMalformed, r.GetQueryId(), r.GetDataType()))
+		return inbound.Refuse("malformed results", fmt.Errorf("%w: query_id %q, data_type %q", errMalformed, r.GetQueryId(), r.GetDataType()))
 	}
 	for i, doc := range r.GetResults() {
 		if !json.Valid(doc) {
 			s.m.dropped.WithLabelValues(dropMalformed).Inc()
-			return stream.Refuse("malformed results", fmt.Errorf("%w: result %d is not JSON", errMalformed, i))
+			return inbound.Refuse("malformed results", fmt.Errorf("%w: result %d is not JSON", errMalformed, i))
 		}
 	}
 	now := s.now()

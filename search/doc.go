@@ -1,4 +1,4 @@
-// Package pubsub is Ferry's search service (source 002): an app asks its
+// Package search is Ferry's search service (source 002): an app asks its
 // node, on <prefix>.propagate with action "search", who holds a peer or a
 // resource, and the answers come back on <prefix>.search.result.<query_id>.
 //
@@ -24,4 +24,4 @@
 // queries this node has open, within their deadline and limit. A node answers
 // with its own resources only (creator == itself), never with what partners
 // shared with it.
-package pubsub
+package search

@@ -1,4 +1,4 @@
-package sync
+package catchup
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 )
@@ -153,7 +154,7 @@ func TestServeResetsAnUnreadableRequest(t *testing.T) {
 			if err == nil || len(batches) != 0 {
 				t.Fatalf("answered %v, %v; want a reset stream", batches, err)
 			}
-			waitFor(t, "the server logged the reset", func() bool {
+			wait.For(t, waitTimeout, "the server logged the reset", func() bool {
 				return len(s.logs.find("stream reset", "err", "read sync request")) > 0
 			})
 		})

@@ -1,7 +1,7 @@
-// Package sync is catch-up (source 003) where the delivery streams cannot
+// Package catchup is catch-up (source 003) where the delivery streams cannot
 // bring what a node misses. A partner or member that was away is a receiver
 // whose ack floor is behind, and the sender's own stream brings it
-// everything (package stream); sync, on /ferry/sync/1.0.0, covers the rest:
+// everything (package stream); catchup, on /ferry/sync/1.0.0, covers the rest:
 //
 //   - owned-resource changes of an origin that is not connected, after the
 //     version up to which this node holds that origin's chain, served by any
@@ -18,8 +18,8 @@
 // starts from what is on disk, so an interrupted catch-up resumes where it
 // stopped. Jobs are merged by what they fetch.
 //
-// Importers name the package ferrysync; it must not send deliveries.
-package sync
+// It must not send deliveries.
+package catchup
 
 import (
 	"context"
@@ -27,7 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	gosync "sync"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -37,6 +37,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -115,9 +116,9 @@ type Service struct {
 	max    int
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     gosync.WaitGroup
+	wg     sync.WaitGroup
 
-	mu     gosync.Mutex
+	mu     sync.Mutex
 	closed bool
 	want   map[job][]peer.ID // work asked for and not yet started, with peers to ask first
 	wake   chan struct{}
@@ -192,7 +193,7 @@ func (s *Service) admit(p peer.ID) bool { return s.d.Roles.IsPartner(p) || s.d.R
 
 // Start registers the handler and starts the catch-up worker.
 func (s *Service) Start() {
-	stream.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.admit, s.log, func(st network.Stream) error {
+	inbound.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.admit, s.log, func(st network.Stream) error {
 		if !s.enter() {
 			return errors.New("sync closed")
 		}
