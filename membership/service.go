@@ -61,6 +61,12 @@ const (
 var startSchedule = []time.Duration{0, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
 	20 * time.Second, 30 * time.Second, 45 * time.Second, 60 * time.Second, 90 * time.Second, 120 * time.Second}
 
+// freshPublishes is how many ticks with a peer in the members topic a new
+// record is published on: a publish right after a connection opens can be
+// lost (the peer's gossipsub stream is not up yet, and the first one was
+// lost about one test run in five), and pulls would then be its only way.
+const freshPublishes = 2
+
 // pullSoon is how soon a node pulls again (from another neighbour, at
 // random) after a pull that brought records it did not hold: while members
 // join, the set converges in a few seconds instead of along the schedule.
@@ -104,10 +110,12 @@ type Service struct {
 	held   map[peer.ID]Record
 	pulled time.Time // last complete pull
 	sum    []byte    // digest of held (nil: to compute again)
-	// published is when the loop last published the own record, and
-	// pubSeq the sequence it published (the loop's own state).
+	// published is when the loop last published the own record, pubSeq
+	// the sequence it published and pubTimes how often (the loop's own
+	// state).
 	published time.Time
 	pubSeq    uint64
+	pubTimes  int
 	started   bool
 
 	known   prometheus.Gauge
@@ -469,10 +477,11 @@ func (s *Service) loop() {
 		}
 		s.refresh()
 		s.mu.Lock()
-		fresh := s.own.Seq != s.pubSeq
+		fresh := s.own.Seq != s.pubSeq || s.pubTimes < freshPublishes
 		s.mu.Unlock()
 		// A new record waits for a peer in the topic (published alone it
-		// would reach no one); the same record goes again each Republish.
+		// would reach no one) and goes on freshPublishes ticks; the same
+		// record goes again each Republish.
 		if (fresh && len(s.topic.ListPeers()) > 0) || (!fresh && time.Since(s.published) >= s.d.Republish) {
 			s.publish()
 		}
@@ -514,7 +523,11 @@ func (s *Service) publish() {
 	own, seq := s.own.Raw, s.own.Seq
 	s.mu.Unlock()
 	s.published = time.Now()
+	if seq != s.pubSeq {
+		s.pubTimes = 0
+	}
 	s.pubSeq = seq
+	s.pubTimes++
 	if err := s.topic.Publish(s.ctx, own); err != nil && s.ctx.Err() == nil {
 		s.log.Debug("publish member record", "err", err)
 	}
