@@ -55,6 +55,9 @@ const (
 	// (flushes or compactions failing in a loop) fail the store.
 	backgroundErrorBurst  = 20
 	backgroundErrorWindow = 10 * time.Second
+	// diskFullGrace is how long an ENOSPC may wait for a compaction to
+	// claim it before it fails the store.
+	diskFullGrace = time.Second
 )
 
 // ErrDiskLow is returned (wrapped, with ferry.ErrUnavailable) for commits
@@ -104,6 +107,9 @@ type Health struct {
 	LastCommit   time.Time `json:"last_commit,omitzero"`
 	// WriteStall is Pebble's reason while it holds writes back.
 	WriteStall string `json:"write_stall,omitempty"`
+	// CompactionsWait says why compactions wait for space (space.go);
+	// writes go on meanwhile.
+	CompactionsWait string `json:"compactions_wait,omitempty"`
 }
 
 // health holds the state behind Health. It is built before Pebble opens
@@ -114,10 +120,19 @@ type health struct {
 	fs  vfs.FS
 	log *slog.Logger
 
-	failed       atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
-	queued       atomic.Int64          // operations submitted and not yet answered
-	lastProgress atomic.Int64          // unix nanos: last answered round, or when the queue became non-empty
-	lastCommit   atomic.Int64          // unix nanos of the last round answered
+	failed atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
+	// diskFullAt (unix nanos) is when a write met ENOSPC that no compaction
+	// has claimed yet (space.go); it fails the store after diskFullGrace.
+	diskFullAt atomic.Int64
+	// compactNeed > 0: compactions wait until this much is free (space.go).
+	compactNeed    atomic.Uint64
+	compactCheckAt atomic.Int64 // unix nanos of the last look at the free space for them
+	// compactFull counts compactions that ended in ENOSPC, compactFullSeen
+	// their background errors seen.
+	compactFull, compactFullSeen atomic.Int64
+	queued                       atomic.Int64 // operations submitted and not yet answered
+	lastProgress                 atomic.Int64 // unix nanos: last answered round, or when the queue became non-empty
+	lastCommit                   atomic.Int64 // unix nanos of the last round answered
 
 	mu         sync.Mutex
 	free       uint64    // free bytes as of freeAt
@@ -139,7 +154,9 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 		base = vfs.Default
 	}
 	h.fs = vfs.OnDiskFull(base, func() {
-		h.fail(fmt.Errorf("disk full: a write under %s failed with ENOSPC", dir))
+		// A compaction's ENOSPC is not a failure (space.go): it says so
+		// in its CompactionEnd, soon after. Any other write's is.
+		h.diskFullAt.CompareAndSwap(0, time.Now().UnixNano())
 	})
 	h.lastProgress.Store(time.Now().UnixNano())
 	return h
@@ -148,8 +165,12 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 // pebbleOptions puts the health hooks into Pebble's options.
 func (h *health) pebbleOptions(po *pebble.Options) {
 	po.FS = h.fs
+	po.Cleaner = noRecycleCleaner{}
+	po.MaxConcurrentCompactions = h.maxCompactions
+	po.MemTableStopWritesThreshold = memTableStopWrites
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: h.backgroundError,
+		CompactionEnd:   h.compactionEnd,
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 			h.mu.Lock()
 			h.writeStall = info.Reason
@@ -193,6 +214,8 @@ func (h *health) backgroundError(err error) {
 		h.log.Error("pebble background error", "err", err.Error(), "recent", n)
 	}
 	switch {
+	case isDiskFull(err) && h.compactionENOSPC():
+		// Compactions wait for space (space.go); writes go on.
 	case isDiskFull(err):
 		h.fail(fmt.Errorf("disk full: pebble flush or compaction failed: %w", err))
 	case errors.Is(err, syscall.EIO):
@@ -316,7 +339,11 @@ func (s *Store) failure() *error {
 func (s *Store) Health() Health {
 	h := s.h
 	now := time.Now()
-	out := Health{Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes, Headroom: h.o.Headroom}
+	if at := h.diskFullAt.Load(); at != 0 && now.UnixNano()-at > int64(diskFullGrace) {
+		h.fail(fmt.Errorf("disk full: a write under %s failed with ENOSPC", h.dir))
+	}
+	s.resumeCompactions(now)
+	out := Health{CompactionsWait: h.compactionsWait(), Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes, Headroom: h.o.Headroom}
 	if lc := h.lastCommit.Load(); lc > 0 {
 		out.LastCommit = time.Unix(0, lc).UTC()
 	}

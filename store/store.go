@@ -196,6 +196,11 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Health.MinFreeBytes > 0 && o.Health.Headroom == 0 {
 		o.Health.Headroom = 2 * memTableSize
 	}
+	if !o.InMemory {
+		if err := ReleaseWALSpace(dir); err != nil {
+			return nil, err
+		}
+	}
 	h := newHealth(dir, o.Health, o.Logger)
 	po := &pebble.Options{
 		Logger: pebbleLogger{o.Logger, h.fatal},
@@ -207,7 +212,8 @@ func Open(dir string, o Options) (*Store, error) {
 		L0StopWritesThreshold: 64,
 		MemTableSize:          memTableSize,
 	}
-	h.pebbleOptions(po) // the file system: o.Health.FS (in memory) or the disk's
+	h.pebbleOptions(po)    // the file system: o.Health.FS (in memory) or the disk's
+	h.compactNeed.Store(1) // no compaction at open until gateAfterOpen has looked (space.go)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -228,6 +234,7 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.gateAfterOpen()
 	s.wg.Add(2)
 	go s.writer()
 	go s.completer()
