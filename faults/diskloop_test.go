@@ -55,12 +55,13 @@ func listDir(dir string) string {
 // cycles every start exited within 0.3 s with `ferry: disk full ...
 // ENOSPC` while 48 MB were free.)
 func TestDiskFullNoReserveLoop(t *testing.T) {
-	cycles := pick(20, 40)
 	const (
+		cycles     = 20   // long runs too: the store grows each cycle and must stay inside the disk
 		perCycle   = 500  // creates the node must take each cycle before its disk is filled
 		fullWrites = 1000 // the most it may take after that in a cycle
+		pad        = 768  // payload bytes of a create: about 2 MB of store a cycle, 40 MB after 20
 	)
-	dir, kind := smallFS(t, fsMB())
+	dir, kind := smallFS(t, 96)
 	home := filepath.Join(dir, "home")
 	a := proc.New(t, proc.Options{Name: "A", Home: home, Configure: func(c *node.Config) {
 		c.Limits.MinFreeDiskMB = 0
@@ -72,7 +73,7 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 	for cycle := range cycles {
 		app := connect(t, a.NATSURL())
 		ctx, cancel := context.WithCancel(context.Background())
-		wg := load(ctx, app, 4, padBytes(), fmt.Sprintf("z%d", cycle), 10*time.Second, tl)
+		wg := load(ctx, app, 4, pad, fmt.Sprintf("z%d", cycle), 10*time.Second, tl)
 		// Space exists: the node takes writes and stays up (a node whose
 		// recovery cannot finish on this disk exits here: issue 16).
 		before := len(tl.ackedIDs())
@@ -126,9 +127,6 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 		}
 		release(t, filler)
 		free := freeBytes(t, dir)
-		if os.Getenv("DEBUGLIST") != "" {
-			t.Logf("before start: %.1f MiB free\n%s\n%s", float64(free)/(1<<20), listDir(filepath.Join(home, "data")), listDir(dir))
-		}
 		if err := a.StartErr(); err != nil {
 			t.Fatalf("cycle %d: the node stopped (%s) and does not start again with %.1f MiB free: %v\n%s",
 				cycle, how, float64(free)/(1<<20), err, listDir(filepath.Join(home, "data")))
@@ -139,22 +137,4 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 	acked := tl.ackedIDs()
 	holdsAll(t, a, acked, 60*time.Second)
 	t.Logf("%d cycles on %s (reserve 0), %d exits on ENOSPC, %d acknowledged creates held: %s", cycles, kind, exits, len(acked), tl)
-}
-
-func padBytes() int {
-	if os.Getenv("PAD") != "" {
-		n := 0
-		fmt.Sscan(os.Getenv("PAD"), &n)
-		return n
-	}
-	return 256
-}
-
-func fsMB() int {
-	if os.Getenv("FSMB") != "" {
-		n := 0
-		fmt.Sscan(os.Getenv("FSMB"), &n)
-		return n
-	}
-	return 96
 }
