@@ -198,6 +198,9 @@ func (h *health) fail(err error) {
 // they repeat (Pebble retries without backoff, so a persistent error comes
 // back many times a second).
 func (h *health) backgroundError(err error) {
+	if isDiskFull(err) && h.compactionENOSPC() {
+		return // compactions wait for space (space.go); writes go on
+	}
 	now := time.Now()
 	h.mu.Lock()
 	h.bgErrors = append(h.bgErrors, now)
@@ -214,8 +217,6 @@ func (h *health) backgroundError(err error) {
 		h.log.Error("pebble background error", "err", err.Error(), "recent", n)
 	}
 	switch {
-	case isDiskFull(err) && h.compactionENOSPC():
-		// Compactions wait for space (space.go); writes go on.
 	case isDiskFull(err):
 		h.fail(fmt.Errorf("disk full: pebble flush or compaction failed: %w", err))
 	case errors.Is(err, syscall.EIO):
