@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/proc"
 	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/store"
 )
 
 // dirSize is the bytes of the regular files under dir.
@@ -51,7 +52,9 @@ func listDir(dir string) string {
 // by itself on ENOSPC, or is SIGKILLed or SIGTERMed), the filler is
 // deleted, and the node starts again, cycle after cycle. Every start once
 // space exists must succeed and take writes, and every acknowledged create
-// is held at the end. (Issue 16: on a 128 MB file system, after about 8
+// is held at the end. Twice the node is started before space is freed: it
+// must wait, /healthz 503 saying how much it needs and how much is free,
+// start once the space exists, and stop cleanly on SIGTERM while it waits. (Issue 16: on a 128 MB file system, after about 8
 // cycles every start exited within 0.3 s with `ferry: disk full ...
 // ENOSPC` while 48 MB were free.)
 func TestDiskFullNoReserveLoop(t *testing.T) {
@@ -60,6 +63,8 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 		perCycle   = 500  // creates the node must take each cycle before its disk is filled
 		fullWrites = 1000 // the most it may take after that in a cycle
 		pad        = 768  // payload bytes of a create: about 2 MB of store a cycle, 40 MB after 20
+		waitCycle  = 7    // the node is started before space is freed: it waits, then starts
+		termCycle  = 13   // the same, and it is stopped with SIGTERM while it waits
 	)
 	dir, kind := smallFS(t, 96)
 	home := filepath.Join(dir, "home")
@@ -125,7 +130,44 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 			}
 			how += fmt.Sprintf(" (%d)", code)
 		}
-		release(t, filler)
+		switch cycle {
+		case waitCycle, termCycle:
+			// Started while the disk is still full: it waits, unhealthy,
+			// saying what it needs, instead of exiting. (The test gives back
+			// the WAL preallocation first, as the node would, and fills what
+			// that freed, so that there is no room.)
+			if err := store.ReleaseWALSpace(filepath.Join(home, "data")); err != nil {
+				t.Fatal(err)
+			}
+			fill(t, dir, filler, 0)
+			started := make(chan error, 1)
+			go func() { started <- a.StartErr() }()
+			took := waitHealthz(t, a, 503, "waiting for disk space", 30*time.Second)
+			_, body := a.Healthz()
+			if !a.Running() || !strings.Contains(body, "needs") || !strings.Contains(body, "free") {
+				t.Fatalf("cycle %d: a start on a full disk: running %v, /healthz %q", cycle, a.Running(), body)
+			}
+			how += fmt.Sprintf("; started on the full disk: 503 after %v (%s)", took.Round(time.Millisecond), strings.TrimSpace(strings.SplitN(body, "\n", 2)[0]))
+			if cycle == termCycle {
+				// SIGTERM while it waits stops it cleanly.
+				if code := a.Term(10 * time.Second); code != 0 {
+					t.Fatalf("cycle %d: exit %d after SIGTERM while waiting for space:\n%s", cycle, code, a.Stderr())
+				}
+				<-started // it exited while starting: StartErr says so
+				how += "; SIGTERM while waiting: exit 0"
+				release(t, filler)
+				break
+			}
+			release(t, filler)
+			if err := <-started; err != nil {
+				t.Fatalf("cycle %d: the node waiting for space did not start once it was freed: %v", cycle, err)
+			}
+			how += "; started once freed"
+			t.Logf("cycle %d: %s; store %.1f MiB; %s", cycle, how, float64(dirSize(home))/(1<<20), tl)
+			continue
+		default:
+			release(t, filler)
+		}
 		free := freeBytes(t, dir)
 		if err := a.StartErr(); err != nil {
 			t.Fatalf("cycle %d: the node stopped (%s) and does not start again with %.1f MiB free: %v\n%s",
