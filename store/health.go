@@ -239,6 +239,19 @@ func (h *health) fatal(msg string) {
 	}
 }
 
+// recoverFatal, deferred on the store's goroutines that call into Pebble's
+// write path, turns a panic of Pebble into its fatal path: Pebble panics
+// when it cannot create a new WAL ("What to do here? Stumbling on doesn't
+// seem worthwhile", its rotateWAL), which a full disk causes now that WAL
+// files are not recycled (space.go). OnFatal then says it in one line and
+// exits; without OnFatal, or if it returns, the panic goes on.
+func (h *health) recoverFatal() {
+	if r := recover(); r != nil {
+		h.fatal(fmt.Sprint(r))
+		panic(r)
+	}
+}
+
 // enqueued counts submitted work; the first of a burst restarts the stall clock.
 func (h *health) enqueued() {
 	if h.queued.Add(1) == 1 {

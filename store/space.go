@@ -240,6 +240,7 @@ func (s *Store) kickCompactions() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer s.h.recoverFatal()
 		_, _ = s.db.AsyncFlush()
 	}()
 }

@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -164,4 +166,62 @@ func TestReleaseWALSpace(t *testing.T) {
 	if !strings.Contains(n.String(), "needs") {
 		t.Fatalf("need line: %s", n)
 	}
+}
+
+// TestNewWALOnFullDiskIsFatal: Pebble panics when it cannot create a new
+// WAL (a full disk, now that WAL files are not recycled); the store turns
+// that into its fatal path (OnFatal: ferry run's one line and exit 1)
+// instead of a crash with a stack trace. The store is wedged afterwards
+// (Pebble panicked holding its mutex), so the scenario runs in a child
+// process that OnFatal ends, as ferry run's does.
+func TestNewWALOnFullDiskIsFatal(t *testing.T) {
+	if os.Getenv("FERRY_STORE_WAL_CHILD") == "1" {
+		newWALOnFullDisk(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNewWALOnFullDiskIsFatal$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "FERRY_STORE_WAL_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), "fatal: pebble: open ") || !strings.Contains(string(out), "no space left on device") {
+		t.Fatalf("child: %v, want exit 3 from OnFatal naming the full disk:\n%s", err, out)
+	}
+	t.Logf("child: %s", lastLine(string(out)))
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func newWALOnFullDisk(t *testing.T) {
+	key, _ := newKey(t)
+	var full atomic.Bool
+	fs := errorfs.Wrap(vfs.Default, errorfs.InjectorFunc(func(op errorfs.Op, path string) error {
+		if full.Load() && op == errorfs.OpCreate && strings.HasSuffix(path, ".log") {
+			return &os.PathError{Op: "open", Path: path, Err: syscall.ENOSPC}
+		}
+		return nil
+	}))
+	s, err := Open(t.TempDir(), Options{Signer: key, Health: HealthOptions{FS: fs, OnFatal: func(err error) {
+		fmt.Fprintf(os.Stderr, "fatal: %v\n", err)
+		os.Exit(3)
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full.Store(true)
+	big := make([]byte, 64<<10)
+	// Commits until the memtable (256 KiB at first) is full and Pebble
+	// needs a new WAL; OnFatal ends the process.
+	for i := range 1000 {
+		err := s.Update(context.Background(), func(tx *Txn) error {
+			tx.SetAux(fmt.Sprintf("b%d", i), big)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+	}
+	t.Fatal("64 MiB committed and no new WAL needed")
 }

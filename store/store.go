@@ -372,6 +372,7 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 func (s *Store) writer() {
 	defer s.wg.Done()
 	defer close(s.done)
+	defer s.h.recoverFatal()
 	batch := make([]*op, 0, s.opts.MaxBatch)
 	for {
 		first, ok := <-s.ops
