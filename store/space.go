@@ -262,7 +262,7 @@ func (s *Store) resumeCompactions(now time.Time) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.closed || !s.h.compactNeed.CompareAndSwap(need, 0) {
+	if s.closed || s.failure() != nil || !s.h.compactNeed.CompareAndSwap(need, 0) {
 		return
 	}
 	s.h.log.Info("disk space freed: compactions resume", "free", mib(u.AvailBytes), "needed", mib(need))
