@@ -8,6 +8,13 @@
 //     either refuses writes (disk almost full) and resumes once space is
 //     freed, or exits non-zero with one line and restarts; nothing
 //     acknowledged is lost;
+//   - disk without a reserve (limits.min_free_disk_mb: 0): 20 cycles of
+//     filling a 96 MiB ext4 image to the last byte while an app writes, the
+//     node exiting on ENOSPC or SIGKILLed or SIGTERMed, and started again:
+//     every start once space exists succeeds and takes writes; a start on
+//     the still-full disk waits (/healthz 503: what it needs, what is free),
+//     starts once space is freed and stops on SIGTERM; every acknowledged
+//     create is held at the end;
 //   - pages: ferry.changes read page by page over changes that do not fit
 //     one NATS message: every reply within the server's max payload, every
 //     change once, in order;

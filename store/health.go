@@ -59,6 +59,9 @@ const (
 	// (flushes or compactions failing in a loop) fail the store.
 	backgroundErrorBurst  = 20
 	backgroundErrorWindow = 10 * time.Second
+	// diskFullGrace is how long an ENOSPC may wait for a compaction to
+	// claim it before it fails the store.
+	diskFullGrace = time.Second
 )
 
 // ErrDiskLow is returned (wrapped, with ferry.ErrUnavailable) for commits
@@ -111,6 +114,9 @@ type Health struct {
 	LastCommit   time.Time `json:"last_commit,omitzero"`
 	// WriteStall is Pebble's reason while it holds writes back.
 	WriteStall string `json:"write_stall,omitempty"`
+	// CompactionsWait says why compactions wait for space (space.go);
+	// writes go on meanwhile.
+	CompactionsWait string `json:"compactions_wait,omitempty"`
 }
 
 // health holds the state behind Health. It is built before Pebble opens
@@ -121,10 +127,19 @@ type health struct {
 	fs  vfs.FS
 	log *slog.Logger
 
-	failed       atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
-	queued       atomic.Int64          // operations submitted and not yet answered
-	lastProgress atomic.Int64          // unix nanos: last answered round, or when the queue became non-empty
-	lastCommit   atomic.Int64          // unix nanos of the last round answered
+	failed atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
+	// diskFullAt (unix nanos) is when a write met ENOSPC that no compaction
+	// has claimed yet (space.go); it fails the store after diskFullGrace.
+	diskFullAt atomic.Int64
+	// compactNeed > 0: compactions wait until this much is free (space.go).
+	compactNeed    atomic.Uint64
+	compactCheckAt atomic.Int64 // unix nanos of the last look at the free space for them
+	// compactFull counts compactions that ended in ENOSPC, compactFullSeen
+	// their background errors seen.
+	compactFull, compactFullSeen atomic.Int64
+	queued                       atomic.Int64 // operations submitted and not yet answered
+	lastProgress                 atomic.Int64 // unix nanos: last answered round, or when the queue became non-empty
+	lastCommit                   atomic.Int64 // unix nanos of the last round answered
 
 	mu         sync.Mutex
 	free       uint64    // free bytes as of freeAt
@@ -149,7 +164,9 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 		base = vfs.Default
 	}
 	h.fs = vfs.OnDiskFull(base, func() {
-		h.fail(fmt.Errorf("disk full: a write under %s failed with ENOSPC", dir))
+		// A compaction's ENOSPC is not a failure (space.go): it says so
+		// in its CompactionEnd, soon after. Any other write's is.
+		h.diskFullAt.CompareAndSwap(0, time.Now().UnixNano())
 	})
 	h.lastProgress.Store(time.Now().UnixNano())
 	return h
@@ -158,8 +175,12 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 // pebbleOptions puts the health hooks into Pebble's options.
 func (h *health) pebbleOptions(po *pebble.Options) {
 	po.FS = h.fs
+	po.Cleaner = noRecycleCleaner{}
+	po.MaxConcurrentCompactions = h.maxCompactions
+	po.MemTableStopWritesThreshold = memTableStopWrites
 	po.EventListener = &pebble.EventListener{
 		BackgroundError: h.backgroundError,
+		CompactionEnd:   h.compactionEnd,
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
 			h.mu.Lock()
 			h.writeStall = info.Reason
@@ -187,6 +208,9 @@ func (h *health) fail(err error) {
 // they repeat (Pebble retries without backoff, so a persistent error comes
 // back many times a second).
 func (h *health) backgroundError(err error) {
+	if isDiskFull(err) && h.compactionENOSPC() {
+		return // compactions wait for space (space.go); writes go on
+	}
 	now := time.Now()
 	h.mu.Lock()
 	h.bgErrors = append(h.bgErrors, now)
@@ -225,6 +249,19 @@ func (h *health) fatal(msg string) {
 	h.fail(err)
 	if h.o.OnFatal != nil {
 		h.o.OnFatal(err)
+	}
+}
+
+// recoverFatal, deferred on the store's goroutines that call into Pebble's
+// write path, turns a panic of Pebble into its fatal path: Pebble panics
+// when it cannot create a new WAL ("What to do here? Stumbling on doesn't
+// seem worthwhile", its rotateWAL), which a full disk causes now that WAL
+// files are not recycled (space.go). OnFatal then says it in one line and
+// exits; without OnFatal, or if it returns, the panic goes on.
+func (h *health) recoverFatal() {
+	if r := recover(); r != nil {
+		h.fatal(fmt.Sprint(r))
+		panic(r)
 	}
 }
 
@@ -329,7 +366,11 @@ func (s *Store) failure() *error {
 func (s *Store) Health() Health {
 	h := s.h
 	now := time.Now()
-	out := Health{Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes, Headroom: h.o.Headroom}
+	if at := h.diskFullAt.Load(); at != 0 && now.UnixNano()-at > int64(diskFullGrace) {
+		h.fail(fmt.Errorf("disk full: a write under %s failed with ENOSPC", h.dir))
+	}
+	s.resumeCompactions(now)
+	out := Health{CompactionsWait: h.compactionsWait(), Queued: max(h.queued.Load(), 0), MinFreeBytes: h.o.MinFreeBytes, Headroom: h.o.Headroom}
 	if lc := h.lastCommit.Load(); lc > 0 {
 		out.LastCommit = time.Unix(0, lc).UTC()
 	}

@@ -196,6 +196,11 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.Health.MinFreeBytes > 0 && o.Health.Headroom == 0 {
 		o.Health.Headroom = 2 * memTableSize
 	}
+	if !o.InMemory {
+		if err := ReleaseWALSpace(dir); err != nil {
+			return nil, err
+		}
+	}
 	h := newHealth(dir, o.Health, o.Logger)
 	options := func() *pebble.Options {
 		return &pebble.Options{
@@ -220,7 +225,8 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 	}
 	po := options()
-	h.pebbleOptions(po) // the file system: o.Health.FS (in memory) or the disk's
+	h.pebbleOptions(po)    // the file system: o.Health.FS (in memory) or the disk's
+	h.compactNeed.Store(1) // no compaction at open until gateAfterOpen has looked (space.go)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
@@ -241,6 +247,7 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.gateAfterOpen()
 	s.wg.Add(2)
 	go s.writer()
 	go s.completer()
@@ -378,6 +385,7 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 func (s *Store) writer() {
 	defer s.wg.Done()
 	defer close(s.done)
+	defer s.h.recoverFatal()
 	batch := make([]*op, 0, s.opts.MaxBatch)
 	for {
 		first, ok := <-s.ops

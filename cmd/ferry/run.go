@@ -181,6 +181,14 @@ func runCmd(g *globals) *cobra.Command {
 		sigs := make(chan os.Signal, 2)
 		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 		defer signal.Stop(sigs)
+		// A store that needs more free space to open than there is waits
+		// for it (unhealthy), instead of failing at every start.
+		waitCtx, stopWait := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err = node.WaitForStoreSpace(waitCtx, cfg, h, log)
+		stopWait()
+		if err != nil {
+			return nil // stopped by a signal while it waited
+		}
 		stderr := cmd.ErrOrStderr()
 		n, err := node.New(cfg, h, node.Options{Logger: log, OnFatal: func(err error) {
 			// Pebble cannot go on: one line, and exit at once (what was
