@@ -84,6 +84,7 @@ func (n *Node) startAdmin() error {
 			n.log.Error("admin api stopped", "err", err)
 		}
 	})
+	n.spawn(n.sampleRates)
 	_ = os.WriteFile(n.home.Dir+"/"+AdminAddrFile, []byte(n.adminAddr+"\n"), 0o600)
 	return nil
 }
@@ -314,6 +315,9 @@ func (n *Node) routes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("GET /api/v1/deliveries", func(w http.ResponseWriter, _ *http.Request) {
 		ok(w, map[string]any{"deliveries": nonNil(n.Deliveries())})
+	})
+	mux.HandleFunc("GET /api/v1/rates", func(w http.ResponseWriter, _ *http.Request) {
+		ok(w, map[string]any{"interval_seconds": int(RateInterval / time.Second), "rates": n.Rates()})
 	})
 	mux.HandleFunc("GET /api/v1/events", n.serveEvents)
 	trace := func(w http.ResponseWriter, r *http.Request, ref string) {

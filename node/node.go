@@ -124,6 +124,8 @@ type Node struct {
 	// lastGone holds when each peer's last connection closed (peer.ID ->
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
+	// rates holds the delivery rates per receiver the console shows (rates.go).
+	rates rateBook
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
