@@ -5,13 +5,17 @@ const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
 
 // A link may carry the token as #token=...: kept for this browser session,
-// then dropped from the address bar.
-const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fromHash) { sessionStorage.setItem("ferry-token", fromHash); history.replaceState(null, "", location.pathname); }
+// then dropped from the address bar. It may also name a view and a receiver
+// (#view=acks&receiver=B, as the Grafana dashboard's links do).
+const hash = new URLSearchParams(location.hash.slice(1));
+const fromHash = hash.get("token");
+if (fromHash) sessionStorage.setItem("ferry-token", fromHash);
+if (location.hash) history.replaceState(null, "", location.pathname);
 let token = sessionStorage.getItem("ferry-token") || "";
 
 const state = {
-  status: null, online: null, lastOK: null, view: "queue",
+  status: null, online: null, lastOK: null,
+  view: ["queue", "acks", "peers", "trace", "flows"].includes(hash.get("view")) ? hash.get("view") : "queue",
   details: new Map(), // request id -> detail (current row, diff, receivers)
   ackCursor: "", ackPages: [], ackNext: "",
   busy: false,
@@ -411,6 +415,7 @@ function firstLine(e) {
 }
 // errorGroups lists the rows of this page that carry an error, one line per
 // receiver with the count of rows; the full texts open on demand.
+const openErrors = new Set(); // receivers whose full texts are open: they stay open across refreshes
 function errorGroups(rows) {
   const by = new Map();
   for (const a of rows) {
@@ -423,19 +428,34 @@ function errorGroups(rows) {
   const box = $("ack-errors");
   box.hidden = by.size === 0;
   box.replaceChildren(...(by.size ? [el("h2", {text: "Errors on this page, by receiver"})] : []),
-    ...[...by].map(([rcv, g]) => el("details", {class: "errgroup", id: "errors-" + rcv},
+    ...[...by].map(([rcv, g]) => el("details", {class: "errgroup", id: "errors-" + rcv, open: openErrors.has(rcv),
+        ontoggle: (e) => { if (e.target.open) openErrors.add(rcv); else openErrors.delete(rcv); }},
       el("summary", {}, el("b", {text: rcv}), ": " + g.rows + (g.rows === 1 ? " row" : " rows") + " failing · ",
         el("span", {class: "err", text: firstLine([...g.texts.keys()][0])})),
       ...[...g.texts].map(([t, c]) => el("pre", {class: "errtext", text: (c > 1 ? c + " rows:\n" : "") + t})))));
 }
 // showAcksOf opens the Acknowledgements view filtered by one receiver.
 function showAcksOf(name) {
-  $("f-receiver").value = name;
+  filterAcks(name);
+  show("acks");
+}
+function filterAcks(receiver) {
+  $("f-receiver").value = receiver;
   $("f-state").value = "";
   $("f-kind").value = "";
   state.ackCursor = ""; state.ackPages = [];
-  show("acks");
 }
+if (hash.get("receiver")) $("f-receiver").value = hash.get("receiver");
+// A link followed in an open console changes only the hash.
+window.addEventListener("hashchange", () => {
+  const h = new URLSearchParams(location.hash.slice(1));
+  history.replaceState(null, "", location.pathname);
+  if (h.get("token")) { token = h.get("token"); sessionStorage.setItem("ferry-token", token); }
+  if (h.get("receiver") !== null) { filterAcks(h.get("receiver")); state.view = "acks"; }
+  else if (tabs.includes(h.get("view"))) state.view = h.get("view");
+  if (!token) return;
+  if (h.get("token") || !$("login").hidden) start(); else show(state.view);
+});
 $("ack-filters").addEventListener("submit", (e) => { e.preventDefault(); state.ackCursor = ""; state.ackPages = []; refresh(); });
 $("acks-older").addEventListener("click", () => { state.ackPages.push(state.ackCursor); state.ackCursor = state.ackNext; refresh(); });
 $("acks-newest").addEventListener("click", () => { state.ackCursor = ""; state.ackPages = []; refresh(); });

@@ -377,10 +377,18 @@ func TestConsoleInBrowser(t *testing.T) {
 	if open, _ := eval("closed", `document.querySelector("#errors-A").open`).(bool); open {
 		t.Fatal("the error group starts open; the full text should be on demand")
 	}
-	run("open A's errors", chromedp.Click(css("#errors-A summary")))
+	eval("open A's errors", `document.querySelector("#errors-A summary").click()`)
+	// Open it stays, across the refreshes that redraw the rows.
+	before = text("#updated")
+	poll("a refresh", fmt.Sprintf(`document.querySelector("#updated").textContent !== %q`, before))
 	poll("the full text", `document.querySelector("#errors-A").open && document.querySelector("#errors-A pre").getClientRects().length > 0`)
 	fits("acknowledgements with errors")
 	shot("12-errors-grouped")
+
+	// The Grafana dashboard's links name a view and a receiver.
+	run("a dashboard link", chromedp.Navigate(base+"/#view=acks&receiver=B"), chromedp.WaitVisible(css("#view-acks")))
+	poll("rows of B", `document.querySelector("#f-receiver").value === "B" && location.hash === "" &&
+		[...document.querySelectorAll("#acks tbody tr")].some((r) => r.children.length > 2 && r.children[2].textContent === "B")`)
 	run("back to the queue", chromedp.Click(css("#tab-queue")))
 
 	// A request waits, then the node stops: the page says so and disables actions.
