@@ -281,6 +281,19 @@ func (n *Node) routes(mux *http.ServeMux) {
 		}
 		ok(w, map[string]any{"request": d.Request, "current": d.Current, "diff": d.Diff, "receivers": d.Receivers})
 	})
+	mux.HandleFunc("GET /api/v1/requests/{id}/applied", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			fail(w, badReq("request id %q is not a number", r.PathValue("id")))
+			return
+		}
+		a, err := n.DecisionApplied(id)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"applied": a})
+	})
 	mux.HandleFunc("POST /api/v1/requests/{id}/{decision}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {

@@ -169,21 +169,20 @@ async function loadStatus() {
 }
 
 // ---- who applied a decision ----
-// A decision is applied here (the reviewer) when it is made, then by each
-// receiver when its acknowledgement row turns "sended": an accept or an edit
-// goes to every member, a rejection to the applicant only.
+// On the reviewer: a decision is applied here when it is made, then by each
+// receiver when its acknowledgement row turns "sended" (an accept or an edit
+// goes to every member, a rejection to the applicant only). The node finds
+// the rows by the decision's change version: one short read per request.
 const MAX_APPLIED = 20; // decided cards that show "applied by" (one call each)
-state.applied = new Map(); // request id -> {done, total, rejected}
+state.applied = new Map(); // request id -> the node's answer
 async function appliedBy(r) {
-  const rows = (await api("GET", "acks?kind=decision&limit=1000&request=" + r.id)).acks;
-  const done = rows.filter((a) => a.ack === "sended").length;
-  if (r.status === "rejected") return {done, total: rows.length, rejected: true, rows};
-  return {done: done + 1, total: rows.length + 1, rejected: false, rows};
+  return (await api("GET", "requests/" + r.id + "/applied")).applied;
 }
 function appliedText(a, r) {
-  if (a.rejected) return a.total === 0 ? "the applicant is this node" : (a.done ? "received by the applicant " : "not yet received by the applicant ") + r.applicant + " (" + a.done + "/" + a.total + ")";
-  return "applied by " + a.done + "/" + a.total + " members" + (a.done < a.total ? " (waiting for " +
-    a.rows.filter((x) => x.ack !== "sended").map((x) => x.receiver).join(", ") + ")" : "");
+  const refused = a.refused.length ? "; refused by " + a.refused.join(", ") : "";
+  if (r.status === "rejected") return (a.total === 0 ? "the applicant is this node" : (a.done ? "received by the applicant " :
+    "not yet received by the applicant ") + r.applicant + " (" + a.done + "/" + a.total + ")") + refused;
+  return "applied by " + a.done + "/" + a.total + " members" + (a.waiting.length ? " (waiting for " + a.waiting.join(", ") + ")" : "") + refused;
 }
 // refreshTracked updates the success messages of this session's decisions
 // until every receiver has applied them.
@@ -192,7 +191,7 @@ async function refreshTracked() {
     if (!span.isConnected) { state.tracked.delete(id); continue; }
     const a = await appliedBy(span.request);
     span.textContent = appliedText(a, span.request) + ".";
-    if (a.done >= a.total) state.tracked.delete(id);
+    if (a.waiting.length === 0) state.tracked.delete(id);
   }
 }
 
@@ -211,7 +210,7 @@ async function loadQueue() {
   $("reviewer-note").textContent = st.is_reviewer ? "" :
     "This node is not the reviewer: decisions are made on the reviewer (" + (st.reviewer || "none configured") + ").";
   // Who applied each decision, for the newest decided rows shown.
-  await Promise.all(reqs.filter((r) => r.status !== "waiting").slice(0, MAX_APPLIED).map(async (r) => {
+  await Promise.all(reqs.filter((r) => st.is_reviewer && r.status !== "waiting").slice(0, MAX_APPLIED).map(async (r) => {
     try { state.applied.set(r.id, await appliedBy(r)); } catch (e) { if (e instanceof Offline) throw e; }
   }));
   const box = $("requests");

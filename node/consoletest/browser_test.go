@@ -150,6 +150,12 @@ func TestConsoleInBrowser(t *testing.T) {
 			fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.textContent.includes(%q); })()`, sel, want))
 	}
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	// press clicks a button in one step in the page: the refresh every 5 s
+	// redraws the cards, so a node found first may be gone when clicked.
+	press := func(sel string) {
+		t.Helper()
+		poll("press "+sel, fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e || e.disabled) return false; e.click(); return true; })()`, sel))
+	}
 	fits := func(view string) {
 		t.Helper()
 		if w, _ := eval("page width", `document.documentElement.scrollWidth`).(float64); w > 800 {
@@ -201,7 +207,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	shot("02-queue")
 
 	// Accept: the confirmation names who receives the decision.
-	run("accept", chromedp.Click(css(fmt.Sprintf("#accept-%d", accept))), chromedp.WaitVisible(css("#confirm")))
+	press(fmt.Sprintf("#accept-%d", accept))
+	run("accept", chromedp.WaitVisible(css("#confirm")))
 	if c := text("#confirm-text"); !strings.Contains(c, "A") || !strings.Contains(c, "B") {
 		t.Fatalf("the accept confirmation does not name the members: %q", c)
 	}
@@ -215,7 +222,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 
 	// Edit through the form: change one field, add one.
-	run("edit", chromedp.Click(css(fmt.Sprintf("#edit-%d", edit))), chromedp.WaitVisible(css("#edit-fields")))
+	press(fmt.Sprintf("#edit-%d", edit))
+	run("edit", chromedp.WaitVisible(css("#edit-fields")))
 	eval("change a field", `(() => {
 		for (const tr of document.querySelectorAll("#edit-fields tbody tr")) {
 			if (tr.querySelector(".fname").value === "name") { const v = tr.querySelector(".fval"); v.value = "two-edited"; }
@@ -247,7 +255,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	// Reject with a note: the rejection goes to the applicant only.
-	run("reject", chromedp.Click(css(fmt.Sprintf("#reject-%d", reject))), chromedp.WaitVisible(css("#confirm")))
+	press(fmt.Sprintf("#reject-%d", reject))
+	run("reject", chromedp.WaitVisible(css("#confirm")))
 	if c := text("#confirm-text"); !strings.Contains(c, "applicant only: A") {
 		t.Fatalf("the reject confirmation: %q", c)
 	}
@@ -366,8 +375,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	net.Stop(nA)
 	down := submit(t, net, nB, `{"type":"insert","table_name":"tb","table_id":5,"data":{"name":"five"}}`)
 	run("the request with A down", chromedp.Click(css("#refresh")), chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", down))))
-	run("accept with A down", chromedp.Click(css(fmt.Sprintf("#accept-%d", down))), chromedp.WaitVisible(css("#confirm")),
-		chromedp.Click(css("#confirm-ok")))
+	press(fmt.Sprintf("#accept-%d", down))
+	run("accept with A down", chromedp.WaitVisible(css("#confirm")), chromedp.Click(css("#confirm-ok")))
 	waitText("#messages", "applied by 2/3 members (waiting for A)")
 	run("acks", chromedp.Click(css("#tab-acks")))
 	eval("any receiver", `(() => { document.querySelector("#f-receiver").value = ""; return true })()`)
