@@ -124,8 +124,6 @@ type Node struct {
 	// lastGone holds when each peer's last connection closed (peer.ID ->
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
-	// rates holds the delivery rates per receiver the console shows (rates.go).
-	rates rateBook
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
@@ -162,6 +160,7 @@ type Node struct {
 	events    *eventHub
 	metrics   *nodeMetrics
 	adminQuit chan struct{} // closed when the admin API stops: ends event streams
+	rates     rateBook      // delivery rates per receiver, for the console (rates.go)
 	fatal     chan error
 	fatalOnce sync.Once
 }
