@@ -7,7 +7,8 @@ STATICCHECK_VERSION ?= v0.7.0
 
 # The test suite: every package, race detector on. The console's browser
 # test needs Chromium (scripts/deps.sh installs it where it can; outside CI
-# the test skips with a message when Chromium is missing). Screenshots go to
+# the test skips with a message when Chromium is missing; before installing
+# it prints each missing package and why it is needed). Screenshots go to
 # artifacts/console/.
 test:
 	@./scripts/deps.sh --soft

@@ -84,6 +84,7 @@ func (n *Node) startAdmin() error {
 			n.log.Error("admin api stopped", "err", err)
 		}
 	})
+	n.spawn(n.sampleRates)
 	_ = os.WriteFile(n.home.Dir+"/"+AdminAddrFile, []byte(n.adminAddr+"\n"), 0o600)
 	return nil
 }
@@ -280,6 +281,19 @@ func (n *Node) routes(mux *http.ServeMux) {
 		}
 		ok(w, map[string]any{"request": d.Request, "current": d.Current, "diff": d.Diff, "receivers": d.Receivers})
 	})
+	mux.HandleFunc("GET /api/v1/requests/{id}/applied", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			fail(w, badReq("request id %q is not a number", r.PathValue("id")))
+			return
+		}
+		a, err := n.DecisionApplied(id)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		ok(w, map[string]any{"applied": a})
+	})
 	mux.HandleFunc("POST /api/v1/requests/{id}/{decision}", func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
@@ -314,6 +328,9 @@ func (n *Node) routes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("GET /api/v1/deliveries", func(w http.ResponseWriter, _ *http.Request) {
 		ok(w, map[string]any{"deliveries": nonNil(n.Deliveries())})
+	})
+	mux.HandleFunc("GET /api/v1/rates", func(w http.ResponseWriter, _ *http.Request) {
+		ok(w, map[string]any{"interval_seconds": int(RateInterval / time.Second), "rates": n.Rates()})
 	})
 	mux.HandleFunc("GET /api/v1/events", n.serveEvents)
 	trace := func(w http.ResponseWriter, r *http.Request, ref string) {

@@ -97,6 +97,10 @@ var (
 		"Peers this node knows, by role and connection state (a peer with two roles counts in both).", []string{"role", "state"}, nil)
 	descDisk = prometheus.NewDesc("ferry_store_disk_bytes",
 		"Bytes the store's files take on disk.", nil, nil)
+	descFree = prometheus.NewDesc("ferry_store_disk_free_bytes",
+		"Bytes free on the store's file system, as the store last read them (it refuses writes below ferry_store_disk_reserve_bytes); absent when no reserve is set.", nil, nil)
+	descReserve = prometheus.NewDesc("ferry_store_disk_reserve_bytes",
+		"The free-space reserve (limits.min_free_disk_mb): below it the store refuses writes.", nil, nil)
 	descParts = prometheus.NewDesc("ferry_store_part_bytes",
 		"Estimated bytes of the store's flushed tables by part: log (changes and their origin index), ledger (delivery records, floors, refusals, positions), tables (resources, requests, decisions, shared rows), other.", []string{"part"}, nil)
 	descCatchUp = prometheus.NewDesc("ferry_sync_last_catchup_timestamp_seconds",
@@ -110,7 +114,7 @@ type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPending, descOldest, descBacklog, descQueue, descApplied, descLag, descPeers,
-		descDisk, descParts, descCatchUp, descReviewer} {
+		descDisk, descFree, descReserve, descParts, descCatchUp, descReviewer} {
 		ch <- d
 	}
 }
@@ -158,6 +162,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	gauge(descDisk, float64(dirBytes(n.home.DataPath())))
+	// The store reads the free space only while a reserve is set
+	// (limits.min_free_disk_mb > 0, the default): no reserve, no figure.
+	if h := n.st.Health(); h.MinFreeBytes > 0 && h.FreeBytes != ^uint64(0) {
+		gauge(descFree, float64(h.FreeBytes))
+		gauge(descReserve, float64(h.MinFreeBytes))
+	}
 	if parts, err := n.st.PartBytes(); err == nil {
 		for _, p := range store.Parts {
 			gauge(descParts, float64(parts[p]), p)

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -58,6 +59,8 @@ func TestMetricsOnAFreshNode(t *testing.T) {
 		"ferry_nats_requests_total":                 {`subject="ferry.propagate"`, `code="ok"`, `code="not_owner"`, `subject="ferry.review.submit"`},
 		"ferry_nats_request_duration_seconds_count": {`subject="ferry.changes"`},
 		"ferry_store_disk_bytes":                    nil,
+		"ferry_store_disk_free_bytes":               nil,
+		"ferry_store_disk_reserve_bytes":            nil,
 		"ferry_sync_last_catchup_timestamp_seconds": nil,
 		"ferry_build_info":                          {`version="`, `goversion="go`},
 		"ferry_search_queries_total":                {`direction="in"`, `direction="out"`},
@@ -83,6 +86,9 @@ func TestMetricsOnAFreshNode(t *testing.T) {
 	}
 	if v := got["ferry_store_disk_bytes"]; len(v) == 0 || strings.HasSuffix(v[0], " 0") {
 		t.Errorf("store bytes on disk: %v", v)
+	}
+	if v := got["ferry_store_disk_free_bytes"]; len(v) == 0 || strings.HasSuffix(v[0], " 0") {
+		t.Errorf("free bytes on disk: %v", v)
 	}
 	// The member: its request lane to the reviewer has a zero series too.
 	m := scrape(t, net.Node(1).AdminAddr())
@@ -155,5 +161,66 @@ func TestOpsDocsNameRealMetrics(t *testing.T) {
 				t.Errorf("%s uses %s, which a fresh node does not export", f, name)
 			}
 		}
+	}
+}
+
+// TestDashboardShape: the Grafana dashboard is valid JSON with a node-up
+// panel, a job variable used by every query (the alerts group by job),
+// thresholds where a bad value exists, and links to the console.
+func TestDashboardShape(t *testing.T) {
+	b, err := os.ReadFile("../docs/ops/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type target struct{ Expr string }
+	type panel struct {
+		Title       string
+		Targets     []target
+		FieldConfig struct {
+			Defaults struct {
+				Thresholds *struct{ Steps []struct{ Color string } }
+				Links      []struct{ URL string }
+			}
+		}
+	}
+	var d struct {
+		Panels     []panel
+		Templating struct{ List []struct{ Name, Type string } }
+		Links      []struct{ URL string }
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("the dashboard is not valid JSON: %v", err)
+	}
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = v.Type
+	}
+	if vars["job"] != "query" || vars["admin"] == "" {
+		t.Errorf("variables %v: want a job query and an admin address", vars)
+	}
+	up := false
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, `job=~"$job"`) {
+				t.Errorf("panel %q: %s does not use $job", p.Title, tg.Expr)
+			}
+			up = up || strings.HasPrefix(tg.Expr, "up{")
+		}
+		title := strings.ToLower(p.Title)
+		for _, bad := range []string{"backlog", "oldest pending", "disk free", "failures", "node up"} {
+			if strings.Contains(title, bad) && (p.FieldConfig.Defaults.Thresholds == nil || len(p.FieldConfig.Defaults.Thresholds.Steps) < 2) {
+				t.Errorf("panel %q has no thresholds", p.Title)
+			}
+		}
+	}
+	if !up {
+		t.Error("no node-up panel (up of the job)")
+	}
+	console := false
+	for _, l := range d.Links {
+		console = console || strings.HasPrefix(l.URL, "http://${admin}/")
+	}
+	if !console {
+		t.Errorf("no dashboard link to the console: %+v", d.Links)
 	}
 }

@@ -165,6 +165,7 @@ type Node struct {
 	events    *eventHub
 	metrics   *nodeMetrics
 	adminQuit chan struct{} // closed when the admin API stops: ends event streams
+	rates     rateBook      // delivery rates per receiver, for the console (rates.go)
 	fatal     chan error
 	fatalOnce sync.Once
 }

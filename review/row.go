@@ -29,6 +29,7 @@ type Row struct {
 	ReviewerID  string          `json:"reviewer_id"`
 	Origin      string          `json:"origin"`
 	Sequence    uint64          `json:"sequence"`
+	DecidedAt   int64           `json:"decided_at,omitempty"` // Unix seconds; 0 while waiting
 	// Conflict, on the reviewer for a waiting request, says why accepting it
 	// would be refused (the row it updates or deletes is missing, or the row
 	// it inserts exists).
@@ -50,7 +51,7 @@ func (s *Service) render(r *storepb.Request) Row {
 	row := Row{ID: r.Id, TableID: r.TableId, TableName: r.TableName, Applicant: r.Applicant, Reviewer: r.Reviewer,
 		Type: r.Type, Status: r.Status, Data: data, Description: Description{Sender: r.DescriptionSender, Receiver: r.DescriptionReceiver},
 		CreatedAt: r.CreatedAt, ApplicantID: peer.ID(r.ApplicantId).String(), ReviewerID: peer.ID(r.ReviewerId).String(),
-		Origin: r.Origin, Sequence: r.Sequence}
+		Origin: r.Origin, Sequence: r.Sequence, DecidedAt: r.DecidedAt}
 	return row
 }
 

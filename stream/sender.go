@@ -553,6 +553,25 @@ func (s *Sender) Lane(p peer.ID, l Lane) LaneState {
 	return ls
 }
 
+// AckedEntries reports, per receiver, the entries it acknowledged since the
+// sender started (refused ones included): ferry_delivery_acked_total split
+// by receiver, for the console's rates.
+func (s *Sender) AckedEntries() map[peer.ID]uint64 {
+	s.mu.Lock()
+	boxes := make([]*outbox, 0, len(s.boxes))
+	for _, o := range s.boxes {
+		boxes = append(boxes, o)
+	}
+	s.mu.Unlock()
+	out := make(map[peer.ID]uint64, len(boxes))
+	for _, o := range boxes {
+		o.mu.Lock()
+		out[o.peer] = o.acked
+		o.mu.Unlock()
+	}
+	return out
+}
+
 // Head is the last durable broadcast entry of a lane (0: none).
 func (s *Sender) Head(l Lane) uint64 {
 	if l < LaneResource || l > numLanes {
@@ -577,6 +596,7 @@ type outbox struct {
 	retryAt   time.Time
 	lastErr   string
 	idleSince time.Time
+	acked     uint64 // entries this receiver acknowledged since start (refused ones included)
 }
 
 // laneState is one lane of one receiver. The receiver has applied every
@@ -1124,6 +1144,7 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 			} else {
 				o.s.m.inflight.Dec()
 				o.s.m.acked.Add(float64(b.entries))
+				o.acked += uint64(b.entries)
 			}
 		}
 		clear(ls.inflight[len(kept):])

@@ -5,16 +5,21 @@ const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
 
 // A link may carry the token as #token=...: kept for this browser session,
-// then dropped from the address bar.
-const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fromHash) { sessionStorage.setItem("ferry-token", fromHash); history.replaceState(null, "", location.pathname); }
+// then dropped from the address bar. It may also name a view and a receiver
+// (#view=acks&receiver=B, as the Grafana dashboard's links do).
+const hash = new URLSearchParams(location.hash.slice(1));
+const fromHash = hash.get("token");
+if (fromHash) sessionStorage.setItem("ferry-token", fromHash);
+if (location.hash) history.replaceState(null, "", location.pathname);
 let token = sessionStorage.getItem("ferry-token") || "";
 
 const state = {
-  status: null, online: null, lastOK: null, view: "queue",
+  status: null, online: null, lastOK: null,
+  view: ["queue", "acks", "peers", "trace", "flows"].includes(hash.get("view")) ? hash.get("view") : "queue",
   details: new Map(), // request id -> detail (current row, diff, receivers)
   ackCursor: "", ackPages: [], ackNext: "",
   busy: false,
+  tracked: new Map(), // request id -> the message span that says who applied its decision
 };
 
 // ---- small helpers ----
@@ -106,7 +111,15 @@ function signOut(why) {
   for (const v of document.querySelectorAll(".view")) v.hidden = true;
   $("who").textContent = "not signed in";
   $("facts").textContent = "";
-  if (why) say(why, true);
+  // Not signed in is neither connected nor disconnected: the node answered,
+  // but this page may not use it.
+  state.online = null;
+  $("conn").className = "conn unknown";
+  $("conn").textContent = "not signed in";
+  $("offline").hidden = true;
+  document.body.classList.remove("offline");
+  state.tracked.clear();
+  if (why) say(why, true).classList.add("token-refused");
   $("token").focus();
 }
 $("login-form").addEventListener("submit", (e) => {
@@ -144,6 +157,8 @@ async function loadStatus() {
   const st = (await api("GET", "status")).status;
   state.status = st;
   state.lastOK = new Date();
+  // Signed in now: a refused token's message is history.
+  for (const m of document.querySelectorAll(".msg.token-refused")) m.remove();
   $("who").textContent = st.name + (st.is_reviewer ? " · reviewer" : " · member");
   $("who").title = st.peer_id;
   $("facts").replaceChildren(
@@ -151,6 +166,33 @@ async function loadStatus() {
     el("b", {text: String(st.pending_acks)}), " · waiting ", el("b", {text: String(st.waiting_requests)}),
     " · updated ", el("span", {id: "updated", text: state.lastOK.toLocaleTimeString()}));
   $("queue-count").textContent = st.waiting_requests ? String(st.waiting_requests) : "";
+}
+
+// ---- who applied a decision ----
+// On the reviewer: a decision is applied here when it is made, then by each
+// receiver when its acknowledgement row turns "sended" (an accept or an edit
+// goes to every member, a rejection to the applicant only). The node finds
+// the rows by the decision's change version: one short read per request.
+const MAX_APPLIED = 20; // decided cards that show "applied by" (one call each)
+state.applied = new Map(); // request id -> the node's answer
+async function appliedBy(r) {
+  return (await api("GET", "requests/" + r.id + "/applied")).applied;
+}
+function appliedText(a, r) {
+  const refused = a.refused.length ? "; refused by " + a.refused.join(", ") : "";
+  if (r.status === "rejected") return (a.total === 0 ? "the applicant is this node" : (a.done ? "received by the applicant " :
+    "not yet received by the applicant ") + r.applicant + " (" + a.done + "/" + a.total + ")") + refused;
+  return "applied by " + a.done + "/" + a.total + " members" + (a.waiting.length ? " (waiting for " + a.waiting.join(", ") + ")" : "") + refused;
+}
+// refreshTracked updates the success messages of this session's decisions
+// until every receiver has applied them.
+async function refreshTracked() {
+  for (const [id, span] of state.tracked) {
+    if (!span.isConnected) { state.tracked.delete(id); continue; }
+    const a = await appliedBy(span.request);
+    span.textContent = appliedText(a, span.request) + ".";
+    if (a.waiting.length === 0) state.tracked.delete(id);
+  }
 }
 
 // ---- review queue ----
@@ -167,11 +209,16 @@ async function loadQueue() {
   }));
   $("reviewer-note").textContent = st.is_reviewer ? "" :
     "This node is not the reviewer: decisions are made on the reviewer (" + (st.reviewer || "none configured") + ").";
+  // Who applied each decision, for the newest decided rows shown.
+  await Promise.all(reqs.filter((r) => st.is_reviewer && r.status !== "waiting").slice(0, MAX_APPLIED).map(async (r) => {
+    try { state.applied.set(r.id, await appliedBy(r)); } catch (e) { if (e instanceof Offline) throw e; }
+  }));
   const box = $("requests");
   if (reqs.length === 0) {
     box.replaceChildren(el("div", {class: "empty", id: "empty-queue"},
-      q === "waiting" ? "No request is waiting for a decision. When an app submits a change on ferry.review.submit " +
-        "(or an operator runs `ferry submit`), it appears here." : "No request with this status."));
+      ...(q === "waiting" ? ["No request is waiting for a decision. When an app submits a change on ",
+        el("code", {text: "ferry.review.submit"}), " (or an operator runs ", el("code", {text: "ferry submit"}), "), it appears here."] :
+        ["No request with this status."])));
     return;
   }
   box.replaceChildren(...reqs.map((r) => requestCard(r, st)));
@@ -185,7 +232,21 @@ function requestCard(r, st) {
   const created = el("span", {text: ago(fromUnix(r.created_at))});
   created.title = fromUnix(r.created_at) || "";
   card.append(el("div", {class: "meta"}, "from " + r.applicant + " · ", created,
-    " · “" + (r.description.sender || "no description") + "”" + (r.description.receiver ? " · reviewer: “" + r.description.receiver + "”" : "")));
+    " · “" + (r.description.sender || "no description") + "”"));
+  if (r.status !== "waiting") {
+    const at = fromUnix(r.decided_at);
+    const dec = el("span", {class: "decided-at", text: at ? "decided " + ago(at) + " (" + new Date(at).toLocaleString() + ")" : "decided (time not recorded)"});
+    if (at) dec.title = at;
+    const a = state.applied.get(r.id);
+    card.append(el("div", {class: "meta"}, dec, a ? el("span", {class: "applied", text: " · " + appliedText(a, r)}) : null));
+  }
+  // The note, when the reviewer wrote one (otherwise the node filled in the
+  // default: added, updated, deleted, edited or rejected).
+  const note = r.description.receiver;
+  if (note && note !== defaultNote(r)) {
+    card.append(el("blockquote", {class: "note"}, el("span", {class: "muted", text: (r.reviewer || "The reviewer") + " wrote to the applicant:"}),
+      el("br"), note));
+  }
   if (r.status === "waiting" && d) {
     card.append(diffTable(d));
   } else {
@@ -200,6 +261,11 @@ function requestCard(r, st) {
       el("button", {type: "button", class: "danger needs-node", disabled: off, id: "reject-" + r.id, onclick: () => decide(r, "reject")}, "Reject…")));
   }
   return card;
+}
+
+function defaultNote(r) {
+  if (r.status === "rejected" || r.status === "edited") return r.status;
+  return {insert: "added", update: "updated"}[r.type] || "deleted";
 }
 
 function diffTable(d) {
@@ -299,8 +365,12 @@ $("confirm-form").addEventListener("submit", async (e) => {
     $("confirm").close("ok");
     pending = null;
     const row = out.request;
-    say("Request " + r.id + " " + row.status + (row.sequence ? " as decision " + row.sequence : "") + ": " +
-      (row.status === "rejected" ? "the rejection goes to " + row.applicant + "." : "applied here; the decision goes to every member."));
+    const m = say("Request " + r.id + " " + row.status + (row.sequence ? " as decision " + row.sequence : "") + ": ");
+    const span = el("span", {class: "applied", text: row.status === "rejected" ? "the rejection goes to " + row.applicant + "." :
+      "applied here; the decision goes to every member."});
+    span.request = row;
+    m.firstChild.append(span);
+    state.tracked.set(row.id, span);
   } catch (err) {
     if (err instanceof Offline) { say("Request " + r.id + ": the node does not answer; the decision was not confirmed.", true); }
     else $("confirm-error").textContent = err.message;
@@ -324,22 +394,78 @@ async function loadAcks() {
   const out = await api("GET", "acks?" + p.toString());
   state.ackNext = out.next || "";
   const tb = $("acks").tBodies[0];
+  const origin = state.status ? state.status.name : "";
   tb.replaceChildren(...out.acks.map((a) => el("tr", {},
-    el("td", {class: "mono", text: a.id}), el("td", {text: a.request_id || "-"}), el("td", {text: a.receiver, title: a.receiver_id}),
+    el("td", {class: "mono"}, el("button", {type: "button", class: "link trace-link", title: "Trace change " + origin + "/" + a.version + " on every node",
+      text: a.id, onclick: () => traceChange(origin + "/" + a.version)})),
+    el("td", {text: a.request_id || "-"}), el("td", {text: a.receiver, title: a.receiver_id}),
     el("td", {text: a.kind}), el("td", {class: a.ack, text: a.ack}), el("td", {text: String(a.attempts)}),
-    timeCell(a.created_at), timeCell(a.next_attempt_at), el("td", {class: "err", text: a.error || ""}))));
+    timeCell(a.created_at), timeCell(a.next_attempt_at), el("td", {class: "err", text: firstLine(a.error), title: a.error || ""}))));
+  errorGroups(out.acks);
   if (out.acks.length === 0) tb.append(el("tr", {}, el("td", {colspan: "9", class: "muted", text: "No acknowledgement rows match."})));
   $("acks-older").disabled = !state.ackNext;
   $("acks-newest").disabled = !state.ackCursor;
   $("acks-page").textContent = state.ackCursor ? "page " + (state.ackPages.length + 1) + " (older rows)" : "newest rows";
 }
+function firstLine(e) {
+  if (!e) return "";
+  const l = e.split("\n")[0];
+  return l.length > 90 ? l.slice(0, 89) + "…" : l;
+}
+// errorGroups lists the rows of this page that carry an error, one line per
+// receiver with the count of rows; the full texts open on demand.
+const openErrors = new Set(); // receivers whose full texts are open: they stay open across refreshes
+function errorGroups(rows) {
+  const by = new Map();
+  for (const a of rows) {
+    if (!a.error) continue;
+    const g = by.get(a.receiver) || {rows: 0, texts: new Map()};
+    g.rows++;
+    g.texts.set(a.error, (g.texts.get(a.error) || 0) + 1);
+    by.set(a.receiver, g);
+  }
+  const box = $("ack-errors");
+  box.hidden = by.size === 0;
+  box.replaceChildren(...(by.size ? [el("h2", {text: "Errors on this page, by receiver"})] : []),
+    ...[...by].map(([rcv, g]) => el("details", {class: "errgroup", id: "errors-" + rcv, open: openErrors.has(rcv),
+        ontoggle: (e) => { if (e.target.open) openErrors.add(rcv); else openErrors.delete(rcv); }},
+      el("summary", {}, el("b", {text: rcv}), ": " + g.rows + (g.rows === 1 ? " row" : " rows") + " failing · ",
+        el("span", {class: "err", text: firstLine([...g.texts.keys()][0])})),
+      ...[...g.texts].map(([t, c]) => el("pre", {class: "errtext", text: (c > 1 ? c + " rows:\n" : "") + t})))));
+}
+// showAcksOf opens the Acknowledgements view filtered by one receiver.
+function showAcksOf(name) {
+  filterAcks(name);
+  show("acks");
+}
+function filterAcks(receiver) {
+  $("f-receiver").value = receiver;
+  $("f-state").value = "";
+  $("f-kind").value = "";
+  state.ackCursor = ""; state.ackPages = [];
+}
+if (hash.get("receiver")) $("f-receiver").value = hash.get("receiver");
+// A link followed in an open console changes only the hash.
+window.addEventListener("hashchange", () => {
+  const h = new URLSearchParams(location.hash.slice(1));
+  history.replaceState(null, "", location.pathname);
+  if (h.get("token")) { token = h.get("token"); sessionStorage.setItem("ferry-token", token); }
+  if (h.get("receiver") !== null) { filterAcks(h.get("receiver")); state.view = "acks"; }
+  else if (tabs.includes(h.get("view"))) state.view = h.get("view");
+  if (!token) return;
+  if (h.get("token") || !$("login").hidden) start(); else show(state.view);
+});
 $("ack-filters").addEventListener("submit", (e) => { e.preventDefault(); state.ackCursor = ""; state.ackPages = []; refresh(); });
 $("acks-older").addEventListener("click", () => { state.ackPages.push(state.ackCursor); state.ackCursor = state.ackNext; refresh(); });
 $("acks-newest").addEventListener("click", () => { state.ackCursor = ""; state.ackPages = []; refresh(); });
 
 // ---- peers ----
 async function loadPeers() {
-  const [peers, dels] = await Promise.all([api("GET", "peers?limit=1000"), api("GET", "deliveries")]);
+  const [peers, dels, rates] = await Promise.all([api("GET", "peers?limit=1000"), api("GET", "deliveries"), api("GET", "rates")]);
+  const rateOf = new Map(rates.rates.map((r) => [r.receiver_id, r]));
+  $("rates-note").textContent = "Deliveries/s: changes a peer acknowledged per second, sampled every " + rates.interval_seconds +
+    " s by this node; the line shows up to the last " + Math.round(RATE_SAMPLES * rates.interval_seconds / 60) +
+    " minutes (at least one minute wide; hover it for the peak).";
   const byPeer = new Map();
   for (const d of dels.deliveries) {
     const x = byPeer.get(d.receiver_id) || {pending: 0, oldest: null, err: ""};
@@ -356,23 +482,71 @@ async function loadPeers() {
   tb.replaceChildren(...peers.peers.map((p) => {
     const d = byPeer.get(p.peer_id) || {pending: 0, oldest: null, err: ""};
     return el("tr", {},
-      el("td", {text: p.name, title: p.peer_id}), el("td", {text: p.roles.join(", ")}),
+      el("td", {title: p.peer_id}, el("button", {type: "button", class: "link rows-link", title: "Acknowledgement rows for " + p.name,
+        text: p.name, onclick: () => showAcksOf(p.name)})), el("td", {text: p.roles.join(", ")}),
       el("td", {class: p.connected ? "connected" : "down", text: p.connected ? "connected" : "down"}),
       p.connected ? el("td", {text: "now"}) : timeCell(p.last_seen),
-      el("td", {text: String(d.pending)}), d.oldest ? timeCell(d.oldest) : el("td", {text: "-"}), el("td", {class: "err", text: d.err}));
+      el("td", {text: String(d.pending)}), d.oldest ? timeCell(d.oldest) : el("td", {text: "-"}),
+      rateCells(rateOf.get(p.peer_id)), el("td", {class: "err", text: firstLine(d.err), title: d.err}));
   }));
-  if (peers.peers.length === 0) tb.append(el("tr", {}, el("td", {colspan: "7", class: "muted", text: "No peers known yet: a lone node, or discovery has not found any."})));
+  if (peers.peers.length === 0) tb.append(el("tr", {}, el("td", {colspan: "8", class: "muted", text: "No peers known yet: a lone node, or discovery has not found any."})));
+}
+
+// ---- rates: deliveries/s and a sparkline of the sampled series ----
+const RATE_SAMPLES = 60, MIN_SPAN = 12;
+function rateCells(r) {
+  const series = r ? r.series : [];
+  const now = r ? r.per_second : 0;
+  return el("td", {class: "rate"}, el("span", {class: "rate-now", text: fmtRate(now) + "/s"}), " ", sparkline(series));
+}
+function fmtRate(v) { return v >= 10 ? v.toFixed(0) : v.toFixed(1); }
+function sparkline(series) {
+  const W = 150, H = 24, NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("width", W); svg.setAttribute("height", H);
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  const max = Math.max(...series, 0);
+  svg.setAttribute("role", "img");
+  svg.dataset.busy = String(series.filter((v) => v > 0).length); // samples with deliveries
+  svg.setAttribute("aria-label", series.length ? "last " + series.length + " samples, peak " + fmtRate(max) + "/s" : "no samples yet");
+  svg.dataset.span = String(Math.max(series.length, MIN_SPAN)); // samples across the width
+  const title = document.createElementNS(NS, "title");
+  title.textContent = svg.getAttribute("aria-label");
+  svg.append(title);
+  const base = document.createElementNS(NS, "line");
+  for (const [k, v] of Object.entries({x1: 0, x2: W, y1: H - 1, y2: H - 1, class: "spark-base"})) base.setAttribute(k, v);
+  svg.append(base);
+  if (series.length > 1) {
+    // At least a minute wide; up to RATE_SAMPLES as the node keeps sampling.
+    const step = W / (Math.max(series.length, MIN_SPAN) - 1), x0 = W - (series.length - 1) * step;
+    const pts = series.map((v, i) => (x0 + i * step).toFixed(1) + "," + (H - 1 - (max > 0 ? v / max : 0) * (H - 3)).toFixed(1));
+    const area = document.createElementNS(NS, "polygon");
+    area.setAttribute("points", x0.toFixed(1) + "," + (H - 1) + " " + pts.join(" ") + " " + W + "," + (H - 1));
+    area.setAttribute("class", "spark-area");
+    svg.append(area);
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("points", pts.join(" "));
+    line.setAttribute("class", "spark-line");
+    svg.append(line);
+  }
+  return svg;
 }
 
 // ---- trace ----
+// traceChange opens the Trace view filled with one change and traces it.
+function traceChange(ref) {
+  $("trace-ref").value = ref;
+  show("trace");
+  $("trace-form").requestSubmit();
+}
 $("trace-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const ref = $("trace-ref").value.trim();
-  const [o, v] = ref.split("/");
   const out = $("trace-out");
   out.replaceChildren(el("p", {class: "muted", text: "Tracing " + ref + "…"}));
   try {
-    const t = await api("GET", "trace/" + encodeURIComponent(o || "") + "/" + encodeURIComponent(v || ""));
+    const t = await api("GET", "trace?ref=" + encodeURIComponent(ref));
     const tr = t.trace;
     const t0 = tr.committed_at ? new Date(tr.committed_at).getTime() : null;
     const rows = tr.nodes.map((n) => el("tr", {},
@@ -403,8 +577,18 @@ function showFlow() {
   if (!f) return;
   $("flow-img").src = "/flows/" + f;
   $("flow-img").alt = "Sequence diagram: " + $("flow").selectedOptions[0].text;
+  $("flow-open").href = "/flows/" + f;
 }
 $("flow").addEventListener("change", showFlow);
+// A diagram fits the width, or shows at full size (scrolling); a click on
+// it or the button switches.
+function zoomFlow(full) {
+  $("flow-box").classList.toggle("full", full);
+  $("flow-zoom").textContent = full ? "Fit to width" : "Full size";
+  $("flow-zoom").setAttribute("aria-pressed", full ? "true" : "false");
+}
+$("flow-zoom").addEventListener("click", () => zoomFlow(!$("flow-box").classList.contains("full")));
+$("flow-img").addEventListener("click", () => zoomFlow(!$("flow-box").classList.contains("full")));
 
 // ---- refresh loop ----
 let timer = null;
@@ -414,6 +598,7 @@ async function refresh() {
   loading = true;
   try {
     await loadStatus();
+    if (state.tracked.size) await refreshTracked();
     if (state.view === "queue") await loadQueue();
     else if (state.view === "acks") await loadAcks();
     else if (state.view === "peers") await loadPeers();

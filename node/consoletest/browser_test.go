@@ -1,7 +1,10 @@
 // Package consoletest drives the node's web console in real headless
-// Chromium (Debian's chromium, installed by scripts/deps.sh): sign in,
-// accept, edit through the form, reject, result messages that stay, and
-// the disconnected state once the node stops. Screenshots go to
+// Chromium (Debian's chromium, installed by scripts/deps.sh): a refused
+// token, sign in, accept, edit through the form, reject, result messages
+// that stay and say who applied a decision, decided requests with their
+// time and "applied by", rates per peer, the cross-links peer -> rows ->
+// trace, errors grouped per receiver, zoomable flows, and the disconnected
+// state once the node stops. Screenshots go to
 // artifacts/console/ at the repository root (git-ignored; CI keeps them).
 package consoletest
 
@@ -71,7 +74,9 @@ func submit(t *testing.T, net *testnet.Net, i int, body string) uint64 {
 
 func TestConsoleInBrowser(t *testing.T) {
 	exe := chromium(t)
-	net := testnet.Start(t, testnet.Options{N: 3, Reviewer: testnet.At(nC)})
+	// Every node a partner of every other: C's resources go to A and B,
+	// which gives the rates something to count.
+	net := testnet.Start(t, testnet.Options{N: 3, Reviewer: testnet.At(nC), Mesh: true})
 	net.WaitMembers(30 * time.Second)
 	token, err := net.Homes[nC].Token()
 	if err != nil {
@@ -145,6 +150,12 @@ func TestConsoleInBrowser(t *testing.T) {
 			fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.textContent.includes(%q); })()`, sel, want))
 	}
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	// press clicks a button in one step in the page: the refresh every 5 s
+	// redraws the cards, so a node found first may be gone when clicked.
+	press := func(sel string) {
+		t.Helper()
+		poll("press "+sel, fmt.Sprintf(`(() => { const e = document.querySelector(%q); if (!e || e.disabled) return false; e.click(); return true; })()`, sel))
+	}
 	fits := func(view string) {
 		t.Helper()
 		if w, _ := eval("page width", `document.documentElement.scrollWidth`).(float64); w > 800 {
@@ -153,12 +164,33 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	}
 
+	visible := func(sel string) bool {
+		t.Helper()
+		v, _ := eval("visible "+sel, fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.getClientRects().length > 0; })()`, sel)).(bool)
+		return v
+	}
+
 	// Signing in: the page asks for the token, then shows the queue. (The
 	// first call starts the browser: no step timeout on it.)
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(css("#token"))); err != nil {
 		t.Fatalf("open the console: %v", err)
 	}
 	shot("01-sign-in")
+	// A refused token: the sign-in form again, no tabs, and the header does
+	// not claim a connection.
+	run("a wrong token", chromedp.SendKeys(css("#token"), "not-the-token"), chromedp.Click(css("#signin")))
+	waitText("#messages", "The token was refused")
+	run("the form again", chromedp.WaitVisible(css("#token")))
+	if visible("#tabs") || visible("#view-queue") {
+		shot("failed")
+		t.Fatal("after a refused token the tabs or the queue are visible")
+	}
+	if c := text("#conn"); strings.Contains(c, "connected") {
+		shot("failed")
+		t.Fatalf("after a refused token the header says %q", c)
+	}
+	shot("01b-refused")
+	eval("clear the token", `document.querySelector("#token").value = ""`)
 	run("sign in", chromedp.SendKeys(css("#token"), token), chromedp.Click(css("#signin")),
 		chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", accept))))
 	waitText("#who", "reviewer")
@@ -175,16 +207,23 @@ func TestConsoleInBrowser(t *testing.T) {
 	shot("02-queue")
 
 	// Accept: the confirmation names who receives the decision.
-	run("accept", chromedp.Click(css(fmt.Sprintf("#accept-%d", accept))), chromedp.WaitVisible(css("#confirm")))
+	press(fmt.Sprintf("#accept-%d", accept))
+	run("accept", chromedp.WaitVisible(css("#confirm")))
 	if c := text("#confirm-text"); !strings.Contains(c, "A") || !strings.Contains(c, "B") {
 		t.Fatalf("the accept confirmation does not name the members: %q", c)
 	}
 	shot("03-accept-confirm")
 	run("confirm accept", chromedp.Click(css("#confirm-ok")))
 	waitText("#messages", fmt.Sprintf("Request %d accepted", accept))
+	// The message says how many members applied it, live: C at once, then A and B.
+	waitText("#messages", "applied by 3/3 members")
+	if visible(".msg.token-refused") {
+		t.Fatal("the refused token's message stays after signing in")
+	}
 
 	// Edit through the form: change one field, add one.
-	run("edit", chromedp.Click(css(fmt.Sprintf("#edit-%d", edit))), chromedp.WaitVisible(css("#edit-fields")))
+	press(fmt.Sprintf("#edit-%d", edit))
+	run("edit", chromedp.WaitVisible(css("#edit-fields")))
 	eval("change a field", `(() => {
 		for (const tr of document.querySelectorAll("#edit-fields tbody tr")) {
 			if (tr.querySelector(".fname").value === "name") { const v = tr.querySelector(".fval"); v.value = "two-edited"; }
@@ -216,7 +255,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	})
 
 	// Reject with a note: the rejection goes to the applicant only.
-	run("reject", chromedp.Click(css(fmt.Sprintf("#reject-%d", reject))), chromedp.WaitVisible(css("#confirm")))
+	press(fmt.Sprintf("#reject-%d", reject))
+	run("reject", chromedp.WaitVisible(css("#confirm")))
 	if c := text("#confirm-text"); !strings.Contains(c, "applicant only: A") {
 		t.Fatalf("the reject confirmation: %q", c)
 	}
@@ -233,7 +273,28 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	}
 	waitText("#requests", "No request is waiting")
+	if e := text("#empty-queue"); strings.Contains(e, "`") || !strings.Contains(e, "ferry submit") {
+		t.Fatalf("the empty queue says %q", e)
+	}
+
+	// Decided requests: when, who applied them, and the note as written.
+	eval("show all", `(() => { const s = document.querySelector("#status"); s.value = ""; s.dispatchEvent(new Event("change")); return true })()`)
+	waitText(fmt.Sprintf("#req-%d", accept), "applied by 3/3 members")
+	waitText(fmt.Sprintf("#req-%d", edit), "applied by 3/3 members")
+	waitText(fmt.Sprintf("#req-%d", reject), "received by the applicant A (1/1)")
+	for _, id := range []uint64{accept, edit, reject} {
+		if c := text(fmt.Sprintf("#req-%d .decided-at", id)); !strings.Contains(c, "decided ") || strings.Contains(c, "not recorded") {
+			t.Fatalf("request %d shows no decision time: %q", id, c)
+		}
+	}
+	if c := text(fmt.Sprintf("#req-%d", reject)); !strings.Contains(c, "C wrote to the applicant:not needed") {
+		t.Fatalf("the rejection's note: %q", c)
+	}
+	if c := text(fmt.Sprintf("#req-%d", accept)); strings.Contains(c, "reviewer:") || strings.Contains(c, "“added”") || strings.Contains(c, "wrote") {
+		t.Fatalf("the accepted request shows the default note as if written: %q", c)
+	}
 	shot("05-decided")
+	eval("waiting only", `(() => { const s = document.querySelector("#status"); s.value = "waiting"; s.dispatchEvent(new Event("change")); return true })()`)
 
 	// The acknowledgement rows, newest first, with a filter.
 	run("acks", chromedp.Click(css("#tab-acks")))
@@ -244,14 +305,103 @@ func TestConsoleInBrowser(t *testing.T) {
 	shot("06-acks")
 	run("peers", chromedp.Click(css("#tab-peers")))
 	waitText("#peers", "connected")
+
+	// Rates: C creates resources (its partners A and B receive them) until
+	// the Peers view shows a delivery rate and a sparkline with deliveries
+	// in at least three samples.
+	rated := `[...document.querySelectorAll("#peers .rate-now")].some((e) => e.textContent !== "0.0/s") &&
+		[...document.querySelectorAll("#peers .spark")].some((s) => !!s.querySelector("polyline") &&
+			Number(s.dataset.busy) >= 3 && !/peak 0\.0\//.test(s.getAttribute("aria-label")))`
+	deadline := time.Now().Add(3 * step)
+	for vm := 0; ; vm++ {
+		var out struct{ OK bool }
+		testnet.Request(t, net.NATS(nC), "ferry.propagate", fmt.Sprintf(`{"action":"create","data_type":"vm","payload":{"id":"vm%d"}}`, vm), &out)
+		if !out.OK {
+			t.Fatalf("propagate vm%d refused", vm)
+		}
+		pctx, c := context.WithTimeout(ctx, 200*time.Millisecond)
+		_, err := chromedp.Run(pctx, chromedp.Poll[bool](rated, chromedp.WithPollingInterval(50*time.Millisecond)))
+		c()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			shot("failed")
+			t.Fatalf("no delivery rate in the Peers view: %s", text("#peers"))
+		}
+	}
+	if n, _ := eval("sparklines", `document.querySelectorAll("#peers .spark").length`).(float64); n < 2 {
+		t.Fatalf("%v sparklines in the Peers view, want one per peer", n)
+	}
+	fits("peers")
+	shot("07-peers-rates")
+
+	// Cross-links: a peer's name opens its rows, a row's id its trace.
+	run("A's rows", chromedp.Click(css(`#peers .rows-link[title$=" A"]`)))
+	run("the Acknowledgements view", chromedp.WaitVisible(css("#view-acks")))
+	poll("rows of A only", `(() => { const rs = [...document.querySelectorAll("#acks tbody tr")];
+		return document.querySelector("#f-receiver").value === "A" && rs.length > 0 && rs.every((r) => r.children.length > 2 && r.children[2].textContent === "A"); })()`)
+	shot("08-acks-of-a")
+	run("a row's trace", chromedp.Click(css("#acks tbody .trace-link")))
+	waitText("#trace-table", "(origin)")
+	if ref, _ := eval("trace ref", `document.querySelector("#trace-ref").value`).(string); !strings.HasPrefix(ref, "C/") {
+		t.Fatalf("the trace view traces %q, want a change of C", ref)
+	}
+	waitText("#trace-table", "A")
+	shot("09-trace-of-a-row")
+
+	// Flows: fit to the width by default, full size on a click, and a link
+	// to the SVG alone.
 	run("flows", chromedp.Click(css("#tab-flows")))
 	fits("flows")
 	poll("a flow diagram", `(() => { const i = document.querySelector("#flow-img"); return i.complete && i.naturalWidth > 0; })()`)
-	shot("07-flows")
+	if href, _ := eval("svg link", `document.querySelector("#flow-open").href`).(string); !strings.HasSuffix(href, ".svg") || !strings.Contains(href, "/flows/") {
+		t.Fatalf("the flow's link: %q", href)
+	}
+	poll("the SVG opens alone", `(async () => { const r = await fetch(document.querySelector("#flow-open").href);
+		return r.ok && (r.headers.get("Content-Type") || "").startsWith("image/svg+xml"); })()`)
+	poll("the diagram fits", `(() => { const i = document.querySelector("#flow-img"), b = document.querySelector("#flow-box");
+		return i.getBoundingClientRect().width <= b.clientWidth; })()`)
+	shot("10-flows-fit")
+	run("full size", chromedp.Click(css("#flow-img")))
+	poll("the diagram at full size", `(() => { const i = document.querySelector("#flow-img");
+		return document.querySelector("#flow-box").classList.contains("full") && Math.abs(i.getBoundingClientRect().width - i.naturalWidth) < 2; })()`)
+	fits("flows at full size")
+	shot("11-flows-full")
+	run("back to the queue", chromedp.Click(css("#tab-queue")))
+
+	// A stops: a decision waits for it, the message says who applied it so
+	// far, and its rows' errors are grouped with the full text on demand.
+	net.Stop(nA)
+	down := submit(t, net, nB, `{"type":"insert","table_name":"tb","table_id":5,"data":{"name":"five"}}`)
+	run("the request with A down", chromedp.Click(css("#refresh")), chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", down))))
+	press(fmt.Sprintf("#accept-%d", down))
+	run("accept with A down", chromedp.WaitVisible(css("#confirm")), chromedp.Click(css("#confirm-ok")))
+	waitText("#messages", "applied by 2/3 members (waiting for A)")
+	run("acks", chromedp.Click(css("#tab-acks")))
+	eval("any receiver", `(() => { document.querySelector("#f-receiver").value = ""; return true })()`)
+	run("pending rows", chromedp.SetValue(css("#f-state"), "pending"), chromedp.Click(css("#ack-filters button")))
+	poll("A's errors grouped", `(() => { document.querySelector("#acks-newest").click(); const d = document.querySelector("#errors-A");
+		return !!d && /A: \d+ rows? failing/.test(d.querySelector("summary").textContent); })()`)
+	if open, _ := eval("closed", `document.querySelector("#errors-A").open`).(bool); open {
+		t.Fatal("the error group starts open; the full text should be on demand")
+	}
+	eval("open A's errors", `document.querySelector("#errors-A summary").click()`)
+	// Open it stays, across the refreshes that redraw the rows.
+	before = text("#updated")
+	poll("a refresh", fmt.Sprintf(`document.querySelector("#updated").textContent !== %q`, before))
+	poll("the full text", `document.querySelector("#errors-A").open && document.querySelector("#errors-A pre").getClientRects().length > 0`)
+	fits("acknowledgements with errors")
+	shot("12-errors-grouped")
+
+	// The Grafana dashboard's links name a view and a receiver.
+	run("a dashboard link", chromedp.Navigate(base+"/#view=acks&receiver=B"), chromedp.WaitVisible(css("#view-acks")))
+	poll("rows of B", `document.querySelector("#f-receiver").value === "B" && location.hash === "" &&
+		[...document.querySelectorAll("#acks tbody tr")].some((r) => r.children.length > 2 && r.children[2].textContent === "B")`)
 	run("back to the queue", chromedp.Click(css("#tab-queue")))
 
 	// A request waits, then the node stops: the page says so and disables actions.
-	late := submit(t, net, nA, `{"type":"insert","table_name":"tb","table_id":4,"data":{"name":"four"}}`)
+	late := submit(t, net, nB, `{"type":"insert","table_name":"tb","table_id":4,"data":{"name":"four"}}`)
 	run("the late request", chromedp.Click(css("#refresh")), chromedp.WaitVisible(css(fmt.Sprintf("#accept-%d", late))))
 	net.Stop(nC)
 	waitText("#conn", "disconnected")
@@ -259,6 +409,6 @@ func TestConsoleInBrowser(t *testing.T) {
 	if disabled, _ := eval("accept disabled", fmt.Sprintf(`document.querySelector("#accept-%d").disabled`, late)).(bool); !disabled {
 		t.Fatal("the accept button stays enabled while the node is down")
 	}
-	shot("08-disconnected")
+	shot("13-disconnected")
 	t.Logf("screenshots in %s", dir)
 }
