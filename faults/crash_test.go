@@ -29,32 +29,15 @@ type change struct {
 }
 
 // changesOf reads a node's whole change log through ferry.changes, page
-// after page, as an app that keeps its place would.
+// after page, as an app that keeps its place would; an error answer fails
+// the test.
 func changesOf(t *testing.T, nc *nats.Conn) []change {
 	t.Helper()
-	var all []change
-	var since uint64
-	for {
-		m, err := nc.Request("ferry.changes", fmt.Appendf(nil, `{"since":%d,"limit":10000}`, since), 30*time.Second)
-		if err != nil {
-			t.Fatalf("ferry.changes since %d: %v", since, err)
-		}
-		var page struct {
-			OK      bool     `json:"ok"`
-			Changes []change `json:"changes"`
-			Next    uint64   `json:"next"`
-			More    bool     `json:"more"`
-			Error   any      `json:"error"`
-		}
-		if err := json.Unmarshal(m.Data, &page); err != nil || !page.OK {
-			t.Fatalf("ferry.changes since %d: %v %.300s", since, err, m.Data)
-		}
-		all = append(all, page.Changes...)
-		if len(page.Changes) == 0 || !page.More {
-			return all
-		}
-		since = page.Next
+	all, code, msg := readChanges(t, nc)
+	if code != "" {
+		t.Fatalf("ferry.changes after %d changes: %s: %s", len(all), code, msg)
 	}
+	return all
 }
 
 // pendingAcks is a node's count of changes not yet acknowledged by their
