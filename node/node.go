@@ -259,7 +259,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	pub := eventPublisher{b: n.bridge, n: n}
-	n.ownWrites = n.newOwnWritesGate()
+	if n.ownWrites, err = n.newOwnWritesGate(); err != nil {
+		return nil, err
+	}
 	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: pub, Gate: n.ownWrites,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,10 +37,10 @@ import (
 // open a store that was whole when it was written. A restored one lacks
 // what it answered after the copy was made (changes, idempotency keys), and
 // taking an app's retry of such a request would give it a second change
-// under a new version. So a node with partners holds its own writes
-// (creates, updates, deletes, considers, planner events) until a partner
-// has said in hello what it holds of this node's changes, and this node
-// holds as much or took the rest back from it. A write waits at most
+// under a new version. So a node whose partners acknowledged changes of
+// it holds its own writes (creates, updates, deletes, considers, planner
+// events) until a partner has said in hello what it holds of this node's
+// changes, and this node holds as much or took the rest back from it. A write waits at most
 // ownWritesWait, then is answered unavailable with the reason; trust_store
 // lets them through at once.
 const (
@@ -47,17 +48,40 @@ const (
 	ownWritesWaitMax = 100000 // held at once; more are answered unavailable at once
 )
 
-// newOwnWritesGate is shut when the node has partners and the config does
-// not trust the store.
-func (n *Node) newOwnWritesGate() *gate.Gate {
+// newOwnWritesGate is shut when a partner acknowledged changes of this
+// node (so it may hold some the store lacks) and the config does not trust
+// the store. A node whose partners never acknowledged anything (a new node,
+// a partner not deployed yet) has nothing to lose and writes at once; should
+// its store still be a copy from before a partner's first acknowledgement,
+// what collides is refused by the partners and put back at the origin
+// (propagate's collides and RecoverOwn).
+func (n *Node) newOwnWritesGate() (*gate.Gate, error) {
 	g := gate.New(ownWritesWait, ownWritesWaitMax, n.ownWritesWhy)
-	if n.cfg.TrustStore || len(n.book.Partners()) == 0 {
+	if n.cfg.TrustStore {
 		g.Open()
-		return g
+		return g, nil
 	}
+	floors, err := n.st.Floors()
+	if err != nil {
+		return nil, fmt.Errorf("read ack floors: %w", err)
+	}
+	var held []string
+	for k, f := range floors {
+		switch stream.Lane(k.Lane) {
+		case stream.LaneResource, stream.LaneConsider, stream.LanePlanner:
+			if f.Version > 0 && n.book.IsPartner(k.Receiver) && !slices.Contains(held, n.book.Name(k.Receiver)) {
+				held = append(held, n.book.Name(k.Receiver))
+			}
+		}
+	}
+	if len(held) == 0 {
+		g.Open()
+		return g, nil
+	}
+	slices.Sort(held)
 	n.log.Info("own writes wait until a partner says what it holds of this node's changes (a store restored from an older copy must not answer a retried request twice; trust_store: true skips this)",
-		"partners", len(n.book.Partners()))
-	return g
+		"partners_holding_changes", strings.Join(held, ","))
+	return g, nil
 }
 
 // ownWritesWhy is the answer to an own write that waited too long.
