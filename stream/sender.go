@@ -1239,6 +1239,9 @@ func (o *outbox) idle() bool {
 		return false
 	}
 	o.running = false
+	if len(o.streams) > 0 {
+		o.s.log.Debug("nothing owed: closing the quiet delivery streams", "peer", o.peer, "streams", len(o.streams))
+	}
 	for _, st := range o.streams {
 		st.closing = true // a quiet close, not a failure (streamDown)
 		_ = st.s.Close()
@@ -1292,8 +1295,8 @@ func (o *outbox) streamDown(st *outStream, err error) {
 	// reader learns of it (EOF, or a reset of the closed stream): that is
 	// no failure, and says nothing to operators above DEBUG.
 	quiet := closing && lost == 0
-	if quiet && err != nil {
-		o.s.log.Debug("closed a quiet delivery stream", "peer", o.peer, "protocol", st.proto, "err", err)
+	if quiet {
+		o.s.log.Debug("closed a quiet delivery stream", "peer", o.peer, "protocol", st.proto, "end", err)
 	}
 	if (err != nil && !quiet) || (lost > 0 && !closing) {
 		if err == nil {
