@@ -544,43 +544,34 @@ func (s *Service) apply(j job, envs []*pb.Envelope) (int, error) {
 	if len(items) == 0 {
 		return 0, nil
 	}
-	var outcomes [3]int // applied, duplicate, rejected
-	err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
-		outcomes = [3]int{}
-		for _, it := range items {
-			sp := tx.Savepoint()
-			st := pb.AckStatus_ACK_STATUS_APPLIED
-			var err error
-			switch j.what {
-			case pb.SyncRequest_WHAT_RESOURCES:
-				st, err = s.d.Resources.ApplyChange(tx, it)
-			case pb.SyncRequest_WHAT_OWN:
-				var missing bool
-				missing, err = s.d.Own.RecoverOwn(tx, it)
-				if err == nil && !missing {
-					st = pb.AckStatus_ACK_STATUS_DUPLICATE
-				}
-			default:
-				st, err = s.d.Decisions.ApplyDecision(tx, it)
+	apply := s.d.Decisions.ApplyDecision
+	switch j.what {
+	case pb.SyncRequest_WHAT_RESOURCES:
+		apply = s.d.Resources.ApplyChange
+	case pb.SyncRequest_WHAT_OWN:
+		apply = func(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
+			missing, err := s.d.Own.RecoverOwn(tx, in)
+			if err == nil && !missing {
+				return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 			}
-			var rej *stream.RejectError
-			switch {
-			case errors.As(err, &rej):
-				if !rej.Keep {
-					tx.RollbackTo(sp)
-				}
-				outcomes[2]++
+			return pb.AckStatus_ACK_STATUS_APPLIED, err
+		}
+	}
+	var outcomes stream.Counts
+	err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
+		outcomes = stream.Counts{}
+		for _, it := range items {
+			out, rej, err := stream.ApplyOne(tx, it, apply)
+			if err != nil {
+				return err
+			}
+			outcomes[out]++
+			if rej != nil {
 				level := slog.LevelWarn
 				if rej.Equivocation {
 					level = slog.LevelError
 				}
 				s.log.Log(s.ctx, level, "sync: change refused", "origin", it.Origin, "version", it.Body.OriginVersion, "reason", rej.Reason)
-			case err != nil:
-				return err
-			case st == pb.AckStatus_ACK_STATUS_DUPLICATE:
-				outcomes[1]++
-			default:
-				outcomes[0]++
 			}
 		}
 		return nil
@@ -588,13 +579,13 @@ func (s *Service) apply(j job, envs []*pb.Envelope) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("apply sync batch: %w", err)
 	}
-	s.applied.WithLabelValues(what, "applied").Add(float64(outcomes[0]))
-	s.applied.WithLabelValues(what, "duplicate").Add(float64(outcomes[1]))
-	s.applied.WithLabelValues(what, "refused").Add(float64(outcomes[2]))
-	if outcomes[0] > 0 {
-		s.log.Debug("sync applied", "what", what, "applied", outcomes[0], "duplicates", outcomes[1])
+	s.applied.WithLabelValues(what, "applied").Add(float64(outcomes[stream.Applied]))
+	s.applied.WithLabelValues(what, "duplicate").Add(float64(outcomes[stream.Duplicate]))
+	s.applied.WithLabelValues(what, "refused").Add(float64(outcomes[stream.Refused]))
+	if outcomes[stream.Applied] > 0 {
+		s.log.Debug("sync applied", "what", what, "applied", outcomes[stream.Applied], "duplicates", outcomes[stream.Duplicate])
 	}
-	return outcomes[0], nil
+	return outcomes[stream.Applied], nil
 }
 
 // snapshotState follows one snapshot as its chunks arrive.

@@ -392,26 +392,17 @@ func (s *Service) take(n *pb.DecisionNews) error {
 		s.mu.Unlock()
 	}
 	if len(items) > 0 {
-		var counts [3]int
+		var counts stream.Counts
 		err := s.d.Store.Update(s.ctx, func(tx *store.Txn) error {
-			counts = [3]int{}
+			counts = stream.Counts{}
 			for _, in := range items {
-				sp := tx.Savepoint()
-				st, err := s.d.Decisions.ApplyDecision(tx, in)
-				var rej *stream.RejectError
-				switch {
-				case errors.As(err, &rej):
-					if !rej.Keep {
-						tx.RollbackTo(sp)
-					}
-					counts[2]++
-					s.log.Warn("decision from gossip refused", "sequence", seqs[in], "reason", rej.Reason)
-				case err != nil:
+				out, rej, err := stream.ApplyOne(tx, in, s.d.Decisions.ApplyDecision)
+				if err != nil {
 					return err
-				case st == pb.AckStatus_ACK_STATUS_DUPLICATE:
-					counts[1]++
-				default:
-					counts[0]++
+				}
+				counts[out]++
+				if rej != nil {
+					s.log.Warn("decision from gossip refused", "sequence", seqs[in], "reason", rej.Reason)
 				}
 			}
 			return s.holdLane(tx, n.Epoch)
@@ -419,9 +410,9 @@ func (s *Service) take(n *pb.DecisionNews) error {
 		if err != nil {
 			return fmt.Errorf("apply decisions: %w", err)
 		}
-		s.m.decisions.WithLabelValues("applied").Add(float64(counts[0]))
-		s.m.decisions.WithLabelValues("duplicate").Add(float64(counts[1]))
-		s.m.decisions.WithLabelValues("refused").Add(float64(counts[2]))
+		s.m.decisions.WithLabelValues("applied").Add(float64(counts[stream.Applied]))
+		s.m.decisions.WithLabelValues("duplicate").Add(float64(counts[stream.Duplicate]))
+		s.m.decisions.WithLabelValues("refused").Add(float64(counts[stream.Refused]))
 	}
 	applied := s.d.Decisions.Applied()
 	s.mu.Lock()

@@ -666,9 +666,9 @@ func (r *Receiver) equivocation(m *Inbound) *pb.Refusal {
 func (r *Receiver) submit(sq *sequencer, b *batch) {
 	from, lane, epoch := b.st.remote, b.lane, b.epoch
 	var refused []*pb.Refusal
-	var counts [3]int // applied, duplicate, rejected
+	var counts Counts
 	r.st.Submit(r.ctx, func(tx *store.Txn) error {
-		refused, counts = refused[:0], [3]int{}
+		refused, counts = refused[:0], Counts{}
 		pos, err := tx.Position(from, uint8(lane))
 		if err != nil {
 			return err
@@ -690,30 +690,21 @@ func (r *Receiver) submit(sq *sequencer, b *batch) {
 					}
 					refused = append(refused, r.equivocation(m))
 				}
-				counts[1]++
+				counts[Duplicate]++
 				continue
 			}
-			sp := tx.Savepoint()
-			status, err := r.handler.Apply(tx, m)
-			var rej *RejectError
-			switch {
-			case errors.As(err, &rej):
-				if !rej.Keep {
-					tx.RollbackTo(sp)
-				}
-				if rej.Equivocation {
-					refused = append(refused, r.equivocation(m))
-				} else {
-					refused = append(refused, &pb.Refusal{Version: v, Reason: clip(rej.Reason)})
-					r.log.Warn("change refused", "peer", from, "origin", m.Origin, "kind", m.Body.Kind, "version", v, "reason", rej.Reason)
-				}
-				counts[2]++
-			case err != nil:
+			out, rej, err := ApplyOne(tx, m, r.handler.Apply)
+			if err != nil {
 				return err
-			case status == pb.AckStatus_ACK_STATUS_DUPLICATE:
-				counts[1]++
+			}
+			counts[out]++
+			switch {
+			case rej == nil:
+			case rej.Equivocation:
+				refused = append(refused, r.equivocation(m))
 			default:
-				counts[0]++
+				refused = append(refused, &pb.Refusal{Version: v, Reason: clip(rej.Reason)})
+				r.log.Warn("change refused", "peer", from, "origin", m.Origin, "kind", m.Body.Kind, "version", v, "reason", rej.Reason)
 			}
 		}
 		if b.through > held {
@@ -757,9 +748,9 @@ func (r *Receiver) submit(sq *sequencer, b *batch) {
 			b.st.fail(fmt.Errorf("apply batch through %d: %w", b.through, err))
 			return
 		}
-		r.received.WithLabelValues("applied").Add(float64(counts[0]))
-		r.received.WithLabelValues("duplicate").Add(float64(counts[1]))
-		r.received.WithLabelValues("rejected").Add(float64(counts[2]))
+		r.received.WithLabelValues("applied").Add(float64(counts[Applied]))
+		r.received.WithLabelValues("duplicate").Add(float64(counts[Duplicate]))
+		r.received.WithLabelValues("rejected").Add(float64(counts[Refused]))
 		b.st.reply(&pb.Reply{Lane: uint32(lane), Epoch: epoch, Through: b.through, Refused: refused})
 	})
 }
