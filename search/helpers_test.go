@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/leaks"
 	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -31,7 +32,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, leaks.Options()...)
 }
 
 func testLogger() *slog.Logger {
