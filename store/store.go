@@ -160,8 +160,8 @@ type Store struct {
 	pending []*round
 	rounds  uint64 // the writer's round counter
 	applied atomic.Uint64
-	wg  sync.WaitGroup
-	m   metrics
+	wg      sync.WaitGroup
+	m       metrics
 	// durableVersion is the version counter as of the last fsynced round.
 	// Pebble makes a round visible to readers before its fsync ends; readers
 	// that hand data to other nodes or apps (backlogs, changes, sync) stop
