@@ -48,11 +48,16 @@ func selfCPU() time.Duration { return cpuOf(os.Getpid()) }
 // profileName is the file a node's CPU profile goes to under
 // FERRY_BENCH_PROFILES: <name>.cpu for part 1 (ferry) and the single runs,
 // <part>-<name>.cpu for the report's other parts (fanout-A.cpu,
-// latency-1000-B1.cpu), so a later part does not overwrite part 1's.
+// latency-1000-B1.cpu), so a later part does not overwrite part 1's. When
+// part 1 runs again for the rule (ferry/longer), the reported run's profile
+// replaces the first one's.
 func profileName(t testing.TB, name string) string {
 	parts := strings.Split(t.Name(), "/")
 	if len(parts) < 2 || parts[1] == "ferry" {
 		return name + ".cpu"
+	}
+	if parts[1] == "fanout" {
+		return "fanout-" + name + ".cpu"
 	}
 	return strings.Join(parts[1:], "-") + "-" + name + ".cpu"
 }
