@@ -501,7 +501,7 @@ func (r *results) targets() string {
 	if at1k == nil {
 		line("p99 at 1k events/s, send at A → event on B", "-", "< 5 ms", notRun("latency (1,000/s)"))
 	} else {
-		line("p99 at 1k events/s, send at A → event on B", ms(at1k.P99)+fmt.Sprintf(" (load average %s after the run)", r.LoadAfter), "< 5 ms",
+		line("p99 at 1k events/s, send at A → event on B", ms(at1k.P99)+fmt.Sprintf(" (load average at the report's end %s)", r.LoadAfter), "< 5 ms",
 			yes(at1k.P99 < 5*time.Millisecond && !at1k.Failed))
 	}
 	if f == nil || f.P50 <= 0 {
