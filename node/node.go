@@ -93,12 +93,12 @@ type Options struct {
 	Host host.Host
 }
 
-// Bounds of Close (the order is in docs/architecture.md).
 // SegmentBytesEnv names the environment variable that sets the size at
 // which the change log starts a new segment file (bytes; default 64 MiB).
 // Tests set it small to get many segments.
 const SegmentBytesEnv = "FERRY_SEGMENT_BYTES"
 
+// Bounds of Close (the order is in docs/architecture.md).
 const (
 	// DefaultDrainTimeout bounds the wait for requests already taken.
 	DefaultDrainTimeout = 10 * time.Second

@@ -206,7 +206,9 @@ func (s *Store) OriginEntry(origin peer.ID, originVersion uint64) (OriginEntry, 
 	return parseOrigin(v), nil
 }
 
-func (s *Store) isSelf(origin peer.ID) bool { return len(s.self) > 0 && string(origin) == string(s.self) }
+func (s *Store) isSelf(origin peer.ID) bool {
+	return len(s.self) > 0 && string(origin) == string(s.self)
+}
 
 // ownOrigin is the origin entry of one of this node's own changes, read
 // from its log record (the origin index holds only those of a schema-2

@@ -229,7 +229,7 @@ func TestLastAtMost(t *testing.T) {
 	fill(t, l, 300)
 	for _, c := range []struct {
 		limit, mod, want uint64
-		ok             bool
+		ok               bool
 	}{{3000, 1, 3000, true}, {2995, 1, 2990, true}, {5, 1, 0, false}, {10, 1, 10, true}, {2995, 70, 2940, true}, {139, 70, 70, true}, {1e9, 1000, 3000, true}, {999, 1000, 0, false}} {
 		r, ok, err := l.LastAtMost(c.limit, func(r Record) bool { return r.Version%c.mod == 0 })
 		if err != nil || ok != c.ok || (ok && r.Version != c.want) {
