@@ -19,6 +19,9 @@ type known struct {
 	mu   sync.Mutex
 	seed maphash.Seed
 	gens []*bloom
+	// all: the rows could not all be read (a corrupt store): every
+	// resource may be held, and each is looked up.
+	all bool
 }
 
 type bloom struct {
@@ -72,6 +75,9 @@ func (k *known) add(dataType, id string) {
 func (k *known) mayHold(dataType, id string) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.all {
+		return true
+	}
 	x, y := k.hashes(dataType, id)
 next:
 	for _, b := range k.gens {

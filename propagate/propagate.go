@@ -159,7 +159,13 @@ func New(d Deps) (*Service, error) {
 	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
 	var err error
-	if s.known, err = loadKnown(d.Store, d.Roles.Self()); err != nil {
+	if s.known, err = loadKnown(d.Store, d.Roles.Self()); errors.Is(err, ferry.ErrCorrupt) {
+		// The store says so (health, ERROR line) and is rebuilt at the next
+		// start; until then every create looks its row up.
+		s.log.Warn("own resources could not all be read: every create looks up its row until the store is rebuilt", "err", err.Error())
+		s.known = newKnown(0)
+		s.known.all = true
+	} else if err != nil {
 		cancel()
 		return nil, fmt.Errorf("load own resources: %w", err)
 	}

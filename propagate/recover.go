@@ -18,8 +18,14 @@ import (
 func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	body := in.Body
 	ok, err := tx.PutOwnRecovered(body, in.Hash, in.Raw)
-	if err != nil || !ok || !isResource(body.Kind) {
+	if err != nil || !isResource(body.Kind) {
 		return ok, err
+	}
+	if !ok {
+		// Held: its log record is there. A rebuild of a corrupt store may
+		// still have lost the row it set (rows are in Pebble, changes in
+		// the log): it is put back when missing or older.
+		return false, s.restoreRow(tx, body)
 	}
 	id, _, err := checkResource(body.Payload)
 	if err != nil {
@@ -68,4 +74,27 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 		tx.OnCommit(func() { s.sender.Notify(e) })
 	}
 	return true, nil
+}
+
+// restoreRow puts back the resource row an own change set, when the row is
+// missing or holds an older change.
+func (s *Service) restoreRow(tx *store.Txn, body *pb.Body) error {
+	id, _, err := checkResource(body.Payload)
+	if err != nil {
+		return nil // it never made a row
+	}
+	self := s.roles.Self()
+	cur, err := tx.GetResource(body.DataType, self, id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if cur != nil && cur.OriginVersion >= body.OriginVersion {
+		return nil
+	}
+	if cur != nil {
+		tx.Supersede(cur.OriginVersion)
+	}
+	tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: id, Creator: []byte(self), OriginVersion: body.OriginVersion,
+		Version: body.OriginVersion, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})
+	return nil
 }

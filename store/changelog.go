@@ -59,8 +59,18 @@ func (s *Store) openLog(dir string, o Options) error {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	l, err := seglog.Open(seglog.Options{FS: fs, Dir: filepath.Join(dir, LogDir), SegmentBytes: o.SegmentBytes,
-		Keep: end, LastSegment: seg, Logger: s.log})
+	lo := seglog.Options{FS: fs, Dir: filepath.Join(dir, LogDir), SegmentBytes: o.SegmentBytes,
+		Keep: end, LastSegment: seg, Logger: s.log}
+	_, rebuilt, err := s.Repair()
+	if err != nil {
+		return err
+	}
+	if rebuilt {
+		// A rebuild of Pebble may have dropped the marks: the log keeps
+		// every whole record, and the version counter is raised past it.
+		lo.KeepAll, lo.LastSegment = true, 0
+	}
+	l, err := seglog.Open(lo)
 	if err != nil {
 		if errors.Is(err, seglog.ErrCorrupt) {
 			s.log.Error("store corrupt: the change log is damaged; the node cannot serve its changes (restore the data directory from a backup, or start over and take the changes from partners)",
@@ -71,6 +81,21 @@ func (s *Store) openLog(dir string, o Options) error {
 	}
 	s.clog = l
 	s.trees.max = 8
+	if rebuilt {
+		cur, err := s.Counter(CtrVersion)
+		if err != nil {
+			return err
+		}
+		if last := l.Last(); last > cur || end < last {
+			b := s.db.NewBatch()
+			_ = b.Set(k(keyCtrPrefix).str(CtrVersion), u64Value(max(cur, last)), nil)
+			_ = b.Set([]byte(keyLogEnd), u64Value(last), nil)
+			_ = b.Set([]byte(keyLogSegment), u64Value(l.Active()), nil)
+			if err := b.Commit(pebble.Sync); err != nil {
+				return fmt.Errorf("open store %s: %w", dir, err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -48,7 +48,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -571,13 +570,16 @@ func (s *Store) commitRound(ops []*op) *round {
 	if len(logged) > 0 {
 		slices.SortStableFunc(logged, func(a, b seglog.Record) int { return cmp.Compare(a.Version, b.Version) })
 		if err := s.clog.Append(logged); err != nil {
+			// Nothing of the round is kept (Append undoes a partial write);
+			// as a failed Pebble write did, it stops the store: the node
+			// exits with the line, and starts again once there is space.
 			if isDiskFull(err) {
-				s.log.Warn("store: the disk is full: the round's changes are refused", "err", err.Error())
-				return fail(fmt.Errorf("%w: %w: %w", ferry.ErrUnavailable, ErrDiskLow, err))
+				s.h.diskFullAt.CompareAndSwap(0, time.Now().UnixNano())
 			}
-			s.log.Error("store: appending to the change log failed", "err", err.Error(), "operations", count)
+			s.log.Error("store commit failed", "err", err.Error(), "operations", count)
 			f := fmt.Errorf("store failed: %w", err)
 			s.failed.Store(&f)
+			s.h.fail(f)
 			return fail(f)
 		}
 		r.logged = true

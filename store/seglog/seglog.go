@@ -191,6 +191,17 @@ func Open(o Options) (*Log, error) {
 		}
 		l.segs = append(l.segs, s)
 		prev = s
+		if !o.KeepAll && i < len(firsts)-1 && s.last > o.Keep {
+			// Records past what the caller recorded durable in a segment
+			// that is not the last: a crash came after a new segment was
+			// started and before the rounds of this one were recorded.
+			// Nobody was answered for them: the segments after this one
+			// go, and this one is cut as the last.
+			if err := l.dropAfter(i, firsts[i+1:]); err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
 	if len(l.segs) > 0 {
 		last := l.segs[len(l.segs)-1]
@@ -206,6 +217,32 @@ func Open(o Options) (*Log, error) {
 	}
 	ok = true
 	return l, nil
+}
+
+// dropAfter removes the segments named by later (they hold only records
+// after Keep) and reloads segment i as the last one, which cuts it.
+func (l *Log) dropAfter(i int, later []uint64) error {
+	for _, first := range later {
+		path := l.fs.PathJoin(l.o.Dir, SegmentName(first))
+		l.log.Warn("change log: removed a segment that holds only records never recorded durable", "file", path)
+		if err := l.fs.Remove(path); err != nil {
+			return fmt.Errorf("change log: remove %s: %w", path, err)
+		}
+	}
+	if err := l.syncDir(); err != nil {
+		return err
+	}
+	s := l.segs[i]
+	l.segs = l.segs[:i]
+	if err := s.f.Close(); err != nil {
+		return fmt.Errorf("change log: %s: %w", s.path, err)
+	}
+	s2, err := l.load(s.first, true)
+	if err != nil {
+		return err
+	}
+	l.segs = append(l.segs, s2)
+	return nil
 }
 
 // checkChain checks that s's start record names prev.
@@ -509,6 +546,11 @@ func (l *Log) roll(prev *segment, first uint64) (*segment, error) {
 	if prev != nil {
 		prevFirst, prevLast = prev.first, prev.last
 		first = max(first, prevLast+1)
+		// A sealed segment is whole on disk before the next one exists:
+		// after a crash only the last segment can end torn.
+		if err := prev.f.SyncData(); err != nil {
+			return nil, fmt.Errorf("change log: fdatasync %s: %w", prev.path, err)
+		}
 	}
 	path := l.fs.PathJoin(l.o.Dir, SegmentName(first))
 	f, err := l.fs.Create(path)

@@ -237,3 +237,43 @@ func TestLastAtMost(t *testing.T) {
 		}
 	}
 }
+
+// TestUnansweredRecordsAcrossSegmentsAreCut: a crash after a new segment
+// was started and before the rounds of the one before it were recorded
+// durable leaves records past Keep in a sealed segment; Open cuts them
+// and removes the segments after it.
+func TestUnansweredRecordsAcrossSegmentsAreCut(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: 2 << 10, KeepAll: true})
+	fill(t, l, 300)
+	segs := l.Segments()
+	_ = l.Close()
+	// Keep a version in the middle of the third segment.
+	l = openT(t, dir, Options{SegmentBytes: 2 << 10, KeepAll: true})
+	var keep uint64
+	n := 0
+	_ = l.Iter(0, func(r Record) bool {
+		n++
+		if n == 40 {
+			keep = r.Version
+			return false
+		}
+		return true
+	})
+	_ = l.Close()
+	l = openT(t, dir, Options{SegmentBytes: 2 << 10, Keep: keep})
+	if l.Last() != keep {
+		t.Fatalf("last %d after the cut, want %d", l.Last(), keep)
+	}
+	if got := len(l.Segments()); got >= len(segs) {
+		t.Fatalf("%d segments after the cut, of %d", got, len(segs))
+	}
+	checkAll(t, l, int(keep/10))
+	if err := l.Append([]Record{rec(keep + 10)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Close()
+	l = openT(t, dir, Options{SegmentBytes: 2 << 10, Keep: keep + 10})
+	checkAll(t, l, int(keep/10)+1)
+	_ = l.Close()
+}
