@@ -1,5 +1,11 @@
 package stream
 
+// The outbox: the sending state of one receiver (its lanes, its streams, its
+// retry schedule) and its pump, the goroutine that writes what the lanes may
+// send. The state of a lane changes only through laneState.step (lane.go):
+// the outbox runs a step under its mutex and carries out the actions
+// (metrics, logs, callbacks, store writes) after it lets go.
+
 import (
 	"cmp"
 	"context"
@@ -29,48 +35,46 @@ type outbox struct {
 	running bool // guarded by Sender.mu
 
 	mu        sync.Mutex
-	lanes     [numLanes + 1]*laneState
+	lanes     [numLanes + 1]laneState
 	streams   map[protocol.ID]*outStream
-	failures  int
-	retryAt   time.Time
-	lastErr   string
+	retry     retry
 	idleSince time.Time
 	acked     uint64 // entries this receiver acknowledged since start (refused ones included)
-}
-
-// laneState is one lane of one receiver. The receiver has applied every
-// entry up to floor; entries up to cursor were written and are in flight.
-type laneState struct {
-	lane       Lane
-	floor      uint64
-	saved      uint64 // the floor on disk
-	ackedAt    int64
-	cursor     uint64
-	inflight   []*sent
-	addrHead   uint64 // last entry addressed to this receiver in this lane (0: unknown yet)
-	addrLoaded bool
-	attempts   uint32    // sends of the entry after the floor
-	pausedTo   time.Time // a new member fetches a snapshot (decision lane)
-}
-
-// sent is one batch in flight.
-type sent struct {
-	after, through uint64
-	entries        int
-	st             *outStream
-	at             time.Time
 }
 
 func newOutbox(s *Sender, p peer.ID) *outbox {
 	o := &outbox{s: s, peer: p, wake: make(chan struct{}, 1), streams: map[protocol.ID]*outStream{}}
 	for _, l := range Lanes {
-		ls := &laneState{lane: l}
+		ls := laneState{lane: l}
 		if f := s.floors[store.FloorKey{Receiver: p, Lane: uint8(l)}]; f != nil {
 			ls.floor, ls.saved, ls.ackedAt, ls.cursor = f.Version, f.Version, f.AckedAt, f.Version
 		}
 		o.lanes[l] = ls
 	}
 	return o
+}
+
+// stepLocked runs one event on lane l and keeps the outbox's own counts
+// (failures, acknowledged entries) in step; callers hold o.mu, and carry
+// out the rest of the actions after they let it go (count, among others).
+func (o *outbox) stepLocked(l Lane, in laneInput) laneActions {
+	var a laneActions
+	o.lanes[l], a = o.lanes[l].step(in)
+	if a.progress {
+		o.retry = o.retry.progress()
+	}
+	o.acked += uint64(a.ackedEntries)
+	return a
+}
+
+// count moves the delivery metrics by a step's actions.
+func (o *outbox) count(a laneActions) {
+	if n := a.forgot + a.ackedBatches; n > 0 {
+		o.s.m.inflight.Sub(float64(n))
+	}
+	if a.ackedEntries > 0 {
+		o.s.m.acked.Add(float64(a.ackedEntries))
+	}
 }
 
 func (o *outbox) wakeUp() {
@@ -82,19 +86,17 @@ func (o *outbox) wakeUp() {
 
 func (o *outbox) noteAddressed(l Lane, v uint64) {
 	o.mu.Lock()
-	if ls := o.lanes[l]; v > ls.addrHead {
-		ls.addrHead = v
-	}
+	o.stepLocked(l, laneInput{ev: evAddressed, version: v})
 	o.mu.Unlock()
 }
 
-// head is the last entry of a lane this receiver gets; callers hold o.mu.
-func (o *outbox) head(ls *laneState) uint64 {
-	h := ls.addrHead
-	if (ls.lane == LaneResource || ls.lane == LaneDecision) && o.s.aud.Receives(o.peer, ls.lane) {
-		h = max(h, o.s.heads[ls.lane].Load())
+// bcastHead is the last broadcast entry of lane l this receiver gets (0:
+// it does not receive the lane's broadcasts); callers hold o.mu.
+func (o *outbox) bcastHead(l Lane) uint64 {
+	if (l == LaneResource || l == LaneDecision) && o.s.aud.Receives(o.peer, l) {
+		return o.s.heads[l].Load()
 	}
-	return h
+	return 0
 }
 
 // loadHeads reads, once per outbox, the last entry addressed to the receiver
@@ -112,8 +114,7 @@ func (o *outbox) loadHeads() error {
 			return err
 		}
 		o.mu.Lock()
-		ls := o.lanes[l]
-		ls.addrHead, ls.addrLoaded = max(ls.addrHead, h), true
+		o.stepLocked(l, laneInput{ev: evHeadLoaded, version: h})
 		o.mu.Unlock()
 	}
 	return nil
@@ -131,7 +132,7 @@ func (o *outbox) run() {
 			return
 		}
 		o.mu.Lock()
-		wait := time.Until(o.retryAt)
+		wait := time.Until(o.retry.at)
 		o.mu.Unlock()
 		if wait > 0 {
 			t := time.NewTimer(wait)
@@ -160,7 +161,7 @@ func (o *outbox) run() {
 
 // plan is one batch to write.
 type plan struct {
-	ls      *laneState
+	lane    Lane
 	after   uint64
 	entries []store.Entry
 }
@@ -172,36 +173,35 @@ func (o *outbox) pump() bool {
 	now := time.Now()
 	o.mu.Lock()
 	type want struct {
-		ls    *laneState
+		lane  Lane
 		after uint64
 		room  int
 	}
 	var wants []want
 	for _, l := range Lanes {
-		ls := o.lanes[l]
-		if now.Before(ls.pausedTo) || o.s.opts.Hold(o.peer, l) {
-			continue
+		held := false
+		if !now.Before(o.lanes[l].pausedTo) {
+			held = o.s.opts.Hold(o.peer, l) // asked only of a lane that is not paused
 		}
-		room := o.s.opts.Window - len(ls.inflight)
-		if room <= 0 || ls.cursor >= o.head(ls) {
-			continue
+		a := o.stepLocked(l, laneInput{ev: evPump, now: now, held: held, bcastHead: o.bcastHead(l), window: o.s.opts.Window})
+		if a.send {
+			wants = append(wants, want{l, a.sendAfter, a.room})
 		}
-		wants = append(wants, want{ls, ls.cursor, room})
 	}
 	o.mu.Unlock()
 	for _, w := range wants {
-		broadcast := (w.ls.lane == LaneResource || w.ls.lane == LaneDecision) && o.s.aud.Receives(o.peer, w.ls.lane)
+		broadcast := (w.lane == LaneResource || w.lane == LaneDecision) && o.s.aud.Receives(o.peer, w.lane)
 		maxEntries, maxBytes := w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes
-		es, ok := o.s.tail.backlog(o.peer, w.ls.lane, broadcast, w.after, maxEntries, maxBytes)
+		es, ok := o.s.tail.backlog(o.peer, w.lane, broadcast, w.after, maxEntries, maxBytes)
 		if !ok {
 			var err error
-			es, err = o.s.st.Backlog(o.peer, uint8(w.ls.lane), broadcast, w.after, maxEntries, maxBytes)
+			es, err = o.s.st.Backlog(o.peer, uint8(w.lane), broadcast, w.after, maxEntries, maxBytes)
 			if err != nil {
 				o.failed(fmt.Errorf("read backlog: %w", err))
 				return false
 			}
 		}
-		if w.ls.lane == LaneDecision && o.s.opts.DecisionFallback > 0 && len(es) > 0 {
+		if w.lane == LaneDecision && o.s.opts.DecisionFallback > 0 && len(es) > 0 {
 			if es = o.fallbackDue(es, now); len(es) == 0 {
 				continue // nothing old enough yet: the next tick looks again
 			}
@@ -209,18 +209,13 @@ func (o *outbox) pump() bool {
 		if len(es) == 0 {
 			// The head moved past entries that are not on disk for this
 			// receiver (another receiver's, or truncated): nothing to send.
+			durable := o.s.st.DurableVersion()
 			o.mu.Lock()
-			if w.ls.cursor == w.after {
-				w.ls.cursor = max(w.ls.cursor, min(o.head(w.ls), o.s.st.DurableVersion()))
-				if len(w.ls.inflight) == 0 && w.ls.floor < w.ls.cursor {
-					// nothing in flight and nothing owed below the cursor
-					w.ls.floor = w.ls.cursor
-				}
-			}
+			o.stepLocked(w.lane, laneInput{ev: evEmpty, after: w.after, bcastHead: o.bcastHead(w.lane), durable: durable})
 			o.mu.Unlock()
 			continue
 		}
-		plans = append(plans, o.cut(w.ls, w.after, es, w.room)...)
+		plans = append(plans, o.cut(w.lane, w.after, es, w.room)...)
 	}
 	if len(plans) == 0 {
 		return false
@@ -242,12 +237,12 @@ func (o *outbox) fallbackDue(es []store.Entry, now time.Time) []store.Entry {
 
 // cut groups entries into batches: consecutive entries of one protocol, at
 // most BatchEntries and about BatchBytes each.
-func (o *outbox) cut(ls *laneState, after uint64, es []store.Entry, room int) []plan {
+func (o *outbox) cut(lane Lane, after uint64, es []store.Entry, room int) []plan {
 	var out []plan
 	start, size := 0, 0
 	for i, e := range es {
 		if i > start && (e.Protocol != es[start].Protocol || i-start >= o.s.opts.BatchEntries || size+len(e.Env) > o.s.opts.BatchBytes) {
-			out = append(out, plan{ls: ls, after: after, entries: es[start:i]})
+			out = append(out, plan{lane: lane, after: after, entries: es[start:i]})
 			after = es[i-1].Version
 			start, size = i, 0
 			if len(out) == room {
@@ -256,29 +251,19 @@ func (o *outbox) cut(ls *laneState, after uint64, es []store.Entry, room int) []
 		}
 		size += len(e.Env)
 	}
-	return append(out, plan{ls: ls, after: after, entries: es[start:]})
+	return append(out, plan{lane: lane, after: after, entries: es[start:]})
 }
 
 // replies applies what a receiver answered: floors move, position reports
 // rewind or advance lanes, refusals are recorded.
-func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
+func (o *outbox) replies(rs []*pb.Reply) {
 	epoch := o.s.st.Epoch()
 	durable := o.s.st.DurableVersion()
-	type refusal struct {
-		ver    uint64
-		reason string
-	}
-	var refused []refusal
-	var ahead []struct {
+	type stepped struct {
 		l Lane
-		v uint64
+		a laneActions
 	}
-	type ackNote struct {
-		l       Lane
-		through uint64
-		refused []*pb.Refusal
-	}
-	var acks []ackNote
+	var done []stepped
 	now := time.Now()
 	o.mu.Lock()
 	for _, r := range rs {
@@ -286,100 +271,51 @@ func (o *outbox) replies(st *outStream, rs []*pb.Reply) {
 		if l < LaneResource || l > numLanes {
 			continue
 		}
-		ls := o.lanes[l]
-		through := r.Through
-		if r.Epoch != epoch {
-			through = 0 // the receiver holds nothing of this incarnation
+		a := o.stepLocked(l, laneInput{ev: evReply, now: now, reply: r, epoch: epoch, durable: durable})
+		done = append(done, stepped{l, a})
+	}
+	o.mu.Unlock()
+	var refused []*pb.Refusal
+	for _, d := range done {
+		o.count(d.a)
+		if d.a.rewound {
+			o.s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from its position",
+				"peer", o.peer, "lane", d.l, "floor", d.a.rewoundFrom, "position", d.a.rewoundTo)
 		}
-		if r.WantSnapshot {
-			ls.pausedTo = now.Add(snapshotPause)
-			o.dropInflight(ls)
-			ls.cursor = ls.floor
-			continue
-		}
-		if r.Report {
-			if through > durable {
-				ahead = append(ahead, struct {
-					l Lane
-					v uint64
-				}{l, through})
-			}
-			switch {
-			case through < ls.floor:
-				o.s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from its position",
-					"peer", o.peer, "lane", l, "floor", ls.floor, "position", through)
-				ls.floor = through
-				o.dropInflight(ls)
-				ls.cursor = ls.floor
-			case through > ls.floor:
-				ls.floor, ls.ackedAt = through, now.UnixNano()
-			}
-			if through > 0 {
-				ls.pausedTo = time.Time{}
-			}
-		} else {
-			if through > ls.floor {
-				ls.floor, ls.ackedAt = through, now.UnixNano()
-				ls.attempts = 0
-				o.failures = 0
-				o.lastErr = ""
-			}
-			if o.s.opts.OnAcked != nil {
-				acks = append(acks, ackNote{l, through, r.Refused})
-			}
-		}
-		if ls.cursor < ls.floor {
-			ls.cursor = ls.floor
-		}
-		kept := ls.inflight[:0]
-		for _, b := range ls.inflight {
-			if b.through > ls.floor {
-				kept = append(kept, b)
-			} else {
-				o.s.m.inflight.Dec()
-				o.s.m.acked.Add(float64(b.entries))
-				o.acked += uint64(b.entries)
-			}
-		}
-		clear(ls.inflight[len(kept):])
-		ls.inflight = kept
-		for _, f := range r.Refused {
-			refused = append(refused, refusal{f.Version, f.Reason})
+		for _, f := range d.a.refused {
+			refused = append(refused, f)
 			o.s.m.refused.Inc()
 			if f.Equivocation {
 				o.s.m.equivocations.Inc()
 				o.s.log.Error("receiver holds another change under this node's version: equivocation (was this node's store restored from an older copy while its clock went back?)",
-					"peer", o.peer, "lane", l, "version", f.Version, "reason", f.Reason)
+					"peer", o.peer, "lane", d.l, "version", f.Version, "reason", f.Reason)
 			} else {
-				o.s.log.Warn("receiver refused a change for good", "peer", o.peer, "lane", l, "version", f.Version, "reason", f.Reason)
+				o.s.log.Warn("receiver refused a change for good", "peer", o.peer, "lane", d.l, "version", f.Version, "reason", f.Reason)
 			}
 		}
 	}
-	o.mu.Unlock()
 	o.wakeUp()
-	for _, a := range ahead {
-		o.s.opts.OnAhead(o.peer, a.l, a.v)
+	for _, d := range done {
+		if d.a.ahead > 0 {
+			o.s.opts.OnAhead(o.peer, d.l, d.a.ahead)
+		}
 	}
-	for _, a := range acks {
-		o.s.opts.OnAcked(o.peer, a.l, a.through, a.refused)
+	if o.s.opts.OnAcked != nil {
+		for _, d := range done {
+			if d.a.answered {
+				o.s.opts.OnAcked(o.peer, d.l, d.a.through, d.a.refused)
+			}
+		}
 	}
 	if len(refused) > 0 {
 		o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
 			for _, r := range refused {
-				tx.SetRefused(o.peer, r.ver, r.reason)
+				tx.SetRefused(o.peer, r.Version, r.Reason)
 			}
 			return nil
 		}, nil)
 	}
 	o.saveFloors(o.s.ctx)
-}
-
-// dropInflight forgets a lane's batches in flight (they will be read
-// again from the log); callers hold o.mu.
-func (o *outbox) dropInflight(ls *laneState) {
-	o.s.m.inflight.Sub(float64(len(ls.inflight)))
-	clear(ls.inflight)
-	ls.inflight = ls.inflight[:0]
 }
 
 // saveFloors writes the floors that moved, without an fsync of their own: a
@@ -392,10 +328,8 @@ func (o *outbox) saveFloors(ctx context.Context) {
 	var fs []fl
 	o.mu.Lock()
 	for _, l := range Lanes {
-		ls := o.lanes[l]
-		if ls.floor != ls.saved {
-			ls.saved = ls.floor
-			fs = append(fs, fl{l, &storepb.Floor{Version: ls.floor, AckedAt: ls.ackedAt}})
+		if a := o.stepLocked(l, laneInput{ev: evSave}); a.save {
+			fs = append(fs, fl{l, &storepb.Floor{Version: a.saveFloor, AckedAt: a.saveAckedAt}})
 		}
 	}
 	o.mu.Unlock()
@@ -420,7 +354,15 @@ func (o *outbox) idle() bool {
 	now := time.Now()
 	for _, l := range Lanes {
 		ls := o.lanes[l]
-		if len(ls.inflight) > 0 || (ls.cursor < o.head(ls) && !o.s.opts.Hold(o.peer, l) && !now.Before(ls.pausedTo)) {
+		var h uint64
+		held := false
+		if len(ls.inflight) == 0 {
+			// asked only of a lane with nothing in flight and something to send
+			if h = o.bcastHead(l); ls.cursor < ls.head(h) {
+				held = o.s.opts.Hold(o.peer, l)
+			}
+		}
+		if ls.busy(now, held, h) {
 			o.idleSince = time.Time{}
 			return false
 		}
@@ -451,23 +393,15 @@ func (o *outbox) streamDown(st *outStream, err error) {
 	if o.streams[st.proto] == st {
 		delete(o.streams, st.proto)
 	}
-	lost := 0
+	lost, forgot := 0, 0
 	for _, l := range Lanes {
-		ls := o.lanes[l]
-		hit := false
-		for _, b := range ls.inflight {
-			if b.st == st {
-				hit = true
-				lost += b.entries
-			}
-		}
-		if hit {
-			o.dropInflight(ls)
-			ls.cursor = ls.floor
-		}
+		a := o.stepLocked(l, laneInput{ev: evStreamDown, st: st})
+		lost += a.lost
+		forgot += a.forgot
 	}
 	closing := st.closing
 	o.mu.Unlock()
+	o.count(laneActions{forgot: forgot})
 	if err != nil {
 		_ = st.s.Reset()
 	} else {
@@ -493,15 +427,9 @@ func (o *outbox) streamDown(st *outStream, err error) {
 // failed schedules the next attempt with capped exponential backoff and jitter.
 func (o *outbox) failed(err error) {
 	o.mu.Lock()
-	o.failures++
-	d := o.s.opts.BackoffMin << min(o.failures-1, 20)
-	if d > o.s.opts.BackoffMax || d <= 0 {
-		d = o.s.opts.BackoffMax
-	}
-	d = d/2 + rand.N(d/2+1)
-	o.retryAt = time.Now().Add(d)
-	o.lastErr = err.Error()
-	failures := o.failures
+	var d time.Duration
+	o.retry, d = o.retry.fail(err, time.Now(), o.s.opts.BackoffMin, o.s.opts.BackoffMax, rand.N[time.Duration])
+	failures := o.retry.failures
 	o.mu.Unlock()
 	if o.s.ctx.Err() != nil {
 		return

@@ -401,8 +401,7 @@ func (s *Sender) owes(p peer.ID, addressed bool) bool {
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		for _, l := range Lanes {
-			ls := o.lanes[l]
-			if len(ls.inflight) > 0 || ls.floor < o.head(ls) || (!ls.addrLoaded && addressed) {
+			if o.lanes[l].owes(o.bcastHead(l), addressed) {
 				return true
 			}
 		}
@@ -437,7 +436,7 @@ func (s *Sender) Kick(p peer.ID) {
 		return
 	}
 	o.mu.Lock()
-	o.retryAt = time.Time{}
+	o.retry.at = time.Time{}
 	o.mu.Unlock()
 	o.wakeUp()
 }
@@ -541,12 +540,12 @@ func (s *Sender) Lane(p peer.ID, l Lane) LaneState {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	st := o.lanes[l]
-	ls.Floor, ls.Inflight, ls.Attempts, ls.LastError = st.floor, len(st.inflight), st.attempts, o.lastErr
+	ls.Floor, ls.Inflight, ls.Attempts, ls.LastError = st.floor, len(st.inflight), st.attempts, o.retry.lastErr
 	if st.ackedAt > 0 {
 		ls.AckedAt = time.Unix(0, st.ackedAt)
 	}
-	if time.Now().Before(o.retryAt) {
-		ls.NextAttemptAt = o.retryAt
+	if time.Now().Before(o.retry.at) {
+		ls.NextAttemptAt = o.retry.at
 	}
 	return ls
 }
@@ -606,7 +605,7 @@ func (s *Sender) Acknowledge(p peer.ID, l Lane, through uint64) {
 		s.boxes[p] = o
 	}
 	s.mu.Unlock()
-	o.replies(nil, []*pb.Reply{{Lane: uint32(l), Epoch: s.st.Epoch(), Through: through}})
+	o.replies([]*pb.Reply{{Lane: uint32(l), Epoch: s.st.Epoch(), Through: through}})
 }
 
 // HoldsAtMost takes a receiver's word (its hello) that it holds nothing of
@@ -652,20 +651,24 @@ func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
 	if len(wrong) == 0 {
 		return
 	}
-	moved := false
+	moved := map[Lane]laneActions{}
 	o.mu.Lock()
 	for _, l := range Lanes {
-		if ls := o.lanes[l]; wrong[l] && ls.floor > v {
-			s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from what it holds",
-				"peer", p, "lane", l, "floor", ls.floor, "holds", v)
-			ls.floor = v
-			o.dropInflight(ls)
-			ls.cursor = v
-			moved = true
+		if wrong[l] {
+			if a := o.stepLocked(l, laneInput{ev: evHoldsAtMost, version: v}); a.rewound {
+				moved[l] = a
+			}
 		}
 	}
 	o.mu.Unlock()
-	if moved {
+	for _, l := range Lanes {
+		if a, ok := moved[l]; ok {
+			o.count(a)
+			s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from what it holds",
+				"peer", p, "lane", l, "floor", a.rewoundFrom, "holds", v)
+		}
+	}
+	if len(moved) > 0 {
 		o.saveFloors(s.ctx)
 		s.Kick(p)
 	}
@@ -688,31 +691,25 @@ func (o *outbox) write(plans []plan) {
 		st, err := o.stream(proto)
 		if err != nil {
 			o.mu.Lock()
-			p.ls.attempts++ // the entries after the floor were tried again
+			o.stepLocked(p.lane, laneInput{ev: evOpenFailed}) // the entries after the floor were tried again
 			o.mu.Unlock()
 			o.s.m.failures.Inc()
 			o.failed(err)
 			return
 		}
+		b := sent{after: p.after, through: p.entries[len(p.entries)-1].Version, entries: len(p.entries), st: st}
 		o.mu.Lock()
-		if p.ls.cursor != p.after {
+		a := o.stepLocked(p.lane, laneInput{ev: evSent, now: time.Now(), batch: b})
+		o.mu.Unlock()
+		if a.stale {
 			// A reply moved the lane while the backlog was read: read again.
-			o.mu.Unlock()
 			return
 		}
-		last := p.entries[len(p.entries)-1].Version
-		resend := p.after < p.ls.floor || (len(p.ls.inflight) == 0 && p.ls.attempts > 0)
-		p.ls.inflight = append(p.ls.inflight, &sent{after: p.after, through: last, entries: len(p.entries), st: st, at: time.Now()})
-		p.ls.cursor = last
-		if len(p.ls.inflight) == 1 {
-			p.ls.attempts++
-		}
-		o.mu.Unlock()
 		var head uint64
-		if p.ls.lane == LaneDecision {
+		if p.lane == LaneDecision {
 			head = o.s.opts.DecisionHead()
 		}
-		if err := st.fw.WriteRaw(encodeBatch(o.s.st.Epoch(), p.ls.lane, p.after, p.entries, head)); err != nil {
+		if err := st.fw.WriteRaw(encodeBatch(o.s.st.Epoch(), p.lane, p.after, p.entries, head)); err != nil {
 			o.streamDown(st, err)
 			return
 		}
@@ -720,7 +717,7 @@ func (o *outbox) write(plans []plan) {
 		o.s.m.batches.Inc()
 		o.s.m.inflight.Inc()
 		o.s.m.entries.Add(float64(len(p.entries)))
-		if resend {
+		if a.resend {
 			o.s.m.resent.Add(float64(len(p.entries)))
 		}
 	}
@@ -810,7 +807,7 @@ func (o *outbox) readReplies(st *outStream) {
 		}
 		if len(rs) > 0 {
 			st.lastReply.Store(time.Now().UnixNano())
-			o.replies(st, rs)
+			o.replies(rs)
 			rs = nil
 		}
 		if err != nil {
