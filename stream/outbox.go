@@ -32,7 +32,11 @@ type outbox struct {
 	peer peer.ID
 	wake chan struct{}
 
-	running bool // guarded by Sender.mu
+	// Guarded by Sender.mu: whether the pump runs, and how many times box
+	// found it running (someone with news counts on it: idle looks again
+	// before it exits).
+	running bool
+	pokes   uint64
 
 	mu        sync.Mutex
 	lanes     [numLanes + 1]laneState
@@ -90,13 +94,45 @@ func (o *outbox) noteAddressed(l Lane, v uint64) {
 	o.mu.Unlock()
 }
 
+// laneView is what the outbox asks outside itself about each lane, with
+// no lock held: whether the receiver gets the lane's broadcasts (the
+// Audience) and whether the lane is held (SenderOptions.Hold).
+type laneView struct {
+	bcast [numLanes + 1]bool
+	held  [numLanes + 1]bool
+}
+
+// view asks the Audience, and with hold SenderOptions.Hold, about every
+// lane; callers hold no lock.
+func (o *outbox) view(hold bool) laneView {
+	var v laneView
+	for _, l := range Lanes {
+		v.bcast[l] = (l == LaneResource || l == LaneDecision) && o.s.aud.Receives(o.peer, l)
+		if hold {
+			v.held[l] = o.s.opts.Hold(o.peer, l)
+		}
+	}
+	return v
+}
+
 // bcastHead is the last broadcast entry of lane l this receiver gets (0:
-// it does not receive the lane's broadcasts); callers hold o.mu.
-func (o *outbox) bcastHead(l Lane) uint64 {
-	if (l == LaneResource || l == LaneDecision) && o.s.aud.Receives(o.peer, l) {
+// it does not receive the lane's broadcasts): an atomic read.
+func (o *outbox) bcastHead(v laneView, l Lane) uint64 {
+	if v.bcast[l] {
 		return o.s.heads[l].Load()
 	}
 	return 0
+}
+
+// busyLocked reports whether a lane keeps the pump from its idle exit;
+// callers hold o.mu.
+func (o *outbox) busyLocked(v laneView, now time.Time) bool {
+	for _, l := range Lanes {
+		if o.lanes[l].busy(now, v.held[l], o.bcastHead(v, l)) {
+			return true
+		}
+	}
+	return false
 }
 
 // loadHeads reads, once per outbox, the last entry addressed to the receiver
@@ -171,26 +207,23 @@ type plan struct {
 func (o *outbox) pump() bool {
 	var plans []plan
 	now := time.Now()
-	o.mu.Lock()
+	v := o.view(true)
 	type want struct {
 		lane  Lane
 		after uint64
 		room  int
 	}
 	var wants []want
+	o.mu.Lock()
 	for _, l := range Lanes {
-		held := false
-		if !now.Before(o.lanes[l].pausedTo) {
-			held = o.s.opts.Hold(o.peer, l) // asked only of a lane that is not paused
-		}
-		a := o.stepLocked(l, laneInput{ev: evPump, now: now, held: held, bcastHead: o.bcastHead(l), window: o.s.opts.Window})
+		a := o.stepLocked(l, laneInput{ev: evPump, now: now, held: v.held[l], bcastHead: o.bcastHead(v, l), window: o.s.opts.Window})
 		if a.send {
 			wants = append(wants, want{l, a.sendAfter, a.room})
 		}
 	}
 	o.mu.Unlock()
 	for _, w := range wants {
-		broadcast := (w.lane == LaneResource || w.lane == LaneDecision) && o.s.aud.Receives(o.peer, w.lane)
+		broadcast := v.bcast[w.lane]
 		maxEntries, maxBytes := w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes
 		es, ok := o.s.tail.backlog(o.peer, w.lane, broadcast, w.after, maxEntries, maxBytes)
 		if !ok {
@@ -211,7 +244,7 @@ func (o *outbox) pump() bool {
 			// receiver (another receiver's, or truncated): nothing to send.
 			durable := o.s.st.DurableVersion()
 			o.mu.Lock()
-			o.stepLocked(w.lane, laneInput{ev: evEmpty, after: w.after, bcastHead: o.bcastHead(w.lane), durable: durable})
+			o.stepLocked(w.lane, laneInput{ev: evEmpty, after: w.after, bcastHead: o.bcastHead(v, w.lane), durable: durable})
 			o.mu.Unlock()
 			continue
 		}
@@ -344,42 +377,55 @@ func (o *outbox) saveFloors(ctx context.Context) {
 	}, nil)
 }
 
-// idle ends the pump when nothing was owed or in flight for a while; it
-// reports whether the pump should return.
+// idle ends the pump when nothing was owed or in flight for IdleExit; it
+// reports whether the pump should return. It asks Hold and the Audience
+// before it takes a lock, holds both locks only while running goes false
+// (box starts a new pump only after that), and closes the quiet streams
+// after it lets go.
 func (o *outbox) idle() bool {
 	o.s.mu.Lock()
-	defer o.s.mu.Unlock()
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	pokes := o.pokes
+	o.s.mu.Unlock()
+	v := o.view(true)
 	now := time.Now()
-	for _, l := range Lanes {
-		ls := o.lanes[l]
-		var h uint64
-		held := false
-		if len(ls.inflight) == 0 {
-			// asked only of a lane with nothing in flight and something to send
-			if h = o.bcastHead(l); ls.cursor < ls.head(h) {
-				held = o.s.opts.Hold(o.peer, l)
-			}
-		}
-		if ls.busy(now, held, h) {
-			o.idleSince = time.Time{}
-			return false
-		}
+	o.mu.Lock()
+	if o.busyLocked(v, now) {
+		o.idleSince = time.Time{}
+		o.mu.Unlock()
+		return false
 	}
 	if o.idleSince.IsZero() {
 		o.idleSince = now
+		o.mu.Unlock()
 		return false
 	}
 	if now.Sub(o.idleSince) < o.s.opts.IdleExit {
+		o.mu.Unlock()
+		return false
+	}
+	o.mu.Unlock()
+	o.s.mu.Lock()
+	o.mu.Lock()
+	if o.pokes != pokes || o.busyLocked(v, now) {
+		// Someone found the pump running since the view was taken (with
+		// news the view may not hold: a head that moved, a hold lifted),
+		// or a lane moved: not idle yet; the pump looks again.
+		o.mu.Unlock()
+		o.s.mu.Unlock()
 		return false
 	}
 	o.running = false
-	if len(o.streams) > 0 {
-		o.s.log.Debug("nothing owed: closing the quiet delivery streams", "peer", o.peer, "streams", len(o.streams))
-	}
+	quiet := make([]*outStream, 0, len(o.streams))
 	for _, st := range o.streams {
 		st.closing = true // a quiet close, not a failure (streamDown)
+		quiet = append(quiet, st)
+	}
+	o.mu.Unlock()
+	o.s.mu.Unlock()
+	if len(quiet) > 0 {
+		o.s.log.Debug("nothing owed: closing the quiet delivery streams", "peer", o.peer, "streams", len(quiet))
+	}
+	for _, st := range quiet {
 		_ = st.s.Close()
 	}
 	return true

@@ -1,5 +1,43 @@
 package stream
 
+// The sender: the registry of receivers (one outbox each, outbox.go), the
+// loop and the scan that wake them, dialing, the outbound streams, writing
+// batches and reading replies. A lane's state moves by laneState.step
+// (lane.go).
+//
+// Locks, in the manner of nats-server's locksordering.txt: A -> B means
+// that B may be locked while A is held, never the opposite.
+//
+//	Sender.mu -> outbox.mu
+//
+//   - Sender.mu guards the registry: closed, started, boxes, floors,
+//     truncFrom, and each outbox's running and pokes. goLocked (every
+//     goroutine of the sender) runs under it, so that none starts after
+//     Close; Close also cancels the sender's context under it.
+//   - outbox.mu guards one receiver's state: lanes, streams (and each
+//     outStream's closing), retry, idleSince, acked.
+//   - tail.mu is a leaf: Notify and the pump take it with no other lock.
+//   - heads, dirty and outStream.lastReply are atomics: read them under
+//     any lock, or none.
+//   - Only outbox.idle holds both locks, for the moment its pump's running
+//     goes false (box starts a new pump only then) and the outbox's streams
+//     are marked closing; it calls nothing while it does.
+//
+// Never called with a sender lock held (any of the above):
+//   - the SenderOptions callbacks (Hold, OnAhead, OnAcked, DecisionHead)
+//     and the Audience: they take their owners' locks, and their owners
+//     call the sender (Kick, CloseStream, Acknowledge). The outbox asks
+//     Hold and the Audience first (outbox.view) and takes its lock after;
+//   - the store (reads, SubmitLazy, Update): its commit hooks call Notify,
+//     which takes Sender.mu and then outbox.mu (one after the other), and
+//     Truncate reads lanes (Sender.Lane) from inside a store scan;
+//   - libp2p: NewStream, writes and flushes, Close, Reset;
+//   - the logger, and laneState.step's actions (metrics, logs, callbacks,
+//     store writes): a step runs under outbox.mu, its actions after.
+//
+// Time, rand.N and laneState.step itself are no calls out: they are used
+// under outbox.mu.
+
 import (
 	"context"
 	"errors"
@@ -218,8 +256,8 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 	return s, nil
 }
 
-// go runs fn on a goroutine the sender owns; after Close it runs nothing.
-// Callers hold s.mu.
+// goLocked runs fn on a goroutine the sender owns (counted by s.wg); after
+// Close it runs nothing and reports false. Callers hold s.mu.
 func (s *Sender) goLocked(fn func()) bool {
 	if s.closed {
 		return false
@@ -398,10 +436,11 @@ func (s *Sender) owes(p peer.ID, addressed bool) bool {
 	s.mu.Unlock()
 	if o != nil {
 		// The outbox keeps its lanes' heads (addressed ones too) current.
+		v := o.view(false)
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		for _, l := range Lanes {
-			if o.lanes[l].owes(o.bcastHead(l), addressed) {
+			if o.lanes[l].owes(o.bcastHead(v, l), addressed) {
 				return true
 			}
 		}
@@ -457,7 +496,9 @@ func (s *Sender) box(p peer.ID) *outbox {
 		o = newOutbox(s, p)
 		s.boxes[p] = o
 	}
-	if !o.running {
+	if o.running {
+		o.pokes++
+	} else {
 		o.running = s.goLocked(o.run)
 	}
 	return o
