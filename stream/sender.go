@@ -610,23 +610,31 @@ func (s *Sender) AckedEntries() map[peer.ID]uint64 {
 	return out
 }
 
+// Receivers lists the peers the sender has state for (outboxes or floors).
+func (s *Sender) Receivers() []peer.ID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := map[peer.ID]bool{}
+	for p := range s.boxes {
+		set[p] = true
+	}
+	for k := range s.floors {
+		set[k.Receiver] = true
+	}
+	out := make([]peer.ID, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Head is the last durable broadcast entry of a lane (0: none).
 func (s *Sender) Head(l Lane) uint64 {
 	if l < LaneResource || l > numLanes {
 		return 0
 	}
 	return s.heads[l].Load()
-}
-
-type outStream struct {
-	proto   protocol.ID
-	s       network.Stream
-	fw      *protocols.FrameWriter
-	done    chan struct{}
-	closing bool
-	// lastReply is when the receiver last answered on this stream (or the
-	// stream opened): a receiver that keeps answering is slow, not stuck.
-	lastReply atomic.Int64
 }
 
 // Acknowledge takes a receiver's word, given outside the stream, that it
@@ -713,6 +721,22 @@ func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
 		o.saveFloors(s.ctx)
 		s.Kick(p)
 	}
+}
+
+// Streams: dialing, writing batches, reading replies. One outbound stream
+// per (receiver, protocol); the pump is its only writer, readReplies its
+// only reader.
+
+// outStream is one outbound stream and what its writer and reader share.
+type outStream struct {
+	proto   protocol.ID
+	s       network.Stream
+	fw      *protocols.FrameWriter
+	done    chan struct{}
+	closing bool
+	// lastReply is when the receiver last answered on this stream (or the
+	// stream opened): a receiver that keeps answering is slow, not stuck.
+	lastReply atomic.Int64
 }
 
 // write sends batches, each on its protocol's stream, and flushes each
@@ -871,23 +895,4 @@ func (o *outbox) resetAll() {
 	for _, st := range streams {
 		_ = st.s.Reset()
 	}
-}
-
-// Receivers lists the peers the sender has state for (outboxes or floors).
-func (s *Sender) Receivers() []peer.ID {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	set := map[peer.ID]bool{}
-	for p := range s.boxes {
-		set[p] = true
-	}
-	for k := range s.floors {
-		set[k.Receiver] = true
-	}
-	out := make([]peer.ID, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
 }
