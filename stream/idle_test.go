@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ferrynet/ferry/internal/wait"
@@ -42,4 +43,62 @@ func TestQuietStreamCloseIsNoFailure(t *testing.T) {
 	want = append(want, p.commit(1, 1)...)
 	wait.For(t, waitTimeout, "B applied the change after the close", func() bool { return len(rec.versions()) == len(want) })
 	exactlyOnce(t, rec.versions(), want)
+}
+
+// idleBox is an outbox with nothing owed whose pump runs and has been idle
+// for longer than IdleExit, on a sender with no host: idle alone is tested.
+func idleBox(t *testing.T, hold func(*Sender, *outbox) bool) *outbox {
+	t.Helper()
+	o := SenderOptions{Logger: quiet}
+	o.fill()
+	s := &Sender{opts: o, log: quiet, aud: audience{}, boxes: map[peer.ID]*outbox{}, started: true}
+	b := newOutbox(s, "receiver")
+	b.running = true
+	b.idleSince = time.Now().Add(-2 * o.IdleExit)
+	s.boxes[b.peer] = b
+	if hold != nil {
+		s.opts.Hold = func(peer.ID, Lane) bool { return hold(s, b) }
+	}
+	return b
+}
+
+// TestIdleExit: an outbox idle for IdleExit exits; one that box found
+// running meanwhile (with news the idle check may not have seen) does not;
+// and idle asks Hold with no lock held, so a Hold that calls the sender
+// does not deadlock it.
+func TestIdleExit(t *testing.T) {
+	if b := idleBox(t, nil); !b.idle() || b.running {
+		t.Fatal("an outbox idle for IdleExit did not exit")
+	}
+	poked := false
+	b := idleBox(t, func(s *Sender, b *outbox) bool {
+		if !poked {
+			poked = true
+			s.box(b.peer) // a Notify or a Kick while idle looks
+		}
+		return false
+	})
+	if b.idle() || !b.running {
+		t.Fatal("the outbox exited although box found it running while it looked")
+	}
+	if !b.idle() || b.running {
+		t.Fatal("the outbox did not exit on the next look")
+	}
+	done := make(chan bool, 1)
+	b = idleBox(t, func(s *Sender, b *outbox) bool {
+		s.mu.Lock()
+		b.mu.Lock()
+		defer s.mu.Unlock()
+		defer b.mu.Unlock()
+		return false
+	})
+	go func() { done <- b.idle() }()
+	select {
+	case exited := <-done:
+		if !exited {
+			t.Fatal("the outbox did not exit")
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("idle called Hold with a sender lock held: deadlock")
+	}
 }
