@@ -247,15 +247,15 @@ func nodeOf(p peer.ID, role string, a *pb.TraceAnswer) TraceNode {
 func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 	a := &pb.TraceAnswer{Name: n.cfg.Name}
 	if origin == n.id {
-		c, err := n.st.Change(version)
+		b, err := n.st.ChangeBody(version)
 		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				a.Error = "read the change: " + err.Error()
 			}
 			return a
 		}
-		a.Held, a.LocalVersion, a.Kind, a.DataType = true, version, c.Body.Kind, c.Body.DataType
-		a.CommittedAtUnixNano, a.AppliedAtUnixNano = c.Body.CreatedAtUnixNano, c.Body.CreatedAtUnixNano
+		a.Held, a.LocalVersion, a.Kind, a.DataType = true, version, b.Kind, b.DataType
+		a.CommittedAtUnixNano, a.AppliedAtUnixNano = b.CreatedAtUnixNano, b.CreatedAtUnixNano
 		page, err := n.Acks(AckQuery{Version: version, Limit: maxTraceReceivers})
 		if err != nil {
 			a.Error = "read the acknowledgement rows: " + err.Error()
@@ -283,9 +283,9 @@ func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 	if !e.AppliedAt.IsZero() {
 		a.AppliedAtUnixNano = e.AppliedAt.UnixNano()
 	}
-	if c, err := n.st.Change(e.LocalVersion); err == nil {
-		a.DataType = c.Body.DataType
-		a.Published = n.publishedSubject(c.Body)
+	if b, err := n.st.ChangeBody(e.LocalVersion); err == nil {
+		a.DataType = b.DataType
+		a.Published = n.publishedSubject(b)
 	}
 	return a
 }

@@ -427,17 +427,17 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 // kind with the document doc (insignificant spaces aside), and was made
 // within the idempotency window.
 func (s *Service) sameChange(tx *store.Txn, cur *storepb.Resource, kind pb.Kind, doc []byte) (bool, error) {
-	c, err := tx.Change(cur.Version)
+	b, err := tx.ChangeBody(cur.Version)
 	if errors.Is(err, store.ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("read change %d of %s %q: %w", cur.Version, cur.DataType, cur.Id, err)
 	}
-	if tx.Now().Sub(time.Unix(0, c.Body.CreatedAtUnixNano)) > s.st.IdempotencyWindow() {
+	if tx.Now().Sub(time.Unix(0, b.CreatedAtUnixNano)) > s.st.IdempotencyWindow() {
 		return false, nil
 	}
-	return c.Body.Kind == kind && bytes.Equal(idem.JSON(c.Body.Payload), idem.JSON(doc)), nil
+	return b.Kind == kind && bytes.Equal(idem.JSON(b.Payload), idem.JSON(doc)), nil
 }
 
 // deliver records an own change as owed to its receivers (the log is the

@@ -35,7 +35,7 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	}
 	first := false // the row holds a later create of the same resource: this one was first
 	if body.Kind == pb.Kind_KIND_RESOURCE_CREATE && cur != nil && !cur.Deleted && cur.OriginVersion > body.OriginVersion {
-		if c, err := tx.Change(cur.Version); err == nil && c.Body.Kind == pb.Kind_KIND_RESOURCE_CREATE {
+		if b, err := tx.ChangeBody(cur.Version); err == nil && b.Kind == pb.Kind_KIND_RESOURCE_CREATE {
 			first = true
 			s.log.Error("this node created a resource again after its store lost the first create (trust_store let a write through before a partner had told what it holds): the first is kept, the later create is refused by partners",
 				"data_type", body.DataType, "id", id, "first_version", body.OriginVersion, "later_version", cur.OriginVersion)

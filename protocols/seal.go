@@ -113,38 +113,60 @@ func SealLeaves(key crypto.PrivKey, bodies [][]byte, leafHashes [][32]byte) ([]*
 	out := make([]*pb.Envelope, 0, len(bodies))
 	for start := 0; start < len(bodies); start += MaxTreeLeaves {
 		end := min(start+MaxTreeLeaves, len(bodies))
-		chunk := bodies[start:end]
 		var leaves [][32]byte
 		if leafHashes != nil {
 			leaves = leafHashes[start:end]
-		} else {
-			leaves = make([][32]byte, len(chunk))
-			for i, b := range chunk {
-				leaves[i] = leafHash(b)
-			}
 		}
-		paths := make([][][]byte, len(chunk))
-		depth := bits.Len(uint(len(chunk) - 1))
-		headers := make([][]byte, len(chunk)*depth)
-		for i := range paths {
-			paths[i] = headers[i*depth : i*depth : (i+1)*depth]
-		}
-		root := treeRoot(leaves, paths)
-		sig, err := key.Sign(signedRoot(uint32(len(chunk)), root[:]))
+		root, paths := proofs(bodies[start:end], leaves)
+		sig, err := key.Sign(signedRoot(uint32(end-start), root[:]))
 		if err != nil {
 			return nil, fmt.Errorf("sign envelope batch: %w", err)
 		}
-		for i, b := range chunk {
-			out = append(out, &pb.Envelope{
-				Body:          b,
-				LeafIndex:     uint32(i),
-				TreeSize:      uint32(len(chunk)),
-				Path:          paths[i],
-				RootSignature: sig,
-			})
-		}
+		out = appendEnvelopes(out, bodies[start:end], paths, sig)
 	}
 	return out, nil
+}
+
+// TreeEnvelopes rebuilds the envelopes of one signed tree from its bodies,
+// in leaf order, and the root signature its origin made (a store keeps the
+// signature once per tree and the bodies alone). leaves may be nil. The
+// caller vouches that sig signs this tree: nothing is verified here.
+func TreeEnvelopes(bodies [][]byte, leaves [][32]byte, sig []byte) ([]*pb.Envelope, error) {
+	if len(bodies) == 0 || len(bodies) > MaxTreeLeaves || (leaves != nil && len(leaves) != len(bodies)) {
+		return nil, fmt.Errorf("rebuild envelopes: a tree of %d bodies (%d leaf hashes)", len(bodies), len(leaves))
+	}
+	_, paths := proofs(bodies, leaves)
+	return appendEnvelopes(make([]*pb.Envelope, 0, len(bodies)), bodies, paths, sig), nil
+}
+
+// proofs computes a tree's root and each leaf's audit path.
+func proofs(bodies [][]byte, leaves [][32]byte) ([32]byte, [][][]byte) {
+	if leaves == nil {
+		leaves = make([][32]byte, len(bodies))
+		for i, b := range bodies {
+			leaves[i] = leafHash(b)
+		}
+	}
+	paths := make([][][]byte, len(bodies))
+	depth := bits.Len(uint(len(bodies) - 1))
+	headers := make([][]byte, len(bodies)*depth)
+	for i := range paths {
+		paths[i] = headers[i*depth : i*depth : (i+1)*depth]
+	}
+	return treeRoot(leaves, paths), paths
+}
+
+func appendEnvelopes(out []*pb.Envelope, bodies [][]byte, paths [][][]byte, sig []byte) []*pb.Envelope {
+	for i, b := range bodies {
+		out = append(out, &pb.Envelope{
+			Body:          b,
+			LeafIndex:     uint32(i),
+			TreeSize:      uint32(len(bodies)),
+			Path:          paths[i],
+			RootSignature: sig,
+		})
+	}
+	return out
 }
 
 // rootFromPath recomputes the tree root from a leaf and its audit path

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store/seglog"
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
@@ -121,7 +123,7 @@ func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 		return nil, fmt.Errorf("encode body: data type %q is not UTF-8", body.DataType)
 	}
 	b := protocols.AppendBody(make([]byte, 0, protocols.BodySize(body)), body)
-	s := &Sealed{key: k(pChange).u64(ver), body: b, leaf: protocols.LeafHash(b)}
+	s := &Sealed{version: ver, body: b, leaf: protocols.LeafHash(b)}
 	s.Hash = HashOfLeaf(s.leaf)
 	t.sealed = append(t.sealed, s)
 	t.set(originKey(body.Origin, ver), originValue(ver, body.Kind, s.Hash, t.now))
@@ -156,7 +158,7 @@ func (t *Txn) AppendReceived(body *pb.Body, hash uint64, env []byte) (uint64, er
 	if err != nil {
 		return 0, err
 	}
-	t.set(k(pChange).u64(ver), env)
+	t.logged = append(t.logged, seglog.Record{Version: ver, Type: recEnvelope, Data: env})
 	t.set(originKey(body.Origin, body.OriginVersion), originValue(ver, body.Kind, hash, t.now))
 	return ver, nil
 }
@@ -165,11 +167,18 @@ func (t *Txn) AppendReceived(body *pb.Body, hash uint64, env []byte) (uint64, er
 // version (recovered from a peer after a restore from an older copy). It
 // reports false, writing nothing, when that version is taken.
 func (t *Txn) PutOwnRecovered(body *pb.Body, hash uint64, env []byte) (bool, error) {
+	// Out of the log's order: it goes to Pebble, where the changes of a
+	// schema-2 store are too.
 	ck := k(pChange).u64(body.OriginVersion)
 	if _, err := t.get(ck); err == nil {
 		return false, nil
 	} else if !errors.Is(err, ErrNotFound) {
 		return false, err
+	}
+	if _, err := t.s.clog.Read(body.OriginVersion); err == nil {
+		return false, nil
+	} else if !errors.Is(err, seglog.ErrNotFound) {
+		return false, t.s.checkLog(err)
 	}
 	t.set(ck, env)
 	t.set(originKey(body.Origin, body.OriginVersion), originValue(body.OriginVersion, body.Kind, hash, t.now))
@@ -206,6 +215,27 @@ func decodeChange(ver uint64, v []byte) (Change, error) {
 
 // Change reads the change at a store version.
 func (s *Store) Change(ver uint64) (Change, error) {
+	env, err := s.ChangeEnvelope(ver)
+	if err != nil {
+		return Change{}, err
+	}
+	return decodeChange(ver, env)
+}
+
+// ChangeBody reads the body of the change at a store version (no proof).
+func (s *Store) ChangeBody(ver uint64) (*pb.Body, error) {
+	r, err := s.clog.Read(ver)
+	if err == nil {
+		return recordBody(r)
+	}
+	if !errors.Is(err, seglog.ErrNotFound) {
+		return nil, s.checkLog(err)
+	}
+	c, err := s.legacyChange(ver)
+	return c.Body, err
+}
+
+func (s *Store) legacyChange(ver uint64) (Change, error) {
 	v, err := s.getRaw(k(pChange).u64(ver))
 	if err != nil {
 		return Change{}, err
@@ -213,27 +243,70 @@ func (s *Store) Change(ver uint64) (Change, error) {
 	return decodeChange(ver, v)
 }
 
-// Change reads the change at a store version inside a transaction.
-func (t *Txn) Change(ver uint64) (Change, error) {
+// ChangeBody reads the body of the change at a store version inside a
+// transaction: one of an earlier round (a round's own changes are logged
+// when it is sealed, so a transaction does not read those of its round).
+func (t *Txn) ChangeBody(ver uint64) (*pb.Body, error) {
+	for _, rs := range [][]seglog.Record{t.logged, t.prior} {
+		for _, r := range rs {
+			if r.Version == ver {
+				return recordBody(r)
+			}
+		}
+	}
+	r, err := t.s.clog.Read(ver)
+	if err == nil {
+		return recordBody(r)
+	}
+	if !errors.Is(err, seglog.ErrNotFound) {
+		return nil, t.s.checkLog(err)
+	}
 	v, err := t.get(k(pChange).u64(ver))
 	if err != nil {
-		return Change{}, err
+		return nil, err
 	}
-	return decodeChange(ver, v)
+	c, err := decodeChange(ver, v)
+	return c.Body, err
 }
 
-// ChangeEnvelope reads the raw envelope bytes of a change.
+// ChangeEnvelope reads the encoded envelope of a change: one received is
+// read as it came; one of this node's own is rebuilt from its tree's bodies
+// and signature (the tree is cached: a sender reads a tree's changes one
+// after another).
 func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
-	return s.getRaw(k(pChange).u64(ver))
+	r, err := s.clog.Read(ver)
+	if errors.Is(err, seglog.ErrNotFound) {
+		return s.getRaw(k(pChange).u64(ver))
+	}
+	if err != nil {
+		return nil, s.checkLog(err)
+	}
+	return s.envelopeOf(r)
+}
+
+func (s *Store) envelopeOf(r seglog.Record) ([]byte, error) {
+	switch r.Type {
+	case recEnvelope:
+		return r.Data, nil
+	case recOwn:
+		o, err := parseOwnRecord(r.Data)
+		if err != nil {
+			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
+		}
+		return s.trees.envelope(s, o.tree, r.Version)
+	}
+	return nil, s.checkLog(fmt.Errorf("%w: change %d: record type %d", seglog.ErrCorrupt, r.Version, r.Type))
 }
 
 // Changes returns up to limit changes after version since, in version order,
 // as far as they are on disk.
 func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
-	if since == math.MaxUint64 {
+	if since == math.MaxUint64 || limit <= 0 {
 		return nil, nil
 	}
 	durable := s.DurableVersion()
+	// The changes of a schema-2 store, and own changes recovered from a
+	// peer, are in Pebble; the rest is in the log.
 	var out []Change
 	err := s.scan(k(pChange).u64(since+1), k(pChange).u64(durable+1), false, func(key, v []byte) (bool, error) {
 		ver, err := tailU64(key)
@@ -247,7 +320,37 @@ func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 		out = append(out, c)
 		return len(out) < limit, nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	var logged []Change
+	var lerr error
+	err = s.clog.Iter(since+1, func(r seglog.Record) bool {
+		if r.Version > durable {
+			return false
+		}
+		env, err := s.envelopeOf(r)
+		if err != nil {
+			lerr = err
+			return false
+		}
+		c, err := decodeChange(r.Version, env)
+		if err != nil {
+			lerr = err
+			return false
+		}
+		logged = append(logged, c)
+		return len(logged) < limit
+	})
+	if err = errors.Join(s.checkLog(err), lerr); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return logged, nil
+	}
+	out = append(out, logged...)
+	slices.SortFunc(out, func(a, b Change) int { return cmp.Compare(a.Version, b.Version) })
+	return out[:min(len(out), limit)], nil
 }
 
 // OriginChanges returns up to limit changes of origin with an origin version
@@ -473,9 +576,9 @@ func (s *Store) Backlog(recv peer.ID, lane uint8, broadcast bool, after uint64, 
 	out := make([]Entry, 0, len(heads))
 	size := 0
 	for _, e := range heads {
-		env, err := s.getRaw(k(pChange).u64(e.Version))
+		env, err := s.ChangeEnvelope(e.Version)
 		if errors.Is(err, ErrNotFound) {
-			continue // a delivery record without its change: not expected (retention never drops c/)
+			continue // a delivery record without its change: not expected (retention never drops changes)
 		}
 		if err != nil {
 			return nil, err

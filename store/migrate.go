@@ -19,10 +19,14 @@ import (
 // node's peer id (nil signer: none, and a store that needs them refuses to
 // open).
 func builtinMigrations(self peer.ID) []Migration {
+	// Schema 2 to 3: the change log moves to segment files for what is
+	// written from now on; the changes already in Pebble (c/) stay there
+	// and are read from there (log.go): nothing is rewritten.
+	v2 := Migration{From: 2, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}
 	if self == "" {
-		return nil
+		return []Migration{v2}
 	}
-	return []Migration{{From: 1, Apply: func(db *pebble.DB, b *pebble.Batch) error { return migrateV1(db, b, self) }}}
+	return []Migration{{From: 1, Apply: func(db *pebble.DB, b *pebble.Batch) error { return migrateV1(db, b, self) }}, v2}
 }
 
 // Lane numbers of schema 2 (package stream's), for the migration.

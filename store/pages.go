@@ -108,11 +108,11 @@ func (s *Store) ResourcesPage(dataType string, after []byte, limit int) (rows []
 	}
 	for _, r := range rows {
 		if len(r.Json) == 0 && r.Version > 0 {
-			c, err := s.Change(r.Version)
+			b, err := s.ChangeBody(r.Version)
 			if err != nil {
 				return nil, nil, fmt.Errorf("resource %s/%s: change %d: %w", r.DataType, r.Id, r.Version, err)
 			}
-			r.Json = c.Body.Payload
+			r.Json = b.Payload
 		}
 	}
 	if !full {

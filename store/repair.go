@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -145,8 +146,21 @@ func rebuildIfMarked(dir string, mk func(readOnly bool) *pebble.Options, log *sl
 	return nil
 }
 
-// finishRebuild moves the rebuilt store into place.
+// finishRebuild moves the rebuilt store into place, with the change log
+// (its segment files are not Pebble's: they move from the damaged copy
+// as they are).
 func finishRebuild(tmp, dir string) error {
+	if damaged, err := os.ReadFile(filepath.Join(tmp, rebuiltMark)); err == nil {
+		from := filepath.Join(strings.TrimSpace(string(damaged)), LogDir)
+		to := filepath.Join(tmp, LogDir)
+		if _, err := os.Stat(to); errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(from); err == nil {
+				if err := os.Rename(from, to); err != nil {
+					return fmt.Errorf("rebuild the store: move the change log back: %w", err)
+				}
+			}
+		}
+	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("rebuild the store: move the rebuilt store into place: %w", err)
 	}

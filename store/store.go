@@ -4,18 +4,29 @@
 // are derived from them), the positions of received lanes, review requests,
 // decisions, shared tables and the peer book.
 //
+// The change log itself is not in Pebble: every change is one record of an
+// append-only segment file (package seglog, log.go), written once and never
+// rewritten; Pebble holds the tables and the indexes that point into it.
+//
 // One writer goroutine owns every commit. Callers hand it transactions
 // (Update, Submit); it takes everything queued, runs the transactions one
-// after another against one batch, seals the envelopes they created with one
-// signature, commits the batch with one fsync, and only then answers each
-// caller and runs its commit hooks, in submission order (the double queue of
-// source 004). Reads go straight to Pebble.
+// after another, seals the envelopes they created with one signature per
+// tree, appends the round's changes to the log with one write, and hands
+// the round on. The completer makes the round durable in order: one
+// fdatasync of the log, then the round's Pebble batch (which records how far
+// the log is durable) with one fsync; only then does it answer each caller
+// and run its commit hooks, in submission order (the double queue of source
+// 004). While a round waits for that, the writer's next rounds read its
+// writes from memory (Txn.get). So a crash leaves Pebble at a round whose
+// log records are all on disk; records after it were never answered, and
+// Open cuts them. Reads go straight to Pebble and the log.
 //
 // The store knows nothing of the network; it must not call out to services
 // except through the commit hooks that callers register.
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -23,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,13 +48,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store/seglog"
 )
 
-// SchemaVersion is the on-disk format this build writes.
-const SchemaVersion = 2
+// SchemaVersion is the on-disk format this build writes. Schema 3 keeps
+// the change log in segment files (<dir>/changes); the changes a schema-2
+// store holds stay in Pebble (c/) and are read from there.
+const SchemaVersion = 3
 
 // Defaults of the commit pipeline.
 const (
@@ -93,7 +109,13 @@ type Options struct {
 	// IdempotencyWindow is how long idempotency keys are kept (idem.go);
 	// default DefaultIdempotencyWindow.
 	IdempotencyWindow time.Duration
+	// SegmentBytes is the size at which the change log starts a new
+	// segment; default seglog.DefaultSegmentBytes.
+	SegmentBytes int64
 }
+
+// LogDir is the change log's directory inside a store's directory.
+const LogDir = "changes"
 
 // levels tunes the LSM for what Ferry writes: signed envelopes (random
 // bytes: compression gains little and costs CPU on every flush and
@@ -117,6 +139,8 @@ const DefaultCacheBytes = 64 << 20
 // Store is an open ledger.
 type Store struct {
 	db     *pebble.DB
+	clog   *seglog.Log // the change log (log.go)
+	trees  treeCache   // envelopes rebuilt from the log, by tree (log.go)
 	opts   Options
 	log    *slog.Logger
 	epoch  uint64
@@ -128,10 +152,16 @@ type Store struct {
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
 	h      *health               // free space, stalls, Pebble's failures (health.go)
 	// hot caches small keys every transaction reads (counters, positions):
-	// owned by the writer, updated after each round is applied.
+	// owned by the writer, updated after each round is prepared.
 	hot map[string][]byte
-	wg  sync.WaitGroup
-	m   metrics
+	// pending are the rounds the writer prepared whose batches the completer
+	// has not yet applied to Pebble (oldest first; writer-owned): their
+	// writes are read from their views. applied is the last round applied.
+	pending []*round
+	rounds  uint64 // the writer's round counter
+	applied atomic.Uint64
+	wg      sync.WaitGroup
+	m       metrics
 	// durableVersion is the version counter as of the last fsynced round.
 	// Pebble makes a round visible to readers before its fsync ends; readers
 	// that hand data to other nodes or apps (backlogs, changes, sync) stop
@@ -149,9 +179,14 @@ type op struct {
 }
 
 type round struct {
+	seq   uint64
 	ops   []*op
 	batch *pebble.Batch // nil: nothing to wait for
-	sync  bool
+	view  map[string]*kv
+	// logged: the round appended to the change log (the completer syncs it
+	// before the batch is applied).
+	logged bool
+	sync   bool
 	// the version counter after this round (0: unchanged)
 	version uint64
 }
@@ -175,10 +210,13 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
-	if o.Migrations == nil && o.Signer != nil {
-		self, err := peer.IDFromPrivateKey(o.Signer)
-		if err != nil {
-			return nil, fmt.Errorf("store signer: %w", err)
+	if o.Migrations == nil {
+		var self peer.ID
+		if o.Signer != nil {
+			var err error
+			if self, err = peer.IDFromPrivateKey(o.Signer); err != nil {
+				return nil, fmt.Errorf("store signer: %w", err)
+			}
 		}
 		o.Migrations = builtinMigrations(self)
 	}
@@ -237,13 +275,32 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	if err := s.openLog(dir, o); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if _, marked, err := s.Repair(); err == nil && marked {
+		// A rebuild dropped a span of Pebble's keys: the origin index is
+		// derived from the log again (its changes were not in Pebble).
+		n, err := s.reindexOrigins()
+		if err != nil {
+			_ = s.clog.Close()
+			_ = db.Close()
+			return nil, err
+		}
+		if n > 0 {
+			s.log.Warn("store: origin index entries the rebuild dropped are taken back from the change log", "entries", n)
+		}
+	}
 	v, err := s.Counter(CtrVersion)
 	if err != nil {
+		_ = s.clog.Close()
 		_ = db.Close()
 		return nil, err
 	}
 	s.durableVersion.Store(v)
 	if err := s.initMetrics(o.Registerer); err != nil {
+		_ = s.clog.Close()
 		_ = db.Close()
 		return nil, err
 	}
@@ -409,30 +466,38 @@ func (s *Store) writer() {
 	}
 }
 
-// commitRound runs the transactions of one round against a fresh batch and
-// applies it. With fsync, it returns as soon as the batch is in the
-// memtable: the completer waits for the fsync while the writer prepares the
-// next round (reads of later rounds see this one, and nobody is answered
-// before its fsync).
+// commitRound runs the transactions of one round, seals their envelopes,
+// appends the round's changes to the log (one write) and stages its Pebble
+// batch. The completer makes it durable and applies the batch; until then
+// the writer's later rounds read this one's writes from its view.
 func (s *Store) commitRound(ops []*op) *round {
-	r := &round{ops: ops}
+	s.rounds++
+	r := &round{seq: s.rounds, ops: ops}
 	if f := s.failure(); f != nil {
 		for _, o := range ops {
 			o.err = *f
 		}
 		return r
 	}
+	// Rounds the completer has applied are read from Pebble again.
+	applied := s.applied.Load()
+	n := 0
+	for n < len(s.pending) && s.pending[n].seq <= applied {
+		n++
+	}
+	s.pending = s.pending[n:]
 	start := time.Now()
 	now := s.now()
 	view := map[string]*kv{} // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
-	applied := 0
+	var logged []seglog.Record
+	count := 0
 	for _, o := range ops {
 		if err := o.ctx.Err(); err != nil {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, view: view, now: now}
+		t := &Txn{s: s, view: view, now: now, prior: logged}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
@@ -440,10 +505,11 @@ func (s *Store) commitRound(ops []*op) *round {
 		t.flush(view)
 		o.hooks = t.hooks
 		sealed = append(sealed, t.sealed...)
+		logged = append(logged, t.logged...)
 		r.sync = r.sync || o.sync
-		applied++
+		count++
 	}
-	if applied == 0 {
+	if count == 0 {
 		return r
 	}
 	size := 0
@@ -451,7 +517,10 @@ func (s *Store) commitRound(ops []*op) *round {
 		size += len(key) + len(w.v) + 16
 	}
 	for _, x := range sealed {
-		size += len(x.key) + len(x.body) + 1024
+		size += len(x.body) + 128
+	}
+	for _, x := range logged {
+		size += len(x.Data) + 32
 	}
 	b := s.db.NewBatchWithSize(size)
 	fail := func(err error) *round {
@@ -469,6 +538,13 @@ func (s *Store) commitRound(ops []*op) *round {
 	if err := s.h.admit(size); err != nil {
 		return fail(err)
 	}
+	if len(sealed) > 0 {
+		recs, err := s.seal(sealed)
+		if err != nil {
+			return fail(err)
+		}
+		logged = append(logged, recs...)
+	}
 	// One write per key: a counter bumped by every transaction of the
 	// round reaches the memtable once.
 	for key, w := range view {
@@ -482,24 +558,25 @@ func (s *Store) commitRound(ops []*op) *round {
 			return fail(fmt.Errorf("stage write: %w", err))
 		}
 	}
-	if len(sealed) > 0 {
-		if err := s.seal(b, sealed); err != nil {
-			return fail(err)
+	if len(logged) > 0 {
+		slices.SortStableFunc(logged, func(a, b seglog.Record) int { return cmp.Compare(a.Version, b.Version) })
+		if err := s.clog.Append(logged); err != nil {
+			if isDiskFull(err) {
+				s.log.Warn("store: the disk is full: the round's changes are refused", "err", err.Error())
+				return fail(fmt.Errorf("%w: %w: %w", ferry.ErrUnavailable, ErrDiskLow, err))
+			}
+			s.log.Error("store: appending to the change log failed", "err", err.Error(), "operations", count)
+			f := fmt.Errorf("store failed: %w", err)
+			s.failed.Store(&f)
+			return fail(f)
 		}
+		r.logged = true
+		// Pebble records how far the log is durable, and in which segment.
+		_ = b.Set([]byte(keyLogEnd), u64Value(logged[len(logged)-1].Version), nil)
+		_ = b.Set([]byte(keyLogSegment), u64Value(s.clog.Active()), nil)
 	}
-	var err error
-	if r.sync {
-		err = s.db.ApplyNoSyncWait(b, pebble.Sync)
-	} else {
-		err = s.db.Apply(b, pebble.NoSync)
-	}
-	if err != nil {
-		s.log.Error("store commit failed", "err", err.Error(), "operations", applied)
-		f := fmt.Errorf("store failed: %w", err)
-		s.failed.Store(&f)
-		return fail(fmt.Errorf("commit: %w", err))
-	}
-	r.batch = b
+	r.batch, r.view = b, view
+	s.pending = append(s.pending, r)
 	if w, ok := view[string(k(keyCtrPrefix).str(CtrVersion))]; ok && !w.del {
 		r.version = parseU64(w.v)
 	}
@@ -513,8 +590,8 @@ func (s *Store) commitRound(ops []*op) *round {
 		}
 	}
 	s.m.batches.Inc()
-	s.m.ops.Add(float64(applied))
-	s.m.batchOps.Observe(float64(applied))
+	s.m.ops.Add(float64(count))
+	s.m.batchOps.Observe(float64(count))
 	s.m.prep.Observe(time.Since(start).Seconds())
 	return r
 }
@@ -530,9 +607,13 @@ func safeRun(fn func(*Txn) error, t *Txn) (err error) {
 	return fn(t)
 }
 
-func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
+// seal signs the round's own bodies, one signature per tree of up to
+// protocols.MaxTreeLeaves, sets each Sealed's envelope (for the commit
+// hooks), and returns their log records: the body, its place in its tree,
+// and the signature once per tree (log.go, ownRecord).
+func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	if s.opts.Signer == nil {
-		return ErrNoSigner
+		return nil, ErrNoSigner
 	}
 	bodies := make([][]byte, len(sealed))
 	leaves := make([][32]byte, len(sealed))
@@ -541,26 +622,32 @@ func (s *Store) seal(b *pebble.Batch, sealed []*Sealed) error {
 	}
 	envs, err := protocols.SealLeaves(s.opts.Signer, bodies, leaves)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	recs := make([]seglog.Record, len(sealed))
 	for i, x := range sealed {
-		x.Envelope = envs[i]
-		v := protocols.MarshalEnvelope(envs[i])
-		x.Bytes = v
-		if err := b.Set(x.key, v, nil); err != nil {
-			return fmt.Errorf("write envelope: %w", err)
+		e := envs[i]
+		x.Envelope = e
+		x.Bytes = protocols.MarshalEnvelope(e)
+		tree := sealed[i-int(e.LeafIndex)].version
+		var sig []byte
+		if int(e.LeafIndex) == int(e.TreeSize)-1 {
+			sig = e.RootSignature
 		}
+		recs[i] = seglog.Record{Version: x.version, Type: recOwn, Data: ownRecord(tree, e.LeafIndex, e.TreeSize, sig, x.body)}
 	}
-	return nil
+	return recs, nil
 }
 
-// completer waits for each round's fsync, then answers callers and runs
-// their hooks in submission order.
+// completer makes each round durable (the log's fdatasync, then the Pebble
+// batch with its fsync), then answers callers and runs their hooks in
+// submission order.
 func (s *Store) completer() {
 	defer s.wg.Done()
-	// stopped is the fsync failure of an earlier round: rounds after it were
-	// applied to the memtable before it failed, and none of them is answered
-	// as committed (not even one that wrote nothing).
+	defer s.h.recoverFatal() // the batch is applied here (durable)
+	// stopped is the failure of an earlier round: rounds after it were
+	// prepared on top of it, and none of them is answered as committed (not
+	// even one that wrote nothing).
 	var stopped error
 	for r := range s.done {
 		if stopped != nil {
@@ -570,32 +657,26 @@ func (s *Store) completer() {
 				}
 			}
 		}
-		if r.batch != nil {
-			if r.sync {
-				start := time.Now()
-				err := r.batch.SyncWait()
-				s.m.sync.Observe(time.Since(start).Seconds())
-				if err != nil {
-					// What is not on disk must never be handed out: the
-					// durable marks stay, and the store takes no more work.
-					s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
-					f := fmt.Errorf("store failed: fsync: %w", err)
-					s.failed.Store(&f)
-					stopped = f
-					for _, o := range r.ops {
-						if o.err == nil {
-							o.err = f
-							o.hooks = nil
-						}
+		if r.batch != nil && stopped == nil {
+			if err := s.durable(r); err != nil {
+				// What is not on disk must never be handed out: the
+				// durable marks stay, and the store takes no more work.
+				s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
+				f := fmt.Errorf("store failed: %w", err)
+				s.failed.Store(&f)
+				stopped = f
+				for _, o := range r.ops {
+					if o.err == nil {
+						o.err = f
+						o.hooks = nil
 					}
 				}
+			} else if r.version > 0 {
+				s.durableVersion.Store(r.version)
 			}
+		}
+		if r.batch != nil {
 			_ = r.batch.Close()
-			if stopped == nil {
-				if r.version > 0 {
-					s.durableVersion.Store(r.version)
-				}
-			}
 		}
 		for _, o := range r.ops {
 			if o.err == nil {
@@ -609,6 +690,33 @@ func (s *Store) completer() {
 	}
 }
 
+// durable writes one prepared round: the log's records first (fdatasync),
+// then the Pebble batch, which records how far the log is durable.
+func (s *Store) durable(r *round) error {
+	start := time.Now()
+	defer func() { s.m.sync.Observe(time.Since(start).Seconds()) }()
+	if r.logged {
+		if err := s.clog.Sync(); err != nil {
+			return err
+		}
+	}
+	if !r.sync {
+		err := s.db.Apply(r.batch, pebble.NoSync)
+		if err == nil {
+			s.applied.Store(r.seq)
+		}
+		return err
+	}
+	if err := s.db.ApplyNoSyncWait(r.batch, pebble.Sync); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.applied.Store(r.seq) // visible now: the writer reads it from Pebble again
+	if err := r.batch.SyncWait(); err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	return nil
+}
+
 // Close waits for queued work to commit, then closes Pebble. It is idempotent.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -620,10 +728,11 @@ func (s *Store) Close() error {
 	close(s.ops)
 	s.mu.Unlock()
 	s.wg.Wait()
+	lerr := s.clog.Close()
 	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close store: %w", err)
+		return errors.Join(lerr, fmt.Errorf("close store: %w", err))
 	}
-	return nil
+	return lerr
 }
 
 func (s *Store) getRaw(key []byte) ([]byte, error) {
@@ -685,6 +794,8 @@ type Txn struct {
 	ops    []kv
 	hooks  []func()
 	sealed []*Sealed
+	logged []seglog.Record // received changes for the log
+	prior  []seglog.Record // those of the round's earlier transactions
 	// index maps a key to its last write in ops[:indexed], once a
 	// transaction writes more than a handful (a batch of decisions or
 	// changes reads back what it wrote: a scan of ops each time grew with
@@ -708,7 +819,7 @@ type Sealed struct {
 	Bytes    []byte // Envelope, encoded
 	Hash     uint64 // BodyHash of the body
 	leaf     [32]byte
-	key      []byte
+	version  uint64
 	body     []byte
 }
 
@@ -752,6 +863,14 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 			return nil, ErrNotFound
 		}
 		return w.v, nil
+	}
+	for i := len(t.s.pending) - 1; i >= 0; i-- { // rounds not yet in Pebble
+		if w, ok := t.s.pending[i].view[string(key)]; ok {
+			if w.del {
+				return nil, ErrNotFound
+			}
+			return w.v, nil
+		}
 	}
 	hot := isHot(string(key))
 	if hot {
@@ -858,11 +977,11 @@ func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
 var _ io.Closer = (*Store)(nil)
 
 // Savepoint marks the transaction's state so RollbackTo can undo what follows.
-type Savepoint struct{ ops, hooks, sealed int }
+type Savepoint struct{ ops, hooks, sealed, logged int }
 
 // Savepoint returns a mark of everything written so far.
 func (t *Txn) Savepoint() Savepoint {
-	return Savepoint{ops: len(t.ops), hooks: len(t.hooks), sealed: len(t.sealed)}
+	return Savepoint{ops: len(t.ops), hooks: len(t.hooks), sealed: len(t.sealed), logged: len(t.logged)}
 }
 
 // RollbackTo forgets every write, hook and seal made after sp. Counters read
@@ -872,21 +991,23 @@ func (t *Txn) RollbackTo(sp Savepoint) {
 	t.index, t.indexed = nil, 0
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
+	t.logged = t.logged[:sp.logged]
 }
 
 // Parts name the groups of PartBytes.
 var Parts = []string{"log", "ledger", "tables", "other"}
 
-// PartBytes estimates the bytes the store's flushed tables hold for each
-// part (Parts): the change log, the delivery ledger, the tables, the rest.
-// What is still in the memtable is not counted.
+// PartBytes estimates the bytes the store holds for each part (Parts): the
+// change log (its segment files, and the changes and origin index in
+// Pebble), the delivery ledger, the tables, the rest. What is still in
+// Pebble's memtable is not counted.
 func (s *Store) PartBytes() (map[string]uint64, error) {
 	groups := map[string][]string{
 		"log":    {pChange, pOrigin},
 		"ledger": {pOwn, pAddressed, pFloor, pRefused, pPosition},
 		"tables": {pResource, pRequest, pReqOrigin, pDecision, pTable},
 	}
-	out := map[string]uint64{}
+	out := map[string]uint64{"log": uint64(s.clog.Size())}
 	var known uint64
 	for part, prefixes := range groups {
 		for _, p := range prefixes {

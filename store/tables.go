@@ -100,11 +100,11 @@ func (s *Store) Resources(dataType string) ([]*storepb.Resource, error) {
 	}
 	for _, r := range out {
 		if len(r.Json) == 0 && r.Version > 0 {
-			c, err := s.Change(r.Version)
+			b, err := s.ChangeBody(r.Version)
 			if err != nil {
 				return nil, fmt.Errorf("resource %s/%s: change %d: %w", r.DataType, r.Id, r.Version, err)
 			}
-			r.Json = c.Body.Payload
+			r.Json = b.Payload
 		}
 	}
 	return out, nil

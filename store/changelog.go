@@ -1,0 +1,316 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/vfs"
+
+	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/protocols"
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/store/seglog"
+)
+
+// The change log's records (package seglog) and how the store reads them.
+//
+// Every change this node makes or receives is one record, at its store
+// version, in <dir>/changes:
+//
+//	recOwn       one of this node's own changes: tree (the version of its
+//	             tree's first leaf) uint64 | leaf index uint16 | tree size
+//	             uint16 | signature length uint16 | signature (in the
+//	             tree's last leaf only) | body
+//	recEnvelope  a change received from another origin: its envelope as the
+//	             origin sealed it (body, audit path, root signature)
+//
+// So an own change is written once, without its audit path: a tree's
+// signature is stored once, and an envelope is rebuilt from the tree's
+// bodies when it is sent (treeCache). Pebble holds, per round, how far the
+// log is durable (m/logend) and its active segment (m/logseg); Open cuts
+// the log's records after m/logend (a round the completer had not made
+// durable: nobody was answered) and refuses a log that ends before it.
+const (
+	recOwn      byte = 1
+	recEnvelope byte = 2
+
+	keyLogEnd     = "m/logend"
+	keyLogSegment = "m/logseg"
+)
+
+// openLog opens the change log in dir/changes, in line with what Pebble
+// recorded of it.
+func (s *Store) openLog(dir string, o Options) error {
+	end, err := s.Counter0(keyLogEnd)
+	if err != nil {
+		return err
+	}
+	seg, err := s.Counter0(keyLogSegment)
+	if err != nil {
+		return err
+	}
+	fs := o.Health.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	l, err := seglog.Open(seglog.Options{FS: fs, Dir: filepath.Join(dir, LogDir), SegmentBytes: o.SegmentBytes,
+		Keep: end, LastSegment: seg, Logger: s.log})
+	if err != nil {
+		if errors.Is(err, seglog.ErrCorrupt) {
+			s.log.Error("store corrupt: the change log is damaged; the node cannot serve its changes (restore the data directory from a backup, or start over and take the changes from partners)",
+				"dir", filepath.Join(dir, LogDir), "err", err.Error())
+			return fmt.Errorf("open store %s: %w: %w", dir, ferry.ErrCorrupt, err)
+		}
+		return fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s.clog = l
+	s.trees.max = 8
+	return nil
+}
+
+// Counter0 reads an 8-byte value of the meta table (0: absent).
+func (s *Store) Counter0(key string) (uint64, error) {
+	v, err := s.getRaw([]byte(key))
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	return parseU64(v), err
+}
+
+// checkLog turns damage met in the change log into an error wrapping
+// ferry.ErrCorrupt, and records it (the node's health is then not OK).
+// The damaged record is never served. Other errors pass unchanged.
+func (s *Store) checkLog(err error) error {
+	if err == nil || !errors.Is(err, seglog.ErrCorrupt) || errors.Is(err, ferry.ErrCorrupt) {
+		return err
+	}
+	s.h.logCorrupt(err)
+	return fmt.Errorf("%w: %w", ferry.ErrCorrupt, err)
+}
+
+// logCorrupt records damage in the change log: once, as the health reason,
+// with an ERROR line. Unlike a damaged Pebble file it marks nothing for a
+// rebuild: the log cannot be rebuilt from Pebble.
+func (h *health) logCorrupt(err error) {
+	h.mu.Lock()
+	if h.corruptFiles == nil {
+		h.corruptFiles = map[string]bool{}
+	}
+	seen := h.corruptFiles[err.Error()]
+	h.corruptFiles[err.Error()] = true
+	h.mu.Unlock()
+	if seen {
+		return
+	}
+	reason := fmt.Sprintf("store corrupt: %s; the damaged records are not served (restore the data directory from a backup, or start over and take the changes from partners)", err.Error())
+	h.corruptReason.CompareAndSwap(nil, &reason)
+	h.log.Error("store corrupt: a record of the change log failed its checksum; it is not served", "err", err.Error())
+}
+
+// ownRec is a decoded recOwn record.
+type ownRec struct {
+	tree       uint64
+	leaf, size uint16
+	sig, body  []byte
+}
+
+func ownRecord(tree uint64, leaf, size uint32, sig, body []byte) []byte {
+	b := make([]byte, 0, 14+len(sig)+len(body))
+	b = binary.BigEndian.AppendUint64(b, tree)
+	b = binary.BigEndian.AppendUint16(b, uint16(leaf))
+	b = binary.BigEndian.AppendUint16(b, uint16(size))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(sig)))
+	b = append(b, sig...)
+	return append(b, body...)
+}
+
+var errBadRecord = errors.New("malformed change record")
+
+func parseOwnRecord(d []byte) (ownRec, error) {
+	if len(d) < 14 {
+		return ownRec{}, errBadRecord
+	}
+	o := ownRec{tree: binary.BigEndian.Uint64(d), leaf: binary.BigEndian.Uint16(d[8:]), size: binary.BigEndian.Uint16(d[10:])}
+	n := int(binary.BigEndian.Uint16(d[12:]))
+	if len(d) < 14+n || o.size == 0 || o.leaf >= o.size {
+		return ownRec{}, errBadRecord
+	}
+	o.sig, o.body = d[14:14+n], d[14+n:]
+	return o, nil
+}
+
+// recordBody decodes the body of a change record.
+func recordBody(r seglog.Record) (*pb.Body, error) {
+	var raw []byte
+	switch r.Type {
+	case recOwn:
+		o, err := parseOwnRecord(r.Data)
+		if err != nil {
+			return nil, fmt.Errorf("change %d: %w", r.Version, err)
+		}
+		raw = o.body
+	case recEnvelope:
+		env := &pb.Envelope{}
+		if err := unmarshal(r.Data, env); err != nil {
+			return nil, fmt.Errorf("change %d: %w", r.Version, err)
+		}
+		raw = env.Body
+	default:
+		return nil, fmt.Errorf("change %d: %w: type %d", r.Version, errBadRecord, r.Type)
+	}
+	body := &pb.Body{}
+	if err := unmarshal(raw, body); err != nil {
+		return nil, fmt.Errorf("change %d: %w", r.Version, err)
+	}
+	return body, nil
+}
+
+// treeCache keeps the envelopes of the trees rebuilt last: a sender reads
+// a tree's changes one after another.
+type treeCache struct {
+	mu    sync.Mutex
+	max   int
+	order []uint64
+	trees map[uint64]map[uint64][]byte // tree -> version -> encoded envelope
+}
+
+// envelope returns the encoded envelope of the own change at version ver,
+// whose tree starts at version tree.
+func (c *treeCache) envelope(s *Store, tree, ver uint64) ([]byte, error) {
+	c.mu.Lock()
+	if t, ok := c.trees[tree]; ok {
+		env, ok := t[ver]
+		c.mu.Unlock()
+		if !ok {
+			return nil, s.checkLog(fmt.Errorf("%w: change %d is not in its tree %d", seglog.ErrCorrupt, ver, tree))
+		}
+		return env, nil
+	}
+	c.mu.Unlock()
+	t, err := s.buildTree(tree)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.trees == nil {
+		c.trees = map[uint64]map[uint64][]byte{}
+	}
+	if _, ok := c.trees[tree]; !ok {
+		c.order = append(c.order, tree)
+		if len(c.order) > c.max {
+			delete(c.trees, c.order[0])
+			c.order = c.order[1:]
+		}
+	}
+	c.trees[tree] = t
+	c.mu.Unlock()
+	env, ok := t[ver]
+	if !ok {
+		return nil, s.checkLog(fmt.Errorf("%w: change %d is not in its tree %d", seglog.ErrCorrupt, ver, tree))
+	}
+	return env, nil
+}
+
+// buildTree reads the bodies of the tree that starts at version tree and
+// rebuilds their envelopes.
+func (s *Store) buildTree(tree uint64) (map[uint64][]byte, error) {
+	var bodies [][]byte
+	var vers []uint64
+	var sig []byte
+	var bad error
+	err := s.clog.Iter(tree, func(r seglog.Record) bool {
+		if r.Type != recOwn {
+			return true
+		}
+		o, err := parseOwnRecord(r.Data)
+		if err != nil {
+			bad = fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err)
+			return false
+		}
+		if o.tree != tree {
+			return true
+		}
+		if int(o.leaf) != len(bodies) {
+			bad = fmt.Errorf("%w: tree %d: leaf %d where %d was due", seglog.ErrCorrupt, tree, o.leaf, len(bodies))
+			return false
+		}
+		bodies = append(bodies, o.body)
+		vers = append(vers, r.Version)
+		if int(o.leaf) == int(o.size)-1 {
+			sig = o.sig
+			return false
+		}
+		return true
+	})
+	if err := errors.Join(err, bad); err != nil {
+		return nil, s.checkLog(err)
+	}
+	if sig == nil {
+		return nil, s.checkLog(fmt.Errorf("%w: tree %d: its last leaf is missing (%d read)", seglog.ErrCorrupt, tree, len(bodies)))
+	}
+	envs, err := protocols.TreeEnvelopes(bodies, nil, sig)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint64][]byte, len(envs))
+	for i, e := range envs {
+		out[vers[i]] = protocols.MarshalEnvelope(e)
+	}
+	return out, nil
+}
+
+// reindexOrigins puts back the origin index entries a rebuild of Pebble
+// dropped (repair.go): every change is still in the log, and its record
+// says its origin, origin version, kind and fingerprint. Entries present
+// are left as they are.
+func (s *Store) reindexOrigins() (int, error) {
+	b := s.db.NewBatch()
+	defer b.Close()
+	added := 0
+	var bad error
+	err := s.clog.Iter(0, func(r seglog.Record) bool {
+		body, err := recordBody(r)
+		if err != nil {
+			bad = err
+			return false
+		}
+		var hash uint64
+		switch r.Type {
+		case recOwn:
+			o, _ := parseOwnRecord(r.Data)
+			hash = BodyHash(o.body)
+		default:
+			env := &pb.Envelope{}
+			if err := unmarshal(r.Data, env); err != nil {
+				bad = err
+				return false
+			}
+			hash = BodyHash(env.Body)
+		}
+		key := originKey(body.Origin, body.OriginVersion)
+		if _, err := s.getRaw(key); err == nil {
+			return true
+		} else if !errors.Is(err, ErrNotFound) {
+			bad = err
+			return false
+		}
+		_ = b.Set(key, originValue(r.Version, body.Kind, hash, time.Unix(0, body.CreatedAtUnixNano)), nil)
+		added++
+		return true
+	})
+	if err := errors.Join(s.checkLog(err), bad); err != nil {
+		return 0, fmt.Errorf("re-index the change log: %w", err)
+	}
+	if added == 0 {
+		return 0, nil
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return 0, fmt.Errorf("re-index the change log: %w", err)
+	}
+	return added, nil
+}

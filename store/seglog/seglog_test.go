@@ -1,0 +1,224 @@
+package seglog
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func rec(v uint64) Record {
+	return Record{Version: v, Type: 1, Data: []byte(fmt.Sprintf("change %d %s", v, strings.Repeat("x", int(v%50))))}
+}
+
+func openT(t *testing.T, dir string, o Options) *Log {
+	t.Helper()
+	o.Dir = dir
+	l, err := Open(o)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return l
+}
+
+// fill appends versions 10, 20, ..., 10*n in rounds of 7.
+func fill(t *testing.T, l *Log, n int) {
+	t.Helper()
+	var round []Record
+	for i := 1; i <= n; i++ {
+		round = append(round, rec(uint64(10*i)))
+		if len(round) == 7 || i == n {
+			if err := l.Append(round); err != nil {
+				t.Fatal(err)
+			}
+			round = nil
+		}
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkAll(t *testing.T, l *Log, n int) {
+	t.Helper()
+	want := uint64(10)
+	err := l.Iter(0, func(r Record) bool {
+		if r.Version != want || !bytes.Equal(r.Data, rec(want).Data) {
+			t.Fatalf("record %d: got version %d %q", want, r.Version, r.Data)
+		}
+		want += 10
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want != uint64(10*n+10) {
+		t.Fatalf("iterated to %d, want %d records", want/10-1, n)
+	}
+	for _, v := range []uint64{10, 20, 330, uint64(10 * n)} {
+		r, err := l.Read(v)
+		if err != nil || !bytes.Equal(r.Data, rec(v).Data) {
+			t.Fatalf("read %d: %v %q", v, err, r.Data)
+		}
+	}
+	if _, err := l.Read(15); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read of an absent version: %v", err)
+	}
+	var from []uint64
+	_ = l.Iter(335, func(r Record) bool { from = append(from, r.Version); return len(from) < 3 })
+	if fmt.Sprint(from) != "[340 350 360]" {
+		t.Fatalf("iter from 335: %v", from)
+	}
+}
+
+func TestAppendReadReopen(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{SegmentBytes: 4 << 10, IndexEvery: 4, KeepAll: true}
+	l := openT(t, dir, o)
+	fill(t, l, 500)
+	if len(l.Segments()) < 5 {
+		t.Fatalf("only %d segments", len(l.Segments()))
+	}
+	checkAll(t, l, 500)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openT(t, dir, Options{SegmentBytes: 4 << 10, IndexEvery: 4, Keep: 5000})
+	checkAll(t, l, 500)
+	if err := l.Append([]Record{rec(5010)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append([]Record{rec(5000)}); err == nil {
+		t.Fatal("a version below the last was appended")
+	}
+	checkAll(t, l, 501)
+	_ = l.Close()
+}
+
+func lastSeg(t *testing.T, dir string) string {
+	m, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if len(m) == 0 {
+		t.Fatal("no segment")
+	}
+	return m[len(m)-1]
+}
+
+func TestTornTailIsCut(t *testing.T) {
+	for name, tail := range map[string][]byte{
+		"garbage":     bytes.Repeat([]byte{0xA5, 0x17, 0x00, 0x42}, 50),
+		"half record": appendRecord(nil, rec(9999))[:20],
+		"zeros":       make([]byte, 300),
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := openT(t, dir, Options{SegmentBytes: 4 << 10, KeepAll: true})
+			fill(t, l, 100)
+			_ = l.Close()
+			f, err := os.OpenFile(lastSeg(t, dir), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = f.Write(tail)
+			_ = f.Close()
+			l = openT(t, dir, Options{SegmentBytes: 4 << 10, Keep: 1000})
+			checkAll(t, l, 100)
+			fill(t, l, 0)
+			if err := l.Append([]Record{rec(1010)}); err != nil {
+				t.Fatal(err)
+			}
+			_ = l.Close()
+			l = openT(t, dir, Options{SegmentBytes: 4 << 10, Keep: 1010})
+			checkAll(t, l, 101)
+			_ = l.Close()
+		})
+	}
+}
+
+func TestUnansweredRecordsAreCut(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{KeepAll: true})
+	fill(t, l, 100)
+	_ = l.Close()
+	l = openT(t, dir, Options{Keep: 700})
+	if l.Last() != 700 {
+		t.Fatalf("last %d after the cut, want 700", l.Last())
+	}
+	checkAll(t, l, 70)
+	_ = l.Close()
+	if _, err := Open(Options{Dir: dir, Keep: 800}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "holds changes through 800") {
+		t.Fatalf("a log shorter than the store's record opened: %v", err)
+	}
+}
+
+func TestDamageIsReportedWithFileAndOffset(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: 4 << 10, KeepAll: true})
+	fill(t, l, 300)
+	segs := l.Segments()
+	_ = l.Close()
+	victim := segs[1]
+	b, _ := os.ReadFile(victim)
+	at := len(b) / 2
+	b[at] ^= 0x10
+	_ = os.WriteFile(victim, b, 0o600)
+	_, err := Open(Options{Dir: dir, SegmentBytes: 4 << 10, Keep: 3000})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(victim)) || !strings.Contains(err.Error(), "offset") {
+		t.Fatalf("a flipped bit in a sealed segment: %v", err)
+	}
+	b[at] ^= 0x10
+	_ = os.WriteFile(victim, b, 0o600)
+	l = openT(t, dir, Options{SegmentBytes: 4 << 10, Keep: 3000})
+	checkAll(t, l, 300)
+	// Damage found by a reader while the log is open.
+	b[at] ^= 0x10
+	_ = os.WriteFile(victim, b, 0o600)
+	err = l.Iter(0, func(Record) bool { return true })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(victim)) {
+		t.Fatalf("a reader met the damage: %v", err)
+	}
+	_ = l.Close()
+	// In the last segment, damage before records the store holds is not a torn tail.
+	b[at] ^= 0x10
+	_ = os.WriteFile(victim, b, 0o600)
+	last := lastSeg(t, dir)
+	lb, _ := os.ReadFile(last)
+	lb[len(Magic)+40] ^= 0x01
+	_ = os.WriteFile(last, lb, 0o600)
+	if _, err := Open(Options{Dir: dir, SegmentBytes: 4 << 10, Keep: 3000}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("damage in the last segment before durable records: %v", err)
+	}
+}
+
+func TestMissingSegment(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: 4 << 10, KeepAll: true})
+	fill(t, l, 300)
+	segs := l.Segments()
+	_ = l.Close()
+	_ = os.Remove(segs[2])
+	_, err := Open(Options{Dir: dir, Keep: 3000})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(segs[2])+" is missing") {
+		t.Fatalf("a missing middle segment: %v", err)
+	}
+	_ = os.Remove(segs[0])
+	_, err = Open(Options{Dir: dir, Keep: 3000})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("a missing first segment: %v", err)
+	}
+	dir2 := t.TempDir()
+	l = openT(t, dir2, Options{SegmentBytes: 4 << 10, KeepAll: true})
+	fill(t, l, 300)
+	segs = l.Segments()
+	_ = l.Close()
+	_ = os.Remove(segs[len(segs)-1])
+	first := strings.TrimSuffix(filepath.Base(segs[len(segs)-1]), ".seg")
+	var v uint64
+	_, _ = fmt.Sscan(strings.TrimLeft(first, "0"), &v)
+	_, err = Open(Options{Dir: dir2, Keep: 3000, LastSegment: v})
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(segs[len(segs)-1])+" is missing") {
+		t.Fatalf("a missing last segment: %v", err)
+	}
+}
