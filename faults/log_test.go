@@ -155,6 +155,41 @@ func offsetIn(line string) int64 {
 	return v
 }
 
+// flipBit flips bit 3 of the byte at off of the file at path in place
+// (one byte written: a node may be reading the file) and returns the byte
+// it held.
+func flipBit(t *testing.T, path string, off int64) byte {
+	t.Helper()
+	b := make([]byte, 1)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.ReadAt(b, off)
+	_ = f.Close()
+	if err != nil {
+		t.Fatalf("read %s at %d: %v", path, off, err)
+	}
+	writeByte(t, path, off, b[0]^0x08)
+	return b[0]
+}
+
+// writeByte writes v at off of the file at path.
+func writeByte(t *testing.T, path string, off int64, v byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{v}, off); err != nil {
+		_ = f.Close()
+		t.Fatalf("write %s at %d: %v", path, off, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // appendTo appends b to the file at path.
 func appendTo(path string, b []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
@@ -381,11 +416,13 @@ func intact(t *testing.T, n *proc.Node, acked map[string]uint64, prefix string) 
 	return more
 }
 
-// TestLogBitFlip: A fills many small segments and stops; one bit inside a
-// record of a sealed segment in the middle is flipped. A refuses to start:
-// it exits non-zero with an ERROR line that names the change log, the file
-// and the offset of the damaged record. With the byte put back (and every
-// .idx file removed: an index is only a help) A starts, holds every
+// TestLogBitFlip: A fills many small segments; one bit inside a record of
+// a sealed segment in the middle is flipped. While A runs, the read that
+// meets the record fails: ferry.changes answers corrupt (the damaged record
+// is not served), /healthz 503 says corrupt, and an ERROR line names the
+// change log, the file and the offset of the record. Stopped, A refuses to
+// start: it exits non-zero with such a line. With the byte put back (and
+// every .idx file removed: an index is only a help) A starts, holds every
 // acknowledged change, and takes new writes.
 func TestLogBitFlip(t *testing.T) {
 	a, acked := filledLog(t, pick(3000, 20000))
@@ -397,34 +434,48 @@ func TestLogBitFlip(t *testing.T) {
 	}
 	rec := seg.records[len(seg.records)/2]
 	at := rec.payloadOff() + rec.n/2
-	b, err := os.ReadFile(victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	orig := b[at]
-	b[at] ^= 0x08
-	if err := os.WriteFile(victim, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	file := filepath.Base(victim)
-	t.Logf("flipped bit 3 of byte %d of %s (%d bytes, %d records): inside the record at %d (payload %d bytes)",
-		at, file, seg.size, len(seg.records), rec.off, rec.n)
+	names := func(line string) {
+		t.Helper()
+		if off := offsetIn(line); off != rec.off && off != rec.payloadOff() && off != at {
+			t.Fatalf("the line names offset %d; the damaged record is at %d (payload at %d, the flipped byte at %d): %s",
+				off, rec.off, rec.payloadOff(), at, line)
+		}
+		t.Logf("log: %.500s", line)
+	}
 
+	// While A runs.
+	a.Start()
+	app := connect(t, a.NATSURL())
+	orig := flipBit(t, victim, at)
+	t.Logf("flipped bit 3 of byte %d of %s (%d bytes, %d records) under the running A: inside the record at %d (payload %d bytes)",
+		at, file, seg.size, len(seg.records), rec.off, rec.n)
+	got, code, msg := readChanges(t, app)
+	if code != "corrupt" || len(got) >= len(acked) {
+		t.Fatalf("ferry.changes over the damaged record: %d of %d changes read, then code %q (%.300s); want fewer and corrupt", len(got), len(acked), code, msg)
+	}
+	t.Logf("ferry.changes: %d changes, then %s: %.300s", len(got), code, msg)
+	hc, hb := a.Healthz()
+	if hc != 503 || !strings.Contains(hb, "corrupt") {
+		t.Fatalf("/healthz of A after the read met the damage: %d %.300s; want 503 saying corrupt", hc, hb)
+	}
+	t.Logf("/healthz: %d %.300s", hc, hb)
+	line := lineWith(lastRun(a), "level=ERROR", "change log", file, "offset")
+	if line == "" {
+		t.Fatalf("the running A wrote no ERROR line naming the change log, %s and the offset:\n%s", file, a.Stderr())
+	}
+	names(line)
+	t.Logf("A stopped with SIGTERM: exit %d", a.Term(30*time.Second))
+
+	// At open.
 	log := refuses(t, a, "a flipped bit in "+file)
-	line := lineWith(log, "level=ERROR", "change log", file, "offset")
+	line = lineWith(log, "level=ERROR", "change log", file, "offset")
 	if line == "" {
 		t.Fatalf("no ERROR line naming the change log, %s and the offset:\n%s", file, log)
 	}
-	if off := offsetIn(line); off != rec.off && off != rec.payloadOff() && off != at {
-		t.Fatalf("the line names offset %d; the damaged record is at %d (payload at %d, the flipped byte at %d): %s",
-			off, rec.off, rec.payloadOff(), at, line)
-	}
-	t.Logf("log: %.400s", line)
+	names(line)
 
-	b[at] = orig
-	if err := os.WriteFile(victim, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeByte(t, victim, at, orig)
 	idx, err := filepath.Glob(filepath.Join(filepath.Dir(victim), "*.idx"))
 	if err != nil {
 		t.Fatal(err)
@@ -639,8 +690,24 @@ func TestLogUpgradeFromPreviousRelease(t *testing.T) {
 			seen[id] = true
 		}
 	}
+	// The new changes are in the segment log; a restart of the upgraded
+	// nodes keeps everything and migrates nothing again.
+	for _, n := range []*proc.Node{a, b} {
+		if segs := segments(t, n); len(segs) == 0 {
+			t.Fatalf("%s has no segment file after the upgrade and %d new creates", n.Name(), mA)
+		}
+		s := snap(t, n, connect(t, n.NATSURL()))
+		if code := n.Term(30 * time.Second); code != 0 {
+			t.Fatalf("%s exited %d", n.Name(), code)
+		}
+		n.Start()
+		if line := lineWith(lastRun(n), "store migrated"); line != "" {
+			t.Fatalf("%s migrated its store again at its second start: %s", n.Name(), line)
+		}
+		s.same(t, snap(t, n, connect(t, n.NATSURL())))
+	}
 	t.Logf("A (%d creates, 50 updates, 10 deletes) and B (%d creates) upgraded from %s with their listings, resources and floors; "+
-		"%d and %d new creates crossed, nothing received twice", nA, nB, oldRelease, mA, mB)
+		"%d and %d new creates crossed, nothing received twice; a restart keeps it all", nA, nB, oldRelease, mA, mB)
 }
 
 // snapshot is what a node holds that an upgrade must keep.
