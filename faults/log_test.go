@@ -235,14 +235,17 @@ func tear(path, kind string) error {
 
 // TestLogTornTail: A and its partner B (small segments) as processes;
 // creates sent to A at full rate, each retried with its key until a reply
-// says ok. A is SIGKILLed at points of the load and, while it is down, its
-// last segment gets random bytes (then, at the next kill, half a record
-// with a whole header) appended. Each restart cuts the tail at the end of
-// the last whole record and says so (a WARN line naming the file and the
-// offset), and at the end every create A acknowledged is in A's listing
-// and reaches B once, at the version answered, in A's order.
+// says ok. A is SIGKILLed at points of the load: twice at any moment, then
+// the moment a new segment file appears (a segment just sealed, its last
+// rounds perhaps not yet recorded durable), in turn. While A
+// is down its last segment gets random bytes, then at the next kill half a
+// record with a whole header, appended. Each restart cuts the tail at or
+// before the end of the last whole record and says so (a WARN line naming
+// the file and the offset), and at the end every create A acknowledged is
+// in A's listing once and reaches B once, at the version answered, in A's
+// order.
 func TestLogTornTail(t *testing.T) {
-	total, kills := pick(6000, 60000), pick(2, 10)
+	total, kills := pick(6000, 60000), pick(3, 12)
 	env := proc.Options{Env: []string{smallSegments}}
 	oa, ob := env, env
 	oa.Name, ob.Name = "A", "B"
@@ -261,6 +264,7 @@ func TestLogTornTail(t *testing.T) {
 		defer func() { done <- made }()
 		for k := range kills {
 			kind := [...]string{"garbage", "half record"}[k%2]
+			atSeal := k%3 == 2
 			point := int64(total * (k + 1) / (kills + 1))
 			for progress.Load() < point {
 				select {
@@ -269,49 +273,21 @@ func TestLogTornTail(t *testing.T) {
 				case <-time.After(5 * time.Millisecond):
 				}
 			}
-			a.Kill()
-			segs, err := listSegments(a)
+			tt, err := killAndTear(ctx, a, kind, atSeal)
 			if err != nil {
 				t.Errorf("kill %d: %v", k+1, err)
 				return
 			}
-			if len(segs) == 0 {
-				t.Errorf("kill %d: A has no segment under %s", k+1, filepath.Join(a.Home().DataPath(), "changes"))
-				return
-			}
-			last := segs[len(segs)-1]
-			fi, err := os.Stat(last)
-			if err != nil {
-				t.Errorf("kill %d: %v", k+1, err)
-				return
-			}
-			var seg segFile
-			if fi.Size() >= int64(len(segMagic)) {
-				if seg, err = readSegment(last); err != nil {
-					t.Errorf("kill %d: %v", k+1, err)
-					return
-				}
-			}
-			if len(seg.records) == 0 {
-				// Killed before the segment's first record was whole: a
-				// segment nothing was answered from, which open starts
-				// again; restart and tear at the next point.
-				t.Logf("kill %d: %s holds %d bytes and no whole record; not torn", k+1, filepath.Base(last), fi.Size())
-				if err := a.StartErr(); err != nil {
-					t.Errorf("restart after kill %d: %v", k+1, err)
-					return
-				}
+			if tt == nil {
+				t.Logf("kill %d (at a seal: %v): A's last segment held no whole record; not torn", k+1, atSeal)
 				continue
 			}
-			if err := tear(last, kind); err != nil {
-				t.Errorf("kill %d: %v", k+1, err)
-				return
-			}
 			if err := a.StartErr(); err != nil {
-				t.Errorf("restart after kill %d (%s appended to %s): %v", k+1, kind, filepath.Base(last), err)
+				t.Errorf("restart after kill %d (%s appended to %s): %v", k+1, kind, tt.file, err)
 				return
 			}
-			made = append(made, tornTail{kind: kind, file: filepath.Base(last), cut: seg.validEnd, log: lastRun(a)})
+			tt.log = lastRun(a)
+			made = append(made, *tt)
 		}
 	}()
 	start := time.Now()
@@ -345,11 +321,116 @@ func TestLogTornTail(t *testing.T) {
 	origin := a.PeerID().String()
 	ca := changesOf(t, app)
 	cb := changesOf(t, connect(t, b.NATSURL()))
+	twice(t, a, ca, origin, acked)
 	checkDelivered(t, "A", ca, origin, acked)
 	checkDelivered(t, "B", cb, origin, acked)
 	sameStores(t, a, b, ca, cb, origin)
 	t.Logf("%d creates to A in %v with %d SIGKILLs, %d tails torn and cut; %d attempts retried with their keys; 0 lost, 0 duplicated on A and B",
 		total, sent.Round(time.Millisecond), kills, len(torn), retries)
+}
+
+// twice fails t when n's listing holds one of its own creates more than
+// once, saying at which versions, which one the app was answered and in
+// which segment file each is (the file whose first version is the
+// greatest not above it).
+func twice(t *testing.T, n *proc.Node, cs []change, origin string, acked map[string]uint64) {
+	t.Helper()
+	at := map[string][]uint64{}
+	for _, c := range cs {
+		if c.Origin == origin && c.Kind == "create" {
+			at[c.Payload.ID] = append(at[c.Payload.ID], c.OriginVersion)
+		}
+	}
+	var firsts []uint64
+	for _, p := range segments(t, n) {
+		if v, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(p), ".seg"), 10, 64); err == nil {
+			firsts = append(firsts, v)
+		}
+	}
+	file := func(v uint64) string {
+		i, found := slices.BinarySearch(firsts, v)
+		if !found {
+			i--
+		}
+		if i < 0 {
+			return "before the first segment"
+		}
+		return fmt.Sprintf("%020d.seg (%d of %d)", firsts[i], i+1, len(firsts))
+	}
+	var dups []string
+	for id, vs := range at {
+		if len(vs) > 1 {
+			var where []string
+			for _, v := range vs {
+				where = append(where, fmt.Sprintf("%d in %s", v, file(v)))
+			}
+			dups = append(dups, fmt.Sprintf("%s at %s, answered %d", id, strings.Join(where, " and "), acked[id]))
+		}
+	}
+	if len(dups) > 0 {
+		slices.Sort(dups)
+		t.Fatalf("%s holds %d of its creates twice (a record never answered kept, and the retry written again):\n%s",
+			n.Name(), len(dups), strings.Join(dups[:min(10, len(dups))], "\n"))
+	}
+}
+
+// killAndTear SIGKILLs n (atSeal: the moment a new segment file appears)
+// and appends a tail of kind to its last segment. A last segment without a
+// whole record (killed before its start record was written) is not torn:
+// killAndTear starts n again and returns nil.
+func killAndTear(ctx context.Context, n *proc.Node, kind string, atSeal bool) (*tornTail, error) {
+	how := "SIGKILL"
+	if atSeal {
+		segs, err := listSegments(n)
+		if err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			now, err := listSegments(n)
+			if err != nil {
+				return nil, err
+			}
+			if len(now) > len(segs) {
+				break
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				return nil, fmt.Errorf("no new segment file within 30s of load (%d files)", len(segs))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		how = "SIGKILL as a segment was sealed"
+	}
+	n.Kill()
+	segs, err := listSegments(n)
+	if err != nil {
+		return nil, err
+	}
+	if len(segs) == 0 {
+		return nil, fmt.Errorf("no segment under %s", filepath.Join(n.Home().DataPath(), "changes"))
+	}
+	last := segs[len(segs)-1]
+	fi, err := os.Stat(last)
+	if err != nil {
+		return nil, fmt.Errorf("after %s: %w", how, err)
+	}
+	var seg segFile
+	if fi.Size() >= int64(len(segMagic)) {
+		if seg, err = readSegment(last); err != nil {
+			return nil, fmt.Errorf("after %s: %w", how, err)
+		}
+	}
+	if len(seg.records) == 0 {
+		// A segment nothing was answered from, which open starts again.
+		if err := n.StartErr(); err != nil {
+			return nil, fmt.Errorf("restart after %s (%s: %d bytes, no whole record): %w", how, filepath.Base(last), fi.Size(), err)
+		}
+		return nil, nil
+	}
+	if err := tear(last, kind); err != nil {
+		return nil, err
+	}
+	return &tornTail{kind: kind + " after " + how, file: filepath.Base(last), cut: seg.validEnd}, nil
 }
 
 // filledLog starts A alone with small segments, has it acknowledge n keyed
@@ -587,7 +668,7 @@ func oldBinary(t *testing.T) string {
 		t.Fatalf("git archive %s: %v %s", oldRelease, err, out)
 	}
 	bin := filepath.Join(t.TempDir(), "ferry-old")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ferry")
+	build := exec.CommandContext(ctx, "go", "build", "-buildvcs=false", "-o", bin, "./cmd/ferry")
 	build.Dir = src
 	start := time.Now()
 	if out, err := build.CombinedOutput(); err != nil {
