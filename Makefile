@@ -75,7 +75,8 @@ scale:
 
 # The soak of docs/BENCHMARKS.md: A and its partner B as processes, 5,000 changes a second for
 # 10 minutes with a one-minute retention window; fails unless RSS stays flat within 10% and the
-# ledger stays bounded; reports the store's bytes per change (samples in bench/results/soak.csv).
+# ledger stays bounded; reports the store's bytes per change (samples in bench/results/soak.csv)
+# and A's and B's CPU per change against full rate (a part-1 run first, unless FERRY_SOAK_FULLRATE_US).
 soak:
 	FERRY_SOAK_MINUTES=$${FERRY_SOAK_MINUTES:-10} FERRY_SOAK_RATE=$${FERRY_SOAK_RATE:-5000} $(GO) test ./bench/ -run '^TestSoak$$' -v -count=1 -timeout 40m
 

@@ -93,7 +93,7 @@ func pipelineNATS(t testing.TB, nc *nats.Conn, subject string, n, inflight int, 
 // from B's process start until A's floor for B covers them all (B applied
 // and acknowledged every one).
 func partnerBack(t testing.TB, n, inflight int) catchUpResult {
-	a, bs, nc, _ := procNet(t, 1, 1, false)
+	a, bs, nc, _ := procNet(t, 1, 1, 0)
 	b := bs[0]
 	if code := b.Term(30 * time.Second); code != 0 {
 		t.Fatalf("B exited %d", code)

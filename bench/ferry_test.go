@@ -83,18 +83,23 @@ type counter struct {
 	dups   int
 	bad    int
 	doneAt time.Duration
-	recvNs []int64 // arrival per event, when asked for
+	// recvNs is the arrival of every every-th event (event i at i/every),
+	// when asked for (every > 0).
+	recvNs []int64
+	every  int
 	done   chan struct{}
 	warm   chan struct{}
 	once   sync.Once
 	sub    *nats.Subscription
 }
 
-func newCounter(t testing.TB, nc *nats.Conn, n int, withTimes bool) *counter {
+// newCounter counts n events on nc; every > 0 also records the arrival of
+// every every-th event (1: each event).
+func newCounter(t testing.TB, nc *nats.Conn, n, every int) *counter {
 	t.Helper()
-	c := &counter{n: n, counts: make([]uint8, n), done: make(chan struct{}), warm: make(chan struct{})}
-	if withTimes {
-		c.recvNs = make([]int64, n)
+	c := &counter{n: n, counts: make([]uint8, n), done: make(chan struct{}), warm: make(chan struct{}), every: every}
+	if every > 0 {
+		c.recvNs = make([]int64, samples(n, every))
 	}
 	sub, err := nc.Subscribe(createdSub, c.handle)
 	if err != nil {
@@ -126,8 +131,8 @@ func (c *counter) handle(m *nats.Msg) {
 		c.dups++
 		return
 	}
-	if c.recvNs != nil {
-		c.recvNs[i] = int64(now())
+	if c.recvNs != nil && i%c.every == 0 {
+		c.recvNs[i/c.every] = int64(now())
 	}
 	c.got++
 	if c.got == c.n {
@@ -147,18 +152,23 @@ type app struct {
 	failed   int
 	firstErr string
 	doneAt   time.Duration
-	ackNs    []int64
-	sendNs   []int64
-	done     chan struct{}
-	sub      *nats.Subscription
+	// ackNs and sendNs are the reply and the send of every every-th
+	// request (request i at i/every), when asked for (every > 0).
+	ackNs  []int64
+	sendNs []int64
+	every  int
+	done   chan struct{}
+	sub    *nats.Subscription
 }
 
-func newApp(t testing.TB, nc *nats.Conn, n, inflight int, withTimes bool) *app {
+// newApp makes an app for n requests, at most inflight unanswered; every > 0
+// also records the send and reply times of every every-th request.
+func newApp(t testing.TB, nc *nats.Conn, n, inflight, every int) *app {
 	t.Helper()
-	a := &app{nc: nc, inbox: nats.NewInbox(), sem: make(chan struct{}, inflight), n: n, done: make(chan struct{})}
-	if withTimes {
-		a.ackNs = make([]int64, n)
-		a.sendNs = make([]int64, n)
+	a := &app{nc: nc, inbox: nats.NewInbox(), sem: make(chan struct{}, inflight), n: n, done: make(chan struct{}), every: every}
+	if every > 0 {
+		a.ackNs = make([]int64, samples(n, every))
+		a.sendNs = make([]int64, samples(n, every))
 	}
 	sub, err := nc.Subscribe(a.inbox, a.reply)
 	if err != nil {
@@ -179,8 +189,8 @@ func (a *app) reply(m *nats.Msg) {
 	if bytes.Contains(m.Data, []byte(`"ok":true`)) {
 		a.ok++
 		if a.ackNs != nil {
-			if i := seqOf(eventID(m.Data)); i >= 0 && i < a.n {
-				a.ackNs[i] = int64(now())
+			if i := seqOf(eventID(m.Data)); i >= 0 && i < a.n && i%a.every == 0 {
+				a.ackNs[i/a.every] = int64(now())
 			}
 		}
 	} else {
@@ -208,8 +218,8 @@ func (a *app) send(t testing.TB, pace time.Duration) {
 		}
 		a.sem <- struct{}{}
 		buf = propagateBody(buf[:0], "e"+strconv.Itoa(i))
-		if a.sendNs != nil {
-			a.sendNs[i] = int64(now())
+		if a.sendNs != nil && i%a.every == 0 {
+			a.sendNs[i/a.every] = int64(now())
 		}
 		if err := a.nc.PublishRequest(propagateSub, a.inbox, buf); err != nil {
 			t.Fatalf("publish request %d: %v", i, err)
@@ -227,9 +237,12 @@ type ferryResult struct {
 	AckedAt  time.Duration // first send to last fsynced reply at A
 	Check    string
 	Failed   bool
-	// Latency runs only.
+	// Latency runs, and the saturation run's sample (every SampleEvery-th
+	// event).
 	P50, P99, Max, AckP50, AckP99 time.Duration
-	Rate                          float64 // offered load, events/s
+	Rate                          float64 // offered load, events/s; 0: as fast as the app can
+	SampleEvery                   int     // 1: every event
+	Samples                       int
 }
 
 func (r ferryResult) EventsPerSec() float64 { return float64(r.N) / r.Elapsed.Seconds() }
@@ -290,14 +303,20 @@ func settle(t testing.TB, a *app, cs []*counter, wait time.Duration) (string, bo
 	return msg, bad
 }
 
-// latencies fills in the send-to-event and send-to-reply quantiles.
-func latencies(r *ferryResult, a *app, c *counter, n int) {
+// samples is how many of n events (0..n-1) are multiples of every.
+func samples(n, every int) int { return (n + every - 1) / every }
+
+// latencies fills in the send-to-event and send-to-reply quantiles of the
+// events whose times the app and the counter recorded (every a.every-th).
+func latencies(r *ferryResult, a *app, c *counter) {
+	n := len(a.sendNs)
 	lat := make([]time.Duration, 0, n)
 	ack := make([]time.Duration, 0, n)
 	for i := range n {
 		lat = append(lat, time.Duration(c.recvNs[i]-a.sendNs[i]))
 		ack = append(ack, time.Duration(a.ackNs[i]-a.sendNs[i]))
 	}
+	r.SampleEvery, r.Samples = a.every, n
 	slices.Sort(lat)
 	slices.Sort(ack)
 	r.P50, r.P99, r.Max = quantile(lat, 0.50), quantile(lat, 0.99), lat[len(lat)-1]

@@ -2,7 +2,9 @@ package bench
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -43,16 +45,34 @@ func cpuOf(pid int) time.Duration {
 // selfCPU is this test process's CPU time (the app and the baselines).
 func selfCPU() time.Duration { return cpuOf(os.Getpid()) }
 
+// profileName is the file a node's CPU profile goes to under
+// FERRY_BENCH_PROFILES: <name>.cpu for part 1 (ferry) and the single runs,
+// <part>-<name>.cpu for the report's other parts (fanout-A.cpu,
+// latency-1000-B1.cpu), so a later part does not overwrite part 1's. When
+// part 1 runs again for the rule (ferry/longer), the reported run's profile
+// replaces the first one's.
+func profileName(t testing.TB, name string) string {
+	parts := strings.Split(t.Name(), "/")
+	if len(parts) < 2 || parts[1] == "ferry" {
+		return name + ".cpu"
+	}
+	if parts[1] == "fanout" {
+		return "fanout-" + name + ".cpu"
+	}
+	return strings.Join(parts[1:], "-") + "-" + name + ".cpu"
+}
+
 // procNet starts A and its partners as processes, each partner of A and A
 // of each, warms every path with one event and returns A's app connection
-// and a counter on every partner.
-func procNet(t testing.TB, partners, n int, withTimes bool) (*proc.Node, []*proc.Node, *nats.Conn, []*counter) {
+// and a counter on every partner; every > 0: the counters record the
+// arrival of every every-th event.
+func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *nats.Conn, []*counter) {
 	t.Helper()
 	quiet := func(o proc.Options) proc.Options {
 		o.LogLevel = "warn"
 		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
 			// Each node writes a CPU profile of its run, flushed when it stops.
-			o.Env = append(o.Env, "FERRY_CPUPROFILE="+dir+"/"+o.Name+".cpu")
+			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))
 		}
 		return o
 	}
@@ -77,7 +97,7 @@ func procNet(t testing.TB, partners, n int, withTimes bool) (*proc.Node, []*proc
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
-		cs = append(cs, newCounter(t, nc, n, withTimes))
+		cs = append(cs, newCounter(t, nc, n, every))
 	}
 	nc, err := nats.Connect(a.NATSURL(), nats.MaxReconnects(-1))
 	if err != nil {
@@ -111,13 +131,84 @@ func msgData(m *nats.Msg) string {
 	return string(m.Data)
 }
 
-// procResult adds per-process CPU to a throughput run.
+// procResult adds per-process CPU and disk to a throughput run.
 type procResult struct {
 	ferryResult
 	CPUA   time.Duration   // A's CPU during the run
 	CPUB   []time.Duration // each partner's
 	CPUApp time.Duration   // this process (the app)
+	// Disk is each node's data directory (A, then each partner) after the
+	// run and a clean stop (SIGTERM, then its exit).
+	Disk []diskUse
 }
+
+// diskUse is what one node's data directory holds after a clean stop.
+type diskUse struct {
+	Node    string
+	Dir     string // the data directory: <home>/data
+	Total   int64  // bytes: the sizes of every regular file under Dir
+	Changes int64  // of Total, under Dir/changes/ (the change log's own directory)
+	// HasChanges: Dir/changes/ exists (the segment log of issue 18).
+	HasChanges bool
+	Err        string // the stop failed or a file could not be read
+}
+
+// PerEvent is the data directory's bytes per event of the run.
+func (d diskUse) PerEvent(n int) float64 { return float64(d.Total) / float64(max(n, 1)) }
+
+// dirBytes sums the sizes (st_size, what `du --apparent-size -b` counts) of
+// the regular files under dir, and of those under dir/changes/.
+func dirBytes(dir string) (total, changes int64, hasChanges bool, err error) {
+	log := filepath.Join(dir, "changes")
+	if fi, e := os.Stat(log); e == nil && fi.IsDir() {
+		hasChanges = true
+	}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += fi.Size()
+		if strings.HasPrefix(path, log+string(filepath.Separator)) {
+			changes += fi.Size()
+		}
+		return nil
+	})
+	return total, changes, hasChanges, err
+}
+
+// stopAndMeasure stops each node cleanly (SIGTERM, waiting up to a minute
+// for its exit; a node's CPU profile is written then) and sums its data
+// directory.
+func stopAndMeasure(ns []*proc.Node) []diskUse {
+	var out []diskUse
+	for _, p := range ns {
+		d := diskUse{Node: p.Name(), Dir: p.Home().DataPath()}
+		if code, err := p.TermErr(time.Minute); err != nil {
+			d.Err = err.Error()
+		} else if code != 0 {
+			d.Err = fmt.Sprintf("exit code %d after SIGTERM", code)
+		}
+		var err error
+		d.Total, d.Changes, d.HasChanges, err = dirBytes(d.Dir)
+		if err != nil && d.Err == "" {
+			d.Err = err.Error()
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// saturationEvery is the stride of the saturation run's latency sample:
+// every 100th event at full size, every event in a small run (at least
+// about 2,000 samples when there are that many events).
+func saturationEvery(n int) int { return min(max(n/2000, 1), 100) }
 
 // UsPerEvent is A's CPU per event in microseconds.
 func (r procResult) UsPerEvent() float64 {
@@ -133,9 +224,13 @@ func (r procResult) partnersUs() string {
 }
 
 // ferryProcs runs the pipelined load from A to its partners, as processes.
+// The app records the send of every saturationEvery(n)-th event and the
+// first partner its arrival: the latency at saturation. After the checks
+// every node is stopped cleanly and its data directory summed.
 func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) procResult {
-	a, bs, nc, cs := procNet(t, partners, n, false)
-	app := newApp(t, nc, n, inflight, false)
+	every := saturationEvery(n)
+	a, bs, nc, cs := procNet(t, partners, n, every)
+	app := newApp(t, nc, n, inflight, every)
 	runtime.GC()
 	r := procResult{ferryResult: ferryResult{Partners: partners, N: n}}
 	cpuA0, cpuApp0 := cpuOf(a.Pid()), selfCPU()
@@ -155,6 +250,7 @@ func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) pro
 		r.CPUB = append(r.CPUB, cpuOf(b.Pid())-cpuB0[i])
 	}
 	r.Check, r.Failed = settle(t, app, cs, wait)
+	latencies(&r.ferryResult, app, cs[0])
 	if os.Getenv("FERRY_BENCH_METRICS") != "" {
 		for _, p := range append([]*proc.Node{a}, bs...) {
 			_, body, _ := p.Get("/metrics")
@@ -165,9 +261,11 @@ func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) pro
 			}
 		}
 	}
-	if os.Getenv("FERRY_BENCH_PROFILES") != "" {
-		for _, p := range append([]*proc.Node{a}, bs...) {
-			p.Term(30 * time.Second)
+	r.Disk = stopAndMeasure(append([]*proc.Node{a}, bs...))
+	for _, d := range r.Disk {
+		if d.Err != "" {
+			t.Errorf("node %s: %s", d.Node, d.Err)
+			r.Failed = true
 		}
 	}
 	return r
@@ -176,15 +274,15 @@ func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) pro
 // ferryProcsLatency paces rate events/s for d at A (a process) with one partner.
 func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) ferryResult {
 	n := max(int(float64(rate)*d.Seconds()), 1)
-	_, _, nc, cs := procNet(t, 1, n, true)
-	a := newApp(t, nc, n, inflight, true)
+	_, _, nc, cs := procNet(t, 1, n, 1)
+	a := newApp(t, nc, n, inflight, 1)
 	runtime.GC()
 	a.start = now()
 	a.send(t, time.Second/time.Duration(rate))
 	waitAll(t, a, cs, 5*time.Minute)
 	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
 	r.Check, r.Failed = settle(t, a, cs, wait)
-	latencies(&r, a, cs[0], n)
+	latencies(&r, a, cs[0])
 	return r
 }
 
@@ -205,6 +303,8 @@ func TestProcsQuick(t *testing.T) {
 	t.Logf("%d events to %d partner(s): %.2fs, %.0f events/s, acked at %.2fs; A %.1f µs/event, partners %s µs/event, app %.1f µs/event; %s",
 		n, partners, r.Elapsed.Seconds(), r.EventsPerSec(), r.AckedAt.Seconds(), r.UsPerEvent(), r.partnersUs(),
 		float64(r.CPUApp.Microseconds())/float64(n), r.Check)
+	t.Logf("send at A → event on B1 (every %d event(s), %d samples): p50 %v, p99 %v, p99/p50 %s, max %v; on disk after a clean stop: %s",
+		r.SampleEvery, r.Samples, r.P50, r.P99, ratio(float64(r.P99), float64(r.P50)), r.Max, diskLine(r.Disk, n))
 }
 
 func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }

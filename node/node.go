@@ -93,6 +93,11 @@ type Options struct {
 	Host host.Host
 }
 
+// SegmentBytesEnv names the environment variable that sets the size at
+// which the change log starts a new segment file (bytes; default 64 MiB).
+// Tests set it small to get many segments.
+const SegmentBytesEnv = "FERRY_SEGMENT_BYTES"
+
 // Bounds of Close (the order is in docs/architecture.md).
 const (
 	// DefaultDrainTimeout bounds the wait for requests already taken.
@@ -221,6 +226,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 				o.OnFatal(err)
 			}
 		}}}
+	if v := os.Getenv(SegmentBytesEnv); v != "" {
+		b, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || b < 4096 {
+			return nil, fmt.Errorf("%s=%q: want a size in bytes of at least 4096", SegmentBytesEnv, v)
+		}
+		so.SegmentBytes = b
+	}
 	if n.st, err = store.Open(home.DataPath(), so); err != nil {
 		return nil, err
 	}

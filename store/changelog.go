@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -119,37 +120,74 @@ type ownRec struct {
 	sig, body  []byte
 }
 
-func ownRecord(tree uint64, leaf, size uint32, sig, body []byte) []byte {
-	b := make([]byte, 0, 14+len(sig)+len(body))
-	b = binary.BigEndian.AppendUint64(b, tree)
-	b = binary.BigEndian.AppendUint16(b, uint16(leaf))
-	b = binary.BigEndian.AppendUint16(b, uint16(size))
-	b = binary.BigEndian.AppendUint16(b, uint16(len(sig)))
+// ownStripped flags an own record whose body was stored without its first
+// two fields (origin: this node; origin version: the record's version),
+// which every own body starts with; they are put back when it is read, so
+// the body read is the one signed, byte for byte.
+const ownStripped = 1
+
+// ownPrefix is what an own body of this node at version ver starts with.
+func ownPrefix(self []byte, ver uint64) []byte {
+	b := make([]byte, 0, 2+len(self)+11)
+	b = append(b, 0x0a, byte(len(self)))
+	b = append(b, self...)
+	b = append(b, 0x10)
+	return binary.AppendUvarint(b, ver)
+}
+
+// ownRecord encodes an own change for the log: flags, the distance back to
+// its tree's first leaf, its leaf index, the tree's size, the signature
+// (in the tree's last leaf only) and the body, all but the body as varints.
+func (s *Store) ownRecord(ver, tree uint64, leaf, size uint32, sig, body []byte) []byte {
+	flags := uint64(0)
+	if len(s.self) > 0 && len(s.self) < 128 {
+		if p := ownPrefix(s.self, ver); bytes.HasPrefix(body, p) {
+			flags |= ownStripped
+			body = body[len(p):]
+		}
+	}
+	b := make([]byte, 0, 20+len(sig)+len(body))
+	b = binary.AppendUvarint(b, flags)
+	b = binary.AppendUvarint(b, ver-tree)
+	b = binary.AppendUvarint(b, uint64(leaf))
+	b = binary.AppendUvarint(b, uint64(size))
+	b = binary.AppendUvarint(b, uint64(len(sig)))
 	b = append(b, sig...)
 	return append(b, body...)
 }
 
 var errBadRecord = errors.New("malformed change record")
 
-func parseOwnRecord(d []byte) (ownRec, error) {
-	if len(d) < 14 {
+func (s *Store) parseOwnRecord(ver uint64, d []byte) (ownRec, error) {
+	var f [5]uint64
+	for i := range f {
+		v, n := binary.Uvarint(d)
+		if n <= 0 {
+			return ownRec{}, errBadRecord
+		}
+		f[i], d = v, d[n:]
+	}
+	flags, back, leaf, size, sigLen := f[0], f[1], f[2], f[3], f[4]
+	if back > ver || size == 0 || size > protocols.MaxTreeLeaves || leaf >= size || sigLen > uint64(len(d)) {
 		return ownRec{}, errBadRecord
 	}
-	o := ownRec{tree: binary.BigEndian.Uint64(d), leaf: binary.BigEndian.Uint16(d[8:]), size: binary.BigEndian.Uint16(d[10:])}
-	n := int(binary.BigEndian.Uint16(d[12:]))
-	if len(d) < 14+n || o.size == 0 || o.leaf >= o.size {
-		return ownRec{}, errBadRecord
+	o := ownRec{tree: ver - back, leaf: uint16(leaf), size: uint16(size), sig: d[:sigLen], body: d[sigLen:]}
+	if flags&ownStripped != 0 {
+		if len(s.self) == 0 {
+			return ownRec{}, fmt.Errorf("%w: an own body stored without its origin, and no signing key to name it", errBadRecord)
+		}
+		p := ownPrefix(s.self, ver)
+		o.body = append(p, o.body...)
 	}
-	o.sig, o.body = d[14:14+n], d[14+n:]
 	return o, nil
 }
 
 // recordBody decodes the body of a change record.
-func recordBody(r seglog.Record) (*pb.Body, error) {
+func (s *Store) recordBody(r seglog.Record) (*pb.Body, error) {
 	var raw []byte
 	switch r.Type {
 	case recOwn:
-		o, err := parseOwnRecord(r.Data)
+		o, err := s.parseOwnRecord(r.Version, r.Data)
 		if err != nil {
 			return nil, fmt.Errorf("change %d: %w", r.Version, err)
 		}
@@ -227,7 +265,7 @@ func (s *Store) buildTree(tree uint64) (map[uint64][]byte, error) {
 		if r.Type != recOwn {
 			return true
 		}
-		o, err := parseOwnRecord(r.Data)
+		o, err := s.parseOwnRecord(r.Version, r.Data)
 		if err != nil {
 			bad = fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err)
 			return false
@@ -274,24 +312,20 @@ func (s *Store) reindexOrigins() (int, error) {
 	added := 0
 	var bad error
 	err := s.clog.Iter(0, func(r seglog.Record) bool {
-		body, err := recordBody(r)
-		if err != nil {
+		if r.Type != recEnvelope {
+			return true // an own change's origin entry is its record (ownOrigin)
+		}
+		env := &pb.Envelope{}
+		if err := unmarshal(r.Data, env); err != nil {
 			bad = err
 			return false
 		}
-		var hash uint64
-		switch r.Type {
-		case recOwn:
-			o, _ := parseOwnRecord(r.Data)
-			hash = BodyHash(o.body)
-		default:
-			env := &pb.Envelope{}
-			if err := unmarshal(r.Data, env); err != nil {
-				bad = err
-				return false
-			}
-			hash = BodyHash(env.Body)
+		body := &pb.Body{}
+		if err := unmarshal(env.Body, body); err != nil {
+			bad = err
+			return false
 		}
+		hash := BodyHash(env.Body)
 		key := originKey(body.Origin, body.OriginVersion)
 		if _, err := s.getRaw(key); err == nil {
 			return true

@@ -126,7 +126,9 @@ func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 	s := &Sealed{version: ver, body: b, leaf: protocols.LeafHash(b)}
 	s.Hash = HashOfLeaf(s.leaf)
 	t.sealed = append(t.sealed, s)
-	t.set(originKey(body.Origin, ver), originValue(ver, body.Kind, s.Hash, t.now))
+	if string(body.Origin) != string(t.s.self) {
+		t.set(originKey(body.Origin, ver), originValue(ver, body.Kind, s.Hash, t.now))
+	} // an own change's origin entry is its log record (ownOrigin)
 	return s, nil
 }
 
@@ -134,6 +136,9 @@ func (t *Txn) AppendOwnAt(ver uint64, body *pb.Body) (*Sealed, error) {
 // and what the index knows of it.
 func (t *Txn) HeldOrigin(origin peer.ID, originVersion uint64) (OriginEntry, bool, error) {
 	v, err := t.get(originKey([]byte(origin), originVersion))
+	if errors.Is(err, ErrNotFound) && t.s.isSelf(origin) {
+		return t.s.ownOrigin(originVersion)
+	}
 	if errors.Is(err, ErrNotFound) {
 		return OriginEntry{}, false, nil
 	}
@@ -188,10 +193,61 @@ func (t *Txn) PutOwnRecovered(body *pb.Body, hash uint64, env []byte) (bool, err
 // OriginEntry reads what the origin index holds of a change.
 func (s *Store) OriginEntry(origin peer.ID, originVersion uint64) (OriginEntry, error) {
 	v, err := s.getRaw(originKey([]byte(origin), originVersion))
+	if errors.Is(err, ErrNotFound) && s.isSelf(origin) {
+		e, ok, err := s.ownOrigin(originVersion)
+		if err == nil && !ok {
+			err = ErrNotFound
+		}
+		return e, err
+	}
 	if err != nil {
 		return OriginEntry{}, err
 	}
 	return parseOrigin(v), nil
+}
+
+func (s *Store) isSelf(origin peer.ID) bool {
+	return len(s.self) > 0 && string(origin) == string(s.self)
+}
+
+// ownOrigin is the origin entry of one of this node's own changes, read
+// from its log record (the origin index holds only those of a schema-2
+// store and those recovered from peers).
+func (s *Store) ownOrigin(ver uint64) (OriginEntry, bool, error) {
+	r, err := s.clog.Read(ver)
+	if errors.Is(err, seglog.ErrNotFound) {
+		return OriginEntry{}, false, nil
+	}
+	if err != nil {
+		return OriginEntry{}, false, s.checkLog(err)
+	}
+	if r.Type != recOwn {
+		return OriginEntry{}, false, nil
+	}
+	return s.ownEntry(r)
+}
+
+func (s *Store) ownEntry(r seglog.Record) (OriginEntry, bool, error) {
+	o, err := s.parseOwnRecord(r.Version, r.Data)
+	if err != nil {
+		return OriginEntry{}, false, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
+	}
+	body := &pb.Body{}
+	if err := unmarshal(o.body, body); err != nil {
+		return OriginEntry{}, false, err
+	}
+	return OriginEntry{LocalVersion: r.Version, Kind: body.Kind, Hash: BodyHash(o.body),
+		AppliedAt: time.Unix(0, body.CreatedAtUnixNano)}, true, nil
+}
+
+// ownKind reads the kind of an own record without decoding its body: it
+// is field 3 of the body, after the two fields a stripped body lacks.
+func (s *Store) ownKind(r seglog.Record) (pb.Kind, error) {
+	b, err := s.recordBody(r)
+	if err != nil {
+		return 0, err
+	}
+	return b.Kind, nil
 }
 
 // Change is one entry of the change log.
@@ -226,7 +282,7 @@ func (s *Store) Change(ver uint64) (Change, error) {
 func (s *Store) ChangeBody(ver uint64) (*pb.Body, error) {
 	r, err := s.clog.Read(ver)
 	if err == nil {
-		return recordBody(r)
+		return s.recordBody(r)
 	}
 	if !errors.Is(err, seglog.ErrNotFound) {
 		return nil, s.checkLog(err)
@@ -250,13 +306,13 @@ func (t *Txn) ChangeBody(ver uint64) (*pb.Body, error) {
 	for _, rs := range [][]seglog.Record{t.logged, t.prior} {
 		for _, r := range rs {
 			if r.Version == ver {
-				return recordBody(r)
+				return t.s.recordBody(r)
 			}
 		}
 	}
 	r, err := t.s.clog.Read(ver)
 	if err == nil {
-		return recordBody(r)
+		return t.s.recordBody(r)
 	}
 	if !errors.Is(err, seglog.ErrNotFound) {
 		return nil, t.s.checkLog(err)
@@ -289,7 +345,7 @@ func (s *Store) envelopeOf(r seglog.Record) ([]byte, error) {
 	case recEnvelope:
 		return r.Data, nil
 	case recOwn:
-		o, err := parseOwnRecord(r.Data)
+		o, err := s.parseOwnRecord(r.Version, r.Data)
 		if err != nil {
 			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
 		}
@@ -358,9 +414,82 @@ func (s *Store) Changes(since uint64, limit int) ([]Change, error) {
 // kinds. It also returns the origin version the scan reached, so a caller
 // asking again starts after what was skipped. It stops at the durable mark.
 func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...pb.Kind) ([]Change, uint64, error) {
-	if after == math.MaxUint64 {
+	if after == math.MaxUint64 || limit <= 0 {
 		return nil, after, nil
 	}
+	indexed, reached, err := s.indexedOriginChanges(origin, after, limit, kinds...)
+	if err != nil || !s.isSelf(origin) {
+		return indexed, reached, err
+	}
+	// This node's own: from the log (and the index's, of a schema-2 store
+	// or recovered from peers, merged in).
+	durable := s.DurableVersion()
+	var own []Change
+	logReached := after
+	var bad error
+	err = s.clog.Iter(after+1, func(r seglog.Record) bool {
+		if r.Version > durable {
+			return false
+		}
+		if r.Type != recOwn {
+			return true
+		}
+		logReached = r.Version
+		if len(kinds) > 0 {
+			k, err := s.ownKind(r)
+			if err != nil {
+				bad = err
+				return false
+			}
+			if !slices.Contains(kinds, k) {
+				return true
+			}
+		}
+		env, err := s.envelopeOf(r)
+		if err == nil {
+			var c Change
+			if c, err = decodeChange(r.Version, env); err == nil {
+				own = append(own, c)
+			}
+		}
+		if err != nil {
+			bad = err
+			return false
+		}
+		return len(own) < limit
+	})
+	if err := errors.Join(s.checkLog(err), bad); err != nil {
+		return nil, after, err
+	}
+	// A source that filled its limit was read only up to its reach: the
+	// merge keeps nothing beyond the nearer of those.
+	bound := uint64(math.MaxUint64)
+	if len(indexed) == limit {
+		bound = reached
+	}
+	if len(own) == limit {
+		bound = min(bound, logReached)
+	}
+	all := append(indexed, own...)
+	slices.SortFunc(all, func(a, b Change) int { return cmp.Compare(a.Version, b.Version) })
+	all = slices.CompactFunc(all, func(a, b Change) bool { return a.Version == b.Version })
+	n := 0
+	for n < len(all) && all[n].Version <= bound {
+		n++
+	}
+	all = all[:n]
+	switch {
+	case len(all) > limit:
+		all = all[:limit]
+		return all, all[limit-1].Version, nil
+	case bound != math.MaxUint64:
+		return all, bound, nil
+	}
+	return all, max(reached, logReached), nil
+}
+
+// indexedOriginChanges is OriginChanges from the origin index.
+func (s *Store) indexedOriginChanges(origin peer.ID, after uint64, limit int, kinds ...pb.Kind) ([]Change, uint64, error) {
 	prefix := k(pOrigin).str(string(origin))
 	var vers []uint64
 	durable := s.DurableVersion()
@@ -398,6 +527,9 @@ func (s *Store) OriginChanges(origin peer.ID, after uint64, limit int, kinds ...
 
 // LastOriginVersion is the highest origin version held from origin (0: none).
 func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
+	if s.isSelf(origin) {
+		return s.LastOriginVersionBelow(origin, math.MaxUint64)
+	}
 	prefix := k(pOrigin).str(string(origin))
 	var last uint64
 	err := s.scan(prefix, prefixEnd(prefix), true, func(key, _ []byte) (bool, error) {
@@ -411,6 +543,21 @@ func (s *Store) LastOriginVersion(origin peer.ID) (uint64, error) {
 // LastOriginVersionBelow is the highest origin version held from origin
 // that is at most limit (0: none).
 func (s *Store) LastOriginVersionBelow(origin peer.ID, limit uint64) (uint64, error) {
+	last, err := s.lastIndexedBelow(origin, limit)
+	if err != nil || !s.isSelf(origin) {
+		return last, err
+	}
+	r, ok, err := s.clog.LastAtMost(min(limit, s.DurableVersion()), func(r seglog.Record) bool { return r.Type == recOwn })
+	if err != nil {
+		return 0, s.checkLog(err)
+	}
+	if ok {
+		last = max(last, r.Version)
+	}
+	return last, nil
+}
+
+func (s *Store) lastIndexedBelow(origin peer.ID, limit uint64) (uint64, error) {
 	prefix := k(pOrigin).str(string(origin))
 	hi := prefixEnd(prefix)
 	if limit < math.MaxUint64 {

@@ -95,8 +95,8 @@ func (s *Store) ResourcesPage(dataType string, after []byte, limit int) (rows []
 			full = true
 			return false, nil
 		}
-		r := &storepb.Resource{}
-		if err := unmarshal(v, r); err != nil {
+		r, err := resourceFromKey(key, v)
+		if err != nil {
 			return false, err
 		}
 		rows = append(rows, r)

@@ -139,7 +139,8 @@ const DefaultCacheBytes = 64 << 20
 // Store is an open ledger.
 type Store struct {
 	db     *pebble.DB
-	clog   *seglog.Log // the change log (log.go)
+	clog   *seglog.Log // the change log (changelog.go)
+	self   []byte      // this node's peer id (binary), from Options.Signer
 	trees  treeCache   // envelopes rebuilt from the log, by tree (log.go)
 	opts   Options
 	log    *slog.Logger
@@ -269,7 +270,16 @@ func Open(dir string, o Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h,
+	var self []byte
+	if o.Signer != nil {
+		id, err := peer.IDFromPrivateKey(o.Signer)
+		if err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("store signer: %w", err)
+		}
+		self = []byte(id)
+	}
+	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
 		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
@@ -634,7 +644,7 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 		if int(e.LeafIndex) == int(e.TreeSize)-1 {
 			sig = e.RootSignature
 		}
-		recs[i] = seglog.Record{Version: x.version, Type: recOwn, Data: ownRecord(tree, e.LeafIndex, e.TreeSize, sig, x.body)}
+		recs[i] = seglog.Record{Version: x.version, Type: recOwn, Data: s.ownRecord(x.version, tree, e.LeafIndex, e.TreeSize, sig, x.body)}
 	}
 	return recs, nil
 }

@@ -40,21 +40,49 @@ func (t *Txn) GetResource(dataType string, creator peer.ID, id string) (*storepb
 	if err != nil {
 		return nil, err
 	}
+	return decodeResource(dataType, []byte(creator), id, v)
+}
+
+// decodeResource decodes a resource row; its data type, creator and id
+// are those of its key (a row written since schema 3 holds only the rest).
+func decodeResource(dataType string, creator []byte, id string, v []byte) (*storepb.Resource, error) {
 	r := &storepb.Resource{}
-	return r, unmarshal(v, r)
+	if err := unmarshal(v, r); err != nil {
+		return nil, err
+	}
+	r.DataType, r.Creator, r.Id = dataType, creator, id
+	return r, nil
+}
+
+// resourceFromKey decodes a row read with its key.
+func resourceFromKey(key, v []byte) (*storepb.Resource, error) {
+	parts, err := resourceKeyParts(key)
+	if err != nil {
+		return nil, err
+	}
+	return decodeResource(parts[0], []byte(parts[1]), parts[2], v)
+}
+
+// resourceKeyParts splits a resource key into data type, creator and id.
+func resourceKeyParts(key []byte) ([3]string, error) {
+	var parts [3]string
+	rest := key[len(pResource):]
+	for i := range parts {
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+			return parts, errShortKey
+		}
+		parts[i], rest = string(rest[1:1+rest[0]]), rest[1+rest[0]:]
+	}
+	return parts, nil
 }
 
 // ResourceKeys calls fn with the data type, creator and id of every
 // resource row, reading keys only, until fn returns false.
 func (s *Store) ResourceKeys(fn func(dataType string, creator peer.ID, id string) bool) error {
 	return s.scan([]byte(pResource), prefixEnd([]byte(pResource)), false, func(key, _ []byte) (bool, error) {
-		rest := key[len(pResource):]
-		var parts [3]string
-		for i := range parts {
-			if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
-				return false, errShortKey
-			}
-			parts[i], rest = string(rest[1:1+rest[0]]), rest[1+rest[0]:]
+		parts, err := resourceKeyParts(key)
+		if err != nil {
+			return false, err
 		}
 		return fn(parts[0], peer.ID(parts[1]), parts[2]), nil
 	})
@@ -66,16 +94,14 @@ func (s *Store) Resource(dataType string, creator peer.ID, id string) (*storepb.
 	if err != nil {
 		return nil, err
 	}
-	r := &storepb.Resource{}
-	return r, unmarshal(v, r)
+	return decodeResource(dataType, []byte(creator), id, v)
 }
 
-// PutResource writes a resource's current state. Its JSON is not stored
-// twice: the row points at the change (r.Version) whose payload it is, and
-// Resources reads it from there.
+// PutResource writes a resource's current state. Nothing is stored twice:
+// the row points at the change (r.Version) whose payload its JSON is, and
+// Resources reads it from there; its data type, creator and id are its key.
 func (t *Txn) PutResource(r *storepb.Resource) {
-	row := &storepb.Resource{DataType: r.DataType, Id: r.Id, Creator: r.Creator, OriginVersion: r.OriginVersion,
-		Version: r.Version, Deleted: r.Deleted, UpdatedAt: r.UpdatedAt}
+	row := &storepb.Resource{OriginVersion: r.OriginVersion, Version: r.Version, Deleted: r.Deleted, UpdatedAt: r.UpdatedAt}
 	t.set(resourceKey(r.DataType, r.Creator, r.Id), marshal(row))
 }
 
@@ -87,9 +113,9 @@ func (s *Store) Resources(dataType string) ([]*storepb.Resource, error) {
 		prefix = prefix.str(dataType)
 	}
 	var out []*storepb.Resource
-	err := s.scan(prefix, prefixEnd(prefix), false, func(_, v []byte) (bool, error) {
-		r := &storepb.Resource{}
-		if err := unmarshal(v, r); err != nil {
+	err := s.scan(prefix, prefixEnd(prefix), false, func(key, v []byte) (bool, error) {
+		r, err := resourceFromKey(key, v)
+		if err != nil {
 			return false, err
 		}
 		out = append(out, r)

@@ -713,3 +713,52 @@ func (l *Log) closeFiles() error {
 	}
 	return errors.Join(errs...)
 }
+
+// LastAtMost returns the last record (start records aside) with a version
+// of at most limit that match accepts, searching back from limit one index
+// span at a time.
+func (l *Log) LastAtMost(limit uint64, match func(Record) bool) (Record, bool, error) {
+	type span struct {
+		s          *segment
+		start, end int64
+	}
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return Record{}, false, errors.New("change log closed")
+	}
+	var spans []span // newest first
+	for i := len(l.segs) - 1; i >= 0; i-- {
+		s := l.segs[i]
+		if s.first > limit && i > 0 {
+			continue
+		}
+		j := sort.Search(len(s.index), func(j int) bool { return s.index[j].version > limit })
+		end := s.size
+		if j < len(s.index) {
+			end = s.index[j].offset
+		}
+		for j--; j >= 0; j-- {
+			spans = append(spans, span{s: s, start: s.index[j].offset, end: end})
+			end = s.index[j].offset
+		}
+	}
+	l.mu.RUnlock()
+	for _, sp := range spans {
+		var found Record
+		ok := false
+		_, err := l.iterSpan(sp.s, sp.start, sp.end, 0, func(r Record) bool {
+			if r.Version <= limit && match(r) {
+				found, ok = r, true
+			}
+			return true
+		})
+		if err != nil {
+			return Record{}, false, err
+		}
+		if ok {
+			return found, true, nil
+		}
+	}
+	return Record{}, false, nil
+}

@@ -222,3 +222,18 @@ func TestMissingSegment(t *testing.T) {
 		t.Fatalf("a missing last segment: %v", err)
 	}
 }
+
+func TestLastAtMost(t *testing.T) {
+	l := openT(t, t.TempDir(), Options{SegmentBytes: 2 << 10, IndexEvery: 4, KeepAll: true})
+	defer l.Close()
+	fill(t, l, 300)
+	for _, c := range []struct {
+		limit, mod, want uint64
+		ok               bool
+	}{{3000, 1, 3000, true}, {2995, 1, 2990, true}, {5, 1, 0, false}, {10, 1, 10, true}, {2995, 70, 2940, true}, {139, 70, 70, true}, {1e9, 1000, 3000, true}, {999, 1000, 0, false}} {
+		r, ok, err := l.LastAtMost(c.limit, func(r Record) bool { return r.Version%c.mod == 0 })
+		if err != nil || ok != c.ok || (ok && r.Version != c.want) {
+			t.Fatalf("LastAtMost(%d, every %d): %d %v %v, want %d %v", c.limit, c.mod, r.Version, ok, err, c.want, c.ok)
+		}
+	}
+}
