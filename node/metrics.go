@@ -102,7 +102,7 @@ var (
 	descReserve = prometheus.NewDesc("ferry_store_disk_reserve_bytes",
 		"The free-space reserve (limits.min_free_disk_mb): below it the store refuses writes.", nil, nil)
 	descParts = prometheus.NewDesc("ferry_store_part_bytes",
-		"Estimated bytes of the store's flushed tables by part: log (changes and their origin index), ledger (delivery records, floors, refusals, positions), tables (resources, requests, decisions, shared rows), other.", []string{"part"}, nil)
+		"Estimated bytes of the store by part: log (the change log's segment files, and changes and origin index entries in Pebble), ledger (delivery records, floors, refusals, positions), tables (resources, requests, decisions, shared rows), other.", []string{"part"}, nil)
 	descCatchUp = prometheus.NewDesc("ferry_sync_last_catchup_timestamp_seconds",
 		"Unix time catch-up last brought something from a peer (0: never since start).", nil, nil)
 	descReviewer = prometheus.NewDesc("ferry_review_is_reviewer",

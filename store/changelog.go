@@ -23,10 +23,11 @@ import (
 // Every change this node makes or receives is one record, at its store
 // version, in <dir>/changes:
 //
-//	recOwn       one of this node's own changes: tree (the version of its
-//	             tree's first leaf) uint64 | leaf index uint16 | tree size
-//	             uint16 | signature length uint16 | signature (in the
-//	             tree's last leaf only) | body
+//	recOwn       one of this node's own changes, as uvarints: flags |
+//	             version minus its tree's first leaf's | leaf index | tree
+//	             size | signature length; then the signature (in the tree's
+//	             last leaf only) and the body (without the origin and origin
+//	             version it starts with, when flags say so: ownRecord)
 //	recEnvelope  a change received from another origin: its envelope as the
 //	             origin sealed it (body, audit path, root signature)
 //

@@ -5,7 +5,8 @@ import (
 	"errors"
 )
 
-// Key layout (schema 2). Every table has its own prefix; numeric parts are
+// Key layout (schema 3). The change log itself is not in Pebble: it is the
+// segment files of <dir>/changes (changelog.go). Every table has its own prefix; numeric parts are
 // big-endian so range scans come out in numeric order; variable parts (peer
 // ids, names) are length-prefixed so no key is a prefix of another table's
 // key.
@@ -13,8 +14,12 @@ import (
 //	m/schema                          schema version
 //	m/epoch                           this store's incarnation (random, set once)
 //	m/ctr/<name>                      counters: version, request, decision, ...
-//	c/<version>                       change log: the sealed envelope of every change, own and received
-//	o/<origin>/<origin version>       an origin's change held here: local version, kind, body hash, time applied
+//	m/logend, m/logseg                the last version of the change log recorded durable, and its segment
+//	c/<version>                       a change's sealed envelope, for changes of a schema-2 store and own
+//	                                  changes taken back from peers (out of the log's order); the rest is
+//	                                  in the log
+//	o/<origin>/<origin version>       another origin's change held here (and own changes of c/): local
+//	                                  version, kind, body hash, time applied; an own change's is its log record
 //	D/<version>                       own deliveries: this node's changes that go to receivers (lane, kind,
 //	                                  protocol, request id, addressees); the outbox is the log
 //	U/<version>                       an own resource change a later change of the same resource superseded

@@ -21,7 +21,7 @@ import (
 )
 
 // The change log is the outbox: every change this node makes or receives
-// is one entry c/<version>, and what goes to receivers is read from it,
+// is one record of it (changelog.go), and what goes to receivers is read from it,
 // per receiver and lane, after that receiver's ack floor. Nothing is written
 // per (change, receiver) when a change is committed or acknowledged.
 

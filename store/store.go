@@ -379,9 +379,9 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 		ops:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "operations_total", Help: "Transactions committed."}),
 		batchOps: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "commit_operations", Help: "Transactions per group commit.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
-		prep: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "round_seconds", Help: "Time to run one group commit's transactions and apply its batch.",
+		prep: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "round_seconds", Help: "Time to run one group commit's transactions, seal them and append them to the change log.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
-		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time waited for one group commit's fsync.",
+		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time one group commit took to become durable: the change log's fdatasync, then the Pebble batch and its fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
 	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
