@@ -28,7 +28,17 @@
 //     and both stores hold the same;
 //   - retries across a crash: creates with idempotency keys, the node
 //     SIGKILLed mid-burst and restarted, every key retried: the first answer
-//     or a fresh one, never conflict, and each resource written once.
+//     or a fresh one, never conflict, and each resource written once;
+//   - the change log (log_test.go, issue 18): SIGKILLs under load, one the
+//     moment a new segment appears, with garbage or half a record appended
+//     to the last segment: the tail is cut at start, nothing acknowledged is
+//     lost or written twice; a bit flipped in a sealed segment: `corrupt`
+//     while running, /healthz 503, never served, and a start refused with
+//     the file and offset; a missing segment refused by name; a home of the
+//     previous release (built from git history) upgraded in place with every
+//     change, floor and row;
+//   - a corrupt Pebble file (corrupt_test.go): `corrupt` with the file, a
+//     rebuild at the next start, the rows it lost taken back from a partner.
 //
 // The tests are short by default (they run in `make test` and CI); with
 // FERRY_FAULTS=long (`make faults`) they run many more cycles and events

@@ -302,6 +302,13 @@ func TestLogTornTail(t *testing.T) {
 		t.Fatal("no kill tore A's last segment")
 	}
 	for i, tt := range torn {
+		// A segment started for records never recorded durable goes whole
+		// (with the torn bytes appended to it); the cut is then in the one
+		// before it.
+		if line := lineWith(tt.log, "level=WARN", "change log: removed a segment that holds only records never recorded durable", tt.file); line != "" {
+			t.Logf("tear %d (%s): %.300s", i+1, tt.kind, line)
+			continue
+		}
 		line := lineWith(tt.log, "level=WARN", "change log: cut a torn tail", tt.file)
 		if line == "" {
 			t.Fatalf("tear %d (%s appended to %s): A's restart did not say it cut a torn tail of that file:\n%s", i+1, tt.kind, tt.file, tt.log)
