@@ -722,20 +722,70 @@ func (s *Store) Backlog(recv peer.ID, lane uint8, broadcast bool, after uint64, 
 	}
 	out := make([]Entry, 0, len(heads))
 	size := 0
-	for _, e := range heads {
-		env, err := s.ChangeEnvelope(e.Version)
+	// One pass over the log from the first entry: the entries are in
+	// version order, mostly near one another.
+	i := 0
+	skipped := 0 // records passed since the last entry: a sparse lane reads entry by entry below
+	var lerr error
+	take := func(e Entry, env []byte) bool {
+		if len(out) > 0 && size+len(env) > maxBytes {
+			return false
+		}
+		e.Env = env
+		size += len(env)
+		out = append(out, e)
+		return true
+	}
+	if len(heads) > 0 {
+		err = s.clog.Iter(heads[0].Version, func(r seglog.Record) bool {
+			for i < len(heads) && heads[i].Version < r.Version {
+				// Not in the log: a change of a schema-2 store, or one
+				// taken back from a peer (in Pebble).
+				env, err := s.getRaw(k(pChange).u64(heads[i].Version))
+				if err == nil && !take(heads[i], env) {
+					return false
+				}
+				if err != nil && !errors.Is(err, ErrNotFound) {
+					lerr = err
+					return false
+				}
+				i++
+			}
+			if i == len(heads) || len(out) == maxEntries {
+				return false
+			}
+			if heads[i].Version != r.Version {
+				skipped++
+				return skipped < 64
+			}
+			skipped = 0
+			env, err := s.envelopeOf(r)
+			if err != nil {
+				lerr = err
+				return false
+			}
+			if !take(heads[i], env) {
+				i = len(heads)
+				return false
+			}
+			i++
+			return i < len(heads)
+		})
+		if err = errors.Join(s.checkLog(err), lerr); err != nil {
+			return nil, err
+		}
+	}
+	for ; i < len(heads) && (len(out) == 0 || size < maxBytes); i++ {
+		env, err := s.ChangeEnvelope(heads[i].Version)
 		if errors.Is(err, ErrNotFound) {
 			continue // a delivery record without its change: not expected (retention never drops changes)
 		}
 		if err != nil {
 			return nil, err
 		}
-		if len(out) > 0 && size+len(env) > maxBytes {
+		if !take(heads[i], env) {
 			break
 		}
-		e.Env = env
-		size += len(env)
-		out = append(out, e)
 	}
 	return out, nil
 }

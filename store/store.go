@@ -525,13 +525,13 @@ func (s *Store) commitRound(ops []*op) *round {
 	for key, w := range view {
 		size += len(key) + len(w.v) + 16
 	}
+	b := s.db.NewBatchWithSize(size) // the changes themselves go to the log
 	for _, x := range sealed {
-		size += len(x.body) + 128
+		size += len(x.body) + 32
 	}
 	for _, x := range logged {
 		size += len(x.Data) + 32
 	}
-	b := s.db.NewBatchWithSize(size)
 	fail := func(err error) *round {
 		for _, o := range ops {
 			if o.err == nil {
