@@ -741,6 +741,13 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	lerr := s.clog.Close()
+	if s.failure() == nil {
+		// What the memtable holds goes to an sst now: the WAL that held it
+		// is deleted, and the next start replays nothing.
+		if err := s.db.Flush(); err != nil {
+			s.log.Warn("store: flush at close failed; the next start replays the WAL", "err", err.Error())
+		}
+	}
 	if err := s.db.Close(); err != nil {
 		return errors.Join(lerr, fmt.Errorf("close store: %w", err))
 	}
