@@ -51,6 +51,9 @@ func decodeResource(dataType string, creator []byte, id string, v []byte) (*stor
 		return nil, err
 	}
 	r.DataType, r.Creator, r.Id = dataType, creator, id
+	if r.Version == 0 {
+		r.Version = r.OriginVersion // an own row: the two are the same (PutResource)
+	}
 	return r, nil
 }
 
@@ -99,9 +102,13 @@ func (s *Store) Resource(dataType string, creator peer.ID, id string) (*storepb.
 
 // PutResource writes a resource's current state. Nothing is stored twice:
 // the row points at the change (r.Version) whose payload its JSON is, and
-// Resources reads it from there; its data type, creator and id are its key.
+// Resources reads it from there; its data type, creator and id are its key,
+// and the version of an own row is its origin version.
 func (t *Txn) PutResource(r *storepb.Resource) {
 	row := &storepb.Resource{OriginVersion: r.OriginVersion, Version: r.Version, Deleted: r.Deleted, UpdatedAt: r.UpdatedAt}
+	if row.Version == row.OriginVersion {
+		row.Version = 0 // a row of an own change: read back as its origin version
+	}
 	t.set(resourceKey(r.DataType, r.Creator, r.Id), marshal(row))
 }
 
