@@ -11,6 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/vfs"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/protocols"
@@ -30,6 +31,9 @@ import (
 //	             version it starts with, when flags say so: ownRecord)
 //	recEnvelope  a change received from another origin: its envelope as the
 //	             origin sealed it (body, audit path, root signature)
+//	recTree      a change received from another origin with every other
+//	             leaf of its tree in the same round: recOwn's layout, the
+//	             body whole; the envelope is rebuilt as an own one is
 //
 // So an own change is written once, without its audit path: a tree's
 // signature is stored once, and an envelope is rebuilt from the tree's
@@ -40,6 +44,10 @@ import (
 const (
 	recOwn      byte = 1
 	recEnvelope byte = 2
+	// recTree: a change received from another origin whose whole tree
+	// came in one round: stored as an own change is (recOwn's layout,
+	// body whole), the tree's signature once (compactTrees).
+	recTree byte = 3
 
 	keyLogEnd     = "m/logend"
 	keyLogSegment = "m/logseg"
@@ -212,7 +220,7 @@ func (s *Store) parseOwnRecord(ver uint64, d []byte) (ownRec, error) {
 func (s *Store) recordBody(r seglog.Record) (*pb.Body, error) {
 	var raw []byte
 	switch r.Type {
-	case recOwn:
+	case recOwn, recTree:
 		o, err := s.parseOwnRecord(r.Version, r.Data)
 		if err != nil {
 			return nil, fmt.Errorf("change %d: %w", r.Version, err)
@@ -288,7 +296,7 @@ func (s *Store) buildTree(tree uint64) (map[uint64][]byte, error) {
 	var sig []byte
 	var bad error
 	err := s.clog.Iter(tree, func(r seglog.Record) bool {
-		if r.Type != recOwn {
+		if r.Type != recOwn && r.Type != recTree {
 			return true
 		}
 		o, err := s.parseOwnRecord(r.Version, r.Data)
@@ -338,20 +346,31 @@ func (s *Store) reindexOrigins() (int, error) {
 	added := 0
 	var bad error
 	err := s.clog.Iter(0, func(r seglog.Record) bool {
-		if r.Type != recEnvelope {
+		var raw []byte
+		switch r.Type {
+		case recEnvelope:
+			env := &pb.Envelope{}
+			if err := unmarshal(r.Data, env); err != nil {
+				bad = err
+				return false
+			}
+			raw = env.Body
+		case recTree:
+			o, err := s.parseOwnRecord(r.Version, r.Data)
+			if err != nil {
+				bad = err
+				return false
+			}
+			raw = o.body
+		default:
 			return true // an own change's origin entry is its record (ownOrigin)
 		}
-		env := &pb.Envelope{}
-		if err := unmarshal(r.Data, env); err != nil {
-			bad = err
-			return false
-		}
 		body := &pb.Body{}
-		if err := unmarshal(env.Body, body); err != nil {
+		if err := unmarshal(raw, body); err != nil {
 			bad = err
 			return false
 		}
-		hash := BodyHash(env.Body)
+		hash := BodyHash(raw)
 		key := originKey(body.Origin, body.OriginVersion)
 		if _, err := s.getRaw(key); err == nil {
 			return true
@@ -373,4 +392,120 @@ func (s *Store) reindexOrigins() (int, error) {
 		return 0, fmt.Errorf("re-index the change log: %w", err)
 	}
 	return added, nil
+}
+
+// envelopeShape reads what compactTrees needs of an encoded envelope
+// without decoding it: its body, leaf index, tree size and signature.
+func envelopeShape(raw []byte) (body []byte, leaf, size uint32, sig []byte, ok bool) {
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 {
+			return nil, 0, 0, nil, false
+		}
+		raw = raw[n:]
+		switch {
+		case typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(raw)
+			if n < 0 {
+				return nil, 0, 0, nil, false
+			}
+			switch num {
+			case 1:
+				body = v
+			case 5:
+				sig = v
+			}
+			raw = raw[n:]
+		case typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(raw)
+			if n < 0 {
+				return nil, 0, 0, nil, false
+			}
+			switch num {
+			case 2:
+				leaf = uint32(v)
+			case 3:
+				size = uint32(v)
+			}
+			raw = raw[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, raw)
+			if n < 0 {
+				return nil, 0, 0, nil, false
+			}
+			raw = raw[n:]
+		}
+	}
+	return body, leaf, size, sig, len(body) > 0 && size > 0 && leaf < size && len(sig) > 0
+}
+
+// compactTrees rewrites the received envelopes of a round (recs, in version
+// order) whose whole tree is among them, in leaf order, as recTree records:
+// the body and its place in the tree, the signature once. The envelopes
+// read back are the ones received, byte for byte (the tree is the same).
+// Trees that came in part stay as they came.
+func (s *Store) compactTrees(recs []seglog.Record) {
+	type leafAt struct {
+		i    int // in recs
+		leaf uint32
+		body []byte
+	}
+	type group struct {
+		size   uint32
+		sig    []byte
+		leaves []leafAt
+	}
+	var groups map[string]*group
+	for i, r := range recs {
+		if r.Type != recEnvelope {
+			continue
+		}
+		body, leaf, size, sig, ok := envelopeShape(r.Data)
+		if !ok || size < 2 {
+			continue
+		}
+		if groups == nil {
+			groups = map[string]*group{}
+		}
+		g := groups[string(sig)]
+		if g == nil {
+			g = &group{size: size, sig: sig}
+			groups[string(sig)] = g
+		}
+		if g.size != size {
+			g.size = 0 // not one tree: left as it came
+		}
+		g.leaves = append(g.leaves, leafAt{i: i, leaf: leaf, body: body})
+	}
+	for _, g := range groups {
+		if g.size == 0 || len(g.leaves) != int(g.size) {
+			continue
+		}
+		whole := true
+		for j, l := range g.leaves { // in version order: leaves must be 0, 1, ... in it
+			if l.leaf != uint32(j) {
+				whole = false
+				break
+			}
+		}
+		if !whole {
+			continue
+		}
+		tree := recs[g.leaves[0].i].Version
+		for j, l := range g.leaves {
+			var sig []byte
+			if j == len(g.leaves)-1 {
+				sig = g.sig
+			}
+			r := &recs[l.i]
+			b := make([]byte, 0, 16+len(sig)+len(l.body))
+			b = binary.AppendUvarint(b, 0) // flags: the body is whole
+			b = binary.AppendUvarint(b, r.Version-tree)
+			b = binary.AppendUvarint(b, uint64(j))
+			b = binary.AppendUvarint(b, uint64(g.size))
+			b = binary.AppendUvarint(b, uint64(len(sig)))
+			b = append(b, sig...)
+			r.Type, r.Data = recTree, append(b, l.body...)
+		}
+	}
 }

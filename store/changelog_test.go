@@ -187,3 +187,92 @@ func TestOpenCutsWhatPebbleNeverRecorded(t *testing.T) {
 		t.Fatal("a log shorter than Pebble's record opened")
 	}
 }
+
+// TestReceivedTreesAreStoredOnce: envelopes of another origin whose whole
+// tree comes in one round are stored as bodies with the tree's signature
+// once, and read back byte for byte; a tree that came in part is kept as it
+// came.
+func TestReceivedTreesAreStoredOnce(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seal := func(from, n int) [][]byte {
+		var bodies [][]byte
+		for i := range n {
+			bodies = append(bodies, protocols.AppendBody(nil, &pb.Body{Origin: []byte(other), OriginVersion: uint64(from + i),
+				Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm", Payload: fmt.Appendf(nil, `{"id":"%d"}`, from+i)}))
+		}
+		envs, err := protocols.Seal(okey, bodies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([][]byte, n)
+		for i, e := range envs {
+			out[i] = protocols.MarshalEnvelope(e)
+		}
+		return out
+	}
+	whole, part := seal(100, 7), seal(200, 5)[1:4]
+	got := map[uint64][]byte{}
+	if err := s.Update(context.Background(), func(tx *Txn) error {
+		for _, raw := range append(append([][]byte{}, whole...), part...) {
+			env := &pb.Envelope{}
+			b := &pb.Body{}
+			if err := unmarshal(raw, env); err != nil {
+				return err
+			}
+			if err := unmarshal(env.Body, b); err != nil {
+				return err
+			}
+			v, err := tx.AppendReceived(b, BodyHash(env.Body), raw)
+			if err != nil {
+				return err
+			}
+			got[v] = raw
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		types := map[byte]int{}
+		if err := s.clog.Iter(0, func(r seglog.Record) bool { types[r.Type]++; return true }); err != nil {
+			t.Fatal(err)
+		}
+		if types[recTree] != 7 || types[recEnvelope] != 3 {
+			t.Fatalf("%s: records by type %v; want the whole tree's 7 compact, the part's 3 as they came", when, types)
+		}
+		v := protocols.NewVerifier()
+		for ver, raw := range got {
+			env, err := s.ChangeEnvelope(ver)
+			if err != nil || !bytes.Equal(env, raw) {
+				t.Fatalf("%s: change %d read back differs from the envelope received (%v)", when, ver, err)
+			}
+			c, err := s.Change(ver)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, origin, err := v.Open(c.Envelope); err != nil || origin != other {
+				t.Fatalf("%s: change %d does not verify: %v", when, ver, err)
+			}
+			if b, err := s.ChangeBody(ver); err != nil || b.OriginVersion != c.Body.OriginVersion {
+				t.Fatalf("%s: body of %d: %v", when, ver, err)
+			}
+		}
+		if e, err := s.OriginEntry(other, 103); err != nil || got[e.LocalVersion] == nil {
+			t.Fatalf("%s: origin entry: %+v %v", when, e, err)
+		}
+	}
+	check("open")
+	_ = s.Close()
+	if s, err = Open(dir, Options{Signer: key}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check("reopened")
+}

@@ -344,7 +344,7 @@ func (s *Store) envelopeOf(r seglog.Record) ([]byte, error) {
 	switch r.Type {
 	case recEnvelope:
 		return r.Data, nil
-	case recOwn:
+	case recOwn, recTree:
 		o, err := s.parseOwnRecord(r.Version, r.Data)
 		if err != nil {
 			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))

@@ -569,6 +569,7 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	if len(logged) > 0 {
 		slices.SortStableFunc(logged, func(a, b seglog.Record) int { return cmp.Compare(a.Version, b.Version) })
+		s.compactTrees(logged)
 		if err := s.clog.Append(logged); err != nil {
 			// Nothing of the round is kept (Append undoes a partial write);
 			// as a failed Pebble write did, it stops the store: the node
