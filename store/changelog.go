@@ -56,11 +56,11 @@ const (
 // openLog opens the change log in dir/changes, in line with what Pebble
 // recorded of it.
 func (s *Store) openLog(dir string, o Options) error {
-	end, err := s.Counter0(keyLogEnd)
+	end, err := s.metaU64(keyLogEnd)
 	if err != nil {
 		return err
 	}
-	seg, err := s.Counter0(keyLogSegment)
+	seg, err := s.metaU64(keyLogSegment)
 	if err != nil {
 		return err
 	}
@@ -108,8 +108,8 @@ func (s *Store) openLog(dir string, o Options) error {
 	return nil
 }
 
-// Counter0 reads an 8-byte value of the meta table (0: absent).
-func (s *Store) Counter0(key string) (uint64, error) {
+// metaU64 reads an 8-byte value of the meta table (0: absent).
+func (s *Store) metaU64(key string) (uint64, error) {
 	v, err := s.getRaw([]byte(key))
 	if errors.Is(err, ErrNotFound) {
 		return 0, nil

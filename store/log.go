@@ -240,8 +240,7 @@ func (s *Store) ownEntry(r seglog.Record) (OriginEntry, bool, error) {
 		AppliedAt: time.Unix(0, body.CreatedAtUnixNano)}, true, nil
 }
 
-// ownKind reads the kind of an own record without decoding its body: it
-// is field 3 of the body, after the two fields a stripped body lacks.
+// ownKind reads the kind of an own change from its log record.
 func (s *Store) ownKind(r seglog.Record) (pb.Kind, error) {
 	b, err := s.recordBody(r)
 	if err != nil {
