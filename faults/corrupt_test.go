@@ -58,22 +58,6 @@ func readChanges(t *testing.T, nc *nats.Conn) ([]change, string, string) {
 	}
 }
 
-// largestSST is the biggest sst file of a stopped node's store.
-func largestSST(t *testing.T, n *proc.Node) (string, int64) {
-	t.Helper()
-	ssts, err := filepath.Glob(filepath.Join(n.Home().DataPath(), "*.sst"))
-	if err != nil || len(ssts) == 0 {
-		t.Fatalf("no sst under %s: %v", n.Home().DataPath(), err)
-	}
-	best, size := "", int64(0)
-	for _, p := range ssts {
-		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
-			best, size = p, fi.Size()
-		}
-	}
-	return best, size
-}
-
 // resourceSST names the largest sst of a stopped node that holds resource
 // rows (keys under r/), as Pebble's manifest says.
 func resourceSST(t *testing.T, n *proc.Node) (string, int64) {
@@ -203,7 +187,6 @@ func TestCorruptSST(t *testing.T) {
 	t.Logf("wrote 4 KiB of random bytes at each sixth of %s (%d bytes)", filepath.Base(sst), size)
 
 	a.Start()
-	app = connect(t, a.NATSURL())
 	got, code, msg := readPebbleLists(t, a)
 	if code != "corrupt" {
 		t.Fatalf("the listings over the damaged sst: %d resources read, then code %q (%s); want corrupt", got, code, msg)

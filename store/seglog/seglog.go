@@ -618,15 +618,6 @@ func (l *Log) Sync() error {
 	return nil
 }
 
-// segmentFor finds the segment that holds version v (nil: none).
-func (l *Log) segmentFor(v uint64) *segment {
-	i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].first > v })
-	if i == 0 {
-		return nil
-	}
-	return l.segs[i-1]
-}
-
 // Read returns the first record of version v whose type is not TypeStart.
 func (l *Log) Read(v uint64) (Record, error) {
 	var out Record
