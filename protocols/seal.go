@@ -258,7 +258,12 @@ func (v *Verifier) verify(origin peer.ID, env *pb.Envelope, leaf [32]byte) error
 	if !ok {
 		return fmt.Errorf("%w: bad audit path", ErrBadSignature)
 	}
-	k := verifiedKey{origin: origin, size: env.TreeSize, root: root}
+	return v.verifyRoot(verifiedKey{origin: origin, size: env.TreeSize, root: root}, env.RootSignature)
+}
+
+// verifyRoot checks sig over the root k names, unless that root was
+// verified before.
+func (v *Verifier) verifyRoot(k verifiedKey, sig []byte) error {
 	v.mu.Lock()
 	_, hit := v.cur[k]
 	if !hit {
@@ -266,23 +271,18 @@ func (v *Verifier) verify(origin peer.ID, env *pb.Envelope, leaf [32]byte) error
 			v.remember(k)
 		}
 	}
-	pub := v.keys[origin]
+	pub := v.keys[k.origin]
 	v.mu.Unlock()
 	if hit {
 		return nil
 	}
 	if pub == nil {
-		pub, err := origin.ExtractPublicKey()
-		if err != nil {
-			return fmt.Errorf("%w: no public key in origin %s: %w", ErrBadSignature, origin, err)
+		var err error
+		if pub, err = k.origin.ExtractPublicKey(); err != nil {
+			return fmt.Errorf("%w: no public key in origin %s: %w", ErrBadSignature, k.origin, err)
 		}
-		return v.check(k, pub, env)
 	}
-	return v.check(k, pub, env)
-}
-
-func (v *Verifier) check(k verifiedKey, pub crypto.PubKey, env *pb.Envelope) error {
-	ok, err := pub.Verify(signedRoot(k.size, k.root[:]), env.RootSignature)
+	ok, err := pub.Verify(signedRoot(k.size, k.root[:]), sig)
 	if err != nil || !ok {
 		return fmt.Errorf("%w (origin %s)", ErrBadSignature, k.origin)
 	}

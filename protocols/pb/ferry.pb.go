@@ -198,7 +198,7 @@ func (x SyncRequest_What) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SyncRequest_What.Descriptor instead.
 func (SyncRequest_What) EnumDescriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{8, 0}
+	return file_ferry_proto_rawDescGZIP(), []int{9, 0}
 }
 
 // Body is the signed part of an envelope. Its marshaled bytes are hashed as a
@@ -306,13 +306,16 @@ func (x *Body) GetPrevVersion() uint64 {
 // Envelope is a body plus the proof that its origin signed it: the origin signs
 // the root of a Merkle tree over the bodies it committed in one batch, and each
 // envelope carries its leaf index and audit path (RFC 9162 section 2.1.3).
+// In a delivery Batch an envelope is compact instead: its body, its leaf
+// index and `tree`, and the proof is the batch's TreeProof, once per tree.
 type Envelope struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Body          []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
 	LeafIndex     uint32                 `protobuf:"varint,2,opt,name=leaf_index,json=leafIndex,proto3" json:"leaf_index,omitempty"`
-	TreeSize      uint32                 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
-	Path          [][]byte               `protobuf:"bytes,4,rep,name=path,proto3" json:"path,omitempty"`
-	RootSignature []byte                 `protobuf:"bytes,5,opt,name=root_signature,json=rootSignature,proto3" json:"root_signature,omitempty"`
+	TreeSize      uint32                 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`               // self-contained form only
+	Path          [][]byte               `protobuf:"bytes,4,rep,name=path,proto3" json:"path,omitempty"`                                        // self-contained form only
+	RootSignature []byte                 `protobuf:"bytes,5,opt,name=root_signature,json=rootSignature,proto3" json:"root_signature,omitempty"` // self-contained form only
+	Tree          uint32                 `protobuf:"varint,6,opt,name=tree,proto3" json:"tree,omitempty"`                                       // compact form (Batch only): 1-based index into Batch.trees; 0: self-contained
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -382,6 +385,78 @@ func (x *Envelope) GetRootSignature() []byte {
 	return nil
 }
 
+func (x *Envelope) GetTree() uint32 {
+	if x != nil {
+		return x.Tree
+	}
+	return 0
+}
+
+// TreeProof is what a Batch carries once per signed tree its envelopes come
+// from: the tree's size, the origin's root signature, and the hashes of the
+// subtrees that hold none of the batch's leaves of this tree, left to right
+// (none when the batch holds the whole tree). With the leaves' hashes they
+// give the root; docs/protocols.md, "Batch signatures", has the walk.
+type TreeProof struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TreeSize      uint32                 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	RootSignature []byte                 `protobuf:"bytes,2,opt,name=root_signature,json=rootSignature,proto3" json:"root_signature,omitempty"`
+	Hashes        [][]byte               `protobuf:"bytes,3,rep,name=hashes,proto3" json:"hashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeProof) Reset() {
+	*x = TreeProof{}
+	mi := &file_ferry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeProof) ProtoMessage() {}
+
+func (x *TreeProof) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeProof.ProtoReflect.Descriptor instead.
+func (*TreeProof) Descriptor() ([]byte, []int) {
+	return file_ferry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TreeProof) GetTreeSize() uint32 {
+	if x != nil {
+		return x.TreeSize
+	}
+	return 0
+}
+
+func (x *TreeProof) GetRootSignature() []byte {
+	if x != nil {
+		return x.RootSignature
+	}
+	return nil
+}
+
+func (x *TreeProof) GetHashes() [][]byte {
+	if x != nil {
+		return x.Hashes
+	}
+	return nil
+}
+
 // Batch carries entries of one lane from a sender to a receiver, on a
 // delivery protocol: the sender's change log after `after`, filtered to what
 // is addressed to this receiver, in the sender's version order. Entries are
@@ -394,13 +469,14 @@ type Batch struct {
 	After         uint64                 `protobuf:"varint,3,opt,name=after,proto3" json:"after,omitempty"` // the sender's version of the lane entry before the first one here (0: none)
 	Envelopes     []*Envelope            `protobuf:"bytes,4,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
 	HeadSequence  uint64                 `protobuf:"varint,5,opt,name=head_sequence,json=headSequence,proto3" json:"head_sequence,omitempty"` // decision lane only: the reviewer's last decision sequence (a new member may ask for a snapshot)
+	Trees         []*TreeProof           `protobuf:"bytes,6,rep,name=trees,proto3" json:"trees,omitempty"`                                    // the proofs compact envelopes refer to (Envelope.tree)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_ferry_proto_msgTypes[2]
+	mi := &file_ferry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +488,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[2]
+	mi := &file_ferry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +501,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{2}
+	return file_ferry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Batch) GetEpoch() uint64 {
@@ -463,6 +539,13 @@ func (x *Batch) GetHeadSequence() uint64 {
 	return 0
 }
 
+func (x *Batch) GetTrees() []*TreeProof {
+	if x != nil {
+		return x.Trees
+	}
+	return nil
+}
+
 // Reply travels receiver -> sender on the same stream: the answer to batches
 // (cumulative: "applied through"), and, unprompted, the receiver's position
 // in each lane when the stream opens.
@@ -480,7 +563,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_ferry_proto_msgTypes[3]
+	mi := &file_ferry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +575,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[3]
+	mi := &file_ferry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +588,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{3}
+	return file_ferry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Reply) GetLane() uint32 {
@@ -562,7 +645,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_ferry_proto_msgTypes[4]
+	mi := &file_ferry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +657,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[4]
+	mi := &file_ferry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +670,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{4}
+	return file_ferry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Refusal) GetVersion() uint64 {
@@ -628,7 +711,7 @@ type ReviewRequest struct {
 
 func (x *ReviewRequest) Reset() {
 	*x = ReviewRequest{}
-	mi := &file_ferry_proto_msgTypes[5]
+	mi := &file_ferry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +723,7 @@ func (x *ReviewRequest) String() string {
 func (*ReviewRequest) ProtoMessage() {}
 
 func (x *ReviewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[5]
+	mi := &file_ferry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +736,7 @@ func (x *ReviewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewRequest.ProtoReflect.Descriptor instead.
 func (*ReviewRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{5}
+	return file_ferry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReviewRequest) GetRequestId() uint64 {
@@ -730,7 +813,7 @@ type ReviewDecision struct {
 
 func (x *ReviewDecision) Reset() {
 	*x = ReviewDecision{}
-	mi := &file_ferry_proto_msgTypes[6]
+	mi := &file_ferry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +825,7 @@ func (x *ReviewDecision) String() string {
 func (*ReviewDecision) ProtoMessage() {}
 
 func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[6]
+	mi := &file_ferry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +838,7 @@ func (x *ReviewDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReviewDecision.ProtoReflect.Descriptor instead.
 func (*ReviewDecision) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{6}
+	return file_ferry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReviewDecision) GetOrigin() string {
@@ -836,7 +919,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_ferry_proto_msgTypes[7]
+	mi := &file_ferry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +931,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[7]
+	mi := &file_ferry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +944,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{7}
+	return file_ferry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Hello) GetNetwork() string {
@@ -919,7 +1002,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ferry_proto_msgTypes[8]
+	mi := &file_ferry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1014,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[8]
+	mi := &file_ferry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1027,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{8}
+	return file_ferry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncRequest) GetWhat() SyncRequest_What {
@@ -988,7 +1071,7 @@ type SyncBatch struct {
 
 func (x *SyncBatch) Reset() {
 	*x = SyncBatch{}
-	mi := &file_ferry_proto_msgTypes[9]
+	mi := &file_ferry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1083,7 @@ func (x *SyncBatch) String() string {
 func (*SyncBatch) ProtoMessage() {}
 
 func (x *SyncBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[9]
+	mi := &file_ferry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1096,7 @@ func (x *SyncBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncBatch.ProtoReflect.Descriptor instead.
 func (*SyncBatch) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{9}
+	return file_ferry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SyncBatch) GetEnvelopes() []*Envelope {
@@ -1052,7 +1135,7 @@ type SearchQuery struct {
 
 func (x *SearchQuery) Reset() {
 	*x = SearchQuery{}
-	mi := &file_ferry_proto_msgTypes[10]
+	mi := &file_ferry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1147,7 @@ func (x *SearchQuery) String() string {
 func (*SearchQuery) ProtoMessage() {}
 
 func (x *SearchQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[10]
+	mi := &file_ferry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1160,7 @@ func (x *SearchQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchQuery.ProtoReflect.Descriptor instead.
 func (*SearchQuery) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{10}
+	return file_ferry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SearchQuery) GetQueryId() string {
@@ -1133,7 +1216,7 @@ type SearchFrame struct {
 
 func (x *SearchFrame) Reset() {
 	*x = SearchFrame{}
-	mi := &file_ferry_proto_msgTypes[11]
+	mi := &file_ferry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1228,7 @@ func (x *SearchFrame) String() string {
 func (*SearchFrame) ProtoMessage() {}
 
 func (x *SearchFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[11]
+	mi := &file_ferry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1241,7 @@ func (x *SearchFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchFrame.ProtoReflect.Descriptor instead.
 func (*SearchFrame) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{11}
+	return file_ferry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SearchFrame) GetQuery() *SearchQuery {
@@ -1186,7 +1269,7 @@ type SearchResults struct {
 
 func (x *SearchResults) Reset() {
 	*x = SearchResults{}
-	mi := &file_ferry_proto_msgTypes[12]
+	mi := &file_ferry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1281,7 @@ func (x *SearchResults) String() string {
 func (*SearchResults) ProtoMessage() {}
 
 func (x *SearchResults) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[12]
+	mi := &file_ferry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1294,7 @@ func (x *SearchResults) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchResults.ProtoReflect.Descriptor instead.
 func (*SearchResults) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{12}
+	return file_ferry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SearchResults) GetQueryId() string {
@@ -1251,7 +1334,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_ferry_proto_msgTypes[13]
+	mi := &file_ferry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1346,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[13]
+	mi := &file_ferry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1359,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{13}
+	return file_ferry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotChunk) GetSequence() uint64 {
@@ -1332,7 +1415,7 @@ type TableRow struct {
 
 func (x *TableRow) Reset() {
 	*x = TableRow{}
-	mi := &file_ferry_proto_msgTypes[14]
+	mi := &file_ferry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1427,7 @@ func (x *TableRow) String() string {
 func (*TableRow) ProtoMessage() {}
 
 func (x *TableRow) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[14]
+	mi := &file_ferry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1440,7 @@ func (x *TableRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableRow.ProtoReflect.Descriptor instead.
 func (*TableRow) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{14}
+	return file_ferry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TableRow) GetTable() string {
@@ -1396,7 +1479,7 @@ type DecisionNews struct {
 
 func (x *DecisionNews) Reset() {
 	*x = DecisionNews{}
-	mi := &file_ferry_proto_msgTypes[15]
+	mi := &file_ferry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1491,7 @@ func (x *DecisionNews) String() string {
 func (*DecisionNews) ProtoMessage() {}
 
 func (x *DecisionNews) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[15]
+	mi := &file_ferry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1504,7 @@ func (x *DecisionNews) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionNews.ProtoReflect.Descriptor instead.
 func (*DecisionNews) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{15}
+	return file_ferry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DecisionNews) GetDecisions() [][]byte {
@@ -1458,7 +1541,7 @@ type AppliedReport struct {
 
 func (x *AppliedReport) Reset() {
 	*x = AppliedReport{}
-	mi := &file_ferry_proto_msgTypes[16]
+	mi := &file_ferry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1553,7 @@ func (x *AppliedReport) String() string {
 func (*AppliedReport) ProtoMessage() {}
 
 func (x *AppliedReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_proto_msgTypes[16]
+	mi := &file_ferry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1566,7 @@ func (x *AppliedReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedReport.ProtoReflect.Descriptor instead.
 func (*AppliedReport) Descriptor() ([]byte, []int) {
-	return file_ferry_proto_rawDescGZIP(), []int{16}
+	return file_ferry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AppliedReport) GetSequence() uint64 {
@@ -1506,20 +1589,26 @@ const file_ferry_proto_rawDesc = "" +
 	"\apayload\x18\x05 \x01(\fR\apayload\x12/\n" +
 	"\x14created_at_unix_nano\x18\x06 \x01(\x03R\x11createdAtUnixNano\x12\x0e\n" +
 	"\x02to\x18\a \x01(\fR\x02to\x12!\n" +
-	"\fprev_version\x18\b \x01(\x04R\vprevVersion\"\x95\x01\n" +
+	"\fprev_version\x18\b \x01(\x04R\vprevVersion\"\xa9\x01\n" +
 	"\bEnvelope\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1d\n" +
 	"\n" +
 	"leaf_index\x18\x02 \x01(\rR\tleafIndex\x12\x1b\n" +
 	"\ttree_size\x18\x03 \x01(\rR\btreeSize\x12\x12\n" +
 	"\x04path\x18\x04 \x03(\fR\x04path\x12%\n" +
-	"\x0eroot_signature\x18\x05 \x01(\fR\rrootSignature\"\x9e\x01\n" +
+	"\x0eroot_signature\x18\x05 \x01(\fR\rrootSignature\x12\x12\n" +
+	"\x04tree\x18\x06 \x01(\rR\x04tree\"g\n" +
+	"\tTreeProof\x12\x1b\n" +
+	"\ttree_size\x18\x01 \x01(\rR\btreeSize\x12%\n" +
+	"\x0eroot_signature\x18\x02 \x01(\fR\rrootSignature\x12\x16\n" +
+	"\x06hashes\x18\x03 \x03(\fR\x06hashes\"\xc9\x01\n" +
 	"\x05Batch\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04lane\x18\x02 \x01(\rR\x04lane\x12\x14\n" +
 	"\x05after\x18\x03 \x01(\x04R\x05after\x120\n" +
 	"\tenvelopes\x18\x04 \x03(\v2\x12.ferry.v1.EnvelopeR\tenvelopes\x12#\n" +
-	"\rhead_sequence\x18\x05 \x01(\x04R\fheadSequence\"\xb5\x01\n" +
+	"\rhead_sequence\x18\x05 \x01(\x04R\fheadSequence\x12)\n" +
+	"\x05trees\x18\x06 \x03(\v2\x13.ferry.v1.TreeProofR\x05trees\"\xb5\x01\n" +
 	"\x05Reply\x12\x12\n" +
 	"\x04lane\x18\x01 \x01(\rR\x04lane\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
@@ -1637,44 +1726,46 @@ func file_ferry_proto_rawDescGZIP() []byte {
 }
 
 var file_ferry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_proto_goTypes = []any{
 	(Kind)(0),              // 0: ferry.v1.Kind
 	(AckStatus)(0),         // 1: ferry.v1.AckStatus
 	(SyncRequest_What)(0),  // 2: ferry.v1.SyncRequest.What
 	(*Body)(nil),           // 3: ferry.v1.Body
 	(*Envelope)(nil),       // 4: ferry.v1.Envelope
-	(*Batch)(nil),          // 5: ferry.v1.Batch
-	(*Reply)(nil),          // 6: ferry.v1.Reply
-	(*Refusal)(nil),        // 7: ferry.v1.Refusal
-	(*ReviewRequest)(nil),  // 8: ferry.v1.ReviewRequest
-	(*ReviewDecision)(nil), // 9: ferry.v1.ReviewDecision
-	(*Hello)(nil),          // 10: ferry.v1.Hello
-	(*SyncRequest)(nil),    // 11: ferry.v1.SyncRequest
-	(*SyncBatch)(nil),      // 12: ferry.v1.SyncBatch
-	(*SearchQuery)(nil),    // 13: ferry.v1.SearchQuery
-	(*SearchFrame)(nil),    // 14: ferry.v1.SearchFrame
-	(*SearchResults)(nil),  // 15: ferry.v1.SearchResults
-	(*SnapshotChunk)(nil),  // 16: ferry.v1.SnapshotChunk
-	(*TableRow)(nil),       // 17: ferry.v1.TableRow
-	(*DecisionNews)(nil),   // 18: ferry.v1.DecisionNews
-	(*AppliedReport)(nil),  // 19: ferry.v1.AppliedReport
+	(*TreeProof)(nil),      // 5: ferry.v1.TreeProof
+	(*Batch)(nil),          // 6: ferry.v1.Batch
+	(*Reply)(nil),          // 7: ferry.v1.Reply
+	(*Refusal)(nil),        // 8: ferry.v1.Refusal
+	(*ReviewRequest)(nil),  // 9: ferry.v1.ReviewRequest
+	(*ReviewDecision)(nil), // 10: ferry.v1.ReviewDecision
+	(*Hello)(nil),          // 11: ferry.v1.Hello
+	(*SyncRequest)(nil),    // 12: ferry.v1.SyncRequest
+	(*SyncBatch)(nil),      // 13: ferry.v1.SyncBatch
+	(*SearchQuery)(nil),    // 14: ferry.v1.SearchQuery
+	(*SearchFrame)(nil),    // 15: ferry.v1.SearchFrame
+	(*SearchResults)(nil),  // 16: ferry.v1.SearchResults
+	(*SnapshotChunk)(nil),  // 17: ferry.v1.SnapshotChunk
+	(*TableRow)(nil),       // 18: ferry.v1.TableRow
+	(*DecisionNews)(nil),   // 19: ferry.v1.DecisionNews
+	(*AppliedReport)(nil),  // 20: ferry.v1.AppliedReport
 }
 var file_ferry_proto_depIdxs = []int32{
 	0,  // 0: ferry.v1.Body.kind:type_name -> ferry.v1.Kind
 	4,  // 1: ferry.v1.Batch.envelopes:type_name -> ferry.v1.Envelope
-	7,  // 2: ferry.v1.Reply.refused:type_name -> ferry.v1.Refusal
-	8,  // 3: ferry.v1.ReviewDecision.request:type_name -> ferry.v1.ReviewRequest
-	2,  // 4: ferry.v1.SyncRequest.what:type_name -> ferry.v1.SyncRequest.What
-	4,  // 5: ferry.v1.SyncBatch.envelopes:type_name -> ferry.v1.Envelope
-	13, // 6: ferry.v1.SearchFrame.query:type_name -> ferry.v1.SearchQuery
-	15, // 7: ferry.v1.SearchFrame.results:type_name -> ferry.v1.SearchResults
-	17, // 8: ferry.v1.SnapshotChunk.rows:type_name -> ferry.v1.TableRow
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	5,  // 2: ferry.v1.Batch.trees:type_name -> ferry.v1.TreeProof
+	8,  // 3: ferry.v1.Reply.refused:type_name -> ferry.v1.Refusal
+	9,  // 4: ferry.v1.ReviewDecision.request:type_name -> ferry.v1.ReviewRequest
+	2,  // 5: ferry.v1.SyncRequest.what:type_name -> ferry.v1.SyncRequest.What
+	4,  // 6: ferry.v1.SyncBatch.envelopes:type_name -> ferry.v1.Envelope
+	14, // 7: ferry.v1.SearchFrame.query:type_name -> ferry.v1.SearchQuery
+	16, // 8: ferry.v1.SearchFrame.results:type_name -> ferry.v1.SearchResults
+	18, // 9: ferry.v1.SnapshotChunk.rows:type_name -> ferry.v1.TableRow
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_proto_init() }
@@ -1688,7 +1779,7 @@ func file_ferry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_proto_rawDesc), len(file_ferry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
