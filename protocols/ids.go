@@ -15,12 +15,14 @@ import (
 // Peer protocol ids. They are versioned on their own, not with Ferry's release.
 const (
 	// The delivery protocols carry Batch frames answered by Reply frames
-	// (2.0.0; 1.0.0 carried one Message per frame, each acked alone).
-	ResourceCreate   protocol.ID = "/ferry/resource/create/2.0.0"
-	ResourceUpdate   protocol.ID = "/ferry/resource/update/2.0.0"
-	ResourceDelete   protocol.ID = "/ferry/resource/delete/2.0.0"
-	ResourceConsider protocol.ID = "/ferry/resource/considers/2.0.0"
-	Planner          protocol.ID = "/ferry/planner/2.0.0"
+	// (3.0.0: compact envelopes, a tree's proof once per batch; 2.0.0 sent
+	// every envelope with its audit path and signature; 1.0.0 carried one
+	// Message per frame, each acked alone).
+	ResourceCreate   protocol.ID = "/ferry/resource/create/3.0.0"
+	ResourceUpdate   protocol.ID = "/ferry/resource/update/3.0.0"
+	ResourceDelete   protocol.ID = "/ferry/resource/delete/3.0.0"
+	ResourceConsider protocol.ID = "/ferry/resource/considers/3.0.0"
+	Planner          protocol.ID = "/ferry/planner/3.0.0"
 	Search           protocol.ID = "/ferry/search/1.0.0"
 	Sync             protocol.ID = "/ferry/sync/1.0.0"
 	Hello            protocol.ID = "/ferry/hello/1.0.0"

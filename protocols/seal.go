@@ -1,6 +1,7 @@
 package protocols
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -202,8 +203,11 @@ func rootFromPath(leaf [32]byte, index, size uint32, path [][]byte) ([32]byte, b
 // so a batch costs one signature check however many envelopes it holds.
 type Verifier struct {
 	mu   sync.Mutex
-	cur  map[verifiedKey]struct{}
-	prev map[verifiedKey]struct{}
+	// cur and prev map a verified root to its signature: a root comes
+	// with the signature verified over it, or is checked again (so no
+	// envelope is kept with a signature that does not verify).
+	cur  map[verifiedKey][]byte
+	prev map[verifiedKey][]byte
 	keys map[peer.ID]crypto.PubKey
 }
 
@@ -217,7 +221,7 @@ const verifierGeneration = 4096
 
 // NewVerifier returns an empty verifier.
 func NewVerifier() *Verifier {
-	return &Verifier{cur: map[verifiedKey]struct{}{}, keys: map[peer.ID]crypto.PubKey{}}
+	return &Verifier{cur: map[verifiedKey][]byte{}, keys: map[peer.ID]crypto.PubKey{}}
 }
 
 // Open verifies env and returns its decoded body. The origin is taken from the
@@ -265,12 +269,13 @@ func (v *Verifier) verify(origin peer.ID, env *pb.Envelope, leaf [32]byte) error
 // verified before.
 func (v *Verifier) verifyRoot(k verifiedKey, sig []byte) error {
 	v.mu.Lock()
-	_, hit := v.cur[k]
+	known, hit := v.cur[k]
 	if !hit {
-		if _, hit = v.prev[k]; hit {
-			v.remember(k)
+		if known, hit = v.prev[k]; hit {
+			v.remember(k, known)
 		}
 	}
+	hit = hit && bytes.Equal(known, sig)
 	pub := v.keys[k.origin]
 	v.mu.Unlock()
 	if hit {
@@ -287,7 +292,7 @@ func (v *Verifier) verifyRoot(k verifiedKey, sig []byte) error {
 		return fmt.Errorf("%w (origin %s)", ErrBadSignature, k.origin)
 	}
 	v.mu.Lock()
-	v.remember(k)
+	v.remember(k, bytes.Clone(sig))
 	if len(v.keys) < verifierGeneration {
 		v.keys[k.origin] = pub
 	}
@@ -296,9 +301,9 @@ func (v *Verifier) verifyRoot(k verifiedKey, sig []byte) error {
 }
 
 // remember adds k to the current generation; callers hold v.mu.
-func (v *Verifier) remember(k verifiedKey) {
+func (v *Verifier) remember(k verifiedKey, sig []byte) {
 	if len(v.cur) >= verifierGeneration {
-		v.prev, v.cur = v.cur, make(map[verifiedKey]struct{}, verifierGeneration)
+		v.prev, v.cur = v.cur, make(map[verifiedKey][]byte, verifierGeneration)
 	}
-	v.cur[k] = struct{}{}
+	v.cur[k] = sig
 }

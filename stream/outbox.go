@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
@@ -269,20 +270,25 @@ func (o *outbox) fallbackDue(es []store.Entry, now time.Time) []store.Entry {
 }
 
 // cut groups entries into batches: consecutive entries of one protocol, at
-// most BatchEntries and about BatchBytes each.
+// most BatchEntries and about BatchBytes each, counted as the compact frame
+// holds them (protocols.CompactCost: a body, and a tree's proof once).
 func (o *outbox) cut(lane Lane, after uint64, es []store.Entry, room int) []plan {
 	var out []plan
 	start, size := 0, 0
+	var sig []byte
 	for i, e := range es {
-		if i > start && (e.Protocol != es[start].Protocol || i-start >= o.s.opts.BatchEntries || size+len(e.Env) > o.s.opts.BatchBytes) {
+		cost, esig := protocols.CompactCost(e.Env, sig)
+		if i > start && (e.Protocol != es[start].Protocol || i-start >= o.s.opts.BatchEntries || size+cost > o.s.opts.BatchBytes) {
 			out = append(out, plan{lane: lane, after: after, entries: es[start:i]})
 			after = es[i-1].Version
 			start, size = i, 0
 			if len(out) == room {
 				return out
 			}
+			cost, esig = protocols.CompactCost(e.Env, nil)
 		}
-		size += len(e.Env)
+		size += cost
+		sig = esig
 	}
 	return append(out, plan{lane: lane, after: after, entries: es[start:]})
 }

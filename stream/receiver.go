@@ -414,27 +414,31 @@ func (r *Receiver) readLoop(in *inStream) error {
 	}
 }
 
-// decodeBatch reads a Batch frame, keeping each envelope's bytes as they
-// came (they are stored verbatim).
-func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, envs [][]byte, err error) {
+// decodeBatch reads a Batch frame, keeping each envelope's and tree
+// proof's bytes as they came.
+func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, envs, trees [][]byte, err error) {
 	for len(frame) > 0 {
 		num, typ, n := protowire.ConsumeTag(frame)
 		if n < 0 {
-			return 0, 0, 0, 0, nil, protowire.ParseError(n)
+			return 0, 0, 0, 0, nil, nil, protowire.ParseError(n)
 		}
 		frame = frame[n:]
 		switch {
-		case num == 4 && typ == protowire.BytesType:
+		case (num == 4 || num == 6) && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(frame)
 			if n < 0 {
-				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+				return 0, 0, 0, 0, nil, nil, protowire.ParseError(n)
 			}
-			envs = append(envs, v)
+			if num == 4 {
+				envs = append(envs, v)
+			} else {
+				trees = append(trees, v)
+			}
 			frame = frame[n:]
 		case typ == protowire.VarintType && num >= 1 && num <= 5:
 			v, n := protowire.ConsumeVarint(frame)
 			if n < 0 {
-				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+				return 0, 0, 0, 0, nil, nil, protowire.ParseError(n)
 			}
 			switch num {
 			case 1:
@@ -450,12 +454,91 @@ func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, 
 		default:
 			n := protowire.ConsumeFieldValue(num, typ, frame)
 			if n < 0 {
-				return 0, 0, 0, 0, nil, protowire.ParseError(n)
+				return 0, 0, 0, 0, nil, nil, protowire.ParseError(n)
 			}
 			frame = frame[n:]
 		}
 	}
-	return epoch, lane, after, headSeq, envs, nil
+	return epoch, lane, after, headSeq, envs, trees, nil
+}
+
+// opened is one envelope of a batch, verified: its body, signer, leaf hash
+// and its encoding as a self-contained envelope (what is stored).
+type opened struct {
+	body   *pb.Body
+	origin peer.ID
+	leaf   [32]byte
+	env    *pb.Envelope
+	raw    []byte
+}
+
+// openEnvelopes verifies a batch's envelopes: compact ones (Envelope.tree
+// names one of the batch's tree proofs) one tree at a time, one root and
+// one signature per tree; self-contained ones alone. The result is in the
+// batch's order.
+func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
+	out := make([]opened, len(envs))
+	parts := make([]*protocols.Part, len(trees))
+	type at struct {
+		part *protocols.Part
+		i    int
+	}
+	where := make([]at, len(envs))
+	for j, raw := range envs {
+		shape, ok := protocols.ParseEnvelope(raw, false)
+		if !ok {
+			return nil, inbound.Refuse("malformed envelope", nil)
+		}
+		if shape.Tree == 0 {
+			env := &pb.Envelope{}
+			if err := proto.Unmarshal(raw, env); err != nil {
+				return nil, inbound.Refuse("malformed envelope", err)
+			}
+			body, origin, leaf, err := r.verifier.OpenLeaf(env)
+			if err != nil {
+				return nil, inbound.Refuse("bad envelope", err)
+			}
+			out[j] = opened{body: body, origin: origin, leaf: leaf, env: env, raw: raw}
+			continue
+		}
+		if int(shape.Tree) > len(trees) || shape.Size != 0 || len(shape.Sig) > 0 {
+			return nil, inbound.Refuse(fmt.Sprintf("envelope of tree %d in a batch of %d tree proofs, or compact and self-contained at once", shape.Tree, len(trees)), nil)
+		}
+		p := parts[shape.Tree-1]
+		if p == nil {
+			size, sig, hashes, err := protocols.ParseTreeProof(trees[shape.Tree-1])
+			if err != nil {
+				return nil, inbound.Refuse("malformed tree proof", err)
+			}
+			p = &protocols.Part{Size: size, Sig: sig, Proof: hashes}
+			parts[shape.Tree-1] = p
+		}
+		where[j] = at{p, len(p.Index)}
+		p.Index = append(p.Index, shape.Leaf)
+		p.Bodies = append(p.Bodies, shape.Body)
+	}
+	done := make(map[*protocols.Part]*protocols.OpenedPart, len(parts))
+	for i, p := range parts {
+		if p == nil {
+			return nil, inbound.Refuse(fmt.Sprintf("tree proof %d: no envelope refers to it", i+1), nil)
+		}
+		o, err := r.verifier.OpenPart(p)
+		if err != nil {
+			return nil, inbound.Refuse(fmt.Sprintf("bad envelopes of tree proof %d", i+1), err)
+		}
+		done[p] = o
+	}
+	for j, w := range where {
+		if w.part == nil {
+			continue
+		}
+		o := done[w.part]
+		env := &pb.Envelope{Body: w.part.Bodies[w.i], LeafIndex: w.part.Index[w.i], TreeSize: w.part.Size,
+			Path: o.Paths[w.i], RootSignature: w.part.Sig}
+		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], env: env,
+			raw: protocols.MarshalEnvelope(env)}
+	}
+	return out, nil
 }
 
 // open decodes and verifies a batch: every envelope signed by the sender,
@@ -464,7 +547,7 @@ func decodeBatch(frame []byte) (epoch uint64, lane Lane, after, headSeq uint64, 
 // then each is admitted and prepared by the service. Any failure refuses
 // the whole frame (the stream is reset; nothing is written).
 func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
-	epoch, lane, after, headSeq, envs, err := decodeBatch(frame)
+	epoch, lane, after, headSeq, envs, trees, err := decodeBatch(frame)
 	if err != nil {
 		return nil, inbound.Refuse("malformed batch", err)
 	}
@@ -474,19 +557,16 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 	if len(envs) == 0 {
 		return nil, inbound.Refuse("empty batch", nil)
 	}
+	oks, err := r.openEnvelopes(envs, trees)
+	if err != nil {
+		return nil, err
+	}
 	b := &batch{st: in, lane: lane, epoch: epoch, after: after, headSeq: headSeq, bytes: len(frame)}
 	prev := after
-	for _, raw := range envs {
-		env := &pb.Envelope{}
-		if err := proto.Unmarshal(raw, env); err != nil {
-			return nil, inbound.Refuse("malformed envelope", err)
-		}
-		body, origin, leaf, err := r.verifier.OpenLeaf(env)
-		if err != nil {
-			return nil, inbound.Refuse("bad envelope", err)
-		}
-		if origin != in.remote {
-			return nil, inbound.Refuse(fmt.Sprintf("change signed by %s, not by the sender", origin), nil)
+	for _, e := range oks {
+		body := e.body
+		if e.origin != in.remote {
+			return nil, inbound.Refuse(fmt.Sprintf("change signed by %s, not by the sender", e.origin), nil)
 		}
 		if !protocols.KindAllowed(in.proto, body.Kind) {
 			return nil, inbound.Refuse(fmt.Sprintf("kind %s not allowed on %s", body.Kind, in.proto), nil)
@@ -501,8 +581,8 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 		if len(body.To) > 0 && peer.ID(body.To) != r.host.ID() {
 			return nil, inbound.Refuse("change addressed to another peer", nil)
 		}
-		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: origin, Body: body, Envelope: env, Raw: raw,
-			Hash: store.HashOfLeaf(leaf), Lane: lane}
+		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: e.origin, Body: body, Envelope: e.env, Raw: e.raw,
+			Hash: store.HashOfLeaf(e.leaf), Lane: lane}
 		if err := r.handler.Admit(m); err != nil {
 			return nil, inbound.Refuse("not admitted", err)
 		}

@@ -788,12 +788,15 @@ func (o *outbox) write(plans []plan) {
 	}
 }
 
-// encodeBatch builds a Batch frame around the stored envelope bytes without
-// decoding them: a repeated message field is its length-delimited bytes.
+// encodeBatch builds a Batch frame from the stored envelopes: compact,
+// each envelope its body and leaf index, each tree's proof once
+// (protocols.AppendCompact).
 func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
 	size := 32
-	for _, e := range es {
+	envs := make([][]byte, len(es))
+	for i, e := range es {
 		size += len(e.Env) + 4
+		envs[i] = e.Env
 	}
 	b := make([]byte, 0, size)
 	b = protowire.AppendTag(b, 1, protowire.VarintType)
@@ -804,15 +807,11 @@ func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSe
 		b = protowire.AppendTag(b, 3, protowire.VarintType)
 		b = protowire.AppendVarint(b, after)
 	}
-	for _, e := range es {
-		b = protowire.AppendTag(b, 4, protowire.BytesType)
-		b = protowire.AppendBytes(b, e.Env)
-	}
 	if headSeq > 0 {
 		b = protowire.AppendTag(b, 5, protowire.VarintType)
 		b = protowire.AppendVarint(b, headSeq)
 	}
-	return b
+	return protocols.AppendCompact(b, envs)
 }
 
 // stream returns the open stream of a protocol, opening it if needed.

@@ -29,11 +29,11 @@ type Kind int32
 
 const (
 	Kind_KIND_UNSPECIFIED     Kind = 0
-	Kind_KIND_RESOURCE_CREATE Kind = 1 // /ferry/resource/create/2.0.0, payload: resource JSON
-	Kind_KIND_RESOURCE_UPDATE Kind = 2 // /ferry/resource/update/2.0.0, payload: resource JSON
-	Kind_KIND_RESOURCE_DELETE Kind = 3 // /ferry/resource/delete/2.0.0, payload: resource JSON
-	Kind_KIND_CONSIDERS       Kind = 4 // /ferry/resource/considers/2.0.0, payload: JSON
-	Kind_KIND_PLANNER         Kind = 5 // /ferry/planner/2.0.0, payload: JSON
+	Kind_KIND_RESOURCE_CREATE Kind = 1 // /ferry/resource/create/3.0.0, payload: resource JSON
+	Kind_KIND_RESOURCE_UPDATE Kind = 2 // /ferry/resource/update/3.0.0, payload: resource JSON
+	Kind_KIND_RESOURCE_DELETE Kind = 3 // /ferry/resource/delete/3.0.0, payload: resource JSON
+	Kind_KIND_CONSIDERS       Kind = 4 // /ferry/resource/considers/3.0.0, payload: JSON
+	Kind_KIND_PLANNER         Kind = 5 // /ferry/planner/3.0.0, payload: JSON
 	Kind_KIND_REVIEW_REQUEST  Kind = 6 // create/update/delete protocol by request type (insert on create), payload: ReviewRequest
 	Kind_KIND_REVIEW_DECISION Kind = 7 // create/update/delete protocol by request type (insert on create), payload: ReviewDecision
 	Kind_KIND_SNAPSHOT        Kind = 8 // never delivered: sync answers to a new member, payload: SnapshotChunk
