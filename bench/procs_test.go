@@ -272,17 +272,19 @@ func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) pro
 }
 
 // ferryProcsLatency paces rate events/s for d at A (a process) with one partner.
-func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) ferryResult {
+func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wait time.Duration) procResult {
 	n := max(int(float64(rate)*d.Seconds()), 1)
-	_, _, nc, cs := procNet(t, 1, n, 1)
+	pa, pbs, nc, cs := procNet(t, 1, n, 1)
 	a := newApp(t, nc, n, inflight, 1)
 	runtime.GC()
+	cpuA0, cpuB0 := cpuOf(pa.Pid()), cpuOf(pbs[0].Pid())
 	a.start = now()
 	a.send(t, time.Second/time.Duration(rate))
 	waitAll(t, a, cs, 5*time.Minute)
-	r := ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}
+	r := procResult{ferryResult: ferryResult{Partners: 1, N: n, Elapsed: cs[0].doneAt - a.start, AckedAt: a.doneAt - a.start, Rate: float64(rate)}}
+	r.CPUA, r.CPUB = cpuOf(pa.Pid())-cpuA0, []time.Duration{cpuOf(pbs[0].Pid()) - cpuB0}
 	r.Check, r.Failed = settle(t, a, cs, wait)
-	latencies(&r, a, cs[0])
+	latencies(&r.ferryResult, a, cs[0])
 	return r
 }
 
@@ -319,6 +321,6 @@ func TestProcsLatencyQuick(t *testing.T) {
 	}
 	rate, _ := strconv.Atoi(s)
 	r := ferryProcsLatency(t, rate, 5*time.Second, 2048, 300*time.Millisecond)
-	t.Logf("%d events/s for 5s: send at A to event on B p50 %v, p99 %v, max %v; fsynced reply p50 %v, p99 %v; %s",
-		rate, r.P50, r.P99, r.Max, r.AckP50, r.AckP99, r.Check)
+	t.Logf("%d events/s for 5s: send at A to event on B p50 %v, p99 %v, max %v; fsynced reply p50 %v, p99 %v; CPU per event A %.1f µs, B %s µs; %s",
+		rate, r.P50, r.P99, r.Max, r.AckP50, r.AckP99, r.UsPerEvent(), r.partnersUs(), r.Check)
 }

@@ -133,7 +133,7 @@ func run(t *testing.T, sz sizes, parts map[string]bool) *results {
 	part("latency", func(t *testing.T) {
 		for _, rate := range sz.LatencyRates {
 			t.Run(strconv.Itoa(rate), func(t *testing.T) {
-				r.Latency = append(r.Latency, ferryProcsLatency(t, rate, sz.LatencyFor, sz.Inflight, sz.Settle))
+				r.Latency = append(r.Latency, ferryProcsLatency(t, rate, sz.LatencyFor, sz.Inflight, sz.Settle).ferryResult)
 			})
 		}
 	})

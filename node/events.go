@@ -52,6 +52,19 @@ type Event struct {
 	Subject       string    `json:"subject,omitempty"`
 	To            []string  `json:"to,omitempty"` // receivers of a committed change
 	Detail        string    `json:"detail,omitempty"`
+	// fill completes the event when someone reads it (what it costs to
+	// say, e.g. a resource's id read from its payload, is not paid for
+	// the events nobody watches).
+	fill func(*Event)
+}
+
+// complete runs the event's fill once.
+func (e *Event) complete() {
+	if e.fill != nil {
+		f := e.fill
+		e.fill = nil
+		f(e)
+	}
 }
 
 const (
@@ -94,6 +107,9 @@ func (h *eventHub) emit(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
+	if len(h.watchers) > 0 {
+		e.complete()
+	}
 	h.ring[h.next] = e
 	h.next++
 	if h.next == eventBacklog {
@@ -110,6 +126,9 @@ func (h *eventHub) emit(e Event) {
 
 // recent is the kept events, oldest first; callers hold h.mu.
 func (h *eventHub) recent() []Event {
+	for i := range h.ring {
+		h.ring[i].complete()
+	}
 	if !h.full {
 		return slices.Clone(h.ring[:h.next])
 	}
@@ -261,8 +280,8 @@ func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
 	tx.OnCommit(func() {
 		at := time.Now().UTC()
 		e := Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
-			PeerID: n.idText(from), Origin: n.idText(origin), OriginVersion: ver, Detail: body.DataType}
-		n.appliedDetail(&e, body)
+			PeerID: n.idText(from), Origin: n.idText(origin), OriginVersion: ver, Detail: body.DataType,
+			fill: func(e *Event) { n.appliedDetail(e, body) }}
 		n.events.emit(e)
 	})
 }
