@@ -3,11 +3,18 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store/seglog"
@@ -190,8 +197,8 @@ func TestOpenCutsWhatPebbleNeverRecorded(t *testing.T) {
 
 // TestReceivedTreesAreStoredOnce: envelopes of another origin whose whole
 // tree comes in one round are stored as bodies with the tree's signature
-// once, and read back byte for byte; a tree that came in part is kept as it
-// came.
+// once, and read back byte for byte; a tree that came in part is stored as
+// a part (recPart: TestReceivedPartsAreStoredOnce).
 func TestReceivedTreesAreStoredOnce(t *testing.T) {
 	key, _ := newKey(t)
 	okey, other := newKey(t)
@@ -244,8 +251,8 @@ func TestReceivedTreesAreStoredOnce(t *testing.T) {
 		if err := s.clog.Iter(0, func(r seglog.Record) bool { types[r.Type]++; return true }); err != nil {
 			t.Fatal(err)
 		}
-		if types[recTree] != 7 || types[recEnvelope] != 3 {
-			t.Fatalf("%s: records by type %v; want the whole tree's 7 compact, the part's 3 as they came", when, types)
+		if types[recTree] != 7 || types[recPart] != 3 {
+			t.Fatalf("%s: records by type %v; want the whole tree's 7 compact, the part's 3 too", when, types)
 		}
 		v := protocols.NewVerifier()
 		for ver, raw := range got {
@@ -275,4 +282,317 @@ func TestReceivedTreesAreStoredOnce(t *testing.T) {
 	}
 	defer s.Close()
 	check("reopened")
+}
+
+// receivedTree seals n bodies of origin (okey, other) from origin version
+// from, each about pad bytes, and returns their encoded envelopes.
+func receivedTree(t *testing.T, okey crypto.PrivKey, other peer.ID, from, n, pad int) [][]byte {
+	t.Helper()
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		b := &pb.Body{Origin: []byte(other), OriginVersion: uint64(from + i), Kind: pb.Kind_KIND_RESOURCE_CREATE,
+			DataType: "vm", Payload: fmt.Appendf(nil, `{"id":"%d"}`, from+i)}
+		if short := pad - len(protocols.AppendBody(nil, b)); short > 3 {
+			b.Payload = fmt.Appendf(nil, `{"id":"%d","pad":"%s"}`, from+i, bytes.Repeat([]byte("p"), short-10))
+		}
+		bodies[i] = protocols.AppendBody(nil, b)
+	}
+	envs, err := protocols.Seal(okey, bodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([][]byte, n)
+	for i, e := range envs {
+		out[i] = protocols.MarshalEnvelope(e)
+	}
+	return out
+}
+
+// receive stores envs in one round, as received; it returns their
+// versions and records each in got.
+func receive(t *testing.T, s *Store, got map[uint64][]byte, envs ...[]byte) []uint64 {
+	t.Helper()
+	var vers []uint64
+	if err := s.Update(context.Background(), func(tx *Txn) error {
+		for _, raw := range envs {
+			env := &pb.Envelope{}
+			b := &pb.Body{}
+			if err := unmarshal(raw, env); err != nil {
+				return err
+			}
+			if err := unmarshal(env.Body, b); err != nil {
+				return err
+			}
+			v, err := tx.AppendReceived(b, BodyHash(env.Body), raw)
+			if err != nil {
+				return err
+			}
+			got[v] = raw
+			vers = append(vers, v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return vers
+}
+
+func pick(envs [][]byte, idx ...int) [][]byte {
+	out := make([][]byte, len(idx))
+	for i, x := range idx {
+		out[i] = envs[x]
+	}
+	return out
+}
+
+func span(lo, hi, step int) []int {
+	var out []int
+	for i := lo; i < hi; i += step {
+		out = append(out, i)
+	}
+	return out
+}
+
+func logTypes(t *testing.T, s *Store) map[byte]int {
+	t.Helper()
+	types := map[byte]int{}
+	if err := s.clog.Iter(0, func(r seglog.Record) bool { types[r.Type]++; return true }); err != nil {
+		t.Fatal(err)
+	}
+	return types
+}
+
+// TestReceivedPartsAreStoredOnce: envelopes of another origin that come in
+// parts of their trees (a range, every third leaf, the first and the last,
+// two parts in two rounds, parts of two trees interleaved, leaves out of
+// order) are stored as bodies with the part's signature and proof once,
+// and read back byte for byte, in this run and after a reopen; a lone leaf
+// of its tree is kept as it came.
+func TestReceivedPartsAreStoredOnce(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := receivedTree(t, okey, other, 100, 20, 256)
+	b := receivedTree(t, okey, other, 200, 30, 256)
+	c := receivedTree(t, okey, other, 300, 9, 100)
+	d := receivedTree(t, okey, other, 400, 16, 256)
+	e := receivedTree(t, okey, other, 500, 10, 256)
+	f := receivedTree(t, okey, other, 600, 12, 256)
+	g := receivedTree(t, okey, other, 700, 5, 256)
+	h := receivedTree(t, okey, other, 800, 8, 256)
+	w := receivedTree(t, okey, other, 900, 6, 256)
+	got := map[uint64][]byte{}
+	var round1 [][]byte
+	round1 = append(round1, pick(a, span(5, 15, 1)...)...) // 10: a middle range
+	round1 = append(round1, pick(b, span(0, 30, 3)...)...) // 10: every third leaf
+	round1 = append(round1, pick(c, 0, 8)...)              // 2: the first and the last
+	round1 = append(round1, pick(d, span(2, 7, 1)...)...)  // 5: one part of d
+	for i := range 5 {                                     // 10: parts of e and f interleaved
+		round1 = append(round1, e[2*i], f[2*i+1])
+	}
+	round1 = append(round1, g[3])                   // 1: a lone leaf, as it came
+	round1 = append(round1, pick(h, 5, 6, 2, 3)...) // 4: two parts, the leaves out of order
+	receive(t, s, got, round1...)
+	receive(t, s, got, append(pick(d, span(7, 13, 1)...), w...)...) // 6: d's other part; 6: a whole tree
+
+	check := func(when string) {
+		t.Helper()
+		types := logTypes(t, s)
+		if want := 10 + 10 + 2 + 5 + 10 + 4 + 6; types[recPart] != want || types[recEnvelope] != 1 || types[recTree] != 6 {
+			t.Fatalf("%s: records by type %v; want %d parts, 1 envelope as it came, 6 of a whole tree", when, types, want)
+		}
+		v := protocols.NewVerifier()
+		for ver, raw := range got {
+			env, err := s.ChangeEnvelope(ver)
+			if err != nil || !bytes.Equal(env, raw) {
+				t.Fatalf("%s: change %d read back differs from the envelope received (%v)", when, ver, err)
+			}
+			c, err := s.Change(ver)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, origin, err := v.Open(c.Envelope); err != nil || origin != other {
+				t.Fatalf("%s: change %d does not verify: %v", when, ver, err)
+			}
+			if b, err := s.ChangeBody(ver); err != nil || b.OriginVersion != c.Body.OriginVersion {
+				t.Fatalf("%s: body of %d: %v", when, ver, err)
+			}
+			if e, err := s.OriginEntry(other, c.Body.OriginVersion); err != nil || e.LocalVersion != ver {
+				t.Fatalf("%s: origin entry of %d: %+v %v", when, ver, e, err)
+			}
+		}
+		cs, err := s.Changes(0, 10_000)
+		if err != nil || len(cs) != len(got) {
+			t.Fatalf("%s: %d changes (%v), want %d", when, len(cs), err, len(got))
+		}
+		for _, c := range cs {
+			if !bytes.Equal(protocols.MarshalEnvelope(c.Envelope), got[c.Version]) {
+				t.Fatalf("%s: change %d of Changes differs from the envelope received", when, c.Version)
+			}
+		}
+		if n, err := s.reindexOrigins(); err != nil || n != 0 {
+			t.Fatalf("%s: re-index: %d added (%v)", when, n, err)
+		}
+	}
+	check("open")
+	_ = s.Close()
+	if s, err = Open(dir, Options{Signer: key}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check("reopened")
+	if h := s.Health(); h.Corrupt {
+		t.Fatalf("health: %+v", h)
+	}
+}
+
+// TestReceivedPartBytes: a part of 500 leaves of a tree of 1024 (256-byte
+// bodies) takes far less of the log than its envelopes as they came.
+func TestReceivedPartBytes(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	tree := receivedTree(t, okey, other, 1, 1024, 256)
+	logBytes := func(dir string) int64 {
+		segs, _ := filepath.Glob(filepath.Join(dir, LogDir, "*.seg"))
+		var n int64
+		for _, p := range segs {
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += st.Size()
+		}
+		return n
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, c := range []struct {
+		name string
+		idx  []int
+	}{
+		{"random 500", r.Perm(1024)[:500]},
+		{"range 500", span(300, 800, 1)},
+	} {
+		slices.Sort(c.idx)
+		envs := pick(tree, c.idx...)
+		var received int64
+		for _, e := range envs {
+			received += int64(len(e)) + 17 // a record's header: length, checksum, version, type
+		}
+		dir := t.TempDir()
+		s, err := Open(dir, Options{Signer: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := logBytes(dir)
+		got := map[uint64][]byte{}
+		receive(t, s, got, envs...)
+		held := logBytes(dir) - before
+		if types := logTypes(t, s); types[recPart] != 500 {
+			t.Fatalf("%s: records by type %v", c.name, types)
+		}
+		t.Logf("%s of 1024 leaves, %d-byte bodies: %d bytes a change as received, %d held (%.0f%%)", c.name,
+			len(mustBody(t, envs[0])), received/500, held/500, 100*float64(held)/float64(received))
+		if held > received*6/10 {
+			t.Fatalf("%s: the log holds %d bytes for %d of envelopes", c.name, held, received)
+		}
+		for ver, raw := range got {
+			if env, err := s.ChangeEnvelope(ver); err != nil || !bytes.Equal(env, raw) {
+				t.Fatalf("%s: change %d read back differs (%v)", c.name, ver, err)
+			}
+		}
+		_ = s.Close()
+	}
+}
+
+func mustBody(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	e, ok := protocols.ParseEnvelope(raw, false)
+	if !ok {
+		t.Fatal("not an envelope")
+	}
+	return e.Body
+}
+
+// TestDamagedPartIsCorrupt: a part whose records are damaged (a checksum
+// that fails, a proof that does not rebuild, a record that does not parse,
+// a group cut short) is reported corrupt, not served.
+func TestDamagedPartIsCorrupt(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tree := receivedTree(t, okey, other, 1, 10, 256)
+	got := map[uint64][]byte{}
+	vers := receive(t, s, got, pick(tree, 1, 2, 3, 4, 5, 6)...)
+	wantCorrupt := func(what string, read func() error) {
+		t.Helper()
+		s.trees = treeCache{max: 8}
+		if err := read(); !errors.Is(err, ferry.ErrCorrupt) {
+			t.Fatalf("%s: %v; want an error wrapping ErrCorrupt", what, err)
+		}
+	}
+	// Records that pass their checksum but do not rebuild, appended after
+	// the log's last (read directly: never durable in Pebble's eyes).
+	last := s.clog.Last()
+	body := func(i int) []byte { return mustBody(t, tree[i]) }
+	sig := func() []byte { e, _ := protocols.ParseEnvelope(tree[0], false); return e.Sig }()
+	paths := [][][]byte{}
+	for _, i := range []int{7, 8} {
+		e, _ := protocols.ParseEnvelope(tree[i], true)
+		paths = append(paths, e.Path)
+	}
+	proof, err := protocols.PartProof(10, []uint32{7, 8}, paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []seglog.Record{
+		// A proof one hash short.
+		{Version: last + 1, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
+		{Version: last + 2, Type: recPart, Data: partRecord(1, 8, 2, 10, sig, proof[1:], body(8))},
+		// A count that is not the group's.
+		{Version: last + 3, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
+		{Version: last + 4, Type: recPart, Data: partRecord(1, 8, 3, 10, sig, proof, body(8))},
+		// Not a record.
+		{Version: last + 5, Type: recPart, Data: []byte{0xff}},
+		// A group whose last record never came.
+		{Version: last + 6, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
+	}
+	if err := s.clog.Append(bad); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []uint64{last + 1, last + 2, last + 3, last + 5, last + 6} {
+		wantCorrupt(fmt.Sprintf("change %d", v), func() error { _, err := s.ChangeEnvelope(v); return err })
+	}
+	wantCorrupt("the body of a record that does not parse", func() error { _, err := s.ChangeBody(last + 5); return err })
+	// A good group, with a checksum that fails in its last record: the
+	// others are served no envelope either (it needs the last's proof).
+	segs, _ := filepath.Glob(filepath.Join(dir, LogDir, "*.seg"))
+	raw, err := os.ReadFile(segs[len(segs)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(raw, body(6))
+	if at < 0 {
+		t.Fatal("the last body is not in the segment")
+	}
+	fh, err := os.OpenFile(segs[len(segs)-1], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fh.WriteAt([]byte{raw[at+40] ^ 0x20}, int64(at+40)); err != nil {
+		t.Fatal(err)
+	}
+	_ = fh.Close()
+	wantCorrupt("a part whose last record is damaged", func() error { _, err := s.ChangeEnvelope(vers[0]); return err })
+	if h := s.Health(); h.OK || !h.Corrupt {
+		t.Fatalf("health after damage: %+v", h)
+	}
 }

@@ -324,10 +324,11 @@ func (t *Txn) ChangeBody(ver uint64) (*pb.Body, error) {
 	return c.Body, err
 }
 
-// ChangeEnvelope reads the encoded envelope of a change: one received is
-// read as it came; one of this node's own is rebuilt from its tree's bodies
-// and signature (the tree is cached: a sender reads a tree's changes one
-// after another).
+// ChangeEnvelope reads the encoded envelope of a change: one received alone
+// is read as it came; one of this node's own, or received with others of
+// its tree (recTree, recPart), is rebuilt from the bodies, signature and
+// proof hashes stored (the tree or part is cached: a sender reads a tree's
+// changes one after another).
 func (s *Store) ChangeEnvelope(ver uint64) ([]byte, error) {
 	r, err := s.clog.Read(ver)
 	if errors.Is(err, seglog.ErrNotFound) {
@@ -348,7 +349,13 @@ func (s *Store) envelopeOf(r seglog.Record) ([]byte, error) {
 		if err != nil {
 			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
 		}
-		return s.trees.envelope(s, o.tree, r.Version)
+		return s.trees.envelope(s, o.tree, r.Version, s.buildTree)
+	case recPart:
+		p, err := parsePartRecord(r.Version, r.Data)
+		if err != nil {
+			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
+		}
+		return s.trees.envelope(s, p.first, r.Version, s.buildPart)
 	}
 	return nil, s.checkLog(fmt.Errorf("%w: change %d: record type %d", seglog.ErrCorrupt, r.Version, r.Type))
 }
