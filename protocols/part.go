@@ -273,22 +273,35 @@ type EnvelopeShape struct {
 	Path       [][]byte
 	Sig        []byte
 	Tree       uint32 // compact form: the batch's tree it refers to
+	// Canonical: the encoding is the one AppendEnvelope writes for these
+	// fields (known fields once each, in order, zero values left out,
+	// lengths and varints minimal), so it can be rebuilt byte for byte.
+	Canonical bool
 }
 
 // ParseEnvelope reads an encoded envelope's fields. ok is false for bytes
 // that are not a protobuf message or an envelope without a body.
 func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
+	e.Canonical = true
+	last := protowire.Number(0)
 	for len(raw) > 0 {
 		num, typ, n := protowire.ConsumeTag(raw)
 		if n < 0 {
 			return e, false
 		}
+		if n != protowire.SizeTag(num) || num < last || (num == last && num != 4) || num > 6 {
+			e.Canonical = false
+		}
+		last = num
 		raw = raw[n:]
 		switch typ {
 		case protowire.BytesType:
 			v, n := protowire.ConsumeBytes(raw)
 			if n < 0 {
 				return e, false
+			}
+			if n != protowire.SizeBytes(len(v)) || (len(v) == 0 && num != 4) || (num != 1 && num != 4 && num != 5) {
+				e.Canonical = false
 			}
 			switch num {
 			case 1:
@@ -306,6 +319,9 @@ func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
 			if n < 0 {
 				return e, false
 			}
+			if n != protowire.SizeVarint(v) || v == 0 || (num != 2 && num != 3 && num != 6) {
+				e.Canonical = false
+			}
 			switch num {
 			case 2:
 				e.Leaf = uint32(v)
@@ -319,6 +335,7 @@ func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
 			}
 			raw = raw[n:]
 		default:
+			e.Canonical = false
 			n := protowire.ConsumeFieldValue(num, typ, raw)
 			if n < 0 {
 				return e, false

@@ -235,3 +235,29 @@ func FuzzPartRoot(f *testing.F) {
 		}
 	})
 }
+
+// TestParseEnvelopeKnowsCanonical: what AppendEnvelope writes is canonical;
+// the same fields written otherwise are not.
+func TestParseEnvelopeKnowsCanonical(t *testing.T) {
+	key, id := testKey(t)
+	envs, err := Seal(key, bodies(t, id, 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range envs {
+		if s, ok := ParseEnvelope(MarshalEnvelope(e), true); !ok || !s.Canonical {
+			t.Fatalf("leaf %d: AppendEnvelope's encoding is not canonical", e.LeafIndex)
+		}
+	}
+	raw := MarshalEnvelope(envs[3])
+	for name, b := range map[string][]byte{
+		"an unknown field":     append(append([]byte(nil), raw...), 0x78, 0x01),
+		"a field twice":        append(append([]byte(nil), raw...), 0x10, 0x03),
+		"fields out of order":  append([]byte{0x18, 0x05}, raw...),
+		"a zero value written": append([]byte{0x10, 0x00}, raw...),
+	} {
+		if s, ok := ParseEnvelope(b, true); ok && s.Canonical {
+			t.Errorf("%s: taken as canonical", name)
+		}
+	}
+}

@@ -35,26 +35,31 @@ import (
 //	             leaf of its tree in the same round: recOwn's layout, the
 //	             body whole; the envelope is rebuilt as an own one is
 //	recPart      a change received from another origin with at least one
-//	             other leaf of its tree (not all) in the same round, the
-//	             group's leaves increasing in version order: as uvarints,
-//	             version minus the group's first record's | leaf index |
-//	             count; count is 0 but in the group's last record (in
-//	             version order), where it is the number of records of the
-//	             group, and is followed by the tree size | signature length,
-//	             the signature | number of proof hashes, the hashes (32
-//	             bytes each: protocols.PartProof of the group's leaves);
-//	             then the body, whole. The envelopes are rebuilt from the
-//	             group's bodies, leaf indices and proof (protocols.PartRoot),
-//	             byte for byte the ones received (compactTrees checks it)
+//	             other leaf of its tree (or all of them) in the same round,
+//	             the group's leaves increasing in version order: as uvarints,
+//	             version minus the group's first record's | leaf index << 1
+//	             | stripped | count; in the group's first record, when
+//	             stripped, the origin's length and the origin; count is 0
+//	             but in the group's last record (in version order), where it
+//	             is the number of records of the group, and is followed by
+//	             the tree size | signature length, the signature | number of
+//	             proof hashes, the hashes (32 bytes each: protocols.PartProof
+//	             of the group's leaves; none for a whole tree); then the
+//	             body, without its first field (the origin) when stripped.
+//	             The envelopes are rebuilt from the group's bodies, leaf
+//	             indices and proof (protocols.PartRoot), byte for byte the
+//	             ones received (compactTrees takes only envelopes encoded as
+//	             AppendEnvelope writes them)
 //
 // So an own change is written once, without its audit path: a tree's
 // signature is stored once, and an envelope is rebuilt from the tree's
 // bodies when it is sent (treeCache). A received tree, whole or in part,
-// is written so too: its bodies with a few bytes each, the signature and
-// proof hashes once per group, where an envelope kept as it came adds ~410
-// bytes of audit path and signature to its body (a 1024-leaf tree). Part of
-// 500 leaves of 1024 with 256-byte bodies: 301 bytes of log a change for a
-// random 500, 278 for a range, against 687 as envelopes (TestReceivedPartBytes). Pebble holds, per round, how far the
+// is written so too: its bodies with a few bytes each, the origin, the
+// signature and proof hashes once per group, where an envelope kept as it
+// came adds ~410 bytes of audit path and signature to its body (a
+// 1024-leaf tree). Part of 500 leaves of 1024 with 256-byte bodies: 261
+// bytes of log a change for a random 500, 238 for a range, against 687 as
+// envelopes (TestReceivedPartBytes). Pebble holds, per round, how far the
 // log is durable (m/logend) and its active segment (m/logseg); Open cuts
 // the log's records after m/logend (a round the completer had not made
 // durable: nobody was answered) and refuses a log that ends before it.
@@ -63,7 +68,8 @@ const (
 	recEnvelope byte = 2
 	// recTree: a change received from another origin whose whole tree
 	// came in one round: stored as an own change is (recOwn's layout,
-	// body whole), the tree's signature once (compactTrees).
+	// body whole), the tree's signature once. Written by the release
+	// before recPart, which now stores whole trees too; still read.
 	recTree byte = 3
 	// recPart: a change received from another origin, in a group of
 	// leaves of one tree (not all of it) that came in one round: the body
@@ -253,7 +259,9 @@ func (s *Store) recordBody(r seglog.Record) (*pb.Body, error) {
 		if err != nil {
 			return nil, s.checkLog(fmt.Errorf("%w: change %d: %w", seglog.ErrCorrupt, r.Version, err))
 		}
-		raw = p.body
+		if raw, err = s.partBody(r.Version, p); err != nil {
+			return nil, err
+		}
 	case recEnvelope:
 		env := &pb.Envelope{}
 		if err := unmarshal(r.Data, env); err != nil {
@@ -372,6 +380,8 @@ func (s *Store) buildTree(tree uint64) (map[uint64][]byte, error) {
 type partRec struct {
 	first       uint64 // the version of its group's first record
 	leaf, count uint32 // count: 0 but in the group's last record
+	stripped    bool   // the body lacks its origin field
+	origin      []byte // the group's first record only, when stripped
 	size        uint32 // the group's last record only, as sig and proof
 	sig         []byte
 	proof       [][]byte
@@ -379,17 +389,26 @@ type partRec struct {
 }
 
 // partRecord encodes a recPart record (the layout is at the top of this
-// file); sig and proof are given for the group's last record only, count
-// is 0 for the others.
-func partRecord(back uint64, leaf, count, size uint32, sig []byte, proof [][]byte, body []byte) []byte {
-	n := 16 + len(body)
+// file); origin is given (stripped) in the group's first record only, sig
+// and proof in its last, whose count is the group's; count is 0 for the
+// others.
+func partRecord(back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte, body []byte) []byte {
+	n := 24 + len(origin) + len(body)
 	if count > 0 {
 		n += 16 + len(sig) + len(proof)*sha256.Size
 	}
 	b := make([]byte, 0, n)
 	b = binary.AppendUvarint(b, back)
-	b = binary.AppendUvarint(b, uint64(leaf))
+	lf := uint64(leaf) << 1
+	if stripped {
+		lf |= 1
+	}
+	b = binary.AppendUvarint(b, lf)
 	b = binary.AppendUvarint(b, uint64(count))
+	if back == 0 && stripped {
+		b = binary.AppendUvarint(b, uint64(len(origin)))
+		b = append(b, origin...)
+	}
 	if count > 0 {
 		b = binary.AppendUvarint(b, uint64(size))
 		b = binary.AppendUvarint(b, uint64(len(sig)))
@@ -413,12 +432,20 @@ func parsePartRecord(ver uint64, d []byte) (partRec, error) {
 		return v, true
 	}
 	back, ok1 := next()
-	leaf, ok2 := next()
+	lf, ok2 := next()
 	count, ok3 := next()
+	leaf := lf >> 1
 	if !ok1 || !ok2 || !ok3 || back > ver || leaf >= protocols.MaxTreeLeaves || count > protocols.MaxTreeLeaves {
 		return partRec{}, errBadRecord
 	}
-	p := partRec{first: ver - back, leaf: uint32(leaf), count: uint32(count)}
+	p := partRec{first: ver - back, leaf: uint32(leaf), count: uint32(count), stripped: lf&1 == 1}
+	if back == 0 && p.stripped {
+		n, ok := next()
+		if !ok || n == 0 || n > 127 || n > uint64(len(d)) {
+			return partRec{}, errBadRecord
+		}
+		p.origin, d = d[:n:n], d[n:]
+	}
 	if count > 0 {
 		size, ok1 := next()
 		sigLen, ok2 := next()
@@ -442,6 +469,67 @@ func parsePartRecord(ver uint64, d []byte) (partRec, error) {
 	return p, nil
 }
 
+// originField is a body's first field when it names origin (what a
+// stripped part record's body lacks).
+func originField(origin []byte) []byte {
+	return append([]byte{0x0a, byte(len(origin))}, origin...)
+}
+
+// partBody is the body of a part record as it was signed: the origin
+// field put back when it was stripped (the group's first record has it).
+func (s *Store) partBody(ver uint64, p partRec) ([]byte, error) {
+	if !p.stripped {
+		return p.body, nil
+	}
+	origin := p.origin
+	if ver != p.first {
+		var err error
+		if origin, err = s.partOrigin(p.first); err != nil {
+			return nil, err
+		}
+	}
+	return append(originField(origin), p.body...), nil
+}
+
+// partOrigin reads the origin a part's first record (at version first)
+// holds; the last few are cached.
+func (s *Store) partOrigin(first uint64) ([]byte, error) {
+	s.origins.mu.Lock()
+	o, ok := s.origins.m[first]
+	s.origins.mu.Unlock()
+	if ok {
+		return o, nil
+	}
+	var bad error
+	found := false
+	err := s.clog.Iter(first, func(r seglog.Record) bool {
+		if r.Version != first || r.Type != recPart {
+			bad = fmt.Errorf("%w: part %d: its first record is missing", seglog.ErrCorrupt, first)
+			return false
+		}
+		p, err := parsePartRecord(r.Version, r.Data)
+		if err != nil || p.first != first || !p.stripped {
+			bad = fmt.Errorf("%w: part %d: its first record does not name the origin", seglog.ErrCorrupt, first)
+			return false
+		}
+		o, found = bytes.Clone(p.origin), true
+		return false
+	})
+	if err := errors.Join(err, bad); err != nil || !found {
+		if err == nil {
+			err = fmt.Errorf("%w: part %d: its first record is missing", seglog.ErrCorrupt, first)
+		}
+		return nil, s.checkLog(err)
+	}
+	s.origins.mu.Lock()
+	if s.origins.m == nil || len(s.origins.m) >= 64 {
+		s.origins.m = map[uint64][]byte{}
+	}
+	s.origins.m[first] = o
+	s.origins.mu.Unlock()
+	return o, nil
+}
+
 // buildPart reads the records of the received part that starts at version
 // first (recPart: records of other groups may come between them) and
 // rebuilds their envelopes, as they were received.
@@ -451,6 +539,7 @@ func (s *Store) buildPart(first uint64) (map[uint64][]byte, error) {
 	var vers []uint64
 	var last *partRec
 	var bad error
+	var origin []byte
 	err := s.clog.Iter(first, func(r seglog.Record) bool {
 		if r.Type != recPart {
 			return true
@@ -474,8 +563,19 @@ func (s *Store) buildPart(first uint64) (map[uint64][]byte, error) {
 		if bad != nil {
 			return false
 		}
+		if r.Version == first {
+			origin = p.origin
+		}
+		body := p.body
+		if p.stripped {
+			if origin == nil {
+				bad = fmt.Errorf("%w: part %d: its first record does not name the origin", seglog.ErrCorrupt, first)
+				return false
+			}
+			body = append(originField(origin), body...)
+		}
 		idx = append(idx, p.leaf)
-		bodies = append(bodies, p.body)
+		bodies = append(bodies, body)
 		vers = append(vers, r.Version)
 		if p.count > 0 {
 			last = &p
@@ -540,7 +640,10 @@ func (s *Store) reindexOrigins() (int, error) {
 				bad = err
 				return false
 			}
-			raw = p.body
+			if raw, err = s.partBody(r.Version, p); err != nil {
+				bad = err
+				return false
+			}
 		default:
 			return true // an own change's origin entry is its record (ownOrigin)
 		}
@@ -576,12 +679,14 @@ func (s *Store) reindexOrigins() (int, error) {
 // compactTrees rewrites the received envelopes of a round (recs, in version
 // order) that come in groups of one tree: each group of at least two
 // envelopes under one signature and tree size, with increasing leaf
-// indices in version order, is stored as its bodies and their places in
-// the tree, the signature once: a whole tree as recTree records, a part of
-// one as recPart records with the part's proof hashes. A group whose
-// envelopes would not be rebuilt byte for byte (paths that do not fit one
-// tree, an encoding of another shape) stays as it came, as does a lone
-// envelope of its tree.
+// indices in version order, is stored as recPart records: its bodies (the
+// origin once, when every body starts with it) and their places in the
+// tree, the signature and the part's proof hashes once (none for a whole
+// tree). Only envelopes encoded as protocols.AppendEnvelope writes them are
+// taken (so a read rebuilds them byte for byte: their audit paths are the
+// tree's, which the proof gives back); a group whose paths do not fit one
+// tree stays as it came, as does a lone envelope of its tree. The callers
+// verified every envelope.
 func (s *Store) compactTrees(recs []seglog.Record) {
 	type group struct {
 		size   uint32
@@ -596,7 +701,7 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 			continue
 		}
 		e, ok := protocols.ParseEnvelope(r.Data, true)
-		if !ok || e.Size < 2 || e.Size > protocols.MaxTreeLeaves || e.Leaf >= e.Size || len(e.Sig) == 0 || e.Tree != 0 {
+		if !ok || !e.Canonical || e.Size < 2 || e.Size > protocols.MaxTreeLeaves || e.Leaf >= e.Size || len(e.Sig) == 0 || e.Tree != 0 {
 			continue
 		}
 		if open == nil {
@@ -612,62 +717,50 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 		g.at = append(g.at, i)
 		g.shapes = append(g.shapes, e)
 	}
-	var buf []byte
 	for _, g := range groups {
 		if len(g.at) < 2 {
 			continue
 		}
 		idx := make([]uint32, len(g.at))
 		paths := make([][][]byte, len(g.at))
-		leaves := make([][32]byte, len(g.at))
 		for j, e := range g.shapes {
-			idx[j], paths[j], leaves[j] = e.Leaf, e.Path, protocols.LeafHash(e.Body)
+			idx[j], paths[j] = e.Leaf, e.Path
 		}
-		proof, err := protocols.PartProof(g.size, idx, paths)
-		if err != nil {
-			continue
-		}
-		// What a read rebuilds must be what came, byte for byte.
-		_, rebuilt, err := protocols.PartRoot(g.size, idx, leaves, proof, true)
-		if err != nil {
-			continue
-		}
-		same := true
-		for j, e := range g.shapes {
-			buf = protocols.AppendEnvelope(buf[:0], &pb.Envelope{Body: e.Body, LeafIndex: e.Leaf, TreeSize: g.size,
-				Path: rebuilt[j], RootSignature: g.sig})
-			if !bytes.Equal(buf, recs[g.at[j]].Data) {
-				same = false
-				break
-			}
-		}
-		if !same {
-			continue
-		}
-		first := recs[g.at[0]].Version
-		whole := len(g.at) == int(g.size)
-		for j, e := range g.shapes {
-			r := &recs[g.at[j]]
-			lastOne := j == len(g.at)-1
-			if whole {
-				var sig []byte
-				if lastOne {
-					sig = g.sig
-				}
-				b := make([]byte, 0, 16+len(sig)+len(e.Body))
-				b = binary.AppendUvarint(b, 0) // flags: the body is whole
-				b = binary.AppendUvarint(b, r.Version-first)
-				b = binary.AppendUvarint(b, uint64(e.Leaf))
-				b = binary.AppendUvarint(b, uint64(g.size))
-				b = binary.AppendUvarint(b, uint64(len(sig)))
-				b = append(b, sig...)
-				r.Type, r.Data = recTree, append(b, e.Body...)
+		var proof [][]byte
+		if len(g.at) < int(g.size) {
+			var err error
+			if proof, err = protocols.PartProof(g.size, idx, paths); err != nil {
 				continue
 			}
-			if lastOne {
-				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, uint32(len(g.at)), g.size, g.sig, proof, e.Body)
+		}
+		// The origin is stored once when every body starts with it.
+		var origin []byte
+		if b := g.shapes[0].Body; len(b) > 2 && b[0] == 0x0a && b[1] > 0 && b[1] < 128 && len(b) > 2+int(b[1]) {
+			origin = b[2 : 2+int(b[1])]
+			prefix := b[:2+len(origin)]
+			for _, e := range g.shapes[1:] {
+				if !bytes.HasPrefix(e.Body, prefix) || len(e.Body) == len(prefix) {
+					origin = nil
+					break
+				}
+			}
+		}
+		stripped := origin != nil
+		first := recs[g.at[0]].Version
+		for j, e := range g.shapes {
+			r := &recs[g.at[j]]
+			body := e.Body
+			if stripped {
+				body = body[2+len(origin):]
+			}
+			var o []byte
+			if j == 0 {
+				o = origin
+			}
+			if j == len(g.at)-1 {
+				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, stripped, o, uint32(len(g.at)), g.size, g.sig, proof, body)
 			} else {
-				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, 0, 0, nil, nil, e.Body)
+				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, stripped, o, 0, 0, nil, nil, body)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -251,7 +252,7 @@ func TestReceivedTreesAreStoredOnce(t *testing.T) {
 		if err := s.clog.Iter(0, func(r seglog.Record) bool { types[r.Type]++; return true }); err != nil {
 			t.Fatal(err)
 		}
-		if types[recTree] != 7 || types[recPart] != 3 {
+		if types[recPart] != 10 {
 			t.Fatalf("%s: records by type %v; want the whole tree's 7 compact, the part's 3 too", when, types)
 		}
 		v := protocols.NewVerifier()
@@ -402,8 +403,8 @@ func TestReceivedPartsAreStoredOnce(t *testing.T) {
 	check := func(when string) {
 		t.Helper()
 		types := logTypes(t, s)
-		if want := 10 + 10 + 2 + 5 + 10 + 4 + 6; types[recPart] != want || types[recEnvelope] != 1 || types[recTree] != 6 {
-			t.Fatalf("%s: records by type %v; want %d parts, 1 envelope as it came, 6 of a whole tree", when, types, want)
+		if want := 10 + 10 + 2 + 5 + 10 + 4 + 6 + 6; types[recPart] != want || types[recEnvelope] != 1 {
+			t.Fatalf("%s: records by type %v; want %d parts (a whole tree's 6 too), 1 envelope as it came", when, types, want)
 		}
 		v := protocols.NewVerifier()
 		for ver, raw := range got {
@@ -555,15 +556,15 @@ func TestDamagedPartIsCorrupt(t *testing.T) {
 	}
 	bad := []seglog.Record{
 		// A proof one hash short.
-		{Version: last + 1, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
-		{Version: last + 2, Type: recPart, Data: partRecord(1, 8, 2, 10, sig, proof[1:], body(8))},
+		{Version: last + 1, Type: recPart, Data: partRecord(0, 7, false, nil, 0, 0, nil, nil, body(7))},
+		{Version: last + 2, Type: recPart, Data: partRecord(1, 8, false, nil, 2, 10, sig, proof[1:], body(8))},
 		// A count that is not the group's.
-		{Version: last + 3, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
-		{Version: last + 4, Type: recPart, Data: partRecord(1, 8, 3, 10, sig, proof, body(8))},
+		{Version: last + 3, Type: recPart, Data: partRecord(0, 7, false, nil, 0, 0, nil, nil, body(7))},
+		{Version: last + 4, Type: recPart, Data: partRecord(1, 8, false, nil, 3, 10, sig, proof, body(8))},
 		// Not a record.
 		{Version: last + 5, Type: recPart, Data: []byte{0xff}},
 		// A group whose last record never came.
-		{Version: last + 6, Type: recPart, Data: partRecord(0, 7, 0, 0, nil, nil, body(7))},
+		{Version: last + 6, Type: recPart, Data: partRecord(0, 7, false, nil, 0, 0, nil, nil, body(7))},
 	}
 	if err := s.clog.Append(bad); err != nil {
 		t.Fatal(err)
@@ -579,7 +580,7 @@ func TestDamagedPartIsCorrupt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := bytes.Index(raw, body(6))
+	at := bytes.Index(raw, body(6)[60:]) // the body's end (its origin is stored once)
 	if at < 0 {
 		t.Fatal("the last body is not in the segment")
 	}
@@ -594,5 +595,74 @@ func TestDamagedPartIsCorrupt(t *testing.T) {
 	wantCorrupt("a part whose last record is damaged", func() error { _, err := s.ChangeEnvelope(vers[0]); return err })
 	if h := s.Health(); h.OK || !h.Corrupt {
 		t.Fatalf("health after damage: %+v", h)
+	}
+}
+
+// TestTreeRecordsOfThePreviousReleaseRead: recTree records (a received
+// whole tree, written before recPart took whole trees too) still read back
+// as the envelopes received.
+func TestTreeRecordsOfThePreviousReleaseRead(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	s, err := Open(t.TempDir(), Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tree := receivedTree(t, okey, other, 1, 5, 256)
+	last := s.clog.Last()
+	var recs []seglog.Record
+	for i, raw := range tree {
+		e, _ := protocols.ParseEnvelope(raw, false)
+		var sig []byte
+		if i == len(tree)-1 {
+			sig = e.Sig
+		}
+		b := binary.AppendUvarint(nil, 0) // flags: the body whole
+		b = binary.AppendUvarint(b, uint64(i))
+		b = binary.AppendUvarint(b, uint64(i))
+		b = binary.AppendUvarint(b, uint64(len(tree)))
+		b = binary.AppendUvarint(b, uint64(len(sig)))
+		b = append(append(b, sig...), e.Body...)
+		recs = append(recs, seglog.Record{Version: last + 1 + uint64(i), Type: recTree, Data: b})
+	}
+	if err := s.clog.Append(recs); err != nil {
+		t.Fatal(err)
+	}
+	for i, raw := range tree {
+		env, err := s.ChangeEnvelope(last + 1 + uint64(i))
+		if err != nil || !bytes.Equal(env, raw) {
+			t.Fatalf("leaf %d: %v, or the envelope differs", i, err)
+		}
+		if b, err := s.ChangeBody(last + 1 + uint64(i)); err != nil || b.OriginVersion != uint64(1+i) {
+			t.Fatalf("leaf %d: body %v %v", i, b, err)
+		}
+	}
+}
+
+// TestEnvelopesEncodedOtherwiseAreKeptAsTheyCame: a received envelope
+// whose encoding is not the one the store would rebuild (here an unknown
+// field at its end) stays as it came, and its group-mates too are served
+// byte for byte.
+func TestEnvelopesEncodedOtherwiseAreKeptAsTheyCame(t *testing.T) {
+	key, _ := newKey(t)
+	okey, other := newKey(t)
+	s, err := Open(t.TempDir(), Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tree := receivedTree(t, okey, other, 1, 4, 256)
+	odd := append(append([]byte(nil), tree[1]...), 0x78, 0x01) // field 15, varint 1
+	got := map[uint64][]byte{}
+	receive(t, s, got, tree[0], odd, tree[2], tree[3])
+	types := logTypes(t, s)
+	if types[recEnvelope] != 1 || types[recPart] != 3 {
+		t.Fatalf("records by type %v; want the odd one as it came, the other three compact", types)
+	}
+	for ver, raw := range got {
+		if env, err := s.ChangeEnvelope(ver); err != nil || !bytes.Equal(env, raw) {
+			t.Fatalf("change %d: %v, or it differs from what came", ver, err)
+		}
 	}
 }
