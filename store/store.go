@@ -139,11 +139,11 @@ const DefaultCacheBytes = 64 << 20
 
 // Store is an open ledger.
 type Store struct {
-	db     *pebble.DB
-	clog   *seglog.Log // the change log (changelog.go)
-	self   []byte      // this node's peer id (binary), from Options.Signer
-	trees  treeCache   // envelopes rebuilt from the log, by tree (log.go)
-	origins struct { // the origin of a stripped received part, by its first version (partOrigin)
+	db      *pebble.DB
+	clog    *seglog.Log // the change log (changelog.go)
+	self    []byte      // this node's peer id (binary), from Options.Signer
+	trees   treeCache   // envelopes rebuilt from the log, by tree (log.go)
+	origins struct {    // the origin of a stripped received part, by its first version (partOrigin)
 		mu sync.Mutex
 		m  map[uint64][]byte
 	}
