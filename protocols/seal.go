@@ -202,7 +202,7 @@ func rootFromPath(leaf [32]byte, index, size uint32, path [][]byte) ([32]byte, b
 // Verifier checks envelope proofs and remembers the roots it has verified,
 // so a batch costs one signature check however many envelopes it holds.
 type Verifier struct {
-	mu   sync.Mutex
+	mu sync.Mutex
 	// cur and prev map a verified root to its signature: a root comes
 	// with the signature verified over it, or is checked again (so no
 	// envelope is kept with a signature that does not verify).
