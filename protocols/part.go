@@ -308,6 +308,9 @@ func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
 				e.Body = v
 			case 4:
 				if withPath {
+					if e.Path == nil {
+						e.Path = make([][]byte, 0, 10) // a path has at most ten
+					}
 					e.Path = append(e.Path, v)
 				}
 			case 5:

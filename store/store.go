@@ -26,12 +26,14 @@
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"slices"
@@ -894,13 +896,18 @@ type Txn struct {
 	// index maps a key to its last write in ops[:indexed], once a
 	// transaction writes more than a handful (a batch of decisions or
 	// changes reads back what it wrote: a scan of ops each time grew with
-	// the square of the batch). RollbackTo drops it.
-	index   map[string]int
+	// the square of the batch), by the key's hash (maphash, no string
+	// made per write); a key whose hash is another's is looked for by a
+	// scan. RollbackTo drops it.
+	index   map[uint64]int
 	indexed int
 }
 
 // indexFrom is the number of writes from which get looks them up by index.
 const indexFrom = 32
+
+// txnSeed hashes keys for Txn.index.
+var txnSeed = maphash.MakeSeed()
 
 type kv struct {
 	k, v []byte
@@ -941,16 +948,22 @@ func (t *Txn) get(key []byte) ([]byte, error) {
 		}
 	} else {
 		if t.index == nil {
-			t.index = make(map[string]int, 2*len(t.ops))
+			t.index = make(map[uint64]int, 2*len(t.ops))
 		}
 		for ; t.indexed < len(t.ops); t.indexed++ {
-			t.index[string(t.ops[t.indexed].k)] = t.indexed
+			t.index[maphash.Bytes(txnSeed, t.ops[t.indexed].k)] = t.indexed
 		}
-		if i, ok := t.index[string(key)]; ok {
-			if t.ops[i].del {
-				return nil, ErrNotFound
+		if i, ok := t.index[maphash.Bytes(txnSeed, key)]; ok {
+			if !bytes.Equal(t.ops[i].k, key) { // another key of the same hash
+				for i = len(t.ops) - 1; i >= 0 && !bytes.Equal(t.ops[i].k, key); i-- {
+				}
 			}
-			return t.ops[i].v, nil
+			if i >= 0 {
+				if t.ops[i].del {
+					return nil, ErrNotFound
+				}
+				return t.ops[i].v, nil
+			}
 		}
 	}
 	if w, ok := t.view[string(key)]; ok {
