@@ -131,15 +131,30 @@ func idText(raw []byte) (string, bool) {
 	return "", false
 }
 
+// appendQuoted appends s as a JSON string: printable ASCII without quotes
+// or backslashes (peer ids, member names) as it is, anything else through
+// encoding/json (strconv's Go escapes such as \x01 are not JSON).
+func appendQuoted(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 // withMember returns doc (a JSON object) with a member added at its start.
 func withMember(doc []byte, name, value string) []byte {
 	i := bytes.IndexByte(doc, '{')
 	rest := bytes.TrimLeft(doc[i+1:], " \t\r\n")
 	out := make([]byte, 0, len(doc)+len(name)+len(value)+8)
 	out = append(out, '{')
-	out = strconv.AppendQuote(out, name)
+	out = appendQuoted(out, name)
 	out = append(out, ':')
-	out = strconv.AppendQuote(out, value)
+	out = appendQuoted(out, value)
 	if len(rest) > 0 && rest[0] != '}' {
 		out = append(out, ',')
 	}

@@ -49,3 +49,18 @@ func FuzzTopLevel(f *testing.F) {
 		}
 	})
 }
+
+// TestWithMemberQuotesAsJSON: the member added is a JSON string whatever
+// its bytes (strconv's Go escapes are not JSON).
+func TestWithMemberQuotesAsJSON(t *testing.T) {
+	for _, v := range []string{"12D3KooWplain", "with \"quotes\" and \\", "ctl\x01", "naïve", "<tag>&"} {
+		doc := withMember([]byte(`{"id":"a"}`), "creator_id", v)
+		var m map[string]string
+		if err := json.Unmarshal(doc, &m); err != nil {
+			t.Fatalf("%q: %s is not JSON: %v", v, doc, err)
+		}
+		if m["creator_id"] != v || m["id"] != "a" {
+			t.Fatalf("%q: read back %q", v, m)
+		}
+	}
+}
