@@ -65,22 +65,6 @@ const SchemaVersion = 3
 const (
 	DefaultQueue    = 8192
 	DefaultMaxBatch = 4096
-	// DefaultLinger: under a light steady load (thousands of operations a
-	// second, each its own round) what a round costs whatever its size (a
-	// signature, two syncs, the wake-ups of the writer, the completer and
-	// Pebble) dominates; a round that waits this long for company shares
-	// it. Half a millisecond of latency at most, and only while rounds
-	// come within lingerGap of each other.
-	DefaultLinger = 500 * time.Microsecond
-	// Only rounds that need an fsync linger.
-	// lingerFew: a round of this many operations does not linger (it
-	// shares its cost already); lingerGap: rounds further apart than this
-	// do not (an idle node answers at once); lingerRest: after a linger
-	// that gathered no operation needing an fsync (one client waiting for
-	// each answer before it asks again), this many rounds do not linger.
-	lingerFew  = 64
-	lingerGap  = time.Millisecond
-	lingerRest = 16
 )
 
 var (
@@ -112,10 +96,6 @@ type Options struct {
 	Queue int
 	// MaxBatch is the most operations one commit takes; default DefaultMaxBatch.
 	MaxBatch int
-	// Linger is how long a small round waits for more operations while
-	// rounds come close together (lingering); default DefaultLinger,
-	// negative: never.
-	Linger time.Duration
 	// Migrations replaces the built-in migration list (tests).
 	Migrations []Migration
 	// Now is the clock; nil uses time.Now.
@@ -225,7 +205,6 @@ type metrics struct {
 	batchOps prometheus.Histogram
 	prep     prometheus.Histogram
 	sync     prometheus.Histogram
-	lingers  prometheus.Counter
 }
 
 // Open opens or creates the store in dir.
@@ -238,9 +217,6 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
-	}
-	if o.Linger == 0 {
-		o.Linger = DefaultLinger
 	}
 	if o.Migrations == nil {
 		var self peer.ID
@@ -415,9 +391,8 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time one group commit took to become durable: the change log's fdatasync, then the Pebble batch and its fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
-		lingers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "store", Name: "lingers_total", Help: "Rounds that waited up to Options.Linger for more operations (a light steady load)."}),
 	}
-	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync, s.m.lingers); err != nil {
+	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil
@@ -486,9 +461,6 @@ func (s *Store) writer() {
 	defer close(s.done)
 	defer s.h.recoverFatal()
 	batch := make([]*op, 0, s.opts.MaxBatch)
-	var last time.Time // when the round before began
-	rest := 0
-	var timer *time.Timer
 	for {
 		first, ok := <-s.ops
 		if !ok {
@@ -507,49 +479,8 @@ func (s *Store) writer() {
 				break drain
 			}
 		}
-		now := time.Now()
-		switch {
-		case rest > 0:
-			rest--
-		case s.opts.Linger > 0 && len(batch) < lingerFew && now.Sub(last) < lingerGap && anySync(batch):
-			if timer == nil {
-				timer = time.NewTimer(s.opts.Linger)
-			} else {
-				timer.Reset(s.opts.Linger)
-			}
-			had := len(batch)
-		linger:
-			for len(batch) < lingerFew {
-				select {
-				case o, ok := <-s.ops:
-					if !ok {
-						break linger
-					}
-					batch = append(batch, o)
-				case <-timer.C:
-					break linger
-				}
-			}
-			timer.Stop()
-			if !anySync(batch[had:]) {
-				rest = lingerRest
-			}
-			s.m.lingers.Inc()
-		}
-		last = now
 		s.done <- s.commitRound(append([]*op(nil), batch...))
 	}
-}
-
-// anySync reports whether a round's operations need an fsync (a round of
-// lazy ones alone costs no sync, so it has nothing to share by waiting).
-func anySync(ops []*op) bool {
-	for _, o := range ops {
-		if o.sync {
-			return true
-		}
-	}
-	return false
 }
 
 // commitRound runs the transactions of one round, seals their envelopes,
