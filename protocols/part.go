@@ -355,46 +355,70 @@ func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
 // signature and tree size are one part. An envelope whose proof cannot be
 // made compact (its path does not fit its tree) goes self-contained, as it
 // is.
-func AppendCompact(b []byte, envs [][]byte) []byte {
+func AppendCompact(b []byte, envs [][]byte) []byte { return AppendCompactShapes(b, envs, nil) }
+
+// AppendCompactShapes is AppendCompact for a caller that parsed the
+// envelopes already (ParseEnvelope, with or without their paths): shapes[i]
+// is envs[i]'s, or nil. Paths are read only for parts of a tree.
+func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byte {
 	type part struct {
 		size  uint32
 		sig   []byte
-		first int // in envs
+		at    []int // in envs
 		idx   []uint32
-		paths [][][]byte
+		proof [][]byte
 		ok    bool
 	}
-	shapes := make([]EnvelopeShape, len(envs))
+	shape := make([]*EnvelopeShape, len(envs))
 	var parts []*part
 	partOf := make([]*part, len(envs))
 	var cur *part
 	for i, raw := range envs {
-		s, ok := ParseEnvelope(raw, true)
-		shapes[i] = s
-		if !ok || s.Size == 0 || len(s.Sig) == 0 || s.Tree != 0 {
+		var sh *EnvelopeShape
+		if shapes != nil {
+			sh = shapes[i]
+		}
+		if sh == nil {
+			s, ok := ParseEnvelope(raw, false)
+			if !ok {
+				cur = nil
+				continue
+			}
+			sh = &s
+		}
+		shape[i] = sh
+		if sh.Size == 0 || len(sh.Sig) == 0 || sh.Tree != 0 || len(sh.Body) == 0 {
 			cur = nil
 			continue
 		}
-		if cur == nil || cur.size != s.Size || !bytes.Equal(cur.sig, s.Sig) || s.Leaf <= cur.idx[len(cur.idx)-1] {
-			cur = &part{size: s.Size, sig: s.Sig, first: i, ok: true}
+		if cur == nil || cur.size != sh.Size || !bytes.Equal(cur.sig, sh.Sig) || sh.Leaf <= cur.idx[len(cur.idx)-1] {
+			cur = &part{size: sh.Size, sig: sh.Sig, ok: true}
 			parts = append(parts, cur)
 		}
-		cur.idx = append(cur.idx, s.Leaf)
-		cur.paths = append(cur.paths, s.Path)
+		cur.at = append(cur.at, i)
+		cur.idx = append(cur.idx, sh.Leaf)
 		partOf[i] = cur
 	}
-	proofs := make(map[*part][][]byte, len(parts))
 	for _, p := range parts {
 		if len(p.idx) == int(p.size) {
 			continue // the whole tree: no hash needed
 		}
-		h, err := PartProof(p.size, p.idx, p.paths)
+		paths := make([][][]byte, len(p.at))
+		for j, i := range p.at {
+			if shape[i].Path != nil {
+				paths[j] = shape[i].Path
+			} else if s, ok := ParseEnvelope(envs[i], true); ok {
+				paths[j] = s.Path
+			}
+		}
+		h, err := PartProof(p.size, p.idx, paths)
 		if err != nil {
 			p.ok = false
 			continue
 		}
-		proofs[p] = h
+		p.proof = h
 	}
+	var ordered []*part
 	number := map[*part]uint32{}
 	for i, raw := range envs {
 		p := partOf[i]
@@ -405,10 +429,11 @@ func AppendCompact(b []byte, envs [][]byte) []byte {
 		}
 		n, seen := number[p]
 		if !seen {
-			n = uint32(len(number) + 1)
+			ordered = append(ordered, p)
+			n = uint32(len(ordered))
 			number[p] = n
 		}
-		s := shapes[i]
+		s := shape[i]
 		size := sizeBytes(1, len(s.Body)) + sizeVarint(2, uint64(s.Leaf)) + sizeVarint(6, uint64(n))
 		b = protowire.AppendTag(b, 4, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(size))
@@ -417,20 +442,16 @@ func AppendCompact(b []byte, envs [][]byte) []byte {
 		b = appendVarint(b, 6, uint64(n))
 	}
 	// The proofs, in the order the envelopes numbered them.
-	ordered := make([]*part, len(number))
-	for p, n := range number {
-		ordered[n-1] = p
-	}
 	for _, p := range ordered {
 		size := sizeVarint(1, uint64(p.size)) + sizeBytes(2, len(p.sig))
-		for _, h := range proofs[p] {
+		for _, h := range p.proof {
 			size += protowire.SizeTag(3) + protowire.SizeBytes(len(h))
 		}
 		b = protowire.AppendTag(b, 6, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(size))
 		b = appendVarint(b, 1, uint64(p.size))
 		b = appendBytes(b, 2, p.sig)
-		for _, h := range proofs[p] {
+		for _, h := range p.proof {
 			b = protowire.AppendTag(b, 3, protowire.BytesType)
 			b = protowire.AppendBytes(b, h)
 		}
@@ -441,16 +462,20 @@ func AppendCompact(b []byte, envs [][]byte) []byte {
 // CompactCost bounds what an envelope adds to a compact batch after an
 // envelope signed with prevSig: its body and leaf index, and the proof of
 // its tree when it starts one. It returns its own signature, for the next.
-func CompactCost(raw, prevSig []byte) (int, []byte) {
-	s, ok := ParseEnvelope(raw, false)
-	if !ok {
-		return len(raw) + 8, nil
+// shape is raw's when the caller parsed it (nil: raw is parsed).
+func CompactCost(raw []byte, shape *EnvelopeShape, prevSig []byte) (int, []byte) {
+	if shape == nil {
+		s, ok := ParseEnvelope(raw, false)
+		if !ok {
+			return len(raw) + 8, nil
+		}
+		shape = &s
 	}
-	cost := len(s.Body) + 16
-	if !bytes.Equal(s.Sig, prevSig) {
-		cost += len(s.Sig) + 16 + 10*(sha256.Size+2)
+	cost := len(shape.Body) + 16
+	if !bytes.Equal(shape.Sig, prevSig) {
+		cost += len(shape.Sig) + 16 + 10*(sha256.Size+2)
 	}
-	return cost, s.Sig
+	return cost, shape.Sig
 }
 
 // ParseTreeProof reads a TreeProof's encoding (slices of it).

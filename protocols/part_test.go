@@ -164,6 +164,16 @@ func TestAppendCompactRoundTrip(t *testing.T) {
 		}
 	}
 	frame := AppendCompact(nil, envs)
+	shapes := make([]*EnvelopeShape, len(envs))
+	for i, raw := range envs {
+		if i%2 == 0 { // some parsed by the caller, some not
+			s, _ := ParseEnvelope(raw, false)
+			shapes[i] = &s
+		}
+	}
+	if !bytes.Equal(AppendCompactShapes(nil, envs, shapes), frame) {
+		t.Fatal("the frame built from parsed shapes differs from the one built from the bytes")
+	}
 	batch := &pb.Batch{}
 	if err := proto.Unmarshal(frame, batch); err != nil {
 		t.Fatal(err)

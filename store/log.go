@@ -707,6 +707,9 @@ type Entry struct {
 	Kind     pb.Kind
 	Protocol protocol.ID
 	Env      []byte // the sealed envelope, encoded
+	// Shape is Env's fields, when the reader parsed it already
+	// (protocols.ParseEnvelope); nil otherwise.
+	Shape *protocols.EnvelopeShape
 }
 
 // Backlog returns the entries of one receiver's lane after version `after`,

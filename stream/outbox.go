@@ -277,7 +277,7 @@ func (o *outbox) cut(lane Lane, after uint64, es []store.Entry, room int) []plan
 	start, size := 0, 0
 	var sig []byte
 	for i, e := range es {
-		cost, esig := protocols.CompactCost(e.Env, sig)
+		cost, esig := protocols.CompactCost(e.Env, e.Shape, sig)
 		if i > start && (e.Protocol != es[start].Protocol || i-start >= o.s.opts.BatchEntries || size+cost > o.s.opts.BatchBytes) {
 			out = append(out, plan{lane: lane, after: after, entries: es[start:i]})
 			after = es[i-1].Version
@@ -285,7 +285,7 @@ func (o *outbox) cut(lane Lane, after uint64, es []store.Entry, room int) []plan
 			if len(out) == room {
 				return out
 			}
-			cost, esig = protocols.CompactCost(e.Env, nil)
+			cost, esig = protocols.CompactCost(e.Env, e.Shape, nil)
 		}
 		size += cost
 		sig = esig

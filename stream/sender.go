@@ -794,9 +794,10 @@ func (o *outbox) write(plans []plan) {
 func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
 	size := 32
 	envs := make([][]byte, len(es))
+	shapes := make([]*protocols.EnvelopeShape, len(es))
 	for i, e := range es {
 		size += len(e.Env) + 4
-		envs[i] = e.Env
+		envs[i], shapes[i] = e.Env, e.Shape
 	}
 	b := make([]byte, 0, size)
 	b = protowire.AppendTag(b, 1, protowire.VarintType)
@@ -811,7 +812,7 @@ func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSe
 		b = protowire.AppendTag(b, 5, protowire.VarintType)
 		b = protowire.AppendVarint(b, headSeq)
 	}
-	return protocols.AppendCompact(b, envs)
+	return protocols.AppendCompactShapes(b, envs, shapes)
 }
 
 // stream returns the open stream of a protocol, opening it if needed.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/store"
 )
 
@@ -20,10 +21,13 @@ import (
 const DefaultTailBytes = 32 << 20
 
 type tail struct {
-	mu    sync.RWMutex
-	max   int
-	es    []store.OwnEntry // in version order; Env set
-	bytes int
+	mu  sync.RWMutex
+	max int
+	es  []store.OwnEntry // in version order; Env set
+	// shapes are es's envelopes parsed once (without their paths), for
+	// every receiver's batches.
+	shapes []*protocols.EnvelopeShape
+	bytes  int
 	// from is the version after which the tail is complete (every own
 	// entry above it is in es); seen is the highest version it was given.
 	from, seen uint64
@@ -40,13 +44,19 @@ func (t *tail) add(e store.OwnEntry) {
 		// Out of order (a recovered change), or an entry it cannot hold:
 		// it is complete again only above everything it was given.
 		clear(t.es)
-		t.es, t.bytes = t.es[:0], 0
+		clear(t.shapes)
+		t.es, t.shapes, t.bytes = t.es[:0], t.shapes[:0], 0
 		t.seen = max(t.seen, e.Version)
 		t.from = t.seen
 		return
 	}
 	t.seen = e.Version
 	t.es = append(t.es, e)
+	var sh *protocols.EnvelopeShape // nil: the batch parses it
+	if s, ok := protocols.ParseEnvelope(e.Env, false); ok {
+		sh = &s
+	}
+	t.shapes = append(t.shapes, sh)
 	t.bytes += len(e.Env)
 	if t.bytes > t.max {
 		// Drop the older half at once (amortised).
@@ -56,6 +66,7 @@ func (t *tail) add(e store.OwnEntry) {
 		}
 		t.from = t.es[cut-1].Version
 		t.es = slices.Delete(t.es, 0, cut)
+		t.shapes = slices.Delete(t.shapes, 0, cut)
 	}
 }
 
@@ -78,7 +89,7 @@ func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEn
 	})
 	var out []store.Entry
 	size := 0
-	for _, e := range t.es[i:] {
+	for j, e := range t.es[i:] {
 		if Lane(e.Lane) != lane {
 			continue
 		}
@@ -92,7 +103,7 @@ func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEn
 		if len(out) > 0 && (len(out) == maxEntries || size+len(e.Env) > maxBytes) {
 			break
 		}
-		out = append(out, store.Entry{Version: e.Version, Kind: e.Kind, Protocol: e.Protocol, Env: e.Env})
+		out = append(out, store.Entry{Version: e.Version, Kind: e.Kind, Protocol: e.Protocol, Env: e.Env, Shape: t.shapes[i+j]})
 		size += len(e.Env)
 	}
 	return out, true
