@@ -63,28 +63,36 @@ func split(lo, hi uint32, idx []uint32, from, to int) (uint32, int) {
 // leaf idx[i]'s, as in its self-contained envelope). None when idx is the
 // whole tree. The hashes are slices of the paths.
 func PartProof(size uint32, idx []uint32, paths [][][]byte) ([][]byte, error) {
-	if err := checkPart(size, idx); err != nil {
-		return nil, err
-	}
 	if len(paths) != len(idx) {
 		return nil, fmt.Errorf("part proof: %d leaves, %d paths", len(idx), len(paths))
 	}
+	return PartProofOf(size, idx, func(i int) [][]byte { return paths[i] })
+}
+
+// PartProofOf is PartProof reading the paths it needs through pathOf (the
+// walk needs only the paths of leaves beside a subtree without leaves:
+// for a run of consecutive leaves, its first and last).
+func PartProofOf(size uint32, idx []uint32, pathOf func(i int) [][]byte) ([][]byte, error) {
+	if err := checkPart(size, idx); err != nil {
+		return nil, err
+	}
 	var out [][]byte
 	// sibling is the hash beside the child at depth d+1 that holds leaf
-	// idx[i]: its path's entry for that level.
+	// idx[i]: its path's entry for that level, in a path as deep as the
+	// leaf (checked once the walk reaches it).
 	sibling := func(i, d int) ([]byte, error) {
-		p := paths[i]
+		p := pathOf(i)
 		if len(p) <= d || len(p[len(p)-1-d]) != sha256.Size {
 			return nil, fmt.Errorf("%w: the audit path of leaf %d is too short for its tree", ErrBadSignature, idx[i])
+		}
+		if depth := leafDepth(size, idx[i]); len(p) != depth {
+			return nil, fmt.Errorf("%w: leaf %d has a path of %d hashes, its depth is %d", ErrBadSignature, idx[i], len(p), depth)
 		}
 		return p[len(p)-1-d], nil
 	}
 	var walk func(lo, hi uint32, d, from, to int) error
 	walk = func(lo, hi uint32, d, from, to int) error {
 		if hi-lo == 1 {
-			if len(paths[from]) != d {
-				return fmt.Errorf("%w: leaf %d has a path of %d hashes, its depth is %d", ErrBadSignature, idx[from], len(paths[from]), d)
-			}
 			return nil
 		}
 		k, m := split(lo, hi, idx, from, to)
@@ -117,6 +125,20 @@ func PartProof(size uint32, idx []uint32, paths [][][]byte) ([][]byte, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// leafDepth is how many splits lie above leaf i of a tree of size leaves
+// (the length of its audit path).
+func leafDepth(size, i uint32) int {
+	d := 0
+	for lo, hi := uint32(0), size; hi-lo > 1; d++ {
+		if k := lo + uint32(splitPoint(int(hi-lo))); i < k {
+			hi = k
+		} else {
+			lo = k
+		}
+	}
+	return d
 }
 
 // PartRoot computes the root of a tree of size leaves from the leaf hashes
@@ -403,15 +425,15 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 		if len(p.idx) == int(p.size) {
 			continue // the whole tree: no hash needed
 		}
-		paths := make([][][]byte, len(p.at))
-		for j, i := range p.at {
-			if shape[i].Path != nil {
-				paths[j] = shape[i].Path
-			} else if s, ok := ParseEnvelope(envs[i], true); ok {
-				paths[j] = s.Path
+		h, err := PartProofOf(p.size, p.idx, func(j int) [][]byte {
+			i := p.at[j]
+			if shape[i].Path == nil {
+				if s, ok := ParseEnvelope(envs[i], true); ok {
+					shape[i] = &s
+				}
 			}
-		}
-		h, err := PartProof(p.size, p.idx, paths)
+			return shape[i].Path
+		})
 		if err != nil {
 			p.ok = false
 			continue
