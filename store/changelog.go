@@ -700,7 +700,7 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 		if r.Type != recEnvelope {
 			continue
 		}
-		e, ok := protocols.ParseEnvelope(r.Data, true)
+		e, ok := protocols.ParseEnvelope(r.Data, false) // paths are read when a part's proof needs them
 		if !ok || !e.Canonical || e.Size < 2 || e.Size > protocols.MaxTreeLeaves || e.Leaf >= e.Size || len(e.Sig) == 0 || e.Tree != 0 {
 			continue
 		}
@@ -722,14 +722,17 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 			continue
 		}
 		idx := make([]uint32, len(g.at))
-		paths := make([][][]byte, len(g.at))
 		for j, e := range g.shapes {
-			idx[j], paths[j] = e.Leaf, e.Path
+			idx[j] = e.Leaf
 		}
 		var proof [][]byte
 		if len(g.at) < int(g.size) {
 			var err error
-			if proof, err = protocols.PartProof(g.size, idx, paths); err != nil {
+			proof, err = protocols.PartProofOf(g.size, idx, func(j int) [][]byte {
+				e, _ := protocols.ParseEnvelope(recs[g.at[j]].Data, true)
+				return e.Path
+			})
+			if err != nil {
 				continue
 			}
 		}
