@@ -280,11 +280,9 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 	return o, nil
 }
 
-// Envelope is leaf i of an opened part as a self-contained envelope,
-// encoded.
-func (p *Part) Envelope(o *OpenedPart, i int) []byte {
-	return MarshalEnvelope(&pb.Envelope{Body: p.Bodies[i], LeafIndex: p.Index[i], TreeSize: p.Size,
-		Path: o.Paths[i], RootSignature: p.Sig})
+// Envelope is leaf i of an opened part as a self-contained envelope.
+func (p *Part) Envelope(o *OpenedPart, i int) *pb.Envelope {
+	return &pb.Envelope{Body: p.Bodies[i], LeafIndex: p.Index[i], TreeSize: p.Size, Path: o.Paths[i], RootSignature: p.Sig}
 }
 
 // EnvelopeShape is what a self-contained envelope's encoding holds, read

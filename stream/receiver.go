@@ -533,8 +533,7 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			continue
 		}
 		o := done[w.part]
-		env := &pb.Envelope{Body: w.part.Bodies[w.i], LeafIndex: w.part.Index[w.i], TreeSize: w.part.Size,
-			Path: o.Paths[w.i], RootSignature: w.part.Sig}
+		env := w.part.Envelope(o, w.i)
 		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], env: env,
 			raw: protocols.MarshalEnvelope(env)}
 	}
