@@ -100,6 +100,9 @@ func (h *eventHub) active() bool {
 }
 
 func (h *eventHub) emit(e Event) {
+	if e.fill != nil && h.active() {
+		e.complete() // outside the hub's lock: filling may read the store
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.seq++
@@ -108,7 +111,7 @@ func (h *eventHub) emit(e Event) {
 		e.Time = time.Now().UTC()
 	}
 	if len(h.watchers) > 0 {
-		e.complete()
+		e.complete() // a watcher came between the check above and now
 	}
 	h.ring[h.next] = e
 	h.next++

@@ -293,6 +293,7 @@ type EnvelopeShape struct {
 	Path       [][]byte
 	Sig        []byte
 	Tree       uint32 // compact form: the batch's tree it refers to
+	PathLen    int    // how many path hashes it holds (counted with or without withPath)
 	// Canonical: the encoding is the one AppendEnvelope writes for these
 	// fields (known fields once each, in order, zero values left out,
 	// lengths and varints minimal), so it can be rebuilt byte for byte.
@@ -327,6 +328,7 @@ func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
 			case 1:
 				e.Body = v
 			case 4:
+				e.PathLen++
 				if withPath {
 					if e.Path == nil {
 						e.Path = make([][]byte, 0, 10) // a path has at most ten

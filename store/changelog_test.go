@@ -248,33 +248,10 @@ func TestReceivedTreesAreStoredOnce(t *testing.T) {
 	}
 	check := func(when string) {
 		t.Helper()
-		types := map[byte]int{}
-		if err := s.clog.Iter(0, func(r seglog.Record) bool { types[r.Type]++; return true }); err != nil {
-			t.Fatal(err)
-		}
-		if types[recPart] != 10 {
+		if types := logTypes(t, s); types[recPart] != 10 {
 			t.Fatalf("%s: records by type %v; want the whole tree's 7 compact, the part's 3 too", when, types)
 		}
-		v := protocols.NewVerifier()
-		for ver, raw := range got {
-			env, err := s.ChangeEnvelope(ver)
-			if err != nil || !bytes.Equal(env, raw) {
-				t.Fatalf("%s: change %d read back differs from the envelope received (%v)", when, ver, err)
-			}
-			c, err := s.Change(ver)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, origin, err := v.Open(c.Envelope); err != nil || origin != other {
-				t.Fatalf("%s: change %d does not verify: %v", when, ver, err)
-			}
-			if b, err := s.ChangeBody(ver); err != nil || b.OriginVersion != c.Body.OriginVersion {
-				t.Fatalf("%s: body of %d: %v", when, ver, err)
-			}
-		}
-		if e, err := s.OriginEntry(other, 103); err != nil || got[e.LocalVersion] == nil {
-			t.Fatalf("%s: origin entry: %+v %v", when, e, err)
-		}
+		readsBack(t, s, got, other, when)
 	}
 	check("open")
 	_ = s.Close()
@@ -406,26 +383,7 @@ func TestReceivedPartsAreStoredOnce(t *testing.T) {
 		if want := 10 + 10 + 2 + 5 + 10 + 4 + 6 + 6; types[recPart] != want || types[recEnvelope] != 1 {
 			t.Fatalf("%s: records by type %v; want %d parts (a whole tree's 6 too), 1 envelope as it came", when, types, want)
 		}
-		v := protocols.NewVerifier()
-		for ver, raw := range got {
-			env, err := s.ChangeEnvelope(ver)
-			if err != nil || !bytes.Equal(env, raw) {
-				t.Fatalf("%s: change %d read back differs from the envelope received (%v)", when, ver, err)
-			}
-			c, err := s.Change(ver)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, origin, err := v.Open(c.Envelope); err != nil || origin != other {
-				t.Fatalf("%s: change %d does not verify: %v", when, ver, err)
-			}
-			if b, err := s.ChangeBody(ver); err != nil || b.OriginVersion != c.Body.OriginVersion {
-				t.Fatalf("%s: body of %d: %v", when, ver, err)
-			}
-			if e, err := s.OriginEntry(other, c.Body.OriginVersion); err != nil || e.LocalVersion != ver {
-				t.Fatalf("%s: origin entry of %d: %+v %v", when, ver, e, err)
-			}
-		}
+		readsBack(t, s, got, other, when)
 		cs, err := s.Changes(0, 10_000)
 		if err != nil || len(cs) != len(got) {
 			t.Fatalf("%s: %d changes (%v), want %d", when, len(cs), err, len(got))
@@ -663,6 +621,33 @@ func TestEnvelopesEncodedOtherwiseAreKeptAsTheyCame(t *testing.T) {
 	for ver, raw := range got {
 		if env, err := s.ChangeEnvelope(ver); err != nil || !bytes.Equal(env, raw) {
 			t.Fatalf("change %d: %v, or it differs from what came", ver, err)
+		}
+	}
+}
+
+// readsBack checks every received change in got (version -> envelope as
+// received): its envelope reads back byte for byte and verifies as other's,
+// its body and its origin index entry agree.
+func readsBack(t *testing.T, s *Store, got map[uint64][]byte, other peer.ID, when string) {
+	t.Helper()
+	v := protocols.NewVerifier()
+	for ver, raw := range got {
+		env, err := s.ChangeEnvelope(ver)
+		if err != nil || !bytes.Equal(env, raw) {
+			t.Fatalf("%s: change %d read back differs from the envelope received (%v)", when, ver, err)
+		}
+		c, err := s.Change(ver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, origin, err := v.Open(c.Envelope); err != nil || origin != other {
+			t.Fatalf("%s: change %d does not verify: %v", when, ver, err)
+		}
+		if b, err := s.ChangeBody(ver); err != nil || b.OriginVersion != c.Body.OriginVersion {
+			t.Fatalf("%s: body of %d: %v", when, ver, err)
+		}
+		if e, err := s.OriginEntry(other, c.Body.OriginVersion); err != nil || e.LocalVersion != ver {
+			t.Fatalf("%s: origin entry of %d: %+v %v", when, ver, e, err)
 		}
 	}
 }

@@ -87,6 +87,7 @@ func TestBadTreeProofsResetTheStream(t *testing.T) {
 		"a tree proof nobody names":  func(b *pb.Batch) { b.Trees = append(b.Trees, b.Trees[0]) },
 		"leaves out of order":        func(b *pb.Batch) { b.Envelopes[0], b.Envelopes[1] = b.Envelopes[1], b.Envelopes[0] },
 		"compact and self-contained": func(b *pb.Batch) { b.Envelopes[0].RootSignature = b.Trees[0].RootSignature },
+		"compact with a path":        func(b *pb.Batch) { b.Envelopes[1].Path = b.Trees[0].Hashes[:1] },
 		"another tree size":          func(b *pb.Batch) { b.Trees[0].TreeSize = 11 },
 		"a signature changed":        func(b *pb.Batch) { b.Trees[0].RootSignature[5] ^= 1 },
 	} {

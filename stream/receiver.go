@@ -479,10 +479,9 @@ type opened struct {
 func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 	out := make([]opened, len(envs))
 	parts := make([]*protocols.Part, len(trees))
-	type at struct {
-		part *protocols.Part
-		i    int
-	}
+	// where a compact envelope is in its part: tree is 1-based (0: a
+	// self-contained envelope, opened already).
+	type at struct{ tree, i int }
 	where := make([]at, len(envs))
 	for j, raw := range envs {
 		shape, ok := protocols.ParseEnvelope(raw, false)
@@ -501,8 +500,11 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			out[j] = opened{body: body, origin: origin, leaf: leaf, env: env, raw: raw}
 			continue
 		}
-		if int(shape.Tree) > len(trees) || shape.Size != 0 || len(shape.Sig) > 0 {
-			return nil, inbound.Refuse(fmt.Sprintf("envelope of tree %d in a batch of %d tree proofs, or compact and self-contained at once", shape.Tree, len(trees)), nil)
+		if int(shape.Tree) > len(trees) {
+			return nil, inbound.Refuse(fmt.Sprintf("envelope of tree %d in a batch of %d tree proofs", shape.Tree, len(trees)), nil)
+		}
+		if shape.Size != 0 || len(shape.Sig) > 0 || shape.PathLen > 0 {
+			return nil, inbound.Refuse("an envelope both compact and self-contained (a tree and its own size, path or signature)", nil)
 		}
 		p := parts[shape.Tree-1]
 		if p == nil {
@@ -513,11 +515,11 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			p = &protocols.Part{Size: size, Sig: sig, Proof: hashes}
 			parts[shape.Tree-1] = p
 		}
-		where[j] = at{p, len(p.Index)}
+		where[j] = at{int(shape.Tree), len(p.Index)}
 		p.Index = append(p.Index, shape.Leaf)
 		p.Bodies = append(p.Bodies, shape.Body)
 	}
-	done := make(map[*protocols.Part]*protocols.OpenedPart, len(parts))
+	done := make([]*protocols.OpenedPart, len(parts))
 	for i, p := range parts {
 		if p == nil {
 			return nil, inbound.Refuse(fmt.Sprintf("tree proof %d: no envelope refers to it", i+1), nil)
@@ -526,14 +528,14 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 		if err != nil {
 			return nil, inbound.Refuse(fmt.Sprintf("bad envelopes of tree proof %d", i+1), err)
 		}
-		done[p] = o
+		done[i] = o
 	}
 	for j, w := range where {
-		if w.part == nil {
+		if w.tree == 0 {
 			continue
 		}
-		o := done[w.part]
-		env := w.part.Envelope(o, w.i)
+		p, o := parts[w.tree-1], done[w.tree-1]
+		env := p.Envelope(o, w.i)
 		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], env: env,
 			raw: protocols.MarshalEnvelope(env)}
 	}
