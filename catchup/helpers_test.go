@@ -592,10 +592,10 @@ func (n *node) failures(what string) int {
 
 // wants lists the jobs asked for and not yet taken by the worker.
 func (n *node) wants() map[job][]peer.ID {
-	n.svc.mu.Lock()
-	defer n.svc.mu.Unlock()
+	n.svc.jobs.mu.Lock()
+	defer n.svc.jobs.mu.Unlock()
 	out := map[job][]peer.ID{}
-	for j, h := range n.svc.want {
+	for j, h := range n.svc.jobs.want {
 		out[j] = slices.Clone(h)
 	}
 	return out

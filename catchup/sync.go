@@ -95,14 +95,18 @@ type Own interface {
 
 // Deps are what New needs.
 type Deps struct {
-	Host            host.Host
-	Store           *store.Store
-	Verifier        *protocols.Verifier
-	Signer          crypto.PrivKey // signs snapshots (the reviewer)
-	Roles           Roles
-	Resources       Resources
-	Decisions       Decisions
-	Own             Own
+	Host      host.Host
+	Store     *store.Store
+	Verifier  *protocols.Verifier
+	Signer    crypto.PrivKey // signs snapshots (the reviewer)
+	Roles     Roles
+	Resources Resources
+	Decisions Decisions
+	Own       Own
+	// Jobs is the queue of work other services ask for (review asks for
+	// the decisions missing before a gap, and snapshots); nil: New makes
+	// one.
+	Jobs            *Jobs
 	MaxMessageBytes int
 	Period          time.Duration
 	Logger          *slog.Logger
@@ -118,15 +122,78 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	jobs   *Jobs
 	mu     sync.Mutex
 	closed bool
-	want   map[job][]peer.ID // work asked for and not yet started, with peers to ask first
-	wake   chan struct{}
 	last   time.Time // end of the last catch-up that brought something
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
 	failed  *prometheus.CounterVec
+}
+
+// Jobs is catch-up's queue of work: what to fetch, with the peers to ask
+// first. It is built before the services that ask for work and the one
+// that does it, and given to both at construction (catch-up applies
+// decisions through the review service, which asks it for gaps and
+// snapshots). Jobs asked for again before they run merge, their hints
+// with them.
+type Jobs struct {
+	mu   sync.Mutex
+	want map[job][]peer.ID // asked for and not yet started
+	wake chan struct{}
+}
+
+// NewJobs makes an empty queue.
+func NewJobs() *Jobs { return &Jobs{want: map[job][]peer.ID{}, wake: make(chan struct{}, 1)} }
+
+// DecisionGap asks for the decisions missing before one that arrived early.
+func (q *Jobs) DecisionGap(from peer.ID, _, _ uint64) {
+	q.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, from)
+}
+
+// FetchSnapshot asks the reviewer for a snapshot of the shared tables.
+func (q *Jobs) FetchSnapshot(reviewer peer.ID) {
+	q.ask(job{what: pb.SyncRequest_WHAT_SNAPSHOT}, reviewer)
+}
+
+// Recover asks p for this node's own changes that p holds and this node
+// lost.
+func (q *Jobs) Recover(p peer.ID) {
+	q.ask(job{what: pb.SyncRequest_WHAT_OWN}, p)
+}
+
+func (q *Jobs) ask(j job, hint peer.ID) {
+	q.mu.Lock()
+	hints, ok := q.want[j]
+	if hint != "" {
+		found := false
+		for _, h := range hints {
+			found = found || h == hint
+		}
+		if !found {
+			hints = append(hints, hint)
+		}
+	}
+	if !ok || hint != "" {
+		q.want[j] = hints
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take removes one job from the queue (nil: none).
+func (q *Jobs) take() (*job, []peer.ID) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for j, h := range q.want {
+		delete(q.want, j)
+		return &j, h
+	}
+	return nil, nil
 }
 
 // job is one catch-up to run: what to fetch (and of which origin); jobs
@@ -148,7 +215,10 @@ func New(d Deps) (*Service, error) {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, want: map[job][]peer.ID{}, wake: make(chan struct{}, 1),
+	if d.Jobs == nil {
+		d.Jobs = NewJobs()
+	}
+	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, jobs: d.Jobs,
 		// A batch holds MaxBatchBytes, or one change of up to a message.
 		max: MaxBatchBytes + d.MaxMessageBytes + 2*protocols.FrameOverhead,
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "sync", Name: "changes_total",
@@ -260,58 +330,23 @@ func (s *Service) Connected(p peer.ID) {
 }
 
 // DecisionGap asks for the decisions missing before one that arrived early.
-func (s *Service) DecisionGap(from peer.ID, _, _ uint64) {
-	s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, from)
-}
+func (s *Service) DecisionGap(from peer.ID, have, got uint64) { s.jobs.DecisionGap(from, have, got) }
 
 // Recover asks p for this node's own changes that p holds and this node
 // lost.
-func (s *Service) Recover(p peer.ID) {
-	s.ask(job{what: pb.SyncRequest_WHAT_OWN}, p)
-}
+func (s *Service) Recover(p peer.ID) { s.jobs.Recover(p) }
 
 // FetchSnapshot asks the reviewer for a snapshot of the shared tables.
-func (s *Service) FetchSnapshot(reviewer peer.ID) {
-	s.ask(job{what: pb.SyncRequest_WHAT_SNAPSHOT}, reviewer)
-}
+func (s *Service) FetchSnapshot(reviewer peer.ID) { s.jobs.FetchSnapshot(reviewer) }
 
-func (s *Service) ask(j job, hint peer.ID) {
-	s.mu.Lock()
-	hints, ok := s.want[j]
-	if hint != "" {
-		found := false
-		for _, h := range hints {
-			found = found || h == hint
-		}
-		if !found {
-			hints = append(hints, hint)
-		}
-	}
-	if !ok || hint != "" {
-		s.want[j] = hints
-	}
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
+func (s *Service) ask(j job, hint peer.ID) { s.jobs.ask(j, hint) }
 
 // worker runs asked-for jobs one at a time, and a full round every period.
 func (s *Service) worker() {
 	t := time.NewTicker(s.d.Period)
 	defer t.Stop()
 	for {
-		s.mu.Lock()
-		var next *job
-		var hints []peer.ID
-		for j, h := range s.want {
-			next, hints = &j, h
-			delete(s.want, j)
-			break
-		}
-		s.mu.Unlock()
-		if next != nil {
+		if next, hints := s.jobs.take(); next != nil {
 			err := s.run(*next, hints)
 			if err != nil && s.ctx.Err() == nil {
 				s.failed.WithLabelValues(whatName(next.what)).Inc()
@@ -332,7 +367,7 @@ func (s *Service) worker() {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-s.wake:
+		case <-s.jobs.wake:
 		case <-t.C:
 			s.Everything()
 		}

@@ -742,9 +742,9 @@ func TestConnectedAsksThePeerForWhatItCanGive(t *testing.T) {
 
 	// With the reviewer connected, decisions come by its stream.
 	net.connect(n, r)
-	n.svc.mu.Lock()
-	clear(n.svc.want)
-	n.svc.mu.Unlock()
+	n.svc.jobs.mu.Lock()
+	clear(n.svc.jobs.want)
+	n.svc.jobs.mu.Unlock()
 	n.svc.Connected(member.id)
 	if got := n.wants(); len(got) != 0 {
 		t.Fatalf("asked for %s with the reviewer connected", describe(got))

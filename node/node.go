@@ -274,16 +274,22 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.ownWrites, err = n.newOwnWritesGate(); err != nil {
 		return nil, err
 	}
-	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Publisher: pub, Gate: n.ownWrites,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
+	// Each component is built once, complete, after what it needs: the
+	// services write to the log, and what delivers changes (the stream
+	// sender, gossip of decisions) follows the log (store.Follow); review
+	// asks catch-up for work through catch-up's queue (catchup.Jobs).
+	jobs := catchup.NewJobs()
+	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs,
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady})
+	holds, err := propagate.LoadPlannerHolds(n.st)
 	if err != nil {
 		return nil, err
 	}
 	sndo := o.Sender
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
-	sndo.Hold = n.prop.Hold
+	sndo.Hold = holds.Hold
 	sndo.OnAhead = n.ahead
-	sndo.DecisionHead = func() uint64 { return n.review.Applied() }
+	sndo.DecisionHead = n.review.Applied
 	sndo.OnAcked = n.onAcked
 	sndo.Logger = log.With("component", "sender")
 	switch {
@@ -296,41 +302,39 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.sender, err = stream.NewSender(n.host, n.st, n.book, sndo); err != nil {
 		return nil, err
 	}
-	n.prop.SetSender(n.sender)
-	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Sender: decisionTap{n}, Publisher: pub,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady,
-		AfterSnapshot: func(r peer.ID) { n.receiver.Report(r) }})
+	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
+		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
+	if err != nil {
+		return nil, err
+	}
+	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Streams: n.sender, Holds: holds, Publisher: pub,
+		Searcher: n.search, Gate: n.ownWrites, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
+	if err != nil {
+		return nil, err
+	}
 	n.catchup, err = catchup.New(catchup.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
-		Resources: n.prop, Decisions: n.review, Own: n, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
+		Resources: n.prop, Decisions: n.review, Own: n, Jobs: jobs, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.review.SetCatchUp(n.catchup)
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
 		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.catchup,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
-		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
-	if err != nil {
-		return nil, err
-	}
-	n.prop.SetSearcher(n.search)
 	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg,
 		Snapshots: n.review, Admit: n.admitDelivery})
 	if err != nil {
 		return nil, err
 	}
-	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}, seen: n.greetings,
-		holds: n.holdsOf, onHolds: n.peerHolds}
 	if n.members, err = n.newMembership(); err != nil {
 		return nil, err
 	}
-	n.hello.own, n.hello.take = n.members.Own, n.takeRecord
+	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}, seen: n.greetings,
+		holds: n.holdsOf, onHolds: n.peerHolds, own: n.members.Own, take: n.takeRecord}
 	return n, nil
 }
 
@@ -350,18 +354,6 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 // node starts (cmd/ferry and internal/testnet do).
 func RouteLibp2pLogs(h slog.Handler) {
 	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
-}
-
-// decisionTap is the review service's sender: every own entry goes to the
-// delivery stream, and each decision the reviewer commits also goes out on
-// gossip (spread) as soon as it is on disk.
-type decisionTap struct{ n *Node }
-
-func (d decisionTap) Notify(e store.OwnEntry) {
-	if stream.Lane(e.Lane) == stream.LaneDecision && len(e.Env) > 0 && d.n.spread != nil {
-		d.n.spread.Publish(e.Env)
-	}
-	d.n.sender.Notify(e)
 }
 
 // gossipDecisions applies the decisions spread takes from gossip as the

@@ -15,7 +15,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/ferrynet/ferry/store"
 )
@@ -27,13 +26,8 @@ func (r benchRoles) IsPartner(p peer.ID) bool { return p == r.partner }
 func (r benchRoles) Partners() []peer.ID      { return []peer.ID{r.partner} }
 func (r benchRoles) Name(peer.ID) string      { return "B" }
 
-type nopSender struct{}
-
-func (nopSender) Notify(store.OwnEntry)                 {}
-func (nopSender) Kick(peer.ID)                          {}
-func (nopSender) CloseStream(peer.ID, protocol.ID) bool { return false }
-func (nopPub) Publish(string, any)                      {}
-func (nopPub) PublishRaw(string, []byte)                {}
+func (nopPub) Publish(string, any)       {}
+func (nopPub) PublishRaw(string, []byte) {}
 
 type nopPub struct{}
 
@@ -53,7 +47,7 @@ func BenchmarkPropagateCommit(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	s, err := New(Deps{Store: st, Roles: benchRoles{self, partner}, Sender: nopSender{}, Publisher: nopPub{}})
+	s, err := New(Deps{Store: st, Roles: benchRoles{self, partner}, Publisher: nopPub{}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -83,7 +83,8 @@ func (r fuzzRoles) Name(p peer.ID) string {
 	return ""
 }
 
-// fuzzSender records what the service tells the sender.
+// fuzzSender records what the log tells the sender (store.Follow) and the
+// planner streams the service closes.
 type fuzzSender struct {
 	mu     sync.Mutex
 	items  []store.OwnEntry
@@ -95,8 +96,6 @@ func (s *fuzzSender) Notify(e store.OwnEntry) {
 	defer s.mu.Unlock()
 	s.items = append(s.items, e)
 }
-
-func (s *fuzzSender) Kick(peer.ID) {}
 
 func (s *fuzzSender) CloseStream(peer.ID, protocol.ID) bool {
 	s.mu.Lock()
@@ -170,7 +169,8 @@ func newFuzzNode(f *testing.F) *fuzzNode {
 	})
 	n := &fuzzNode{st: st, self: self, partner: partner, stranger: stranger, snd: &fuzzSender{}, pub: &fuzzPublisher{},
 		selfStr: self.String(), partnerStr: partner.String(), str: stranger.String()}
-	n.svc, err = New(Deps{Store: st, Roles: fuzzRoles{self: self, partner: partner}, Sender: n.snd,
+	st.Follow(n.snd.Notify)
+	n.svc, err = New(Deps{Store: st, Roles: fuzzRoles{self: self, partner: partner}, Streams: n.snd,
 		Publisher: n.pub, MaxMessageBytes: fuzzMaxMessageBytes, Logger: quiet})
 	if err != nil {
 		f.Fatal(err)

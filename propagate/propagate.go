@@ -58,11 +58,10 @@ type Roles interface {
 	Name(peer.ID) string
 }
 
-// Sender is the part of the stream layer the service drives.
-type Sender interface {
-	// Notify tells the sender an entry of this node's log is on disk.
-	Notify(store.OwnEntry)
-	Kick(peer.ID)
+// Streams closes an open delivery stream (the stream sender): an operator
+// closing a partner's planner stream. The sender hears of new changes from
+// the log (store.Follow), not from this service.
+type Streams interface {
 	CloseStream(peer.ID, protocol.ID) bool
 }
 
@@ -104,7 +103,8 @@ type Result map[string]any
 type Service struct {
 	st       *store.Store
 	roles    Roles
-	sender   Sender
+	streams  Streams
+	holds    *PlannerHolds
 	pub      Publisher
 	search   Searcher
 	gate     Gate
@@ -114,19 +114,22 @@ type Service struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
-	mu            sync.Mutex
-	plannerClosed map[peer.ID]bool
-	known         *known   // own resources, for creates that need no read
-	ids           sync.Map // peer.ID -> its text form
+	known *known   // own resources, for creates that need no read
+	ids   sync.Map // peer.ID -> its text form
 }
 
 // Deps are what New needs.
 type Deps struct {
-	Store     *store.Store
-	Roles     Roles
-	Sender    Sender
+	Store *store.Store
+	Roles Roles
+	// Streams closes planner streams (close_planner); nil: none is open.
+	Streams Streams
+	// Holds are the planner streams operators closed, shared with the
+	// sender (its SenderOptions.Hold); nil: New loads them.
+	Holds     *PlannerHolds
 	Publisher Publisher
-	Searcher  Searcher
+	// Searcher runs search actions; nil: search is not running.
+	Searcher Searcher
 	// Gate, if set, holds creates, updates, deletes, considers and planner
 	// events until this node's store is confirmed by a partner.
 	Gate            Gate
@@ -156,9 +159,15 @@ func New(d Deps) (*Service, error) {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
-		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel, plannerClosed: map[peer.ID]bool{}}
+	s := &Service{st: d.Store, roles: d.Roles, streams: d.Streams, holds: d.Holds, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
+		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel}
 	var err error
+	if s.holds == nil {
+		if s.holds, err = LoadPlannerHolds(d.Store); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	if s.known, err = loadKnown(d.Store, d.Roles.Self()); errors.Is(err, ferry.ErrCorrupt) {
 		// The store says so (health, ERROR line) and is rebuilt at the next
 		// start; until then every create looks its row up.
@@ -169,24 +178,53 @@ func New(d Deps) (*Service, error) {
 		cancel()
 		return nil, fmt.Errorf("load own resources: %w", err)
 	}
-	closed, err := d.Store.AuxPrefix(auxPlannerClosed)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("load closed planner streams: %w", err)
-	}
-	for name, v := range closed {
-		if len(v) == 1 && v[0] == 1 {
-			s.plannerClosed[peer.ID(strings.TrimPrefix(name, auxPlannerClosed))] = true
-		}
-	}
 	return s, nil
 }
 
-// SetSender completes construction (the sender needs Hold first).
-func (s *Service) SetSender(snd Sender) { s.sender = snd }
+// PlannerHolds are the partners whose planner stream an operator closed
+// (close_planner): the sender holds their planner lane (Hold) until a new
+// planner event to them reopens it. Built before the sender and this
+// service, and shared by both.
+type PlannerHolds struct {
+	mu     sync.Mutex
+	closed map[peer.ID]bool
+}
 
-// SetSearcher sets the search service.
-func (s *Service) SetSearcher(x Searcher) { s.search = x }
+// LoadPlannerHolds reads which planner streams operators closed.
+func LoadPlannerHolds(st *store.Store) (*PlannerHolds, error) {
+	closed, err := st.AuxPrefix(auxPlannerClosed)
+	if err != nil {
+		return nil, fmt.Errorf("load closed planner streams: %w", err)
+	}
+	h := &PlannerHolds{closed: map[peer.ID]bool{}}
+	for name, v := range closed {
+		if len(v) == 1 && v[0] == 1 {
+			h.closed[peer.ID(strings.TrimPrefix(name, auxPlannerClosed))] = true
+		}
+	}
+	return h, nil
+}
+
+// Hold keeps planner deliveries to a peer pending while its planner stream
+// is closed (stream.SenderOptions.Hold).
+func (h *PlannerHolds) Hold(p peer.ID, lane stream.Lane) bool {
+	if lane != stream.LanePlanner {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closed[p]
+}
+
+func (h *PlannerHolds) set(p peer.ID, closed bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if closed {
+		h.closed[p] = true
+	} else {
+		delete(h.closed, p)
+	}
+}
 
 // Close waits for close_planner work in progress.
 func (s *Service) Close() {
@@ -196,14 +234,7 @@ func (s *Service) Close() {
 
 // Hold keeps planner deliveries to a peer pending while its planner stream
 // is closed.
-func (s *Service) Hold(p peer.ID, lane stream.Lane) bool {
-	if lane != stream.LanePlanner {
-		return false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.plannerClosed[p]
-}
+func (s *Service) Hold(p peer.ID, lane stream.Lane) bool { return s.holds.Hold(p, lane) }
 
 func badRequest(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ferry.ErrBadRequest, fmt.Sprintf(format, args...))
@@ -447,17 +478,11 @@ func (s *Service) sameChange(tx *store.Txn, cur *storepb.Resource, kind pb.Kind,
 }
 
 // deliver records an own change as owed to its receivers (the log is the
-// outbox: nothing is written per receiver) and hands it, sealed, to the
-// sender once it is on disk.
+// outbox: nothing is written per receiver); the sender hears of it, sealed,
+// from the log once it is on disk (store.Follow).
 func (s *Service) deliver(tx *store.Txn, e store.OwnEntry, sealed *store.Sealed) {
 	e.CreatedAt = tx.Now().UnixNano()
-	tx.AddOwnEntry(e)
-	if s.sender != nil {
-		tx.OnCommit(func() {
-			e.Env = sealed.Bytes
-			s.sender.Notify(e)
-		})
-	}
+	tx.AddOwnEntry(e, sealed)
 }
 
 func (s *Service) considers(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
@@ -527,9 +552,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 			tx.SetAux(auxPlannerClosed+string(to[0]), []byte{0})
 			// Reopened before the sender hears of the new entry.
 			tx.OnCommit(func() {
-				s.mu.Lock()
-				delete(s.plannerClosed, to[0])
-				s.mu.Unlock()
+				s.holds.set(to[0], false)
 				s.log.Info("planner stream reopened", "peer", to[0])
 			})
 		}
@@ -545,9 +568,7 @@ func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result,
 		done(nil, err)
 		return
 	}
-	s.mu.Lock()
-	s.plannerClosed[p] = true
-	s.mu.Unlock()
+	s.holds.set(p, true)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -560,8 +581,8 @@ func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result,
 			return
 		}
 		wasOpen := false
-		if s.sender != nil {
-			wasOpen = s.sender.CloseStream(p, protocols.Planner)
+		if s.streams != nil {
+			wasOpen = s.streams.CloseStream(p, protocols.Planner)
 		}
 		s.log.Info("planner stream closed", "peer", p, "was_open", wasOpen)
 		done(Result{"id": p.String(), "version": 0, "closed": wasOpen}, nil)

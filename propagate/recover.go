@@ -69,10 +69,7 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	proto, _ := protocols.ProtocolFor(body.Kind, "")
 	e := store.OwnEntry{Version: body.OriginVersion, Lane: uint8(stream.LaneResource), Kind: body.Kind, Protocol: proto,
 		CreatedAt: body.CreatedAtUnixNano}
-	tx.AddOwnEntry(e)
-	if s.sender != nil {
-		tx.OnCommit(func() { s.sender.Notify(e) })
-	}
+	tx.AddOwnEntry(e, nil)
 	return true, nil
 }
 

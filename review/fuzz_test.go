@@ -27,7 +27,6 @@ func (r fuzzRoles) Reviewer() peer.ID     { return r.reviewer }
 func (r fuzzRoles) IsMember(peer.ID) bool { return true }
 func (r fuzzRoles) Members() []peer.ID    { return nil }
 func (r fuzzRoles) Name(p peer.ID) string { return "P" }
-func (fuzzSink) Notify(store.OwnEntry)    {}
 func (fuzzSink) Publish(string, any)      {}
 
 type fuzzSink struct{}
@@ -57,7 +56,7 @@ func fuzzService(f *testing.F, reviewer bool) (*Service, *store.Store, crypto.Pr
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = st.Close() })
-	return New(Deps{Store: st, Roles: fuzzRoles{self, rev}, Sender: fuzzSink{}, Publisher: fuzzSink{}, MaxMessageBytes: 4096}), st, key
+	return New(Deps{Store: st, Roles: fuzzRoles{self, rev}, Publisher: fuzzSink{}, MaxMessageBytes: 4096}), st, key
 }
 
 func wait[T any](t *testing.T, call func(func(T, error))) (T, error) {

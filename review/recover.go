@@ -87,10 +87,7 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 				s.log.Error("a recovered decision reuses a sequence this reviewer gave again after its restore", "sequence", d.Sequence)
 			}
 		}
-		tx.AddOwnEntry(e)
-		if s.sender != nil {
-			tx.OnCommit(func() { s.sender.Notify(e) })
-		}
+		tx.AddOwnEntry(e, nil)
 	}
 	return true, nil
 }

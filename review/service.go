@@ -42,18 +42,13 @@ type Roles interface {
 	Name(peer.ID) string
 }
 
-// Sender is the part of the stream layer the service drives.
-type Sender interface {
-	// Notify tells the sender an entry of this node's log is on disk.
-	Notify(store.OwnEntry)
-}
-
 // Publisher publishes events on the local NATS.
 type Publisher interface {
 	Publish(suffix string, v any)
 }
 
-// CatchUp fetches what the decision lane cannot bring (the sync service):
+// CatchUp fetches what the decision lane cannot bring (catch-up's queue,
+// catchup.Jobs):
 // the decisions missing before one that arrived ahead of them, and a
 // snapshot of the tables for a new member.
 type CatchUp interface {
@@ -65,35 +60,32 @@ type CatchUp interface {
 type Service struct {
 	st      *store.Store
 	roles   Roles
-	sender  Sender
 	pub     Publisher
 	gaps    CatchUp
-	snaps   SnapshotFetcher
 	maxData int
 	log     *slog.Logger
 	ready   func() error
-	// afterSnapshot runs when the tables were taken from a snapshot.
-	afterSnapshot func(reviewer peer.ID)
 
 	snapMu      sync.Mutex
 	snapRunning bool
+	snapAfter   []func() // Want's done callbacks, run when the snapshot was taken
 	snapRetryAt time.Time
 }
 
 // Deps are what New needs.
 type Deps struct {
-	Store           *store.Store
-	Roles           Roles
-	Sender          Sender
-	Publisher       Publisher
+	Store     *store.Store
+	Roles     Roles
+	Publisher Publisher
+	// CatchUp, if set, is asked for decisions missing before a gap and for
+	// snapshots (catchup.Jobs); nil: neither is fetched.
+	CatchUp         CatchUp
 	MaxMessageBytes int
 	Logger          *slog.Logger
 	// Ready, if set, is asked before a decision: an error refuses it (a
 	// reviewer that has not compared its decisions with a member since it
 	// started may have been restored from an older copy).
 	Ready func() error
-	// AfterSnapshot runs when this member took the tables from a snapshot.
-	AfterSnapshot func(reviewer peer.ID)
 }
 
 // New builds the service.
@@ -104,13 +96,9 @@ func New(d Deps) *Service {
 	if d.MaxMessageBytes == 0 {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
-	return &Service{st: d.Store, roles: d.Roles, sender: d.Sender, pub: d.Publisher, maxData: d.MaxMessageBytes, log: d.Logger,
-		ready: d.Ready, afterSnapshot: d.AfterSnapshot}
+	return &Service{st: d.Store, roles: d.Roles, pub: d.Publisher, gaps: d.CatchUp, maxData: d.MaxMessageBytes, log: d.Logger,
+		ready: d.Ready}
 }
-
-// SetCatchUp sets the sync service (built after this one: it applies
-// decisions through it).
-func (s *Service) SetCatchUp(c CatchUp) { s.gaps, s.snaps = c, c }
 
 // IsReviewer reports whether this node is the reviewer.
 func (s *Service) IsReviewer() bool {
@@ -221,16 +209,11 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 }
 
 // deliver records an own change as owed to its receivers (the log is the
-// outbox) and hands it, sealed, to the sender once it is on disk.
+// outbox); the sender hears of it, sealed, from the log once it is on disk
+// (store.Follow).
 func (s *Service) deliver(tx *store.Txn, e store.OwnEntry, sealed *store.Sealed) {
 	e.CreatedAt = tx.Now().UnixNano()
-	tx.AddOwnEntry(e)
-	if s.sender != nil {
-		tx.OnCommit(func() {
-			e.Env = sealed.Bytes
-			s.sender.Notify(e)
-		})
-	}
+	tx.AddOwnEntry(e, sealed)
 }
 
 // checkSize bounds request data to half the message limit: a decision

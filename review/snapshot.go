@@ -42,22 +42,29 @@ type SnapshotFetcher interface {
 
 // Want reports whether this member takes the tables from a snapshot
 // instead of the decision lane of sender, whose last decision is head
-// (stream.Snapshots). It starts the fetch.
-func (s *Service) Want(sender peer.ID, head uint64) bool {
-	if s.snaps == nil || sender != s.roles.Reviewer() || s.IsReviewer() || head <= SnapshotThreshold || s.Applied() > 0 {
+// (stream.Snapshots). It starts the fetch; done runs once the tables were
+// taken from it (not when it failed).
+func (s *Service) Want(sender peer.ID, head uint64, done func()) bool {
+	if s.gaps == nil || sender != s.roles.Reviewer() || s.IsReviewer() || head <= SnapshotThreshold || s.Applied() > 0 {
 		return false
 	}
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	if s.snapRunning {
+		if done != nil {
+			s.snapAfter = append(s.snapAfter, done)
+		}
 		return true
 	}
 	if time.Now().Before(s.snapRetryAt) {
 		return false
 	}
 	s.snapRunning = true
+	if done != nil {
+		s.snapAfter = append(s.snapAfter, done)
+	}
 	s.log.Info("taking the shared tables from a snapshot of the reviewer", "reviewer", sender, "decisions", head)
-	s.snaps.FetchSnapshot(sender)
+	s.gaps.FetchSnapshot(sender)
 	return true
 }
 
@@ -66,6 +73,8 @@ func (s *Service) Want(sender peer.ID, head uint64) bool {
 func (s *Service) SnapshotDone(reviewer peer.ID, err error) {
 	s.snapMu.Lock()
 	s.snapRunning = false
+	after := s.snapAfter
+	s.snapAfter = nil
 	if err != nil {
 		s.snapRetryAt = time.Now().Add(snapshotRetry)
 	}
@@ -75,8 +84,8 @@ func (s *Service) SnapshotDone(reviewer peer.ID, err error) {
 		return
 	}
 	s.log.Info("shared tables taken from the reviewer's snapshot", "reviewer", reviewer, "applied", s.Applied())
-	if s.afterSnapshot != nil {
-		s.afterSnapshot(reviewer)
+	for _, fn := range after {
+		fn()
 	}
 }
 

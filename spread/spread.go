@@ -188,7 +188,16 @@ func New(d Deps) (*Service, error) {
 	if err := promreg.Register(d.Registerer, s.m.news, s.m.decisions, s.m.reports); err != nil {
 		return nil, fmt.Errorf("spread: %w", err)
 	}
+	d.Store.Follow(s.follow) // the reviewer's decisions, as the log commits them
 	return s, nil
+}
+
+// follow hears of each own entry the log committed (store.Follow): the
+// reviewer's decisions sealed by this node go out on gossip.
+func (s *Service) follow(e store.OwnEntry) {
+	if stream.Lane(e.Lane) == stream.LaneDecision && len(e.Env) > 0 {
+		s.Publish(e.Env)
+	}
 }
 
 // Start joins the decisions topic, serves reports and starts the loops.
@@ -235,7 +244,8 @@ type queuedDecision struct {
 }
 
 // Publish queues a decision the reviewer just committed (env: its sealed
-// envelope as stored) for the next DecisionNews.
+// envelope as stored) for the next DecisionNews. The log calls it for each
+// decision it commits (follow).
 func (s *Service) Publish(env []byte) {
 	if !s.reviewer() {
 		return

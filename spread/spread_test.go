@@ -269,7 +269,8 @@ func (x *net) decideBy(from, to, per uint64) map[uint64]uint64 {
 				tx.PutDecision(seq, ver, sealed.Hash)
 				tx.SetCounter(ctrApplied, seq)
 				vers[seq] = ver
-				tx.OnCommit(func() { r.svc.Publish(sealed.Bytes) })
+				pid, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, "")
+				tx.AddOwnEntry(store.OwnEntry{Version: ver, Lane: uint8(stream.LaneDecision), Kind: pb.Kind_KIND_REVIEW_DECISION, Protocol: pid}, sealed)
 			}
 			return nil
 		})

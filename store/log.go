@@ -661,7 +661,10 @@ func broadcastOwn(v []byte) (lane uint8, addressed bool) {
 func addressedKey(to peer.ID, lane uint8) key { return k(pAddressed).str(string(to)).u8(lane) }
 
 // AddOwnEntry records one of this node's changes as owed to receivers.
-func (t *Txn) AddOwnEntry(e OwnEntry) {
+// Once the commit is on disk the store tells its followers (Follow), in
+// commit order, with Env set to sealed's envelope when sealed is not nil
+// (the change was sealed by this transaction; a recovered one was not).
+func (t *Txn) AddOwnEntry(e OwnEntry, sealed *Sealed) {
 	if e.CreatedAt == 0 {
 		e.CreatedAt = t.now.UnixNano()
 	}
@@ -669,6 +672,35 @@ func (t *Txn) AddOwnEntry(e OwnEntry) {
 	for _, p := range e.To {
 		t.set(addressedKey(p, e.Lane).u64(e.Version), []byte{byte(e.Kind), protocols.ProtocolCode(e.Protocol)})
 	}
+	if fs := t.s.followers.Load(); fs != nil {
+		t.OnCommit(func() {
+			if sealed != nil {
+				e.Env = sealed.Bytes
+			}
+			for _, fn := range *fs {
+				fn(e)
+			}
+		})
+	}
+}
+
+// Follow registers fn to hear of each own entry (AddOwnEntry) once its
+// commit is on disk, in commit order: the log announces what it committed
+// to those that deliver it (the stream sender, gossip of decisions), so
+// the services that write need not know them. fn runs on the store's
+// completer and must not block; it hears only of commits prepared after
+// Follow returned (what came before is read from the log: Backlog,
+// OwnEntriesFrom). Followers register as they are built, before writes
+// start.
+func (s *Store) Follow(fn func(OwnEntry)) {
+	s.followMu.Lock()
+	defer s.followMu.Unlock()
+	var fs []func(OwnEntry)
+	if old := s.followers.Load(); old != nil {
+		fs = append(fs, *old...)
+	}
+	fs = append(fs, fn)
+	s.followers.Store(&fs)
 }
 
 // OwnEntry reads the delivery record of one of this node's changes.

@@ -77,7 +77,7 @@ func TestBacklogMergesBroadcastAndAddressedEntries(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			tx.AddOwnEntry(OwnEntry{Version: ver, Lane: lane, Kind: kind, Protocol: protocols.DeliveryProtocols[0], RequestID: 7, To: to})
+			tx.AddOwnEntry(OwnEntry{Version: ver, Lane: lane, Kind: kind, Protocol: protocols.DeliveryProtocols[0], RequestID: 7, To: to}, nil)
 			vers = append(vers, ver)
 			return nil
 		}); err != nil {

@@ -175,6 +175,9 @@ type Store struct {
 	// that hand data to other nodes or apps (backlogs, changes, sync) stop
 	// at it so nothing leaves before it is on disk.
 	durableVersion atomic.Uint64
+	// followers hear of each own entry once its commit is on disk (Follow).
+	followers atomic.Pointer[[]func(OwnEntry)]
+	followMu  sync.Mutex
 }
 
 type op struct {

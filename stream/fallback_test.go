@@ -55,7 +55,7 @@ func (p *pair) decide(n int, to peer.ID) []uint64 {
 	var vers []uint64
 	err := p.a.st.Update(context.Background(), func(tx *store.Txn) error {
 		for i := range n {
-			ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: "tb",
+			ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: "tb",
 				Payload: []byte(fmt.Sprintf("d%d", i)), To: []byte(to)})
 			if err != nil {
 				return err
@@ -67,8 +67,7 @@ func (p *pair) decide(n int, to peer.ID) []uint64 {
 			if to != "" {
 				e.To = []peer.ID{to}
 			}
-			tx.AddOwnEntry(e)
-			tx.OnCommit(func() { p.snd.Notify(e) })
+			tx.AddOwnEntry(e, sealed)
 			vers = append(vers, ver)
 		}
 		return nil

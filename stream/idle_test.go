@@ -74,7 +74,7 @@ func TestIdleExit(t *testing.T) {
 	b := idleBox(t, func(s *Sender, b *outbox) bool {
 		if !poked {
 			poked = true
-			s.box(b.peer) // a Notify or a Kick while idle looks
+			s.box(b.peer) // a notify or a Kick while idle looks
 		}
 		return false
 	})

@@ -116,9 +116,11 @@ func CheckHeld(tx *store.Txn, origin peer.ID, version, hash uint64) (held bool, 
 
 // Snapshots lets a service turn a new member's decision lane into a
 // snapshot fetch: Want reports, for the decision lane of sender (whose last
-// decision sequence is head), that this node fetches a snapshot first.
+// decision sequence is head), that this node fetches a snapshot first; it
+// calls done once the snapshot was taken, and the receiver then reports its
+// new position to sender (Report).
 type Snapshots interface {
-	Want(sender peer.ID, head uint64) bool
+	Want(sender peer.ID, head uint64, done func()) bool
 }
 
 // ReceiverOptions configure a Receiver.
@@ -612,7 +614,7 @@ func (r *Receiver) seqFor(p peer.ID, lane Lane) *sequencer {
 
 func (r *Receiver) sequence(b *batch) error {
 	if b.lane == LaneDecision && b.headSeq > 0 && r.opts.Snapshots != nil && b.after == 0 &&
-		r.opts.Snapshots.Want(b.st.remote, b.headSeq) {
+		r.opts.Snapshots.Want(b.st.remote, b.headSeq, func() { r.Report(b.st.remote) }) {
 		b.st.reply(&pb.Reply{Lane: uint32(b.lane), WantSnapshot: true})
 		return nil
 	}

@@ -16,7 +16,7 @@ package stream
 //     Close; Close also cancels the sender's context under it.
 //   - outbox.mu guards one receiver's state: lanes, streams (and each
 //     outStream's closing), retry, idleSince, acked.
-//   - tail.mu is a leaf: Notify and the pump take it with no other lock.
+//   - tail.mu is a leaf: notify and the pump take it with no other lock.
 //   - heads, dirty and outStream.lastReply are atomics: read them under
 //     any lock, or none.
 //   - Only outbox.idle holds both locks, for the moment its pump's running
@@ -28,9 +28,10 @@ package stream
 //     and the Audience: they take their owners' locks, and their owners
 //     call the sender (Kick, CloseStream, Acknowledge). The outbox asks
 //     Hold and the Audience first (outbox.view) and takes its lock after;
-//   - the store (reads, SubmitLazy, Update): its commit hooks call Notify,
-//     which takes Sender.mu and then outbox.mu (one after the other), and
-//     Truncate reads lanes (Sender.Lane) from inside a store scan;
+//   - the store (reads, SubmitLazy, Update): its completer calls notify
+//     (store.Follow), which takes Sender.mu and then outbox.mu (one after
+//     the other), and Truncate reads lanes (Sender.Lane) from inside a
+//     store scan;
 //   - libp2p: NewStream, writes and flushes, Close, Reset;
 //   - the logger, and laneState.step's actions (metrics, logs, callbacks,
 //     store writes): a step runs under outbox.mu, its actions after.
@@ -253,6 +254,7 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 			}
 		}
 	}
+	st.Follow(s.notify) // the sender follows what the log commits
 	return s, nil
 }
 
@@ -317,10 +319,10 @@ func (s *Sender) Close() {
 	}
 }
 
-// Notify tells the sender that an entry of its own log is on disk (it runs
-// in store commit hooks and never blocks): broadcast entries wake the
+// notify hears of an entry of this node's log once it is on disk (the store
+// calls it, store.Follow, and it never blocks): broadcast entries wake the
 // lane's receivers, addressed ones their addressees.
-func (s *Sender) Notify(e store.OwnEntry) {
+func (s *Sender) notify(e store.OwnEntry) {
 	lane := Lane(e.Lane)
 	if lane < LaneResource || lane > numLanes {
 		return

@@ -166,14 +166,13 @@ func (p *pair) commit(n, per int) []uint64 {
 	for done := 0; done < n; done += per {
 		err := p.a.st.Update(context.Background(), func(tx *store.Txn) error {
 			for i := done; i < min(done+per, n); i++ {
-				ver, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
+				ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
 					Payload: []byte(fmt.Sprintf(`{"id":"r%d"}`, i))})
 				if err != nil {
 					return err
 				}
 				e := store.OwnEntry{Version: ver, Lane: uint8(LaneResource), Kind: pb.Kind_KIND_RESOURCE_CREATE, Protocol: protocols.ResourceCreate}
-				tx.AddOwnEntry(e)
-				tx.OnCommit(func() { p.snd.Notify(e) })
+				tx.AddOwnEntry(e, sealed)
 				vers = append(vers, ver)
 			}
 			return nil
