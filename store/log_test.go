@@ -1,7 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,5 +182,93 @@ func TestBacklogMergesBroadcastAndAddressedEntries(t *testing.T) {
 	}
 	if p, _ := s.Position(a, laneC); p.Version != 0 {
 		t.Fatalf("unknown position %v", p)
+	}
+}
+
+// TestFollowHearsCommittedOwnEntries: followers hear each own entry once its
+// commit is on disk, in commit order, with its sealed envelope; an entry
+// rolled back to a savepoint or in a failed transaction is never heard of.
+func TestFollowHearsCommittedOwnEntries(t *testing.T) {
+	key, self := newKey(t)
+	s, err := Open("mem", Options{Signer: key, InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	var heard [2][]OwnEntry
+	for i := range heard {
+		s.Follow(func(e OwnEntry) {
+			if durable := s.DurableVersion(); e.Version > durable {
+				t.Errorf("follower %d heard of %d before it was durable (%d)", i, e.Version, durable)
+			}
+			mu.Lock()
+			heard[i] = append(heard[i], e)
+			mu.Unlock()
+		})
+	}
+	add := func(tx *Txn, sealedEnv bool) (uint64, error) {
+		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_RESOURCE_CREATE, Payload: []byte(`{}`)})
+		if err != nil {
+			return 0, err
+		}
+		if !sealedEnv {
+			sealed = nil
+		}
+		tx.AddOwnEntry(OwnEntry{Version: ver, Lane: 1, Kind: pb.Kind_KIND_RESOURCE_CREATE, Protocol: protocols.DeliveryProtocols[0]}, sealed)
+		return ver, nil
+	}
+	var want []uint64
+	if err := s.Update(context.Background(), func(tx *Txn) error {
+		v, err := add(tx, true)
+		want = append(want, v)
+		sp := tx.Savepoint()
+		if _, err := add(tx, true); err != nil {
+			return err
+		}
+		tx.RollbackTo(sp) // forgotten with its announcement
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(context.Background(), func(tx *Txn) error {
+		if _, err := add(tx, true); err != nil {
+			return err
+		}
+		return errors.New("refused") // nothing of it is written or heard
+	}); err == nil {
+		t.Fatal("a failed transaction committed")
+	}
+	if err := s.Update(context.Background(), func(tx *Txn) error {
+		for _, sealed := range []bool{true, false} {
+			v, err := add(tx, sealed)
+			if err != nil {
+				return err
+			}
+			want = append(want, v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, es := range heard {
+		var got []uint64
+		for _, e := range es {
+			got = append(got, e.Version)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("follower %d heard %v, want %v", i, got, want)
+		}
+		for j, e := range es[:2] {
+			env, err := s.ChangeEnvelope(e.Version)
+			if err != nil || !bytes.Equal(e.Env, env) {
+				t.Fatalf("follower %d: entry %d's envelope is not the stored one (err %v)", i, j, err)
+			}
+		}
+		if es[2].Env != nil {
+			t.Fatalf("follower %d: an entry added without its seal came with an envelope", i)
+		}
 	}
 }
