@@ -50,6 +50,14 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// Registerer receives the bridge's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Tracer, if set, hears of each event published to apps (for
+	// operators: `ferry watch`).
+	Tracer Tracer
+}
+
+// Tracer hears what the bridge published, for operators and nothing else.
+type Tracer interface {
+	Published(subject string)
 }
 
 // Bridge is the node's NATS side.
@@ -362,15 +370,20 @@ func (b *Bridge) Publish(suffix string, v any) {
 		b.log.Error("encode event", "subject", suffix, "err", err)
 		return
 	}
-	if err := b.nc.Publish(b.Subject(suffix), data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		b.log.Warn("publish event", "subject", suffix, "err", err)
-	}
+	b.PublishRaw(suffix, data)
 }
 
 // PublishRaw sends an already encoded event on prefix.suffix.
 func (b *Bridge) PublishRaw(suffix string, data []byte) {
-	if err := b.nc.Publish(b.Subject(suffix), data); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		b.log.Warn("publish event", "subject", suffix, "err", err)
+	subject := b.Subject(suffix)
+	if err := b.nc.Publish(subject, data); err != nil {
+		if !errors.Is(err, nats.ErrConnectionClosed) {
+			b.log.Warn("publish event", "subject", suffix, "err", err)
+		}
+		return
+	}
+	if b.o.Tracer != nil {
+		b.o.Tracer.Published(subject)
 	}
 }
 

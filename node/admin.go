@@ -306,7 +306,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			return
 		}
 		req.RequestID, req.Decision = id, r.PathValue("decision")
-		row, err := wait(r, func(done func(review.Row, error)) { n.Decide(req, done) })
+		row, err := wait(r, func(done func(review.Row, error)) { n.review.Decide(n.ctx, req, done) })
 		if err != nil {
 			fail(w, err)
 			return
@@ -410,7 +410,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		res, err := wait(r, func(done func(propagate.Result, error)) { n.Propagate(req, done) })
+		res, err := wait(r, func(done func(propagate.Result, error)) { n.prop.Propagate(n.ctx, req, done) })
 		if err != nil {
 			fail(w, err)
 			return
@@ -440,7 +440,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		row, err := wait(r, func(done func(review.Row, error)) { n.Submit(req, done) })
+		row, err := wait(r, func(done func(review.Row, error)) { n.review.Submit(n.ctx, req, done) })
 		if err != nil {
 			fail(w, err)
 			return

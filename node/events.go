@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
@@ -162,32 +164,125 @@ func (h *eventHub) takeDropped(w *watcher) int {
 	return d
 }
 
-// onAcked is the sender's hook: a receiver acknowledged (or refused) a delivery.
-func (n *Node) onAcked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal) {
-	if n.opts.Sender.OnAcked != nil {
-		n.opts.Sender.OnAcked(p, lane, through, refused)
+// feed is what the services tell operators (`ferry watch`, the console,
+// the decisions metric): the tracer each gets at construction
+// (stream.Tracer for the inbound paths, propagate.Tracer, review.Tracer,
+// natsbridge.Tracer) and the sender's OnAcked. It records events in the
+// hub; what costs more to say (a resource's id, the receivers of a
+// change) is filled in when someone reads them.
+type feed struct {
+	hub       *eventHub
+	st        *store.Store
+	names     interface{ Name(peer.ID) string }
+	decisions *prometheus.CounterVec // ferry_review_decisions_total
+	// onAcked is SenderOptions.OnAcked of the node's options (tests).
+	onAcked func(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal)
+	ids     sync.Map // peer.ID -> its text
+}
+
+var (
+	_ stream.Tracer     = (*feed)(nil)
+	_ propagate.Tracer  = (*feed)(nil)
+	_ review.Tracer     = (*feed)(nil)
+	_ natsbridge.Tracer = (*feed)(nil)
+)
+
+// Acked is the sender's hook: a receiver acknowledged (or refused) a delivery.
+func (f *feed) Acked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal) {
+	if f.onAcked != nil {
+		f.onAcked(p, lane, through, refused)
 	}
-	name := n.book.Name(p)
-	n.events.emit(Event{Type: EventAcked, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: through})
+	name := f.names.Name(p)
+	f.hub.emit(Event{Type: EventAcked, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: through})
 	for _, r := range refused {
-		n.events.emit(Event{Type: EventRejected, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: r.Version, Detail: r.Reason})
+		f.hub.emit(Event{Type: EventRejected, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: r.Version, Detail: r.Reason})
 	}
 }
 
-// committed reports a change of this node and who it goes to.
-func (n *Node) committed(kind string, version, requestID uint64, detail string) {
-	e := Event{Type: EventCommitted, Kind: kind, Version: version, RequestID: requestID, Detail: detail}
-	if n.events.active() {
-		n.receiversOf(&e)
-	}
-	n.events.emit(e)
+// Committed reports a change of this node (its receivers are filled in
+// when the event is read: receiversOf).
+func (f *feed) Committed(action string, version uint64, detail string) {
+	f.hub.emit(Event{Type: EventCommitted, Kind: action, Version: version, Detail: detail})
 }
 
-// receiversOf fills in who a committed change goes to (its acknowledgement
-// rows): when it is committed if someone watches, else when the kept event
-// is read.
+// Published reports an event that went out on this node's NATS.
+func (f *feed) Published(subject string) {
+	f.hub.emit(Event{Type: EventPublished, Subject: subject})
+}
+
+// Submitted reports a review request of this node's apps on disk.
+func (f *feed) Submitted(row review.Row) {
+	f.hub.emit(Event{Type: EventSubmitted, Kind: "request", RequestID: row.ID,
+		Detail: row.Type + " " + row.TableName + " row " + strconv.FormatUint(row.TableID, 10) + " to " + row.Reviewer})
+}
+
+// Decided counts a decision by outcome and reports it (the receivers of
+// the change it made are filled in when the event is read).
+func (f *feed) Decided(row review.Row, err error) {
+	outcome := "refused"
+	if err == nil {
+		outcome = row.Status
+	}
+	f.decisions.WithLabelValues(outcome).Inc()
+	if err != nil {
+		return
+	}
+	e := Event{Type: EventDecided, Kind: "decision", RequestID: row.ID,
+		Detail: fmt.Sprintf("%s %s %s row %d (sequence %d)", row.Status, row.Type, row.TableName, row.TableID, row.Sequence)}
+	if r, _ := f.st.Request(row.ID); r != nil {
+		e.Version = r.ChangeVersion
+	}
+	f.hub.emit(e)
+}
+
+// Applied is called inside the transaction that applies a change from a
+// peer; the event follows its commit.
+func (f *feed) Applied(tx *store.Txn, in *stream.Inbound) {
+	from, body := in.From, in.Body
+	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
+	tx.OnCommit(func() {
+		e := Event{Time: time.Now().UTC(), Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: f.names.Name(from),
+			PeerID: f.idText(from), Origin: f.idText(origin), OriginVersion: ver, Detail: body.DataType,
+			fill: func(e *Event) { f.appliedDetail(e, body) }}
+		f.hub.emit(e)
+	})
+}
+
+// appliedDetail says what an applied change was, for a person: the
+// resource's id, or the decision's outcome and this node's request id.
+func (f *feed) appliedDetail(e *Event, body *pb.Body) {
+	switch body.Kind {
+	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
+		if id, ok := propagate.ResourceID(body.Payload); ok {
+			e.Detail = propagate.KindName(body.Kind) + " " + body.DataType + " " + id
+		}
+	case pb.Kind_KIND_REVIEW_DECISION:
+		d := &pb.ReviewDecision{}
+		if proto.Unmarshal(body.Payload, d) != nil || d.Request == nil {
+			return
+		}
+		e.Detail = fmt.Sprintf("%s %s %s row %d (sequence %d)", d.Status, d.Request.Type, d.Request.TableName, d.Request.TableId, d.Sequence)
+		if r, err := f.st.RequestByOrigin(d.Origin); err == nil {
+			e.RequestID = r.Id
+		}
+	}
+}
+
+// idText is a peer id's text, cached (base58 is not free, and every applied
+// change names its origin and sender).
+func (f *feed) idText(p peer.ID) string {
+	if v, ok := f.ids.Load(p); ok {
+		return v.(string)
+	}
+	s := p.String()
+	f.ids.Store(p, s)
+	return s
+}
+
+// receiversOf fills in who a committed change, or the change a decision
+// made, goes to (its acknowledgement rows), when the event is read.
 func (n *Node) receiversOf(e *Event) {
-	if e.Type != EventCommitted || e.To != nil || e.Version == 0 {
+	if (e.Type != EventCommitted && e.Type != EventDecided) || e.To != nil || e.Version == 0 {
 		return
 	}
 	e.To = []string{}
@@ -196,27 +291,6 @@ func (n *Node) receiversOf(e *Event) {
 			e.To = append(e.To, r.Receiver)
 		}
 	}
-}
-
-// eventPublisher is the services' NATS publisher: it publishes through the
-// bridge and tells watchers.
-type eventPublisher struct {
-	b *natsbridge.Bridge
-	n *Node
-}
-
-func (p eventPublisher) Publish(suffix string, v any) {
-	p.b.Publish(suffix, v)
-	p.published(suffix)
-}
-
-func (p eventPublisher) PublishRaw(suffix string, data []byte) {
-	p.b.PublishRaw(suffix, data)
-	p.published(suffix)
-}
-
-func (p eventPublisher) published(suffix string) {
-	p.n.events.emit(Event{Type: EventPublished, Subject: p.b.Subject(suffix)})
 }
 
 // serveEvents streams events as server-sent events (text/event-stream): the
@@ -258,6 +332,7 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 		case <-n.adminQuit:
 			return
 		case e := <-wt.ch:
+			n.receiversOf(&e)
 			if !send(e) {
 				return
 			}
@@ -274,72 +349,4 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
-}
-
-// applied is called inside the transaction that applies a change from a
-// peer; the event and the trace record follow its commit.
-func (n *Node) applied(tx *store.Txn, from peer.ID, body *pb.Body) {
-	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
-	tx.OnCommit(func() {
-		at := time.Now().UTC()
-		e := Event{Time: at, Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: n.book.Name(from),
-			PeerID: n.idText(from), Origin: n.idText(origin), OriginVersion: ver, Detail: body.DataType,
-			fill: func(e *Event) { n.appliedDetail(e, body) }}
-		n.events.emit(e)
-	})
-}
-
-// appliedDetail says what an applied change was, for a person: the
-// resource's id, or the decision's outcome and this node's request id.
-func (n *Node) appliedDetail(e *Event, body *pb.Body) {
-	switch body.Kind {
-	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
-		if id, ok := propagate.ResourceID(body.Payload); ok {
-			e.Detail = propagate.KindName(body.Kind) + " " + body.DataType + " " + id
-		}
-	case pb.Kind_KIND_REVIEW_DECISION:
-		d := &pb.ReviewDecision{}
-		if proto.Unmarshal(body.Payload, d) != nil || d.Request == nil {
-			return
-		}
-		e.Detail = fmt.Sprintf("%s %s %s row %d (sequence %d)", d.Status, d.Request.Type, d.Request.TableName, d.Request.TableId, d.Sequence)
-		if row, err := n.review.RequestByOrigin(d.Origin); err == nil {
-			e.RequestID = row.ID
-		}
-	}
-}
-
-// idText is a peer id's text, cached (base58 is not free, and every applied
-// change names its origin and sender).
-func (n *Node) idText(p peer.ID) string {
-	if v, ok := n.idTexts.Load(p); ok {
-		return v.(string)
-	}
-	s := p.String()
-	n.idTexts.Store(p, s)
-	return s
-}
-
-// decided counts a decision by outcome and tells watchers.
-func (n *Node) decided(req review.DecideRequest, row review.Row, err error) {
-	outcome := "refused"
-	if err == nil {
-		outcome = row.Status
-	}
-	n.metrics.decisions.WithLabelValues(outcome).Inc()
-	if err != nil {
-		return
-	}
-	r, _ := n.st.Request(row.ID)
-	e := Event{Type: EventDecided, Kind: "decision", RequestID: row.ID,
-		Detail: fmt.Sprintf("%s %s %s row %d (sequence %d)", row.Status, row.Type, row.TableName, row.TableID, row.Sequence)}
-	if r != nil && r.ChangeVersion != 0 {
-		e.Version = r.ChangeVersion
-		if page, err := n.Acks(AckQuery{Version: r.ChangeVersion, Limit: MaxAckPage}); err == nil {
-			for _, a := range page.Rows {
-				e.To = append(e.To, a.Receiver)
-			}
-		}
-	}
-	n.events.emit(e)
 }

@@ -131,7 +131,6 @@ type Node struct {
 	// lastGone holds when each peer's last connection closed (peer.ID ->
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
-	idTexts  sync.Map // peer.ID -> its text (events.go)
 	// greetings tells when each connection's hello ended (admission.go).
 	greetings *greetings
 	// neighbourSet is the members this node chose as its neighbours
@@ -168,6 +167,7 @@ type Node struct {
 	// For operators: the event feed (events.go) and metrics (metrics.go).
 	quitting  *atomic.Bool // set when Close begins (quiets the logs)
 	events    *eventHub
+	feed      *feed // the services' tracer (events.go)
 	metrics   *nodeMetrics
 	adminQuit chan struct{} // closed when the admin API stops: ends event streams
 	rates     rateBook      // delivery rates per receiver, for the console (rates.go)
@@ -264,13 +264,16 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.gossip, err = pubsub.NewGossipSub(ctx, n.host, gossiptopic.RouterOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
+	// What operators see of the services comes from the tracer each is
+	// given (events.go), not from wrapping their calls.
+	n.feed = &feed{hub: n.events, st: n.st, names: n.book, decisions: n.metrics.decisions, onAcked: o.Sender.OnAcked}
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
 		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
-		Logger: log.With("component", "nats"), Registerer: n.reg})
+		Logger: log.With("component", "nats"), Registerer: n.reg, Tracer: n.feed})
 	if err != nil {
 		return nil, err
 	}
-	pub := eventPublisher{b: n.bridge, n: n}
+	pub := n.bridge
 	if n.ownWrites, err = n.newOwnWritesGate(); err != nil {
 		return nil, err
 	}
@@ -279,7 +282,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	// sender, gossip of decisions) follows the log (store.Follow); review
 	// asks catch-up for work through catch-up's queue (catchup.Jobs).
 	jobs := catchup.NewJobs()
-	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs,
+	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs, Tracer: n.feed,
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady})
 	holds, err := propagate.LoadPlannerHolds(n.st)
 	if err != nil {
@@ -290,7 +293,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	sndo.Hold = holds.Hold
 	sndo.OnAhead = n.ahead
 	sndo.DecisionHead = n.review.Applied
-	sndo.OnAcked = n.onAcked
+	sndo.OnAcked = n.feed.Acked
 	sndo.Logger = log.With("component", "sender")
 	switch {
 	case sndo.DecisionFallback == 0:
@@ -308,7 +311,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Streams: n.sender, Holds: holds, Publisher: pub,
-		Searcher: n.search, Gate: n.ownWrites, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
+		Searcher: n.search, Tracer: n.feed, Gate: n.ownWrites, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {
 		return nil, err
 	}
@@ -319,14 +322,19 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
-		Verifier: n.verifier, Roles: n.book, Decisions: gossipDecisions{n}, Acker: n.sender, CatchUp: n.catchup,
+		Verifier: n.verifier, Roles: n.book, Decisions: n.review, Acker: n.sender, CatchUp: n.catchup, Tracer: n.feed,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
 	}
-	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kindMux{n: n}, stream.ReceiverOptions{
+	kinds := stream.Kinds{}
+	for _, k := range []pb.Kind{pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE, pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER} {
+		kinds[k] = n.prop
+	}
+	kinds[pb.Kind_KIND_REVIEW_REQUEST], kinds[pb.Kind_KIND_REVIEW_DECISION] = n.review, n.review
+	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kinds, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg,
-		Snapshots: n.review, Admit: n.admitDelivery})
+		Snapshots: n.review, Tracer: n.feed, Admit: n.admitDelivery})
 	if err != nil {
 		return nil, err
 	}
@@ -354,62 +362,6 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 // node starts (cmd/ferry and internal/testnet do).
 func RouteLibp2pLogs(h slog.Handler) {
 	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
-}
-
-// gossipDecisions applies the decisions spread takes from gossip as the
-// delivery stream's would be: by the review service, and told to watchers
-// (ferry watch) once applied.
-type gossipDecisions struct{ n *Node }
-
-func (g gossipDecisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
-	st, err := g.n.review.ApplyDecision(tx, in)
-	if err == nil && st == pb.AckStatus_ACK_STATUS_APPLIED {
-		g.n.applied(tx, in.From, in.Body)
-	}
-	return st, err
-}
-
-func (g gossipDecisions) Applied() uint64 { return g.n.review.Applied() }
-
-// kindMux hands inbound deliveries to the service of their kind.
-type kindMux struct{ n *Node }
-
-func (m kindMux) handler(k pb.Kind) (stream.Handler, error) {
-	switch k {
-	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE, pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
-		return m.n.prop, nil
-	case pb.Kind_KIND_REVIEW_REQUEST, pb.Kind_KIND_REVIEW_DECISION:
-		return m.n.review, nil
-	}
-	return nil, fmt.Errorf("no service for kind %s", k)
-}
-
-func (m kindMux) Admit(in *stream.Inbound) error {
-	h, err := m.handler(in.Body.Kind)
-	if err != nil {
-		return err
-	}
-	return h.Admit(in)
-}
-
-func (m kindMux) Prepare(in *stream.Inbound) {
-	if h, err := m.handler(in.Body.Kind); err == nil {
-		if p, ok := h.(stream.Preparer); ok {
-			p.Prepare(in)
-		}
-	}
-}
-
-func (m kindMux) Apply(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
-	h, err := m.handler(in.Body.Kind)
-	if err != nil {
-		return 0, stream.Reject("%v", err)
-	}
-	st, err := h.Apply(tx, in)
-	if err == nil && st == pb.AckStatus_ACK_STATUS_APPLIED {
-		m.n.applied(tx, in.From, in.Body)
-	}
-	return st, err
 }
 
 // Start begins serving peers and apps, then joins the network.
@@ -548,7 +500,7 @@ func (n *Node) serveNATS() error {
 			reply.Err(err)
 			return
 		}
-		n.Propagate(req, func(res propagate.Result, err error) {
+		n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
 			if err != nil {
 				reply.Err(err)
 				return
@@ -573,7 +525,7 @@ func (n *Node) serveNATS() error {
 				done(nil, err)
 				return
 			}
-			n.Submit(req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
+			n.review.Submit(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
 		}); err != nil {
 		return err
 	}
@@ -583,44 +535,28 @@ func (n *Node) serveNATS() error {
 				done(nil, fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
 				return
 			}
-			n.Decide(req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
+			n.review.Decide(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
 		}); err != nil {
 		return err
 	}
 	return b.Flush()
 }
 
-// Decide runs a reviewer decision (admin API, CLI, NATS).
-func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
-	n.review.Decide(n.ctx, req, func(row review.Row, err error) {
-		n.decided(req, row, err)
-		done(row, err)
-	})
-}
-
-// Propagate runs an app's propagate request (NATS, admin API).
+// Propagate runs an app's propagate request under the node's context (for
+// programs that embed a node, and tests): the same call NATS and the admin
+// API make.
 func (n *Node) Propagate(req propagate.Request, done func(propagate.Result, error)) {
-	n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
-		if v, _ := res["version"].(uint64); err == nil && v != 0 {
-			detail := req.DataType
-			if id, ok := res["id"].(string); ok && (req.Action == propagate.ActionCreate || req.Action == propagate.ActionUpdate || req.Action == propagate.ActionDelete) {
-				detail += " " + id
-			}
-			n.committed(req.Action, v, 0, detail)
-		}
-		done(res, err)
-	})
+	n.prop.Propagate(n.ctx, req, done)
 }
 
-// Submit runs an app's review request (NATS, admin API).
+// Submit runs a review request under the node's context.
 func (n *Node) Submit(req review.SubmitRequest, done func(review.Row, error)) {
-	n.review.Submit(n.ctx, req, func(row review.Row, err error) {
-		if err == nil {
-			n.events.emit(Event{Type: EventSubmitted, Kind: "request", RequestID: row.ID,
-				Detail: row.Type + " " + row.TableName + " row " + strconv.FormatUint(row.TableID, 10) + " to " + row.Reviewer})
-		}
-		done(row, err)
-	})
+	n.review.Submit(n.ctx, req, done)
+}
+
+// Decide runs a reviewer decision under the node's context.
+func (n *Node) Decide(req review.DecideRequest, done func(review.Row, error)) {
+	n.review.Decide(n.ctx, req, done)
 }
 
 // CatchUp is the catch-up service.

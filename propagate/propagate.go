@@ -78,6 +78,14 @@ type Gate interface {
 	Do(run func(), fail func(error))
 }
 
+// Tracer hears of each change this service commits for an app (action,
+// this node's version, what it is: data type and resource id), for
+// operators (`ferry watch`) and nothing else. Receivers of a change apply
+// it through the inbound paths, which have their own (stream.Tracer).
+type Tracer interface {
+	Committed(action string, version uint64, detail string)
+}
+
 // Searcher runs search actions (the search service).
 type Searcher interface {
 	Search(ctx context.Context, dataType string, payload json.RawMessage) (map[string]any, error)
@@ -105,6 +113,7 @@ type Service struct {
 	roles    Roles
 	streams  Streams
 	holds    *PlannerHolds
+	tracer   Tracer
 	pub      Publisher
 	search   Searcher
 	gate     Gate
@@ -130,6 +139,8 @@ type Deps struct {
 	Publisher Publisher
 	// Searcher runs search actions; nil: search is not running.
 	Searcher Searcher
+	// Tracer, if set, hears of each change committed for an app.
+	Tracer Tracer
 	// Gate, if set, holds creates, updates, deletes, considers and planner
 	// events until this node's store is confirmed by a partner.
 	Gate            Gate
@@ -159,7 +170,7 @@ func New(d Deps) (*Service, error) {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{st: d.Store, roles: d.Roles, streams: d.Streams, holds: d.Holds, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
+	s := &Service{st: d.Store, roles: d.Roles, streams: d.Streams, holds: d.Holds, tracer: d.Tracer, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel}
 	var err error
 	if s.holds == nil {
@@ -236,6 +247,20 @@ func (s *Service) Close() {
 // is closed.
 func (s *Service) Hold(p peer.ID, lane stream.Lane) bool { return s.holds.Hold(p, lane) }
 
+// traced tells the tracer of a change committed for req before done.
+func (s *Service) traced(req Request, done func(Result, error)) func(Result, error) {
+	return func(res Result, err error) {
+		if v, _ := res["version"].(uint64); err == nil && v != 0 {
+			detail := req.DataType
+			if id, ok := res["id"].(string); ok && (req.Action == ActionCreate || req.Action == ActionUpdate || req.Action == ActionDelete) {
+				detail += " " + id
+			}
+			s.tracer.Committed(req.Action, v, detail)
+		}
+		done(res, err)
+	}
+}
+
 func badRequest(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ferry.ErrBadRequest, fmt.Sprintf(format, args...))
 }
@@ -243,6 +268,9 @@ func badRequest(format string, args ...any) error {
 // Propagate serves one request; done is called once, after the change and
 // its deliveries are on disk (or with the reason nothing was written).
 func (s *Service) Propagate(ctx context.Context, req Request, done func(Result, error)) {
+	if s.tracer != nil {
+		done = s.traced(req, done)
+	}
 	if req.Action == "" {
 		done(nil, fmt.Errorf("%w: action is missing", ferry.ErrUnknownAction))
 		return

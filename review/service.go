@@ -56,12 +56,22 @@ type CatchUp interface {
 	SnapshotFetcher
 }
 
+// Tracer hears of this node's review requests and decisions as they are
+// answered, for operators (`ferry watch`, the decisions metric) and
+// nothing else: Submitted for each request on disk, Decided for each
+// decision asked of this node, with its row or why it was refused.
+type Tracer interface {
+	Submitted(row Row)
+	Decided(row Row, err error)
+}
+
 // Service runs the review flow on one node.
 type Service struct {
 	st      *store.Store
 	roles   Roles
 	pub     Publisher
 	gaps    CatchUp
+	tracer  Tracer
 	maxData int
 	log     *slog.Logger
 	ready   func() error
@@ -79,7 +89,9 @@ type Deps struct {
 	Publisher Publisher
 	// CatchUp, if set, is asked for decisions missing before a gap and for
 	// snapshots (catchup.Jobs); nil: neither is fetched.
-	CatchUp         CatchUp
+	CatchUp CatchUp
+	// Tracer, if set, hears of requests submitted and decisions taken.
+	Tracer          Tracer
 	MaxMessageBytes int
 	Logger          *slog.Logger
 	// Ready, if set, is asked before a decision: an error refuses it (a
@@ -96,7 +108,7 @@ func New(d Deps) *Service {
 	if d.MaxMessageBytes == 0 {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
-	return &Service{st: d.Store, roles: d.Roles, pub: d.Publisher, gaps: d.CatchUp, maxData: d.MaxMessageBytes, log: d.Logger,
+	return &Service{st: d.Store, roles: d.Roles, pub: d.Publisher, gaps: d.CatchUp, tracer: d.Tracer, maxData: d.MaxMessageBytes, log: d.Logger,
 		ready: d.Ready}
 }
 
@@ -121,6 +133,15 @@ type SubmitRequest struct {
 // Submit commits a request (waiting) and its delivery to the reviewer, and
 // answers with the request row once both are on disk.
 func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, error)) {
+	if t := s.tracer; t != nil {
+		d := done
+		done = func(row Row, err error) {
+			if err == nil {
+				t.Submitted(row)
+			}
+			d(row, err)
+		}
+	}
 	typ, err := ParseType(req.Type)
 	if err != nil {
 		done(Row{}, err)
@@ -253,6 +274,13 @@ func auxHeld(seq uint64) string { return fmt.Sprintf("review/held/%020d", seq) }
 // and its delivery record (broadcast to every member for accepted and
 // edited decisions, addressed to the applicant for a rejection).
 func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, error)) {
+	if t := s.tracer; t != nil {
+		d := done
+		done = func(row Row, err error) {
+			t.Decided(row, err)
+			d(row, err)
+		}
+	}
 	dec, err := ParseDecision(req.Decision)
 	if err != nil {
 		done(Row{}, err)

@@ -108,6 +108,8 @@ type Deps struct {
 	Decisions Decisions
 	Acker     Acker
 	CatchUp   CatchUp
+	// Tracer, if set, hears of each decision applied from gossip.
+	Tracer stream.Tracer
 	// HeadEvery and ReportEvery default to DefaultHeadEvery and
 	// DefaultReportEvery.
 	HeadEvery   time.Duration
@@ -409,6 +411,9 @@ func (s *Service) take(n *pb.DecisionNews) error {
 				out, rej, err := stream.ApplyOne(tx, in, s.d.Decisions.ApplyDecision)
 				if err != nil {
 					return err
+				}
+				if out == stream.Applied && s.d.Tracer != nil {
+					s.d.Tracer.Applied(tx, in)
 				}
 				counts[out]++
 				if rej != nil {

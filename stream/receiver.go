@@ -132,6 +132,8 @@ type ReceiverOptions struct {
 	MaxHeldBytes int
 	// Snapshots, if set, may hold a new member's decision lane.
 	Snapshots Snapshots
+	// Tracer, if set, hears of each change applied (for operators).
+	Tracer Tracer
 	// Admit, if set, decides at open whether a peer may send on a delivery
 	// protocol at all (partners, members); a refused stream is reset
 	// before anything is read. Handler.Admit still checks every change.
@@ -779,6 +781,9 @@ func (r *Receiver) submit(sq *sequencer, b *batch) {
 			out, rej, err := ApplyOne(tx, m, r.handler.Apply)
 			if err != nil {
 				return err
+			}
+			if out == Applied && r.opts.Tracer != nil {
+				r.opts.Tracer.Applied(tx, m)
 			}
 			counts[out]++
 			switch {
