@@ -440,3 +440,30 @@ func (l *serverLog) Fatalf(f string, v ...any) {
 	l.err = fmt.Errorf(f, v...)
 	l.mu.Unlock()
 }
+
+// MsgIDHeader is the NATS header JetStream apps already send with a
+// message's id: Ferry takes it as the request's idempotency key.
+const MsgIDHeader = "Nats-Msg-Id"
+
+// HandleJSON serves a request subject whose body is JSON: it decodes the
+// body into T (usage says what it should look like, for the error an app
+// gets; an empty body is the zero T when optional) and answers with the
+// fields call reports, or its error.
+func HandleJSON[T any](b *Bridge, suffix, usage string, optional bool, call func(req T, reply Reply, done func(map[string]any, error))) error {
+	return b.Handle(suffix, func(data []byte, reply Reply) {
+		var req T
+		if len(data) > 0 || !optional {
+			if err := json.Unmarshal(data, &req); err != nil {
+				reply.Err(fmt.Errorf("%w: body must be %s: %v", ferry.ErrBadRequest, usage, err))
+				return
+			}
+		}
+		call(req, reply, func(fields map[string]any, err error) {
+			if err != nil {
+				reply.Err(err)
+				return
+			}
+			reply.OK(fields)
+		})
+	})
+}

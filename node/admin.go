@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/docs"
+	"github.com/ferrynet/ferry/internal/idem"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/search"
@@ -406,7 +407,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		if err := idempotencyKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
+		if err := idem.MergeKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
 			fail(w, err)
 			return
 		}
@@ -436,7 +437,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		if err := idempotencyKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
+		if err := idem.MergeKey(&req.IdempotencyKey, r.Header.Get(IdempotencyKeyHeader), IdempotencyKeyHeader); err != nil {
 			fail(w, err)
 			return
 		}

@@ -1,35 +1,21 @@
 package node
 
 import (
-	"fmt"
 	"time"
 
-	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/natsbridge"
 )
 
 // Idempotency keys (internal/idem, store/idem.go): where a request's key
 // comes from, and the loop that forgets old keys.
 const (
 	// MsgIDHeader is the NATS header JetStream apps already send.
-	MsgIDHeader = "Nats-Msg-Id"
+	MsgIDHeader = natsbridge.MsgIDHeader
 	// IdempotencyKeyHeader is the admin API's header.
 	IdempotencyKeyHeader = "Idempotency-Key"
 	// expireBatch keys are forgotten per commit.
 	expireBatch = 10000
 )
-
-// idempotencyKey merges a key given in a header into the body's field: one
-// of them, or both the same.
-func idempotencyKey(field *string, header, headerName string) error {
-	switch {
-	case header == "":
-	case *field == "":
-		*field = header
-	case *field != header:
-		return fmt.Errorf("%w: idempotency_key %q and the %s header %q differ; send one", ferry.ErrBadRequest, *field, headerName, header)
-	}
-	return nil
-}
 
 // expireIdempotencyKeys forgets keys older than the window, every quarter
 // of it (between 1 s and 1 min).

@@ -6,7 +6,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +29,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
@@ -462,84 +460,15 @@ func (n *Node) greet(c network.Conn) {
 	})
 }
 
-// handleJSON serves a request subject whose body is JSON: it decodes the
-// body into T (usage says what it should look like; an empty body is the
-// zero T when optional) and answers with what call reports.
-func handleJSON[T any](b *natsbridge.Bridge, suffix, usage string, optional bool, call func(req T, reply natsbridge.Reply, done func(map[string]any, error))) error {
-	return b.Handle(suffix, func(data []byte, reply natsbridge.Reply) {
-		var req T
-		if len(data) > 0 || !optional {
-			if err := json.Unmarshal(data, &req); err != nil {
-				reply.Err(fmt.Errorf("%w: body must be %s: %v", ferry.ErrBadRequest, usage, err))
-				return
-			}
-		}
-		call(req, reply, func(fields map[string]any, err error) {
-			if err != nil {
-				reply.Err(err)
-				return
-			}
-			reply.OK(fields)
-		})
-	})
-}
-
+// serveNATS registers the app subjects: each service serves its own.
 func (n *Node) serveNATS() error {
-	b := n.bridge
-	// The busiest subject: its body is read in one pass (propagate.DecodeRequest);
-	// an unusual body goes through encoding/json as every other subject's.
-	if err := b.Handle("propagate", func(data []byte, reply natsbridge.Reply) {
-		req, ok := propagate.DecodeRequest(data)
-		if !ok {
-			if err := json.Unmarshal(data, &req); err != nil {
-				reply.Err(fmt.Errorf("%w: body must be a JSON object with action, data_type, payload and idempotency_key?: %v", ferry.ErrBadRequest, err))
-				return
-			}
-		}
-		if err := idempotencyKey(&req.IdempotencyKey, reply.Header(MsgIDHeader), MsgIDHeader); err != nil {
-			reply.Err(err)
-			return
-		}
-		n.prop.Propagate(n.ctx, req, func(res propagate.Result, err error) {
-			if err != nil {
-				reply.Err(err)
-				return
-			}
-			reply.OK(res)
-		})
-	}); err != nil {
+	if err := n.prop.ServeNATS(n.ctx, n.bridge); err != nil {
 		return err
 	}
-	// An empty body asks for everything from the start. A page fills the
-	// reply up to the server's max payload.
-	if err := handleJSON(b, "changes", `{"since": <version>, "limit"?: <n>}`, true,
-		func(req propagate.ChangesRequest, reply natsbridge.Reply, done func(map[string]any, error)) {
-			page, err := n.prop.ChangesPage(req, reply.MaxPayload())
-			done(map[string]any{"changes": page.Changes, "next": page.Next, "more": page.More}, err)
-		}); err != nil {
+	if err := n.review.ServeNATS(n.ctx, n.bridge, n.cfg.Review.NATSDecide); err != nil {
 		return err
 	}
-	if err := handleJSON(b, "review.submit", `{"type", "table_name", "table_id", "data", "description", "idempotency_key"?}`, false,
-		func(req review.SubmitRequest, reply natsbridge.Reply, done func(map[string]any, error)) {
-			if err := idempotencyKey(&req.IdempotencyKey, reply.Header(MsgIDHeader), MsgIDHeader); err != nil {
-				done(nil, err)
-				return
-			}
-			n.review.Submit(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
-		}); err != nil {
-		return err
-	}
-	if err := handleJSON(b, "review.decide", `{"request_id", "decision", "data"?, "set"?, "note"?}`, false,
-		func(req review.DecideRequest, _ natsbridge.Reply, done func(map[string]any, error)) {
-			if !n.cfg.Review.NATSDecide {
-				done(nil, fmt.Errorf("%w: deciding over NATS is off (review.nats_decide: false); use ferry requests or the admin API", ferry.ErrForbidden))
-				return
-			}
-			n.review.Decide(n.ctx, req, func(row review.Row, err error) { done(map[string]any{"request": row}, err) })
-		}); err != nil {
-		return err
-	}
-	return b.Flush()
+	return n.bridge.Flush()
 }
 
 // Propagate runs an app's propagate request under the node's context (for

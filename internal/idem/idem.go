@@ -114,3 +114,17 @@ func Wrap(r *Request, answer func() any, replay func(first []byte) error, fn fun
 		return tx.PutIdempotency(r.op, r.key, r.hash, b)
 	}
 }
+
+// MergeKey merges a key given in a header (headerName) into the body's
+// field: one of them, or both the same; two different keys are a bad
+// request.
+func MergeKey(field *string, header, headerName string) error {
+	switch {
+	case header == "":
+	case *field == "":
+		*field = header
+	case *field != header:
+		return fmt.Errorf("%w: idempotency_key %q and the %s header %q differ; send one", ferry.ErrBadRequest, *field, headerName, header)
+	}
+	return nil
+}
