@@ -29,6 +29,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/idem"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -112,7 +113,7 @@ type Service struct {
 	log      *slog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	g        lifecycle.Group // close_planner work in progress
 
 	mu            sync.Mutex
 	plannerClosed map[peer.ID]bool
@@ -188,10 +189,12 @@ func (s *Service) SetSender(snd Sender) { s.sender = snd }
 // SetSearcher sets the search service.
 func (s *Service) SetSearcher(x Searcher) { s.search = x }
 
-// Close waits for close_planner work in progress.
+// Close waits for close_planner work in progress; a close_planner that
+// arrives once Close has begun is refused (ErrUnavailable).
 func (s *Service) Close() {
+	s.g.Shut()
 	s.cancel()
-	s.wg.Wait()
+	s.g.Close()
 }
 
 // Hold keeps planner deliveries to a peer pending while its planner stream
@@ -545,12 +548,15 @@ func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result,
 		done(nil, err)
 		return
 	}
+	if !s.g.Add() {
+		done(nil, fmt.Errorf("%w: propagate is closing", ferry.ErrUnavailable))
+		return
+	}
 	s.mu.Lock()
 	s.plannerClosed[p] = true
 	s.mu.Unlock()
-	s.wg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.g.Done()
 		err := s.st.Update(s.ctx, func(tx *store.Txn) error {
 			tx.SetAux(auxPlannerClosed+string(p), []byte{1})
 			return nil
