@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/inbound"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -120,12 +121,11 @@ type Service struct {
 	max    int
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	g      lifecycle.Group // the worker and every sync stream handler
 
-	jobs   *Jobs
-	mu     sync.Mutex
-	closed bool
-	last   time.Time // end of the last catch-up that brought something
+	jobs *Jobs
+	mu   sync.Mutex
+	last time.Time // end of the last catch-up that brought something
 
 	applied *prometheus.CounterVec
 	rounds  prometheus.Counter
@@ -245,48 +245,25 @@ func New(d Deps) (*Service, error) {
 	return s, nil
 }
 
-// enter counts a goroutine or handler that Close waits for; it refuses
-// after Close.
-func (s *Service) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	return true
-}
-
 // admit lets partners and members open sync streams (what each may ask
 // for is checked on the request); a stranger's is reset at open.
 func (s *Service) admit(p peer.ID) bool { return s.d.Roles.IsPartner(p) || s.d.Roles.IsMember(p) }
 
 // Start registers the handler and starts the catch-up worker.
 func (s *Service) Start() {
-	inbound.Handle(s.d.Host, protocols.Sync, protocols.ServiceSync, 256<<10, s.admit, s.log, func(st network.Stream) error {
-		if !s.enter() {
-			return errors.New("sync closed")
-		}
-		defer s.wg.Done()
-		return s.serve(st)
-	})
-	if s.enter() {
-		go func() {
-			defer s.wg.Done()
-			s.worker()
-		}()
-	}
+	inbound.Handle(s.d.Host, &s.g, protocols.Sync, protocols.ServiceSync, 256<<10, s.admit, s.log, s.serve)
+	s.g.Go(s.worker)
 	s.Everything()
 }
 
-// Close stops serving and waits for catch-up in progress to stop.
+// Close stops serving and waits for catch-up in progress to stop: the
+// handler is removed and the context cancelled (which resets the streams
+// being served) before the group waits.
 func (s *Service) Close() {
 	s.d.Host.RemoveStreamHandler(protocols.Sync)
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
+	s.g.Shut()
 	s.cancel()
-	s.wg.Wait()
+	s.g.Close()
 }
 
 // LastCatchUp is when catch-up last brought something (zero: never).

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -102,7 +103,7 @@ type Service struct {
 	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	g      lifecycle.Group // the two loops and every members stream handler
 	pull   chan struct{}
 
 	mu     sync.Mutex
@@ -195,29 +196,30 @@ func (s *Service) Start() error {
 	// Anyone may ask: a joining node pulls over its first connection, its
 	// own record in the request, before this node counts it a member; the
 	// request is one small frame.
-	inbound.Handle(s.d.Host, protocols.Members, protocols.ServiceMembers, 16<<10, nil, s.log, s.serve)
+	inbound.Handle(s.d.Host, &s.g, protocols.Members, protocols.ServiceMembers, 16<<10, nil, s.log, s.serve)
 	if err := s.resign(s.d.Host.Addrs()); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.started = true
 	s.mu.Unlock()
-	s.wg.Add(2)
-	go s.readLoop()
-	go s.loop()
+	s.g.Go(s.readLoop)
+	s.g.Go(s.loop)
 	return nil
 }
 
-// Close leaves the topic and waits for the loops.
+// Close leaves the topic and waits for the loops and the pulls being
+// served (the cancelled context resets their streams).
 func (s *Service) Close() {
 	if s.d.Host != nil {
 		s.d.Host.RemoveStreamHandler(protocols.Members)
 	}
+	s.g.Shut()
 	s.cancel()
 	if s.sub != nil {
 		s.sub.Cancel()
 	}
-	s.wg.Wait()
+	s.g.Close()
 	if s.topic != nil {
 		_ = s.topic.Close()
 		_ = s.d.PubSub.UnregisterTopicValidator(protocols.MembersTopic(s.d.Network))
@@ -417,7 +419,6 @@ func (s *Service) holds(raw []byte) bool {
 }
 
 func (s *Service) readLoop() {
-	defer s.wg.Done()
 	for {
 		msg, err := s.sub.Next(s.ctx)
 		if err != nil {
@@ -438,7 +439,6 @@ func (s *Service) readLoop() {
 // publish floods the network (every node validates it once); a pull costs
 // one neighbour a digest comparison when nothing is new.
 func (s *Service) loop() {
-	defer s.wg.Done()
 	step := 0
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -658,6 +658,7 @@ const pageBytes = pageRecords*(MaxRecordBytes+8) + 16
 
 // serve answers a pull with every record held, in pages.
 func (s *Service) serve(st network.Stream) error {
+	defer context.AfterFunc(s.ctx, func() { _ = st.Reset() })()
 	_ = st.SetDeadline(time.Now().Add(pullTimeout))
 	req := &pb.MembersRequest{}
 	fr := protocols.NewFrameReader(st, MaxRecordBytes+64)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/store"
 )
 
@@ -102,15 +103,14 @@ func serveWaiting(addr string, log *slog.Logger, reason func() string) (stop fun
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, "unavailable: "+why)
 	})}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var g lifecycle.Group
+	g.Go(func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Warn("admin api (waiting for disk space) stopped", "err", err.Error())
 		}
-	}()
+	})
 	return func() {
 		_ = srv.Close()
-		<-done
+		g.Close()
 	}
 }

@@ -150,7 +150,7 @@ type Node struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	g         lifecycle.Group // every goroutine the node starts
+	g         lifecycle.Group // every goroutine the node starts, and the hello and trace handlers
 	closeOnce sync.Once
 	closeErr  error
 	started   bool
@@ -388,8 +388,8 @@ func (n *Node) Start() error {
 		}
 	}
 	// Hello is how a peer says who it is: anyone may.
-	inbound.Handle(n.host, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
-	inbound.Handle(n.host, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
+	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
+	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -522,6 +522,12 @@ func (n *Node) Close() error {
 			errs = append(errs, n.drain())
 		}
 		n.g.Shut()
+		if n.host != nil {
+			// Streams that opened before are reset by the host's Close,
+			// before n.g waits.
+			n.host.RemoveStreamHandler(protocols.Hello)
+			n.host.RemoveStreamHandler(protocols.Trace)
+		}
 		if n.spread != nil {
 			n.spread.Close()
 		}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/idem"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -121,7 +122,7 @@ type Service struct {
 	log      *slog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	g        lifecycle.Group // close_planner work in progress
 
 	known *known   // own resources, for creates that need no read
 	ids   sync.Map // peer.ID -> its text form
@@ -237,10 +238,12 @@ func (h *PlannerHolds) set(p peer.ID, closed bool) {
 	}
 }
 
-// Close waits for close_planner work in progress.
+// Close waits for close_planner work in progress; a close_planner that
+// arrives once Close has begun is refused (ErrUnavailable).
 func (s *Service) Close() {
+	s.g.Shut()
 	s.cancel()
-	s.wg.Wait()
+	s.g.Close()
 }
 
 // Hold keeps planner deliveries to a peer pending while its planner stream
@@ -596,10 +599,13 @@ func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result,
 		done(nil, err)
 		return
 	}
+	if !s.g.Add() {
+		done(nil, fmt.Errorf("%w: propagate is closing", ferry.ErrUnavailable))
+		return
+	}
 	s.holds.set(p, true)
-	s.wg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.g.Done()
 		err := s.st.Update(s.ctx, func(tx *store.Txn) error {
 			tx.SetAux(auxPlannerClosed+string(p), []byte{1})
 			return nil

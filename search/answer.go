@@ -166,10 +166,6 @@ func (s *Service) admitStream(p peer.ID) bool {
 }
 
 func (s *Service) serve(st network.Stream) error {
-	if !s.g.Add() {
-		return inbound.Refuse("search is closing", nil)
-	}
-	defer s.g.Done()
 	remote := st.Conn().RemotePeer()
 	if !s.d.Roles.IsMember(remote) {
 		s.m.dropped.WithLabelValues(dropNotMember).Inc()

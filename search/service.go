@@ -244,7 +244,7 @@ func (s *Service) Start() (err error) {
 	if s.sub, err = topic.Subscribe(); err != nil {
 		return fmt.Errorf("search: subscribe to %s: %w", name, err)
 	}
-	inbound.Handle(s.d.Host, protocols.Search, protocols.ServiceSearch, reserveBytes, s.admitStream, s.log, s.serve)
+	inbound.Handle(s.d.Host, &s.g, protocols.Search, protocols.ServiceSearch, reserveBytes, s.admitStream, s.log, s.serve)
 	for range answerWorkers {
 		s.spawn(s.answerLoop)
 	}

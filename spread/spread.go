@@ -41,6 +41,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -128,7 +129,7 @@ type Service struct {
 	sub    *pubsub.Subscription
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	g      lifecycle.Group // the four loops and every report stream handler
 
 	mu      sync.Mutex
 	pending []queuedDecision // reviewer: decisions not yet published
@@ -209,24 +210,25 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.topic, s.sub = t, sub
-	inbound.Handle(s.d.Host, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
+	inbound.Handle(s.d.Host, &s.g, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
 		s.log, s.serveReport)
-	s.wg.Add(4)
-	go s.readLoop()
-	go s.publishLoop()
-	go s.reportLoop()
-	go s.gapLoop()
+	s.g.Go(s.readLoop)
+	s.g.Go(s.publishLoop)
+	s.g.Go(s.reportLoop)
+	s.g.Go(s.gapLoop)
 	return nil
 }
 
-// Close leaves the topic and waits for the loops.
+// Close leaves the topic and waits for the loops and the reports being
+// served (the cancelled context resets their streams).
 func (s *Service) Close() {
 	s.d.Host.RemoveStreamHandler(protocols.Applied)
+	s.g.Shut()
 	s.cancel()
 	if s.sub != nil {
 		s.sub.Cancel()
 	}
-	s.wg.Wait()
+	s.g.Close()
 	if s.topic != nil {
 		_ = s.topic.Close()
 	}
@@ -270,7 +272,6 @@ func (s *Service) Publish(env []byte) {
 // after the last news (a member that missed it learns of it then, not a
 // whole HeadEvery later), then every HeadEvery.
 func (s *Service) publishLoop() {
-	defer s.wg.Done()
 	follow := min(headFollow, s.d.HeadEvery)
 	head := time.NewTimer(s.d.HeadEvery)
 	defer head.Stop()
@@ -356,7 +357,6 @@ func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pu
 }
 
 func (s *Service) readLoop() {
-	defer s.wg.Done()
 	for {
 		msg, err := s.sub.Next(s.ctx)
 		if err != nil {
@@ -486,7 +486,6 @@ func (s *Service) noteGap(head uint64) {
 // gapLoop asks the catch-up for decisions news told of (noteGap) that are
 // still not applied GapGrace later.
 func (s *Service) gapLoop() {
-	defer s.wg.Done()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -531,7 +530,6 @@ func (s *Service) wantReport() {
 // reportLoop tells the reviewer what this member applied, at most every
 // ReportEvery, and again every HeadEvery until the reviewer took it.
 func (s *Service) reportLoop() {
-	defer s.wg.Done()
 	retry := time.NewTicker(s.d.HeadEvery)
 	defer retry.Stop()
 	for {
@@ -601,6 +599,7 @@ func (s *Service) serveReport(st network.Stream) error {
 		s.m.reports.WithLabelValues("in", "refused").Inc()
 		return fmt.Errorf("applied report from %s: this node is not its reviewer", p)
 	}
+	defer context.AfterFunc(s.ctx, func() { _ = st.Reset() })()
 	_ = st.SetReadDeadline(time.Now().Add(reportTimeout))
 	r := &pb.AppliedReport{}
 	if err := protocols.NewFrameReader(st, 1<<10).Read(r); err != nil {

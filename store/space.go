@@ -234,15 +234,14 @@ func (s *Store) gateAfterOpen() {
 
 // kickCompactions has Pebble look for compactions to run: it schedules
 // them after a flush. The flush runs on a goroutine of the store (it may
-// wait while Pebble holds writes back); the caller holds s.mu or the store
-// is not running yet, and it is open.
+// wait while Pebble holds writes back), counted by s.g: none starts once
+// Close has begun. The caller holds s.mu or the store is not running yet,
+// and it is open.
 func (s *Store) kickCompactions() {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.g.Go(func() {
 		defer s.h.recoverFatal()
 		_, _ = s.db.AsyncFlush()
-	}()
+	})
 }
 
 // resumeCompactions lets compactions run again once what they wait for is

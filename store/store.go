@@ -50,6 +50,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -155,7 +156,7 @@ type Store struct {
 	now    func() time.Time
 	ops    chan *op
 	done   chan *round
-	mu     sync.RWMutex
+	mu     sync.RWMutex // with closed: no send on ops once Close closed it
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
 	h      *health               // free space, stalls, Pebble's failures (health.go)
@@ -168,7 +169,7 @@ type Store struct {
 	pending []*round
 	rounds  uint64 // the writer's round counter
 	applied atomic.Uint64
-	wg      sync.WaitGroup
+	g       lifecycle.Group // the writer, the completer and the flushes that kick compactions
 	m       metrics
 	// durableVersion is the version counter as of the last fsynced round.
 	// Pebble makes a round visible to readers before its fsync ends; readers
@@ -325,9 +326,8 @@ func Open(dir string, o Options) (*Store, error) {
 		return nil, err
 	}
 	s.gateAfterOpen()
-	s.wg.Add(2)
-	go s.writer()
-	go s.completer()
+	s.g.Go(s.writer)
+	s.g.Go(s.completer)
 	return s, nil
 }
 
@@ -460,7 +460,6 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 
 // writer owns every commit.
 func (s *Store) writer() {
-	defer s.wg.Done()
 	defer close(s.done)
 	defer s.h.recoverFatal()
 	batch := make([]*op, 0, s.opts.MaxBatch)
@@ -667,7 +666,6 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 // batch with its fsync), then answers callers and runs their hooks in
 // submission order.
 func (s *Store) completer() {
-	defer s.wg.Done()
 	defer s.h.recoverFatal() // the batch is applied here (durable)
 	// stopped is the failure of an earlier round: rounds after it were
 	// prepared on top of it, and none of them is answered as committed (not
@@ -749,9 +747,10 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.g.Shut()
 	close(s.ops)
 	s.mu.Unlock()
-	s.wg.Wait()
+	s.g.Close()
 	lerr := s.clog.Close()
 	if s.failure() == nil {
 		// What the memtable holds goes to an sst now: the WAL that held it

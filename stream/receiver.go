@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry/internal/inbound"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -154,10 +155,9 @@ type Receiver struct {
 	log      *slog.Logger
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	g        lifecycle.Group // every delivery stream handler
 
 	mu      sync.Mutex
-	closed  bool
 	lanes   map[laneKey]*sequencer
 	streams map[*inStream]struct{}
 
@@ -240,41 +240,24 @@ func (r *Receiver) Start() {
 		if r.opts.Admit != nil {
 			admit = func(remote peer.ID) bool { return r.opts.Admit(remote, p) }
 		}
-		inbound.Handle(r.host, p, protocols.ServiceDelivery, 256<<10, admit, r.log, func(s network.Stream) error {
-			if !r.enter() {
-				return errors.New("receiver closed")
-			}
-			defer r.wg.Done()
-			return r.serve(s)
-		})
+		inbound.Handle(r.host, &r.g, p, protocols.ServiceDelivery, 256<<10, admit, r.log, r.serve)
 	}
 }
 
-// enter counts a handler that may run while Close waits; it refuses after Close.
-func (r *Receiver) enter() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return false
-	}
-	r.wg.Add(1)
-	return true
-}
-
-// Close unregisters the handlers, resets the streams being served and
-// waits for their goroutines.
+// Close unregisters the handlers, refuses new streams, resets the streams
+// being served and waits for their handlers.
 func (r *Receiver) Close() {
 	for _, p := range protocols.DeliveryProtocols {
 		r.host.RemoveStreamHandler(p)
 	}
+	r.g.Shut()
 	r.mu.Lock()
-	r.closed = true
 	r.cancel()
 	for in := range r.streams {
 		_ = in.s.Reset()
 	}
 	r.mu.Unlock()
-	r.wg.Wait()
+	r.g.Close()
 }
 
 // inStream is one inbound stream: its reader is the handler goroutine and a
@@ -345,6 +328,11 @@ func (r *Receiver) serve(s network.Stream) error {
 	in := &inStream{s: s, remote: s.Conn().RemotePeer(), proto: s.Protocol(),
 		wake: make(chan struct{}, 1), failed: make(chan struct{})}
 	r.mu.Lock()
+	if err := r.ctx.Err(); err != nil {
+		// Close reset the streams it found before this one was listed.
+		r.mu.Unlock()
+		return err
+	}
 	r.streams[in] = struct{}{}
 	r.mu.Unlock()
 	defer func() {

@@ -10,10 +10,12 @@ package stream
 //
 //	Sender.mu -> outbox.mu
 //
-//   - Sender.mu guards the registry: closed, started, boxes, floors,
-//     truncFrom, and each outbox's running and pokes. goLocked (every
-//     goroutine of the sender) runs under it, so that none starts after
-//     Close; Close also cancels the sender's context under it.
+//   - Sender.mu guards the registry: started, boxes, floors, truncFrom,
+//     and each outbox's running and pokes. Every goroutine of the sender
+//     is counted by its lifecycle.Group g, so that none starts after
+//     Close; Close shuts g and cancels the sender's context under
+//     Sender.mu, so what holds it sees g.Closed() steady. g's own lock is
+//     a leaf.
 //   - outbox.mu guards one receiver's state: lanes, streams (and each
 //     outStream's closing), retry, idleSince, acked.
 //   - tail.mu is a leaf: notify and the pump take it with no other lock.
@@ -58,6 +60,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -198,7 +201,7 @@ type Sender struct {
 	log  *slog.Logger
 	ctx  context.Context
 	stop context.CancelFunc
-	wg   sync.WaitGroup
+	g    lifecycle.Group // every goroutine of the sender
 
 	// heads are the last durable broadcast entry of each lane.
 	heads [numLanes + 1]atomic.Uint64
@@ -207,7 +210,6 @@ type Sender struct {
 	kick  chan struct{}
 
 	mu      sync.Mutex
-	closed  bool
 	boxes   map[peer.ID]*outbox
 	floors  map[store.FloorKey]*storepb.Floor // as loaded, for outboxes not yet made
 	started bool
@@ -258,20 +260,6 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 	return s, nil
 }
 
-// goLocked runs fn on a goroutine the sender owns (counted by s.wg); after
-// Close it runs nothing and reports false. Callers hold s.mu.
-func (s *Sender) goLocked(fn func()) bool {
-	if s.closed {
-		return false
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		fn()
-	}()
-	return true
-}
-
 // Start loads the ack floors and the lanes' heads, starts an outbox for
 // every receiver with a backlog, and the scan that finds new ones.
 func (s *Sender) Start() error {
@@ -289,7 +277,7 @@ func (s *Sender) Start() error {
 	s.mu.Lock()
 	s.floors = floors
 	s.started = true
-	s.goLocked(s.loop)
+	s.g.Go(s.loop)
 	s.mu.Unlock()
 	s.scan()
 	return nil
@@ -299,11 +287,11 @@ func (s *Sender) Start() error {
 // moved. The log and the floors stay on disk: nothing is lost.
 func (s *Sender) Close() {
 	s.mu.Lock()
-	if s.closed {
+	if s.g.Closed() {
 		s.mu.Unlock()
 		return
 	}
-	s.closed = true
+	s.g.Shut()
 	s.stop()
 	boxes := make([]*outbox, 0, len(s.boxes))
 	for _, o := range s.boxes {
@@ -313,7 +301,7 @@ func (s *Sender) Close() {
 	for _, o := range boxes {
 		o.resetAll()
 	}
-	s.wg.Wait()
+	s.g.Close()
 	for _, o := range boxes {
 		o.saveFloors(context.Background())
 	}
@@ -490,7 +478,7 @@ func (s *Sender) Holds(p peer.ID, l Lane) bool { return s.opts.Hold(p, l) }
 func (s *Sender) box(p peer.ID) *outbox {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || !s.started {
+	if s.g.Closed() || !s.started {
 		return nil
 	}
 	o := s.boxes[p]
@@ -501,7 +489,7 @@ func (s *Sender) box(p peer.ID) *outbox {
 	if o.running {
 		o.pokes++
 	} else {
-		o.running = s.goLocked(o.run)
+		o.running = s.g.Go(o.run)
 	}
 	return o
 }
@@ -646,7 +634,7 @@ func (s *Sender) Head(l Lane) uint64 {
 // it if the lane still owes something.
 func (s *Sender) Acknowledge(p peer.ID, l Lane, through uint64) {
 	s.mu.Lock()
-	if s.closed || !s.started {
+	if s.g.Closed() || !s.started {
 		s.mu.Unlock()
 		return
 	}
@@ -665,7 +653,7 @@ func (s *Sender) Acknowledge(p peer.ID, l Lane, through uint64) {
 // receiver's position reports, when the stream opens, refine it).
 func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
 	s.mu.Lock()
-	if s.closed || !s.started {
+	if s.g.Closed() || !s.started {
 		s.mu.Unlock()
 		return
 	}
@@ -844,16 +832,18 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	limit := o.s.opts.MaxMessageBytes + protocols.FrameOverhead
 	st = &outStream{proto: id, s: s, fw: protocols.NewFrameWriter(s, limit), done: make(chan struct{})}
 	st.lastReply.Store(time.Now().UnixNano())
-	o.s.mu.Lock()
-	ok := o.s.goLocked(func() { o.readReplies(st) })
-	o.s.mu.Unlock()
-	if !ok {
+	if !o.s.g.Go(func() { o.readReplies(st) }) {
 		_ = s.Reset()
 		return nil, errors.New("sender closed")
 	}
 	o.mu.Lock()
 	o.streams[id] = st
 	o.mu.Unlock()
+	if o.s.ctx.Err() != nil {
+		// Close cancelled the context before it reset the streams it
+		// found; this one may have been listed after: its reader returns.
+		_ = s.Reset()
+	}
 	o.s.m.opens.Inc()
 	return st, nil
 }

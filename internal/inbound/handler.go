@@ -8,6 +8,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ferrynet/ferry/internal/lifecycle"
 )
 
 // ServeFunc serves one inbound stream. It returns nil when the stream ended
@@ -25,8 +27,18 @@ type Admit func(p peer.ID) bool
 // buffers, a recover that resets the stream, and Reset on every error path.
 // A peer that admit refuses has its stream reset at open: nothing of it is
 // read and nothing is allocated for it.
-func Handle(h host.Host, id protocol.ID, service string, reserve int, admit Admit, log *slog.Logger, serve ServeFunc) {
+//
+// Each handler call is counted in g, the owner's group, so the owner's
+// Close waits for it; once Close has begun a new stream is reset unread.
+// The owner's Close removes the handler and makes running calls return (a
+// cancelled context that resets their streams) before it calls g.Close.
+func Handle(h host.Host, g *lifecycle.Group, id protocol.ID, service string, reserve int, admit Admit, log *slog.Logger, serve ServeFunc) {
 	h.SetStreamHandler(id, func(s network.Stream) {
+		if !g.Add() {
+			_ = s.Reset()
+			return
+		}
+		defer g.Done()
 		remote := s.Conn().RemotePeer()
 		if admit != nil && !admit(remote) {
 			log.Debug("stream refused at open: peer not admitted", "protocol", id, "peer", remote)

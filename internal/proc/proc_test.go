@@ -9,13 +9,26 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
 
+	"github.com/ferrynet/ferry/internal/leaks"
 	"github.com/ferrynet/ferry/internal/proc"
 	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/node"
 )
 
-func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
+// TestMain removes the built binary, and fails the package if its tests
+// leave a goroutine behind (a process watcher of a node not stopped).
+func TestMain(m *testing.M) {
+	code := proc.Main(m)
+	if code == 0 {
+		if err := goleak.Find(leaks.Options()...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: Errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 type reply struct {
 	OK      bool `json:"ok"`
