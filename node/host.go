@@ -12,10 +12,8 @@ import (
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
-	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -27,6 +25,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/protocols"
 )
 
@@ -35,16 +34,17 @@ import (
 // reviewer and the chosen neighbours are protected.
 const connGrace = time.Minute
 
-// dhtRefresh is how often discovery refreshes the DHT routing table (a
-// walk of every bucket, which dials the peers it meets), at a random time
-// in the second half of each period. Kademlia's own refresh (at start and
-// every ten minutes) is off: a network of members started together would
-// each walk the whole network at once, and the routing table fills from
-// the connections the node makes anyway. Ferry looks members up by their
-// records; the DHT serves the rendezvous key and peers known by id only.
-const dhtRefresh = time.Hour
+// connLimits are the connection manager's watermarks for a config: trimming
+// starts above max and goes down to three quarters of it.
+func connLimits(c Config) (low, high int) {
+	high = c.Connections.Max
+	low = max(high*3/4, c.Connections.Neighbours+1)
+	return low, high
+}
 
 // dhtOptions are the DHT's options on a built or a prebuilt host.
+// Kademlia's own refresh is off: discovery refreshes the routing table
+// (peers/discovery.go, dhtRefresh).
 func dhtOptions(c Config) []dht.Option {
 	var boot []peer.AddrInfo
 	for _, b := range c.Bootstrap {
@@ -136,10 +136,12 @@ func preflight(listen []string) error {
 	return nil
 }
 
-// buildHost creates the libp2p host and its DHT. The host is routed: a
-// stream to a peer whose addresses are unknown looks them up in the DHT.
-func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBook, reg prometheus.Registerer,
-	gate func(protocol.ID, network.StreamHandler) network.StreamHandler) (host.Host, *dht.IpfsDHT, error) {
+// buildHost creates the libp2p host and its DHT, with the peer book as its
+// connection gater and every stream handler set on it behind the gate. The
+// host is routed: a stream to a peer whose addresses are unknown looks them
+// up in the DHT.
+func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.Book, reg prometheus.Registerer,
+	gate *peers.Gate) (host.Host, *dht.IpfsDHT, error) {
 	var psk pnet.PSK
 	if c.PrivateNetworkKey != "" {
 		f, err := os.Open(c.PrivateNetworkKey)
@@ -197,7 +199,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			d, err := dht.New(ctx, &admittedHost{Host: h, gate: gate}, dhtOptions(c)...)
+			d, err := dht.New(ctx, gate.Admitted(h), dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),
@@ -216,5 +218,5 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peerBoo
 		// listen failures as text only, so nothing here matches on them.
 		return nil, nil, fmt.Errorf("libp2p host on %s: %w", strings.Join(listen, ", "), err)
 	}
-	return &admittedHost{Host: h, gate: gate}, kad, nil
+	return gate.Admitted(h), kad, nil
 }

@@ -32,8 +32,6 @@ var (
 type nodeMetrics struct {
 	decisions *prometheus.CounterVec
 	build     *prometheus.GaugeVec
-	// strangersClosed counts connections closed over strangerCap (conns.go).
-	strangersClosed prometheus.Counter
 }
 
 func newNodeMetrics(n *Node) (*nodeMetrics, error) {
@@ -43,20 +41,21 @@ func newNodeMetrics(n *Node) (*nodeMetrics, error) {
 			[]string{"outcome"}),
 		build: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ferry", Name: "build_info",
 			Help: "Always 1; the labels say which Ferry build runs."}, []string{"version", "revision", "goversion"}),
-		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
-			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
 	}
 	for _, o := range decisionOutcomes {
 		m.decisions.WithLabelValues(o)
 	}
 	m.build.WithLabelValues(Version, BuildRevision(), runtime.Version()).Set(1)
-	for _, c := range []prometheus.Collector{m.decisions, m.build, m.strangersClosed, &stateCollector{n: n}} {
+	for _, c := range []prometheus.Collector{m.decisions, m.build, &stateCollector{n: n}} {
 		if err := n.reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
 }
+
+// Version is Ferry's release, sent in hello and in membership records.
+const Version = "0.1.0"
 
 // BuildRevision is the VCS revision the binary was built from ("unknown"
 // outside a checkout), with "+dirty" when the tree had changes.

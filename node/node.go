@@ -37,6 +37,7 @@ import (
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/natsbridge"
+	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -123,21 +124,17 @@ type Node struct {
 	host   host.Host
 	dht    *dht.IpfsDHT
 	gossip *pubsub.PubSub // one gossipsub router, shared by the services that gossip
-	// connSeen holds when each connection without a transport open time
-	// (libp2p's mocknet) connected, by connection id (see openedAt).
-	connSeen sync.Map
 	// lastGone holds when each peer's last connection closed (peer.ID ->
 	// time.Time): its last seen time while it is away (PeerInfos).
 	lastGone sync.Map
-	// greetings tells when each connection's hello ended (admission.go).
-	greetings *greetings
-	// neighbourSet is the members this node chose as its neighbours
-	// (choose, chosen).
-	neighbourMu  sync.Mutex
-	neighbourSet map[peer.ID]struct{}
-	book         *peerBook
-	hello        *hello
-	members      *membership.Service // signed membership records (membership.go)
+	// The peer side (package peers): the peer book, the admission gate
+	// (streams admitted at open; each connection's hello), hello, and the
+	// keeper of bounded connections, which runs discovery.
+	connectivity *peers.Keeper
+	book         *peers.Book
+	gate         *peers.Gate
+	hello        *peers.Hello
+	members      *membership.Service // signed membership records (peers.NewMembership)
 	bridge       *natsbridge.Bridge
 	verifier     *protocols.Verifier
 	sender       *stream.Sender
@@ -203,7 +200,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
 		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel, fatal: make(chan error, 1),
-		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting, greetings: newGreetings()}
+		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
@@ -242,22 +239,21 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		log.Warn("the store was rebuilt after a corruption: taking this node's own changes back from the first partner that connects",
 			"own_changes_after", m.OwnFrom, "damaged_copy", m.Damaged)
 	}
-	if n.book, err = newPeerBook(cfg, id, n.st, log.With("component", "peers")); err != nil {
+	pcfg := peersConfig(cfg)
+	if n.book, err = peers.NewBook(peers.BookDeps{Config: pcfg, Self: id, Store: n.st, Logger: log.With("component", "peers")}); err != nil {
 		return nil, err
 	}
+	n.gate = peers.NewGate(peers.GateDeps{Book: n.book, Stop: ctx.Done(), Logger: log})
 	if o.Host != nil {
 		if o.Host.ID() != id {
 			return nil, fmt.Errorf("options: host is %s, the home's identity %s", o.Host.ID(), id)
 		}
-		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.book, n.gateStream)
+		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.gate)
 	} else {
-		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg, n.gateStream)
+		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg, n.gate)
 	}
 	if err != nil {
 		return nil, err
-	}
-	if err := n.registerConnMetrics(); err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if n.gossip, err = pubsub.NewGossipSub(ctx, n.host, gossiptopic.RouterOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
@@ -332,15 +328,20 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	kinds[pb.Kind_KIND_REVIEW_REQUEST], kinds[pb.Kind_KIND_REVIEW_DECISION] = n.review, n.review
 	n.receiver, err = stream.NewReceiver(n.host, n.st, n.verifier, kinds, stream.ReceiverOptions{
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "receiver"), Registerer: n.reg,
-		Snapshots: n.review, Tracer: n.feed, Admit: n.admitDelivery})
+		Snapshots: n.review, Tracer: n.feed, Admit: n.gate.AdmitDelivery})
 	if err != nil {
 		return nil, err
 	}
-	if n.members, err = n.newMembership(); err != nil {
+	if n.members, err = peers.NewMembership(peers.MembershipDeps{Config: pcfg, Host: n.host, PubSub: n.gossip, Key: key, Book: n.book,
+		Republish: o.MembersRepublish, Logger: log.With("component", "members"), Registerer: n.reg}); err != nil {
 		return nil, err
 	}
-	n.hello = &hello{h: n.host, book: n.book, log: log.With("component", "hello"), greeted: map[string]bool{}, seen: n.greetings,
-		holds: n.holdsOf, onHolds: n.peerHolds, own: n.members.Own, take: n.takeRecord}
+	n.hello = peers.NewHello(peers.HelloDeps{Config: pcfg, Host: n.host, Book: n.book, Gate: n.gate, Members: n.members,
+		Holds: n.holdsOf, OnHolds: n.peerHolds, OnMember: n.metMember, Group: &n.g, Logger: log.With("component", "hello")})
+	if n.connectivity, err = peers.NewKeeper(peers.KeeperDeps{Config: pcfg, Host: n.host, DHT: n.dht, Book: n.book, Gate: n.gate,
+		Hello: n.hello, Period: o.DiscoveryPeriod, Group: &n.g, Registerer: n.reg, Logger: log}); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	return n, nil
 }
 
@@ -369,11 +370,6 @@ func (n *Node) Start() error {
 	}
 	n.started = true
 	n.startedAt = time.Now().UTC()
-	// Each hello with a member resends what is owed it and catches up from it.
-	n.book.OnMember(func(p peer.ID) {
-		n.sender.Kick(p)
-		n.catchup.Connected(p)
-	})
 	// Addresses learned before the restart: partners and the reviewer stay
 	// reachable when no bootstrap peer is up.
 	for _, e := range n.book.Entries() {
@@ -388,7 +384,7 @@ func (n *Node) Start() error {
 		}
 	}
 	// Hello is how a peer says who it is: anyone may.
-	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.serve)
+	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.Serve)
 	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
@@ -396,16 +392,12 @@ func (n *Node) Start() error {
 	}
 	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected,
 		DisconnectedF: func(_ network.Network, c network.Conn) {
-			n.hello.forget(c)
-			n.greetings.forget(c)
-			n.connSeen.Delete(c.ID())
+			n.connectivity.Disconnected(c)
 			n.lastGone.Store(c.RemotePeer(), time.Now())
 		}})
 	// Connections made before the notifiee (the DHT dials its bootstrap
 	// peers as it starts) are greeted here and by every discovery round.
-	for _, c := range n.hello.pending() {
-		n.greet(c)
-	}
+	n.hello.GreetPending(n.ctx)
 	if err := n.search.Start(); err != nil {
 		return err
 	}
@@ -422,7 +414,7 @@ func (n *Node) Start() error {
 	if err := n.startAdmin(); err != nil {
 		return err
 	}
-	n.spawn(n.discover)
+	n.spawn(func() { n.connectivity.Run(n.ctx) })
 	n.spawn(n.retain)
 	n.spawn(n.watchHealth)
 	n.spawn(n.expireIdempotencyKeys)
@@ -432,33 +424,11 @@ func (n *Node) Start() error {
 }
 
 // connected greets peers this node dialed and protects partners' connections.
-func (n *Node) connected(_ network.Network, c network.Conn) {
-	p := c.RemotePeer()
-	if c.Stat().Opened.IsZero() {
-		n.connSeen.Store(c.ID(), time.Now())
-	}
-	n.capStrangers(c)
-	if n.kept(p) {
-		n.host.ConnManager().Protect(p, connTag)
-	}
-	if c.Stat().Direction != network.DirOutbound {
-		return
-	}
-	n.greet(c)
-}
+func (n *Node) connected(_ network.Network, c network.Conn) { n.connectivity.Connected(n.ctx, c) }
 
 // spawn runs fn on a goroutine the node owns; Close waits for it. After
 // Close has begun it runs nothing.
 func (n *Node) spawn(fn func()) { n.g.Go(fn) }
-
-// greet runs hello on a connection in the background.
-func (n *Node) greet(c network.Conn) {
-	n.spawn(func() {
-		if err := n.hello.greet(n.ctx, c); err != nil && n.ctx.Err() == nil {
-			n.log.Debug("hello failed", "peer", c.RemotePeer(), "err", err)
-		}
-	})
-}
 
 // serveNATS registers the app subjects: each service serves its own.
 func (n *Node) serveNATS() error {
@@ -654,7 +624,7 @@ func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 		return err
 	}
 	if on {
-		n.host.ConnManager().Protect(p, connTag)
+		n.connectivity.Protect(p)
 		n.sender.Kick(p)
 	}
 	return nil

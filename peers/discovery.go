@@ -1,4 +1,4 @@
-package node
+package peers
 
 import (
 	"context"
@@ -32,22 +32,30 @@ const (
 	advertiseTimeout = 30 * time.Second
 )
 
-// rendezvous is the DHT key members advertise.
-func (n *Node) rendezvous() string { return "/ferry/" + n.cfg.Network + "/members" }
+// dhtRefresh is how often discovery refreshes the DHT routing table (a
+// walk of every bucket, which dials the peers it meets), at a random time
+// in the second half of each period. Kademlia's own refresh (at start and
+// every ten minutes) is off (the node's DHT options): a network of members
+// started together would each walk the whole network at once, and the
+// routing table fills from the connections the node makes anyway. Ferry
+// looks members up by their records; the DHT serves the rendezvous key and
+// peers known by id only.
+const dhtRefresh = time.Hour
 
-// discover keeps the node joined: bootstrap peers, the DHT, the rendezvous
+// rendezvous is the DHT key members advertise.
+func (k *Keeper) rendezvous() string { return "/ferry/" + k.cfg.Network + "/members" }
+
+// Run keeps the node joined until ctx ends (the node runs it on its own
+// goroutine from Start): bootstrap peers, the DHT, the rendezvous
 // key, connections to partners and the reviewer, found by peer id, and to
 // `connections.neighbours` other members. The DHT is walked only while
 // neighbours are lacking, to advertise (first within advertiseFirst, then
 // every advertiseEvery) and to refresh its routing table (every
 // dhtRefresh); once the node has its connections the rounds only check
 // them and trim the rest.
-func (n *Node) discover() {
-	period := n.opts.DiscoveryPeriod
-	if period <= 0 {
-		period = DefaultDiscoveryPeriod
-	}
-	disc := drouting.NewRoutingDiscovery(n.dht)
+func (k *Keeper) Run(ctx context.Context) {
+	period := k.period
+	disc := drouting.NewRoutingDiscovery(k.dht)
 	wait := discoveryFirst
 	// The first advertisement waits until the start's dials are done, at
 	// a random time so that nodes started together do not walk the DHT
@@ -55,14 +63,14 @@ func (n *Node) discover() {
 	adv := &advertising{next: time.Now().Add(advertiseFirst/2 + rand.N(advertiseFirst/2))}
 	refresh := time.Now().Add(dhtRefresh/2 + rand.N(dhtRefresh/2))
 	for {
-		n.discoverRound(disc, adv)
+		k.round(ctx, disc, adv)
 		if time.Now().After(refresh) {
-			n.dht.RefreshRoutingTable()
+			k.dht.RefreshRoutingTable()
 			refresh = time.Now().Add(dhtRefresh/2 + rand.N(dhtRefresh/2))
 		}
 		t := time.NewTimer(wait)
 		select {
-		case <-n.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
@@ -96,7 +104,7 @@ func (a *advertising) due() bool {
 // advertise puts this node under the rendezvous key (a DHT provide: the
 // closest peers to the key are dialed), on its own goroutine and deadline:
 // it must not hold the discovery round, nor be retried every round.
-func (n *Node) advertise(disc *drouting.RoutingDiscovery, adv *advertising) {
+func (k *Keeper) advertise(ctx context.Context, disc *drouting.RoutingDiscovery, adv *advertising) {
 	adv.mu.Lock()
 	if adv.busy || time.Now().Before(adv.next) {
 		adv.mu.Unlock()
@@ -104,9 +112,9 @@ func (n *Node) advertise(disc *drouting.RoutingDiscovery, adv *advertising) {
 	}
 	adv.busy = true
 	adv.mu.Unlock()
-	ctx, cancel := context.WithTimeout(n.ctx, advertiseTimeout)
+	actx, cancel := context.WithTimeout(ctx, advertiseTimeout)
 	defer cancel()
-	_, err := disc.Advertise(ctx, n.rendezvous())
+	_, err := disc.Advertise(actx, k.rendezvous())
 	adv.mu.Lock()
 	defer adv.mu.Unlock()
 	adv.busy = false
@@ -115,62 +123,61 @@ func (n *Node) advertise(disc *drouting.RoutingDiscovery, adv *advertising) {
 		adv.next = time.Now().Add(advertiseEvery)
 		return
 	}
-	if n.ctx.Err() == nil {
-		n.log.Debug("advertise", "err", err)
+	if ctx.Err() == nil {
+		k.log.Debug("advertise", "err", err)
 	}
 	adv.fails++
 	adv.next = time.Now().Add(min(time.Minute<<min(adv.fails-1, 5), advertiseEvery))
 }
 
-func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, adv *advertising) {
-	ctx, cancel := context.WithTimeout(n.ctx, connectTimeout)
+// round is one discovery round: greetings still owed, bootstrap peers,
+// partners and the reviewer, neighbours, the rendezvous key; then trim.
+func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, adv *advertising) {
+	ctx, cancel := context.WithTimeout(nctx, connectTimeout)
 	defer cancel()
 	// Rounds are paced here; the swarm's dial backoff (up to five minutes)
 	// would keep a healed partition apart.
 	ctx = network.WithForceDirectDial(ctx, "ferry discovery")
-	for _, c := range n.hello.pending() {
-		n.greet(c)
-	}
+	k.hello.GreetPending(nctx)
 	// Bootstrap peers while the node has no neighbours yet (it knows no
 	// member to pick).
-	joined := len(n.neighbours()) > 0
-	for _, b := range n.cfg.Bootstrap {
+	joined := len(k.neighbours()) > 0
+	for _, ai := range k.cfg.Bootstrap {
 		if joined {
 			break
 		}
-		ai, err := peer.AddrInfoFromString(b)
-		if err != nil || ai.ID == n.id || n.host.Network().Connectedness(ai.ID) == network.Connected {
+		if ai.ID == k.self || k.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
-		if err := n.host.Connect(ctx, *ai); err != nil {
-			n.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
+		if err := k.host.Connect(ctx, ai); err != nil {
+			k.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
 		}
 	}
 	// Partners and the reviewer first: the peerstore knows their addresses
 	// from the peer book even when no bootstrap peer is up.
-	want := n.book.Partners()
-	if r := n.book.Reviewer(); r != "" && r != n.id && n.keepReviewer() {
+	want := k.book.Partners()
+	if r := k.book.Reviewer(); r != "" && r != k.self && k.keepReviewer() {
 		want = append(want, r)
 	}
 	for _, p := range want {
-		if n.book.refused(p) || n.host.Network().Connectedness(p) == network.Connected {
+		if k.book.refused(p) || k.host.Network().Connectedness(p) == network.Connected {
 			continue
 		}
 		// The routed host finds the addresses of a bare peer id in the
 		// peerstore or the DHT.
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
-			n.log.Debug("peer unreachable", "peer", p, "err", err)
+		if err := k.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			k.log.Debug("peer unreachable", "peer", p, "err", err)
 		}
 	}
 	// Neighbours from the members known by their records first.
-	lacking := n.keepNeighbours(ctx)
-	defer n.trim()
-	if n.dht.RoutingTable().Size() == 0 {
+	lacking := k.keepNeighbours(ctx)
+	defer k.trim()
+	if k.dht.RoutingTable().Size() == 0 {
 		return
 	}
 	if adv.due() {
-		if k := n.book.MemberCount(); k <= rendezvousProviders || rand.N(k) < rendezvousProviders {
-			n.spawn(func() { n.advertise(disc, adv) })
+		if m := k.book.MemberCount(); m <= rendezvousProviders || rand.N(m) < rendezvousProviders {
+			k.group.Go(func() { k.advertise(nctx, disc, adv) })
 		} else {
 			adv.skip()
 		}
@@ -178,19 +185,19 @@ func (n *Node) discoverRound(disc *drouting.RoutingDiscovery, adv *advertising) 
 	if lacking <= 0 {
 		return
 	}
-	found, err := dutil.FindPeers(ctx, disc, n.rendezvous())
-	if err != nil && n.ctx.Err() == nil {
-		n.log.Debug("find members", "err", err)
+	found, err := dutil.FindPeers(ctx, disc, k.rendezvous())
+	if err != nil && nctx.Err() == nil {
+		k.log.Debug("find members", "err", err)
 	}
 	for _, ai := range found {
 		if lacking <= 0 {
 			break
 		}
-		if ai.ID == n.id || n.book.refused(ai.ID) || n.host.Network().Connectedness(ai.ID) == network.Connected {
+		if ai.ID == k.self || k.book.refused(ai.ID) || k.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
-		if err := n.host.Connect(ctx, ai); err != nil {
-			n.log.Debug("member unreachable", "peer", ai.ID, "err", err)
+		if err := k.host.Connect(ctx, ai); err != nil {
+			k.log.Debug("member unreachable", "peer", ai.ID, "err", err)
 			continue
 		}
 		lacking--

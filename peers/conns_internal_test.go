@@ -1,4 +1,4 @@
-package node
+package peers
 
 import (
 	"testing"
@@ -23,22 +23,22 @@ func (c unsetConn) Stat() network.ConnStats { return network.ConnStats{} }
 // had just dialed (a 1,000-node mocknet churned thousands of connections
 // every 10 s).
 func TestConnectionAgeWithoutAnOpenTime(t *testing.T) {
-	n := &Node{}
+	g := NewGate(GateDeps{})
 	c := unsetConn{id: "c1"}
 	before := time.Now()
-	at := n.openedAt(c)
+	at := g.openedAt(c)
 	if at.Before(before) || time.Since(at) > time.Minute {
 		t.Fatalf("opened at %v: want from this test (%v on)", at, before)
 	}
-	if again := n.openedAt(c); !again.Equal(at) {
+	if again := g.openedAt(c); !again.Equal(at) {
 		t.Fatalf("opened at %v, then %v: want the same time", at, again)
 	}
-	if other := n.openedAt(unsetConn{id: "c2"}); other.Before(at) {
+	if other := g.openedAt(unsetConn{id: "c2"}); other.Before(at) {
 		t.Fatalf("a second connection seen later opened at %v, before the first (%v)", other, at)
 	}
 	// A transport's own time wins.
 	stamp := time.Now().Add(-time.Hour)
-	if got := n.openedAt(stampedConn{unsetConn{id: "c3"}, stamp}); !got.Equal(stamp) {
+	if got := g.openedAt(stampedConn{unsetConn{id: "c3"}, stamp}); !got.Equal(stamp) {
 		t.Fatalf("opened at %v: want the transport's %v", got, stamp)
 	}
 }

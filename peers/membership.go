@@ -1,11 +1,15 @@
-package node
+package peers
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/store"
@@ -17,24 +21,41 @@ import (
 // not taken again) while the addresses do not change.
 const memberAddrTTL = 24 * time.Hour
 
-// newMembership builds the membership service on the node's gossipsub
-// router: the peer book learns members from their signed records.
-func (n *Node) newMembership() (*membership.Service, error) {
-	return membership.New(membership.Deps{Host: n.host, PubSub: n.gossip, Key: n.key, Network: n.cfg.Network,
-		Name: n.cfg.Name, Version: Version, Allowed: n.book.allowed, Republish: n.opts.MembersRepublish,
+// MembershipDeps are what the membership service is built with here.
+type MembershipDeps struct {
+	Config Config
+	Host   host.Host
+	// PubSub is the node's gossipsub router.
+	PubSub *pubsub.PubSub
+	// Key signs this node's record.
+	Key crypto.PrivKey
+	// Book learns members from their records, and says who may be one.
+	Book *Book
+	// Republish is membership.Deps.Republish (0: its default).
+	Republish  time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// NewMembership builds the membership service on the node's gossipsub
+// router: the peer book learns members from their signed records, and
+// their addresses go to the peerstore.
+func NewMembership(d MembershipDeps) (*membership.Service, error) {
+	return membership.New(membership.Deps{Host: d.Host, PubSub: d.PubSub, Key: d.Key, Network: d.Config.Network,
+		Name: d.Config.Name, Version: d.Config.Version, Allowed: d.Book.allowed, Republish: d.Republish,
 		OnRecord: func(r membership.Record) {
 			if len(r.Addrs) > 0 {
-				n.host.Peerstore().AddAddrs(r.Peer, r.Addrs, memberAddrTTL)
+				d.Host.Peerstore().AddAddrs(r.Peer, r.Addrs, memberAddrTTL)
 			}
-			n.book.learn(r)
+			d.Book.learn(r)
 		},
-		Logger: n.log.With("component", "members"), Registerer: n.reg})
+		Logger: d.Logger, Registerer: d.Registerer})
 }
 
 // learn takes what a verified membership record tells of its peer: name,
 // network and addresses. The entry is saved without an fsync, and only
 // when it changed: a crash loses at most what the next record brings back.
-func (b *peerBook) learn(r membership.Record) {
+func (b *Book) learn(r membership.Record) {
 	member := r.Network == b.network && b.allowed(r.Peer)
 	b.mu.Lock()
 	e := b.book[r.Peer]
@@ -79,22 +100,4 @@ func sameAddrs(a, b [][]byte) bool {
 		}
 	}
 	return true
-}
-
-// MembersKnown is the number of members with a signed record held, this
-// node included.
-func (n *Node) MembersKnown() int { return n.members.Known() }
-
-// takeRecord keeps the membership record a peer sent in hello.
-func (n *Node) takeRecord(p peer.ID, raw []byte) {
-	r, err := n.members.Take(raw)
-	switch {
-	case err != nil && !errors.Is(err, membership.ErrStale):
-		n.log.Debug("member record in hello refused", "peer", p, "err", err)
-	case err == nil && r.Peer != p:
-		n.log.Debug("hello carried another peer's record", "peer", p, "record", r.Peer)
-	}
-	if err == nil || errors.Is(err, membership.ErrStale) {
-		n.members.Joined()
-	}
 }

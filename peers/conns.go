@@ -1,15 +1,20 @@
-package node
+package peers
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/internal/promreg"
 	"github.com/ferrynet/ferry/protocols"
 )
@@ -20,6 +25,94 @@ import (
 // member is dialed by the sender when there is something to send it, and
 // above `max` open connections the least needed ones are closed.
 
+// Keeper keeps the node's connections: it reacts to each connection that
+// opens or closes, and runs discovery (discovery.go), which dials what the
+// node needs and trims the rest.
+type Keeper struct {
+	cfg    Config
+	self   peer.ID
+	host   host.Host
+	dht    *dht.IpfsDHT
+	book   *Book
+	gate   *Gate
+	hello  *Hello
+	period time.Duration
+	group  *lifecycle.Group
+	log    *slog.Logger
+
+	strangersClosed prometheus.Counter
+
+	// neighbourSet is the members this node chose as its neighbours
+	// (choose, chosen).
+	neighbourMu  sync.Mutex
+	neighbourSet map[peer.ID]struct{}
+}
+
+// KeeperDeps are what the keeper works with; every one is required but
+// Period.
+type KeeperDeps struct {
+	Config Config
+	Host   host.Host
+	DHT    *dht.IpfsDHT
+	Book   *Book
+	Gate   *Gate
+	Hello  *Hello
+	// Period is the longest wait between discovery rounds (0:
+	// DefaultDiscoveryPeriod).
+	Period time.Duration
+	// Group owns the keeper's goroutines.
+	Group      *lifecycle.Group
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// NewKeeper builds the keeper and registers ferry_connections (open
+// connections) and ferry_strangers_closed_total.
+func NewKeeper(d KeeperDeps) (*Keeper, error) {
+	period := d.Period
+	if period <= 0 {
+		period = DefaultDiscoveryPeriod
+	}
+	k := &Keeper{cfg: d.Config, self: d.Book.Self(), host: d.Host, dht: d.DHT, book: d.Book, gate: d.Gate, hello: d.Hello,
+		period: period, group: d.Group, log: d.Logger, neighbourSet: map[peer.ID]struct{}{},
+		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
+			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."})}
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
+		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
+		func() float64 { return float64(len(k.host.Network().Conns())) })
+	if err := promreg.Register(d.Registerer, conns, k.strangersClosed); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// Connected runs on the connection notifiee as c opens: it notes when c
+// opened, closes it when strangers hold too many connections, protects a
+// partner's or the reviewer's, and greets the peer when this node dialed.
+// ctx bounds the greeting.
+func (k *Keeper) Connected(ctx context.Context, c network.Conn) {
+	p := c.RemotePeer()
+	k.gate.opened(c)
+	k.capStrangers(c)
+	if k.kept(p) {
+		k.host.ConnManager().Protect(p, connTag)
+	}
+	if c.Stat().Direction != network.DirOutbound {
+		return
+	}
+	k.hello.Greet(ctx, c)
+}
+
+// Disconnected runs on the connection notifiee as c closes.
+func (k *Keeper) Disconnected(c network.Conn) {
+	k.hello.forget(c)
+	k.gate.closed(c)
+}
+
+// Protect protects the connections to p in the connection manager (a
+// partner the operator added).
+func (k *Keeper) Protect(p peer.ID) { k.host.ConnManager().Protect(p, connTag) }
+
 // connTag protects partners, the reviewer and the chosen neighbours in the
 // connection manager.
 const (
@@ -29,8 +122,8 @@ const (
 
 // kept reports whether p is kept connected by role: a partner, or the
 // reviewer while keepReviewer holds.
-func (n *Node) kept(p peer.ID) bool {
-	return n.book.IsPartner(p) || (p == n.book.Reviewer() && n.keepReviewer())
+func (k *Keeper) kept(p peer.ID) bool {
+	return k.book.IsPartner(p) || (p == k.book.Reviewer() && k.keepReviewer())
 }
 
 // keepReviewer reports whether discovery keeps a connection to the
@@ -40,36 +133,33 @@ func (n *Node) kept(p peer.ID) bool {
 // applied reports) and decisions reach members by gossip and their
 // neighbours (spread/, catchup/), or the reviewer would carry a connection
 // from every member.
-func (n *Node) keepReviewer() bool {
-	return n.book.MemberCount() < n.cfg.Connections.Max
+func (k *Keeper) keepReviewer() bool {
+	return k.book.MemberCount() < k.cfg.MaxConns
 }
 
 // choose marks p as one of this node's neighbours (on) or not: the node
 // keeps its own set (a prebuilt host's connection manager may not protect
 // at all, mocknet's does not) and protects them in the connection manager.
-func (n *Node) choose(p peer.ID, on bool) {
-	n.neighbourMu.Lock()
-	if n.neighbourSet == nil {
-		n.neighbourSet = map[peer.ID]struct{}{}
-	}
+func (k *Keeper) choose(p peer.ID, on bool) {
+	k.neighbourMu.Lock()
 	if on {
-		n.neighbourSet[p] = struct{}{}
+		k.neighbourSet[p] = struct{}{}
 	} else {
-		delete(n.neighbourSet, p)
+		delete(k.neighbourSet, p)
 	}
-	n.neighbourMu.Unlock()
+	k.neighbourMu.Unlock()
 	if on {
-		n.host.ConnManager().Protect(p, neighbourTag)
+		k.host.ConnManager().Protect(p, neighbourTag)
 	} else {
-		n.host.ConnManager().Unprotect(p, neighbourTag)
+		k.host.ConnManager().Unprotect(p, neighbourTag)
 	}
 }
 
 // chosen reports whether p is one of this node's neighbours.
-func (n *Node) chosen(p peer.ID) bool {
-	n.neighbourMu.Lock()
-	defer n.neighbourMu.Unlock()
-	_, ok := n.neighbourSet[p]
+func (k *Keeper) chosen(p peer.ID) bool {
+	k.neighbourMu.Lock()
+	defer k.neighbourMu.Unlock()
+	_, ok := k.neighbourSet[p]
 	return ok
 }
 
@@ -77,10 +167,10 @@ func (n *Node) chosen(p peer.ID) bool {
 // by keepNeighbours, see choose) and is connected to.
 // A connection another member opened to this node is that member's
 // neighbour, not this node's: the dialer keeps it or closes it.
-func (n *Node) neighbours() []peer.ID {
+func (k *Keeper) neighbours() []peer.ID {
 	var out []peer.ID
-	for _, p := range n.host.Network().Peers() {
-		if p != n.id && !n.kept(p) && n.book.IsMember(p) && n.chosen(p) {
+	for _, p := range k.host.Network().Peers() {
+		if p != k.self && !k.kept(p) && k.book.IsMember(p) && k.chosen(p) {
 			out = append(out, p)
 		}
 	}
@@ -88,8 +178,8 @@ func (n *Node) neighbours() []peer.ID {
 }
 
 // outbound reports whether this node opened a connection it holds to p.
-func (n *Node) outbound(p peer.ID) bool {
-	for _, c := range n.host.Network().ConnsToPeer(p) {
+func (k *Keeper) outbound(p peer.ID) bool {
+	for _, c := range k.host.Network().ConnsToPeer(p) {
 		if c.Stat().Direction == network.DirOutbound {
 			return true
 		}
@@ -102,43 +192,43 @@ func (n *Node) outbound(p peer.ID) bool {
 // it picks members at random (the bootstrap peer and the first members
 // met are not favoured: neighbours spread evenly) and dials them. It
 // reports how many are still lacking.
-func (n *Node) keepNeighbours(ctx context.Context) int {
-	want := n.cfg.Connections.Neighbours
+func (k *Keeper) keepNeighbours(ctx context.Context) int {
+	want := k.cfg.Neighbours
 	// A neighbour whose connection closed is one no more.
-	n.neighbourMu.Lock()
+	k.neighbourMu.Lock()
 	var gone []peer.ID
-	for p := range n.neighbourSet {
-		if n.host.Network().Connectedness(p) != network.Connected {
+	for p := range k.neighbourSet {
+		if k.host.Network().Connectedness(p) != network.Connected {
 			gone = append(gone, p)
 		}
 	}
-	n.neighbourMu.Unlock()
+	k.neighbourMu.Unlock()
 	for _, p := range gone {
-		n.choose(p, false)
+		k.choose(p, false)
 	}
-	have := n.neighbours()
+	have := k.neighbours()
 	for _, p := range have[min(want, len(have)):] {
-		n.choose(p, false)
+		k.choose(p, false)
 	}
 	lacking := want - len(have)
 	if lacking <= 0 {
 		return 0
 	}
 	var cands []peer.ID
-	for _, p := range n.book.Members() {
-		if p == n.id || n.kept(p) || n.book.refused(p) || n.chosen(p) {
+	for _, p := range k.book.Members() {
+		if p == k.self || k.kept(p) || k.book.refused(p) || k.chosen(p) {
 			continue
 		}
 		// A member connected already counts when this node opened the
 		// connection; one the member opened is its own (a dial would
 		// make a second).
-		if n.host.Network().Connectedness(p) == network.Connected {
-			if n.outbound(p) {
+		if k.host.Network().Connectedness(p) == network.Connected {
+			if k.outbound(p) {
 				cands = append(cands, p)
 			}
 			continue
 		}
-		if len(n.host.Peerstore().Addrs(p)) > 0 {
+		if len(k.host.Peerstore().Addrs(p)) > 0 {
 			cands = append(cands, p)
 		}
 	}
@@ -147,11 +237,11 @@ func (n *Node) keepNeighbours(ctx context.Context) int {
 		if lacking == 0 || ctx.Err() != nil {
 			break
 		}
-		if err := n.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
-			n.log.Debug("neighbour unreachable", "peer", p, "err", err)
+		if err := k.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			k.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
-		n.choose(p, true)
+		k.choose(p, true)
 		lacking--
 	}
 	return lacking
@@ -167,32 +257,19 @@ const trimGrace = 10 * time.Second
 // peer within it finds the connection up.
 const idleAfter = time.Minute
 
-// bootstrapIDs are the peer ids of the config's bootstrap addresses.
-func (n *Node) bootstrapIDs() map[peer.ID]bool {
+// bootstrapIDs are the peer ids of the config's bootstrap peers.
+func (k *Keeper) bootstrapIDs() map[peer.ID]bool {
 	ids := map[peer.ID]bool{}
-	for _, b := range n.cfg.Bootstrap {
-		if ai, err := peer.AddrInfoFromString(b); err == nil {
-			ids[ai.ID] = true
-		}
+	for _, ai := range k.cfg.Bootstrap {
+		ids[ai.ID] = true
 	}
 	return ids
 }
 
-// openedAt is when c opened: the transport's word (Stat().Opened), else
-// when the node saw it connect (libp2p's mocknet leaves Opened unset; a
-// connection older than the notifiee is taken as opened now).
-func (n *Node) openedAt(c network.Conn) time.Time {
-	if t := c.Stat().Opened; !t.IsZero() {
-		return t
-	}
-	v, _ := n.connSeen.LoadOrStore(c.ID(), time.Now())
-	return v.(time.Time)
-}
-
 // young reports whether a connection to p opened within d.
-func (n *Node) young(p peer.ID, d time.Duration) bool {
-	for _, c := range n.host.Network().ConnsToPeer(p) {
-		if time.Since(n.openedAt(c)) < d {
+func (k *Keeper) young(p peer.ID, d time.Duration) bool {
+	for _, c := range k.host.Network().ConnsToPeer(p) {
+		if time.Since(k.gate.openedAt(c)) < d {
 			return true
 		}
 	}
@@ -201,8 +278,8 @@ func (n *Node) young(p peer.ID, d time.Duration) bool {
 
 // busy reports whether a connection to p carries work now: a delivery,
 // sync or membership stream.
-func (n *Node) busy(p peer.ID) bool {
-	for _, c := range n.host.Network().ConnsToPeer(p) {
+func (k *Keeper) busy(p peer.ID) bool {
+	for _, c := range k.host.Network().ConnsToPeer(p) {
 		for _, s := range c.GetStreams() {
 			id := s.Protocol()
 			if protocols.ProtocolCode(id) != 0 || id == protocols.Sync || id == protocols.Members || id == protocols.Applied {
@@ -223,45 +300,45 @@ func (n *Node) busy(p peer.ID) bool {
 // neighbours; never to partners, the reviewer, a peer with work in
 // flight, or one connected for less than trimGrace, and `neighbours`
 // members stay.
-func (n *Node) trim() {
-	nw := n.host.Network()
-	cm := n.host.ConnManager()
+func (k *Keeper) trim() {
+	nw := k.host.Network()
+	cm := k.host.ConnManager()
 	// A second connection to a peer (both sides dialed at once) is closed
 	// first: one is enough, and the bound counts connections.
 	for _, p := range nw.Peers() {
 		cs := nw.ConnsToPeer(p)
-		if len(cs) < 2 || n.busy(p) {
+		if len(cs) < 2 || k.busy(p) {
 			continue
 		}
-		slices.SortFunc(cs, func(a, b network.Conn) int { return n.openedAt(a).Compare(n.openedAt(b)) })
+		slices.SortFunc(cs, func(a, b network.Conn) int { return k.gate.openedAt(a).Compare(k.gate.openedAt(b)) })
 		for _, c := range cs[1:] {
-			if time.Since(n.openedAt(c)) >= trimGrace {
+			if time.Since(k.gate.openedAt(c)) >= trimGrace {
 				_ = c.Close()
 			}
 		}
 	}
-	if r := n.book.Reviewer(); r != "" && r != n.id && !n.kept(r) {
+	if r := k.book.Reviewer(); r != "" && r != k.self && !k.kept(r) {
 		cm.Unprotect(r, connTag)
 	}
 	// A bootstrap peer is let go of as soon as the node has its
 	// neighbours: every joining node dials it.
-	settled := len(n.neighbours()) >= n.cfg.Connections.Neighbours
-	boot := n.bootstrapIDs()
+	settled := len(k.neighbours()) >= k.cfg.Neighbours
+	boot := k.bootstrapIDs()
 	for _, p := range nw.Peers() {
-		if n.kept(p) || n.chosen(p) || !n.outbound(p) || n.busy(p) {
+		if k.kept(p) || k.chosen(p) || !k.outbound(p) || k.busy(p) {
 			continue
 		}
 		hold := idleAfter
 		if settled && boot[p] {
 			hold = trimGrace
 		}
-		if n.young(p, hold) {
+		if k.young(p, hold) {
 			continue
 		}
 		_ = nw.ClosePeer(p)
 	}
 	peers := nw.Peers()
-	excess := len(nw.Conns()) - n.cfg.Connections.Max
+	excess := len(nw.Conns()) - k.cfg.MaxConns
 	if excess <= 0 {
 		return
 	}
@@ -272,16 +349,16 @@ func (n *Node) trim() {
 	var cands []cand
 	members := 0
 	for _, p := range peers {
-		stranger := !n.book.IsMember(p)
+		stranger := !k.book.IsMember(p)
 		// A stranger's streams are no work of this node's: they do not
 		// keep its connection.
-		if n.kept(p) || (!stranger && n.busy(p)) || n.young(p, trimGrace) {
+		if k.kept(p) || (!stranger && k.busy(p)) || k.young(p, trimGrace) {
 			continue
 		}
 		switch {
 		case stranger:
 			cands = append(cands, cand{p, 0})
-		case !n.chosen(p):
+		case !k.chosen(p):
 			cands = append(cands, cand{p, 1})
 		default:
 			cands = append(cands, cand{p, 2})
@@ -295,12 +372,12 @@ func (n *Node) trim() {
 			break
 		}
 		if c.rank == 2 {
-			if members <= n.cfg.Connections.Neighbours {
+			if members <= k.cfg.Neighbours {
 				break
 			}
 			members--
 		}
-		n.choose(c.p, false)
+		k.choose(c.p, false)
 		_ = nw.ClosePeer(c.p)
 		excess--
 	}
@@ -310,43 +387,26 @@ func (n *Node) trim() {
 // counts them neither partners nor members (a joining node is one until
 // its hello, a few milliseconds): half of connections.max, so strangers
 // never hold the room members need.
-func strangerCap(c Config) int { return max(1, c.Connections.Max/2) }
+func strangerCap(c Config) int { return max(1, c.MaxConns/2) }
 
 // capStrangers closes c, just opened by a peer that is neither a partner
 // nor a member, when more than strangerCap such connections are open. It
 // runs on the connection notifiee, before anything was served on c.
-func (n *Node) capStrangers(c network.Conn) {
+func (k *Keeper) capStrangers(c network.Conn) {
 	p := c.RemotePeer()
-	if c.Stat().Direction != network.DirInbound || n.knownPeer(p) {
+	if c.Stat().Direction != network.DirInbound || k.gate.known(p) {
 		return
 	}
 	strangers := 0
-	for _, o := range n.host.Network().Conns() {
-		if o.Stat().Direction == network.DirInbound && !o.IsClosed() && !n.knownPeer(o.RemotePeer()) {
+	for _, o := range k.host.Network().Conns() {
+		if o.Stat().Direction == network.DirInbound && !o.IsClosed() && !k.gate.known(o.RemotePeer()) {
 			strangers++
 		}
 	}
-	if strangers <= strangerCap(n.cfg) {
+	if strangers <= strangerCap(k.cfg) {
 		return
 	}
-	n.metrics.strangersClosed.Inc()
-	n.log.Debug("connection closed: too many strangers", "peer", p, "strangers", strangers, "cap", strangerCap(n.cfg))
-	n.spawn(func() { _ = c.Close() })
-}
-
-// connLimits are the connection manager's watermarks for a config: trimming
-// starts above max and goes down to three quarters of it.
-func connLimits(c Config) (low, high int) {
-	high = c.Connections.Max
-	low = max(high*3/4, c.Connections.Neighbours+1)
-	return low, high
-}
-
-// registerConnMetrics adds ferry_connections (open connections, by role of
-// the peer).
-func (n *Node) registerConnMetrics() error {
-	g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
-		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
-		func() float64 { return float64(len(n.host.Network().Conns())) })
-	return promreg.Register(n.reg, g)
+	k.strangersClosed.Inc()
+	k.log.Debug("connection closed: too many strangers", "peer", p, "strangers", strangers, "cap", strangerCap(k.cfg))
+	k.group.Go(func() { _ = c.Close() })
 }

@@ -1,4 +1,4 @@
-package node
+package peers
 
 import (
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -11,7 +11,7 @@ import (
 // reviewer makes, to every member.
 
 // Receives reports whether p receives lane l's broadcast entries.
-func (b *peerBook) Receives(p peer.ID, l stream.Lane) bool {
+func (b *Book) Receives(p peer.ID, l stream.Lane) bool {
 	switch l {
 	case stream.LaneResource:
 		return b.IsPartner(p)
@@ -22,7 +22,7 @@ func (b *peerBook) Receives(p peer.ID, l stream.Lane) bool {
 }
 
 // Receivers lists every receiver of lane l's broadcast entries.
-func (b *peerBook) Receivers(l stream.Lane) []peer.ID {
+func (b *Book) Receivers(l stream.Lane) []peer.ID {
 	switch l {
 	case stream.LaneResource:
 		return b.Partners()

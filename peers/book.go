@@ -1,0 +1,357 @@
+// Package peers is how a Ferry node knows and reaches the network: the peer
+// book (who is a member, a partner, the reviewer; the connection gater; the
+// Roles of every service and the stream layer's Audience), hello, the
+// admission gate that holds a stranger's streams until its hello, the
+// membership glue (signed records into the book), and the keeper of the
+// node's bounded connections with its discovery loop. It imports the
+// services it serves (membership, search, stream) and never the node: the
+// node builds each type here with every dependency it needs, complete.
+package peers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/ferrynet/ferry/protocols/pb"
+	"github.com/ferrynet/ferry/search"
+	"github.com/ferrynet/ferry/store"
+	"github.com/ferrynet/ferry/store/storepb"
+)
+
+// Book knows the network: who is a member, a partner, the reviewer, and
+// each peer's name and addresses. It is the node's Roles for every service,
+// the stream layer's Audience, search's PeerBook, and the connection gater.
+type Book struct {
+	self     peer.ID
+	name     string
+	network  string
+	reviewer peer.ID
+	members  map[peer.ID]bool // from config; empty: anyone who presents the network
+	st       *store.Store
+	log      *slog.Logger
+
+	mu       sync.RWMutex
+	partners map[peer.ID]bool
+	book     map[peer.ID]*storepb.Peer
+	strange  map[peer.ID]bool // presented another network
+	blocked  map[peer.ID]bool // links cut on purpose (fault injection)
+	// memberList is Members' answer until the set changes (nil: to be
+	// made again). Connection trimming and discovery ask for it often, and
+	// with a thousand members making it (a set, then a sort) was the
+	// largest share of an idle node's CPU.
+	memberList []peer.ID
+}
+
+// BookDeps are what the peer book is built from.
+type BookDeps struct {
+	Config Config
+	// Self is this node's peer id.
+	Self peer.ID
+	// Store holds the peer book and the operator's partner changes.
+	Store  *store.Store
+	Logger *slog.Logger
+}
+
+// NewBook loads the peer book and the operator's partner changes from the
+// store over the config.
+func NewBook(d BookDeps) (*Book, error) {
+	c := d.Config
+	pb := &Book{self: d.Self, name: c.Name, network: c.Network, reviewer: c.Reviewer, st: d.Store, log: d.Logger,
+		members: map[peer.ID]bool{}, partners: map[peer.ID]bool{}, book: map[peer.ID]*storepb.Peer{},
+		strange: map[peer.ID]bool{}, blocked: map[peer.ID]bool{}}
+	for _, id := range c.Members {
+		pb.members[id] = true
+	}
+	for _, id := range c.Partners {
+		pb.partners[id] = true
+	}
+	over, err := d.Store.PartnerOverrides()
+	if err != nil {
+		return nil, fmt.Errorf("load partners: %w", err)
+	}
+	for id, on := range over {
+		if on {
+			pb.partners[id] = true
+		} else {
+			delete(pb.partners, id)
+		}
+	}
+	peers, err := d.Store.Peers()
+	if err != nil {
+		return nil, fmt.Errorf("load peer book: %w", err)
+	}
+	for _, p := range peers {
+		pb.book[peer.ID(p.Id)] = p
+	}
+	delete(pb.partners, d.Self)
+	return pb, nil
+}
+
+// Self is this node.
+func (b *Book) Self() peer.ID { return b.self }
+
+// SelfName is this node's label.
+func (b *Book) SelfName() string { return b.name }
+
+// Network is the network name.
+func (b *Book) Network() string { return b.network }
+
+// Reviewer is the configured reviewer ("" when none).
+func (b *Book) Reviewer() peer.ID { return b.reviewer }
+
+// IsPartner reports whether p receives (and may send) owned resources.
+func (b *Book) IsPartner(p peer.ID) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.partners[p]
+}
+
+// Partners lists the partners, sorted.
+func (b *Book) Partners() []peer.ID {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]peer.ID, 0, len(b.partners))
+	for p := range b.partners {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// allowed reports whether p may be a member at all.
+func (b *Book) allowed(p peer.ID) bool {
+	return len(b.members) == 0 || b.members[p]
+}
+
+// IsMember reports whether p belongs to the network: it presented our
+// network name (or is configured as partner or reviewer), and is in
+// `members` when that list is set.
+func (b *Book) IsMember(p peer.ID) bool {
+	if p == b.self {
+		return true
+	}
+	if !b.allowed(p) {
+		return false
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if e := b.book[p]; e != nil && e.Member {
+		return true
+	}
+	return b.partners[p] || p == b.reviewer || b.members[p]
+}
+
+// Members lists the members this node knows, itself excluded, sorted.
+func (b *Book) Members() []peer.ID {
+	return slices.Clone(b.members0())
+}
+
+// MemberCount is len(Members()), without the copy.
+func (b *Book) MemberCount() int { return len(b.members0()) }
+
+// members0 is the cached member list (callers must not change it).
+func (b *Book) members0() []peer.ID {
+	b.mu.RLock()
+	out := b.memberList
+	b.mu.RUnlock()
+	if out != nil {
+		return out
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.memberList == nil {
+		b.memberList = b.listMembers()
+	}
+	return b.memberList
+}
+
+// listMembers makes the member list; b.mu held.
+func (b *Book) listMembers() []peer.ID {
+	set := map[peer.ID]bool{}
+	for id, e := range b.book {
+		if e.Member {
+			set[id] = true
+		}
+	}
+	for id := range b.partners {
+		set[id] = true
+	}
+	for id := range b.members {
+		set[id] = true
+	}
+	if b.reviewer != "" {
+		set[b.reviewer] = true
+	}
+	delete(set, b.self)
+	out := make([]peer.ID, 0, len(set))
+	for id := range set {
+		if b.allowed(id) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Name is a peer's label: its hello name, else a short form of its id.
+func (b *Book) Name(p peer.ID) string {
+	if p == b.self {
+		return b.name
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if e := b.book[p]; e != nil && e.Name != "" {
+		return e.Name
+	}
+	s := p.String()
+	if len(s) > 12 {
+		return s[len(s)-8:]
+	}
+	return s
+}
+
+// Entry returns a copy of p's peer book entry.
+func (b *Book) Entry(p peer.ID) (*storepb.Peer, bool) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	e, ok := b.book[p]
+	if !ok {
+		return nil, false
+	}
+	return cloneEntry(e), true
+}
+
+// Entries lists the peer book.
+func (b *Book) Entries() []*storepb.Peer {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := make([]*storepb.Peer, 0, len(b.book))
+	for _, e := range b.book {
+		out = append(out, cloneEntry(e))
+	}
+	slices.SortFunc(out, func(x, y *storepb.Peer) int { return compareStrings(x.Name, y.Name) })
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func cloneEntry(e *storepb.Peer) *storepb.Peer {
+	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member}
+	c.Addrs = append(c.Addrs, e.Addrs...)
+	return c
+}
+
+// Lookup finds peer book entries by peer id or (case-insensitive) name,
+// for search on data type peer.
+func (b *Book) Lookup(text string) []search.PeerRecord {
+	text = strings.TrimSpace(text)
+	id, idErr := peer.Decode(text)
+	b.mu.RLock()
+	var found []*storepb.Peer
+	for p, e := range b.book {
+		if (idErr == nil && p == id) || strings.EqualFold(e.Name, text) {
+			found = append(found, cloneEntry(e))
+		}
+	}
+	b.mu.RUnlock()
+	slices.SortFunc(found, func(x, y *storepb.Peer) int { return compareStrings(string(x.Id), string(y.Id)) })
+	out := make([]search.PeerRecord, 0, len(found))
+	for _, e := range found {
+		p := peer.ID(e.Id)
+		r := search.PeerRecord{PeerID: p.String(), Name: b.Name(p), Addrs: []string{}, Roles: search.RoleNames(b, p)}
+		for _, a := range e.Addrs {
+			if m, err := ma.NewMultiaddrBytes(a); err == nil {
+				r.Addrs = append(r.Addrs, m.String())
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// SetPartner adds or removes a partner and persists the operator's choice.
+func (b *Book) SetPartner(ctx context.Context, p peer.ID, on bool) error {
+	if p == b.self {
+		return errors.New("a node cannot be its own partner")
+	}
+	err := b.st.Update(ctx, func(tx *store.Txn) error {
+		tx.SetPartner(p, on)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if on {
+		b.partners[p] = true
+	} else {
+		delete(b.partners, p)
+	}
+	b.memberList = nil
+	b.mu.Unlock()
+	return nil
+}
+
+// record notes a hello from p: a peer that presented another network is
+// refused from now on. Hello does not make a member (its signed record
+// does, see learn) and writes nothing to disk.
+func (b *Book) record(p peer.ID, h *pb.Hello) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if h.Network != b.network {
+		b.strange[p] = true
+	}
+	if e := b.book[p]; e != nil {
+		e = cloneEntry(e)
+		e.LastSeen = time.Now().Unix()
+		b.book[p] = e
+	}
+}
+
+// Block cuts p off (fault injection for tests): no connection is accepted or
+// dialed until Unblock.
+func (b *Book) Block(p peer.ID, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		b.blocked[p] = true
+	} else {
+		delete(b.blocked, p)
+	}
+}
+
+func (b *Book) refused(p peer.ID) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.blocked[p] || b.strange[p] || !b.allowed(p)
+}
+
+// Connection gater: members only (when `members` is set), never a peer that
+// presented another network, never a blocked one.
+
+func (b *Book) InterceptPeerDial(p peer.ID) bool                 { return !b.refused(p) }
+func (b *Book) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !b.refused(p) }
+func (b *Book) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
+func (b *Book) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !b.refused(p)
+}
+func (b *Book) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

@@ -1,0 +1,33 @@
+package peers
+
+import "github.com/libp2p/go-libp2p/core/peer"
+
+// Config is what this package takes of the node's configuration, parsed:
+// the node builds it from its Config once that is valid (ferry.yaml stays
+// the node's business).
+type Config struct {
+	// Name is this node's label (name), sent in hello.
+	Name string
+	// Network is the network name (network): peers that present another
+	// are refused.
+	Network string
+	// Version is Ferry's release, sent in hello and in membership records.
+	Version string
+	// Reviewer is the configured reviewer (reviewer); "" when none.
+	Reviewer peer.ID
+	// Partners are the configured partners (partners); the operator's
+	// changes, kept in the store, apply over them.
+	Partners []peer.ID
+	// Members, when set (members), are the only peers that may be members;
+	// empty: anyone who presents the network.
+	Members []peer.ID
+	// Bootstrap are the peers dialed while the node has no neighbours
+	// (bootstrap).
+	Bootstrap []peer.AddrInfo
+	// Neighbours is how many other members are kept connected
+	// (connections.neighbours).
+	Neighbours int
+	// MaxConns bounds the open connections (connections.max): above it the
+	// least needed are closed.
+	MaxConns int
+}
