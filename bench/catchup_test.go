@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -112,6 +113,8 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 		if time.Now().After(deadline) {
 			t.Fatalf("B still misses %d changes", pendingFor(t, a, "B1", "resource"))
 		}
+		// A fixed 10 ms look, not wait.For's growing pause: the end of
+		// this loop is the measured time.
 		time.Sleep(10 * time.Millisecond)
 	}
 	r.Elapsed = now() - start
@@ -143,17 +146,13 @@ func newMember(t testing.TB, rows, resources, inflight int) catchUpResult {
 	// A reviewer whose members are all away decides once it waited for
 	// one of them for its grace period (it compares decisions with a member
 	// first): wait for that.
-	waitDecide := time.Now().Add(time.Minute)
-	for {
+	wait.Until(t, time.Minute, "R decides", func() error {
 		msg, err := nc.Request("ferry.review.decide", []byte(`{"request_id":999999999,"decision":"accept"}`), 10*time.Second)
-		if err == nil && !strings.Contains(string(msg.Data), "unavailable") {
-			break
+		if err != nil || strings.Contains(string(msg.Data), "unavailable") {
+			return fmt.Errorf("%v %s", err, msgData(msg))
 		}
-		if time.Now().After(waitDecide) {
-			t.Fatalf("R never decides: %v %s", err, msgData(msg))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	begin := now()
 	pad := strings.Repeat("x", 32)
 	// Submit and decide in waves: a request's local id comes back in its reply.
@@ -213,6 +212,7 @@ func newMember(t testing.TB, rows, resources, inflight int) catchUpResult {
 		if time.Now().After(deadline) {
 			t.Fatalf("N applied %d of %d decisions; R owes it %d resources", st.DecisionApplied, rows, pendingFor(t, r, "N", "resource"))
 		}
+		// A fixed 10 ms look: the end of this loop is the measured time.
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.Elapsed = now() - start

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/ferrynet/ferry/internal/testnet"
 )
 
 const (
@@ -213,7 +215,7 @@ func (a *app) send(t testing.TB, pace time.Duration) {
 	for i := range a.n {
 		if pace > 0 {
 			if d := a.start + time.Duration(i)*pace - now(); d > 0 {
-				time.Sleep(d)
+				time.Sleep(d) // load pacing: the offered rate
 			}
 		}
 		a.sem <- struct{}{}
@@ -269,19 +271,22 @@ func waitAll(t testing.TB, a *app, cs []*counter, timeout time.Duration) {
 // that every reply was ok and every event arrived exactly once everywhere.
 func settle(t testing.TB, a *app, cs []*counter, wait time.Duration) (string, bool) {
 	t.Helper()
-	time.Sleep(wait)
+	time.Sleep(wait) // a window for late duplicates to arrive: time passing is the point
 	_ = a.sub.Drain()
 	for _, c := range cs {
 		_ = c.sub.Drain()
 	}
-	for _, c := range cs {
-		for c.sub.IsValid() {
-			time.Sleep(5 * time.Millisecond)
+	testnet.WaitFor(t, 30*time.Second, "every subscription is drained", func() bool {
+		if a.sub.IsValid() {
+			return false
 		}
-	}
-	for a.sub.IsValid() {
-		time.Sleep(5 * time.Millisecond)
-	}
+		for _, c := range cs {
+			if c.sub.IsValid() {
+				return false
+			}
+		}
+		return true
+	})
 	bad := a.ok != a.n || a.failed != 0
 	got, dups, unk := 0, 0, 0
 	for _, c := range cs {

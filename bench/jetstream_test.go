@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ferrynet/ferry/internal/testnet"
 )
 
 const (
@@ -95,13 +97,7 @@ func jetstreamSourcing(t testing.TB, n, inflight int, syncAlways bool, wait time
 		o.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: []*url.URL{u}}}
 		o.LeafNode.ReconnectInterval = 100 * time.Millisecond
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for sa.NumLeafNodes() != 1 || sb.NumLeafNodes() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("leafnode B->A did not connect")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testnet.WaitFor(t, 20*time.Second, "leafnode B->A connects", func() bool { return sa.NumLeafNodes() == 1 && sb.NumLeafNodes() == 1 })
 
 	var acked, pubErrs atomic.Int64
 	var firstErr atomic.Value
@@ -163,12 +159,8 @@ func jetstreamSourcing(t testing.TB, n, inflight int, syncAlways bool, wait time
 	if _, err := jsA.Publish(ctx, "bench.warm", make([]byte, payloadBytes)); err != nil {
 		t.Fatalf("warm-up publish: %v", err)
 	}
-	for msgs() != 1 {
-		if ctx.Err() != nil {
-			t.Fatal("warm-up message never reached DST")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	by, _ := ctx.Deadline()
+	testnet.WaitFor(t, time.Until(by), "the warm-up message reaches DST", func() bool { return msgs() == 1 })
 	acked.Store(0)
 	pubErrs.Store(0)
 
@@ -197,6 +189,8 @@ func jetstreamSourcing(t testing.TB, n, inflight int, syncAlways bool, wait time
 		if ctx.Err() != nil {
 			t.Fatalf("timed out: DST holds %d of %d", msgs()-1, n)
 		}
+		// A fixed 2 ms look, not wait.For's growing pause: the end of this
+		// loop is the measured time.
 		time.Sleep(2 * time.Millisecond)
 	}
 	elapsed := now() - start
@@ -208,7 +202,7 @@ func jetstreamSourcing(t testing.TB, n, inflight int, syncAlways bool, wait time
 	if ackedAt == 0 {
 		ackedAt = now() - start
 	}
-	time.Sleep(wait)
+	time.Sleep(wait) // a window for late duplicates to show: time passing is the point
 	got := msgs() - 1
 	si, err := jsA.Stream(ctx, "SRC")
 	if err != nil {

@@ -325,7 +325,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	for !m.poll() {
 		share.Store(m.share())
 		if time.Now().After(deadline) {
-			break
+			break // measured, not failed: the report says how far membership got
 		}
 		if rss := rssOf(os.Getpid()); rss > scaleMaxRSS() {
 			r.Members = m.share()
@@ -333,6 +333,8 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 				secs(time.Since(begin)), float64(rss)/1e9, r.Members)
 			return r
 		}
+		// A look every 100 ms (each reads every node's membership); the
+		// start-up time it measures is good to that.
 		time.Sleep(100 * time.Millisecond)
 	}
 	r.Startup = time.Since(begin)
@@ -350,10 +352,10 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	// Idle: let the start-up's tail settle, then measure.
 	rest := scaleDuration(t, "FERRY_SCALE_REST", idle/2)
 	r.Rest = rest
-	time.Sleep(rest)
+	time.Sleep(rest) // a set rest before the idle window, not an event to wait for
 	stopProf := scaleProfile(t, n, sim, "idle")
 	c0, w0 := cpuTime(), time.Now()
-	time.Sleep(idle)
+	time.Sleep(idle) // the idle window whose CPU is measured
 	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
 	stopProf()
 	t.Logf("N=%d sim=%v: connections %s", n, sim, connBreakdown(net))
@@ -424,9 +426,9 @@ func ackRows(rev *node.Node, n, decided int, wait time.Duration) string {
 			return fmt.Sprintf("yes (%d members × %s)", n-1, thousands(float64(decided)))
 		}
 		if time.Now().After(by) {
-			return "no: " + left
+			return "no: " + left // reported, not failed
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // each look reads every acknowledgement row of the reviewer
 	}
 }
 

@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/review"
 )
@@ -25,28 +28,26 @@ func connectionsPerNode(t *testing.T, net *testnet.Net) []int {
 // at the deadline it says which are missing.
 func waitFullMembership(t *testing.T, net *testnet.Net, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	wait.Until(t, timeout, "every node counts every other a member", func() error {
 		have, want := net.Membership()
 		if have == want {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			for i, id := range net.IDs {
-				var missing []int
-				for j, other := range net.IDs {
-					if i != j && !net.Node(i).IsMember(other) {
-						missing = append(missing, j)
-					}
-				}
-				if len(missing) > 0 {
-					t.Logf("node %d (%s) misses %v; connections %d", i, id, missing, len(net.Node(i).Host().Network().Conns()))
+		var b strings.Builder
+		fmt.Fprintf(&b, "membership %d of %d pairs", have, want)
+		for i, id := range net.IDs {
+			var missing []int
+			for j, other := range net.IDs {
+				if i != j && !net.Node(i).IsMember(other) {
+					missing = append(missing, j)
 				}
 			}
-			t.Fatalf("membership %d of %d pairs after %v", have, want, timeout)
+			if len(missing) > 0 {
+				fmt.Fprintf(&b, "\nnode %d (%s) misses %v; connections %d", i, id, missing, len(net.Node(i).Host().Network().Conns()))
+			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return errors.New(b.String())
+	})
 }
 
 // TestThirtyNodes: 30 real nodes (libp2p on 127.0.0.1, an embedded NATS

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -53,25 +54,16 @@ func state(t *testing.T, n *node.Node, tables ...string) string {
 func waitConverged(t *testing.T, net *testnet.Net, nodes []int, timeout time.Duration, tables ...string) string {
 	t.Helper()
 	var ref string
-	deadline := time.Now().Add(timeout)
-	for {
+	wait.Until(t, timeout, "every node holds the same state", func() error {
 		ref = state(t, net.Node(nodes[0]), tables...)
-		same := true
 		for _, i := range nodes[1:] {
 			if got := state(t, net.Node(i), tables...); got != ref {
-				same = false
-				if time.Now().After(deadline) {
-					t.Fatalf("timed out after %v waiting until every node holds the same state: node %d differs from node %d: %s",
-						timeout, i, nodes[0], stateDiff(ref, got))
-				}
-				break
+				return fmt.Errorf("node %d differs from node %d: %s", i, nodes[0], stateDiff(ref, got))
 			}
 		}
-		if same {
-			return ref
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return ref
 }
 
 // stateDiff names what one state holds that the other does not (a few lines).

@@ -119,7 +119,7 @@ func sendAllPad(t *testing.T, nc *nats.Conn, prefix string, total, workers, pad 
 						mu.Unlock()
 						return
 					}
-					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
+					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond) // the app's retry pause (load pacing)
 				}
 			}
 		}()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/proc"
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -128,16 +129,13 @@ func release(t *testing.T, filler string) {
 func waitHealthz(t *testing.T, a *proc.Node, code int, want string, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for {
-		c, body := a.Healthz()
-		if c == code && strings.Contains(body, want) {
-			return time.Since(start)
+	wait.Until(t, timeout, fmt.Sprintf("/healthz is %d with %q", code, want), func() error {
+		if c, body := a.Healthz(); c != code || !strings.Contains(body, want) {
+			return fmt.Errorf("/healthz is %d %q", c, body)
 		}
-		if time.Since(start) > timeout {
-			t.Fatalf("/healthz is %d %q after %v, want %d with %q", c, body, timeout, code, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return time.Since(start)
 }
 
 // waitWrite waits until a create succeeds.
@@ -146,17 +144,15 @@ func waitWrite(t *testing.T, a *proc.Node, id string, tl *tally, timeout time.Du
 	nc := connect(t, a.NATSURL())
 	defer nc.Close()
 	start := time.Now()
-	for {
+	wait.Until(t, timeout, "a write succeeds after space was freed", func() error {
 		o, r := request(nc, createMsg(id, 64, id), 5*time.Second)
-		if o == okReply {
-			tl.add(id, o, r)
-			return time.Since(start)
+		if o != okReply {
+			return fmt.Errorf("%v %+v", o, r.Error)
 		}
-		if time.Since(start) > timeout {
-			t.Fatalf("no write succeeds %v after space was freed: %v %+v", timeout, o, r.Error)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		tl.add(id, o, r)
+		return nil
+	})
+	return time.Since(start)
 }
 
 // TestDiskFullAndFreed puts a node's home on a small file system and fills
@@ -233,22 +229,17 @@ func TestDiskFullAndFreed(t *testing.T) {
 		case 1:
 			fill(t, dir, filler, 0)
 			start := time.Now()
-			var took time.Duration
-			for {
+			wait.Until(t, 30*time.Second, fmt.Sprintf("cycle %d: a full disk: the node says 503 or exits", cycle), func() error {
 				if !a.Running() {
 					exited = true
-					took = time.Since(start)
-					break
+					return nil
 				}
-				if c, body := a.Healthz(); c == 503 && (strings.Contains(body, "disk") || strings.Contains(body, "no space")) {
-					took = time.Since(start)
-					break
+				if c, body := a.Healthz(); c != 503 || !strings.Contains(body, "disk") && !strings.Contains(body, "no space") {
+					return fmt.Errorf("/healthz is %d %q", c, body)
 				}
-				if time.Since(start) > 30*time.Second {
-					t.Fatalf("cycle %d: a full disk: the node neither says 503 nor exits within 30s", cycle)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+				return nil
+			})
+			took := time.Since(start)
 			if !exited {
 				// It refuses writes; it may still exit if Pebble hits ENOSPC.
 				select {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/store"
 )
@@ -82,19 +83,18 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 		// Space exists: the node takes writes and stays up (a node whose
 		// recovery cannot finish on this disk exits here: issue 16).
 		before := len(tl.ackedIDs())
-		deadline := time.Now().Add(60 * time.Second)
-		for len(tl.ackedIDs()) < before+perCycle {
+		wait.Until(t, 60*time.Second, fmt.Sprintf("cycle %d: %d writes are acknowledged", cycle, perCycle), func() error {
 			if !a.Running() {
 				cancel()
 				wg.Wait()
 				t.Fatalf("cycle %d: the node exited with %.1f MiB free after %d writes: %q\n%s", cycle,
 					float64(freeBytes(t, dir))/(1<<20), len(tl.ackedIDs())-before, lastLine(a.StderrAll()), listDir(filepath.Join(home, "data")))
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("cycle %d: %d writes in 60s with %.1f MiB free: %s", cycle, len(tl.ackedIDs())-before, float64(freeBytes(t, dir))/(1<<20), tl)
+			if n := len(tl.ackedIDs()) - before; n < perCycle {
+				return fmt.Errorf("%d writes with %.1f MiB free: %s", n, float64(freeBytes(t, dir))/(1<<20), tl)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		fill(t, dir, filler, 0)
 		// The disk is full: the node's next WAL finds no room and it exits
 		// on ENOSPC (within a few memtables of writes). If it has not
@@ -102,7 +102,7 @@ func TestDiskFullNoReserveLoop(t *testing.T) {
 		// It writes at most fullWrites more, so that the store stays well
 		// inside the file system over all the cycles.
 		how := ""
-		deadline = time.Now().Add(15 * time.Second)
+		deadline := time.Now().Add(15 * time.Second)
 		for how == "" && len(tl.ackedIDs()) < before+perCycle+fullWrites && time.Now().Before(deadline) {
 			select {
 			case <-a.Exited():

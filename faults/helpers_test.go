@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
@@ -227,8 +228,7 @@ func resourceRows(t *testing.T, n *proc.Node) map[string]resourceRow {
 // holdsAll waits until n holds every acknowledged id.
 func holdsAll(t *testing.T, n *proc.Node, acked map[string]uint64, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	wait.Until(t, timeout, n.Name()+" holds every acknowledged create", func() error {
 		have := resources(t, n)
 		var missing []string
 		for id := range acked {
@@ -236,14 +236,11 @@ func holdsAll(t *testing.T, n *proc.Node, acked map[string]uint64, timeout time.
 				missing = append(missing, id)
 			}
 		}
-		if len(missing) == 0 {
-			return
+		if len(missing) > 0 {
+			return fmt.Errorf("%s misses %d of %d, e.g. %v", n.Name(), len(missing), len(acked), missing[:min(5, len(missing))])
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s misses %d of %d acknowledged creates after %v, e.g. %v", n.Name(), len(missing), len(acked), timeout, missing[:min(5, len(missing))])
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ferrynet/ferry/internal/proc"
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 // The segment log of issue 18, point 6, as these tests see it from outside:
@@ -404,6 +405,8 @@ func killAndTear(ctx context.Context, n *proc.Node, kind string, atSeal bool) (*
 			if ctx.Err() != nil || time.Now().After(deadline) {
 				return nil, fmt.Errorf("no new segment file within 30s of load (%d files)", len(segs))
 			}
+			// 1 ms looks, to kill as close to the seal as can be (on the
+			// crasher's goroutine: an error, not a test failure).
 			time.Sleep(time.Millisecond)
 		}
 		how = "SIGKILL as a segment was sealed"
@@ -1023,24 +1026,25 @@ func startWith(t *testing.T, bin string, n *proc.Node) *child {
 		}
 	})
 	natsAddr := strings.TrimPrefix(n.NATSURL(), "nats://")
-	deadline := time.Now().Add(proc.ReadyTimeout)
-	for {
+	// (At a timeout the cleanup above logs the child's stderr.)
+	wait.Until(t, proc.ReadyTimeout, n.Name()+" (previous release) is ready", func() error {
 		select {
 		case <-c.exited:
 			t.Fatalf("%s (previous release) exited with %d while starting:\n%s", n.Name(), c.code, c.stderr())
 		default:
 		}
-		if hc, _ := n.Healthz(); hc == 200 || hc == 503 {
-			if conn, err := net.DialTimeout("tcp", natsAddr, time.Second); err == nil {
-				_ = conn.Close()
-				return c
-			}
+		hc, _ := n.Healthz()
+		if hc != 200 && hc != 503 {
+			return fmt.Errorf("/healthz %d", hc)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s (previous release) not ready within %v:\n%s", n.Name(), proc.ReadyTimeout, c.stderr())
+		conn, err := net.DialTimeout("tcp", natsAddr, time.Second)
+		if err != nil {
+			return err
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		_ = conn.Close()
+		return nil
+	})
+	return c
 }
 
 // term stops the child with SIGTERM and returns its exit code; the test

@@ -219,7 +219,7 @@ func retryUnavailable(t *testing.T, nc *nats.Conn, m *nats.Msg) (outcome, reply)
 		if !busy || time.Now().After(deadline) {
 			return o, r
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // a retry's pause, as an app's; the caller judges the last answer
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -52,14 +53,15 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		wg := load(ctx, app, 64, 256, fmt.Sprintf("c%d", cycle), 25*time.Second, tl)
 		// Let the load run, then stop the node in the middle of it.
 		before := tl.count(okReply)
-		deadline := time.Now().Add(30 * time.Second)
-		for tl.count(okReply) < before+500 {
-			if time.Now().After(deadline) {
-				cancel()
-				t.Fatalf("cycle %d: the load does not advance: %s", cycle, tl)
+		t.Cleanup(cancel) // the load stops if the wait fails
+		wait.Until(t, 30*time.Second, fmt.Sprintf("cycle %d: the load advances by 500 creates", cycle), func() error {
+			if tl.count(okReply) < before+500 {
+				return fmt.Errorf("%s", tl)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
+		// A random point of the load, not an event to wait for: the stop
+		// lands anywhere in the next half second of creates.
 		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
 		start := time.Now()
 		code := a.Term(40 * time.Second)

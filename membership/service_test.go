@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 // started is a membership service on a real host on 127.0.0.1 with its own
@@ -138,10 +140,7 @@ func TestPullPushesBack(t *testing.T) {
 	}
 	// B takes the pushed pages on its handler's goroutine, which may still
 	// run when Pull returns.
-	deadline := time.Now().Add(10 * time.Second)
-	for b.svc.Known() < 5 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, 10*time.Second, "B holds five records", func() bool { return b.svc.Known() >= 5 })
 	if a.svc.Known() != 5 || b.svc.Known() != 5 {
 		t.Fatalf("after one pull A holds %d records and B %d; want 5 each", a.svc.Known(), b.svc.Known())
 	}
@@ -162,11 +161,7 @@ func TestNewRecordIsGossiped(t *testing.T) {
 		}
 		return sum
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for gossiped() == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if gossiped() == 0 {
-		t.Fatal("B received no record on the members topic within 15 s: A published its record before the topic had a peer and never again")
-	}
+	// If this times out, A published its record before the topic had a
+	// peer and never again.
+	wait.For(t, 15*time.Second, "B receives a record on the members topic", func() bool { return gossiped() > 0 })
 }

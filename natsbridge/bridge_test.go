@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -123,9 +124,14 @@ func TestRequestReply(t *testing.T) {
 	if a := ask(t, nc, &nats.Msg{Subject: "px.echo", Data: []byte(`{}`)}); !a.OK {
 		t.Fatalf("after a panic: %+v", a)
 	}
-	if b.InFlight() != 0 {
-		t.Fatalf("%d requests in flight after every answer", b.InFlight())
-	}
+	// A request is counted done once its reply is published, which may be
+	// after the app read the reply.
+	wait.Until(t, 5*time.Second, "no request is in flight after every answer", func() error {
+		if n := b.InFlight(); n != 0 {
+			return fmt.Errorf("%d in flight", n)
+		}
+		return nil
+	})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -216,26 +222,23 @@ func TestDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for b.InFlight() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d requests taken", b.InFlight(), n)
+	wait.Until(t, 5*time.Second, "every request is taken", func() error {
+		if got := b.InFlight(); got < n {
+			return fmt.Errorf("%d of %d requests taken", got, n)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 	drained := make(chan error, 1)
 	go func() { drained <- b.Drain(context.Background()) }()
 	// New requests are not taken.
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		_, err := nc.Request("ferry.slow", []byte("late"), time.Second)
-		if errors.Is(err, nats.ErrNoResponders) {
-			break
+	wait.Until(t, 5*time.Second, "a request after Drain finds no responders", func() error {
+		if _, err := nc.Request("ferry.slow", []byte("late"), time.Second); !errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("a request after Drain: %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a request after Drain: %v, want no responders", err)
-		}
-	}
+		return nil
+	})
+	// Drain must not return while requests are held: give it 100 ms to
+	// (wrongly) return.
 	select {
 	case err := <-drained:
 		t.Fatalf("Drain returned (%v) with %d requests unanswered", err, b.InFlight())
@@ -272,13 +275,7 @@ func TestDrain(t *testing.T) {
 	if err := nc2.PublishRequest("ferry.stuck", nats.NewInbox(), nil); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for b2.InFlight() < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the request was not taken")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.For(t, 5*time.Second, "the request is taken", func() bool { return b2.InFlight() >= 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := b2.Drain(ctx); err == nil || !strings.Contains(err.Error(), "1 requests not answered") {
@@ -334,30 +331,31 @@ func TestReconnectToExternalServer(t *testing.T) {
 	}
 	srv.Shutdown()
 	srv.WaitForShutdown()
-	deadline := time.Now().Add(10 * time.Second)
-	for h := b.Health(); h.OK; h = b.Health() {
-		if time.Now().After(deadline) {
-			t.Fatalf("health still ok with the server down: %+v", h)
+	wait.Until(t, 10*time.Second, "health is not ok with the server down", func() error {
+		if h := b.Health(); h.OK {
+			return fmt.Errorf("health %+v", h)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if h := b.Health(); !strings.Contains(h.Reason, "reconnecting") && !strings.Contains(h.Reason, "nats connection") {
 		t.Fatalf("health with the server down: %+v", h)
 	}
 	srv = runServer(t, port)
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	deadline = time.Now().Add(15 * time.Second)
-	for {
-		if h := b.Health(); h.OK && nc.IsConnected() {
-			if r, err := nc.Request("ferry.echo", []byte(`{"n":2}`), time.Second); err == nil && strings.Contains(string(r.Data), `"ok":true`) {
-				break
-			}
+	wait.Until(t, 15*time.Second, "the bridge serves again after the server came back", func() error {
+		h := b.Health()
+		if !h.OK || !nc.IsConnected() {
+			return fmt.Errorf("health %+v, app connected %v", h, nc.IsConnected())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not serving 15s after the server came back: %+v", b.Health())
+		r, err := nc.Request("ferry.echo", []byte(`{"n":2}`), time.Second)
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if !strings.Contains(string(r.Data), `"ok":true`) {
+			return fmt.Errorf("answer %s", r.Data)
+		}
+		return nil
+	})
 	b.Close()
 	nc.Close()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/vfs/errorfs"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 // sizedFS reports the free space a test sets.
@@ -57,20 +58,18 @@ func TestDiskLowRefusesWritesAndRecovers(t *testing.T) {
 	fs.free.Store(10 << 20)
 	// The free space is read at most every freeCheckEvery: commit until the
 	// store notices.
-	deadline := time.Now().Add(5 * time.Second)
-	for i := 0; ; i++ {
+	i := 0
+	wait.For(t, 5*time.Second, "a commit below the reserve is refused", func() bool {
 		name := fmt.Sprintf("b%d", i)
-		err = setAux(ctx, s, name)
-		if err != nil {
-			if _, err := s.Aux(name); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("a refused commit was written: %v", err)
-			}
-			break
+		i++
+		if err = setAux(ctx, s, name); err == nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("commits below the reserve are still taken after 5s")
+		if _, err := s.Aux(name); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a refused commit was written: %v", err)
 		}
-	}
+		return true
+	})
 	if !errors.Is(err, ErrDiskLow) || !errors.Is(err, ferry.ErrUnavailable) || !strings.Contains(err.Error(), "unavailable: disk almost full") {
 		t.Fatalf("commit below the reserve: %v, want unavailable: disk almost full", err)
 	}
@@ -121,14 +120,13 @@ func TestStallIsReported(t *testing.T) {
 	// The writer runs transactions: one that blocks holds every commit.
 	s.Submit(context.Background(), func(*Txn) error { <-release; return nil }, func(err error) { done <- err })
 	s.Submit(context.Background(), func(tx *Txn) error { tx.SetAux("x", nil); return nil }, func(err error) { done <- err })
-	deadline := time.Now().Add(5 * time.Second)
 	var h Health
-	for h = s.Health(); !h.Stalled; h = s.Health() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no stall reported: %+v", h)
+	wait.Until(t, 5*time.Second, "a stall is reported", func() error {
+		if h = s.Health(); !h.Stalled {
+			return fmt.Errorf("health %+v", h)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if h.OK || !strings.Contains(h.Reason, "store stalled") || h.Queued != 2 {
 		t.Fatalf("stalled health: %+v", h)
 	}
@@ -140,13 +138,12 @@ func TestStallIsReported(t *testing.T) {
 	}
 	// The callbacks run before the completer marks the round done: wait
 	// for the mark, with a deadline.
-	deadline = time.Now().Add(5 * time.Second)
-	for h = s.Health(); !h.OK || h.Queued != 0 || h.LastCommit.IsZero(); h = s.Health() {
-		if time.Now().After(deadline) {
-			t.Fatalf("health after the stall: %+v", h)
+	wait.Until(t, 5*time.Second, "the store is healthy after the stall", func() error {
+		if h = s.Health(); !h.OK || h.Queued != 0 || h.LastCommit.IsZero() {
+			return fmt.Errorf("health %+v", h)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestDiskFullFailsStoreAndLosesNothing fills the disk under Pebble (every
@@ -208,20 +205,25 @@ func TestDiskFullFailsStoreAndLosesNothing(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// The disk fills while the writers commit, after some commits were
+	// answered ok (those must be there after the reopening).
+	wait.For(t, 5*time.Second, "the writers have commits answered ok", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 8
+	})
 	full.Store(true)
-	deadline := time.Now().Add(5 * time.Second)
-	for h := s.Health(); !h.Failed; h = s.Health() {
+	wait.Until(t, 5*time.Second, "the store fails on a full disk", func() error {
 		select {
 		case err := <-fatal:
 			t.Logf("pebble fatal: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the store did not fail within 5s of a full disk: %+v", h)
+		if h := s.Health(); !h.Failed {
+			return fmt.Errorf("health %+v", h)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	h := s.Health()
 	if h.OK || !strings.Contains(h.Reason, "no space left on device") && !strings.Contains(h.Reason, "disk full") {
 		t.Fatalf("failed health: %+v", h)

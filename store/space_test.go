@@ -15,6 +15,8 @@ import (
 
 	"github.com/cockroachdb/pebble/vfs"
 	"github.com/cockroachdb/pebble/vfs/errorfs"
+
+	"github.com/ferrynet/ferry/internal/wait"
 )
 
 // TestCompactionOutOfSpaceWaits: a compaction that meets ENOSPC does not
@@ -67,13 +69,12 @@ func TestCompactionOutOfSpaceWaits(t *testing.T) {
 	// Space is freed: compactions resume (Health looks at most every compactResumeEvery).
 	sstFull.Store(false)
 	fs.free.Store(1 << 40)
-	deadline := time.Now().Add(10 * time.Second)
-	for h = s.Health(); h.CompactionsWait != ""; h = s.Health() {
-		if time.Now().After(deadline) {
-			t.Fatalf("compactions still wait 10s after space was freed: %+v", h)
+	wait.Until(t, 10*time.Second, "compactions resume after space was freed", func() error {
+		if h := s.Health(); h.CompactionsWait != "" {
+			return fmt.Errorf("health %+v", h)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if err := s.db.Compact([]byte{0}, []byte{0xff}, false); err != nil {
 		t.Fatalf("a compaction once space is free: %v", err)
 	}
@@ -103,19 +104,14 @@ func TestNoWALRecycling(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.Until(t, 5*time.Second, "after 5 flushes no WAL file is recycled and one is on disk", func() error {
 		m := s.db.Metrics()
 		logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
-		if m.WAL.ObsoleteFiles == 0 && len(logs) == 1 {
-			break
+		if m.WAL.ObsoleteFiles != 0 || len(logs) != 1 {
+			return fmt.Errorf("%d recycled WAL files (%d bytes), WAL files on disk %v", m.WAL.ObsoleteFiles, m.WAL.ObsoletePhysicalSize, logs)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 5 flushes: %d recycled WAL files (%d bytes), WAL files on disk %v; want none recycled, one on disk",
-				m.WAL.ObsoleteFiles, m.WAL.ObsoletePhysicalSize, logs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestReleaseWALSpace: the blocks preallocated past the end of a stopped

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/protocols"
@@ -218,12 +219,17 @@ func TestResendsAfterACutLinkOnce(t *testing.T) {
 	p := newPair(t, &recorder{})
 	want := p.commit(500, 100)
 	wait.For(t, waitTimeout, "B applied some", func() bool { return len(p.rec.versions()) >= 100 })
+	failures := testutil.ToFloat64(p.snd.m.failures)
 	if err := p.mn.UnlinkPeers(p.a.id, p.b.id); err != nil {
 		t.Fatal(err)
 	}
 	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
 	want = append(want, p.commit(2000, 500)...)
-	time.Sleep(50 * time.Millisecond) // let the sender fail and back off
+	// The relink comes after A counted the cut as a failure (a stream reset
+	// with batches in flight, or an open that found no link). (Not its
+	// LastError: on a mocknet a stream opened as the connection closes may
+	// go on carrying batches, and their answers clear it.)
+	wait.For(t, waitTimeout, "A counted a failed delivery to B", func() bool { return testutil.ToFloat64(p.snd.m.failures) > failures })
 	if _, err := p.mn.LinkPeers(p.a.id, p.b.id); err != nil {
 		t.Fatal(err)
 	}
