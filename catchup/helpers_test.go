@@ -109,6 +109,7 @@ type entry struct {
 // the change appended to the log.
 type resources struct {
 	st     *store.Store
+	own    *own // own changes recovered go back through it
 	mu     sync.Mutex
 	got    []entry
 	reject func(v uint64) bool
@@ -172,7 +173,8 @@ func (f *resources) reset() {
 // is filled; Held and Applied read the same counters. Its snapshot side
 // serves the chunks a test gives it and records the chunks it applies.
 type decisions struct {
-	st *store.Store
+	st  *store.Store
+	own *own // own changes recovered go back through it
 
 	mu     sync.Mutex
 	got    []entry
@@ -378,6 +380,14 @@ func (f *own) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	return true, nil
 }
 
+func (f *resources) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
+	return f.own.RecoverOwn(tx, in)
+}
+
+func (f *decisions) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
+	return f.own.RecoverOwn(tx, in)
+}
+
 func (f *own) RecoverFrom() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -511,12 +521,13 @@ func (x *testNet) node(opts ...func(*Deps)) *node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
+	o := &own{}
 	n := &node{t: t, key: key, id: id, host: h, st: st, roles: &roles{self: id},
-		res: &resources{st: st}, dec: &decisions{st: st}, own: &own{}, logs: &logs{}}
+		res: &resources{st: st, own: o}, dec: &decisions{st: st, own: o}, own: o, logs: &logs{}}
 	d := Deps{Host: h, Store: st, Verifier: protocols.NewVerifier(), Signer: key, Roles: n.roles,
 		Resources: n.res, Decisions: n.dec, Own: n.own, Logger: slog.New(logHandler{l: n.logs})}
-	for _, o := range opts {
-		o(&d)
+	for _, opt := range opts {
+		opt(&d)
 	}
 	if n.svc, err = New(d); err != nil {
 		t.Fatal(err)

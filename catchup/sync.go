@@ -69,6 +69,9 @@ type Roles interface {
 type Resources interface {
 	ApplyChange(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error)
 	Held(origin peer.ID) (uint64, error)
+	// RecoverOwn puts back one of this node's own resource changes that a
+	// peer held and this node lost; it reports whether it was missing.
+	RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error)
 }
 
 // Decisions applies reviewer decisions and snapshots, and serves
@@ -81,12 +84,16 @@ type Decisions interface {
 	ServeSnapshot(ctx context.Context, emit func(*pb.SnapshotChunk) error) error
 	ApplySnapshotChunk(tx *store.Txn, c *pb.SnapshotChunk, reviewer peer.ID) error
 	SnapshotDone(reviewer peer.ID, err error)
+	// RecoverOwn puts back one of this node's own review requests or
+	// decisions that a peer held and this node lost.
+	RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error)
 }
 
-// Own puts back this node's own changes that a peer held and this node
-// lost; it reports whether the change was missing.
+// Own is what a node restored from an older copy does with the own changes
+// a peer held and it lost (Restore): where it asks from, and what it does
+// when a recovery ended; the changes themselves go back through
+// Resources.RecoverOwn and Decisions.RecoverOwn.
 type Own interface {
-	RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error)
 	// RecoverFrom is the version after which this node asks for its own
 	// changes (the last it held when it started).
 	RecoverFrom() uint64
@@ -562,7 +569,11 @@ func (s *Service) apply(j job, envs []*pb.Envelope) (int, error) {
 		apply = s.d.Resources.ApplyChange
 	case pb.SyncRequest_WHAT_OWN:
 		apply = func(tx *store.Txn, in *stream.Inbound) (pb.AckStatus, error) {
-			missing, err := s.d.Own.RecoverOwn(tx, in)
+			recover := s.d.Resources.RecoverOwn
+			if k := in.Body.Kind; k == pb.Kind_KIND_REVIEW_REQUEST || k == pb.Kind_KIND_REVIEW_DECISION {
+				recover = s.d.Decisions.RecoverOwn
+			}
+			missing, err := recover(tx, in)
 			if err == nil && !missing {
 				return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 			}

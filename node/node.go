@@ -30,7 +30,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ferrynet/ferry/catchup"
-	"github.com/ferrynet/ferry/internal/gate"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
@@ -154,8 +153,7 @@ type Node struct {
 	running   atomic.Bool // Start finished
 	draining  atomic.Bool // Close began
 	startedAt time.Time
-	restore   restoreState
-	ownWrites *gate.Gate // own writes wait at start for a partner's word (restore.go)
+	restore   *catchup.Restore // a store that may be an older copy: own writes, recovery, the decide gate
 	admin     *http.Server
 	adminAddr string
 
@@ -231,14 +229,6 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.st, err = store.Open(home.DataPath(), so); err != nil {
 		return nil, err
 	}
-	n.restore.from, n.restore.warned = n.st.DurableVersion(), map[peer.ID]bool{}
-	if m, ok, err := n.st.Repair(); err != nil {
-		return nil, fmt.Errorf("store: %w", err)
-	} else if ok {
-		n.restore.repair = &m
-		log.Warn("the store was rebuilt after a corruption: taking this node's own changes back from the first partner that connects",
-			"own_changes_after", m.OwnFrom, "damaged_copy", m.Damaged)
-	}
 	pcfg := peersConfig(cfg)
 	if n.book, err = peers.NewBook(peers.BookDeps{Config: pcfg, Self: id, Store: n.st, Logger: log.With("component", "peers")}); err != nil {
 		return nil, err
@@ -268,16 +258,18 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	pub := n.bridge
-	if n.ownWrites, err = n.newOwnWritesGate(); err != nil {
-		return nil, err
-	}
 	// Each component is built once, complete, after what it needs: the
 	// services write to the log, and what delivers changes (the stream
 	// sender, gossip of decisions) follows the log (store.Follow); review
-	// asks catch-up for work through catch-up's queue (catchup.Jobs).
+	// and the restore guard ask catch-up for work through its queue
+	// (catchup.Jobs).
 	jobs := catchup.NewJobs()
+	if n.restore, err = catchup.NewRestore(catchup.RestoreDeps{Store: n.st, Self: id, Roles: n.book, Jobs: jobs,
+		TrustStore: cfg.TrustStore, Context: ctx, Group: &n.g, Logger: log}); err != nil {
+		return nil, err
+	}
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs, Tracer: n.feed,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.decideReady})
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.restore.Ready})
 	holds, err := propagate.LoadPlannerHolds(n.st)
 	if err != nil {
 		return nil, err
@@ -285,7 +277,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	sndo := o.Sender
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 	sndo.Hold = holds.Hold
-	sndo.OnAhead = n.ahead
+	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
 	sndo.OnAcked = n.feed.Acked
 	sndo.Logger = log.With("component", "sender")
@@ -305,12 +297,12 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Streams: n.sender, Holds: holds, Publisher: pub,
-		Searcher: n.search, Tracer: n.feed, Gate: n.ownWrites, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
+		Searcher: n.search, Tracer: n.feed, Gate: n.restore.Writes(), MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {
 		return nil, err
 	}
 	n.catchup, err = catchup.New(catchup.Deps{Host: n.host, Store: n.st, Verifier: n.verifier, Signer: key, Roles: n.book,
-		Resources: n.prop, Decisions: n.review, Own: n, Jobs: jobs, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
+		Resources: n.prop, Decisions: n.review, Own: n.restore, Jobs: jobs, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Period: o.SyncPeriod,
 		Logger: log.With("component", "sync"), Registerer: n.reg})
 	if err != nil {
 		return nil, err
@@ -337,7 +329,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.hello = peers.NewHello(peers.HelloDeps{Config: pcfg, Host: n.host, Book: n.book, Gate: n.gate, Members: n.members,
-		Holds: n.holdsOf, OnHolds: n.peerHolds, OnMember: n.metMember, Group: &n.g, Logger: log.With("component", "hello")})
+		Holds: n.restore.HoldsOf, OnHolds: n.peerHolds, OnMember: n.metMember, Group: &n.g, Logger: log.With("component", "hello")})
 	if n.connectivity, err = peers.NewKeeper(peers.KeeperDeps{Config: pcfg, Host: n.host, DHT: n.dht, Book: n.book, Gate: n.gate,
 		Hello: n.hello, Period: o.DiscoveryPeriod, Group: &n.g, Registerer: n.reg, Logger: log}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
@@ -484,8 +476,8 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.quitting.Store(true)
 		n.draining.Store(true)
-		if n.ownWrites != nil {
-			n.ownWrites.Close() // held writes are answered before the drain waits for them
+		if n.restore != nil {
+			n.restore.Writes().Close() // held writes are answered before the drain waits for them
 		}
 		var errs []error
 		if n.bridge != nil {

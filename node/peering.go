@@ -45,6 +45,15 @@ func (n *Node) metMember(p peer.ID) {
 	n.catchup.Connected(p)
 }
 
+// peerHolds hears, in hello, how far p holds this node's changes: the
+// restore guard checks it against the store, and a receiver that holds
+// less than it acknowledged gets it again.
+func (n *Node) peerHolds(p peer.ID, v uint64) {
+	if n.restore.PeerHolds(p, v) {
+		n.sender.HoldsAtMost(p, v)
+	}
+}
+
 // MembersKnown is the number of members with a signed record held, this
 // node included.
 func (n *Node) MembersKnown() int { return n.members.Known() }
