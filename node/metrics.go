@@ -34,7 +34,7 @@ type nodeMetrics struct {
 	build     *prometheus.GaugeVec
 }
 
-func newNodeMetrics(n *Node) (*nodeMetrics, error) {
+func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 	m := &nodeMetrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "review", Name: "decisions_total",
 			Help: "Decisions made on this node (the reviewer), by outcome: accepted, edited, rejected, or refused (the decision was not taken)."},
@@ -46,8 +46,8 @@ func newNodeMetrics(n *Node) (*nodeMetrics, error) {
 		m.decisions.WithLabelValues(o)
 	}
 	m.build.WithLabelValues(Version, BuildRevision(), runtime.Version()).Set(1)
-	for _, c := range []prometheus.Collector{m.decisions, m.build, &stateCollector{n: n}} {
-		if err := n.reg.Register(c); err != nil {
+	for _, c := range []prometheus.Collector{m.decisions, m.build} {
+		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
@@ -108,7 +108,8 @@ var (
 		"1 on the reviewer, 0 elsewhere.", nil, nil)
 )
 
-// stateCollector computes the state gauges at scrape time.
+// stateCollector computes the state gauges at scrape time; it is
+// registered once every component it reads is built (the end of New).
 type stateCollector struct{ n *Node }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -207,7 +207,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err := promreg.Register(n.reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return nil, err
 	}
-	if n.metrics, err = newNodeMetrics(n); err != nil {
+	if n.metrics, err = newNodeMetrics(n.reg); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 
@@ -332,6 +332,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		Holds: n.restore.HoldsOf, OnHolds: n.peerHolds, OnMember: n.metMember, Group: &n.g, Logger: log.With("component", "hello")})
 	if n.connectivity, err = peers.NewKeeper(peers.KeeperDeps{Config: pcfg, Host: n.host, DHT: n.dht, Book: n.book, Gate: n.gate,
 		Hello: n.hello, Period: o.DiscoveryPeriod, Group: &n.g, Registerer: n.reg, Logger: log}); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err := n.reg.Register(&stateCollector{n: n}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	return n, nil
