@@ -497,7 +497,7 @@ type Status struct {
 	PeersUp         int       `json:"peers_up"`   // known peers connected now
 	PeersDown       int       `json:"peers_down"` // known peers not connected
 	LastCatchUp     time.Time `json:"last_catch_up,omitzero"`
-	// Health is what /healthz and /readyz report (health.go).
+	// Health is what /healthz and /readyz report (Node.Health).
 	Health HealthReport `json:"health"`
 }
 

@@ -95,7 +95,6 @@ type Server struct {
 	review  *review.Service
 	catchup *catchup.Service
 	search  *search.Service
-	feed    *Feed
 	hub     *eventHub
 	reg     *prometheus.Registry
 	ctx     context.Context
@@ -121,7 +120,7 @@ type Server struct {
 // Nothing listens until Start.
 func New(d Deps) (*Server, error) {
 	srv := &Server{node: d.Node, host: d.Host, id: d.Host.ID(), st: d.Store, book: d.Book, nats: d.NATS, sender: d.Sender,
-		prop: d.Propagate, review: d.Review, catchup: d.CatchUp, search: d.Search, feed: d.Feed, hub: d.Feed.hub,
+		prop: d.Propagate, review: d.Review, catchup: d.CatchUp, search: d.Search, hub: d.Feed.hub,
 		reg: d.Registry, ctx: d.Ctx, g: d.Group, log: d.Logger, name: d.Name, network: d.Network, version: d.Version,
 		natsPrefix: d.NATSPrefix, listen: d.Listen, token: d.Token, dir: d.Dir, dataPath: d.DataPath,
 		maxMessageBytes: d.MaxMessageBytes, quit: make(chan struct{})}
