@@ -3,6 +3,7 @@ package node
 import (
 	"time"
 
+	"github.com/ferrynet/ferry/admin"
 	"github.com/ferrynet/ferry/natsbridge"
 )
 
@@ -12,7 +13,7 @@ const (
 	// MsgIDHeader is the NATS header JetStream apps already send.
 	MsgIDHeader = natsbridge.MsgIDHeader
 	// IdempotencyKeyHeader is the admin API's header.
-	IdempotencyKeyHeader = "Idempotency-Key"
+	IdempotencyKeyHeader = admin.IdempotencyKeyHeader
 	// expireBatch keys are forgotten per commit.
 	expireBatch = 10000
 )

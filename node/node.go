@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"strconv"
 	"sync"
@@ -29,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ferrynet/ferry/admin"
 	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
@@ -123,9 +123,6 @@ type Node struct {
 	host   host.Host
 	dht    *dht.IpfsDHT
 	gossip *pubsub.PubSub // one gossipsub router, shared by the services that gossip
-	// lastGone holds when each peer's last connection closed (peer.ID ->
-	// time.Time): its last seen time while it is away (PeerInfos).
-	lastGone sync.Map
 	// The peer side (package peers): the peer book, the admission gate
 	// (streams admitted at open; each connection's hello), hello, and the
 	// keeper of bounded connections, which runs discovery.
@@ -154,16 +151,13 @@ type Node struct {
 	draining  atomic.Bool // Close began
 	startedAt time.Time
 	restore   *catchup.Restore // a store that may be an older copy: own writes, recovery, the decide gate
-	admin     *http.Server
-	adminAddr string
 
-	// For operators: the event feed (events.go) and metrics (metrics.go).
+	// For operators: the event feed, the services' tracer (package admin),
+	// the admin API (built last) and metrics (metrics.go).
 	quitting  *atomic.Bool // set when Close begins (quiets the logs)
-	events    *eventHub
-	feed      *feed // the services' tracer (events.go)
+	feed      *admin.Feed
+	admin     *admin.Server
 	metrics   *nodeMetrics
-	adminQuit chan struct{} // closed when the admin API stops: ends event streams
-	rates     rateBook      // delivery rates per receiver, for the console (rates.go)
 	fatal     chan error
 	fatalOnce sync.Once
 }
@@ -197,8 +191,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	log = slog.New(newQuietHandler(log.Handler(), quitting)).With("node", cfg.Name)
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, home: home, opts: o, log: log, key: key, id: id, reg: prometheus.NewRegistry(),
-		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel, fatal: make(chan error, 1),
-		events: newEventHub(), adminQuit: make(chan struct{}), quitting: quitting}
+		verifier: protocols.NewVerifier(), ctx: ctx, cancel: cancel, fatal: make(chan error, 1), quitting: quitting}
 	defer func() {
 		if err != nil {
 			_ = n.Close()
@@ -249,8 +242,8 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	// What operators see of the services comes from the tracer each is
-	// given (events.go), not from wrapping their calls.
-	n.feed = &feed{hub: n.events, st: n.st, names: n.book, decisions: n.metrics.decisions, onAcked: o.Sender.OnAcked}
+	// given (admin/events.go), not from wrapping their calls.
+	n.feed = admin.NewFeed(admin.FeedDeps{Store: n.st, Names: n.book, Decisions: n.metrics.decisions, OnAcked: o.Sender.OnAcked})
 	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
 		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
 		Logger: log.With("component", "nats"), Registerer: n.reg, Tracer: n.feed})
@@ -334,7 +327,12 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		Hello: n.hello, Period: o.DiscoveryPeriod, Group: &n.g, Registerer: n.reg, Logger: log}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	if err := n.reg.Register(&stateCollector{n: n}); err != nil {
+	// The operator's side, last: it reads every component.
+	if n.admin, err = admin.New(admin.Deps{Node: n, Host: n.host, Store: n.st, Book: n.book, NATS: n.bridge, Sender: n.sender,
+		Propagate: n.prop, Review: n.review, CatchUp: n.catchup, Search: n.search, Feed: n.feed, Registry: n.reg, Ctx: ctx,
+		Group: &n.g, Logger: log, Name: cfg.Name, Network: cfg.Network, Version: Version, NATSPrefix: cfg.NATS.Prefix,
+		Listen: cfg.Admin.Listen, Token: home.Token, Dir: home.Dir, DataPath: home.DataPath(),
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	return n, nil
@@ -380,7 +378,7 @@ func (n *Node) Start() error {
 	}
 	// Hello is how a peer says who it is: anyone may.
 	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.Serve)
-	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.serveTrace)
+	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.admin.ServeTrace)
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -388,7 +386,7 @@ func (n *Node) Start() error {
 	n.host.Network().Notify(&network.NotifyBundle{ConnectedF: n.connected,
 		DisconnectedF: func(_ network.Network, c network.Conn) {
 			n.connectivity.Disconnected(c)
-			n.lastGone.Store(c.RemotePeer(), time.Now())
+			n.admin.Disconnected(c.RemotePeer())
 		}})
 	// Connections made before the notifiee (the DHT dials its bootstrap
 	// peers as it starts) are greeted here and by every discovery round.
@@ -406,7 +404,7 @@ func (n *Node) Start() error {
 	if err := n.spread.Start(); err != nil {
 		return err
 	}
-	if err := n.startAdmin(); err != nil {
+	if err := n.admin.Start(); err != nil {
 		return err
 	}
 	n.spawn(func() { n.connectivity.Run(n.ctx) })
@@ -551,7 +549,13 @@ func (n *Node) drain() error {
 	defer cancel()
 	start := time.Now()
 	adminDone := make(chan error, 1)
-	go func() { adminDone <- n.stopAdmin(ctx) }()
+	go func() {
+		if n.admin == nil {
+			adminDone <- nil // New failed before building it
+			return
+		}
+		adminDone <- n.admin.Stop(ctx)
+	}()
 	err := n.bridge.Drain(ctx)
 	if aerr := <-adminDone; aerr != nil {
 		err = errors.Join(err, aerr)

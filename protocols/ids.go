@@ -31,7 +31,7 @@ const (
 	// Members answers a joining node with every membership record held.
 	Members protocol.ID = "/ferry/members/1.0.0"
 	// Trace asks a member where one change is on it: one TraceQuery, one
-	// TraceAnswer (node/trace.go).
+	// TraceAnswer (admin/trace.go).
 	Trace protocol.ID = "/ferry/trace/1.0.0"
 
 	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.

@@ -1,4 +1,4 @@
-package node
+package admin
 
 import (
 	"fmt"
@@ -93,7 +93,7 @@ func parseCursor(s string) (ver uint64, n int, err error) {
 
 // Acks lists acknowledgement rows, newest change first, and within a change
 // in the order of the receivers' names (as source 000 lays them out).
-func (n *Node) Acks(q AckQuery) (AckPage, error) {
+func (srv *Server) Acks(q AckQuery) (AckPage, error) {
 	page := AckPage{Rows: []AckRow{}}
 	if q.Limit == 0 {
 		q.Limit = DefaultAckPage
@@ -115,11 +115,11 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 	}
 	var want peer.ID
 	if q.Receiver != "" {
-		if want, err = n.resolvePeer(q.Receiver); err != nil {
+		if want, err = srv.resolvePeer(q.Receiver); err != nil {
 			return page, err
 		}
 	}
-	d := newAckDeriver(n)
+	d := newAckDeriver(srv)
 	scanFrom := beforeVer + 1 // OwnEntries lists versions below this
 	if beforeVer == 0 {
 		scanFrom = 0
@@ -135,7 +135,7 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 	if want != "" {
 		wantID = want.String()
 	}
-	err = n.st.OwnEntries(scanFrom, func(e store.OwnEntry) bool {
+	err = srv.st.OwnEntries(scanFrom, func(e store.OwnEntry) bool {
 		if q.Version > 0 && e.Version != q.Version {
 			return false
 		}
@@ -172,17 +172,17 @@ func (n *Node) Acks(q AckQuery) (AckPage, error) {
 }
 
 // resolvePeer reads a peer id or a peer's name.
-func (n *Node) resolvePeer(s string) (peer.ID, error) {
+func (srv *Server) resolvePeer(s string) (peer.ID, error) {
 	if p, err := peer.Decode(s); err == nil {
 		return p, nil
 	}
-	for _, e := range n.book.Entries() {
+	for _, e := range srv.book.Entries() {
 		if strings.EqualFold(e.Name, s) {
 			return peer.ID(e.Id), nil
 		}
 	}
-	for _, p := range append(n.book.Partners(), n.book.Members()...) {
-		if strings.EqualFold(n.book.Name(p), s) {
+	for _, p := range append(srv.book.Partners(), srv.book.Members()...) {
+		if strings.EqualFold(srv.book.Name(p), s) {
 			return p, nil
 		}
 	}
@@ -191,7 +191,7 @@ func (n *Node) resolvePeer(s string) (peer.ID, error) {
 
 // ackDeriver renders rows, caching what one listing reads more than once.
 type ackDeriver struct {
-	n         *Node
+	srv       *Server
 	receivers map[stream.Lane][]peer.ID
 	refusals  map[peer.ID]map[uint64]string
 	lanes     map[laneOf]stream.LaneState
@@ -203,8 +203,8 @@ type laneOf struct {
 	l stream.Lane
 }
 
-func newAckDeriver(n *Node) *ackDeriver {
-	return &ackDeriver{n: n, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
+func newAckDeriver(srv *Server) *ackDeriver {
+	return &ackDeriver{srv: srv, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
 		lanes: map[laneOf]stream.LaneState{}, ids: map[peer.ID]string{}}
 }
 
@@ -223,7 +223,7 @@ func (d *ackDeriver) broadcast(l stream.Lane) []peer.ID {
 	if ps, ok := d.receivers[l]; ok {
 		return ps
 	}
-	ps := slices.Clone(d.n.book.Receivers(l))
+	ps := slices.Clone(d.srv.book.Receivers(l))
 	d.sortByName(ps)
 	d.receivers[l] = ps
 	return ps
@@ -231,7 +231,7 @@ func (d *ackDeriver) broadcast(l stream.Lane) []peer.ID {
 
 func (d *ackDeriver) sortByName(ps []peer.ID) {
 	slices.SortFunc(ps, func(a, b peer.ID) int {
-		if c := strings.Compare(d.n.book.Name(a), d.n.book.Name(b)); c != 0 {
+		if c := strings.Compare(d.srv.book.Name(a), d.srv.book.Name(b)); c != 0 {
 			return c
 		}
 		return strings.Compare(string(a), string(b))
@@ -243,7 +243,7 @@ func (d *ackDeriver) lane(p peer.ID, l stream.Lane) stream.LaneState {
 	if s, ok := d.lanes[k]; ok {
 		return s
 	}
-	s := d.n.sender.Lane(p, l)
+	s := d.srv.sender.Lane(p, l)
 	d.lanes[k] = s
 	return s
 }
@@ -252,7 +252,7 @@ func (d *ackDeriver) refused(p peer.ID, ver uint64) (string, bool, error) {
 	m, ok := d.refusals[p]
 	if !ok {
 		var err error
-		if m, err = d.n.st.Refusals(p); err != nil {
+		if m, err = d.srv.st.Refusals(p); err != nil {
 			return "", false, err
 		}
 		d.refusals[p] = m
@@ -273,11 +273,11 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 	}
 	out := make([]AckRow, 0, len(to))
 	for i, p := range to {
-		if p == d.n.id {
+		if p == d.srv.id {
 			continue
 		}
 		r := AckRow{ID: strconv.FormatUint(e.Version, 10) + "." + strconv.Itoa(i+1), RequestID: e.RequestID,
-			Receiver: d.n.book.Name(p), ReceiverID: d.idText(p), Kind: ackKind(l), Protocol: string(e.Protocol),
+			Receiver: d.srv.book.Name(p), ReceiverID: d.idText(p), Kind: ackKind(l), Protocol: string(e.Protocol),
 			Version: e.Version, CreatedAt: time.Unix(0, e.CreatedAt).UTC()}
 		ls := d.lane(p, l)
 		reason, rejected, err := d.refused(p, e.Version)
@@ -320,7 +320,7 @@ type DeliveryState struct {
 const MaxPendingCount = 1_000_000
 
 // Deliveries reports every receiver lane that has had something to receive.
-func (n *Node) Deliveries() []DeliveryState {
+func (srv *Server) Deliveries() []DeliveryState {
 	type key struct {
 		p peer.ID
 		l stream.Lane
@@ -329,7 +329,7 @@ func (n *Node) Deliveries() []DeliveryState {
 	seen := map[key]bool{}
 	add := func(p peer.ID, l stream.Lane) {
 		k := key{p, l}
-		if p != n.id && !seen[k] {
+		if p != srv.id && !seen[k] {
 			seen[k] = true
 			keys = append(keys, k)
 		}
@@ -337,34 +337,34 @@ func (n *Node) Deliveries() []DeliveryState {
 	// Every receiver a lane has, whether or not it owes anything (metrics
 	// start at zero): partners, the reviewer, and on the reviewer members.
 	for _, l := range []stream.Lane{stream.LaneResource, stream.LaneDecision} {
-		for _, p := range n.book.Receivers(l) {
+		for _, p := range srv.book.Receivers(l) {
 			add(p, l)
 		}
 	}
-	if r := n.book.Reviewer(); r != "" && r != n.id {
+	if r := srv.book.Reviewer(); r != "" && r != srv.id {
 		add(r, stream.LaneRequest)
 	}
-	addressed, _ := n.st.AddressedReceivers()
-	for _, p := range append(addressed, n.sender.Receivers()...) {
+	addressed, _ := srv.st.AddressedReceivers()
+	for _, p := range append(addressed, srv.sender.Receivers()...) {
 		for _, l := range stream.Lanes {
 			add(p, l)
 		}
 	}
 	out := make([]DeliveryState, 0, len(keys))
 	for _, k := range keys {
-		ls := n.sender.Lane(k.p, k.l)
-		broadcast := n.book.Receives(k.p, k.l)
-		if !broadcast && !(k.l == stream.LaneRequest && k.p == n.book.Reviewer()) {
-			if h, _ := n.st.LaneHead(k.p, uint8(k.l), false); h == 0 {
+		ls := srv.sender.Lane(k.p, k.l)
+		broadcast := srv.book.Receives(k.p, k.l)
+		if !broadcast && !(k.l == stream.LaneRequest && k.p == srv.book.Reviewer()) {
+			if h, _ := srv.st.LaneHead(k.p, uint8(k.l), false); h == 0 {
 				continue
 			}
 		}
-		ds := DeliveryState{Receiver: n.book.Name(k.p), ReceiverID: k.p.String(), Lane: k.l.String(), Floor: ls.Floor,
+		ds := DeliveryState{Receiver: srv.book.Name(k.p), ReceiverID: k.p.String(), Lane: k.l.String(), Floor: ls.Floor,
 			Attempts: ls.Attempts, NextAttemptAt: ls.NextAttemptAt, LastError: ls.LastError, Held: ls.Held}
-		count, first, err := n.st.BacklogCount(k.p, uint8(k.l), broadcast, ls.Floor, MaxPendingCount)
+		count, first, err := srv.st.BacklogCount(k.p, uint8(k.l), broadcast, ls.Floor, MaxPendingCount)
 		if err == nil && count > 0 {
 			ds.Pending = count
-			if e, err := n.st.OwnEntry(first); err == nil {
+			if e, err := srv.st.OwnEntry(first); err == nil {
 				ds.OldestPending = time.Unix(0, e.CreatedAt).UTC()
 			}
 		}
@@ -380,9 +380,9 @@ func (n *Node) Deliveries() []DeliveryState {
 }
 
 // pendingTotal counts what every receiver still owes an acknowledgement for.
-func (n *Node) pendingTotal() int {
+func (srv *Server) pendingTotal() int {
 	total := 0
-	for _, d := range n.Deliveries() {
+	for _, d := range srv.Deliveries() {
 		total += d.Pending
 	}
 	return total

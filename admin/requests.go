@@ -1,4 +1,4 @@
-package node
+package admin
 
 import (
 	"bytes"
@@ -41,13 +41,13 @@ type Receivers struct {
 }
 
 // RequestDetail reads one request with its current row, diff and receivers.
-func (n *Node) RequestDetail(id uint64) (RequestDetail, error) {
-	row, err := n.review.Request(id)
+func (srv *Server) RequestDetail(id uint64) (RequestDetail, error) {
+	row, err := srv.review.Request(id)
 	if err != nil {
 		return RequestDetail{}, err
 	}
 	d := RequestDetail{Request: row, Current: json.RawMessage("null"), Diff: []FieldChange{}}
-	cur, err := n.st.Row(row.TableName, row.TableID)
+	cur, err := srv.st.Row(row.TableName, row.TableID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return RequestDetail{}, fmt.Errorf("%w: %w", ferry.ErrUnavailable, err)
 	}
@@ -62,7 +62,7 @@ func (n *Node) RequestDetail(id uint64) (RequestDetail, error) {
 	if err != nil {
 		return RequestDetail{}, err
 	}
-	d.Receivers = n.decisionReceivers(row)
+	d.Receivers = srv.decisionReceivers(row)
 	return d, nil
 }
 
@@ -123,16 +123,16 @@ func jsonEqual(a, b json.RawMessage) bool {
 	return bytes.Equal(xa, ya)
 }
 
-func (n *Node) decisionReceivers(row review.Row) Receivers {
+func (srv *Server) decisionReceivers(row review.Row) Receivers {
 	var r Receivers
 	applicant, _ := peer.Decode(row.ApplicantID)
 	names := map[string]bool{}
-	for _, m := range n.book.Members() {
-		names[n.book.Name(m)] = true
+	for _, m := range srv.book.Members() {
+		names[srv.book.Name(m)] = true
 	}
-	if applicant != "" && applicant != n.id {
-		names[n.book.Name(applicant)] = true
-		r.Reject = []string{n.book.Name(applicant)}
+	if applicant != "" && applicant != srv.id {
+		names[srv.book.Name(applicant)] = true
+		r.Reject = []string{srv.book.Name(applicant)}
 	}
 	r.Accept = append([]string{}, slices.Sorted(maps.Keys(names))...)
 	if r.Reject == nil {

@@ -1,4 +1,4 @@
-package node
+package admin
 
 // events.go is the node's live activity feed for operators (`ferry watch`,
 // the console): what the node commits and sends, what its receivers
@@ -164,31 +164,49 @@ func (h *eventHub) takeDropped(w *watcher) int {
 	return d
 }
 
-// feed is what the services tell operators (`ferry watch`, the console,
+// Feed is what the services tell operators (`ferry watch`, the console,
 // the decisions metric): the tracer each gets at construction
 // (stream.Tracer for the inbound paths, propagate.Tracer, review.Tracer,
 // natsbridge.Tracer) and the sender's OnAcked. It records events in the
 // hub; what costs more to say (a resource's id, the receivers of a
 // change) is filled in when someone reads them.
-type feed struct {
+type Feed struct {
 	hub       *eventHub
 	st        *store.Store
 	names     interface{ Name(peer.ID) string }
-	decisions *prometheus.CounterVec // ferry_review_decisions_total
-	// onAcked is SenderOptions.OnAcked of the node's options (tests).
-	onAcked func(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal)
-	ids     sync.Map // peer.ID -> its text
+	decisions *prometheus.CounterVec
+	onAcked   func(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal)
+	ids       sync.Map // peer.ID -> its text
+}
+
+// FeedDeps is what a Feed needs; it is built before the services, which
+// take it as their tracer.
+type FeedDeps struct {
+	Store *store.Store
+	// Names names peers in events (the peer book).
+	Names interface{ Name(peer.ID) string }
+	// Decisions is ferry_review_decisions_total, counted by outcome.
+	Decisions *prometheus.CounterVec
+	// OnAcked, if set, is called first on every acknowledgement
+	// (SenderOptions.OnAcked of the node's options: tests).
+	OnAcked func(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal)
+}
+
+// NewFeed builds the feed and its event hub (the last events are kept
+// from then on, watched or not).
+func NewFeed(d FeedDeps) *Feed {
+	return &Feed{hub: newEventHub(), st: d.Store, names: d.Names, decisions: d.Decisions, onAcked: d.OnAcked}
 }
 
 var (
-	_ stream.Tracer     = (*feed)(nil)
-	_ propagate.Tracer  = (*feed)(nil)
-	_ review.Tracer     = (*feed)(nil)
-	_ natsbridge.Tracer = (*feed)(nil)
+	_ stream.Tracer     = (*Feed)(nil)
+	_ propagate.Tracer  = (*Feed)(nil)
+	_ review.Tracer     = (*Feed)(nil)
+	_ natsbridge.Tracer = (*Feed)(nil)
 )
 
 // Acked is the sender's hook: a receiver acknowledged (or refused) a delivery.
-func (f *feed) Acked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal) {
+func (f *Feed) Acked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal) {
 	if f.onAcked != nil {
 		f.onAcked(p, lane, through, refused)
 	}
@@ -201,24 +219,24 @@ func (f *feed) Acked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.
 
 // Committed reports a change of this node (its receivers are filled in
 // when the event is read: receiversOf).
-func (f *feed) Committed(action string, version uint64, detail string) {
+func (f *Feed) Committed(action string, version uint64, detail string) {
 	f.hub.emit(Event{Type: EventCommitted, Kind: action, Version: version, Detail: detail})
 }
 
 // Published reports an event that went out on this node's NATS.
-func (f *feed) Published(subject string) {
+func (f *Feed) Published(subject string) {
 	f.hub.emit(Event{Type: EventPublished, Subject: subject})
 }
 
 // Submitted reports a review request of this node's apps on disk.
-func (f *feed) Submitted(row review.Row) {
+func (f *Feed) Submitted(row review.Row) {
 	f.hub.emit(Event{Type: EventSubmitted, Kind: "request", RequestID: row.ID,
 		Detail: row.Type + " " + row.TableName + " row " + strconv.FormatUint(row.TableID, 10) + " to " + row.Reviewer})
 }
 
 // Decided counts a decision by outcome and reports it (the receivers of
 // the change it made are filled in when the event is read).
-func (f *feed) Decided(row review.Row, err error) {
+func (f *Feed) Decided(row review.Row, err error) {
 	outcome := "refused"
 	if err == nil {
 		outcome = row.Status
@@ -237,7 +255,7 @@ func (f *feed) Decided(row review.Row, err error) {
 
 // Applied is called inside the transaction that applies a change from a
 // peer; the event follows its commit.
-func (f *feed) Applied(tx *store.Txn, in *stream.Inbound) {
+func (f *Feed) Applied(tx *store.Txn, in *stream.Inbound) {
 	from, body := in.From, in.Body
 	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
 	tx.OnCommit(func() {
@@ -250,7 +268,7 @@ func (f *feed) Applied(tx *store.Txn, in *stream.Inbound) {
 
 // appliedDetail says what an applied change was, for a person: the
 // resource's id, or the decision's outcome and this node's request id.
-func (f *feed) appliedDetail(e *Event, body *pb.Body) {
+func (f *Feed) appliedDetail(e *Event, body *pb.Body) {
 	switch body.Kind {
 	case pb.Kind_KIND_RESOURCE_CREATE, pb.Kind_KIND_RESOURCE_UPDATE, pb.Kind_KIND_RESOURCE_DELETE:
 		if id, ok := propagate.ResourceID(body.Payload); ok {
@@ -270,7 +288,7 @@ func (f *feed) appliedDetail(e *Event, body *pb.Body) {
 
 // idText is a peer id's text, cached (base58 is not free, and every applied
 // change names its origin and sender).
-func (f *feed) idText(p peer.ID) string {
+func (f *Feed) idText(p peer.ID) string {
 	if v, ok := f.ids.Load(p); ok {
 		return v.(string)
 	}
@@ -281,12 +299,12 @@ func (f *feed) idText(p peer.ID) string {
 
 // receiversOf fills in who a committed change, or the change a decision
 // made, goes to (its acknowledgement rows), when the event is read.
-func (n *Node) receiversOf(e *Event) {
+func (srv *Server) receiversOf(e *Event) {
 	if (e.Type != EventCommitted && e.Type != EventDecided) || e.To != nil || e.Version == 0 {
 		return
 	}
 	e.To = []string{}
-	if page, err := n.Acks(AckQuery{Version: e.Version, Limit: MaxAckPage}); err == nil {
+	if page, err := srv.Acks(AckQuery{Version: e.Version, Limit: MaxAckPage}); err == nil {
 		for _, r := range page.Rows {
 			e.To = append(e.To, r.Receiver)
 		}
@@ -296,16 +314,16 @@ func (n *Node) receiversOf(e *Event) {
 // serveEvents streams events as server-sent events (text/event-stream): the
 // recent ones first, then each as it happens, with a comment line every
 // 15 s so proxies and clients see the stream is alive.
-func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
+func (srv *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		fail(w, fmt.Errorf("%w: streaming is not supported here", ferry.ErrUnavailable))
 		return
 	}
-	wt, recent := n.events.watch()
-	defer n.events.unwatch(wt)
+	wt, recent := srv.hub.watch()
+	defer srv.hub.unwatch(wt)
 	for i := range recent {
-		n.receiversOf(&recent[i])
+		srv.receiversOf(&recent[i])
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -329,14 +347,14 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-n.adminQuit:
+		case <-srv.quit:
 			return
 		case e := <-wt.ch:
-			n.receiversOf(&e)
+			srv.receiversOf(&e)
 			if !send(e) {
 				return
 			}
-			if d := n.events.takeDropped(wt); d > 0 {
+			if d := srv.hub.takeDropped(wt); d > 0 {
 				if _, err := fmt.Fprintf(w, "event: dropped\ndata: {\"dropped\":%d}\n\n", d); err != nil {
 					return
 				}

@@ -1,4 +1,4 @@
-package node
+package admin
 
 import (
 	"encoding/base64"
@@ -76,7 +76,7 @@ func decodeCursor(s string) ([]byte, error) {
 
 // peersPage answers a page of PeerInfos (sorted by name, then peer id),
 // all or those with a role. The cursor is the last row's name and peer id.
-func (n *Node) peersPage(w http.ResponseWriter, r *http.Request, field, role string) {
+func (srv *Server) peersPage(w http.ResponseWriter, r *http.Request, field, role string) {
 	limit, err := pageLimit(r)
 	if err != nil {
 		fail(w, err)
@@ -96,7 +96,7 @@ func (n *Node) peersPage(w http.ResponseWriter, r *http.Request, field, role str
 	}
 	out := []PeerInfo{}
 	next := ""
-	for _, p := range n.PeerInfos() {
+	for _, p := range srv.PeerInfos() {
 		if role != "" && !p.has(role) {
 			continue
 		}
@@ -117,11 +117,11 @@ func (n *Node) peersPage(w http.ResponseWriter, r *http.Request, field, role str
 
 // Rows lists every row of a shared table, page after page (tests and the
 // demo; the admin API answers one page at a time).
-func (n *Node) Rows(table string) ([]json.RawMessage, error) {
+func (srv *Server) Rows(table string) ([]json.RawMessage, error) {
 	all := []json.RawMessage{}
 	var after uint64
 	for {
-		rows, next, err := n.RowsPage(table, after, MaxPageLimit)
+		rows, next, err := srv.RowsPage(table, after, MaxPageLimit)
 		if err != nil {
 			return nil, err
 		}
@@ -135,11 +135,11 @@ func (n *Node) Rows(table string) ([]json.RawMessage, error) {
 
 // Resources lists every resource of a data type ("" for all) held here,
 // page after page (tests; the admin API answers one page at a time).
-func (n *Node) Resources(dataType string) ([]ResourceRow, error) {
+func (srv *Server) Resources(dataType string) ([]ResourceRow, error) {
 	all := []ResourceRow{}
 	after := ""
 	for {
-		rows, next, err := n.ResourcesPage(dataType, after, MaxPageLimit)
+		rows, next, err := srv.ResourcesPage(dataType, after, MaxPageLimit)
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,4 @@
-package node
+package admin
 
 // rates.go samples the sender's acknowledged entries per receiver every
 // RateInterval and keeps the last RateSamples intervals, so the console can
@@ -63,34 +63,34 @@ func (b *rateBook) sample(now map[peer.ID]uint64, every time.Duration) {
 }
 
 // sampleRates runs until the node or its admin API stops.
-func (n *Node) sampleRates() {
+func (srv *Server) sampleRates() {
 	t := time.NewTicker(RateInterval)
 	defer t.Stop()
-	n.rates.sample(n.sender.AckedEntries(), RateInterval) // the baseline
+	srv.rates.sample(srv.sender.AckedEntries(), RateInterval) // the baseline
 	for {
 		select {
-		case <-n.ctx.Done():
+		case <-srv.ctx.Done():
 			return
-		case <-n.adminQuit:
+		case <-srv.quit:
 			return
 		case <-t.C:
-			n.rates.sample(n.sender.AckedEntries(), RateInterval)
+			srv.rates.sample(srv.sender.AckedEntries(), RateInterval)
 		}
 	}
 }
 
 // Rates reports every receiver's rate, by name.
-func (n *Node) Rates() []PeerRate {
-	n.rates.mu.Lock()
-	out := make([]PeerRate, 0, len(n.rates.series))
-	for p, s := range n.rates.series {
-		r := PeerRate{Receiver: n.book.Name(p), ReceiverID: p.String(), Series: append([]float64(nil), s...), Acked: n.rates.last[p]}
+func (srv *Server) Rates() []PeerRate {
+	srv.rates.mu.Lock()
+	out := make([]PeerRate, 0, len(srv.rates.series))
+	for p, s := range srv.rates.series {
+		r := PeerRate{Receiver: srv.book.Name(p), ReceiverID: p.String(), Series: append([]float64(nil), s...), Acked: srv.rates.last[p]}
 		if len(s) > 0 {
 			r.PerSecond = s[len(s)-1]
 		}
 		out = append(out, r)
 	}
-	n.rates.mu.Unlock()
+	srv.rates.mu.Unlock()
 	slices.SortFunc(out, func(a, b PeerRate) int {
 		return cmp.Or(cmp.Compare(a.Receiver, b.Receiver), cmp.Compare(a.ReceiverID, b.ReceiverID))
 	})

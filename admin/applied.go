@@ -1,4 +1,4 @@
-package node
+package admin
 
 // applied.go answers who has applied a decision, for the console's
 // "applied by N/M": the decision's acknowledgement rows on the reviewer,
@@ -28,11 +28,11 @@ type Applied struct {
 // DecisionApplied reports who has applied request id's decision. Only the
 // reviewer knows (it sent the decision): elsewhere, and for a request still
 // waiting, it answers conflict.
-func (n *Node) DecisionApplied(id uint64) (Applied, error) {
-	if !n.review.IsReviewer() {
+func (srv *Server) DecisionApplied(id uint64) (Applied, error) {
+	if !srv.review.IsReviewer() {
 		return Applied{}, fmt.Errorf("%w: only the reviewer knows who applied a decision", ferry.ErrConflict)
 	}
-	r, err := n.st.Request(id)
+	r, err := srv.st.Request(id)
 	if errors.Is(err, store.ErrNotFound) {
 		return Applied{}, fmt.Errorf("%w: no request %d", ferry.ErrNotFound, id)
 	}
@@ -42,7 +42,7 @@ func (n *Node) DecisionApplied(id uint64) (Applied, error) {
 	if r.Status == "waiting" || r.ChangeVersion == 0 {
 		return Applied{}, fmt.Errorf("%w: request %d is %s", ferry.ErrConflict, id, r.Status)
 	}
-	page, err := n.Acks(AckQuery{Version: r.ChangeVersion, Limit: MaxAckPage})
+	page, err := srv.Acks(AckQuery{Version: r.ChangeVersion, Limit: MaxAckPage})
 	if err != nil {
 		return Applied{}, err
 	}

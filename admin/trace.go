@@ -1,4 +1,4 @@
-package node
+package admin
 
 // trace.go follows one change across the network for an operator: where it
 // is on each node (committed at the origin, sent, applied and acknowledged
@@ -70,7 +70,7 @@ type TraceNode struct {
 
 // ParseChangeRef reads "<origin>/<version>", the origin a peer id or the
 // name of a known peer (or this node).
-func (n *Node) ParseChangeRef(s string) (peer.ID, uint64, error) {
+func (srv *Server) ParseChangeRef(s string) (peer.ID, uint64, error) {
 	o, v, ok := strings.Cut(s, "/")
 	ver, err := strconv.ParseUint(v, 10, 64)
 	if !ok || err != nil || ver == 0 {
@@ -79,10 +79,10 @@ func (n *Node) ParseChangeRef(s string) (peer.ID, uint64, error) {
 	if id, err := peer.Decode(o); err == nil {
 		return id, ver, nil
 	}
-	if strings.EqualFold(o, n.cfg.Name) {
-		return n.id, ver, nil
+	if strings.EqualFold(o, srv.name) {
+		return srv.id, ver, nil
 	}
-	for _, p := range n.PeerInfos() {
+	for _, p := range srv.PeerInfos() {
 		if strings.EqualFold(p.Name, o) {
 			id, _ := peer.Decode(p.PeerID)
 			return id, ver, nil
@@ -96,16 +96,16 @@ func (n *Node) ParseChangeRef(s string) (peer.ID, uint64, error) {
 //   - "<data_type>/<id>", a resource held here: its last change (on its
 //     origin node, the one its app made);
 //   - "<request id>", a review request held here: the change that carried it.
-func (n *Node) ParseTraceRef(s string) (peer.ID, uint64, error) {
+func (srv *Server) ParseTraceRef(s string) (peer.ID, uint64, error) {
 	s = strings.TrimSpace(s)
 	if id, err := strconv.ParseUint(s, 10, 64); err == nil {
-		row, err := n.review.Request(id)
+		row, err := srv.review.Request(id)
 		if err != nil {
 			return "", 0, fmt.Errorf("request %d: %w", id, err)
 		}
-		return n.ParseChangeRef(row.Origin)
+		return srv.ParseChangeRef(row.Origin)
 	}
-	origin, ver, err := n.ParseChangeRef(s)
+	origin, ver, err := srv.ParseChangeRef(s)
 	if err == nil {
 		return origin, ver, nil
 	}
@@ -113,7 +113,7 @@ func (n *Node) ParseTraceRef(s string) (peer.ID, uint64, error) {
 	if !ok || dataType == "" || id == "" {
 		return "", 0, badReq("%q is not <origin>/<version>, <data_type>/<id> or a request id", s)
 	}
-	rows, rerr := n.resourcesByID(dataType, id)
+	rows, rerr := srv.resourcesByID(dataType, id)
 	switch {
 	case rerr != nil:
 		return "", 0, rerr
@@ -122,7 +122,7 @@ func (n *Node) ParseTraceRef(s string) (peer.ID, uint64, error) {
 	case len(rows) > 1:
 		var who []string
 		for _, r := range rows {
-			who = append(who, n.book.Name(peer.ID(r.Creator))+"/"+strconv.FormatUint(r.OriginVersion, 10))
+			who = append(who, srv.book.Name(peer.ID(r.Creator))+"/"+strconv.FormatUint(r.OriginVersion, 10))
 		}
 		return "", 0, badReq("%d nodes created a %s %q: name the change, one of %s", len(rows), dataType, id, strings.Join(who, ", "))
 	}
@@ -130,18 +130,18 @@ func (n *Node) ParseTraceRef(s string) (peer.ID, uint64, error) {
 }
 
 // resourcesByID reads the rows of one resource id, of any creator.
-func (n *Node) resourcesByID(dataType, id string) ([]*storepb.Resource, error) {
+func (srv *Server) resourcesByID(dataType, id string) ([]*storepb.Resource, error) {
 	if !propagate.ValidDataType(dataType) {
 		return nil, badReq("data type %q must be 1-64 letters, digits, '_' or '-'", dataType)
 	}
 	var out []*storepb.Resource
-	if r, err := n.st.Resource(dataType, n.id, id); err == nil {
+	if r, err := srv.st.Resource(dataType, srv.id, id); err == nil {
 		out = append(out, r)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
-	for _, p := range n.book.Partners() {
-		if r, err := n.st.Resource(dataType, p, id); err == nil {
+	for _, p := range srv.book.Partners() {
+		if r, err := srv.st.Resource(dataType, p, id); err == nil {
 			out = append(out, r)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return nil, err
@@ -153,16 +153,16 @@ func (n *Node) resourcesByID(dataType, id string) ([]*storepb.Resource, error) {
 // Trace follows the change (origin, version): this node's facts, the
 // origin's (its acknowledgement rows name the receivers) and each
 // receiver's, asked over the trace protocol.
-func (n *Node) Trace(ctx context.Context, origin peer.ID, version uint64) (TraceReport, error) {
-	rep := TraceReport{Origin: origin.String(), OriginName: n.book.Name(origin), Version: version, TracedAt: time.Now().UTC()}
+func (srv *Server) Trace(ctx context.Context, origin peer.ID, version uint64) (TraceReport, error) {
+	rep := TraceReport{Origin: origin.String(), OriginName: srv.book.Name(origin), Version: version, TracedAt: time.Now().UTC()}
 	var at *pb.TraceAnswer
-	if origin == n.id {
-		at = n.traceFacts(origin, version)
+	if origin == srv.id {
+		at = srv.traceFacts(origin, version)
 	} else {
 		var err error
-		if at, err = n.askTrace(ctx, origin, origin, version); err != nil {
+		if at, err = srv.askTrace(ctx, origin, origin, version); err != nil {
 			at = nil
-			rep.Nodes = append(rep.Nodes, TraceNode{Name: n.book.Name(origin), PeerID: origin.String(), Role: "origin", AskError: err.Error()})
+			rep.Nodes = append(rep.Nodes, TraceNode{Name: srv.book.Name(origin), PeerID: origin.String(), Role: "origin", AskError: err.Error()})
 		}
 	}
 	if at != nil {
@@ -170,7 +170,7 @@ func (n *Node) Trace(ctx context.Context, origin peer.ID, version uint64) (Trace
 			return rep, fmt.Errorf("%w: %s", ferry.ErrForbidden, at.Error)
 		}
 		if !at.Held {
-			return rep, fmt.Errorf("%w: %s holds no change %d of its own", ferry.ErrNotFound, n.book.Name(origin), version)
+			return rep, fmt.Errorf("%w: %s holds no change %d of its own", ferry.ErrNotFound, srv.book.Name(origin), version)
 		}
 		rep.Kind, rep.DataType = stream.LaneFor(at.Kind).String(), at.DataType
 		if at.CommittedAtUnixNano > 0 {
@@ -195,8 +195,8 @@ func (n *Node) Trace(ctx context.Context, origin peer.ID, version uint64) (Trace
 			asks = append(asks, ask{len(rep.Nodes) - 1, p})
 		}
 	} else {
-		rep.Nodes = append(rep.Nodes, TraceNode{Name: n.cfg.Name, PeerID: n.id.String(), Role: "receiver"})
-		asks = append(asks, ask{len(rep.Nodes) - 1, n.id})
+		rep.Nodes = append(rep.Nodes, TraceNode{Name: srv.name, PeerID: srv.id.String(), Role: "receiver"})
+		asks = append(asks, ask{len(rep.Nodes) - 1, srv.id})
 	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, traceParallel)
@@ -208,10 +208,10 @@ func (n *Node) Trace(ctx context.Context, origin peer.ID, version uint64) (Trace
 			defer func() { <-sem }()
 			var ans *pb.TraceAnswer
 			var err error
-			if a.p == n.id {
-				ans = n.traceFacts(origin, version)
+			if a.p == srv.id {
+				ans = srv.traceFacts(origin, version)
 			} else {
-				ans, err = n.askTrace(ctx, a.p, origin, version)
+				ans, err = srv.askTrace(ctx, a.p, origin, version)
 			}
 			tn := &rep.Nodes[a.i]
 			if err != nil {
@@ -244,10 +244,10 @@ func nodeOf(p peer.ID, role string, a *pb.TraceAnswer) TraceNode {
 }
 
 // traceFacts is what this node knows of the change (origin, version).
-func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
-	a := &pb.TraceAnswer{Name: n.cfg.Name}
-	if origin == n.id {
-		b, err := n.st.ChangeBody(version)
+func (srv *Server) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
+	a := &pb.TraceAnswer{Name: srv.name}
+	if origin == srv.id {
+		b, err := srv.st.ChangeBody(version)
 		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				a.Error = "read the change: " + err.Error()
@@ -256,7 +256,7 @@ func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 		}
 		a.Held, a.LocalVersion, a.Kind, a.DataType = true, version, b.Kind, b.DataType
 		a.CommittedAtUnixNano, a.AppliedAtUnixNano = b.CreatedAtUnixNano, b.CreatedAtUnixNano
-		page, err := n.Acks(AckQuery{Version: version, Limit: maxTraceReceivers})
+		page, err := srv.Acks(AckQuery{Version: version, Limit: maxTraceReceivers})
 		if err != nil {
 			a.Error = "read the acknowledgement rows: " + err.Error()
 			return a
@@ -271,7 +271,7 @@ func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 		}
 		return a
 	}
-	e, err := n.originEntry(origin, version)
+	e, err := srv.originEntry(origin, version)
 	if errors.Is(err, store.ErrNotFound) {
 		return a
 	}
@@ -283,22 +283,22 @@ func (n *Node) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 	if !e.AppliedAt.IsZero() {
 		a.AppliedAtUnixNano = e.AppliedAt.UnixNano()
 	}
-	if b, err := n.st.ChangeBody(e.LocalVersion); err == nil {
+	if b, err := srv.st.ChangeBody(e.LocalVersion); err == nil {
 		a.DataType = b.DataType
-		a.Published = n.publishedSubject(b)
+		a.Published = srv.publishedSubject(b)
 	}
 	return a
 }
 
 // originEntry is where the change (origin, version) from another origin
 // sits in this store, and when it was applied here.
-func (n *Node) originEntry(origin peer.ID, version uint64) (store.OriginEntry, error) {
-	return n.st.OriginEntry(origin, version)
+func (srv *Server) originEntry(origin peer.ID, version uint64) (store.OriginEntry, error) {
+	return srv.st.OriginEntry(origin, version)
 }
 
 // publishedSubject is the subject this node's apps heard the change on.
-func (n *Node) publishedSubject(b *pb.Body) string {
-	p := n.cfg.NATS.Prefix + "."
+func (srv *Server) publishedSubject(b *pb.Body) string {
+	p := srv.natsPrefix + "."
 	switch b.Kind {
 	case pb.Kind_KIND_RESOURCE_CREATE:
 		return p + "resource.created." + b.DataType
@@ -318,8 +318,9 @@ func (n *Node) publishedSubject(b *pb.Body) string {
 	return ""
 }
 
-// serveTrace answers one trace query from a member.
-func (n *Node) serveTrace(s network.Stream) error {
+// ServeTrace answers one trace query from a member (the node registers it
+// for protocols.Trace).
+func (srv *Server) ServeTrace(s network.Stream) error {
 	_ = s.SetDeadline(time.Now().Add(traceTimeout))
 	remote := s.Conn().RemotePeer()
 	q := &pb.TraceQuery{}
@@ -329,12 +330,12 @@ func (n *Node) serveTrace(s network.Stream) error {
 	var a *pb.TraceAnswer
 	origin, err := peer.IDFromBytes(q.Origin)
 	switch {
-	case !n.book.IsMember(remote):
-		a = &pb.TraceAnswer{Name: n.cfg.Name, Error: "traces are answered for members only"}
+	case !srv.book.IsMember(remote):
+		a = &pb.TraceAnswer{Name: srv.name, Error: "traces are answered for members only"}
 	case err != nil || q.OriginVersion == 0:
-		a = &pb.TraceAnswer{Name: n.cfg.Name, Error: "the query names no change"}
+		a = &pb.TraceAnswer{Name: srv.name, Error: "the query names no change"}
 	default:
-		a = n.traceFacts(origin, q.OriginVersion)
+		a = srv.traceFacts(origin, q.OriginVersion)
 	}
 	fw := protocols.NewFrameWriter(s, maxTraceAnswerBytes)
 	if err := fw.Write(a); err != nil {
@@ -344,12 +345,12 @@ func (n *Node) serveTrace(s network.Stream) error {
 }
 
 // askTrace asks p what it knows of the change (origin, version).
-func (n *Node) askTrace(ctx context.Context, p, origin peer.ID, version uint64) (*pb.TraceAnswer, error) {
+func (srv *Server) askTrace(ctx context.Context, p, origin peer.ID, version uint64) (*pb.TraceAnswer, error) {
 	ctx, cancel := context.WithTimeout(ctx, traceTimeout)
 	defer cancel()
-	s, err := n.host.NewStream(ctx, p, protocols.Trace)
+	s, err := srv.host.NewStream(ctx, p, protocols.Trace)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach %s: %w", n.book.Name(p), err)
+		return nil, fmt.Errorf("cannot reach %s: %w", srv.book.Name(p), err)
 	}
 	defer s.Close()
 	if err := s.Scope().SetService(protocols.ServiceTrace); err != nil {
@@ -370,7 +371,7 @@ func (n *Node) askTrace(ctx context.Context, p, origin peer.ID, version uint64) 
 	a := &pb.TraceAnswer{}
 	if err := protocols.NewFrameReader(s, maxTraceAnswerBytes).Read(a); err != nil {
 		_ = s.Reset()
-		return nil, fmt.Errorf("read %s's answer: %w", n.book.Name(p), err)
+		return nil, fmt.Errorf("read %s's answer: %w", srv.book.Name(p), err)
 	}
 	return a, nil
 }
