@@ -507,7 +507,7 @@ func (srv *Server) Status() Status {
 		NATS: srv.nats.ClientURL(), NATSEmbedded: srv.nats.Embedded(), Admin: srv.addr, IsReviewer: srv.review.IsReviewer(),
 		Partners: len(srv.book.Partners()), Members: srv.book.MemberCount(), Connected: len(srv.host.Network().Peers()),
 		DecisionApplied: srv.review.Applied()}
-	for _, a := range srv.addrs() {
+	for _, a := range srv.node.Addrs() {
 		s.Addrs = append(s.Addrs, a.String())
 	}
 	if r := srv.book.Reviewer(); r != "" {

@@ -39,6 +39,8 @@ type Node interface {
 	Health() HealthReport
 	// StartedAt is when Start ran (zero before).
 	StartedAt() time.Time
+	// Addrs are the node's dialable addresses with its peer id.
+	Addrs() []ma.Multiaddr
 	// SetPartner adds or removes a partner (persisted, and the node
 	// protects the connection and wakes the sender).
 	SetPartner(ctx context.Context, p peer.ID, on bool) error
@@ -133,13 +135,3 @@ func New(d Deps) (*Server, error) {
 // Disconnected records when p's last connection closed (the node's
 // notifiee calls it): p's last seen time while it is away.
 func (srv *Server) Disconnected(p peer.ID) { srv.lastGone.Store(p, time.Now()) }
-
-// addrs are the node's dialable addresses with its peer id.
-func (srv *Server) addrs() []ma.Multiaddr {
-	p2p, _ := ma.NewComponent("p2p", srv.id.String())
-	var out []ma.Multiaddr
-	for _, a := range srv.host.Addrs() {
-		out = append(out, a.Encapsulate(p2p))
-	}
-	return out
-}
