@@ -153,12 +153,27 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
-// below the ephemeral range when it is known (see the package comment),
-// never a default port of Ferry.
+// given are the ports FreePort handed out in this process: a port is free
+// until the node it was given to binds it, so two nodes built one after the
+// other could otherwise draw the same one (TestCorruptSST once gave A's
+// admin port to B).
+var given struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that it did not return before in this process, below the ephemeral range
+// when it is known (see the package comment), never a default port of
+// Ferry.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	lo := ephemeralLow()
+	given.Lock()
+	defer given.Unlock()
+	if given.ports == nil {
+		given.ports = map[int]bool{}
+	}
 	for range 1000 {
 		port := 0
 		if lo > 11000 {
@@ -174,9 +189,10 @@ func FreePort(t testing.TB) int {
 		}
 		p := l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
-		if p == 4001 || p == 4222 || p == 7480 {
+		if p == 4001 || p == 4222 || p == 7480 || given.ports[p] {
 			continue
 		}
+		given.ports[p] = true
 		return p
 	}
 	t.Fatal("find a free port: none in 1000 tries")
