@@ -313,9 +313,6 @@ func (s *Service) Connected(p peer.ID) {
 	}
 }
 
-// DecisionGap asks for the decisions missing before one that arrived early.
-func (s *Service) DecisionGap(from peer.ID, have, got uint64) { s.jobs.DecisionGap(from, have, got) }
-
 // Recover asks p for this node's own changes that p holds and this node
 // lost.
 func (s *Service) Recover(p peer.ID) { s.jobs.Recover(p) }

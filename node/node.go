@@ -301,7 +301,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.spread, err = spread.New(spread.Deps{Host: n.host, PubSub: n.gossip, Network: cfg.Network, Store: n.st,
-		Verifier: n.verifier, Roles: n.book, Decisions: n.review, Acker: n.sender, CatchUp: n.catchup, Tracer: n.feed,
+		Verifier: n.verifier, Roles: n.book, Decisions: n.review, Acker: n.sender, CatchUp: jobs, Tracer: n.feed,
 		HeadEvery: o.SpreadHeadEvery, Logger: log.With("component", "spread"), Registerer: n.reg})
 	if err != nil {
 		return nil, err

@@ -93,7 +93,7 @@ type Acker interface {
 	Acknowledge(p peer.ID, l stream.Lane, through uint64)
 }
 
-// CatchUp asks connected peers for missing decisions (catchup.Service).
+// CatchUp asks connected peers for missing decisions (catch-up's queue, catchup.Jobs).
 type CatchUp interface {
 	DecisionGap(from peer.ID, have, got uint64)
 }
