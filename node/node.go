@@ -89,6 +89,10 @@ type Options struct {
 	// gates who may connect (prebuilt.go), and the DHT and every service
 	// run on it as on a built host.
 	Host host.Host
+	// HomeLock, when set, is the home's lock the caller took already
+	// (ferry run takes it before it touches the home); the node owns it
+	// from New on, as Host. nil: New takes it.
+	HomeLock *HomeLock
 }
 
 // SegmentBytesEnv names the environment variable that sets the size at
@@ -160,6 +164,7 @@ type Node struct {
 	metrics   *nodeMetrics
 	fatal     chan error
 	fatalOnce sync.Once
+	lock      *HomeLock // the home, held from New to the end of Close (homelock.go)
 }
 
 // New builds a node from a validated config and its home. Nothing listens
@@ -169,6 +174,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		defer func() {
 			if err != nil {
 				_ = o.Host.Close() // the node owns it (Options.Host)
+			}
+		}()
+	}
+	if o.HomeLock != nil {
+		defer func() {
+			if err != nil {
+				_ = o.HomeLock.Unlock() // the node owns it (Options.HomeLock)
 			}
 		}()
 	}
@@ -197,6 +209,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 			_ = n.Close()
 		}
 	}()
+	if n.lock = o.HomeLock; n.lock == nil {
+		if n.lock, err = home.Lock(cfg.Name); err != nil {
+			return nil, err
+		}
+	}
 	if err := promreg.Register(n.reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return nil, err
 	}
@@ -530,6 +547,7 @@ func (n *Node) Close() error {
 		if n.bridge != nil {
 			n.bridge.Close()
 		}
+		errs = append(errs, n.lock.Unlock()) // last: the home is free once everything is closed
 		n.closeErr = errors.Join(errs...)
 		if n.started {
 			n.log.Info("ferry node stopped")
