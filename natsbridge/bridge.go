@@ -457,7 +457,7 @@ func HandleJSON[T any](b *Bridge, suffix, usage string, optional bool, call func
 		var req T
 		if len(data) > 0 || !optional {
 			if err := wording.DecodeJSON(data, &req, ""); err != nil {
-				reply.Err(fmt.Errorf("%w (the body is %s)", err, usage))
+				reply.Err(fmt.Errorf("%w (expected %s)", err, usage))
 				return
 			}
 		}

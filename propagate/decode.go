@@ -115,7 +115,7 @@ const RequestUsage = `{"action", "data_type", "payload", "idempotency_key"?}`
 func decodeSlow(data []byte) (Request, error) {
 	var req Request
 	if err := wording.DecodeJSON(data, &req, ""); err != nil {
-		return Request{}, fmt.Errorf("%w (the body is %s)", err, RequestUsage)
+		return Request{}, fmt.Errorf("%w (expected %s)", err, RequestUsage)
 	}
 	return req, nil
 }

@@ -50,6 +50,9 @@ func JSONError(err error, data []byte, v any, within string) string {
 		want := typeWords(declared(root, te.Field, te.Type))
 		got := gotWords(te, data)
 		if te.Field == "" {
+			if want == "an object" {
+				want = "a JSON object"
+			}
 			return fmt.Sprintf("%s must be %s, got %s", document(within), want, got)
 		}
 		return fmt.Sprintf("%s must be %s, got %s", Quote(join(within, te.Field)), want, got)

@@ -42,9 +42,23 @@ var internals = regexp.MustCompile(strings.Join([]string{
 
 // GoInternals returns the part of msg that speaks Go rather than the
 // user's words ("" when none does): a Go type name, encoding/json's or
-// yaml's phrasing, a bad fmt verb.
-func GoInternals(msg string) string {
-	return internals.FindString(msg)
+// yaml's phrasing, a bad fmt verb. A part found within one of echoes (the
+// input the message may quote back: a fuzzer's "uint64" as a data type) is
+// the user's own text, not counted.
+func GoInternals(msg string, echoes ...string) string {
+	for _, m := range internals.FindAllString(msg, -1) {
+		echoed := false
+		for _, e := range echoes {
+			if strings.Contains(e, m) {
+				echoed = true
+				break
+			}
+		}
+		if !echoed {
+			return m
+		}
+	}
+	return ""
 }
 
 // Suggest returns the candidate nearest to word when it is near enough to

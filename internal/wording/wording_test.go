@@ -44,8 +44,8 @@ func TestDecodeJSONSaysWhatIsWrong(t *testing.T) {
 		{`{"limit":[1]}`, &changes{}, "", "`limit` must be an integer, got [1]"},
 		{`{"sinc":5}`, &changes{}, "", "unknown field `sinc` (did you mean `since`?)"},
 		{`{"x":5}`, &changes{}, "", "unknown field `x`; the fields are `since`, `limit`"},
-		{`[1]`, &changes{}, "", "the body must be an object, got [1]"},
-		{`"x"`, &changes{}, "", `the body must be an object, got "x"`},
+		{`[1]`, &changes{}, "", "the body must be a JSON object, got [1]"},
+		{`"x"`, &changes{}, "", `the body must be a JSON object, got "x"`},
 		{``, &changes{}, "", "the body is empty; it must be a JSON object"},
 		{`nope`, &changes{}, "", "the body is not valid JSON: invalid character 'o' in literal null (expecting 'u') (at byte 2)"},
 		{`{"since":1}{}`, &changes{}, "", "the body is not valid JSON: invalid character '{' after top-level value (at byte 12)"},
@@ -61,7 +61,7 @@ func TestDecodeJSONSaysWhatIsWrong(t *testing.T) {
 		{`{"tpye":"insert"}`, &submit{}, "", "unknown field `tpye` (did you mean `type`?)"},
 		{`{"limit":"a"}`, &changes{}, "payload", "`payload.limit` must be an integer, got \"a\""},
 		{`{"limt":3}`, &changes{}, "payload", "unknown field `payload.limt` (did you mean `payload.limit`?)"},
-		{`[1]`, &changes{}, "payload", "`payload` must be an object, got [1]"},
+		{`[1]`, &changes{}, "payload", "`payload` must be a JSON object, got [1]"},
 		{`{"since":"` + strings.Repeat("x", 100) + `"}`, &changes{}, "", "`since` must be a non-negative integer, got \"" + strings.Repeat("x", 39) + "…"},
 	} {
 		err := wording.DecodeJSON([]byte(tc.body), tc.v, tc.within)
@@ -106,6 +106,13 @@ func TestGoInternals(t *testing.T) {
 		if wording.GoInternals(m) == "" {
 			t.Errorf("%q passed the check", m)
 		}
+	}
+	// What the user sent, quoted back, is theirs.
+	if g := wording.GoInternals(`unknown action: "uint64"`, `{"action":"uint64"}`); g != "" {
+		t.Errorf("an echoed input was flagged: %q", g)
+	}
+	if g := wording.GoInternals(`unknown action: "uint64" of type float64`, `{"action":"uint64"}`); g != "float64" {
+		t.Errorf("echo check: %q, want float64", g)
 	}
 	for _, m := range []string{
 		"bad request: `since` must be a non-negative integer, got -1",
