@@ -75,7 +75,7 @@ func TestParseRequest(t *testing.T) {
 	// limit would otherwise be the default in silence), and a wrong type
 	// names the member.
 	for payload, want := range map[string]string{
-		`{"search":"x","limt":7}`:   "unknown field `payload.limt` (did you mean `payload.limit`?)",
+		`{"search":"x","limt":7}`:    "unknown field `payload.limt` (did you mean `payload.limit`?)",
 		`{"search":"x","limit":"7"}`: "`payload.limit` must be an integer, got \"7\"",
 		`{"search":5}`:               "`payload.search` must be a string, got 5",
 	} {
