@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"reflect"
 	"regexp"
 	"sort"
@@ -119,7 +120,14 @@ func checkMapping(path string, m *yaml.Node, t reflect.Type, prefix string, wher
 			}
 			continue
 		}
-		if err := v.Decode(reflect.New(f.Type).Interface()); err != nil {
+		err := v.Decode(reflect.New(f.Type).Interface())
+		if err == nil && isInt(f.Type) && v.Kind == yaml.ScalarNode && v.ShortTag() == "!!float" {
+			// yaml.v3 would cut 1.5 to 1 in silence.
+			if x, perr := strconv.ParseFloat(v.Value, 64); perr != nil || x != math.Trunc(x) {
+				err = errors.New("not a whole number")
+			}
+		}
+		if err != nil {
 			return &ConfigError{Key: key, Where: at(path, v.Line), phrased: true, Err: fmt.Errorf("%s must be %s, got %s%s",
 				wording.Quote(key), valueWords(key, f.Type), nodeWords(v), listHint(f.Type, v))}
 		}
@@ -130,6 +138,15 @@ func checkMapping(path string, m *yaml.Node, t reflect.Type, prefix string, wher
 		}
 	}
 	return nil
+}
+
+func isInt(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
 }
 
 // yamlField finds the field of t whose yaml name is name.

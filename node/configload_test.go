@@ -27,6 +27,8 @@ func TestConfigErrorsInTheUsersWords(t *testing.T) {
 		{"partners: " + peerID + "\n", ":1: `partners` must be a list of peer ids, got text (\"" + peerID[:40] + "…\"); a list of one is written [" + peerID + "]"},
 		{"limits:\n  max_message_bytes: abc\n", ":2: `limits.max_message_bytes` must be a whole number, got text (\"abc\")"},
 		{"limits:\n  ack_retention_hours: [1]\n", ":2: `limits.ack_retention_hours` must be a number, got a list"},
+		{"limits:\n  max_message_bytes: 1.5\n", ":2: `limits.max_message_bytes` must be a whole number, got a number (1.5)"},
+		{"limits:\n  min_free_disk_mb: 99999999999999999999\n", ":2: `limits.min_free_disk_mb` must be a whole number, got a number (99999999999999999999)"},
 		{"review:\n  nats_decide: maybe\n", ":2: `review.nats_decide` must be true or false, got text (\"maybe\")"},
 		{"nats: [1]\n", ":1: `nats` must be a section of keys (e.g. url: ... on the lines under it), got a list"},
 		{"name: A\nname: B\n", ":2: `name` is set twice (first at line 1)"},
