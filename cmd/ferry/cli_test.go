@@ -458,6 +458,28 @@ func TestRunBinary(t *testing.T) {
 			t.Fatalf("second run: exit %d, stderr:\n%s\nwant one line starting %q", r.code, r.stderr, want)
 		}
 		checkWords(t, "second run", msg)
+		// A home whose data directory is the first's (linked, or copied
+		// while both run) is told which process has the store open.
+		other := t.TempDir()
+		for _, f := range []string{node.IdentityFile, node.TokenFile} {
+			b, err := os.ReadFile(filepath.Join(home, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(other, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink(filepath.Join(home, node.DataDir), filepath.Join(other, node.DataDir)); err != nil {
+			t.Fatal(err)
+		}
+		r = runBin(t, bin, 20*time.Second, append([]string{"run", "--home", other, "--log-level", "error"}, localFlags...)...)
+		noPanic(t, r)
+		want = fmt.Sprintf("ferry: open store %s: another process (pid %d) has it open; a data directory belongs to one node (is it shared with another home?)",
+			filepath.Join(other, node.DataDir), first.Process.Pid)
+		if last := lastLine(r.stderr); r.code != 1 || !strings.HasPrefix(last, want) {
+			t.Fatalf("a run on a shared data directory: exit %d, stderr:\n%s\nwant a last line starting %q", r.code, r.stderr, want)
+		}
 		// SIGKILL leaves the record behind, but not the lock: the next run starts.
 		_ = first.Process.Kill()
 		<-exited
