@@ -18,9 +18,13 @@ import (
 // to stop, before it touches anything (before the store's own lock would
 // answer "resource temporarily unavailable").
 //
-// The file stays when the node stops (emptied): removing it would let a
-// process that opened it just before lock a file no longer in the home
-// while a third creates and locks a new one.
+// The file stays when the node stops, with the last holder's record (only a
+// held lock makes a record current): removing it would let a process that
+// opened it just before lock a file no longer in the home while a third
+// creates and locks a new one. The record is written over the last one in
+// place, so a full disk does not stop the next start (a node that cannot
+// write any record still runs; a second run then hears that the home is in
+// use by a process that did not record its pid).
 
 // LockFile is the home's lock and the record of who holds it.
 const LockFile = "ferry.lock"
@@ -44,7 +48,7 @@ type HomeInUseError struct {
 }
 
 func (e *HomeInUseError) Error() string {
-	who := "another process (it has not written its pid yet)"
+	who := "another process (it has not recorded its pid: it is starting, or its disk was full)"
 	if h := e.Holder; h != nil {
 		cmd := h.Command
 		if cmd == "" {
@@ -98,24 +102,21 @@ func (h Home) Lock(node string) (*HomeLock, error) {
 		return nil, &HomeInUseError{Dir: abs, Holder: readHolder(h.LockPath())}
 	}
 	rec, _ := json.Marshal(Holder{PID: os.Getpid(), Command: command(), Node: node, Started: time.Now().UTC().Truncate(time.Second)})
-	err = f.Truncate(0)
-	if err == nil {
-		_, err = f.WriteAt(append(rec, '\n'), 0)
-	}
-	if err != nil {
-		_ = f.Close()
-		return nil, fmt.Errorf("write %s: %w", h.LockPath(), err)
+	rec = append(rec, '\n')
+	if _, err := f.WriteAt(rec, 0); err != nil || f.Truncate(int64(len(rec))) != nil {
+		// The lock is what keeps others out; the record only names the
+		// holder. No record is better than another process's.
+		_ = f.Truncate(0)
 	}
 	return &HomeLock{f: f}, nil
 }
 
-// Unlock empties the record and lets the home go; it may be called more
-// than once, and on nil.
+// Unlock lets the home go (the record stays, for the next holder to write
+// over); it may be called more than once, and on nil.
 func (l *HomeLock) Unlock() error {
 	if l == nil || l.f == nil {
 		return nil
 	}
-	_ = l.f.Truncate(0)
 	err := l.f.Close() // closing the only descriptor releases the lock
 	l.f = nil
 	return err

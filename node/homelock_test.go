@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -50,8 +51,13 @@ func TestHomeLockSaysWhoHoldsIt(t *testing.T) {
 	if err := l.Unlock(); err != nil {
 		t.Fatalf("a second Unlock: %v", err)
 	}
-	// A stale record (its process is gone: the lock is free) is replaced.
-	stale := `{"pid":999999,"command":"ferry run","node":"gone","started":"2020-01-01T00:00:00Z"}`
+	// The record stays after Unlock (the next holder writes over it).
+	if b, err := os.ReadFile(h.LockPath()); err != nil || !strings.Contains(string(b), `"node":"A"`) {
+		t.Fatalf("the record after Unlock: %q %v", b, err)
+	}
+	// A stale record (its process is gone: the lock is free), longer than
+	// the next, is replaced whole.
+	stale := `{"pid":999999,"command":"ferry run","node":"` + strings.Repeat("gone", 50) + `","started":"2020-01-01T00:00:00Z"}`
 	if err := os.WriteFile(h.LockPath(), []byte(stale), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +67,8 @@ func TestHomeLockSaysWhoHoldsIt(t *testing.T) {
 	}
 	defer l2.Unlock()
 	b, err := os.ReadFile(h.LockPath())
-	if err != nil || !strings.Contains(string(b), fmt.Sprintf(`"pid":%d`, os.Getpid())) || !strings.Contains(string(b), `"node":"C"`) {
+	var rec node.Holder
+	if err != nil || json.Unmarshal(b, &rec) != nil || rec.PID != os.Getpid() || rec.Node != "C" {
 		t.Fatalf("the record after the stale one: %s %v", b, err)
 	}
 }
