@@ -11,8 +11,9 @@
 //     batch, one signature over its root), sends them on
 //     /ferry/resource/create/3.0.0 and waits for the Reply that covers them.
 //
-// It runs no identify, no hello, no DHT and no gossipsub: what it does is
-// the minimum docs/protocols.md asks of a partner and an origin.
+// It answers hello (/ferry/hello/1.0.0) and runs no identify, no DHT and no
+// gossipsub: what it does is the minimum docs/protocols.md asks of a partner
+// and an origin.
 //
 // Use: node peer.mjs '<json config>'; config: {"key": hex of the libp2p
 // protobuf private key, "listen": "/ip4/127.0.0.1/tcp/PORT", "ferry":
@@ -40,6 +41,16 @@ import { byteStream } from 'it-byte-stream'
 import { createLibp2p } from 'libp2p'
 import protobuf from 'protobufjs'
 
+// Node.js 20 lacks Promise.withResolvers (22 has it), which it-queue (under
+// libp2p's peer store, through mortice) calls when a peer disconnects.
+if (typeof Promise.withResolvers !== 'function') {
+  Promise.withResolvers = function () {
+    let resolve, reject
+    const promise = new this((res, rej) => { resolve = res; reject = rej })
+    return { promise, resolve, reject }
+  }
+}
+
 const cfg = JSON.parse(process.argv[2] ?? '{}')
 
 // ---- wire constants (docs/protocols.md) ----
@@ -54,7 +65,9 @@ const MAX_TREE = 1024
 const root = await protobuf.load(cfg.proto)
 const T = (name) => root.lookupType('ferry.v1.' + name)
 const Body = T('Body'); const Envelope = T('Envelope'); const Batch = T('Batch'); const Reply = T('Reply')
-const TreeProof = T('TreeProof')
+const Hello = T('Hello')
+const HELLO = '/ferry/hello/1.0.0'
+const MAX_HELLO_FRAME = 8192
 
 const out = (ev) => process.stdout.write(JSON.stringify(ev, (_, v) => typeof v === 'bigint' ? v.toString() : v) + '\n')
 // uint64 fields decode as Long (protobufjs); numbers and BigInt are used here.
@@ -296,6 +309,35 @@ for (const protocol of Object.keys(RESOURCE_PROTOCOLS)) {
     }
   }, { maxInboundStreams: 8 })
 }
+
+// ---- hello: say the network and how far it holds the Ferry node's changes ----
+// The Ferry node greets on the connections it dials (and, in its discovery
+// rounds, on any without a hello yet): it writes its Hello, this side answers
+// with its own. holds_version tells it how far this peer holds its changes:
+// a Ferry node whose partners acknowledged its changes takes its apps'
+// writes after a restart only once a partner has said that in hello.
+await node.handle(HELLO, async ({ stream, connection }) => {
+  const bs = byteStream(stream)
+  try {
+    const f = await readFrame(bs, MAX_HELLO_FRAME)
+    if (f == null) throw new Error('no hello')
+    const theirs = Hello.decode(f)
+    const holds = connection.remotePeer.equals(ferryId) && big(lane.epoch) !== 0n ? lane.through : 0n
+    const mine = Hello.encode(Hello.fromObject({
+      network: cfg.network ?? 'ferry', // must be the Ferry node's network: another one is disconnected for good
+      name: 'js',
+      version: 'interop-js',
+      addrs: node.getMultiaddrs().map((a) => a.decapsulateCode(421).bytes), // listen addresses, without /p2p
+      holdsVersion: holds.toString()
+    })).finish()
+    await bs.write(frame(mine))
+    out({ event: 'hello', from: connection.remotePeer.toString(), network: theirs.network, holds })
+    await stream.close()
+  } catch (err) {
+    out({ event: 'error', where: 'hello', error: String(err?.message ?? err) })
+    stream.abort(err)
+  }
+})
 
 // ---- origin: seal and send its own resource creates ----
 let version = 0n // the last origin version given (microseconds, never reused)
