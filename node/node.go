@@ -353,7 +353,7 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 // component=libp2p. It is process-wide: call it once, before the first
 // node starts (cmd/ferry and internal/testnet do).
 func RouteLibp2pLogs(h slog.Handler) {
-	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
+	gologshim.SetDefaultHandler(identifyOptional{h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")})})
 }
 
 // Start begins serving peers and apps, then joins the network.
@@ -376,6 +376,7 @@ func (n *Node) Start() error {
 			n.host.Peerstore().AddAddrs(peer.ID(e.Id), addrs, peerstore.AddressTTL)
 		}
 	}
+	n.keepPartnerAddrs()
 	// Hello is how a peer says who it is: anyone may.
 	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.Serve)
 	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.admin.ServeTrace)
@@ -617,12 +618,19 @@ func (n *Node) Members() []peer.ID { return n.book.Members() }
 // Partners lists the node's partners.
 func (n *Node) Partners() []peer.ID { return n.book.Partners() }
 
-// SetPartner adds or removes a partner (persisted).
-func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
-	if err := n.book.SetPartner(ctx, p, on); err != nil {
+// SetPartner adds or removes a partner (persisted). Addresses given with an
+// add are kept, in the peer book and in the peerstore for good
+// (peers/partners.go); a remove forgets them.
+func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.Multiaddr) error {
+	had := n.book.PartnerAddrs()[p]
+	if err := n.book.SetPartner(ctx, p, on, addrs...); err != nil {
 		return err
 	}
+	if !on && len(had) > 0 {
+		n.host.Peerstore().SetAddrs(p, had, 0) // no longer kept
+	}
 	if on {
+		n.keepPartnerAddrs()
 		n.connectivity.Protect(p)
 		n.sender.Kick(p)
 	}
