@@ -1,8 +1,10 @@
 package propagate
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -25,16 +27,27 @@ type receiverList struct {
 // receiverCache holds the last rendering.
 type receiverCache struct{ last atomic.Pointer[receiverList] }
 
-// receivers renders ps (this node left out) as a JSON list of {"id", "name"}.
+// receivers renders ps (this node left out) as a JSON list of {"id",
+// "name"}, in the order of their names (as delivery.status lists them).
 func (s *Service) receivers(ps []peer.ID) json.RawMessage {
 	self := s.roles.Self()
-	ids := make([]peer.ID, 0, len(ps))
-	names := make([]string, 0, len(ps))
+	type named struct {
+		id   peer.ID
+		name string
+	}
+	byName := make([]named, 0, len(ps))
 	for _, p := range ps {
 		if p != self {
-			ids = append(ids, p)
-			names = append(names, s.roles.Name(p))
+			byName = append(byName, named{p, s.roles.Name(p)})
 		}
+	}
+	slices.SortFunc(byName, func(a, b named) int {
+		return cmp.Or(strings.Compare(a.name, b.name), strings.Compare(string(a.id), string(b.id)))
+	})
+	ids := make([]peer.ID, len(byName))
+	names := make([]string, len(byName))
+	for i, x := range byName {
+		ids[i], names[i] = x.id, x.name
 	}
 	if c := s.recv.last.Load(); c != nil && slices.Equal(c.ids, ids) && slices.Equal(c.names, names) {
 		return c.raw
