@@ -30,6 +30,7 @@ import (
 
 	"github.com/ferrynet/ferry/admin"
 	"github.com/ferrynet/ferry/catchup"
+	"github.com/ferrynet/ferry/delivery"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
@@ -140,6 +141,10 @@ type Node struct {
 	catchup      *catchup.Service
 	search       *search.Service
 	spread       *spread.Service
+	// Apps' delivery status: the Watch follows the sender's floors (its
+	// Floors tracer); the service answers delivery.status and .wait.
+	watch    *delivery.Watch
+	delivery *delivery.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -267,8 +272,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.watch, err = delivery.NewWatch(delivery.WatchDeps{Publisher: pub, Names: n.book,
+		Logger: log.With("component", "delivery"), Registerer: n.reg}); err != nil {
+		return nil, err
+	}
 	sndo := o.Sender
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+	sndo.Floors = n.watch
 	sndo.Hold = holds.Hold
 	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
@@ -284,6 +294,8 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.sender, err = stream.NewSender(n.host, n.st, n.book, sndo); err != nil {
 		return nil, err
 	}
+	n.delivery = delivery.New(delivery.Deps{Store: n.st, Sender: n.sender, Roles: n.book, Watch: n.watch,
+		Logger: log.With("component", "delivery")})
 	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
@@ -398,6 +410,7 @@ func (n *Node) Start() error {
 	if err := n.members.Start(); err != nil {
 		return err
 	}
+	n.watch.Start()
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
@@ -432,6 +445,9 @@ func (n *Node) serveNATS() error {
 	if err := n.review.ServeNATS(n.ctx, n.bridge, n.cfg.Review.NATSDecide); err != nil {
 		return err
 	}
+	if err := n.delivery.ServeNATS(n.bridge); err != nil {
+		return err
+	}
 	return n.bridge.Flush()
 }
 
@@ -463,9 +479,10 @@ func (n *Node) Review() *review.Service { return n.review }
 
 // Close stops the node, within bounds, in this order (docs/architecture.md):
 //
-//  1. drain: the admin API stops listening and the NATS subscriptions are
-//     drained (no new request is taken; apps get no responders), while the
-//     requests already taken are answered (at most DrainTimeout);
+//  1. drain: open delivery waits are answered (unavailable); the admin API
+//     stops listening and the NATS subscriptions are drained (no new
+//     request is taken; apps get no responders), while the requests already
+//     taken are answered (at most DrainTimeout);
 //  2. the node's context is cancelled, no goroutine starts any more, and
 //     the peer side stops: receiver, sender, sync, search, propagate, DHT,
 //     host; then the node's own goroutines are waited for;
@@ -480,6 +497,9 @@ func (n *Node) Close() error {
 		n.draining.Store(true)
 		if n.restore != nil {
 			n.restore.Writes().Close() // held writes are answered before the drain waits for them
+		}
+		if n.watch != nil {
+			n.watch.Close() // so are open delivery waits (unavailable), and its goroutine stops
 		}
 		var errs []error
 		if n.bridge != nil {
