@@ -610,6 +610,9 @@ func (n *Node) Store() *store.Store { return n.st }
 // Sender is the delivery sender.
 func (n *Node) Sender() *stream.Sender { return n.sender }
 
+// ServedSubjects lists the NATS subjects this node answers for apps.
+func (n *Node) ServedSubjects() []string { return n.bridge.Served() }
+
 // NATSURL is where apps connect.
 func (n *Node) NATSURL() string { return n.bridge.ClientURL() }
 
