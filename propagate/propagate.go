@@ -125,6 +125,7 @@ type Service struct {
 
 	known *known   // own resources, for creates that need no read
 	ids   sync.Map // peer.ID -> its text form
+	recv  receiverCache
 }
 
 // Deps are what New needs.
@@ -438,7 +439,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		return
 	}
 	kind, proto := kindOf(req.Action)
-	partners := len(s.roles.Partners())
+	partners := s.receivers(s.roles.Partners())
 	var res Result
 	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		cur, err := s.ownRow(tx, req.DataType, self, id)
@@ -615,6 +616,7 @@ func (s *Service) planner(ctx context.Context, req Request, obj map[string]json.
 func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addressee []byte, lane stream.Lane, done func(Result, error)) {
 	kind, proto := kindOf(req.Action)
 	self := s.roles.Self()
+	receivers := s.receivers(to)
 	var res Result
 	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
@@ -632,7 +634,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 			})
 		}
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to}, sealed)
-		res = Result{"version": ver, "receivers": len(to)}
+		res = Result{"version": ver, "receivers": receivers}
 		if id, ok := eventID(req.Payload); ok {
 			res["id"] = id // what the event is about, as the app named it
 		}
