@@ -120,6 +120,12 @@ func TestBadInputInTheUsersWords(t *testing.T) {
 		{"ferry.review.submit", `{"type":"insert","table_name":"tb","table_id":1,"data":{},"descripton":"x"}`, "bad_request"},
 		{"ferry.review.submit", `{"type":"insert","table_name":"tb","table_id":1,"data":{},"description":{"sender":"x"}}`, "bad_request"},
 		{"ferry.review.submit", `not json`, "bad_request"},
+		{"ferry.delivery.status", `{"version":"x"}`, "bad_request"},
+		{"ferry.delivery.status", `{"versoin":1}`, "bad_request"},
+		{"ferry.delivery.status", `[1]`, "bad_request"},
+		{"ferry.delivery.wait", `{"version":1,"timeout_ms":"soon"}`, "bad_request"},
+		{"ferry.delivery.wait", `{"version":1,"receivers":"B"}`, "bad_request"},
+		{"ferry.delivery.wait", `{"version":1,"receivers":["nope"]}`, "bad_request"},
 	} {
 		out := natsAnswer(t, a, tc.subject, tc.body)
 		msg := errMessage(out)

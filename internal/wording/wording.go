@@ -63,13 +63,24 @@ func GoInternals(msg string, echoes ...string) string {
 
 // Suggest returns the candidate nearest to word when it is near enough to
 // be a slip of the keyboard (an edit distance of at most a third of the
-// word, at least 1, or the same letters in another case), else "".
+// word, at least 1, or the same letters in another case) or a part of it
+// (timeout for timeout_ms: a word of 4 or more letters that begins a
+// candidate, or that a candidate begins), else "".
 func Suggest(word string, candidates []string) string {
 	best, bestD := "", -1
 	for _, c := range candidates {
 		if strings.EqualFold(c, word) {
 			return c
 		}
+	}
+	lw := strings.ToLower(word)
+	for _, c := range candidates {
+		lc := strings.ToLower(c)
+		if min(len(lw), len(lc)) >= 4 && (strings.HasPrefix(lc, lw) || strings.HasPrefix(lw, lc)) {
+			return c
+		}
+	}
+	for _, c := range candidates {
 		d := distance(strings.ToLower(word), strings.ToLower(c))
 		if bestD < 0 || d < bestD {
 			best, bestD = c, d

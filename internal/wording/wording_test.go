@@ -134,7 +134,7 @@ func TestSuggest(t *testing.T) {
 	keys := []string{"name", "network", "listen", "bootstrap", "partners", "members", "reviewer"}
 	for word, want := range map[string]string{
 		"netwrok": "network", "lisen": "listen", "Name": "name", "partner": "partners",
-		"bootstraps": "bootstrap", "zzz": "", "membres": "members", "x": "",
+		"bootstraps": "bootstrap", "zzz": "", "membres": "members", "x": "", "review": "reviewer", "boot": "bootstrap",
 	} {
 		if got := wording.Suggest(word, keys); got != want {
 			t.Errorf("Suggest(%q) = %q, want %q", word, got, want)
