@@ -24,6 +24,7 @@ import (
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/docs"
 	"github.com/ferrynet/ferry/internal/idem"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/review"
@@ -205,6 +206,7 @@ func (srv *Server) maxBody() int64 { return int64(2*srv.maxMessageBytes + (64 <<
 
 // decode reads a JSON body of at most maxBody bytes; a larger one, whatever
 // its size, is refused with 413 too_large (at most maxBody+1 bytes are read).
+// An empty body leaves v as it is.
 func (srv *Server) decode(r *http.Request, v any) error {
 	limit := srv.maxBody()
 	tooLarge := fmt.Errorf("%w: the request body is over %d bytes (2 × limits.max_message_bytes + 64 KiB)", ferry.ErrTooLarge, limit)
@@ -221,10 +223,9 @@ func (srv *Server) decode(r *http.Request, v any) error {
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return badReq("body is not valid JSON for this call: %v", err)
-	}
-	return nil
+	// Strict, as the NATS subjects: an unknown member is refused by name,
+	// a wrong type names the field (internal/wording).
+	return wording.DecodeJSON(body, v, "")
 }
 
 // wait runs an asynchronous service call and waits for its answer.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry/internal/wording"
 )
 
 // Bounds of a wait.
@@ -109,6 +111,9 @@ func object(b []byte, known ...string) (map[string]json.RawMessage, error) {
 	}
 	for k := range fields {
 		if !slices.Contains(known, k) {
+			if s := wording.Suggest(k, known); s != "" {
+				return nil, fmt.Errorf("unknown field %q (did you mean %q?)", clip([]byte(k)), s)
+			}
 			return nil, fmt.Errorf("unknown field %q", clip([]byte(k)))
 		}
 	}

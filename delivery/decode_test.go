@@ -29,7 +29,7 @@ func TestDecodeWaitNamesTheField(t *testing.T) {
 		{`{"version":123,"receivers":null}`, "receivers: null is not a list of peer ids"},
 		{`{"version":123,"receivers":[]}`, "receivers: the list is empty"},
 		{`{"version":123,"receivers":["` + someID + `","B"]}`, `receivers[1]: "B" is not a peer id`},
-		{`{"version":123,"timeout":5}`, `unknown field "timeout"`},
+		{`{"version":123,"timeout":5}`, `unknown field "timeout" (did you mean "timeout_ms"?)`},
 		{`{"version":123,"Version":5}`, `unknown field "Version"`},
 		{`[1]`, "[1] is not a JSON object"},
 		{`null`, "null is not a JSON object"},

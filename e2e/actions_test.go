@@ -194,11 +194,14 @@ func TestBadPropagateInput(t *testing.T) {
 		{"planner to a non-partner", `{"action":"planner","data_type":"vm","payload":{"peer_id":"` + C + `"}}`, "forbidden"},
 		{"planner without peer_id", `{"action":"planner","data_type":"vm","payload":{}}`, "bad_request"},
 	}
+	w := &words{t: t}
 	for _, tc := range cases {
 		r := ask(t, a, tc.body)
 		if r.OK || r.Error == nil || r.Error.Code != tc.code {
 			t.Errorf("%s: got %+v, want code %s", tc.name, r.Error, tc.code)
+			continue
 		}
+		w.check(tc.name, r.Error.Message, tc.body)
 	}
 	after, _ := st.Counter(store.CtrVersion)
 	if after != before {

@@ -125,7 +125,7 @@ func TestDeliveryStatusAndWait(t *testing.T) {
 	// Bad requests name what is wrong; a version this node never answered
 	// is not_found.
 	for body, want := range map[string][2]string{
-		``:                                   {"bad_request", "body must be"},
+		``:                                   {"bad_request", "the body is empty; it must be a JSON object"},
 		`{"version":"x"}`:                    {"bad_request", `version: "x" is not a version`},
 		`{"version":1,"timeout_ms":-1}`:      {"bad_request", "timeout_ms: -1 is negative"},
 		`{"version":1,"receivers":["nope"]}`: {"bad_request", `receivers[0]: "nope" is not a peer id`},

@@ -225,6 +225,7 @@ func TestReviewBadInput(t *testing.T) {
 		return fmt.Sprint(must2(net.Node(nA).Review().Requests(""))) + fmt.Sprint(must2(net.Node(nA).Acks(node.AckQuery{})))
 	}
 	b0 := before()
+	w := &words{t: t}
 	for _, tc := range []struct{ body, code string }{
 		{`{"type":"upsert","table_name":"tb","table_id":1,"data":{}}`, "bad_request"},
 		{`{"type":"insert","table_id":1,"data":{}}`, "bad_request"},
@@ -239,7 +240,9 @@ func TestReviewBadInput(t *testing.T) {
 		testnet.Request(t, a, "ferry.review.submit", tc.body, &r)
 		if r.OK || r.Error == nil || r.Error.Code != tc.code {
 			t.Errorf("%s: %+v, want %s", tc.body, r.Error, tc.code)
+			continue
 		}
+		w.check(tc.body, r.Error.Message, tc.body)
 	}
 	if before() != b0 {
 		t.Fatal("a refused submit changed the ledger")
@@ -247,6 +250,8 @@ func TestReviewBadInput(t *testing.T) {
 	// Decisions: unknown request, not on the reviewer, edit of a delete, twice.
 	if s, out := admin(t, net, nC, "POST", "/api/v1/requests/999/accept", nil); s != 404 || errCode(out) != "not_found" {
 		t.Errorf("unknown request: %d %v", s, out)
+	} else {
+		w.check("accept of an unknown request", errMessage(out), "")
 	}
 	del := submit(t, a, "delete", "tb", 1, `{}`)
 	atC := waitingAt(t, net.Node(nC), del.Origin)
@@ -258,9 +263,13 @@ func TestReviewBadInput(t *testing.T) {
 	}
 	if s, out := admin(t, net, nC, "POST", fmt.Sprintf("/api/v1/requests/%d/edit", atC.ID), map[string]any{"data": map[string]any{"x": 1}}); s != 400 || errCode(out) != "bad_request" {
 		t.Errorf("edit of a delete: %d %v", s, out)
+	} else {
+		w.check("edit of a delete", errMessage(out), "")
 	}
 	if s, out := admin(t, net, nC, "POST", fmt.Sprintf("/api/v1/requests/%d/accept", atC.ID), nil); s != 409 || errCode(out) != "conflict" {
 		t.Errorf("accepting a delete of a missing row: %d %v", s, out)
+	} else {
+		w.check("accepting a delete of a missing row", errMessage(out), "")
 	}
 	decideAt(t, net, atC.ID, "reject", nil)
 	if s, out := admin(t, net, nC, "POST", fmt.Sprintf("/api/v1/requests/%d/accept", atC.ID), nil); s != 409 || errCode(out) != "conflict" {

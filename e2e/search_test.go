@@ -233,14 +233,19 @@ func TestSearchThroughNATS(t *testing.T) {
 	})
 
 	t.Run("bad requests", func(t *testing.T) {
+		w := &words{t: t}
 		for _, p := range []map[string]any{
 			{"type": "everyone", "search": "x"},
 			{"search": "x", "query_id": "not a token"},
 			{"search": "x", "limit": 501},
 			{"search": "x", "wait_ms": 60000},
+			{"search": "x", "limit": "5"},
+			{"search": "x", "wiat_ms": 100},
 		} {
 			if r := searchAsk(t, c, "vm", p); r.OK || r.Error == nil || r.Error.Code != "bad_request" {
 				t.Errorf("%v: %+v", p, r)
+			} else {
+				w.check(fmt.Sprint(p), r.Error.Message, fmt.Sprint(p))
 			}
 		}
 		if r := searchAsk(t, c, "peer", map[string]any{}); r.OK || r.Error == nil || r.Error.Code != "bad_request" {

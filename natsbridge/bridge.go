@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wording"
 )
 
 // Options configure the bridge.
@@ -458,15 +459,17 @@ func (l *serverLog) Fatalf(f string, v ...any) {
 const MsgIDHeader = "Nats-Msg-Id"
 
 // HandleJSON serves a request subject whose body is JSON: it decodes the
-// body into T (usage says what it should look like, for the error an app
-// gets; an empty body is the zero T when optional) and answers with the
-// fields call reports, or its error.
+// body into T strictly (internal/wording: an unknown member is refused by
+// name, a wrong type names the field and what it must be; usage says what
+// the body should look like, for the error an app gets; an empty body is
+// the zero T when optional) and answers with the fields call reports, or
+// its error.
 func HandleJSON[T any](b *Bridge, suffix, usage string, optional bool, call func(req T, reply Reply, done func(map[string]any, error))) error {
 	return b.Handle(suffix, func(data []byte, reply Reply) {
 		var req T
 		if len(data) > 0 || !optional {
-			if err := json.Unmarshal(data, &req); err != nil {
-				reply.Err(fmt.Errorf("%w: body must be %s: %v", ferry.ErrBadRequest, usage, err))
+			if err := wording.DecodeJSON(data, &req, ""); err != nil {
+				reply.Err(fmt.Errorf("%w (expected %s)", err, usage))
 				return
 			}
 		}

@@ -359,3 +359,44 @@ func TestReconnectToExternalServer(t *testing.T) {
 	b.Close()
 	nc.Close()
 }
+
+// TestHandleJSONSaysWhatIsWrong: a JSON subject refuses a bad body with
+// bad_request and a message that names the field, what it must be and what
+// it was, and the body's shape; an unknown member is refused by name; an
+// optional subject takes an empty body as the zero request.
+func TestHandleJSONSaysWhatIsWrong(t *testing.T) {
+	b := start(t, Options{Prefix: "px"})
+	type req struct {
+		Since uint64 `json:"since"`
+		Limit int    `json:"limit"`
+	}
+	for _, optional := range []bool{false, true} {
+		suffix := fmt.Sprintf("json%v", optional)
+		if err := HandleJSON(b, suffix, `{"since": <version>}`, optional, func(r req, _ Reply, done func(map[string]any, error)) {
+			done(map[string]any{"since": r.Since}, nil)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc := connect(t, b.ClientURL())
+	for _, tc := range []struct{ subject, body, want string }{
+		{"px.jsonfalse", `{"since":-1}`, "bad request: `since` must be a non-negative integer, got -1 (expected {\"since\": <version>})"},
+		{"px.jsonfalse", `{"since":"7"}`, "bad request: `since` must be a non-negative integer, got \"7\" (expected {\"since\": <version>})"},
+		{"px.jsonfalse", `{"sinc":7}`, "bad request: unknown field `sinc` (did you mean `since`?) (expected {\"since\": <version>})"},
+		{"px.jsonfalse", `[7]`, "bad request: the body must be a JSON object, got [7] (expected {\"since\": <version>})"},
+		{"px.jsonfalse", ``, "bad request: the body is empty; it must be a JSON object (expected {\"since\": <version>})"},
+		{"px.jsontrue", `{"limit":true}`, "bad request: `limit` must be an integer, got true (expected {\"since\": <version>})"},
+	} {
+		a := ask(t, nc, &nats.Msg{Subject: tc.subject, Data: []byte(tc.body)})
+		if a.OK || a.Error == nil || a.Error.Code != ferry.CodeBadRequest || a.Error.Message != tc.want {
+			t.Errorf("%s %q: %+v, want bad_request %q", tc.subject, tc.body, a.Error, tc.want)
+		}
+	}
+	raw, err := nc.Request("px.jsontrue", nil, 5*time.Second)
+	if err != nil || string(raw.Data) != `{"ok":true,"since":0}` {
+		t.Fatalf("an empty body on an optional subject: %v %s", err, raw.Data)
+	}
+}

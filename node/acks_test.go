@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -102,8 +103,11 @@ func TestAckRowsPagesAndFilters(t *testing.T) {
 		}
 	}
 	for _, q := range []node.AckQuery{{State: "lost"}, {Kind: "mail"}, {Limit: -1}, {Before: "x"}} {
-		if _, err := a.Acks(q); !errors.Is(err, ferry.ErrBadRequest) {
+		_, err := a.Acks(q)
+		if !errors.Is(err, ferry.ErrBadRequest) {
 			t.Errorf("%+v: %v, want bad_request", q, err)
+		} else if g := wording.GoInternals(err.Error(), q.State, q.Kind, q.Before); g != "" {
+			t.Errorf("%+v: %q speaks Go (%q)", q, err, g)
 		}
 	}
 	// C's rows are stuck: attempts, a next attempt and the last error show.

@@ -3,7 +3,6 @@ package node
 import (
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/url"
@@ -58,6 +57,10 @@ type Config struct {
 	Connections Connections `yaml:"connections"`
 	Review      Review      `yaml:"review"`
 	Log         LogConfig   `yaml:"log"`
+
+	// where says where each key was set (ferry.yaml:3, FERRY_NATS_URL,
+	// --nats-url), for the errors that name it (configload.go).
+	where map[string]string
 }
 
 // NATSConfig says where apps reach the node.
@@ -149,13 +152,26 @@ func Default() Config {
 	}
 }
 
-// ConfigError names the key a configuration problem is in.
+// ConfigError names the key a configuration problem is in, and where it was
+// set: the file and line (ferry.yaml:3), the environment variable or the
+// flag; Where is empty for a key left at its default.
 type ConfigError struct {
-	Key string
-	Err error
+	Key   string
+	Where string
+	Err   error
+	// phrased: Err names the key itself (unknown key `x`, `x` must be ...).
+	phrased bool
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %v", e.Key, e.Err) }
+func (e *ConfigError) Error() string {
+	switch {
+	case e.Where == "":
+		return fmt.Sprintf("config: %s: %v", e.Key, e.Err)
+	case e.phrased:
+		return fmt.Sprintf("%s: %v", e.Where, e.Err)
+	}
+	return fmt.Sprintf("%s: %s: %v", e.Where, e.Key, e.Err)
+}
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 func cfgErr(key string, format string, args ...any) error {
@@ -167,8 +183,18 @@ var (
 	subjectRe = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 )
 
-// Validate checks every key and returns the first problem, naming its key.
+// Validate checks every key and returns the first problem, naming its key
+// and where it was set.
 func (c *Config) Validate() error {
+	err := c.validate()
+	var ce *ConfigError
+	if errors.As(err, &ce) && ce.Where == "" {
+		ce.Where = c.Where(ce.Key)
+	}
+	return err
+}
+
+func (c *Config) validate() error {
 	if !nameRe.MatchString(c.Name) {
 		return cfgErr("name", "%q must be 1-64 letters, digits, '.', '_' or '-'", c.Name)
 	}
@@ -278,7 +304,8 @@ func checkHostPort(s string) error {
 }
 
 // LoadFile reads a ferry.yaml over the defaults; a missing file is no error.
-// Unknown keys are refused, so a typo does not pass silently.
+// Unknown keys are refused, so a typo does not pass silently; every error
+// names the file and line (configload.go).
 func LoadFile(path string) (Config, error) {
 	c := Default()
 	b, err := os.ReadFile(path)
@@ -288,10 +315,8 @@ func LoadFile(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
-	dec := yaml.NewDecoder(strings.NewReader(string(b)))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config: %s: %w", path, err)
+	if err := decodeYAML(path, b, &c); err != nil {
+		return c, err
 	}
 	return c, nil
 }
@@ -367,7 +392,7 @@ func (s Setting) Set(val string) error {
 	case reflect.Int:
 		n, err := strconv.Atoi(val)
 		if err != nil {
-			return cfgErr(s.Key, "%q is not a number", val)
+			return cfgErr(s.Key, "%q is not a whole number", val)
 		}
 		s.field.SetInt(int64(n))
 	case reflect.Float64:
@@ -400,8 +425,8 @@ func (s Setting) Set(val string) error {
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	for _, s := range c.Settings() {
 		if v, ok := lookup(s.Env); ok {
-			if err := s.Set(v); err != nil {
-				return fmt.Errorf("%s: %w", s.Env, err)
+			if err := c.SetFrom(s, s.Env, v); err != nil {
+				return err
 			}
 		}
 	}

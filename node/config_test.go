@@ -151,8 +151,8 @@ func TestLoadFileRefusesUnknownKeys(t *testing.T) {
 		if err == nil {
 			t.Fatalf("LoadFile accepted unknown key %q", tc.bad)
 		}
-		if !strings.HasPrefix(err.Error(), "config: ") || !strings.Contains(err.Error(), tc.bad) {
-			t.Fatalf("error %q does not name the unknown key %q", err, tc.bad)
+		if !strings.HasPrefix(err.Error(), p+":") || !strings.Contains(err.Error(), "unknown key `") || !strings.Contains(err.Error(), tc.bad+"`") {
+			t.Fatalf("error %q does not name the file and the unknown key %q", err, tc.bad)
 		}
 	}
 }

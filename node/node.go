@@ -90,6 +90,10 @@ type Options struct {
 	// gates who may connect (prebuilt.go), and the DHT and every service
 	// run on it as on a built host.
 	Host host.Host
+	// HomeLock, when set, is the home's lock the caller took already
+	// (ferry run takes it before it touches the home); the node owns it
+	// from New on, as Host. nil: New takes it.
+	HomeLock *HomeLock
 }
 
 // SegmentBytesEnv names the environment variable that sets the size at
@@ -165,6 +169,7 @@ type Node struct {
 	metrics   *nodeMetrics
 	fatal     chan error
 	fatalOnce sync.Once
+	lock      *HomeLock // the home, held from New to the end of Close (homelock.go)
 }
 
 // New builds a node from a validated config and its home. Nothing listens
@@ -174,6 +179,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		defer func() {
 			if err != nil {
 				_ = o.Host.Close() // the node owns it (Options.Host)
+			}
+		}()
+	}
+	if o.HomeLock != nil {
+		defer func() {
+			if err != nil {
+				_ = o.HomeLock.Unlock() // the node owns it (Options.HomeLock)
 			}
 		}()
 	}
@@ -202,6 +214,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 			_ = n.Close()
 		}
 	}()
+	if n.lock = o.HomeLock; n.lock == nil {
+		if n.lock, err = home.Lock(cfg.Name); err != nil {
+			return nil, err
+		}
+	}
 	if err := promreg.Register(n.reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return nil, err
 	}
@@ -551,6 +568,7 @@ func (n *Node) Close() error {
 		if n.bridge != nil {
 			n.bridge.Close()
 		}
+		errs = append(errs, n.lock.Unlock()) // last: the home is free once everything is closed
 		n.closeErr = errors.Join(errs...)
 		if n.started {
 			n.log.Info("ferry node stopped")

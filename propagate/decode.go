@@ -1,9 +1,11 @@
 package propagate
 
 import (
+	"fmt"
 	"unicode/utf8"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wording"
 )
 
 // The body of <prefix>.propagate is read in one pass: the scan below checks
@@ -13,12 +15,13 @@ import (
 // json.Unmarshal, a depth scan, a validity scan and a member scan: four
 // passes and a copy, the largest cost of a request at the NATS hop.
 //
-// The scan takes only the common shape: a JSON object whose members named
-// exactly action, data_type, idempotency_key are strings without escapes,
-// in valid UTF-8. Anything else (escapes, a member named "Action", which
-// encoding/json would match, invalid UTF-8, a body nested too deeply)
-// is left to json.Unmarshal, so the answer to unusual input is the one it
-// always was.
+// The scan takes only the common shape: a JSON object of no members but
+// those named exactly action, data_type, payload, idempotency_key, the
+// others strings without escapes, in valid UTF-8. Anything else (escapes,
+// a member named "Action", which encoding/json would match, an unknown
+// member, invalid UTF-8, a body nested too deeply) is left to the strict
+// decoder (decodeSlow), so the answer to unusual input is the one it always
+// was, and an unknown member is refused by name.
 
 // scanned is what the one-pass scan learnt about a request's payload.
 type scanned struct {
@@ -30,7 +33,7 @@ type scanned struct {
 
 // DecodeRequest reads a propagate request body in one pass. ok is false
 // when the body is not of the common shape; the caller then decodes it with
-// encoding/json (and gets its error for a malformed body).
+// decodeSlow (and gets its error for a malformed body).
 func DecodeRequest(data []byte) (req Request, ok bool) {
 	if !utf8.Valid(data) {
 		return Request{}, false
@@ -80,13 +83,10 @@ func DecodeRequest(data []byte) (req Request, ok bool) {
 				}
 				req.Payload = data[start:s.i]
 			default:
-				if foldsTo(key) {
-					// encoding/json matches member names without case.
-					return Request{}, false
-				}
-				if !s.value(1) {
-					return Request{}, false
-				}
+				// A member in another case (encoding/json matches names
+				// without case) or an unknown one, which the slow path
+				// refuses by name.
+				return Request{}, false
 			}
 			s.space()
 			if s.eat('}') {
@@ -107,29 +107,17 @@ func DecodeRequest(data []byte) (req Request, ok bool) {
 	return req, true
 }
 
-// foldsTo reports whether key is one of the request's member names in
-// another case.
-func foldsTo(key []byte) bool {
-	for _, name := range [...]string{"action", "data_type", "payload", "idempotency_key"} {
-		if len(key) != len(name) {
-			continue
-		}
-		same := true
-		for i := range key {
-			c := key[i]
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != name[i] {
-				same = false
-				break
-			}
-		}
-		if same {
-			return true
-		}
+// RequestUsage is what a propagate request body looks like, for errors.
+const RequestUsage = `{"action", "data_type", "payload", "idempotency_key"?}`
+
+// decodeSlow reads a body the scan did not take: strictly (an unknown
+// member is refused by name), with errors in the app's words.
+func decodeSlow(data []byte) (Request, error) {
+	var req Request
+	if err := wording.DecodeJSON(data, &req, ""); err != nil {
+		return Request{}, fmt.Errorf("%w (expected %s)", err, RequestUsage)
 	}
-	return false
+	return req, nil
 }
 
 // scan is a JSON validator over b from i. Depths count the payload's own

@@ -2,27 +2,25 @@ package propagate
 
 import (
 	"bytes"
-	"encoding/json"
 	"strings"
 	"testing"
 
 	"github.com/ferrynet/ferry"
 )
 
-// sameAsSlowPath checks DecodeRequest against encoding/json and the checks
-// it replaces: whenever the one-pass scan takes a body, json.Unmarshal takes
-// it too with the same fields, the payload passes the depth check, and what
+// sameAsSlowPath checks DecodeRequest against the strict decoder and the
+// checks it replaces: whenever the one-pass scan takes a body, decodeSlow
+// takes it too with the same fields, the payload passes the depth check, and what
 // the scan found in the payload is what checkResource finds.
 func sameAsSlowPath(t *testing.T, body []byte) (fast bool) {
 	t.Helper()
 	got, ok := DecodeRequest(body)
-	var want Request
-	slowErr := json.Unmarshal(body, &want)
+	want, slowErr := decodeSlow(body)
 	if !ok {
 		return false
 	}
 	if slowErr != nil {
-		t.Fatalf("%q: the scan took a body encoding/json refuses (%v)", body, slowErr)
+		t.Fatalf("%q: the scan took a body the strict decoder refuses (%v)", body, slowErr)
 	}
 	if got.Action != want.Action || got.DataType != want.DataType || got.IdempotencyKey != want.IdempotencyKey || !bytes.Equal(got.Payload, want.Payload) {
 		t.Fatalf("%q: scan %+v, encoding/json %+v", body, got, want)
@@ -61,7 +59,8 @@ func TestDecodeRequestMatchesEncodingJSON(t *testing.T) {
 	}{
 		{`{"action":"create","data_type":"vm","payload":{"id":"a","x":[1,2.5e3,-0.1,true,false,null,"s\"q"]}}`, true},
 		{` { "action" : "update" , "data_type" : "vm" , "payload" : { "id" : 7 , "creator_id" : "me" } } `, true},
-		{`{"action":"create","data_type":"vm","payload":{"id":"a"},"idempotency_key":"k-1","other":{"deep":[{}]}}`, true},
+		{`{"action":"create","data_type":"vm","payload":{"id":"a"},"idempotency_key":"k-1"}`, true},
+		{`{"action":"create","data_type":"vm","payload":{"id":"a"},"other":{"deep":[{}]}}`, false}, // refused by name
 		{`{"action":"create","data_type":"vm","payload":{"id":"a","id":"b"}}`, true},
 		{`{"action":"create","data_type":"vm","payload":{"i\u0064":"a"}}`, true},
 		{`{"action":"create","data_type":"vm","payload":[1,2]}`, true},
@@ -97,7 +96,7 @@ func TestDecodeRequestMatchesEncodingJSON(t *testing.T) {
 }
 
 // FuzzDecodeRequest: whatever the body, the scan never disagrees with
-// encoding/json and the checks it replaces.
+// the strict decoder and the checks it replaces.
 func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"action":"create","data_type":"vm","payload":{"id":"a","creator_id":"x","n":[1,{"b":null}]}}`,

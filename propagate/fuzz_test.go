@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -47,6 +48,15 @@ var sentinels = []error{ferry.ErrBadRequest, ferry.ErrUnknownAction, ferry.ErrNo
 	ferry.ErrNotFound, ferry.ErrConflict, ferry.ErrForbidden, ferry.ErrUnavailable}
 
 // sentinelOf returns the sentinel error err wraps, or nil.
+// inUsersWords fails the test when an error an app would read speaks Go
+// (internal/wording); what the input itself holds does not count.
+func inUsersWords(t *testing.T, err error, input []byte) {
+	t.Helper()
+	if g := wording.GoInternals(err.Error(), string(input)); g != "" {
+		t.Fatalf("%q: the error %q speaks Go (%q)", input, err, g)
+	}
+}
+
 func sentinelOf(err error) error {
 	for _, s := range sentinels {
 		if errors.Is(err, s) {
@@ -353,7 +363,13 @@ func FuzzPropagateRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var req Request
 		if json.Unmarshal(data, &req) != nil {
-			return // the NATS handler answers bad_request itself
+			// The NATS handler answers bad_request itself, in the app's words.
+			if _, err := decodeSlow(data); !errors.Is(err, ferry.ErrBadRequest) {
+				t.Fatalf("%q: encoding/json refuses it, the strict decoder says %v", data, err)
+			} else {
+				inUsersWords(t, err, data)
+			}
+			return
 		}
 		ver := n.counter(t, store.CtrVersion)
 		sent := len(n.snd.enqueued())
@@ -363,6 +379,7 @@ func FuzzPropagateRequest(f *testing.F) {
 		verAfter := n.counter(t, store.CtrVersion)
 		items := n.snd.enqueued()[sent:]
 		if a.err != nil {
+			inUsersWords(t, a.err, data)
 			if sentinelOf(a.err) == nil {
 				t.Fatalf("%+v: error %q wraps no sentinel of package ferry (it would answer as code %q)", req, a.err, ferry.Code(a.err))
 			}
@@ -455,10 +472,17 @@ func FuzzChangesRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var req ChangesRequest
 		if len(data) > 0 && json.Unmarshal(data, &req) != nil {
-			return // the NATS handler answers bad_request itself
+			// The NATS handler answers bad_request itself, in the app's words.
+			if err := wording.DecodeJSON(data, &ChangesRequest{}, ""); !errors.Is(err, ferry.ErrBadRequest) {
+				t.Fatalf("%q: encoding/json refuses it, the strict decoder says %v", data, err)
+			} else {
+				inUsersWords(t, err, data)
+			}
+			return
 		}
 		changes, next, err := n.svc.Changes(req)
 		if err != nil {
+			inUsersWords(t, err, data)
 			if !errors.Is(err, ferry.ErrBadRequest) || changes != nil {
 				t.Fatalf("%+v: error %v (want bad_request), %d changes", req, err, len(changes))
 			}

@@ -2,10 +2,7 @@ package propagate
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 
-	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/idem"
 	"github.com/ferrynet/ferry/natsbridge"
 )
@@ -14,12 +11,14 @@ import (
 // and <prefix>.changes); requests run under ctx.
 func (s *Service) ServeNATS(ctx context.Context, b *natsbridge.Bridge) error {
 	// The busiest subject: its body is read in one pass (DecodeRequest); an
-	// unusual body goes through encoding/json as every other subject's.
+	// unusual body goes through the strict decoder, as every other
+	// subject's (natsbridge.HandleJSON).
 	if err := b.Handle("propagate", func(data []byte, reply natsbridge.Reply) {
 		req, ok := DecodeRequest(data)
 		if !ok {
-			if err := json.Unmarshal(data, &req); err != nil {
-				reply.Err(fmt.Errorf("%w: body must be a JSON object with action, data_type, payload and idempotency_key?: %v", ferry.ErrBadRequest, err))
+			var err error
+			if req, err = decodeSlow(data); err != nil {
+				reply.Err(err)
 				return
 			}
 		}

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -467,6 +466,11 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		case req.Action == ActionCreate && exists:
 			return fmt.Errorf("%w: %s %q exists; update it instead", ferry.ErrConflict, req.DataType, id)
 		case req.Action != ActionCreate && !exists:
+			if cur == nil {
+				if err := s.partnersCopy(tx, req, id); err != nil {
+					return err
+				}
+			}
 			return fmt.Errorf("%w: %s %q", ferry.ErrNotFound, req.DataType, id)
 		}
 		prev, err := tx.CounterValue(CtrResourceHead)
@@ -490,6 +494,34 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		res = Result{"id": id, "version": ver, "receivers": partners}
 		return nil
 	}), func(err error) { done(res, err) })
+}
+
+// partnersCopy refuses an update or delete of a resource this node does
+// not own but holds from a partner (the app left creator_id out, so it was
+// taken as this node's): not_owner, naming the creator, rather than
+// not_found, since the node does hold it.
+func (s *Service) partnersCopy(tx *store.Txn, req Request, id string) error {
+	for _, p := range s.roles.Partners() {
+		r, err := tx.GetResource(req.DataType, p, id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if r.Deleted {
+			continue
+		}
+		who := s.roles.Name(p)
+		if who == "" || who == p.String() {
+			who = "partner " + p.String()
+		} else {
+			who += " (" + p.String() + ")"
+		}
+		return fmt.Errorf("%w: %s %q was created by %s; this node holds its partner's copy, and only the creator may %s it",
+			ferry.ErrNotOwner, req.DataType, id, who, req.Action)
+	}
+	return nil
 }
 
 // sameChange reports whether the change that set an own resource row is of
@@ -519,8 +551,16 @@ func (s *Service) deliver(tx *store.Txn, e store.OwnEntry, sealed *store.Sealed)
 
 func (s *Service) considers(ctx context.Context, req Request, obj map[string]json.RawMessage, done func(Result, error)) {
 	var ids []string
-	if raw, ok := obj["peer_ids"]; !ok || json.Unmarshal(raw, &ids) != nil || len(ids) == 0 {
-		done(nil, badRequest("considers needs payload.peer_ids, a non-empty list of peer ids"))
+	raw, ok := obj["peer_ids"]
+	switch {
+	case !ok:
+		done(nil, badRequest("considers needs payload.peer_ids, a non-empty array of peer ids"))
+		return
+	case json.Unmarshal(raw, &ids) != nil:
+		done(nil, badRequest("payload.peer_ids must be an array of peer ids (strings), got %s", shown(raw)))
+		return
+	case len(ids) == 0:
+		done(nil, badRequest("payload.peer_ids is empty; considers goes to the peers it lists"))
 		return
 	}
 	var to []peer.ID
@@ -545,8 +585,12 @@ func (s *Service) considers(ctx context.Context, req Request, obj map[string]jso
 
 func (s *Service) plannerPeer(obj map[string]json.RawMessage) (peer.ID, error) {
 	var x string
-	if raw, ok := obj["peer_id"]; !ok || json.Unmarshal(raw, &x) != nil {
+	raw, ok := obj["peer_id"]
+	if !ok {
 		return "", badRequest("payload.peer_id is missing")
+	}
+	if json.Unmarshal(raw, &x) != nil {
+		return "", badRequest("payload.peer_id must be a peer id (a string), got %s", shown(raw))
 	}
 	p, err := peer.Decode(x)
 	if err != nil {
@@ -590,9 +634,35 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 			})
 		}
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to}, sealed)
-		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": receivers}
+		res = Result{"version": ver, "receivers": receivers}
+		if id, ok := eventID(req.Payload); ok {
+			res["id"] = id // what the event is about, as the app named it
+		}
 		return nil
 	}), func(err error) { done(res, err) })
+}
+
+// eventID is the id a considers or planner payload names (its top-level
+// "id": a non-empty string, or a number as its text), if any.
+func eventID(payload []byte) (string, bool) {
+	vals, ok := topLevel(payload, "id")
+	if !ok || vals[0] == nil {
+		return "", false
+	}
+	return idText(vals[0])
+}
+
+// shown is a JSON value quoted back in a message, shortened.
+func shown(raw []byte) string {
+	const max = 40
+	if len(raw) <= max {
+		return string(raw)
+	}
+	cut := max
+	for cut > 0 && raw[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return string(raw[:cut]) + "…"
 }
 
 func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result, error)) {
@@ -621,6 +691,8 @@ func (s *Service) closePlanner(obj map[string]json.RawMessage, done func(Result,
 			wasOpen = s.streams.CloseStream(p, protocols.Planner)
 		}
 		s.log.Info("planner stream closed", "peer", p, "was_open", wasOpen)
-		done(Result{"id": p.String(), "version": 0, "closed": wasOpen}, nil)
+		// No id or version: close_planner writes no change (it is held
+		// in the store's settings, not in the log).
+		done(Result{"peer_id": p.String(), "closed": wasOpen}, nil)
 	}()
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -33,6 +34,15 @@ type fuzzSink struct{}
 
 var sentinels = []error{ferry.ErrBadRequest, ferry.ErrUnknownAction, ferry.ErrNotOwner, ferry.ErrTooLarge,
 	ferry.ErrNotFound, ferry.ErrConflict, ferry.ErrForbidden, ferry.ErrUnavailable}
+
+// inUsersWords fails the test when an error an app or operator would read
+// speaks Go (internal/wording); what the input itself holds does not count.
+func inUsersWords(t *testing.T, err error, input []byte) {
+	t.Helper()
+	if g := wording.GoInternals(err.Error(), string(input)); g != "" {
+		t.Fatalf("%q: the error %q speaks Go (%q)", input, err, g)
+	}
+}
 
 func wrapsSentinel(err error) bool {
 	for _, s := range sentinels {
@@ -91,12 +101,19 @@ func FuzzSubmitRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var req SubmitRequest
 		if json.Unmarshal(body, &req) != nil {
-			return // the bridge answers bad_request before the service
+			// The bridge answers bad_request before the service, in the app's words.
+			if err := wording.DecodeJSON(body, &SubmitRequest{}, ""); !errors.Is(err, ferry.ErrBadRequest) {
+				t.Fatalf("%q: encoding/json refuses it, the strict decoder says %v", body, err)
+			} else {
+				inUsersWords(t, err, body)
+			}
+			return
 		}
 		before, _ := st.Counter(store.CtrRequest)
 		row, err := wait(t, func(done func(Row, error)) { s.Submit(context.Background(), req, done) })
 		after, _ := st.Counter(store.CtrRequest)
 		if err != nil {
+			inUsersWords(t, err, body)
 			if !wrapsSentinel(err) {
 				t.Fatalf("error without a wire code: %v", err)
 			}
@@ -125,6 +142,11 @@ func FuzzDecideRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte, typ uint8) {
 		var req DecideRequest
 		if json.Unmarshal(body, &req) != nil {
+			if err := wording.DecodeJSON(body, &DecideRequest{}, ""); !errors.Is(err, ferry.ErrBadRequest) {
+				t.Fatalf("%q: encoding/json refuses it, the strict decoder says %v", body, err)
+			} else {
+				inUsersWords(t, err, body)
+			}
 			return
 		}
 		// A fresh waiting request to decide on.
@@ -144,6 +166,7 @@ func FuzzDecideRequest(f *testing.F) {
 		seq2, _ := st.Counter(store.CtrDecision)
 		rows2, _ := st.Rows("tb")
 		if err != nil {
+			inUsersWords(t, err, body)
 			if !wrapsSentinel(err) {
 				t.Fatalf("error without a wire code: %v", err)
 			}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 )
@@ -54,8 +55,8 @@ func badRequest(format string, args ...any) error {
 // "wait_ms". Errors wrap ferry.ErrBadRequest.
 func ParseRequest(dataType string, payload json.RawMessage) (Request, error) {
 	var p searchPayload
-	if err := json.Unmarshal(payload, &p); err != nil {
-		return Request{}, badRequest("search payload must be a JSON object {\"search\", \"type\"?, \"query_id\"?, \"limit\"?, \"wait_ms\"?}: %v", err)
+	if err := wording.DecodeJSON(payload, &p, "payload"); err != nil {
+		return Request{}, fmt.Errorf("%w (a search payload is {\"search\", \"type\"?, \"query_id\"?, \"limit\"?, \"wait_ms\"?})", err)
 	}
 	r := Request{DataType: dataType, Limit: DefaultLimit, Wait: DefaultWait}
 	if p.Search != nil {

@@ -3,6 +3,7 @@ package search
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,7 +61,7 @@ func TestParseRequest(t *testing.T) {
 	}{
 		{"vm", `{"search":"a"}`, Request{DataType: "vm", Text: "a", Scope: ScopeAll, Limit: DefaultLimit, Wait: DefaultWait}},
 		{"vm", `{}`, Request{DataType: "vm", Scope: ScopeAll, Limit: DefaultLimit, Wait: DefaultWait}},
-		{"vm", `{"type":"partner","search":"x","query_id":"Q_1-a","limit":7,"wait_ms":250,"extra":1}`,
+		{"vm", `{"type":"partner","search":"x","query_id":"Q_1-a","limit":7,"wait_ms":250}`,
 			Request{DataType: "vm", Text: "x", Scope: ScopePartner, QueryID: "Q_1-a", Limit: 7, Wait: 250 * time.Millisecond}},
 		{DataTypePeer, `{"search":"  bob "}`, Request{DataType: DataTypePeer, Text: "bob", Limit: DefaultLimit, Wait: DefaultWait}},
 	}
@@ -68,6 +69,19 @@ func TestParseRequest(t *testing.T) {
 		got, err := ParseRequest(tc.dataType, json.RawMessage(tc.payload))
 		if err != nil || got != tc.want {
 			t.Errorf("%s %s: %+v, %v; want %+v", tc.dataType, tc.payload, got, err, tc.want)
+		}
+	}
+	// A member the payload does not have is refused by name (a misspelt
+	// limit would otherwise be the default in silence), and a wrong type
+	// names the member.
+	for payload, want := range map[string]string{
+		`{"search":"x","limt":7}`:    "unknown field `payload.limt` (did you mean `payload.limit`?)",
+		`{"search":"x","limit":"7"}`: "`payload.limit` must be an integer, got \"7\"",
+		`{"search":5}`:               "`payload.search` must be a string, got 5",
+	} {
+		_, err := ParseRequest("vm", json.RawMessage(payload))
+		if !errors.Is(err, ferry.ErrBadRequest) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want bad_request saying %s", payload, err, want)
 		}
 	}
 }

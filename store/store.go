@@ -36,6 +36,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -279,6 +280,10 @@ func Open(dir string, o Options) (*Store, error) {
 	h.compactNeed.Store(1) // no compaction at open until gateAfterOpen has looked (space.go)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
+		if pid := lockHolder(dir); pid != 0 && pid != os.Getpid() {
+			// Not Pebble's "resource temporarily unavailable": who, and why.
+			return nil, fmt.Errorf("open store %s: another process (pid %d) has it open; a data directory belongs to one node (is it shared with another home?): %w", dir, pid, err)
+		}
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	var self []byte

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wording"
 	"github.com/ferrynet/ferry/node"
 )
 
@@ -285,6 +286,15 @@ func noPanic(t *testing.T, r result) {
 	}
 }
 
+// checkWords fails the test when a message the user sees speaks Go (a Go
+// type name, encoding/json's or yaml's phrasing) instead of their words.
+func checkWords(t *testing.T, what, msg string) {
+	t.Helper()
+	if g := wording.GoInternals(msg); g != "" {
+		t.Errorf("%s: %q speaks Go (%q)", what, msg, g)
+	}
+}
+
 // lastLine is the last non-empty line of s.
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
@@ -389,11 +399,105 @@ func TestRunBinary(t *testing.T) {
 		if r.code == 0 || strings.Contains(msg, "\n") || !strings.Contains(msg, "limits.max_message_bytes") {
 			t.Fatalf("bad ferry.yaml: exit %d, stderr:\n%s", r.code, r.stderr)
 		}
+		checkWords(t, "bad ferry.yaml", msg)
+		// A misspelt key and a value of the wrong type: the file and line,
+		// the key as written, what it must be (never Go's type names).
+		cfgPath := filepath.Join(home, node.ConfigFile)
+		for _, tc := range []struct{ yaml, want string }{
+			{"name: bin\nnetwrok: x\n", "ferry: " + cfgPath + ":2: unknown key `netwrok` (did you mean `network`?)"},
+			{"name: bin\nnats:\n  prefx: x\n", "ferry: " + cfgPath + ":3: unknown key `nats.prefx` (did you mean `nats.prefix`?)"},
+			{"name: bin\n\n\n\nlisten: 5\n", "ferry: " + cfgPath + ":5: `listen` must be a list of multiaddrs, got a number (5); a list of one is written [5]"},
+		} {
+			if err := os.WriteFile(cfgPath, []byte(tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r = runBin(t, bin, 20*time.Second, append([]string{"run", "--home", home}, localFlags...)...)
+			noPanic(t, r)
+			if msg := strings.TrimSpace(r.stderr); r.code != 1 || msg != tc.want {
+				t.Errorf("ferry.yaml %q: exit %d, stderr:\n%s\nwant:\n%s", tc.yaml, r.code, r.stderr, tc.want)
+			}
+			checkWords(t, "ferry.yaml "+tc.yaml, r.stderr)
+		}
 		// A bad number in a flag names the flag.
 		r = runBin(t, bin, 20*time.Second, "run", "--home", t.TempDir(), "--limits-max-message-bytes", "lots")
 		if r.code == 0 || !strings.Contains(r.stderr, "limits-max-message-bytes") {
 			t.Fatalf("bad flag: exit %d, stderr:\n%s", r.code, r.stderr)
 		}
+		checkWords(t, "bad flag", strings.SplitN(r.stderr, "\n", 2)[0]) // the usage after it lists flag types (int, strings)
+		// A bad value in the environment names the variable.
+		cmd := exec.Command(bin, append([]string{"run", "--home", t.TempDir()}, localFlags...)...)
+		cmd.Env = append(os.Environ(), "FERRY_LIMITS_MAX_MESSAGE_BYTES=10")
+		out, err := cmd.CombinedOutput()
+		want := "ferry: FERRY_LIMITS_MAX_MESSAGE_BYTES: limits.max_message_bytes: 10 is outside 1024..67108864"
+		if err == nil || strings.TrimSpace(string(out)) != want {
+			t.Fatalf("bad env: %v, output:\n%s\nwant %s", err, out, want)
+		}
+	})
+
+	t.Run("home in use says which process holds it", func(t *testing.T) {
+		home := initHome(t)
+		first := exec.Command(bin, append([]string{"run", "--home", home, "--log-level", "warn"}, localFlags...)...)
+		var stderr bytes.Buffer
+		first.Stderr = &stderr
+		if err := first.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- first.Wait() }()
+		defer func() {
+			_ = first.Process.Kill()
+			<-exited
+		}()
+		testnet.WaitFor(t, 20*time.Second, "the first node writes admin.addr", func() bool { return adminAddr(home) != "" })
+		r := runBin(t, bin, 20*time.Second, append([]string{"run", "--home", home}, localFlags...)...)
+		noPanic(t, r)
+		abs, _ := filepath.Abs(home)
+		want := fmt.Sprintf("ferry: home %s is in use by ferry run (pid %d, node bin, started ", abs, first.Process.Pid)
+		msg := strings.TrimSpace(r.stderr)
+		if r.code != 1 || strings.Contains(msg, "\n") || !strings.HasPrefix(msg, want) || !strings.HasSuffix(msg, " UTC); stop it first or use another --home") {
+			t.Fatalf("second run: exit %d, stderr:\n%s\nwant one line starting %q", r.code, r.stderr, want)
+		}
+		checkWords(t, "second run", msg)
+		// A home whose data directory is the first's (linked, or copied
+		// while both run) is told which process has the store open.
+		other := t.TempDir()
+		for _, f := range []string{node.IdentityFile, node.TokenFile} {
+			b, err := os.ReadFile(filepath.Join(home, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(other, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink(filepath.Join(home, node.DataDir), filepath.Join(other, node.DataDir)); err != nil {
+			t.Fatal(err)
+		}
+		r = runBin(t, bin, 20*time.Second, append([]string{"run", "--home", other, "--log-level", "error"}, localFlags...)...)
+		noPanic(t, r)
+		want = fmt.Sprintf("ferry: open store %s: another process (pid %d) has it open; a data directory belongs to one node (is it shared with another home?)",
+			filepath.Join(other, node.DataDir), first.Process.Pid)
+		if last := lastLine(r.stderr); r.code != 1 || !strings.HasPrefix(last, want) {
+			t.Fatalf("a run on a shared data directory: exit %d, stderr:\n%s\nwant a last line starting %q", r.code, r.stderr, want)
+		}
+		// SIGKILL leaves the record behind, but not the lock: the next run starts.
+		_ = first.Process.Kill()
+		<-exited
+		exited <- nil
+		second := exec.Command(bin, append([]string{"run", "--home", home, "--log-level", "warn"}, localFlags...)...)
+		if err := second.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- second.Wait() }()
+		defer func() {
+			_ = second.Process.Kill()
+			<-done
+		}()
+		testnet.WaitFor(t, 20*time.Second, "the run after the kill holds the home", func() bool {
+			b, _ := os.ReadFile(filepath.Join(home, node.LockFile))
+			return strings.Contains(string(b), fmt.Sprintf(`"pid":%d,`, second.Process.Pid))
+		})
 	})
 
 	t.Run("world-readable identity key", func(t *testing.T) {

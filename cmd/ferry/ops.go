@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -493,6 +494,10 @@ func resourcesCmd(g *globals) *cobra.Command {
 func jsonArg(name, s string) (json.RawMessage, error) {
 	var v any
 	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			err = fmt.Errorf("%s at byte %d", se, se.Offset)
+		}
 		return nil, fmt.Errorf("%s %q is not valid JSON (%v); quote it for the shell, e.g. '{\"name\": \"x\"}'", name, oneLine(s, 40), err)
 	}
 	if _, ok := v.(map[string]any); !ok {

@@ -97,14 +97,22 @@ func TestOperatorCommands(t *testing.T) {
 	watchA, _, _ := watching(t, home(nA))
 	watchB, _, _ := watching(t, home(nB))
 
-	// Bad JSON names the argument and the problem.
-	if _, err := ferry(t, "--home", home(nA), "submit", "insert", "tb", "1", "notjson"); err == nil ||
-		!strings.Contains(err.Error(), `the data "notjson" is not valid JSON`) {
+	// Bad JSON names the argument and the problem, in the operator's words.
+	_, err := ferry(t, "--home", home(nA), "submit", "insert", "tb", "1", "notjson")
+	if err == nil || !strings.Contains(err.Error(), `the data "notjson" is not valid JSON (invalid character 'o' in literal null (expecting 'u') at byte 2)`) {
 		t.Fatalf("submit notjson: %v", err)
 	}
-	if _, err := ferry(t, "--home", home(nA), "submit", "insert", "tb", "1", "[1]"); err == nil || !strings.Contains(err.Error(), "must be a JSON object") {
+	checkWords(t, "submit notjson", err.Error())
+	if _, err = ferry(t, "--home", home(nA), "submit", "insert", "tb", "1", "[1]"); err == nil || !strings.Contains(err.Error(), "must be a JSON object") {
 		t.Fatalf("submit [1]: %v", err)
 	}
+	checkWords(t, "submit [1]", err.Error())
+	// A refusal of the node reaches the operator as the node said it.
+	_, err = ferry(t, "--home", home(nA), "publish", "considers", "vm", `{"peer_ids":"B"}`)
+	if err == nil || !strings.Contains(err.Error(), `payload.peer_ids must be an array of peer ids (strings), got "B"`) {
+		t.Fatalf("publish considers with a bad peer_ids: %v", err)
+	}
+	checkWords(t, "publish considers", err.Error())
 	out := mustFerry(t, "--home", home(nA), "submit", "update", "tb", "1", `{"name":"new"}`, "--description", "rename")
 	if !strings.Contains(out, "waiting") || !strings.Contains(out, "just now") {
 		t.Fatalf("submit printed:\n%s", out)

@@ -108,7 +108,7 @@ func (f *settingFlag) Set(s string) error {
 		_, err = strconv.ParseBool(s)
 	}
 	if err != nil {
-		return fmt.Errorf("%q is not a %s", s, map[string]string{"int": "whole number", "float": "number", "bool": "true or false"}[f.typ])
+		return fmt.Errorf("%q is not %s", s, map[string]string{"int": "a whole number", "float": "a number", "bool": "true or false"}[f.typ])
 	}
 	*f.v = s
 	return nil
@@ -144,14 +144,26 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		for i, s := range cfg.Settings() {
 			if cmd.Flags().Changed(settings[i].Flag) {
-				if err := s.Set(vals[i]); err != nil {
-					return fmt.Errorf("--%s: %w", s.Flag, err)
+				if err := cfg.SetFrom(s, "--"+s.Flag, vals[i]); err != nil {
+					return err
 				}
 			}
 		}
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
+		// The home is this process's from here on (another ferry run on it
+		// is told which process holds it); the node owns the lock.
+		lock, err := h.Lock(cfg.Name)
+		if err != nil {
+			return err
+		}
+		nodeOwnsLock := false
+		defer func() {
+			if !nodeOwnsLock {
+				_ = lock.Unlock()
+			}
+		}()
 		if path := os.Getenv("FERRY_CPUPROFILE"); path != "" {
 			// A CPU profile of the whole run, for `go tool pprof`: where a
 			// node's time goes under a real load.
@@ -190,7 +202,8 @@ func runCmd(g *globals) *cobra.Command {
 			return nil // stopped by a signal while it waited
 		}
 		stderr := cmd.ErrOrStderr()
-		n, err := node.New(cfg, h, node.Options{Logger: log, OnFatal: func(err error) {
+		nodeOwnsLock = true
+		n, err := node.New(cfg, h, node.Options{Logger: log, HomeLock: lock, OnFatal: func(err error) {
 			// Pebble cannot go on: one line, and exit at once (what was
 			// acknowledged is on disk).
 			fmt.Fprintf(stderr, "ferry: store failed: %v; exiting so that the store is reopened (nothing acknowledged is lost)\n", err)

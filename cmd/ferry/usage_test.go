@@ -26,7 +26,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"status", "now"}, []string{"ferry status takes no arguments; got 1 argument"}},
 		{[]string{"acks", "list", "--pendin"}, []string{"unknown flag: --pendin", "ferry acks list [flags]"}},
 		{[]string{"run", "--limits-max-message-bytes", "lots"}, []string{`invalid argument "lots" for "--limits-max-message-bytes" flag: "lots" is not a whole number`}},
-		{[]string{"run", "--trust-store=maybe"}, []string{`"maybe" is not a true or false`}},
+		{[]string{"run", "--trust-store=maybe"}, []string{`"maybe" is not true or false`}},
 	} {
 		out, err := ferry(t, c.args...)
 		var ue usageError
@@ -36,6 +36,7 @@ func TestUsageErrors(t *testing.T) {
 		}
 		var printed bytes.Buffer
 		printUsageError(&printed, err)
+		checkWords(t, "ferry "+strings.Join(c.args, " "), strings.SplitN(printed.String(), "\n", 2)[0]) // the usage after it lists flag types
 		for _, w := range c.want {
 			if !strings.Contains(printed.String(), w) {
 				t.Errorf("ferry %s printed:\n%s\nwant %q", strings.Join(c.args, " "), printed.String(), w)
