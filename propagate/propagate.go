@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -126,6 +127,9 @@ type Service struct {
 
 	known *known   // own resources, for creates that need no read
 	ids   sync.Map // peer.ID -> its text form
+	// quiet: some received resource change was kept without an event
+	// (event.go); until then the events stream reads no marks.
+	quiet atomic.Bool
 }
 
 // Deps are what New needs.
@@ -179,6 +183,10 @@ func New(d Deps) (*Service, error) {
 			cancel()
 			return nil, err
 		}
+	}
+	if err := s.loadQuiet(); err != nil {
+		cancel()
+		return nil, err
 	}
 	if s.known, err = loadKnown(d.Store, d.Roles.Self()); errors.Is(err, ferry.ErrCorrupt) {
 		// The store says so (health, ERROR line) and is rebuilt at the next

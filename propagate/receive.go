@@ -230,6 +230,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		// after a later one) is kept in the change log but does not roll
 		// back the row, and apps are not told of it.
 		if cur != nil && cur.OriginVersion >= body.OriginVersion {
+			s.markQuiet(tx, ver)
 			return pb.AckStatus_ACK_STATUS_APPLIED, nil
 		}
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,

@@ -1,0 +1,43 @@
+package eventstream
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferrynet/ferry/internal/promreg"
+)
+
+type metrics struct {
+	stored   prometheus.Counter
+	errors   *prometheus.CounterVec
+	restarts prometheus.Counter
+	failing  prometheus.Gauge
+	through  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, p *Publisher) (*metrics, error) {
+	m := &metrics{
+		stored: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_stored_total",
+			Help: "Events the JetStream events stream stored (answered), since the node started."}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_events_stream_errors_total",
+			Help: "Failures of the events stream by kind: timeout (no answer), refused, sequence, no_stream, answer, publish, read, sync, disk (below the reserve)."}, []string{"kind"}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_jetstream_restarts_total",
+			Help: "Restarts of the embedded JetStream after answers that did not come (a file store that met ENOSPC)."}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_failing",
+			Help: "1 while the events stream's last attempt failed (it retries), else 0."}),
+		through: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_through_version",
+			Help: "The local version through which every event is in the stream."}),
+	}
+	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_events_stream_behind_versions",
+		Help: "Local versions on disk after the stream's cursor (changes not yet read into the stream)."},
+		func() float64 { return float64(p.Health().Behind) })
+	for _, k := range []string{"timeout", "refused", "sequence", "no_stream", "answer", "publish", "read", "sync", "disk"} {
+		m.errors.WithLabelValues(k)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	if err := promreg.Register(reg, m.stored, m.errors, m.restarts, m.failing, m.through, behind); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
