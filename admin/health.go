@@ -97,7 +97,11 @@ func healthLines(h HealthReport) string {
 	line("nats", h.NATS.OK, h.NATS.Reason, fmt.Sprintf("%s %s, %d in flight", nat, h.NATS.URL, h.NATS.InFlight))
 	line("host", h.Host.OK, h.Host.Reason, fmt.Sprintf("%d addresses, %d peers connected", h.Host.Addrs, h.Host.Connected))
 	if e := h.Events; e != nil {
-		line("events", e.OK, e.Reason, fmt.Sprintf("stream %s through version %d, %d behind, last sequence %d", e.Stream, e.Through, e.Behind, e.LastSeq))
+		state := "caught up"
+		if !e.CaughtUp {
+			state = fmt.Sprintf("changes up to version %d wait", e.Durable)
+		}
+		line("events", e.OK, e.Reason, fmt.Sprintf("stream %s through version %d, %s, last sequence %d", e.Stream, e.Through, state, e.LastSeq))
 	}
 	return b.String()
 }

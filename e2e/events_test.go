@@ -111,7 +111,7 @@ func caughtUp(t *testing.T, n *node.Node) {
 	t.Helper()
 	wait.Until(t, 30*time.Second, n.Name()+"'s events stream catches up", func() error {
 		h := n.Events().Health()
-		if !h.OK || h.Behind > 0 {
+		if !h.OK || !h.CaughtUp {
 			return fmt.Errorf("%+v", h)
 		}
 		return nil

@@ -27,9 +27,14 @@ func newMetrics(reg prometheus.Registerer, p *Publisher) (*metrics, error) {
 		through: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_through_version",
 			Help: "The local version through which every event is in the stream."}),
 	}
-	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_events_stream_behind_versions",
-		Help: "Local versions on disk after the stream's cursor (changes not yet read into the stream)."},
-		func() float64 { return float64(p.Health().Behind) })
+	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_events_stream_caught_up",
+		Help: "1 when the stream holds the events of every change on disk, else 0 (changes wait to be read into it)."},
+		func() float64 {
+			if p.Health().CaughtUp {
+				return 1
+			}
+			return 0
+		})
 	for _, k := range []string{"timeout", "refused", "sequence", "no_stream", "answer", "publish", "read", "sync", "disk"} {
 		m.errors.WithLabelValues(k)
 	}

@@ -212,8 +212,11 @@ type Health struct {
 	// Through: every event of a change up to this local version is in the
 	// stream.
 	Through uint64 `json:"through"`
-	// Behind: changes on disk after Through not yet read (0 when caught up).
-	Behind uint64 `json:"behind"`
+	// Durable is the store's durable version: CaughtUp when Through reached
+	// it (versions are not a count of changes: they are floored at the
+	// clock in microseconds).
+	Durable  uint64 `json:"durable"`
+	CaughtUp bool   `json:"caught_up"`
 	// LastSeq is the stream's last sequence as far as it answered.
 	LastSeq uint64 `json:"last_seq"`
 	// Stored counts the events stored since the node started.
@@ -323,9 +326,8 @@ func (p *Publisher) Health() Health {
 	p.mu.Lock()
 	h := p.h
 	p.mu.Unlock()
-	if d := p.d.Store.DurableVersion(); d > h.Through {
-		h.Behind = d - h.Through
-	}
+	h.Durable = p.d.Store.DurableVersion()
+	h.CaughtUp = h.Through >= h.Durable
 	switch {
 	case h.diskLow != "":
 		h.Reason = h.diskLow
@@ -477,7 +479,8 @@ func (p *Publisher) sync(ctx context.Context, first bool) error {
 	} else if have {
 		p.saved = saved
 	}
-	p.log.Info("events stream cursor", "stream", p.o.Stream, "through", through, "last_seq", last, "from_last_message", lastOK && !(same && saved.Seq == last))
+	p.log.Info("events stream cursor", "stream", p.o.Stream, "through", through, "durable", p.d.Store.DurableVersion(), "last_seq", last,
+		"from_last_message", lastOK && !(same && saved.Seq == last))
 	return nil
 }
 
