@@ -62,6 +62,10 @@
 //	FERRY_BENCH_PROFILES=DIR     each ferry process writes DIR/<name>.cpu (part 1:
 //	                             A.cpu, B1.cpu; other parts <part>-<name>.cpu)
 //	FERRY_BENCH_METRICS=1        log each process's ferry_store_* metrics
+//	FERRY_BENCH_EVENTS=off       run the nodes without the JetStream events
+//	                             stream (nats.events.enabled: false); by
+//	                             default it is on, as users run it: every
+//	                             partner keeps each event it publishes in it
 //
 // Single measurements: TestProcsQuick (FERRY_BENCH_PROCS=<events>,
 // FERRY_BENCH_PARTNERS=<n>), TestProcsLatencyQuick (FERRY_BENCH_RATE=<events/s>).

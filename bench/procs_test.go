@@ -70,6 +70,11 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 	t.Helper()
 	quiet := func(o proc.Options) proc.Options {
 		o.LogLevel = "warn"
+		if os.Getenv("FERRY_BENCH_EVENTS") == "off" {
+			// Without the JetStream events stream (nats.events), to
+			// measure what it costs; users run with it on.
+			o.Env = append(o.Env, "FERRY_NATS_EVENTS_ENABLED=false")
+		}
 		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
 			// Each node writes a CPU profile of its run, flushed when it stops.
 			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))

@@ -199,6 +199,10 @@ type Publisher struct {
 	diskLow string // why nothing is sent, when the disk is low
 	restart time.Time
 	silent  bool // an answer did not come (or no stream took the events): a restart may help
+	outs    []out
+	msg     *nats.Msg // reused for every publish (send)
+	hid     []string  // its header values, reused
+	hexp    []string
 
 	mu sync.Mutex
 	h  Health
@@ -268,7 +272,7 @@ func New(d Deps, o Options) (*Publisher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Publisher{o: o, d: d, log: o.Logger, js: js, ingest: IngestRoot + "." + o.Prefix + ".",
 		inbox: nats.NewInbox(), acks: make(chan *nats.Msg, 2*o.Window+4), kick: make(chan struct{}, 1),
-		ctx: ctx, cancel: cancel}
+		ctx: ctx, cancel: cancel, msg: &nats.Msg{Header: nats.Header{}}, hid: make([]string, 1), hexp: make([]string, 1)}
 	p.h.Stream = o.Stream
 	if p.m, err = newMetrics(o.Registerer, p); err != nil {
 		cancel()

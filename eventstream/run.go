@@ -223,12 +223,21 @@ func (p *Publisher) answer(m *nats.Msg) error {
 	return nil
 }
 
+// out is one event of a batch, ready to publish.
+type out struct {
+	subject string
+	data    []byte
+	id      string // its message id (the local version)
+	prev    string // the id of the message before it ("": the first since sync)
+	seq     uint64 // the stream's last sequence it expects when prev is ""
+}
+
 // send reads the changes after p.sent (at most scanLimit), renders their
 // events and publishes them as one batch (only its last message asks for
 // an answer). It reports whether it read anything.
 func (p *Publisher) send() (bool, error) {
-	var msgs []*nats.Msg
-	size, expect, lastID := 0, p.seq, p.lastID
+	outs := p.outs[:0]
+	size, seq, lastID := 0, p.seq, p.lastID
 	b := &batch{}
 	var rerr error
 	err := p.d.Store.LogBodies(p.sent, scanLimit, func(ver uint64, body *pb.Body) bool {
@@ -250,19 +259,14 @@ func (p *Publisher) send() (bool, error) {
 			return false
 		}
 		id := strconv.FormatUint(ver, 10)
-		h := nats.Header{HeaderVersion: []string{id}}
-		if lastID == "" {
-			h[headerExpectedSeq] = []string{strconv.FormatUint(expect, 10)}
-		} else {
-			h[headerExpectedID] = []string{lastID}
-		}
-		expect++
+		outs = append(outs, out{subject: p.ingest + suffix, data: data, id: id, prev: lastID, seq: seq})
+		seq++
 		lastID = id
-		msgs = append(msgs, &nats.Msg{Subject: p.ingest + suffix, Data: data, Header: h})
 		size += len(data)
 		b.last = ver
-		return len(msgs) < p.o.Batch && size < p.o.BatchBytes
+		return len(outs) < p.o.Batch && size < p.o.BatchBytes
 	})
+	p.outs = outs[:0]
 	if err = errors.Join(err, rerr); err != nil {
 		p.m.errors.WithLabelValues("read").Inc()
 		return false, err
@@ -271,7 +275,7 @@ func (p *Publisher) send() (bool, error) {
 		return false, nil
 	}
 	p.sent = b.through
-	if len(msgs) == 0 {
+	if len(outs) == 0 {
 		// Only changes without an event: covered once what is ahead is.
 		if n := len(p.flight); n > 0 {
 			p.flight[n-1].through = b.through
@@ -283,15 +287,32 @@ func (p *Publisher) send() (bool, error) {
 		return true, nil
 	}
 	p.token++
-	b.token, b.n, b.seq, b.sent = strconv.FormatUint(p.token, 36), len(msgs), expect, time.Now()
-	msgs[len(msgs)-1].Reply = p.inbox + "." + b.token
-	for _, m := range msgs {
+	b.token, b.n, b.seq, b.sent = strconv.FormatUint(p.token, 36), len(outs), seq, time.Now()
+	// One message and header map serve every publish: PublishMsg encodes
+	// them into the connection's buffer before it returns.
+	m, h := p.msg, p.msg.Header
+	for i, o := range outs {
+		clear(h)
+		p.hid[0] = o.id
+		h[HeaderVersion] = p.hid
+		if o.prev == "" {
+			p.hexp[0] = strconv.FormatUint(o.seq, 10)
+			h[headerExpectedSeq] = p.hexp
+		} else {
+			p.hexp[0] = o.prev
+			h[headerExpectedID] = p.hexp
+		}
+		m.Subject, m.Data, m.Reply = o.subject, o.data, ""
+		if i == len(outs)-1 {
+			m.Reply = p.inbox + "." + b.token
+		}
 		if err := p.d.Conn.PublishMsg(m); err != nil {
 			p.m.errors.WithLabelValues("publish").Inc()
-			return false, fmt.Errorf("publish to %s: %w", m.Subject, err)
+			return false, fmt.Errorf("publish to %s: %w", o.subject, err)
 		}
 	}
-	p.seq, p.lastID = expect, lastID
+	m.Data = nil
+	p.seq, p.lastID = seq, lastID
 	p.flight = append(p.flight, b)
 	return true, nil
 }

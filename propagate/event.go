@@ -40,16 +40,19 @@ func (s *Service) loadQuiet() error {
 // Event is the event apps were told of when the change at local version ver
 // was applied here (the subject suffix and the body Apply published), for
 // the events stream: a partner's resource change, considers or planner
-// event. Own changes and late resource changes have none (ok false).
+// event. Own changes and late resource changes have none (ok false). The
+// change passed prepare's checks when it was applied (a refused one is not
+// in the log), so its payload is not scanned again.
 func (s *Service) Event(ver uint64, body *pb.Body) (suffix string, data []byte, ok bool, err error) {
-	if peer.ID(body.Origin) == s.roles.Self() {
+	o := peer.ID(body.Origin)
+	if o == s.roles.Self() {
 		return "", nil, false, nil
 	}
-	p := s.prepare(body)
-	if p.reject != nil {
-		return "", nil, false, nil // never applied (not in the log)
+	subject, field, ok := eventOf(body.Kind, body.DataType)
+	if !ok {
+		return "", nil, false, nil
 	}
-	if p.field == "resource" && s.quiet.Load() {
+	if field == "resource" && s.quiet.Load() {
 		switch _, err := s.st.Aux(quietKey(ver)); {
 		case err == nil:
 			return "", nil, false, nil
@@ -57,5 +60,6 @@ func (s *Service) Event(ver uint64, body *pb.Body) (suffix string, data []byte, 
 			return "", nil, false, err
 		}
 	}
-	return p.subject, p.event(body.OriginVersion, ver, body.Payload), true, nil
+	p := prepared{origin: s.idString(o), field: field}
+	return subject, p.event(body.OriginVersion, ver, body.Payload), true, nil
 }
