@@ -61,9 +61,9 @@ const (
 	// DefaultRestartEvery bounds how often the embedded JetStream is
 	// restarted after answers that did not come.
 	DefaultRestartEvery = 30 * time.Second
-	// StuckAfter: a failure that lasts this long makes Health not OK (a
-	// short one, retried at once, does not).
-	StuckAfter = 5 * time.Second
+	// DefaultStuckAfter: a failure that lasts this long makes Health not OK
+	// (a short one, retried at once, does not).
+	DefaultStuckAfter = 5 * time.Second
 	// persistEvery bounds how often the cursor is written to the store.
 	persistEvery = time.Second
 	// Retry backoff after a failure.
@@ -103,13 +103,14 @@ type Options struct {
 	// while its file system has less than MinFreeBytes free.
 	DiskDir      string
 	MinFreeBytes uint64
-	// Batch, BatchBytes, Window, AckTimeout, RestartEvery: see the
-	// defaults.
+	// Batch, BatchBytes, Window, AckTimeout, RestartEvery, StuckAfter: see
+	// the defaults.
 	Batch        int
 	BatchBytes   int
 	Window       int
 	AckTimeout   time.Duration
 	RestartEvery time.Duration
+	StuckAfter   time.Duration
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
 }
@@ -135,6 +136,9 @@ func (o *Options) ensureDefaults() error {
 	}
 	if o.RestartEvery <= 0 {
 		o.RestartEvery = DefaultRestartEvery
+	}
+	if o.StuckAfter <= 0 {
+		o.StuckAfter = DefaultStuckAfter
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -199,6 +203,7 @@ type Publisher struct {
 	diskLow string // why nothing is sent, when the disk is low
 	restart time.Time
 	silent  bool // an answer did not come (or no stream took the events): a restart may help
+	probe   bool // after a failure: one event at a time until one is stored
 	outs    []out
 	msg     *nats.Msg // reused for every publish (send)
 	hid     []string  // its header values, reused
@@ -335,7 +340,7 @@ func (p *Publisher) Health() Health {
 	switch {
 	case h.diskLow != "":
 		h.Reason = h.diskLow
-	case !h.Failing.IsZero() && time.Since(h.Failing) >= StuckAfter:
+	case !h.Failing.IsZero() && time.Since(h.Failing) >= p.o.StuckAfter:
 		h.Reason = fmt.Sprintf("not stored for %v: %s", time.Since(h.Failing).Round(time.Second), h.failure)
 	}
 	h.OK = h.Reason == ""

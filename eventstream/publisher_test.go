@@ -53,16 +53,21 @@ type rig struct {
 	srv  *server.Server
 	nc   *nats.Conn // the test's (an app's) connection
 	js   jetstream.JetStream
+
+	configure func(*server.Options)
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+// newRigWith is newRig with the server's options adjusted.
+func newRigWith(t *testing.T, configure func(*server.Options)) *rig {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	self, _ := peer.IDFromPrivateKey(key)
-	r := &rig{t: t, dir: t.TempDir(), key: key, self: self}
+	r := &rig{t: t, dir: t.TempDir(), key: key, self: self, configure: configure}
 	r.openStore()
 	r.startServer()
 	return r
@@ -80,6 +85,9 @@ func (r *rig) openStore() {
 func (r *rig) startServer() {
 	o := &server.Options{ServerName: "ferry", Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: filepath.Join(r.dir, "data")}
+	if r.configure != nil {
+		r.configure(o)
+	}
 	srv, err := server.NewServer(o)
 	if err != nil {
 		r.t.Fatal(err)
@@ -102,11 +110,23 @@ func (r *rig) startServer() {
 // write commits n changes in one transaction: data types from dt(i).
 func (r *rig) write(n int, dt func(i int) string) []uint64 {
 	r.t.Helper()
+	return r.commit(n, dt, func(i int) string { return fmt.Sprintf(`{"i":%d}`, i) })
+}
+
+// writePayloads commits n changes of data type x with payloads from pl(i),
+// in one transaction.
+func (r *rig) writePayloads(n int, pl func(i int) string) []uint64 {
+	r.t.Helper()
+	return r.commit(n, all, pl)
+}
+
+func (r *rig) commit(n int, dt func(i int) string, pl func(i int) string) []uint64 {
+	r.t.Helper()
 	var vs []uint64
 	if err := r.st.Update(context.Background(), func(tx *store.Txn) error {
 		for i := range n {
 			v, _, err := tx.AppendOwn(&pb.Body{Origin: []byte(r.self), Kind: pb.Kind_KIND_CONSIDERS, DataType: dt(i),
-				Payload: fmt.Appendf(nil, `{"i":%d}`, i), CreatedAtUnixNano: time.Now().UnixNano()})
+				Payload: []byte(pl(i)), CreatedAtUnixNano: time.Now().UnixNano()})
 			if err != nil {
 				return err
 			}

@@ -32,7 +32,7 @@ func (p *Publisher) run() {
 			backoff = retryMin
 			continue
 		}
-		synced = false
+		synced, p.probe = false, true
 		p.failed(err, backoff)
 		p.maybeRestart()
 		if !sleep(p.ctx, timer, backoff) {
@@ -101,7 +101,7 @@ func (p *Publisher) step() error {
 		if err := p.takeAcks(); err != nil {
 			return err
 		}
-		if len(p.flight) >= p.o.Window || p.sent >= p.d.Store.DurableVersion() || p.lowDisk() {
+		if len(p.flight) >= p.o.Window || (p.probe && len(p.flight) > 0) || p.sent >= p.d.Store.DurableVersion() || p.lowDisk() {
 			return nil
 		}
 		more, err := p.send()
@@ -211,7 +211,7 @@ func (p *Publisher) answer(m *nats.Msg) error {
 		return fmt.Errorf("JetStream stored the event of local version %d in %s at sequence %d; %s at %d was expected", b.last, a.Stream, a.Seq, p.o.Stream, b.seq)
 	}
 	p.flight = p.flight[1:]
-	p.through = b.through
+	p.through, p.probe = b.through, false
 	p.m.stored.Add(float64(b.n))
 	p.m.through.Set(float64(p.through))
 	p.setHealth(func(h *Health) {
@@ -264,7 +264,10 @@ func (p *Publisher) send() (bool, error) {
 		lastID = id
 		size += len(data)
 		b.last = ver
-		return len(outs) < p.o.Batch && size < p.o.BatchBytes
+		// After a failure one event goes alone until JetStream stores
+		// again: its answer names the cause (a batch's last message would
+		// only say that the one before it was refused).
+		return !p.probe && len(outs) < p.o.Batch && size < p.o.BatchBytes
 	})
 	p.outs = outs[:0]
 	if err = errors.Join(err, rerr); err != nil {

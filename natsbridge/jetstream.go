@@ -60,6 +60,10 @@ func (b *Bridge) RestartJetStream() error {
 	if cfg == nil {
 		return errors.New("jetstream has no configuration")
 	}
+	// JetStreamConfig names the store's jetstream/ directory itself, and
+	// EnableJetStream adds jetstream/ to what it is given: give it the
+	// directory the server started with.
+	cfg.StoreDir = b.o.JetStreamDir
 	if err := b.srv.EnableJetStream(cfg); err != nil {
 		return fmt.Errorf("start jetstream: %w", err)
 	}

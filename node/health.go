@@ -22,9 +22,9 @@ import (
 //     drains, while its NATS connection is down, while libp2p listens on
 //     nothing, or while the events stream (nats.events) cannot store: the
 //     disk under it is below the reserve, or its failures have lasted
-//     eventstream.StuckAfter. The events wait in the change log meanwhile
-//     and nothing is lost, so /healthz stays 200 for it (a restart would
-//     not help); its line says why.
+//     eventstream.DefaultStuckAfter (5 s). The events wait in the change
+//     log meanwhile and nothing is lost, so /healthz stays 200 for it (a
+//     restart would not help); its line says why.
 //
 // The node exits (ferry run returns the error: one line on stderr, exit
 // status 1) when the store failed, or stalled for StallExit: a Pebble store
