@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -169,4 +170,58 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// TestKeepsLimitsJetStreamWillNotChange: on a fuller disk JetStream refuses
+// every change of a stream's limits (it checks them against what it may
+// store now); the node still starts, with the stream as it is.
+func TestKeepsLimitsJetStreamWillNotChange(t *testing.T) {
+	maxStore := int64(8 << 20)
+	r := newRigWith(t, func(o *server.Options) { o.JetStreamMaxStore = maxStore })
+	o := r.options()
+	o.MaxBytes = 4 << 20
+	p := r.publisher(o)
+	first := r.write(5, all)
+	waitStored(t, r, p)
+	p.Close()
+
+	// The server comes back allowed less than the stream holds in reserve.
+	r.srv.Shutdown()
+	r.srv.WaitForShutdown()
+	r.nc.Close()
+	maxStore = 2 << 20
+	r.startServer()
+	o.MaxBytes = 6 << 20
+	logged := &syncBuffer{}
+	o.Logger = slog.New(slog.NewTextHandler(logged, nil))
+	p = r.publisher(o)
+	defer p.Close()
+	later := r.write(5, all)
+	waitStored(t, r, p)
+	checkOnce(t, r.stored(), append(first, later...))
+	st, err := r.js.Stream(context.Background(), "FERRY_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mb := st.CachedInfo().Config.MaxBytes; mb != 4<<20 || !strings.Contains(logged.String(), "it keeps them") {
+		t.Fatalf("the stream's max bytes: %d, want the 4 MiB it kept, and a WARN saying so:\n%s", mb, logged.String())
+	}
+}
+
+// syncBuffer is a log the test reads while the publisher writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -400,10 +400,9 @@ func (p *Publisher) ensureStream(ctx context.Context) (jetstream.Stream, error) 
 		return nil, fmt.Errorf("stream %s holds the events of node %s: give this node its own (nats.events.stream)", p.o.Stream, owner)
 	}
 	want := p.streamConfig(p.o.MaxBytes)
-	same := cfg.Duplicates == want.Duplicates && len(cfg.Subjects) == 1 && cfg.Subjects[0] == want.Subjects[0] && cfg.SubjectTransform != nil &&
-		*cfg.SubjectTransform == *want.SubjectTransform && cfg.MaxBytes == want.MaxBytes && cfg.MaxAge == want.MaxAge &&
-		cfg.Discard == want.Discard && cfg.Metadata[metaNode] == p.d.Self.String()
-	if same {
+	essential := len(cfg.Subjects) == 1 && cfg.Subjects[0] == want.Subjects[0] && cfg.SubjectTransform != nil &&
+		*cfg.SubjectTransform == *want.SubjectTransform && cfg.Discard == want.Discard && cfg.Metadata[metaNode] == p.d.Self.String()
+	if essential && cfg.MaxBytes == want.MaxBytes && cfg.MaxAge == want.MaxAge && cfg.Duplicates == want.Duplicates {
 		return st, nil
 	}
 	up := cfg
@@ -414,12 +413,13 @@ func (p *Publisher) ensureStream(ctx context.Context) (jetstream.Stream, error) 
 	up.Metadata[metaNode] = p.d.Self.String()
 	st2, err := p.js.UpdateStream(ctx, up)
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStorageResources && up.MaxBytes > cfg.MaxBytes {
-		// Growing it needs room JetStream does not have: keep its size.
-		p.log.Warn("nats.events.max_bytes cannot grow the stream on this disk: it keeps its size", "max_bytes", p.o.MaxBytes,
-			"kept", cfg.MaxBytes, "stream", p.o.Stream)
-		up.MaxBytes = cfg.MaxBytes
-		st2, err = p.js.UpdateStream(ctx, up)
+	if err != nil && essential && errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStorageResources {
+		// JetStream checks every update against what it may store now (less
+		// than when the stream was made, on a fuller disk): the stream keeps
+		// its limits and serves as it is.
+		p.log.Warn("events stream: its limits cannot change on this disk now (JetStream: insufficient storage resources); it keeps them",
+			"stream", p.o.Stream, "max_bytes", cfg.MaxBytes, "max_age", cfg.MaxAge, "wanted_max_bytes", want.MaxBytes, "wanted_max_age", want.MaxAge)
+		return st, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("update stream %s: %w", p.o.Stream, err)
