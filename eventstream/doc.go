@@ -14,27 +14,34 @@
 // batches. So a crash between a commit and its event reaching the stream
 // loses nothing: the next start reads the events again from the log.
 //
-// Exactly once, without JetStream's duplicate window:
+// Exactly once, without relying on JetStream's duplicate window:
 //
-//   - Every message carries Nats-Expected-Last-Sequence (the stream sequence
-//     the message before it got) and Ferry-Version (the local version of its
-//     change). JetStream stores the messages of one connection in order and
-//     refuses one whose expected sequence is not the stream's last, so the
-//     stream never has a gap or a copy: after one refusal (a full store, a
-//     lost message) every later one is refused too.
+//   - Every message carries Nats-Msg-Id, the local version of its change
+//     (HeaderVersion). The first message after the publisher learned where
+//     the stream ends expects the stream's last sequence
+//     (Nats-Expected-Last-Sequence); every later one expects the id of the
+//     message before it (Nats-Expected-Last-Msg-Id). JetStream stores the
+//     messages of one connection in order and refuses one whose expectation
+//     does not hold, so after one refusal (a full store, a lost message), or
+//     a message of someone else in between, every later one is refused too:
+//     the stream never gets a gap or a copy.
 //   - Only a batch's last message asks for an answer; its answer names the
 //     sequence it got, which must be the one expected: then every message of
 //     the batch is stored.
 //   - After any failure (a refusal, no answer within AckTimeout, a lost
 //     connection) the publisher waits for every answer still owed, then
-//     learns the cursor again from the stream itself: the Ferry-Version of
-//     its last message. The same happens at start. So a restart resumes
-//     exactly where the stream ends.
+//     learns the cursor again from the stream itself: the id of its last
+//     message. The same happens at start. So a restart resumes exactly where
+//     the stream ends. Until an event is stored again they go one at a time,
+//     so that an answer names the cause.
 //   - Where the stream cannot say (it is new, or its last message expired or
 //     was purged), the cursor kept in the store says: the local version
 //     through which every event is stored, the stream's last sequence and
 //     creation time then, written lazily after answers (at most every
 //     second) and once, synchronously, when the node first keeps its events.
+//     When it names the stream as it is (same creation, same last sequence)
+//     it is taken as it is: it may be past the last event (changes without
+//     events).
 //
 // The ingest subjects are the stream's own, $FERRY.<prefix>.<event subject>,
 // and the stream stores each message under the event subject apps already
