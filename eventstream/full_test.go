@@ -225,3 +225,18 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestNoJetStreamIsAClearError: a server without JetStream (an external one
+// the operator opted in without enabling it) stops the start with a line
+// that says so.
+func TestNoJetStreamIsAClearError(t *testing.T) {
+	r := newRigWith(t, func(o *server.Options) { o.JetStream = false })
+	o := r.options()
+	_, err := r.newPublisher(o)
+	if err == nil || !strings.Contains(err.Error(), "JetStream is not enabled") || !strings.Contains(err.Error(), "nats.events.enabled") {
+		t.Fatalf("a server without JetStream: %v", err)
+	}
+	if testing.Verbose() {
+		t.Log(err)
+	}
+}

@@ -379,6 +379,9 @@ func (p *Publisher) streamConfig(maxBytes int64) jetstream.StreamConfig {
 // placement, storage). A stream of another node is refused.
 func (p *Publisher) ensureStream(ctx context.Context) (jetstream.Stream, error) {
 	st, err := p.js.Stream(ctx, p.o.Stream)
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return nil, fmt.Errorf("%w (%w): enable it there, or turn the events stream off (nats.events.enabled: false)", errJetStreamOff, err)
+	}
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		mb := p.o.MaxBytes
 		if p.o.StoreLimit > 0 && mb > p.o.StoreLimit {
@@ -427,6 +430,9 @@ func (p *Publisher) ensureStream(ctx context.Context) (jetstream.Stream, error) 
 	p.log.Info("events stream updated", "stream", p.o.Stream, "max_bytes", up.MaxBytes, "max_age", up.MaxAge)
 	return st2, nil
 }
+
+// errJetStreamOff: nothing answers JetStream's API on the node's NATS.
+var errJetStreamOff = errors.New("JetStream is not enabled on the node's NATS server")
 
 // duplicates is the stream's duplicate window.
 const duplicates = time.Second

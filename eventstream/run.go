@@ -53,6 +53,9 @@ func (p *Publisher) round(synced *bool, timer *time.Timer) error {
 		cancel()
 		if err != nil {
 			p.m.errors.WithLabelValues("sync").Inc()
+			if errors.Is(err, errJetStreamOff) {
+				p.silent = true // an embedded JetStream that shut itself down starts again
+			}
 			return err
 		}
 		*synced = true
