@@ -86,6 +86,24 @@ type Renderer interface {
 // kind not in it has none.
 type Kinds map[pb.Kind]Renderer
 
+// OwnSilent is a Renderer that publishes no event of the node's own changes
+// (propagate: an origin is not told of its own resources): those are
+// passed over without reading their bodies.
+type OwnSilent interface {
+	NoOwnEvents() bool
+}
+
+// skipOwn reports whether an own change of kind k has no event, from its
+// kind alone.
+func (k Kinds) skipOwn(kind pb.Kind) bool {
+	r := k[kind]
+	if r == nil {
+		return true
+	}
+	s, ok := r.(OwnSilent)
+	return ok && s.NoOwnEvents()
+}
+
 // Options configure a Publisher.
 type Options struct {
 	// Stream is the JetStream stream's name (nats.events.stream).

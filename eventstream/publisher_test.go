@@ -394,3 +394,32 @@ func TestRefusesAnotherNodesStream(t *testing.T) {
 		t.Fatalf("a second node on the stream: %v", err)
 	}
 }
+
+// silent renders like renderer but declares own changes eventless.
+type silent struct{ renderer }
+
+func (silent) NoOwnEvents() bool { return true }
+
+// TestOwnChangesPassedOver: an origin's own changes of a kind whose service
+// publishes no event of them move the cursor without a message (and
+// without their bodies being read).
+func TestOwnChangesPassedOver(t *testing.T) {
+	r := newRig(t)
+	conn, err := nats.Connect("", nats.InProcessServer(r.srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := eventstream.New(eventstream.Deps{Store: r.st, Conn: conn, Self: r.self,
+		Kinds: eventstream.Kinds{pb.Kind_KIND_CONSIDERS: silent{}}}, r.options())
+	if err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	p.Start()
+	defer p.Close()
+	r.write(50, all)
+	waitStored(t, r, p)
+	if got := r.stored(); len(got) != 0 {
+		t.Fatalf("the stream holds %d events of own changes", len(got))
+	}
+}

@@ -243,10 +243,14 @@ func (p *Publisher) send() (bool, error) {
 	size, seq, lastID := 0, p.seq, p.lastID
 	b := &batch{}
 	var rerr error
-	err := p.d.Store.LogBodies(p.sent, scanLimit, func(ver uint64, body *pb.Body) bool {
+	err := p.d.Store.LogBodies(p.sent, scanLimit, p.d.Kinds.skipOwn, func(ver uint64, body *pb.Body) bool {
 		var suffix string
 		var data []byte
 		ok := false
+		if body == nil { // an own change without an event, passed over unread
+			b.through = ver
+			return true
+		}
 		if r := p.d.Kinds[body.Kind]; r != nil {
 			if suffix, data, ok, rerr = r.Event(ver, body); rerr != nil {
 				rerr = fmt.Errorf("the event of change %d: %w", ver, rerr)

@@ -37,6 +37,10 @@ func (s *Service) loadQuiet() error {
 	return nil
 }
 
+// NoOwnEvents: an origin publishes no event of its own changes (the events
+// stream passes them over without reading them).
+func (s *Service) NoOwnEvents() bool { return true }
+
 // Event is the event apps were told of when the change at local version ver
 // was applied here (the subject suffix and the body Apply published), for
 // the events stream: a partner's resource change, considers or planner
