@@ -12,9 +12,12 @@ type metrics struct {
 	restarts prometheus.Counter
 	failing  prometheus.Gauge
 	through  prometheus.Gauge
+	caughtUp prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer, p *Publisher) (*metrics, error) {
+// newMetrics makes the publisher's metrics (register registers them, once
+// the publisher is whole).
+func newMetrics(p *Publisher) *metrics {
 	m := &metrics{
 		stored: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_stored_total",
 			Help: "Events the JetStream events stream stored (answered), since the node started."}),
@@ -27,7 +30,7 @@ func newMetrics(reg prometheus.Registerer, p *Publisher) (*metrics, error) {
 		through: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_through_version",
 			Help: "The local version through which every event is in the stream."}),
 	}
-	behind := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_events_stream_caught_up",
+	m.caughtUp = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_events_stream_caught_up",
 		Help: "1 when the stream holds the events of every change on disk, else 0 (changes wait to be read into it)."},
 		func() float64 {
 			if p.Health().CaughtUp {
@@ -38,11 +41,12 @@ func newMetrics(reg prometheus.Registerer, p *Publisher) (*metrics, error) {
 	for _, k := range []string{"timeout", "refused", "sequence", "no_stream", "answer", "publish", "read", "sync", "disk"} {
 		m.errors.WithLabelValues(k)
 	}
+	return m
+}
+
+func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
-		return m, nil
+		return nil
 	}
-	if err := promreg.Register(reg, m.stored, m.errors, m.restarts, m.failing, m.through, behind); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return promreg.Register(reg, m.stored, m.errors, m.restarts, m.failing, m.through, m.caughtUp)
 }

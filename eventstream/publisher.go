@@ -207,7 +207,6 @@ type Publisher struct {
 	started bool
 
 	// Owned by run (and New, before it starts).
-	stream  jetstream.Stream
 	created time.Time // the stream's creation time: which stream the cursor is of
 	through uint64    // every event of a change up to this version is stored
 	sent    uint64    // read up to here (published or passed over)
@@ -297,10 +296,7 @@ func New(d Deps, o Options) (*Publisher, error) {
 		inbox: nats.NewInbox(), acks: make(chan *nats.Msg, 2*o.Window+4), kick: make(chan struct{}, 1),
 		ctx: ctx, cancel: cancel, msg: &nats.Msg{Header: nats.Header{}}, hid: make([]string, 1), hexp: make([]string, 1)}
 	p.h.Stream = o.Stream
-	if p.m, err = newMetrics(o.Registerer, p); err != nil {
-		cancel()
-		return nil, err
-	}
+	p.m = newMetrics(p)
 	fail := func(err error) (*Publisher, error) {
 		cancel()
 		return nil, err
@@ -314,6 +310,10 @@ func New(d Deps, o Options) (*Publisher, error) {
 	// holds more than the window, so the NATS goroutine never blocks.
 	if p.sub, err = d.Conn.ChanSubscribe(p.inbox+".*", p.acks); err != nil {
 		return fail(fmt.Errorf("events stream: subscribe to answers: %w", err))
+	}
+	if err := p.m.register(o.Registerer); err != nil {
+		_ = p.sub.Unsubscribe()
+		return fail(err)
 	}
 	d.Store.WatchDurable(func(uint64) {
 		select {
@@ -495,7 +495,7 @@ func (p *Publisher) sync(ctx context.Context, first bool) error {
 		// The first start that keeps events: from now on.
 		through = p.d.Store.DurableVersion()
 	}
-	p.stream, p.created = st, info.Created
+	p.created = info.Created
 	p.through, p.sent, p.seq, p.lastID = through, through, last, ""
 	p.flight = p.flight[:0]
 	p.setHealth(func(h *Health) { h.Through, h.LastSeq = through, last })
