@@ -24,6 +24,7 @@ import (
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/docs"
 	"github.com/ferrynet/ferry/internal/idem"
+	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/search"
@@ -250,12 +251,28 @@ func (srv *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/partners", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			PeerID string `json:"peer_id"`
+			// Addr is a multiaddr ending in /p2p/<peer id>: where to dial a
+			// partner that is not a Ferry node (kept; peers/partners.go).
+			Addr string `json:"addr"`
 		}
 		if err := srv.decode(r, &req); err != nil {
 			fail(w, err)
 			return
 		}
-		srv.partnerCall(w, r, req.PeerID, true)
+		if req.Addr == "" {
+			srv.partnerCall(w, r, req.PeerID, true)
+			return
+		}
+		ai, err := peers.ParsePartner(req.Addr)
+		if err != nil || !strings.HasPrefix(req.Addr, "/") {
+			fail(w, badReq("addr: %q is not a multiaddr ending in /p2p/<peer id>", req.Addr))
+			return
+		}
+		if req.PeerID != "" && req.PeerID != ai.ID.String() {
+			fail(w, badReq("addr %q names peer %s, not peer_id %s", req.Addr, ai.ID, req.PeerID))
+			return
+		}
+		srv.partnerCall(w, r, ai.ID.String(), true, ai.Addrs...)
 	})
 	mux.HandleFunc("DELETE /api/v1/partners/{id}", func(w http.ResponseWriter, r *http.Request) {
 		srv.partnerCall(w, r, r.PathValue("id"), false)
@@ -461,17 +478,21 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-func (srv *Server) partnerCall(w http.ResponseWriter, r *http.Request, id string, on bool) {
+func (srv *Server) partnerCall(w http.ResponseWriter, r *http.Request, id string, on bool, addrs ...ma.Multiaddr) {
 	p, err := peer.Decode(id)
 	if err != nil {
 		fail(w, badReq("%q is not a peer id", id))
 		return
 	}
-	if err := srv.node.SetPartner(r.Context(), p, on); err != nil {
+	if err := srv.node.SetPartner(r.Context(), p, on, addrs...); err != nil {
 		fail(w, fmt.Errorf("%w: %w", ferry.ErrBadRequest, err))
 		return
 	}
-	ok(w, map[string]any{"peer_id": p.String(), "partner": on})
+	kept := []string{}
+	for _, a := range srv.book.PartnerAddrs()[p] {
+		kept = append(kept, a.String())
+	}
+	ok(w, map[string]any{"peer_id": p.String(), "partner": on, "addrs": kept})
 }
 
 // Status is what `ferry status` shows.

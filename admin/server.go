@@ -42,8 +42,9 @@ type Node interface {
 	// Addrs are the node's dialable addresses with its peer id.
 	Addrs() []ma.Multiaddr
 	// SetPartner adds or removes a partner (persisted, and the node
-	// protects the connection and wakes the sender).
-	SetPartner(ctx context.Context, p peer.ID, on bool) error
+	// protects the connection and wakes the sender); addresses given with
+	// an add are kept and dialed.
+	SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.Multiaddr) error
 }
 
 // Deps is everything the Server uses, complete at construction.

@@ -361,6 +361,18 @@ func (b *Bridge) Handle(suffix string, h Handler) error {
 	return nil
 }
 
+// Served lists the request subjects this bridge answers (with the prefix),
+// in the order they were subscribed: what apps can send.
+func (b *Bridge) Served() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]string, 0, len(b.subs))
+	for _, s := range b.subs {
+		out = append(out, s.Subject)
+	}
+	return out
+}
+
 // Flush waits until the server has processed the subscriptions.
 func (b *Bridge) Flush() error {
 	if err := b.nc.FlushTimeout(5 * time.Second); err != nil {

@@ -1,13 +1,15 @@
 package natsbridge
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 )
 
 // appendFlat encodes a reply whose values are all strings of plain ASCII,
-// integers or booleans (the answer to a propagate: ok, id, version,
-// receivers) the way encoding/json does, keys sorted, without reflection.
+// integers, booleans or JSON encoded already (the answer to a propagate:
+// ok, id, version, receivers) the way encoding/json does, keys sorted,
+// without reflection.
 // ok is false for anything else; the caller then uses encoding/json.
 func appendFlat(b []byte, m map[string]any) ([]byte, bool) {
 	if len(m) > 16 {
@@ -48,6 +50,10 @@ func appendFlat(b []byte, m map[string]any) ([]byte, bool) {
 			b = strconv.AppendUint(b, v, 10)
 		case uint32:
 			b = strconv.AppendUint(b, uint64(v), 10)
+		case json.RawMessage:
+			// Encoded already by the caller (a list of receivers), who
+			// vouches for it: valid JSON, compact, no HTML escaping.
+			b = append(b, v...)
 		default:
 			return b, false
 		}

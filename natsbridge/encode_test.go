@@ -14,6 +14,8 @@ func TestFlatRepliesMatchEncodingJSON(t *testing.T) {
 		flat bool
 	}{
 		{map[string]any{"ok": true, "id": "vm-1", "version": uint64(1795961846557355), "receivers": 3}, true},
+		{map[string]any{"ok": true, "id": "vm-1", "version": uint64(1795961846557355),
+			"receivers": json.RawMessage(`[{"id":"12D3KooWA","name":"B"},{"id":"12D3KooWC","name":"<C>"}]`)}, true},
 		{map[string]any{"ok": false, "n": int64(-4), "u": uint32(7)}, true},
 		{map[string]any{}, true},
 		{map[string]any{"ok": true, "id": "<b>&"}, true},

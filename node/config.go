@@ -18,6 +18,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/protocols"
 )
 
@@ -235,8 +236,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, p := range c.Partners {
-		if _, err := peer.Decode(p); err != nil {
-			return cfgErr(fmt.Sprintf("partners[%d]", i), "%q is not a peer id: %v", p, err)
+		// A peer id, or a multiaddr ending in /p2p/<peer id>: the address of
+		// a partner that is not a Ferry node, kept (peers/partners.go).
+		if _, err := peers.ParsePartner(p); err != nil {
+			return cfgErr(fmt.Sprintf("partners[%d]", i), "%v", err)
 		}
 	}
 	for i, p := range c.Members {

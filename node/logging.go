@@ -141,3 +141,47 @@ func (q *quietHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (q *quietHandler) WithGroup(name string) slog.Handler {
 	return &quietHandler{h: q.h.WithGroup(name), st: q.st, prefix: q.prefix + name + "."}
 }
+
+// identifyOptional makes libp2p's identify optional for peers, as Ferry
+// needs nothing it tells (docs/protocols.md, "Writing a peer"): go-libp2p
+// logs `failed to identify peer` at WARN for every connection to a peer
+// that does not speak identify at all (a js-libp2p partner built without
+// it), which is DEBUG here. Identify that a peer offers and then fails
+// (a timeout, a malformed answer) stays a WARN.
+type identifyOptional struct{ slog.Handler }
+
+func (h identifyOptional) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && r.Message == "failed to identify peer" && identifyNotSpoken(r) {
+		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r2 := slog.NewRecord(r.Time, slog.LevelDebug, r.Message, r.PC)
+		r.Attrs(func(a slog.Attr) bool { r2.AddAttrs(a); return true })
+		r = r2
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h identifyOptional) WithAttrs(as []slog.Attr) slog.Handler {
+	return identifyOptional{h.Handler.WithAttrs(as)}
+}
+
+func (h identifyOptional) WithGroup(name string) slog.Handler {
+	return identifyOptional{h.Handler.WithGroup(name)}
+}
+
+// identifyNotSpoken reports whether the record's error is the peer
+// answering that it does not speak identify (multistream-select's "na":
+// go-multistream's ErrNotSupported, matched by its text so that the module
+// stays an indirect dependency; interop/ fails if the text changes).
+func identifyNotSpoken(r slog.Record) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" || a.Key == "err" {
+			found = strings.Contains(a.Value.String(), "protocols not supported")
+			return false
+		}
+		return true
+	})
+	return found
+}

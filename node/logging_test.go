@@ -67,3 +67,26 @@ func TestQuietLogs(t *testing.T) {
 		t.Fatal("an error was lost")
 	}
 }
+
+// TestIdentifyOptional: a peer that does not speak identify (a js-libp2p
+// partner without it) is no warning; one whose identify fails otherwise is.
+func TestIdentifyOptional(t *testing.T) {
+	var buf bytes.Buffer
+	h := identifyOptional{slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})}
+	log := slog.New(h)
+	notSpoken := fmt.Errorf("multistream mux select protocol failed: %w", errors.New("protocols not supported: [/ipfs/id/1.0.0]"))
+	log.Warn("failed to identify peer", "peer", "12D3KooW...", "error", notSpoken)
+	if buf.Len() != 0 {
+		t.Fatalf("a peer without identify is logged above DEBUG:\n%s", buf.String())
+	}
+	log.Warn("failed to identify peer", "peer", "12D3KooW...", "error", errors.New("context deadline exceeded"))
+	if !strings.Contains(buf.String(), "level=WARN") {
+		t.Fatalf("an identify that failed otherwise is not a WARN:\n%s", buf.String())
+	}
+	buf.Reset()
+	dbg := slog.New(identifyOptional{slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})})
+	dbg.Warn("failed to identify peer", "peer", "12D3KooW...", "error", notSpoken)
+	if !strings.Contains(buf.String(), "level=DEBUG") || !strings.Contains(buf.String(), "protocols not supported") {
+		t.Fatalf("at debug, a peer without identify is not logged at DEBUG with its error:\n%s", buf.String())
+	}
+}

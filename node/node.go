@@ -30,6 +30,7 @@ import (
 
 	"github.com/ferrynet/ferry/admin"
 	"github.com/ferrynet/ferry/catchup"
+	"github.com/ferrynet/ferry/delivery"
 	"github.com/ferrynet/ferry/eventstream"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
@@ -142,6 +143,10 @@ type Node struct {
 	search       *search.Service
 	spread       *spread.Service
 	events       *eventstream.Publisher // the events stream (nil when nats.events is off)
+	// Apps' delivery status: the Watch follows the sender's floors (its
+	// Floors tracer); the service answers delivery.status and .wait.
+	watch    *delivery.Watch
+	delivery *delivery.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -273,8 +278,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.watch, err = delivery.NewWatch(delivery.WatchDeps{Publisher: pub, Names: n.book,
+		Logger: log.With("component", "delivery"), Registerer: n.reg}); err != nil {
+		return nil, err
+	}
 	sndo := o.Sender
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
+	sndo.Floors = n.watch
 	sndo.Hold = holds.Hold
 	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
@@ -290,6 +300,8 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if n.sender, err = stream.NewSender(n.host, n.st, n.book, sndo); err != nil {
 		return nil, err
 	}
+	n.delivery = delivery.New(delivery.Deps{Store: n.st, Sender: n.sender, Roles: n.book, Watch: n.watch,
+		Logger: log.With("component", "delivery")})
 	n.search, err = search.New(search.Deps{Host: n.host, PubSub: n.gossip, DHT: n.dht, Store: n.st, Roles: n.book, PeerBook: n.book,
 		Publisher: pub, MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "search"), Registerer: n.reg})
 	if err != nil {
@@ -364,7 +376,7 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 // component=libp2p. It is process-wide: call it once, before the first
 // node starts (cmd/ferry and internal/testnet do).
 func RouteLibp2pLogs(h slog.Handler) {
-	gologshim.SetDefaultHandler(h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")}))
+	gologshim.SetDefaultHandler(identifyOptional{h.WithAttrs([]slog.Attr{slog.String("component", "libp2p")})})
 }
 
 // Start begins serving peers and apps, then joins the network.
@@ -387,6 +399,7 @@ func (n *Node) Start() error {
 			n.host.Peerstore().AddAddrs(peer.ID(e.Id), addrs, peerstore.AddressTTL)
 		}
 	}
+	n.keepPartnerAddrs()
 	// Hello is how a peer says who it is: anyone may.
 	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.Serve)
 	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.admin.ServeTrace)
@@ -411,6 +424,7 @@ func (n *Node) Start() error {
 	if n.events != nil {
 		n.events.Start()
 	}
+	n.watch.Start()
 	if err := n.serveNATS(); err != nil {
 		return err
 	}
@@ -445,6 +459,9 @@ func (n *Node) serveNATS() error {
 	if err := n.review.ServeNATS(n.ctx, n.bridge, n.cfg.Review.NATSDecide); err != nil {
 		return err
 	}
+	if err := n.delivery.ServeNATS(n.bridge); err != nil {
+		return err
+	}
 	return n.bridge.Flush()
 }
 
@@ -476,9 +493,10 @@ func (n *Node) Review() *review.Service { return n.review }
 
 // Close stops the node, within bounds, in this order (docs/architecture.md):
 //
-//  1. drain: the admin API stops listening and the NATS subscriptions are
-//     drained (no new request is taken; apps get no responders), while the
-//     requests already taken are answered (at most DrainTimeout);
+//  1. drain: open delivery waits are answered (unavailable); the admin API
+//     stops listening and the NATS subscriptions are drained (no new
+//     request is taken; apps get no responders), while the requests already
+//     taken are answered (at most DrainTimeout);
 //  2. the node's context is cancelled, no goroutine starts any more, and
 //     the peer side stops: receiver, sender, sync, search, propagate, DHT,
 //     host; then the node's own goroutines are waited for;
@@ -493,6 +511,9 @@ func (n *Node) Close() error {
 		n.draining.Store(true)
 		if n.restore != nil {
 			n.restore.Writes().Close() // held writes are answered before the drain waits for them
+		}
+		if n.watch != nil {
+			n.watch.Close() // so are open delivery waits (unavailable), and its goroutine stops
 		}
 		var errs []error
 		if n.bridge != nil {
@@ -606,6 +627,9 @@ func (n *Node) Store() *store.Store { return n.st }
 // Sender is the delivery sender.
 func (n *Node) Sender() *stream.Sender { return n.sender }
 
+// ServedSubjects lists the NATS subjects this node answers for apps.
+func (n *Node) ServedSubjects() []string { return n.bridge.Served() }
+
 // NATSURL is where apps connect.
 func (n *Node) NATSURL() string { return n.bridge.ClientURL() }
 
@@ -634,12 +658,19 @@ func (n *Node) Members() []peer.ID { return n.book.Members() }
 // Partners lists the node's partners.
 func (n *Node) Partners() []peer.ID { return n.book.Partners() }
 
-// SetPartner adds or removes a partner (persisted).
-func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool) error {
-	if err := n.book.SetPartner(ctx, p, on); err != nil {
+// SetPartner adds or removes a partner (persisted). Addresses given with an
+// add are kept, in the peer book and in the peerstore for good
+// (peers/partners.go); a remove forgets them.
+func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.Multiaddr) error {
+	had := n.book.PartnerAddrs()[p]
+	if err := n.book.SetPartner(ctx, p, on, addrs...); err != nil {
 		return err
 	}
+	if !on && len(had) > 0 {
+		n.host.Peerstore().SetAddrs(p, had, 0) // no longer kept
+	}
 	if on {
+		n.keepPartnerAddrs()
 		n.connectivity.Protect(p)
 		n.sender.Kick(p)
 	}

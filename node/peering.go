@@ -2,6 +2,8 @@ package node
 
 import (
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/ferrynet/ferry/peers"
 )
@@ -23,8 +25,14 @@ func peersConfig(c Config) peers.Config {
 		pc.Reviewer, _ = peer.Decode(c.Reviewer)
 	}
 	for _, s := range c.Partners {
-		id, _ := peer.Decode(s)
-		pc.Partners = append(pc.Partners, id)
+		ai, _ := peers.ParsePartner(s)
+		pc.Partners = append(pc.Partners, ai.ID)
+		if len(ai.Addrs) > 0 {
+			if pc.PartnerAddrs == nil {
+				pc.PartnerAddrs = map[peer.ID][]ma.Multiaddr{}
+			}
+			pc.PartnerAddrs[ai.ID] = append(pc.PartnerAddrs[ai.ID], ai.Addrs...)
+		}
 	}
 	for _, s := range c.Members {
 		id, _ := peer.Decode(s)
@@ -57,3 +65,13 @@ func (n *Node) peerHolds(p peer.ID, v uint64) {
 // MembersKnown is the number of members with a signed record held, this
 // node included.
 func (n *Node) MembersKnown() int { return n.members.Known() }
+
+// keepPartnerAddrs puts the addresses partners were given with (config,
+// operator) into the peerstore for good: a partner that is not a Ferry node
+// sends no membership record or hello to learn them from, and the sender
+// and discovery dial it by peer id.
+func (n *Node) keepPartnerAddrs() {
+	for p, addrs := range n.book.PartnerAddrs() {
+		n.host.Peerstore().AddAddrs(p, addrs, peerstore.PermanentAddrTTL)
+	}
+}

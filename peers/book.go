@@ -43,9 +43,12 @@ type Book struct {
 
 	mu       sync.RWMutex
 	partners map[peer.ID]bool
-	book     map[peer.ID]*storepb.Peer
-	strange  map[peer.ID]bool // presented another network
-	blocked  map[peer.ID]bool // links cut on purpose (fault injection)
+	// partnerAddrs are the addresses partners were given with (config
+	// and operator; partners.go).
+	partnerAddrs map[peer.ID][]ma.Multiaddr
+	book         map[peer.ID]*storepb.Peer
+	strange      map[peer.ID]bool // presented another network
+	blocked      map[peer.ID]bool // links cut on purpose (fault injection)
 	// memberList is Members' answer until the set changes (nil: to be
 	// made again). Connection trimming and discovery ask for it often, and
 	// with a thousand members making it (a set, then a sort) was the
@@ -68,7 +71,7 @@ type BookDeps struct {
 func NewBook(d BookDeps) (*Book, error) {
 	c := d.Config
 	pb := &Book{self: d.Self, name: c.Name, network: c.Network, reviewer: c.Reviewer, st: d.Store, log: d.Logger,
-		members: map[peer.ID]bool{}, partners: map[peer.ID]bool{}, book: map[peer.ID]*storepb.Peer{},
+		members: map[peer.ID]bool{}, partners: map[peer.ID]bool{}, partnerAddrs: map[peer.ID][]ma.Multiaddr{}, book: map[peer.ID]*storepb.Peer{},
 		strange: map[peer.ID]bool{}, blocked: map[peer.ID]bool{}}
 	for _, id := range c.Members {
 		pb.members[id] = true
@@ -86,6 +89,9 @@ func NewBook(d BookDeps) (*Book, error) {
 		} else {
 			delete(pb.partners, id)
 		}
+	}
+	if err := pb.loadPartnerAddrs(c); err != nil {
+		return nil, err
 	}
 	peers, err := d.Store.Peers()
 	if err != nil {
@@ -289,12 +295,23 @@ func (b *Book) Lookup(text string) []search.PeerRecord {
 }
 
 // SetPartner adds or removes a partner and persists the operator's choice.
-func (b *Book) SetPartner(ctx context.Context, p peer.ID, on bool) error {
+// Addresses given with an add are kept with it (added to those it had);
+// a remove forgets them.
+func (b *Book) SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.Multiaddr) error {
 	if p == b.self {
 		return errors.New("a node cannot be its own partner")
 	}
+	b.mu.RLock()
+	kept := mergeAddrs(slices.Clone(b.partnerAddrs[p]), addrs)
+	b.mu.RUnlock()
 	err := b.st.Update(ctx, func(tx *store.Txn) error {
 		tx.SetPartner(p, on)
+		switch {
+		case !on:
+			tx.DeleteAux(auxPartnerAddrs + p.String())
+		case len(addrs) > 0:
+			tx.SetAux(auxPartnerAddrs+p.String(), encodeAddrs(kept))
+		}
 		return nil
 	})
 	if err != nil {
@@ -303,8 +320,12 @@ func (b *Book) SetPartner(ctx context.Context, p peer.ID, on bool) error {
 	b.mu.Lock()
 	if on {
 		b.partners[p] = true
+		if len(kept) > 0 {
+			b.partnerAddrs[p] = kept
+		}
 	} else {
 		delete(b.partners, p)
+		delete(b.partnerAddrs, p)
 	}
 	b.memberList = nil
 	b.mu.Unlock()

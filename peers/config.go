@@ -1,6 +1,9 @@
 package peers
 
-import "github.com/libp2p/go-libp2p/core/peer"
+import (
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
 
 // Config is what this package takes of the node's configuration, parsed:
 // the node builds it from its Config once that is valid (ferry.yaml stays
@@ -18,6 +21,11 @@ type Config struct {
 	// Partners are the configured partners (partners); the operator's
 	// changes, kept in the store, apply over them.
 	Partners []peer.ID
+	// PartnerAddrs are the addresses given with partners (entries of
+	// partners that are multiaddrs ending in /p2p/<peer id>): kept in the
+	// peerstore for good, so a partner that is not a Ferry node (no
+	// membership record, no hello) is reached (partners.go).
+	PartnerAddrs map[peer.ID][]ma.Multiaddr
 	// Members, when set (members), are the only peers that may be members;
 	// empty: anyone who presents the network.
 	Members []peer.ID

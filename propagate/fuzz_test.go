@@ -222,7 +222,8 @@ func (n *fuzzNode) checkDelivered(t *testing.T, req Request, res Result, items [
 	t.Helper()
 	kinds := map[string]pb.Kind{ActionCreate: pb.Kind_KIND_RESOURCE_CREATE, ActionUpdate: pb.Kind_KIND_RESOURCE_UPDATE,
 		ActionDelete: pb.Kind_KIND_RESOURCE_DELETE, ActionConsiders: pb.Kind_KIND_CONSIDERS, ActionPlanner: pb.Kind_KIND_PLANNER}
-	if len(items) != 1 || res["receivers"] != 1 {
+	recv, _ := json.Marshal(res["receivers"])
+	if len(items) != 1 || string(recv) != fmt.Sprintf(`[{"id":%q,"name":"partner"}]`, n.partnerStr) {
 		t.Fatalf("%s: %d entries noted, result %v; want one, for the partner", req.Action, len(items), res)
 	}
 	it := items[0]

@@ -130,6 +130,7 @@ type Service struct {
 	// quiet: some received resource change was kept without an event
 	// (event.go); until then the events stream reads no marks.
 	quiet atomic.Bool
+	recv  receiverCache
 }
 
 // Deps are what New needs.
@@ -447,7 +448,7 @@ func (s *Service) resource(ctx context.Context, req Request, done func(Result, e
 		return
 	}
 	kind, proto := kindOf(req.Action)
-	partners := len(s.roles.Partners())
+	partners := s.receivers(s.roles.Partners())
 	var res Result
 	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		cur, err := s.ownRow(tx, req.DataType, self, id)
@@ -579,6 +580,7 @@ func (s *Service) planner(ctx context.Context, req Request, obj map[string]json.
 func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addressee []byte, lane stream.Lane, done func(Result, error)) {
 	kind, proto := kindOf(req.Action)
 	self := s.roles.Self()
+	receivers := s.receivers(to)
 	var res Result
 	s.st.Submit(ctx, withIdem(req, &res, func(tx *store.Txn) error {
 		ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(self), Kind: kind, DataType: req.DataType,
@@ -596,7 +598,7 @@ func (s *Service) event(ctx context.Context, req Request, to []peer.ID, addresse
 			})
 		}
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(lane), Kind: kind, Protocol: proto, To: to}, sealed)
-		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": len(to)}
+		res = Result{"id": strconv.FormatUint(ver, 10), "version": ver, "receivers": receivers}
 		return nil
 	}), func(err error) { done(res, err) })
 }

@@ -999,6 +999,19 @@ func (s *Store) Refusals(recv peer.ID) (map[uint64]string, error) {
 	return out, err
 }
 
+// Refusal returns why a receiver refused one of this node's changes for
+// good, and whether it did.
+func (s *Store) Refusal(recv peer.ID, ver uint64) (string, bool, error) {
+	v, err := s.getRaw(k(pRefused).str(string(recv)).u64(ver))
+	if errors.Is(err, ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return string(v), true, nil
+}
+
 // ---- positions (receiver side) ----
 
 func positionKey(sender peer.ID, lane uint8) key { return k(pPosition).str(string(sender)).u8(lane) }

@@ -148,6 +148,10 @@ type laneActions struct {
 	save        bool
 	saveFloor   uint64
 	saveAckedAt int64
+	// floorMoved: the floor is now newFloor. Set by outbox.stepLocked
+	// (the floor before and after the step), not by step.
+	floorMoved bool
+	newFloor   uint64
 }
 
 // head is the last entry of the lane this receiver gets, given the lane's

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,7 +65,11 @@ func newOutbox(s *Sender, p peer.ID) *outbox {
 // out the rest of the actions after they let it go (count, among others).
 func (o *outbox) stepLocked(l Lane, in laneInput) laneActions {
 	var a laneActions
+	before := o.lanes[l].floor
 	o.lanes[l], a = o.lanes[l].step(in)
+	if f := o.lanes[l].floor; f != before {
+		a.floorMoved, a.newFloor = true, f
+	}
 	if a.progress {
 		o.retry = o.retry.progress()
 	}
@@ -79,6 +84,14 @@ func (o *outbox) count(a laneActions) {
 	}
 	if a.ackedEntries > 0 {
 		o.s.m.acked.Add(float64(a.ackedEntries))
+	}
+}
+
+// traceFloor tells SenderOptions.Floors of a floor a step moved; callers
+// hold no lock.
+func (o *outbox) traceFloor(l Lane, a laneActions) {
+	if t := o.s.opts.Floors; t != nil && a.floorMoved {
+		t.FloorMoved(o.peer, l, a.newFloor, a.rewound)
 	}
 }
 
@@ -245,8 +258,9 @@ func (o *outbox) pump() bool {
 			// receiver (another receiver's, or truncated): nothing to send.
 			durable := o.s.st.DurableVersion()
 			o.mu.Lock()
-			o.stepLocked(w.lane, laneInput{ev: evEmpty, after: w.after, bcastHead: o.bcastHead(v, w.lane), durable: durable})
+			a := o.stepLocked(w.lane, laneInput{ev: evEmpty, after: w.after, bcastHead: o.bcastHead(v, w.lane), durable: durable})
 			o.mu.Unlock()
+			o.traceFloor(w.lane, a)
 			continue
 		}
 		plans = append(plans, o.cut(w.lane, w.after, es, w.room)...)
@@ -334,6 +348,14 @@ func (o *outbox) replies(rs []*pb.Reply) {
 		}
 	}
 	o.wakeUp()
+	if t := o.s.opts.Floors; t != nil {
+		for _, d := range done {
+			if len(d.a.refused) > 0 {
+				t.Refused(o.peer, d.l, d.a.refused)
+			}
+			o.traceFloor(d.l, d.a)
+		}
+	}
 	for _, d := range done {
 		if d.a.ahead > 0 {
 			o.s.opts.OnAhead(o.peer, d.l, d.a.ahead)
@@ -349,7 +371,11 @@ func (o *outbox) replies(rs []*pb.Reply) {
 	if len(refused) > 0 {
 		o.s.st.SubmitLazy(o.s.ctx, func(tx *store.Txn) error {
 			for _, r := range refused {
-				tx.SetRefused(o.peer, r.Version, r.Reason)
+				reason := r.Reason
+				if r.Equivocation && !strings.HasPrefix(reason, EquivocationPrefix) {
+					reason = EquivocationPrefix + " " + reason // the record keeps only the reason
+				}
+				tx.SetRefused(o.peer, r.Version, reason)
 			}
 			return nil
 		}, nil)

@@ -75,6 +75,11 @@ type Handler interface {
 	Apply(tx *store.Txn, in *Inbound) (pb.AckStatus, error)
 }
 
+// EquivocationPrefix starts the reason of every equivocation refusal (and
+// of its record at the sender, store.Txn.SetRefused), so the reason alone
+// tells an equivocation from other refusals.
+const EquivocationPrefix = "equivocation:"
+
 // RejectError refuses an authentic change for good.
 type RejectError struct {
 	Reason string
@@ -110,7 +115,7 @@ func CheckHeld(tx *store.Txn, origin peer.ID, version, hash uint64) (held bool, 
 	}
 	if e.Hash != 0 && e.Hash != hash {
 		return true, &RejectError{Equivocation: true,
-			Reason: fmt.Sprintf("equivocation: this node holds another change of %s under version %d", origin, version)}
+			Reason: fmt.Sprintf("%s this node holds another change of %s under version %d", EquivocationPrefix, origin, version)}
 	}
 	return true, nil
 }
@@ -728,7 +733,7 @@ func (r *Receiver) equivocations(b *batch) []*pb.Refusal {
 
 func (r *Receiver) equivocation(m *Inbound) *pb.Refusal {
 	r.received.WithLabelValues("equivocation").Inc()
-	reason := fmt.Sprintf("equivocation: this node holds another change of %s under version %d", m.Origin, m.Body.OriginVersion)
+	reason := fmt.Sprintf("%s this node holds another change of %s under version %d", EquivocationPrefix, m.Origin, m.Body.OriginVersion)
 	r.log.Error("refused a change: its sender signed another change under the same version before (was the sender's store restored from an older copy while its clock went back?)",
 		"peer", m.From, "version", m.Body.OriginVersion, "kind", m.Body.Kind)
 	return &pb.Refusal{Version: m.Body.OriginVersion, Reason: reason, Equivocation: true}

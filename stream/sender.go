@@ -26,7 +26,8 @@ package stream
 //     are marked closing; it calls nothing while it does.
 //
 // Never called with a sender lock held (any of the above):
-//   - the SenderOptions callbacks (Hold, OnAhead, OnAcked, DecisionHead)
+//   - the SenderOptions callbacks (Hold, OnAhead, OnAcked, DecisionHead,
+//     Floors)
 //     and the Audience: they take their owners' locks, and their owners
 //     call the sender (Kick, CloseStream, Acknowledge). The outbox asks
 //     Hold and the Audience first (outbox.view) and takes its lock after;
@@ -106,6 +107,22 @@ type Audience interface {
 	Receivers(l Lane) []peer.ID
 }
 
+// FloorTracer hears what moves a receiver's ack floors: its methods run on
+// the goroutine that moved the floor (a stream's reply reader, a pump, a
+// hello), after the sender let go of its locks, and must not block. Calls
+// about one lane may come from several goroutines (a lane's protocols have
+// a stream each), so a later call may carry an older floor.
+type FloorTracer interface {
+	// Refused names changes of lane l that p refused for good. It comes
+	// before the FloorMoved that passes them.
+	Refused(p peer.ID, l Lane, refused []*pb.Refusal)
+	// FloorMoved says that p's floor of lane l is now floor: p applied
+	// (or refused) every entry of the lane addressed to it up to floor.
+	// rewound: the floor went back (the receiver holds less than it
+	// acknowledged: its store was restored or replaced).
+	FloorMoved(p peer.ID, l Lane, floor uint64, rewound bool)
+}
+
 // SenderOptions configure a Sender.
 type SenderOptions struct {
 	MaxMessageBytes int
@@ -138,6 +155,10 @@ type SenderOptions struct {
 	// applied through `through`, and refused names the changes it refused
 	// for good. It runs on the stream's reader and must not block.
 	OnAcked func(p peer.ID, lane Lane, through uint64, refused []*pb.Refusal)
+	// Floors, if set, hears of every move of a receiver's ack floor and
+	// of every change a receiver refused (apps' delivery status and
+	// waits, package delivery).
+	Floors FloorTracer
 	// DecisionFallback, when positive, holds the decision lane's entries
 	// back from a receiver until they are this old: they spread by gossip
 	// first (spread/), and members report what they applied (Acknowledge);
@@ -703,6 +724,7 @@ func (s *Sender) HoldsAtMost(p peer.ID, v uint64) {
 	for _, l := range Lanes {
 		if a, ok := moved[l]; ok {
 			o.count(a)
+			o.traceFloor(l, a)
 			s.log.Info("receiver holds less than it acknowledged (its store was restored or replaced); resending from what it holds",
 				"peer", p, "lane", l, "floor", a.rewoundFrom, "holds", v)
 		}

@@ -344,3 +344,86 @@ func TestSenderLearnsAReceiverHoldsMore(t *testing.T) {
 		t.Fatal("the sender never heard that B holds more")
 	}
 }
+
+// floorLog is a FloorTracer that records what it hears, in order.
+type floorLog struct {
+	mu    sync.Mutex
+	calls []floorCall
+}
+
+type floorCall struct {
+	refused []*pb.Refusal // a Refused call; else a FloorMoved
+	floor   uint64
+	rewound bool
+}
+
+func (f *floorLog) Refused(_ peer.ID, _ Lane, refused []*pb.Refusal) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, floorCall{refused: refused})
+}
+
+func (f *floorLog) FloorMoved(_ peer.ID, _ Lane, floor uint64, rewound bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, floorCall{floor: floor, rewound: rewound})
+}
+
+func (f *floorLog) heard() []floorCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// SenderOptions.Floors hears every floor the replies move, and each
+// refusal before the floor that passes it (so a delivery status that wakes
+// on the floor knows the refusal).
+func TestFloorTracerHearsFloorsAndRefusals(t *testing.T) {
+	ready := make(chan struct{})
+	refused := map[uint64]bool{}
+	rec := &recorder{reject: func(v uint64) bool { <-ready; return refused[v] }}
+	fl := &floorLog{}
+	p := newPairWith(t, rec, func(o *SenderOptions) { o.Floors = fl })
+	all := p.commit(300, 100)
+	for i, v := range all {
+		if i%50 == 7 {
+			refused[v] = true
+		}
+	}
+	close(ready)
+	last := all[len(all)-1]
+	wait.For(t, waitTimeout, "the tracer hears the last floor", func() bool {
+		calls := fl.heard()
+		return len(calls) > 0 && calls[len(calls)-1].floor == last
+	})
+	named := map[uint64]bool{}
+	floor := uint64(0)
+	for _, c := range fl.heard() {
+		if c.refused != nil {
+			for _, r := range c.refused {
+				if r.Version <= floor {
+					t.Fatalf("refusal of %d heard after the floor passed it (%d)", r.Version, floor)
+				}
+				named[r.Version] = true
+			}
+			continue
+		}
+		if c.floor <= floor || c.rewound {
+			t.Fatalf("floor %d (rewound %v) after %d: one stream's answers move it forward", c.floor, c.rewound, floor)
+		}
+		floor = c.floor
+	}
+	if len(named) != len(refused) {
+		t.Fatalf("heard %d refusals, want %d", len(named), len(refused))
+	}
+	// A receiver that lost its store: the floor goes back, said as a rewind.
+	p.rcv.Close()
+	p.b.host.RemoveStreamHandler(protocols.ResourceCreate)
+	_ = p.mn.DisconnectPeers(p.a.id, p.b.id)
+	p.rec = &recorder{}
+	p.startReceiver(openMem(t, p.b.key))
+	p.commit(1, 1)
+	wait.For(t, waitTimeout, "the tracer hears the rewind", func() bool {
+		return slices.ContainsFunc(fl.heard(), func(c floorCall) bool { return c.rewound && c.floor == 0 })
+	})
+}

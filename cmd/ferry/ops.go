@@ -136,16 +136,25 @@ func partnersCmd(g *globals) *cobra.Command {
 			return printPeers(g, cmd.OutOrStdout(), partners)
 		}})
 	for _, verb := range []string{"add", "remove"} {
-		p.AddCommand(&cobra.Command{Use: verb + " PEER_ID", Short: verb + " a partner", Args: cobra.ExactArgs(1),
+		use, short := verb+" PEER_ID", verb+" a partner"
+		if verb == "add" {
+			// A multiaddr ending in /p2p/<peer id> is kept and dialed: the
+			// way to reach a partner that is not a Ferry node.
+			use, short = "add PEER_ID|MULTIADDR", "add a partner (a multiaddr ending in /p2p/<peer id> keeps its address)"
+		}
+		p.AddCommand(&cobra.Command{Use: use, Short: short, Args: cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				c, err := g.client()
 				if err != nil {
 					return err
 				}
 				var out map[string]any
-				if verb == "add" {
+				switch {
+				case verb == "add" && strings.HasPrefix(args[0], "/"):
+					err = c.call("POST", "/api/v1/partners", map[string]string{"addr": args[0]}, &out)
+				case verb == "add":
 					err = c.call("POST", "/api/v1/partners", map[string]string{"peer_id": args[0]}, &out)
-				} else {
+				default:
 					err = c.call("DELETE", "/api/v1/partners/"+url.PathEscape(args[0]), nil, &out)
 				}
 				if err != nil {

@@ -140,7 +140,7 @@ var examples = map[string]string{
   ferry peers --absolute   # last seen as RFC 3339 times`,
 	"ferry partners":        `  ferry partners list`,
 	"ferry partners list":   `  ferry partners list --json`,
-	"ferry partners add":    `  ferry partners add 12D3KooWJ6...   # the peer id that ferry init printed on the partner`,
+	"ferry partners add":    "  ferry partners add 12D3KooWJ6...   # the peer id that ferry init printed on the partner\n  ferry partners add /ip4/10.0.0.7/tcp/4001/p2p/12D3KooWJ6...   # a partner that is not a Ferry node: its address is kept",
 	"ferry partners remove": `  ferry partners remove 12D3KooWJ6...`,
 	"ferry requests":        `  ferry requests list --status waiting`,
 	"ferry requests list": `  ferry requests list
