@@ -72,8 +72,8 @@ func TestLogBodies(t *testing.T) {
 	}{
 		{s.ownRecord(7, 7, 0, 1, nil, []byte{0x0a, 1, 'a', 0x10, 7, 0x18, 5}), 5, true}, // stored whole
 		{[]byte{0, 0, 0, 1, 0, 0x18, 9}, 9, true},                                       // stripped: the kind first
-		{[]byte{0, 0, 0, 1, 0, 0x22, 1, 't'}, 0, false},                                  // no kind
-		{[]byte{0, 0, 0, 1, 9}, 0, false},                                                // a signature past the end
+		{[]byte{0, 0, 0, 1, 0, 0x22, 1, 't'}, 0, false},                                 // no kind
+		{[]byte{0, 0, 0, 1, 9}, 0, false},                                               // a signature past the end
 	} {
 		if k, ok := ownRecordKind(r.d); k != r.kind || ok != r.ok {
 			t.Errorf("ownRecordKind(%x) = %v %v, want %v %v", r.d, k, ok, r.kind, r.ok)
