@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/ferrynet/ferry/eventstream"
 	"github.com/ferrynet/ferry/natsbridge"
 	"github.com/ferrynet/ferry/store"
 )
@@ -26,6 +27,8 @@ type HealthReport struct {
 	Store  store.Health      `json:"store"`
 	NATS   natsbridge.Health `json:"nats"`
 	Host   HostHealth        `json:"host"`
+	// Events is the JetStream events stream (nats.events), nil when off.
+	Events *eventstream.Health `json:"events,omitempty"`
 	// Draining: the node is stopping (SIGTERM): it answers what it took, takes nothing new.
 	Draining bool `json:"draining,omitempty"`
 }
@@ -93,6 +96,13 @@ func healthLines(h HealthReport) string {
 	}
 	line("nats", h.NATS.OK, h.NATS.Reason, fmt.Sprintf("%s %s, %d in flight", nat, h.NATS.URL, h.NATS.InFlight))
 	line("host", h.Host.OK, h.Host.Reason, fmt.Sprintf("%d addresses, %d peers connected", h.Host.Addrs, h.Host.Connected))
+	if e := h.Events; e != nil {
+		state := "caught up"
+		if !e.CaughtUp {
+			state = fmt.Sprintf("changes up to version %d wait", e.Durable)
+		}
+		line("events", e.OK, e.Reason, fmt.Sprintf("stream %s through version %d, %s, last sequence %d", e.Stream, e.Through, state, e.LastSeq))
+	}
 	return b.String()
 }
 

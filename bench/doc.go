@@ -22,7 +22,10 @@
 //     checks A and B are stopped cleanly (SIGTERM, their exit) and the
 //     sizes of the files under each one's data directory (<home>/data) are
 //     summed and divided by the events, split into <data>/changes/ (the
-//     segment log, "absent" before it exists) and the rest (1d); and the
+//     segment log, "absent" before it exists), <data>/jetstream/ (the events
+//     stream's JetStream store, on by default) and the rest (1d; issue 18's
+//     target is judged on the store's part, the stream's shown beside it);
+//     and the
 //     send-at-A to event-on-B latency at saturation, p50, p99 and p99/p50,
 //     of every 100th event at full size (1e). At scale 1 or more, a run
 //     of this part or the next that ends under 10 s runs again with
@@ -62,6 +65,10 @@
 //	FERRY_BENCH_PROFILES=DIR     each ferry process writes DIR/<name>.cpu (part 1:
 //	                             A.cpu, B1.cpu; other parts <part>-<name>.cpu)
 //	FERRY_BENCH_METRICS=1        log each process's ferry_store_* metrics
+//	FERRY_BENCH_EVENTS=off       run the nodes without the JetStream events
+//	                             stream (nats.events.enabled: false); by
+//	                             default it is on, as users run it: every
+//	                             partner keeps each event it publishes in it
 //
 // Single measurements: TestProcsQuick (FERRY_BENCH_PROCS=<events>,
 // FERRY_BENCH_PARTNERS=<n>), TestProcsLatencyQuick (FERRY_BENCH_RATE=<events/s>).

@@ -70,6 +70,11 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 	t.Helper()
 	quiet := func(o proc.Options) proc.Options {
 		o.LogLevel = "warn"
+		if os.Getenv("FERRY_BENCH_EVENTS") == "off" {
+			// Without the JetStream events stream (nats.events), to
+			// measure what it costs; users run with it on.
+			o.Env = append(o.Env, "FERRY_NATS_EVENTS_ENABLED=false")
+		}
 		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
 			// Each node writes a CPU profile of its run, flushed when it stops.
 			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))
@@ -150,16 +155,27 @@ type diskUse struct {
 	Changes int64  // of Total, under Dir/changes/ (the change log's own directory)
 	// HasChanges: Dir/changes/ exists (the segment log of issue 18).
 	HasChanges bool
-	Err        string // the stop failed or a file could not be read
+	// JetStream is, of Total, under Dir/jetstream/: the events stream's
+	// JetStream store (nats.events), a second copy of every event.
+	JetStream int64
+	Err       string // the stop failed or a file could not be read
 }
 
 // PerEvent is the data directory's bytes per event of the run.
 func (d diskUse) PerEvent(n int) float64 { return float64(d.Total) / float64(max(n, 1)) }
 
+// StorePerEvent is PerEvent without the events stream's JetStream store:
+// what the store (change log and Pebble) holds per event.
+func (d diskUse) StorePerEvent(n int) float64 {
+	return float64(d.Total-d.JetStream) / float64(max(n, 1))
+}
+
 // dirBytes sums the sizes (st_size, what `du --apparent-size -b` counts) of
-// the regular files under dir, and of those under dir/changes/.
-func dirBytes(dir string) (total, changes int64, hasChanges bool, err error) {
+// the regular files under dir, of those under dir/changes/ and of those
+// under dir/jetstream/.
+func dirBytes(dir string) (total, changes, jetstream int64, hasChanges bool, err error) {
 	log := filepath.Join(dir, "changes")
+	js := filepath.Join(dir, "jetstream") + string(filepath.Separator)
 	if fi, e := os.Stat(log); e == nil && fi.IsDir() {
 		hasChanges = true
 	}
@@ -178,9 +194,12 @@ func dirBytes(dir string) (total, changes int64, hasChanges bool, err error) {
 		if strings.HasPrefix(path, log+string(filepath.Separator)) {
 			changes += fi.Size()
 		}
+		if strings.HasPrefix(path, js) {
+			jetstream += fi.Size()
+		}
 		return nil
 	})
-	return total, changes, hasChanges, err
+	return total, changes, jetstream, hasChanges, err
 }
 
 // stopAndMeasure stops each node cleanly (SIGTERM, waiting up to a minute
@@ -196,7 +215,7 @@ func stopAndMeasure(ns []*proc.Node) []diskUse {
 			d.Err = fmt.Sprintf("exit code %d after SIGTERM", code)
 		}
 		var err error
-		d.Total, d.Changes, d.HasChanges, err = dirBytes(d.Dir)
+		d.Total, d.Changes, d.JetStream, d.HasChanges, err = dirBytes(d.Dir)
 		if err != nil && d.Err == "" {
 			d.Err = err.Error()
 		}

@@ -54,6 +54,10 @@ type Options struct {
 	// Tracer, if set, hears of each event published to apps (for
 	// operators: `ferry watch`).
 	Tracer Tracer
+	// JetStreamDir, when set, runs JetStream in the embedded server with its
+	// store there (nats-server adds jetstream/ under it); the node's events
+	// stream lives in it (package eventstream). Unused with URL.
+	JetStreamDir string
 }
 
 // Tracer hears what the bridge published, for operators and nothing else.
@@ -167,6 +171,9 @@ func startEmbedded(o Options) (*server.Server, error) {
 		MaxPayload:    int32(max(o.MaxPayload, 1<<20)),
 		MaxPending:    256 << 20,
 		Authorization: o.Token,
+	}
+	if o.JetStreamDir != "" {
+		sopts.JetStream, sopts.StoreDir = true, o.JetStreamDir
 	}
 	srv, err := server.NewServer(sopts)
 	if err != nil {

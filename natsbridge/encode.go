@@ -70,3 +70,7 @@ func plain(s string) bool {
 	}
 	return true
 }
+
+// Encode is an event's body as Publish sends it: compact JSON without HTML
+// escaping (the events stream stores the same bytes).
+func Encode(v any) ([]byte, error) { return encode(v) }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -75,6 +76,51 @@ type NATSConfig struct {
 	Credentials string `yaml:"credentials"`
 	// Token authenticates to an external server, or is required by the embedded one.
 	Token string `yaml:"token"`
+	// Events keeps the events the node publishes in a JetStream stream.
+	Events EventsConfig `yaml:"events"`
+}
+
+// EventsConfig is the JetStream stream that keeps the node's events for apps
+// with durable consumers (package eventstream; docs/operations.md).
+type EventsConfig struct {
+	// Enabled: auto (the default: on with the embedded server, off with
+	// nats.url), true or false.
+	Enabled string `yaml:"enabled"`
+	// Stream names the JetStream stream (FERRY_EVENTS).
+	Stream string `yaml:"stream"`
+	// MaxBytes bounds the stream; the oldest events go first.
+	MaxBytes int `yaml:"max_bytes"`
+	// MaxAge bounds how long an event is kept (a Go duration, "168h"; "0":
+	// no age limit).
+	MaxAge string `yaml:"max_age"`
+}
+
+// Defaults of the events stream.
+const (
+	DefaultEventsStream   = "FERRY_EVENTS"
+	DefaultEventsMaxBytes = 1 << 30
+	DefaultEventsMaxAge   = "168h"
+	// MinEventsMaxBytes is the smallest stream allowed: it must hold a few
+	// of the largest events.
+	MinEventsMaxBytes = 1 << 20
+)
+
+// EventsOn reports whether the node keeps its events in a JetStream stream:
+// nats.events.enabled, where auto means "with the embedded server".
+func (c *Config) EventsOn() bool {
+	switch c.NATS.Events.Enabled {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	return c.NATS.URL == ""
+}
+
+// EventsMaxAge is nats.events.max_age parsed (0: no limit); Validate checked it.
+func (c *Config) EventsMaxAge() time.Duration {
+	d, _ := time.ParseDuration(c.NATS.Events.MaxAge)
+	return d
 }
 
 // AdminConfig is the operator HTTP API.
@@ -143,8 +189,9 @@ func Default() Config {
 		Name:    host,
 		Network: DefaultNetwork,
 		Listen:  []string{DefaultTCPListen, DefaultQUICListen},
-		NATS:    NATSConfig{Listen: DefaultNATSListen, Prefix: DefaultNATSPrefix},
-		Admin:   AdminConfig{Listen: DefaultAdminListen},
+		NATS: NATSConfig{Listen: DefaultNATSListen, Prefix: DefaultNATSPrefix,
+			Events: EventsConfig{Enabled: "auto", Stream: DefaultEventsStream, MaxBytes: DefaultEventsMaxBytes, MaxAge: DefaultEventsMaxAge}},
+		Admin: AdminConfig{Listen: DefaultAdminListen},
 		Limits: Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7,
 			IdempotencyWindowSeconds: DefaultIdempotencyWindowSeconds, MinFreeDiskMB: DefaultMinFreeDiskMB},
 		Connections: Connections{Neighbours: DefaultNeighbours, Max: DefaultMaxConnections},
@@ -269,6 +316,9 @@ func (c *Config) validate() error {
 	if c.Limits.MinFreeDiskMB < 0 {
 		return cfgErr("limits.min_free_disk_mb", "%d is negative", c.Limits.MinFreeDiskMB)
 	}
+	if err := c.validateEvents(); err != nil {
+		return err
+	}
 	if c.Connections.Neighbours < 1 || c.Connections.Neighbours > 1000 {
 		return cfgErr("connections.neighbours", "%d is outside 1..1000", c.Connections.Neighbours)
 	}
@@ -284,6 +334,32 @@ func (c *Config) validate() error {
 	case "text", "json":
 	default:
 		return cfgErr("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+var streamRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// validateEvents checks nats.events.
+func (c *Config) validateEvents() error {
+	e := c.NATS.Events
+	switch e.Enabled {
+	case "auto", "true", "false":
+	default:
+		return cfgErr("nats.events.enabled", "%q is not auto, true or false", e.Enabled)
+	}
+	if !streamRe.MatchString(e.Stream) {
+		return cfgErr("nats.events.stream", "%q is not a JetStream stream name (1-64 letters, digits, '_' or '-')", e.Stream)
+	}
+	if least := max(MinEventsMaxBytes, 4*c.Limits.MaxMessageBytes); e.MaxBytes < least {
+		return cfgErr("nats.events.max_bytes", "%d is below %d bytes (at least 1 MiB and 4 x limits.max_message_bytes)", e.MaxBytes, least)
+	}
+	d, err := time.ParseDuration(e.MaxAge)
+	if err != nil {
+		return cfgErr("nats.events.max_age", "%q is not a duration like 168h (0: no limit)", e.MaxAge)
+	}
+	if d < 0 || (d > 0 && d < time.Minute) {
+		return cfgErr("nats.events.max_age", "%q is under a minute (0: no limit)", e.MaxAge)
 	}
 	return nil
 }

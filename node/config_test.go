@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -80,6 +81,16 @@ func TestValidateNamesTheBadKey(t *testing.T) {
 		{"nats.prefix", func(c *node.Config) { c.NATS.Prefix = "ferry.>" }},
 		{"nats.prefix", func(c *node.Config) { c.NATS.Prefix = "a..b" }},
 		{"nats.credentials", func(c *node.Config) { c.NATS.URL = "nats://127.0.0.1:4222"; c.NATS.Credentials = missing }},
+		{"nats.events.enabled", func(c *node.Config) { c.NATS.Events.Enabled = "yes" }},
+		{"nats.events.enabled", func(c *node.Config) { c.NATS.Events.Enabled = "" }},
+		{"nats.events.stream", func(c *node.Config) { c.NATS.Events.Stream = "" }},
+		{"nats.events.stream", func(c *node.Config) { c.NATS.Events.Stream = "FERRY.EVENTS" }},
+		{"nats.events.max_bytes", func(c *node.Config) { c.NATS.Events.MaxBytes = 0 }},
+		{"nats.events.max_bytes", func(c *node.Config) { c.NATS.Events.MaxBytes = node.MinEventsMaxBytes - 1 }},
+		{"nats.events.max_bytes", func(c *node.Config) { c.Limits.MaxMessageBytes = 1 << 20; c.NATS.Events.MaxBytes = 2 << 20 }},
+		{"nats.events.max_age", func(c *node.Config) { c.NATS.Events.MaxAge = "a week" }},
+		{"nats.events.max_age", func(c *node.Config) { c.NATS.Events.MaxAge = "30s" }},
+		{"nats.events.max_age", func(c *node.Config) { c.NATS.Events.MaxAge = "-1h" }},
 		{"admin.listen", func(c *node.Config) { c.Admin.Listen = "7480" }},
 		{"admin.listen", func(c *node.Config) { c.Admin.Listen = "127.0.0.1:http" }},
 		{"limits.max_message_bytes", func(c *node.Config) { c.Limits.MaxMessageBytes = 0 }},
@@ -217,6 +228,41 @@ func TestLoadFileOverDefaults(t *testing.T) {
 	}
 }
 
+// TestEventsConfig: nats.events from a file and the environment, and when
+// the events stream is on (auto: with the embedded server only).
+func TestEventsConfig(t *testing.T) {
+	c := node.Default()
+	if !c.EventsOn() || c.NATS.Events.Stream != node.DefaultEventsStream || c.NATS.Events.MaxBytes != node.DefaultEventsMaxBytes ||
+		c.EventsMaxAge() != 168*time.Hour {
+		t.Fatalf("defaults: %+v on=%v", c.NATS.Events, c.EventsOn())
+	}
+	c.NATS.URL = "nats://10.0.0.1:4222"
+	if c.EventsOn() {
+		t.Fatal("auto with an external server: the stream must be opt-in")
+	}
+	p := filepath.Join(t.TempDir(), "ferry.yaml")
+	if err := os.WriteFile(p, []byte("nats:\n  url: nats://10.0.0.1:4222\n  events:\n    enabled: true\n    stream: SITE_A\n    max_bytes: 8388608\n    max_age: 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := node.LoadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.EventsOn() || c.NATS.Events.Stream != "SITE_A" || c.NATS.Events.MaxBytes != 8<<20 || c.EventsMaxAge() != 0 {
+		t.Fatalf("from the file: %+v on=%v", c.NATS.Events, c.EventsOn())
+	}
+	env := map[string]string{"FERRY_NATS_EVENTS_ENABLED": "false", "FERRY_NATS_EVENTS_MAX_AGE": "24h"}
+	if err := c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if c.EventsOn() || c.EventsMaxAge() != 24*time.Hour {
+		t.Fatalf("from the environment: %+v on=%v", c.NATS.Events, c.EventsOn())
+	}
+}
+
 func TestApplyEnvOverrides(t *testing.T) {
 	p1, p2 := newPeerID(t).String(), newPeerID(t).String()
 	env := map[string]string{
@@ -326,6 +372,7 @@ func TestSettingsHaveOneFlagPerKey(t *testing.T) {
 		{"private-network-key", "private_network_key", "FERRY_PRIVATE_NETWORK_KEY"},
 		{"log-level", "log.level", "FERRY_LOG_LEVEL"},
 		{"review-nats-decide", "review.nats_decide", "FERRY_REVIEW_NATS_DECIDE"},
+		{"nats-events-max-bytes", "nats.events.max_bytes", "FERRY_NATS_EVENTS_MAX_BYTES"},
 	} {
 		s, ok := byFlag[want.flag]
 		if !ok {

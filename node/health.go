@@ -19,8 +19,12 @@ import (
 //     failing its checksum: store/corrupt.go; the node stays up, and a
 //     restart rebuilds the store). The reason is in the answer.
 //   - /readyz (readiness) is /healthz and also 503 while the node starts or
-//     drains, while its NATS connection is down, or while libp2p listens on
-//     nothing.
+//     drains, while its NATS connection is down, while libp2p listens on
+//     nothing, or while the events stream (nats.events) cannot store: the
+//     disk under it is below the reserve, or its failures have lasted
+//     eventstream.DefaultStuckAfter (5 s). The events wait in the change
+//     log meanwhile and nothing is lost, so /healthz stays 200 for it (a
+//     restart would not help); its line says why.
 //
 // The node exits (ferry run returns the error: one line on stderr, exit
 // status 1) when the store failed, or stalled for StallExit: a Pebble store
@@ -52,6 +56,10 @@ func (n *Node) Health() HealthReport {
 		r.Host.Reason = "libp2p listens on no address"
 	}
 	r.Host.OK = r.Host.Reason == ""
+	if n.events != nil {
+		e := n.events.Health()
+		r.Events = &e
+	}
 	r.Live = r.Store.OK
 	var why []string
 	if !r.Store.OK {
@@ -68,6 +76,9 @@ func (n *Node) Health() HealthReport {
 	}
 	if !r.Host.OK {
 		why = append(why, "libp2p: "+r.Host.Reason)
+	}
+	if r.Events != nil && !r.Events.OK {
+		why = append(why, "events: "+r.Events.Reason)
 	}
 	r.Ready = len(why) == 0
 	r.Reason = strings.Join(why, "; ")

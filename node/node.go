@@ -31,6 +31,7 @@ import (
 	"github.com/ferrynet/ferry/admin"
 	"github.com/ferrynet/ferry/catchup"
 	"github.com/ferrynet/ferry/delivery"
+	"github.com/ferrynet/ferry/eventstream"
 	"github.com/ferrynet/ferry/internal/gossiptopic"
 	"github.com/ferrynet/ferry/internal/inbound"
 	"github.com/ferrynet/ferry/internal/lifecycle"
@@ -145,6 +146,7 @@ type Node struct {
 	catchup      *catchup.Service
 	search       *search.Service
 	spread       *spread.Service
+	events       *eventstream.Publisher // the events stream (nil when nats.events is off)
 	// Apps' delivery status: the Watch follows the sender's floors (its
 	// Floors tracer); the service answers delivery.status and .wait.
 	watch    *delivery.Watch
@@ -266,9 +268,13 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	// What operators see of the services comes from the tracer each is
 	// given (admin/events.go), not from wrapping their calls.
 	n.feed = admin.NewFeed(admin.FeedDeps{Store: n.st, Names: n.book, Decisions: n.metrics.decisions, OnAcked: o.Sender.OnAcked})
-	n.bridge, err = natsbridge.Start(natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
+	bo := natsbridge.Options{URL: cfg.NATS.URL, Listen: cfg.NATS.Listen, Prefix: cfg.NATS.Prefix,
 		Credentials: cfg.NATS.Credentials, Token: cfg.NATS.Token, MaxPayload: min(2*cfg.Limits.MaxMessageBytes+(64<<10), MaxMessageBytesCap),
-		Logger: log.With("component", "nats"), Registerer: n.reg, Tracer: n.feed})
+		Logger: log.With("component", "nats"), Registerer: n.reg, Tracer: n.feed}
+	if cfg.EventsOn() && cfg.NATS.URL == "" {
+		bo.JetStreamDir = home.DataPath() // JetStream's store: <data>/jetstream
+	}
+	n.bridge, err = natsbridge.Start(bo)
 	if err != nil {
 		return nil, err
 	}
@@ -345,6 +351,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		Snapshots: n.review, Tracer: n.feed, Admit: n.gate.AdmitDelivery})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.EventsOn() {
+		if n.events, err = n.newEvents(); err != nil {
+			return nil, err
+		}
 	}
 	if n.members, err = peers.NewMembership(peers.MembershipDeps{Config: pcfg, Host: n.host, PubSub: n.gossip, Key: key, Book: n.book,
 		Republish: o.MembersRepublish, Logger: log.With("component", "members"), Registerer: n.reg}); err != nil {
@@ -426,6 +437,9 @@ func (n *Node) Start() error {
 	}
 	if err := n.members.Start(); err != nil {
 		return err
+	}
+	if n.events != nil {
+		n.events.Start()
 	}
 	n.watch.Start()
 	if err := n.serveNATS(); err != nil {
@@ -558,6 +572,9 @@ func (n *Node) Close() error {
 			errs = append(errs, n.host.Close())
 		}
 		n.g.Close()
+		if n.events != nil {
+			n.events.Close() // before the store: its last cursor write is queued there
+		}
 		if n.st != nil {
 			d := n.opts.StoreCloseTimeout
 			if d <= 0 {

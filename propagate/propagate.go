@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -125,6 +126,9 @@ type Service struct {
 
 	known *known   // own resources, for creates that need no read
 	ids   sync.Map // peer.ID -> its text form
+	// quiet: some received resource change was kept without an event
+	// (event.go); until then the events stream reads no marks.
+	quiet atomic.Bool
 	recv  receiverCache
 }
 
@@ -179,6 +183,10 @@ func New(d Deps) (*Service, error) {
 			cancel()
 			return nil, err
 		}
+	}
+	if err := s.loadQuiet(); err != nil {
+		cancel()
+		return nil, err
 	}
 	if s.known, err = loadKnown(d.Store, d.Roles.Self()); errors.Is(err, ferry.ErrCorrupt) {
 		// The store says so (health, ERROR line) and is rebuilt at the next

@@ -80,22 +80,36 @@ func (s *Service) prepare(body *pb.Body) *prepared {
 			p.reject = stream.Reject("resource %q: creator_id is not its origin %s", p.id, o)
 			return p
 		}
-		verb := map[pb.Kind]string{pb.Kind_KIND_RESOURCE_CREATE: "created", pb.Kind_KIND_RESOURCE_UPDATE: "updated",
-			pb.Kind_KIND_RESOURCE_DELETE: "deleted"}[body.Kind]
-		p.subject, p.field = SubjectResource+"."+verb+"."+body.DataType, "resource"
+		p.subject, p.field, _ = eventOf(body.Kind, body.DataType)
 	case pb.Kind_KIND_CONSIDERS, pb.Kind_KIND_PLANNER:
 		if !json.Valid(body.Payload) {
 			p.reject = stream.Reject("payload is not JSON")
 			return p
 		}
-		p.subject = SubjectConsiders + "." + body.DataType
-		if body.Kind == pb.Kind_KIND_PLANNER {
-			p.subject = SubjectPlanner + "." + body.DataType
-		}
+		p.subject, p.field, _ = eventOf(body.Kind, body.DataType)
 	default:
 		p.reject = stream.Reject("kind %s is not a resource change", body.Kind)
 	}
 	return p
+}
+
+// eventOf is the subject suffix of the event a received change of kind k
+// and data type dt is published on, and the body's field that carries the
+// payload; ok false for a kind that has no event.
+func eventOf(k pb.Kind, dt string) (subject, field string, ok bool) {
+	switch k {
+	case pb.Kind_KIND_RESOURCE_CREATE:
+		return SubjectResource + ".created." + dt, "resource", true
+	case pb.Kind_KIND_RESOURCE_UPDATE:
+		return SubjectResource + ".updated." + dt, "resource", true
+	case pb.Kind_KIND_RESOURCE_DELETE:
+		return SubjectResource + ".deleted." + dt, "resource", true
+	case pb.Kind_KIND_CONSIDERS:
+		return SubjectConsiders + "." + dt, "payload", true
+	case pb.Kind_KIND_PLANNER:
+		return SubjectPlanner + "." + dt, "payload", true
+	}
+	return "", "", false
 }
 
 // event encodes the published body by hand: the payload is JSON already.
@@ -230,6 +244,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		// after a later one) is kept in the change log but does not roll
 		// back the row, and apps are not told of it.
 		if cur != nil && cur.OriginVersion >= body.OriginVersion {
+			s.markQuiet(tx, ver)
 			return pb.AckStatus_ACK_STATUS_APPLIED, nil
 		}
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,

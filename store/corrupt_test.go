@@ -86,6 +86,15 @@ func TestCorruptBlockIsAnErrorAndRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	file := damageLargestSST(t, dir)
+	// The embedded NATS server keeps its JetStream store (the events
+	// stream) in the data directory: the rebuild moves it along.
+	jsFile := filepath.Join(dir, "jetstream", "$G", "streams", "FERRY_EVENTS", "meta.inf")
+	if err := os.MkdirAll(filepath.Dir(jsFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(jsFile, []byte("stream"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	s, err = Open(dir, Options{Signer: key})
 	if err != nil {
@@ -141,6 +150,9 @@ func TestCorruptBlockIsAnErrorAndRebuilt(t *testing.T) {
 	}
 	if _, err := os.Stat(m.Damaged); err != nil {
 		t.Fatalf("the damaged copy is not kept: %v", err)
+	}
+	if b, err := os.ReadFile(jsFile); err != nil || string(b) != "stream" {
+		t.Fatalf("the JetStream directory did not move into the rebuilt store: %q %v", b, err)
 	}
 	if err := s.Update(context.Background(), func(tx *Txn) error { tx.RepairDone(); return nil }); err != nil {
 		t.Fatal(err)

@@ -146,17 +146,25 @@ func rebuildIfMarked(dir string, mk func(readOnly bool) *pebble.Options, log *sl
 	return nil
 }
 
-// finishRebuild moves the rebuilt store into place, with the change log
-// (its segment files are not Pebble's: they move from the damaged copy
-// as they are).
+// finishRebuild moves the rebuilt store into place, with the directories
+// of the damaged copy, which are not Pebble's: the change log (its segment
+// files move as they are) and the embedded NATS server's JetStream store
+// (the node's events stream, <data>/jetstream).
 func finishRebuild(tmp, dir string) error {
 	if damaged, err := os.ReadFile(filepath.Join(tmp, rebuiltMark)); err == nil {
-		from := filepath.Join(strings.TrimSpace(string(damaged)), LogDir)
-		to := filepath.Join(tmp, LogDir)
-		if _, err := os.Stat(to); errors.Is(err, os.ErrNotExist) {
-			if _, err := os.Stat(from); err == nil {
+		old := strings.TrimSpace(string(damaged))
+		ents, err := os.ReadDir(old)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("rebuild the store: %w", err)
+		}
+		for _, e := range ents {
+			if !e.IsDir() {
+				continue
+			}
+			from, to := filepath.Join(old, e.Name()), filepath.Join(tmp, e.Name())
+			if _, err := os.Stat(to); errors.Is(err, os.ErrNotExist) {
 				if err := os.Rename(from, to); err != nil {
-					return fmt.Errorf("rebuild the store: move the change log back: %w", err)
+					return fmt.Errorf("rebuild the store: move %s back: %w", e.Name(), err)
 				}
 			}
 		}

@@ -180,6 +180,8 @@ type Store struct {
 	// followers hear of each own entry once its commit is on disk (Follow).
 	followers atomic.Pointer[[]func(OwnEntry)]
 	followMu  sync.Mutex
+	// durableWatchers hear of each move of the durable mark (WatchDurable).
+	durableWatchers atomic.Pointer[[]func(uint64)]
 }
 
 type op struct {
@@ -700,6 +702,7 @@ func (s *Store) completer() {
 				}
 			} else if r.version > 0 {
 				s.durableVersion.Store(r.version)
+				s.notifyDurable(r.version)
 			}
 		}
 		if r.batch != nil {

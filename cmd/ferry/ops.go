@@ -62,6 +62,16 @@ func statusCmd(g *globals) *cobra.Command {
 					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks, g.when(s.LastCatchUp), s.Admin)
 				fmt.Fprintf(w, "health\t%s\n", healthLine(s.Health))
 				fmt.Fprintf(w, "free disk\t%.0f MiB (reserve %.0f MiB)\n", float64(s.Health.Store.FreeBytes)/(1<<20), float64(s.Health.Store.MinFreeBytes)/(1<<20))
+				if e := s.Health.Events; e != nil {
+					state := "caught up"
+					switch {
+					case !e.OK:
+						state = e.Reason
+					case !e.CaughtUp:
+						state = "catching up"
+					}
+					fmt.Fprintf(w, "events stream\t%s: through version %d, last sequence %d, %s\n", e.Stream, e.Through, e.LastSeq, state)
+				}
 			})
 		}}
 }
