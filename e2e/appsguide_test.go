@@ -197,18 +197,20 @@ func TestAppsGuideCoversEverySubject(t *testing.T) {
 	}
 }
 
-// TestAppsGuideExampleIsTheBuiltOne: the nats.go program of docs/apps.md is
-// docs/examples/app/main.go, which `go vet ./...` builds.
-func TestAppsGuideExampleIsTheBuiltOne(t *testing.T) {
+// TestAppsGuideExamplesAreTheBuiltOnes: the nats.go programs of
+// docs/apps.md are docs/examples/*/main.go, which `go vet ./...` builds.
+func TestAppsGuideExamplesAreTheBuiltOnes(t *testing.T) {
 	doc, err := os.ReadFile("../docs/apps.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile("../docs/examples/app/main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(doc), "```go\n"+string(src)+"```") {
-		t.Fatal("docs/apps.md's nats.go program differs from docs/examples/app/main.go: change both together")
+	for _, ex := range []string{"app", "durable"} {
+		src, err := os.ReadFile("../docs/examples/" + ex + "/main.go")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), "```go\n"+string(src)+"```") {
+			t.Errorf("docs/apps.md's nats.go program differs from docs/examples/%s/main.go: change both together", ex)
+		}
 	}
 }

@@ -22,7 +22,7 @@ func TestConfigErrorsInTheUsersWords(t *testing.T) {
 		{"name: A\nnetwrok: x\n", ":2: unknown key `netwrok` (did you mean `network`?)"},
 		{"name: A\nnats:\n  prefx: x\n", ":3: unknown key `nats.prefx` (did you mean `nats.prefix`?)"},
 		{"name: A\nprefix: x\n", ":2: unknown key `prefix` (did you mean `nats.prefix`?)"},
-		{"name: A\nnats:\n  zzzz: x\n", ":3: unknown key `nats.zzzz`; the keys of `nats` are credentials, listen, prefix, token, url"},
+		{"name: A\nnats:\n  zzzz: x\n", ":3: unknown key `nats.zzzz`; the keys of `nats` are credentials, events, listen, prefix, token, url"},
 		{"name: A\n\nlisten: 5\n", ":3: `listen` must be a list of multiaddrs, got a number (5); a list of one is written [5]"},
 		{"partners: " + peerID + "\n", ":1: `partners` must be a list of peer ids, got text (\"" + peerID[:40] + "…\"); a list of one is written [" + peerID + "]"},
 		{"limits:\n  max_message_bytes: abc\n", ":2: `limits.max_message_bytes` must be a whole number, got text (\"abc\")"},
