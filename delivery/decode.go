@@ -112,9 +112,9 @@ func object(b []byte, known ...string) (map[string]json.RawMessage, error) {
 	for k := range fields {
 		if !slices.Contains(known, k) {
 			if s := wording.Suggest(k, known); s != "" {
-				return nil, fmt.Errorf("unknown field %q (did you mean %q?)", clip([]byte(k)), s)
+				return nil, fmt.Errorf("unknown field `%s` (did you mean `%s`?)", clip([]byte(k)), s)
 			}
-			return nil, fmt.Errorf("unknown field %q", clip([]byte(k)))
+			return nil, fmt.Errorf("unknown field `%s`", clip([]byte(k)))
 		}
 	}
 	return fields, nil

@@ -29,8 +29,8 @@ func TestDecodeWaitNamesTheField(t *testing.T) {
 		{`{"version":123,"receivers":null}`, "receivers: null is not a list of peer ids"},
 		{`{"version":123,"receivers":[]}`, "receivers: the list is empty"},
 		{`{"version":123,"receivers":["` + someID + `","B"]}`, `receivers[1]: "B" is not a peer id`},
-		{`{"version":123,"timeout":5}`, `unknown field "timeout" (did you mean "timeout_ms"?)`},
-		{`{"version":123,"Version":5}`, `unknown field "Version"`},
+		{`{"version":123,"timeout":5}`, "unknown field `timeout` (did you mean `timeout_ms`?)"},
+		{`{"version":123,"Version":5}`, "unknown field `Version`"},
 		{`[1]`, "[1] is not a JSON object"},
 		{`null`, "null is not a JSON object"},
 	}
@@ -69,8 +69,8 @@ func TestDecodeStatus(t *testing.T) {
 		t.Fatalf("%+v %v", r, err)
 	}
 	for body, want := range map[string]string{
-		`{"version":42,"timeout_ms":5}`: `unknown field "timeout_ms"`,
-		`{"v":42}`:                      `unknown field "v"`,
+		`{"version":42,"timeout_ms":5}`: "unknown field `timeout_ms`",
+		`{"v":42}`:                      "unknown field `v`",
 		`{}`:                            "version is missing",
 	} {
 		if err := json.Unmarshal([]byte(body), &r); err == nil || !strings.Contains(err.Error(), want) {

@@ -129,7 +129,7 @@ func TestDeliveryStatusAndWait(t *testing.T) {
 		`{"version":"x"}`:                    {"bad_request", `version: "x" is not a version`},
 		`{"version":1,"timeout_ms":-1}`:      {"bad_request", "timeout_ms: -1 is negative"},
 		`{"version":1,"receivers":["nope"]}`: {"bad_request", `receivers[0]: "nope" is not a peer id`},
-		`{"version":1,"extra":true}`:         {"bad_request", `unknown field "extra"`},
+		`{"version":1,"extra":true}`:         {"bad_request", "unknown field `extra`"},
 		`{"version":123}`:                    {"not_found", "version 123 is not a change this node's ferry.propagate answered"},
 		fmt.Sprintf(`{"version":%d,"receivers":[%q]}`, v, net.IDs[0]): {"bad_request", "receivers: " + net.IDs[0].String() + " is not a receiver"},
 	} {
@@ -142,7 +142,7 @@ func TestDeliveryStatusAndWait(t *testing.T) {
 		t.Errorf("status of an unknown version: %+v", r)
 	}
 	if r := askDelivery(t, a, "ferry.delivery.status", fmt.Sprintf(`{"version":%d,"timeout_ms":1}`, v), 5*time.Second); r.OK ||
-		r.Error.Code != "bad_request" || !strings.Contains(r.Error.Message, `unknown field "timeout_ms"`) {
+		r.Error.Code != "bad_request" || !strings.Contains(r.Error.Message, "unknown field `timeout_ms`") {
 		t.Errorf("status with a wait's field: %+v", r)
 	}
 
