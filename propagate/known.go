@@ -10,9 +10,11 @@ import (
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
-// known is a Bloom filter of this node's own resources (data type and id):
-// a create of an id it has never held, the common case, needs no read of
-// the store to rule out a conflict. It grows by adding a filter twice as
+// known is a Bloom filter of the resources this node holds (creator, data
+// type and id), its own and its partners': a create of an id it has never
+// held, the common case, needs no read of the store to rule out a conflict
+// (an own create over an existing row, a partner's second create of one
+// resource). It grows by adding a filter twice as
 // large when the newest one is full (each key is in one of them), so it
 // never forgets a key, not even one written in a commit still in flight.
 type known struct {
@@ -42,9 +44,11 @@ func (k *known) grow(capacity int) {
 	k.gens = append(k.gens, &bloom{bits: make([]uint64, (capacity*10+63)/64), cap: capacity})
 }
 
-func (k *known) hashes(dataType, id string) (uint64, uint64) {
+func (k *known) hashes(creator peer.ID, dataType, id string) (uint64, uint64) {
 	var h maphash.Hash
 	h.SetSeed(k.seed)
+	_, _ = h.WriteString(string(creator))
+	_ = h.WriteByte(0)
 	_, _ = h.WriteString(dataType)
 	_ = h.WriteByte(0)
 	_, _ = h.WriteString(id)
@@ -53,7 +57,7 @@ func (k *known) hashes(dataType, id string) (uint64, uint64) {
 }
 
 // add records a resource.
-func (k *known) add(dataType, id string) {
+func (k *known) add(creator peer.ID, dataType, id string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	b := k.gens[len(k.gens)-1]
@@ -61,7 +65,7 @@ func (k *known) add(dataType, id string) {
 		k.grow(2 * b.cap)
 		b = k.gens[len(k.gens)-1]
 	}
-	x, y := k.hashes(dataType, id)
+	x, y := k.hashes(creator, dataType, id)
 	m := uint64(len(b.bits) * 64)
 	for i := range uint64(knownProbes) {
 		bit := (x + i*y) % m
@@ -72,13 +76,13 @@ func (k *known) add(dataType, id string) {
 
 // mayHold reports whether the resource may exist (false: it certainly
 // does not).
-func (k *known) mayHold(dataType, id string) bool {
+func (k *known) mayHold(creator peer.ID, dataType, id string) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.all {
 		return true
 	}
-	x, y := k.hashes(dataType, id)
+	x, y := k.hashes(creator, dataType, id)
 next:
 	for _, b := range k.gens {
 		m := uint64(len(b.bits) * 64)
@@ -93,23 +97,24 @@ next:
 	return false
 }
 
-// loadKnown builds the filter from the resources this node holds of its own
-// (keys only).
-func loadKnown(st *store.Store, self peer.ID) (*known, error) {
-	type key struct{ dataType, id string }
-	var own []key
+// loadKnown builds the filter from the resources this node holds (keys
+// only).
+func loadKnown(st *store.Store) (*known, error) {
+	type key struct {
+		creator      peer.ID
+		dataType, id string
+	}
+	var held []key
 	err := st.ResourceKeys(func(dataType string, creator peer.ID, id string) bool {
-		if creator == self {
-			own = append(own, key{dataType, id})
-		}
+		held = append(held, key{creator, dataType, id})
 		return true
 	})
 	if err != nil {
 		return nil, err
 	}
-	k := newKnown(2 * len(own))
-	for _, x := range own {
-		k.add(x.dataType, x.id)
+	k := newKnown(2 * len(held))
+	for _, x := range held {
+		k.add(x.creator, x.dataType, x.id)
 	}
 	return k, nil
 }
@@ -117,11 +122,21 @@ func loadKnown(st *store.Store, self peer.ID) (*known, error) {
 // ownRow reads one of this node's resource rows inside a transaction,
 // without a read when the filter rules it out.
 func (s *Service) ownRow(tx *store.Txn, dataType string, self peer.ID, id string) (*storepb.Resource, error) {
-	if !s.known.mayHold(dataType, id) {
+	return s.heldRow(tx, self, dataType, id)
+}
+
+// heldRow reads a resource row inside a transaction, without a read when
+// the filter rules it out.
+func (s *Service) heldRow(tx *store.Txn, creator peer.ID, dataType, id string) (*storepb.Resource, error) {
+	if !s.known.mayHold(creator, dataType, id) {
 		return nil, store.ErrNotFound
 	}
-	return tx.GetResource(dataType, self, id)
+	return tx.GetResource(dataType, creator, id)
 }
 
 // noteOwn records a resource this node created.
-func (s *Service) noteOwn(dataType, id string) { s.known.add(dataType, id) }
+func (s *Service) noteOwn(dataType, id string) { s.known.add(s.roles.Self(), dataType, id) }
+
+// noteHeld records a resource row this node writes for a partner (before
+// its commit: a key in the filter only costs a read).
+func (s *Service) noteHeld(creator peer.ID, dataType, id string) { s.known.add(creator, dataType, id) }

@@ -11,10 +11,10 @@ func TestKnownHasNoFalseNegatives(t *testing.T) {
 	k := newKnown(0) // 65,536 keys, then it grows
 	const n = 200_000
 	for i := range n {
-		k.add("vm", fmt.Sprint("in", i))
+		k.add("A", "vm", fmt.Sprint("in", i))
 	}
 	for i := range n {
-		if !k.mayHold("vm", fmt.Sprint("in", i)) {
+		if !k.mayHold("A", "vm", fmt.Sprint("in", i)) {
 			t.Fatalf("in%d forgotten", i)
 		}
 	}
@@ -23,14 +23,17 @@ func TestKnownHasNoFalseNegatives(t *testing.T) {
 	}
 	fp := 0
 	for i := range n {
-		if k.mayHold("vm", fmt.Sprint("out", i)) {
+		if k.mayHold("A", "vm", fmt.Sprint("out", i)) {
 			fp++
 		}
 	}
 	if fp > n/20 {
 		t.Fatalf("%d of %d absent resources may be held: the filter rules out too little", fp, n)
 	}
-	if k.mayHold("other", "in1") && k.mayHold("other", "in2") && k.mayHold("other", "in3") {
+	if k.mayHold("A", "other", "in1") && k.mayHold("A", "other", "in2") && k.mayHold("A", "other", "in3") {
 		t.Fatal("the data type is not part of the key")
+	}
+	if k.mayHold("B", "vm", "in1") && k.mayHold("B", "vm", "in2") && k.mayHold("B", "vm", "in3") {
+		t.Fatal("the creator is not part of the key")
 	}
 }

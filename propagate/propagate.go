@@ -188,7 +188,7 @@ func New(d Deps) (*Service, error) {
 		cancel()
 		return nil, err
 	}
-	if s.known, err = loadKnown(d.Store, d.Roles.Self()); errors.Is(err, ferry.ErrCorrupt) {
+	if s.known, err = loadKnown(d.Store); errors.Is(err, ferry.ErrCorrupt) {
 		// The store says so (health, ERROR line) and is rebuilt at the next
 		// start; until then every create looks its row up.
 		s.log.Warn("own resources could not all be read: every create looks up its row until the store is rebuilt", "err", err.Error())

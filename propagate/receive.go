@@ -223,9 +223,19 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		return 0, stream.RejectKeeping("%v", p.reject)
 	}
 	var cur *storepb.Resource
-	if p.field == "resource" && (!fresh || body.Kind == pb.Kind_KIND_RESOURCE_CREATE) {
-		cur, err = tx.GetResource(body.DataType, o, p.id)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+	looked := p.field == "resource" && (!fresh || body.Kind == pb.Kind_KIND_RESOURCE_CREATE)
+	if looked {
+		// A fresh create of an id the filter never saw (the common case)
+		// collides with nothing and needs no read.
+		if fresh {
+			cur, err = s.heldRow(tx, o, body.DataType, p.id)
+		} else {
+			cur, err = tx.GetResource(body.DataType, o, p.id)
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			cur, err = nil, nil
+		}
+		if err != nil {
 			return 0, err
 		}
 		if err := s.collides(o, p, body, cur); err != nil {
@@ -246,6 +256,9 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		if cur != nil && cur.OriginVersion >= body.OriginVersion {
 			s.markQuiet(tx, ver)
 			return pb.AckStatus_ACK_STATUS_APPLIED, nil
+		}
+		if looked && cur == nil { // a new row (a fresh update's row is known)
+			s.noteHeld(o, body.DataType, p.id)
 		}
 		tx.PutResource(&storepb.Resource{DataType: body.DataType, Id: p.id, Creator: body.Origin, OriginVersion: body.OriginVersion,
 			Version: ver, Deleted: body.Kind == pb.Kind_KIND_RESOURCE_DELETE, UpdatedAt: tx.Now().UnixNano()})

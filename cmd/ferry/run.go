@@ -188,6 +188,7 @@ func runCmd(g *globals) *cobra.Command {
 		}
 		log := node.NewLogger(cfg.Log, os.Stderr)
 		node.RouteLibp2pLogs(libp2pLevel{log.Handler(), cfg.Log.Level == "debug"})
+		log.Debug("garbage collector", "settings", tuneGC(os.Getenv, memoryAvailable()).String())
 		// Signals are caught from here on: one that comes while the node
 		// starts stops it once it has started.
 		sigs := make(chan os.Signal, 2)
