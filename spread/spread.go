@@ -73,6 +73,11 @@ const (
 	// different neighbours, and a member busy applying lags the head for a
 	// moment; neither is a loss.
 	DefaultGapGrace = time.Second
+	// DefaultGapBackoffMax bounds the wait between two asks for a gap that
+	// nobody fills: from GapGrace it doubles at each ask that brought
+	// nothing, up to this (a member that no connected peer can help is
+	// quiet, and asks at once again when news or a fill moves it).
+	DefaultGapBackoffMax = time.Minute
 )
 
 // Roles is what the service needs of the node's view of the network.
@@ -115,10 +120,12 @@ type Deps struct {
 	// DefaultReportEvery.
 	HeadEvery   time.Duration
 	ReportEvery time.Duration
-	// GapGrace defaults to DefaultGapGrace.
-	GapGrace   time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	// GapGrace defaults to DefaultGapGrace, GapBackoffMax to
+	// DefaultGapBackoffMax.
+	GapGrace      time.Duration
+	GapBackoffMax time.Duration
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 }
 
 // Service spreads decisions (on the reviewer) and takes them (on members).
@@ -164,6 +171,9 @@ func New(d Deps) (*Service, error) {
 	}
 	if d.GapGrace <= 0 {
 		d.GapGrace = DefaultGapGrace
+	}
+	if d.GapBackoffMax < d.GapGrace {
+		d.GapBackoffMax = max(DefaultGapBackoffMax, d.GapGrace)
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
@@ -484,7 +494,9 @@ func (s *Service) noteGap(head uint64) {
 }
 
 // gapLoop asks the catch-up for decisions news told of (noteGap) that are
-// still not applied GapGrace later.
+// still not applied GapGrace later, and again while they are missing: after
+// GapGrace doubling to GapBackoffMax while an ask brings nothing, from
+// GapGrace again once one did.
 func (s *Service) gapLoop() {
 	for {
 		select {
@@ -492,6 +504,7 @@ func (s *Service) gapLoop() {
 			return
 		case <-s.gapKick:
 		}
+		wait, last := s.d.GapGrace, s.d.Decisions.Applied()
 		for {
 			s.mu.Lock()
 			want := s.gapHead
@@ -499,16 +512,30 @@ func (s *Service) gapLoop() {
 			if s.d.Decisions.Applied() >= want {
 				break
 			}
+			t := time.NewTimer(wait)
 			select {
 			case <-s.ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(s.d.GapGrace):
+			case <-t.C:
 			}
-			if applied := s.d.Decisions.Applied(); applied < want {
+			applied := s.d.Decisions.Applied()
+			if applied < want {
 				s.d.CatchUp.DecisionGap(s.d.Roles.Reviewer(), applied, want)
 			}
+			wait, last = nextGapWait(wait, last, applied, s.d.GapGrace, s.d.GapBackoffMax)
 		}
 	}
+}
+
+// nextGapWait is the wait before the next ask for a gap: back to grace
+// when decisions were applied since the last ask, else twice as long, up to
+// most.
+func nextGapWait(wait time.Duration, last, applied uint64, grace, most time.Duration) (time.Duration, uint64) {
+	if applied > last {
+		return grace, applied
+	}
+	return min(2*wait, most), last
 }
 
 // sequenceOf reads the sequence of a sealed decision (0 if it cannot).

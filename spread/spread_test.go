@@ -442,3 +442,64 @@ func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
 		t.Errorf("members asked for gaps though no news was lost: %v before the burst, %v after", before, after)
 	}
 }
+
+// TestNextGapWait: the wait doubles while asks bring nothing, up to the
+// most, and goes back to the grace once decisions were applied.
+func TestNextGapWait(t *testing.T) {
+	grace, most := time.Second, time.Minute
+	wait, last := grace, uint64(5)
+	var waits []time.Duration
+	for range 8 {
+		wait, last = nextGapWait(wait, last, 5, grace, most)
+		waits = append(waits, wait)
+	}
+	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute, time.Minute, time.Minute}
+	if fmt.Sprint(waits) != fmt.Sprint(want) {
+		t.Fatalf("waits %v, want %v", waits, want)
+	}
+	if wait, last = nextGapWait(wait, last, 6, grace, most); wait != grace || last != 6 {
+		t.Fatalf("after progress: wait %v last %d, want %v and 6", wait, last, grace)
+	}
+}
+
+// TestAGapNobodyFillsIsAskedLessAndLessOften: a member whose gap no peer
+// fills asks again with a growing wait, not at every grace.
+func TestAGapNobodyFillsIsAskedLessAndLessOften(t *testing.T) {
+	const grace, most = 10 * time.Millisecond, 80 * time.Millisecond
+	x := newNet(t, 4, func(d *Deps) { d.GapGrace, d.GapBackoffMax = grace, most })
+	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	away := x.nodes[3]
+	away.svc.Close()
+	x.decide(1, 3)
+	wait.For(t, waitTimeout, "the others applied 3", func() bool { return x.nodes[2].dec.Applied() == 3 })
+	// Back, with nobody to fill its gap.
+	away.gaps.mu.Lock()
+	away.gaps.from = nil
+	away.gaps.mu.Unlock()
+	svc, err := New(away.deps)
+	must(t, err)
+	away.gaps.mu.Lock()
+	away.gaps.member = svc
+	away.gaps.mu.Unlock()
+	t.Cleanup(svc.Close)
+	must(t, svc.Start())
+	wait.For(t, waitTimeout, "the member asked for its gap", func() bool { n, _ := away.gaps.asked(); return n >= 1 })
+	start := time.Now()
+	const asks = 6 // after the first: waits of 20, 40, 80, 80, 80, 80 ms at least
+	wait.For(t, waitTimeout, "the member asked again", func() bool { n, _ := away.gaps.asked(); return n >= 1+asks })
+	// Timers never fire early: the asks took at least the backoff's sum
+	// (every grace, 10 ms each, without it).
+	if took, least := time.Since(start), 380*time.Millisecond; took < least {
+		t.Fatalf("%d asks in %v: the waits did not grow (at least %v with backoff)", asks, took, least)
+	}
+	if away.dec.Applied() != 0 {
+		t.Fatal("the member applied decisions nobody gave it")
+	}
+}
