@@ -156,8 +156,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("review group: Config.Self %s is not the host's peer id %s", c.Self, c.Host.ID())
 	}
 	for _, p := range c.Bootstrap {
-		if err := p.Validate(); err != nil {
-			return c, fmt.Errorf("review group: Config.Bootstrap: %q: %w", p, err)
+		if _, err := peer.IDFromBytes([]byte(p)); err != nil {
+			return c, fmt.Errorf("review group: Config.Bootstrap: %q is not a peer id: %w", p, err)
 		}
 	}
 	if c.Logger == nil {

@@ -51,7 +51,7 @@ func (g *Group) serveForward(s network.Stream) error {
 	if err := fr.Read(req); err != nil {
 		return inbound.Refuse("read the forwarded request", err)
 	}
-	rep := g.answer(ctx, req)
+	rep := g.answer(ctx, s.Conn().RemotePeer(), req)
 	g.m.served(req.Op, rep.Code)
 	fw := protocols.NewFrameWriter(s, g.maxFrame())
 	defer fw.Release()
@@ -61,8 +61,11 @@ func (g *Group) serveForward(s network.Stream) error {
 	return fw.Flush()
 }
 
-// answer does what a forwarded request asks.
-func (g *Group) answer(ctx context.Context, req *pb.ForwardRequest) *pb.ForwardReply {
+// answer does what a forwarded request of from asks. Anyone allowed may
+// ask a status; the rest is for servers of the group's configuration only
+// (a member removed from the group, still allowed by the node's config,
+// decides nothing).
+func (g *Group) answer(ctx context.Context, from peer.ID, req *pb.ForwardRequest) *pb.ForwardReply {
 	r := g.raft.Load()
 	if r == nil {
 		return &pb.ForwardReply{Code: ferry.CodeUnavailable, Message: errNotStarted.Error()}
@@ -91,6 +94,10 @@ func (g *Group) answer(ctx context.Context, req *pb.ForwardRequest) *pb.ForwardR
 	if r.State() != raft.Leader {
 		return g.notLeader()
 	}
+	if !g.inConfiguration(from) {
+		return &pb.ForwardReply{Code: ferry.CodeForbidden, Message: fmt.Sprintf("%s is not a server of review group %s (the configuration at its leader %s)",
+			g.cfg.Name(from), g.groupName(), g.cfg.Name(g.cfg.Self))}
+	}
 	var st step
 	switch op {
 	case pb.ForwardOp_FORWARD_OP_APPLY:
@@ -107,6 +114,21 @@ func (g *Group) answer(ctx context.Context, req *pb.ForwardRequest) *pb.ForwardR
 		return &pb.ForwardReply{Code: ferry.Code(st.err), Message: st.err.Error(), Index: st.index}
 	}
 	return &pb.ForwardReply{Result: st.result, Index: st.index}
+}
+
+// inConfiguration reports whether p is a server (of any suffrage) of the
+// latest configuration this member knows.
+func (g *Group) inConfiguration(p peer.ID) bool {
+	f := g.raft.Load().GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == p.String() {
+			return true
+		}
+	}
+	return false
 }
 
 // notLeader is the answer of a member that is not the leader.

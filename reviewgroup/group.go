@@ -489,7 +489,7 @@ func (g *Group) barrierLocal(ctx context.Context) step {
 // allowed here (Config.Allowed). The new member starts with an empty Dir
 // and no Bootstrap, and catches up from the leader.
 func (g *Group) AddVoter(ctx context.Context, p peer.ID) error {
-	if err := p.Validate(); err != nil {
+	if _, err := peer.IDFromBytes([]byte(p)); err != nil {
 		return fmt.Errorf("%w: add a voter: %q is not a peer id", ferry.ErrBadRequest, p)
 	}
 	if !g.cfg.Allowed(p) {
@@ -501,11 +501,13 @@ func (g *Group) AddVoter(ctx context.Context, p peer.ID) error {
 }
 
 // RemoveServer takes p out of the group (on the leader, or forwarded to
-// it) and returns once the new configuration is committed. A removed
-// member's raft stops (its State is then Shutdown); a removed leader steps
-// down first.
+// it) and returns once the new configuration is committed. The leader stops
+// sending to p at once and refuses its forwarded requests (forbidden); a
+// removed leader steps down and its raft stops. A removed follower may
+// never hear of its removal (raft does not tell it): it keeps asking for
+// votes, which the others refuse, until its node closes its Group.
 func (g *Group) RemoveServer(ctx context.Context, p peer.ID) error {
-	if err := p.Validate(); err != nil {
+	if _, err := peer.IDFromBytes([]byte(p)); err != nil {
 		return fmt.Errorf("%w: remove a server: %q is not a peer id", ferry.ErrBadRequest, p)
 	}
 	req := &pb.ForwardRequest{Op: pb.ForwardOp_FORWARD_OP_REMOVE_SERVER, Peer: []byte(p)}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/wait"
+	"github.com/ferrynet/ferry/protocols/pb"
 )
 
 // Three members elect a leader; a command applied on the leader and one
@@ -300,7 +301,7 @@ func TestRestartAllFromDisk(t *testing.T) {
 	for _, m := range c.members {
 		m.start(c.ids(c.members...))
 	}
-	l := c.leader(10*time.Second, c.members...)
+	c.leader(10*time.Second, c.members...)
 	var want []string
 	for i := range 5 {
 		id := fmt.Sprintf("x%d", i)
@@ -317,11 +318,158 @@ func TestRestartAllFromDisk(t *testing.T) {
 	for _, m := range c.members {
 		m.start(c.ids(c.members[0])) // a different Bootstrap: ignored
 	}
-	l = c.leader(10*time.Second, c.members...)
+	l := c.leader(10*time.Second, c.members...)
 	c.sameSequence(10*time.Second, want, c.members...)
 	if vs := l.group.voters(); len(vs) != 3 {
 		t.Fatalf("after the restart the group has voters %v, want the three", vs)
 	}
 	l.mustApply("again")
 	c.sameSequence(5*time.Second, append(want, "again"), c.members...)
+}
+
+// Fencing: the leader is cut off from the other two at the libp2p level. A
+// command applied on it fails as unavailable (it cannot commit; its lease
+// runs out and it steps down), and none of it reaches a state machine; the
+// majority elects a leader and goes on; once the old leader has stepped
+// down it answers that no leader is reachable, naming the group and whom
+// it reaches. After the heal the old leader follows the new one and all
+// three hold one history, without the command of the cut; retried with its
+// id, that command is applied once.
+func TestPartitionFencesOldLeader(t *testing.T) {
+	c := newCluster(t, 3)
+	for _, m := range c.members {
+		m.start(c.ids(c.members...))
+	}
+	old := c.leader(10*time.Second, c.members...)
+	old.mustApply("before")
+	c.sameSequence(5*time.Second, []string{"before"}, c.members...)
+	majority := c.others(old)
+
+	cut := time.Now()
+	c.cut(old, true)
+	_, err := old.apply("cut-1")
+	t.Logf("figure: Apply on the cut-off leader %s failed after %v: %v", old.name, time.Since(cut).Round(time.Millisecond), err)
+	if !errors.Is(err, ferry.ErrUnavailable) {
+		t.Fatalf("Apply on the cut-off leader answered %v, want unavailable", err)
+	}
+	nl := c.leader(10*time.Second, majority...)
+	t.Logf("figure: after the cut, %s leads the majority %v after the cut", nl.name, time.Since(cut).Round(time.Millisecond))
+	want := []string{"before"}
+	for i, m := range []*member{majority[0], majority[1], majority[0]} {
+		id := fmt.Sprintf("majority-%d", i)
+		m.mustApply(id)
+		want = append(want, id)
+	}
+	c.sameSequence(5*time.Second, want, majority...)
+
+	wait.For(t, 5*time.Second, "the cut-off leader stepped down", func() bool { return old.group.State() != raft.Leader })
+	asked := time.Now()
+	_, err = old.apply("cut-2")
+	if !errors.Is(err, ferry.ErrUnavailable) {
+		t.Fatalf("Apply on the cut-off member answered %v, want unavailable", err)
+	}
+	msg := err.Error()
+	for _, part := range []string{"review group A, B, C has no leader reachable from " + old.name, "reachable: none", "unreachable: " + majority[0].name + ", " + majority[1].name} {
+		if !strings.Contains(msg, part) {
+			t.Fatalf("the minority's answer %q lacks %q", msg, part)
+		}
+	}
+	t.Logf("figure: the minority answered after %v (LeaderWait %v): %v", time.Since(asked).Round(time.Millisecond), testTiming.HeartbeatTimeout*2+testTiming.ElectionTimeout*2, err)
+	if got := old.fsm.sequence(); !slices.Equal(got, []string{"before"}) {
+		t.Fatalf("the cut-off member's state machine applied %v, want only what was committed before the cut", got)
+	}
+	if v, _ := old.gauge("ferry_review_group_has_leader"); v != 0 {
+		t.Fatalf("the cut-off member's has_leader is %v", v)
+	}
+
+	healed := time.Now()
+	c.cut(old, false)
+	c.sameSequence(10*time.Second, want, c.members...)
+	c.leader(10*time.Second, c.members...)
+	t.Logf("figure: after the heal, %s applied the majority's history %v later", old.name, time.Since(healed).Round(time.Millisecond))
+	for _, m := range c.members {
+		if m.fsm.has("cut-1") || m.fsm.has("cut-2") {
+			t.Fatalf("%s applied a command of the cut-off leader", m.name)
+		}
+	}
+	old.mustApply("cut-1")
+	c.sameSequence(5*time.Second, append(want, "cut-1"), c.members...)
+}
+
+// A group of one grows to three ("reviewer: R" is a group of one, then
+// reviewers: [R, S, T]): the leader adds a voter, a follower adds the
+// third (forwarded), and the new members catch up from a snapshot and the
+// log; then a follower removes one (forwarded), whose raft stops, and the
+// two go on.
+func TestGrowFromOneThenRemove(t *testing.T) {
+	c := newCluster(t, 3)
+	c.tune = func(cfg *Config) { cfg.SnapshotThreshold, cfg.TrailingLogs = 4, 2 }
+	a, b, d := c.members[0], c.members[1], c.members[2]
+	a.start(c.ids(a))
+	c.leader(10*time.Second, a)
+	var want []string
+	for i := range 10 {
+		id := fmt.Sprintf("solo-%d", i)
+		a.mustApply(id)
+		want = append(want, id)
+	}
+	// A snapshot, so the log the new members need starts after it.
+	if err := a.group.raft.Load().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	b.start(nil)
+	d.start(nil)
+	if s := b.group.State(); s != raft.Follower {
+		t.Fatalf("a new member is %s", s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := a.group.AddVoter(ctx, b.id); err != nil {
+		t.Fatal(err)
+	}
+	c.sameSequence(10*time.Second, want, a, b)
+	if err := b.group.AddVoter(ctx, d.id); err != nil { // forwarded to A
+		t.Fatal(err)
+	}
+	l := c.leader(10*time.Second, c.members...)
+	if l != a {
+		t.Fatalf("%s leads, want A", l.name)
+	}
+	c.sameSequence(10*time.Second, want, c.members...)
+	d.mustApply("grown") // forwarded
+	want = append(want, "grown")
+	c.sameSequence(5*time.Second, want, c.members...)
+	if b.fsm.restored() == 0 || d.fsm.restored() == 0 {
+		t.Fatalf("the new members restored %d and %d snapshots, want at least one each", b.fsm.restored(), d.fsm.restored())
+	}
+	if err := d.group.Barrier(ctx); err != nil { // d restored from a snapshot: it knows where it stands
+		t.Fatal(err)
+	}
+	if got := a.group.voters(); len(got) != 3 {
+		t.Fatalf("voters %v", got)
+	}
+	// Adding a stranger is refused before anything is done.
+	stranger := newCluster(t, 1).members[0]
+	if err := b.group.AddVoter(ctx, stranger.id); !errors.Is(err, ferry.ErrBadRequest) {
+		t.Fatalf("adding a peer that is not allowed answered %v, want bad_request", err)
+	}
+
+	if err := b.group.RemoveServer(ctx, d.id); err != nil { // forwarded to A
+		t.Fatal(err)
+	}
+	if got := a.group.voters(); len(got) != 2 || slices.Contains(got, d.id) {
+		t.Fatalf("after the removal the voters are %v", got)
+	}
+	b.mustApply("after-removal")
+	want = append(want, "after-removal")
+	c.sameSequence(5*time.Second, want, a, b)
+	// The removed member decides nothing: the leader refuses what it forwards.
+	rep, _, err := d.group.ask(ctx, a.id, &pb.ForwardRequest{Op: pb.ForwardOp_FORWARD_OP_APPLY, Command: encode("removed")})
+	if err != nil || rep.Code != ferry.CodeForbidden || !strings.Contains(rep.Message, "C is not a server of review group A, B") {
+		t.Fatalf("the leader answered a removed member's command %+v, %v; want forbidden", rep, err)
+	}
+	if _, err := d.apply("removed"); !errors.Is(err, ferry.ErrForbidden) && !errors.Is(err, ferry.ErrUnavailable) {
+		t.Fatalf("Apply on a removed member answered %v, want forbidden or unavailable", err)
+	}
+	c.sameSequence(5*time.Second, want, a, b)
 }

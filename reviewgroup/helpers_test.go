@@ -87,10 +87,11 @@ type outcome struct {
 // retries a command whose Apply failed as unavailable never has it
 // applied twice.
 type recorder struct {
-	mu      sync.Mutex
-	applied []string           // ids, in the order they were applied
-	answers map[string]outcome // id -> its answer
-	dups    int                // repeats answered from answers
+	mu       sync.Mutex
+	applied  []string           // ids, in the order they were applied
+	answers  map[string]outcome // id -> its answer
+	dups     int                // repeats answered from answers
+	restores int                // snapshots restored
 }
 
 func newRecorder() *recorder { return &recorder{answers: map[string]outcome{}} }
@@ -139,6 +140,7 @@ func (r *recorder) Restore(rc io.ReadCloser) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.applied, r.answers = s.Applied, s.Answers
+	r.restores++
 	return nil
 }
 
@@ -153,6 +155,12 @@ func (r *recorder) has(id string) bool {
 	defer r.mu.Unlock()
 	_, ok := r.answers[id]
 	return ok
+}
+
+func (r *recorder) restored() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.restores
 }
 
 func (r *recorder) duplicates() int {
@@ -206,7 +214,7 @@ func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason)
 // member is one node of a test group: a real libp2p host on 127.0.0.1, a
 // directory, a recorder and the Group.
 type member struct {
-	t     *testing.T
+	t     testing.TB
 	c     *cluster
 	name  string
 	key   crypto.PrivKey
@@ -221,7 +229,7 @@ type member struct {
 
 // cluster is a test group's members, all allowed to talk to each other.
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	members []*member
 	names   map[peer.ID]string
 	timing  Timing
@@ -229,7 +237,7 @@ type cluster struct {
 }
 
 // newCluster makes n members named A, B, C... with hosts (not started).
-func newCluster(t *testing.T, n int) *cluster {
+func newCluster(t testing.TB, n int) *cluster {
 	c := &cluster{t: t, names: map[peer.ID]string{}, timing: testTiming}
 	for i := range n {
 		key, _, err := crypto.GenerateEd25519Key(nil)
