@@ -324,7 +324,7 @@ func (g *Group) Apply(ctx context.Context, cmd []byte) ([]byte, error) {
 	req := &pb.ForwardRequest{Op: pb.ForwardOp_FORWARD_OP_APPLY, Command: cmd}
 	st, via := g.onLeader(ctx, func(ctx context.Context) step { return g.applyLocal(ctx, cmd) }, req, false)
 	if via == viaForward && st.index > 0 {
-		if err := g.fsm.waitApplied(ctx, st.index); err != nil && st.err == nil {
+		if err := g.waitApplied(ctx, st.index); err != nil && st.err == nil {
 			st.err = fmt.Errorf("%w: review group %s: the command committed at index %d, but this member has not applied it yet (%v): retry it with the same id to read its result here",
 				ferry.ErrUnavailable, g.groupName(), st.index, err)
 		}
@@ -467,11 +467,23 @@ func (g *Group) Barrier(ctx context.Context) error {
 		return st.err
 	}
 	if via == viaForward {
-		if err := g.fsm.waitApplied(ctx, st.index); err != nil {
+		if err := g.waitApplied(ctx, st.index); err != nil {
 			return fmt.Errorf("%w: review group %s: this member has not applied through index %d yet: %w", ferry.ErrUnavailable, g.groupName(), st.index, err)
 		}
 	}
 	return nil
+}
+
+// waitApplied waits until this member's state machine applied index,
+// within ctx and ForwardTimeout (a follower learns that an entry committed
+// within CommitTimeout while it hears from the leader; one cut off right
+// after its command committed stops waiting).
+func (g *Group) waitApplied(ctx context.Context, index uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timing.ForwardTimeout)
+	defer cancel()
+	unlink := context.AfterFunc(g.ctx, cancel)
+	defer unlink()
+	return g.fsm.waitApplied(ctx, index)
 }
 
 // barrierLocal is raft's barrier on this member, the leader; its index is
