@@ -107,7 +107,7 @@ func New(cfg Config) (*Group, error) {
 	if g.hasState, err = raft.HasExistingState(g.logs, g.bolt, g.snaps); err != nil {
 		return fail(fmt.Errorf("review group: read the state in %s: %w", cfg.Dir, err))
 	}
-	g.layer = newStreamLayer(cfg.Host, cfg.Allowed, log)
+	g.layer = newStreamLayer(cfg.Host, cfg.Allowed)
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.m = newMetrics(g)
 	if err := g.m.register(cfg.Registry); err != nil {

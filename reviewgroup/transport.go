@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -43,7 +42,6 @@ type streamLayer struct {
 	host    host.Host
 	self    peer.ID
 	allowed func(peer.ID) bool
-	log     *slog.Logger
 
 	accept chan *conn // unbuffered: a stream is raft's once Accept took it
 	ctx    context.Context
@@ -56,10 +54,10 @@ type streamLayer struct {
 	heard sync.Map // peer.ID -> *atomic.Int64: when bytes last arrived from it (unix ns)
 }
 
-func newStreamLayer(h host.Host, allowed func(peer.ID) bool, log *slog.Logger) *streamLayer {
+func newStreamLayer(h host.Host, allowed func(peer.ID) bool) *streamLayer {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &streamLayer{
-		host: h, self: h.ID(), allowed: allowed, log: log,
+		host: h, self: h.ID(), allowed: allowed,
 		accept: make(chan *conn), ctx: ctx, cancel: cancel,
 		conns: map[*conn]struct{}{},
 	}
