@@ -39,7 +39,7 @@
 // caller retries it, and the command carries an id the state machine
 // deduplicates by (it keeps the result of each id it applied and answers a
 // repeat with it), so a retry never applies anything twice. The tests'
-// recorder FSM (group_test.go) shows the pattern.
+// recorder FSM (helpers_test.go) shows the pattern.
 //
 // # Fencing
 //

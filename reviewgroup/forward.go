@@ -9,6 +9,7 @@ package reviewgroup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -155,7 +156,7 @@ func (g *Group) forward(ctx context.Context, leader peer.ID, req *pb.ForwardRequ
 	case "":
 		return step{result: rep.Result, index: rep.Index}
 	case codeNotLeader:
-		return step{retry: true, err: fmt.Errorf("%s", rep.Message)}
+		return step{retry: true, err: errors.New(rep.Message)}
 	}
 	return step{err: remoteError(rep.Code, rep.Message, leader), index: rep.Index}
 }
