@@ -189,8 +189,8 @@ func TestApprovalsThroughDecide(t *testing.T) {
 }
 
 // TestApprovalsRejectAndNotes: a reject decides at once whatever was
-// approved; a note given with an approval goes with the decision unless the
-// deciding act gives its own.
+// approved; a note given with an approval goes with the accepted decision
+// unless the deciding act gives its own, never with a rejection.
 func TestApprovalsRejectAndNotes(t *testing.T) {
 	keyR, r := newPeer(t)
 	_, sID := newPeer(t)
@@ -219,7 +219,9 @@ func TestApprovalsRejectAndNotes(t *testing.T) {
 	if row, err := decide(atR, DecideRequest{RequestID: one.ID, Decision: "accept", Note: "fine by R"}); err != nil || row.Status != "waiting" {
 		t.Fatalf("%+v %v", row, err)
 	}
-	if row, err := decide(atR, DecideRequest{RequestID: one.ID, Decision: "reject"}); err != nil || row.Status != "rejected" || row.Approvals != nil {
+	// The approval's note is not the rejection's.
+	if row, err := decide(atR, DecideRequest{RequestID: one.ID, Decision: "reject"}); err != nil || row.Status != "rejected" || row.Approvals != nil ||
+		row.Description.Receiver != "rejected" {
 		t.Fatalf("reject after an approval: %+v %v", row, err)
 	}
 	two := submit(2)

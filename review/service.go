@@ -369,8 +369,8 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			}
 		}
 		note := req.Note
-		if note == "" {
-			note = r.DescriptionReceiver // given with an earlier approval
+		if note == "" && next != Rejected {
+			note = r.DescriptionReceiver // given with an earlier approval of what is decided
 		}
 		if note == "" {
 			note = defaultNote(typ, next)
