@@ -37,7 +37,7 @@ type Book struct {
 	name     string
 	network  string
 	reviewer peer.ID
-	group    []peer.ID // the review group (reviewers), sorted
+	group    []peer.ID        // the review group (reviewers), sorted
 	members  map[peer.ID]bool // from config; empty: anyone who presents the network
 	st       *store.Store
 	log      *slog.Logger
