@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/reviewgroup"
+)
+
+// groupTiming is a review group's raft timing for tests: a lost leader is
+// replaced in about a second.
+var groupTiming = reviewgroup.Timing{HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
+	LeaderLeaseTimeout: 150 * time.Millisecond, CommitTimeout: 20 * time.Millisecond}
+
+// groupNet starts three reviewers (0, 1, 2: the review group) and two
+// members (3, 4), and waits for the group's leader.
+func groupNet(t *testing.T) *testnet.Net {
+	net := testnet.Start(t, testnet.Options{N: 5, Reviewers: []int{0, 1, 2}, Node: node.Options{ReviewGroupTiming: groupTiming}})
+	net.WaitMembers(30 * time.Second)
+	leaderOf(t, net, []int{0, 1, 2})
+	return net
+}
+
+// leaderOf waits until the running reviewers in rs agree on a leader among
+// them, and returns its index.
+func leaderOf(t *testing.T, net *testnet.Net, rs []int) int {
+	t.Helper()
+	at := -1
+	testnet.WaitFor(t, 30*time.Second, "a leader of the review group", func() bool {
+		var l peer.ID
+		for _, i := range rs {
+			p, ok := net.Node(i).ReviewGroup().Leader()
+			if !ok || (l != "" && p != l) {
+				return false
+			}
+			l = p
+		}
+		at = slices.Index(net.IDs, l)
+		return slices.Contains(rs, at)
+	})
+	return at
+}
+
+// acceptAt has node i's operator accept the request of origin (by i's own
+// request id) through the admin API.
+func acceptAt(t *testing.T, net *testnet.Net, i int, origin string) {
+	t.Helper()
+	var id uint64
+	testnet.WaitFor(t, 30*time.Second, fmt.Sprintf("%s waiting at node %d", origin, i), func() bool {
+		r, err := net.Node(i).Review().RequestByOrigin(origin)
+		id = r.ID
+		return err == nil && r.Status == "waiting"
+	})
+	status, out := admin(t, net, i, "POST", fmt.Sprintf("/api/v1/requests/%d/accept", id), nil)
+	if status != 200 {
+		t.Fatalf("accept %s at node %d: %d %v", origin, i, status, out)
+	}
+}
+
+// sameEverywhere waits until every node in at holds every origin accepted
+// under the same sequence, and the same rows of table; it returns the
+// sequences by origin.
+func sameEverywhere(t *testing.T, net *testnet.Net, at []int, origins []string, table string) map[string]uint64 {
+	t.Helper()
+	seqs := map[string]uint64{}
+	testnet.WaitFor(t, 60*time.Second, "every decision on every node, in one sequence", func() bool {
+		for _, o := range origins {
+			seqs[o] = 0
+			for _, i := range at {
+				r, err := net.Node(i).Review().RequestByOrigin(o)
+				if err != nil || r.Status != "accepted" || r.Sequence == 0 || (seqs[o] != 0 && r.Sequence != seqs[o]) {
+					return false
+				}
+				seqs[o] = r.Sequence
+			}
+		}
+		want := rowsOf(t, net.Node(at[0]), table)
+		for _, i := range at[1:] {
+			if rowsOf(t, net.Node(i), table) != want {
+				return false
+			}
+		}
+		return true
+	})
+	var all []uint64
+	for _, s := range seqs {
+		all = append(all, s)
+	}
+	slices.Sort(all)
+	if len(slices.Compact(all)) != len(origins) {
+		t.Fatalf("two decisions share a sequence: %v", seqs)
+	}
+	return seqs
+}
+
+// Decisions taken at each reviewer of a group (the leader, and followers
+// whose acts are forwarded to it) reach every member in one sequence; after
+// the leader's node closes, a new leader decides; the closed reviewer,
+// restarted, catches up from the group's log.
+func TestReviewGroupDecidesAtAnyReviewer(t *testing.T) {
+	net := groupNet(t)
+	leader := leaderOf(t, net, []int{0, 1, 2})
+	var followers []int
+	for _, i := range []int{0, 1, 2} {
+		if i != leader {
+			followers = append(followers, i)
+		}
+	}
+	// Requests from both members; each decided at another reviewer.
+	var origins []string
+	for k, at := range []int{leader, followers[0], followers[1]} {
+		r := submit(t, net.NATS(3+k%2), "insert", "places", k+1, fmt.Sprintf(`{"name":"p%d"}`, k+1))
+		acceptAt(t, net, at, r.Origin)
+		origins = append(origins, r.Origin)
+	}
+	all := []int{0, 1, 2, 3, 4}
+	seqs := sameEverywhere(t, net, all, origins, "places")
+	t.Logf("sequences: %v", seqs)
+
+	// The leader's node closes: the two others elect a new leader, which
+	// (and the follower) decides.
+	net.Stop(leader)
+	closed := time.Now()
+	next := leaderOf(t, net, followers)
+	r := submit(t, net.NATS(3), "insert", "places", 4, `{"name":"p4"}`)
+	acceptAt(t, net, next, r.Origin)
+	origins = append(origins, r.Origin)
+	running := []int{followers[0], followers[1], 3, 4}
+	seqs = sameEverywhere(t, net, running, origins, "places")
+	t.Logf("after the leader's node closed: a new leader decided in %v (sequence %d)", time.Since(closed).Round(time.Millisecond), seqs[r.Origin])
+	other := followers[0]
+	if other == next {
+		other = followers[1]
+	}
+	r = submit(t, net.NATS(4), "insert", "places", 5, `{"name":"p5"}`)
+	acceptAt(t, net, other, r.Origin)
+	origins = append(origins, r.Origin)
+	sameEverywhere(t, net, running, origins, "places")
+
+	// The old leader comes back and applies what the group decided while
+	// it was away, under the same sequences.
+	net.Restart(leader)
+	final := sameEverywhere(t, net, all, origins, "places")
+	for _, o := range origins[:3] {
+		if final[o] != seqs[o] {
+			t.Fatalf("%s renumbered: %d then %d", o, seqs[o], final[o])
+		}
+	}
+}
