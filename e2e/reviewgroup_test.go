@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,5 +152,98 @@ func TestReviewGroupDecidesAtAnyReviewer(t *testing.T) {
 		if final[o] != seqs[o] {
 			t.Fatalf("%s renumbered: %d then %d", o, seqs[o], final[o])
 		}
+	}
+}
+
+// actAt has node i's operator act on the request of origin; it returns the
+// HTTP status and the answer.
+func actAt(t *testing.T, net *testnet.Net, i int, origin, act string) (int, map[string]any) {
+	t.Helper()
+	var id uint64
+	testnet.WaitFor(t, 30*time.Second, fmt.Sprintf("%s at node %d", origin, i), func() bool {
+		r, err := net.Node(i).Review().RequestByOrigin(origin)
+		id = r.ID
+		return err == nil
+	})
+	return admin(t, net, i, "POST", fmt.Sprintf("/api/v1/requests/%d/%s", id, act), nil)
+}
+
+// With review.approvals 2 a request waits, on every reviewer, with the
+// approval of the first reviewer node, and the second decides it; a
+// rejection at any reviewer reaches the applicant once; acts the group's
+// state machine refuses are refused where the operator acted, with their
+// code; a minority of the group cannot decide and says so.
+func TestReviewGroupApprovalsRefusalsAndMinority(t *testing.T) {
+	net := testnet.Start(t, testnet.Options{N: 5, Reviewers: []int{0, 1, 2}, Node: node.Options{ReviewGroupTiming: groupTiming},
+		Configure: func(_ int, c *node.Config) { c.Review.Approvals = 2 }})
+	net.WaitMembers(30 * time.Second)
+	leader := leaderOf(t, net, []int{0, 1, 2})
+	f1, f2 := (leader+1)%3, (leader+2)%3
+
+	r := submit(t, net.NATS(3), "insert", "places", 1, `{"name":"p1"}`)
+	if status, out := actAt(t, net, f1, r.Origin, "accept"); status != 200 {
+		t.Fatalf("first approval at a follower: %d %v", status, out)
+	}
+	testnet.WaitFor(t, 30*time.Second, "the first approval on every reviewer", func() bool {
+		for _, i := range []int{0, 1, 2} {
+			row, err := net.Node(i).Review().RequestByOrigin(r.Origin)
+			if err != nil || row.Status != "waiting" || len(row.Approvals) != 1 || row.Approvals[0].ReviewerID != net.IDs[f1].String() {
+				return false
+			}
+		}
+		return true
+	})
+	if status, out := actAt(t, net, f1, r.Origin, "accept"); status == 200 || errCode(out) != "conflict" {
+		t.Fatalf("a second approval by the same node: %d %v, want conflict", status, out)
+	}
+	if status, out := actAt(t, net, leader, r.Origin, "accept"); status != 200 {
+		t.Fatalf("second approval at the leader: %d %v", status, out)
+	}
+	sameEverywhere(t, net, []int{0, 1, 2, 3, 4}, []string{r.Origin}, "places")
+
+	// A rejection at a follower: every reviewer and the applicant hold it
+	// rejected (no sequence); the other member gets nothing.
+	rej := submit(t, net.NATS(4), "insert", "places", 2, `{"name":"p2"}`)
+	if status, out := actAt(t, net, f2, rej.Origin, "reject"); status != 200 {
+		t.Fatalf("reject at a follower: %d %v", status, out)
+	}
+	testnet.WaitFor(t, 30*time.Second, "the rejection at the reviewers and the applicant", func() bool {
+		for _, i := range []int{0, 1, 2, 4} {
+			row, err := net.Node(i).Review().RequestByOrigin(rej.Origin)
+			if err != nil || row.Status != "rejected" || row.Sequence != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := net.Node(3).Review().RequestByOrigin(rej.Origin); err == nil {
+		t.Fatal("a rejection reached a member that is not its applicant")
+	}
+	if status, out := actAt(t, net, leader, rej.Origin, "accept"); status == 200 || errCode(out) != "conflict" {
+		t.Fatalf("accept of a rejected request: %d %v, want conflict", status, out)
+	}
+
+	// Two of the three reviewers stop: the last one cannot decide.
+	last := submit(t, net.NATS(3), "insert", "places", 3, `{"name":"p3"}`)
+	rejectAt := func(i int) (int, map[string]any) { return actAt(t, net, i, last.Origin, "reject") }
+	testnet.WaitFor(t, 30*time.Second, "the request at every reviewer", func() bool {
+		for _, i := range []int{0, 1, 2} {
+			if _, err := net.Node(i).Review().RequestByOrigin(last.Origin); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	net.Stop(f1)
+	net.Stop(leader)
+	status, out := rejectAt(f2)
+	e, _ := out["error"].(map[string]any)
+	msg, _ := e["message"].(string)
+	if status == 200 || errCode(out) != "unavailable" || !strings.Contains(msg, "review group") {
+		t.Fatalf("a minority decided, or said so unclearly: %d %v", status, out)
+	}
+	t.Logf("minority: %s", msg)
+	if row, err := net.Node(f2).Review().RequestByOrigin(last.Origin); err != nil || row.Status != "waiting" {
+		t.Fatalf("after a refused act the request is %+v (%v), want waiting", row, err)
 	}
 }

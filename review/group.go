@@ -73,6 +73,9 @@ type groupCmd struct {
 	Actor     []byte `json:"actor,omitempty"`
 	ActorName string `json:"actor_name,omitempty"`
 	At        int64  `json:"at,omitempty"`
+	// Approvals is review.approvals where the operator acted: every
+	// reviewer applies the act with the same k, whatever its own config.
+	Approvals int `json:"approvals,omitempty"`
 }
 
 // Store keys of the group's state machine: the last log index applied, and
@@ -170,13 +173,21 @@ func (s *Service) decideInGroup(ctx context.Context, req DecideRequest, dec Deci
 	self := s.roles.Self()
 	cmd, err := json.Marshal(groupCmd{ID: newCmdID(), Op: opAct, Origin: r.Origin, Applicant: r.ApplicantId, Request: rr,
 		Decision: dec.String(), HasData: hasData, Data: edit, Note: req.Note, Actor: []byte(self), ActorName: s.roles.SelfName(),
-		At: s.st.Now().Unix()})
+		At: s.st.Now().Unix(), Approvals: s.approvals})
 	if err != nil {
 		done(Row{}, err)
 		return
 	}
 	if !s.g.Go(func() {
-		if _, err := s.group.Apply(ctx, cmd); err != nil {
+		// An answer of unavailable may hide a command that committed (the
+		// leader lost its leadership as it did): it is asked once more
+		// under the same id, which the state machine answers from what it
+		// did, if it did; else the group says why it cannot decide.
+		_, err := s.group.Apply(ctx, cmd)
+		if errors.Is(err, ferry.ErrUnavailable) && ctx.Err() == nil {
+			_, err = s.group.Apply(ctx, cmd)
+		}
+		if err != nil {
 			done(Row{}, err)
 			return
 		}
@@ -266,7 +277,7 @@ func (s *Service) applyCmd(tx *store.Txn, c *groupCmd) error {
 	actor := peer.ID(c.Actor)
 	act := Act{Decision: dec, By: actor, ByName: c.ActorName, IsReviewer: s.roles.InReviewGroup(actor), At: c.At,
 		HasData: c.HasData, Data: c.Data}
-	return s.decideRow(tx, r, typ, act, c.Note, editErr)
+	return s.decideRow(tx, r, typ, act, max(c.Approvals, 1), c.Note, editErr)
 }
 
 // groupRow is the command's request row: this node's, or a new waiting row

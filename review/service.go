@@ -368,7 +368,7 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		}
 		act := Act{Decision: dec, By: self, ByName: s.roles.SelfName(), IsReviewer: s.IsReviewer(),
 			At: tx.Now().Unix(), HasData: hasData, Data: edit}
-		if err := s.decideRow(tx, r, typ, act, req.Note, editErr); err != nil {
+		if err := s.decideRow(tx, r, typ, act, s.approvals, req.Note, editErr); err != nil {
 			return err
 		}
 		row = r
@@ -388,14 +388,15 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 // next: in a review group the same on every reviewer, which apply the
 // group's log in one order), the decision signed by this node and its
 // delivery record (broadcast to every member for accepted and edited
-// decisions, addressed to the applicant for a rejection). note is the
+// decisions, addressed to the applicant for a rejection). k is
+// review.approvals; note is the
 // operator's (description.receiver); editErr, an edit's data error, is
 // returned after the state machine's own refusals.
-func (s *Service) decideRow(tx *store.Txn, r *storepb.Request, typ Type, act Act, note string, editErr error) error {
+func (s *Service) decideRow(tx *store.Txn, r *storepb.Request, typ Type, act Act, k int, note string, editErr error) error {
 	self := s.roles.Self()
 	now := tx.Now()
 	cur, _ := ParseStatus(r.Status)
-	out, err := Transition(stateOf(r, cur, typ), act, s.approvals)
+	out, err := Transition(stateOf(r, cur, typ), act, k)
 	if err != nil {
 		return err
 	}
