@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/nats-io/nats.go"
 
 	"github.com/ferrynet/ferry/internal/testnet"
 	"github.com/ferrynet/ferry/node"
@@ -113,6 +116,21 @@ func TestReviewGroupDecidesAtAnyReviewer(t *testing.T) {
 			followers = append(followers, i)
 		}
 	}
+	// Member 3 hears of each decision once, whichever reviewers' copies
+	// reach it.
+	decided := map[string]int{}
+	var mu sync.Mutex
+	sub, err := net.NATS(3).Subscribe("ferry.review.decided.>", func(m *nats.Msg) {
+		var row struct{ Origin string }
+		_ = json.Unmarshal(m.Data, &row)
+		mu.Lock()
+		decided[row.Origin]++
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	// Requests from both members; each decided at another reviewer.
 	var origins []string
 	for k, at := range []int{leader, followers[0], followers[1]} {
@@ -123,6 +141,33 @@ func TestReviewGroupDecidesAtAnyReviewer(t *testing.T) {
 	all := []int{0, 1, 2, 3, 4}
 	seqs := sameEverywhere(t, net, all, origins, "places")
 	t.Logf("sequences: %v", seqs)
+	// Every reviewer's copy delivered (acked by every member), then the
+	// count.
+	testnet.WaitFor(t, 30*time.Second, "every reviewer's copies acknowledged", func() bool {
+		for _, i := range []int{0, 1, 2} {
+			for _, o := range origins {
+				r, err := net.Node(i).Review().RequestByOrigin(o)
+				if err != nil {
+					return false
+				}
+				acks, err := net.Node(i).Acks(node.AckQuery{RequestID: r.ID, State: node.AckPending})
+				if err != nil || len(acks.Rows) > 0 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if err := net.NATS(3).Flush(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	for _, o := range origins {
+		if decided[o] != 1 {
+			t.Errorf("member 3 published %s decided %d times, want once", o, decided[o])
+		}
+	}
+	mu.Unlock()
 
 	// The leader's node closes: the two others elect a new leader, which
 	// (and the follower) decides.

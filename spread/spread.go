@@ -87,6 +87,8 @@ type Roles interface {
 	// InReviewGroup reports whether p is one of the review group: news
 	// and decisions signed by any of them are the group's.
 	InReviewGroup(p peer.ID) bool
+	// ReviewGroup lists the review group (the reviewer alone without one).
+	ReviewGroup() []peer.ID
 	IsMember(p peer.ID) bool
 }
 
@@ -603,11 +605,34 @@ func (s *Service) reportLoop() {
 	}
 }
 
+// sendReport tells the reviewer, and every reviewer of a review group
+// (each sends its own copy of every decision and waits for it to be
+// acknowledged), that this member applied through seq; it fails only
+// when no reviewer took it.
 func (s *Service) sendReport(seq uint64) error {
-	r := s.d.Roles.Reviewer()
-	if r == "" {
+	rs := s.d.Roles.ReviewGroup()
+	if len(rs) == 0 {
 		return errors.New("no reviewer")
 	}
+	var errs []error
+	took := false
+	for _, r := range rs {
+		if r == s.d.Roles.Self() {
+			continue
+		}
+		if err := s.reportTo(r, seq); err != nil {
+			errs = append(errs, err)
+		} else {
+			took = true
+		}
+	}
+	if took {
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) reportTo(r peer.ID, seq uint64) error {
 	ctx, cancel := context.WithTimeout(s.ctx, reportTimeout)
 	defer cancel()
 	st, err := s.d.Host.NewStream(ctx, r, protocols.Applied)
