@@ -76,12 +76,13 @@ func sameEverywhere(t *testing.T, net *testnet.Net, at []int, origins []string, 
 	testnet.WaitFor(t, 60*time.Second, "every decision on every node, in one sequence", func() bool {
 		for _, o := range origins {
 			seqs[o] = 0
+			by := ""
 			for _, i := range at {
 				r, err := net.Node(i).Review().RequestByOrigin(o)
-				if err != nil || r.Status != "accepted" || r.Sequence == 0 || (seqs[o] != 0 && r.Sequence != seqs[o]) {
+				if err != nil || r.Status != "accepted" || r.Sequence == 0 || (seqs[o] != 0 && r.Sequence != seqs[o]) || (by != "" && r.Reviewer != by) {
 					return false
 				}
-				seqs[o] = r.Sequence
+				seqs[o], by = r.Sequence, r.Reviewer
 			}
 		}
 		want := rowsOf(t, net.Node(at[0]), table)

@@ -437,7 +437,7 @@ func (s *Service) decideRow(tx *store.Txn, r *storepb.Request, typ Type, act Act
 	}
 	applicant := peer.ID(r.ApplicantId)
 	d := &pb.ReviewDecision{Origin: r.Origin, Sequence: seq, Status: next.String(), Data: data, ReceiverNote: note,
-		ReviewerName: s.roles.SelfName(), Applicant: r.ApplicantId, DecidedAt: now.Unix(),
+		ReviewerName: act.ByName, Applicant: r.ApplicantId, DecidedAt: now.Unix(),
 		Request: &pb.ReviewRequest{RequestId: originID(r.Origin), TableId: r.TableId, TableName: r.TableName, Type: r.Type,
 			Data: r.Data, SenderNote: r.DescriptionSender, ApplicantName: r.Applicant, CreatedAt: r.CreatedAt}}
 	payload, err := proto.Marshal(d)
@@ -463,6 +463,9 @@ func (s *Service) decideRow(tx *store.Txn, r *storepb.Request, typ Type, act Act
 		tx.SetCounter(ctrApplied, seq)
 	}
 	r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
+	// The node whose act decided it (on a review group, the same on every
+	// reviewer's copy).
+	r.Reviewer, r.ReviewerId = act.ByName, []byte(act.By)
 	r.Approvals, r.EditedData = nil, nil
 	tx.PutRequest(r)
 	protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
