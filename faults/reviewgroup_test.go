@@ -165,6 +165,11 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 			if len(got) != total {
 				return fmt.Errorf("%s holds %d of %d requests accepted", n.Name(), len(got), total)
 			}
+			for _, o := range origins {
+				if got[o] == 0 {
+					return fmt.Errorf("%s does not hold %s accepted", n.Name(), o)
+				}
+			}
 			if want == nil {
 				want = got
 				continue
