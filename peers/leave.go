@@ -122,7 +122,7 @@ func (b *Book) loadRemovals(now time.Time) error {
 	if len(put) == 0 && len(drop) == 0 {
 		return nil
 	}
-	r := removal{At: now.UTC().Truncate(time.Second), By: RemovedByConfig}
+	r := removal{At: now.UTC(), By: RemovedByConfig}
 	v, _ := json.Marshal(r)
 	err = b.st.Update(context.Background(), func(tx *store.Txn) error {
 		for _, p := range put {
@@ -265,7 +265,7 @@ func (b *Book) SetMember(ctx context.Context, p peer.ID, on bool) error {
 			return fmt.Errorf("%w: %s is a partner of this node; remove it with `ferry partners remove %s` first", ErrMemberPartner, p, p)
 		}
 	}
-	r := removal{At: time.Now().UTC().Truncate(time.Second), By: RemovedByOperator}
+	r := removal{At: time.Now().UTC(), By: RemovedByOperator}
 	v, _ := json.Marshal(r)
 	b.mu.RLock()
 	add := on && len(b.members) > 0 && !b.members[p]
