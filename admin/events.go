@@ -238,7 +238,11 @@ func (f *Feed) Submitted(row review.Row) {
 // the change it made are filled in when the event is read).
 func (f *Feed) Decided(row review.Row, err error) {
 	outcome := "refused"
-	if err == nil {
+	switch {
+	case err != nil:
+	case row.Status == "waiting": // an approval kept; more are needed
+		outcome = "approved"
+	default:
 		outcome = row.Status
 	}
 	f.decisions.WithLabelValues(outcome).Inc()
@@ -247,6 +251,9 @@ func (f *Feed) Decided(row review.Row, err error) {
 	}
 	e := Event{Type: EventDecided, Kind: "decision", RequestID: row.ID,
 		Detail: fmt.Sprintf("%s %s %s row %d (sequence %d)", row.Status, row.Type, row.TableName, row.TableID, row.Sequence)}
+	if outcome == "approved" {
+		e.Detail = fmt.Sprintf("approved %s %s row %d (%d of %d approvals)", row.Type, row.TableName, row.TableID, len(row.Approvals), row.ApprovalsRequired)
+	}
 	if r, _ := f.st.Request(row.ID); r != nil {
 		e.Version = r.ChangeVersion
 	}

@@ -58,7 +58,7 @@ func (srv *Server) RequestDetail(id uint64) (RequestDetail, error) {
 	if err != nil {
 		return RequestDetail{}, err
 	}
-	d.Diff, err = DiffRow(typ, row.TableID, cur, row.Data)
+	d.Diff, err = DiffRow(typ, row.TableID, cur, row.Round())
 	if err != nil {
 		return RequestDetail{}, err
 	}

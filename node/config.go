@@ -40,13 +40,16 @@ const (
 
 // Config is ferry.yaml. Every key is optional; Default() fills them.
 type Config struct {
-	Name              string   `yaml:"name"`
-	Network           string   `yaml:"network"`
-	Listen            []string `yaml:"listen"`
-	Bootstrap         []string `yaml:"bootstrap"`
-	Partners          []string `yaml:"partners"`
-	Members           []string `yaml:"members"`
-	Reviewer          string   `yaml:"reviewer"`
+	Name      string   `yaml:"name"`
+	Network   string   `yaml:"network"`
+	Listen    []string `yaml:"listen"`
+	Bootstrap []string `yaml:"bootstrap"`
+	Partners  []string `yaml:"partners"`
+	Members   []string `yaml:"members"`
+	Reviewer  string   `yaml:"reviewer"`
+	// Reviewers is the review group (SPEC.md "The review group"); with
+	// Reviewer too, it must list it. ReviewGroup reads the two.
+	Reviewers         []string `yaml:"reviewers"`
 	PrivateNetworkKey string   `yaml:"private_network_key"`
 	// TrustStore lets owned-resource writes through at start before a
 	// partner has said what it holds of this node's changes. Only for a
@@ -189,6 +192,37 @@ const (
 type Review struct {
 	// NATSDecide lets apps decide on the reviewer through <prefix>.review.decide.
 	NATSDecide bool `yaml:"nats_decide"`
+	// Approvals is how many distinct reviewer nodes must accept the same
+	// data before a request is decided (1..the review group's size).
+	Approvals int `yaml:"approvals"`
+}
+
+// DefaultApprovals: one reviewer node's accept decides (source 000).
+const DefaultApprovals = 1
+
+// ReviewGroup is the review group's peer ids as configured: reviewers, or
+// [reviewer], or none (no review flow). Validate checked them.
+func (c *Config) ReviewGroup() []string {
+	if len(c.Reviewers) > 0 {
+		return c.Reviewers
+	}
+	if c.Reviewer != "" {
+		return []string{c.Reviewer}
+	}
+	return nil
+}
+
+// ReviewerID is the reviewer the node works with today: reviewer, or the
+// one peer id of reviewers ("" for none). A group of more than one is
+// refused by Validate until the consensus layer is wired (issue 19).
+func (c *Config) ReviewerID() string {
+	if c.Reviewer != "" {
+		return c.Reviewer
+	}
+	if len(c.Reviewers) == 1 {
+		return c.Reviewers[0]
+	}
+	return ""
 }
 
 // LogConfig sets the log output.
@@ -214,6 +248,7 @@ func Default() Config {
 		Limits: Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7,
 			IdempotencyWindowSeconds: DefaultIdempotencyWindowSeconds, MinFreeDiskMB: DefaultMinFreeDiskMB},
 		Connections: Connections{Neighbours: DefaultNeighbours, Max: DefaultMaxConnections},
+		Review:      Review{Approvals: DefaultApprovals},
 		Log:         LogConfig{Level: "info", Format: "text"},
 	}
 }
@@ -300,6 +335,9 @@ func (c *Config) validate() error {
 			return cfgErr("reviewer", "%q is not a peer id: %v", c.Reviewer, err)
 		}
 	}
+	if err := c.validateReviewGroup(); err != nil {
+		return err
+	}
 	if c.PrivateNetworkKey != "" {
 		if _, err := os.Stat(c.PrivateNetworkKey); err != nil {
 			return cfgErr("private_network_key", "%v", err)
@@ -356,6 +394,37 @@ func (c *Config) validate() error {
 	case "text", "json":
 	default:
 		return cfgErr("log.format", "%q is not text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// validateReviewGroup checks reviewers and review.approvals against the
+// review group (reviewer was checked before).
+func (c *Config) validateReviewGroup() error {
+	seen := map[string]int{}
+	for i, p := range c.Reviewers {
+		if _, err := peer.Decode(p); err != nil {
+			return cfgErr(fmt.Sprintf("reviewers[%d]", i), "%q is not a peer id: %v", p, err)
+		}
+		if j, dup := seen[p]; dup {
+			return cfgErr(fmt.Sprintf("reviewers[%d]", i), "%s is listed twice (also reviewers[%d])", p, j)
+		}
+		seen[p] = i
+	}
+	if _, in := seen[c.Reviewer]; c.Reviewer != "" && len(c.Reviewers) > 0 && !in {
+		return cfgErr("reviewer", "%s is not in `reviewers`; list it there, or set only `reviewers` (it replaces `reviewer`)", c.Reviewer)
+	}
+	group := len(c.ReviewGroup())
+	switch k := c.Review.Approvals; {
+	case k < 1:
+		return cfgErr("review.approvals", "%d is below 1 (the reviewer nodes that must accept a request's data)", k)
+	case k > 1 && k > group:
+		return cfgErr("review.approvals", "%d is more than the review group's %d reviewer(s) (`reviewers`, or `reviewer`)", k, group)
+	}
+	// Until the review group's consensus layer is wired (issue 19), a group
+	// is one reviewer.
+	if group > 1 {
+		return cfgErr("reviewers", "a review group of more than one reviewer is not built yet (issue 19); list one peer id, or use `reviewer`")
 	}
 	return nil
 }

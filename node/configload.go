@@ -37,6 +37,7 @@ var keyWords = map[string]string{
 	"partners":  "a list of peer ids",
 	"members":   "a list of peer ids",
 	"reviewer":  "a peer id",
+	"reviewers": "a list of peer ids",
 }
 
 // decodeYAML reads the ferry.yaml at path (its bytes b) over c.

@@ -13,7 +13,7 @@ import (
 )
 
 // Decision outcomes (the outcome label of ferry_review_decisions_total).
-var decisionOutcomes = []string{"accepted", "edited", "rejected", "refused"}
+var decisionOutcomes = []string{"accepted", "edited", "rejected", "approved", "refused"}
 
 type nodeMetrics struct {
 	decisions *prometheus.CounterVec
@@ -23,7 +23,7 @@ type nodeMetrics struct {
 func newNodeMetrics(reg prometheus.Registerer) (*nodeMetrics, error) {
 	m := &nodeMetrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "review", Name: "decisions_total",
-			Help: "Decisions made on this node (the reviewer), by outcome: accepted, edited, rejected, or refused (the decision was not taken)."},
+			Help: "Decisions made on this node (the reviewer), by outcome: accepted, edited, rejected, approved (an approval kept while the request waits for review.approvals), or refused (the decision was not taken)."},
 			[]string{"outcome"}),
 		build: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ferry", Name: "build_info",
 			Help: "Always 1; the labels say which Ferry build runs."}, []string{"version", "revision", "goversion"}),

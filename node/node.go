@@ -290,7 +290,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs, Tracer: n.feed,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "review"), Ready: n.restore.Ready})
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Approvals: cfg.Review.Approvals, Logger: log.With("component", "review"), Ready: n.restore.Ready})
 	holds, err := propagate.LoadPlannerHolds(n.st)
 	if err != nil {
 		return nil, err

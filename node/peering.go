@@ -21,8 +21,8 @@ const DefaultDiscoveryPeriod = peers.DefaultDiscoveryPeriod
 func peersConfig(c Config) peers.Config {
 	pc := peers.Config{Name: c.Name, Network: c.Network, Version: Version,
 		Neighbours: c.Connections.Neighbours, MaxConns: c.Connections.Max, Lifetime: c.MemberLifetimeValue()}
-	if c.Reviewer != "" {
-		pc.Reviewer, _ = peer.Decode(c.Reviewer)
+	if r := c.ReviewerID(); r != "" {
+		pc.Reviewer, _ = peer.Decode(r)
 	}
 	for _, s := range c.Partners {
 		ai, _ := peers.ParsePartner(s)

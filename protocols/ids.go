@@ -33,6 +33,15 @@ const (
 	// Trace asks a member where one change is on it: one TraceQuery, one
 	// TraceAnswer (admin/trace.go).
 	Trace protocol.ID = "/ferry/trace/1.0.0"
+	// ReviewRaft carries the review group's consensus log between its
+	// members: hashicorp/raft's NetworkTransport RPCs (msgpack) on
+	// long-lived streams that raft opens and pools like TCP connections
+	// (reviewgroup/transport.go).
+	ReviewRaft protocol.ID = "/ferry/review-raft/1.0.0"
+	// ReviewForward carries one ForwardRequest and one ForwardReply between
+	// members of the review group: a command a follower hands to the
+	// leader, or a member's status (reviewgroup/forward.go).
+	ReviewForward protocol.ID = "/ferry/review-forward/1.0.0"
 
 	// DHTPrefix is the Kademlia protocol prefix; the DHT speaks /ferry/kad/1.0.0.
 	DHTPrefix protocol.ID = "/ferry"
@@ -58,6 +67,8 @@ const (
 	ServiceSpread   = "ferry.spread"
 	ServiceMembers  = "ferry.members"
 	ServiceTrace    = "ferry.trace"
+	// ServiceReviewGroup holds both review group protocols.
+	ServiceReviewGroup = "ferry.reviewgroup"
 )
 
 // Limits and timeouts shared by both ends of a stream.

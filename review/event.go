@@ -67,6 +67,7 @@ func (s *Service) Event(ver uint64, body *pb.Body) (suffix string, data []byte, 
 	default:
 		return "", nil, false, nil
 	}
+	row.Approvals, row.EditedData = nil, nil // recorded after the change, while the request waited
 	if data, err = natsbridge.Encode(s.render(row)); err != nil {
 		return "", nil, false, fmt.Errorf("encode %s event of change %d: %w", suffix, ver, err)
 	}

@@ -263,6 +263,7 @@ func (s *Service) record(tx *store.Txn, d *pb.ReviewDecision, ver uint64) error 
 	r.Reviewer = d.ReviewerName
 	r.ReviewerId = []byte(s.roles.Reviewer())
 	r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = d.Status, d.Sequence, d.Data, d.ReceiverNote, d.DecidedAt, ver
+	r.Approvals, r.EditedData = nil, nil
 	tx.PutRequest(r)
 	tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
 	return nil

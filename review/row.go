@@ -34,6 +34,42 @@ type Row struct {
 	// would be refused (the row it updates or deletes is missing, or the row
 	// it inserts exists).
 	Conflict string `json:"conflict,omitempty"`
+	// Approvals, on a waiting request at a reviewer node, are the reviewer
+	// nodes that accepted the data it waits on (EditedData, else Data), in
+	// the order they did; absent when none has, and once it is decided.
+	Approvals []ApprovalRow `json:"approvals,omitempty"`
+	// ApprovalsRequired is review.approvals, on a waiting request in a
+	// reviewer node's operator views and decide replies.
+	ApprovalsRequired int `json:"approvals_required,omitempty"`
+	// EditedData, on a waiting request at a reviewer node, is an edit that
+	// has not yet reached review.approvals: what accepting it now approves.
+	EditedData json.RawMessage `json:"edited_data,omitempty"`
+}
+
+// ApprovalRow is one reviewer node's approval as a request row shows it.
+type ApprovalRow struct {
+	Reviewer   string `json:"reviewer"`    // node name
+	ReviewerID string `json:"reviewer_id"` // peer id
+	At         int64  `json:"at"`          // Unix seconds
+}
+
+// Round is the data the request waits on: the pending edit, else its data.
+func (r Row) Round() json.RawMessage {
+	if len(r.EditedData) > 0 {
+		return r.EditedData
+	}
+	return r.Data
+}
+
+// Approved reports whether the reviewer node id approved the data the
+// request waits on.
+func (r Row) Approved(id string) bool {
+	for _, a := range r.Approvals {
+		if a.ReviewerID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Description is the request's description column.
@@ -52,13 +88,32 @@ func (s *Service) render(r *storepb.Request) Row {
 		Type: r.Type, Status: r.Status, Data: data, Description: Description{Sender: r.DescriptionSender, Receiver: r.DescriptionReceiver},
 		CreatedAt: r.CreatedAt, ApplicantID: peer.ID(r.ApplicantId).String(), ReviewerID: peer.ID(r.ReviewerId).String(),
 		Origin: r.Origin, Sequence: r.Sequence, DecidedAt: r.DecidedAt}
+	if r.Status == Waiting.String() {
+		for _, a := range r.Approvals {
+			row.Approvals = append(row.Approvals, ApprovalRow{Reviewer: a.Reviewer, ReviewerID: peer.ID(a.ReviewerId).String(), At: a.At})
+		}
+		if len(r.EditedData) > 0 && json.Valid(r.EditedData) {
+			row.EditedData = json.RawMessage(r.EditedData)
+		}
+	}
+	return row
+}
+
+// replied is a row as a decision's reply carries it: a request still
+// waiting says how many approvals it needs.
+func (s *Service) replied(r *storepb.Request) Row {
+	row := s.render(r)
+	if r.Status == Waiting.String() && s.IsReviewer() {
+		row.ApprovalsRequired = s.approvals
+	}
 	return row
 }
 
 // view is a row as the operator reads it: on the reviewer, a waiting row
-// says whether accepting it now would be refused.
+// says how many approvals it needs and whether accepting it now would be
+// refused.
 func (s *Service) view(r *storepb.Request) Row {
-	row := s.render(r)
+	row := s.replied(r)
 	if r.Status == Waiting.String() && s.IsReviewer() {
 		row.Conflict = s.conflict(r)
 	}
@@ -75,7 +130,11 @@ func (s *Service) conflict(r *storepb.Request) string {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return ""
 	}
-	if _, err := ApplyRow(typ, r.TableId, existing, r.Data, true); err != nil {
+	data := r.Data
+	if len(r.EditedData) > 0 {
+		data = r.EditedData
+	}
+	if _, err := ApplyRow(typ, r.TableId, existing, data, true); err != nil {
 		return err.Error()
 	}
 	return ""

@@ -73,8 +73,11 @@ type Service struct {
 	gaps    CatchUp
 	tracer  Tracer
 	maxData int
-	log     *slog.Logger
-	ready   func() error
+	// approvals is review.approvals: the distinct reviewer nodes that must
+	// accept the same data before a request is decided.
+	approvals int
+	log       *slog.Logger
+	ready     func() error
 
 	snapMu      sync.Mutex
 	snapRunning bool
@@ -93,7 +96,9 @@ type Deps struct {
 	// Tracer, if set, hears of requests submitted and decisions taken.
 	Tracer          Tracer
 	MaxMessageBytes int
-	Logger          *slog.Logger
+	// Approvals is review.approvals (0: 1).
+	Approvals int
+	Logger    *slog.Logger
 	// Ready, if set, is asked before a decision: an error refuses it (a
 	// reviewer that has not compared its decisions with a member since it
 	// started may have been restored from an older copy).
@@ -109,7 +114,7 @@ func New(d Deps) *Service {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	return &Service{st: d.Store, roles: d.Roles, pub: d.Publisher, gaps: d.CatchUp, tracer: d.Tracer, maxData: d.MaxMessageBytes, log: d.Logger,
-		ready: d.Ready}
+		ready: d.Ready, approvals: max(d.Approvals, 1)}
 }
 
 // IsReviewer reports whether this node is the reviewer.
@@ -319,26 +324,35 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			return err
 		}
 		cur, _ := ParseStatus(r.Status)
-		next, eff, err := Transition(cur, typ, dec, s.IsReviewer(), len(req.Data) > 0 || len(req.Set) > 0)
+		// An edit's data is computed first and its error kept: the state
+		// machine's refusals (not the reviewer, decided, a delete) come first.
+		hasData := len(req.Data) > 0 || len(req.Set) > 0
+		var edit []byte
+		var editErr error
+		if dec == Edit && hasData {
+			edit, editErr = s.editData(r, typ, req)
+		}
+		now := tx.Now()
+		out, err := Transition(stateOf(r, cur, typ), Act{Decision: dec, By: self, ByName: s.roles.SelfName(), IsReviewer: s.IsReviewer(),
+			At: now.Unix(), HasData: hasData, Data: edit}, s.approvals)
 		if err != nil {
 			return err
 		}
-		data := r.Data
-		if dec == Edit {
-			if len(req.Data) > 0 {
-				if data, err = CheckData(r.TableId, req.Data, typ); err != nil {
-					return err
-				}
-			}
-			if len(req.Set) > 0 {
-				if data, err = SetFields(data, req.Set); err != nil {
-					return err
-				}
-			}
-			if err := s.checkSize(data); err != nil {
-				return err
-			}
+		if editErr != nil {
+			return editErr
 		}
+		if out.Status == Waiting {
+			// An approval that does not decide yet: the row keeps it (and a
+			// note for the decision), nothing else changes.
+			r.Approvals, r.EditedData = approvalsPB(out.Approvals), out.Edited
+			if req.Note != "" || dec == Edit {
+				r.DescriptionReceiver = req.Note
+			}
+			tx.PutRequest(r)
+			row = r
+			return nil
+		}
+		next, eff, data := out.Status, out.Effects, out.Data
 		var seq uint64
 		if eff.Apply {
 			existing, err := tx.GetRow(r.TableName, r.TableId)
@@ -355,10 +369,12 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			}
 		}
 		note := req.Note
+		if note == "" && next != Rejected {
+			note = r.DescriptionReceiver // given with an earlier approval of what is decided
+		}
 		if note == "" {
 			note = defaultNote(typ, next)
 		}
-		now := tx.Now()
 		applicant := peer.ID(r.ApplicantId)
 		d := &pb.ReviewDecision{Origin: r.Origin, Sequence: seq, Status: next.String(), Data: data, ReceiverNote: note,
 			ReviewerName: s.roles.SelfName(), Applicant: r.ApplicantId, DecidedAt: now.Unix(),
@@ -387,6 +403,7 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			tx.SetCounter(ctrApplied, seq)
 		}
 		r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
+		r.Approvals, r.EditedData = nil, nil
 		tx.PutRequest(r)
 		row = r
 		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
@@ -401,8 +418,49 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			done(Row{}, err)
 			return
 		}
-		done(s.render(row), nil)
+		done(s.replied(row), nil)
 	})
+}
+
+// editData is the data an edit asks for: data replacing the round's (the
+// pending edit's, else the request's), then the fields of set over it.
+func (s *Service) editData(r *storepb.Request, typ Type, req DecideRequest) ([]byte, error) {
+	data := r.Data
+	if len(r.EditedData) > 0 {
+		data = r.EditedData
+	}
+	var err error
+	if len(req.Data) > 0 {
+		if data, err = CheckData(r.TableId, req.Data, typ); err != nil {
+			return nil, err
+		}
+	}
+	if len(req.Set) > 0 {
+		if data, err = SetFields(data, req.Set); err != nil {
+			return nil, err
+		}
+	}
+	return data, s.checkSize(data)
+}
+
+// stateOf is what the state machine reads of a stored request.
+func stateOf(r *storepb.Request, st Status, typ Type) RequestState {
+	rs := RequestState{Status: st, Type: typ, Applicant: peer.ID(r.ApplicantId), Data: r.Data}
+	if len(r.EditedData) > 0 {
+		rs.Edited = r.EditedData
+	}
+	for _, a := range r.Approvals {
+		rs.Approvals = append(rs.Approvals, Approval{ReviewerID: peer.ID(a.ReviewerId), Reviewer: a.Reviewer, At: a.At, Digest: a.Digest})
+	}
+	return rs
+}
+
+func approvalsPB(as []Approval) []*storepb.Approval {
+	out := make([]*storepb.Approval, 0, len(as))
+	for _, a := range as {
+		out = append(out, &storepb.Approval{ReviewerId: []byte(a.ReviewerID), Reviewer: a.Reviewer, At: a.At, Digest: a.Digest})
+	}
+	return out
 }
 
 func defaultNote(t Type, s Status) string {

@@ -3,18 +3,24 @@
 // accepts, edits or rejects it; accepted and edited changes are applied at
 // the reviewer with the next decision sequence and sent to every member,
 // which apply them in that order; a rejection goes to the applicant only.
+// With review.approvals k > 1 a request is decided only once k distinct
+// reviewer nodes accepted the same data; until then its row keeps their
+// approvals.
 //
-// state.go is the pure state machine (no I/O): statuses, decisions, the
-// table row change a decision makes. service.go runs its effects against
+// state.go is the pure state machine (no I/O): statuses, decisions,
+// approvals, the table row change a decision makes. service.go runs its effects against
 // the store and the stream layer.
 package review
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry"
 )
@@ -128,6 +134,12 @@ var (
 	ErrRowMissing      = fmt.Errorf("%w: the row does not exist", ferry.ErrConflict)
 )
 
+// Refusals of approvals (review.approvals > 1).
+var (
+	ErrAlreadyApproved   = fmt.Errorf("%w: already approved by you", ferry.ErrConflict)
+	ErrApplicantApproval = fmt.Errorf("%w: the applicant's node does not count towards its approvals; another reviewer node must accept it", ferry.ErrForbidden)
+)
+
 // Effects is what a transition asks the service to do.
 type Effects struct {
 	// Apply: change the reviewer's table and take the next decision sequence.
@@ -136,29 +148,169 @@ type Effects struct {
 	Broadcast bool
 }
 
-// Transition decides a request. It is pure: the caller runs the effects.
-func Transition(current Status, typ Type, d Decision, isReviewer, hasData bool) (Status, Effects, error) {
-	if !isReviewer {
-		return current, Effects{}, ErrNotReviewer
+// Approval is one reviewer node's accept of a request's data: the node, when
+// (Unix seconds), and the DataDigest of the data it accepted.
+type Approval struct {
+	ReviewerID peer.ID
+	Reviewer   string
+	At         int64
+	Digest     []byte
+}
+
+// DataDigest names request data for approvals: the SHA-256 of its bytes as
+// the node keeps them (CheckData and SetFields encode objects with their
+// keys in order, so the same data has the same bytes).
+func DataDigest(data []byte) []byte {
+	h := sha256.Sum256(data)
+	return h[:]
+}
+
+// RequestState is what the state machine reads of a request.
+type RequestState struct {
+	Status    Status
+	Type      Type
+	Applicant peer.ID
+	// Data is the request's data; Edited, while it waits, an edit that has
+	// not reached its approvals yet (nil: none). The round approves Edited
+	// if set, else Data.
+	Data, Edited []byte
+	// Approvals of the round's data (others no longer count).
+	Approvals []Approval
+}
+
+// Act is one decision asked of a node.
+type Act struct {
+	Decision Decision
+	By       peer.ID
+	ByName   string
+	// IsReviewer: By is a node of the review group.
+	IsReviewer bool
+	At         int64 // Unix seconds
+	// HasData: an edit came with data or fields to set; Data is the edited
+	// data (the service computes it).
+	HasData bool
+	Data    []byte
+}
+
+// Outcome is what a transition leads to.
+type Outcome struct {
+	// Status is the request's new status: Waiting when the act was an
+	// approval that did not reach review.approvals (the row keeps it).
+	Status  Status
+	Effects Effects
+	// Data is the data applied (decided), or the request's data (waiting).
+	Data []byte
+	// Edited and Approvals are what the waiting row keeps: the edit the
+	// round approves (nil: none) and the approvals of the round's data.
+	Edited    []byte
+	Approvals []Approval
+	// Needed is how many more approvals the round needs (waiting only).
+	Needed int
+}
+
+// Transition decides a request, or records an approval of it, with k the
+// distinct reviewer nodes that must accept the same data (review.approvals;
+// below 1 counts as 1). It is pure: the caller runs the effects.
+//
+// With k = 1 one accept or edit by a reviewer node decides, the applicant's
+// node too (a reviewer that submitted a request may decide it, as with one
+// reviewer). With k > 1 an accept records the node's approval of the
+// round's data, and the k-th distinct one decides (accepted, or edited when
+// the round approves an edit); the applicant's node does not count towards
+// them; an edit starts a new round for its data with the editor's approval
+// (approvals of the same data still count); one reject decides rejected.
+func Transition(s RequestState, a Act, k int) (Outcome, error) {
+	if !a.IsReviewer {
+		return Outcome{Status: s.Status}, ErrNotReviewer
 	}
-	if current != Waiting {
-		return current, Effects{}, fmt.Errorf("%w (it is %s)", ErrDecided, current)
+	if s.Status != Waiting {
+		return Outcome{Status: s.Status}, fmt.Errorf("%w (it is %s)", ErrDecided, s.Status)
 	}
-	switch d {
-	case Accept:
-		return Accepted, Effects{Apply: true, Broadcast: true}, nil
-	case Edit:
-		if typ == Delete {
-			return current, Effects{}, ErrEditDelete
-		}
-		if !hasData {
-			return current, Effects{}, ErrEditWithoutData
-		}
-		return Edited, Effects{Apply: true, Broadcast: true}, nil
+	k = max(k, 1)
+	// counts: whether a node's approval counts towards k.
+	counts := func(p peer.ID) bool { return k == 1 || p != s.Applicant }
+	refuse := func(err error) (Outcome, error) {
+		return Outcome{Status: Waiting, Data: s.Data, Edited: s.Edited, Approvals: s.Approvals}, err
+	}
+	switch a.Decision {
 	case Reject:
-		return Rejected, Effects{}, nil
+		return Outcome{Status: Rejected, Data: s.Data}, nil
+	case Accept:
+		if !counts(a.By) {
+			return refuse(ErrApplicantApproval)
+		}
+		round, edited := s.Data, false
+		if s.Edited != nil {
+			round, edited = s.Edited, true
+		}
+		approvals, err := approve(s.Approvals, DataDigest(round), a, k, counts)
+		if err != nil {
+			return refuse(err)
+		}
+		return settle(s, round, edited, approvals, k), nil
+	case Edit:
+		if s.Type == Delete {
+			return refuse(ErrEditDelete)
+		}
+		if !a.HasData {
+			return refuse(ErrEditWithoutData)
+		}
+		d := DataDigest(a.Data)
+		var approvals []Approval
+		var err error
+		if counts(a.By) {
+			approvals, err = approve(s.Approvals, d, a, k, counts)
+		} else {
+			approvals = current(s.Approvals, d, counts)
+		}
+		if err != nil {
+			return refuse(err)
+		}
+		return settle(s, a.Data, true, approvals, k), nil
 	}
-	return current, Effects{}, fmt.Errorf("%w: unknown decision %d", ferry.ErrBadRequest, d)
+	return refuse(fmt.Errorf("%w: unknown decision %d", ferry.ErrBadRequest, a.Decision))
+}
+
+// current is the approvals that count for data of digest d: one per node,
+// of that data, by nodes that count.
+func current(have []Approval, d []byte, counts func(peer.ID) bool) []Approval {
+	var out []Approval
+	for _, x := range have {
+		if bytes.Equal(x.Digest, d) && counts(x.ReviewerID) &&
+			!slices.ContainsFunc(out, func(y Approval) bool { return y.ReviewerID == x.ReviewerID }) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// approve adds a's approval of the data of digest d to the ones that count;
+// a node that approved that data already is refused while more are needed.
+func approve(have []Approval, d []byte, a Act, k int, counts func(peer.ID) bool) ([]Approval, error) {
+	out := current(have, d, counts)
+	if slices.ContainsFunc(out, func(x Approval) bool { return x.ReviewerID == a.By }) {
+		if len(out) < k {
+			return nil, fmt.Errorf("%w; waiting for %d more", ErrAlreadyApproved, k-len(out))
+		}
+		return out, nil // k was lowered since: it decides
+	}
+	return append(out, Approval{ReviewerID: a.By, Reviewer: a.ByName, At: a.At, Digest: d}), nil
+}
+
+// settle decides the round's data once it has k approvals, else keeps them.
+func settle(s RequestState, round []byte, edited bool, approvals []Approval, k int) Outcome {
+	if len(approvals) >= k {
+		st := Accepted
+		if edited {
+			st = Edited
+		}
+		return Outcome{Status: st, Effects: Effects{Apply: true, Broadcast: true}, Data: round}
+	}
+	var e []byte
+	if edited {
+		e = round
+	}
+	return Outcome{Status: Waiting, Data: s.Data, Edited: e, Approvals: approvals, Needed: k - len(approvals)}
 }
 
 // RowChange is what applying a request does to one table row: the new row

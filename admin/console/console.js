@@ -253,15 +253,42 @@ function requestCard(r, st) {
   } else {
     card.append(el("div", {class: "meta mono", text: "data " + json(r.data)}));
   }
+  if (r.status === "waiting" && r.edited_data) {
+    card.append(el("div", {class: "meta mono edited-data", text: "edited data " + json(r.edited_data) + " (accepting approves it)"}));
+  }
   if (r.conflict) card.append(el("div", {class: "conflict", text: "Accepting now would be refused: " + r.conflict}));
+  const ap = approvalsOf(r, st);
+  if (ap.text) card.append(el("div", {class: "approvals", id: "approvals-" + r.id}, ap.text));
   if (r.status === "waiting" && st.is_reviewer) {
     const off = !state.online;
-    card.append(el("div", {class: "decide"},
-      el("button", {type: "button", class: "primary needs-node", disabled: off, id: "accept-" + r.id, onclick: () => decide(r, "accept")}, "Accept…"),
+    // A node that approved the data the request waits on, or the applicant's
+    // own node while more than one approval is needed, is not offered the
+    // accept button again: the node would refuse it.
+    const accept = ap.mine ? el("span", {class: ap.mine.startsWith("approved") ? "approved" : "approved muted", id: "approved-" + r.id, text: ap.mine}) :
+      el("button", {type: "button", class: "primary needs-node", disabled: off, id: "accept-" + r.id, onclick: () => decide(r, "accept")}, "Accept…");
+    card.append(el("div", {class: "decide"}, accept,
       r.type !== "delete" ? el("button", {type: "button", class: "needs-node", disabled: off, id: "edit-" + r.id, onclick: () => decide(r, "edit")}, "Edit…") : null,
       el("button", {type: "button", class: "danger needs-node", disabled: off, id: "reject-" + r.id, onclick: () => decide(r, "reject")}, "Reject…")));
   }
   return card;
+}
+
+// approvalsOf reads a waiting request's approvals (review.approvals > 1):
+// the line that says who approved it and what it still needs ("approvals 1
+// of 2: S at 12:00:01 · waiting for 1 more"), and, when this node may not
+// accept it again, why ("approved by you, waiting for 1 more"). With one
+// approval needed both are empty: one accept decides.
+function approvalsOf(r, st) {
+  const list = r.approvals || [], need = r.approvals_required || 0;
+  if (r.status !== "waiting" || (need <= 1 && list.length === 0)) return {text: "", mine: ""};
+  const more = Math.max(need - list.length, 0);
+  const who = list.map((a) => a.reviewer + " at " + new Date(a.at * 1000).toLocaleTimeString());
+  const text = "approvals " + list.length + " of " + need + (who.length ? ": " + who.join(", ") : "") +
+    (more ? " · waiting for " + more + " more" : "") + (r.edited_data ? " · of the edited data" : "");
+  let mine = "";
+  if (st && list.some((a) => a.reviewer_id === st.peer_id)) mine = "approved by you, waiting for " + more + " more";
+  else if (st && need > 1 && r.applicant_id === st.peer_id) mine = "submitted here: this node's approval does not count, waiting for " + more + " more";
+  return {text, mine};
 }
 
 function defaultNote(r) {
@@ -290,7 +317,13 @@ function decide(r, decision) {
   $("confirm-error").textContent = "";
   $("note").value = "";
   $("edit-fields").hidden = decision !== "edit";
-  if (decision === "accept") {
+  const more = Math.max((r.approvals_required || 1) - (r.approvals || []).length, 1);
+  if (decision === "accept" && more > 1) {
+    $("confirm-title").textContent = "Approve request " + r.id + "?";
+    $("confirm-text").textContent = "Your approval of the change (" + what + ") is kept; it is applied and goes to every member (" + to +
+      ") once " + (more - 1) + " more reviewer node" + (more > 2 ? "s" : "") + " accepted the same data.";
+    $("confirm-ok").textContent = "Approve";
+  } else if (decision === "accept") {
     $("confirm-title").textContent = "Accept request " + r.id + "?";
     $("confirm-text").textContent = "The change (" + what + ") is applied here and the decision goes to every member: " + to + ". It cannot be undone.";
     $("confirm-ok").textContent = "Accept";
@@ -300,7 +333,9 @@ function decide(r, decision) {
     $("confirm-ok").textContent = "Reject";
   } else {
     $("confirm-title").textContent = "Edit request " + r.id + " (" + what + ")";
-    $("confirm-text").textContent = "Change the values, then save: the edited data is applied here and the decision goes to every member: " + to + ".";
+    $("confirm-text").textContent = (r.approvals_required || 1) > 1 ?
+      "Change the values, then save: the edit starts a new round of approvals (" + r.approvals_required + " reviewer nodes must accept the edited data); then it is applied and goes to every member: " + to + "." :
+      "Change the values, then save: the edited data is applied here and the decision goes to every member: " + to + ".";
     $("confirm-ok").textContent = "Save edit";
     fillFields(r, d);
   }
@@ -314,7 +349,7 @@ function fillFields(r, d) {
   const tb = document.querySelector("#edit-fields tbody");
   tb.replaceChildren();
   const cur = d && d.current ? d.current : {};
-  for (const [k, v] of Object.entries(r.data || {})) tb.append(fieldRow(k, v, cur[k], false));
+  for (const [k, v] of Object.entries(r.edited_data || r.data || {})) tb.append(fieldRow(k, v, cur[k], false));
 }
 
 function fieldRow(name, value, current, isNew) {
@@ -366,6 +401,12 @@ $("confirm-form").addEventListener("submit", async (e) => {
     $("confirm").close("ok");
     pending = null;
     const row = out.request;
+    if (row.status === "waiting") {
+      // An approval kept: the request waits for more (review.approvals).
+      say("Request " + r.id + " " + (approvalsOf(row, state.status).mine || "approved, still waiting") + ".");
+      refresh();
+      return;
+    }
     const m = say("Request " + r.id + " " + row.status + (row.sequence ? " as decision " + row.sequence : "") + ": ");
     const span = el("span", {class: "applied", text: row.status === "rejected" ? "the rejection goes to " + row.applicant + "." :
       "applied here; the decision goes to every member."});

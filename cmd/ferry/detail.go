@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/review"
 )
 
 // requestDetail prints one request as a detail view: its fields, the table
@@ -32,6 +33,12 @@ func (g *globals) requestDetail(w *tabwriter.Writer, d node.RequestDetail) {
 		fmt.Fprintf(w, "\treceiver: %s\n", r.Description.Receiver)
 	}
 	fmt.Fprintf(w, "data\t%s\n", compact(r.Data))
+	if len(r.EditedData) > 0 {
+		fmt.Fprintf(w, "edited data\t%s (an edit waiting for approvals: accepting approves it)\n", compact(r.EditedData))
+	}
+	if a := g.approvals(r); a != "" {
+		fmt.Fprintf(w, "approvals\t%s\n", a)
+	}
 	cur := "(none: the row does not exist here)"
 	if string(d.Current) != "null" && len(d.Current) > 0 {
 		cur = compact(d.Current)
@@ -56,6 +63,27 @@ func (g *globals) requestDetail(w *tabwriter.Writer, d node.RequestDetail) {
 	for _, f := range d.Diff {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", f.Field, f.Change, rawCell(f.Before), rawCell(f.After))
 	}
+}
+
+// approvals says who approved a waiting request and what it still needs
+// ("1 of 2: S 3s ago; waiting for 1 more"); "" when one approval decides
+// and none is kept.
+func (g *globals) approvals(r review.Row) string {
+	if r.Status != "waiting" || (r.ApprovalsRequired <= 1 && len(r.Approvals) == 0) {
+		return ""
+	}
+	var who []string
+	for _, a := range r.Approvals {
+		who = append(who, a.Reviewer+" "+g.when(unix(a.At)))
+	}
+	s := fmt.Sprintf("%d of %d", len(r.Approvals), r.ApprovalsRequired)
+	if len(who) > 0 {
+		s += ": " + strings.Join(who, ", ")
+	}
+	if n := r.ApprovalsRequired - len(r.Approvals); n > 0 {
+		s += fmt.Sprintf("; waiting for %d more", n)
+	}
+	return s
 }
 
 func rawCell(raw json.RawMessage) string {

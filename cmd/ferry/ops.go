@@ -268,7 +268,12 @@ func requestsCmd(g *globals) *cobra.Command {
 				if err := c.call("POST", "/api/v1/requests/"+strconv.FormatUint(id, 10)+"/"+d, body, &out); err != nil {
 					return err
 				}
-				return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) { g.RequestTable(w, []review.Row{out.Request}) })
+				return g.emit(cmd.OutOrStdout(), out.Request, func(w *tabwriter.Writer) {
+					g.RequestTable(w, []review.Row{out.Request})
+					if a := g.approvals(out.Request); a != "" {
+						fmt.Fprintf(w, "\napproved here; the request waits for review.approvals: %s\n", a)
+					}
+				})
 			}}
 		dc.Flags().StringVar(&note, "note", "", "description.receiver (default: added, updated, deleted, edited or rejected)")
 		if d == "edit" {

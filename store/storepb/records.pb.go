@@ -506,8 +506,15 @@ type Request struct {
 	Sequence            uint64                 `protobuf:"varint,15,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	DecidedAt           int64                  `protobuf:"varint,16,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
 	ChangeVersion       uint64                 `protobuf:"varint,17,opt,name=change_version,json=changeVersion,proto3" json:"change_version,omitempty"` // the local change holding the request or decision envelope
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// While the request waits: the reviewer nodes that accepted the data of
+	// the current round (edited_data, else data), in the order they did;
+	// cleared when it is decided.
+	Approvals []*Approval `protobuf:"bytes,18,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	// While the request waits: the data of an edit that has not yet reached
+	// review.approvals (empty: the round approves data); cleared when decided.
+	EditedData    []byte `protobuf:"bytes,19,opt,name=edited_data,json=editedData,proto3" json:"edited_data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
@@ -659,6 +666,89 @@ func (x *Request) GetChangeVersion() uint64 {
 	return 0
 }
 
+func (x *Request) GetApprovals() []*Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+func (x *Request) GetEditedData() []byte {
+	if x != nil {
+		return x.EditedData
+	}
+	return nil
+}
+
+// Approval is one reviewer node's accept of a request's data (review.approvals).
+type Approval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReviewerId    []byte                 `protobuf:"bytes,1,opt,name=reviewer_id,json=reviewerId,proto3" json:"reviewer_id,omitempty"` // peer id of the reviewer node
+	Reviewer      string                 `protobuf:"bytes,2,opt,name=reviewer,proto3" json:"reviewer,omitempty"`                       // its name
+	At            int64                  `protobuf:"varint,3,opt,name=at,proto3" json:"at,omitempty"`                                  // unix seconds
+	Digest        []byte                 `protobuf:"bytes,4,opt,name=digest,proto3" json:"digest,omitempty"`                           // SHA-256 of the data approved
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_records_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_records_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_records_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Approval) GetReviewerId() []byte {
+	if x != nil {
+		return x.ReviewerId
+	}
+	return nil
+}
+
+func (x *Approval) GetReviewer() string {
+	if x != nil {
+		return x.Reviewer
+	}
+	return ""
+}
+
+func (x *Approval) GetAt() int64 {
+	if x != nil {
+		return x.At
+	}
+	return 0
+}
+
+func (x *Approval) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
 // Peer is an entry of the peer book.
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -675,7 +765,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_records_proto_msgTypes[6]
+	mi := &file_records_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +777,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_records_proto_msgTypes[6]
+	mi := &file_records_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +790,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_records_proto_rawDescGZIP(), []int{6}
+	return file_records_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Peer) GetId() []byte {
@@ -797,7 +887,7 @@ const file_records_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"<\n" +
 	"\x05Floor\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x19\n" +
-	"\backed_at\x18\x02 \x01(\x03R\aackedAt\"\x8c\x04\n" +
+	"\backed_at\x18\x02 \x01(\x03R\aackedAt\"\xe5\x04\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\btable_id\x18\x02 \x01(\x04R\atableId\x12\x1d\n" +
@@ -820,7 +910,16 @@ const file_records_proto_rawDesc = "" +
 	"\bsequence\x18\x0f \x01(\x04R\bsequence\x12\x1d\n" +
 	"\n" +
 	"decided_at\x18\x10 \x01(\x03R\tdecidedAt\x12%\n" +
-	"\x0echange_version\x18\x11 \x01(\x04R\rchangeVersion\"\xb4\x01\n" +
+	"\x0echange_version\x18\x11 \x01(\x04R\rchangeVersion\x126\n" +
+	"\tapprovals\x18\x12 \x03(\v2\x18.ferry.store.v1.ApprovalR\tapprovals\x12\x1f\n" +
+	"\vedited_data\x18\x13 \x01(\fR\n" +
+	"editedData\"o\n" +
+	"\bApproval\x12\x1f\n" +
+	"\vreviewer_id\x18\x01 \x01(\fR\n" +
+	"reviewerId\x12\x1a\n" +
+	"\breviewer\x18\x02 \x01(\tR\breviewer\x12\x0e\n" +
+	"\x02at\x18\x03 \x01(\x03R\x02at\x12\x16\n" +
+	"\x06digest\x18\x04 \x01(\fR\x06digest\"\xb4\x01\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -844,7 +943,7 @@ func file_records_proto_rawDescGZIP() []byte {
 }
 
 var file_records_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_records_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_records_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_records_proto_goTypes = []any{
 	(Delivery_State)(0), // 0: ferry.store.v1.Delivery.State
 	(*Delivery)(nil),    // 1: ferry.store.v1.Delivery
@@ -853,15 +952,17 @@ var file_records_proto_goTypes = []any{
 	(*Position)(nil),    // 4: ferry.store.v1.Position
 	(*Floor)(nil),       // 5: ferry.store.v1.Floor
 	(*Request)(nil),     // 6: ferry.store.v1.Request
-	(*Peer)(nil),        // 7: ferry.store.v1.Peer
+	(*Approval)(nil),    // 7: ferry.store.v1.Approval
+	(*Peer)(nil),        // 8: ferry.store.v1.Peer
 }
 var file_records_proto_depIdxs = []int32{
 	0, // 0: ferry.store.v1.Delivery.state:type_name -> ferry.store.v1.Delivery.State
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	7, // 1: ferry.store.v1.Request.approvals:type_name -> ferry.store.v1.Approval
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_records_proto_init() }
@@ -875,7 +976,7 @@ func file_records_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_records_proto_rawDesc), len(file_records_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
