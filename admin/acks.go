@@ -307,7 +307,7 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 	to := e.To
 	if len(to) == 0 {
 		to = d.broadcast(l)
-		if l == stream.LaneDecision {
+		if l == stream.LaneDecision && d.srv.review.IsReviewer() {
 			to = d.withDeparted(to, e.CreatedAt)
 		}
 	} else if len(to) > 1 {
