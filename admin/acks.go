@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry"
+	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
 )
@@ -18,7 +19,11 @@ import (
 // (own change, receiver) pair, and its state is derived from the change log,
 // the receiver's ack floor of the change's lane and the refusals. A change
 // goes to the receivers its entry names, or, broadcast, to the lane's
-// receivers (partners for resources, members for decisions).
+// receivers (partners for resources, members for decisions). A member that
+// left (its record expired, or it was removed: peers/leave.go) keeps the
+// rows of the decisions made while it was one: those it had not
+// acknowledged are closed, with the reason, instead of pending for ever;
+// it has no row of a decision made after it left.
 
 // Limits of one page of acknowledgement rows.
 const (
@@ -32,7 +37,7 @@ const (
 
 // AckStates and AckKinds are what acknowledgement rows may be filtered by.
 var (
-	AckStates = []string{AckPending, AckSended, AckRejected}
+	AckStates = []string{AckPending, AckSended, AckRejected, AckClosed}
 	AckKinds  = []string{"resource", "considers", "planner", "request", "decision"}
 )
 
@@ -40,7 +45,7 @@ var (
 type AckQuery struct {
 	RequestID uint64 // 0: any
 	Receiver  string // peer id or name; "": any
-	State     string // "pending", "sended", "rejected"; "": any
+	State     string // "pending", "sended", "rejected", "closed"; "": any
 	Kind      string // "resource", "considers", "planner", "request", "decision"; "": any
 	Version   uint64 // one change (this node's version); 0: any
 	Before    string // page cursor (AckPage.Next); "": start from the newest
@@ -61,7 +66,7 @@ type AckRow struct {
 	RequestID     uint64    `json:"request_id"` // review messages; 0 otherwise
 	Receiver      string    `json:"receiver"`   // name
 	ReceiverID    string    `json:"receiver_id"`
-	Ack           string    `json:"ack"`  // pending, sended, rejected
+	Ack           string    `json:"ack"`  // pending, sended, rejected, closed
 	Kind          string    `json:"kind"` // resource, considers, planner, request, decision
 	Protocol      string    `json:"protocol"`
 	Version       uint64    `json:"version"`
@@ -69,6 +74,10 @@ type AckRow struct {
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
 	CreatedAt     time.Time `json:"created_at"`
 	Error         string    `json:"error,omitempty"` // rejected: why; pending: the last send error
+	// Reason says why a row is closed: the receiver left ("member left:
+	// its record expired at ...", "member removed by the operator at
+	// ...", "member removed: not in `members` of the config since ...").
+	Reason string `json:"reason,omitempty"`
 }
 
 // Ack states.
@@ -76,6 +85,11 @@ const (
 	AckPending  = "pending"
 	AckSended   = "sended"
 	AckRejected = "rejected"
+	// AckClosed: the receiver was a member and left before it
+	// acknowledged the change; nothing more is sent to it (Reason says
+	// why). A member that comes back is a receiver again, as a new member
+	// is, and its rows are pending until it caught up.
+	AckClosed = "closed"
 )
 
 func parseCursor(s string) (ver uint64, n int, err error) {
@@ -102,9 +116,9 @@ func (srv *Server) Acks(q AckQuery) (AckPage, error) {
 		return page, badReq("limit must be 1-%d", MaxAckPage)
 	}
 	switch q.State {
-	case "", AckPending, AckSended, AckRejected:
+	case "", AckPending, AckSended, AckRejected, AckClosed:
 	default:
-		return page, badReq("state %q is not pending, sended or rejected", q.State)
+		return page, badReq("state %q is not pending, sended, rejected or closed", q.State)
 	}
 	if q.Kind != "" && !slices.Contains(AckKinds, q.Kind) {
 		return page, badReq("kind %q is not resource, considers, planner, request or decision", q.Kind)
@@ -196,6 +210,10 @@ type ackDeriver struct {
 	refusals  map[peer.ID]map[uint64]string
 	lanes     map[laneOf]stream.LaneState
 	ids       map[peer.ID]string // peer ids as text (base58 costs; a listing names each receiver on every row)
+	// departed are the members that left (read once per listing), by
+	// peer and in the order of their names.
+	departed  map[peer.ID]peers.Departure
+	leftOrder []peers.Departure
 }
 
 type laneOf struct {
@@ -204,8 +222,30 @@ type laneOf struct {
 }
 
 func newAckDeriver(srv *Server) *ackDeriver {
-	return &ackDeriver{srv: srv, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
-		lanes: map[laneOf]stream.LaneState{}, ids: map[peer.ID]string{}}
+	d := &ackDeriver{srv: srv, receivers: map[stream.Lane][]peer.ID{}, refusals: map[peer.ID]map[uint64]string{},
+		lanes: map[laneOf]stream.LaneState{}, ids: map[peer.ID]string{}, departed: map[peer.ID]peers.Departure{}}
+	d.leftOrder = srv.book.Departed()
+	for _, x := range d.leftOrder {
+		d.departed[x.Peer] = x
+	}
+	return d
+}
+
+// withDeparted adds to a decision's broadcast receivers the members that
+// left after it was made (created, unix nanoseconds).
+func (d *ackDeriver) withDeparted(to []peer.ID, created int64) []peer.ID {
+	var add []peer.ID
+	for _, x := range d.leftOrder {
+		if x.At.UnixNano() >= created {
+			add = append(add, x.Peer)
+		}
+	}
+	if len(add) == 0 {
+		return to
+	}
+	out := append(slices.Clone(to), add...)
+	d.sortByName(out)
+	return out
 }
 
 // idText is p.String(), once per listing.
@@ -267,6 +307,9 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 	to := e.To
 	if len(to) == 0 {
 		to = d.broadcast(l)
+		if l == stream.LaneDecision && d.srv.review.IsReviewer() {
+			to = d.withDeparted(to, e.CreatedAt)
+		}
 	} else if len(to) > 1 {
 		to = slices.Clone(to)
 		d.sortByName(to)
@@ -284,11 +327,14 @@ func (d *ackDeriver) rows(e store.OwnEntry) ([]AckRow, error) {
 		if err != nil {
 			return nil, err
 		}
+		left, gone := d.departed[p]
 		switch {
 		case rejected:
 			r.Ack, r.Error, r.Attempts = AckRejected, reason, 1
 		case ls.Floor >= e.Version:
 			r.Ack, r.Attempts = AckSended, 1
+		case gone && (l == stream.LaneDecision || l == stream.LaneRejection):
+			r.Ack, r.Reason, r.Attempts = AckClosed, left.Reason, ls.Attempts
 		default:
 			r.Ack = AckPending
 			if ls.Inflight > 0 || ls.Attempts > 0 {
@@ -352,6 +398,11 @@ func (srv *Server) Deliveries() []DeliveryState {
 	}
 	out := make([]DeliveryState, 0, len(keys))
 	for _, k := range keys {
+		if k.l == stream.LaneDecision || k.l == stream.LaneRejection {
+			if _, left := srv.book.Left(k.p); left {
+				continue // its rows are closed: it is owed nothing
+			}
+		}
 		ls := srv.sender.Lane(k.p, k.l)
 		broadcast := srv.book.Receives(k.p, k.l)
 		if !broadcast && !(k.l == stream.LaneRequest && k.p == srv.book.Reviewer()) {

@@ -278,6 +278,20 @@ func (srv *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /api/v1/partners/{id}", func(w http.ResponseWriter, r *http.Request) {
 		srv.partnerCall(w, r, r.PathValue("id"), false)
 	})
+	mux.HandleFunc("GET /api/v1/members", srv.membersPage)
+	mux.HandleFunc("POST /api/v1/members", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			PeerID string `json:"peer_id"`
+		}
+		if err := srv.decode(r, &req); err != nil {
+			fail(w, err)
+			return
+		}
+		srv.memberCall(w, r, req.PeerID, true)
+	})
+	mux.HandleFunc("DELETE /api/v1/members/{id}", func(w http.ResponseWriter, r *http.Request) {
+		srv.memberCall(w, r, r.PathValue("id"), false)
+	})
 	mux.HandleFunc("GET /api/v1/requests", func(w http.ResponseWriter, r *http.Request) {
 		after, limit, err := idPage(r)
 		if err != nil {

@@ -23,6 +23,10 @@ type Applied struct {
 	Total     int      `json:"total"`
 	Waiting   []string `json:"waiting"` // receivers that have not acknowledged it yet
 	Refused   []string `json:"refused"` // receivers that refused it for good
+	// Left are the receivers that left (members no more) before they
+	// acknowledged it: their rows are closed, and they are not counted in
+	// Total.
+	Left []string `json:"left"`
 }
 
 // DecisionApplied reports who has applied request id's decision. Only the
@@ -46,11 +50,15 @@ func (srv *Server) DecisionApplied(id uint64) (Applied, error) {
 	if err != nil {
 		return Applied{}, err
 	}
-	a := Applied{RequestID: id, Status: r.Status, Waiting: []string{}, Refused: []string{}}
+	a := Applied{RequestID: id, Status: r.Status, Waiting: []string{}, Refused: []string{}, Left: []string{}}
 	if r.Status != "rejected" {
 		a.Done, a.Total = 1, 1 // applied here when it was made
 	}
 	for _, row := range page.Rows {
+		if row.Ack == AckClosed {
+			a.Left = append(a.Left, row.Receiver)
+			continue
+		}
 		a.Total++
 		switch row.Ack {
 		case AckSended:

@@ -45,6 +45,9 @@ type Node interface {
 	// protects the connection and wakes the sender); addresses given with
 	// an add are kept and dialed.
 	SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.Multiaddr) error
+	// SetMember adds or removes a member (persisted; a removed member's
+	// connections are closed).
+	SetMember(ctx context.Context, p peer.ID, on bool) error
 }
 
 // Deps is everything the Server uses, complete at construction.

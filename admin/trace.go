@@ -6,6 +6,7 @@ package admin
 // /ferry/trace/1.0.0: one TraceQuery, one TraceAnswer, members only.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -263,7 +264,7 @@ func (srv *Server) traceFacts(origin peer.ID, version uint64) *pb.TraceAnswer {
 		}
 		for _, r := range page.Rows {
 			id, _ := peer.Decode(r.ReceiverID)
-			tr := &pb.TraceReceiver{Peer: []byte(id), Name: r.Receiver, Ack: r.Ack, Attempts: r.Attempts, Error: r.Error}
+			tr := &pb.TraceReceiver{Peer: []byte(id), Name: r.Receiver, Ack: r.Ack, Attempts: r.Attempts, Error: cmp.Or(r.Error, r.Reason)}
 			if !r.NextAttemptAt.IsZero() {
 				tr.NextAttemptAtUnixNano = r.NextAttemptAt.UnixNano()
 			}

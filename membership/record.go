@@ -3,13 +3,17 @@
 // addresses, a sequence) with its libp2p key, and the records spread on the
 // gossipsub topic /ferry/<network>/members/1.0.0, are pulled whole from a
 // neighbour on /ferry/members/1.0.0 when a node joins, and ride in hello.
-// Whether a peer is a partner or the reviewer is the local config's word,
-// never the record's.
+// A record has a lifetime: it names when it expires, its peer signs a new
+// one every third of it, and a node drops a record at its expiry (the peer
+// left, unless a newer record comes). Whether a peer is a partner or the
+// reviewer is the local config's word, never the record's.
 package membership
 
 import (
 	"errors"
 	"fmt"
+	"math"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -42,6 +46,7 @@ var (
 	ErrNetwork    = errors.New("member record of another network")
 	ErrNotAllowed = errors.New("peer is not in the members list")
 	ErrStale      = errors.New("member record not newer than the one held")
+	ErrExpired    = errors.New("member record expired")
 )
 
 // Record is what a peer says of itself, verified.
@@ -52,6 +57,10 @@ type Record struct {
 	Addrs   []ma.Multiaddr
 	Seq     uint64
 	Version string
+	// Expires is when the record stops making its peer a member (zero in
+	// a record of an earlier release, which names no end: the service
+	// then takes the signing time plus its own lifetime).
+	Expires time.Time
 	// Raw is the signed record as it travels (a marshaled
 	// SignedMemberRecord).
 	Raw []byte
@@ -66,6 +75,9 @@ func Sign(key crypto.PrivKey, r Record) (Record, error) {
 	}
 	r.Peer = id
 	m := &pb.MemberRecord{Peer: []byte(id), Network: r.Network, Name: r.Name, Seq: r.Seq, Version: r.Version}
+	if !r.Expires.IsZero() {
+		m.Expires = uint64(r.Expires.UnixNano())
+	}
 	for _, a := range r.Addrs {
 		m.Addrs = append(m.Addrs, a.Bytes())
 	}
@@ -130,10 +142,16 @@ func Open(raw []byte, network string) (Record, error) {
 	if m.Network != network {
 		return Record{}, fmt.Errorf("%w: %q", ErrNetwork, m.Network)
 	}
+	if m.Expires > math.MaxInt64 {
+		return Record{}, fmt.Errorf("%w: expiry %d is past the year 2262", ErrMalformed, m.Expires)
+	}
 	if len(m.Name) > MaxNameBytes || len(m.Addrs) > MaxAddrs {
 		return Record{}, fmt.Errorf("%w: %d name bytes, %d addresses", ErrTooBig, len(m.Name), len(m.Addrs))
 	}
 	r := Record{Peer: id, Network: m.Network, Name: m.Name, Seq: m.Seq, Version: m.Version, Raw: raw}
+	if m.Expires != 0 {
+		r.Expires = time.Unix(0, int64(m.Expires))
+	}
 	for _, b := range m.Addrs {
 		if a, err := ma.NewMultiaddrBytes(b); err == nil {
 			r.Addrs = append(r.Addrs, a)

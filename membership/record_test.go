@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p-pubsub"
 	gpb "github.com/libp2p/go-libp2p-pubsub/pb"
@@ -33,7 +34,8 @@ func key(t *testing.T) (crypto.PrivKey, peer.ID) {
 func TestRecordSignOpen(t *testing.T) {
 	k, id := key(t)
 	a := ma.StringCast("/ip4/127.0.0.1/tcp/9")
-	r, err := Sign(k, Record{Network: "net", Name: "A", Addrs: []ma.Multiaddr{a}, Seq: 7, Version: "v"})
+	exp := time.Unix(1_900_000_000, 5)
+	r, err := Sign(k, Record{Network: "net", Name: "A", Addrs: []ma.Multiaddr{a}, Seq: 7, Version: "v", Expires: exp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +43,8 @@ func TestRecordSignOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Peer != id || got.Name != "A" || got.Seq != 7 || len(got.Addrs) != 1 || !got.Addrs[0].Equal(a) || got.Version != "v" {
+	if got.Peer != id || got.Name != "A" || got.Seq != 7 || len(got.Addrs) != 1 || !got.Addrs[0].Equal(a) || got.Version != "v" ||
+		!got.Expires.Equal(exp) {
 		t.Fatalf("opened %+v", got)
 	}
 	if _, err := Open(r.Raw, "other"); !errors.Is(err, ErrNetwork) {
@@ -125,9 +128,10 @@ func TestRecordRefusals(t *testing.T) {
 	defer svc.Close()
 	var seen []Record
 	svc.d.OnRecord = func(r Record) { seen = append(seen, r) }
-	r5, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 5})
-	r4, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 4})
-	r6, _ := Sign(k, Record{Network: "net", Name: "A2", Seq: 6})
+	later := time.Now().Add(time.Hour)
+	r5, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 5, Expires: later})
+	r4, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 4, Expires: later})
+	r6, _ := Sign(k, Record{Network: "net", Name: "A2", Seq: 6, Expires: later})
 	if _, err := svc.Take(r5.Raw); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +144,7 @@ func TestRecordRefusals(t *testing.T) {
 	if _, err := svc.Take(r6.Raw); err != nil {
 		t.Fatal(err)
 	}
-	ro, _ := Sign(other, Record{Network: "net", Name: "O", Seq: 1})
+	ro, _ := Sign(other, Record{Network: "net", Name: "O", Seq: 1, Expires: later})
 	if _, err := svc.Take(ro.Raw); !errors.Is(err, ErrNotAllowed) {
 		t.Fatalf("not in members: %v", err)
 	}
@@ -164,8 +168,8 @@ func TestValidatorOnRepublish(t *testing.T) {
 		t.Fatalf("own record: %v", got)
 	}
 	k, id := key(t)
-	r2, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 2})
-	r1, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 1})
+	r2, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 2, Expires: time.Now().Add(time.Hour)})
+	r1, _ := Sign(k, Record{Network: "net", Name: "A", Seq: 1, Expires: time.Now().Add(time.Hour)})
 	if got := svc.validate(context.Background(), "", msg(r2.Raw)); got != pubsub.ValidationAccept {
 		t.Fatalf("new record: %v", got)
 	}

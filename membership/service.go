@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -38,11 +39,13 @@ const (
 	// whole network, N validations). A shorter Republish also shortens the
 	// pull period.
 	DefaultRepublish = 30 * time.Minute
-	// recordRefresh is the age at which a node signs its record again with
-	// the same addresses: others keep a record's addresses in their
-	// peerstores for a day (node's memberAddrTTL) and take only a newer
-	// record.
-	recordRefresh = 12 * time.Hour
+	// DefaultLifetime is how long a record makes its peer a member
+	// (config member_lifetime): a member that stops renewing it (gone for
+	// good, or away this long) is no longer addressed a day later.
+	DefaultLifetime = 24 * time.Hour
+	// MinLifetime bounds the lifetime from below: a node signs its record
+	// again every third of it, and each new record floods the network.
+	MinLifetime = 3 * time.Second
 	// pullEvery is how often a node pulls the record set from a neighbour
 	// once its start schedule is over; a new neighbour brings a pull too,
 	// at most every pullAgain. Records held already cost a comparison, not
@@ -87,8 +90,17 @@ type Deps struct {
 	// members list; nil: anyone presenting the network).
 	Allowed func(peer.ID) bool
 	// OnRecord runs for each record of another peer that is new or newer
-	// than the one held. It must not block for long.
+	// than the one held (its Expires always set). It must not block for
+	// long.
 	OnRecord func(Record)
+	// OnExpire runs for each record of another peer dropped at its expiry
+	// (no newer one came): the peer left. It must not block for long.
+	OnExpire func(Record)
+	// Lifetime is how long this node's records last (it signs a new one
+	// every third of it), and of another peer's record that names no
+	// expiry (an earlier release), counted from its signing. Default
+	// DefaultLifetime.
+	Lifetime time.Duration
 	// Republish defaults to DefaultRepublish.
 	Republish  time.Duration
 	Logger     *slog.Logger
@@ -105,6 +117,9 @@ type Service struct {
 	cancel context.CancelFunc
 	g      lifecycle.Group // the two loops and every members stream handler
 	pull   chan struct{}
+	// rearm tells the loop that a record taken expires before the one it
+	// waits for (nextExpiry).
+	rearm chan struct{}
 
 	mu     sync.Mutex
 	own    Record
@@ -118,8 +133,12 @@ type Service struct {
 	pubSeq    uint64
 	pubTimes  int
 	started   bool
+	// nextExpiry is the earliest expiry of another peer's record held
+	// (zero: none), which the loop waits for.
+	nextExpiry time.Time
 
 	known   prometheus.Gauge
+	expired prometheus.Counter
 	records *prometheus.CounterVec // source, outcome
 	pulls   *prometheus.CounterVec // answer
 }
@@ -139,10 +158,22 @@ func New(d Deps) (*Service, error) {
 	if d.OnRecord == nil {
 		d.OnRecord = func(Record) {}
 	}
+	if d.OnExpire == nil {
+		d.OnExpire = func(Record) {}
+	}
+	if d.Lifetime == 0 {
+		d.Lifetime = DefaultLifetime
+	}
+	if d.Lifetime < MinLifetime {
+		return nil, fmt.Errorf("membership: record lifetime %v is below %v", d.Lifetime, MinLifetime)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, pull: make(chan struct{}, 1), held: map[peer.ID]Record{},
+	s := &Service{d: d, log: d.Logger, ctx: ctx, cancel: cancel, pull: make(chan struct{}, 1), rearm: make(chan struct{}, 1),
+		held: map[peer.ID]Record{},
 		known: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Name: "members_known",
 			Help: "Members this node holds a signed membership record of (itself included)."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "expired_total",
+			Help: "Membership records of other peers dropped at their expiry (no newer record came: the member left)."}),
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "records_total",
 			Help: "Membership records received, by source (gossip, pull, hello) and outcome (taken, stale, refused)."}, []string{"source", "outcome"}),
 		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "members", Name: "pulls_served_total",
@@ -160,7 +191,7 @@ func New(d Deps) (*Service, error) {
 	for _, a := range []string{"same", "records"} {
 		s.pulls.WithLabelValues(a)
 	}
-	if err := promreg.Register(d.Registerer, s.known, s.records, s.pulls); err != nil {
+	if err := promreg.Register(d.Registerer, s.known, s.expired, s.records, s.pulls); err != nil {
 		cancel()
 		return nil, fmt.Errorf("membership: %w", err)
 	}
@@ -171,11 +202,13 @@ func New(d Deps) (*Service, error) {
 func (s *Service) resign(addrs []ma.Multiaddr) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seq := uint64(time.Now().UnixNano())
+	now := time.Now()
+	seq := uint64(now.UnixNano())
 	if seq <= s.own.Seq {
 		seq = s.own.Seq + 1
 	}
-	r, err := Sign(s.d.Key, Record{Network: s.d.Network, Name: s.d.Name, Version: s.d.Version, Addrs: addrs, Seq: seq})
+	r, err := Sign(s.d.Key, Record{Network: s.d.Network, Name: s.d.Name, Version: s.d.Version, Addrs: addrs, Seq: seq,
+		Expires: now.Add(s.d.Lifetime)})
 	if err != nil {
 		return err
 	}
@@ -315,7 +348,7 @@ func (s *Service) Take(raw []byte) (Record, error) { return s.take(raw, "hello")
 func (s *Service) take(raw []byte, source string) (Record, error) {
 	r, err := s.check(raw)
 	if err != nil {
-		if errors.Is(err, ErrStale) {
+		if errors.Is(err, ErrStale) || errors.Is(err, ErrExpired) {
 			s.records.WithLabelValues(source, "stale").Inc()
 		} else {
 			s.records.WithLabelValues(source, "refused").Inc()
@@ -331,7 +364,14 @@ func (s *Service) take(raw []byte, source string) (Record, error) {
 	s.held[r.Peer] = r
 	s.sum = nil
 	s.known.Set(float64(len(s.held)))
+	sooner := s.nextExpiry.IsZero() || r.Expires.Before(s.nextExpiry)
 	s.mu.Unlock()
+	if sooner {
+		select {
+		case s.rearm <- struct{}{}:
+		default:
+		}
+	}
 	s.records.WithLabelValues(source, "taken").Inc()
 	s.d.OnRecord(r)
 	return r, nil
@@ -339,7 +379,8 @@ func (s *Service) take(raw []byte, source string) (Record, error) {
 
 // check opens a record and refuses what the node must not take: another
 // network, a peer outside the members list, this node's own id, a record
-// not newer than the one held.
+// not newer than the one held, an expired one. A record that names no
+// expiry (an earlier release) gets its signing time plus the lifetime.
 func (s *Service) check(raw []byte) (Record, error) {
 	if id, seq, ok := peek(raw); ok {
 		s.mu.Lock()
@@ -362,7 +403,44 @@ func (s *Service) check(raw []byte) (Record, error) {
 	if ok && h.Seq >= r.Seq {
 		return r, fmt.Errorf("%w: %d <= %d", ErrStale, r.Seq, h.Seq)
 	}
+	if r.Expires.IsZero() {
+		r.Expires = time.Unix(0, int64(min(r.Seq, math.MaxInt64))).Add(s.d.Lifetime)
+	}
+	if !time.Now().Before(r.Expires) {
+		return r, fmt.Errorf("%w at %s: %s", ErrExpired, r.Expires.UTC().Format(time.RFC3339), r.Peer)
+	}
 	return r, nil
+}
+
+// sweep drops the records of other peers whose expiry passed, tells
+// OnExpire of each, and returns the next expiry (zero: none).
+func (s *Service) sweep() time.Time {
+	now := time.Now()
+	var gone []Record
+	var next time.Time
+	s.mu.Lock()
+	for id, r := range s.held {
+		switch {
+		case id == s.own.Peer:
+		case !now.Before(r.Expires):
+			gone = append(gone, r)
+			delete(s.held, id)
+		case next.IsZero() || r.Expires.Before(next):
+			next = r.Expires
+		}
+	}
+	if len(gone) > 0 {
+		s.sum = nil
+		s.known.Set(float64(len(s.held)))
+	}
+	s.nextExpiry = next
+	s.mu.Unlock()
+	for _, r := range gone {
+		s.expired.Inc()
+		s.log.Info("member record expired", "peer", r.Peer, "name", r.Name, "expired_at", r.Expires.UTC())
+		s.d.OnExpire(r)
+	}
+	return next
 }
 
 // validate lets through (and forwards) records that verify and are news,
@@ -381,7 +459,7 @@ func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pu
 	switch {
 	case err == nil:
 		return pubsub.ValidationAccept
-	case errors.Is(err, ErrStale):
+	case errors.Is(err, ErrStale), errors.Is(err, ErrExpired):
 		return pubsub.ValidationIgnore
 	}
 	return pubsub.ValidationReject
@@ -432,12 +510,13 @@ func (s *Service) readLoop() {
 }
 
 // loop publishes the own record once per record (a new one when the
-// addresses changed or the record is recordRefresh old), as soon as the
-// members topic has a peer, and again every Republish period; and pulls
-// the record set: on Joined until one pull succeeded, at each step of the
-// start schedule, after a pull that brought news, then each period. Each
-// publish floods the network (every node validates it once); a pull costs
-// one neighbour a digest comparison when nothing is new.
+// addresses changed or a third of its lifetime passed), as soon as the
+// members topic has a peer, and again every Republish period; pulls the
+// record set: on Joined until one pull succeeded, at each step of the
+// start schedule, after a pull that brought news, then each period; and
+// drops the records of others at their expiry (sweep). Each publish floods
+// the network (every node validates it once); a pull costs one neighbour
+// a digest comparison when nothing is new.
 func (s *Service) loop() {
 	step := 0
 	t := time.NewTimer(0)
@@ -462,6 +541,16 @@ func (s *Service) loop() {
 			next = min(2*next, pullEvery)
 		}
 	}
+	// exp fires at the next expiry of a record held (sweep).
+	exp := time.NewTimer(time.Hour)
+	defer exp.Stop()
+	sweep := func() {
+		exp.Stop()
+		if next := s.sweep(); !next.IsZero() {
+			exp.Reset(time.Until(next))
+		}
+	}
+	sweep()
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -472,6 +561,12 @@ func (s *Service) loop() {
 		case <-soon.C:
 			armed = false
 			pull()
+			continue
+		case <-s.rearm:
+			sweep()
+			continue
+		case <-exp.C:
+			sweep()
 			continue
 		case <-t.C:
 		}
@@ -496,18 +591,33 @@ func (s *Service) loop() {
 		if step < len(startSchedule) {
 			wait = startSchedule[step] - startSchedule[step-1]
 		}
-		// Jitter: nodes started together do not pull together.
-		t.Reset(wait/2 + rand.N(wait/2+1))
+		// Jitter: nodes started together do not pull together. The own
+		// record is renewed on time whatever the period.
+		t.Reset(min(wait/2+rand.N(wait/2+1), max(time.Until(s.renewAt()), renewRetry)))
 	}
 }
 
-// refresh signs the own record again when the addresses changed or it is
-// recordRefresh old.
+// renewRetry is the shortest wait for a renewal (one that failed to sign
+// is tried again after it, not in a busy loop).
+const renewRetry = 100 * time.Millisecond
+
+// renewAt is when the own record is due to be signed again: a third of
+// the lifetime after it was (two thirds of it are left for the new record
+// to reach every holder).
+func (s *Service) renewAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Unix(0, int64(s.own.Seq)).Add(s.d.Lifetime / 3)
+}
+
+// refresh signs the own record again when the addresses changed or a third
+// of its lifetime passed.
 func (s *Service) refresh() {
 	addrs := s.d.Host.Addrs()
+	renew := s.renewAt()
 	s.mu.Lock()
 	same := slices.EqualFunc(addrs, s.own.Addrs, func(a, b ma.Multiaddr) bool { return a.Equal(b) })
-	old := time.Since(time.Unix(0, int64(s.own.Seq))) >= recordRefresh
+	old := !time.Now().Before(renew)
 	s.mu.Unlock()
 	if same && !old {
 		return

@@ -23,7 +23,7 @@ type started struct {
 	reg *prometheus.Registry
 }
 
-func start(t *testing.T, name string) started {
+func start(t *testing.T, name string, opts ...func(*Deps)) started {
 	t.Helper()
 	k, _ := key(t)
 	h, err := libp2p.New(libp2p.Identity(k), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
@@ -38,7 +38,11 @@ func start(t *testing.T, name string) started {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	svc, err := New(Deps{Host: h, PubSub: ps, Key: k, Network: "net", Name: name, Registerer: reg})
+	d := Deps{Host: h, PubSub: ps, Key: k, Network: "net", Name: name, Registerer: reg}
+	for _, o := range opts {
+		o(&d)
+	}
+	svc, err := New(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,9 +54,9 @@ func start(t *testing.T, name string) started {
 }
 
 // connected starts A and B and connects A to B.
-func connected(t *testing.T) (a, b started) {
+func connected(t *testing.T, opts ...func(*Deps)) (a, b started) {
 	t.Helper()
-	a, b = start(t, "A"), start(t, "B")
+	a, b = start(t, "A", opts...), start(t, "B", opts...)
 	if err := a.h.Connect(context.Background(), peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +67,7 @@ func connected(t *testing.T) (a, b started) {
 func signed(t *testing.T, name string, seq uint64) Record {
 	t.Helper()
 	k, _ := key(t)
-	r, err := Sign(k, Record{Network: "net", Name: name, Seq: seq})
+	r, err := Sign(k, Record{Network: "net", Name: name, Seq: seq, Expires: time.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

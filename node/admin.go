@@ -31,6 +31,7 @@ type (
 	AckPage       = admin.AckPage
 	AckRow        = admin.AckRow
 	DeliveryState = admin.DeliveryState
+	MemberRow     = admin.MemberRow
 )
 
 // Acknowledgement rows: states, kinds and page limits.
@@ -38,6 +39,7 @@ const (
 	AckPending      = admin.AckPending
 	AckSended       = admin.AckSended
 	AckRejected     = admin.AckRejected
+	AckClosed       = admin.AckClosed
 	MaxAckPage      = admin.MaxAckPage
 	DefaultAckLimit = admin.DefaultAckLimit
 	MaxAckLimit     = admin.MaxAckLimit

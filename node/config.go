@@ -17,6 +17,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferrynet/ferry/membership"
 	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/protocols"
 )
@@ -61,6 +62,10 @@ type Config struct {
 	Connections Connections `yaml:"connections"`
 	Review      Review      `yaml:"review"`
 	Log         LogConfig   `yaml:"log"`
+	// MemberLifetime is how long a membership record lasts (a Go
+	// duration, "24h"): the node signs its own again every third of it,
+	// and a member whose record expired is no longer one (peers/leave.go).
+	MemberLifetime string `yaml:"member_lifetime"`
 
 	// where says where each key was set (ferry.yaml:3, FERRY_NATS_URL,
 	// --nats-url), for the errors that name it (configload.go).
@@ -123,6 +128,19 @@ func (c *Config) EventsOn() bool {
 // EventsMaxAge is nats.events.max_age parsed (0: no limit); Validate checked it.
 func (c *Config) EventsMaxAge() time.Duration {
 	d, _ := time.ParseDuration(c.NATS.Events.MaxAge)
+	return d
+}
+
+// DefaultMemberLifetime is member_lifetime's default
+// (membership.DefaultLifetime); MaxMemberLifetime bounds it.
+const (
+	DefaultMemberLifetime = "24h"
+	MaxMemberLifetime     = 365 * 24 * time.Hour
+)
+
+// MemberLifetimeValue is member_lifetime parsed; Validate checked it.
+func (c *Config) MemberLifetimeValue() time.Duration {
+	d, _ := time.ParseDuration(c.MemberLifetime)
 	return d
 }
 
@@ -225,7 +243,8 @@ func Default() Config {
 		Listen:  []string{DefaultTCPListen, DefaultQUICListen},
 		NATS: NATSConfig{Listen: DefaultNATSListen, Prefix: DefaultNATSPrefix,
 			Events: EventsConfig{Enabled: "auto", Stream: DefaultEventsStream, MaxBytes: DefaultEventsMaxBytes, MaxAge: DefaultEventsMaxAge}},
-		Admin: AdminConfig{Listen: DefaultAdminListen},
+		Admin:          AdminConfig{Listen: DefaultAdminListen},
+		MemberLifetime: DefaultMemberLifetime,
 		Limits: Limits{MaxMessageBytes: protocols.DefaultMaxMessageBytes, AckRetentionHours: 24 * 7,
 			IdempotencyWindowSeconds: DefaultIdempotencyWindowSeconds, MinFreeDiskMB: DefaultMinFreeDiskMB},
 		Connections: Connections{Neighbours: DefaultNeighbours, Max: DefaultMaxConnections},
@@ -307,6 +326,9 @@ func (c *Config) validate() error {
 		if _, err := peer.Decode(p); err != nil {
 			return cfgErr(fmt.Sprintf("members[%d]", i), "%q is not a peer id: %v", p, err)
 		}
+	}
+	if d, err := time.ParseDuration(c.MemberLifetime); err != nil || d < membership.MinLifetime || d > MaxMemberLifetime {
+		return cfgErr("member_lifetime", "%q is not a duration from %v to %v like 24h", c.MemberLifetime, membership.MinLifetime, MaxMemberLifetime)
 	}
 	if c.Reviewer != "" {
 		if _, err := peer.Decode(c.Reviewer); err != nil {

@@ -66,6 +66,7 @@ func TestMetricsOnAFreshNode(t *testing.T) {
 		"ferry_search_queries_total":                {`direction="in"`, `direction="out"`},
 		"ferry_search_dropped_total":                {`reason="rate_limited"`},
 		"ferry_members_pulls_served_total":          {`answer="same"`, `answer="records"`},
+		"ferry_members_expired_total":               nil,
 		"ferry_connections":                         nil,
 	}
 	for name, labels := range want {

@@ -311,7 +311,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	sndo := o.Sender
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 	sndo.Floors = n.watch
-	sndo.Hold = holds.Hold
+	sndo.Hold = func(p peer.ID, l stream.Lane) bool { return holds.Hold(p, l) || n.leftHold(p, l) }
 	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
 	sndo.OnAcked = n.feed.Acked
@@ -716,6 +716,34 @@ func (n *Node) SetPartner(ctx context.Context, p peer.ID, on bool, addrs ...ma.M
 		n.sender.Kick(p)
 	}
 	return nil
+}
+
+// SetMember is the operator's `ferry members add|remove` (persisted,
+// peers.Book.SetMember): a removed member's connections are closed (new
+// ones are refused); a member added is owed its backlog at once.
+func (n *Node) SetMember(ctx context.Context, p peer.ID, on bool) error {
+	if err := n.book.SetMember(ctx, p, on); err != nil {
+		return err
+	}
+	if on {
+		n.sender.Kick(p)
+		return nil
+	}
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		_ = c.Close()
+	}
+	return nil
+}
+
+// leftHold holds what is addressed to a member that left (a rejection of
+// its request: broadcast lanes leave it out already, the Audience): its
+// row closes, and it gets it if it comes back (sender.Kick at its hello).
+func (n *Node) leftHold(p peer.ID, l stream.Lane) bool {
+	if l != stream.LaneRejection {
+		return false
+	}
+	_, left := n.book.Left(p)
+	return left
 }
 
 // CutLink closes every connection to p and refuses new ones until HealLink

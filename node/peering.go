@@ -20,7 +20,7 @@ const DefaultDiscoveryPeriod = peers.DefaultDiscoveryPeriod
 // c first).
 func peersConfig(c Config) peers.Config {
 	pc := peers.Config{Name: c.Name, Network: c.Network, Version: Version,
-		Neighbours: c.Connections.Neighbours, MaxConns: c.Connections.Max}
+		Neighbours: c.Connections.Neighbours, MaxConns: c.Connections.Max, Lifetime: c.MemberLifetimeValue()}
 	if r := c.ReviewerID(); r != "" {
 		pc.Reviewer, _ = peer.Decode(r)
 	}

@@ -50,6 +50,15 @@ type Book struct {
 	book         map[peer.ID]*storepb.Peer
 	strange      map[peer.ID]bool // presented another network
 	blocked      map[peer.ID]bool // links cut on purpose (fault injection)
+	// removed are the members removed by the operator or the config, and
+	// added the operator's adds of peers outside `members` (leave.go).
+	removed map[peer.ID]removal
+	added   map[peer.ID]bool
+	// gone are the members whose record expired, as last logged.
+	gone map[peer.ID]bool
+	// listUntil is the first record expiry after memberList was made: the
+	// list is made again from then on (zero: none).
+	listUntil time.Time
 	// memberList is Members' answer until the set changes (nil: to be
 	// made again). Connection trimming and discovery ask for it often, and
 	// with a thousand members making it (a set, then a sort) was the
@@ -73,7 +82,8 @@ func NewBook(d BookDeps) (*Book, error) {
 	c := d.Config
 	pb := &Book{self: d.Self, name: c.Name, network: c.Network, reviewer: c.Reviewer, st: d.Store, log: d.Logger,
 		members: map[peer.ID]bool{}, partners: map[peer.ID]bool{}, partnerAddrs: map[peer.ID][]ma.Multiaddr{}, book: map[peer.ID]*storepb.Peer{},
-		strange: map[peer.ID]bool{}, blocked: map[peer.ID]bool{}}
+		strange: map[peer.ID]bool{}, blocked: map[peer.ID]bool{}, removed: map[peer.ID]removal{}, added: map[peer.ID]bool{},
+		gone: map[peer.ID]bool{}}
 	for _, id := range c.Members {
 		pb.members[id] = true
 	}
@@ -98,8 +108,26 @@ func NewBook(d BookDeps) (*Book, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load peer book: %w", err)
 	}
+	now := time.Now()
+	var undated []*storepb.Peer
 	for _, p := range peers {
+		if p.Member && p.ExpiresAt == 0 && c.Lifetime > 0 {
+			// Met before records had a lifetime: it has one from now to
+			// show a record again.
+			p.ExpiresAt = now.Add(c.Lifetime).UnixNano()
+			undated = append(undated, p)
+		}
 		pb.book[peer.ID(p.Id)] = p
+	}
+	if len(undated) > 0 {
+		if err := d.Store.Update(context.Background(), func(tx *store.Txn) error {
+			for _, p := range undated {
+				tx.PutPeer(p)
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("date the peer book's members: %w", err)
+		}
 	}
 	delete(pb.partners, d.Self)
 	pb.group = slices.Clone(c.Reviewers)
@@ -109,6 +137,9 @@ func NewBook(d BookDeps) (*Book, error) {
 	slices.Sort(pb.group)
 	if slices.Contains(pb.group, d.Self) {
 		pb.reviewer = d.Self
+	}
+	if err := pb.loadRemovals(now); err != nil {
+		return nil, err
 	}
 	return pb, nil
 }
@@ -151,27 +182,48 @@ func (b *Book) Partners() []peer.ID {
 	return out
 }
 
-// allowed reports whether p may be a member at all.
+// allowed reports whether p may be a member at all: in `members` (or
+// added by the operator) when that list is set, and not removed.
 func (b *Book) allowed(p peer.ID) bool {
-	return len(b.members) == 0 || b.members[p]
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.allowedLocked(p)
 }
 
-// IsMember reports whether p belongs to the network: it presented our
-// network name (or is configured as partner or reviewer), and is in
-// `members` when that list is set.
+// allowedLocked is allowed; b.mu held.
+func (b *Book) allowedLocked(p peer.ID) bool {
+	if _, gone := b.removed[p]; gone {
+		return false
+	}
+	return b.configAllows(p)
+}
+
+// IsMember reports whether p belongs to the network: its record presented
+// our network name and has not expired (or, before any record of it, it
+// is configured as partner, member or reviewer), and it is in `members`
+// when that list is set, and not removed (leave.go).
 func (b *Book) IsMember(p peer.ID) bool {
 	if p == b.self {
 		return true
 	}
-	if !b.allowed(p) {
-		return false
-	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	if e := b.book[p]; e != nil && e.Member {
+	return b.memberLocked(p, time.Now())
+}
+
+// memberLocked is IsMember for another peer at now; b.mu held.
+func (b *Book) memberLocked(p peer.ID, now time.Time) bool {
+	if !b.allowedLocked(p) {
+		return false
+	}
+	if p == b.reviewer {
 		return true
 	}
-	return b.partners[p] || p == b.reviewer || b.members[p]
+	if e := b.book[p]; e != nil && e.Member {
+		_, expired := b.expiredLocked(p, now)
+		return !expired
+	}
+	return b.partners[p] || b.members[p] || b.added[p]
 }
 
 // Members lists the members this node knows, itself excluded, sorted.
@@ -184,32 +236,51 @@ func (b *Book) MemberCount() int { return len(b.members0()) }
 
 // members0 is the cached member list (callers must not change it).
 func (b *Book) members0() []peer.ID {
+	now := time.Now()
 	b.mu.RLock()
 	out := b.memberList
+	fresh := b.listUntil.IsZero() || now.Before(b.listUntil)
 	b.mu.RUnlock()
-	if out != nil {
+	if out != nil && fresh {
 		return out
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.memberList == nil {
-		b.memberList = b.listMembers()
+	if b.memberList == nil || !(b.listUntil.IsZero() || now.Before(b.listUntil)) {
+		b.memberList = b.listMembers(now)
 	}
 	return b.memberList
 }
 
-// listMembers makes the member list; b.mu held.
-func (b *Book) listMembers() []peer.ID {
+// listMembers makes the member list at now, and notes (and logs) the
+// members whose record expired; b.mu held.
+func (b *Book) listMembers(now time.Time) []peer.ID {
 	set := map[peer.ID]bool{}
+	b.listUntil = time.Time{}
 	for id, e := range b.book {
-		if e.Member {
-			set[id] = true
+		if !e.Member {
+			continue
 		}
+		at, expired := b.expiredLocked(id, now)
+		if expired {
+			if !b.gone[id] && b.allowedLocked(id) {
+				b.gone[id] = true
+				b.log.Info("member left: its record expired", "peer", id, "name", e.Name, "expired_at", at.UTC())
+			}
+			continue
+		}
+		if !at.IsZero() && (b.listUntil.IsZero() || at.Before(b.listUntil)) {
+			b.listUntil = at
+		}
+		set[id] = true
 	}
 	for id := range b.partners {
 		set[id] = true
 	}
 	for id := range b.members {
+		set[id] = true
+	}
+	for id := range b.added {
 		set[id] = true
 	}
 	if b.reviewer != "" {
@@ -218,7 +289,7 @@ func (b *Book) listMembers() []peer.ID {
 	delete(set, b.self)
 	out := make([]peer.ID, 0, len(set))
 	for id := range set {
-		if b.allowed(id) {
+		if b.memberLocked(id, now) {
 			out = append(out, id)
 		}
 	}
@@ -233,6 +304,12 @@ func (b *Book) Name(p peer.ID) string {
 	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
+	return b.nameLocked(p)
+}
+
+// nameLocked is Name for another peer; b.mu held (or the book not yet
+// shared).
+func (b *Book) nameLocked(p peer.ID) string {
 	if e := b.book[p]; e != nil && e.Name != "" {
 		return e.Name
 	}
@@ -277,7 +354,7 @@ func compareStrings(a, b string) int {
 }
 
 func cloneEntry(e *storepb.Peer) *storepb.Peer {
-	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member}
+	c := &storepb.Peer{Id: e.Id, Name: e.Name, Network: e.Network, LastSeen: e.LastSeen, Member: e.Member, ExpiresAt: e.ExpiresAt}
 	c.Addrs = append(c.Addrs, e.Addrs...)
 	return c
 }
@@ -379,7 +456,7 @@ func (b *Book) Block(p peer.ID, on bool) {
 func (b *Book) refused(p peer.ID) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return b.blocked[p] || b.strange[p] || !b.allowed(p)
+	return b.blocked[p] || b.strange[p] || !b.allowedLocked(p)
 }
 
 // Connection gater: members only (when `members` is set), never a peer that

@@ -1,6 +1,8 @@
 package peers
 
 import (
+	"time"
+
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -33,6 +35,10 @@ type Config struct {
 	// Members, when set (members), are the only peers that may be members;
 	// empty: anyone who presents the network.
 	Members []peer.ID
+	// Lifetime is how long a membership record lasts (member_lifetime;
+	// 0: membership.DefaultLifetime): this node renews its own every third
+	// of it, and a member whose record expired left (leave.go).
+	Lifetime time.Duration
 	// Bootstrap are the peers dialed while the node has no neighbours
 	// (bootstrap).
 	Bootstrap []peer.AddrInfo

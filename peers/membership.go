@@ -16,11 +16,6 @@ import (
 	"github.com/ferrynet/ferry/store/storepb"
 )
 
-// memberAddrTTL is how long the addresses of a membership record stay in
-// the peerstore: records are republished with the same sequence (and then
-// not taken again) while the addresses do not change.
-const memberAddrTTL = 24 * time.Hour
-
 // MembershipDeps are what the membership service is built with here.
 type MembershipDeps struct {
 	Config Config
@@ -43,39 +38,62 @@ type MembershipDeps struct {
 func NewMembership(d MembershipDeps) (*membership.Service, error) {
 	return membership.New(membership.Deps{Host: d.Host, PubSub: d.PubSub, Key: d.Key, Network: d.Config.Network,
 		Name: d.Config.Name, Version: d.Config.Version, Allowed: d.Book.allowed, Republish: d.Republish,
+		Lifetime: d.Config.Lifetime,
 		OnRecord: func(r membership.Record) {
-			if len(r.Addrs) > 0 {
-				d.Host.Peerstore().AddAddrs(r.Peer, r.Addrs, memberAddrTTL)
+			// The addresses last as long as the record: a member that
+			// renews it keeps them, one that left loses them.
+			if ttl := time.Until(r.Expires); len(r.Addrs) > 0 && ttl > 0 {
+				d.Host.Peerstore().AddAddrs(r.Peer, r.Addrs, ttl)
 			}
 			d.Book.learn(r)
 		},
-		Logger: d.Logger, Registerer: d.Registerer})
+		OnExpire: d.Book.expire,
+		Logger:   d.Logger, Registerer: d.Registerer})
+}
+
+// expire hears that p's record expired (membership.Deps.OnExpire): the
+// member list is made again now rather than at its next use.
+func (b *Book) expire(r membership.Record) {
+	b.mu.Lock()
+	b.memberList = nil
+	b.mu.Unlock()
+	b.members0()
 }
 
 // learn takes what a verified membership record tells of its peer: name,
 // network and addresses. The entry is saved without an fsync, and only
 // when it changed: a crash loses at most what the next record brings back.
 func (b *Book) learn(r membership.Record) {
-	member := r.Network == b.network && b.allowed(r.Peer)
+	now := time.Now()
+	var expires int64
+	if !r.Expires.IsZero() {
+		expires = r.Expires.UnixNano()
+	}
 	b.mu.Lock()
+	member := r.Network == b.network && b.allowedLocked(r.Peer)
 	e := b.book[r.Peer]
-	was := e != nil && e.Member
+	was := e != nil && e.Member && b.memberLocked(r.Peer, now)
 	var addrs [][]byte
 	for _, a := range r.Addrs {
 		addrs = append(addrs, a.Bytes())
 	}
-	changed := e == nil || e.Name != r.Name || e.Network != r.Network || e.Member != member || !sameAddrs(e.Addrs, addrs)
+	changed := e == nil || e.Name != r.Name || e.Network != r.Network || e.Member != member || !sameAddrs(e.Addrs, addrs) ||
+		e.ExpiresAt != expires
 	if e == nil {
 		e = &storepb.Peer{Id: []byte(r.Peer)}
 	}
 	e = cloneEntry(e)
-	e.Name, e.Network, e.Member, e.Addrs = r.Name, r.Network, member, addrs
+	e.Name, e.Network, e.Member, e.Addrs, e.ExpiresAt = r.Name, r.Network, member, addrs, expires
 	if changed {
-		e.LastSeen = time.Now().Unix()
+		e.LastSeen = now.Unix()
 	}
 	b.book[r.Peer] = e
-	if member != was {
+	back := member && b.gone[r.Peer]
+	delete(b.gone, r.Peer)
+	if member != was || back {
 		b.memberList = nil
+	} else if member && expires != 0 && (b.listUntil.IsZero() || expires < b.listUntil.UnixNano()) {
+		b.listUntil = time.Unix(0, expires) // the list is made again at this expiry
 	}
 	b.mu.Unlock()
 	if changed {
@@ -85,7 +103,10 @@ func (b *Book) learn(r membership.Record) {
 			}
 		})
 	}
-	if member && !was {
+	switch {
+	case back:
+		b.log.Info("member back: a new record after its last expired", "peer", r.Peer, "name", r.Name)
+	case member && !was:
 		b.log.Info("member joined", "peer", r.Peer, "name", r.Name)
 	}
 }

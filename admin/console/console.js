@@ -182,7 +182,8 @@ function appliedText(a, r) {
   const refused = a.refused.length ? "; refused by " + a.refused.join(", ") : "";
   if (r.status === "rejected") return (a.total === 0 ? "the applicant is this node" : (a.done ? "received by the applicant " :
     "not yet received by the applicant ") + r.applicant + " (" + a.done + "/" + a.total + ")") + refused;
-  return "applied by " + a.done + "/" + a.total + " members" + (a.waiting.length ? " (waiting for " + a.waiting.join(", ") + ")" : "") + refused;
+  const left = a.left && a.left.length ? "; left before they had it: " + a.left.join(", ") : "";
+  return "applied by " + a.done + "/" + a.total + " members" + (a.waiting.length ? " (waiting for " + a.waiting.join(", ") + ")" : "") + refused + left;
 }
 // refreshTracked updates the success messages of this session's decisions
 // until every receiver has applied them.
@@ -441,7 +442,8 @@ async function loadAcks() {
       text: a.id, onclick: () => traceChange(origin + "/" + a.version)})),
     el("td", {text: a.request_id || "-"}), el("td", {text: a.receiver, title: a.receiver_id}),
     el("td", {text: a.kind}), el("td", {class: a.ack, text: a.ack}), el("td", {text: String(a.attempts)}),
-    timeCell(a.created_at), timeCell(a.next_attempt_at), el("td", {class: "err", text: firstLine(a.error), title: a.error || ""}))));
+    timeCell(a.created_at), timeCell(a.next_attempt_at), a.reason ? el("td", {class: "reason", text: a.reason}) :
+      el("td", {class: "err", text: firstLine(a.error), title: a.error || ""}))));
   errorGroups(out.acks);
   if (out.acks.length === 0) tb.append(el("tr", {}, el("td", {colspan: "9", class: "muted", text: "No acknowledgement rows match."})));
   $("acks-older").disabled = !state.ackNext;

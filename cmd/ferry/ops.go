@@ -20,7 +20,7 @@ import (
 )
 
 func operatorCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
+	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), membersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
 		resourcesCmd(g), publishCmd(g), submitCmd(g), searchCmd(g), watchCmd(g), traceCmd(g)}
 }
 
@@ -295,14 +295,14 @@ func requestID(s string) (uint64, error) {
 
 // AckTable prints acknowledgement rows.
 func (g *globals) AckTable(w *tabwriter.Writer, acks []node.AckRow) {
-	fmt.Fprintln(w, "ID\tREQUEST_ID\tRECEIVER\tKIND\tACK\tATTEMPTS\tCREATED\tNEXT ATTEMPT\tLAST ERROR")
+	fmt.Fprintln(w, "ID\tREQUEST_ID\tRECEIVER\tKIND\tACK\tATTEMPTS\tCREATED\tNEXT ATTEMPT\tREASON\tLAST ERROR")
 	for _, a := range acks {
 		req := "-"
 		if a.RequestID != 0 {
 			req = strconv.FormatUint(a.RequestID, 10)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, req, a.Receiver, a.Kind, a.Ack, a.Attempts,
-			g.when(a.CreatedAt), g.when(a.NextAttemptAt), dash(errSummary(a.Error)))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", a.ID, req, a.Receiver, a.Kind, a.Ack, a.Attempts,
+			g.when(a.CreatedAt), g.when(a.NextAttemptAt), dash(a.Reason), dash(errSummary(a.Error)))
 	}
 }
 

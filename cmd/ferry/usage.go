@@ -142,7 +142,12 @@ var examples = map[string]string{
 	"ferry partners list":   `  ferry partners list --json`,
 	"ferry partners add":    "  ferry partners add 12D3KooWJ6...   # the peer id that ferry init printed on the partner\n  ferry partners add /ip4/10.0.0.7/tcp/4001/p2p/12D3KooWJ6...   # a partner that is not a Ferry node: its address is kept",
 	"ferry partners remove": `  ferry partners remove 12D3KooWJ6...`,
-	"ferry requests":        `  ferry requests list --status waiting`,
+	"ferry members":         `  ferry members list`,
+	"ferry members list": `  ferry members list
+  ferry members list --json | jq '.[] | select(.state != "member")'`,
+	"ferry members remove": `  ferry members remove 12D3KooWJ6...   # gone for good: no longer addressed, its pending rows closed`,
+	"ferry members add":    `  ferry members add 12D3KooWJ6...      # undoes a removal`,
+	"ferry requests":       `  ferry requests list --status waiting`,
 	"ferry requests list": `  ferry requests list
   ferry requests list --status waiting`,
 	"ferry requests show":   `  ferry requests show 17`,

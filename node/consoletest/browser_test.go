@@ -446,6 +446,23 @@ func TestConsoleInBrowser(t *testing.T) {
 	fits("acknowledgements with errors")
 	shot("12-errors-grouped")
 
+	// A is gone for good: the operator removes it (a partner first as a
+	// partner), and its pending rows close with the reason.
+	if err := net.Node(nC).SetPartner(context.Background(), net.IDs[nA], false); err != nil {
+		t.Fatal(err)
+	}
+	if err := net.Node(nC).SetMember(context.Background(), net.IDs[nA], false); err != nil {
+		t.Fatal(err)
+	}
+	run("closed rows", chromedp.SetValue(css("#f-state"), "closed"), chromedp.Click(css("#ack-filters button")))
+	poll("A's rows closed with the reason", `(() => { const rs = [...document.querySelectorAll("#acks tbody tr")];
+		return rs.length > 0 && rs.every((r) => r.children.length === 9 && r.children[2].textContent === "A" && r.children[4].textContent === "closed" &&
+			r.children[8].classList.contains("reason") && r.children[8].textContent.startsWith("member removed by the operator at ")); })()`)
+	// The decision's message stops waiting for A and says it left.
+	waitText("#messages", "applied by 2/2 members; left before they had it: A.")
+	fits("closed acknowledgements")
+	shot("12b-closed-rows")
+
 	// The Grafana dashboard's links name a view and a receiver.
 	run("a dashboard link", chromedp.Navigate(base+"/#view=acks&receiver=B"), chromedp.WaitVisible(css("#view-acks")))
 	poll("rows of B", `document.querySelector("#f-receiver").value === "B" && location.hash === "" &&

@@ -28,13 +28,18 @@ const (
 // MemberRecord is what a peer says of itself. Its marshaled bytes are what
 // the peer signs (SignedMemberRecord.record).
 type MemberRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Peer          []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`       // the peer id (binary form): the signer
-	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"` // the network the peer belongs to
-	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`       // the peer's label
-	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`     // listen addresses (binary multiaddrs)
-	Seq           uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`        // grows with each new record of the peer (unix nanoseconds at signing)
-	Version       string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"` // Ferry release
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Peer    []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`       // the peer id (binary form): the signer
+	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"` // the network the peer belongs to
+	Name    string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`       // the peer's label
+	Addrs   [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`     // listen addresses (binary multiaddrs)
+	Seq     uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`        // grows with each new record of the peer (unix nanoseconds at signing)
+	Version string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"` // Ferry release
+	// The record makes its peer a member until this time (unix nanoseconds);
+	// the peer signs a new one every third of its lifetime. 0 (a record of an
+	// earlier release): the signing time (seq) plus the holder's
+	// member_lifetime.
+	Expires       uint64 `protobuf:"varint,7,opt,name=expires,proto3" json:"expires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -109,6 +114,13 @@ func (x *MemberRecord) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *MemberRecord) GetExpires() uint64 {
+	if x != nil {
+		return x.Expires
+	}
+	return 0
 }
 
 // SignedMemberRecord is a record and its signature by the peer's libp2p key
@@ -288,14 +300,15 @@ var File_ferry_members_proto protoreflect.FileDescriptor
 
 const file_ferry_members_proto_rawDesc = "" +
 	"\n" +
-	"\x13ferry_members.proto\x12\bferry.v1\"\x92\x01\n" +
+	"\x13ferry_members.proto\x12\bferry.v1\"\xac\x01\n" +
 	"\fMemberRecord\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x18\n" +
-	"\aversion\x18\x06 \x01(\tR\aversion\"i\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12\x18\n" +
+	"\aexpires\x18\a \x01(\x04R\aexpires\"i\n" +
 	"\x12SignedMemberRecord\x12\x16\n" +
 	"\x06record\x18\x01 \x01(\fR\x06record\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12\x1d\n" +

@@ -755,9 +755,10 @@ type Peer struct {
 	Id            []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Network       string                 `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
-	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`                        // binary multiaddrs
-	LastSeen      int64                  `protobuf:"varint,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"` // unix seconds
-	Member        bool                   `protobuf:"varint,6,opt,name=member,proto3" json:"member,omitempty"`                     // presented our network name (and is in members, when set)
+	Addrs         [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`                           // binary multiaddrs
+	LastSeen      int64                  `protobuf:"varint,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`    // unix seconds
+	Member        bool                   `protobuf:"varint,6,opt,name=member,proto3" json:"member,omitempty"`                        // presented our network name (and is in members, when set)
+	ExpiresAt     int64                  `protobuf:"varint,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"` // unix nanoseconds: when its membership record expires (0: none known)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -832,6 +833,13 @@ func (x *Peer) GetMember() bool {
 		return x.Member
 	}
 	return false
+}
+
+func (x *Peer) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
 }
 
 var File_records_proto protoreflect.FileDescriptor
@@ -911,14 +919,16 @@ const file_records_proto_rawDesc = "" +
 	"reviewerId\x12\x1a\n" +
 	"\breviewer\x18\x02 \x01(\tR\breviewer\x12\x0e\n" +
 	"\x02at\x18\x03 \x01(\x03R\x02at\x12\x16\n" +
-	"\x06digest\x18\x04 \x01(\fR\x06digest\"\x95\x01\n" +
+	"\x06digest\x18\x04 \x01(\fR\x06digest\"\xb4\x01\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
 	"\anetwork\x18\x03 \x01(\tR\anetwork\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12\x1b\n" +
 	"\tlast_seen\x18\x05 \x01(\x03R\blastSeen\x12\x16\n" +
-	"\x06member\x18\x06 \x01(\bR\x06memberJ\x04\b\a\x10\bB)Z'github.com/ferrynet/ferry/store/storepbb\x06proto3"
+	"\x06member\x18\x06 \x01(\bR\x06member\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\b \x01(\x03R\texpiresAtJ\x04\b\a\x10\bB)Z'github.com/ferrynet/ferry/store/storepbb\x06proto3"
 
 var (
 	file_records_proto_rawDescOnce sync.Once
