@@ -89,6 +89,8 @@ func (r *roles) Reviewer() peer.ID {
 	return r.reviewer
 }
 
+func (r *roles) InReviewGroup(p peer.ID) bool { return p != "" && p == r.Reviewer() }
+
 func (r *roles) set(partners, members []peer.ID, reviewer peer.ID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -63,6 +63,9 @@ type Roles interface {
 	IsMember(peer.ID) bool
 	Members() []peer.ID
 	Reviewer() peer.ID
+	// InReviewGroup reports whether p is one of the review group:
+	// decisions signed by any of them are the group's.
+	InReviewGroup(peer.ID) bool
 }
 
 // Resources applies owned-resource changes (the propagate service).
@@ -544,8 +547,8 @@ func (s *Service) apply(j job, envs []*pb.Envelope) (int, error) {
 				return forged("answer holds a change of %s, not of this node", origin)
 			}
 		default:
-			if origin != s.d.Roles.Reviewer() || body.Kind != pb.Kind_KIND_REVIEW_DECISION {
-				return forged("answer holds a decision not signed by the reviewer")
+			if !s.d.Roles.InReviewGroup(origin) || body.Kind != pb.Kind_KIND_REVIEW_DECISION {
+				return forged("answer holds a decision not signed by the reviewer or its review group")
 			}
 			if len(body.To) > 0 && peer.ID(body.To) != self {
 				continue // a rejection for another applicant

@@ -212,14 +212,14 @@ func (c *Config) ReviewGroup() []string {
 	return nil
 }
 
-// ReviewerID is the reviewer the node works with today: reviewer, or the
-// one peer id of reviewers ("" for none). A group of more than one is
-// refused by Validate until the consensus layer is wired (issue 19).
+// ReviewerID is the reviewer a member addresses first: reviewer, or the
+// first peer id of reviewers ("" for none). A reviewer node of a group is
+// its own reviewer (peers.NewBook).
 func (c *Config) ReviewerID() string {
 	if c.Reviewer != "" {
 		return c.Reviewer
 	}
-	if len(c.Reviewers) == 1 {
+	if len(c.Reviewers) > 0 {
 		return c.Reviewers[0]
 	}
 	return ""
@@ -420,11 +420,6 @@ func (c *Config) validateReviewGroup() error {
 		return cfgErr("review.approvals", "%d is below 1 (the reviewer nodes that must accept a request's data)", k)
 	case k > 1 && k > group:
 		return cfgErr("review.approvals", "%d is more than the review group's %d reviewer(s) (`reviewers`, or `reviewer`)", k, group)
-	}
-	// Until the review group's consensus layer is wired (issue 19), a group
-	// is one reviewer.
-	if group > 1 {
-		return cfgErr("reviewers", "a review group of more than one reviewer is not built yet (issue 19); list one peer id, or use `reviewer`")
 	}
 	return nil
 }

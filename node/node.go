@@ -43,6 +43,7 @@ import (
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/reviewgroup"
 	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/spread"
 	"github.com/ferrynet/ferry/store"
@@ -79,6 +80,9 @@ type Options struct {
 	// SpreadHeadEvery is how often the reviewer gossips its last decision
 	// sequence while no decision goes out (default spread.DefaultHeadEvery).
 	SpreadHeadEvery time.Duration
+	// ReviewGroupTiming overrides the review group's raft timeouts (tests);
+	// zero fields take reviewgroup.DefaultTiming's.
+	ReviewGroupTiming reviewgroup.Timing
 	// MembersRepublish is the membership record republish period (and the
 	// pull period when shorter than a minute)
 	// (default membership.DefaultRepublish).
@@ -143,6 +147,7 @@ type Node struct {
 	receiver     *stream.Receiver
 	prop         *propagate.Service
 	review       *review.Service
+	group        *reviewgroup.Group // the review group's log, on a reviewer of a group of more than one
 	catchup      *catchup.Service
 	search       *search.Service
 	spread       *spread.Service
@@ -290,7 +295,11 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.review = review.New(review.Deps{Store: n.st, Roles: n.book, Publisher: pub, CatchUp: jobs, Tracer: n.feed,
-		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Approvals: cfg.Review.Approvals, Logger: log.With("component", "review"), Ready: n.restore.Ready})
+		MaxMessageBytes: cfg.Limits.MaxMessageBytes, Approvals: cfg.Review.Approvals, Logger: log.With("component", "review"), Ready: n.restore.Ready,
+		Context: ctx})
+	if err := n.buildReviewGroup(home); err != nil {
+		return nil, err
+	}
 	holds, err := propagate.LoadPlannerHolds(n.st)
 	if err != nil {
 		return nil, err
@@ -420,6 +429,11 @@ func (n *Node) Start() error {
 	// Hello is how a peer says who it is: anyone may.
 	inbound.Handle(n.host, &n.g, protocols.Hello, protocols.ServiceHello, 8<<10, nil, n.log, n.hello.Serve)
 	inbound.Handle(n.host, &n.g, protocols.Trace, protocols.ServiceTrace, 8<<10, n.book.IsMember, n.log, n.admin.ServeTrace)
+	if n.group != nil {
+		if err := n.group.Start(); err != nil {
+			return err
+		}
+	}
 	n.receiver.Start()
 	if err := n.sender.Start(); err != nil {
 		return err
@@ -564,6 +578,15 @@ func (n *Node) Close() error {
 		}
 		if n.prop != nil {
 			n.prop.Close()
+		}
+		if n.group != nil {
+			// Before the host (a leader hands its leadership over on it);
+			// the decisions waiting on it end, then the review service's
+			// goroutines are waited for.
+			errs = append(errs, n.group.Close())
+		}
+		if n.review != nil {
+			n.review.Close()
 		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())

@@ -24,6 +24,10 @@ func peersConfig(c Config) peers.Config {
 	if r := c.ReviewerID(); r != "" {
 		pc.Reviewer, _ = peer.Decode(r)
 	}
+	for _, r := range c.ReviewGroup() {
+		id, _ := peer.Decode(r)
+		pc.Reviewers = append(pc.Reviewers, id)
+	}
 	for _, s := range c.Partners {
 		ai, _ := peers.ParsePartner(s)
 		pc.Partners = append(pc.Partners, ai.ID)

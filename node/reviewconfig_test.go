@@ -62,6 +62,9 @@ func TestReviewGroupConfig(t *testing.T) {
 		{"reviewers of one", func(c *node.Config) { c.Reviewers = []string{a} }, a, []string{a}, 1},
 		{"both, the same", func(c *node.Config) { c.Reviewer, c.Reviewers = a, []string{a} }, a, []string{a}, 1},
 		{"approvals 1 of 1", func(c *node.Config) { c.Reviewer, c.Review.Approvals = a, 1 }, a, []string{a}, 1},
+		{"a group of two", func(c *node.Config) { c.Reviewers = []string{a, b} }, a, []string{a, b}, 1},
+		{"a group, reviewer in it, 2 approvals", func(c *node.Config) { c.Reviewer, c.Reviewers, c.Review.Approvals = b, []string{a, b}, 2 },
+			b, []string{a, b}, 2},
 	}
 	for _, tc := range good {
 		c := node.Default()
@@ -87,10 +90,6 @@ func TestReviewGroupConfig(t *testing.T) {
 		{"review.approvals", func(c *node.Config) { c.Reviewer, c.Review.Approvals = a, 2 }, "2 is more than the review group's 1 reviewer(s)"},
 		{"review.approvals", func(c *node.Config) { c.Review.Approvals = 2 }, "2 is more than the review group's 0 reviewer(s)"},
 		{"review.approvals", func(c *node.Config) { c.Reviewers, c.Review.Approvals = []string{a, b}, 3 }, "3 is more than the review group's 2"},
-		{"reviewers", func(c *node.Config) { c.Reviewers = []string{a, b} },
-			"a review group of more than one reviewer is not built yet (issue 19)"},
-		{"reviewers", func(c *node.Config) { c.Reviewer, c.Reviewers, c.Review.Approvals = b, []string{a, b}, 2 },
-			"a review group of more than one reviewer is not built yet (issue 19)"},
 	}
 	for _, tc := range bad {
 		c := node.Default()
@@ -108,7 +107,7 @@ func TestReviewGroupConfig(t *testing.T) {
 	// From a file: the line is named, and the keys are known.
 	p := filepath.Join(t.TempDir(), "ferry.yaml")
 	for _, tc := range []struct{ yaml, want string }{
-		{"reviewers: [" + a + ", " + b + "]\n", ":1: reviewers: a review group of more than one reviewer is not built yet (issue 19)"},
+		{"reviewers: [" + a + ", " + a + "]\n", ":1: reviewers[1]: " + a + " is listed twice (also reviewers[0])"},
 		{"reviewer: " + a + "\nreview:\n  approvals: 2\n", ":3: review.approvals: 2 is more than the review group's 1 reviewer(s)"},
 		{"review:\n  aprovals: 2\n", ":2: unknown key `review.aprovals` (did you mean `review.approvals`?)"},
 		{"reviewers: " + a + "\n", ":1: `reviewers` must be a list of peer ids"},

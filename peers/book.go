@@ -37,6 +37,7 @@ type Book struct {
 	name     string
 	network  string
 	reviewer peer.ID
+	group    []peer.ID        // the review group (reviewers), sorted
 	members  map[peer.ID]bool // from config; empty: anyone who presents the network
 	st       *store.Store
 	log      *slog.Logger
@@ -129,6 +130,14 @@ func NewBook(d BookDeps) (*Book, error) {
 		}
 	}
 	delete(pb.partners, d.Self)
+	pb.group = slices.Clone(c.Reviewers)
+	if len(pb.group) == 0 && c.Reviewer != "" {
+		pb.group = []peer.ID{c.Reviewer}
+	}
+	slices.Sort(pb.group)
+	if slices.Contains(pb.group, d.Self) {
+		pb.reviewer = d.Self
+	}
 	if err := pb.loadRemovals(now); err != nil {
 		return nil, err
 	}
@@ -144,8 +153,15 @@ func (b *Book) SelfName() string { return b.name }
 // Network is the network name.
 func (b *Book) Network() string { return b.network }
 
-// Reviewer is the configured reviewer ("" when none).
+// Reviewer is the configured reviewer ("" when none): on a node of the
+// review group the node itself, on a member the group's first reviewer.
 func (b *Book) Reviewer() peer.ID { return b.reviewer }
+
+// InReviewGroup reports whether p is one of the review group (reviewers).
+func (b *Book) InReviewGroup(p peer.ID) bool { return p != "" && slices.Contains(b.group, p) }
+
+// ReviewGroup lists the review group's peer ids, sorted (a copy).
+func (b *Book) ReviewGroup() []peer.ID { return slices.Clone(b.group) }
 
 // IsPartner reports whether p receives (and may send) owned resources.
 func (b *Book) IsPartner(p peer.ID) bool {

@@ -20,6 +20,10 @@ type Config struct {
 	Version string
 	// Reviewer is the configured reviewer (reviewer); "" when none.
 	Reviewer peer.ID
+	// Reviewers is the review group (reviewers, or [reviewer]): decisions
+	// signed by any of them are the group's. A node in it is its own
+	// Reviewer.
+	Reviewers []peer.ID
 	// Partners are the configured partners (partners); the operator's
 	// changes, kept in the store, apply over them.
 	Partners []peer.ID

@@ -120,10 +120,12 @@ const (
 	neighbourTag = "ferry-neighbour"
 )
 
-// kept reports whether p is kept connected by role: a partner, or the
-// reviewer while keepReviewer holds.
+// kept reports whether p is kept connected by role: a partner, the
+// reviewer while keepReviewer holds, and on a node of the review group the
+// group's other reviewers (the group's log runs over those connections).
 func (k *Keeper) kept(p peer.ID) bool {
-	return k.book.IsPartner(p) || (p == k.book.Reviewer() && k.keepReviewer())
+	return k.book.IsPartner(p) || (p == k.book.Reviewer() && k.keepReviewer()) ||
+		(p != k.self && k.book.InReviewGroup(p) && k.book.InReviewGroup(k.self))
 }
 
 // keepReviewer reports whether discovery keeps a connection to the

@@ -159,6 +159,13 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 	if r := k.book.Reviewer(); r != "" && r != k.self && k.keepReviewer() {
 		want = append(want, r)
 	}
+	if k.book.InReviewGroup(k.self) {
+		for _, r := range k.book.ReviewGroup() {
+			if r != k.self {
+				want = append(want, r)
+			}
+		}
+	}
 	for _, p := range want {
 		if k.book.refused(p) || k.host.Network().Connectedness(p) == network.Connected {
 			continue

@@ -26,12 +26,14 @@ type ledgerRoles struct {
 	name string
 }
 
-func (r ledgerRoles) Self() peer.ID         { return r.self }
-func (r ledgerRoles) SelfName() string      { return r.name }
-func (r ledgerRoles) Reviewer() peer.ID     { return r.self }
-func (r ledgerRoles) IsMember(peer.ID) bool { return true }
-func (r ledgerRoles) Members() []peer.ID    { return nil }
-func (r ledgerRoles) Name(peer.ID) string   { return r.name }
+func (r ledgerRoles) Self() peer.ID                { return r.self }
+func (r ledgerRoles) SelfName() string             { return r.name }
+func (r ledgerRoles) Reviewer() peer.ID            { return r.self }
+func (r ledgerRoles) InReviewGroup(p peer.ID) bool { return p != "" }
+func (r ledgerRoles) ReviewGroup() []peer.ID       { return []peer.ID{r.self} }
+func (r ledgerRoles) IsMember(peer.ID) bool        { return true }
+func (r ledgerRoles) Members() []peer.ID           { return nil }
+func (r ledgerRoles) Name(peer.ID) string          { return r.name }
 
 // events records what a service published.
 type events struct {

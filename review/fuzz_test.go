@@ -22,13 +22,15 @@ import (
 
 type fuzzRoles struct{ self, reviewer peer.ID }
 
-func (r fuzzRoles) Self() peer.ID         { return r.self }
-func (r fuzzRoles) SelfName() string      { return "N" }
-func (r fuzzRoles) Reviewer() peer.ID     { return r.reviewer }
-func (r fuzzRoles) IsMember(peer.ID) bool { return true }
-func (r fuzzRoles) Members() []peer.ID    { return nil }
-func (r fuzzRoles) Name(p peer.ID) string { return "P" }
-func (fuzzSink) Publish(string, any)      {}
+func (r fuzzRoles) Self() peer.ID                { return r.self }
+func (r fuzzRoles) SelfName() string             { return "N" }
+func (r fuzzRoles) Reviewer() peer.ID            { return r.reviewer }
+func (r fuzzRoles) InReviewGroup(p peer.ID) bool { return p != "" && p == r.reviewer }
+func (r fuzzRoles) ReviewGroup() []peer.ID       { return []peer.ID{r.reviewer} }
+func (r fuzzRoles) IsMember(peer.ID) bool        { return true }
+func (r fuzzRoles) Members() []peer.ID           { return nil }
+func (r fuzzRoles) Name(p peer.ID) string        { return "P" }
+func (fuzzSink) Publish(string, any)             {}
 
 type fuzzSink struct{}
 

@@ -1,6 +1,7 @@
 package review
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -36,16 +37,19 @@ func (s *Service) Admit(in *stream.Inbound) error {
 	return fmt.Errorf("kind %s is not a review message", in.Body.Kind)
 }
 
-// AdmitDecision accepts decisions signed by the configured reviewer only.
+// AdmitDecision accepts decisions signed by the configured reviewer, or by
+// any reviewer of the review group. A reviewer of a group admits its
+// peers' copies (and acknowledges them as duplicates: its own ledger
+// follows the group's log); a lone reviewer takes none.
 func (s *Service) AdmitDecision(origin peer.ID) error {
 	r := s.roles.Reviewer()
 	if r == "" {
 		return errors.New("no reviewer is configured here")
 	}
-	if origin != r {
-		return fmt.Errorf("decision signed by %s, not by the reviewer %s", origin, r)
+	if !s.roles.InReviewGroup(origin) {
+		return fmt.Errorf("decision signed by %s, not by the reviewer %s or its review group", origin, r)
 	}
-	if s.IsReviewer() {
+	if s.IsReviewer() && (!s.grouped() || origin == s.roles.Self()) {
 		return errors.New("the reviewer does not take decisions from others")
 	}
 	return nil
@@ -68,7 +72,11 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}
 	origin := originOf(in.Origin, rr.RequestId)
-	if _, err := tx.RequestByOrigin(origin); err == nil {
+	if have, err := tx.RequestByOrigin(origin); err == nil && s.grouped() && sameRequest(have, rr) {
+		// A reviewer of a group that took the request in from the group's
+		// log first.
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+	} else if err == nil {
 		// A request under the same origin with other content: the applicant
 		// reused a request id (older applicants numbered requests with a
 		// counter a restored store could repeat).
@@ -103,8 +111,18 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 		DescriptionSender: rr.SenderNote, CreatedAt: rr.CreatedAt, ApplicantId: []byte(in.Origin),
 		ReviewerId: []byte(s.roles.Self()), Origin: origin, ChangeVersion: ver}
 	tx.PutRequest(row)
-	tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
+	tx.OnCommit(func() {
+		s.pub.Publish(SubjectRequested, s.render(row))
+		if s.grouped() {
+			s.proposeRequest(row)
+		}
+	})
 	return pb.AckStatus_ACK_STATUS_APPLIED, nil
+}
+
+// sameRequest reports whether the stored row is the request rr.
+func sameRequest(r *storepb.Request, rr *pb.ReviewRequest) bool {
+	return r.TableName == rr.TableName && r.TableId == rr.TableId && r.Type == rr.Type && bytes.Equal(r.Data, rr.Data)
 }
 
 // ApplyDecision applies a reviewer decision whose envelope was verified
@@ -127,7 +145,15 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 	if _, err := ParseType(d.Request.Type); err != nil || !ValidTable(d.Request.TableName) {
 		return 0, stream.Reject("decision names no valid table row")
 	}
+	if s.grouped() && s.IsReviewer() {
+		// Another reviewer's copy: this reviewer applied the decision, or
+		// will, from the group's log.
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
+	}
 	if held, err := stream.CheckHeld(tx, in.Origin, body.OriginVersion, in.Hash); err != nil || held {
+		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
+	}
+	if dup, err := s.decidedAlready(tx, d, status); err != nil || dup {
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}
 	if status == Rejected {
@@ -151,11 +177,20 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 	case d.Sequence <= applied:
 		// Held already, under another version: the same decision relayed,
 		// or a reviewer that reused a sequence (an equivocation).
-		if _, hash, ok, err := tx.Decision(d.Sequence); err != nil {
+		if ver, hash, ok, err := tx.Decision(d.Sequence); err != nil {
 			return 0, err
 		} else if ok && hash != 0 && hash != in.Hash {
-			return 0, &stream.RejectError{Equivocation: true,
-				Reason: fmt.Sprintf("equivocation: this node applied another decision under sequence %d", d.Sequence)}
+			// Another reviewer's copy of the same decision (the same
+			// request and outcome) is a duplicate; anything else under the
+			// sequence is an equivocation.
+			same, err := s.sameDecision(tx, ver, d)
+			if err != nil {
+				return 0, err
+			}
+			if !same {
+				return 0, &stream.RejectError{Equivocation: true,
+					Reason: fmt.Sprintf("equivocation: this node applied another decision under sequence %d", d.Sequence)}
+			}
 		}
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 	case d.Sequence > applied+1:
@@ -243,6 +278,47 @@ func (s *Service) applyInOrder(tx *store.Txn, in *stream.Inbound, d *pb.ReviewDe
 	tx.PutDecision(d.Sequence, ver, in.Hash)
 	tx.SetCounter(ctrApplied, d.Sequence)
 	return s.record(tx, d, ver)
+}
+
+// sameDecision reports whether the decision stored at log version ver
+// decides the same request the same way as d (the copies the reviewers of
+// a group each sign).
+func (s *Service) sameDecision(tx *store.Txn, ver uint64, d *pb.ReviewDecision) (bool, error) {
+	body, err := tx.ChangeBody(ver)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	have := &pb.ReviewDecision{}
+	if err := proto.Unmarshal(body.Payload, have); err != nil {
+		return false, nil
+	}
+	return have.Origin == d.Origin && have.Sequence == d.Sequence && have.Status == d.Status && bytes.Equal(have.Data, d.Data), nil
+}
+
+// decidedAlready reports whether the request d decides was decided here
+// the same way already (another reviewer's copy of a decision, most often
+// a rejection: those carry no sequence); a different outcome for it is an
+// equivocation.
+func (s *Service) decidedAlready(tx *store.Txn, d *pb.ReviewDecision, status Status) (bool, error) {
+	r, err := tx.RequestByOrigin(d.Origin)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if r.Status == Waiting.String() || r.Status == "" {
+		return false, nil
+	}
+	if r.Status == status.String() && r.Sequence == d.Sequence && bytes.Equal(r.Data, d.Data) {
+		return true, nil
+	}
+	return false, &stream.RejectError{Equivocation: true,
+		Reason: fmt.Sprintf("equivocation: request %s was decided %s here (sequence %d), this decision says %s (sequence %d)",
+			d.Origin, r.Status, r.Sequence, d.Status, d.Sequence)}
 }
 
 // record writes the request row with its final status and publishes it.

@@ -41,6 +41,9 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 			return false, err
 		}
 		reviewer := peer.ID(body.To)
+		if reviewer == "" {
+			reviewer = s.roles.Reviewer() // sent to every reviewer of a review group
+		}
 		tx.PutRequest(&storepb.Request{Id: id, TableId: rr.TableId, TableName: rr.TableName, Applicant: rr.ApplicantName,
 			Reviewer: s.roles.Name(reviewer), Type: rr.Type, Status: Waiting.String(), Data: rr.Data, DescriptionSender: rr.SenderNote,
 			CreatedAt: rr.CreatedAt, ApplicantId: []byte(s.roles.Self()), ReviewerId: []byte(reviewer), Origin: origin,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ferrynet/ferry"
 	"github.com/ferrynet/ferry/internal/idem"
+	"github.com/ferrynet/ferry/internal/lifecycle"
 	"github.com/ferrynet/ferry/protocols"
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
@@ -37,6 +39,11 @@ type Roles interface {
 	Self() peer.ID
 	SelfName() string
 	Reviewer() peer.ID
+	// InReviewGroup reports whether a peer is one of the review group
+	// (reviewers; the reviewer alone without one).
+	InReviewGroup(peer.ID) bool
+	// ReviewGroup lists the review group.
+	ReviewGroup() []peer.ID
 	IsMember(peer.ID) bool
 	Members() []peer.ID
 	Name(peer.ID) string
@@ -79,6 +86,12 @@ type Service struct {
 	log       *slog.Logger
 	ready     func() error
 
+	// group, once attached (group.go), is the review group every decision
+	// goes through; g owns the goroutines waiting on it, ctx ends them.
+	group Proposer
+	g     lifecycle.Group
+	ctx   context.Context
+
 	snapMu      sync.Mutex
 	snapRunning bool
 	snapAfter   []func() // Want's done callbacks, run when the snapshot was taken
@@ -103,6 +116,9 @@ type Deps struct {
 	// reviewer that has not compared its decisions with a member since it
 	// started may have been restored from an older copy).
 	Ready func() error
+	// Context ends the service's background work (proposals to the review
+	// group); nil: never.
+	Context context.Context
 }
 
 // New builds the service.
@@ -113,8 +129,11 @@ func New(d Deps) *Service {
 	if d.MaxMessageBytes == 0 {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
+	if d.Context == nil {
+		d.Context = context.Background()
+	}
 	return &Service{st: d.Store, roles: d.Roles, pub: d.Publisher, gaps: d.CatchUp, tracer: d.Tracer, maxData: d.MaxMessageBytes, log: d.Logger,
-		ready: d.Ready, approvals: max(d.Approvals, 1)}
+		ready: d.Ready, approvals: max(d.Approvals, 1), ctx: d.Context}
 }
 
 // IsReviewer reports whether this node is the reviewer.
@@ -205,8 +224,14 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 		if err != nil {
 			return err
 		}
+		// To the reviewer; to a review group's reviewers, each of them (the
+		// body then names no one: every one of them takes it in).
+		to, bodyTo := []peer.ID{reviewer}, []byte(reviewer)
+		if group := s.roles.ReviewGroup(); len(group) > 1 {
+			to, bodyTo = slices.DeleteFunc(group, func(p peer.ID) bool { return p == self }), nil
+		}
 		sealed, err := tx.AppendOwnAt(ver, &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_REQUEST,
-			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: []byte(reviewer)})
+			DataType: req.TableName, Payload: payload, CreatedAtUnixNano: now.UnixNano(), To: bodyTo})
 		if err != nil {
 			return err
 		}
@@ -216,11 +241,17 @@ func (s *Service) Submit(ctx context.Context, req SubmitRequest, done func(Row, 
 			ReviewerId: []byte(reviewer), Origin: originOf(self, ver), ChangeVersion: ver}
 		tx.PutRequest(row)
 		if reviewer == self {
-			tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
+			r := row
+			tx.OnCommit(func() {
+				s.pub.Publish(SubjectRequested, s.render(r))
+				if s.grouped() {
+					s.proposeRequest(r)
+				}
+			})
 			return nil
 		}
 		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneRequest), Kind: pb.Kind_KIND_REVIEW_REQUEST,
-			Protocol: protoID, RequestID: id, To: []peer.ID{reviewer}}, sealed)
+			Protocol: protoID, RequestID: id, To: to}, sealed)
 		return nil
 	}), func(err error) {
 		switch {
@@ -309,6 +340,10 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 			return
 		}
 	}
+	if s.grouped() {
+		s.decideInGroup(ctx, req, dec, done)
+		return
+	}
 	self := s.roles.Self()
 	var row *storepb.Request
 	s.st.Submit(ctx, func(tx *store.Txn) error {
@@ -323,7 +358,6 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		if err != nil {
 			return err
 		}
-		cur, _ := ParseStatus(r.Status)
 		// An edit's data is computed first and its error kept: the state
 		// machine's refusals (not the reviewer, decided, a delete) come first.
 		hasData := len(req.Data) > 0 || len(req.Set) > 0
@@ -332,86 +366,12 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		if dec == Edit && hasData {
 			edit, editErr = s.editData(r, typ, req)
 		}
-		now := tx.Now()
-		out, err := Transition(stateOf(r, cur, typ), Act{Decision: dec, By: self, ByName: s.roles.SelfName(), IsReviewer: s.IsReviewer(),
-			At: now.Unix(), HasData: hasData, Data: edit}, s.approvals)
-		if err != nil {
+		act := Act{Decision: dec, By: self, ByName: s.roles.SelfName(), IsReviewer: s.IsReviewer(),
+			At: tx.Now().Unix(), HasData: hasData, Data: edit}
+		if err := s.decideRow(tx, r, typ, act, s.approvals, req.Note, editErr); err != nil {
 			return err
 		}
-		if editErr != nil {
-			return editErr
-		}
-		if out.Status == Waiting {
-			// An approval that does not decide yet: the row keeps it (and a
-			// note for the decision), nothing else changes.
-			r.Approvals, r.EditedData = approvalsPB(out.Approvals), out.Edited
-			if req.Note != "" || dec == Edit {
-				r.DescriptionReceiver = req.Note
-			}
-			tx.PutRequest(r)
-			row = r
-			return nil
-		}
-		next, eff, data := out.Status, out.Effects, out.Data
-		var seq uint64
-		if eff.Apply {
-			existing, err := tx.GetRow(r.TableName, r.TableId)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			change, err := ApplyRow(typ, r.TableId, existing, data, true)
-			if err != nil {
-				return err
-			}
-			applyChange(tx, r.TableName, r.TableId, change)
-			if seq, err = tx.Next(store.CtrDecision); err != nil {
-				return err
-			}
-		}
-		note := req.Note
-		if note == "" && next != Rejected {
-			note = r.DescriptionReceiver // given with an earlier approval of what is decided
-		}
-		if note == "" {
-			note = defaultNote(typ, next)
-		}
-		applicant := peer.ID(r.ApplicantId)
-		d := &pb.ReviewDecision{Origin: r.Origin, Sequence: seq, Status: next.String(), Data: data, ReceiverNote: note,
-			ReviewerName: s.roles.SelfName(), Applicant: r.ApplicantId, DecidedAt: now.Unix(),
-			Request: &pb.ReviewRequest{RequestId: originID(r.Origin), TableId: r.TableId, TableName: r.TableName, Type: r.Type,
-				Data: r.Data, SenderNote: r.DescriptionSender, ApplicantName: r.Applicant, CreatedAt: r.CreatedAt}}
-		payload, err := proto.Marshal(d)
-		if err != nil {
-			return err
-		}
-		body := &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: r.TableName,
-			Payload: payload, CreatedAtUnixNano: now.UnixNano()}
-		// Accepted and edited decisions go to every member (broadcast: the
-		// receivers are the members when it is sent); a rejection to the
-		// applicant only.
-		var to []peer.ID
-		if !eff.Broadcast && applicant != self {
-			to = []peer.ID{applicant}
-			body.To = []byte(applicant)
-		}
-		ver, sealed, err := tx.AppendOwn(body)
-		if err != nil {
-			return err
-		}
-		if eff.Apply {
-			tx.PutDecision(seq, ver, sealed.Hash)
-			tx.SetCounter(ctrApplied, seq)
-		}
-		r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
-		r.Approvals, r.EditedData = nil, nil
-		tx.PutRequest(r)
 		row = r
-		protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
-		if eff.Broadcast || len(to) > 0 {
-			s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneOf(body)), Kind: pb.Kind_KIND_REVIEW_DECISION,
-				Protocol: protoID, RequestID: r.Id, To: to}, sealed)
-		}
-		tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
 		return nil
 	}, func(err error) {
 		if err != nil {
@@ -420,6 +380,101 @@ func (s *Service) Decide(ctx context.Context, req DecideRequest, done func(Row, 
 		}
 		done(s.replied(row), nil)
 	})
+}
+
+// decideRow runs act on the stored request r in tx, all in one commit: an
+// approval that does not decide yet is kept in the row; a decision writes
+// the state change, the table change, the decision sequence (this node's
+// next: in a review group the same on every reviewer, which apply the
+// group's log in one order), the decision signed by this node and its
+// delivery record (broadcast to every member for accepted and edited
+// decisions, addressed to the applicant for a rejection). k is
+// review.approvals; note is the
+// operator's (description.receiver); editErr, an edit's data error, is
+// returned after the state machine's own refusals.
+func (s *Service) decideRow(tx *store.Txn, r *storepb.Request, typ Type, act Act, k int, note string, editErr error) error {
+	self := s.roles.Self()
+	now := tx.Now()
+	cur, _ := ParseStatus(r.Status)
+	out, err := Transition(stateOf(r, cur, typ), act, k)
+	if err != nil {
+		return err
+	}
+	if editErr != nil {
+		return editErr
+	}
+	if out.Status == Waiting {
+		// An approval that does not decide yet: the row keeps it (and a
+		// note for the decision), nothing else changes.
+		r.Approvals, r.EditedData = approvalsPB(out.Approvals), out.Edited
+		if note != "" || act.Decision == Edit {
+			r.DescriptionReceiver = note
+		}
+		tx.PutRequest(r)
+		return nil
+	}
+	next, eff, data := out.Status, out.Effects, out.Data
+	var seq uint64
+	if eff.Apply {
+		existing, err := tx.GetRow(r.TableName, r.TableId)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		change, err := ApplyRow(typ, r.TableId, existing, data, true)
+		if err != nil {
+			return err
+		}
+		applyChange(tx, r.TableName, r.TableId, change)
+		if seq, err = tx.Next(store.CtrDecision); err != nil {
+			return err
+		}
+	}
+	if note == "" && next != Rejected {
+		note = r.DescriptionReceiver // given with an earlier approval of what is decided
+	}
+	if note == "" {
+		note = defaultNote(typ, next)
+	}
+	applicant := peer.ID(r.ApplicantId)
+	d := &pb.ReviewDecision{Origin: r.Origin, Sequence: seq, Status: next.String(), Data: data, ReceiverNote: note,
+		ReviewerName: act.ByName, Applicant: r.ApplicantId, DecidedAt: now.Unix(),
+		Request: &pb.ReviewRequest{RequestId: originID(r.Origin), TableId: r.TableId, TableName: r.TableName, Type: r.Type,
+			Data: r.Data, SenderNote: r.DescriptionSender, ApplicantName: r.Applicant, CreatedAt: r.CreatedAt}}
+	payload, err := proto.Marshal(d)
+	if err != nil {
+		return err
+	}
+	body := &pb.Body{Origin: []byte(self), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: r.TableName,
+		Payload: payload, CreatedAtUnixNano: now.UnixNano()}
+	// Accepted and edited decisions go to every member (broadcast: the
+	// receivers are the members when it is sent); a rejection to the
+	// applicant only.
+	var to []peer.ID
+	if !eff.Broadcast && applicant != self {
+		to = []peer.ID{applicant}
+		body.To = []byte(applicant)
+	}
+	ver, sealed, err := tx.AppendOwn(body)
+	if err != nil {
+		return err
+	}
+	if eff.Apply {
+		tx.PutDecision(seq, ver, sealed.Hash)
+		tx.SetCounter(ctrApplied, seq)
+	}
+	r.Status, r.Sequence, r.Data, r.DescriptionReceiver, r.DecidedAt, r.ChangeVersion = next.String(), seq, data, note, now.Unix(), ver
+	// The node whose act decided it (on a review group, the same on every
+	// reviewer's copy).
+	r.Reviewer, r.ReviewerId = act.ByName, []byte(act.By)
+	r.Approvals, r.EditedData = nil, nil
+	tx.PutRequest(r)
+	protoID, _ := protocols.ProtocolFor(pb.Kind_KIND_REVIEW_DECISION, r.Type)
+	if eff.Broadcast || len(to) > 0 {
+		s.deliver(tx, store.OwnEntry{Version: ver, Lane: uint8(stream.LaneOf(body)), Kind: pb.Kind_KIND_REVIEW_DECISION,
+			Protocol: protoID, RequestID: r.Id, To: to}, sealed)
+	}
+	tx.OnCommit(func() { s.pub.Publish(SubjectDecided+"."+r.TableName, s.render(r)) })
+	return nil
 }
 
 // editData is the data an edit asks for: data replacing the round's (the

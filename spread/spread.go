@@ -84,6 +84,11 @@ const (
 type Roles interface {
 	Self() peer.ID
 	Reviewer() peer.ID
+	// InReviewGroup reports whether p is one of the review group: news
+	// and decisions signed by any of them are the group's.
+	InReviewGroup(p peer.ID) bool
+	// ReviewGroup lists the review group (the reviewer alone without one).
+	ReviewGroup() []peer.ID
 	IsMember(p peer.ID) bool
 }
 
@@ -355,7 +360,7 @@ func (s *Service) send(decisions [][]byte, head uint64) {
 
 // validate lets through (and forwards) only news the reviewer published.
 func (s *Service) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-	if msg.GetFrom() != s.d.Roles.Reviewer() {
+	if !s.d.Roles.InReviewGroup(msg.GetFrom()) {
 		return pubsub.ValidationReject
 	}
 	n := &pb.DecisionNews{}
@@ -396,7 +401,7 @@ func (s *Service) take(n *pb.DecisionNews) error {
 			return fmt.Errorf("malformed decision envelope: %w", err)
 		}
 		body, origin, err := s.d.Verifier.Open(env)
-		if err != nil || origin != reviewer || body.Kind != pb.Kind_KIND_REVIEW_DECISION || len(body.To) > 0 {
+		if err != nil || !s.d.Roles.InReviewGroup(origin) || body.Kind != pb.Kind_KIND_REVIEW_DECISION || len(body.To) > 0 {
 			s.m.decisions.WithLabelValues("forged").Inc()
 			return fmt.Errorf("a decision in the news is not the reviewer's broadcast decision (%v)", err)
 		}
@@ -409,9 +414,14 @@ func (s *Service) take(n *pb.DecisionNews) error {
 			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision, Gossip: true}
 		items = append(items, in)
 		seqs[in] = d.Sequence
-		s.mu.Lock()
-		s.versions[d.Sequence] = body.OriginVersion
-		s.mu.Unlock()
+		if origin == reviewer {
+			// Only the reviewer's own versions place this member in its
+			// decision lane (holdLane); another reviewer of the group
+			// numbers its copies in its own log.
+			s.mu.Lock()
+			s.versions[d.Sequence] = body.OriginVersion
+			s.mu.Unlock()
+		}
 	}
 	if len(items) > 0 {
 		var counts stream.Counts
@@ -595,11 +605,34 @@ func (s *Service) reportLoop() {
 	}
 }
 
+// sendReport tells the reviewer, and every reviewer of a review group
+// (each sends its own copy of every decision and waits for it to be
+// acknowledged), that this member applied through seq; it fails only
+// when no reviewer took it.
 func (s *Service) sendReport(seq uint64) error {
-	r := s.d.Roles.Reviewer()
-	if r == "" {
+	rs := s.d.Roles.ReviewGroup()
+	if len(rs) == 0 {
 		return errors.New("no reviewer")
 	}
+	var errs []error
+	took := false
+	for _, r := range rs {
+		if r == s.d.Roles.Self() {
+			continue
+		}
+		if err := s.reportTo(r, seq); err != nil {
+			errs = append(errs, err)
+		} else {
+			took = true
+		}
+	}
+	if took {
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) reportTo(r peer.ID, seq uint64) error {
 	ctx, cancel := context.WithTimeout(s.ctx, reportTimeout)
 	defer cancel()
 	st, err := s.d.Host.NewStream(ctx, r, protocols.Applied)

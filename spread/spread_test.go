@@ -41,8 +41,15 @@ type roles struct {
 	members        map[peer.ID]bool
 }
 
-func (r roles) Self() peer.ID           { return r.self }
-func (r roles) Reviewer() peer.ID       { return r.reviewer }
+func (r roles) Self() peer.ID                { return r.self }
+func (r roles) Reviewer() peer.ID            { return r.reviewer }
+func (r roles) InReviewGroup(p peer.ID) bool { return p != "" && p == r.reviewer }
+func (r roles) ReviewGroup() []peer.ID {
+	if r.reviewer == "" {
+		return nil
+	}
+	return []peer.ID{r.reviewer}
+}
 func (r roles) IsMember(p peer.ID) bool { return r.members[p] }
 func seqOf(in *stream.Inbound) uint64 {
 	d := &pb.ReviewDecision{}

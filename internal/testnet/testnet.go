@@ -42,6 +42,9 @@ type Options struct {
 	Mesh bool
 	// Reviewer is the index of the reviewer node; nil for none (see At).
 	Reviewer *int
+	// Reviewers are the indexes of the review group's nodes (`reviewers`
+	// of every node's config); nil for none.
+	Reviewers []int
 	// NoBootstrap leaves configs without bootstrap peers (the default is
 	// node 0 for every other node).
 	NoBootstrap bool
@@ -185,6 +188,9 @@ func Start(t testing.TB, o Options) *Net {
 		}
 		if o.Reviewer != nil {
 			c.Reviewer = n.IDs[*o.Reviewer].String()
+		}
+		for _, j := range o.Reviewers {
+			c.Reviewers = append(c.Reviewers, n.IDs[j].String())
 		}
 		if o.Configure != nil {
 			o.Configure(i, &c)
