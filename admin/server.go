@@ -28,6 +28,7 @@ import (
 	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/review"
+	"github.com/ferrynet/ferry/reviewgroup"
 	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
@@ -60,8 +61,11 @@ type Deps struct {
 	Sender    *stream.Sender
 	Propagate *propagate.Service
 	Review    *review.Service
-	CatchUp   *catchup.Service
-	Search    *search.Service
+	// ReviewGroup is the review group's log on a reviewer of a group of
+	// more than one; nil elsewhere.
+	ReviewGroup *reviewgroup.Group
+	CatchUp     *catchup.Service
+	Search      *search.Service
 	// Feed is the services' tracer, built before them (NewFeed).
 	Feed *Feed
 	// Registry is served at /metrics; New registers the state gauges on it.
@@ -99,6 +103,7 @@ type Server struct {
 	sender  *stream.Sender
 	prop    *propagate.Service
 	review  *review.Service
+	group   *reviewgroup.Group // nil unless a reviewer of a group
 	catchup *catchup.Service
 	search  *search.Service
 	hub     *eventHub
@@ -126,7 +131,7 @@ type Server struct {
 // Nothing listens until Start.
 func New(d Deps) (*Server, error) {
 	srv := &Server{node: d.Node, host: d.Host, id: d.Host.ID(), st: d.Store, book: d.Book, nats: d.NATS, sender: d.Sender,
-		prop: d.Propagate, review: d.Review, catchup: d.CatchUp, search: d.Search, hub: d.Feed.hub,
+		prop: d.Propagate, review: d.Review, group: d.ReviewGroup, catchup: d.CatchUp, search: d.Search, hub: d.Feed.hub,
 		reg: d.Registry, ctx: d.Ctx, g: d.Group, log: d.Logger, name: d.Name, network: d.Network, version: d.Version,
 		natsPrefix: d.NATSPrefix, listen: d.Listen, token: d.Token, dir: d.Dir, dataPath: d.DataPath,
 		maxMessageBytes: d.MaxMessageBytes, quit: make(chan struct{})}

@@ -111,6 +111,22 @@ func sameEverywhere(t *testing.T, net *testnet.Net, at []int, origins []string, 
 func TestReviewGroupDecidesAtAnyReviewer(t *testing.T) {
 	net := groupNet(t)
 	leader := leaderOf(t, net, []int{0, 1, 2})
+	// Each reviewer's status shows the group: the leader and every
+	// reviewer's own state; a member's shows none.
+	for _, i := range []int{0, 1, 2} {
+		gs := net.Node(i).Status().ReviewGroup
+		if gs == nil || gs.Leader != net.IDs[leader].String() || len(gs.Servers) != 3 {
+			t.Fatalf("node %d's status shows the group %+v, want leader %s and 3 reviewers", i, gs, net.IDs[leader])
+		}
+		for _, sv := range gs.Servers {
+			if sv.Status == nil || sv.Error != "" || sv.Leader != (sv.ID == net.IDs[leader]) || sv.Self != (sv.ID == net.IDs[i]) {
+				t.Fatalf("node %d's status of reviewer %s: %+v", i, sv.Name, sv)
+			}
+		}
+	}
+	if gs := net.Node(3).Status().ReviewGroup; gs != nil {
+		t.Fatalf("a member's status shows a review group: %+v", gs)
+	}
 	var followers []int
 	for _, i := range []int{0, 1, 2} {
 		if i != leader {

@@ -21,6 +21,7 @@ const (
 // Types of the admin API's answers.
 type (
 	Status        = admin.Status
+	GroupStatus   = admin.GroupStatus
 	PeerInfo      = admin.PeerInfo
 	ResourceRow   = admin.ResourceRow
 	RequestDetail = admin.RequestDetail

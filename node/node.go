@@ -378,7 +378,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	}
 	// The operator's side, last: it reads every component.
 	if n.admin, err = admin.New(admin.Deps{Node: n, Host: n.host, Store: n.st, Book: n.book, NATS: n.bridge, Sender: n.sender,
-		Propagate: n.prop, Review: n.review, CatchUp: n.catchup, Search: n.search, Feed: n.feed, Registry: n.reg, Ctx: ctx,
+		Propagate: n.prop, Review: n.review, ReviewGroup: n.group, CatchUp: n.catchup, Search: n.search, Feed: n.feed, Registry: n.reg, Ctx: ctx,
 		Group: &n.g, Logger: log, Name: cfg.Name, Network: cfg.Network, Version: Version, NATSPrefix: cfg.NATS.Prefix,
 		Listen: cfg.Admin.Listen, Token: home.Token, Dir: home.Dir, DataPath: home.DataPath(),
 		MaxMessageBytes: cfg.Limits.MaxMessageBytes}); err != nil {

@@ -60,6 +60,9 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(w, "reviewer\t%s\npartners\t%d\nmembers\t%d\nconnected\t%d\nstore version\t%d\ndecisions applied\t%d\npending acks\t%d\nlast catch-up\t%s\nconsole\thttp://%s/\n",
 					dash(s.Reviewer), s.Partners, s.Members, s.Connected, s.StoreVersion, s.DecisionApplied, s.PendingAcks, g.when(s.LastCatchUp), s.Admin)
+				if gs := s.ReviewGroup; gs != nil {
+					fmt.Fprintf(w, "review group\t%s\n", groupLine(g, gs))
+				}
 				fmt.Fprintf(w, "health\t%s\n", healthLine(s.Health))
 				fmt.Fprintf(w, "free disk\t%.0f MiB (reserve %.0f MiB)\n", float64(s.Health.Store.FreeBytes)/(1<<20), float64(s.Health.Store.MinFreeBytes)/(1<<20))
 				if e := s.Health.Events; e != nil {
@@ -74,6 +77,36 @@ func statusCmd(g *globals) *cobra.Command {
 				}
 			})
 		}}
+}
+
+// groupLine says who leads the review group and how each reviewer stands:
+// "leader B; A (this node): follower, applied 12; B: leader, applied 12;
+// C: not answering (...)".
+func groupLine(g *globals, gs *node.GroupStatus) string {
+	parts := []string{"no leader known"}
+	if gs.Leader != "" {
+		parts[0] = "leader " + dash(gs.LeaderName)
+	}
+	if gs.Error != "" {
+		parts = append(parts, gs.Error)
+	}
+	for _, sv := range gs.Servers {
+		name := dash(sv.Name)
+		if sv.Self {
+			name += " (this node)"
+		}
+		switch {
+		case sv.Status != nil:
+			st := fmt.Sprintf("%s: %s, applied %d", name, strings.ToLower(sv.Status.State), sv.Status.AppliedIndex)
+			if !sv.Self && !sv.LastHeard.IsZero() {
+				st += ", heard " + g.when(sv.LastHeard)
+			}
+			parts = append(parts, st)
+		default:
+			parts = append(parts, name+": not answering ("+sv.Error+")")
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // healthLine is "ok" or "unavailable: <reason>" (the readiness of /readyz).
