@@ -146,11 +146,24 @@ func knowsB(t *testing.T, net *testnet.Net) {
 }
 
 // TestOpsDocsNameRealMetrics: every metric the alert rules and the Grafana
-// dashboard use is one a fresh node exports.
+// dashboard use is one a fresh node exports (the review group's, one a
+// fresh reviewer of a group exports: only those have them).
 func TestOpsDocsNameRealMetrics(t *testing.T) {
 	net := testnet.Start(t, testnet.Options{N: 2, Reviewer: testnet.At(0), Partners: map[int][]int{0: {1}, 1: {0}}})
 	net.WaitMembers(20 * time.Second)
 	got := scrape(t, net.Node(0).AdminAddr())
+	group := testnet.Start(t, testnet.Options{N: 3, Reviewers: []int{0, 1, 2}})
+	testnet.WaitFor(t, 30*time.Second, "the review group's metrics", func() bool {
+		return len(scrape(t, group.Node(0).AdminAddr())["ferry_review_group_has_leader"]) > 0
+	})
+	for name, lines := range scrape(t, group.Node(0).AdminAddr()) {
+		if strings.HasPrefix(name, "ferry_review_group_") {
+			got[name] = lines
+		}
+	}
+	if len(scrape(t, net.Node(0).AdminAddr())["ferry_review_group_has_leader"]) != 0 {
+		t.Error("a lone reviewer exports the review group's metrics")
+	}
 	re := regexp.MustCompile(`ferry_[a-z_]+`)
 	for _, f := range []string{"../docs/ops/alerts.yml", "../docs/ops/grafana-dashboard.json"} {
 		b, err := os.ReadFile(f)
