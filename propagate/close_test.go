@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrynet/ferry"
-	"github.com/ferrynet/ferry/store"
 )
 
 // A close_planner that arrives while the service closes is answered once,
@@ -19,23 +17,7 @@ import (
 // was counted by a WaitGroup that Close was waiting on); one after Close
 // is refused.
 func TestClosePlannerDuringClose(t *testing.T) {
-	key, self := fixedKey(t, 1)
-	_, partner := fixedKey(t, 2)
-	quiet := slog.New(slog.DiscardHandler)
-	st, err := store.Open(t.TempDir(), store.Options{Signer: key, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	svc, err := New(Deps{Store: st, Roles: fuzzRoles{self: self, partner: partner}, Streams: &fuzzSender{},
-		Publisher: &fuzzPublisher{}, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc, _, partner := testService(t)
 	req := Request{Action: "close_planner", Payload: json.RawMessage(`{"peer_id":"` + partner.String() + `"}`)}
 	// Each asker sends close_planner after close_planner until one is
 	// refused; Close begins once some were done.

@@ -6,15 +6,17 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/ferrynet/ferry/protocols/pb"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/stream"
 )
 
-// A partner's second create of one resource is refused at once, from the
-// filter of held resources (no restart to load it from the rows), while a
-// create of a new id needs no read.
-func TestAPartnersSecondCreateIsRefused(t *testing.T) {
+// testService is a Service on a store in t.TempDir() (closed at the end),
+// this node holding key 1 and its partner key 2.
+func testService(t *testing.T) (*Service, *store.Store, peer.ID) {
+	t.Helper()
 	key, self := fixedKey(t, 1)
 	_, partner := fixedKey(t, 2)
 	quiet := slog.New(slog.DiscardHandler)
@@ -32,6 +34,14 @@ func TestAPartnersSecondCreateIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return svc, st, partner
+}
+
+// A partner's second create of one resource is refused at once, from the
+// filter of held resources (no restart to load it from the rows), while a
+// create of a new id needs no read.
+func TestAPartnersSecondCreateIsRefused(t *testing.T) {
+	svc, st, partner := testService(t)
 	t.Cleanup(svc.Close)
 	creator := partner.String()
 	var prev uint64
