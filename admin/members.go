@@ -65,37 +65,10 @@ func (srv *Server) Members() []MemberRow {
 // membersPage answers GET /api/v1/members: a page of Members (limit,
 // after), as the peers pages.
 func (srv *Server) membersPage(w http.ResponseWriter, r *http.Request) {
-	limit, err := pageLimit(r)
-	if err != nil {
-		fail(w, err)
-		return
+	out, next, done := namePage(w, r, srv.Members(), func(m MemberRow) (string, string) { return m.Name, m.PeerID })
+	if !done {
+		ok(w, map[string]any{"members": out, "next": next})
 	}
-	var name, id string
-	if s := r.URL.Query().Get("after"); s != "" {
-		b, err := decodeCursor(s)
-		var ok bool
-		if err == nil {
-			name, id, ok = strings.Cut(string(b), "\n")
-		}
-		if !ok {
-			fail(w, badReq("after %q is not a cursor (pass the next of the previous page)", s))
-			return
-		}
-	}
-	out := []MemberRow{}
-	next := ""
-	for _, m := range srv.Members() {
-		if (name != "" || id != "") && (m.Name < name || (m.Name == name && m.PeerID <= id)) {
-			continue
-		}
-		if len(out) == limit {
-			last := out[len(out)-1]
-			next = encodeCursor([]byte(last.Name + "\n" + last.PeerID))
-			break
-		}
-		out = append(out, m)
-	}
-	ok(w, map[string]any{"members": out, "next": next})
 }
 
 // memberCall is POST /api/v1/members {"peer_id"} (on) and DELETE

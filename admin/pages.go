@@ -75,12 +75,28 @@ func decodeCursor(s string) ([]byte, error) {
 }
 
 // peersPage answers a page of PeerInfos (sorted by name, then peer id),
-// all or those with a role. The cursor is the last row's name and peer id.
+// all or those with a role.
 func (srv *Server) peersPage(w http.ResponseWriter, r *http.Request, field, role string) {
+	var rows []PeerInfo
+	for _, p := range srv.PeerInfos() {
+		if role == "" || p.has(role) {
+			rows = append(rows, p)
+		}
+	}
+	out, next, done := namePage(w, r, rows, func(p PeerInfo) (string, string) { return p.Name, p.PeerID })
+	if !done {
+		ok(w, map[string]any{field: out, "next": next})
+	}
+}
+
+// namePage cuts a page (limit, after) of rows sorted by name, then peer
+// id; the cursor is the last row's name and peer id. done: the request
+// was refused and the error is written.
+func namePage[T any](w http.ResponseWriter, r *http.Request, rows []T, key func(T) (name, id string)) (out []T, next string, done bool) {
 	limit, err := pageLimit(r)
 	if err != nil {
 		fail(w, err)
-		return
+		return nil, "", true
 	}
 	var name, id string
 	if s := r.URL.Query().Get("after"); s != "" {
@@ -91,28 +107,22 @@ func (srv *Server) peersPage(w http.ResponseWriter, r *http.Request, field, role
 		}
 		if !ok {
 			fail(w, badReq("after %q is not a cursor (pass the next of the previous page)", s))
-			return
+			return nil, "", true
 		}
 	}
-	out := []PeerInfo{}
-	next := ""
-	for _, p := range srv.PeerInfos() {
-		if role != "" && !p.has(role) {
+	out = []T{}
+	for _, x := range rows {
+		n, i := key(x)
+		if (name != "" || id != "") && (n < name || (n == name && i <= id)) {
 			continue
 		}
-		if name != "" || id != "" {
-			if p.Name < name || (p.Name == name && p.PeerID <= id) {
-				continue
-			}
-		}
 		if len(out) == limit {
-			last := out[len(out)-1]
-			next = encodeCursor([]byte(last.Name + "\n" + last.PeerID))
-			break
+			ln, li := key(out[len(out)-1])
+			return out, encodeCursor([]byte(ln + "\n" + li)), false
 		}
-		out = append(out, p)
+		out = append(out, x)
 	}
-	ok(w, map[string]any{field: out, "next": next})
+	return out, "", false
 }
 
 // Rows lists every row of a shared table, page after page (tests and the
