@@ -3,9 +3,11 @@ package faults
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,6 +64,19 @@ func groupLeader(t *testing.T, rs []*proc.Node) *proc.Node {
 	return l
 }
 
+// acceptOnce asks reviewer r's operator to accept the request of origin
+// once, whatever the answer: the caller learns the outcome from the rows.
+func acceptOnce(t *testing.T, r *proc.Node, origin string) {
+	t.Helper()
+	rows, err := groupRequests(t, r)
+	if err != nil {
+		return
+	}
+	if i := slices.IndexFunc(rows, func(x review.Row) bool { return x.Origin == origin }); i >= 0 {
+		_, _, _ = r.Do(http.MethodPost, fmt.Sprintf("/api/v1/requests/%d/accept", rows[i].ID), nil, nil)
+	}
+}
+
 // acceptIn has reviewer r's operator accept the request of origin through
 // the admin API, asking again while the group cannot decide; it returns
 // when r answered ok (or conflict for a request an earlier, uncertain try
@@ -89,15 +104,18 @@ func acceptIn(t *testing.T, r *proc.Node, origin string) {
 }
 
 // TestReviewGroupLeaderSIGKILL: three reviewers (`ferry run` children)
-// and three members; requests from the members are accepted at the
+// and three members; 200 requests from the members are accepted at the
 // reviewers in turn while the group's leader is killed with SIGKILL (and
-// restarted): 3 times among 12 requests in CI, 5 times among 200 under
-// make faults. Every request is decided once, under the same sequence on
-// every node, the sequences 1..n, and every reviewer's acknowledgement
+// restarted) 5 times, at a random request of each fifth of the run and a
+// random moment of that request's accept: before it, while the accept is
+// in flight at the leader or at a follower forwarding to it. An accept
+// the kill cut off is taken to another reviewer, which answers from what
+// the group did. Every request is decided once, under the same sequence
+// on every node, the sequences 1..n, and every reviewer's acknowledgement
 // rows turn sended; the figure is how long after each kill the next
 // decision was on disk at the reviewer that took it.
 func TestReviewGroupLeaderSIGKILL(t *testing.T) {
-	total, kills := pick(12, 200), pick(3, 5)
+	const total, kills = 200, 5
 	rs := []*proc.Node{proc.New(t, proc.Options{Name: "A"}), proc.New(t, proc.Options{Name: "B"}), proc.New(t, proc.Options{Name: "C"})}
 	members := []*proc.Node{proc.New(t, proc.Options{Name: "D"}), proc.New(t, proc.Options{Name: "E"}), proc.New(t, proc.Options{Name: "F"})}
 	all := append(slices.Clone(rs), members...)
@@ -120,9 +138,19 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 	}
 	groupLeader(t, rs)
 
+	// The request of each fifth of the run at which the leader is killed,
+	// and how long into that request's accept.
+	seed := time.Now().UnixNano()
+	rnd := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("kill points drawn with seed %d", seed)
+	every := total / kills
+	killAt := map[int]time.Duration{}
+	for k := range kills {
+		killAt[k*every+rnd.IntN(every)] = time.Duration(rnd.IntN(40)) * time.Millisecond
+	}
+
 	var origins []string
 	var afterKill []time.Duration
-	every := total / kills
 	for i := range total {
 		var r struct {
 			OK      bool
@@ -135,23 +163,32 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 		}
 		origins = append(origins, r.Request.Origin)
 		at := rs[i%3]
-		var killed time.Time
-		if i%every == every/2 && len(afterKill) < kills {
-			l := groupLeader(t, rs)
-			l.Kill()
-			killed = time.Now()
-			if at == l {
-				at = rs[(i+1)%3]
-			}
-			acceptIn(t, at, r.Request.Origin)
-			afterKill = append(afterKill, time.Since(killed))
-			l.Start()
-			continue
-		}
 		for !at.Running() {
 			at = rs[(slices.Index(rs, at)+1)%3]
 		}
+		delay, kill := killAt[i]
+		if !kill {
+			acceptIn(t, at, r.Request.Origin)
+			continue
+		}
+		l := groupLeader(t, rs)
+		// The kill runs beside one try of the accept at at (which may be
+		// the leader): whatever that try answered, or did not, the accept
+		// is then asked of a reviewer that runs until the row is accepted.
+		killed := make(chan time.Time, 1)
+		time.AfterFunc(delay, func() {
+			_ = syscall.Kill(l.Pid(), syscall.SIGKILL)
+			killed <- time.Now()
+		})
+		acceptOnce(t, at, r.Request.Origin)
+		k := <-killed
+		l.Kill() // reaps it
+		if at == l {
+			at = rs[(slices.Index(rs, l)+1)%3]
+		}
 		acceptIn(t, at, r.Request.Origin)
+		afterKill = append(afterKill, time.Since(k))
+		l.Start()
 	}
 
 	// Every node holds every request accepted, under one sequence each,
