@@ -515,3 +515,34 @@ func (s *Service) restoreRequest(tx *store.Txn, r *storepb.Request) error {
 	tx.PutRequest(r)
 	return nil
 }
+
+// StoreConfiguration records a configuration entry's index as applied: the
+// index a snapshot carries then names every entry before it, also where no
+// command came yet (the founder's first snapshot, right after its
+// bootstrap entry).
+func (f groupFSM) StoreConfiguration(index uint64, _ raft.Configuration) {
+	err := f.s.st.Update(context.Background(), func(tx *store.Txn) error {
+		last, err := tx.CounterValue(ctrGroupIndex)
+		if err != nil || index <= last {
+			return err
+		}
+		tx.SetCounter(ctrGroupIndex, index)
+		return nil
+	})
+	if err != nil {
+		f.s.log.Warn("review group: record a configuration entry's index", "index", index, "err", err)
+	}
+}
+
+// HoldsLedger reports whether this node's store holds a review ledger:
+// a request or a decision made here or received (the founder of a group
+// that holds one bootstraps alone and hands it on in a snapshot).
+func (s *Service) HoldsLedger() (bool, error) {
+	for _, c := range []string{store.CtrRequest, store.CtrDecision, ctrApplied} {
+		v, err := s.st.Counter(c)
+		if err != nil || v > 0 {
+			return v > 0, err
+		}
+	}
+	return false, nil
+}

@@ -30,6 +30,18 @@ type Config struct {
 	// list). A member with state ignores it; a new member that is not in it
 	// waits for the leader to add it (AddVoter).
 	Bootstrap []peer.ID
+	// Founder is the one member that bootstraps the group (empty:
+	// Bootstrap[0]); every other member of Bootstrap with an empty Dir
+	// waits for the group to reach it.
+	Founder peer.ID
+	// PriorState says the founder's state machine already holds state
+	// made before the group existed (a lone reviewer's ledger). Such a
+	// founder bootstraps a group of itself alone and then takes a snapshot
+	// that compacts the whole log, so that every member added later
+	// receives that state by InstallSnapshot; until that snapshot is
+	// taken it refuses to add a voter. Without it, the founder bootstraps
+	// every member of Bootstrap.
+	PriorState bool
 	// FSM is the state machine the log is applied to (see the package
 	// documentation for what it must do).
 	FSM raft.FSM
@@ -173,6 +185,12 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("review group: Config.MaxCommandBytes %d is negative", c.MaxCommandBytes)
 	}
 	c.Bootstrap = slices.Clone(c.Bootstrap)
+	if c.Founder == "" && len(c.Bootstrap) > 0 {
+		c.Founder = c.Bootstrap[0]
+	}
+	if c.Founder != "" && !slices.Contains(c.Bootstrap, c.Founder) {
+		return c, fmt.Errorf("review group: Config.Founder %s is not in Config.Bootstrap", c.Founder)
+	}
 	c.Timing = c.Timing.withDefaults()
 	if err := raft.ValidateConfig(c.raftConfig()); err != nil {
 		return c, fmt.Errorf("review group: Config.Timing: %w", err)
