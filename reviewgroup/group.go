@@ -360,6 +360,9 @@ func (g *Group) State() raft.RaftState {
 	return raft.Shutdown
 }
 
+// Voters are the voters of the latest configuration this member knows.
+func (g *Group) Voters() []peer.ID { return g.voters() }
+
 // voters are the voters of the latest configuration this member knows
 // (Bootstrap before Start).
 func (g *Group) voters() []peer.ID {
