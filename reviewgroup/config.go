@@ -24,11 +24,11 @@ type Config struct {
 	Dir string
 	// Self is this member; empty means Host.ID(), anything else must equal it.
 	Self peer.ID
-	// Bootstrap lists the initial voters. It is used once: when Dir holds
-	// no raft state yet and Self is among them, the group is bootstrapped
-	// with exactly these voters (every initial voter must be given the same
-	// list). A member with state ignores it; a new member that is not in it
-	// waits for the leader to add it (AddVoter).
+	// Bootstrap lists the initial voters. It is used once, by the Founder
+	// alone: when its Dir holds no raft state yet, it bootstraps the group
+	// with exactly these voters (or with itself alone, PriorState). A member
+	// with state ignores it; any other member waits for the leader to
+	// reach it (a listed one) or to add it (AddVoter).
 	Bootstrap []peer.ID
 	// Founder is the one member that bootstraps the group (empty:
 	// Bootstrap[0]); every other member of Bootstrap with an empty Dir
