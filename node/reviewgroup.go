@@ -39,10 +39,14 @@ func (n *Node) buildReviewGroup(home Home) error {
 			return fmt.Errorf("review group: read the ledger: %w", err)
 		}
 	}
-	g, err := reviewgroup.New(reviewgroup.Config{Host: n.host, Dir: filepath.Join(home.DataPath(), RaftDir), Self: n.id,
+	rc := reviewgroup.Config{Host: n.host, Dir: filepath.Join(home.DataPath(), RaftDir), Self: n.id,
 		Bootstrap: group, Founder: founder, PriorState: prior, FSM: n.review.GroupFSM(), Allowed: n.book.InReviewGroup, Name: n.book.Name,
 		Logger: n.log, Registry: n.reg, Timing: n.opts.ReviewGroupTiming,
-		MaxCommandBytes: 2*n.cfg.Limits.MaxMessageBytes + reviewgroup.DefaultMaxCommandBytes/2})
+		MaxCommandBytes: 2*n.cfg.Limits.MaxMessageBytes + reviewgroup.DefaultMaxCommandBytes/2}
+	if n.opts.ReviewGroupTune != nil {
+		n.opts.ReviewGroupTune(&rc)
+	}
+	g, err := reviewgroup.New(rc)
 	if err != nil {
 		return err
 	}

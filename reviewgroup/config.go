@@ -67,6 +67,9 @@ type Config struct {
 	// 0: raft's defaults (8192 and 10240).
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// SnapshotInterval is how often raft checks SnapshotThreshold
+	// (randomised up to twice); 0: raft's default (120 s).
+	SnapshotInterval time.Duration
 }
 
 // Timing holds the group's timeouts. Raft's three must satisfy
@@ -211,6 +214,9 @@ func (c Config) raftConfig() *raft.Config {
 	}
 	if c.TrailingLogs > 0 {
 		rc.TrailingLogs = c.TrailingLogs
+	}
+	if c.SnapshotInterval > 0 {
+		rc.SnapshotInterval = c.SnapshotInterval
 	}
 	return rc
 }
