@@ -279,6 +279,7 @@ func (srv *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /api/v1/partners/{id}", func(w http.ResponseWriter, r *http.Request) {
 		srv.partnerCall(w, r, r.PathValue("id"), false)
 	})
+	srv.reviewerRoutes(mux)
 	mux.HandleFunc("GET /api/v1/members", srv.membersPage)
 	mux.HandleFunc("POST /api/v1/members", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {

@@ -83,6 +83,9 @@ type Options struct {
 	// ReviewGroupTiming overrides the review group's raft timeouts (tests);
 	// zero fields take reviewgroup.DefaultTiming's.
 	ReviewGroupTiming reviewgroup.Timing
+	// ReviewGroupTune adjusts the review group's configuration before it is
+	// built (tests: snapshot thresholds); nil: none.
+	ReviewGroupTune func(*reviewgroup.Config)
 	// MembersRepublish is the membership record republish period (and the
 	// pull period when shorter than a minute)
 	// (default membership.DefaultRepublish).

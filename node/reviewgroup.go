@@ -1,7 +1,10 @@
 package node
 
 import (
+	"fmt"
 	"path/filepath"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry/reviewgroup"
 )
@@ -14,15 +17,36 @@ const RaftDir = "raft"
 // of more than one (`reviewers`), with the review service's state machine,
 // and attaches it to the service: from then on every decision and approval
 // is a command of the group. A member, and a lone reviewer, run none.
+//
+// The founder (`reviewer`, else reviewers[0]) is the only one that
+// bootstraps: with every listed reviewer on a fresh network, alone when its
+// store holds a ledger already (a lone reviewer turned founder), which the
+// others then receive in a snapshot when `ferry reviewers add` adds them.
 func (n *Node) buildReviewGroup(home Home) error {
 	group := n.book.ReviewGroup()
 	if len(group) < 2 || !n.book.InReviewGroup(n.id) {
 		return nil
 	}
-	g, err := reviewgroup.New(reviewgroup.Config{Host: n.host, Dir: filepath.Join(home.DataPath(), RaftDir), Self: n.id,
-		Bootstrap: group, FSM: n.review.GroupFSM(), Allowed: n.book.InReviewGroup, Name: n.book.Name,
+	// The founder: `reviewer` when set, else reviewers[0]. Only it
+	// bootstraps; the others wait for the group to reach them.
+	founder, err := peer.Decode(n.cfg.ReviewerID())
+	if err != nil {
+		return fmt.Errorf("review group: the founder %q: %w", n.cfg.ReviewerID(), err)
+	}
+	prior := false
+	if founder == n.id {
+		if prior, err = n.review.HoldsLedger(); err != nil {
+			return fmt.Errorf("review group: read the ledger: %w", err)
+		}
+	}
+	rc := reviewgroup.Config{Host: n.host, Dir: filepath.Join(home.DataPath(), RaftDir), Self: n.id,
+		Bootstrap: group, Founder: founder, PriorState: prior, FSM: n.review.GroupFSM(), Allowed: n.book.InReviewGroup, Name: n.book.Name,
 		Logger: n.log, Registry: n.reg, Timing: n.opts.ReviewGroupTiming,
-		MaxCommandBytes: 2*n.cfg.Limits.MaxMessageBytes + reviewgroup.DefaultMaxCommandBytes/2})
+		MaxCommandBytes: 2*n.cfg.Limits.MaxMessageBytes + reviewgroup.DefaultMaxCommandBytes/2}
+	if n.opts.ReviewGroupTune != nil {
+		n.opts.ReviewGroupTune(&rc)
+	}
+	g, err := reviewgroup.New(rc)
 	if err != nil {
 		return err
 	}

@@ -28,8 +28,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"strconv"
 
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -82,7 +80,7 @@ type groupCmd struct {
 // each command id applied (its answer: the request's origin).
 const ctrGroupIndex = "review_group_index"
 
-func auxGroupCmd(id string) string { return "review/group/cmd/" + id }
+func auxGroupCmd(id string) string { return cmdPrefix + id }
 
 // AttachGroup makes the service decide through the review group g. The
 // node calls it once, after building the group from GroupFSM and before
@@ -325,50 +323,3 @@ func (s *Service) groupRow(tx *store.Txn, c *groupCmd) (*storepb.Request, error)
 	tx.OnCommit(func() { s.pub.Publish(SubjectRequested, s.render(row)) })
 	return r, nil
 }
-
-// Snapshot: the state machine's state is the store, on disk before Apply
-// returns; a snapshot carries the last log index applied, so a reviewer
-// restored from it checks that its store holds that much.
-func (f groupFSM) Snapshot() (raft.FSMSnapshot, error) {
-	v, err := f.s.st.Counter(ctrGroupIndex)
-	if err != nil {
-		return nil, err
-	}
-	return groupSnapshot(v), nil
-}
-
-// Restore accepts a snapshot its store already holds (its own, at a
-// restart); a snapshot from the leader for a reviewer whose store is
-// behind it cannot be applied: the ledger does not travel in the group's
-// snapshots yet.
-func (f groupFSM) Restore(rc io.ReadCloser) error {
-	b, err := io.ReadAll(io.LimitReader(rc, 64))
-	if err != nil {
-		return fmt.Errorf("review group: read the snapshot: %w", err)
-	}
-	want, err := strconv.ParseUint(string(b), 10, 64)
-	if err != nil {
-		return fmt.Errorf("review group: the snapshot is not this state machine's: %w", err)
-	}
-	have, err := f.s.st.Counter(ctrGroupIndex)
-	if err != nil {
-		return err
-	}
-	if have < want {
-		return fmt.Errorf("%w: this reviewer's ledger applied the group's log through %d, the snapshot through %d; "+
-			"restore its home from another reviewer's copy", ferry.ErrUnavailable, have, want)
-	}
-	return nil
-}
-
-type groupSnapshot uint64
-
-func (g groupSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := io.WriteString(sink, strconv.FormatUint(uint64(g), 10)); err != nil {
-		_ = sink.Cancel()
-		return err
-	}
-	return sink.Close()
-}
-
-func (groupSnapshot) Release() {}

@@ -24,12 +24,24 @@ type Config struct {
 	Dir string
 	// Self is this member; empty means Host.ID(), anything else must equal it.
 	Self peer.ID
-	// Bootstrap lists the initial voters. It is used once: when Dir holds
-	// no raft state yet and Self is among them, the group is bootstrapped
-	// with exactly these voters (every initial voter must be given the same
-	// list). A member with state ignores it; a new member that is not in it
-	// waits for the leader to add it (AddVoter).
+	// Bootstrap lists the initial voters. It is used once, by the Founder
+	// alone: when its Dir holds no raft state yet, it bootstraps the group
+	// with exactly these voters (or with itself alone, PriorState). A member
+	// with state ignores it; any other member waits for the leader to
+	// reach it (a listed one) or to add it (AddVoter).
 	Bootstrap []peer.ID
+	// Founder is the one member that bootstraps the group (empty:
+	// Bootstrap[0]); every other member of Bootstrap with an empty Dir
+	// waits for the group to reach it.
+	Founder peer.ID
+	// PriorState says the founder's state machine already holds state
+	// made before the group existed (a lone reviewer's ledger). Such a
+	// founder bootstraps a group of itself alone and then takes a snapshot
+	// that compacts the whole log, so that every member added later
+	// receives that state by InstallSnapshot; until that snapshot is
+	// taken it refuses to add a voter. Without it, the founder bootstraps
+	// every member of Bootstrap.
+	PriorState bool
 	// FSM is the state machine the log is applied to (see the package
 	// documentation for what it must do).
 	FSM raft.FSM
@@ -55,6 +67,9 @@ type Config struct {
 	// 0: raft's defaults (8192 and 10240).
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// SnapshotInterval is how often raft checks SnapshotThreshold
+	// (randomised up to twice); 0: raft's default (120 s).
+	SnapshotInterval time.Duration
 }
 
 // Timing holds the group's timeouts. Raft's three must satisfy
@@ -173,6 +188,12 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("review group: Config.MaxCommandBytes %d is negative", c.MaxCommandBytes)
 	}
 	c.Bootstrap = slices.Clone(c.Bootstrap)
+	if c.Founder == "" && len(c.Bootstrap) > 0 {
+		c.Founder = c.Bootstrap[0]
+	}
+	if c.Founder != "" && !slices.Contains(c.Bootstrap, c.Founder) {
+		return c, fmt.Errorf("review group: Config.Founder %s is not in Config.Bootstrap", c.Founder)
+	}
 	c.Timing = c.Timing.withDefaults()
 	if err := raft.ValidateConfig(c.raftConfig()); err != nil {
 		return c, fmt.Errorf("review group: Config.Timing: %w", err)
@@ -193,6 +214,9 @@ func (c Config) raftConfig() *raft.Config {
 	}
 	if c.TrailingLogs > 0 {
 		rc.TrailingLogs = c.TrailingLogs
+	}
+	if c.SnapshotInterval > 0 {
+		rc.SnapshotInterval = c.SnapshotInterval
 	}
 	return rc
 }

@@ -38,6 +38,9 @@ const (
 	// boltOpenTimeout bounds the wait for raft.db's file lock: a second
 	// process on the same directory fails instead of waiting for ever.
 	boltOpenTimeout = time.Second
+	// foundingFile marks a founder that bootstrapped alone and has not yet
+	// taken its first, compacting snapshot (Config.PriorState).
+	foundingFile = "founding"
 	// transportPool is how many idle raft streams are kept per member.
 	transportPool = 3
 )
@@ -61,6 +64,9 @@ type Group struct {
 
 	raft     atomic.Pointer[raft.Raft]
 	observer *raft.Observer
+	// founding is set while the founder's first snapshot is not taken
+	// (Config.PriorState): adding a voter waits for it.
+	founding atomic.Bool
 
 	mu         sync.Mutex
 	started    bool
@@ -155,8 +161,21 @@ func (g *Group) Start() error {
 	g.raft.Store(r)
 	g.g.Go(func() { g.observe(obs) })
 
+	founder := g.cfg.Self == g.cfg.Founder
 	switch {
-	case !g.hasState && slices.Contains(g.cfg.Bootstrap, g.cfg.Self):
+	case !g.hasState && founder && g.cfg.PriorState:
+		// The mark first: a founder stopped before its snapshot takes it
+		// at its next start.
+		if err := os.WriteFile(filepath.Join(g.cfg.Dir, foundingFile), nil, 0o600); err != nil {
+			return fmt.Errorf("review group: %w", err)
+		}
+		self := raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(g.cfg.Self.String()), Address: raft.ServerAddress(g.cfg.Self.String())}
+		if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{self}}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("review group: bootstrap: %w", err)
+		}
+		g.log.Info("review group founded by this reviewer alone: its ledger predates the group; the others join from a snapshot of it once added (ferry reviewers add ID)",
+			"founder", g.cfg.Name(g.cfg.Self), "listed", g.groupName())
+	case !g.hasState && founder:
 		var c raft.Configuration
 		for _, p := range g.cfg.Bootstrap {
 			s := raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.String()), Address: raft.ServerAddress(p.String())}
@@ -167,12 +186,79 @@ func (g *Group) Start() error {
 		if err := r.BootstrapCluster(c).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return fmt.Errorf("review group: bootstrap: %w", err)
 		}
-		g.log.Info("review group bootstrapped", "voters", g.groupName())
+		g.log.Info("review group bootstrapped by this reviewer, its founder, with every listed reviewer", "voters", g.groupName())
 	case g.hasState:
 		g.log.Info("review group started from its state", "dir", g.cfg.Dir, "voters", g.groupName(), "bootstrap_ignored", len(g.cfg.Bootstrap) > 0)
+	case slices.Contains(g.cfg.Bootstrap, g.cfg.Self):
+		g.log.Info("review group started empty: waiting for the group to reach this reviewer (its founder bootstraps it, or it adds this one)",
+			"dir", g.cfg.Dir, "founder", g.cfg.Name(g.cfg.Founder))
 	default:
 		g.log.Info("review group started empty: waiting for the leader to add this member", "dir", g.cfg.Dir)
 	}
+	if _, err := os.Stat(filepath.Join(g.cfg.Dir, foundingFile)); err == nil {
+		g.founding.Store(true)
+		g.g.Go(g.foundingSnapshot)
+	}
+	return nil
+}
+
+// Founding snapshot timing: how long to wait between attempts.
+const foundingRetry = 200 * time.Millisecond
+
+// foundingSnapshot takes the founder's first snapshot once its state
+// machine applied the group's first entry, with raft's TrailingLogs at 0
+// for that one snapshot: the whole log is compacted, so a member added
+// later cannot be sent the log from its start (which does not hold the
+// ledger made before it) and is sent the snapshot. It also runs at a
+// restart of a founder that stopped before it (no snapshot in Dir).
+func (g *Group) foundingSnapshot() {
+	defer g.founding.Store(false)
+	r := g.raft.Load()
+	for {
+		err := g.fsm.waitApplied(g.ctx, 1)
+		if err == nil {
+			err = g.compactingSnapshot(r)
+		}
+		if err == nil || g.ctx.Err() != nil {
+			return
+		}
+		g.log.Warn("review group: the founder's snapshot failed; trying again", "err", err)
+		select {
+		case <-time.After(foundingRetry):
+		case <-g.ctx.Done():
+			return
+		}
+	}
+}
+
+// compactingSnapshot takes a snapshot that leaves no log entry behind it.
+func (g *Group) compactingSnapshot(r *raft.Raft) error {
+	rc := r.ReloadableConfig()
+	trailing := rc.TrailingLogs
+	rc.TrailingLogs = 0
+	if err := r.ReloadConfig(rc); err != nil {
+		return fmt.Errorf("lower TrailingLogs: %w", err)
+	}
+	defer func() {
+		rc.TrailingLogs = trailing
+		if err := r.ReloadConfig(rc); err != nil {
+			g.log.Warn("review group: TrailingLogs not restored after the founder's snapshot", "err", err)
+		}
+	}()
+	f := r.Snapshot()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	meta, rc2, err := f.Open()
+	if err != nil {
+		return err
+	}
+	_ = rc2.Close()
+	if err := os.Remove(filepath.Join(g.cfg.Dir, foundingFile)); err != nil {
+		return err
+	}
+	g.log.Info("review group: the founder's ledger is in a snapshot and the log before it is compacted; reviewers added from now on start from it",
+		"snapshot_index", meta.Index, "bytes", meta.Size)
 	return nil
 }
 
@@ -273,6 +359,9 @@ func (g *Group) State() raft.RaftState {
 	}
 	return raft.Shutdown
 }
+
+// Voters are the voters of the latest configuration this member knows.
+func (g *Group) Voters() []peer.ID { return g.voters() }
 
 // voters are the voters of the latest configuration this member knows
 // (Bootstrap before Start).
@@ -533,6 +622,10 @@ func (g *Group) changeLocal(ctx context.Context, op pb.ForwardOp, p peer.ID) ste
 	id, addr := raft.ServerID(p.String()), raft.ServerAddress(p.String())
 	var f raft.IndexFuture
 	what := "adding " + g.cfg.Name(p)
+	if op == pb.ForwardOp_FORWARD_OP_ADD_VOTER && g.founding.Load() {
+		return step{err: fmt.Errorf("%w: review group %s: the founder has not yet taken the snapshot of its ledger that new reviewers start from; try again in a few seconds",
+			ferry.ErrUnavailable, g.groupName())}
+	}
 	if op == pb.ForwardOp_FORWARD_OP_ADD_VOTER {
 		f = r.AddVoter(id, addr, 0, g.enqueueTimeout(ctx))
 	} else {

@@ -1,10 +1,14 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cockroachdb/pebble"
+
+	"github.com/ferrynet/ferry/store/storepb"
 )
 
 // Snapshot is a consistent read view of the store at one moment: what a
@@ -104,4 +108,93 @@ func (t *Txn) ClearTables() error {
 		t.del(append([]byte(nil), it.Key()...))
 	}
 	return t.s.check(it.Error())
+}
+
+// scan calls fn for every key with prefix in the view, in key order, until
+// fn returns false.
+func (sn *Snapshot) scan(prefix []byte, fn func(k, v []byte) (bool, error)) error {
+	it, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		more, err := fn(it.Key(), it.Value())
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+	}
+	if err := it.Error(); err != nil {
+		return sn.s.check(fmt.Errorf("iterate: %w", err))
+	}
+	return nil
+}
+
+// Requests calls fn for every request row in the view, in id order, until
+// fn returns false.
+func (sn *Snapshot) Requests(fn func(*storepb.Request) (bool, error)) error {
+	return sn.scan([]byte(pRequest), func(_, v []byte) (bool, error) {
+		r := &storepb.Request{}
+		if err := unmarshal(v, r); err != nil {
+			return false, err
+		}
+		return fn(r)
+	})
+}
+
+// Decisions calls fn for every decision record in the view (its sequence,
+// the local version of its change and its fingerprint), in sequence order,
+// until fn returns false.
+func (sn *Snapshot) Decisions(fn func(seq, version, hash uint64) (bool, error)) error {
+	return sn.scan([]byte(pDecision), func(key, v []byte) (bool, error) {
+		seq, err := tailU64(key)
+		if err != nil {
+			return false, err
+		}
+		var hash uint64
+		if len(v) >= 16 {
+			hash = binary.BigEndian.Uint64(v[8:16])
+		}
+		return fn(seq, decisionVersion(v), hash)
+	})
+}
+
+// AuxPrefix calls fn for every service value (Txn.SetAux) in the view whose
+// name starts with prefix, in name order, until fn returns false.
+func (sn *Snapshot) AuxPrefix(prefix string, fn func(name string, v []byte) (bool, error)) error {
+	if len(prefix) > 255 {
+		return fmt.Errorf("aux prefix of %d bytes", len(prefix))
+	}
+	// Names are length-prefixed: scan every one and keep those that match.
+	return sn.scan([]byte(pAux), func(key, v []byte) (bool, error) {
+		if len(key) < len(pAux)+1 {
+			return true, nil
+		}
+		name := string(key[len(pAux)+1:])
+		if !strings.HasPrefix(name, prefix) {
+			return true, nil
+		}
+		return fn(name, v)
+	})
+}
+
+// ClearTableRows deletes up to limit rows of the shared tables as they are
+// on disk (not those written earlier in this round) and reports how many
+// it deleted: a caller clears large tables in bounded transactions, calling
+// it until it returns 0.
+func (t *Txn) ClearTableRows(limit int) (int, error) {
+	it, err := t.s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(pTable), UpperBound: prefixEnd([]byte(pTable))})
+	if err != nil {
+		return 0, fmt.Errorf("iterate: %w", err)
+	}
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok && n < limit; ok = it.Next() {
+		t.del(append([]byte(nil), it.Key()...))
+		n++
+	}
+	return n, t.s.check(it.Error())
 }

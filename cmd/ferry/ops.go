@@ -20,7 +20,7 @@ import (
 )
 
 func operatorCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), membersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
+	return []*cobra.Command{statusCmd(g), peersCmd(g), partnersCmd(g), membersCmd(g), reviewersCmd(g), requestsCmd(g), acksCmd(g), rowsCmd(g),
 		resourcesCmd(g), publishCmd(g), submitCmd(g), searchCmd(g), watchCmd(g), traceCmd(g)}
 }
 

@@ -145,9 +145,13 @@ var examples = map[string]string{
 	"ferry members":         `  ferry members list`,
 	"ferry members list": `  ferry members list
   ferry members list --json | jq '.[] | select(.state != "member")'`,
-	"ferry members remove": `  ferry members remove 12D3KooWJ6...   # gone for good: no longer addressed, its pending rows closed`,
-	"ferry members add":    `  ferry members add 12D3KooWJ6...      # undoes a removal`,
-	"ferry requests":       `  ferry requests list --status waiting`,
+	"ferry members remove":   `  ferry members remove 12D3KooWJ6...   # gone for good: no longer addressed, its pending rows closed`,
+	"ferry members add":      `  ferry members add 12D3KooWJ6...      # undoes a removal`,
+	"ferry reviewers":        `  ferry reviewers list`,
+	"ferry reviewers list":   "  ferry reviewers list\n  ferry reviewers list --json | jq '.servers[] | {name, state: .status.state}'",
+	"ferry reviewers add":    `  ferry reviewers add 12D3KooWJ6...   # listed in every node's reviewers; it joins from the group's snapshot`,
+	"ferry reviewers remove": `  ferry reviewers remove 12D3KooWJ6...   # then take it out of every node's reviewers`,
+	"ferry requests":         `  ferry requests list --status waiting`,
 	"ferry requests list": `  ferry requests list
   ferry requests list --status waiting`,
 	"ferry requests show":   `  ferry requests show 17`,
