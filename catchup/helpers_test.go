@@ -55,6 +55,7 @@ type roles struct {
 	partners []peer.ID
 	members  []peer.ID
 	reviewer peer.ID
+	group    []peer.ID // the review group; nil: the reviewer alone
 }
 
 func (r *roles) Self() peer.ID { return r.self }
@@ -89,7 +90,27 @@ func (r *roles) Reviewer() peer.ID {
 	return r.reviewer
 }
 
-func (r *roles) InReviewGroup(p peer.ID) bool { return p != "" && p == r.Reviewer() }
+func (r *roles) InReviewGroup(p peer.ID) bool { return p != "" && slices.Contains(r.ReviewGroup(), p) }
+
+func (r *roles) ReviewGroup() []peer.ID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.group != nil {
+		return slices.Clone(r.group)
+	}
+	if r.reviewer == "" {
+		return nil
+	}
+	return []peer.ID{r.reviewer}
+}
+
+// setGroup makes the review group of more than one: reviewer is the one
+// this node addresses first (a member's first reviewer, or itself).
+func (r *roles) setGroup(group []peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.group = slices.Clone(group)
+}
 
 func (r *roles) set(partners, members []peer.ID, reviewer peer.ID) {
 	r.mu.Lock()

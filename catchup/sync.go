@@ -7,12 +7,17 @@
 //     version up to which this node holds that origin's chain, served by any
 //     partner of the origin and verified by the origin's signature;
 //   - reviewer decisions after the last sequence applied here, served by any
-//     member when the reviewer is not connected (they are signed by the
-//     reviewer), or when one arrived ahead of a gap;
+//     reviewer of the review group or any member when no reviewer is
+//     connected (they are signed by a reviewer of the group), or when one
+//     arrived ahead of a gap;
 //   - a node's own changes that a peer holds and the node lost (its data
 //     directory was restored from an older copy), served by that peer;
-//   - a snapshot of the shared tables at the reviewer's last decision, signed
-//     by the reviewer, for a new member facing a long backlog of decisions.
+//   - a snapshot of the shared tables at a reviewer's last decision, signed
+//     by that reviewer (any reviewer of the group), for a new member facing
+//     a long backlog of decisions.
+//
+// A member asks the reviewers of the group that are connected first, in
+// turn, then its other members: no path depends on one reviewer being up.
 //
 // Answers stream in batches paced by the stream's flow control; every round
 // starts from what is on disk, so an interrupted catch-up resumes where it
@@ -66,6 +71,9 @@ type Roles interface {
 	// InReviewGroup reports whether p is one of the review group:
 	// decisions signed by any of them are the group's.
 	InReviewGroup(peer.ID) bool
+	// ReviewGroup lists the review group (the reviewer alone when there
+	// is one; empty: no review flow).
+	ReviewGroup() []peer.ID
 }
 
 // Resources applies owned-resource changes (the propagate service).
@@ -293,7 +301,7 @@ func (s *Service) Everything() {
 			s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p}, "")
 		}
 	}
-	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && (!s.connected(r) || s.d.Decisions.Held()) {
+	if s.followsReview() && (!s.reviewerConnected() || s.d.Decisions.Held()) {
 		// Decisions held behind a gap are asked for again each period: the
 		// job that DecisionGap started may have failed.
 		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, "")
@@ -302,7 +310,7 @@ func (s *Service) Everything() {
 
 // Connected asks a newly connected peer for what it can give: a partner
 // serves the chains of other partners that are not connected, a member the
-// decisions while the reviewer is not connected.
+// decisions while no reviewer of the group is connected.
 func (s *Service) Connected(p peer.ID) {
 	if s.d.Roles.IsPartner(p) {
 		for _, o := range s.d.Roles.Partners() {
@@ -311,9 +319,28 @@ func (s *Service) Connected(p peer.ID) {
 			}
 		}
 	}
-	if r := s.d.Roles.Reviewer(); r != "" && r != s.d.Roles.Self() && r != p && !s.connected(r) && s.d.Roles.IsMember(p) {
+	if s.followsReview() && !s.reviewerConnected() && s.d.Roles.IsMember(p) {
 		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, p)
 	}
+}
+
+// followsReview reports whether this node takes decisions from the review
+// group: there is one, and this node is not of it (a reviewer of a group
+// follows the group's log).
+func (s *Service) followsReview() bool {
+	g := s.d.Roles.ReviewGroup()
+	return len(g) > 0 && !s.d.Roles.InReviewGroup(s.d.Roles.Self())
+}
+
+// reviewerConnected reports whether any reviewer of the group is
+// connected: its decision stream brings what this member misses.
+func (s *Service) reviewerConnected() bool {
+	for _, r := range s.d.Roles.ReviewGroup() {
+		if r != s.d.Roles.Self() && s.connected(r) {
+			return true
+		}
+	}
+	return false
 }
 
 // Recover asks p for this node's own changes that p holds and this node
@@ -384,9 +411,19 @@ func (s *Service) run(j job, hints []peer.ID) error {
 			add(p)
 		}
 	case pb.SyncRequest_WHAT_DECISIONS:
-		add(s.d.Roles.Reviewer())
+		// Every connected reviewer of the group, then the members (they
+		// relay what a reviewer of the group signed).
+		for _, r := range s.d.Roles.ReviewGroup() {
+			add(r)
+		}
 		for _, p := range s.d.Roles.Members() {
 			add(p)
+		}
+	case pb.SyncRequest_WHAT_SNAPSHOT:
+		// The asked-for reviewer first, then any other of the group
+		// (each serves a snapshot it signs).
+		for _, r := range s.d.Roles.ReviewGroup() {
+			add(r)
 		}
 	}
 	var errs []error
@@ -620,15 +657,15 @@ type snapshotState struct {
 }
 
 // applySnapshot verifies a batch of snapshot chunks (signed by the
-// reviewer, in order, all at one sequence) and applies it in one
+// reviewer of the group that serves them, in order, all at one sequence) and applies it in one
 // transaction.
 func (s *Service) applySnapshot(snap *snapshotState, envs []*pb.Envelope) (int, error) {
 	var chunks []*pb.SnapshotChunk
 	for _, env := range envs {
 		body, origin, err := s.d.Verifier.Open(env)
-		if err != nil || origin != s.d.Roles.Reviewer() || origin != snap.reviewer || body.Kind != pb.Kind_KIND_SNAPSHOT {
+		if err != nil || !s.d.Roles.InReviewGroup(origin) || origin != snap.reviewer || body.Kind != pb.Kind_KIND_SNAPSHOT {
 			s.applied.WithLabelValues("snapshot", "forged").Inc()
-			return 0, errors.New("answer holds a snapshot chunk not signed by the reviewer")
+			return 0, errors.New("answer holds a snapshot chunk not signed by the reviewer that serves it")
 		}
 		c := &pb.SnapshotChunk{}
 		if err := proto.Unmarshal(body.Payload, c); err != nil {

@@ -1022,3 +1022,85 @@ func TestCloseDoesNotWaitForAStalledPeer(t *testing.T) {
 		}
 	})
 }
+
+// A member of a review group whose first reviewer is away for good takes
+// decisions from another reviewer of the group, asked before the members
+// that relay them; with that reviewer connected, Everything asks for
+// nothing (its stream brings them) unless decisions are held.
+func TestDecisionsComeFromAnotherReviewerOfTheGroup(t *testing.T) {
+	net := newNetwork(t)
+	n, r2, m := net.node(), net.node(), net.node()
+	r1 := newOrigin(t) // the first reviewer, away for good
+	group := []peer.ID{r1.id, r2.id}
+	members := []peer.ID{m.id, r2.id, r1.id, n.id} // m is listed (and would be asked) first
+	n.roles.set(nil, members, r1.id)
+	n.roles.setGroup(group)
+	r2.roles.set(nil, members, r2.id)
+	r2.roles.setGroup(group)
+	m.roles.set(nil, members, r1.id)
+	m.roles.setGroup(group)
+	r2.hold(r2.as().decisions(1, 2, 3, 4, 5, 6)...)
+	m.hold(r1.decisions(1, 2, 3, 4, 5, 6)...)
+	n.hold(r1.decisions(1, 2)...)
+	net.connect(n, m)
+	net.connect(n, r2)
+
+	n.svc.Everything()
+	if got := n.wants(); len(got) != 0 {
+		t.Fatalf("asked for %s with a reviewer of the group connected and nothing held", describe(got))
+	}
+	for _, p := range []*node{r2, m} {
+		p.start()
+	}
+	if err := n.svc.run(job{what: pb.SyncRequest_WHAT_DECISIONS}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := n.dec.applied()
+	if len(got) != 4 {
+		t.Fatalf("applied %d decisions, want 3 to 6", len(got))
+	}
+	for _, a := range got {
+		if a.origin != r2.id {
+			t.Fatalf("applied a decision signed by %s, want the connected reviewer %s's", a.origin, r2.id)
+		}
+	}
+	if a := n.dec.Applied(); a != 6 {
+		t.Fatalf("applied sequence %d, want 6", a)
+	}
+}
+
+// A snapshot asked of the first reviewer while it is away comes from
+// another reviewer of the group, signed by it; SnapshotDone reports success.
+func TestSnapshotFromAnotherReviewerOfTheGroup(t *testing.T) {
+	net := newNetwork(t)
+	n, r2 := net.node(), net.node()
+	r1 := newOrigin(t) // the first reviewer, away for good
+	group := []peer.ID{r1.id, r2.id}
+	members := []peer.ID{r1.id, r2.id, n.id}
+	n.roles.set(nil, members, r1.id)
+	n.roles.setGroup(group)
+	r2.roles.set(nil, members, r2.id)
+	r2.roles.setGroup(group)
+	r2.dec.chunks = chunks(42, 3)
+	net.connect(n, r2)
+	r2.start()
+	n.start()
+
+	n.svc.FetchSnapshot(r1.id)
+	wait.For(t, waitTimeout, "SnapshotDone", func() bool { return len(n.dec.snapshotDone()) > 0 })
+	if d := n.dec.snapshotDone(); len(d) != 1 || d[0].err != nil {
+		t.Fatalf("SnapshotDone %v, want once with nil", d)
+	}
+	got := n.dec.snapshotApplied()
+	if len(got) != 3 {
+		t.Fatalf("applied %d chunks, want 3", len(got))
+	}
+	for i, c := range got {
+		if c.index != uint32(i) || c.reviewer != r2.id {
+			t.Fatalf("chunk %d: index %d from %s, want %d from %s", i, c.index, c.reviewer, i, r2.id)
+		}
+	}
+	if a := n.dec.Applied(); a != 42 {
+		t.Fatalf("applied sequence %d after the snapshot, want 42", a)
+	}
+}

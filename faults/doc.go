@@ -45,6 +45,11 @@
 //     the attempts; once it is back the waits complete; 10,000 open waits
 //     cost the node no CPU while nothing moves (measured from /proc and
 //     logged), and one floor move answers them all.
+//   - a partition of the review group (partition_test.go, issue 19): five
+//     nodes in network namespaces of their own (root and `ip netns` needed,
+//     else it skips), the leader's links to the other two reviewers cut by
+//     blackhole routes: the old leader answers unavailable and decides
+//     nothing, the majority decides, one history after the heal.
 //
 // The tests are short by default (they run in `make test` and CI); with
 // FERRY_FAULTS=long (`make faults`) they run many more cycles and events

@@ -192,9 +192,21 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 	}
 
 	// Every node holds every request accepted, under one sequence each,
-	// the same everywhere: 1..total.
+	// the same everywhere: 1..total; every reviewer's rows sended.
+	sameDecisions(t, all, origins)
+	acksSended(t, rs)
+	t.Logf("%d requests from three members decided at three reviewers with the leader SIGKILLed %d times: each decided once, sequences 1..%d on all six nodes, every reviewer's rows sended; "+
+		"from a kill to the next decision on disk: %v", total, len(afterKill), total, afterKill)
+}
+
+// sameDecisions waits until every node holds each of origins accepted,
+// under the same sequence on every node, the sequences 1..len(origins)
+// (no sequence with two decisions); it returns the sequences by origin.
+func sameDecisions(t *testing.T, all []*proc.Node, origins []string) map[string]uint64 {
+	t.Helper()
+	var want map[string]uint64
 	wait.Until(t, 2*time.Minute, "every decision on every node under one sequence", func() error {
-		var want map[string]uint64
+		want = nil
 		for _, n := range all {
 			rows, err := groupRequests(t, n)
 			if err != nil {
@@ -206,8 +218,8 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 					got[x.Origin] = x.Sequence
 				}
 			}
-			if len(got) != total {
-				return fmt.Errorf("%s holds %d of %d requests accepted", n.Name(), len(got), total)
+			if len(got) != len(origins) {
+				return fmt.Errorf("%s holds %d requests accepted, want %d", n.Name(), len(got), len(origins))
 			}
 			for _, o := range origins {
 				if got[o] == 0 {
@@ -231,13 +243,19 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 		slices.Sort(seqs)
 		for i, s := range seqs {
 			if s != uint64(i+1) {
-				return fmt.Errorf("sequences are not 1..%d: %v", total, seqs)
+				return fmt.Errorf("sequences are not 1..%d: %v", len(origins), seqs)
 			}
 		}
 		return nil
 	})
-	// Every acknowledgement row of every reviewer turns sended: each
-	// decision reached every member (and each request's applicant its own).
+	return want
+}
+
+// acksSended waits until every acknowledgement row of every reviewer in rs
+// is sended: each decision reached every member (and each request's
+// applicant its own).
+func acksSended(t *testing.T, rs []*proc.Node) {
+	t.Helper()
 	wait.Until(t, 2*time.Minute, "every reviewer's acknowledgement rows sended", func() error {
 		for _, r := range rs {
 			code, body, err := r.Get("/api/v1/acks?state=pending&kind=decision")
@@ -260,6 +278,4 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("%d requests from three members decided at three reviewers with the leader SIGKILLed %d times: each decided once, sequences 1..%d on all six nodes, every reviewer's rows sended; "+
-		"from a kill to the next decision on disk: %v", total, len(afterKill), total, afterKill)
 }

@@ -120,12 +120,19 @@ const (
 	neighbourTag = "ferry-neighbour"
 )
 
-// kept reports whether p is kept connected by role: a partner, the
-// reviewer while keepReviewer holds, and on a node of the review group the
-// group's other reviewers (the group's log runs over those connections).
+// kept reports whether p is kept connected by role: a partner, every
+// reviewer of the review group while keepReviewer holds (a member takes
+// decisions, catch-up and snapshots from whichever is up), and on a node
+// of the review group the group's other reviewers (the group's log runs
+// over those connections).
 func (k *Keeper) kept(p peer.ID) bool {
-	return k.book.IsPartner(p) || (p == k.book.Reviewer() && k.keepReviewer()) ||
-		(p != k.self && k.book.InReviewGroup(p) && k.book.InReviewGroup(k.self))
+	if k.book.IsPartner(p) {
+		return true
+	}
+	if p == k.self || !k.book.InReviewGroup(p) {
+		return false
+	}
+	return k.keepReviewer() || k.book.InReviewGroup(k.self)
 }
 
 // keepReviewer reports whether discovery keeps a connection to the
@@ -319,8 +326,10 @@ func (k *Keeper) trim() {
 			}
 		}
 	}
-	if r := k.book.Reviewer(); r != "" && r != k.self && !k.kept(r) {
-		cm.Unprotect(r, connTag)
+	for _, r := range k.book.ReviewGroup() {
+		if r != k.self && !k.kept(r) {
+			cm.Unprotect(r, connTag)
+		}
 	}
 	// A bootstrap peer is let go of as soon as the node has its
 	// neighbours: every joining node dials it.

@@ -153,17 +153,12 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 			k.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
 		}
 	}
-	// Partners and the reviewer first: the peerstore knows their addresses
+	// Partners and the reviewers first: the peerstore knows their addresses
 	// from the peer book even when no bootstrap peer is up.
 	want := k.book.Partners()
-	if r := k.book.Reviewer(); r != "" && r != k.self && k.keepReviewer() {
-		want = append(want, r)
-	}
-	if k.book.InReviewGroup(k.self) {
-		for _, r := range k.book.ReviewGroup() {
-			if r != k.self {
-				want = append(want, r)
-			}
+	for _, r := range k.book.ReviewGroup() {
+		if r != k.self && k.kept(r) {
+			want = append(want, r)
 		}
 	}
 	for _, p := range want {

@@ -42,10 +42,12 @@ type SnapshotFetcher interface {
 
 // Want reports whether this member takes the tables from a snapshot
 // instead of the decision lane of sender, whose last decision is head
-// (stream.Snapshots). It starts the fetch; done runs once the tables were
-// taken from it (not when it failed).
+// (stream.Snapshots): sender is any reviewer of the review group (each
+// signs and serves its own snapshot; catch-up falls back to another of the
+// group if sender cannot serve it). It starts the fetch; done runs once
+// the tables were taken (not when it failed).
 func (s *Service) Want(sender peer.ID, head uint64, done func()) bool {
-	if s.gaps == nil || sender != s.roles.Reviewer() || s.IsReviewer() || head <= SnapshotThreshold || s.Applied() > 0 {
+	if s.gaps == nil || !s.roles.InReviewGroup(sender) || s.roles.InReviewGroup(s.roles.Self()) || head <= SnapshotThreshold || s.Applied() > 0 {
 		return false
 	}
 	s.snapMu.Lock()

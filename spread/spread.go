@@ -153,9 +153,10 @@ type Service struct {
 	gapKick  chan struct{}
 	reported uint64 // member: the last sequence the reviewer took
 	report   chan struct{}
-	// versions maps the sequences of decisions taken from news and not yet
-	// applied (held) to the reviewer's versions of them, for holdLane.
-	versions map[uint64]uint64
+	// versions maps the decisions taken from news and not yet applied
+	// (held), by signing reviewer and sequence, to that reviewer's epoch
+	// and version of them, for holdLane.
+	versions map[signedSeq]*storepb.Position
 
 	m metrics
 }
@@ -184,7 +185,7 @@ func New(d Deps) (*Service, error) {
 		d.Logger = slog.Default()
 	}
 	s := &Service{d: d, log: d.Logger, kick: make(chan struct{}, 1), report: make(chan struct{}, 1), gapKick: make(chan struct{}, 1),
-		versions: map[uint64]uint64{}}
+		versions: map[signedSeq]*storepb.Position{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = metrics{
 		news: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "news_total",
@@ -391,7 +392,6 @@ func (s *Service) readLoop() {
 // take applies the decisions of one DecisionNews and asks for what is
 // missing before its head.
 func (s *Service) take(n *pb.DecisionNews) error {
-	reviewer := s.d.Roles.Reviewer()
 	var items []*stream.Inbound
 	seqs := map[*stream.Inbound]uint64{}
 	for _, raw := range n.Decisions {
@@ -410,18 +410,18 @@ func (s *Service) take(n *pb.DecisionNews) error {
 			s.m.decisions.WithLabelValues("forged").Inc()
 			return errors.New("a decision in the news has no sequence")
 		}
-		in := &stream.Inbound{From: reviewer, Origin: origin, Body: body, Envelope: env, Raw: raw,
+		in := &stream.Inbound{From: origin, Origin: origin, Body: body, Envelope: env, Raw: raw,
 			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision, Gossip: true}
 		items = append(items, in)
 		seqs[in] = d.Sequence
-		if origin == reviewer {
-			// Only the reviewer's own versions place this member in its
-			// decision lane (holdLane); another reviewer of the group
-			// numbers its copies in its own log.
-			s.mu.Lock()
-			s.versions[d.Sequence] = body.OriginVersion
-			s.mu.Unlock()
+		// A reviewer's own versions place this member in that reviewer's
+		// decision lane (holdLane): each reviewer of a group numbers its
+		// copies in its own log.
+		s.mu.Lock()
+		if n.Epoch != 0 {
+			s.versions[signedSeq{origin, d.Sequence}] = &storepb.Position{Epoch: n.Epoch, Version: body.OriginVersion}
 		}
+		s.mu.Unlock()
 	}
 	if len(items) > 0 {
 		var counts stream.Counts
@@ -440,7 +440,7 @@ func (s *Service) take(n *pb.DecisionNews) error {
 					s.log.Warn("decision from gossip refused", "sequence", seqs[in], "reason", rej.Reason)
 				}
 			}
-			return s.holdLane(tx, n.Epoch)
+			return s.holdLane(tx)
 		})
 		if err != nil {
 			return fmt.Errorf("apply decisions: %w", err)
@@ -451,9 +451,9 @@ func (s *Service) take(n *pb.DecisionNews) error {
 	}
 	applied := s.d.Decisions.Applied()
 	s.mu.Lock()
-	for seq := range s.versions {
-		if seq <= applied {
-			delete(s.versions, seq)
+	for k := range s.versions {
+		if k.seq <= applied {
+			delete(s.versions, k)
 		}
 	}
 	s.mu.Unlock()
@@ -464,29 +464,42 @@ func (s *Service) take(n *pb.DecisionNews) error {
 	return nil
 }
 
-// holdLane moves this member's position in the reviewer's decision lane to
-// the decision it has now applied last, when that one came by news (now or
-// earlier, held): the lane holds only decisions, in sequence order, so the
-// member holds it through that decision's version and a stream from the
-// reviewer starts after it.
-func (s *Service) holdLane(tx *store.Txn, epoch uint64) error {
+// signedSeq names one reviewer's copy of a decision: the reviewer that
+// signed it and the decision's sequence.
+type signedSeq struct {
+	reviewer peer.ID
+	seq      uint64
+}
+
+// holdLane moves this member's position in the decision lane of each
+// reviewer whose copy of the decision it has now applied last came by news
+// (now or earlier, held): a reviewer's lane holds only decisions, in
+// sequence order, so the member holds it through that copy's version and a
+// stream from that reviewer starts after it. On a review group each
+// reviewer's lane moves by its own copies: a member that follows the news
+// of any reviewer is not sent again what it applied when the first one is
+// away.
+func (s *Service) holdLane(tx *store.Txn) error {
 	applied, err := tx.CounterValue("review_applied")
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	ver := s.versions[applied]
+	at := map[peer.ID]*storepb.Position{}
+	for k, p := range s.versions {
+		if k.seq == applied {
+			at[k.reviewer] = p
+		}
+	}
 	s.mu.Unlock()
-	if ver == 0 || epoch == 0 {
-		return nil
-	}
-	reviewer := s.d.Roles.Reviewer()
-	pos, err := tx.Position(reviewer, uint8(stream.LaneDecision))
-	if err != nil {
-		return err
-	}
-	if (pos.Epoch == epoch && pos.Version < ver) || pos.Version == 0 {
-		tx.SetPosition(reviewer, uint8(stream.LaneDecision), &storepb.Position{Epoch: epoch, Version: ver})
+	for reviewer, p := range at {
+		pos, err := tx.Position(reviewer, uint8(stream.LaneDecision))
+		if err != nil {
+			return err
+		}
+		if (pos.Epoch == p.Epoch && pos.Version < p.Version) || pos.Version == 0 {
+			tx.SetPosition(reviewer, uint8(stream.LaneDecision), &storepb.Position{Epoch: p.Epoch, Version: p.Version})
+		}
 	}
 	return nil
 }
@@ -531,7 +544,9 @@ func (s *Service) gapLoop() {
 			}
 			applied := s.d.Decisions.Applied()
 			if applied < want {
-				s.d.CatchUp.DecisionGap(s.d.Roles.Reviewer(), applied, want)
+				// No hint: catch-up asks every connected reviewer of
+				// the group in turn, then the members.
+				s.d.CatchUp.DecisionGap("", applied, want)
 			}
 			wait, last = nextGapWait(wait, last, applied, s.d.GapGrace, s.d.GapBackoffMax)
 		}

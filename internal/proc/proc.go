@@ -20,8 +20,9 @@
 //   - Binary builds ./cmd/ferry once per test binary (go build into a temp
 //     dir, cached with sync.Once; FERRY_PROC_RACE=1 builds with -race).
 //   - New initialises a home (t.TempDir unless Options.Home names one) with
-//     `ferry init`, and writes a ferry.yaml that uses only 127.0.0.1 and free
-//     ports: libp2p TCP, embedded NATS and the admin API each get a port
+//     `ferry init`, and writes a ferry.yaml that uses only 127.0.0.1
+//     (Options.Host: another address, e.g. in a network namespace run by
+//     Options.Wrap) and free ports: libp2p TCP, embedded NATS and the admin API each get a port
 //     that was free (a listen on it succeeded and was closed), pinned in
 //     ferry.yaml so a restart reuses them. The ports are taken below the
 //     kernel's ephemeral range (net.ipv4.ip_local_port_range): a port from
@@ -62,6 +63,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,6 +230,15 @@ type Options struct {
 	Env []string
 	// LogLevel of the child (default "info").
 	LogLevel string
+	// Host is the IPv4 address the node listens on (libp2p, NATS, admin)
+	// and the test reaches it at; empty: 127.0.0.1. A node in a network
+	// namespace of its own (faults/partition_test.go) listens on its
+	// address there.
+	Host string
+	// Wrap runs the node under a command prefix, e.g. ["ip", "netns",
+	// "exec", "ns1"] (the prefix must exec the node in its place: Kill and
+	// Term signal the process it started).
+	Wrap []string
 }
 
 // Node is one ferry process and its home.
@@ -268,6 +279,9 @@ func New(t testing.TB, o Options) *Node {
 	if o.LogLevel == "" {
 		o.LogLevel = "info"
 	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
 	bin := Binary(t)
 	home := o.Home
 	if home == "" {
@@ -287,10 +301,10 @@ func New(t testing.TB, o Options) *Node {
 	n.p2pPort, n.natsPrt, n.admPort = FreePort(t), FreePort(t), FreePort(t)
 	n.Configure(func(c *node.Config) {
 		c.Name = o.Name
-		c.Listen = []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", n.p2pPort)}
+		c.Listen = []string{fmt.Sprintf("/ip4/%s/tcp/%d", o.Host, n.p2pPort)}
 		c.NATS.URL = ""
-		c.NATS.Listen = fmt.Sprintf("127.0.0.1:%d", n.natsPrt)
-		c.Admin.Listen = fmt.Sprintf("127.0.0.1:%d", n.admPort)
+		c.NATS.Listen = net.JoinHostPort(o.Host, strconv.Itoa(n.natsPrt))
+		c.Admin.Listen = net.JoinHostPort(o.Host, strconv.Itoa(n.admPort))
 		c.Log.Level = o.LogLevel
 		if o.Configure != nil {
 			o.Configure(c)
@@ -399,7 +413,8 @@ func (n *Node) StartErr() error {
 	}
 	n.runs++
 	fmt.Fprintf(f, "---- run %d at %s ----\n", n.runs, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(n.bin, "run", "--home", n.home.Dir)
+	argv := append(slices.Clone(n.o.Wrap), n.bin, "run", "--home", n.home.Dir)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(cleanEnv(), n.o.Env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Its own process group: a signal to the test's group never reaches it.
@@ -475,7 +490,7 @@ func (n *Node) ready(hc *http.Client) bool {
 	if external {
 		return true // the node connected to it before its admin API started
 	}
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", n.natsPrt), time.Second)
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(n.o.Host, strconv.Itoa(n.natsPrt)), time.Second)
 	if err != nil {
 		return false
 	}
@@ -667,11 +682,11 @@ func (n *Node) NATSURL() string {
 	if n.extURL != "" {
 		return n.extURL
 	}
-	return fmt.Sprintf("nats://127.0.0.1:%d", n.natsPrt)
+	return fmt.Sprintf("nats://%s:%d", n.o.Host, n.natsPrt)
 }
 
 // AdminURL is the admin API's base URL (no trailing slash).
-func (n *Node) AdminURL() string { return fmt.Sprintf("http://127.0.0.1:%d", n.admPort) }
+func (n *Node) AdminURL() string { return fmt.Sprintf("http://%s:%d", n.o.Host, n.admPort) }
 
 // Token is the admin API bearer token.
 func (n *Node) Token() string { return n.token }
@@ -684,7 +699,7 @@ func (n *Node) Home() node.Home { return n.home }
 
 // Multiaddr is the node's libp2p address with its peer id.
 func (n *Node) Multiaddr() string {
-	return "/ip4/127.0.0.1/tcp/" + strconv.Itoa(n.p2pPort) + "/p2p/" + n.id.String()
+	return "/ip4/" + n.o.Host + "/tcp/" + strconv.Itoa(n.p2pPort) + "/p2p/" + n.id.String()
 }
 
 // Get calls the admin API with the token and returns the status and body.

@@ -242,6 +242,15 @@ func (n *Net) Node(i int) *node.Node {
 // Config returns node i's config.
 func (n *Net) Config(i int) node.Config { return n.cfgs[i] }
 
+// SetBootstrap makes node i's bootstrap the addresses of nodes to (their
+// ports pinned once they started); it takes effect at i's next start.
+func (n *Net) SetBootstrap(i int, to ...int) {
+	n.cfgs[i].Bootstrap = nil
+	for _, j := range to {
+		n.cfgs[i].Bootstrap = append(n.cfgs[i].Bootstrap, n.cfgs[j].Listen[0]+"/p2p/"+n.IDs[j].String())
+	}
+}
+
 // Stop closes node i, keeping its home.
 func (n *Net) Stop(i int) {
 	n.mu.Lock()
