@@ -134,6 +134,7 @@ func TestConsoleReviewGroupInBrowser(t *testing.T) {
 		t.Fatalf("open the console: %v", err)
 	}
 	b.waitText("#who", "reviewer")
+	b.poll("the group in the header", `(() => { const g = document.querySelector("#group"); return !!g && !g.hidden && g.textContent.includes("review group"); })()`)
 	leads(name(leader))
 	b.poll("every follower answered", `[...document.querySelectorAll("#group .rv")].filter((e) => / follower, /.test(e.textContent)).length === 2`)
 	cs := chips()
@@ -219,7 +220,8 @@ func TestConsoleReviewGroupInBrowser(t *testing.T) {
 }
 
 // chromedpOpen opens the console of the node at addr, signed in with token
-// (the link `ferry run` prints carries it the same way).
+// (the link `ferry run` prints carries it the same way). The first call
+// starts the browser: no step timeout on it.
 func chromedpOpen(b *browser, addr, token string) error {
-	return chromedp.Do(b.ctx, chromedp.Navigate("http://"+addr+"/#token="+token), chromedp.WaitVisible(chromedp.CSS("#group")))
+	return chromedp.Do(b.ctx, chromedp.Navigate("http://"+addr+"/#token="+token), chromedp.WaitVisible(chromedp.CSS("#tabs")))
 }
