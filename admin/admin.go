@@ -28,7 +28,6 @@ import (
 	"github.com/ferrynet/ferry/peers"
 	"github.com/ferrynet/ferry/propagate"
 	"github.com/ferrynet/ferry/review"
-	"github.com/ferrynet/ferry/reviewgroup"
 	"github.com/ferrynet/ferry/search"
 	"github.com/ferrynet/ferry/store"
 	"github.com/ferrynet/ferry/store/storepb"
@@ -542,44 +541,12 @@ type Status struct {
 	ReviewGroup *GroupStatus `json:"review_group,omitempty"`
 }
 
-// GroupStatus is the review group seen from one of its reviewers: the
-// leader it knows and each reviewer with its own state, asked over the
-// group's forward protocol (Error when it did not answer).
-type GroupStatus struct {
-	Leader     string               `json:"leader,omitempty"` // peer id; empty: no leader known
-	LeaderName string               `json:"leader_name,omitempty"`
-	Servers    []reviewgroup.Server `json:"servers"`
-	Error      string               `json:"error,omitempty"` // why the servers are missing
-}
-
-// groupStatusWait bounds how long Status waits for the other reviewers.
-const groupStatusWait = 2 * time.Second
-
-func (srv *Server) groupStatus() *GroupStatus {
-	g := srv.group
-	if g == nil {
-		return nil
-	}
-	gs := &GroupStatus{}
-	if l, ok := g.Leader(); ok {
-		gs.Leader, gs.LeaderName = l.String(), srv.book.Name(l)
-	}
-	ctx, cancel := context.WithTimeout(srv.ctx, groupStatusWait)
-	defer cancel()
-	servers, err := g.Servers(ctx)
-	if err != nil {
-		gs.Error = err.Error()
-	}
-	gs.Servers = servers
-	return gs
-}
-
 // Status reports the node's state.
 func (srv *Server) Status() Status {
 	s := Status{PeerID: srv.id.String(), Name: srv.name, Network: srv.network, Version: srv.version, StartedAt: srv.node.StartedAt(),
 		NATS: srv.nats.ClientURL(), NATSEmbedded: srv.nats.Embedded(), Admin: srv.addr, IsReviewer: srv.review.IsReviewer(),
 		Partners: len(srv.book.Partners()), Members: srv.book.MemberCount(), Connected: len(srv.host.Network().Peers()),
-		DecisionApplied: srv.review.Applied(), ReviewGroup: srv.groupStatus()}
+		DecisionApplied: srv.review.Applied(), ReviewGroup: srv.groupView.get()}
 	for _, a := range srv.node.Addrs() {
 		s.Addrs = append(s.Addrs, a.String())
 	}

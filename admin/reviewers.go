@@ -32,7 +32,7 @@ func (srv *Server) reviewerRoutes(mux *http.ServeMux) {
 			fail(w, err)
 			return
 		}
-		ok(w, map[string]any{"review_group": srv.groupStatus()})
+		ok(w, map[string]any{"review_group": srv.fetchGroupStatus()})
 	})
 	mux.HandleFunc("POST /api/v1/reviewers", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {

@@ -94,23 +94,26 @@ type Deps struct {
 
 // Server is the admin side of one node.
 type Server struct {
-	node    Node
-	host    host.Host
-	id      peer.ID
-	st      *store.Store
-	book    *peers.Book
-	nats    *natsbridge.Bridge
-	sender  *stream.Sender
-	prop    *propagate.Service
-	review  *review.Service
-	group   *reviewgroup.Group // nil unless a reviewer of a group
-	catchup *catchup.Service
-	search  *search.Service
-	hub     *eventHub
-	reg     *prometheus.Registry
-	ctx     context.Context
-	g       *lifecycle.Group
-	log     *slog.Logger
+	node   Node
+	host   host.Host
+	id     peer.ID
+	st     *store.Store
+	book   *peers.Book
+	nats   *natsbridge.Bridge
+	sender *stream.Sender
+	prop   *propagate.Service
+	review *review.Service
+	group  *reviewgroup.Group // nil unless a reviewer of a group
+	// groupView is the group's status, cached (GroupStatus); nil unless
+	// group is set.
+	groupView *groupView
+	catchup   *catchup.Service
+	search    *search.Service
+	hub       *eventHub
+	reg       *prometheus.Registry
+	ctx       context.Context
+	g         *lifecycle.Group
+	log       *slog.Logger
 
 	name, network, version, natsPrefix string
 	listen                             string
@@ -135,6 +138,9 @@ func New(d Deps) (*Server, error) {
 		reg: d.Registry, ctx: d.Ctx, g: d.Group, log: d.Logger, name: d.Name, network: d.Network, version: d.Version,
 		natsPrefix: d.NATSPrefix, listen: d.Listen, token: d.Token, dir: d.Dir, dataPath: d.DataPath,
 		maxMessageBytes: d.MaxMessageBytes, quit: make(chan struct{})}
+	if srv.group != nil {
+		srv.groupView = newGroupView(srv.fetchGroupStatus, time.Now)
+	}
 	if err := srv.reg.Register(&stateCollector{srv: srv}); err != nil {
 		return nil, err
 	}

@@ -111,6 +111,7 @@ function signOut(why) {
   for (const v of document.querySelectorAll(".view")) v.hidden = true;
   $("who").textContent = "not signed in";
   $("facts").textContent = "";
+  showGroup(null);
   // Not signed in is neither connected nor disconnected: the node answered,
   // but this page may not use it.
   state.online = null;
@@ -166,6 +167,54 @@ async function loadStatus() {
     el("b", {text: String(st.pending_acks)}), " · waiting ", el("b", {text: String(st.waiting_requests)}),
     " · updated ", el("span", {id: "updated", text: state.lastOK.toLocaleTimeString()}));
   $("queue-count").textContent = st.waiting_requests ? String(st.waiting_requests) : "";
+  showGroup(st.review_group);
+}
+
+// ---- the review group, in the header (a reviewer of a group only) ----
+// One chip per reviewer of the group's configuration: its name, "leader" or
+// its raft state, and how it stands. The leader: its applied index. A
+// follower: how far its applied index is behind the leader's ("in step" or
+// "N behind"; only while the leader answers) and its last contact with the
+// leader. A reviewer that did not answer: when this node last heard from it.
+// No leader, or this node cut off from a majority, turns the line red with
+// the reason. The node asks the reviewers at most once a second for every
+// console (GroupStatus in admin/groupview.go).
+function showGroup(gs) {
+  const box = $("group");
+  if (!gs) { box.hidden = true; box.replaceChildren(); return; }
+  box.hidden = false;
+  box.classList.toggle("warn", !!gs.warning);
+  const servers = gs.servers || [];
+  const lead = servers.find((s) => s.leader && s.status);
+  const chips = servers.map((s) => {
+    let cls = "rv", text, title = s.name + " " + s.id + " (" + s.suffrage.toLowerCase() + ")";
+    if (!s.status) {
+      cls += " down";
+      text = "not answering" + (s.last_heard ? ", heard " + ago(s.last_heard) : "");
+      title += "\n" + (s.error || "no answer");
+    } else {
+      const st = s.status;
+      title += "\nterm " + st.term + ", log " + st.last_log_index + ", commit " + st.commit_index + ", applied " + st.applied_index;
+      if (s.leader) {
+        cls += " leader";
+        text = "leader, applied " + st.applied_index;
+      } else {
+        const parts = [st.state.toLowerCase()];
+        if (lead) {
+          const behind = Math.max(0, lead.status.applied_index - st.applied_index);
+          if (behind) cls += " behind";
+          parts.push(behind ? behind + " behind" : "in step");
+        }
+        parts.push(st.last_contact ? "contact " + ago(st.last_contact) : "no contact");
+        text = parts.join(", ");
+        if (st.last_contact) title += "\nlast contact with the leader " + new Date(st.last_contact).toISOString();
+      }
+    }
+    return el("span", {class: cls, "data-name": s.name, title},
+      el("b", {text: s.name}), s.self ? el("span", {class: "here", text: " (this node)"}) : null, " " + text);
+  });
+  const warning = gs.warning ? [el("span", {id: "group-warning", class: "group-warning", role: "alert", text: gs.warning})] : [];
+  box.replaceChildren(el("span", {class: "group-label", text: "review group"}), ...warning, ...chips);
 }
 
 // ---- who applied a decision ----
