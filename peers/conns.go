@@ -291,7 +291,7 @@ func (k *Keeper) busy(p peer.ID) bool {
 	for _, c := range k.host.Network().ConnsToPeer(p) {
 		for _, s := range c.GetStreams() {
 			id := s.Protocol()
-			if protocols.ProtocolCode(id) != 0 || id == protocols.Sync || id == protocols.Members || id == protocols.Applied {
+			if protocols.ProtocolCode(id) != 0 || id == protocols.Sync || id == protocols.Members || id == protocols.Applied || id == protocols.AppliedRelay {
 				return true
 			}
 		}

@@ -28,6 +28,10 @@ const (
 	Hello            protocol.ID = "/ferry/hello/1.0.0"
 	// Applied carries a member's AppliedReport to the reviewer.
 	Applied protocol.ID = "/ferry/applied/1.0.0"
+	// AppliedRelay carries one AppliedRelay frame, member-signed reports,
+	// from a member to a neighbour on its way to the review group, or to a
+	// reviewer (spread/relay.go).
+	AppliedRelay protocol.ID = "/ferry/applied-relay/1.0.0"
 	// Members answers a joining node with every membership record held.
 	Members protocol.ID = "/ferry/members/1.0.0"
 	// Trace asks a member where one change is on it: one TraceQuery, one

@@ -16,9 +16,10 @@
 // A member applies what arrives exactly as the delivery stream would
 // (review's ApplyDecision, decisions out of order held), moves its position
 // in the reviewer's decision lane to the last decision it applied, and
-// reports the sequence it applied to the reviewer (AppliedReport on
-// /ferry/applied/1.0.0, at most every ReportEvery). The reviewer takes the
-// report as an acknowledgement: the member's floor in the decision lane
+// reports the sequence it applied, signed, to each reviewer of the group:
+// directly when connected to it, else through the neighbour the news came
+// by, which passes it on (relay.go; /ferry/applied-relay/1.0.0, at most
+// every ReportEvery). The reviewer takes the report as an acknowledgement: the member's floor in the decision lane
 // moves, and the acknowledgement rows follow. The delivery stream is the
 // fallback (stream.SenderOptions.DecisionFallback): what a member has not
 // reported after that long goes to it on the stream, as before.
@@ -149,10 +150,10 @@ type Service struct {
 	kick    chan struct{}
 	// gapHead is the highest head news told this member of; gapKick wakes
 	// the loop that asks for a gap that stays (gapLoop).
-	gapHead  uint64
-	gapKick  chan struct{}
-	reported uint64 // member: the last sequence the reviewer took
-	report   chan struct{}
+	gapHead uint64
+	gapKick chan struct{}
+	report  chan struct{}
+	rl      relayState // reports passed on towards the reviewers (relay.go)
 	// versions maps the decisions taken from news and not yet applied
 	// (held), by signing reviewer and sequence, to that reviewer's epoch
 	// and version of them, for holdLane.
@@ -185,7 +186,7 @@ func New(d Deps) (*Service, error) {
 		d.Logger = slog.Default()
 	}
 	s := &Service{d: d, log: d.Logger, kick: make(chan struct{}, 1), report: make(chan struct{}, 1), gapKick: make(chan struct{}, 1),
-		versions: map[signedSeq]*storepb.Position{}}
+		versions: map[signedSeq]*storepb.Position{}, rl: newRelayState()}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.m = metrics{
 		news: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "news_total",
@@ -193,10 +194,12 @@ func New(d Deps) (*Service, error) {
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "decisions_total",
 			Help: "Decisions taken from gossip by a member, by outcome (applied, duplicate, refused, forged)."}, []string{"outcome"}),
 		reports: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "spread", Name: "reports_total",
-			Help: "Applied reports: sent by a member (out) or taken by the reviewer (in), by outcome (ok, failed, refused)."}, []string{"direction", "outcome"}),
+			Help: "Applied reports: sent by a member (out: its own and those it passes on, one frame each), taken by a reviewer (in) or by a member to pass on (relay), by outcome (ok, failed, refused)."}, []string{"direction", "outcome"}),
 	}
 	for _, d := range []string{"in", "out"} {
 		s.m.news.WithLabelValues(d)
+	}
+	for _, d := range []string{"in", "out", "relay"} {
 		for _, o := range []string{"ok", "failed", "refused"} {
 			s.m.reports.WithLabelValues(d, o)
 		}
@@ -228,6 +231,7 @@ func (s *Service) Start() error {
 	s.topic, s.sub = t, sub
 	inbound.Handle(s.d.Host, &s.g, protocols.Applied, protocols.ServiceSpread, 1<<10, func(p peer.ID) bool { return s.reviewer() && s.d.Roles.IsMember(p) },
 		s.log, s.serveReport)
+	inbound.Handle(s.d.Host, &s.g, protocols.AppliedRelay, protocols.ServiceSpread, relayReserve, s.d.Roles.IsMember, s.log, s.serveRelay)
 	s.g.Go(s.readLoop)
 	s.g.Go(s.publishLoop)
 	s.g.Go(s.reportLoop)
@@ -239,6 +243,7 @@ func (s *Service) Start() error {
 // served (the cancelled context resets their streams).
 func (s *Service) Close() {
 	s.d.Host.RemoveStreamHandler(protocols.Applied)
+	s.d.Host.RemoveStreamHandler(protocols.AppliedRelay)
 	s.g.Shut()
 	s.cancel()
 	if s.sub != nil {
@@ -379,7 +384,11 @@ func (s *Service) readLoop() {
 			return
 		}
 		n, ok := msg.ValidatorData.(*pb.DecisionNews)
-		if !ok || msg.ReceivedFrom == s.d.Host.ID() || s.reviewer() {
+		if !ok || msg.ReceivedFrom == s.d.Host.ID() {
+			continue
+		}
+		s.noteUp(msg.GetFrom(), msg.ReceivedFrom)
+		if s.reviewer() {
 			continue
 		}
 		s.m.news.WithLabelValues("in").Inc()
@@ -579,8 +588,9 @@ func (s *Service) wantReport() {
 	}
 }
 
-// reportLoop tells the reviewer what this member applied, at most every
-// ReportEvery, and again every HeadEvery until the reviewer took it.
+// reportLoop tells the review group what this member applied and passes
+// on the reports it holds (relay.go), at most every ReportEvery, and again
+// every HeadEvery while some are due.
 func (s *Service) reportLoop() {
 	retry := time.NewTicker(s.d.HeadEvery)
 	defer retry.Stop()
@@ -591,26 +601,15 @@ func (s *Service) reportLoop() {
 		case <-s.report:
 		case <-retry.C:
 		}
-		if s.reviewer() {
+		applied := uint64(0)
+		if !s.reviewer() {
+			applied = s.d.Decisions.Applied()
+		}
+		if !s.relayDue(applied) {
 			continue
 		}
-		applied := s.d.Decisions.Applied()
-		s.mu.Lock()
-		due := applied > s.reported
-		s.mu.Unlock()
-		if !due {
-			continue
-		}
-		if err := s.sendReport(applied); err != nil {
-			s.m.reports.WithLabelValues("out", "failed").Inc()
-			if s.ctx.Err() == nil {
-				s.log.Debug("report applied decisions to the reviewer", "sequence", applied, "err", err)
-			}
-		} else {
-			s.m.reports.WithLabelValues("out", "ok").Inc()
-			s.mu.Lock()
-			s.reported = max(s.reported, applied)
-			s.mu.Unlock()
+		if err := s.relay(applied); err != nil && s.ctx.Err() == nil {
+			s.log.Debug("report applied decisions to the review group", "sequence", applied, "err", err)
 		}
 		select {
 		case <-s.ctx.Done():
@@ -620,54 +619,9 @@ func (s *Service) reportLoop() {
 	}
 }
 
-// sendReport tells the reviewer, and every reviewer of a review group
-// (each sends its own copy of every decision and waits for it to be
-// acknowledged), that this member applied through seq; it fails only
-// when no reviewer took it.
-func (s *Service) sendReport(seq uint64) error {
-	rs := s.d.Roles.ReviewGroup()
-	if len(rs) == 0 {
-		return errors.New("no reviewer")
-	}
-	var errs []error
-	took := false
-	for _, r := range rs {
-		if r == s.d.Roles.Self() {
-			continue
-		}
-		if err := s.reportTo(r, seq); err != nil {
-			errs = append(errs, err)
-		} else {
-			took = true
-		}
-	}
-	if took {
-		return nil
-	}
-	return errors.Join(errs...)
-}
-
-func (s *Service) reportTo(r peer.ID, seq uint64) error {
-	ctx, cancel := context.WithTimeout(s.ctx, reportTimeout)
-	defer cancel()
-	st, err := s.d.Host.NewStream(ctx, r, protocols.Applied)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", protocols.Applied, err)
-	}
-	_ = st.SetDeadline(time.Now().Add(reportTimeout))
-	fw := protocols.NewFrameWriter(st, 1<<10)
-	if err := fw.Write(&pb.AppliedReport{Sequence: seq}); err != nil {
-		_ = st.Reset()
-		return err
-	}
-	if err := fw.Flush(); err != nil {
-		_ = st.Reset()
-		return err
-	}
-	return st.Close()
-}
-
-// serveReport takes a member's report on the reviewer.
+// serveReport takes a member's unsigned report on the reviewer, from the
+// member itself (the connection authenticates it): the older protocol,
+// /ferry/applied/1.0.0, kept for peers that do not relay.
 func (s *Service) serveReport(st network.Stream) error {
 	p := st.Conn().RemotePeer()
 	if !s.reviewer() || !s.d.Roles.IsMember(p) {

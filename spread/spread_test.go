@@ -206,6 +206,13 @@ type net struct {
 // gaps from the reviewer's store, as sync would.
 func newNet(t *testing.T, n int, tune ...func(*Deps)) *net {
 	t.Helper()
+	return newNetLinked(t, n, true, tune...)
+}
+
+// newNetLinked is newNet; with linkAll false only the neighbours are
+// linked, so no node can dial any other (the reviewer included).
+func newNetLinked(t *testing.T, n int, linkAll bool, tune ...func(*Deps)) *net {
+	t.Helper()
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
 	keys := make([]crypto.PrivKey, n)
@@ -245,15 +252,36 @@ func newNet(t *testing.T, n int, tune ...func(*Deps)) *net {
 		t.Cleanup(nd.svc.Close)
 		x.nodes = append(x.nodes, nd)
 	}
-	must(t, mn.LinkAll())
+	if linkAll {
+		must(t, mn.LinkAll())
+	}
 	for i := range n {
 		for _, j := range []int{(i + 1) % n, (i + 3) % n} {
+			if !linkAll {
+				if _, err := mn.LinkPeers(ids[i], ids[j]); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if _, err := mn.ConnectPeers(ids[i], ids[j]); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	return x
+}
+
+// waitTopic waits until every node sees some of the topic's peers:
+// gossipsub builds its mesh on its heartbeat.
+func (x *net) waitTopic() {
+	x.t.Helper()
+	wait.For(x.t, waitTimeout, "every node sees the topic's peers", func() bool {
+		for _, n := range x.nodes {
+			if len(n.svc.topic.ListPeers()) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // decide commits decisions from..to at the reviewer, one a transaction,
@@ -296,14 +324,7 @@ const waitTimeout = 30 * time.Second
 func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 	x := newNet(t, 12)
 	// Gossipsub builds its mesh on its heartbeat: let the subscriptions meet.
-	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
-		for _, n := range x.nodes {
-			if len(n.svc.topic.ListPeers()) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	x.waitTopic()
 	vers := x.decide(1, 40)
 	for i, n := range x.nodes[1:] {
 		wait.For(t, waitTimeout, fmt.Sprintf("member %d applied 40", i+1), func() bool { return n.dec.Applied() == 40 })
@@ -329,14 +350,7 @@ func TestDecisionsReachEveryMemberAndTheirReportsTheReviewer(t *testing.T) {
 // the far end of a connection later, and news still arrived under load.)
 func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 	x := newNet(t, 6)
-	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
-		for _, n := range x.nodes {
-			if len(n.svc.topic.ListPeers()) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	x.waitTopic()
 	away := x.nodes[5]
 	away.svc.Close()
 	x.decide(1, 10)
@@ -362,14 +376,7 @@ func TestAMemberThatMissedNewsAsksForTheGap(t *testing.T) {
 // TestNewsFromAnotherPeerIsRefused: only the reviewer's news is taken.
 func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
 	x := newNet(t, 4)
-	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
-		for _, n := range x.nodes {
-			if len(n.svc.topic.ListPeers()) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	x.waitTopic()
 	// Member 1 seals a "decision" itself and publishes it as news.
 	m := x.nodes[1]
 	payload, _ := proto.Marshal(&pb.ReviewDecision{Sequence: 1, Request: &pb.ReviewRequest{TableName: "tb", TableId: 1, Type: "insert", Data: []byte(`{}`)}})
@@ -402,14 +409,7 @@ func TestABurstWithoutLossAsksForNoGap(t *testing.T) {
 	// machine under -race; a head ahead of a batch asks at once whatever
 	// the grace (the old code's fault this test catches).
 	x := newNet(t, 8, func(d *Deps) { d.GapGrace = 5 * time.Second })
-	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
-		for _, n := range x.nodes {
-			if len(n.svc.topic.ListPeers()) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	x.waitTopic()
 	asks := func() []int {
 		var out []int
 		for _, n := range x.nodes[1:] {
@@ -474,14 +474,7 @@ func TestNextGapWait(t *testing.T) {
 func TestAGapNobodyFillsIsAskedLessAndLessOften(t *testing.T) {
 	const grace, most = 10 * time.Millisecond, 80 * time.Millisecond
 	x := newNet(t, 4, func(d *Deps) { d.GapGrace, d.GapBackoffMax = grace, most })
-	wait.For(t, waitTimeout, "every node sees the topic's peers", func() bool {
-		for _, n := range x.nodes {
-			if len(n.svc.topic.ListPeers()) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	x.waitTopic()
 	away := x.nodes[3]
 	away.svc.Close()
 	x.decide(1, 3)

@@ -1,0 +1,146 @@
+package faults
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrynet/ferry/internal/proc"
+	"github.com/ferrynet/ferry/internal/wait"
+	"github.com/ferrynet/ferry/node"
+	"github.com/ferrynet/ferry/review"
+)
+
+// TestConnectionsBoundedWhileDecisionsFlow: 30 `ferry run` processes (60
+// under make faults), node 0 the reviewer and everyone's bootstrap, with
+// connections.max 12. Once every node knows every member and the start's
+// connections are trimmed, 150 decisions go out while every node's open
+// connections are sampled every 250 ms: no node, the reviewer included,
+// ever holds more than connections.max, and every member's
+// acknowledgement rows at the reviewer turn sended (the members' reports
+// reach it through their neighbours, decisions reach them by gossip).
+func TestConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
+	const maxConns, neighbours = 12, 4
+	n, decisions := pick(30, 60), pick(150, 1000)
+	var nodes []*proc.Node
+	for i := range n {
+		nodes = append(nodes, proc.New(t, proc.Options{Name: fmt.Sprintf("n%02d", i), LogLevel: "warn"}))
+	}
+	rev := nodes[0]
+	for _, x := range nodes {
+		x.Configure(func(c *node.Config) {
+			c.Reviewer = rev.PeerID().String()
+			c.Connections.Max, c.Connections.Neighbours = maxConns, neighbours
+		})
+		if x != rev {
+			x.SetBootstrap(rev)
+		}
+	}
+	start := time.Now()
+	for _, x := range nodes {
+		x.Start()
+	}
+	wait.Until(t, 3*time.Minute, "every node knows every member", func() error {
+		for _, x := range nodes {
+			if k := metricOf(t, x, "ferry_members_known"); k != float64(n) {
+				return fmt.Errorf("%s knows %v members of %d", x.Name(), k, n)
+			}
+		}
+		return nil
+	})
+	members := time.Since(start)
+	// The start is over when every node is within the bound: each joining
+	// node dialed the bootstrap (the reviewer), which lets them go after
+	// its trim grace.
+	wait.Until(t, 3*time.Minute, "every node within connections.max", func() error {
+		for _, x := range nodes {
+			if c := metricOf(t, x, "ferry_connections"); c > maxConns || c < 0 {
+				return fmt.Errorf("%s holds %v connections", x.Name(), c)
+			}
+		}
+		return nil
+	})
+	settled := time.Since(start)
+
+	// Sample every node's connections while the decisions go out.
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	most := map[string]float64{}
+	var over []string
+	samples := 0
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, x := range nodes {
+				c := metricOf(t, x, "ferry_connections")
+				mu.Lock()
+				most[x.Name()] = max(most[x.Name()], c)
+				if c > maxConns {
+					over = append(over, fmt.Sprintf("%s %v at %s", x.Name(), c, time.Now().Format("15:04:05.000")))
+				}
+				mu.Unlock()
+			}
+			mu.Lock()
+			samples++
+			mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	nc := connect(t, rev.NATSURL())
+	burst := time.Now()
+	for i := range decisions {
+		var r struct {
+			OK      bool
+			Request review.Row
+		}
+		m, err := nc.Request("ferry.review.submit", fmt.Appendf(nil, `{"type":"insert","table_name":"places","table_id":%d,"data":{"name":"p%d"}}`, i+1, i+1), 10*time.Second)
+		if err != nil || json.Unmarshal(m.Data, &r) != nil || !r.OK {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+		code, body, err := rev.Do(http.MethodPost, fmt.Sprintf("/api/v1/requests/%d/accept", r.Request.ID), nil, nil)
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("accept %d: %d %s %v", r.Request.ID, code, body, err)
+		}
+	}
+	decided := time.Since(burst)
+	wait.Until(t, 3*time.Minute, "every decision row sended at the reviewer", func() error {
+		code, body, err := rev.Get("/api/v1/acks?state=pending&kind=decision&limit=5")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("acks: %d %v", code, err)
+		}
+		var page struct {
+			Acks []json.RawMessage `json:"acks"`
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			return err
+		}
+		if len(page.Acks) > 0 {
+			return fmt.Errorf("decision rows pending at the reviewer (first: %s)", page.Acks[0])
+		}
+		return nil
+	})
+	sended := time.Since(burst)
+	close(stop)
+	wg.Wait()
+	if len(over) > 0 {
+		t.Fatalf("connections above connections.max (%d) while decisions flowed: %v", maxConns, over)
+	}
+	peak := 0.0
+	for _, c := range most {
+		peak = max(peak, c)
+	}
+	t.Logf("%d processes, connections.max %d: full membership %v after the first start, within the bound %v after it; %d decisions made in %v, every row sended %v after the first; "+
+		"%d samples of every node: the reviewer's most %v, any node's most %v", n, maxConns, members.Round(time.Millisecond), settled.Round(time.Millisecond),
+		decisions, decided.Round(time.Millisecond), sended.Round(time.Millisecond), samples, most[rev.Name()], peak)
+}
