@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -709,9 +710,17 @@ func (srv *Server) ResourcesPage(dataType, after string, limit int) ([]ResourceR
 	return out, encodeCursor(next), nil
 }
 
+// ackParams are GET /api/v1/acks's parameters.
+var ackParams = []string{"request", "receiver", "state", "pending", "kind", "version", "before", "limit"}
+
 // ackQuery reads GET /api/v1/acks's parameters: request, receiver, state
 // (pending=1 is state=pending), kind, version, before, limit.
 func ackQuery(v url.Values) (AckQuery, error) {
+	for k := range v {
+		if !slices.Contains(ackParams, k) {
+			return AckQuery{}, badReq("unknown parameter %q of GET /api/v1/acks (it takes %s; pages go on with before=<next>)", k, strings.Join(ackParams, ", "))
+		}
+	}
 	q := AckQuery{Receiver: v.Get("receiver"), State: v.Get("state"), Kind: v.Get("kind"), Before: v.Get("before")}
 	if p := v.Get("pending"); p == "1" || p == "true" {
 		if q.State != "" && q.State != "pending" {

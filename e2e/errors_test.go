@@ -161,6 +161,7 @@ func TestBadInputInTheUsersWords(t *testing.T) {
 		{"POST", "/api/v1/requests/x/accept", ``},
 		{"GET", "/api/v1/changes?since=-1", ``},
 		{"GET", "/api/v1/acks?limit=x", ``},
+		{"GET", "/api/v1/acks?after=x", ``},
 		{"GET", "/api/v1/resources?limit=0", ``},
 	} {
 		status, out := adminRaw(t, net, 0, tc.method, tc.path, tc.body)

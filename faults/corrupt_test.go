@@ -98,7 +98,11 @@ func readPebbleLists(t *testing.T, n *proc.Node) (int, string, string) {
 		for {
 			path := "/api/v1/" + list + "?limit=1000"
 			if after != "" {
-				path += "&after=" + url.QueryEscape(after)
+				cursor := "after"
+				if list == "acks" {
+					cursor = "before" // acks go newest first
+				}
+				path += "&" + cursor + "=" + url.QueryEscape(after)
 			}
 			_, body, err := n.Get(path)
 			if err != nil {
@@ -107,7 +111,7 @@ func readPebbleLists(t *testing.T, n *proc.Node) (int, string, string) {
 			var page struct {
 				OK        bool              `json:"ok"`
 				Resources []json.RawMessage `json:"resources"`
-				Rows      []json.RawMessage `json:"rows"`
+				Rows      []json.RawMessage `json:"acks"`
 				Next      json.RawMessage   `json:"next"`
 				Error     *struct {
 					Code    string `json:"code"`

@@ -267,7 +267,7 @@ func acksSended(t *testing.T, rs []*proc.Node) {
 					ID       string `json:"id"`
 					Receiver string `json:"receiver"`
 					Error    string `json:"error"`
-				} `json:"rows"`
+				} `json:"acks"`
 			}
 			if err := json.Unmarshal(body, &page); err != nil {
 				return err
