@@ -165,11 +165,13 @@ func TestMemberRemovedByTheOperator(t *testing.T) {
 	id1 := accepted(t, net, 1)
 	waitRows(t, net, id1, "A:sended", "B:sended", "D:sended")
 
-	rev.CutLink(d)
+	// D is cut off from every node: it neither gets the decision nor can
+	// tell the reviewer (a member cut from the reviewer alone gets it by
+	// gossip and reports through its neighbours): its row stays pending.
+	for _, i := range []int{nA, nB, nC} {
+		net.Node(i).CutLink(d)
+	}
 	id2 := accepted(t, net, 2)
-	// D gets it by gossip and catch-up from the others, but cannot tell the
-	// reviewer: its row stays pending.
-	holdsOffices(t, net)
 	waitRows(t, net, id2, "A:sended", "B:sended", "D:pending")
 
 	// The operator's errors first: itself, a peer id that is none.
@@ -217,6 +219,8 @@ func TestMemberRemovedByTheOperator(t *testing.T) {
 
 	// Added back: a member again once its record is taken; it catches up
 	// and reports what it applied.
+	net.Node(nA).HealLink(d)
+	net.Node(nB).HealLink(d)
 	status, out = admin(t, net, nC, "POST", "/api/v1/members", map[string]string{"peer_id": d.String()})
 	if status != 200 {
 		t.Fatalf("add D: %d %v", status, out)
@@ -225,4 +229,23 @@ func TestMemberRemovedByTheOperator(t *testing.T) {
 	holdsOffices(t, net)
 	waitRows(t, net, id2, "A:sended", "B:sended", "D:sended")
 	waitRows(t, net, id3, "A:sended", "B:sended", "D:sended")
+}
+
+// TestAMemberCutFromTheReviewerReportsThroughNeighbours: D cannot reach the
+// reviewer (its link to C is cut both ways), yet it gets the decision by
+// gossip from A and B and its signed report reaches the reviewer through
+// them: the reviewer's row for D turns sended without a connection
+// between the two, and without the delivery stream (that would need one).
+func TestAMemberCutFromTheReviewerReportsThroughNeighbours(t *testing.T) {
+	net := reviewNet(t)
+	d := net.IDs[nD]
+	rev := net.Node(nC)
+	rev.CutLink(d)
+	net.Node(nD).CutLink(net.IDs[nC])
+	id := accepted(t, net, 1)
+	holdsOffices(t, net)
+	waitRows(t, net, id, "A:sended", "B:sended", "D:sended")
+	if len(rev.Host().Network().ConnsToPeer(d)) != 0 {
+		t.Fatal("the reviewer holds a connection to D")
+	}
 }

@@ -25,8 +25,11 @@ func TestMembersCommands(t *testing.T) {
 	home := func(i int) string { return net.Homes[i].Dir }
 	b := net.IDs[nB].String()
 
-	// B cannot be reached from the reviewer: its row of the decision waits.
+	// B is cut off from both others: its row of the decision waits (cut
+	// from the reviewer alone, it would get the decision by gossip and
+	// report through A).
 	net.Node(nC).CutLink(net.IDs[nB])
+	net.Node(nA).CutLink(net.IDs[nB])
 	mustFerry(t, "--home", home(nA), "submit", "insert", "tb", "1", `{"name":"one"}`)
 	var id string
 	testnet.WaitFor(t, 20*time.Second, "C holds the request", func() bool {
@@ -106,6 +109,7 @@ func TestMembersCommands(t *testing.T) {
 
 	// Back: B is a member again and gets what it was owed.
 	net.Node(nC).HealLink(net.IDs[nB])
+	net.Node(nA).HealLink(net.IDs[nB])
 	if out := mustFerry(t, "--home", home(nC), "members", "add", b); !strings.HasPrefix(out, "member B ("+b+"): a member") {
 		t.Fatalf("members add printed %q", out)
 	}
