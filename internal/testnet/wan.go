@@ -259,10 +259,13 @@ func (s *wanStream) send() {
 			return
 		}
 		_, err := s.Stream.Write(seg.data)
-		s.mu.Lock()
 		if err != nil {
-			s.mu.Unlock()
 			s.fail(err)
+			return
+		}
+		s.mu.Lock()
+		if s.err != nil { // reset while the write went: the queue is gone
+			s.mu.Unlock()
 			return
 		}
 		s.queue = s.queue[1:]
