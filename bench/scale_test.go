@@ -404,6 +404,11 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	// thousand's burst may stop the run (FERRY_SCALE_MAX_RSS).
 	r.Acks = ackRows(rev, n, 101, max(time.Minute, idle))
 	t.Logf("N=%d sim=%v: ack rows of 101 decisions sended: %s", n, sim, r.Acks)
+	if wan != nil {
+		st := net.WANStats()
+		t.Logf("N=%d: links carried %d writes, %d lost and retransmitted, %d held behind an earlier one; %d dials paid a handshake",
+			n, st.Writes, st.Lost, st.Delayed, st.Dials)
+	}
 	// A thousand: long enough to give the reviewer's rate. Every node holds
 	// the burst in memory at once (news, held decisions, a memtable's
 	// worth of writes: about 14 MB a node at 300 simulated nodes), which a
