@@ -146,7 +146,10 @@ func (l *wanLinks) handshake(ctx context.Context, a, b peer.ID) error {
 	}
 }
 
-var errWANClosed = errors.New("wan links: network closed")
+var (
+	errWANClosed   = errors.New("wan links: network closed")
+	errWriteClosed = errors.New("wan links: write after the stream's write side closed")
+)
 
 // wrap returns s with its writes carried over the link model.
 func (l *wanLinks) wrap(s network.Stream) network.Stream {
@@ -195,7 +198,7 @@ func (s *wanStream) Write(p []byte) (int, error) {
 		return 0, s.err
 	}
 	if s.closing {
-		return 0, network.ErrReset
+		return 0, errWriteClosed
 	}
 	w := s.l.w
 	at := time.Now().Add(s.lat)

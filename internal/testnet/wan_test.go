@@ -125,6 +125,9 @@ func TestWANStreamDeliversInOrderAfterTheLatency(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.Write([]byte("late")); !errors.Is(err, errWriteClosed) {
+		t.Fatalf("a write after the close: %v, want errWriteClosed", err)
+	}
 	var r network.Stream
 	select {
 	case r = <-got:
