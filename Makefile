@@ -72,7 +72,7 @@ bench-store:
 # The membership wait is 12 minutes from the first start: starting 999 simulated nodes takes 5-7.
 # FERRY_SCALE_WAN sizes are simulated on internet-like links (testnet.Internet: 20-200 ms one way per
 # pair, jitter, 1% of writes retransmitted; seed FERRY_SCALE_WAN_SEED). `make scale-wan` runs that
-# row alone (300 nodes, about 10 minutes).
+# row alone (300 nodes, 6-7 minutes).
 scale:
 	FERRY_SCALE=1 FERRY_SCALE_N=$${FERRY_SCALE_N-10,100,300} FERRY_SCALE_SIM=$${FERRY_SCALE_SIM-1000} FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} FERRY_SCALE_REST=$${FERRY_SCALE_REST-200s} FERRY_SCALE_JOIN=$${FERRY_SCALE_JOIN-12m} FERRY_SCALE_MAX_RSS=$${FERRY_SCALE_MAX_RSS-12} $(GO) test ./bench/ -run '^TestScale$$' -v -count=1 -timeout 120m
 
