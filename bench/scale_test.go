@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/ferrynet/ferry/internal/testnet"
+	"github.com/ferrynet/ferry/internal/wait"
 	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/review"
 	"github.com/ferrynet/ferry/stream"
@@ -37,6 +38,10 @@ import (
 //	FERRY_SCALE=1              run TestScale (otherwise it is skipped)
 //	FERRY_SCALE_N=10,100,300   real network sizes (default 10,100,300)
 //	FERRY_SCALE_SIM=1000       simulated (mocknet) sizes (default 1000; "" or 0: none)
+//	FERRY_SCALE_WAN=300        simulated sizes on internet-like links (testnet.Internet: 20-200 ms
+//	                           one way per pair, up to 20 ms jitter, 1% of writes retransmitted;
+//	                           default none, make scale passes 300)
+//	FERRY_SCALE_WAN_SEED=1     the seed of those links' latencies, jitter and losses (default 1)
 //	FERRY_SCALE_IDLE=10s       the idle window CPU is measured over (default 10s)
 //	FERRY_SCALE_JOIN=5m        how long to wait for full membership; a network short of
 //	                           it is measured as it stands, and the table says how far it got
@@ -58,7 +63,9 @@ import (
 type scaleRow struct {
 	N           int
 	Sim         bool
+	WAN         *testnet.WAN  // the simulated links are internet-like (nil: mocknet's, no delay)
 	Startup     time.Duration // starting nodes 1..N-1 (node 0, the bootstrap, up) until every node counts every other a member
+	Started     time.Duration // starting nodes 1..N-1 until the last one started
 	Members     string        // how far membership got (pairs (i, j) where i counts j a member)
 	Full        bool          // every pair
 	RSS         int64         // process RSS at idle, bytes
@@ -268,8 +275,8 @@ func decideAll(t testing.TB, rev *node.Node, ids []uint64) {
 
 // scaleRun starts n nodes (node 0 is the bootstrap peer and the reviewer),
 // measures, and stops them.
-func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) (r scaleRow) {
-	r = scaleRow{N: n, Sim: sim}
+func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.Duration, par int) (r scaleRow) {
+	r = scaleRow{N: n, Sim: sim, WAN: wan}
 	// Each node's store preallocates its write-ahead logs (Pebble: 110% of
 	// the 16 MB memtable, and a second log after the first flush), about
 	// 36 MB of disk a node however little it holds: 1,000 nodes take 36 GB
@@ -290,7 +297,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	// One NATS server for all: apps do not take part here, and a server
 	// per node costs a listener, connections and goroutines each.
 	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(0), Later: later, Mocknet: sim, SharedNATS: true,
-		Node: production()})
+		WAN: wan, Node: production()})
 	m := newMembers(net, n)
 	begin := time.Now()
 	stopStart := scaleProfile(t, n, sim, "start")
@@ -313,7 +320,8 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 			return r
 		}
 	}
-	t.Logf("N=%d sim=%v: %d nodes started in %s s", n, sim, n-1, secs(time.Since(begin)))
+	r.Started = time.Since(begin)
+	t.Logf("N=%d sim=%v: %d nodes started in %s s", n, sim, n-1, secs(r.Started))
 	var share atomic.Value
 	m.poll()
 	share.Store(m.share())
@@ -346,7 +354,7 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 		t.Logf("N=%d sim=%v: %s", n, sim, m.unknown())
 		wait = 2 * time.Minute
 	} else {
-		t.Logf("N=%d sim=%v: full membership in %s s", n, sim, secs(r.Startup))
+		t.Logf("N=%d sim=%v: full membership in %s s (%s s after the last start)", n, sim, secs(r.Startup), secs(r.Startup-r.Started))
 	}
 
 	// Idle: let the start-up's tail settle, then measure.
@@ -396,6 +404,11 @@ func scaleRun(t *testing.T, n int, sim bool, idle, join time.Duration, par int) 
 	// thousand's burst may stop the run (FERRY_SCALE_MAX_RSS).
 	r.Acks = ackRows(rev, n, 101, max(time.Minute, idle))
 	t.Logf("N=%d sim=%v: ack rows of 101 decisions sended: %s", n, sim, r.Acks)
+	if wan != nil {
+		st := net.WANStats()
+		t.Logf("N=%d: links carried %d writes, %d lost and retransmitted, %d held behind an earlier one; %d dials paid a handshake",
+			n, st.Writes, st.Lost, st.Delayed, st.Dials)
+	}
 	// A thousand: long enough to give the reviewer's rate. Every node holds
 	// the burst in memory at once (news, held decisions, a memtable's
 	// worth of writes: about 14 MB a node at 300 simulated nodes), which a
@@ -453,6 +466,10 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 		if r.Sim {
 			name += " simulated (mocknet)"
 		}
+		if w := r.WAN; w != nil {
+			name = fmt.Sprintf("%d simulated, internet-like links (%d-%d ms one way per pair, jitter < %d ms, %.0f%% of writes retransmitted; seed %d)",
+				r.N, w.MinLatency.Milliseconds(), w.MaxLatency.Milliseconds(), w.Jitter.Milliseconds(), 100*w.Loss, w.Seed)
+		}
 		if r.Failed != "" && r.RSS == 0 {
 			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | | |\n", name, r.Failed)
 			continue
@@ -472,6 +489,9 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 			acks += "; fails: " + r.Failed
 		}
 		startup := dash(r.Startup)
+		if r.Startup > 0 {
+			startup = fmt.Sprintf("%s s (%s s after the last start)", secs(r.Startup), secs(r.Startup-r.Started))
+		}
 		if !r.Full {
 			startup = fmt.Sprintf("not reached: %s of member pairs after %s", r.Members, startup)
 		}
@@ -530,6 +550,19 @@ func scaleMaxRSS() int64 {
 	return int64(gb * 1e9)
 }
 
+// scaleSeed is FERRY_SCALE_WAN_SEED (default 1).
+func scaleSeed(t *testing.T) uint64 {
+	s := os.Getenv("FERRY_SCALE_WAN_SEED")
+	if s == "" {
+		return 1
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		t.Fatalf("FERRY_SCALE_WAN_SEED=%q: want a number", s)
+	}
+	return v
+}
+
 func scalePar() int {
 	if s := os.Getenv("FERRY_SCALE_PAR"); s != "" {
 		if p, err := strconv.Atoi(s); err == nil && p > 0 {
@@ -558,25 +591,31 @@ func scaleSizes(t *testing.T, env, def string) []int {
 	return out
 }
 
-func runScale(t *testing.T, real, sim []int, idle, join time.Duration) []scaleRow {
+func runScale(t *testing.T, real, sim, wan []int, idle, join time.Duration) []scaleRow {
 	var rows []scaleRow
-	each := func(n int, s bool) {
+	each := func(n int, s bool, w *testnet.WAN) {
 		name := fmt.Sprintf("N=%d", n)
 		if s {
 			name += "-sim"
 		}
+		if w != nil {
+			name += "-wan"
+		}
 		var r scaleRow
-		t.Run(name, func(t *testing.T) { r = scaleRun(t, n, s, idle, join, scalePar()) })
+		t.Run(name, func(t *testing.T) { r = scaleRun(t, n, s, w, idle, join, scalePar()) })
 		if r.Failed != "" {
 			t.Logf("%s: %s", name, r.Failed)
 		}
 		rows = append(rows, r)
 	}
 	for _, n := range real {
-		each(n, false)
+		each(n, false, nil)
 	}
 	for _, n := range sim {
-		each(n, true)
+		each(n, true, nil)
+	}
+	for _, n := range wan {
+		each(n, true, testnet.Internet(scaleSeed(t)))
 	}
 	return rows
 }
@@ -589,7 +628,8 @@ func TestScale(t *testing.T) {
 	}
 	idle, join := scaleDuration(t, "FERRY_SCALE_IDLE", 10*time.Second), scaleDuration(t, "FERRY_SCALE_JOIN", 5*time.Minute)
 	load := loadavg()
-	rows := runScale(t, scaleSizes(t, "FERRY_SCALE_N", "10,100,300"), scaleSizes(t, "FERRY_SCALE_SIM", "1000"), idle, join)
+	rows := runScale(t, scaleSizes(t, "FERRY_SCALE_N", "10,100,300"), scaleSizes(t, "FERRY_SCALE_SIM", "1000"),
+		scaleSizes(t, "FERRY_SCALE_WAN", ""), idle, join)
 	table := scaleTable(rows, idle, load)
 	fmt.Print(table)
 	if err := os.MkdirAll("results", 0o755); err != nil {
@@ -611,7 +651,7 @@ func TestScaleSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two small networks (a few seconds)")
 	}
-	rows := runScale(t, []int{4}, []int{4}, time.Second, time.Minute)
+	rows := runScale(t, []int{4}, []int{4}, nil, time.Second, time.Minute)
 	for _, r := range rows {
 		if r.Failed != "" {
 			t.Errorf("N=%d sim=%v: %s", r.N, r.Sim, r.Failed)
@@ -728,4 +768,40 @@ func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// Over internet-like links made worse (testnet.Internet with 5% of writes
+// retransmitted instead of 1%), 20 simulated nodes at test timing reach
+// full membership, every node applies every decision and the reviewer's
+// acknowledgement rows all turn sended: the link model of the scale
+// report, exercised in CI.
+func TestDecisionsOverInternetLikeLinks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 20 nodes on slow links (about 20 s)")
+	}
+	const n = 20
+	links := testnet.Internet(3)
+	links.Loss = 0.05
+	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(0), Mocknet: true, SharedNATS: true, WAN: links})
+	// Membership as the scale report counts it (every node counts every
+	// other a member); with bounded connections not every pair meets.
+	m, begin := newMembers(net, n), time.Now()
+	wait.For(t, 90*time.Second, "every node counts every other a member", m.poll)
+	t.Logf("full membership %s s after the last start", secs(time.Since(begin)))
+	rev := net.Node(0)
+	for _, k := range []int{1, 50} {
+		ids := submitAt(t, rev, int(rev.Review().Applied()), k)
+		start := time.Now()
+		decideAll(t, rev, ids)
+		if late, _ := waitApplied(net, n, rev.Review().Applied(), start, 90*time.Second); late != "" {
+			t.Fatalf("%d decisions: %s", k, late)
+		}
+		t.Logf("%d decisions applied by all in %s s", k, secs(time.Since(start)))
+	}
+	wait.For(t, 90*time.Second, "every ack row of the reviewer's decisions sended", func() bool { return acksLeft(rev) == "" })
+	st := net.WANStats()
+	if st.Lost == 0 || st.Dials == 0 || st.Writes == 0 {
+		t.Fatalf("the links carried nothing through the model: %+v", st)
+	}
+	t.Logf("links: %d writes, %d lost and retransmitted, %d held behind an earlier one, %d dials", st.Writes, st.Lost, st.Delayed, st.Dials)
 }

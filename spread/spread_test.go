@@ -504,3 +504,46 @@ func TestAGapNobodyFillsIsAskedLessAndLessOften(t *testing.T) {
 		t.Fatal("the member applied decisions nobody gave it")
 	}
 }
+
+// TestNextHead: after a new head the next goes HeadEvery later; while the
+// head stays the same the wait doubles, up to headQuiet HeadEvery.
+func TestNextHead(t *testing.T) {
+	every := 5 * time.Second
+	wait, last := every, uint64(0)
+	var waits []time.Duration
+	for _, applied := range []uint64{7, 7, 7, 7, 7, 7, 7} {
+		wait, last = nextHead(wait, last, applied, every)
+		waits = append(waits, wait)
+	}
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, time.Minute, time.Minute, time.Minute}
+	if fmt.Sprint(waits) != fmt.Sprint(want) {
+		t.Fatalf("waits %v, want %v", waits, want)
+	}
+	if wait, last = nextHead(wait, last, 8, every); wait != every || last != 8 {
+		t.Fatalf("after a new head: wait %v last %d, want %v and 8", wait, last, every)
+	}
+}
+
+// TestAtRestTheHeadGoesLessAndLessOften: with nothing new decided, the
+// reviewer's head alone goes out after waits that grow, not every
+// HeadEvery (each one floods the network).
+func TestAtRestTheHeadGoesLessAndLessOften(t *testing.T) {
+	const every = 10 * time.Millisecond
+	x := newNet(t, 4, func(d *Deps) { d.HeadEvery = every })
+	x.decide(1, 1)
+	for _, n := range x.nodes[1:] {
+		wait.For(t, waitTimeout, "members applied 1", func() bool { return n.dec.Applied() == 1 })
+	}
+	out := func() float64 { return testutilCount(x.nodes[0].svc.m.news.WithLabelValues("out")) }
+	from := out()
+	wait.For(t, waitTimeout, "the reviewer sent a head", func() bool { return out() >= from+1 })
+	start, first := time.Now(), out()
+	const heads = 6 // after the first: waits of 10, 20, 40, 80, 120, 120 ms at least (the first may be the head after the news)
+	wait.For(t, waitTimeout, "the reviewer sent more heads", func() bool { return out() >= first+heads })
+	// Timers never fire early: the heads took at least the sum of the waits
+	// but the first (380 ms; 60 ms without the backoff), less the moment the
+	// poll may have seen the first head late.
+	if took, least := time.Since(start), 250*time.Millisecond; took < least {
+		t.Fatalf("%d heads in %v: the waits did not grow (at least %v with backoff)", heads, took, least)
+	}
+}

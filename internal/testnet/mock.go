@@ -32,7 +32,7 @@ func (n *Net) mockHost(i int) (host.Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &linker{Host: h, mn: n.mn}, nil
+	return &linker{Host: h, mn: n.mn, wan: n.wan}, nil
 }
 
 // unlink removes node i's mocknet links after it stopped, so a restarted
@@ -54,9 +54,14 @@ func (n *Net) unlink(i int) {
 // linker is a mocknet host that links itself to a peer before it first
 // dials it: a mocknet dials only over links, and linking every pair of a
 // thousand nodes up front costs half a million links.
+//
+// With Options.WAN its streams, both those it opens and those its
+// handlers are given, carry their writes over the link model, and a dial
+// that makes a new connection pays the handshake first.
 type linker struct {
 	host.Host
-	mn mocknet.Mocknet
+	mn  mocknet.Mocknet
+	wan *wanLinks // nil: plain mocknet links
 }
 
 func (l *linker) link(p peer.ID) {
@@ -89,12 +94,46 @@ func (l *linker) link(p peer.ID) {
 
 func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	l.link(ai.ID)
+	if err := l.dial(ctx, ai.ID); err != nil {
+		return err
+	}
 	return l.Host.Connect(ctx, ai)
 }
 
 func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	l.link(p)
-	return l.Host.NewStream(ctx, p, pids...)
+	if err := l.dial(ctx, p); err != nil {
+		return nil, err
+	}
+	s, err := l.Host.NewStream(ctx, p, pids...)
+	if err != nil || l.wan == nil {
+		return s, err
+	}
+	return l.wan.wrap(s), nil
+}
+
+// dial pays the WAN's handshake when there is no connection to p yet.
+func (l *linker) dial(ctx context.Context, p peer.ID) error {
+	if l.wan == nil || p == l.ID() || l.Network().Connectedness(p) == network.Connected {
+		return nil
+	}
+	return l.wan.handshake(ctx, l.ID(), p)
+}
+
+func (l *linker) SetStreamHandler(pid protocol.ID, h network.StreamHandler) {
+	l.Host.SetStreamHandler(pid, l.handler(h))
+}
+
+func (l *linker) SetStreamHandlerMatch(pid protocol.ID, m func(protocol.ID) bool, h network.StreamHandler) {
+	l.Host.SetStreamHandlerMatch(pid, m, l.handler(h))
+}
+
+// handler gives h the stream over the link model (WAN).
+func (l *linker) handler(h network.StreamHandler) network.StreamHandler {
+	if l.wan == nil {
+		return h
+	}
+	return func(s network.Stream) { h(l.wan.wrap(s)) }
 }
 
 // sharedNATS starts the one embedded NATS server of Options.SharedNATS, on

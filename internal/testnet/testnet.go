@@ -68,6 +68,9 @@ type Options struct {
 	// server each (fds, goroutines, memory at hundreds of nodes). Net.NATS
 	// connects to the shared server; subjects start with Net.Prefix(i).
 	SharedNATS bool
+	// WAN makes the mocknet's links internet-like (latency per pair,
+	// jitter, loss as retransmission delay; see WAN); needs Mocknet.
+	WAN *WAN
 }
 
 // Net is a running test network.
@@ -81,6 +84,7 @@ type Net struct {
 	nodes []*node.Node
 
 	mn      mocknet.Mocknet // Options.Mocknet
+	wan     *wanLinks       // Options.WAN
 	nats    *server.Server  // Options.SharedNATS
 	closing bool            // Close: no unlinking per node
 }
@@ -146,13 +150,22 @@ func Start(t testing.TB, o Options) *Net {
 		if n.mn != nil {
 			_ = n.mn.Close()
 		}
+		if n.wan != nil {
+			n.wan.close()
+		}
 		if n.nats != nil {
 			n.nats.Shutdown()
 			n.nats.WaitForShutdown()
 		}
 	})
+	if o.WAN != nil && !o.Mocknet {
+		t.Fatal("testnet: Options.WAN shapes mocknet links: set Mocknet too")
+	}
 	if o.Mocknet {
 		n.mn = mocknet.New()
+	}
+	if o.WAN != nil {
+		n.wan = newWANLinks(o.WAN)
 	}
 	if o.SharedNATS {
 		n.nats = sharedNATS(t)
@@ -364,6 +377,14 @@ func (n *Net) Prefix(i int) string {
 		return "ferry." + n.o.Names[i]
 	}
 	return "ferry"
+}
+
+// WANStats counts what the links of Options.WAN did (zero without it).
+func (n *Net) WANStats() WANStats {
+	if n.wan == nil {
+		return WANStats{}
+	}
+	return n.wan.stats()
 }
 
 // Mocknet is the network's mocknet (nil unless Options.Mocknet).
