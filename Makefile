@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 60s
 STATICCHECK_VERSION ?= v0.7.0
 
-.PHONY: test build run demo lint fuzz bench bench-store scale scale-wan soak soak-faults faults tools deps diagrams check-diagrams check-ops
+.PHONY: test build run demo lint fuzz bench bench-store scale scale-procs scale-wan soak soak-faults faults tools deps diagrams check-diagrams check-ops
 
 # The test suite: every package, race detector on. The console's browser
 # test needs Chromium (scripts/deps.sh installs it where it can; outside CI
@@ -73,11 +73,19 @@ bench-store:
 # FERRY_SCALE_WAN sizes are simulated on internet-like links (testnet.Internet: 20-200 ms one way per
 # pair, jitter, 1% of writes retransmitted; seed FERRY_SCALE_WAN_SEED). `make scale-wan` runs that
 # row alone (300 nodes, 6-7 minutes).
-scale:
+# `make scale` first runs the process row (`make scale-procs`: 60 `ferry run` processes).
+scale: scale-procs
 	FERRY_SCALE=1 FERRY_SCALE_N=$${FERRY_SCALE_N-10,100,300} FERRY_SCALE_SIM=$${FERRY_SCALE_SIM-1000} FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} FERRY_SCALE_REST=$${FERRY_SCALE_REST-200s} FERRY_SCALE_JOIN=$${FERRY_SCALE_JOIN-12m} FERRY_SCALE_MAX_RSS=$${FERRY_SCALE_MAX_RSS-12} $(GO) test ./bench/ -run '^TestScale$$' -v -count=1 -timeout 120m
 
+# The process row of the scale report: FERRY_SCALE_PROCS separate `ferry run` processes (default 60),
+# node 0 the reviewer, connections.max 40; full membership, one decision on all, a burst of
+# FERRY_SCALE_PROCS_BURST decisions (default 1000) on all and its rows sended, and the most
+# connections of every process, sampled every half second (bench/results/scale-procs.md).
+scale-procs:
+	FERRY_SCALE_PROCS=$${FERRY_SCALE_PROCS-60} $(GO) test ./bench/ -run '^TestScaleProcs$$' -v -count=1 -timeout 30m
+
 scale-wan:
-	FERRY_SCALE_N= FERRY_SCALE_SIM= FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} $(MAKE) scale
+	FERRY_SCALE_PROCS=0 FERRY_SCALE_N= FERRY_SCALE_SIM= FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} $(MAKE) scale
 
 # The soak of docs/BENCHMARKS.md: A and its partner B as processes, 5,000 changes a second for
 # 10 minutes with a one-minute retention window; fails unless RSS stays flat within 10% and the
