@@ -205,18 +205,8 @@ func TestScaleProcs(t *testing.T) {
 	wait.Until(t, 10*time.Minute, "the burst on every process", allApplied(uint64(burst+1)))
 	burstAll := time.Since(b)
 	wait.Until(t, 10*time.Minute, "every decision row sended at the reviewer", func() error {
-		code, body, err := rev.Get("/api/v1/acks?state=pending&kind=decision&limit=1")
-		if err != nil || code != http.StatusOK {
-			return fmt.Errorf("acks: %d %v", code, err)
-		}
-		var page struct {
-			Acks []json.RawMessage `json:"acks"`
-		}
-		if err := json.Unmarshal(body, &page); err != nil {
-			return err
-		}
-		if len(page.Acks) > 0 {
-			return fmt.Errorf("decision rows pending (first: %s)", page.Acks[0])
+		if first, err := rev.PendingDecisionAck(); err != nil || first != "" {
+			return fmt.Errorf("decision rows pending (first: %s) %v", first, err)
 		}
 		return nil
 	})

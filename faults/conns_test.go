@@ -114,22 +114,7 @@ func TestConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 		}
 	}
 	decided := time.Since(burst)
-	wait.Until(t, 3*time.Minute, "every decision row sended at the reviewer", func() error {
-		code, body, err := rev.Get("/api/v1/acks?state=pending&kind=decision&limit=5")
-		if err != nil || code != http.StatusOK {
-			return fmt.Errorf("acks: %d %v", code, err)
-		}
-		var page struct {
-			Acks []json.RawMessage `json:"acks"`
-		}
-		if err := json.Unmarshal(body, &page); err != nil {
-			return err
-		}
-		if len(page.Acks) > 0 {
-			return fmt.Errorf("decision rows pending at the reviewer (first: %s)", page.Acks[0])
-		}
-		return nil
-	})
+	acksSended(t, []*proc.Node{rev})
 	sended := time.Since(burst)
 	close(stop)
 	wg.Wait()

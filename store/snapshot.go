@@ -63,30 +63,14 @@ func (sn *Snapshot) Decision(seq uint64) (uint64, bool, error) {
 // TableRows calls fn for every row of every shared table, in key order
 // (table name, then row id), until fn returns false.
 func (sn *Snapshot) TableRows(fn func(table string, id uint64, row []byte) (bool, error)) error {
-	it, err := sn.snap.NewIter(&pebble.IterOptions{LowerBound: []byte(pTable), UpperBound: prefixEnd([]byte(pTable))})
-	if err != nil {
-		return fmt.Errorf("iterate: %w", err)
-	}
-	defer it.Close()
-	for ok := it.First(); ok; ok = it.Next() {
-		key := it.Key()[len(pTable):]
+	return sn.scan([]byte(pTable), func(k, v []byte) (bool, error) {
+		key := k[len(pTable):]
 		if len(key) < 1 || len(key) != 1+int(key[0])+8 {
-			return errShortKey
+			return false, errShortKey
 		}
-		table := string(key[1 : 1+key[0]])
 		id, _ := tailU64(key)
-		more, err := fn(table, id, it.Value())
-		if err != nil {
-			return err
-		}
-		if !more {
-			break
-		}
-	}
-	if err := it.Error(); err != nil {
-		return sn.s.check(fmt.Errorf("iterate: %w", err))
-	}
-	return nil
+		return fn(string(key[1:1+key[0]]), id, v)
+	})
 }
 
 // ClearTables deletes every row of every shared table (a member about to

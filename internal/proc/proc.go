@@ -54,6 +54,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -705,6 +706,26 @@ func (n *Node) Multiaddr() string {
 // Get calls the admin API with the token and returns the status and body.
 func (n *Node) Get(path string) (int, []byte, error) {
 	return n.Do(http.MethodGet, path, nil, nil)
+}
+
+// PendingDecisionAck is the first of the node's acknowledgement rows of
+// decisions still pending (GET /api/v1/acks?state=pending&kind=decision),
+// as the API renders it; empty when every row is sended.
+func (n *Node) PendingDecisionAck() (string, error) {
+	code, body, err := n.Get("/api/v1/acks?state=pending&kind=decision&limit=1")
+	if err != nil || code != http.StatusOK {
+		return "", fmt.Errorf("acks at %s: %d %s %v", n.o.Name, code, body, err)
+	}
+	var page struct {
+		Acks []json.RawMessage `json:"acks"`
+	}
+	if err := json.Unmarshal(body, &page); err != nil {
+		return "", fmt.Errorf("acks at %s: %w", n.o.Name, err)
+	}
+	if len(page.Acks) == 0 {
+		return "", nil
+	}
+	return string(page.Acks[0]), nil
 }
 
 // Do calls the admin API with the token.
