@@ -8,7 +8,8 @@ package spread
 // with the reports it relays, to each reviewer of the group it is connected
 // to, or else to its way up towards that reviewer: the neighbour the latest
 // decision news published by that reviewer came through (gossipsub's
-// ReceivedFrom). That neighbour got the news earlier, so following the way
+// ReceivedFrom), or, before any news came, a neighbour on the topic
+// (wayUpLocked). That neighbour got the news earlier, so following the way
 // up leads to the reviewer, hop by hop, as the news came down. Each hop
 // checks every signature, keeps the highest sequence per member and
 // reviewer, and passes on at its next report (at most every ReportEvery),
@@ -267,12 +268,7 @@ func (s *Service) relay(applied uint64) error {
 			batch = append(batch, r)
 		}
 		ownDue := s.ownDueLocked(rv, applied, now)
-		target := rv
-		if s.d.Host.Network().Connectedness(rv) != network.Connected {
-			if up, ok := s.rl.up[rv]; ok && s.d.Host.Network().Connectedness(up) == network.Connected {
-				target = up
-			}
-		}
+		target := s.wayUpLocked(rv)
 		s.mu.Unlock()
 		if ownDue {
 			own, err := s.signApplied(applied)
@@ -320,6 +316,30 @@ func (s *Service) relay(applied uint64) error {
 		return nil
 	}
 	return errors.Join(errs...)
+}
+
+// wayUpLocked is where reports for reviewer rv go: rv itself when
+// connected; else the neighbour the latest news from rv came through, if
+// still connected; else a connected neighbour on the decisions topic (a
+// member that took decisions by catch-up before any news reached it knows
+// no way up yet; the neighbour's own way leads on); else rv, dialed, when
+// this node has no neighbour at all. s.mu held.
+func (s *Service) wayUpLocked(rv peer.ID) peer.ID {
+	nw := s.d.Host.Network()
+	if nw.Connectedness(rv) == network.Connected {
+		return rv
+	}
+	if up, ok := s.rl.up[rv]; ok && nw.Connectedness(up) == network.Connected {
+		return up
+	}
+	if s.topic != nil {
+		for _, p := range s.topic.ListPeers() {
+			if p != s.d.Host.ID() && nw.Connectedness(p) == network.Connected {
+				return p
+			}
+		}
+	}
+	return rv
 }
 
 // sendRelay sends one AppliedRelay frame to p.
