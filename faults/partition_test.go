@@ -305,16 +305,32 @@ func TestReviewGroupPartitionedLeader(t *testing.T) {
 		})
 	}
 
+	// And one a follower is asked to accept at the cut: it may still take
+	// the old leader for the leader and forward to it, over a link that
+	// now drops every packet; it answers once it sees the leader change
+	// (the forward is given up, the act asked again under its id), and
+	// the request is decided once, by the majority.
+	atFollower := submit(6)
+	for _, r := range rs {
+		wait.Until(t, 30*time.Second, atFollower+" waiting at "+r.Name(), func() error {
+			if st, _ := statusAt(t, r, atFollower); st != "waiting" {
+				return fmt.Errorf("%s holds %s as %q", r.Name(), atFollower, st)
+			}
+			return nil
+		})
+	}
+	atFollowerID := requestID(t, majority[0], atFollower)
+
 	askedID := requestID(t, leader, asked)
 	l.cut(li, mi...)
 	cutAt := time.Now()
+	second := make(chan answer, 1)
+	go func() { second <- act(majority[0], atFollowerID, "accept", nil) }()
 	t.Logf("cut %s (the leader) from %s and %s", leader.Name(), majority[0].Name(), majority[1].Name())
 	// At once, while it may still think it leads (for its lease), the old
 	// leader is asked to accept; meanwhile the majority elects a leader
 	// and decides, at either of its two (the follower forwards to the new
-	// leader; one asked before it knew of the new leader would forward
-	// to the old one and answer unavailable after the forward's timeout,
-	// 10 s, so the test asks once the new leader is known).
+	// leader; the follower asked at the cut is above).
 	first := make(chan answer, 1)
 	go func() { first <- act(leader, askedID, "accept", nil) }()
 	newLeader := groupLeader(t, majority)
@@ -328,6 +344,14 @@ func TestReviewGroupPartitionedLeader(t *testing.T) {
 	toDecide := time.Since(cutAt)
 	acceptIn(t, newLeader, during[1])
 	decided = append(decided, during...)
+
+	if a := <-second; a.err != nil || a.code != http.StatusOK {
+		t.Fatalf("accept at the follower %s, asked at the cut: %+v, want it accepted by the majority", majority[0].Name(), a)
+	} else {
+		t.Logf("accept at the follower %s, asked at the cut, answered after %v (the new leader was known %v after the cut)",
+			majority[0].Name(), a.took.Round(time.Millisecond), toLeader.Round(time.Millisecond))
+	}
+	decided = append(decided, atFollower)
 
 	// The old leader answered unavailable, naming the group; once it
 	// stepped down an edit is answered so too.

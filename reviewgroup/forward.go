@@ -141,10 +141,48 @@ func (g *Group) notLeader() *pb.ForwardReply {
 	return rep
 }
 
+// untilLeaderChanges is ctx, cancelled as soon as this member sees another
+// leader than leader, or none: a request forwarded to a leader that was
+// cut off a moment ago (packets dropped, the connection still up) gets no
+// answer until ForwardTimeout, while the group may have a new leader
+// within an election. The outcome is the same as at the timeout, only
+// sooner: uncertain, to be asked again under the same id (the review
+// service does so once). stop ends the watch; the caller calls it when
+// the exchange is over.
+func (g *Group) untilLeaderChanges(ctx context.Context, leader peer.ID) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		for {
+			wake := g.leaderChanged()
+			if l, ok := g.Leader(); !ok || l != leader {
+				cancel()
+				return
+			}
+			select {
+			case <-wake:
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-watching
+		cancel()
+	}
+}
+
 // forward hands req to the leader. Whatever fails before the request left
 // is retried; what fails after is uncertain unless the operation is
 // idempotent.
 func (g *Group) forward(ctx context.Context, leader peer.ID, req *pb.ForwardRequest, idempotent bool) step {
+	ctx, stop := g.untilLeaderChanges(ctx, leader)
+	defer stop()
 	rep, sent, err := g.ask(ctx, leader, req)
 	if err != nil {
 		if !sent || idempotent {
