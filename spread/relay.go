@@ -249,70 +249,96 @@ func (s *Service) ownDueLocked(rv peer.ID, applied uint64, now time.Time) bool {
 
 // relay sends, towards every reviewer of the group, this member's report of
 // applied (when due) and the reports it holds for that reviewer: to the
-// reviewer itself when connected to it, else up the way the news came. It
-// fails only when it had something to send and nothing went.
+// reviewer itself when connected to it, else up the way the news came. The
+// reviewers whose way goes through the same peer get one frame (that peer
+// keeps every report for every reviewer). It fails only when it had
+// something to send and nothing went.
 func (s *Service) relay(applied uint64) error {
-	var errs []error
-	tried, took := false, false
+	type leg struct {
+		rvs   []peer.ID
+		own   []peer.ID // the reviewers this member's own report is due to
+		batch map[peer.ID]*pb.SignedApplied
+	}
+	now := time.Now()
+	legs := map[peer.ID]*leg{}
+	var order []peer.ID
+	s.mu.Lock()
 	for _, rv := range s.d.Roles.ReviewGroup() {
 		if rv == s.d.Host.ID() {
 			continue
 		}
-		now := time.Now()
-		s.mu.Lock()
-		var batch []*pb.SignedApplied
-		for _, r := range s.rl.pend[rv] {
-			if len(batch) == maxRelayReports-1 {
-				break
+		ownDue := s.ownDueLocked(rv, applied, now)
+		if len(s.rl.pend[rv]) == 0 && !ownDue {
+			continue
+		}
+		target := s.wayUpLocked(rv)
+		l := legs[target]
+		if l == nil {
+			l = &leg{batch: map[peer.ID]*pb.SignedApplied{}}
+			legs[target] = l
+			order = append(order, target)
+		}
+		l.rvs = append(l.rvs, rv)
+		if ownDue {
+			l.own = append(l.own, rv)
+		}
+		for m, r := range s.rl.pend[rv] {
+			if cur := l.batch[m]; (cur == nil || cur.Sequence < r.Sequence) && len(l.batch) < maxRelayReports-1 {
+				l.batch[m] = r
 			}
+		}
+	}
+	s.mu.Unlock()
+	var own *pb.SignedApplied
+	var errs []error
+	took := false
+	for _, target := range order {
+		l := legs[target]
+		batch := make([]*pb.SignedApplied, 0, len(l.batch)+1)
+		for _, r := range l.batch {
 			batch = append(batch, r)
 		}
-		ownDue := s.ownDueLocked(rv, applied, now)
-		target := s.wayUpLocked(rv)
-		s.mu.Unlock()
-		if ownDue {
-			own, err := s.signApplied(applied)
-			if err != nil {
-				return err
+		if len(l.own) > 0 {
+			if own == nil {
+				var err error
+				if own, err = s.signApplied(applied); err != nil {
+					return err
+				}
 			}
 			batch = append(batch, own)
 		}
-		if len(batch) == 0 {
-			continue
-		}
-		tried = true
 		if err := s.sendRelay(target, batch); err != nil {
 			s.m.reports.WithLabelValues("out", "failed").Inc()
-			errs = append(errs, fmt.Errorf("to %s for reviewer %s: %w", target, rv, err))
+			errs = append(errs, fmt.Errorf("to %s for reviewers %v: %w", target, l.rvs, err))
 			continue
 		}
 		took = true
 		s.m.reports.WithLabelValues("out", "ok").Inc()
 		s.mu.Lock()
-		for _, r := range batch {
-			m := peer.ID(r.Member)
-			if m == s.d.Host.ID() {
-				o := s.rl.own[rv]
-				if r.Sequence > o.seq {
-					o = ownMark{seq: r.Sequence}
-				}
-				o.direct = o.direct || target == rv
-				o.sends++
-				o.at = now
-				s.rl.own[rv] = o
-				continue
+		for _, rv := range l.own {
+			o := s.rl.own[rv]
+			if applied > o.seq {
+				o = ownMark{seq: applied}
 			}
+			o.direct = o.direct || target == rv
+			o.sends++
+			o.at = now
+			s.rl.own[rv] = o
+		}
+		for _, rv := range l.rvs {
 			if s.rl.sent[rv] == nil {
 				s.rl.sent[rv] = map[peer.ID]sentMark{}
 			}
-			s.rl.sent[rv][m] = sentMark{seq: r.Sequence, at: now}
-			if cur := s.rl.pend[rv][m]; cur != nil && cur.Sequence <= r.Sequence {
-				delete(s.rl.pend[rv], m)
+			for m, r := range l.batch {
+				s.rl.sent[rv][m] = sentMark{seq: r.Sequence, at: now}
+				if cur := s.rl.pend[rv][m]; cur != nil && cur.Sequence <= r.Sequence {
+					delete(s.rl.pend[rv], m)
+				}
 			}
 		}
 		s.mu.Unlock()
 	}
-	if !tried || took {
+	if len(order) == 0 || took {
 		return nil
 	}
 	return errors.Join(errs...)
