@@ -153,7 +153,7 @@ func TestMemberWhoseRecordExpired(t *testing.T) {
 	waitRows(t, net, id3, "A:sended", "B:sended", "D:sended")
 }
 
-// TestMemberRemovedByTheOperator: the reviewer cannot reach D, so D's row
+// TestMemberRemovedByTheOperator: D is cut off from every node, so D's row
 // of a decision stays pending; the operator removes D (admin API): the row
 // closes with the reason, D is not addressed and its connections are
 // refused, also after the reviewer restarts; `members add` lets it back,

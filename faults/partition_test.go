@@ -13,11 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/ferrynet/ferry/internal/proc"
 	"github.com/ferrynet/ferry/internal/wait"
-	"github.com/ferrynet/ferry/node"
 	"github.com/ferrynet/ferry/review"
 )
 
@@ -245,28 +242,12 @@ func statusAt(t *testing.T, n *proc.Node, origin string) (string, string) {
 // every decision.
 func TestReviewGroupPartitionedLeader(t *testing.T) {
 	l := newLab(t, 5)
-	var all []*proc.Node
+	var nodes []*proc.Node
 	for i, name := range []string{"A", "B", "C", "D", "E"} {
-		all = append(all, l.node(i, name))
+		nodes = append(nodes, l.node(i, name))
 	}
-	rs, members := all[:3], all[3:]
-	var group []string
-	for _, r := range rs {
-		group = append(group, r.PeerID().String())
-	}
-	for _, n := range all {
-		n.Configure(func(c *node.Config) { c.Reviewers = group })
-		if n != all[0] {
-			n.SetBootstrap(all[0])
-		}
-	}
-	for _, n := range all {
-		n.Start()
-	}
-	var apps []*nats.Conn
-	for _, m := range members {
-		apps = append(apps, connect(t, m.NATSURL()))
-	}
+	rs, members := nodes[:3], nodes[3:]
+	all, apps := startGroup(t, rs, members)
 	submit := func(i int) string {
 		t.Helper()
 		var r struct {

@@ -48,6 +48,31 @@ func groupRequests(t *testing.T, n *proc.Node) ([]review.Row, error) {
 	}
 }
 
+// startGroup configures rs as the review group (`reviewers`, rs[0] the
+// founder and everyone's bootstrap), starts them and the members, and
+// connects an app to each member's NATS. all is rs then members.
+func startGroup(t *testing.T, rs, members []*proc.Node) (all []*proc.Node, apps []*nats.Conn) {
+	t.Helper()
+	all = append(slices.Clone(rs), members...)
+	var group []string
+	for _, r := range rs {
+		group = append(group, r.PeerID().String())
+	}
+	for _, n := range all {
+		n.Configure(func(c *node.Config) { c.Reviewers = group })
+		if n != rs[0] {
+			n.SetBootstrap(rs[0])
+		}
+	}
+	for _, n := range all {
+		n.Start()
+	}
+	for _, m := range members {
+		apps = append(apps, connect(t, m.NATSURL()))
+	}
+	return all, apps
+}
+
 // groupLeader is the running reviewer that says it leads the group.
 func groupLeader(t *testing.T, rs []*proc.Node) *proc.Node {
 	t.Helper()
@@ -118,24 +143,7 @@ func TestReviewGroupLeaderSIGKILL(t *testing.T) {
 	const total, kills = 200, 5
 	rs := []*proc.Node{proc.New(t, proc.Options{Name: "A"}), proc.New(t, proc.Options{Name: "B"}), proc.New(t, proc.Options{Name: "C"})}
 	members := []*proc.Node{proc.New(t, proc.Options{Name: "D"}), proc.New(t, proc.Options{Name: "E"}), proc.New(t, proc.Options{Name: "F"})}
-	all := append(slices.Clone(rs), members...)
-	var group []string
-	for _, r := range rs {
-		group = append(group, r.PeerID().String())
-	}
-	for _, n := range all {
-		n.Configure(func(c *node.Config) { c.Reviewers = group })
-		if n != rs[0] {
-			n.SetBootstrap(rs[0])
-		}
-	}
-	for _, n := range all {
-		n.Start()
-	}
-	var apps []*nats.Conn
-	for _, m := range members {
-		apps = append(apps, connect(t, m.NATSURL()))
-	}
+	all, apps := startGroup(t, rs, members)
 	groupLeader(t, rs)
 
 	// The request of each fifth of the run at which the leader is killed,
