@@ -78,6 +78,9 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
 			// Each node writes a CPU profile of its run, flushed when it stops.
 			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))
+			// And a heap profile at its stop: alloc_space shows what the
+			// run allocated, where.
+			o.Env = append(o.Env, "FERRY_MEMPROFILE="+strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")+".heap")
 		}
 		return o
 	}

@@ -221,6 +221,7 @@ type Reply struct {
 	b     *Bridge
 	start time.Time
 	subj  string // the subscription's subject (the metric label)
+	sm    *subjectMetrics
 	state *replyState
 }
 
@@ -228,6 +229,10 @@ type replyState struct{ sent atomic.Bool }
 
 // OK answers {"ok": true, ...fields}.
 func (r Reply) OK(fields map[string]any) {
+	if _, taken := fields["ok"]; !taken {
+		r.send(okReply(fields), CodeOK)
+		return
+	}
 	out := make(map[string]any, len(fields)+1)
 	for k, v := range fields {
 		out[k] = v
@@ -235,6 +240,10 @@ func (r Reply) OK(fields map[string]any) {
 	out["ok"] = true
 	r.send(out, CodeOK)
 }
+
+// okReply is an answer's fields with "ok": true beside them, encoded
+// without copying the map.
+type okReply map[string]any
 
 // Err answers {"ok": false, "error": {"code", "message"}}.
 func (r Reply) Err(err error) {
@@ -246,8 +255,8 @@ func errorBody(err error) map[string]any {
 }
 
 func (r Reply) observe(code string) {
-	if r.b.m != nil && r.subj != "" {
-		r.b.m.observe(r.subj, code, r.start)
+	if r.b.m != nil && r.sm != nil {
+		r.b.m.observe(r.subj, r.sm, code, r.start)
 	}
 }
 
@@ -281,7 +290,7 @@ func (r Reply) send(v any, code string) {
 		if !ok {
 			r.b.log.Warn("request without reply subject failed", "subject", r.msg.Subject, "reply", v)
 		}
-		r.b.m.replies.WithLabelValues(outcome).Inc()
+		r.b.m.replied(outcome)
 		return
 	}
 	data, err := encode(v)
@@ -301,14 +310,25 @@ func (r Reply) send(v any, code string) {
 			r.b.log.Warn("reply failed", "subject", r.msg.Subject, "err", err)
 		}
 	}
-	r.b.m.replies.WithLabelValues(outcome).Inc()
+	r.b.m.replied(outcome)
 }
 
 // encode is compact JSON without HTML escaping: documents apps sent go back
 // as they came, and '<' does not grow to six bytes.
 func encode(v any) ([]byte, error) {
-	if m, ok := v.(map[string]any); ok {
-		if b, ok := appendFlat(make([]byte, 0, 128), m); ok {
+	switch m := v.(type) {
+	case okReply:
+		if b, ok := appendFlat(make([]byte, 0, 256), m, true); ok {
+			return b, nil
+		}
+		out := make(map[string]any, len(m)+1)
+		for k, x := range m {
+			out[k] = x
+		}
+		out["ok"] = true
+		v = out
+	case map[string]any:
+		if b, ok := appendFlat(make([]byte, 0, 256), m, false); ok {
 			return b, nil
 		}
 	}
@@ -337,10 +357,10 @@ type Handler func(data []byte, reply Reply)
 // processed the same way; failures are logged.
 func (b *Bridge) Handle(suffix string, h Handler) error {
 	subj := b.Subject(suffix)
-	b.m.subject(subj)
+	sm := b.m.subject(subj)
 	sub, err := b.nc.Subscribe(subj, func(m *nats.Msg) {
 		b.flight.add()
-		reply := Reply{msg: m, b: b, start: time.Now(), subj: subj, state: &replyState{}}
+		reply := Reply{msg: m, b: b, start: time.Now(), subj: subj, sm: sm, state: &replyState{}}
 		defer func() {
 			if r := recover(); r != nil {
 				b.log.Error("nats handler panicked", "subject", subj, "panic", r)

@@ -11,17 +11,20 @@ import (
 // ok, id, version, receivers) the way encoding/json does, keys sorted,
 // without reflection.
 // ok is false for anything else; the caller then uses encoding/json.
-func appendFlat(b []byte, m map[string]any) ([]byte, bool) {
-	if len(m) > 16 {
+func appendFlat(b []byte, m map[string]any, withOK bool) ([]byte, bool) {
+	if len(m) > 15 {
 		return b, false
 	}
 	var keys [16]string
 	ks := keys[:0]
 	for k := range m {
-		if !plain(k) {
+		if !plain(k) || (withOK && k == "ok") {
 			return b, false
 		}
 		ks = append(ks, k)
+	}
+	if withOK {
+		ks = append(ks, "ok")
 	}
 	slices.Sort(ks)
 	b = append(b, '{')
@@ -32,6 +35,10 @@ func appendFlat(b []byte, m map[string]any) ([]byte, bool) {
 		b = append(b, '"')
 		b = append(b, k...)
 		b = append(b, '"', ':')
+		if withOK && k == "ok" {
+			b = append(b, "true"...)
+			continue
+		}
 		switch v := m[k].(type) {
 		case string:
 			if !plain(v) {

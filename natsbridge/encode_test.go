@@ -27,7 +27,7 @@ func TestFlatRepliesMatchEncodingJSON(t *testing.T) {
 		{map[string]any{"o\"k": true}, false},
 	}
 	for _, c := range cases {
-		got, ok := appendFlat(nil, c.m)
+		got, ok := appendFlat(nil, c.m, false)
 		if ok != c.flat {
 			t.Errorf("%v: flat %v, want %v", c.m, ok, c.flat)
 			continue
@@ -43,6 +43,20 @@ func TestFlatRepliesMatchEncodingJSON(t *testing.T) {
 		}
 		if enc, err := encode(c.m); err != nil || string(enc) != string(bytes.TrimRight(want.Bytes(), "\n")) {
 			t.Errorf("encode %s %v, encoding/json %s", enc, err, want.Bytes())
+		}
+		if c.m["ok"] != true {
+			continue
+		}
+		// Reply.OK's form: the fields without "ok", which the encoder
+		// adds in its sorted place.
+		fields := map[string]any{}
+		for k, v := range c.m {
+			if k != "ok" {
+				fields[k] = v
+			}
+		}
+		if enc, err := encode(okReply(fields)); err != nil || string(enc) != string(bytes.TrimRight(want.Bytes(), "\n")) {
+			t.Errorf("encode(okReply) %s %v, encoding/json %s", enc, err, want.Bytes())
 		}
 	}
 }

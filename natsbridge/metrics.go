@@ -29,6 +29,14 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 	replies  *prometheus.CounterVec // outcome
 	inflight prometheus.Gauge
+	outcome  map[string]prometheus.Counter // replies by outcome, looked up once
+}
+
+// subjectMetrics are one subject's series, looked up once when it is
+// subscribed rather than by label at every request.
+type subjectMetrics struct {
+	code    map[string]prometheus.Counter
+	latency prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -45,8 +53,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "nats", Name: "requests_in_flight",
 			Help: "Requests taken and not yet answered."}),
 	}
+	m.outcome = make(map[string]prometheus.Counter, len(Outcomes))
 	for _, o := range Outcomes {
-		m.replies.WithLabelValues(o)
+		m.outcome[o] = m.replies.WithLabelValues(o)
 	}
 	if err := promreg.Register(reg, m.requests, m.latency, m.replies, m.inflight); err != nil {
 		return nil, fmt.Errorf("nats: %w", err)
@@ -55,14 +64,28 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 // subject creates a subject's series at zero, so alerts see 0, not no data.
-func (m *metrics) subject(subj string) {
+func (m *metrics) subject(subj string) *subjectMetrics {
+	sm := &subjectMetrics{code: make(map[string]prometheus.Counter, len(Codes)), latency: m.latency.WithLabelValues(subj)}
 	for _, c := range Codes {
-		m.requests.WithLabelValues(subj, c)
+		sm.code[c] = m.requests.WithLabelValues(subj, c)
 	}
-	m.latency.WithLabelValues(subj)
+	return sm
 }
 
-func (m *metrics) observe(subj, code string, start time.Time) {
-	m.requests.WithLabelValues(subj, code).Inc()
-	m.latency.WithLabelValues(subj).Observe(time.Since(start).Seconds())
+func (m *metrics) observe(subj string, sm *subjectMetrics, code string, start time.Time) {
+	c := sm.code[code]
+	if c == nil { // a code outside Codes: its series is made on first use
+		c = m.requests.WithLabelValues(subj, code)
+	}
+	c.Inc()
+	sm.latency.Observe(time.Since(start).Seconds())
+}
+
+// replied counts one reply by its outcome (one of Outcomes).
+func (m *metrics) replied(outcome string) {
+	if c := m.outcome[outcome]; c != nil {
+		c.Inc()
+		return
+	}
+	m.replies.WithLabelValues(outcome).Inc()
 }
