@@ -172,6 +172,11 @@ type Deps struct {
 	Conn  *nats.Conn
 	Kinds Kinds
 	Self  peer.ID
+	// Tail, when set, holds the events the services' commit hooks published
+	// (propagate feeds it): the publisher takes those instead of reading
+	// their changes back from the log. nil: every event is rendered from
+	// the log.
+	Tail *Tail
 	// Restart, when set, restarts the embedded server's JetStream
 	// (natsbridge.Bridge.RestartJetStream); nil with an external server.
 	Restart func() error

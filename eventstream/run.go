@@ -243,18 +243,34 @@ func (p *Publisher) send() (bool, error) {
 	size, seq, lastID := 0, p.seq, p.lastID
 	b := &batch{}
 	var rerr error
-	err := p.d.Store.LogBodies(p.sent, scanLimit, p.d.Kinds.skipOwn, func(ver uint64, body *pb.Body) bool {
+	// An event the tail holds is taken as its hook published it: the
+	// change's record is not decoded (known).
+	var held tailEvent
+	known := func(ver uint64) bool {
+		var ok bool
+		held, ok = p.d.Tail.take(ver)
+		return ok
+	}
+	if p.d.Tail == nil {
+		known = nil
+	}
+	err := p.d.Store.LogBodies(p.sent, scanLimit, known, p.d.Kinds.skipOwn, func(ver uint64, body *pb.Body) bool {
 		var suffix string
 		var data []byte
 		ok := false
-		if body == nil { // an own change without an event, passed over unread
+		switch {
+		case body == nil && held.ver == ver && ver != 0:
+			suffix, data, ok = held.suffix, held.data, true
+			p.m.fromTail.Inc()
+		case body == nil: // an own change without an event, passed over unread
 			b.through = ver
 			return true
-		}
-		if r := p.d.Kinds[body.Kind]; r != nil {
-			if suffix, data, ok, rerr = r.Event(ver, body); rerr != nil {
-				rerr = fmt.Errorf("the event of change %d: %w", ver, rerr)
-				return false
+		default:
+			if r := p.d.Kinds[body.Kind]; r != nil {
+				if suffix, data, ok, rerr = r.Event(ver, body); rerr != nil {
+					rerr = fmt.Errorf("the event of change %d: %w", ver, rerr)
+					return false
+				}
 			}
 		}
 		b.through = ver

@@ -702,7 +702,6 @@ func (s *Store) completer() {
 				}
 			} else if r.version > 0 {
 				s.durableVersion.Store(r.version)
-				s.notifyDurable(r.version)
 			}
 		}
 		if r.batch != nil {
@@ -715,6 +714,11 @@ func (s *Store) completer() {
 				}
 			}
 			o.cb(o.err)
+		}
+		// The watchers hear of the round once its hooks ran: the events
+		// stream finds the events they published (eventstream.Tail).
+		if r.batch != nil && stopped == nil && r.version > 0 {
+			s.notifyDurable(r.version)
 		}
 		s.h.answered(len(r.ops))
 	}
