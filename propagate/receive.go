@@ -242,7 +242,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 			return 0, err
 		}
 	}
-	ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
+	ver, err := in.AppendTo(tx)
 	if err != nil {
 		return 0, err
 	}
