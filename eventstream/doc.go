@@ -12,7 +12,11 @@
 // for the event it published when it applied it (Renderer: propagate and
 // review; Kinds maps the kinds to them), and publishes the events in
 // batches. So a crash between a commit and its event reaching the stream
-// loses nothing: the next start reads the events again from the log.
+// loses nothing: the next start reads the events again from the log. The
+// events of the newest changes are taken from memory instead (Tail: what
+// propagate's commit hooks published, by local version): the publisher
+// still walks the log record by record, and renders only what the tail
+// does not hold.
 //
 // Exactly once, without relying on JetStream's duplicate window:
 //
