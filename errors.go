@@ -6,7 +6,6 @@ package ferry
 
 import (
 	"errors"
-	"regexp"
 )
 
 // Sentinel errors. Wrap them with %w; Code maps them to the wire codes.
@@ -65,8 +64,20 @@ func Code(err error) string {
 	return CodeUnavailable
 }
 
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // ValidName reports whether s may be a data type or a shared table name:
 // 1-64 letters, digits, '_' or '-', so it is one NATS subject token.
-func ValidName(s string) bool { return nameRe.MatchString(s) }
+// A loop, not a regular expression: every received change's data type is
+// checked (issue 18).
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -69,6 +69,16 @@ func (e *Event) complete() {
 	}
 }
 
+// completed is e filled in. A copy: the event emit holds stays on its stack
+// (filling through a pointer would move every event to the heap, watched
+// or not).
+//
+//go:noinline
+func completed(e Event) Event {
+	e.complete()
+	return e
+}
+
 const (
 	eventBacklog = 256 // recent events a new watcher gets first
 	watcherQueue = 1024
@@ -103,7 +113,7 @@ func (h *eventHub) active() bool {
 
 func (h *eventHub) emit(e Event) {
 	if e.fill != nil && h.active() {
-		e.complete() // outside the hub's lock: filling may read the store
+		e = completed(e) // outside the hub's lock: filling may read the store
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -112,8 +122,8 @@ func (h *eventHub) emit(e Event) {
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
-	if len(h.watchers) > 0 {
-		e.complete() // a watcher came between the check above and now
+	if len(h.watchers) > 0 && e.fill != nil {
+		e = completed(e) // a watcher came between the check above and now
 	}
 	h.ring[h.next] = e
 	h.next++

@@ -12,7 +12,11 @@
 // for the event it published when it applied it (Renderer: propagate and
 // review; Kinds maps the kinds to them), and publishes the events in
 // batches. So a crash between a commit and its event reaching the stream
-// loses nothing: the next start reads the events again from the log.
+// loses nothing: the next start reads the events again from the log. The
+// events of the newest changes are taken from memory instead (Tail: what
+// propagate's commit hooks published, by local version): the publisher
+// still walks the log record by record, and renders only what the tail
+// does not hold.
 //
 // Exactly once, without relying on JetStream's duplicate window:
 //
@@ -55,6 +59,16 @@
 // sends: ferry.delivery.status and .wait), events of own changes taken back
 // from peers after a restore, and the changes of a schema-2 store before it
 // was migrated (all of these are not in the segment log's order).
+//
+// The stream is made with PersistMode async: JetStream answers before its
+// file store writes (within milliseconds, several messages in one write),
+// so a crash may take the newest answered messages out of the stream; the
+// next start resumes from the stream's last message as above, and the
+// cursor kept in the store is written a second after the answers it names
+// (persist), when they are on disk. Should the file store lose acknowledged
+// writes while running (a write error), the stream expects another last
+// sequence than it names: that refusal, right after a sync, restarts the
+// embedded JetStream as an answer that did not come does.
 //
 // Bounds: at most Window batches of at most Batch events (or BatchBytes) are
 // in flight; the rest waits in the change log on disk. A commit never waits

@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	stored   prometheus.Counter
+	fromTail prometheus.Counter
 	errors   *prometheus.CounterVec
 	restarts prometheus.Counter
 	failing  prometheus.Gauge
@@ -21,6 +22,8 @@ func newMetrics(p *Publisher) *metrics {
 	m := &metrics{
 		stored: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_stored_total",
 			Help: "Events the JetStream events stream stored (answered), since the node started."}),
+		fromTail: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_from_memory_total",
+			Help: "Events the events stream took as the services published them (the tail in memory) instead of reading their changes back from the log."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_events_stream_errors_total",
 			Help: "Failures of the events stream by kind: timeout (no answer), refused, sequence, no_stream, answer, publish, read, sync, disk (below the reserve)."}, []string{"kind"}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_jetstream_restarts_total",
@@ -48,5 +51,5 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	return promreg.Register(reg, m.stored, m.errors, m.restarts, m.failing, m.through, m.caughtUp)
+	return promreg.Register(reg, m.stored, m.fromTail, m.errors, m.restarts, m.failing, m.through, m.caughtUp)
 }

@@ -207,6 +207,13 @@ func (p *Publisher) answer(m *nats.Msg) error {
 	}
 	if a.Error != nil {
 		p.m.errors.WithLabelValues("refused").Inc()
+		if p.fresh && a.Error.ErrCode == jsErrWrongLastSeq {
+			// The first messages since sync expected the last sequence the
+			// stream itself named, and it expects another: its file store
+			// lost writes it had acknowledged (a write error of an
+			// asynchronous flush) and only reopening it sets it right.
+			p.silent = true
+		}
 		return fmt.Errorf("JetStream refused the events through local version %d: %s (error %d)", b.last, a.Error.Description, a.Error.ErrCode)
 	}
 	if a.Stream != p.o.Stream || a.Seq != b.seq || a.Duplicate {
@@ -214,7 +221,7 @@ func (p *Publisher) answer(m *nats.Msg) error {
 		return fmt.Errorf("JetStream stored the event of local version %d in %s at sequence %d; %s at %d was expected", b.last, a.Stream, a.Seq, p.o.Stream, b.seq)
 	}
 	p.flight = p.flight[1:]
-	p.through, p.probe = b.through, false
+	p.through, p.probe, p.fresh = b.through, false, false
 	p.m.stored.Add(float64(b.n))
 	p.m.through.Set(float64(p.through))
 	p.setHealth(func(h *Health) {
@@ -243,18 +250,34 @@ func (p *Publisher) send() (bool, error) {
 	size, seq, lastID := 0, p.seq, p.lastID
 	b := &batch{}
 	var rerr error
-	err := p.d.Store.LogBodies(p.sent, scanLimit, p.d.Kinds.skipOwn, func(ver uint64, body *pb.Body) bool {
+	// An event the tail holds is taken as its hook published it: the
+	// change's record is not decoded (known).
+	var held tailEvent
+	known := func(ver uint64) bool {
+		var ok bool
+		held, ok = p.d.Tail.take(ver)
+		return ok
+	}
+	if p.d.Tail == nil {
+		known = nil
+	}
+	err := p.d.Store.LogBodies(p.sent, scanLimit, known, p.d.Kinds.skipOwn, func(ver uint64, body *pb.Body) bool {
 		var suffix string
 		var data []byte
 		ok := false
-		if body == nil { // an own change without an event, passed over unread
+		switch {
+		case body == nil && held.ver == ver && ver != 0:
+			suffix, data, ok = held.suffix, held.data, true
+			p.m.fromTail.Inc()
+		case body == nil: // an own change without an event, passed over unread
 			b.through = ver
 			return true
-		}
-		if r := p.d.Kinds[body.Kind]; r != nil {
-			if suffix, data, ok, rerr = r.Event(ver, body); rerr != nil {
-				rerr = fmt.Errorf("the event of change %d: %w", ver, rerr)
-				return false
+		default:
+			if r := p.d.Kinds[body.Kind]; r != nil {
+				if suffix, data, ok, rerr = r.Event(ver, body); rerr != nil {
+					rerr = fmt.Errorf("the event of change %d: %w", ver, rerr)
+					return false
+				}
 			}
 		}
 		b.through = ver
@@ -407,7 +430,7 @@ func (p *Publisher) maybeRestart() {
 		p.log.Error("events stream: restarting the embedded JetStream failed", "err", err.Error())
 		return
 	}
-	p.log.Warn("events stream: JetStream answered nothing; restarted the embedded JetStream (its file store keeps a write error until it is reopened)",
+	p.log.Warn("events stream: JetStream answered nothing, or not as it said it stood; restarted the embedded JetStream (its file store keeps a write error until it is reopened)",
 		"stream", p.o.Stream)
 }
 

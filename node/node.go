@@ -155,6 +155,7 @@ type Node struct {
 	search       *search.Service
 	spread       *spread.Service
 	events       *eventstream.Publisher // the events stream (nil when nats.events is off)
+	evtail       *eventstream.Tail      // the events propagate published, for events (nil when off)
 	// Apps' delivery status: the Watch follows the sender's floors (its
 	// Floors tracer); the service answers delivery.status and .wait.
 	watch    *delivery.Watch
@@ -336,7 +337,12 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Streams: n.sender, Holds: holds, Publisher: pub,
+	var tail propagate.EventTail
+	if cfg.EventsOn() {
+		n.evtail = eventstream.NewTail(eventstream.DefaultTailEvents)
+		tail = n.evtail
+	}
+	n.prop, err = propagate.New(propagate.Deps{Store: n.st, Roles: n.book, Streams: n.sender, Holds: holds, Publisher: pub, Events: tail,
 		Searcher: n.search, Tracer: n.feed, Gate: n.restore.Writes(), MaxMessageBytes: cfg.Limits.MaxMessageBytes, Logger: log.With("component", "propagate")})
 	if err != nil {
 		return nil, err

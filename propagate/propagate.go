@@ -72,6 +72,13 @@ type Publisher interface {
 	PublishRaw(suffix string, data []byte)
 }
 
+// EventTail keeps the events published for the newest changes, by local
+// version, for the events stream (eventstream.Tail): it then need not read
+// them back from the change log.
+type EventTail interface {
+	Add(ver uint64, suffix string, data []byte)
+}
+
 // Gate holds this node's own writes back while it cannot know how far its
 // store got (internal/gate): run is called when they may go ahead, fail
 // with the reason when they waited too long.
@@ -116,6 +123,7 @@ type Service struct {
 	holds    *PlannerHolds
 	tracer   Tracer
 	pub      Publisher
+	tail     EventTail
 	search   Searcher
 	gate     Gate
 	maxBytes int
@@ -142,6 +150,9 @@ type Deps struct {
 	// sender (its SenderOptions.Hold); nil: New loads them.
 	Holds     *PlannerHolds
 	Publisher Publisher
+	// Events, if set, is given each event a received change published
+	// (the events stream's tail in memory: eventstream.Tail).
+	Events EventTail
 	// Searcher runs search actions; nil: search is not running.
 	Searcher Searcher
 	// Tracer, if set, hears of each change committed for an app.
@@ -175,7 +186,7 @@ func New(d Deps) (*Service, error) {
 		d.MaxMessageBytes = protocols.DefaultMaxMessageBytes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{st: d.Store, roles: d.Roles, streams: d.Streams, holds: d.Holds, tracer: d.Tracer, pub: d.Publisher, search: d.Searcher, gate: d.Gate,
+	s := &Service{st: d.Store, roles: d.Roles, streams: d.Streams, holds: d.Holds, tracer: d.Tracer, pub: d.Publisher, tail: d.Events, search: d.Searcher, gate: d.Gate,
 		maxBytes: d.MaxMessageBytes, log: d.Logger, ctx: ctx, cancel: cancel}
 	var err error
 	if s.holds == nil {

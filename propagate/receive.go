@@ -242,7 +242,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 			return 0, err
 		}
 	}
-	ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
+	ver, err := in.AppendTo(tx)
 	if err != nil {
 		return 0, err
 	}
@@ -265,6 +265,13 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 	}
 	ev := p.event(body.OriginVersion, ver, body.Payload)
 	subject := p.subject
-	tx.OnCommit(func() { s.pub.PublishRaw(subject, ev) })
+	if s.tail != nil {
+		tx.OnCommit(func() {
+			s.pub.PublishRaw(subject, ev)
+			s.tail.Add(ver, subject, ev)
+		})
+	} else {
+		tx.OnCommit(func() { s.pub.PublishRaw(subject, ev) })
+	}
 	return pb.AckStatus_ACK_STATUS_APPLIED, nil
 }

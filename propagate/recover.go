@@ -17,7 +17,7 @@ import (
 // whether the change was missing.
 func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	body := in.Body
-	ok, err := tx.PutOwnRecovered(body, in.Hash, in.Raw)
+	ok, err := tx.PutOwnRecovered(body, in.Hash, in.EnvelopeRaw())
 	if err != nil || !isResource(body.Kind) {
 		return ok, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"math/bits"
+	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -237,7 +238,10 @@ type OpenedPart struct {
 	Origin peer.ID
 	Bodies []*pb.Body
 	Leaves [][32]byte
-	Paths  [][][]byte
+	// Paths are walked again on the first Envelope (a receiver that stores
+	// the part as it came needs none).
+	Paths [][][]byte
+	paths sync.Once
 }
 
 // OpenPart decodes and verifies a part: every body from one origin, whose
@@ -269,19 +273,23 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 		o.Bodies[i] = body
 		o.Leaves[i] = leafHash(raw)
 	}
-	root, paths, err := PartRoot(p.Size, p.Index, o.Leaves, p.Proof, true)
+	root, _, err := PartRoot(p.Size, p.Index, o.Leaves, p.Proof, false)
 	if err != nil {
 		return nil, err
 	}
 	if err := v.VerifyRoot(o.Origin, p.Size, root, p.Sig); err != nil {
 		return nil, err
 	}
-	o.Paths = paths
 	return o, nil
 }
 
 // Envelope is leaf i of an opened part as a self-contained envelope.
+// o must be p opened (OpenPart); it may be called from several goroutines.
 func (p *Part) Envelope(o *OpenedPart, i int) *pb.Envelope {
+	o.paths.Do(func() {
+		// The walk OpenPart made, with the paths kept (it held then).
+		_, o.Paths, _ = PartRoot(p.Size, p.Index, o.Leaves, p.Proof, true)
+	})
 	return &pb.Envelope{Body: p.Bodies[i], LeafIndex: p.Index[i], TreeSize: p.Size, Path: o.Paths[i], RootSignature: p.Sig}
 }
 

@@ -94,7 +94,7 @@ func (s *Service) applyRequest(tx *store.Txn, in *stream.Inbound) (pb.AckStatus,
 	if _, err := CheckData(rr.TableId, rr.Data, typ); err != nil {
 		return 0, stream.Reject("%v", err)
 	}
-	ver, err := tx.AppendReceived(in.Body, in.Hash, in.Raw)
+	ver, err := in.AppendTo(tx)
 	if err != nil {
 		return 0, err
 	}
@@ -160,7 +160,7 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 		if d.Sequence != 0 {
 			return 0, stream.Reject("a rejection carries no sequence")
 		}
-		ver, err := tx.AppendReceived(body, in.Hash, in.Raw)
+		ver, err := in.AppendTo(tx)
 		if err != nil {
 			return 0, err
 		}
@@ -198,7 +198,7 @@ func (s *Service) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStatus
 		if err == nil && len(held) > 0 {
 			return pb.AckStatus_ACK_STATUS_DUPLICATE, nil
 		}
-		tx.SetAux(auxHeld(d.Sequence), in.Raw)
+		tx.SetAux(auxHeld(d.Sequence), in.EnvelopeRaw())
 		if heldMax, err := tx.CounterValue(ctrHeldMax); err != nil {
 			return 0, err
 		} else if d.Sequence > heldMax {
@@ -261,7 +261,7 @@ func (s *Service) applyInOrder(tx *store.Txn, in *stream.Inbound, d *pb.ReviewDe
 	}
 	ver := e.LocalVersion
 	if !held {
-		if ver, err = tx.AppendReceived(in.Body, in.Hash, in.Raw); err != nil {
+		if ver, err = in.AppendTo(tx); err != nil {
 			return err
 		}
 	}

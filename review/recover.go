@@ -20,7 +20,7 @@ import (
 // it. It reports whether the change was missing.
 func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 	body := in.Body
-	ok, err := tx.PutOwnRecovered(body, in.Hash, in.Raw)
+	ok, err := tx.PutOwnRecovered(body, in.Hash, in.EnvelopeRaw())
 	if err != nil || !ok {
 		return ok, err
 	}
@@ -80,7 +80,7 @@ func (s *Service) RecoverOwn(tx *store.Txn, in *stream.Inbound) (bool, error) {
 					return false, err
 				}
 			case d.Sequence > applied+1:
-				tx.SetAux(auxHeld(d.Sequence), in.Raw)
+				tx.SetAux(auxHeld(d.Sequence), in.EnvelopeRaw())
 				if m, err := tx.CounterValue(ctrHeldMax); err != nil {
 					return false, err
 				} else if d.Sequence > m {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -76,6 +77,10 @@ const (
 	// and leaf index, the group's signature and proof hashes once
 	// (compactTrees, buildPart).
 	recPart byte = 4
+	// recPending: in a round only, never written: a change logged as a
+	// leaf of the part it came in (AppendReceivedPart), until compactTrees
+	// makes it a recPart or recEnvelope record.
+	recPending byte = 0xff
 
 	keyLogEnd     = "m/logend"
 	keyLogSegment = "m/logseg"
@@ -686,17 +691,42 @@ func (s *Store) reindexOrigins() (int, error) {
 // taken (so a read rebuilds them byte for byte: their audit paths are the
 // tree's, which the proof gives back); a group whose paths do not fit one
 // tree stays as it came, as does a lone envelope of its tree. The callers
-// verified every envelope.
-func (s *Store) compactTrees(recs []seglog.Record) {
+// verified every envelope. A change logged as a leaf of a received part
+// (AppendReceivedPart: recPending) joins the group of its part: when the
+// group holds every leaf of the part, the part's own proof is stored;
+// otherwise, or when it cannot be kept as a part, the change is encoded as
+// its self-contained envelope (PartLeaf.Envelope).
+func (s *Store) compactTrees(recs []seglog.Record, parts map[uint64]PartLeaf) {
 	type group struct {
 		size   uint32
 		sig    []byte
 		at     []int // in recs
 		shapes []protocols.EnvelopeShape
+		part   *protocols.Part // the received part its changes came in (nil: envelopes)
 	}
 	var groups []*group
 	var open map[string]*group // the group that takes the next leaves of a (tree size, signature)
+	var ofPart map[*protocols.Part]*group
 	for i, r := range recs {
+		if r.Type == recPending {
+			pl := parts[r.Version]
+			if pl.Part.Size < 2 || len(pl.Part.Index) < 2 {
+				continue // encoded as its envelope below
+			}
+			g := ofPart[pl.Part]
+			if g == nil {
+				if ofPart == nil {
+					ofPart = map[*protocols.Part]*group{}
+				}
+				g = &group{size: pl.Part.Size, sig: pl.Part.Sig, part: pl.Part}
+				ofPart[pl.Part] = g
+				groups = append(groups, g)
+			}
+			g.at = append(g.at, i)
+			g.shapes = append(g.shapes, protocols.EnvelopeShape{Body: pl.Part.Bodies[pl.I], Leaf: pl.Part.Index[pl.I],
+				Size: pl.Part.Size, Sig: pl.Part.Sig, Canonical: true})
+			continue
+		}
 		if r.Type != recEnvelope {
 			continue
 		}
@@ -717,6 +747,17 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 		g.at = append(g.at, i)
 		g.shapes = append(g.shapes, e)
 	}
+	// envelope makes a pending change its envelope's record.
+	envelope := func(r *seglog.Record) {
+		if r.Type == recPending {
+			r.Type, r.Data = recEnvelope, parts[r.Version].Envelope()
+		}
+	}
+	defer func() {
+		for i := range recs {
+			envelope(&recs[i])
+		}
+	}()
 	for _, g := range groups {
 		if len(g.at) < 2 {
 			continue
@@ -726,10 +767,16 @@ func (s *Store) compactTrees(recs []seglog.Record) {
 			idx[j] = e.Leaf
 		}
 		var proof [][]byte
-		if len(g.at) < int(g.size) {
+		switch {
+		case len(g.at) == int(g.size): // the whole tree: no proof
+		case g.part != nil && slices.Equal(idx, g.part.Index):
+			proof = g.part.Proof // the part as it came
+		default:
 			var err error
 			proof, err = protocols.PartProofOf(g.size, idx, func(j int) [][]byte {
-				e, _ := protocols.ParseEnvelope(recs[g.at[j]].Data, true)
+				r := &recs[g.at[j]]
+				envelope(r)
+				e, _ := protocols.ParseEnvelope(r.Data, true)
 				return e.Path
 			})
 			if err != nil {

@@ -12,8 +12,8 @@ import (
 )
 
 // WatchDurable registers fn to hear of each move of the durable mark
-// (DurableVersion), after the round is on disk and before its commit hooks
-// run. fn runs on the store's completer and must not block (a send on a
+// (DurableVersion), after the round is on disk and its commit hooks ran (the
+// mark itself moves before the hooks run). fn runs on the store's completer and must not block (a send on a
 // buffered channel that drops when full is the way). Watchers register as
 // they are built, before writes start.
 func (s *Store) WatchDurable(fn func(version uint64)) {
@@ -44,8 +44,11 @@ func (s *Store) notifyDurable(v uint64) {
 // peers) are not read: they are not in the log's order. skipOwn, when set,
 // is asked the kind of each of this node's own changes first (read from
 // the record without decoding the body): a change it skips reaches fn
-// with a nil body (an origin's own resource changes have no event).
-func (s *Store) LogBodies(after uint64, max int, skipOwn func(pb.Kind) bool, fn func(version uint64, body *pb.Body) bool) error {
+// with a nil body (an origin's own resource changes have no event). known,
+// when set, is asked each version before anything else: a version it knows
+// (the caller holds what it needs of it) reaches fn with a nil body, its
+// record not decoded.
+func (s *Store) LogBodies(after uint64, max int, known func(uint64) bool, skipOwn func(pb.Kind) bool, fn func(version uint64, body *pb.Body) bool) error {
 	durable := s.DurableVersion()
 	if after >= durable || max <= 0 {
 		return nil
@@ -57,6 +60,9 @@ func (s *Store) LogBodies(after uint64, max int, skipOwn func(pb.Kind) bool, fn 
 			return false
 		}
 		n++
+		if known != nil && known(r.Version) {
+			return fn(r.Version, nil) && n < max
+		}
 		if skipOwn != nil && r.Type == recOwn {
 			if k, ok := ownRecordKind(r.Data); ok && skipOwn(k) {
 				return fn(r.Version, nil) && n < max

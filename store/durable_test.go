@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/ferrynet/ferry/protocols/pb"
@@ -37,7 +38,7 @@ func TestLogBodies(t *testing.T) {
 	// Every record's kind, read without decoding, is the body's.
 	var got []uint64
 	skipped := 0
-	if err := s.LogBodies(vers[4], 100, func(k pb.Kind) bool { return k != pb.Kind_KIND_REVIEW_DECISION },
+	if err := s.LogBodies(vers[4], 100, nil, func(k pb.Kind) bool { return k != pb.Kind_KIND_REVIEW_DECISION },
 		func(v uint64, b *pb.Body) bool {
 			got = append(got, v)
 			i := len(got) + 4
@@ -57,12 +58,28 @@ func TestLogBodies(t *testing.T) {
 	if len(got) != 35 || got[0] != vers[5] || got[34] != vers[39] || skipped != 26 {
 		t.Fatalf("read %d changes (%v..), %d skipped; want 35 from %d, 26 skipped", len(got), got[:1], skipped, vers[5])
 	}
+	// A version the caller knows comes without its body, whatever its kind.
+	var known, decoded []uint64
+	if err := s.LogBodies(vers[9], 6, func(v uint64) bool { return v == vers[10] || v == vers[14] }, nil,
+		func(v uint64, b *pb.Body) bool {
+			if b == nil {
+				known = append(known, v)
+			} else {
+				decoded = append(decoded, v)
+			}
+			return true
+		}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(known, []uint64{vers[10], vers[14]}) || !slices.Equal(decoded, []uint64{vers[11], vers[12], vers[13], vers[15]}) {
+		t.Fatalf("known %v, decoded %v; want %v and %v", known, decoded, []uint64{vers[10], vers[14]}, []uint64{vers[11], vers[12], vers[13], vers[15]})
+	}
 	// max bounds what is read; nothing after the durable end.
 	n := 0
-	if err := s.LogBodies(0, 7, nil, func(uint64, *pb.Body) bool { n++; return true }); err != nil || n != 7 {
+	if err := s.LogBodies(0, 7, nil, nil, func(uint64, *pb.Body) bool { n++; return true }); err != nil || n != 7 {
 		t.Fatalf("max 7: read %d (%v)", n, err)
 	}
-	if err := s.LogBodies(vers[39], 10, nil, func(uint64, *pb.Body) bool { t.Fatal("read past the end"); return true }); err != nil {
+	if err := s.LogBodies(vers[39], 10, nil, nil, func(uint64, *pb.Body) bool { t.Fatal("read past the end"); return true }); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range []struct {

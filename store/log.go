@@ -168,6 +168,50 @@ func (t *Txn) AppendReceived(body *pb.Body, hash uint64, env []byte) (uint64, er
 	return ver, nil
 }
 
+// PartLeaf is leaf I of a received part of a tree (protocols.Part: bodies
+// with their places in the tree, the signature and the proof hashes once),
+// verified by the caller. Envelope gives the leaf as a self-contained
+// encoded envelope (protocols.MarshalEnvelope of Part.Envelope), for when
+// the store cannot keep the part as it came.
+type PartLeaf struct {
+	Part     *protocols.Part
+	I        int
+	Envelope func() []byte
+}
+
+// AppendReceivedPart is AppendReceived for a change that came in a part of
+// its tree: the round stores the part as it came (recPart records: the
+// bodies, the signature and the proof once) when every leaf of it is
+// logged in the round, without encoding each change as a self-contained
+// envelope and parsing it again; else each change as its envelope, as
+// AppendReceived does (compactTrees).
+func (t *Txn) AppendReceivedPart(body *pb.Body, hash uint64, leaf PartLeaf) (uint64, error) {
+	ver, err := t.NextVersion()
+	if err != nil {
+		return 0, err
+	}
+	if t.parts == nil {
+		t.parts = map[uint64]PartLeaf{}
+	}
+	t.parts[ver] = leaf
+	t.logged = append(t.logged, seglog.Record{Version: ver, Type: recPending})
+	t.set(originKey(body.Origin, body.OriginVersion), originValue(ver, body.Kind, hash, t.now))
+	return ver, nil
+}
+
+// partLeafOf is the part leaf of a record AppendReceivedPart logged in this
+// round (recPending).
+func (t *Txn) partLeafOf(r seglog.Record) (PartLeaf, bool) {
+	if r.Type != recPending {
+		return PartLeaf{}, false
+	}
+	if pl, ok := t.parts[r.Version]; ok {
+		return pl, true
+	}
+	pl, ok := t.roundParts[r.Version]
+	return pl, ok
+}
+
 // PutOwnRecovered stores one of this node's own changes at its original
 // version (recovered from a peer after a restore from an older copy). It
 // reports false, writing nothing, when that version is taken.
@@ -304,9 +348,17 @@ func (s *Store) legacyChange(ver uint64) (Change, error) {
 func (t *Txn) ChangeBody(ver uint64) (*pb.Body, error) {
 	for _, rs := range [][]seglog.Record{t.logged, t.prior} {
 		for _, r := range rs {
-			if r.Version == ver {
-				return t.s.recordBody(r)
+			if r.Version != ver {
+				continue
 			}
+			if pl, ok := t.partLeafOf(r); ok {
+				body := &pb.Body{}
+				if err := unmarshal(pl.Part.Bodies[pl.I], body); err != nil {
+					return nil, fmt.Errorf("change %d: %w", ver, err)
+				}
+				return body, nil
+			}
+			return t.s.recordBody(r)
 		}
 	}
 	r, err := t.s.clog.Read(ver)

@@ -36,6 +36,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -517,18 +518,26 @@ func (s *Store) commitRound(ops []*op) *round {
 	view := map[string]*kv{} // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
 	var logged []seglog.Record
+	var parts map[uint64]PartLeaf // AppendReceivedPart's, for compactTrees
 	count := 0
 	for _, o := range ops {
 		if err := o.ctx.Err(); err != nil {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, view: view, now: now, prior: logged}
+		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
 		}
 		t.flush(view)
+		if len(t.parts) > 0 {
+			if parts == nil {
+				parts = t.parts
+			} else {
+				maps.Copy(parts, t.parts)
+			}
+		}
 		o.hooks = t.hooks
 		sealed = append(sealed, t.sealed...)
 		logged = append(logged, t.logged...)
@@ -548,6 +557,9 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	for _, x := range logged {
 		size += len(x.Data) + 32
+		if pl, ok := parts[x.Version]; ok && x.Type == recPending {
+			size += len(pl.Part.Bodies[pl.I]) + 32
+		}
 	}
 	fail := func(err error) *round {
 		for _, o := range ops {
@@ -586,7 +598,7 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	if len(logged) > 0 {
 		slices.SortStableFunc(logged, func(a, b seglog.Record) int { return cmp.Compare(a.Version, b.Version) })
-		s.compactTrees(logged)
+		s.compactTrees(logged, parts)
 		if err := s.clog.Append(logged); err != nil {
 			// Nothing of the round is kept (Append undoes a partial write);
 			// as a failed Pebble write did, it stops the store: the node
@@ -702,7 +714,6 @@ func (s *Store) completer() {
 				}
 			} else if r.version > 0 {
 				s.durableVersion.Store(r.version)
-				s.notifyDurable(r.version)
 			}
 		}
 		if r.batch != nil {
@@ -715,6 +726,11 @@ func (s *Store) completer() {
 				}
 			}
 			o.cb(o.err)
+		}
+		// The watchers hear of the round once its hooks ran: the events
+		// stream finds the events they published (eventstream.Tail).
+		if r.batch != nil && stopped == nil && r.version > 0 {
+			s.notifyDurable(r.version)
 		}
 		s.h.answered(len(r.ops))
 	}
@@ -834,6 +850,11 @@ type Txn struct {
 	sealed []*Sealed
 	logged []seglog.Record // received changes for the log
 	prior  []seglog.Record // those of the round's earlier transactions
+	// parts: the part leaves of records logged without data
+	// (AppendReceivedPart), by version; roundParts those of the round's
+	// earlier transactions.
+	parts      map[uint64]PartLeaf
+	roundParts map[uint64]PartLeaf
 	// index maps a key to its last write in ops[:indexed], once a
 	// transaction writes more than a handful (a batch of decisions or
 	// changes reads back what it wrote: a scan of ops each time grew with

@@ -31,9 +31,9 @@ type Inbound struct {
 	Protocol protocol.ID
 	Origin   peer.ID // who signed the body
 	Body     *pb.Body
-	Envelope *pb.Envelope
-	Raw      []byte // the envelope as received, stored verbatim
-	Hash     uint64 // store.BodyHash of the body
+	Envelope *pb.Envelope // nil for a change that came in a part (EnvelopeRaw)
+	Raw      []byte       // the envelope as received, stored verbatim (nil: EnvelopeRaw)
+	Hash     uint64       // store.BodyHash of the body
 	Lane     Lane
 	// Prepared is what the handler's Prepare computed, if it has one.
 	Prepared any
@@ -41,6 +41,33 @@ type Inbound struct {
 	// for a gap itself once it stays (news may arrive out of order), so the
 	// handler should not ask at once.
 	Gossip bool
+
+	part *store.PartLeaf // the part it came in (Raw nil), if it did
+}
+
+// EnvelopeRaw is the change's envelope, self-contained and encoded: as it
+// came, or, for a change that came in a part of its tree (one proof for
+// several changes), rebuilt from the part once.
+func (in *Inbound) EnvelopeRaw() []byte {
+	if in.Raw == nil && in.part != nil {
+		in.Raw = in.part.Envelope()
+	}
+	return in.Raw
+}
+
+// AppendTo logs the change in tx as received (store.Txn.AppendReceived); a
+// change that came in a part goes as a leaf of it, so that the store keeps
+// the part as it came (store.Txn.AppendReceivedPart).
+func (in *Inbound) AppendTo(tx *store.Txn) (uint64, error) {
+	if in.Raw == nil && in.part != nil {
+		return tx.AppendReceivedPart(in.Body, in.Hash, *in.part)
+	}
+	return tx.AppendReceived(in.Body, in.Hash, in.Raw)
+}
+
+// partLeaf is leaf i of an opened part as the store takes it.
+func partLeaf(p *protocols.Part, o *protocols.OpenedPart, i int) *store.PartLeaf {
+	return &store.PartLeaf{Part: p, I: i, Envelope: func() []byte { return protocols.MarshalEnvelope(p.Envelope(o, i)) }}
 }
 
 // InboundOf builds the Inbound of a change that arrived outside a
@@ -467,6 +494,7 @@ type opened struct {
 	leaf   [32]byte
 	env    *pb.Envelope
 	raw    []byte
+	part   *store.PartLeaf // instead of env and raw: a leaf of a part
 }
 
 // openEnvelopes verifies a batch's envelopes: compact ones (Envelope.tree
@@ -532,9 +560,7 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			continue
 		}
 		p, o := parts[w.tree-1], done[w.tree-1]
-		env := p.Envelope(o, w.i)
-		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], env: env,
-			raw: protocols.MarshalEnvelope(env)}
+		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], part: partLeaf(p, o, w.i)}
 	}
 	return out, nil
 }
@@ -580,7 +606,7 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 			return nil, inbound.Refuse("change addressed to another peer", nil)
 		}
 		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: e.origin, Body: body, Envelope: e.env, Raw: e.raw,
-			Hash: store.HashOfLeaf(e.leaf), Lane: lane}
+			Hash: store.HashOfLeaf(e.leaf), Lane: lane, part: e.part}
 		if err := r.handler.Admit(m); err != nil {
 			return nil, inbound.Refuse("not admitted", err)
 		}

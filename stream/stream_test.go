@@ -59,7 +59,7 @@ func (r *recorder) Apply(tx *store.Txn, in *Inbound) (pb.AckStatus, error) {
 	if held, err := CheckHeld(tx, in.Origin, v, in.Hash); err != nil || held {
 		return pb.AckStatus_ACK_STATUS_DUPLICATE, err
 	}
-	if _, err := tx.AppendReceived(in.Body, in.Hash, in.Raw); err != nil {
+	if _, err := in.AppendTo(tx); err != nil {
 		return 0, err
 	}
 	tx.OnCommit(func() {
