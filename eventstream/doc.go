@@ -60,16 +60,6 @@
 // from peers after a restore, and the changes of a schema-2 store before it
 // was migrated (all of these are not in the segment log's order).
 //
-// The stream is made with PersistMode async: JetStream answers before its
-// file store writes (within milliseconds, several messages in one write),
-// so a crash may take the newest answered messages out of the stream; the
-// next start resumes from the stream's last message as above, and the
-// cursor kept in the store is written a second after the answers it names
-// (persist), when they are on disk. Should the file store lose acknowledged
-// writes while running (a write error), the stream expects another last
-// sequence than it names: that refusal, right after a sync, restarts the
-// embedded JetStream as an answer that did not come does.
-//
 // Bounds: at most Window batches of at most Batch events (or BatchBytes) are
 // in flight; the rest waits in the change log on disk. A commit never waits
 // for the stream. When the disk under the JetStream store is below the

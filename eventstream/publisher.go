@@ -221,8 +221,6 @@ type Publisher struct {
 	token   uint64
 	saved   cursor // last written to the store
 	savedAt time.Time
-	aged    cursor // as it was at the last attempt to write it (persist)
-	fresh   bool   // synced, and nothing answered since
 	diskAt  time.Time
 	diskLow string // why nothing is sent, when the disk is low
 	restart time.Time
@@ -392,14 +390,6 @@ func (p *Publisher) streamConfig(maxBytes int64) jetstream.StreamConfig {
 		MaxAge:      p.o.MaxAge,
 		Storage:     jetstream.FileStorage,
 		AllowDirect: true,
-		// Acknowledged before its file store writes it (within
-		// milliseconds, several messages in one write) instead of one
-		// write per message: a crash may lose the newest acknowledged
-		// messages; the next start resumes from the stream's last message
-		// and publishes them again from the change log, and the cursor kept
-		// in the store lags (persist). Set at creation only: JetStream does
-		// not change it on an update.
-		PersistMode: jetstream.AsyncPersistMode,
 		Metadata:    map[string]string{metaNode: p.d.Self.String()},
 		// Ferry does not rely on the window (see headerExpectedID); a short
 		// one keeps JetStream's memory of ids small at high rates.
@@ -470,10 +460,6 @@ var errJetStreamOff = errors.New("JetStream is not enabled on the node's NATS se
 // duplicates is the stream's duplicate window.
 const duplicates = time.Second
 
-// jsErrWrongLastSeq is JetStream's "wrong last sequence" (a message's
-// Nats-Expected-Last-Sequence does not hold).
-const jsErrWrongLastSeq = 10071
-
 // jsErrStorageResources is JetStream's "insufficient storage resources
 // available" (a stream's max_bytes beyond what the server may store).
 const jsErrStorageResources jetstream.ErrorCode = 10047
@@ -499,14 +485,6 @@ func (p *Publisher) sync(ctx context.Context, first bool) error {
 		return err
 	}
 	same := have && saved.Created == info.Created.UnixNano()
-	if same && last < saved.Seq {
-		// The cursor is written persistEvery after the answers it names,
-		// when the stream has flushed them (PersistMode async); a stream
-		// that lost them since (its disk, or a flush that waited longer)
-		// resumes from its last message when it has one.
-		p.log.Warn("events stream: the stream ends before the cursor the store kept: it lost messages it had acknowledged",
-			"stream", p.o.Stream, "last_seq", last, "cursor_seq", saved.Seq, "from_last_message", lastOK)
-	}
 	var through uint64
 	switch {
 	case same && saved.Seq == last:
@@ -525,7 +503,6 @@ func (p *Publisher) sync(ctx context.Context, first bool) error {
 	p.created = info.Created
 	p.through, p.sent, p.seq, p.lastID = through, through, last, ""
 	p.flight = p.flight[:0]
-	p.aged, p.fresh = cursor{}, true
 	p.setHealth(func(h *Health) { h.Through, h.LastSeq = through, last })
 	p.m.through.Set(float64(through))
 	if first && !have {
@@ -588,33 +565,17 @@ func (p *Publisher) loadCursor() (cursor, bool, error) {
 	return c, err == nil, err
 }
 
-// persist writes the cursor to the store (lazily: no fsync of its own):
-// now (at Close, before the server stops and flushes its stream) as it is;
-// else at most every persistEvery, and then as it was at the previous
-// attempt. The stream acknowledges a message before its file store wrote it
-// (PersistMode async: the write follows within milliseconds), so a cursor
-// that names what was acknowledged a second ago names what is on disk: a
-// crash cannot leave the store's cursor past the stream's end.
+// persist writes the cursor to the store (lazily: no fsync of its own) when
+// it moved and a second passed, or now.
 func (p *Publisher) persist(now bool) {
 	c := cursor{Through: p.through, Seq: p.seq, Created: p.created.UnixNano()}
 	if len(p.flight) > 0 {
 		c.Seq = p.flight[0].seq - uint64(p.flight[0].n) // what the stream holds for sure
 	}
-	if !now {
-		if time.Since(p.savedAt) < persistEvery {
-			return
-		}
-		c, p.aged = p.aged, c
-		p.savedAt = time.Now()
-		if c.Created == 0 { // nothing seen a second ago (just synced)
-			return
-		}
-	}
-	if c == p.saved {
+	if c == p.saved || (!now && time.Since(p.savedAt) < persistEvery) {
 		return
 	}
-	p.saved = c
-	p.savedAt = time.Now()
+	p.saved, p.savedAt = c, time.Now()
 	key, val := auxCursor+p.o.Stream, c.encode()
 	p.d.Store.SubmitLazy(context.Background(), func(tx *store.Txn) error {
 		tx.SetAux(key, val)

@@ -207,13 +207,6 @@ func (p *Publisher) answer(m *nats.Msg) error {
 	}
 	if a.Error != nil {
 		p.m.errors.WithLabelValues("refused").Inc()
-		if p.fresh && a.Error.ErrCode == jsErrWrongLastSeq {
-			// The first messages since sync expected the last sequence the
-			// stream itself named, and it expects another: its file store
-			// lost writes it had acknowledged (a write error of an
-			// asynchronous flush) and only reopening it sets it right.
-			p.silent = true
-		}
 		return fmt.Errorf("JetStream refused the events through local version %d: %s (error %d)", b.last, a.Error.Description, a.Error.ErrCode)
 	}
 	if a.Stream != p.o.Stream || a.Seq != b.seq || a.Duplicate {
@@ -221,7 +214,7 @@ func (p *Publisher) answer(m *nats.Msg) error {
 		return fmt.Errorf("JetStream stored the event of local version %d in %s at sequence %d; %s at %d was expected", b.last, a.Stream, a.Seq, p.o.Stream, b.seq)
 	}
 	p.flight = p.flight[1:]
-	p.through, p.probe, p.fresh = b.through, false, false
+	p.through, p.probe = b.through, false
 	p.m.stored.Add(float64(b.n))
 	p.m.through.Set(float64(p.through))
 	p.setHealth(func(h *Health) {
@@ -430,7 +423,7 @@ func (p *Publisher) maybeRestart() {
 		p.log.Error("events stream: restarting the embedded JetStream failed", "err", err.Error())
 		return
 	}
-	p.log.Warn("events stream: JetStream answered nothing, or not as it said it stood; restarted the embedded JetStream (its file store keeps a write error until it is reopened)",
+	p.log.Warn("events stream: JetStream answered nothing; restarted the embedded JetStream (its file store keeps a write error until it is reopened)",
 		"stream", p.o.Stream)
 }
 
