@@ -152,8 +152,18 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 	st := nodeStatus(t, b)
 	r.Check = fmt.Sprintf("A owes B nothing; B's store at version %d; B applied its first at %.2fs; CPU in that time: A %.2fs, B %.2fs",
 		st.StoreVersion, firstAck.Seconds(), cpuA.Seconds(), cpuB.Seconds())
+	if os.Getenv("FERRY_BENCH_EVENTS") != "off" {
+		// B's events stream (issue 20) stores them after: when it holds them all.
+		for metricAt(t, b, "ferry_events_stream_caught_up") != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("B's events stream did not catch up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		r.Check += fmt.Sprintf("; B's events stream held them all at %.2fs (B's CPU then %.2fs)", (now() - start).Seconds(), cpuOf(b.Pid()).Seconds())
+	}
 	if os.Getenv("FERRY_BENCH_LOG") != "" {
-		t.Logf("acknowledged by B over time: %s\nB's log:\n%s\nA's log (tail):\n%s", strings.Join(curve, " "), b.StderrAll(), a.Stderr())
+		t.Logf("acknowledged by B over time: %s\nB's log:\n%s\nA's log:\n%s", strings.Join(curve, " "), b.StderrAll(), a.StderrAll())
 	}
 	return r
 }
@@ -161,6 +171,11 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 // appliedAt is n's ferry_delivery_received_total{outcome="applied"}: the
 // changes it received and committed since its process started.
 func appliedAt(t testing.TB, n *proc.Node) int {
+	return int(metricAt(t, n, `ferry_delivery_received_total{outcome="applied"}`))
+}
+
+// metricAt is the value of n's metric named (with its labels) name.
+func metricAt(t testing.TB, n *proc.Node, name string) float64 {
 	t.Helper()
 	// Not compressed: the look should cost the node little.
 	code, body, err := n.Do("GET", "/metrics", nil, http.Header{"Accept-Encoding": {"identity"}})
@@ -168,15 +183,15 @@ func appliedAt(t testing.TB, n *proc.Node) int {
 		t.Fatalf("%s metrics: %d %v", n.Name(), code, err)
 	}
 	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(line, `ferry_delivery_received_total{outcome="applied"} `); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
 				t.Fatalf("%s metrics: %q: %v", n.Name(), line, err)
 			}
-			return int(f)
+			return f
 		}
 	}
-	t.Fatalf("%s metrics: no ferry_delivery_received_total", n.Name())
+	t.Fatalf("%s metrics: no %s", n.Name(), name)
 	return 0
 }
 
