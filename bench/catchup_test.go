@@ -121,7 +121,7 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 	r.Startup = now() - start
 	deadline := time.Now().Add(5 * time.Minute)
 	var firstAck time.Duration // when B applied its first
-	var curve []string // under FERRY_BENCH_LOG: seconds since B's start and what B applied
+	var curve []string         // under FERRY_BENCH_LOG: seconds since B's start and what B applied
 	// Look at B's count of changes applied (durable: counted once
 	// committed) until it covers the n, then ask A what it still owes B.
 	// Not A at every look: its count of what it owes scans its log, and
