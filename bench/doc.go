@@ -48,7 +48,7 @@
 //   - catchup: A takes 100,000 creates while its partner B is stopped; the
 //     clock runs from B's process start until B holds them all: B's count
 //     of changes applied (ferry_delivery_received_total, looked at every
-//     10 ms) covers them, and then A owes B nothing. Its checks give when
+//     10 ms near the end, more rarely before) covers them, and then A owes B nothing. Its checks give when
 //     B's first change was applied and the CPU A and B used in that time.
 //   - join: a reviewer with 1,000,000 decided rows and 100,000 resources of
 //     its own; a new member (a partner of it) starts with an empty store; the
