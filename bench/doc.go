@@ -46,7 +46,10 @@
 //   - latency: paced sends at 1,000 and 10,000 events/s for 5 s: send at A to
 //     the event on B's NATS (p50, p99, max) and to the fsynced reply at A.
 //   - catchup: A takes 100,000 creates while its partner B is stopped; the
-//     clock runs from B's process start until B holds them all.
+//     clock runs from B's process start until B holds them all: B's count
+//     of changes applied (ferry_delivery_received_total, looked at every
+//     10 ms near the end, more rarely before) covers them, and then A owes B nothing. Its checks give when
+//     B's first change was applied and the CPU A and B used in that time.
 //   - join: a reviewer with 1,000,000 decided rows and 100,000 resources of
 //     its own; a new member (a partner of it) starts with an empty store; the
 //     clock runs from its process start until it applied every decision and
@@ -64,6 +67,12 @@
 //	FERRY_BENCH_INFLIGHT=2048    requests/messages in flight
 //	FERRY_BENCH_PROFILES=DIR     each ferry process writes DIR/<name>.cpu (part 1:
 //	                             A.cpu, B1.cpu; other parts <part>-<name>.cpu)
+//	FERRY_BENCH_LOG=info         the processes' log level (default warn); the
+//	                             catchup part then prints B's and A's logs and
+//	                             what B applied over time
+//	FERRY_BENCH_CATCHUP_RESTART=1   catchup: A restarts after the creates, so
+//	                             its profile (catchup-A.cpu) holds the
+//	                             catch-up alone
 //	FERRY_BENCH_METRICS=1        log each process's ferry_store_* metrics
 //	FERRY_BENCH_EVENTS=off       run the nodes without the JetStream events
 //	                             stream (nats.events.enabled: false); by

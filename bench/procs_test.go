@@ -70,6 +70,9 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 	t.Helper()
 	quiet := func(o proc.Options) proc.Options {
 		o.LogLevel = "warn"
+		if lv := os.Getenv("FERRY_BENCH_LOG"); lv != "" {
+			o.LogLevel = lv // the processes' logs, printed by the parts that use them (catchup)
+		}
 		if os.Getenv("FERRY_BENCH_EVENTS") == "off" {
 			// Without the JetStream events stream (nats.events), to
 			// measure what it costs; users run with it on.

@@ -11,6 +11,7 @@ type metrics struct {
 	fromTail prometheus.Counter
 	errors   *prometheus.CounterVec
 	restarts prometheus.Counter
+	yields   prometheus.Counter
 	failing  prometheus.Gauge
 	through  prometheus.Gauge
 	caughtUp prometheus.GaugeFunc
@@ -28,6 +29,8 @@ func newMetrics(p *Publisher) *metrics {
 			Help: "Failures of the events stream by kind: timeout (no answer), refused, sequence, no_stream, answer, publish, read, sync, disk (below the reserve)."}, []string{"kind"}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_jetstream_restarts_total",
 			Help: "Restarts of the embedded JetStream after answers that did not come (a file store that met ENOSPC)."}),
+		yields: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_events_stream_yields_total",
+			Help: "Times the events stream held new events back while the node caught up on a backlog (for at most 5 s each)."}),
 		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_failing",
 			Help: "1 while the events stream's last attempt failed (it retries), else 0."}),
 		through: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_events_stream_through_version",
@@ -51,5 +54,5 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	return promreg.Register(reg, m.stored, m.fromTail, m.errors, m.restarts, m.failing, m.through, m.caughtUp)
+	return promreg.Register(reg, m.stored, m.fromTail, m.errors, m.restarts, m.yields, m.failing, m.through, m.caughtUp)
 }

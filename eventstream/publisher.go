@@ -61,6 +61,11 @@ const (
 	// DefaultRestartEvery bounds how often the embedded JetStream is
 	// restarted after answers that did not come.
 	DefaultRestartEvery = 30 * time.Second
+	// DefaultMaxYield bounds how long new events wait, in a row, while the
+	// node catches up (Deps.Yield).
+	DefaultMaxYield = 5 * time.Second
+	// yieldLook is how often a yielding publisher looks again.
+	yieldLook = 50 * time.Millisecond
 	// DefaultStuckAfter: a failure that lasts this long makes Health not OK
 	// (a short one, retried at once, does not).
 	DefaultStuckAfter = 5 * time.Second
@@ -121,14 +126,15 @@ type Options struct {
 	// while its file system has less than MinFreeBytes free.
 	DiskDir      string
 	MinFreeBytes uint64
-	// Batch, BatchBytes, Window, AckTimeout, RestartEvery, StuckAfter: see
-	// the defaults.
+	// Batch, BatchBytes, Window, AckTimeout, RestartEvery, StuckAfter,
+	// MaxYield: see the defaults.
 	Batch        int
 	BatchBytes   int
 	Window       int
 	AckTimeout   time.Duration
 	RestartEvery time.Duration
 	StuckAfter   time.Duration
+	MaxYield     time.Duration
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
 }
@@ -158,6 +164,9 @@ func (o *Options) ensureDefaults() error {
 	if o.StuckAfter <= 0 {
 		o.StuckAfter = DefaultStuckAfter
 	}
+	if o.MaxYield <= 0 {
+		o.MaxYield = DefaultMaxYield
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -180,6 +189,12 @@ type Deps struct {
 	// Restart, when set, restarts the embedded server's JetStream
 	// (natsbridge.Bridge.RestartJetStream); nil with an external server.
 	Restart func() error
+	// Yield, when set and true, holds new events back: the node catches up
+	// on a backlog (stream.Receiver.CatchingUp), and storing its events
+	// would take the CPU that applying it needs. The core events are
+	// published as before; the stream gets them after, at most
+	// Options.MaxYield later.
+	Yield func() bool
 }
 
 // batch is a run of messages published together; only its last asked for
@@ -230,6 +245,9 @@ type Publisher struct {
 	msg     *nats.Msg // reused for every publish (send)
 	hid     []string  // its header values, reused
 	hexp    []string
+	// yieldSince: when the publisher began to hold new events back (zero:
+	// it does not).
+	yieldSince time.Time
 
 	mu sync.Mutex
 	h  Health

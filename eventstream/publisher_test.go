@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,6 +56,7 @@ type rig struct {
 	js   jetstream.JetStream
 
 	configure func(*server.Options)
+	yield     func() bool // the publishers' Deps.Yield
 }
 
 func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
@@ -160,7 +162,7 @@ func (r *rig) newPublisher(o eventstream.Options) (*eventstream.Publisher, error
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	p, err := eventstream.New(eventstream.Deps{Store: r.st, Conn: conn, Kinds: kinds, Self: r.self}, o)
+	p, err := eventstream.New(eventstream.Deps{Store: r.st, Conn: conn, Kinds: kinds, Self: r.self, Yield: r.yield}, o)
 	if err != nil {
 		conn.Close()
 	}
@@ -272,6 +274,38 @@ func TestStoresEveryEventOnceInOrder(t *testing.T) {
 	waitStored(t, r, p)
 	if m, err := sub.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatalf("a core subscriber of ferry.> got the stream's copy %s", m.Subject)
+	}
+}
+
+// TestYieldsWhileTheNodeCatchesUp: while Deps.Yield says the node catches
+// up, new events wait (none is stored), for at most MaxYield; then every
+// one is stored, once, in order.
+func TestYieldsWhileTheNodeCatchesUp(t *testing.T) {
+	for _, bounded := range []bool{false, true} {
+		r := newRig(t)
+		var catching, asked atomic.Bool
+		catching.Store(true)
+		r.yield = func() bool { asked.Store(true); return catching.Load() }
+		o := r.options()
+		o.MaxYield = time.Hour
+		if bounded {
+			o.MaxYield = 300 * time.Millisecond
+		}
+		p := r.publisher(o)
+		want := r.write(40, all)
+		// It is asked only when it has events to send.
+		wait.For(t, 20*time.Second, "the publisher asked whether to yield", asked.Load)
+		if !bounded {
+			if got := r.stored(); len(got) != 0 {
+				t.Fatalf("the stream stored %d events while the node caught up", len(got))
+			}
+			catching.Store(false)
+		}
+		// Unbounded: stored once the node caught up; bounded: after
+		// MaxYield while it still does.
+		waitStored(t, r, p)
+		checkOnce(t, r.stored(), want)
+		p.Close()
 	}
 }
 

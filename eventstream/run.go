@@ -104,7 +104,7 @@ func (p *Publisher) step() error {
 		if err := p.takeAcks(); err != nil {
 			return err
 		}
-		if len(p.flight) >= p.o.Window || (p.probe && len(p.flight) > 0) || p.sent >= p.d.Store.DurableVersion() || p.lowDisk() {
+		if len(p.flight) >= p.o.Window || (p.probe && len(p.flight) > 0) || p.sent >= p.d.Store.DurableVersion() || p.lowDisk() || p.yielding() {
 			return nil
 		}
 		more, err := p.send()
@@ -115,6 +115,24 @@ func (p *Publisher) step() error {
 			return nil
 		}
 	}
+}
+
+// yielding reports whether new events wait while the node catches up
+// (Deps.Yield): for at most MaxYield in a row, then they go while it still
+// does.
+func (p *Publisher) yielding() bool {
+	if p.d.Yield == nil || !p.d.Yield() {
+		if !p.yieldSince.IsZero() {
+			p.yieldSince = time.Time{}
+		}
+		return false
+	}
+	now := time.Now()
+	if p.yieldSince.IsZero() {
+		p.yieldSince = now
+		p.m.yields.Inc()
+	}
+	return now.Sub(p.yieldSince) < p.o.MaxYield
 }
 
 // wait blocks until there is something to do: a durable change, an answer,
@@ -130,6 +148,9 @@ func (p *Publisher) wait(timer *time.Timer) error {
 	}
 	if p.saved.Through != p.through {
 		d = min(d, persistEvery)
+	}
+	if !p.yieldSince.IsZero() {
+		d = min(d, yieldLook)
 	}
 	resetTimer(timer, max(d, 0))
 	select {

@@ -22,7 +22,7 @@ func (n *Node) newEvents() (*eventstream.Publisher, error) {
 		kinds[k] = n.prop
 	}
 	kinds[pb.Kind_KIND_REVIEW_REQUEST], kinds[pb.Kind_KIND_REVIEW_DECISION] = n.review, n.review
-	d := eventstream.Deps{Store: n.st, Conn: conn, Kinds: kinds, Self: n.id, Tail: n.evtail}
+	d := eventstream.Deps{Store: n.st, Conn: conn, Kinds: kinds, Self: n.id, Tail: n.evtail, Yield: n.receiver.CatchingUp}
 	o := eventstream.Options{Stream: c.NATS.Events.Stream, Prefix: c.NATS.Prefix, MaxBytes: int64(c.NATS.Events.MaxBytes),
 		MaxAge: c.EventsMaxAge(), Logger: n.log.With("component", "events"), Registerer: n.reg}
 	if n.bridge.JetStreamEmbedded() {

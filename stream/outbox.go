@@ -238,6 +238,12 @@ func (o *outbox) pump() bool {
 	o.mu.Unlock()
 	for _, w := range wants {
 		broadcast := v.bcast[w.lane]
+		if w.room == o.s.opts.Window {
+			// Nothing in flight: the first batch goes alone, so that the
+			// receiver starts on it while the next pump reads the rest
+			// (a backlog's first change arrives sooner).
+			w.room = 1
+		}
 		maxEntries, maxBytes := w.room*o.s.opts.BatchEntries, w.room*o.s.opts.BatchBytes
 		es, ok := o.s.tail.backlog(o.peer, w.lane, broadcast, w.after, maxEntries, maxBytes)
 		if !ok {

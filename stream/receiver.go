@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -177,6 +178,16 @@ type ReceiverOptions struct {
 // earlier batch that travels on another stream.
 const DefaultMaxHeldBytes = 64 << 20
 
+// Catching up: a batch whose last change was made at its origin more than
+// behindAge ago comes from a backlog (a partner back after a while, a new
+// member), and the receiver reports itself catching up (CatchingUp) until
+// behindHold after the last such batch. Clocks of nodes may differ a little;
+// those who act on it bound what they do (eventstream.Options.MaxYield).
+const (
+	behindAge  = time.Second
+	behindHold = 250 * time.Millisecond
+)
+
 // Receiver serves the delivery protocols.
 type Receiver struct {
 	host     host.Host
@@ -194,6 +205,21 @@ type Receiver struct {
 	streams map[*inStream]struct{}
 
 	received *prometheus.CounterVec
+	// behind: until when (unix nanoseconds) this node catches up on a
+	// backlog (CatchingUp).
+	behind atomic.Int64
+}
+
+// CatchingUp reports whether this node is applying a backlog: a batch of
+// changes made long ago at their origin came in the last moment.
+func (r *Receiver) CatchingUp() bool { return time.Now().UnixNano() < r.behind.Load() }
+
+// noteAge marks the receiver catching up when a batch's last change is old.
+func (r *Receiver) noteAge(b *batch) {
+	now := time.Now().UnixNano()
+	if last := b.ins[len(b.ins)-1].Body.CreatedAtUnixNano; last > 0 && now-last > int64(behindAge) {
+		r.behind.Store(now + int64(behindHold))
+	}
 }
 
 type laneKey struct {
@@ -432,6 +458,7 @@ func (r *Receiver) readLoop(in *inStream) error {
 		if len(b.ins) == 0 {
 			continue
 		}
+		r.noteAge(b)
 		if err := r.sequence(b); err != nil {
 			return err
 		}

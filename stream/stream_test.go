@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,12 +48,16 @@ type recorder struct {
 	mu      sync.Mutex
 	applied []uint64 // origin versions, in commit order
 	reject  func(v uint64) bool
+	onApply func() // if set, runs in each Apply
 }
 
 func (r *recorder) Admit(*Inbound) error { return nil }
 
 func (r *recorder) Apply(tx *store.Txn, in *Inbound) (pb.AckStatus, error) {
 	v := in.Body.OriginVersion
+	if r.onApply != nil {
+		r.onApply()
+	}
 	if r.reject != nil && r.reject(v) {
 		return 0, Reject("refused %d", v)
 	}
@@ -92,6 +97,8 @@ type pair struct {
 	rec    *recorder
 	ahead  chan uint64
 	sndOpt SenderOptions
+	// createdAt, when set, is the creation time commit gives its changes.
+	createdAt time.Time
 }
 
 func newSide(t *testing.T, mn mocknet.Mocknet, i int) side {
@@ -167,8 +174,12 @@ func (p *pair) commit(n, per int) []uint64 {
 	for done := 0; done < n; done += per {
 		err := p.a.st.Update(context.Background(), func(tx *store.Txn) error {
 			for i := done; i < min(done+per, n); i++ {
-				ver, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
-					Payload: []byte(fmt.Sprintf(`{"id":"r%d"}`, i))})
+				body := &pb.Body{Origin: []byte(p.a.id), Kind: pb.Kind_KIND_RESOURCE_CREATE, DataType: "vm",
+					Payload: []byte(fmt.Sprintf(`{"id":"r%d"}`, i))}
+				if !p.createdAt.IsZero() {
+					body.CreatedAtUnixNano = p.createdAt.UnixNano()
+				}
+				ver, sealed, err := tx.AppendOwn(body)
 				if err != nil {
 					return err
 				}
@@ -210,6 +221,33 @@ func TestDeliversEveryChangeOnceInOrder(t *testing.T) {
 	fs, _ := p.a.st.Floors()
 	if len(fs) != 1 {
 		t.Fatalf("floors %v", fs)
+	}
+}
+
+// A receiver applying changes made long ago at their origin (a partner
+// back after a while) says it is catching up, so that work that can wait
+// (the events stream) yields to it; one applying fresh changes does not.
+func TestReceiverSaysWhenItCatchesUp(t *testing.T) {
+	for _, age := range []time.Duration{0, time.Minute} {
+		rec := &recorder{}
+		p := newPair(t, rec)
+		var said atomic.Int32
+		rec.onApply = func() {
+			if p.rcv.CatchingUp() {
+				said.Add(1)
+			}
+		}
+		if age > 0 {
+			p.createdAt = time.Now().Add(-age)
+		} else {
+			p.createdAt = time.Now()
+		}
+		want := p.commit(300, 100)
+		wait.For(t, waitTimeout, "B applied 300", func() bool { return len(p.rec.versions()) >= 300 })
+		exactlyOnce(t, p.rec.versions(), want)
+		if got := said.Load(); (age > 0) != (got > 0) {
+			t.Fatalf("changes %v old: B said it was catching up in %d of 300 applies", age, got)
+		}
 	}
 }
 
