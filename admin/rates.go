@@ -11,8 +11,8 @@ package admin
 
 import (
 	"cmp"
-	"slices"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
