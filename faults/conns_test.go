@@ -77,12 +77,13 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 	samples := map[string]int{}
 	var over []string
 	var wg sync.WaitGroup
-	// Each node is sampled on its own, every half second (a look reads
-	// its /metrics: one loop over 30 nodes took a second and a half, and
-	// every 250 ms each the looks slowed the burst sixfold).
+	// Each node is sampled on its own, every second (a look reads its
+	// /metrics, a few milliseconds of the process's CPU: one loop over 30
+	// nodes took a second and a half; every 250 ms each, the looks slowed
+	// the burst sixfold, every 500 ms fivefold).
 	for _, x := range nodes {
 		wg.Go(func() {
-			tick := time.NewTicker(500 * time.Millisecond)
+			tick := time.NewTicker(time.Second)
 			defer tick.Stop()
 			for {
 				c := metricOf(t, x, "ferry_connections")
