@@ -187,6 +187,8 @@ type Feed struct {
 	decisions *prometheus.CounterVec
 	onAcked   func(p peer.ID, lane stream.Lane, through uint64, refused []*pb.Refusal)
 	ids       sync.Map // peer.ID -> its text
+	// acks wakes the Server's rate sampler from its rest (rates.go).
+	acks *ackSignal
 }
 
 // FeedDeps is what a Feed needs; it is built before the services, which
@@ -205,7 +207,7 @@ type FeedDeps struct {
 // NewFeed builds the feed and its event hub (the last events are kept
 // from then on, watched or not).
 func NewFeed(d FeedDeps) *Feed {
-	return &Feed{hub: newEventHub(), st: d.Store, names: d.Names, decisions: d.Decisions, onAcked: d.OnAcked}
+	return &Feed{hub: newEventHub(), st: d.Store, names: d.Names, decisions: d.Decisions, onAcked: d.OnAcked, acks: newAckSignal()}
 }
 
 var (
@@ -220,6 +222,7 @@ func (f *Feed) Acked(p peer.ID, lane stream.Lane, through uint64, refused []*pb.
 	if f.onAcked != nil {
 		f.onAcked(p, lane, through, refused)
 	}
+	f.acks.acked()
 	name := f.names.Name(p)
 	f.hub.emit(Event{Type: EventAcked, Kind: lane.String(), Peer: name, PeerID: p.String(), Version: through})
 	for _, r := range refused {

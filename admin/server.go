@@ -137,7 +137,7 @@ func New(d Deps) (*Server, error) {
 		prop: d.Propagate, review: d.Review, group: d.ReviewGroup, catchup: d.CatchUp, search: d.Search, hub: d.Feed.hub,
 		reg: d.Registry, ctx: d.Ctx, g: d.Group, log: d.Logger, name: d.Name, network: d.Network, version: d.Version,
 		natsPrefix: d.NATSPrefix, listen: d.Listen, token: d.Token, dir: d.Dir, dataPath: d.DataPath,
-		maxMessageBytes: d.MaxMessageBytes, quit: make(chan struct{})}
+		maxMessageBytes: d.MaxMessageBytes, quit: make(chan struct{}), rates: rateBook{acks: d.Feed.acks}}
 	if srv.group != nil {
 		srv.groupView = newGroupView(srv.fetchGroupStatus, time.Now)
 	}

@@ -176,7 +176,9 @@ func (h *health) logCorrupt(err error) {
 		return
 	}
 	reason := fmt.Sprintf("store corrupt: %s; the damaged records are not served (restore the data directory from a backup, or start over and take the changes from partners)", err.Error())
-	h.corruptReason.CompareAndSwap(nil, &reason)
+	if h.corruptReason.CompareAndSwap(nil, &reason) {
+		h.poke()
+	}
 	h.log.Error("store corrupt: a record of the change log failed its checksum; it is not served", "err", err.Error())
 }
 

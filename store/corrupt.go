@@ -66,7 +66,9 @@ func (h *health) corrupt(err error) {
 		where = h.dir
 	}
 	reason := fmt.Sprintf("store corrupt: %s in %s; restart the node to rebuild the store from what is readable and take the lost range back from partners", err.Error(), where)
-	h.corruptReason.CompareAndSwap(nil, &reason)
+	if h.corruptReason.CompareAndSwap(nil, &reason) {
+		h.poke()
+	}
 	h.log.Error("store corrupt: a block failed its checksum; reads of that range answer `corrupt` until the store is rebuilt (restart the node)",
 		"file", where, "err", err.Error())
 	if h.o.FS == nil { // a store on the disk (not in memory, not under a test's file system)

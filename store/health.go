@@ -128,6 +128,10 @@ type health struct {
 	log *slog.Logger
 
 	failed atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
+	// changed is poked (never blocking) when something Health reports may
+	// have turned: a failure, an ENOSPC, compactions waiting for space, the
+	// disk below the reserve, a corrupt block (Changed).
+	changed chan struct{}
 	// diskFullAt (unix nanos) is when a write met ENOSPC that no compaction
 	// has claimed yet (space.go); it fails the store after diskFullGrace.
 	diskFullAt atomic.Int64
@@ -158,7 +162,7 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 	if o.StallAfter <= 0 {
 		o.StallAfter = DefaultStallAfter
 	}
-	h := &health{o: o, dir: dir, log: log}
+	h := &health{o: o, dir: dir, log: log, changed: make(chan struct{}, 1)}
 	base := o.FS
 	if base == nil {
 		base = vfs.Default
@@ -167,6 +171,7 @@ func newHealth(dir string, o HealthOptions, log *slog.Logger) *health {
 		// A compaction's ENOSPC is not a failure (space.go): it says so
 		// in its CompactionEnd, soon after. Any other write's is.
 		h.diskFullAt.CompareAndSwap(0, time.Now().UnixNano())
+		h.poke()
 	})
 	h.lastProgress.Store(time.Now().UnixNano())
 	return h
@@ -200,6 +205,15 @@ func (h *health) pebbleOptions(po *pebble.Options) {
 func (h *health) fail(err error) {
 	if h.failed.CompareAndSwap(nil, &err) {
 		h.log.Error("store failed; it takes no more work", "err", err.Error())
+	}
+	h.poke()
+}
+
+// poke says that Health may have changed (Changed); it never blocks.
+func (h *health) poke() {
+	select {
+	case h.changed <- struct{}{}:
+	default:
 	}
 }
 
@@ -311,6 +325,9 @@ func (h *health) admit(size int) error {
 			h.log.Warn("disk almost full: refusing writes until space is freed", "free_bytes", h.free, "reserve_bytes", h.o.MinFreeBytes,
 				"headroom_bytes", h.o.Headroom, "dir", h.dir)
 		}
+		if !h.diskLow {
+			h.poke()
+		}
 		h.diskLow = true
 		return h.lowErr()
 	}
@@ -360,6 +377,28 @@ func (s *Store) failure() *error {
 		return f
 	}
 	return s.h.failed.Load()
+}
+
+// Changed receives when something Health reports may have turned (a
+// failure, an ENOSPC, compactions waiting for space, the disk below the
+// reserve, a corrupt block): a watcher that looks at Health rarely at rest
+// looks again at once. One receive may stand for several changes.
+func (s *Store) Changed() <-chan struct{} { return s.h.changed }
+
+// Settled reports whether Health needs no prompt second look: nothing is
+// queued, no ENOSPC waits for its grace, compactions do not wait for space,
+// the disk is above the reserve and the store has not failed (a corrupt
+// block stays reported and needs none). Health drives the first ones (the
+// ENOSPC grace, the resumption of compactions, a low disk noticed freed),
+// so a watcher polls it often while the store is not settled.
+func (s *Store) Settled() bool {
+	h := s.h
+	if h.queued.Load() > 0 || h.diskFullAt.Load() != 0 || h.compactNeed.Load() != 0 || s.failure() != nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.diskLow
 }
 
 // Health reports whether the store can take writes, and why not.

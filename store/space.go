@@ -186,6 +186,7 @@ func (h *health) compactionEnd(info pebble.CompactionInfo) {
 	}
 	need := in + memTableSize
 	h.compactNeed.Store(need)
+	h.poke()
 	h.compactFull.Add(1)
 	h.diskFullAt.Store(0) // that ENOSPC was the compaction's
 	h.log.Warn("disk full under a compaction: compactions wait for space, writes go on", "needs_bytes", need, "dir", h.dir)
@@ -223,6 +224,7 @@ func (s *Store) gateAfterOpen() {
 	}
 	if need > 0 && free < uint64(need)+memTableSize {
 		s.h.compactNeed.Store(uint64(need) + memTableSize)
+		s.h.poke()
 		s.h.log.Warn("compactions wait for space: an L0 compaction may rewrite more than is free", "needs", mib(uint64(need)+memTableSize), "free", mib(free), "dir", s.h.dir)
 		return
 	}

@@ -705,6 +705,7 @@ func (s *Store) completer() {
 				s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
 				f := fmt.Errorf("store failed: %w", err)
 				s.failed.Store(&f)
+				s.h.poke()
 				stopped = f
 				for _, o := range r.ops {
 					if o.err == nil {
