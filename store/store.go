@@ -138,6 +138,11 @@ func levels() []pebble.LevelOptions {
 // memTableSize is Pebble's memtable size: a flush writes up to this much.
 const memTableSize = 16 << 20
 
+// doneQueue is how many prepared rounds the writer may hand the completer
+// ahead of it: the writer prepares them while a sync runs, and the
+// completer makes those waiting durable together.
+const doneQueue = 4
+
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
 const DefaultCacheBytes = 64 << 20
 
@@ -298,7 +303,7 @@ func Open(dir string, o Options) (*Store, error) {
 		self = []byte(id)
 	}
 	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
-		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
+		ops: make(chan *op, o.Queue), done: make(chan *round, doneQueue), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -399,7 +404,7 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
 		prep: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "round_seconds", Help: "Time to run one group commit's transactions, seal them and append them to the change log.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
-		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time one group commit took to become durable: the change log's fdatasync, then the Pebble batch and its fsync.",
+		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time the rounds waiting for the completer took to become durable together: the change log's fdatasync, then the Pebble batches with one fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
 	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
@@ -669,80 +674,115 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	return recs, nil
 }
 
-// completer makes each round durable (the log's fdatasync, then the Pebble
-// batch with its fsync), then answers callers and runs their hooks in
-// submission order.
+// completer makes the prepared rounds durable (the log's fdatasync, then the
+// Pebble batches with one fsync), then answers callers and runs their hooks
+// in submission order. Rounds that are already waiting when it turns to
+// them are made durable together (durable): under light load the writer
+// prepares a round of a few changes while the previous one syncs, and
+// those rounds share the next pair of syncs instead of paying one each.
+// Nothing waits for company: a round alone is synced at once.
 func (s *Store) completer() {
-	defer s.h.recoverFatal() // the batch is applied here (durable)
+	defer s.h.recoverFatal() // the batches are applied here (durable)
 	// stopped is the failure of an earlier round: rounds after it were
 	// prepared on top of it, and none of them is answered as committed (not
 	// even one that wrote nothing).
 	var stopped error
+	group := make([]*round, 0, doneQueue)
 	for r := range s.done {
-		if stopped != nil {
-			for _, o := range r.ops {
-				if o.err == nil {
-					o.err, o.hooks = stopped, nil
+		group = append(group[:0], r)
+	more:
+		for len(group) < cap(group) {
+			select {
+			case r, ok := <-s.done:
+				if !ok {
+					break more
 				}
+				group = append(group, r)
+			default:
+				break more
 			}
 		}
-		if r.batch != nil && stopped == nil {
-			if err := s.durable(r); err != nil {
+		if stopped == nil {
+			if err := s.durable(group); err != nil {
 				// What is not on disk must never be handed out: the
 				// durable marks stay, and the store takes no more work.
 				s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
 				f := fmt.Errorf("store failed: %w", err)
 				s.failed.Store(&f)
 				stopped = f
+			}
+		}
+		for i, r := range group {
+			if stopped != nil {
 				for _, o := range r.ops {
 					if o.err == nil {
-						o.err = f
-						o.hooks = nil
+						o.err, o.hooks = stopped, nil
 					}
 				}
 			} else if r.version > 0 {
 				s.durableVersion.Store(r.version)
 				s.notifyDurable(r.version)
 			}
-		}
-		if r.batch != nil {
-			_ = r.batch.Close()
-		}
-		for _, o := range r.ops {
-			if o.err == nil {
-				for _, h := range o.hooks {
-					h()
-				}
+			if r.batch != nil {
+				_ = r.batch.Close()
 			}
-			o.cb(o.err)
+			for _, o := range r.ops {
+				if o.err == nil {
+					for _, h := range o.hooks {
+						h()
+					}
+				}
+				o.cb(o.err)
+			}
+			s.h.answered(len(r.ops))
+			group[i] = nil
 		}
-		s.h.answered(len(r.ops))
 	}
 }
 
-// durable writes one prepared round: the log's records first (fdatasync),
-// then the Pebble batch, which records how far the log is durable.
-func (s *Store) durable(r *round) error {
+// durable writes prepared rounds, in order: the log's records first (one
+// fdatasync covers every round appended so far), then each round's Pebble
+// batch, which records how far the log is durable; the last batch is
+// applied with Pebble's fsync, which covers the WAL records of those before
+// it (applied without), when any round of the group asked for a sync.
+func (s *Store) durable(group []*round) error {
+	var last *round // the last round with a batch
+	logged, sync := false, false
+	for _, r := range group {
+		if r.batch != nil {
+			last = r
+			logged = logged || r.logged
+			sync = sync || r.sync
+		}
+	}
+	if last == nil {
+		return nil
+	}
 	start := time.Now()
 	defer func() { s.m.sync.Observe(time.Since(start).Seconds()) }()
-	if r.logged {
+	if logged {
 		if err := s.clog.Sync(); err != nil {
 			return err
 		}
 	}
-	if !r.sync {
-		err := s.db.Apply(r.batch, pebble.NoSync)
-		if err == nil {
-			s.applied.Store(r.seq)
+	for _, r := range group {
+		if r.batch == nil {
+			continue
 		}
-		return err
-	}
-	if err := s.db.ApplyNoSyncWait(r.batch, pebble.Sync); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	s.applied.Store(r.seq) // visible now: the writer reads it from Pebble again
-	if err := r.batch.SyncWait(); err != nil {
-		return fmt.Errorf("fsync: %w", err)
+		if r != last || !sync {
+			if err := s.db.Apply(r.batch, pebble.NoSync); err != nil {
+				return fmt.Errorf("commit: %w", err)
+			}
+			s.applied.Store(r.seq) // visible now: the writer reads it from Pebble again
+			continue
+		}
+		if err := s.db.ApplyNoSyncWait(r.batch, pebble.Sync); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		s.applied.Store(r.seq)
+		if err := r.batch.SyncWait(); err != nil {
+			return fmt.Errorf("fsync: %w", err)
+		}
 	}
 	return nil
 }
