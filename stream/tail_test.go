@@ -43,12 +43,19 @@ func TestTailCoversWhatItHolds(t *testing.T) {
 	if es, _ := tl.backlog(a, LaneResource, true, 9, 1, 1<<20); len(es) != 1 {
 		t.Fatalf("max entries: %v", vers(es))
 	}
-	// Over its bytes, the older half goes: it then covers only what it holds.
+	// Over its bytes, the oldest go, one by one: it then covers only what
+	// it holds, the newest 1000 bytes (14-23).
 	for v := uint64(14); v < 24; v++ {
 		add(v, LaneResource)
 	}
 	if _, ok := tl.backlog(a, LaneResource, true, 9, 100, 1<<20); ok {
 		t.Fatal("the trimmed tail still claims its dropped entries")
+	}
+	if _, ok := tl.backlog(a, LaneResource, true, 12, 100, 1<<20); ok {
+		t.Fatal("the trimmed tail still claims 13")
+	}
+	if es, ok := tl.backlog(a, LaneResource, true, 13, 100, 1<<20); !ok || len(es) != 10 || es[0].Version != 14 {
+		t.Fatalf("after 13: %v %v", vers(es), ok)
 	}
 	if es, ok := tl.backlog(a, LaneResource, true, 20, 100, 1<<20); !ok || len(es) != 3 {
 		t.Fatalf("after 20: %v %v", vers(es), ok)
@@ -69,5 +76,39 @@ func TestTailCoversWhatItHolds(t *testing.T) {
 	}
 	if _, ok := tl.backlog(a, LaneResource, true, 30, 100, 1<<20); !ok {
 		t.Fatal("the tail does not cover what follows the entry without its envelope")
+	}
+}
+
+// The ring wraps and grows without losing the order: big envelopes first
+// (a few fill it; its start goes round the ring), then small ones (it must
+// grow while wrapped); a backlog reads the newest max bytes, in version
+// order.
+func TestTailRingKeepsTheNewest(t *testing.T) {
+	a := peer.ID("a")
+	tl := tail{max: 1000}
+	v := uint64(0)
+	for range 200 {
+		v++
+		tl.add(store.OwnEntry{Version: v, Lane: uint8(LaneResource), Env: make([]byte, 100)})
+	}
+	for range 1500 {
+		v++
+		tl.add(store.OwnEntry{Version: v, Lane: uint8(LaneResource), Env: make([]byte, 1)})
+		if tl.bytes > tl.max {
+			t.Fatalf("at %d the tail holds %d bytes, over its %d", v, tl.bytes, tl.max)
+		}
+	}
+	const held = 1000 // 1-byte envelopes
+	es, ok := tl.backlog(a, LaneResource, true, v-held, 2*held, 1<<20)
+	if !ok || len(es) != held {
+		t.Fatalf("after %d: %d entries, covered %v", v-held, len(es), ok)
+	}
+	for i, e := range es {
+		if e.Version != v-held+1+uint64(i) {
+			t.Fatalf("entry %d is version %d, want %d", i, e.Version, v-held+1+uint64(i))
+		}
+	}
+	if _, ok := tl.backlog(a, LaneResource, true, v-held-1, 2*held, 1<<20); ok {
+		t.Fatalf("the tail claims %d, which it dropped", v-held)
 	}
 }
