@@ -258,6 +258,15 @@ func TestSoak(t *testing.T) {
 	})
 	last := sample()
 	writeSoakCSV(t, samples)
+	// How the stores grouped the work: rounds (group commits) and the sync
+	// groups that made them durable, per change.
+	for _, n := range []*proc.Node{a, b} {
+		m := scrape(t, n, "ferry_store_operations_total", "ferry_store_commits_total", "ferry_store_fsync_wait_seconds_count")
+		ops := max(m["ferry_store_operations_total"], 1)
+		t.Logf("%s's store: %.0f transactions in %.0f rounds (%.1f a round), made durable in %.0f sync groups (%.1f transactions a group)",
+			n.Name(), ops, m["ferry_store_commits_total"], ops/max(m["ferry_store_commits_total"], 1),
+			m["ferry_store_fsync_wait_seconds_count"], ops/max(m["ferry_store_fsync_wait_seconds_count"], 1))
+	}
 	if os.Getenv("FERRY_BENCH_PROFILES") != "" {
 		a.Term(time.Minute)
 		b.Term(time.Minute)
