@@ -138,11 +138,6 @@ func levels() []pebble.LevelOptions {
 // memTableSize is Pebble's memtable size: a flush writes up to this much.
 const memTableSize = 16 << 20
 
-// doneQueue is how many prepared rounds the writer may hand the completer
-// ahead of it: the writer prepares them while a sync runs, and the
-// completer makes those waiting durable together.
-const doneQueue = 4
-
 // DefaultCacheBytes is the block cache a store gets unless told otherwise.
 const DefaultCacheBytes = 64 << 20
 
@@ -156,12 +151,15 @@ type Store struct {
 		mu sync.Mutex
 		m  map[uint64][]byte
 	}
-	opts   Options
-	log    *slog.Logger
-	epoch  uint64
-	now    func() time.Time
-	ops    chan *op
-	done   chan *round
+	opts  Options
+	log   *slog.Logger
+	epoch uint64
+	now   func() time.Time
+	ops   chan *op
+	done  chan *round
+	// slot is held by the round the writer prepares and the one waiting
+	// for the completer: at most one round waits (writer).
+	slot   chan struct{}
 	mu     sync.RWMutex // with closed: no send on ops once Close closed it
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
@@ -303,7 +301,7 @@ func Open(dir string, o Options) (*Store, error) {
 		self = []byte(id)
 	}
 	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
-		ops: make(chan *op, o.Queue), done: make(chan *round, doneQueue), hot: map[string][]byte{}}
+		ops: make(chan *op, o.Queue), done: make(chan *round, 1), slot: make(chan struct{}, 1), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -404,7 +402,7 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
 		prep: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "round_seconds", Help: "Time to run one group commit's transactions, seal them and append them to the change log.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
-		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time the rounds waiting for the completer took to become durable together: the change log's fdatasync, then the Pebble batches with one fsync.",
+		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time one group commit took to become durable: the change log's fdatasync, then the Pebble batch and its fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
 	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
@@ -480,6 +478,13 @@ func (s *Store) writer() {
 		if !ok {
 			return
 		}
+		// Prepare a round only once the completer has taken the one
+		// before (it is syncing it now): what comes meanwhile joins this
+		// round instead of making rounds of its own that would queue for
+		// a sync each. A round still prepares while the previous one
+		// syncs, and one alone is prepared at once: nothing waits for
+		// company.
+		s.slot <- struct{}{}
 		batch = append(batch[:0], first)
 	drain:
 		for len(batch) < s.opts.MaxBatch {
@@ -674,115 +679,81 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	return recs, nil
 }
 
-// completer makes the prepared rounds durable (the log's fdatasync, then the
-// Pebble batches with one fsync), then answers callers and runs their hooks
-// in submission order. Rounds that are already waiting when it turns to
-// them are made durable together (durable): under light load the writer
-// prepares a round of a few changes while the previous one syncs, and
-// those rounds share the next pair of syncs instead of paying one each.
-// Nothing waits for company: a round alone is synced at once.
+// completer makes each round durable (the log's fdatasync, then the Pebble
+// batch with its fsync), then answers callers and runs their hooks in
+// submission order.
 func (s *Store) completer() {
-	defer s.h.recoverFatal() // the batches are applied here (durable)
+	defer s.h.recoverFatal() // the batch is applied here (durable)
 	// stopped is the failure of an earlier round: rounds after it were
 	// prepared on top of it, and none of them is answered as committed (not
 	// even one that wrote nothing).
 	var stopped error
-	group := make([]*round, 0, doneQueue)
 	for r := range s.done {
-		group = append(group[:0], r)
-	more:
-		for len(group) < cap(group) {
-			select {
-			case r, ok := <-s.done:
-				if !ok {
-					break more
+		<-s.slot // the writer may prepare the next round while this one syncs
+		if stopped != nil {
+			for _, o := range r.ops {
+				if o.err == nil {
+					o.err, o.hooks = stopped, nil
 				}
-				group = append(group, r)
-			default:
-				break more
 			}
 		}
-		if stopped == nil {
-			if err := s.durable(group); err != nil {
+		if r.batch != nil && stopped == nil {
+			if err := s.durable(r); err != nil {
 				// What is not on disk must never be handed out: the
 				// durable marks stay, and the store takes no more work.
 				s.log.Error("store fsync failed; the store stops taking work", "err", err.Error())
 				f := fmt.Errorf("store failed: %w", err)
 				s.failed.Store(&f)
 				stopped = f
-			}
-		}
-		for i, r := range group {
-			if stopped != nil {
 				for _, o := range r.ops {
 					if o.err == nil {
-						o.err, o.hooks = stopped, nil
+						o.err = f
+						o.hooks = nil
 					}
 				}
 			} else if r.version > 0 {
 				s.durableVersion.Store(r.version)
 				s.notifyDurable(r.version)
 			}
-			if r.batch != nil {
-				_ = r.batch.Close()
-			}
-			for _, o := range r.ops {
-				if o.err == nil {
-					for _, h := range o.hooks {
-						h()
-					}
-				}
-				o.cb(o.err)
-			}
-			s.h.answered(len(r.ops))
-			group[i] = nil
 		}
+		if r.batch != nil {
+			_ = r.batch.Close()
+		}
+		for _, o := range r.ops {
+			if o.err == nil {
+				for _, h := range o.hooks {
+					h()
+				}
+			}
+			o.cb(o.err)
+		}
+		s.h.answered(len(r.ops))
 	}
 }
 
-// durable writes prepared rounds, in order: the log's records first (one
-// fdatasync covers every round appended so far), then each round's Pebble
-// batch, which records how far the log is durable; the last batch is
-// applied with Pebble's fsync, which covers the WAL records of those before
-// it (applied without), when any round of the group asked for a sync.
-func (s *Store) durable(group []*round) error {
-	var last *round // the last round with a batch
-	logged, sync := false, false
-	for _, r := range group {
-		if r.batch != nil {
-			last = r
-			logged = logged || r.logged
-			sync = sync || r.sync
-		}
-	}
-	if last == nil {
-		return nil
-	}
+// durable writes one prepared round: the log's records first (fdatasync),
+// then the Pebble batch, which records how far the log is durable.
+func (s *Store) durable(r *round) error {
 	start := time.Now()
 	defer func() { s.m.sync.Observe(time.Since(start).Seconds()) }()
-	if logged {
+	if r.logged {
 		if err := s.clog.Sync(); err != nil {
 			return err
 		}
 	}
-	for _, r := range group {
-		if r.batch == nil {
-			continue
+	if !r.sync {
+		err := s.db.Apply(r.batch, pebble.NoSync)
+		if err == nil {
+			s.applied.Store(r.seq)
 		}
-		if r != last || !sync {
-			if err := s.db.Apply(r.batch, pebble.NoSync); err != nil {
-				return fmt.Errorf("commit: %w", err)
-			}
-			s.applied.Store(r.seq) // visible now: the writer reads it from Pebble again
-			continue
-		}
-		if err := s.db.ApplyNoSyncWait(r.batch, pebble.Sync); err != nil {
-			return fmt.Errorf("commit: %w", err)
-		}
-		s.applied.Store(r.seq)
-		if err := r.batch.SyncWait(); err != nil {
-			return fmt.Errorf("fsync: %w", err)
-		}
+		return err
+	}
+	if err := s.db.ApplyNoSyncWait(r.batch, pebble.Sync); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.applied.Store(r.seq) // visible now: the writer reads it from Pebble again
+	if err := r.batch.SyncWait(); err != nil {
+		return fmt.Errorf("fsync: %w", err)
 	}
 	return nil
 }
