@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -17,9 +18,21 @@ import (
 // changes read them once. It holds every own entry from its first version
 // to its last (an entry that arrives out of order empties it), so a backlog
 // after a version it covers is complete.
+//
+// It keeps what its readers have not read yet, and at most max bytes: an
+// entry every reader of the last tailReaderTTL has read past goes (a reader
+// that comes back later, or resends after a failure, reads the store), so
+// under light load it holds a few rounds' entries rather than max bytes of
+// envelopes, which the collector would rescan and, at GOGC=400, multiply
+// fivefold in the resident memory.
 
 // DefaultTailBytes bounds the envelopes the tail keeps.
 const DefaultTailBytes = 32 << 20
+
+// tailReaderTTL is how long a reader's position holds entries in the tail
+// after its last read: a receiver with nothing to send on a lane does not
+// read it, and must not pin the tail.
+const tailReaderTTL = time.Second
 
 // The tail is a ring: once full, each entry added drops the oldest ones
 // until the envelopes fit in max again, so the memory it holds stays level
@@ -37,6 +50,37 @@ type tail struct {
 	// from is the version after which the tail is complete (every own
 	// entry above it is held); seen is the highest version it was given.
 	from, seen uint64
+	// readers are where each (receiver, lane) last read after (rmu, a
+	// leaf: backlog takes it under mu's read lock).
+	rmu     sync.Mutex
+	readers map[tailReader]tailRead
+}
+
+type tailReader struct {
+	p    peer.ID
+	lane Lane
+}
+
+type tailRead struct {
+	after uint64
+	at    time.Time
+}
+
+// readFloor is the lowest position of the readers of the last
+// tailReaderTTL (ok false: none); it forgets the older ones.
+func (t *tail) readFloor(now time.Time) (floor uint64, ok bool) {
+	t.rmu.Lock()
+	defer t.rmu.Unlock()
+	for k, r := range t.readers {
+		if now.Sub(r.at) > tailReaderTTL {
+			delete(t.readers, k)
+			continue
+		}
+		if !ok || r.after < floor {
+			floor, ok = r.after, true
+		}
+	}
+	return floor, ok
 }
 
 // tailEntry is an own entry with its envelope (Env set) and the envelope
@@ -87,7 +131,8 @@ func (t *tail) add(e store.OwnEntry) {
 	t.n++
 	*t.at(t.n - 1) = x
 	t.bytes += len(e.Env)
-	for t.bytes > t.max && t.n > 1 {
+	floor, read := t.readFloor(time.Now())
+	for (t.bytes > t.max && t.n > 1) || (read && t.n > 0 && t.at(0).e.Version <= floor) {
 		old := t.at(0)
 		t.bytes -= len(old.e.Env)
 		t.from = old.e.Version
@@ -108,6 +153,12 @@ func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEn
 	if t.seen == 0 || after < t.from {
 		return nil, false
 	}
+	t.rmu.Lock()
+	if t.readers == nil {
+		t.readers = map[tailReader]tailRead{}
+	}
+	t.readers[tailReader{p, lane}] = tailRead{after, time.Now()}
+	t.rmu.Unlock()
 	i := sort.Search(t.n, func(i int) bool { return t.at(i).e.Version > after })
 	var out []store.Entry
 	size := 0

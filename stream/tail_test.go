@@ -2,6 +2,7 @@ package stream
 
 import (
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -110,5 +111,43 @@ func TestTailRingKeepsTheNewest(t *testing.T) {
 	}
 	if _, ok := tl.backlog(a, LaneResource, true, v-held-1, 2*held, 1<<20); ok {
 		t.Fatalf("the tail claims %d, which it dropped", v-held)
+	}
+}
+
+// What every recent reader has read past goes at the next entry; a reader
+// further back holds it, until it has not read for tailReaderTTL.
+func TestTailDropsWhatItsReadersRead(t *testing.T) {
+	a, b := peer.ID("a"), peer.ID("b")
+	tl := tail{max: 1 << 20}
+	env := make([]byte, 10)
+	add := func(v uint64) { tl.add(store.OwnEntry{Version: v, Lane: uint8(LaneResource), Env: env}) }
+	for v := uint64(1); v <= 10; v++ {
+		add(v)
+	}
+	if es, ok := tl.backlog(a, LaneResource, true, 0, 100, 1<<20); !ok || len(es) != 10 {
+		t.Fatalf("a from 0: %d entries, covered %v", len(es), ok)
+	}
+	tl.backlog(a, LaneResource, true, 8, 100, 1<<20) // a has read through 8
+	tl.backlog(b, LaneResource, true, 5, 100, 1<<20) // b through 5
+	add(11)
+	if _, ok := tl.backlog(b, LaneResource, true, 4, 100, 1<<20); ok {
+		t.Fatal("the tail kept 5, which every reader read")
+	}
+	if es, ok := tl.backlog(b, LaneResource, true, 5, 100, 1<<20); !ok || len(es) != 6 || es[0].Version != 6 {
+		t.Fatalf("b after 5: %d entries, covered %v", len(es), ok)
+	}
+	// b stops reading: once it is older than the TTL, only a holds.
+	tl.rmu.Lock()
+	tl.readers[tailReader{b, LaneResource}] = tailRead{after: 5, at: time.Now().Add(-2 * tailReaderTTL)}
+	tl.rmu.Unlock()
+	add(12)
+	if _, ok := tl.backlog(a, LaneResource, true, 7, 100, 1<<20); ok {
+		t.Fatal("a reader silent for longer than the TTL still holds the tail")
+	}
+	if es, ok := tl.backlog(a, LaneResource, true, 8, 100, 1<<20); !ok || len(es) != 4 || es[0].Version != 9 {
+		t.Fatalf("a after 8: %d entries, covered %v", len(es), ok)
+	}
+	if tl.bytes != 4*len(env) {
+		t.Fatalf("the tail counts %d bytes for 4 entries of %d", tl.bytes, len(env))
 	}
 }
