@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/control"
@@ -65,9 +64,6 @@ type Book struct {
 	// with a thousand members making it (a set, then a sort) was the
 	// largest share of an idle node's CPU.
 	memberList []peer.ID
-	// keeper, once built, admits connections within connections.max
-	// (room.go); nil before.
-	keeper atomic.Pointer[Keeper]
 }
 
 // BookDeps are what the peer book is built from.
@@ -466,19 +462,10 @@ func (b *Book) refused(p peer.ID) bool {
 // Connection gater: members only (when `members` is set), never a peer that
 // presented another network, never a blocked one.
 
-func (b *Book) InterceptPeerDial(p peer.ID) bool {
-	return !b.refused(p) && b.admit(p, network.DirOutbound)
-}
+func (b *Book) InterceptPeerDial(p peer.ID) bool                 { return !b.refused(p) }
 func (b *Book) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return !b.refused(p) }
 func (b *Book) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (b *Book) InterceptSecured(dir network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	// A dial was admitted before it started (InterceptPeerDial).
-	return !b.refused(p) && (dir != network.DirInbound || b.admit(p, dir))
-}
-
-// admit keeps connections within connections.max (Keeper.admit).
-func (b *Book) admit(p peer.ID, dir network.Direction) bool {
-	k := b.keeper.Load()
-	return k == nil || k.admit(p, dir)
+func (b *Book) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return !b.refused(p)
 }
 func (b *Book) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

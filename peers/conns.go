@@ -41,17 +41,11 @@ type Keeper struct {
 	log    *slog.Logger
 
 	strangersClosed prometheus.Counter
-	// roomRefused counts connections refused at connections.max (room.go).
-	roomRefused prometheus.Counter
-	room        room
 
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
 	neighbourSet map[peer.ID]struct{}
-	// picking are the members being dialed as new neighbours (room.go:
-	// such a dial may make room).
-	picking map[peer.ID]bool
 }
 
 // KeeperDeps are what the keeper works with; every one is required but
@@ -82,16 +76,13 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	k := &Keeper{cfg: d.Config, self: d.Book.Self(), host: d.Host, dht: d.DHT, book: d.Book, gate: d.Gate, hello: d.Hello,
 		period: period, group: d.Group, log: d.Logger, neighbourSet: map[peer.ID]struct{}{},
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
-			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
-		roomRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_refused_total",
-			Help: "Connections refused because connections.max were open and none less needed could make room (inbound at the handshake, this node's dials before they start)."})}
+			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."})}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
 		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
 		func() float64 { return float64(len(k.host.Network().Conns())) })
-	if err := promreg.Register(d.Registerer, conns, k.strangersClosed, k.roomRefused); err != nil {
+	if err := promreg.Register(d.Registerer, conns, k.strangersClosed); err != nil {
 		return nil, err
 	}
-	d.Book.keeper.Store(k)
 	return k, nil
 }
 
@@ -103,7 +94,6 @@ func (k *Keeper) Connected(ctx context.Context, c network.Conn) {
 	p := c.RemotePeer()
 	k.gate.opened(c)
 	k.capStrangers(c)
-	k.opened(c)
 	if k.kept(p) {
 		k.host.ConnManager().Protect(p, connTag)
 	}
@@ -172,27 +162,6 @@ func (k *Keeper) choose(p peer.ID, on bool) {
 	} else {
 		k.host.ConnManager().Unprotect(p, neighbourTag)
 	}
-}
-
-// pick marks p as being dialed as a new neighbour (on) or no more.
-func (k *Keeper) pick(p peer.ID, on bool) {
-	k.neighbourMu.Lock()
-	defer k.neighbourMu.Unlock()
-	if !on {
-		delete(k.picking, p)
-		return
-	}
-	if k.picking == nil {
-		k.picking = map[peer.ID]bool{}
-	}
-	k.picking[p] = true
-}
-
-// picked reports whether p is being dialed as a new neighbour.
-func (k *Keeper) picked(p peer.ID) bool {
-	k.neighbourMu.Lock()
-	defer k.neighbourMu.Unlock()
-	return k.picking[p]
 }
 
 // chosen reports whether p is one of this node's neighbours.
@@ -277,11 +246,7 @@ func (k *Keeper) keepNeighbours(ctx context.Context) int {
 		if lacking == 0 || ctx.Err() != nil {
 			break
 		}
-		k.pick(p, true)
-		err := k.host.Connect(ctx, peer.AddrInfo{ID: p})
-		k.pick(p, false)
-		if err != nil {
-			k.release(p)
+		if err := k.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
 			k.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
