@@ -91,8 +91,11 @@ scale-wan:
 # 10 minutes with a one-minute retention window; fails unless RSS stays flat within 10% and the
 # ledger stays bounded; reports the store's bytes per change (samples in bench/results/soak.csv)
 # and A's and B's CPU per change against full rate (a part-1 run first, unless FERRY_SOAK_FULLRATE_US).
+# The nodes are built as released (CGO_ENABLED=0, as `make build` and the Dockerfile): with cgo,
+# Pebble's memtables come from the C allocator, which keeps freed 16 MiB arenas and makes the
+# resident memory creep (docs/BENCHMARKS.md, issue 18).
 soak:
-	FERRY_SOAK_MINUTES=$${FERRY_SOAK_MINUTES:-10} FERRY_SOAK_RATE=$${FERRY_SOAK_RATE:-5000} $(GO) test ./bench/ -run '^TestSoak$$' -v -count=1 -timeout 40m
+	CGO_ENABLED=0 FERRY_SOAK_MINUTES=$${FERRY_SOAK_MINUTES:-10} FERRY_SOAK_RATE=$${FERRY_SOAK_RATE:-5000} $(GO) test ./bench/ -run '^TestSoak$$' -v -count=1 -timeout 40m
 
 # Long in-process fault runs: the e2e fault tests with 10x the events (not part of CI).
 soak-faults:

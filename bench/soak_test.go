@@ -225,7 +225,9 @@ func TestSoak(t *testing.T) {
 	var samples []soakSample
 	sample := func() soakSample {
 		m := scrape(t, a, `ferry_store_part_bytes{part="log"}`, `ferry_store_part_bytes{part="ledger"}`,
-			`ferry_store_part_bytes{part="tables"}`, "ferry_store_disk_bytes", "ferry_delivery_backlog")
+			`ferry_store_part_bytes{part="tables"}`, "ferry_store_disk_bytes", "ferry_delivery_backlog",
+			"go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes", "go_memstats_heap_sys_bytes", "go_memstats_heap_released_bytes",
+			`ferry_store_pebble_memory_bytes{part="cache"}`, `ferry_store_pebble_memory_bytes{part="memtables"}`)
 		mb := scrape(t, b, "ferry_store_disk_bytes")
 		s := soakSample{at: time.Since(start).Round(time.Second), sent: sent.Load(), ok: ok.Load(), failed: failed.Load(),
 			rssA: rssOf(a.Pid()), rssB: rssOf(b.Pid()), diskA: m["ferry_store_disk_bytes"], diskB: mb["ferry_store_disk_bytes"],
@@ -233,8 +235,11 @@ func TestSoak(t *testing.T) {
 			table: m[`ferry_store_part_bytes{part="tables"}`], pending: m["ferry_delivery_backlog"],
 			cpuA: cpuOf(a.Pid()) - cpuA0, cpuB: cpuOf(b.Pid()) - cpuB0}
 		samples = append(samples, s)
-		t.Logf("%7v sent %9d ok %9d failed %d | RSS A %5.0f MiB B %5.0f MiB | disk A %6.0f MiB B %6.0f MiB | A log %6.0f ledger %5.1f tables %5.1f MiB | backlog %.0f | CPU A %.1f s B %.1f s",
-			s.at, s.sent, s.ok, s.failed, float64(s.rssA)/(1<<20), float64(s.rssB)/(1<<20), s.diskA/(1<<20), s.diskB/(1<<20),
+		t.Logf("%7v sent %9d ok %9d failed %d | RSS A %5.0f MiB B %5.0f MiB (A's Go heap %3.0f MiB in use, next GC at %3.0f, %3.0f held from the OS; Pebble's cache %3.0f, memtables %3.0f) | disk A %6.0f MiB B %6.0f MiB | A log %6.0f ledger %5.1f tables %5.1f MiB | backlog %.0f | CPU A %.1f s B %.1f s",
+			s.at, s.sent, s.ok, s.failed, float64(s.rssA)/(1<<20), float64(s.rssB)/(1<<20),
+			m["go_memstats_heap_inuse_bytes"]/(1<<20), m["go_memstats_next_gc_bytes"]/(1<<20),
+			(m["go_memstats_heap_sys_bytes"]-m["go_memstats_heap_released_bytes"])/(1<<20),
+			m[`ferry_store_pebble_memory_bytes{part="cache"}`]/(1<<20), m[`ferry_store_pebble_memory_bytes{part="memtables"}`]/(1<<20), s.diskA/(1<<20), s.diskB/(1<<20),
 			s.log/(1<<20), s.ledger/(1<<20), s.table/(1<<20), s.pending, s.cpuA.Seconds(), s.cpuB.Seconds())
 		return s
 	}
@@ -258,6 +263,15 @@ func TestSoak(t *testing.T) {
 	})
 	last := sample()
 	writeSoakCSV(t, samples)
+	// How the stores grouped the work: transactions per round (group
+	// commit), each round a signature, a frame and a pair of syncs.
+	for _, n := range []*proc.Node{a, b} {
+		m := scrape(t, n, "ferry_store_operations_total", "ferry_store_commits_total", "ferry_store_fsync_wait_seconds_count")
+		ops := max(m["ferry_store_operations_total"], 1)
+		t.Logf("%s's store: %.0f transactions in %.0f rounds (%.1f a round), %.0f of them synced",
+			n.Name(), ops, m["ferry_store_commits_total"], ops/max(m["ferry_store_commits_total"], 1),
+			m["ferry_store_fsync_wait_seconds_count"])
+	}
 	if os.Getenv("FERRY_BENCH_PROFILES") != "" {
 		a.Term(time.Minute)
 		b.Term(time.Minute)

@@ -152,12 +152,15 @@ type Store struct {
 		mu sync.Mutex
 		m  map[uint64][]byte
 	}
-	opts   Options
-	log    *slog.Logger
-	epoch  uint64
-	now    func() time.Time
-	ops    chan *op
-	done   chan *round
+	opts  Options
+	log   *slog.Logger
+	epoch uint64
+	now   func() time.Time
+	ops   chan *op
+	done  chan *round
+	// slot is held by the round the writer prepares and the one waiting
+	// for the completer: at most one round waits (writer).
+	slot   chan struct{}
 	mu     sync.RWMutex // with closed: no send on ops once Close closed it
 	closed bool
 	failed atomic.Pointer[error] // set when a write or an fsync fails; every later commit fails
@@ -299,7 +302,7 @@ func Open(dir string, o Options) (*Store, error) {
 		self = []byte(id)
 	}
 	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
-		ops: make(chan *op, o.Queue), done: make(chan *round, 4), hot: map[string][]byte{}}
+		ops: make(chan *op, o.Queue), done: make(chan *round, 1), slot: make(chan struct{}, 1), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -403,10 +406,34 @@ func (s *Store) initMetrics(reg prometheus.Registerer) error {
 		sync: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "ferry", Subsystem: "store", Name: "fsync_wait_seconds", Help: "Time one group commit took to become durable: the change log's fdatasync, then the Pebble batch and its fsync.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
-	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync); err != nil {
+	pebbleMem := pebbleMemory{s: s, desc: prometheus.NewDesc("ferry_store_pebble_memory_bytes",
+		"Memory Pebble holds by part: its block cache (cache, up to 64 MiB by default) and its memtables (memtables: 16 MiB each, the one written and those waiting for a flush); outside the Go heap in a build with cgo, inside it in one without (the release's).",
+		[]string{"part"}, nil)}
+	if err := promreg.Register(reg, s.m.batches, s.m.ops, s.m.batchOps, s.m.prep, s.m.sync, pebbleMem); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	return nil
+}
+
+// pebbleMemory reports Pebble's block cache and memtables, read at scrape
+// time: with the Go heap, most of what a node's resident memory holds
+// (they are outside the Go heap in a build with cgo).
+type pebbleMemory struct {
+	s    *Store
+	desc *prometheus.Desc
+}
+
+func (c pebbleMemory) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c pebbleMemory) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.RLock() // Close closes Pebble only after it set closed
+	defer c.s.mu.RUnlock()
+	if c.s.closed {
+		return
+	}
+	m := c.s.db.Metrics()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(m.BlockCache.Size), "cache")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(m.MemTable.Size), "memtables")
 }
 
 // DurableVersion is the highest store version known to be on disk.
@@ -476,6 +503,13 @@ func (s *Store) writer() {
 		if !ok {
 			return
 		}
+		// Prepare a round only once the completer has taken the one
+		// before (it is syncing it now): what comes meanwhile joins this
+		// round instead of making rounds of its own that would queue for
+		// a sync each. A round still prepares while the previous one
+		// syncs, and one alone is prepared at once: nothing waits for
+		// company.
+		s.slot <- struct{}{}
 		batch = append(batch[:0], first)
 	drain:
 		for len(batch) < s.opts.MaxBatch {
@@ -691,6 +725,7 @@ func (s *Store) completer() {
 	// even one that wrote nothing).
 	var stopped error
 	for r := range s.done {
+		<-s.slot // the writer may prepare the next round while this one syncs
 		if stopped != nil {
 			for _, o := range r.ops {
 				if o.err == nil {

@@ -18,7 +18,8 @@ package stream
 //     a leaf.
 //   - outbox.mu guards one receiver's state: lanes, streams (and each
 //     outStream's closing), retry, idleSince, acked.
-//   - tail.mu is a leaf: notify and the pump take it with no other lock.
+//   - tail.mu -> tail.rmu, leaves: notify and the pump take them with no
+//     other lock.
 //   - heads, dirty and outStream.lastReply are atomics: read them under
 //     any lock, or none.
 //   - Only outbox.idle holds both locks, for the moment its pump's running
