@@ -276,7 +276,7 @@ func (f *decisions) ApplyDecision(tx *store.Txn, in *stream.Inbound) (pb.AckStat
 			return 0, err
 		}
 		tx.DeleteAux(auxHeld(next))
-		hin := &stream.Inbound{Origin: peer.ID(body.Origin), Body: body, Envelope: env, Raw: raw, Hash: store.BodyHash(env.Body)}
+		hin := &stream.Inbound{Origin: peer.ID(body.Origin), Body: body, Raw: raw, Hash: store.BodyHash(env.Body)}
 		if err := f.inOrder(tx, hin, next); err != nil {
 			return 0, err
 		}

@@ -245,7 +245,7 @@ func (s *Service) releaseHeld(tx *store.Txn, seq uint64) error {
 			return fmt.Errorf("held decision %d is corrupt", next)
 		}
 		tx.DeleteAux(auxHeld(next))
-		hin := &stream.Inbound{Origin: peer.ID(hbody.Origin), Body: hbody, Envelope: henv, Raw: raw, Hash: store.BodyHash(henv.Body)}
+		hin := &stream.Inbound{Origin: peer.ID(hbody.Origin), Body: hbody, Raw: raw, Hash: store.BodyHash(henv.Body)}
 		if err := s.applyInOrder(tx, hin, hd); err != nil {
 			return err
 		}

@@ -441,7 +441,7 @@ func (s *Service) take(n *pb.DecisionNews) error {
 			s.m.decisions.WithLabelValues("forged").Inc()
 			return errors.New("a decision in the news has no sequence")
 		}
-		in := &stream.Inbound{From: origin, Origin: origin, Body: body, Envelope: env, Raw: raw,
+		in := &stream.Inbound{From: origin, Origin: origin, Body: body, Raw: raw,
 			Hash: store.BodyHash(env.Body), Lane: stream.LaneDecision, Gossip: true}
 		items = append(items, in)
 		seqs[in] = d.Sequence

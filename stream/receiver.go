@@ -32,9 +32,8 @@ type Inbound struct {
 	Protocol protocol.ID
 	Origin   peer.ID // who signed the body
 	Body     *pb.Body
-	Envelope *pb.Envelope // nil for a change that came in a part (EnvelopeRaw)
-	Raw      []byte       // the envelope as received, stored verbatim (nil: EnvelopeRaw)
-	Hash     uint64       // store.BodyHash of the body
+	Raw      []byte // the envelope as received, stored verbatim (nil: EnvelopeRaw)
+	Hash     uint64 // store.BodyHash of the body
 	Lane     Lane
 	// Prepared is what the handler's Prepare computed, if it has one.
 	Prepared any
@@ -78,7 +77,7 @@ func InboundOf(env *pb.Envelope, body *pb.Body, origin peer.ID) (*Inbound, error
 	if err != nil {
 		return nil, fmt.Errorf("encode envelope: %w", err)
 	}
-	return &Inbound{From: origin, Origin: origin, Body: body, Envelope: env, Raw: raw, Hash: store.BodyHash(env.Body),
+	return &Inbound{From: origin, Origin: origin, Body: body, Raw: raw, Hash: store.BodyHash(env.Body),
 		Lane: LaneOf(body)}, nil
 }
 
@@ -519,9 +518,8 @@ type opened struct {
 	body   *pb.Body
 	origin peer.ID
 	leaf   [32]byte
-	env    *pb.Envelope
 	raw    []byte
-	part   *store.PartLeaf // instead of env and raw: a leaf of a part
+	part   *store.PartLeaf // instead of raw: a leaf of a part
 }
 
 // openEnvelopes verifies a batch's envelopes: compact ones (Envelope.tree
@@ -549,7 +547,7 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			if err != nil {
 				return nil, inbound.Refuse("bad envelope", err)
 			}
-			out[j] = opened{body: body, origin: origin, leaf: leaf, env: env, raw: raw}
+			out[j] = opened{body: body, origin: origin, leaf: leaf, raw: raw}
 			continue
 		}
 		if int(shape.Tree) > len(trees) {
@@ -632,7 +630,7 @@ func (r *Receiver) open(in *inStream, frame []byte) (*batch, error) {
 		if len(body.To) > 0 && peer.ID(body.To) != r.host.ID() {
 			return nil, inbound.Refuse("change addressed to another peer", nil)
 		}
-		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: e.origin, Body: body, Envelope: e.env, Raw: e.raw,
+		m := &Inbound{From: in.remote, Protocol: in.proto, Origin: e.origin, Body: body, Raw: e.raw,
 			Hash: store.HashOfLeaf(e.leaf), Lane: lane, part: e.part}
 		if err := r.handler.Admit(m); err != nil {
 			return nil, inbound.Refuse("not admitted", err)
