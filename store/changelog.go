@@ -101,8 +101,9 @@ func (s *Store) openLog(dir string, o Options) error {
 	if fs == nil {
 		fs = vfs.Default
 	}
+	rp := &replayer{s: s, end: end}
 	lo := seglog.Options{FS: fs, Dir: filepath.Join(dir, LogDir), SegmentBytes: o.SegmentBytes,
-		Keep: end, LastSegment: seg, Logger: s.log}
+		Keep: end, LastSegment: seg, Logger: s.log, Commit: rp.commit}
 	_, rebuilt, err := s.Repair()
 	if err != nil {
 		return err
@@ -120,6 +121,14 @@ func (s *Store) openLog(dir string, o Options) error {
 			return fmt.Errorf("open store %s: %w: %w", dir, ferry.ErrCorrupt, err)
 		}
 		return fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if rp.err == nil && rp.replayed > 0 {
+		rp.err = s.db.LogData(nil, pebble.Sync)
+		s.log.Info("store: rounds replayed from the change log into Pebble", "rounds", rp.replayed, "through", rp.end)
+	}
+	if rp.err != nil {
+		_ = l.Close()
+		return fmt.Errorf("open store %s: %w", dir, rp.err)
 	}
 	s.clog = l
 	s.trees.max = 8
@@ -139,6 +148,93 @@ func (s *Store) openLog(dir string, o Options) error {
 		}
 	}
 	return nil
+}
+
+// A round of a few changes (at most carryChanges, its Pebble batch at most
+// carryBytes) is carried whole by the change log: its batch follows its
+// changes as a commit record (seglog.TypeCommit: the log's last version
+// before the round, then the batch's bytes), so the log's one fdatasync
+// makes the round durable and Pebble's WAL is not synced for it. Light
+// load is made of such rounds, each of which would otherwise pay a second
+// sync whole. Pebble's WAL is synced once the completer is idle and
+// carryBound has passed since its last sync (syncPebble), which bounds what
+// Open replays: the commit records past Pebble's durable mark (m/logend),
+// in log order, each only if the one before it in the chain is in Pebble
+// (its first 8 bytes name Pebble's mark), so that a round is never applied
+// on top of a state that lacks the round before it. Larger rounds (full
+// rate) keep the two syncs: their batches would add more bytes to the log
+// than the second sync costs them per change.
+const (
+	carryChanges = 64
+	carryBytes   = 32 << 10
+)
+
+// carryBound: Pebble's WAL is synced once at least this long after the
+// first carried round applied to it unsynced (a variable for tests).
+var carryBound = time.Second
+
+// carryRound tells whether a round of n logged changes with batch b is
+// carried by the log. A round that starts a segment is not: Pebble records
+// the new segment (m/logseg) durably with it, so that a segment missing
+// after a crash is still found missing.
+func (s *Store) carryRound(n int, b *pebble.Batch) bool {
+	return n <= carryChanges && b.Len() <= carryBytes && !s.clog.Full()
+}
+
+// commitRecord is the data of a round's commit record: prev, the log's last
+// version before the round, then its batch.
+func commitRecord(prev uint64, b *pebble.Batch) []byte {
+	repr := b.Repr()
+	d := make([]byte, 8, 8+len(repr))
+	binary.BigEndian.PutUint64(d, prev)
+	return append(d, repr...)
+}
+
+// syncPebble syncs Pebble's WAL when carried rounds were applied to it
+// unsynced, carryBound ago at least (or now, with force: at the end).
+func (s *Store) syncPebble(force bool) {
+	if !s.unsynced || (!force && time.Since(s.pebbleSynced) < carryBound) {
+		return
+	}
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		// Nothing is lost (the log holds the rounds): Open replays them.
+		s.log.Warn("store: sync of Pebble's WAL failed; the change log holds the rounds since the last one", "err", err.Error())
+		return
+	}
+	s.unsynced, s.pebbleSynced = false, time.Now()
+}
+
+// replayer offers Open's log the rounds to replay into Pebble: each commit
+// record past Pebble's durable mark whose chain holds (commitRecord). Its
+// error is one Pebble returned while applying one; the log is then kept as
+// it is and Open fails.
+type replayer struct {
+	s        *Store
+	end      uint64 // Pebble's mark: the last version of the last round it holds
+	replayed int
+	err      error
+}
+
+func (p *replayer) commit(r seglog.Record, segment uint64) bool {
+	if p.err != nil {
+		return true // keep the rest as it is: Open fails
+	}
+	if len(r.Data) < 8+12 || binary.BigEndian.Uint64(r.Data) != p.end {
+		return false // a round before it is not in Pebble: cut from there
+	}
+	b := p.s.db.NewBatch()
+	if err := b.SetRepr(slices.Clone(r.Data[8:])); err != nil {
+		p.err = fmt.Errorf("replay the round of change %d from the change log: %w", r.Version, err)
+		return true
+	}
+	_ = b.Set([]byte(keyLogSegment), u64Value(segment), nil)
+	if err := p.s.db.Apply(b, pebble.NoSync); err != nil {
+		p.err = fmt.Errorf("replay the round of change %d from the change log: %w", r.Version, err)
+		return true
+	}
+	p.end = r.Version
+	p.replayed++
+	return true
 }
 
 // metaU64 reads an 8-byte value of the meta table (0: absent).

@@ -186,6 +186,10 @@ type Store struct {
 	followMu  sync.Mutex
 	// durableWatchers hear of each move of the durable mark (WatchDurable).
 	durableWatchers atomic.Pointer[[]func(uint64)]
+	// unsynced: the completer applied carried rounds to Pebble without
+	// syncing its WAL since pebbleSynced (completer-owned).
+	unsynced     bool
+	pebbleSynced time.Time
 }
 
 type op struct {
@@ -205,7 +209,11 @@ type round struct {
 	// logged: the round appended to the change log (the completer syncs it
 	// before the batch is applied).
 	logged bool
-	sync   bool
+	// carried: the log holds the round's batch too (a commit record after
+	// its changes): the log's fdatasync makes the whole round durable and
+	// the batch goes to Pebble unsynced (carryRound).
+	carried bool
+	sync    bool
 	// the version counter after this round (0: unchanged)
 	version uint64
 }
@@ -311,6 +319,7 @@ func Open(dir string, o Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.pebbleSynced = time.Now()
 	if _, marked, err := s.Repair(); err == nil && marked {
 		// A rebuild dropped a span of Pebble's keys: the origin index is
 		// derived from the log again (its changes were not in Pebble).
@@ -633,6 +642,13 @@ func (s *Store) commitRound(ops []*op) *round {
 	if len(logged) > 0 {
 		slices.SortStableFunc(logged, func(a, b seglog.Record) int { return cmp.Compare(a.Version, b.Version) })
 		s.compactTrees(logged, parts)
+		// Pebble records how far the log is durable, and in which segment.
+		end := logged[len(logged)-1].Version
+		_ = b.Set([]byte(keyLogEnd), u64Value(end), nil)
+		if s.carryRound(len(logged), b) {
+			logged = append(logged, seglog.Record{Version: end, Type: seglog.TypeCommit, Data: commitRecord(s.clog.Last(), b)})
+			r.carried = true
+		}
 		if err := s.clog.Append(logged); err != nil {
 			// Nothing of the round is kept (Append undoes a partial write);
 			// as a failed Pebble write did, it stops the store: the node
@@ -647,9 +663,7 @@ func (s *Store) commitRound(ops []*op) *round {
 			return fail(f)
 		}
 		r.logged = true
-		// Pebble records how far the log is durable, and in which segment.
-		_ = b.Set([]byte(keyLogEnd), u64Value(logged[len(logged)-1].Version), nil)
-		_ = b.Set([]byte(keyLogSegment), u64Value(s.clog.Active()), nil)
+		_ = b.Set([]byte(keyLogSegment), u64Value(s.clog.Active()), nil) // a commit record's replay sets it from where it is
 	}
 	r.batch, r.view = b, view
 	s.pending = append(s.pending, r)
@@ -769,6 +783,12 @@ func (s *Store) completer() {
 			s.notifyDurable(r.version)
 		}
 		s.h.answered(len(r.ops))
+		if stopped == nil && len(s.done) == 0 {
+			s.syncPebble(false)
+		}
+	}
+	if s.failure() == nil {
+		s.syncPebble(true)
 	}
 }
 
@@ -782,10 +802,14 @@ func (s *Store) durable(r *round) error {
 			return err
 		}
 	}
-	if !r.sync {
+	if !r.sync || r.carried {
+		// A carried round is durable with the log's records: Pebble's WAL
+		// is synced later (syncPebble), and Open replays the round from
+		// its commit record if Pebble lost it.
 		err := s.db.Apply(r.batch, pebble.NoSync)
 		if err == nil {
 			s.applied.Store(r.seq)
+			s.unsynced = s.unsynced || r.carried
 		}
 		return err
 	}
@@ -796,6 +820,7 @@ func (s *Store) durable(r *round) error {
 	if err := r.batch.SyncWait(); err != nil {
 		return fmt.Errorf("fsync: %w", err)
 	}
+	s.unsynced, s.pebbleSynced = false, time.Now() // the WAL holds every batch before this one
 	return nil
 }
 

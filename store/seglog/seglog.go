@@ -62,6 +62,17 @@ const (
 // version and the last version of the segment before it (zeros: none).
 const TypeStart byte = 0
 
+// TypeCommit is the type of a record that is not a change: what the caller
+// commits with the records before it in the same Append (the store: the
+// round's Pebble batch, so that one fdatasync of the log makes the whole
+// round durable). It carries the version of the record before it. Readers
+// pass over it as over a start record; Open offers those past Keep to
+// Options.Commit.
+const TypeCommit byte = 0xfe
+
+// skipped tells the record types that are not changes: no reader sees them.
+func skipped(typ byte) bool { return typ == TypeStart || typ == TypeCommit }
+
 // Defaults.
 const (
 	DefaultSegmentBytes = 64 << 20
@@ -100,6 +111,15 @@ type Options struct {
 	// KeepAll keeps every whole record.
 	Keep    uint64
 	KeepAll bool
+	// Commit, when set, is offered at Open each commit record
+	// (TypeCommit) past Keep, in log order, with the first version of its
+	// segment; its Data is the function's only during the call. When it
+	// accepts, the records up to it are kept as if Keep had named it (the
+	// round it closes is durable with it); once it refuses one, or where
+	// the log ends with records no accepted commit record follows, those
+	// records are cut as Keep's rule says. It is called at most once for
+	// a record it accepts.
+	Commit func(r Record, segment uint64) bool
 	// LastSegment is the first version of the segment the caller last
 	// recorded appending to (0: none recorded): Open fails, naming it, when
 	// it is missing.
@@ -134,7 +154,8 @@ type Log struct {
 	syncMu   sync.Mutex // one Sync at a time
 	closed   bool
 	scratch  []byte
-	sinceIdx int // records since the active segment's last index entry
+	sinceIdx int    // records since the active segment's last index entry
+	keep     uint64 // Open: Options.Keep, moved on by each commit record accepted
 }
 
 // SegmentName is the file name of the segment that starts at version first.
@@ -154,7 +175,7 @@ func Open(o Options) (*Log, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	l := &Log{o: o, fs: o.FS, log: o.Logger}
+	l := &Log{o: o, fs: o.FS, log: o.Logger, keep: o.Keep}
 	if err := o.FS.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("change log %s: %w", o.Dir, err)
 	}
@@ -194,7 +215,7 @@ func Open(o Options) (*Log, error) {
 		}
 		l.segs = append(l.segs, s)
 		prev = s
-		if !o.KeepAll && i < len(firsts)-1 && s.last > o.Keep {
+		if !o.KeepAll && i < len(firsts)-1 && s.last > l.keep {
 			// Records past what the caller recorded durable in a segment
 			// that is not the last: a crash came after a new segment was
 			// started and before the rounds of this one were recorded.
@@ -208,9 +229,9 @@ func Open(o Options) (*Log, error) {
 	}
 	if len(l.segs) > 0 {
 		last := l.segs[len(l.segs)-1]
-		if !o.KeepAll && o.Keep > last.last {
+		if !o.KeepAll && l.keep > last.last {
 			return nil, fmt.Errorf("%w: %s ends at version %d, but the store holds changes through %d: a later segment is missing or this one was cut",
-				ErrCorrupt, last.path, last.last, o.Keep)
+				ErrCorrupt, last.path, last.last, l.keep)
 		}
 		if _, err := last.f.Stat(); err != nil {
 			return nil, fmt.Errorf("change log %s: %w", last.path, err)
@@ -309,6 +330,15 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 	var hdr [headerLen]byte
 	var buf []byte
 	n := 0
+	// pend is where records past Keep began that no accepted commit
+	// record has followed yet (Options.Commit): what the segment was there.
+	type mark struct {
+		off     int64
+		n, idx  int
+		version uint64
+	}
+	var pend *mark
+	refused := false
 	for off < fileSize {
 		bad := func(what string) error {
 			return fmt.Errorf("%w: %s offset %d: %s", ErrCorrupt, path, off, what)
@@ -343,8 +373,21 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 		if v < s.last && n > 0 {
 			return nil, bad(fmt.Sprintf("version %d after %d", v, s.last))
 		}
-		if last && !l.o.KeepAll && n > 0 && v > l.o.Keep {
-			break // never answered: cut below
+		if !l.o.KeepAll && n > 0 && v > l.keep {
+			if l.o.Commit == nil || (refused && last) {
+				if last {
+					break // never answered: cut below
+				}
+			} else if pend == nil {
+				pend = &mark{off: off, n: n, idx: len(s.index), version: s.last}
+			}
+			if pend != nil && buf[8] == TypeCommit && !refused {
+				if l.o.Commit(Record{Version: v, Type: TypeCommit, Data: buf[payloadMin:]}, first) {
+					l.keep, pend = v, nil
+				} else if refused = true; last {
+					break
+				}
+			}
 		}
 		if n%l.o.IndexEvery == 0 {
 			s.index = append(s.index, indexEntry{version: v, offset: off})
@@ -352,6 +395,11 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 		n++
 		s.last = v
 		off += headerLen + int64(size)
+	}
+	if pend != nil && last {
+		// Records past Keep that no accepted commit record follows: cut
+		// below, as the records of a round never answered are.
+		off, n, s.last, s.index = pend.off, pend.n, pend.version, s.index[:pend.idx]
 	}
 	s.records = n
 	s.size = off
@@ -385,11 +433,11 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 // before records the caller needs (versions up to Keep): that is damage,
 // not a torn tail.
 func (l *Log) checkNoKeptAfter(s *segment, off, fileSize int64) error {
-	if l.o.KeepAll || s.last >= l.o.Keep {
+	if l.o.KeepAll || s.last >= l.keep {
 		return nil
 	}
 	return fmt.Errorf("%w: %s offset %d: a damaged record; the records after it held versions up to %d the store had recorded durable (the log reached %d)",
-		ErrCorrupt, s.path, off, l.o.Keep, s.last)
+		ErrCorrupt, s.path, off, l.keep, s.last)
 }
 
 // cut drops a file's bytes from off on: truncated where the file system
@@ -471,6 +519,14 @@ func (l *Log) Active() uint64 {
 		return 0
 	}
 	return l.segs[len(l.segs)-1].first
+}
+
+// Full tells whether the next Append starts a new segment.
+func (l *Log) Full() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	n := len(l.segs)
+	return n == 0 || l.segs[n-1].size >= l.o.SegmentBytes
 }
 
 // Append writes recs, in version order and not below Last, with one write
@@ -618,7 +674,8 @@ func (l *Log) Sync() error {
 	return nil
 }
 
-// Read returns the first record of version v whose type is not TypeStart.
+// Read returns the first record of version v that is a change (not a start
+// or commit record).
 func (l *Log) Read(v uint64) (Record, error) {
 	var out Record
 	found := false
@@ -637,7 +694,7 @@ func (l *Log) Read(v uint64) (Record, error) {
 	return out, nil
 }
 
-// Iter calls fn for every record (start records aside) with a version of
+// Iter calls fn for every record (start and commit records aside) with a version of
 // at least from, in log order, until fn returns false. Data is fn's to keep.
 func (l *Log) Iter(from uint64, fn func(Record) bool) error {
 	l.mu.RLock()
@@ -691,7 +748,7 @@ func (l *Log) iterSpan(s *segment, start, end int64, from uint64, fn func(Record
 		if size < payloadMin || off+headerLen+int64(size) > end {
 			return false, fmt.Errorf("%w: %s offset %d: record length %d is impossible", ErrCorrupt, s.path, off, size)
 		}
-		if head, err := r.Peek(payloadMin); err == nil && (head[8] == TypeStart || binary.BigEndian.Uint64(head) < from) {
+		if head, err := r.Peek(payloadMin); err == nil && (skipped(head[8]) || binary.BigEndian.Uint64(head) < from) {
 			// Not asked for: passed over unread (a damaged length shows
 			// in the checksum of the record read after it).
 			if _, err := r.Discard(int(size)); err != nil {
@@ -709,7 +766,7 @@ func (l *Log) iterSpan(s *segment, start, end int64, from uint64, fn func(Record
 		}
 		off += headerLen + int64(size)
 		rec := Record{Version: binary.BigEndian.Uint64(buf), Type: buf[8], Data: buf[payloadMin:]}
-		if rec.Type == TypeStart || rec.Version < from {
+		if skipped(rec.Type) || rec.Version < from {
 			continue
 		}
 		if !fn(rec) {
@@ -760,7 +817,7 @@ func (l *Log) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// LastAtMost returns the last record (start records aside) with a version
+// LastAtMost returns the last record (start and commit records aside) with a version
 // of at most limit that match accepts, searching back from limit one index
 // span at a time.
 func (l *Log) LastAtMost(limit uint64, match func(Record) bool) (Record, bool, error) {
