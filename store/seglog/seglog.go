@@ -79,6 +79,17 @@ const (
 	DefaultIndexEvery   = 32
 )
 
+// prefillBytes: the active segment's file is written with zeros this far
+// ahead of its data (up to SegmentBytes), so an append overwrites blocks the
+// file already has and its fdatasync flushes data alone: an append that
+// grew the file would make each fdatasync commit the file system's journal
+// too (the file's new size), which on the project's VM costs about 50 µs
+// of CPU more per sync (Pebble recycles its WAL files for the same
+// reason). Zeros after the records read as the end of the data (Open keeps
+// them); a sealed segment, and the active one at Close, are cut back to
+// their records.
+const prefillBytes = 1 << 20
+
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // readers are the buffered readers of Iter, kept for the next read.
@@ -137,6 +148,7 @@ type segment struct {
 	path    string
 	f       vfs.File // read handle (and the write handle of the active segment)
 	size    int64    // bytes of whole records (the end of the file's data)
+	alloc   int64    // the file's size: zeros written ahead of the data (prefill)
 	last    uint64   // version of its last record
 	records int
 	index   []indexEntry // sparse, in version order
@@ -154,6 +166,7 @@ type Log struct {
 	syncMu   sync.Mutex // one Sync at a time
 	closed   bool
 	scratch  []byte
+	zeros    []byte // prefill's
 	sinceIdx int    // records since the active segment's last index entry
 	keep     uint64 // Open: Options.Keep, moved on by each commit record accepted
 }
@@ -339,6 +352,7 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 	}
 	var pend *mark
 	refused := false
+	zeroFrom := fileSize // where the prefilled zeros start (fileSize: none)
 	for off < fileSize {
 		bad := func(what string) error {
 			return fmt.Errorf("%w: %s offset %d: %s", ErrCorrupt, path, off, what)
@@ -352,6 +366,9 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 		size := binary.BigEndian.Uint32(hdr[:4])
 		if size < payloadMin || size > maxRecord || off+headerLen+int64(size) > fileSize {
 			if last {
+				if hdr == [headerLen]byte{} && zerosToEnd(r) {
+					zeroFrom = off // prefilled, never written: the end of the data
+				}
 				break
 			}
 			return nil, bad(fmt.Sprintf("record length %d is impossible", size))
@@ -410,7 +427,8 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 			}
 			return s, nil
 		}
-		if off < fileSize {
+		s.alloc = fileSize
+		if off < zeroFrom {
 			// The records to keep are whole; what follows them (a torn
 			// write, or rounds never answered) goes.
 			if err := l.checkNoKeptAfter(s, off, fileSize); err != nil {
@@ -423,10 +441,34 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 			if err := f.Sync(); err != nil {
 				return nil, fmt.Errorf("change log: sync %s: %w", path, err)
 			}
+			s.alloc = off
 		}
 		l.sinceIdx = (n - 1) % l.o.IndexEvery
 	}
 	return s, nil
+}
+
+// zerosToEnd reads r to its end and tells whether it held zeros alone.
+func zerosToEnd(r *bufio.Reader) bool {
+	for {
+		b, err := r.Peek(r.Buffered())
+		for _, c := range b {
+			if c != 0 {
+				return false
+			}
+		}
+		if _, derr := r.Discard(len(b)); derr != nil {
+			return false
+		}
+		if err != nil {
+			return false
+		}
+		if _, err := r.Peek(1); err == io.EOF {
+			return true
+		} else if err != nil {
+			return false
+		}
+	}
 }
 
 // checkNoKeptAfter fails when a damaged record of the last segment stands
@@ -474,7 +516,7 @@ func (l *Log) resetSegment(s *segment) error {
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("change log: sync %s: %w", s.path, err)
 	}
-	s.size, s.records, s.last = int64(len(b)), 1, prevLast
+	s.size, s.alloc, s.records, s.last = int64(len(b)), int64(len(b)), 1, prevLast
 	s.index = []indexEntry{{version: s.last, offset: int64(len(Magic))}}
 	l.sinceIdx = 0
 	return nil
@@ -581,11 +623,13 @@ func (l *Log) Append(recs []Record) error {
 		l.scratch = nil
 	}
 	if _, err := s.f.WriteAt(b, off); err != nil {
-		if cerr := cut(s.f, off, off+int64(len(b))); cerr != nil {
+		if cerr := cut(s.f, off, max(s.alloc, off+int64(len(b)))); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("undo the partial append: %w", cerr))
 		}
+		s.alloc = off
 		return fmt.Errorf("change log: append to %s: %w", s.path, err)
 	}
+	l.prefill(s, off+int64(len(b)))
 	l.mu.Lock()
 	s.size = off + int64(len(b))
 	s.records += len(recs)
@@ -599,16 +643,52 @@ func (l *Log) Append(recs []Record) error {
 	return nil
 }
 
+// prefill writes zeros after the active segment's data (its end: end) when
+// what was written ahead is used up (prefillBytes). It is best effort: when
+// it fails (a full disk) appends grow the file.
+func (l *Log) prefill(s *segment, end int64) {
+	if end < s.alloc || end >= l.o.SegmentBytes {
+		s.alloc = max(s.alloc, end)
+		return
+	}
+	to := min(end+prefillBytes, l.o.SegmentBytes)
+	if len(l.zeros) < int(to-end) {
+		l.zeros = make([]byte, min(prefillBytes, l.o.SegmentBytes))
+	}
+	if _, err := s.f.WriteAt(l.zeros[:to-end], end); err != nil {
+		_ = cut(s.f, end, to)
+		s.alloc = end
+		return
+	}
+	s.alloc = to
+}
+
+// trim cuts a segment's file back to its records (the zeros of prefill go)
+// and syncs it.
+func (s *segment) trim() error {
+	if s.alloc > s.size {
+		if err := cut(s.f, s.size, s.alloc); err != nil {
+			return fmt.Errorf("change log: cut %s at %d: %w", s.path, s.size, err)
+		}
+		s.alloc = s.size
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("change log: sync %s: %w", s.path, err)
+	}
+	return nil
+}
+
 // roll seals the active segment (prev) and starts one at version first.
 func (l *Log) roll(prev *segment, first uint64) (*segment, error) {
 	prevFirst, prevLast := uint64(0), uint64(0)
 	if prev != nil {
 		prevFirst, prevLast = prev.first, prev.last
 		first = max(first, prevLast+1)
-		// A sealed segment is whole on disk before the next one exists:
-		// after a crash only the last segment can end torn.
-		if err := prev.f.SyncData(); err != nil {
-			return nil, fmt.Errorf("change log: fdatasync %s: %w", prev.path, err)
+		// A sealed segment is whole on disk, and ends with its last
+		// record, before the next one exists: after a crash only the last
+		// segment can end torn.
+		if err := prev.trim(); err != nil {
+			return nil, err
 		}
 	}
 	path := l.fs.PathJoin(l.o.Dir, SegmentName(first))
@@ -633,7 +713,7 @@ func (l *Log) roll(prev *segment, first uint64) (*segment, error) {
 		_ = l.fs.Remove(path)
 		return nil, err
 	}
-	s := &segment{first: first, path: path, f: f, size: int64(len(b)), last: prevLast, records: 1,
+	s := &segment{first: first, path: path, f: f, size: int64(len(b)), alloc: int64(len(b)), last: prevLast, records: 1,
 		index: []indexEntry{{version: prevLast, offset: int64(len(Magic))}}}
 	l.mu.Lock()
 	l.segs = append(l.segs, s)
@@ -798,11 +878,15 @@ func (l *Log) Segments() []string {
 	return out
 }
 
-// Close syncs and closes every segment.
+// Close syncs and closes every segment; the active one ends with its last
+// record again.
 func (l *Log) Close() error {
 	err := l.Sync()
 	l.mu.Lock()
 	l.closed = true
+	if n := len(l.segs); n > 0 && err == nil {
+		err = l.segs[n-1].trim()
+	}
 	l.mu.Unlock()
 	return errors.Join(err, l.closeFiles())
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,5 +276,131 @@ func TestUnansweredRecordsAcrossSegmentsAreCut(t *testing.T) {
 	_ = l.Close()
 	l = openT(t, dir, Options{SegmentBytes: 2 << 10, Keep: keep + 10})
 	checkAll(t, l, int(keep/10)+1)
+	_ = l.Close()
+}
+
+// copyDir copies the segment files of dir as they are now (a crash: the
+// log is not closed).
+func copyDir(t *testing.T, dir string) string {
+	t.Helper()
+	to := t.TempDir()
+	m, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	for _, p := range m {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, filepath.Base(p)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return to
+}
+
+func fileSize(t *testing.T, p string) int64 {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// TestPrefill: the active segment is written ahead with zeros; after a
+// crash they read as the end of the data (kept, not reported torn, appends
+// go on over them); bytes other than zeros after them are a torn tail and
+// cut; a sealed segment, and the active one at Close, end with their last
+// record.
+func TestPrefill(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{SegmentBytes: 16 << 10, KeepAll: true}
+	l := openT(t, dir, o)
+	fill(t, l, 300)
+	segs := l.Segments()
+	active := segs[len(segs)-1]
+	if got := fileSize(t, active); got != 16<<10 {
+		t.Fatalf("the active segment's file holds %d bytes, want %d (written ahead)", got, 16<<10)
+	}
+	crashed := copyDir(t, dir)
+	_ = l.Close()
+	var data int64
+	for _, p := range segs {
+		data += fileSize(t, p)
+	}
+	l = openT(t, dir, Options{SegmentBytes: 16 << 10, Keep: 3000})
+	if data != l.Size() {
+		t.Fatalf("closed: the files hold %d bytes, the records %d", data, l.Size())
+	}
+	_ = l.Close()
+
+	var logged bytes.Buffer
+	o = Options{SegmentBytes: 16 << 10, Keep: 3000, Logger: slog.New(slog.NewTextHandler(&logged, nil))}
+	l = openT(t, crashed, o)
+	checkAll(t, l, 300)
+	if strings.Contains(logged.String(), "torn") {
+		t.Fatalf("the zeros written ahead were taken for a torn tail: %s", logged.String())
+	}
+	if err := l.Append([]Record{rec(3010)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	last := filepath.Join(crashed, filepath.Base(active))
+	f, err := os.OpenFile(last, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.Write([]byte("torn"))
+	_ = f.Close()
+	crashed2 := copyDir(t, crashed)
+	_ = l.Close()
+	o.Keep = 3010
+	l = openT(t, crashed2, o)
+	checkAll(t, l, 301)
+	if !strings.Contains(logged.String(), "cut a torn tail") {
+		t.Fatalf("bytes after the zeros were not cut: %s", logged.String())
+	}
+	_ = l.Close()
+}
+
+// TestCommitRecords: records past Keep are kept when a commit record Commit
+// accepts follows them, in log order; those of a round Commit refuses, and
+// those no commit record follows, are cut. Readers never see a commit
+// record.
+func TestCommitRecords(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SegmentBytes: 1 << 10, KeepAll: true})
+	fill(t, l, 40)
+	commit := func(v uint64, what string) Record { return Record{Version: v, Type: TypeCommit, Data: []byte(what)} }
+	for _, round := range [][]Record{
+		{rec(410), rec(420), commit(420, "ok")},
+		{rec(430), commit(430, "ok")},
+		{rec(440)}, // no commit record
+		{rec(450), commit(450, "ok")},
+	} {
+		if err := l.Append(round); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = l.Close()
+	var offered []string
+	accept := func(r Record, _ uint64) bool {
+		offered = append(offered, fmt.Sprintf("%d %s", r.Version, r.Data))
+		return string(r.Data) == "ok"
+	}
+	l = openT(t, copyDir(t, dir), Options{SegmentBytes: 1 << 10, Keep: 400, Commit: accept})
+	if l.Last() != 450 || fmt.Sprint(offered) != "[420 ok 430 ok 450 ok]" {
+		t.Fatalf("last %d, offered %q", l.Last(), offered)
+	}
+	checkAll(t, l, 45)
+	_ = l.Close()
+	offered = nil
+	refuse130 := func(r Record, s uint64) bool { return r.Version != 430 && accept(r, s) }
+	l = openT(t, dir, Options{SegmentBytes: 1 << 10, Keep: 400, Commit: refuse130})
+	if l.Last() != 420 || fmt.Sprint(offered) != "[420 ok]" {
+		t.Fatalf("last %d after a refused commit record, offered %q", l.Last(), offered)
+	}
+	checkAll(t, l, 42)
 	_ = l.Close()
 }
