@@ -502,11 +502,57 @@ func (s *Store) submit(ctx context.Context, fn func(*Txn) error, sync bool, cb f
 	}
 }
 
+// Waiting for company. A round pays its fsync, its signature and a frame
+// to each receiver whole, so at a few thousand changes a second, rounds of
+// a handful cost several times per change what full-rate rounds do. When
+// operations have been coming at lingerRate a second or more (over the
+// last rateWindow), a round smaller than lingerRound waits for more, up to
+// the time they take at that rate and never more than lingerMax. Below that
+// rate (1,000 a second: each change's latency counts) and at full rate
+// (rounds are large anyway) nothing waits.
+const (
+	lingerRound = 32
+	lingerRate  = 2500
+	lingerMax   = 2 * time.Millisecond
+	rateWindow  = 100 * time.Millisecond
+)
+
+// lingerFor is how long a round of n operations waits for company when
+// operations came at rate a second.
+func lingerFor(n int, rate float64) time.Duration {
+	if n >= lingerRound || rate < lingerRate {
+		return 0
+	}
+	return min(lingerMax, time.Duration(float64(lingerRound-n)/rate*float64(time.Second)))
+}
+
+// linger adds to batch what comes within wait, until it holds lingerRound
+// operations (or the store closes).
+func (s *Store) linger(batch []*op, wait time.Duration) []*op {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(batch) < min(lingerRound, s.opts.MaxBatch) {
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, o)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
+}
+
 // writer owns every commit.
 func (s *Store) writer() {
 	defer close(s.done)
 	defer s.h.recoverFatal()
 	batch := make([]*op, 0, s.opts.MaxBatch)
+	// The rate operations come at, over the last rateWindow (lingerFor).
+	var rate float64
+	winStart, winOps := time.Now(), 0
 	for {
 		first, ok := <-s.ops
 		if !ok {
@@ -531,6 +577,14 @@ func (s *Store) writer() {
 			default:
 				break drain
 			}
+		}
+		if wait := lingerFor(len(batch), rate); wait > 0 {
+			batch = s.linger(batch, wait)
+		}
+		winOps += len(batch)
+		if now := time.Now(); now.Sub(winStart) >= rateWindow {
+			rate = float64(winOps) / now.Sub(winStart).Seconds()
+			winStart, winOps = now, 0
 		}
 		s.done <- s.commitRound(append([]*op(nil), batch...))
 	}

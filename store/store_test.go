@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -365,5 +366,27 @@ func TestALargeTransactionReadsItsOwnWrites(t *testing.T) {
 	}
 	if v, err := s.Aux(name(9)); err != nil || !bytes.Equal(v, []byte{202}) {
 		t.Fatalf("after the commit: %v %v", v, err)
+	}
+}
+
+// TestLingerFor: a round waits for company only when operations come fast
+// (lingerRate a second or more) and it is small, for the time the missing
+// ones take at that rate, at most lingerMax.
+func TestLingerFor(t *testing.T) {
+	for _, c := range []struct {
+		n    int
+		rate float64
+		want time.Duration
+	}{
+		{1, 0, 0},
+		{1, 1000, 0},                        // light load: latency first
+		{1, 100000, 310 * time.Microsecond}, // 31 more at 100,000/s
+		{1, 5000, lingerMax},                // 31 more at 5,000/s take longer than lingerMax
+		{lingerRound, 5000, 0},              // full enough
+		{500, 100000, 0},                    // full rate
+	} {
+		if got := lingerFor(c.n, c.rate); got != c.want {
+			t.Errorf("lingerFor(%d, %v) = %v, want %v", c.n, c.rate, got, c.want)
+		}
 	}
 }
