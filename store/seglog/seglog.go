@@ -128,7 +128,8 @@ type Options struct {
 	// accepts, the records up to it are kept as if Keep had named it (the
 	// round it closes is durable with it); once it refuses one, or where
 	// the log ends with records no accepted commit record follows, those
-	// records are cut as Keep's rule says. It is called at most once for
+	// records are cut as Keep's rule says (with KeepAll nothing is cut, and
+	// none is offered after one it refused). It is called at most once for
 	// a record it accepts.
 	Commit func(r Record, segment uint64) bool
 	// LastSegment is the first version of the segment the caller last
@@ -389,6 +390,15 @@ func (l *Log) load(first uint64, last bool) (*segment, error) {
 		}
 		if v < s.last && n > 0 {
 			return nil, bad(fmt.Sprintf("version %d after %d", v, s.last))
+		}
+		if l.o.KeepAll && n > 0 && v > l.keep && l.o.Commit != nil && buf[8] == TypeCommit && !refused {
+			// Every whole record is kept; the commit records are offered all
+			// the same (a store rebuilt after damage replays what it can).
+			if l.o.Commit(Record{Version: v, Type: TypeCommit, Data: buf[payloadMin:]}, first) {
+				l.keep = v
+			} else {
+				refused = true
+			}
 		}
 		if !l.o.KeepAll && n > 0 && v > l.keep {
 			if l.o.Commit == nil || (refused && last) {

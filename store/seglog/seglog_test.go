@@ -403,4 +403,19 @@ func TestCommitRecords(t *testing.T) {
 	}
 	checkAll(t, l, 42)
 	_ = l.Close()
+	// KeepAll (a store rebuilt after damage): every record stays, and the
+	// commit records are offered all the same.
+	l = openT(t, copyDir(t, dir), Options{SegmentBytes: 1 << 10, IndexEvery: 4, KeepAll: true})
+	if err := l.Append([]Record{rec(430), commit(430, "ok")}); err != nil {
+		t.Fatal(err)
+	}
+	d2 := copyDir(t, l.o.Dir)
+	_ = l.Close()
+	offered = nil
+	l = openT(t, d2, Options{SegmentBytes: 1 << 10, Keep: 400, KeepAll: true, Commit: accept})
+	if l.Last() != 430 || fmt.Sprint(offered) != "[420 ok 430 ok]" {
+		t.Fatalf("KeepAll: last %d, offered %q", l.Last(), offered)
+	}
+	checkAll(t, l, 43)
+	_ = l.Close()
 }
