@@ -23,10 +23,15 @@ func builtinMigrations(self peer.ID) []Migration {
 	// written from now on; the changes already in Pebble (c/) stay there
 	// and are read from there (log.go): nothing is rewritten.
 	v2 := Migration{From: 2, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}
+	// Schema 3 to 4: the log may hold commit records from now on (a
+	// round's Pebble batch); nothing is rewritten. It runs before the log
+	// is opened: no commit record can be waiting for replay in a schema-3
+	// store (none writes them).
+	v3 := Migration{From: 3, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}
 	if self == "" {
-		return []Migration{v2}
+		return []Migration{v2, v3}
 	}
-	return []Migration{{From: 1, Apply: func(db *pebble.DB, b *pebble.Batch) error { return migrateV1(db, b, self) }}, v2}
+	return []Migration{{From: 1, Apply: func(db *pebble.DB, b *pebble.Batch) error { return migrateV1(db, b, self) }}, v2, v3}
 }
 
 // Lane numbers of schema 2 (package stream's), for the migration.

@@ -61,8 +61,10 @@ import (
 
 // SchemaVersion is the on-disk format this build writes. Schema 3 keeps
 // the change log in segment files (<dir>/changes); the changes a schema-2
-// store holds stay in Pebble (c/) and are read from there.
-const SchemaVersion = 3
+// store holds stay in Pebble (c/) and are read from there. Schema 4 adds
+// commit records to the log (a round's Pebble batch, changelog.go), which
+// a schema-3 build would take for damage: it refuses the directory instead.
+const SchemaVersion = 4
 
 // Defaults of the commit pipeline.
 const (

@@ -268,7 +268,7 @@ func TestSchemaChecksAndMigrations(t *testing.T) {
 	s, err = Open(dir, Options{Migrations: []Migration{{From: 0, Apply: func(_ *pebble.DB, b *pebble.Batch) error {
 		ran = true
 		return b.Set(rowKey("migrated", 1), []byte("{}"), nil)
-	}}, {From: 1, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}, {From: 2, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}}})
+	}}, {From: 1, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}, {From: 2, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}, {From: 3, Apply: func(*pebble.DB, *pebble.Batch) error { return nil }}}})
 	if err != nil {
 		t.Fatal(err)
 	}
