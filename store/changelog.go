@@ -165,7 +165,7 @@ func (s *Store) openLog(dir string, o Options) error {
 // rate) keep the two syncs: their batches would add more bytes to the log
 // than the second sync costs them per change.
 const (
-	carryChanges = 32
+	carryChanges = 16
 	carryBytes   = 32 << 10
 )
 
