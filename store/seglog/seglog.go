@@ -190,8 +190,15 @@ func Open(o Options) (*Log, error) {
 		o.Logger = slog.Default()
 	}
 	l := &Log{o: o, fs: o.FS, log: o.Logger, keep: o.Keep}
-	if err := o.FS.MkdirAll(o.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("change log %s: %w", o.Dir, err)
+	if _, err := o.FS.Stat(o.Dir); err != nil {
+		// A new directory: its entry in the parent is made durable, as
+		// each new segment's entry is in it (syncDir).
+		if err := o.FS.MkdirAll(o.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("change log %s: %w", o.Dir, err)
+		}
+		if err := syncPath(o.FS, o.FS.PathDir(o.Dir)); err != nil {
+			return nil, err
+		}
 	}
 	names, err := o.FS.List(o.Dir)
 	if err != nil {
@@ -732,14 +739,17 @@ func (l *Log) roll(prev *segment, first uint64) (*segment, error) {
 	return s, nil
 }
 
-func (l *Log) syncDir() error {
-	d, err := l.fs.OpenDir(l.o.Dir)
+func (l *Log) syncDir() error { return syncPath(l.fs, l.o.Dir) }
+
+// syncPath makes the entries of directory dir durable.
+func syncPath(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
 	if err != nil {
-		return fmt.Errorf("change log: open %s: %w", l.o.Dir, err)
+		return fmt.Errorf("change log: open %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("change log: sync %s: %w", l.o.Dir, err)
+		return fmt.Errorf("change log: sync %s: %w", dir, err)
 	}
 	return nil
 }
