@@ -137,9 +137,9 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 		each = append(each, fmt.Sprintf("%s %v", x.Name(), most[x.Name()]))
 	}
 	t.Logf("%d processes, connections.max %d: full membership %v after the first start, within the bound %v after it; %d decisions made in %v, every row sended %v after the first; "+
-		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d nodes above the bound at some sample); the reviewer's sender waited for room %v times and dialed past the bound %v times; each node's most: %s",
+		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d nodes above the bound at some sample); the reviewer opened %v delivery streams, closed %v connections to make room for them, waited for room %v times and dialed past the bound %v times; each node's most: %s",
 		n, maxConns, members.Round(time.Millisecond), settled.Round(time.Millisecond), decisions, decided.Round(time.Millisecond), sended.Round(time.Millisecond),
-		fewest, most[rev.Name()], peak, above, metricOf(t, rev, "ferry_delivery_room_waits_total"), metricOf(t, rev, "ferry_delivery_room_forced_total"), strings.Join(each, ", "))
+		fewest, most[rev.Name()], peak, above, metricOf(t, rev, "ferry_delivery_stream_opens_total"), metricOf(t, rev, "ferry_connections_closed_for_room_total"), metricOf(t, rev, "ferry_delivery_room_waits_total"), metricOf(t, rev, "ferry_delivery_room_forced_total"), strings.Join(each, ", "))
 	if len(over) > 0 {
 		// What the nodes above the bound held (peers.Keeper.warnOver).
 		for _, x := range nodes {
@@ -147,7 +147,7 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 				continue
 			}
 			for _, l := range strings.Split(x.StderrAll(), "\n") {
-				if strings.Contains(l, "above connections.max") {
+				if strings.Contains(l, "above connections.max") || strings.Contains(l, "connections.max for this long") {
 					t.Logf("%s: %s", x.Name(), l)
 				}
 			}

@@ -46,6 +46,7 @@ type Keeper struct {
 	log    *slog.Logger
 
 	strangersClosed prometheus.Counter
+	roomClosed      prometheus.Counter
 
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
@@ -82,7 +83,8 @@ type KeeperDeps struct {
 }
 
 // NewKeeper builds the keeper and registers ferry_connections (open
-// connections) and ferry_strangers_closed_total.
+// connections), ferry_strangers_closed_total and
+// ferry_connections_closed_for_room_total.
 func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	period := d.Period
 	if period <= 0 {
@@ -92,11 +94,13 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 		period: period, group: d.Group, log: d.Logger, neighbourSet: map[peer.ID]struct{}{},
 		over: make(chan struct{}, 1), dialing: map[peer.ID]time.Time{},
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
-			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."})}
+			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
+		roomClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_closed_for_room_total",
+			Help: "Connections closed to make room under connections.max for a new connection of the sender's (a less needed one for a receiver owed something)."})}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
 		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
 		func() float64 { return float64(len(k.host.Network().Conns())) })
-	if err := promreg.Register(d.Registerer, conns, k.strangersClosed); err != nil {
+	if err := promreg.Register(d.Registerer, conns, k.strangersClosed, k.roomClosed); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -365,15 +369,19 @@ func (k *Keeper) trim() {
 	nw := k.host.Network()
 	cm := k.host.ConnManager()
 	// A second connection to a peer (both sides dialed at once) is closed
-	// first: one is enough, and the bound counts connections.
+	// first: one is enough, and the bound counts connections. One that
+	// carries no stream goes once past the peer's grace; one with streams
+	// once past trimGrace, when nothing busy runs to the peer.
 	for _, p := range nw.Peers() {
 		cs := nw.ConnsToPeer(p)
-		if len(cs) < 2 || k.busy(p) {
+		if len(cs) < 2 {
 			continue
 		}
+		busy := k.busy(p)
 		slices.SortFunc(cs, func(a, b network.Conn) int { return k.gate.openedAt(a).Compare(k.gate.openedAt(b)) })
 		for _, c := range cs[1:] {
-			if time.Since(k.gate.openedAt(c)) >= trimGrace {
+			age := time.Since(k.gate.openedAt(c))
+			if (len(c.GetStreams()) == 0 && age >= k.graceOf(p)) || (!busy && age >= trimGrace) {
 				_ = c.Close()
 			}
 		}
@@ -473,7 +481,8 @@ func (k *Keeper) spare() []peer.ID {
 // holdBound trims as soon as a connection takes the node above
 // connections.max (Connected pokes it), not at the next discovery round:
 // a connection nothing needs goes at once, a young one once past its grace
-// (it looks again every boundRetry for as long as trimGrace). It runs
+// (it looks again every boundRetry for as long as trimGrace, and says what
+// holds it above the bound past a member's grace). It runs
 // until ctx ends (Run starts it).
 func (k *Keeper) holdBound(ctx context.Context) {
 	for {
@@ -482,14 +491,18 @@ func (k *Keeper) holdBound(ctx context.Context) {
 			return
 		case <-k.over:
 		}
-		until := time.Now().Add(trimGrace + boundRetry)
+		start := time.Now()
 		for {
 			k.trim()
 			if len(k.host.Network().Conns()) <= k.cfg.MaxConns {
 				break
 			}
-			if time.Now().After(until) {
+			// Past a member's grace, what keeps the node above the bound
+			// is work or role: worth a line (warnOver).
+			if time.Since(start) > memberGrace+2*boundRetry {
 				k.warnOver()
+			}
+			if time.Since(start) > trimGrace+boundRetry {
 				break
 			}
 			t := time.NewTimer(boundRetry)
@@ -575,6 +588,7 @@ func (k *Keeper) Room(p peer.ID) bool {
 			k.log.Debug("connection closed to make room", "peer", q, "for", p)
 			k.choose(q, false)
 			_ = nw.ClosePeer(q)
+			k.roomClosed.Inc()
 		}
 	}
 	k.dialing[p] = time.Now()
