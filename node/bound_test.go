@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ferrynet/ferry/internal/testnet"
@@ -106,4 +107,95 @@ func TestDHTWalkWithinTheBound(t *testing.T) {
 	if m := stop(); m > 3 {
 		t.Fatalf("node 0 held %d connections during a DHT walk (connections.max 3)", m)
 	}
+}
+
+// TestASendersNewConnectionTakesRoom: node 0 (connections.max 3, in a
+// network of 9, so the reviewer, node 1, is not kept by role) is full of
+// connections other members opened and is not connected to the reviewer
+// when it submits a request. As the connection to the reviewer opens, node
+// 0 holds no more than 3: the sender's dial to the reviewer waits for
+// room, and Keeper.Room closes a less needed connection for it
+// (ferry_connections_closed_for_room_total); the reviewer gets the
+// request.
+func TestASendersNewConnectionTakesRoom(t *testing.T) {
+	net, a, conns := boundNet(t)
+	rv := net.IDs[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
+	// Fill node 0 up with connections from members other than the
+	// reviewer, and let go of its connection to the reviewer.
+	wait.Until(t, 30*time.Second, "node 0 full (3 connections), none to the reviewer", func() error {
+		_ = a.Host().Network().ClosePeer(rv)
+		for i := 2; i < 9; i++ {
+			if c := len(a.Host().Network().Conns()); c >= 3 {
+				break
+			}
+			_ = net.Node(i).Host().Connect(ctx, ai)
+		}
+		if c := conns(); c != 3 || a.Host().Network().Connectedness(rv) == network.Connected {
+			return fmt.Errorf("%d connections, the reviewer's %v", c, a.Host().Network().Connectedness(rv))
+		}
+		return nil
+	})
+	// What node 0 holds as its connection to the reviewer opens (other
+	// members' dials to node 0 are not refused and come and go on their
+	// own: the test watches the sender's).
+	var atOpen atomic.Int64
+	nb := &network.NotifyBundle{ConnectedF: func(nw network.Network, c network.Conn) {
+		// Node 0's own dial (the reviewer may dial node 0 as its neighbour).
+		if c.RemotePeer() == rv && c.Stat().Direction == network.DirOutbound {
+			atOpen.CompareAndSwap(0, int64(len(nw.Conns())))
+		}
+	}}
+	a.Host().Network().Notify(nb)
+	defer a.Host().Network().StopNotify(nb)
+	var r struct {
+		OK      bool
+		Request struct{ Origin string }
+	}
+	testnet.Request(t, net.NATS(0), "ferry.review.submit", `{"type":"insert","table_name":"places","table_id":1,"data":{"name":"p1"}}`, &r)
+	if !r.OK {
+		t.Fatalf("submit at node 0 refused")
+	}
+	wait.Until(t, 30*time.Second, "the reviewer holds node 0's request", func() error {
+		_, err := net.Node(1).Review().RequestByOrigin(r.Request.Origin)
+		return err
+	})
+	// Room closed a connection for the dial, or (when node 0 had dropped
+	// below its bound on its own meanwhile) the dial fitted: either way not
+	// a connection above the bound of the sender's making. Other members'
+	// dials to node 0 come and go on their own (they are trimmed, not
+	// refused), so the count alone is not the sender's.
+	m, closed := atOpen.Load(), metricValue(t, a, "ferry_connections_closed_for_room_total")
+	if m == 0 {
+		t.Fatal("node 0 never dialed the reviewer")
+	}
+	if closed < 1 && m > 3 {
+		t.Fatalf("node 0 held %d connections as its connection to the reviewer opened (connections.max 3) and closed none for it", m)
+	}
+	t.Logf("as the connection to the reviewer opened node 0 held %d; connections closed for room: %v", m, closed)
+}
+
+// metricValue is the value of nd's unlabelled counter or gauge name (0 if
+// it has none).
+func metricValue(t *testing.T, nd *node.Node, name string) float64 {
+	t.Helper()
+	mfs, err := nd.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if c := m.GetCounter(); c != nil {
+			return c.GetValue()
+		}
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue()
+		}
+	}
+	return 0
 }
