@@ -137,7 +137,7 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 		each = append(each, fmt.Sprintf("%s %v", x.Name(), most[x.Name()]))
 	}
 	t.Logf("%d processes, connections.max %d: full membership %v after the first start, within the bound %v after it; %d decisions made in %v, every row sended %v after the first; "+
-		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d nodes above the bound at some sample); the reviewer opened %v delivery streams, closed %v connections to make room for them, waited for room %v times and dialed past the bound %v times; each node's most: %s",
+		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d nodes above the bound at some sample); the reviewer opened %v delivery streams, closed %v connections to make room for its own dials (delivery, neighbours), waited for room %v times and dialed past the bound %v times; each node's most: %s",
 		n, maxConns, members.Round(time.Millisecond), settled.Round(time.Millisecond), decisions, decided.Round(time.Millisecond), sended.Round(time.Millisecond),
 		fewest, most[rev.Name()], peak, above, metricOf(t, rev, "ferry_delivery_stream_opens_total"), metricOf(t, rev, "ferry_connections_closed_for_room_total"), metricOf(t, rev, "ferry_delivery_room_waits_total"), metricOf(t, rev, "ferry_delivery_room_forced_total"), strings.Join(each, ", "))
 	if len(over) > 0 {

@@ -120,59 +120,58 @@ func TestDHTWalkWithinTheBound(t *testing.T) {
 func TestASendersNewConnectionTakesRoom(t *testing.T) {
 	net, a, conns := boundNet(t)
 	rv := net.IDs[1]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
-	// Fill node 0 up with connections from members other than the
-	// reviewer, and let go of its connection to the reviewer.
-	wait.Until(t, 30*time.Second, "node 0 full (3 connections), none to the reviewer", func() error {
-		_ = a.Host().Network().ClosePeer(rv)
-		for i := 2; i < 9; i++ {
-			if c := len(a.Host().Network().Conns()); c >= 3 {
-				break
-			}
-			_ = net.Node(i).Host().Connect(ctx, ai)
-		}
-		if c := conns(); c != 3 || a.Host().Network().Connectedness(rv) == network.Connected {
-			return fmt.Errorf("%d connections, the reviewer's %v", c, a.Host().Network().Connectedness(rv))
-		}
-		return nil
-	})
-	// What node 0 holds as its connection to the reviewer opens (other
+	// What node 0 holds as its own connection to the reviewer opens (other
 	// members' dials to node 0 are not refused and come and go on their
-	// own: the test watches the sender's).
+	// own: the test watches the sender's dial).
 	var atOpen atomic.Int64
 	nb := &network.NotifyBundle{ConnectedF: func(nw network.Network, c network.Conn) {
-		// Node 0's own dial (the reviewer may dial node 0 as its neighbour).
 		if c.RemotePeer() == rv && c.Stat().Direction == network.DirOutbound {
 			atOpen.CompareAndSwap(0, int64(len(nw.Conns())))
 		}
 	}}
 	a.Host().Network().Notify(nb)
 	defer a.Host().Network().StopNotify(nb)
-	var r struct {
-		OK      bool
-		Request struct{ Origin string }
+	// The reviewer may dial node 0 itself (a neighbour pick) before node
+	// 0's sender does, and the request then needs no dial of node 0's:
+	// the test tries again, a new request each time.
+	for try := 1; atOpen.Load() == 0; try++ {
+		if try > 5 {
+			t.Fatal("in 5 tries node 0 never dialed the reviewer: the reviewer's own connection carried each request")
+		}
+		// Fill node 0 up with connections from members other than the
+		// reviewer, and let go of its connection to the reviewer.
+		wait.Until(t, 30*time.Second, "node 0 full (3 connections), none to the reviewer", func() error {
+			_ = a.Host().Network().ClosePeer(rv)
+			for i := 2; i < 9; i++ {
+				if c := len(a.Host().Network().Conns()); c >= 3 {
+					break
+				}
+				_ = net.Node(i).Host().Connect(ctx, ai)
+			}
+			if c := conns(); c != 3 || a.Host().Network().Connectedness(rv) == network.Connected {
+				return fmt.Errorf("%d connections, the reviewer's %v", c, a.Host().Network().Connectedness(rv))
+			}
+			return nil
+		})
+		var r struct {
+			OK      bool
+			Request struct{ Origin string }
+		}
+		testnet.Request(t, net.NATS(0), "ferry.review.submit", fmt.Sprintf(`{"type":"insert","table_name":"places","table_id":%d,"data":{"name":"p"}}`, try), &r)
+		if !r.OK {
+			t.Fatalf("submit at node 0 refused")
+		}
+		wait.Until(t, 30*time.Second, "the reviewer holds node 0's request", func() error {
+			_, err := net.Node(1).Review().RequestByOrigin(r.Request.Origin)
+			return err
+		})
 	}
-	testnet.Request(t, net.NATS(0), "ferry.review.submit", `{"type":"insert","table_name":"places","table_id":1,"data":{"name":"p1"}}`, &r)
-	if !r.OK {
-		t.Fatalf("submit at node 0 refused")
-	}
-	wait.Until(t, 30*time.Second, "the reviewer holds node 0's request", func() error {
-		_, err := net.Node(1).Review().RequestByOrigin(r.Request.Origin)
-		return err
-	})
-	// Room closed a connection for the dial, or (when node 0 had dropped
-	// below its bound on its own meanwhile) the dial fitted: either way not
-	// a connection above the bound of the sender's making. Other members'
-	// dials to node 0 come and go on their own (they are trimmed, not
-	// refused), so the count alone is not the sender's.
 	m, closed := atOpen.Load(), metricValue(t, a, "ferry_connections_closed_for_room_total")
-	if m == 0 {
-		t.Fatal("node 0 never dialed the reviewer")
-	}
-	if closed < 1 && m > 3 {
-		t.Fatalf("node 0 held %d connections as its connection to the reviewer opened (connections.max 3) and closed none for it", m)
+	if m > 3 {
+		t.Fatalf("node 0 held %d connections as its connection to the reviewer opened (connections.max 3; connections closed for room: %v)", m, closed)
 	}
 	t.Logf("as the connection to the reviewer opened node 0 held %d; connections closed for room: %v", m, closed)
 }

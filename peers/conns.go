@@ -96,7 +96,7 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
 			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
 		roomClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_closed_for_room_total",
-			Help: "Connections closed to make room under connections.max for a new connection of the sender's (a less needed one for a receiver owed something)."})}
+			Help: "Connections closed to make room under connections.max for a new connection of the node's own (a sender's dial to a receiver owed something, a new neighbour)."})}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
 		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
 		func() float64 { return float64(len(k.host.Network().Conns())) })
@@ -228,8 +228,8 @@ func (k *Keeper) outbound(p peer.ID) bool {
 // keepNeighbours keeps `neighbours` members connected as this node's
 // neighbours: beyond that number it lets go of the extra ones, below it
 // it picks members at random (the bootstrap peer and the first members
-// met are not favoured: neighbours spread evenly) and dials them. It
-// reports how many are still lacking.
+// met are not favoured: neighbours spread evenly) and dials them, each
+// within the bound (Room). It reports how many are still lacking.
 func (k *Keeper) keepNeighbours(ctx context.Context) int {
 	want := k.cfg.Neighbours
 	// A neighbour whose connection closed is one no more.
@@ -275,7 +275,13 @@ func (k *Keeper) keepNeighbours(ctx context.Context) int {
 		if lacking == 0 || ctx.Err() != nil {
 			break
 		}
+		// A new neighbour takes room under the bound like any dial of
+		// the node's own (Room may close a less needed connection).
+		if !k.Room(p) {
+			continue
+		}
 		if err := k.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			k.unreserve(p)
 			k.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
@@ -516,6 +522,13 @@ func (k *Keeper) holdBound(ctx context.Context) {
 	}
 }
 
+// unreserve gives back the room Room reserved for a dial to p that failed.
+func (k *Keeper) unreserve(p peer.ID) {
+	k.roomMu.Lock()
+	delete(k.dialing, p)
+	k.roomMu.Unlock()
+}
+
 // warnOver logs, at most once per trimGrace, the connections of a node
 // that stays above connections.max with nothing trim may close: each
 // peer's name, the direction and age of its connection, whether it is a
@@ -547,7 +560,8 @@ func (k *Keeper) warnOver() {
 }
 
 // Room reports whether this node may open a new connection to p within
-// connections.max (a sender with something for p, stream.SenderOptions.Room):
+// connections.max (a sender with something for p, stream.SenderOptions.Room;
+// a new neighbour, keepNeighbours):
 // yes when it is connected to p already, when p is kept by role (partners
 // and the reviewer are beyond the bound), or when the connections open and
 // the dials Room let go leave room; else it makes room by closing the least
