@@ -16,19 +16,18 @@ import (
 )
 
 // TestReviewerConnectionsBoundedWhileDecisionsFlow: 30 `ferry run`
-// processes (60 under make faults), node 0 the reviewer and everyone's
-// bootstrap, with connections.max 12. Once every node knows every member
-// and the start's connections are trimmed, 150 decisions go out while
-// every node's open connections are sampled: the reviewer never holds more
-// than connections.max (before the members' reports went up through their
-// neighbours it held one from each member), and every member's
+// processes (60 and 1,000 decisions under make faults), node 0 the
+// reviewer and everyone's bootstrap, with connections.max 12. Once every
+// node knows every member and the start's connections are trimmed, 150
+// decisions go out while every node's open connections are sampled every
+// second: no node, the reviewer included, ever holds more than
+// connections.max (before the members' reports went up through their
+// neighbours the reviewer held one from each member; before the DHT's
+// dials took room and the keeper trimmed at once, the DHT walks of the
+// first advertisements took 35 of 60 nodes above it, the reviewer to 24,
+// until their next discovery round), and every member's
 // acknowledgement rows at the reviewer turn sended (decisions reach the
 // members by gossip, their reports the reviewer through neighbours).
-//
-// The members' own bound is logged, not asserted: it is kept by trimming
-// at each discovery round, and members that happen to be closest to the
-// rendezvous key in the DHT take a connection from every node's lookup
-// for a while (up to 29 at connections.max 12 in some runs; issue 22).
 func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 	const maxConns, neighbours = 12, 4
 	n, decisions := pick(30, 60), pick(150, 1000)
@@ -92,7 +91,7 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 				mu.Lock()
 				most[x.Name()] = max(most[x.Name()], c)
 				samples[x.Name()]++
-				if c > maxConns && x == rev {
+				if c > maxConns {
 					over = append(over, fmt.Sprintf("%s %v at %s", x.Name(), c, time.Now().Format("15:04:05.000")))
 				}
 				mu.Unlock()
@@ -125,9 +124,6 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 	sended := time.Since(burst)
 	close(stop)
 	wg.Wait()
-	if len(over) > 0 {
-		t.Fatalf("the reviewer's connections above connections.max (%d) while decisions flowed: %v", maxConns, over)
-	}
 	peak, fewest, above := 0.0, -1, 0
 	var each []string
 	for _, x := range nodes {
@@ -141,6 +137,21 @@ func TestReviewerConnectionsBoundedWhileDecisionsFlow(t *testing.T) {
 		each = append(each, fmt.Sprintf("%s %v", x.Name(), most[x.Name()]))
 	}
 	t.Logf("%d processes, connections.max %d: full membership %v after the first start, within the bound %v after it; %d decisions made in %v, every row sended %v after the first; "+
-		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d members above the bound at some sample; the bound is trimmed, not refused: operations.md); each node's most: %s", n, maxConns, members.Round(time.Millisecond), settled.Round(time.Millisecond),
-		decisions, decided.Round(time.Millisecond), sended.Round(time.Millisecond), fewest, most[rev.Name()], peak, above, strings.Join(each, ", "))
+		"at least %d samples of each node: the reviewer's most %v, any node's most %v (%d nodes above the bound at some sample); the reviewer opened %v delivery streams, closed %v connections to make room for its own dials (delivery, neighbours), waited for room %v times and dialed past the bound %v times; each node's most: %s",
+		n, maxConns, members.Round(time.Millisecond), settled.Round(time.Millisecond), decisions, decided.Round(time.Millisecond), sended.Round(time.Millisecond),
+		fewest, most[rev.Name()], peak, above, metricOf(t, rev, "ferry_delivery_stream_opens_total"), metricOf(t, rev, "ferry_connections_closed_for_room_total"), metricOf(t, rev, "ferry_delivery_room_waits_total"), metricOf(t, rev, "ferry_delivery_room_forced_total"), strings.Join(each, ", "))
+	if len(over) > 0 {
+		// What the nodes above the bound held (peers.Keeper.warnOver).
+		for _, x := range nodes {
+			if most[x.Name()] <= maxConns {
+				continue
+			}
+			for _, l := range strings.Split(x.StderrAll(), "\n") {
+				if strings.Contains(l, "above connections.max") || strings.Contains(l, "connections.max for this long") {
+					t.Logf("%s: %s", x.Name(), l)
+				}
+			}
+		}
+		t.Fatalf("connections above connections.max (%d) while decisions flowed (node by node, every second): %v", maxConns, over)
+	}
 }

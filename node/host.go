@@ -199,7 +199,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.B
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			d, err := dht.New(ctx, gate.Admitted(h), dhtOptions(c)...)
+			d, err := dht.New(ctx, peers.BoundDials(gate.Admitted(h), c.Connections.Max), dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),

@@ -316,6 +316,9 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	sndo.MaxMessageBytes = cfg.Limits.MaxMessageBytes
 	sndo.Floors = n.watch
 	sndo.Hold = func(p peer.ID, l stream.Lane) bool { return holds.Hold(p, l) || n.leftHold(p, l) }
+	// A new connection of the sender's takes room under connections.max
+	// (the keeper is built below, before Start runs the sender).
+	sndo.Room = func(p peer.ID) bool { return n.connectivity.Room(p) }
 	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
 	sndo.OnAcked = n.feed.Acked

@@ -2,9 +2,11 @@ package peers
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +24,11 @@ import (
 // Bounded connections (config section connections): partners and the
 // reviewer stay connected and protected; up to `neighbours` other members
 // are kept connected for gossip (membership records, decisions); any other
-// member is dialed by the sender when there is something to send it, and
-// above `max` open connections the least needed ones are closed.
+// member is dialed by the sender when there is something to send it and
+// room under `max` (Room: a less needed connection may be closed for it);
+// the DHT dials only within `max` (BoundDials); and a connection that takes
+// the node above `max` (another peer's dial) has the least needed ones
+// closed at once (holdBound).
 
 // Keeper keeps the node's connections: it reacts to each connection that
 // opens or closes, and runs discovery (discovery.go), which dials what the
@@ -41,11 +46,22 @@ type Keeper struct {
 	log    *slog.Logger
 
 	strangersClosed prometheus.Counter
+	roomClosed      prometheus.Counter
 
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
 	neighbourMu  sync.Mutex
 	neighbourSet map[peer.ID]struct{}
+
+	// over is poked when a connection takes the node above
+	// connections.max (holdBound).
+	over chan struct{}
+	// roomMu serialises trim and Room (each counts the connections and
+	// closes some); dialing holds when Room let a dial go to a peer, until
+	// its connection opens (or dialHeld passes).
+	roomMu  sync.Mutex
+	dialing map[peer.ID]time.Time
+	warned  time.Time // warnOver's last line
 }
 
 // KeeperDeps are what the keeper works with; every one is required but
@@ -67,7 +83,8 @@ type KeeperDeps struct {
 }
 
 // NewKeeper builds the keeper and registers ferry_connections (open
-// connections) and ferry_strangers_closed_total.
+// connections), ferry_strangers_closed_total and
+// ferry_connections_closed_for_room_total.
 func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	period := d.Period
 	if period <= 0 {
@@ -75,12 +92,15 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	}
 	k := &Keeper{cfg: d.Config, self: d.Book.Self(), host: d.Host, dht: d.DHT, book: d.Book, gate: d.Gate, hello: d.Hello,
 		period: period, group: d.Group, log: d.Logger, neighbourSet: map[peer.ID]struct{}{},
+		over: make(chan struct{}, 1), dialing: map[peer.ID]time.Time{},
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
-			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."})}
+			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
+		roomClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_closed_for_room_total",
+			Help: "Connections closed to make room under connections.max for a new connection of the node's own (a sender's dial to a receiver owed something, a new neighbour)."})}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
 		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
 		func() float64 { return float64(len(k.host.Network().Conns())) })
-	if err := promreg.Register(d.Registerer, conns, k.strangersClosed); err != nil {
+	if err := promreg.Register(d.Registerer, conns, k.strangersClosed, k.roomClosed); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -94,6 +114,15 @@ func (k *Keeper) Connected(ctx context.Context, c network.Conn) {
 	p := c.RemotePeer()
 	k.gate.opened(c)
 	k.capStrangers(c)
+	k.roomMu.Lock()
+	delete(k.dialing, p)
+	k.roomMu.Unlock()
+	if len(k.host.Network().Conns()) > k.cfg.MaxConns {
+		select {
+		case k.over <- struct{}{}:
+		default:
+		}
+	}
 	if k.kept(p) {
 		k.host.ConnManager().Protect(p, connTag)
 	}
@@ -199,8 +228,8 @@ func (k *Keeper) outbound(p peer.ID) bool {
 // keepNeighbours keeps `neighbours` members connected as this node's
 // neighbours: beyond that number it lets go of the extra ones, below it
 // it picks members at random (the bootstrap peer and the first members
-// met are not favoured: neighbours spread evenly) and dials them. It
-// reports how many are still lacking.
+// met are not favoured: neighbours spread evenly) and dials them, each
+// within the bound (Room). It reports how many are still lacking.
 func (k *Keeper) keepNeighbours(ctx context.Context) int {
 	want := k.cfg.Neighbours
 	// A neighbour whose connection closed is one no more.
@@ -246,7 +275,13 @@ func (k *Keeper) keepNeighbours(ctx context.Context) int {
 		if lacking == 0 || ctx.Err() != nil {
 			break
 		}
+		// A new neighbour takes room under the bound like any dial of
+		// the node's own (Room may close a less needed connection).
+		if !k.Room(p) {
+			continue
+		}
 		if err := k.host.Connect(ctx, peer.AddrInfo{ID: p}); err != nil {
+			k.unreserve(p)
 			k.log.Debug("neighbour unreachable", "peer", p, "err", err)
 			continue
 		}
@@ -259,6 +294,29 @@ func (k *Keeper) keepNeighbours(ctx context.Context) int {
 // trimGrace keeps a new connection from trim: a joining node completes
 // hello and pulls the membership records over its first connection.
 const trimGrace = 10 * time.Second
+
+// memberGrace keeps a new connection with a peer this node counts a member
+// already from trim above connections.max: its hello is a round trip, and
+// who opened it (a sender, sync, a relay) starts its stream at once; a
+// connection with nothing on it after that (a DHT query's, a neighbour
+// pick of the other side's) is what trim lets go of first.
+const memberGrace = 2 * time.Second
+
+// graceOf is how long a connection to p is kept from trim above the bound.
+func (k *Keeper) graceOf(p peer.ID) time.Duration {
+	if k.book.IsMember(p) || k.book.IsPartner(p) {
+		return memberGrace
+	}
+	return trimGrace
+}
+
+// dialHeld is how long a dial Room let go counts against the bound before
+// its connection opens.
+const dialHeld = connectTimeout
+
+// boundRetry is how often holdBound looks again while the node stays above
+// connections.max after a poke (connections age into trim's reach).
+const boundRetry = 250 * time.Millisecond
 
 // idleAfter is how long a connection this node opened and no longer needs
 // (not to a partner, the reviewer or a neighbour; no delivery, sync or
@@ -291,7 +349,7 @@ func (k *Keeper) busy(p peer.ID) bool {
 	for _, c := range k.host.Network().ConnsToPeer(p) {
 		for _, s := range c.GetStreams() {
 			id := s.Protocol()
-			if protocols.ProtocolCode(id) != 0 || id == protocols.Sync || id == protocols.Members || id == protocols.Applied || id == protocols.AppliedRelay {
+			if protocols.ProtocolCode(id) != 0 || id == protocols.Sync || id == protocols.Members || id == protocols.Applied || id == protocols.AppliedRelay || id == protocols.Hello {
 				return true
 			}
 		}
@@ -304,24 +362,32 @@ func (k *Keeper) busy(p peer.ID) bool {
 // is closed once idle for idleAfter (the dialer owns a connection: the
 // other side may hold it as its neighbour), to a bootstrap peer already
 // after trimGrace once the node has its neighbours. Above connections.max the
-// least needed are closed, in either direction: first to peers that are
-// not members (DHT walks), then to members this node did not pick as
-// neighbours; never to partners, the reviewer, a peer with work in
-// flight, or one connected for less than trimGrace, and `neighbours`
-// members stay.
+// least needed are closed, in either direction (spare): first to peers
+// that are not members, then to members this node did not pick as
+// neighbours, the oldest first; never to partners, the reviewer, a peer
+// with work in flight, or one younger than its grace (memberGrace for a
+// member, trimGrace for others), and `neighbours` members stay. It runs at
+// the end of each discovery round, and at once when a connection takes
+// the node above the bound (holdBound).
 func (k *Keeper) trim() {
+	k.roomMu.Lock()
+	defer k.roomMu.Unlock()
 	nw := k.host.Network()
 	cm := k.host.ConnManager()
 	// A second connection to a peer (both sides dialed at once) is closed
-	// first: one is enough, and the bound counts connections.
+	// first: one is enough, and the bound counts connections. One that
+	// carries no stream goes once past the peer's grace; one with streams
+	// once past trimGrace, when nothing busy runs to the peer.
 	for _, p := range nw.Peers() {
 		cs := nw.ConnsToPeer(p)
-		if len(cs) < 2 || k.busy(p) {
+		if len(cs) < 2 {
 			continue
 		}
+		busy := k.busy(p)
 		slices.SortFunc(cs, func(a, b network.Conn) int { return k.gate.openedAt(a).Compare(k.gate.openedAt(b)) })
 		for _, c := range cs[1:] {
-			if time.Since(k.gate.openedAt(c)) >= trimGrace {
+			age := time.Since(k.gate.openedAt(c))
+			if (len(c.GetStreams()) == 0 && age >= k.graceOf(p)) || (!busy && age >= trimGrace) {
 				_ = c.Close()
 			}
 		}
@@ -348,50 +414,199 @@ func (k *Keeper) trim() {
 		}
 		_ = nw.ClosePeer(p)
 	}
-	peers := nw.Peers()
 	excess := len(nw.Conns()) - k.cfg.MaxConns
 	if excess <= 0 {
 		return
 	}
+	for _, p := range k.spare() {
+		if excess <= 0 {
+			break
+		}
+		excess -= len(nw.ConnsToPeer(p))
+		k.choose(p, false)
+		_ = nw.ClosePeer(p)
+	}
+}
+
+// spare lists the peers whose connections trim may close above
+// connections.max, the least needed first: peers that are not members (DHT
+// walks), then members this node did not pick as neighbours, then
+// neighbours beyond `neighbours`; the oldest connection first within each
+// rank. Never partners, the reviewer, a member with work in flight
+// (busy), or a connection younger than its grace (graceOf). roomMu held.
+func (k *Keeper) spare() []peer.ID {
 	type cand struct {
 		p    peer.ID
 		rank int
+		at   time.Time
 	}
 	var cands []cand
 	members := 0
-	for _, p := range peers {
+	for _, p := range k.host.Network().Peers() {
 		stranger := !k.book.IsMember(p)
 		// A stranger's streams are no work of this node's: they do not
 		// keep its connection.
-		if k.kept(p) || (!stranger && k.busy(p)) || k.young(p, trimGrace) {
+		if k.kept(p) || (!stranger && k.busy(p)) || k.young(p, k.graceOf(p)) {
 			continue
+		}
+		var at time.Time
+		for _, c := range k.host.Network().ConnsToPeer(p) {
+			if o := k.gate.openedAt(c); at.IsZero() || o.Before(at) {
+				at = o
+			}
 		}
 		switch {
 		case stranger:
-			cands = append(cands, cand{p, 0})
+			cands = append(cands, cand{p, 0, at})
 		case !k.chosen(p):
-			cands = append(cands, cand{p, 1})
+			cands = append(cands, cand{p, 1, at})
 		default:
-			cands = append(cands, cand{p, 2})
+			cands = append(cands, cand{p, 2, at})
 			members++
 		}
 	}
-	rand.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
-	slices.SortStableFunc(cands, func(a, b cand) int { return a.rank - b.rank })
-	for _, c := range cands {
-		if excess == 0 {
-			break
+	slices.SortStableFunc(cands, func(a, b cand) int {
+		if a.rank != b.rank {
+			return a.rank - b.rank
 		}
+		return a.at.Compare(b.at)
+	})
+	var out []peer.ID
+	for _, c := range cands {
 		if c.rank == 2 {
 			if members <= k.cfg.Neighbours {
 				break
 			}
 			members--
 		}
-		k.choose(c.p, false)
-		_ = nw.ClosePeer(c.p)
-		excess--
+		out = append(out, c.p)
 	}
+	return out
+}
+
+// holdBound trims as soon as a connection takes the node above
+// connections.max (Connected pokes it), not at the next discovery round:
+// a connection nothing needs goes at once, a young one once past its grace
+// (it looks again every boundRetry for as long as trimGrace, and says what
+// holds it above the bound past a member's grace). It runs
+// until ctx ends (Run starts it).
+func (k *Keeper) holdBound(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.over:
+		}
+		start := time.Now()
+		for {
+			k.trim()
+			if len(k.host.Network().Conns()) <= k.cfg.MaxConns {
+				break
+			}
+			// Past a member's grace, what keeps the node above the bound
+			// is work or role: worth a line (warnOver).
+			if time.Since(start) > memberGrace+2*boundRetry {
+				k.warnOver()
+			}
+			if time.Since(start) > trimGrace+boundRetry {
+				break
+			}
+			t := time.NewTimer(boundRetry)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// unreserve gives back the room Room reserved for a dial to p that failed.
+func (k *Keeper) unreserve(p peer.ID) {
+	k.roomMu.Lock()
+	delete(k.dialing, p)
+	k.roomMu.Unlock()
+}
+
+// warnOver logs, at most once per trimGrace, the connections of a node
+// that stays above connections.max with nothing trim may close: each
+// peer's name, the direction and age of its connection, whether it is a
+// member, a chosen neighbour or kept by role, and its streams' protocols.
+func (k *Keeper) warnOver() {
+	k.roomMu.Lock()
+	if time.Since(k.warned) < trimGrace {
+		k.roomMu.Unlock()
+		return
+	}
+	k.warned = time.Now()
+	k.roomMu.Unlock()
+	cs := k.host.Network().Conns()
+	var b strings.Builder
+	for _, c := range cs {
+		p := c.RemotePeer()
+		dir := "in"
+		if c.Stat().Direction == network.DirOutbound {
+			dir = "out"
+		}
+		var ps []string
+		for _, s := range c.GetStreams() {
+			ps = append(ps, string(s.Protocol()))
+		}
+		fmt.Fprintf(&b, "[%s %s %s %s member=%v neighbour=%v kept=%v streams=%v] ", k.book.Name(p), p, dir,
+			time.Since(k.gate.openedAt(c)).Round(100*time.Millisecond), k.book.IsMember(p), k.chosen(p), k.kept(p), ps)
+	}
+	k.log.Warn("above connections.max with nothing to close", "connections", len(cs), "max", k.cfg.MaxConns, "held", strings.TrimSpace(b.String()))
+}
+
+// Room reports whether this node may open a new connection to p within
+// connections.max (a sender with something for p, stream.SenderOptions.Room;
+// a new neighbour, keepNeighbours):
+// yes when it is connected to p already, when p is kept by role (partners
+// and the reviewer are beyond the bound), or when the connections open and
+// the dials Room let go leave room; else it makes room by closing the least
+// needed connections (spare), and says no when they are too few (the
+// sender tries again later; decisions reach a member by gossip and its
+// neighbours meanwhile).
+func (k *Keeper) Room(p peer.ID) bool {
+	nw := k.host.Network()
+	if p == k.self || k.kept(p) || nw.Connectedness(p) == network.Connected {
+		return true
+	}
+	k.roomMu.Lock()
+	defer k.roomMu.Unlock()
+	n := len(nw.Conns())
+	for q, at := range k.dialing {
+		switch {
+		case time.Since(at) > dialHeld:
+			delete(k.dialing, q)
+		case q != p && nw.Connectedness(q) != network.Connected:
+			n++
+		}
+	}
+	need := n + 1 - k.cfg.MaxConns
+	if need > 0 {
+		spare := k.spare()
+		var close []peer.ID
+		for _, q := range spare {
+			if need <= 0 {
+				break
+			}
+			need -= len(nw.ConnsToPeer(q))
+			close = append(close, q)
+		}
+		if need > 0 {
+			return false
+		}
+		for _, q := range close {
+			k.log.Debug("connection closed to make room", "peer", q, "for", p)
+			k.choose(q, false)
+			_ = nw.ClosePeer(q)
+			k.roomClosed.Inc()
+		}
+	}
+	k.dialing[p] = time.Now()
+	return true
 }
 
 // strangerCap bounds the connections peers opened to this node while it

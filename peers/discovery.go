@@ -62,6 +62,7 @@ func (k *Keeper) Run(ctx context.Context) {
 	// together; members find this node by its record meanwhile.
 	adv := &advertising{next: time.Now().Add(advertiseFirst/2 + rand.N(advertiseFirst/2))}
 	refresh := time.Now().Add(dhtRefresh/2 + rand.N(dhtRefresh/2))
+	k.group.Go(func() { k.holdBound(ctx) })
 	for {
 		k.round(ctx, disc, adv)
 		if time.Now().After(refresh) {

@@ -3,9 +3,12 @@ package stream
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
@@ -26,8 +29,9 @@ func (x members) Receivers(l Lane) []peer.ID {
 	return nil
 }
 
-// newDecisionPair is newPair for the decision lane, with a fallback delay.
-func newDecisionPair(t *testing.T, fallback time.Duration) *pair {
+// newDecisionPair is newPair for the decision lane, with a fallback delay
+// (and whatever opts change in the sender's options).
+func newDecisionPair(t *testing.T, fallback time.Duration, opts ...func(*SenderOptions)) *pair {
 	t.Helper()
 	mn := mocknet.New()
 	t.Cleanup(func() { _ = mn.Close() })
@@ -37,6 +41,9 @@ func newDecisionPair(t *testing.T, fallback time.Duration) *pair {
 	}
 	p.sndOpt = SenderOptions{AckTimeout: 2 * time.Second, BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		RetryScan: 50 * time.Millisecond, DecisionFallback: fallback, Logger: quiet}
+	for _, o := range opts {
+		o(&p.sndOpt)
+	}
 	p.startReceiver(p.b.st)
 	var err error
 	if p.snd, err = NewSender(p.a.host, p.a.st, members{p.b.id}, p.sndOpt); err != nil {
@@ -115,4 +122,55 @@ func TestUnreportedDecisionsFallBackToTheStream(t *testing.T) {
 	wait.For(t, waitTimeout, "B got every decision through the stream", func() bool { return len(p.rec.versions()) == len(vers) })
 	exactlyOnce(t, p.rec.versions(), vers)
 	wait.For(t, waitTimeout, "B's floor", func() bool { return p.snd.Lane(p.b.id, LaneDecision).Floor == vers[len(vers)-1] })
+}
+
+// room is a SenderOptions.Room that says what it is told and counts the
+// times it was asked.
+type room struct {
+	ok    atomic.Bool
+	asked atomic.Int64
+}
+
+func (r *room) Room(peer.ID) bool {
+	r.asked.Add(1)
+	return r.ok.Load()
+}
+
+// TestNewConnectionsWaitForRoom: a member owed decisions past the fallback,
+// to which the sender holds no connection, is not dialed while Room says
+// no (the reviewer's connections stay within connections.max): nothing is
+// sent, no attempt is counted, the lane says why; once Room says yes, the
+// decisions go.
+func TestNewConnectionsWaitForRoom(t *testing.T) {
+	r := &room{}
+	p := newDecisionPair(t, 50*time.Millisecond, func(o *SenderOptions) { o.Room, o.RoomWait = r.Room, time.Hour })
+	vers := p.decide(20, "")
+	wait.For(t, waitTimeout, "the sender asked for room three times", func() bool { return r.asked.Load() >= 3 })
+	if got := p.rec.versions(); len(got) != 0 {
+		t.Fatalf("B got %d decisions while there was no room", len(got))
+	}
+	if c := p.a.host.Network().Connectedness(p.b.id); c == network.Connected {
+		t.Fatal("A dialed B while there was no room")
+	}
+	ls := p.snd.Lane(p.b.id, LaneDecision)
+	if ls.Attempts != 0 || !strings.Contains(ls.LastError, "connections.max") {
+		t.Fatalf("lane while waiting for room: %d attempts, last error %q; want none, and the wait named", ls.Attempts, ls.LastError)
+	}
+	r.ok.Store(true)
+	wait.For(t, waitTimeout, "B got every decision once there was room", func() bool { return len(p.rec.versions()) == len(vers) })
+	exactlyOnce(t, p.rec.versions(), vers)
+}
+
+// TestNoRoomForLongDialsAnyway: a bound must never cut a member off: after
+// RoomWait with no room and no word from the member, the sender dials it
+// anyway.
+func TestNoRoomForLongDialsAnyway(t *testing.T) {
+	r := &room{}
+	p := newDecisionPair(t, 50*time.Millisecond, func(o *SenderOptions) { o.Room, o.RoomWait = r.Room, 300*time.Millisecond })
+	vers := p.decide(5, "")
+	wait.For(t, waitTimeout, "B got every decision though there was never room", func() bool { return len(p.rec.versions()) == len(vers) })
+	if r.asked.Load() < 2 {
+		t.Fatalf("Room asked %d times: the dial went before the sender waited", r.asked.Load())
+	}
+	exactlyOnce(t, p.rec.versions(), vers)
 }

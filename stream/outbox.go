@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
@@ -45,7 +46,10 @@ type outbox struct {
 	streams   map[protocol.ID]*outStream
 	retry     retry
 	idleSince time.Time
-	acked     uint64 // entries this receiver acknowledged since start (refused ones included)
+	// noRoomSince is when SenderOptions.Room first said no since the
+	// receiver last answered (zero: it did not).
+	noRoomSince time.Time
+	acked       uint64 // entries this receiver acknowledged since start (refused ones included)
 }
 
 func newOutbox(s *Sender, p peer.ID) *outbox {
@@ -72,6 +76,7 @@ func (o *outbox) stepLocked(l Lane, in laneInput) laneActions {
 	}
 	if a.progress {
 		o.retry = o.retry.progress()
+		o.noRoomSince = time.Time{}
 	}
 	o.acked += uint64(a.ackedEntries)
 	return a
@@ -519,10 +524,46 @@ func (o *outbox) failed(err error) {
 		return
 	}
 	level := slog.LevelDebug
-	if failures == 1 || failures%10 == 0 {
+	if (failures == 1 || failures%10 == 0) && !errors.Is(err, ErrNoRoom) {
 		level = slog.LevelInfo
 	}
 	o.s.log.Log(o.s.ctx, level, "delivery to peer failed; will retry", "peer", o.peer, "failures", failures, "retry_in", d.Round(time.Millisecond), "err", err)
+}
+
+// ErrNoRoom: a new connection to the receiver does not fit within the
+// node's connection bound now (SenderOptions.Room).
+var ErrNoRoom = errors.New("no room for a new connection under connections.max")
+
+// room asks SenderOptions.Room before a stream to a receiver this node
+// holds no connection with: ErrNoRoom while it says no, for at most
+// RoomWait since the receiver last answered; then the dial goes anyway.
+func (o *outbox) room() error {
+	if o.s.opts.Room == nil || o.s.host.Network().Connectedness(o.peer) == network.Connected {
+		return nil
+	}
+	ok := o.s.opts.Room(o.peer)
+	now := time.Now()
+	o.mu.Lock()
+	since := o.noRoomSince
+	switch {
+	case ok:
+		o.noRoomSince = time.Time{}
+	case since.IsZero():
+		o.noRoomSince = now
+	case now.Sub(since) >= o.s.opts.RoomWait:
+		o.noRoomSince = time.Time{}
+	}
+	o.mu.Unlock()
+	switch {
+	case ok:
+		return nil
+	case !since.IsZero() && now.Sub(since) >= o.s.opts.RoomWait:
+		o.s.m.roomForced.Inc()
+		o.s.log.Warn("no room under connections.max for this long: dialing anyway", "peer", o.peer, "waited", now.Sub(since).Round(time.Second))
+		return nil
+	}
+	o.s.m.roomWaits.Inc()
+	return ErrNoRoom
 }
 
 // checkTimeouts resets a stream on which batches wait and nothing was

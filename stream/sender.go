@@ -93,6 +93,12 @@ const (
 	// nothing to send for this long: outboxes exist only for receivers with
 	// a backlog.
 	DefaultIdleExit = 10 * time.Second
+	// DefaultRoomWait is how long an outbox waits for room under the
+	// node's connection bound (SenderOptions.Room) before it dials anyway:
+	// long enough for gossip and the members' reports to do the work (a
+	// decision's fallback is 10 s), short enough that a member nothing
+	// else reaches is not left behind for long.
+	DefaultRoomWait = 2 * time.Minute
 	// snapshotPause holds the decision lane of a new member that fetches a
 	// snapshot first, until it reports its new position (or this passes).
 	snapshotPause = time.Minute
@@ -165,8 +171,18 @@ type SenderOptions struct {
 	// first (spread/), and members report what they applied (Acknowledge);
 	// the stream only carries what a member has not reported by then.
 	DecisionFallback time.Duration
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
+	// Room, if set, is asked before the sender opens a stream to a receiver
+	// it holds no connection with: whether a new connection fits within
+	// the node's bound (peers.Keeper.Room, which may close a less needed
+	// one to make room). While it says no, the outbox waits as after a
+	// failure (ErrNoRoom, the same backoff) without counting an attempt;
+	// once it has waited RoomWait with no word from the receiver it dials
+	// anyway: a bound must never cut a receiver off.
+	Room func(peer.ID) bool
+	// RoomWait bounds the wait for Room (DefaultRoomWait).
+	RoomWait   time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 func (o *SenderOptions) fill() {
@@ -196,6 +212,9 @@ func (o *SenderOptions) fill() {
 	}
 	if o.RetryScan <= 0 {
 		o.RetryScan = DefaultRetryScan
+	}
+	if o.RoomWait <= 0 {
+		o.RoomWait = DefaultRoomWait
 	}
 	if o.IdleExit <= 0 {
 		o.IdleExit = DefaultIdleExit
@@ -245,6 +264,7 @@ type Sender struct {
 type senderMetrics struct {
 	batches, entries, resent, opens, failures, equivocations prometheus.Counter
 	refused, acked                                           prometheus.Counter
+	roomWaits, roomForced                                    prometheus.Counter
 	inflight                                                 prometheus.Gauge
 }
 
@@ -266,12 +286,14 @@ func NewSender(h host.Host, st *store.Store, aud Audience, o SenderOptions) (*Se
 		equivocations: c("equivocations_reported_total", "Entries receivers refused because they hold the same version of this node with other content."),
 		refused:       c("refused_total", "Entries receivers refused for good."),
 		acked:         c("acked_total", "Entries sent and acknowledged by their receivers (refused ones included)."),
+		roomWaits:     c("room_waits_total", "Times a receiver's outbox waited instead of opening a connection that does not fit within connections.max."),
+		roomForced:    c("room_forced_total", "Connections opened above connections.max after a receiver's outbox waited for room for the longest wait (SenderOptions.RoomWait)."),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "delivery", Name: "inflight_batches",
 			Help: "Batches written and not yet answered."}),
 	}
 	if o.Registerer != nil {
 		for _, col := range []prometheus.Collector{s.m.batches, s.m.entries, s.m.resent, s.m.opens, s.m.failures,
-			s.m.equivocations, s.m.refused, s.m.acked, s.m.inflight} {
+			s.m.equivocations, s.m.refused, s.m.acked, s.m.roomWaits, s.m.roomForced, s.m.inflight} {
 			if err := o.Registerer.Register(col); err != nil {
 				cancel()
 				return nil, fmt.Errorf("register delivery metrics: %w", err)
@@ -767,6 +789,10 @@ func (o *outbox) write(plans []plan) {
 	for _, p := range plans {
 		proto := p.entries[0].Protocol
 		st, err := o.stream(proto)
+		if errors.Is(err, ErrNoRoom) {
+			o.failed(err) // the backoff, without an attempt: nothing was tried
+			return
+		}
 		if err != nil {
 			o.mu.Lock()
 			o.stepLocked(p.lane, laneInput{ev: evOpenFailed}) // the entries after the floor were tried again
@@ -838,6 +864,9 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	}
 	if st != nil {
 		return nil, errors.New("stream closing")
+	}
+	if err := o.room(); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(o.s.ctx, o.s.opts.DialTimeout)
 	defer cancel()
