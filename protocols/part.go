@@ -308,6 +308,32 @@ type EnvelopeShape struct {
 	Canonical bool
 }
 
+// ShapeOf is a self-contained envelope's shape with its path, as
+// ParseEnvelope(MarshalEnvelope(e), true) would give it, without encoding
+// it (the slices are e's): a sealer hands it to a sender that writes
+// compact batches and needs the encoding only for an envelope that goes
+// self-contained (Marshal).
+func ShapeOf(e *pb.Envelope) *EnvelopeShape {
+	path := e.Path
+	if path == nil {
+		path = [][]byte{}
+	}
+	return &EnvelopeShape{Body: e.Body, Leaf: e.LeafIndex, Size: e.TreeSize, Path: path, Sig: e.RootSignature,
+		PathLen: len(e.Path), Canonical: true}
+}
+
+// Marshal encodes the self-contained envelope a shape with its path (from
+// ShapeOf) describes, byte for byte MarshalEnvelope's.
+func (s *EnvelopeShape) Marshal() []byte {
+	return MarshalEnvelope(&pb.Envelope{Body: s.Body, LeafIndex: s.Leaf, TreeSize: s.Size, Path: s.Path, RootSignature: s.Sig})
+}
+
+// EncodedSize is the length of the self-contained encoding of a shape with
+// its path (Marshal's), without encoding it.
+func (s *EnvelopeShape) EncodedSize() int {
+	return EnvelopeSize(&pb.Envelope{Body: s.Body, LeafIndex: s.Leaf, TreeSize: s.Size, Path: s.Path, RootSignature: s.Sig})
+}
+
 // ParseEnvelope reads an encoded envelope's fields. ok is false for bytes
 // that are not a protobuf message or an envelope without a body.
 func ParseEnvelope(raw []byte, withPath bool) (e EnvelopeShape, ok bool) {
@@ -389,7 +415,9 @@ func AppendCompact(b []byte, envs [][]byte) []byte { return AppendCompactShapes(
 
 // AppendCompactShapes is AppendCompact for a caller that parsed the
 // envelopes already (ParseEnvelope, with or without their paths): shapes[i]
-// is envs[i]'s, or nil. Paths are read only for parts of a tree.
+// is envs[i]'s, or nil. Paths are read only for parts of a tree. envs[i]
+// may be nil when shapes[i] holds the path (ShapeOf): it is encoded only
+// if the envelope goes self-contained.
 func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byte {
 	type part struct {
 		size  uint32
@@ -435,7 +463,7 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 		}
 		h, err := PartProofOf(p.size, p.idx, func(j int) [][]byte {
 			i := p.at[j]
-			if shape[i].Path == nil {
+			if shape[i].Path == nil && envs[i] != nil {
 				if s, ok := ParseEnvelope(envs[i], true); ok {
 					shape[i] = &s
 				}
@@ -453,6 +481,9 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 	for i, raw := range envs {
 		p := partOf[i]
 		if p == nil || !p.ok {
+			if raw == nil && shape[i] != nil {
+				raw = shape[i].Marshal()
+			}
 			b = protowire.AppendTag(b, 4, protowire.BytesType)
 			b = protowire.AppendBytes(b, raw)
 			continue

@@ -704,7 +704,7 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	for i, x := range sealed {
 		e := envs[i]
 		x.Envelope = e
-		x.Bytes = protocols.MarshalEnvelope(e)
+		x.Shape = protocols.ShapeOf(e) // encoded only if a sender needs it self-contained
 		tree := sealed[i-int(e.LeafIndex)].version
 		var sig []byte
 		if int(e.LeafIndex) == int(e.TreeSize)-1 {
@@ -916,7 +916,9 @@ type kv struct {
 // transaction's commit hooks run.
 type Sealed struct {
 	Envelope *pb.Envelope
-	Bytes    []byte // Envelope, encoded
+	// Shape is Envelope's fields with its path, for the followers
+	// (OwnEntry.Shape); its Marshal is Envelope encoded.
+	Shape *protocols.EnvelopeShape
 	Hash     uint64 // BodyHash of the body
 	leaf     [32]byte
 	version  uint64

@@ -213,7 +213,7 @@ func TestSealedChangesVerifyAndDedup(t *testing.T) {
 					}
 					return nil
 				}
-				_, err = tx.AppendReceived(body, BodyHash(x.Envelope.Body), x.Bytes)
+				_, err = tx.AppendReceived(body, BodyHash(x.Envelope.Body), x.Shape.Marshal())
 				return err
 			})
 			if err != nil {

@@ -805,11 +805,20 @@ func (o *outbox) write(plans []plan) {
 // each envelope its body and leaf index, each tree's proof once
 // (protocols.AppendCompact).
 func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
+	// What the compact frame takes: each body and leaf index, and each
+	// tree's proof once (AppendCompactShapes); a full envelope's length
+	// only for one without a shape.
 	size := 32
 	envs := make([][]byte, len(es))
 	shapes := make([]*protocols.EnvelopeShape, len(es))
+	var sig []byte
 	for i, e := range es {
-		size += len(e.Env) + 4
+		if e.Shape == nil {
+			size += len(e.Env) + 4
+		} else {
+			c, esig := protocols.CompactCost(e.Env, e.Shape, sig)
+			size, sig = size+c, esig
+		}
 		envs[i], shapes[i] = e.Env, e.Shape
 	}
 	b := make([]byte, 0, size)
