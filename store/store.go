@@ -918,11 +918,11 @@ type Sealed struct {
 	Envelope *pb.Envelope
 	// Shape is Envelope's fields with its path, for the followers
 	// (OwnEntry.Shape); its Marshal is Envelope encoded.
-	Shape *protocols.EnvelopeShape
-	Hash     uint64 // BodyHash of the body
-	leaf     [32]byte
-	version  uint64
-	body     []byte
+	Shape   *protocols.EnvelopeShape
+	Hash    uint64 // BodyHash of the body
+	leaf    [32]byte
+	version uint64
+	body    []byte
 }
 
 // Now is the commit's clock reading, the same for every transaction of it.
