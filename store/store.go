@@ -43,6 +43,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
@@ -549,20 +550,31 @@ func (s *Store) commitRound(ops []*op) *round {
 	s.pending = s.pending[n:]
 	start := time.Now()
 	now := s.now()
-	view := map[string]*kv{} // this round's writes, for reads by its later transactions
+	view := make(map[string]*kv, 4*len(ops)) // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
 	var logged []seglog.Record
 	var parts map[uint64]PartLeaf // AppendReceivedPart's, for compactTrees
+	// slab holds the writes of the round's transactions, one after the
+	// other (one allocation for many small transactions): each starts
+	// with what is left of it, and one that outgrows it goes on in its
+	// own (append). The view points into it, so it is never reused.
+	var slab []kv
 	count := 0
 	for _, o := range ops {
 		if err := o.ctx.Err(); err != nil {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts}
+		if cap(slab)-len(slab) < 16 {
+			slab = make([]kv, 0, min(max(8*len(ops), 64), 4096))
+		}
+		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts, ops: slab[len(slab):len(slab):cap(slab)]}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
+		}
+		if n := len(t.ops); n > 0 && n <= cap(slab)-len(slab) && &t.ops[0] == &slab[:len(slab)+1][len(slab)] {
+			slab = slab[:len(slab)+n] // written in place: the next one starts after
 		}
 		t.flush(view)
 		if len(t.parts) > 0 {
@@ -619,12 +631,12 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	// One write per key: a counter bumped by every transaction of the
 	// round reaches the memtable once.
-	for key, w := range view {
+	for _, w := range view {
 		var err error
 		if w.del {
-			err = b.Delete([]byte(key), nil)
+			err = b.Delete(w.k, nil)
 		} else {
-			err = b.Set([]byte(key), w.v, nil)
+			err = b.Set(w.k, w.v, nil)
 		}
 		if err != nil {
 			return fail(fmt.Errorf("stage write: %w", err))
@@ -1024,7 +1036,9 @@ func (t *Txn) del(key []byte) {
 // flush makes a successful transaction's writes part of the round.
 func (t *Txn) flush(view map[string]*kv) {
 	for i := range t.ops {
-		view[string(t.ops[i].k)] = &t.ops[i]
+		// The key's bytes, never written again once a key is made (k()
+		// builds each anew), are the view's string: no copy per write.
+		view[unsafe.String(unsafe.SliceData(t.ops[i].k), len(t.ops[i].k))] = &t.ops[i]
 	}
 }
 
