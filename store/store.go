@@ -1025,6 +1025,14 @@ func isHot(key string) bool {
 	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pPosition)
 }
 
+// Reserve makes room for about writes more writes and hooks more commit
+// hooks: a transaction that knows its size (a batch of changes) grows its
+// lists once instead of doubling them as it goes.
+func (t *Txn) Reserve(writes, hooks int) {
+	t.ops = slices.Grow(t.ops, writes)
+	t.hooks = slices.Grow(t.hooks, hooks)
+}
+
 func (t *Txn) set(key, val []byte) {
 	t.ops = append(t.ops, kv{k: key, v: val})
 }
