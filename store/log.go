@@ -33,7 +33,7 @@ import (
 // its peers have seen (they were all given before now), even before it has
 // heard from them.
 func (t *Txn) NextVersion() (uint64, error) {
-	key := k(keyCtrPrefix).str(CtrVersion)
+	key := counterKey(CtrVersion)
 	v, err := t.get(key)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, err

@@ -665,7 +665,7 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	r.batch, r.view = b, view
 	s.pending = append(s.pending, r)
-	if w, ok := view[string(k(keyCtrPrefix).str(CtrVersion))]; ok && !w.del {
+	if w, ok := view[string(counterKey(CtrVersion))]; ok && !w.del {
 		r.version = parseU64(w.v)
 	}
 	for key, w := range view {
@@ -1052,7 +1052,7 @@ func (t *Txn) flush(view map[string]*kv) {
 
 // Next returns the next value of a named counter (1 first).
 func (t *Txn) Next(name string) (uint64, error) {
-	key := k(keyCtrPrefix).str(name)
+	key := counterKey(name)
 	v, err := t.get(key)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -18,7 +19,7 @@ const MaxNameBytes = 255
 
 // CounterValue reads a named counter inside a transaction.
 func (t *Txn) CounterValue(name string) (uint64, error) {
-	v, err := t.get(k(keyCtrPrefix).str(name))
+	v, err := t.get(counterKey(name))
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, err
 	}
@@ -26,7 +27,30 @@ func (t *Txn) CounterValue(name string) (uint64, error) {
 }
 
 // SetCounter sets a named counter.
-func (t *Txn) SetCounter(name string, v uint64) { t.set(k(keyCtrPrefix).str(name), u64Value(v)) }
+func (t *Txn) SetCounter(name string, v uint64) { t.set(counterKey(name), u64Value(v)) }
+
+// counterKeys holds the key of each counter named so far: the busiest are
+// read and written by every change (the version, the chains), and a key
+// is never written once made, so one serves every write.
+var counterKeys = struct {
+	sync.RWMutex
+	m map[string]key
+}{m: map[string]key{}}
+
+// counterKey is the key of a named counter.
+func counterKey(name string) key {
+	counterKeys.RLock()
+	ck, ok := counterKeys.m[name]
+	counterKeys.RUnlock()
+	if ok {
+		return ck
+	}
+	ck = k(keyCtrPrefix).str(name)
+	counterKeys.Lock()
+	counterKeys.m[strings.Clone(name)] = ck
+	counterKeys.Unlock()
+	return ck
+}
 
 // ---- resources ----
 
