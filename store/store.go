@@ -576,6 +576,12 @@ func (s *Store) commitRound(ops []*op) *round {
 		if n := len(t.ops); n > 0 && n <= cap(slab)-len(slab) && &t.ops[0] == &slab[:len(slab)+1][len(slab)] {
 			slab = slab[:len(slab)+n] // written in place: the next one starts after
 		}
+		if len(view) == 0 && len(t.ops) > 4*len(ops) {
+			// A first transaction larger than the view was made for (a
+			// batch of changes): a view of its size, not one that
+			// doubles as it is filled. No transaction holds the old one.
+			view = make(map[string]*kv, len(t.ops)+4*len(ops))
+		}
 		t.flush(view)
 		if len(t.parts) > 0 {
 			if parts == nil {
@@ -1031,6 +1037,9 @@ func isHot(key string) bool {
 func (t *Txn) Reserve(writes, hooks int) {
 	t.ops = slices.Grow(t.ops, writes)
 	t.hooks = slices.Grow(t.hooks, hooks)
+	if t.index == nil && len(t.ops)+writes >= indexFrom {
+		t.index = make(map[uint64]int, len(t.ops)+writes)
+	}
 }
 
 func (t *Txn) set(key, val []byte) {
