@@ -251,12 +251,13 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 		return nil, fmt.Errorf("%w: %d bodies, %d leaf indices", ErrMalformedEnvelope, len(p.Bodies), len(p.Index))
 	}
 	o := &OpenedPart{Bodies: make([]*pb.Body, len(p.Bodies)), Leaves: make([][32]byte, len(p.Bodies))}
+	slab := make([]pb.Body, len(p.Bodies)) // one allocation for the part's bodies (they live as long as it)
 	var originBytes []byte
 	for i, raw := range p.Bodies {
 		if len(raw) == 0 {
 			return nil, fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
 		}
-		body := &pb.Body{}
+		body := &slab[i]
 		if err := proto.Unmarshal(raw, body); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
 		}
