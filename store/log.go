@@ -34,12 +34,12 @@ import (
 // heard from them.
 func (t *Txn) NextVersion() (uint64, error) {
 	key := counterKey(CtrVersion)
-	v, err := t.get(key)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	v, err := t.counter(key)
+	if err != nil {
 		return 0, err
 	}
-	n := max(parseU64(v)+1, uint64(max(t.now.UnixMicro(), 0)))
-	t.set(key, u64Value(n))
+	n := max(v+1, uint64(max(t.now.UnixMicro(), 0)))
+	t.setCounter(key, n)
 	return n, nil
 }
 

@@ -917,6 +917,18 @@ type Txn struct {
 	// scan. RollbackTo drops it.
 	index   map[uint64]int
 	indexed int
+	// memo holds the last counters the transaction read or wrote (their
+	// shared keys, counterKey): a batch of received changes reads and
+	// bumps the same few (the version, the origin's chain) once per
+	// change. Any other write of a counter key, and RollbackTo, drop it.
+	memo     [4]ctrMemo
+	memoNext int
+}
+
+// ctrMemo is one counter's value as the transaction sees it (0: absent).
+type ctrMemo struct {
+	k key
+	v uint64
 }
 
 // indexFrom is the number of writes from which get looks them up by index.
@@ -1043,12 +1055,64 @@ func (t *Txn) Reserve(writes, hooks int) {
 }
 
 func (t *Txn) set(key, val []byte) {
+	t.forget(key)
 	t.ops = append(t.ops, kv{k: key, v: val})
 }
 
 func (t *Txn) del(key []byte) {
+	t.forget(key)
 	t.ops = append(t.ops, kv{k: key, del: true})
 }
+
+// counter reads a counter by its shared key (counterKey), from the memo
+// when the transaction read or wrote it last.
+func (t *Txn) counter(ck key) (uint64, error) {
+	for i := range t.memo {
+		if m := &t.memo[i]; sameKey(m.k, ck) {
+			return m.v, nil
+		}
+	}
+	v, err := t.get(ck)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	n := parseU64(v)
+	t.remember(ck, n)
+	return n, nil
+}
+
+// setCounter writes a counter by its shared key, and remembers it.
+func (t *Txn) setCounter(ck key, v uint64) {
+	t.ops = append(t.ops, kv{k: ck, v: u64Value(v)})
+	t.remember(ck, v)
+}
+
+func (t *Txn) remember(ck key, v uint64) {
+	for i := range t.memo {
+		if m := &t.memo[i]; sameKey(m.k, ck) {
+			m.v = v
+			return
+		}
+	}
+	t.memo[t.memoNext%len(t.memo)] = ctrMemo{k: ck, v: v}
+	t.memoNext++
+}
+
+// forget drops the memo when a counter is written other than through
+// setCounter (a key of its own, not the shared one).
+func (t *Txn) forget(key []byte) {
+	if t.memoNext > 0 && bytes.HasPrefix(key, keyCtrPrefixBytes) {
+		t.memo, t.memoNext = [4]ctrMemo{}, 0
+	}
+}
+
+// sameKey reports whether a and b are the same shared key (the same bytes
+// in memory, as counterKey hands out).
+func sameKey(a, b key) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}
+
+var keyCtrPrefixBytes = []byte(keyCtrPrefix)
 
 // flush makes a successful transaction's writes part of the round.
 func (t *Txn) flush(view map[string]*kv) {
@@ -1062,13 +1126,12 @@ func (t *Txn) flush(view map[string]*kv) {
 // Next returns the next value of a named counter (1 first).
 func (t *Txn) Next(name string) (uint64, error) {
 	key := counterKey(name)
-	v, err := t.get(key)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	v, err := t.counter(key)
+	if err != nil {
 		return 0, err
 	}
-	n := parseU64(v) + 1
-	t.set(key, u64Value(n))
-	return n, nil
+	t.setCounter(key, v+1)
+	return v + 1, nil
 }
 
 // Counter returns a named counter's current value (reads committed data only).
@@ -1128,6 +1191,7 @@ func (t *Txn) Savepoint() Savepoint {
 func (t *Txn) RollbackTo(sp Savepoint) {
 	t.ops = t.ops[:sp.ops]
 	t.index, t.indexed = nil, 0
+	t.memo, t.memoNext = [4]ctrMemo{}, 0
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
 	t.logged = t.logged[:sp.logged]

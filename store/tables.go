@@ -18,16 +18,10 @@ import (
 const MaxNameBytes = 255
 
 // CounterValue reads a named counter inside a transaction.
-func (t *Txn) CounterValue(name string) (uint64, error) {
-	v, err := t.get(counterKey(name))
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return 0, err
-	}
-	return parseU64(v), nil
-}
+func (t *Txn) CounterValue(name string) (uint64, error) { return t.counter(counterKey(name)) }
 
 // SetCounter sets a named counter.
-func (t *Txn) SetCounter(name string, v uint64) { t.set(counterKey(name), u64Value(v)) }
+func (t *Txn) SetCounter(name string, v uint64) { t.setCounter(counterKey(name), v) }
 
 // counterKeys holds the key of each counter named so far: the busiest are
 // read and written by every change (the version, the chains), and a key
