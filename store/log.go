@@ -33,7 +33,7 @@ import (
 // its peers have seen (they were all given before now), even before it has
 // heard from them.
 func (t *Txn) NextVersion() (uint64, error) {
-	key := counterKey(CtrVersion)
+	key := t.s.ctrVersionKey
 	v, err := t.counter(key)
 	if err != nil {
 		return 0, err

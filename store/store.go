@@ -145,6 +145,11 @@ const DefaultCacheBytes = 64 << 20
 
 // Store is an open ledger.
 type Store struct {
+	// ctrVersionKey and ctrKeys: the counters' keys, made once
+	// (counterKey); the writer's.
+	ctrVersionKey key
+	ctrKeys       map[string]key
+
 	db      *pebble.DB
 	clog    *seglog.Log // the change log (changelog.go)
 	self    []byte      // this node's peer id (binary), from Options.Signer
@@ -302,7 +307,7 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		self = []byte(id)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
+	s := &Store{ctrVersionKey: k(keyCtrPrefix).str(CtrVersion), db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
 		ops: make(chan *op, o.Queue), done: make(chan *round, 1), slot: make(chan struct{}, 1), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
@@ -671,7 +676,7 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	r.batch, r.view = b, view
 	s.pending = append(s.pending, r)
-	if w, ok := view[string(counterKey(CtrVersion))]; ok && !w.del {
+	if w, ok := view[string(s.ctrVersionKey)]; ok && !w.del {
 		r.version = parseU64(w.v)
 	}
 	for key, w := range view {
@@ -1125,7 +1130,7 @@ func (t *Txn) flush(view map[string]*kv) {
 
 // Next returns the next value of a named counter (1 first).
 func (t *Txn) Next(name string) (uint64, error) {
-	key := counterKey(name)
+	key := t.s.counterKey(name)
 	v, err := t.counter(key)
 	if err != nil {
 		return 0, err

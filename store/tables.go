@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -18,31 +17,28 @@ import (
 const MaxNameBytes = 255
 
 // CounterValue reads a named counter inside a transaction.
-func (t *Txn) CounterValue(name string) (uint64, error) { return t.counter(counterKey(name)) }
+func (t *Txn) CounterValue(name string) (uint64, error) { return t.counter(t.s.counterKey(name)) }
 
 // SetCounter sets a named counter.
-func (t *Txn) SetCounter(name string, v uint64) { t.setCounter(counterKey(name), v) }
+func (t *Txn) SetCounter(name string, v uint64) { t.setCounter(t.s.counterKey(name), v) }
 
-// counterKeys holds the key of each counter named so far: the busiest are
-// read and written by every change (the version, the chains), and a key
-// is never written once made, so one serves every write.
-var counterKeys = struct {
-	sync.RWMutex
-	m map[string]key
-}{m: map[string]key{}}
-
-// counterKey is the key of a named counter.
-func counterKey(name string) key {
-	counterKeys.RLock()
-	ck, ok := counterKeys.m[name]
-	counterKeys.RUnlock()
-	if ok {
+// counterKey is the key of a named counter, made once per name: the
+// busiest counters are read and written by every change (the version, the
+// chains), and a key is never written once made, so one serves every
+// write. The cache is the writer's own (transactions and commitRound run
+// on it alone): no lock.
+func (s *Store) counterKey(name string) key {
+	if name == CtrVersion {
+		return s.ctrVersionKey
+	}
+	if ck, ok := s.ctrKeys[name]; ok {
 		return ck
 	}
-	ck = k(keyCtrPrefix).str(name)
-	counterKeys.Lock()
-	counterKeys.m[strings.Clone(name)] = ck
-	counterKeys.Unlock()
+	ck := k(keyCtrPrefix).str(name)
+	if s.ctrKeys == nil {
+		s.ctrKeys = map[string]key{}
+	}
+	s.ctrKeys[strings.Clone(name)] = ck
 	return ck
 }
 
