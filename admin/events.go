@@ -279,9 +279,13 @@ func (f *Feed) Applied(tx *store.Txn, in *stream.Inbound) {
 	from, body := in.From, in.Body
 	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
 	tx.OnCommit(func() {
-		e := Event{Time: time.Now().UTC(), Type: EventApplied, Kind: stream.LaneFor(kind).String(), Peer: f.names.Name(from),
-			PeerID: f.idText(from), Origin: f.idText(origin), OriginVersion: ver, Detail: body.DataType,
-			fill: func(e *Event) { f.appliedDetail(e, body) }}
+		// The names are filled in when someone reads the event, as the
+		// detail is: a receiver applies thousands a second, unwatched.
+		e := Event{Time: time.Now().UTC(), Type: EventApplied, Kind: stream.LaneFor(kind).String(), OriginVersion: ver, Detail: body.DataType,
+			fill: func(e *Event) {
+				e.Peer, e.PeerID, e.Origin = f.names.Name(from), f.idText(from), f.idText(origin)
+				f.appliedDetail(e, body)
+			}}
 		f.hub.emit(e)
 	})
 }

@@ -338,6 +338,16 @@ func New(d Deps, o Options) (*Publisher, error) {
 		_ = p.sub.Unsubscribe()
 		return fail(err)
 	}
+	if d.Tail != nil {
+		// An own change of a kind without own events is marked in the
+		// tail as it commits: the publisher then passes over its record
+		// unread (an origin's log is mostly such changes).
+		d.Store.Follow(func(e store.OwnEntry) {
+			if d.Kinds.skipOwn(e.Kind) {
+				d.Tail.None(e.Version)
+			}
+		})
+	}
 	d.Store.WatchDurable(func(uint64) {
 		select {
 		case p.kick <- struct{}{}:

@@ -280,6 +280,9 @@ func (p *Publisher) send() (bool, error) {
 		var data []byte
 		ok := false
 		switch {
+		case body == nil && held.ver == ver && ver != 0 && held.suffix == "": // Tail.None
+			b.through = ver
+			return true
 		case body == nil && held.ver == ver && ver != 0:
 			suffix, data, ok = held.suffix, held.data, true
 			p.m.fromTail.Inc()

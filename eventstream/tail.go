@@ -26,7 +26,7 @@ type Tail struct {
 
 type tailEvent struct {
 	ver    uint64
-	suffix string
+	suffix string // "": the change has no event (None)
 	data   []byte
 }
 
@@ -47,6 +47,20 @@ func (t *Tail) Add(ver uint64, suffix string, data []byte) {
 	if t == nil || suffix == "" {
 		return
 	}
+	t.add(tailEvent{ver: ver, suffix: suffix, data: data})
+}
+
+// None records that the change at local version ver has no event (an
+// origin's own resource change): the publisher passes over its record in
+// the log without reading it.
+func (t *Tail) None(ver uint64) {
+	if t != nil {
+		t.add(tailEvent{ver: ver})
+	}
+}
+
+func (t *Tail) add(e tailEvent) {
+	ver := e.ver
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.n > 0 && t.buf[(t.head+t.n-1)%len(t.buf)].ver >= ver {
@@ -60,7 +74,7 @@ func (t *Tail) Add(ver uint64, suffix string, data []byte) {
 		t.head = (t.head + 1) % len(t.buf)
 		t.n--
 	}
-	t.buf[(t.head+t.n)%len(t.buf)] = tailEvent{ver: ver, suffix: suffix, data: data}
+	t.buf[(t.head+t.n)%len(t.buf)] = e
 	t.n++
 }
 

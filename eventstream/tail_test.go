@@ -1,6 +1,7 @@
 package eventstream_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -118,6 +119,26 @@ func TestTailKeepsTheNewestInOrder(t *testing.T) {
 	}{{10, false, 0}, {20, false, 0}, {35, false, 0}, {40, true, 4}, {40, false, 0}, {60, false, 0}, {70, false, 0}} {
 		data, ok := eventstream.TakeForTest(tail, c.ver)
 		if ok != c.ok || (ok && (len(data) != 1 || data[0] != c.data)) {
+			t.Fatalf("take %d: %v %v, want %v %v", c.ver, data, ok, c.ok, c.data)
+		}
+	}
+}
+
+// TestTailNoneMarksAChangeWithoutEvent: None keeps a version with no event,
+// in order with the events; taking it answers that it is held, with nothing.
+func TestTailNoneMarksAChangeWithoutEvent(t *testing.T) {
+	tail := eventstream.NewTail(4)
+	tail.Add(10, "s", []byte{1})
+	tail.None(20)
+	tail.None(15) // behind the newest
+	tail.Add(30, "s", []byte{3})
+	for _, c := range []struct {
+		ver  uint64
+		ok   bool
+		data []byte
+	}{{10, true, []byte{1}}, {15, false, nil}, {20, true, nil}, {30, true, []byte{3}}} {
+		data, ok := eventstream.TakeForTest(tail, c.ver)
+		if ok != c.ok || !bytes.Equal(data, c.data) {
 			t.Fatalf("take %d: %v %v, want %v %v", c.ver, data, ok, c.ok, c.data)
 		}
 	}

@@ -26,13 +26,28 @@ type known struct {
 	all bool
 }
 
+// bloom is a blocked Bloom filter: a key's probes all fall in one block of
+// 512 bits, one cache line, so adding or looking up a key misses the cache
+// once per filter, not once per probe (the filters of a node that holds
+// millions of resources are far larger than the caches, and every create
+// looks them up).
 type bloom struct {
-	bits []uint64
-	n    int // keys added
-	cap  int // keys it is sized for (10 bits each, 4 probes: about 1% false positives)
+	bits []uint64 // whole blocks of blockWords
+	n    int      // keys added
+	cap  int      // keys it is sized for (10 bits each, 4 probes: about 1% false positives)
 }
 
-const knownProbes = 4
+const (
+	knownProbes = 4
+	blockWords  = 8 // 512 bits
+)
+
+// probe gives the word and bit of a key's i-th probe: the key's hash x
+// picks the block, 9 bits per probe of another mix of it the bit in it.
+func (b *bloom) probe(x, y uint64, i int) (word int, bit uint64) {
+	at := (y >> (28 + 9*i)) & (blockWords*64 - 1)
+	return int(x%uint64(len(b.bits)/blockWords))*blockWords + int(at/64), 1 << (at % 64)
+}
 
 func newKnown(capacity int) *known {
 	k := &known{seed: maphash.MakeSeed()}
@@ -41,7 +56,9 @@ func newKnown(capacity int) *known {
 }
 
 func (k *known) grow(capacity int) {
-	k.gens = append(k.gens, &bloom{bits: make([]uint64, (capacity*10+63)/64), cap: capacity})
+	words := (capacity*10 + 63) / 64
+	words = (words + blockWords - 1) / blockWords * blockWords
+	k.gens = append(k.gens, &bloom{bits: make([]uint64, words), cap: capacity})
 }
 
 func (k *known) hashes(creator peer.ID, dataType, id string) (uint64, uint64) {
@@ -53,7 +70,7 @@ func (k *known) hashes(creator peer.ID, dataType, id string) (uint64, uint64) {
 	_ = h.WriteByte(0)
 	_, _ = h.WriteString(id)
 	a := h.Sum64()
-	return a, a>>32 | a<<32 | 1
+	return a, a * 0x9e3779b97f4a7c15 // y: the in-block bits (bloom.probe)
 }
 
 // add records a resource.
@@ -66,10 +83,9 @@ func (k *known) add(creator peer.ID, dataType, id string) {
 		b = k.gens[len(k.gens)-1]
 	}
 	x, y := k.hashes(creator, dataType, id)
-	m := uint64(len(b.bits) * 64)
-	for i := range uint64(knownProbes) {
-		bit := (x + i*y) % m
-		b.bits[bit/64] |= 1 << (bit % 64)
+	for i := range knownProbes {
+		w, bit := b.probe(x, y, i)
+		b.bits[w] |= bit
 	}
 	b.n++
 }
@@ -85,10 +101,8 @@ func (k *known) mayHold(creator peer.ID, dataType, id string) bool {
 	x, y := k.hashes(creator, dataType, id)
 next:
 	for _, b := range k.gens {
-		m := uint64(len(b.bits) * 64)
-		for i := range uint64(knownProbes) {
-			bit := (x + i*y) % m
-			if b.bits[bit/64]&(1<<(bit%64)) == 0 {
+		for i := range knownProbes {
+			if w, bit := b.probe(x, y, i); b.bits[w]&bit == 0 {
 				continue next
 			}
 		}

@@ -175,7 +175,29 @@ const (
 )
 
 // ChainCounter names the counter of how far an origin's chain is held.
-func ChainCounter(origin peer.ID) string { return ctrChainPrefix + string(origin) }
+func ChainCounter(origin peer.ID) string { return originNames(origin).chain }
+
+// originCounters are the names of an origin's counters, made once per
+// origin (every received change reads and writes them).
+type originCounters struct{ chain, synced string }
+
+var originCounterNames = struct {
+	sync.RWMutex
+	m map[peer.ID]originCounters
+}{m: map[peer.ID]originCounters{}}
+
+func originNames(o peer.ID) originCounters {
+	originCounterNames.RLock()
+	n, ok := originCounterNames.m[o]
+	originCounterNames.RUnlock()
+	if !ok {
+		n = originCounters{chain: ctrChainPrefix + string(o), synced: ctrSynced + string(o)}
+		originCounterNames.Lock()
+		originCounterNames.m[o] = n
+		originCounterNames.Unlock()
+	}
+	return n
+}
 
 // New builds the service and loads which planner streams operators closed.
 func New(d Deps) (*Service, error) {

@@ -203,7 +203,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 			return 0, err
 		}
 	}
-	synced, err := tx.CounterValue(ctrSynced + string(o))
+	synced, err := tx.CounterValue(originNames(o).synced)
 	if err != nil {
 		return 0, err
 	}
@@ -247,7 +247,7 @@ func (s *Service) apply(tx *store.Txn, in *stream.Inbound, viaLink bool) (pb.Ack
 		return 0, err
 	}
 	if !viaLink && body.OriginVersion > synced {
-		tx.SetCounter(ctrSynced+string(o), body.OriginVersion)
+		tx.SetCounter(originNames(o).synced, body.OriginVersion)
 	}
 	if p.field == "resource" {
 		// Keep the newest state: a change that arrives late (through sync,

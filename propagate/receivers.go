@@ -22,6 +22,27 @@ type receiverList struct {
 	ids   []peer.ID
 	names []string
 	raw   json.RawMessage
+	// in and inNames: the list as it was given (this node left out) and
+	// each one's name then, for a reply that asks again (no sort, no
+	// allocation when they are the same).
+	in      []peer.ID
+	inNames []string
+}
+
+// same reports whether ps (self left out) names the receivers of c, with
+// the names they had.
+func (c *receiverList) same(s *Service, self peer.ID, ps []peer.ID) bool {
+	i := 0
+	for _, p := range ps {
+		if p == self {
+			continue
+		}
+		if i == len(c.in) || c.in[i] != p || c.inNames[i] != s.roles.Name(p) {
+			return false
+		}
+		i++
+	}
+	return i == len(c.in)
 }
 
 // receiverCache holds the last rendering.
@@ -31,6 +52,9 @@ type receiverCache struct{ last atomic.Pointer[receiverList] }
 // "name"}, in the order of their names (as delivery.status lists them).
 func (s *Service) receivers(ps []peer.ID) json.RawMessage {
 	self := s.roles.Self()
+	if c := s.recv.last.Load(); c != nil && c.same(s, self, ps) {
+		return c.raw
+	}
 	type named struct {
 		id   peer.ID
 		name string
@@ -49,7 +73,15 @@ func (s *Service) receivers(ps []peer.ID) json.RawMessage {
 	for i, x := range byName {
 		ids[i], names[i] = x.id, x.name
 	}
+	in := make([]peer.ID, 0, len(ids))
+	inNames := make([]string, 0, len(ids))
+	for _, p := range ps {
+		if p != self {
+			in, inNames = append(in, p), append(inNames, s.roles.Name(p))
+		}
+	}
 	if c := s.recv.last.Load(); c != nil && slices.Equal(c.ids, ids) && slices.Equal(c.names, names) {
+		s.recv.last.Store(&receiverList{ids: c.ids, names: c.names, raw: c.raw, in: in, inNames: inNames})
 		return c.raw
 	}
 	type receiver struct {
@@ -64,6 +96,6 @@ func (s *Service) receivers(ps []peer.ID) json.RawMessage {
 	if err != nil { // strings only: not expected
 		raw = json.RawMessage("[]")
 	}
-	s.recv.last.Store(&receiverList{ids: ids, names: names, raw: raw})
+	s.recv.last.Store(&receiverList{ids: ids, names: names, raw: raw, in: in, inNames: inNames})
 	return raw
 }

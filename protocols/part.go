@@ -251,12 +251,13 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 		return nil, fmt.Errorf("%w: %d bodies, %d leaf indices", ErrMalformedEnvelope, len(p.Bodies), len(p.Index))
 	}
 	o := &OpenedPart{Bodies: make([]*pb.Body, len(p.Bodies)), Leaves: make([][32]byte, len(p.Bodies))}
+	slab := make([]pb.Body, len(p.Bodies)) // one allocation for the part's bodies (they live as long as it)
 	var originBytes []byte
 	for i, raw := range p.Bodies {
 		if len(raw) == 0 {
 			return nil, fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
 		}
-		body := &pb.Body{}
+		body := &slab[i]
 		if err := proto.Unmarshal(raw, body); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
 		}
@@ -306,6 +307,32 @@ type EnvelopeShape struct {
 	// fields (known fields once each, in order, zero values left out,
 	// lengths and varints minimal), so it can be rebuilt byte for byte.
 	Canonical bool
+}
+
+// ShapeOf is a self-contained envelope's shape with its path, as
+// ParseEnvelope(MarshalEnvelope(e), true) would give it, without encoding
+// it (the slices are e's): a sealer hands it to a sender that writes
+// compact batches and needs the encoding only for an envelope that goes
+// self-contained (Marshal).
+func ShapeOf(e *pb.Envelope) *EnvelopeShape {
+	path := e.Path
+	if path == nil {
+		path = [][]byte{}
+	}
+	return &EnvelopeShape{Body: e.Body, Leaf: e.LeafIndex, Size: e.TreeSize, Path: path, Sig: e.RootSignature,
+		PathLen: len(e.Path), Canonical: true}
+}
+
+// Marshal encodes the self-contained envelope a shape with its path (from
+// ShapeOf) describes, byte for byte MarshalEnvelope's.
+func (s *EnvelopeShape) Marshal() []byte {
+	return MarshalEnvelope(&pb.Envelope{Body: s.Body, LeafIndex: s.Leaf, TreeSize: s.Size, Path: s.Path, RootSignature: s.Sig})
+}
+
+// EncodedSize is the length of the self-contained encoding of a shape with
+// its path (Marshal's), without encoding it.
+func (s *EnvelopeShape) EncodedSize() int {
+	return EnvelopeSize(&pb.Envelope{Body: s.Body, LeafIndex: s.Leaf, TreeSize: s.Size, Path: s.Path, RootSignature: s.Sig})
 }
 
 // ParseEnvelope reads an encoded envelope's fields. ok is false for bytes
@@ -389,7 +416,9 @@ func AppendCompact(b []byte, envs [][]byte) []byte { return AppendCompactShapes(
 
 // AppendCompactShapes is AppendCompact for a caller that parsed the
 // envelopes already (ParseEnvelope, with or without their paths): shapes[i]
-// is envs[i]'s, or nil. Paths are read only for parts of a tree.
+// is envs[i]'s, or nil. Paths are read only for parts of a tree. envs[i]
+// may be nil when shapes[i] holds the path (ShapeOf): it is encoded only
+// if the envelope goes self-contained.
 func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byte {
 	type part struct {
 		size  uint32
@@ -435,7 +464,7 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 		}
 		h, err := PartProofOf(p.size, p.idx, func(j int) [][]byte {
 			i := p.at[j]
-			if shape[i].Path == nil {
+			if shape[i].Path == nil && envs[i] != nil {
 				if s, ok := ParseEnvelope(envs[i], true); ok {
 					shape[i] = &s
 				}
@@ -453,6 +482,9 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 	for i, raw := range envs {
 		p := partOf[i]
 		if p == nil || !p.ok {
+			if raw == nil && shape[i] != nil {
+				raw = shape[i].Marshal()
+			}
 			b = protowire.AppendTag(b, 4, protowire.BytesType)
 			b = protowire.AppendBytes(b, raw)
 			continue

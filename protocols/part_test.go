@@ -215,6 +215,49 @@ func TestAppendCompactRoundTrip(t *testing.T) {
 	}
 }
 
+// TestShapeOfNeedsNoBytes: a sealer's shapes (ShapeOf, no encoding) give
+// the same compact frame as the encoded envelopes, encode to the same
+// bytes, and an envelope that goes self-contained is encoded from its
+// shape.
+func TestShapeOfNeedsNoBytes(t *testing.T) {
+	key, id := testKey(t)
+	var envs [][]byte
+	var shapes []*EnvelopeShape
+	for _, n := range []int{1, 7, 300} {
+		sealed, err := Seal(key, bodies(t, id, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, e := range sealed {
+			if n == 300 && i%4 != 0 {
+				continue // part of a tree: the proof comes from the shapes' paths
+			}
+			raw, s := MarshalEnvelope(e), ShapeOf(e)
+			if !bytes.Equal(s.Marshal(), raw) || s.EncodedSize() != len(raw) {
+				t.Fatalf("the shape of envelope %d of %d does not encode to its bytes", i, n)
+			}
+			if p, ok := ParseEnvelope(raw, true); !ok || p.PathLen != s.PathLen || p.Leaf != s.Leaf || p.Size != s.Size || len(p.Path) != len(s.Path) {
+				t.Fatalf("the shape of envelope %d of %d is not what ParseEnvelope reads", i, n)
+			}
+			envs, shapes = append(envs, raw), append(shapes, s)
+		}
+	}
+	// One envelope whose tree the frame cannot prove (a leaf outside its
+	// tree) goes self-contained, encoded from its shape.
+	bad := *shapes[1]
+	bad.Leaf = bad.Size + 3
+	envs = append(envs, bad.Marshal())
+	shapes = append(shapes, &bad)
+	want := AppendCompactShapes(nil, envs, nil)
+	got := AppendCompactShapes(nil, make([][]byte, len(envs)), shapes)
+	if !bytes.Equal(got, want) {
+		t.Fatal("the frame built from shapes alone differs from the one built from the bytes")
+	}
+	if !bytes.Contains(got, envs[len(envs)-1]) {
+		t.Fatal("the envelope that cannot be compact is not in the frame self-contained")
+	}
+}
+
 // FuzzPartRoot: whatever the shape, PartRoot answers or errs, never panics,
 // and a part that verifies gives paths that verify alone.
 func FuzzPartRoot(f *testing.F) {

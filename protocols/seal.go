@@ -158,14 +158,11 @@ func proofs(bodies [][]byte, leaves [][32]byte) ([32]byte, [][][]byte) {
 }
 
 func appendEnvelopes(out []*pb.Envelope, bodies [][]byte, paths [][][]byte, sig []byte) []*pb.Envelope {
+	slab := make([]pb.Envelope, len(bodies)) // one allocation for the tree's envelopes
 	for i, b := range bodies {
-		out = append(out, &pb.Envelope{
-			Body:          b,
-			LeafIndex:     uint32(i),
-			TreeSize:      uint32(len(bodies)),
-			Path:          paths[i],
-			RootSignature: sig,
-		})
+		e := &slab[i]
+		e.Body, e.LeafIndex, e.TreeSize, e.Path, e.RootSignature = b, uint32(i), uint32(len(bodies)), paths[i], sig
+		out = append(out, e)
 	}
 	return out
 }

@@ -218,8 +218,8 @@ func New(d Deps) (*Service, error) {
 // follow hears of each own entry the log committed (store.Follow): the
 // reviewer's decisions sealed by this node go out on gossip.
 func (s *Service) follow(e store.OwnEntry) {
-	if stream.Lane(e.Lane) == stream.LaneDecision && len(e.Env) > 0 {
-		s.Publish(e.Env)
+	if stream.Lane(e.Lane) == stream.LaneDecision && (len(e.Env) > 0 || e.Shape != nil) {
+		s.Publish(e.Envelope())
 	}
 }
 

@@ -383,7 +383,7 @@ func TestNewsFromAnotherPeerIsRefused(t *testing.T) {
 	var raw []byte
 	must(t, m.st.Update(context.Background(), func(tx *store.Txn) error {
 		_, sealed, err := tx.AppendOwn(&pb.Body{Origin: []byte(m.id), Kind: pb.Kind_KIND_REVIEW_DECISION, DataType: "tb", Payload: payload})
-		tx.OnCommit(func() { raw = sealed.Bytes })
+		tx.OnCommit(func() { raw = sealed.Shape.Marshal() })
 		return err
 	}))
 	b, _ := proto.Marshal(&pb.DecisionNews{Decisions: [][]byte{raw}, Head: 1})

@@ -80,7 +80,7 @@ func TestLogRebuildsSignedEnvelopes(t *testing.T) {
 		v := protocols.NewVerifier()
 		for ver, x := range sealed {
 			got, err := s.ChangeEnvelope(ver)
-			if err != nil || !bytes.Equal(got, x.Bytes) {
+			if err != nil || !bytes.Equal(got, x.Shape.Marshal()) {
 				t.Fatalf("%s: the envelope of own change %d is not the one sealed (%v)", when, ver, err)
 			}
 			c, err := s.Change(ver)

@@ -55,12 +55,17 @@ func (s *Store) LogBodies(after uint64, max int, known func(uint64) bool, skipOw
 	}
 	n := 0
 	var ferr error
-	err := s.clog.Iter(after+1, func(r seglog.Record) bool {
+	// A version the caller knows is passed over in the log unread.
+	var skip func(uint64) bool
+	if known != nil {
+		skip = func(v uint64) bool { return v <= durable && known(v) }
+	}
+	err := s.clog.IterSkip(after+1, skip, func(r seglog.Record) bool {
 		if r.Version > durable {
 			return false
 		}
 		n++
-		if known != nil && known(r.Version) {
+		if r.Skipped { // known
 			return fn(r.Version, nil) && n < max
 		}
 		if skipOwn != nil && r.Type == recOwn {

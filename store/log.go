@@ -33,13 +33,13 @@ import (
 // its peers have seen (they were all given before now), even before it has
 // heard from them.
 func (t *Txn) NextVersion() (uint64, error) {
-	key := k(keyCtrPrefix).str(CtrVersion)
-	v, err := t.get(key)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	key := t.s.ctrVersionKey
+	v, err := t.counter(key)
+	if err != nil {
 		return 0, err
 	}
-	n := max(parseU64(v)+1, uint64(max(t.now.UnixMicro(), 0)))
-	t.set(key, u64Value(n))
+	n := max(v+1, uint64(max(t.now.UnixMicro(), 0)))
+	t.setCounter(key, n)
 	return n, nil
 }
 
@@ -647,9 +647,29 @@ type OwnEntry struct {
 	// Superseded: a later own change of the same resource exists (read
 	// from U/ by OwnEntriesFrom; see Txn.Supersede).
 	Superseded bool
-	// Env is the sealed envelope, when the entry is handed over in memory
-	// right after its commit (not stored with the record).
-	Env []byte
+	// Env is the sealed envelope, encoded, when the entry carries it
+	// encoded; Shape is its fields with its path, when the entry is handed
+	// over in memory right after its commit (AddOwnEntry; not stored with
+	// the record): Envelope encodes it only for a follower that needs the
+	// bytes (a sender writing compact batches does not).
+	Env   []byte
+	Shape *protocols.EnvelopeShape
+}
+
+// Envelope is the entry's sealed envelope, encoded (nil: it carries none).
+func (e *OwnEntry) Envelope() []byte {
+	if e.Env == nil && e.Shape != nil {
+		return e.Shape.Marshal()
+	}
+	return e.Env
+}
+
+// EnvelopeSize is the length of Envelope's bytes, without encoding them.
+func (e *OwnEntry) EnvelopeSize() int {
+	if e.Env == nil && e.Shape != nil {
+		return e.Shape.EncodedSize()
+	}
+	return len(e.Env)
 }
 
 const ownAddressed = 1
@@ -727,7 +747,7 @@ func (t *Txn) AddOwnEntry(e OwnEntry, sealed *Sealed) {
 	if fs := t.s.followers.Load(); fs != nil {
 		t.OnCommit(func() {
 			if sealed != nil {
-				e.Env = sealed.Bytes
+				e.Shape = sealed.Shape
 			}
 			for _, fn := range *fs {
 				fn(e)
@@ -790,9 +810,9 @@ type Entry struct {
 	Version  uint64
 	Kind     pb.Kind
 	Protocol protocol.ID
-	Env      []byte // the sealed envelope, encoded
+	Env      []byte // the sealed envelope, encoded (nil when Shape holds its path: protocols.ShapeOf)
 	// Shape is Env's fields, when the reader parsed it already
-	// (protocols.ParseEnvelope); nil otherwise.
+	// (protocols.ParseEnvelope) or the sealer gave them; nil otherwise.
 	Shape *protocols.EnvelopeShape
 }
 

@@ -263,11 +263,11 @@ func TestFollowHearsCommittedOwnEntries(t *testing.T) {
 		}
 		for j, e := range es[:2] {
 			env, err := s.ChangeEnvelope(e.Version)
-			if err != nil || !bytes.Equal(e.Env, env) {
+			if err != nil || !bytes.Equal(e.Envelope(), env) || e.EnvelopeSize() != len(env) {
 				t.Fatalf("follower %d: entry %d's envelope is not the stored one (err %v)", i, j, err)
 			}
 		}
-		if es[2].Env != nil {
+		if es[2].Envelope() != nil {
 			t.Fatalf("follower %d: an entry added without its seal came with an envelope", i)
 		}
 	}

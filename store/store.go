@@ -43,6 +43,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
@@ -146,6 +147,11 @@ const DefaultCacheBytes = 64 << 20
 
 // Store is an open ledger.
 type Store struct {
+	// ctrVersionKey and ctrKeys: the counters' keys, made once
+	// (counterKey); the writer's.
+	ctrVersionKey key
+	ctrKeys       map[string]key
+
 	db      *pebble.DB
 	clog    *seglog.Log // the change log (changelog.go)
 	self    []byte      // this node's peer id (binary), from Options.Signer
@@ -311,7 +317,7 @@ func Open(dir string, o Options) (*Store, error) {
 		}
 		self = []byte(id)
 	}
-	s := &Store{db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
+	s := &Store{ctrVersionKey: k(keyCtrPrefix).str(CtrVersion), db: db, opts: o, log: o.Logger, now: o.Now, h: h, self: self,
 		ops: make(chan *op, o.Queue), done: make(chan *round, 1), slot: make(chan struct{}, 1), hot: map[string][]byte{}}
 	if err := s.prepare(); err != nil {
 		_ = db.Close()
@@ -614,20 +620,37 @@ func (s *Store) commitRound(ops []*op) *round {
 	s.pending = s.pending[n:]
 	start := time.Now()
 	now := s.now()
-	view := map[string]*kv{} // this round's writes, for reads by its later transactions
+	view := make(map[string]*kv, 4*len(ops)) // this round's writes, for reads by its later transactions
 	var sealed []*Sealed
 	var logged []seglog.Record
 	var parts map[uint64]PartLeaf // AppendReceivedPart's, for compactTrees
+	// slab holds the writes of the round's transactions, one after the
+	// other (one allocation for many small transactions): each starts
+	// with what is left of it, and one that outgrows it goes on in its
+	// own (append). The view points into it, so it is never reused.
+	var slab []kv
 	count := 0
 	for _, o := range ops {
 		if err := o.ctx.Err(); err != nil {
 			o.err = fmt.Errorf("operation abandoned before commit: %w", err)
 			continue
 		}
-		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts}
+		if cap(slab)-len(slab) < 16 {
+			slab = make([]kv, 0, min(max(8*len(ops), 64), 4096))
+		}
+		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts, ops: slab[len(slab):len(slab):cap(slab)]}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
+		}
+		if n := len(t.ops); n > 0 && n <= cap(slab)-len(slab) && &t.ops[0] == &slab[:len(slab)+1][len(slab)] {
+			slab = slab[:len(slab)+n] // written in place: the next one starts after
+		}
+		if len(view) == 0 && len(t.ops) > 4*len(ops) {
+			// A first transaction larger than the view was made for (a
+			// batch of changes): a view of its size, not one that
+			// doubles as it is filled. No transaction holds the old one.
+			view = make(map[string]*kv, len(t.ops)+4*len(ops))
 		}
 		t.flush(view)
 		if len(t.parts) > 0 {
@@ -684,12 +707,12 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	// One write per key: a counter bumped by every transaction of the
 	// round reaches the memtable once.
-	for key, w := range view {
+	for _, w := range view {
 		var err error
 		if w.del {
-			err = b.Delete([]byte(key), nil)
+			err = b.Delete(w.k, nil)
 		} else {
-			err = b.Set([]byte(key), w.v, nil)
+			err = b.Set(w.k, w.v, nil)
 		}
 		if err != nil {
 			return fail(fmt.Errorf("stage write: %w", err))
@@ -723,7 +746,7 @@ func (s *Store) commitRound(ops []*op) *round {
 	}
 	r.batch, r.view = b, view
 	s.pending = append(s.pending, r)
-	if w, ok := view[string(k(keyCtrPrefix).str(CtrVersion))]; ok && !w.del {
+	if w, ok := view[string(s.ctrVersionKey)]; ok && !w.del {
 		r.version = parseU64(w.v)
 	}
 	for key, w := range view {
@@ -774,7 +797,7 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	for i, x := range sealed {
 		e := envs[i]
 		x.Envelope = e
-		x.Bytes = protocols.MarshalEnvelope(e)
+		x.Shape = protocols.ShapeOf(e) // encoded only if a sender needs it self-contained
 		tree := sealed[i-int(e.LeafIndex)].version
 		var sig []byte
 		if int(e.LeafIndex) == int(e.TreeSize)-1 {
@@ -980,6 +1003,18 @@ type Txn struct {
 	// scan. RollbackTo drops it.
 	index   map[uint64]int
 	indexed int
+	// memo holds the last counters the transaction read or wrote (their
+	// shared keys, counterKey): a batch of received changes reads and
+	// bumps the same few (the version, the origin's chain) once per
+	// change. Any other write of a counter key, and RollbackTo, drop it.
+	memo     [4]ctrMemo
+	memoNext int
+}
+
+// ctrMemo is one counter's value as the transaction sees it (0: absent).
+type ctrMemo struct {
+	k key
+	v uint64
 }
 
 // indexFrom is the number of writes from which get looks them up by index.
@@ -997,11 +1032,13 @@ type kv struct {
 // transaction's commit hooks run.
 type Sealed struct {
 	Envelope *pb.Envelope
-	Bytes    []byte // Envelope, encoded
-	Hash     uint64 // BodyHash of the body
-	leaf     [32]byte
-	version  uint64
-	body     []byte
+	// Shape is Envelope's fields with its path, for the followers
+	// (OwnEntry.Shape); its Marshal is Envelope encoded.
+	Shape   *protocols.EnvelopeShape
+	Hash    uint64 // BodyHash of the body
+	leaf    [32]byte
+	version uint64
+	body    []byte
 }
 
 // Now is the commit's clock reading, the same for every transaction of it.
@@ -1092,31 +1129,95 @@ func isHot(key string) bool {
 	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pPosition)
 }
 
+// Reserve makes room for about writes more writes and hooks more commit
+// hooks: a transaction that knows its size (a batch of changes) grows its
+// lists once instead of doubling them as it goes.
+func (t *Txn) Reserve(writes, hooks int) {
+	t.ops = slices.Grow(t.ops, writes)
+	t.hooks = slices.Grow(t.hooks, hooks)
+	if t.index == nil && len(t.ops)+writes >= indexFrom {
+		t.index = make(map[uint64]int, len(t.ops)+writes)
+	}
+}
+
 func (t *Txn) set(key, val []byte) {
+	t.forget(key)
 	t.ops = append(t.ops, kv{k: key, v: val})
 }
 
 func (t *Txn) del(key []byte) {
+	t.forget(key)
 	t.ops = append(t.ops, kv{k: key, del: true})
 }
+
+// counter reads a counter by its shared key (counterKey), from the memo
+// when the transaction read or wrote it last.
+func (t *Txn) counter(ck key) (uint64, error) {
+	for i := range t.memo {
+		if m := &t.memo[i]; sameKey(m.k, ck) {
+			return m.v, nil
+		}
+	}
+	v, err := t.get(ck)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, err
+	}
+	n := parseU64(v)
+	t.remember(ck, n)
+	return n, nil
+}
+
+// setCounter writes a counter by its shared key, and remembers it.
+func (t *Txn) setCounter(ck key, v uint64) {
+	t.ops = append(t.ops, kv{k: ck, v: u64Value(v)})
+	t.remember(ck, v)
+}
+
+func (t *Txn) remember(ck key, v uint64) {
+	for i := range t.memo {
+		if m := &t.memo[i]; sameKey(m.k, ck) {
+			m.v = v
+			return
+		}
+	}
+	t.memo[t.memoNext%len(t.memo)] = ctrMemo{k: ck, v: v}
+	t.memoNext++
+}
+
+// forget drops the memo when a counter is written other than through
+// setCounter (a key of its own, not the shared one).
+func (t *Txn) forget(key []byte) {
+	if t.memoNext > 0 && bytes.HasPrefix(key, keyCtrPrefixBytes) {
+		t.memo, t.memoNext = [4]ctrMemo{}, 0
+	}
+}
+
+// sameKey reports whether a and b are the same shared key (the same bytes
+// in memory, as counterKey hands out).
+func sameKey(a, b key) bool {
+	return len(a) > 0 && len(a) == len(b) && &a[0] == &b[0]
+}
+
+var keyCtrPrefixBytes = []byte(keyCtrPrefix)
 
 // flush makes a successful transaction's writes part of the round.
 func (t *Txn) flush(view map[string]*kv) {
 	for i := range t.ops {
-		view[string(t.ops[i].k)] = &t.ops[i]
+		// The key's bytes, never written again once a key is made (k()
+		// builds each anew), are the view's string: no copy per write.
+		view[unsafe.String(unsafe.SliceData(t.ops[i].k), len(t.ops[i].k))] = &t.ops[i]
 	}
 }
 
 // Next returns the next value of a named counter (1 first).
 func (t *Txn) Next(name string) (uint64, error) {
-	key := k(keyCtrPrefix).str(name)
-	v, err := t.get(key)
-	if err != nil && !errors.Is(err, ErrNotFound) {
+	key := t.s.counterKey(name)
+	v, err := t.counter(key)
+	if err != nil {
 		return 0, err
 	}
-	n := parseU64(v) + 1
-	t.set(key, u64Value(n))
-	return n, nil
+	t.setCounter(key, v+1)
+	return v + 1, nil
 }
 
 // Counter returns a named counter's current value (reads committed data only).
@@ -1176,6 +1277,7 @@ func (t *Txn) Savepoint() Savepoint {
 func (t *Txn) RollbackTo(sp Savepoint) {
 	t.ops = t.ops[:sp.ops]
 	t.index, t.indexed = nil, 0
+	t.memo, t.memoNext = [4]ctrMemo{}, 0
 	t.hooks = t.hooks[:sp.hooks]
 	t.sealed = t.sealed[:sp.sealed]
 	t.logged = t.logged[:sp.logged]

@@ -214,7 +214,7 @@ func TestSealedChangesVerifyAndDedup(t *testing.T) {
 					}
 					return nil
 				}
-				_, err = tx.AppendReceived(body, BodyHash(x.Envelope.Body), x.Bytes)
+				_, err = tx.AppendReceived(body, BodyHash(x.Envelope.Body), x.Shape.Marshal())
 				return err
 			})
 			if err != nil {
@@ -387,6 +387,59 @@ func TestLingerFor(t *testing.T) {
 	} {
 		if got := lingerFor(c.n, c.rate); got != c.want {
 			t.Errorf("lingerFor(%d, %v) = %v, want %v", c.n, c.rate, got, c.want)
+		}
+	}
+}
+
+// TestCountersReadTheirLastWrite: a transaction's counters read what it
+// last wrote of them, however written (SetCounter, Next, a write of the
+// key made anew, a delete), and a rollback takes back what came after the
+// savepoint; more counters than the transaction remembers at once are read
+// right too.
+func TestCountersReadTheirLastWrite(t *testing.T) {
+	s := open(t, t.TempDir(), nil)
+	ctx := context.Background()
+	if err := s.Update(ctx, func(tx *Txn) error { tx.SetCounter("x", 3); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Update(ctx, func(tx *Txn) error {
+		want := func(name string, v uint64) {
+			t.Helper()
+			if got, err := tx.CounterValue(name); err != nil || got != v {
+				t.Fatalf("%s: %d (%v), want %d", name, got, err, v)
+			}
+		}
+		want("x", 3) // from the store
+		tx.SetCounter("x", 5)
+		want("x", 5)
+		sp := tx.Savepoint()
+		tx.SetCounter("x", 7)
+		if n, _ := tx.Next("x"); n != 8 {
+			t.Fatalf("next after 7: %d", n)
+		}
+		tx.RollbackTo(sp)
+		want("x", 5)
+		tx.set(k(keyCtrPrefix).str("x"), u64Value(9)) // not the shared key
+		want("x", 9)
+		tx.del(k(keyCtrPrefix).str("x"))
+		want("x", 0)
+		for i := range 6 { // more than the memo holds
+			tx.SetCounter(fmt.Sprint("c", i), uint64(10+i))
+		}
+		for i := range 6 {
+			want(fmt.Sprint("c", i), uint64(10+i))
+		}
+		if n, _ := tx.Next("x"); n != 1 {
+			t.Fatalf("next after a delete: %d", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]uint64{"x": 1, "c0": 10, "c5": 15} {
+		if got, err := s.Counter(name); err != nil || got != v {
+			t.Fatalf("%s on disk: %d (%v), want %d", name, got, err, v)
 		}
 	}
 }

@@ -17,16 +17,30 @@ import (
 const MaxNameBytes = 255
 
 // CounterValue reads a named counter inside a transaction.
-func (t *Txn) CounterValue(name string) (uint64, error) {
-	v, err := t.get(k(keyCtrPrefix).str(name))
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return 0, err
-	}
-	return parseU64(v), nil
-}
+func (t *Txn) CounterValue(name string) (uint64, error) { return t.counter(t.s.counterKey(name)) }
 
 // SetCounter sets a named counter.
-func (t *Txn) SetCounter(name string, v uint64) { t.set(k(keyCtrPrefix).str(name), u64Value(v)) }
+func (t *Txn) SetCounter(name string, v uint64) { t.setCounter(t.s.counterKey(name), v) }
+
+// counterKey is the key of a named counter, made once per name: the
+// busiest counters are read and written by every change (the version, the
+// chains), and a key is never written once made, so one serves every
+// write. The cache is the writer's own (transactions and commitRound run
+// on it alone): no lock.
+func (s *Store) counterKey(name string) key {
+	if name == CtrVersion {
+		return s.ctrVersionKey
+	}
+	if ck, ok := s.ctrKeys[name]; ok {
+		return ck
+	}
+	ck := k(keyCtrPrefix).str(name)
+	if s.ctrKeys == nil {
+		s.ctrKeys = map[string]key{}
+	}
+	s.ctrKeys[strings.Clone(name)] = ck
+	return ck
+}
 
 // ---- resources ----
 

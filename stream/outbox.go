@@ -41,6 +41,9 @@ type outbox struct {
 	running bool
 	pokes   uint64
 
+	// frame is the buffer each batch frame is encoded into (pump's).
+	frame []byte
+
 	mu        sync.Mutex
 	lanes     [numLanes + 1]laneState
 	streams   map[protocol.ID]*outStream

@@ -798,6 +798,10 @@ func (r *Receiver) submit(sq *sequencer, b *batch) {
 	var counts Counts
 	r.st.Submit(r.ctx, func(tx *store.Txn) error {
 		refused, counts = refused[:0], Counts{}
+		// A received resource change writes about four keys (the chain,
+		// the version counter, the origin index, the row) and registers
+		// two hooks (its event, the tracer's).
+		tx.Reserve(4*len(b.ins)+2, 2*len(b.ins))
 		pos, err := tx.Position(from, uint8(lane))
 		if err != nil {
 			return err

@@ -813,7 +813,15 @@ func (o *outbox) write(plans []plan) {
 		if p.lane == LaneDecision {
 			head = o.s.opts.DecisionHead()
 		}
-		if err := st.fw.WriteRaw(encodeBatch(o.s.st.Epoch(), p.lane, p.after, p.entries, head)); err != nil {
+		// One buffer serves every frame of the outbox: WriteRaw copies the
+		// frame on (into the writer's buffer, or through yamux, which
+		// copies what it sends) before it returns; only one pump runs.
+		o.frame = encodeBatch(o.frame[:0], o.s.st.Epoch(), p.lane, p.after, p.entries, head)
+		err = st.fw.WriteRaw(o.frame)
+		if cap(o.frame) > 4<<20 {
+			o.frame = nil // a rare large frame is not kept
+		}
+		if err != nil {
 			o.streamDown(st, err)
 			return
 		}
@@ -830,15 +838,24 @@ func (o *outbox) write(plans []plan) {
 // encodeBatch builds a Batch frame from the stored envelopes: compact,
 // each envelope its body and leaf index, each tree's proof once
 // (protocols.AppendCompact).
-func encodeBatch(epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
+func encodeBatch(dst []byte, epoch uint64, lane Lane, after uint64, es []store.Entry, headSeq uint64) []byte {
+	// What the compact frame takes: each body and leaf index, and each
+	// tree's proof once (AppendCompactShapes); a full envelope's length
+	// only for one without a shape.
 	size := 32
 	envs := make([][]byte, len(es))
 	shapes := make([]*protocols.EnvelopeShape, len(es))
+	var sig []byte
 	for i, e := range es {
-		size += len(e.Env) + 4
+		if e.Shape == nil {
+			size += len(e.Env) + 4
+		} else {
+			c, esig := protocols.CompactCost(e.Env, e.Shape, sig)
+			size, sig = size+c, esig
+		}
 		envs[i], shapes[i] = e.Env, e.Shape
 	}
-	b := make([]byte, 0, size)
+	b := slices.Grow(dst, size)
 	b = protowire.AppendTag(b, 1, protowire.VarintType)
 	b = protowire.AppendVarint(b, epoch)
 	b = protowire.AppendTag(b, 2, protowire.VarintType)

@@ -83,12 +83,13 @@ func (t *tail) readFloor(now time.Time) (floor uint64, ok bool) {
 	return floor, ok
 }
 
-// tailEntry is an own entry with its envelope (Env set) and the envelope
-// parsed once (without its paths) for every receiver's batches; shape nil:
-// the batch parses it.
+// tailEntry is an own entry with its envelope: the sealer's shape of it
+// (with its path, Env nil), or Env set and parsed once (without its paths)
+// for every receiver's batches; shape nil: the batch parses it.
 type tailEntry struct {
 	e     store.OwnEntry
 	shape *protocols.EnvelopeShape
+	size  int // the envelope's encoded length
 }
 
 // at is the i-th oldest entry held.
@@ -107,7 +108,7 @@ func (t *tail) add(e store.OwnEntry) {
 	if t.seen == 0 {
 		t.from = e.Version - 1
 	}
-	if e.Version <= t.seen || len(e.Env) == 0 {
+	if e.Version <= t.seen || (len(e.Env) == 0 && e.Shape == nil) {
 		// Out of order (a recovered change), or an entry it cannot hold:
 		// it is complete again only above everything it was given.
 		clear(t.ring)
@@ -124,17 +125,21 @@ func (t *tail) add(e store.OwnEntry) {
 		}
 		t.ring, t.head = ring, 0
 	}
-	x := tailEntry{e: e}
-	if s, ok := protocols.ParseEnvelope(e.Env, false); ok {
-		x.shape = &s
+	// The sealer's shape (with its path) when it gave one: the envelope
+	// is then never encoded unless it goes self-contained.
+	x := tailEntry{e: e, shape: e.Shape, size: e.EnvelopeSize()}
+	if x.shape == nil {
+		if s, ok := protocols.ParseEnvelope(e.Env, false); ok {
+			x.shape = &s
+		}
 	}
 	t.n++
 	*t.at(t.n - 1) = x
-	t.bytes += len(e.Env)
+	t.bytes += x.size
 	floor, read := t.readFloor(time.Now())
 	for (t.bytes > t.max && t.n > 1) || (read && t.n > 0 && t.at(0).e.Version <= floor) {
 		old := t.at(0)
-		t.bytes -= len(old.e.Env)
+		t.bytes -= old.size
 		t.from = old.e.Version
 		*old = tailEntry{}
 		t.head++
@@ -175,11 +180,11 @@ func (t *tail) backlog(p peer.ID, lane Lane, broadcast bool, after uint64, maxEn
 		} else if !slices.Contains(e.To, p) {
 			continue
 		}
-		if len(out) > 0 && (len(out) == maxEntries || size+len(e.Env) > maxBytes) {
+		if len(out) > 0 && (len(out) == maxEntries || size+x.size > maxBytes) {
 			break
 		}
 		out = append(out, store.Entry{Version: e.Version, Kind: e.Kind, Protocol: e.Protocol, Env: e.Env, Shape: x.shape})
-		size += len(e.Env)
+		size += x.size
 	}
 	return out, true
 }

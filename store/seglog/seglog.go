@@ -106,6 +106,8 @@ type Record struct {
 	Version uint64
 	Type    byte
 	Data    []byte
+	// Skipped: IterSkip passed the record over unread (Data is nil).
+	Skipped bool
 }
 
 // Options configure Open.
@@ -796,7 +798,12 @@ func (l *Log) Read(v uint64) (Record, error) {
 
 // Iter calls fn for every record (start and commit records aside) with a version of
 // at least from, in log order, until fn returns false. Data is fn's to keep.
-func (l *Log) Iter(from uint64, fn func(Record) bool) error {
+func (l *Log) Iter(from uint64, fn func(Record) bool) error { return l.IterSkip(from, nil, fn) }
+
+// IterSkip is Iter for a reader that holds some records already: a record
+// whose version skip (when set) reports is passed to fn with Data nil, its
+// payload not read (nor checked against its checksum).
+func (l *Log) IterSkip(from uint64, skip func(version uint64) bool, fn func(Record) bool) error {
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -826,7 +833,7 @@ func (l *Log) Iter(from uint64, fn func(Record) bool) error {
 	}
 	l.mu.RUnlock()
 	for _, sp := range spans {
-		more, err := l.iterSpan(sp.s, sp.start, sp.end, from, fn)
+		more, err := l.iterSpan(sp.s, sp.start, sp.end, from, skip, fn)
 		if err != nil || !more {
 			return err
 		}
@@ -834,7 +841,7 @@ func (l *Log) Iter(from uint64, fn func(Record) bool) error {
 	return nil
 }
 
-func (l *Log) iterSpan(s *segment, start, end int64, from uint64, fn func(Record) bool) (bool, error) {
+func (l *Log) iterSpan(s *segment, start, end int64, from uint64, skip func(uint64) bool, fn func(Record) bool) (bool, error) {
 	r := readers.Get().(*bufio.Reader)
 	defer readers.Put(r)
 	r.Reset(io.NewSectionReader(s.f, start, end-start))
@@ -848,14 +855,22 @@ func (l *Log) iterSpan(s *segment, start, end int64, from uint64, fn func(Record
 		if size < payloadMin || off+headerLen+int64(size) > end {
 			return false, fmt.Errorf("%w: %s offset %d: record length %d is impossible", ErrCorrupt, s.path, off, size)
 		}
-		if head, err := r.Peek(payloadMin); err == nil && (skipped(head[8]) || binary.BigEndian.Uint64(head) < from) {
-			// Not asked for: passed over unread (a damaged length shows
-			// in the checksum of the record read after it).
-			if _, err := r.Discard(int(size)); err != nil {
-				return false, fmt.Errorf("%w: %s offset %d: %v", ErrCorrupt, s.path, off, err)
+		if head, err := r.Peek(payloadMin); err == nil {
+			ver, typ := binary.BigEndian.Uint64(head), head[8]
+			asked := !skipped(typ) && ver >= from
+			if !asked || (skip != nil && skip(ver)) {
+				// Not asked for, or held by the reader: passed over
+				// unread (a damaged length shows in the checksum of the
+				// record read after it).
+				if _, err := r.Discard(int(size)); err != nil {
+					return false, fmt.Errorf("%w: %s offset %d: %v", ErrCorrupt, s.path, off, err)
+				}
+				off += headerLen + int64(size)
+				if asked && !fn(Record{Version: ver, Type: typ, Skipped: true}) {
+					return false, nil
+				}
+				continue
 			}
-			off += headerLen + int64(size)
-			continue
 		}
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(r, buf); err != nil {
@@ -954,7 +969,7 @@ func (l *Log) LastAtMost(limit uint64, match func(Record) bool) (Record, bool, e
 	for _, sp := range spans {
 		var found Record
 		ok := false
-		_, err := l.iterSpan(sp.s, sp.start, sp.end, 0, func(r Record) bool {
+		_, err := l.iterSpan(sp.s, sp.start, sp.end, 0, nil, func(r Record) bool {
 			if r.Version <= limit && match(r) {
 				found, ok = r, true
 			}
