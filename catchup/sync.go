@@ -390,15 +390,12 @@ func (s *Service) worker() {
 // down peer would hold the worker for a whole dial timeout every round.
 func (s *Service) run(j job, hints []peer.ID) error {
 	var cands []peer.ID
+	seen := map[peer.ID]bool{}
 	add := func(p peer.ID) {
-		if p == "" || p == s.d.Roles.Self() || !s.connected(p) {
+		if p == "" || p == s.d.Roles.Self() || seen[p] || !s.connected(p) {
 			return
 		}
-		for _, c := range cands {
-			if c == p {
-				return
-			}
-		}
+		seen[p] = true
 		cands = append(cands, p)
 	}
 	for _, h := range hints {
@@ -416,8 +413,13 @@ func (s *Service) run(j job, hints []peer.ID) error {
 		for _, r := range s.d.Roles.ReviewGroup() {
 			add(r)
 		}
-		for _, p := range s.d.Roles.Members() {
-			add(p)
+		// The connected peers that are members, not every member with a
+		// look at its connection: a round at rest in a network of a
+		// hundred would look at each.
+		for _, p := range s.d.Host.Network().Peers() {
+			if s.d.Roles.IsMember(p) {
+				add(p)
+			}
 		}
 	case pb.SyncRequest_WHAT_SNAPSHOT:
 		// The asked-for reviewer first, then any other of the group
