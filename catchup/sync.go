@@ -413,11 +413,15 @@ func (s *Service) run(j job, hints []peer.ID) error {
 		for _, r := range s.d.Roles.ReviewGroup() {
 			add(r)
 		}
-		// The connected peers that are members, not every member with a
-		// look at its connection: a round at rest in a network of a
-		// hundred would look at each.
+		// Members in their order, those connected now: one list of the
+		// connections rather than a look at each member's (a round at
+		// rest in a network of a hundred looked at each).
+		on := map[peer.ID]bool{}
 		for _, p := range s.d.Host.Network().Peers() {
-			if s.d.Roles.IsMember(p) {
+			on[p] = true
+		}
+		for _, p := range s.d.Roles.Members() {
+			if on[p] {
 				add(p)
 			}
 		}
