@@ -319,7 +319,12 @@ func (s *Service) publishLoop() {
 			idle := len(s.pending) == 0
 			s.mu.Unlock()
 			// What is queued goes out with its own head (flush).
-			if s.reviewer() && idle {
+			switch {
+			case !s.reviewer():
+				// A member sends no head: it looks again at the
+				// longest wait (news kicks it, were it to become one).
+				every = headQuiet * s.d.HeadEvery
+			case idle:
 				applied := s.d.Decisions.Applied()
 				s.send(nil, applied)
 				every, last = nextHead(every, last, applied, s.d.HeadEvery)
