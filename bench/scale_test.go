@@ -370,7 +370,7 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	r.RSS = rssOf(os.Getpid())
 	r.Gor = runtime.NumGoroutine()
 	r.ConnMax, r.ConnMean = testnet.ConnStats(net.ConnsPerNode())
-	t.Logf("N=%d sim=%v: idle CPU %.0f%%, RSS %d MiB, %d goroutines, connections max %d mean %.1f", n, sim,
+	t.Logf("N=%d sim=%v: idle CPU %.1f%%, RSS %d MiB, %d goroutines, connections max %d mean %.1f", n, sim,
 		100*r.IdleCPU, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
 
 	rev := net.Node(0)

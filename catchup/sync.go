@@ -296,16 +296,60 @@ func (s *Service) LastCatchUp() time.Time {
 // decisions while the reviewer is not connected or decisions are held
 // behind a gap.
 func (s *Service) Everything() {
+	s.askPartners()
+	if s.wantDecisions() {
+		s.askDecisions()
+	}
+}
+
+// askPartners asks for the chains of the partners that are not connected.
+func (s *Service) askPartners() {
 	for _, p := range s.d.Roles.Partners() {
 		if !s.connected(p) {
 			s.ask(job{what: pb.SyncRequest_WHAT_RESOURCES, origin: p}, "")
 		}
 	}
-	if s.followsReview() && (!s.reviewerConnected() || s.d.Decisions.Held()) {
-		// Decisions held behind a gap are asked for again each period: the
-		// job that DecisionGap started may have failed.
-		s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, "")
+}
+
+// wantDecisions: this member takes decisions from the review group, and no
+// reviewer of it is connected or decisions are held behind a gap (asked for
+// again each period: the job that DecisionGap started may have failed).
+func (s *Service) wantDecisions() bool {
+	return s.followsReview() && (!s.reviewerConnected() || s.d.Decisions.Held())
+}
+
+func (s *Service) askDecisions() { s.ask(job{what: pb.SyncRequest_WHAT_DECISIONS}, "") }
+
+// decisionRounds paces the worker's asks for decisions while no reviewer
+// is connected and none are held: every Period while decisions come (by
+// any way: these asks, gossip, the stream), and at rest twice as long
+// after each ask that found the applied sequence where the one before
+// left it, up to restRounds periods. Gossip's decision head (spread) shows
+// a member a gap within a minute at rest, and a gap is asked for at once
+// (DecisionGap) and then every period while it is held.
+type decisionRounds struct {
+	wait    time.Duration
+	next    time.Time
+	applied uint64
+}
+
+// restRounds bounds the wait of decisionRounds, in periods: 4 minutes at
+// the default.
+const restRounds = 8
+
+// due reports whether this period's round asks for decisions (held: some
+// are held behind a gap; applied: the sequence applied now).
+func (r *decisionRounds) due(now time.Time, period time.Duration, held bool, applied uint64) bool {
+	if !held && now.Before(r.next) {
+		return false
 	}
+	if held || applied != r.applied || r.wait == 0 {
+		r.wait = period
+	} else {
+		r.wait = min(2*r.wait, restRounds*period)
+	}
+	r.applied, r.next = applied, now.Add(r.wait)
+	return true
 }
 
 // Connected asks a newly connected peer for what it can give: a partner
@@ -352,10 +396,12 @@ func (s *Service) FetchSnapshot(reviewer peer.ID) { s.jobs.FetchSnapshot(reviewe
 
 func (s *Service) ask(j job, hint peer.ID) { s.jobs.ask(j, hint) }
 
-// worker runs asked-for jobs one at a time, and a full round every period.
+// worker runs asked-for jobs one at a time, and a round every period
+// (Everything, its decisions paced by decisionRounds).
 func (s *Service) worker() {
 	t := time.NewTicker(s.d.Period)
 	defer t.Stop()
+	var dec decisionRounds
 	for {
 		if next, hints := s.jobs.take(); next != nil {
 			err := s.run(*next, hints)
@@ -380,7 +426,10 @@ func (s *Service) worker() {
 			return
 		case <-s.jobs.wake:
 		case <-t.C:
-			s.Everything()
+			s.askPartners()
+			if s.wantDecisions() && dec.due(time.Now(), s.d.Period, s.d.Decisions.Held(), s.d.Decisions.Applied()) {
+				s.askDecisions()
+			}
 		}
 	}
 }
@@ -390,15 +439,12 @@ func (s *Service) worker() {
 // down peer would hold the worker for a whole dial timeout every round.
 func (s *Service) run(j job, hints []peer.ID) error {
 	var cands []peer.ID
+	seen := map[peer.ID]bool{}
 	add := func(p peer.ID) {
-		if p == "" || p == s.d.Roles.Self() || !s.connected(p) {
+		if p == "" || p == s.d.Roles.Self() || seen[p] || !s.connected(p) {
 			return
 		}
-		for _, c := range cands {
-			if c == p {
-				return
-			}
-		}
+		seen[p] = true
 		cands = append(cands, p)
 	}
 	for _, h := range hints {
@@ -416,8 +462,17 @@ func (s *Service) run(j job, hints []peer.ID) error {
 		for _, r := range s.d.Roles.ReviewGroup() {
 			add(r)
 		}
+		// Members in their order, those connected now: one list of the
+		// connections rather than a look at each member's (a round at
+		// rest in a network of a hundred looked at each).
+		on := map[peer.ID]bool{}
+		for _, p := range s.d.Host.Network().Peers() {
+			on[p] = true
+		}
 		for _, p := range s.d.Roles.Members() {
-			add(p)
+			if on[p] {
+				add(p)
+			}
 		}
 	case pb.SyncRequest_WHAT_SNAPSHOT:
 		// The asked-for reviewer first, then any other of the group

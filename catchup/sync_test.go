@@ -1104,3 +1104,33 @@ func TestSnapshotFromAnotherReviewerOfTheGroup(t *testing.T) {
 		t.Fatalf("applied sequence %d after the snapshot, want 42", a)
 	}
 }
+
+// The worker's decision asks while no reviewer is connected: every period
+// while decisions come, doubling at rest up to restRounds periods, and at
+// every period again while some are held.
+func TestDecisionRoundsBackOffAtRest(t *testing.T) {
+	const period = 30 * time.Second
+	var r decisionRounds
+	now := time.Unix(1_000_000, 0)
+	var asked []time.Duration // the waits between asks
+	last := now
+	for range 60 {
+		if r.due(now, period, false, 7) {
+			asked = append(asked, now.Sub(last))
+			last = now
+		}
+		now = now.Add(period)
+	}
+	want := []time.Duration{0, period, 2 * period, 4 * period, 8 * period, 8 * period, 8 * period, 8 * period, 8 * period, 8 * period}
+	if len(asked) < len(want) || !slices.Equal(asked[:len(want)], want) {
+		t.Fatalf("waits between asks at rest %v, want them to start %v", asked, want)
+	}
+	// A decision applied (by any way) brings the period back.
+	if !r.due(last.Add(8*period), period, false, 8) || r.due(last.Add(8*period+period/2), period, false, 8) || !r.due(last.Add(9*period), period, false, 8) {
+		t.Fatal("after news: not asked again a period later")
+	}
+	// Held decisions are asked for at every period whatever the wait.
+	if !r.due(last.Add(9*period+time.Second), period, true, 8) || !r.due(last.Add(9*period+2*time.Second), period, true, 8) {
+		t.Fatal("held decisions not asked for at once")
+	}
+}

@@ -319,7 +319,12 @@ func (s *Service) publishLoop() {
 			idle := len(s.pending) == 0
 			s.mu.Unlock()
 			// What is queued goes out with its own head (flush).
-			if s.reviewer() && idle {
+			switch {
+			case !s.reviewer():
+				// A member sends no head: it looks again at the
+				// longest wait (news kicks it, were it to become one).
+				every = headQuiet * s.d.HeadEvery
+			case idle:
 				applied := s.d.Decisions.Applied()
 				s.send(nil, applied)
 				every, last = nextHead(every, last, applied, s.d.HeadEvery)
@@ -611,23 +616,37 @@ func (s *Service) wantReport() {
 }
 
 // reportLoop tells the review group what this member applied and passes
-// on the reports it holds (relay.go), at most every ReportEvery, and again
-// every HeadEvery while some are due.
+// on the reports it holds (relay.go), at most every ReportEvery, and looks
+// again HeadEvery after news or after a look that found something due (a
+// decision applied by catch-up or the stream, a report to send again); at
+// rest each look that found nothing due doubles the wait, up to headQuiet
+// times HeadEvery (news wakes it at once).
 func (s *Service) reportLoop() {
-	retry := time.NewTicker(s.d.HeadEvery)
+	wait := s.d.HeadEvery
+	retry := time.NewTimer(wait)
 	defer retry.Stop()
 	for {
+		woken := false
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-s.report:
+			woken = true
 		case <-retry.C:
 		}
 		applied := uint64(0)
 		if !s.reviewer() {
 			applied = s.d.Decisions.Applied()
 		}
-		if !s.relayDue(applied) {
+		due := s.relayDue(applied)
+		switch {
+		case due || woken:
+			wait = s.d.HeadEvery
+		default:
+			wait = min(2*wait, headQuiet*s.d.HeadEvery)
+		}
+		retry.Reset(wait)
+		if !due {
 			continue
 		}
 		if err := s.relay(applied); err != nil && s.ctx.Err() == nil {

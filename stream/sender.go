@@ -87,7 +87,8 @@ const (
 	DefaultBackoffMin  = 200 * time.Millisecond
 	DefaultBackoffMax  = 30 * time.Second
 	// DefaultRetryScan is how often receivers with a backlog and no running
-	// outbox (a member that just became one, a partner added) are looked for.
+	// outbox (a member that just became one, a partner added) are looked for
+	// while some are owed something; at rest the looks back off to a minute.
 	DefaultRetryScan = 5 * time.Second
 	// DefaultIdleExit ends an outbox (and closes its streams) that had
 	// nothing to send for this long: outboxes exist only for receivers with
@@ -143,7 +144,8 @@ type SenderOptions struct {
 	DialTimeout time.Duration
 	BackoffMin  time.Duration
 	BackoffMax  time.Duration
-	// RetryScan is the period of the scan for receivers with a backlog.
+	// RetryScan is the period of the scan for receivers with a backlog
+	// (backing off to 12 times it at rest).
 	RetryScan time.Duration
 	// IdleExit is how long an outbox with nothing to send keeps its
 	// streams open (DefaultIdleExit).
@@ -391,15 +393,23 @@ func (s *Sender) notify(e store.OwnEntry) {
 }
 
 // loop wakes the receivers of lanes with news, and periodically looks for
-// receivers with a backlog and no running outbox.
+// receivers with a backlog and no running outbox: every RetryScan while
+// some receiver is owed something or news came since the last look, and
+// at rest twice as long after each look that found nobody owed, up to
+// restScans times RetryScan.
 func (s *Sender) loop() {
-	t := time.NewTicker(s.opts.RetryScan)
+	wait := s.opts.RetryScan
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-s.kick:
+			if wait != s.opts.RetryScan {
+				wait = s.opts.RetryScan
+				t.Reset(wait)
+			}
 			d := s.dirty.Swap(0)
 			for _, l := range Lanes {
 				if d&(1<<l) == 0 {
@@ -415,14 +425,24 @@ func (s *Sender) loop() {
 				}
 			}
 		case <-t.C:
-			s.scan()
+			if s.scan() {
+				wait = s.opts.RetryScan
+			} else {
+				wait = min(2*wait, restScans*s.opts.RetryScan)
+			}
+			t.Reset(wait)
 		}
 	}
 }
 
+// restScans bounds the scan's wait at rest, in RetryScans (see loop): a
+// minute at the default.
+const restScans = 12
+
 // scan starts an outbox for every receiver with a backlog (and only for
-// those: an idle receiver costs no goroutine).
-func (s *Sender) scan() {
+// those: an idle receiver costs no goroutine). It reports whether some
+// receiver was owed something.
+func (s *Sender) scan() bool {
 	seen := map[peer.ID]bool{}
 	for _, l := range []Lane{LaneResource, LaneDecision} {
 		if s.heads[l].Load() == 0 {
@@ -439,14 +459,17 @@ func (s *Sender) scan() {
 	for _, p := range addressed {
 		seen[p] = true
 	}
+	owed := false
 	for p, addr := range seen {
 		if p == s.host.ID() || !s.owes(p, addr) {
 			continue
 		}
+		owed = true
 		if o := s.box(p); o != nil {
 			o.wakeUp()
 		}
 	}
+	return owed
 }
 
 // owes reports whether p may have something to receive: its outbox is
