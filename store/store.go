@@ -16,10 +16,14 @@
 // fdatasync of the log, then the round's Pebble batch (which records how far
 // the log is durable) with one fsync; only then does it answer each caller
 // and run its commit hooks, in submission order (the double queue of source
-// 004). While a round waits for that, the writer's next rounds read its
-// writes from memory (Txn.get). So a crash leaves Pebble at a round whose
-// log records are all on disk; records after it were never answered, and
-// Open cuts them. Reads go straight to Pebble and the log.
+// 004). A round of a few changes carries its batch in the log too (a commit
+// record after its changes, changelog.go): the log's fdatasync makes it
+// durable whole, its batch goes to Pebble unsynced, and Open replays such
+// rounds past Pebble's mark. While a round waits, the writer's next rounds
+// read its writes from memory (Txn.get). So a crash leaves Pebble at a round
+// whose log records are all on disk (or replayed from them); records after
+// it were never answered, and Open cuts them. Reads go straight to Pebble
+// and the log.
 //
 // The store knows nothing of the network; it must not call out to services
 // except through the commit hooks that callers register.
