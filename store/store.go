@@ -590,14 +590,17 @@ func (s *Store) writer() {
 				break drain
 			}
 		}
-		if wait := lingerFor(len(batch), rate); wait > 0 {
-			batch = s.linger(batch, wait)
-		}
-		winOps += len(batch)
+		// The rate is brought up to date before it is used: after a pause
+		// the window that ends now is mostly the pause, so a lone change
+		// after a burst does not wait for company that is not coming.
 		if now := time.Now(); now.Sub(winStart) >= rateWindow {
 			rate = float64(winOps) / now.Sub(winStart).Seconds()
 			winStart, winOps = now, 0
 		}
+		if wait := lingerFor(len(batch), rate); wait > 0 {
+			batch = s.linger(batch, wait)
+		}
+		winOps += len(batch)
 		s.done <- s.commitRound(append([]*op(nil), batch...))
 	}
 }
