@@ -83,6 +83,11 @@ type scaleRow struct {
 	Burst       string        // why the 1,000 decisions did not run ("" if they did)
 	Failed      string        // why the run stopped early
 	Rest        time.Duration // rest between full membership and the idle window
+	// The most connections at any instant (connPeaks): of any node and of
+	// the reviewer, during the start (until full membership) and after it
+	// (rest, idle and decisions); AfterWho is the node that held AfterMost.
+	StartMost, StartRev           int
+	AfterMost, AfterWho, AfterRev int
 }
 
 // production is node timing as `ferry run` has it (testnet shortens it);
@@ -299,6 +304,9 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(0), Later: later, Mocknet: sim, SharedNATS: true,
 		WAN: wan, Node: production()})
 	m := newMembers(net, n)
+	// The reviewer's connections are counted from before the others start.
+	peaks := newConnPeaks(n)
+	peaks.watch(net, 0)
 	begin := time.Now()
 	stopStart := scaleProfile(t, n, sim, "start")
 	defer stopStart()
@@ -325,8 +333,16 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	var share atomic.Value
 	m.poll()
 	share.Store(m.share())
-	stopLine := connTimeline(t, net, begin, &share)
+	stopLine := connTimeline(t, net, begin, &share, peaks)
 	defer stopLine()
+	// The most connections at any instant, of any node and of the
+	// reviewer, after full membership until the run ends (the start's
+	// are taken at full membership, below).
+	defer func() {
+		r.AfterMost, r.AfterWho, r.AfterRev = most(peaks.run, false)
+		t.Logf("N=%d sim=%v: most connections at any instant after full membership: the reviewer %d, any node %d (node %d)",
+			n, sim, r.AfterRev, r.AfterMost, r.AfterWho)
+	}()
 	// Membership: a network stuck short of it is measured as it stands.
 	deadline := begin.Add(join)
 	wait := 5 * time.Minute
@@ -347,6 +363,8 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	}
 	r.Startup = time.Since(begin)
 	stopStart()
+	r.StartMost, _, r.StartRev = most(peaks.run, true)
+	peaks.seed(net, peaks.run)
 	r.Members, r.Full = m.share(), m.left == 0
 	share.Store(r.Members)
 	if m.left > 0 {
@@ -453,8 +471,8 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 	}
 	fmt.Fprintf(&b, "Scale (issue 10): all nodes in one process, %s; %s, %d CPUs, load average %s before the run.\n\n",
 		timing, runtime.Version(), runtime.NumCPU(), load)
-	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | idle CPU (of one core) | one decision applied by all | 100 decisions applied by all | 1,000 decisions: decisions/s at the reviewer; applied by all | reviewer's ack rows all sended |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | most connections at any instant after full membership: the reviewer's; any node's (before it: any node's from the last start, the reviewer's from the first) | idle CPU (of one core) | one decision applied by all | 100 decisions applied by all | 1,000 decisions: decisions/s at the reviewer; applied by all | reviewer's ack rows all sended |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	dash := func(d time.Duration) string {
 		if d == 0 {
 			return "-"
@@ -471,7 +489,7 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 				r.N, w.MinLatency.Milliseconds(), w.MaxLatency.Milliseconds(), w.Jitter.Milliseconds(), 100*w.Loss, w.Seed)
 		}
 		if r.Failed != "" && r.RSS == 0 {
-			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | | |\n", name, r.Failed)
+			fmt.Fprintf(&b, "| %s | fails: %s | | | | | | | | | |\n", name, r.Failed)
 			continue
 		}
 		thousand := "-"
@@ -495,8 +513,9 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 		if !r.Full {
 			startup = fmt.Sprintf("not reached: %s of member pairs after %s", r.Members, startup)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %.0f%% | %s | %s | %s | %s |\n", name, startup,
-			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, 100*r.IdleCPU,
+		peaks := fmt.Sprintf("%d; %d (%d, the reviewer %d)", r.AfterRev, r.AfterMost, r.StartMost, r.StartRev)
+		fmt.Fprintf(&b, "| %s | %s | %.1f MB (%.1f) | %d | %d / %.1f | %s | %.1f%% | %s | %s | %s | %s |\n", name, startup,
+			float64(r.RSS)/float64(r.N)/1e6, float64(r.RSS-r.Base)/float64(r.N)/1e6, r.Gor/r.N, r.ConnMax, r.ConnMean, peaks, 100*r.IdleCPU,
 			dash(r.One), dash(r.Hundred), thousand, acks)
 	}
 	fmt.Fprintf(&b, "\nStart-up: from starting nodes 1..N-1 (node 0, the bootstrap peer and the reviewer, already up; up to %d started at once) "+
@@ -735,10 +754,75 @@ func connBreakdown(net *testnet.Net) string {
 	return fmt.Sprintf("to members %d, to others %d, duplicates %d, inbound %d, outbound %d", member, other, dup, in, out)
 }
 
+// connPeaks tracks, exactly, the most connections each node held at any
+// instant: it counts the node's connections in its network's notifiee as
+// each one opens (a connection the node closes at once is counted too).
+type connPeaks struct {
+	peak []atomic.Int64 // since the last reset (the 10-s line)
+	run  []atomic.Int64 // since the last mark (full membership)
+}
+
+func newConnPeaks(n int) *connPeaks {
+	return &connPeaks{peak: make([]atomic.Int64, n), run: make([]atomic.Int64, n)}
+}
+
+// watch starts counting node i's connections (a node not started yet is
+// left out).
+func (c *connPeaks) watch(net *testnet.Net, i int) {
+	nd := net.Node(i)
+	if nd == nil {
+		return
+	}
+	nw := nd.Host().Network()
+	nw.Notify(&network.NotifyBundle{ConnectedF: func(network.Network, network.Conn) {
+		n := int64(len(nw.Conns()))
+		for _, a := range []*atomic.Int64{&c.peak[i], &c.run[i]} {
+			for o := a.Load(); n > o && !a.CompareAndSwap(o, n); o = a.Load() {
+			}
+		}
+	}})
+}
+
+// seed raises each node's counters of a to the connections it holds now
+// (a counter reset, or started, while nothing opens would read 0).
+func (c *connPeaks) seed(net *testnet.Net, a []atomic.Int64) {
+	for i := range net.IDs {
+		nd := net.Node(i)
+		if nd == nil {
+			continue
+		}
+		n := int64(len(nd.Host().Network().Conns()))
+		for o := a[i].Load(); n > o && !a[i].CompareAndSwap(o, n); o = a[i].Load() {
+		}
+	}
+}
+
+// most is the most connections any node held (and which node), and the
+// reviewer's (node 0), in the counters of a (peak or run); reset zeroes
+// them (seed them again after).
+func most(a []atomic.Int64, reset bool) (anyMost, who int, rev int) {
+	for i := range a {
+		v := int(a[i].Load())
+		if reset {
+			v = int(a[i].Swap(0))
+		}
+		if v > anyMost {
+			anyMost, who = v, i
+		}
+		if i == 0 {
+			rev = v
+		}
+	}
+	return anyMost, who, rev
+}
+
 // connTimeline logs, every 10 s until the returned func runs, the
-// network's connections (mean, max) and the connections opened and closed
-// since the last line: churn shows there.
-func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic.Value) func() {
+// network's connections (mean, max), the most any node and the reviewer
+// held at any instant since the last line (connPeaks), and the connections
+// opened and closed since the last line: churn shows there.
+// It counts the peaks of every node but the reviewer, which peaks watches
+// already (from before the others started).
+func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic.Value, peaks *connPeaks) func() {
 	var opened, closed atomic.Int64
 	for i := range net.IDs {
 		if nd := net.Node(i); nd != nil {
@@ -748,6 +832,11 @@ func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic
 			})
 		}
 	}
+	for i := 1; i < len(net.IDs); i++ {
+		peaks.watch(net, i)
+	}
+	peaks.seed(net, peaks.peak)
+	peaks.seed(net, peaks.run)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -761,9 +850,11 @@ func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic
 				return
 			case <-tk.C:
 			}
-			most, mean := testnet.ConnStats(net.ConnsPerNode())
-			t.Logf("t=%s s: membership %s; connections max %d mean %.1f; opened %d, closed %d in 10 s", secs(time.Since(begin)),
-				share.Load(), most, mean, opened.Swap(0), closed.Swap(0))
+			now, mean := testnet.ConnStats(net.ConnsPerNode())
+			top, who, rev := most(peaks.peak, true)
+			peaks.seed(net, peaks.peak)
+			t.Logf("t=%s s: membership %s; connections now max %d mean %.1f; most at any instant %d (node %d), the reviewer's %d; opened %d, closed %d in 10 s",
+				secs(time.Since(begin)), share.Load(), now, mean, top, who, rev, opened.Swap(0), closed.Swap(0))
 		}
 	}()
 	var once sync.Once

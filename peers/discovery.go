@@ -115,7 +115,9 @@ func (k *Keeper) advertise(ctx context.Context, disc *drouting.RoutingDiscovery,
 	adv.mu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, advertiseTimeout)
 	defer cancel()
+	before := k.connectedSet()
 	_, err := disc.Advertise(actx, k.rendezvous())
+	k.closeWalk(before)
 	adv.mu.Lock()
 	defer adv.mu.Unlock()
 	adv.busy = false
@@ -188,7 +190,9 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 	if lacking <= 0 {
 		return
 	}
+	before := k.connectedSet()
 	found, err := dutil.FindPeers(ctx, disc, k.rendezvous())
+	k.closeWalk(before)
 	if err != nil && nctx.Err() == nil {
 		k.log.Debug("find members", "err", err)
 	}
@@ -204,5 +208,40 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 			continue
 		}
 		lacking--
+	}
+}
+
+// connectedSet is the peers the node is connected to now.
+func (k *Keeper) connectedSet() map[peer.ID]struct{} {
+	ps := k.host.Network().Peers()
+	set := make(map[peer.ID]struct{}, len(ps))
+	for _, p := range ps {
+		set[p] = struct{}{}
+	}
+	return set
+}
+
+// closeWalk closes, as a DHT walk (an advertisement, a lookup of the
+// rendezvous key) ends, the connections it opened: those this node dialed
+// to peers it was not connected to before the walk (before), which nothing
+// else needs (not kept by role, not a chosen neighbour, no work on them,
+// no dial of the node's own pending on them). Left to trim, they would
+// stay idleAfter and close a discovery round later, minutes into a
+// network's rest; a walk dials some twenty peers.
+func (k *Keeper) closeWalk(before map[peer.ID]struct{}) {
+	k.roomMu.Lock()
+	defer k.roomMu.Unlock()
+	nw := k.host.Network()
+	for _, p := range nw.Peers() {
+		if _, ok := before[p]; ok {
+			continue
+		}
+		if _, ok := k.dialing[p]; ok {
+			continue
+		}
+		if k.kept(p) || k.chosen(p) || !k.outbound(p) || k.busy(p) {
+			continue
+		}
+		_ = nw.ClosePeer(p)
 	}
 }
