@@ -157,12 +157,11 @@ func preflight(listen []string) error {
 	return nil
 }
 
-// buildHost creates the libp2p host and its DHT, with gater (the peer book,
-// and the bound of connections.max once the keeper is set) as its
+// buildHost creates the libp2p host and its DHT, with the peer book as its
 // connection gater and every stream handler set on it behind the gate. The
 // host is routed: a stream to a peer whose addresses are unknown looks them
 // up in the DHT.
-func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.ConnGater, reg prometheus.Registerer,
+func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.Book, reg prometheus.Registerer,
 	gate *peers.Gate) (host.Host, *dht.IpfsDHT, error) {
 	var psk pnet.PSK
 	if c.PrivateNetworkKey != "" {
@@ -222,7 +221,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.C
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			d, err := dht.New(ctx, peers.BoundDials(gate.Admitted(h), gate, c.Connections.Max), dhtOptions(c)...)
+			d, err := dht.New(ctx, peers.BoundDials(gate.Admitted(h), c.Connections.Max), dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),

@@ -149,11 +149,10 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 		if joined {
 			break
 		}
-		if ai.ID == k.self || k.host.Network().Connectedness(ai.ID) == network.Connected || !k.Room(ai.ID) {
+		if ai.ID == k.self || k.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
 		if err := k.host.Connect(ctx, ai); err != nil {
-			k.unreserve(ai.ID)
 			k.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
 		}
 	}
@@ -201,11 +200,10 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 		if lacking <= 0 {
 			break
 		}
-		if ai.ID == k.self || k.book.refused(ai.ID) || k.host.Network().Connectedness(ai.ID) == network.Connected || !k.Room(ai.ID) {
+		if ai.ID == k.self || k.book.refused(ai.ID) || k.host.Network().Connectedness(ai.ID) == network.Connected {
 			continue
 		}
 		if err := k.host.Connect(ctx, ai); err != nil {
-			k.unreserve(ai.ID)
 			k.log.Debug("member unreachable", "peer", ai.ID, "err", err)
 			continue
 		}
