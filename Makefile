@@ -75,7 +75,7 @@ bench-store:
 # row alone (300 nodes, 6-7 minutes).
 # `make scale` first runs the process row (`make scale-procs`: 60 `ferry run` processes).
 scale: scale-procs
-	FERRY_SCALE=1 FERRY_SCALE_N=$${FERRY_SCALE_N-10,100,300} FERRY_SCALE_SIM=$${FERRY_SCALE_SIM-1000} FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} FERRY_SCALE_REST=$${FERRY_SCALE_REST-200s} FERRY_SCALE_JOIN=$${FERRY_SCALE_JOIN-12m} FERRY_SCALE_MAX_RSS=$${FERRY_SCALE_MAX_RSS-12} $(GO) test ./bench/ -run '^TestScale$$' -v -count=1 -timeout 120m
+	FERRY_SCALE=1 FERRY_SCALE_N=$${FERRY_SCALE_N-10,100,300} FERRY_SCALE_SIM=$${FERRY_SCALE_SIM-1000} FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} FERRY_SCALE_REST=$${FERRY_SCALE_REST-200s} FERRY_SCALE_IDLE=$${FERRY_SCALE_IDLE-60s} FERRY_SCALE_JOIN=$${FERRY_SCALE_JOIN-12m} FERRY_SCALE_MAX_RSS=$${FERRY_SCALE_MAX_RSS-12} $(GO) test ./bench/ -run '^TestScale$$' -v -count=1 -timeout 120m
 
 # The process row of the scale report: FERRY_SCALE_PROCS separate `ferry run` processes (default 60),
 # node 0 the reviewer, connections.max 40; full membership, one decision on all, a burst of
