@@ -304,10 +304,23 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	net := testnet.Start(t, testnet.Options{N: n, Reviewer: testnet.At(0), Later: later, Mocknet: sim, SharedNATS: true,
 		WAN: wan, Node: production()})
 	m := newMembers(net, n)
-	// The reviewer's connections are counted from before the others start.
+	// Connections are counted from each node's start (the reviewer's
+	// before the others start), and logged every 10 s from the first start.
 	peaks := newConnPeaks(n)
-	peaks.watch(net, 0)
+	peaks.watch(net, 0, 1)
 	begin := time.Now()
+	var share atomic.Value
+	share.Store("0.0% (starting)")
+	stopLine := connTimeline(t, net, begin, &share, peaks)
+	defer stopLine()
+	// The most connections at any instant, of any node and of the
+	// reviewer, after full membership until the run ends (the start's
+	// are taken at full membership, below).
+	defer func() {
+		r.AfterMost, r.AfterWho, r.AfterRev = most(peaks.run)
+		t.Logf("N=%d sim=%v: most connections at any instant after full membership: the reviewer %d, any node %d (node %d)",
+			n, sim, r.AfterRev, r.AfterMost, r.AfterWho)
+	}()
 	stopStart := scaleProfile(t, n, sim, "start")
 	defer stopStart()
 	// Nodes start in rounds, so a network too big for this machine's
@@ -321,7 +334,10 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 				from, n, float64(rss)/1e9, r.Members)
 			return r
 		}
-		if err := net.StartAll(from, min(from+step, n), par); err != nil {
+		err := net.StartAll(from, min(from+step, n), par)
+		peaks.watch(net, from, min(from+step, n))
+		share.Store(fmt.Sprintf("- (%d of %d started)", min(from+step, n), n))
+		if err != nil {
 			r.Failed = "start: " + err.Error()
 			m.poll()
 			r.Members = m.share()
@@ -330,19 +346,8 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	}
 	r.Started = time.Since(begin)
 	t.Logf("N=%d sim=%v: %d nodes started in %s s", n, sim, n-1, secs(r.Started))
-	var share atomic.Value
 	m.poll()
 	share.Store(m.share())
-	stopLine := connTimeline(t, net, begin, &share, peaks)
-	defer stopLine()
-	// The most connections at any instant, of any node and of the
-	// reviewer, after full membership until the run ends (the start's
-	// are taken at full membership, below).
-	defer func() {
-		r.AfterMost, r.AfterWho, r.AfterRev = most(peaks.run, false)
-		t.Logf("N=%d sim=%v: most connections at any instant after full membership: the reviewer %d, any node %d (node %d)",
-			n, sim, r.AfterRev, r.AfterMost, r.AfterWho)
-	}()
 	// Membership: a network stuck short of it is measured as it stands.
 	deadline := begin.Add(join)
 	wait := 5 * time.Minute
@@ -363,8 +368,8 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	}
 	r.Startup = time.Since(begin)
 	stopStart()
-	r.StartMost, _, r.StartRev = most(peaks.run, true)
-	peaks.seed(net, peaks.run)
+	r.StartMost, _, r.StartRev = most(peaks.run)
+	peaks.reset(net, peaks.run)
 	r.Members, r.Full = m.share(), m.left == 0
 	share.Store(r.Members)
 	if m.left > 0 {
@@ -471,7 +476,7 @@ func scaleTable(rows []scaleRow, idle time.Duration, load string) string {
 	}
 	fmt.Fprintf(&b, "Scale (issue 10): all nodes in one process, %s; %s, %d CPUs, load average %s before the run.\n\n",
 		timing, runtime.Version(), runtime.NumCPU(), load)
-	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | most connections at any instant after full membership: the reviewer's; any node's (before it: any node's from the last start, the reviewer's from the first) | idle CPU (of one core) | one decision applied by all | 100 decisions applied by all | 1,000 decisions: decisions/s at the reviewer; applied by all | reviewer's ack rows all sended |\n")
+	b.WriteString("| N | start-up to full membership | RSS per node | goroutines per node | connections per node (max / mean) | most connections at any instant after full membership: the reviewer's; any node's (before it, from the first start) | idle CPU (of one core) | one decision applied by all | 100 decisions applied by all | 1,000 decisions: decisions/s at the reviewer; applied by all | reviewer's ack rows all sended |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	dash := func(d time.Duration) string {
 		if d == 0 {
@@ -756,56 +761,66 @@ func connBreakdown(net *testnet.Net) string {
 
 // connPeaks tracks, exactly, the most connections each node held at any
 // instant: it counts the node's connections in its network's notifiee as
-// each one opens (a connection the node closes at once is counted too).
+// each one opens (a connection the node closes at once is counted too);
+// and it counts the connections opened and closed in the network.
 type connPeaks struct {
-	peak []atomic.Int64 // since the last reset (the 10-s line)
-	run  []atomic.Int64 // since the last mark (full membership)
+	peak           []atomic.Int64 // since the last reset (the 10-s line)
+	run            []atomic.Int64 // since the last mark (full membership)
+	opened, closed atomic.Int64
 }
 
 func newConnPeaks(n int) *connPeaks {
 	return &connPeaks{peak: make([]atomic.Int64, n), run: make([]atomic.Int64, n)}
 }
 
-// watch starts counting node i's connections (a node not started yet is
-// left out).
-func (c *connPeaks) watch(net *testnet.Net, i int) {
-	nd := net.Node(i)
-	if nd == nil {
-		return
-	}
-	nw := nd.Host().Network()
-	nw.Notify(&network.NotifyBundle{ConnectedF: func(network.Network, network.Conn) {
-		n := int64(len(nw.Conns()))
-		for _, a := range []*atomic.Int64{&c.peak[i], &c.run[i]} {
-			for o := a.Load(); n > o && !a.CompareAndSwap(o, n); o = a.Load() {
-			}
-		}
-	}})
-}
-
-// seed raises each node's counters of a to the connections it holds now
-// (a counter reset, or started, while nothing opens would read 0).
-func (c *connPeaks) seed(net *testnet.Net, a []atomic.Int64) {
-	for i := range net.IDs {
+// watch starts counting nodes from..to-1 (a node not started yet is left
+// out), and raises their peaks to what they hold now.
+func (c *connPeaks) watch(net *testnet.Net, from, to int) {
+	for i := from; i < to; i++ {
 		nd := net.Node(i)
 		if nd == nil {
 			continue
 		}
-		n := int64(len(nd.Host().Network().Conns()))
-		for o := a[i].Load(); n > o && !a[i].CompareAndSwap(o, n); o = a[i].Load() {
+		nw := nd.Host().Network()
+		nw.Notify(&network.NotifyBundle{
+			ConnectedF: func(network.Network, network.Conn) {
+				c.opened.Add(1)
+				c.raise(i, int64(len(nw.Conns())))
+			},
+			DisconnectedF: func(network.Network, network.Conn) { c.closed.Add(1) },
+		})
+		c.raise(i, int64(len(nw.Conns())))
+	}
+}
+
+// raise lifts node i's peaks to n.
+func (c *connPeaks) raise(i int, n int64) {
+	raiseTo(&c.peak[i], n)
+	raiseTo(&c.run[i], n)
+}
+
+// raiseTo lifts a to n unless it holds more already.
+func raiseTo(a *atomic.Int64, n int64) {
+	for o := a.Load(); n > o && !a.CompareAndSwap(o, n); o = a.Load() {
+	}
+}
+
+// reset zeroes the counters of a (peak or run) and raises them again to
+// what each node holds now (a notifiee may raise them meanwhile).
+func (c *connPeaks) reset(net *testnet.Net, a []atomic.Int64) {
+	for i := range a {
+		a[i].Store(0)
+		if nd := net.Node(i); nd != nil {
+			raiseTo(&a[i], int64(len(nd.Host().Network().Conns())))
 		}
 	}
 }
 
 // most is the most connections any node held (and which node), and the
-// reviewer's (node 0), in the counters of a (peak or run); reset zeroes
-// them (seed them again after).
-func most(a []atomic.Int64, reset bool) (anyMost, who int, rev int) {
+// reviewer's (node 0), in the counters of a (peak or run).
+func most(a []atomic.Int64) (anyMost, who int, rev int) {
 	for i := range a {
 		v := int(a[i].Load())
-		if reset {
-			v = int(a[i].Swap(0))
-		}
 		if v > anyMost {
 			anyMost, who = v, i
 		}
@@ -816,27 +831,12 @@ func most(a []atomic.Int64, reset bool) (anyMost, who int, rev int) {
 	return anyMost, who, rev
 }
 
-// connTimeline logs, every 10 s until the returned func runs, the
-// network's connections (mean, max), the most any node and the reviewer
-// held at any instant since the last line (connPeaks), and the connections
-// opened and closed since the last line: churn shows there.
-// It counts the peaks of every node but the reviewer, which peaks watches
-// already (from before the others started).
+// connTimeline logs, every 10 s until the returned func runs, membership
+// (share), the network's connections now (mean, max), the most any node
+// and the reviewer held at any instant since the last line (peaks, which
+// watches each node from its start), and the connections opened and
+// closed since the last line: churn shows there.
 func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic.Value, peaks *connPeaks) func() {
-	var opened, closed atomic.Int64
-	for i := range net.IDs {
-		if nd := net.Node(i); nd != nil {
-			nd.Host().Network().Notify(&network.NotifyBundle{
-				ConnectedF:    func(network.Network, network.Conn) { opened.Add(1) },
-				DisconnectedF: func(network.Network, network.Conn) { closed.Add(1) },
-			})
-		}
-	}
-	for i := 1; i < len(net.IDs); i++ {
-		peaks.watch(net, i)
-	}
-	peaks.seed(net, peaks.peak)
-	peaks.seed(net, peaks.run)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -851,10 +851,10 @@ func connTimeline(t *testing.T, net *testnet.Net, begin time.Time, share *atomic
 			case <-tk.C:
 			}
 			now, mean := testnet.ConnStats(net.ConnsPerNode())
-			top, who, rev := most(peaks.peak, true)
-			peaks.seed(net, peaks.peak)
+			top, who, rev := most(peaks.peak)
+			peaks.reset(net, peaks.peak)
 			t.Logf("t=%s s: membership %s; connections now max %d mean %.1f; most at any instant %d (node %d), the reviewer's %d; opened %d, closed %d in 10 s",
-				secs(time.Since(begin)), share.Load(), now, mean, top, who, rev, opened.Swap(0), closed.Swap(0))
+				secs(time.Since(begin)), share.Load(), now, mean, top, who, rev, peaks.opened.Swap(0), peaks.closed.Swap(0))
 		}
 	}()
 	var once sync.Once
