@@ -192,6 +192,11 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 	}
 	before := k.connectedSet()
 	found, err := dutil.FindPeers(ctx, disc, k.rendezvous())
+	// The members found are what the lookup was for: their connections
+	// stay (closing one to dial it again below would be a round trip lost).
+	for _, ai := range found {
+		before[ai.ID] = struct{}{}
+	}
 	k.closeWalk(before)
 	if err != nil && nctx.Err() == nil {
 		k.log.Debug("find members", "err", err)
@@ -223,17 +228,18 @@ func (k *Keeper) connectedSet() map[peer.ID]struct{} {
 
 // closeWalk closes, as a DHT walk (an advertisement, a lookup of the
 // rendezvous key) ends, the connections it opened: those this node dialed
-// to peers it was not connected to before the walk (before), which nothing
-// else needs (not kept by role, not a chosen neighbour, no work on them,
-// no dial of the node's own pending on them). Left to trim, they would
-// stay idleAfter and close a discovery round later, minutes into a
-// network's rest; a walk dials some twenty peers.
-func (k *Keeper) closeWalk(before map[peer.ID]struct{}) {
+// to peers not in keep (the peers it was connected to before the walk, and
+// the members a lookup found), which nothing else needs (not kept by role,
+// not a chosen neighbour, no work on them, no dial of the node's own
+// pending on them). Left to trim, they would stay idleAfter and close a
+// discovery round later, minutes into a network's rest; a walk dials some
+// twenty peers.
+func (k *Keeper) closeWalk(keep map[peer.ID]struct{}) {
 	k.roomMu.Lock()
 	defer k.roomMu.Unlock()
 	nw := k.host.Network()
 	for _, p := range nw.Peers() {
-		if _, ok := before[p]; ok {
+		if _, ok := keep[p]; ok {
 			continue
 		}
 		if _, ok := k.dialing[p]; ok {
