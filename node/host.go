@@ -157,11 +157,12 @@ func preflight(listen []string) error {
 	return nil
 }
 
-// buildHost creates the libp2p host and its DHT, with the peer book as its
+// buildHost creates the libp2p host and its DHT, with gater (the peer book,
+// and the bound of connections.max once the keeper is set) as its
 // connection gater and every stream handler set on it behind the gate. The
 // host is routed: a stream to a peer whose addresses are unknown looks them
 // up in the DHT.
-func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.Book, reg prometheus.Registerer,
+func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.ConnGater, reg prometheus.Registerer,
 	gate *peers.Gate) (host.Host, *dht.IpfsDHT, error) {
 	var psk pnet.PSK
 	if c.PrivateNetworkKey != "" {
@@ -221,7 +222,7 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.B
 		libp2p.DisableRelay(),
 		libp2p.UserAgent("ferry/" + Version),
 		libp2p.Routing(func(h host.Host) (routing.PeerRouting, error) {
-			d, err := dht.New(ctx, peers.BoundDials(gate.Admitted(h), c.Connections.Max), dhtOptions(c)...)
+			d, err := dht.New(ctx, peers.BoundDials(gate.Admitted(h), gate, c.Connections.Max), dhtOptions(c)...)
 			kad = d
 			return d, err
 		}),

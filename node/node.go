@@ -260,13 +260,14 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.gate = peers.NewGate(peers.GateDeps{Book: n.book, Stop: ctx.Done(), Logger: log})
+	gater := peers.NewConnGater(n.book)
 	if o.Host != nil {
 		if o.Host.ID() != id {
 			return nil, fmt.Errorf("options: host is %s, the home's identity %s", o.Host.ID(), id)
 		}
 		n.host, n.dht, err = adoptHost(ctx, cfg, o.Host, n.gate)
 	} else {
-		n.host, n.dht, err = buildHost(ctx, cfg, key, n.book, n.reg, n.gate)
+		n.host, n.dht, err = buildHost(ctx, cfg, key, gater, n.reg, n.gate)
 	}
 	if err != nil {
 		return nil, err
@@ -388,6 +389,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 		Hello: n.hello, Period: o.DiscoveryPeriod, Group: &n.g, Registerer: n.reg, Logger: log}); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	gater.SetKeeper(n.connectivity)
 	// The operator's side, last: it reads every component.
 	if n.admin, err = admin.New(admin.Deps{Node: n, Host: n.host, Store: n.st, Book: n.book, NATS: n.bridge, Sender: n.sender,
 		Propagate: n.prop, Review: n.review, ReviewGroup: n.group, CatchUp: n.catchup, Search: n.search, Feed: n.feed, Registry: n.reg, Ctx: ctx,
@@ -673,6 +675,18 @@ func (n *Node) Host() host.Host { return n.host }
 
 // DHT is the node's Kademlia DHT.
 func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
+
+// AdmitConnection reports whether the node takes a connection peer p
+// opens to it within connections.max (peers.Keeper.Admit). A built host's
+// connection gater asks it as each connection is secured; a prebuilt
+// host's network (Options.Host, libp2p's mocknet) has no gater, and what
+// dials over it asks first (the test network does).
+func (n *Node) AdmitConnection(p peer.ID) bool {
+	if n.connectivity == nil {
+		return true
+	}
+	return n.connectivity.Admit(p)
+}
 
 // Store is the ledger.
 func (n *Node) Store() *store.Store { return n.st }

@@ -20,7 +20,7 @@ import (
 // are not used.
 func adoptHost(ctx context.Context, c Config, h host.Host, gate *peers.Gate) (host.Host, *dht.IpfsDHT, error) {
 	g := gate.Prebuilt(h)
-	kad, err := dht.New(ctx, peers.BoundDials(g, c.Connections.Max), dhtOptions(c)...)
+	kad, err := dht.New(ctx, peers.BoundDials(g, gate, c.Connections.Max), dhtOptions(c)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dht on the prebuilt host: %w", err)
 	}

@@ -47,6 +47,7 @@ type Keeper struct {
 
 	strangersClosed prometheus.Counter
 	roomClosed      prometheus.Counter
+	refused         prometheus.Counter
 
 	// neighbourSet is the members this node chose as its neighbours
 	// (choose, chosen).
@@ -83,8 +84,9 @@ type KeeperDeps struct {
 }
 
 // NewKeeper builds the keeper and registers ferry_connections (open
-// connections), ferry_strangers_closed_total and
-// ferry_connections_closed_for_room_total.
+// connections), ferry_strangers_closed_total,
+// ferry_connections_closed_for_room_total and
+// ferry_connections_refused_total.
 func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	period := d.Period
 	if period <= 0 {
@@ -96,13 +98,17 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
 			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
 		roomClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_closed_for_room_total",
-			Help: "Connections closed to make room under connections.max for a new connection of the node's own (a sender's dial to a receiver owed something, a new neighbour)."})}
+			Help: "Connections closed to make room under connections.max for a new connection (a sender's dial to a receiver owed something, a new neighbour, a connection another peer opened)."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_refused_total",
+			Help: "Connections other peers opened, refused as they were secured: the node was at connections.max with no connection it could close for them."})}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ferry", Name: "connections",
 		Help: "Open peer connections (bounded by connections.max, partners and the reviewer beyond it)."},
 		func() float64 { return float64(len(k.host.Network().Conns())) })
-	if err := promreg.Register(d.Registerer, conns, k.strangersClosed, k.roomClosed); err != nil {
+	if err := promreg.Register(d.Registerer, conns, k.strangersClosed, k.roomClosed, k.refused); err != nil {
 		return nil, err
 	}
+	// The DHT's dials (BoundDials) take room from the keeper from now on.
+	d.Gate.keeper.Store(k)
 	return k, nil
 }
 
@@ -343,6 +349,25 @@ func (k *Keeper) young(p peer.ID, d time.Duration) bool {
 	return false
 }
 
+// helloSettle is how long after its hello ended a connection stays in its
+// grace (inGrace): who opened it starts what it opened it for right after
+// the hello (a delivery, a pull of the membership records), and a stream
+// of that kind keeps the connection (busy).
+const helloSettle = 500 * time.Millisecond
+
+// inGrace reports whether a connection to p is kept from trim above the
+// bound by its age: opened within its grace (graceOf) and its hello not
+// ended helloSettle ago.
+func (k *Keeper) inGrace(p peer.ID) bool {
+	d := k.graceOf(p)
+	for _, c := range k.host.Network().ConnsToPeer(p) {
+		if time.Since(k.gate.openedAt(c)) < d && !k.gate.settled(c, helloSettle) {
+			return true
+		}
+	}
+	return false
+}
+
 // busy reports whether a connection to p carries work now: a delivery,
 // sync or membership stream.
 func (k *Keeper) busy(p peer.ID) bool {
@@ -446,7 +471,7 @@ func (k *Keeper) spare() []peer.ID {
 		stranger := !k.book.IsMember(p)
 		// A stranger's streams are no work of this node's: they do not
 		// keep its connection.
-		if k.kept(p) || (!stranger && k.busy(p)) || k.young(p, k.graceOf(p)) {
+		if k.kept(p) || (!stranger && k.busy(p)) || k.inGrace(p) {
 			continue
 		}
 		var at time.Time
@@ -559,22 +584,11 @@ func (k *Keeper) warnOver() {
 	k.log.Warn("above connections.max with nothing to close", "connections", len(cs), "max", k.cfg.MaxConns, "held", strings.TrimSpace(b.String()))
 }
 
-// Room reports whether this node may open a new connection to p within
-// connections.max (a sender with something for p, stream.SenderOptions.Room;
-// a new neighbour, keepNeighbours):
-// yes when it is connected to p already, when p is kept by role (partners
-// and the reviewer are beyond the bound), or when the connections open and
-// the dials Room let go leave room; else it makes room by closing the least
-// needed connections (spare), and says no when they are too few (the
-// sender tries again later; decisions reach a member by gossip and its
-// neighbours meanwhile).
-func (k *Keeper) Room(p peer.ID) bool {
+// pendingLocked is the node's connections and the dials Room let go (or
+// reserve reserved) whose connections have not opened yet, p's aside;
+// roomMu held.
+func (k *Keeper) pendingLocked(p peer.ID) int {
 	nw := k.host.Network()
-	if p == k.self || k.kept(p) || nw.Connectedness(p) == network.Connected {
-		return true
-	}
-	k.roomMu.Lock()
-	defer k.roomMu.Unlock()
 	n := len(nw.Conns())
 	for q, at := range k.dialing {
 		switch {
@@ -584,7 +598,50 @@ func (k *Keeper) Room(p peer.ID) bool {
 			n++
 		}
 	}
-	need := n + 1 - k.cfg.MaxConns
+	return n
+}
+
+// reserve counts a dial to p against connections.max when there is room,
+// without closing anything for it (the DHT's dials: a walk asks the peers
+// the node is connected to instead); the connection opening, or
+// unreserve, gives the room back.
+func (k *Keeper) reserve(p peer.ID) bool {
+	k.roomMu.Lock()
+	defer k.roomMu.Unlock()
+	if k.pendingLocked(p)+1 > k.cfg.MaxConns {
+		return false
+	}
+	k.dialing[p] = time.Now()
+	return true
+}
+
+// Room reports whether this node may open a new connection to p within
+// connections.max (a sender with something for p, stream.SenderOptions.Room;
+// a new neighbour, keepNeighbours):
+// yes when it is connected to p already, when p is kept by role (partners
+// and the reviewer are beyond the bound), or when the connections open and
+// the dials Room let go leave room; else it makes room by closing the least
+// needed connections (spare), and says no when they are too few (the
+// sender tries again later; decisions reach a member by gossip and its
+// neighbours meanwhile).
+func (k *Keeper) Room(p peer.ID) bool { return k.room(p, false) }
+
+// room is Room for a dial of the node's own (inbound false), and Admit's
+// for a connection p opens (inbound): that one is a new connection even
+// when the node holds one with p already or dials p itself (both sides
+// dialing at once), and counts as such.
+func (k *Keeper) room(p peer.ID, inbound bool) bool {
+	nw := k.host.Network()
+	if p == k.self || k.kept(p) || (!inbound && nw.Connectedness(p) == network.Connected) {
+		return true
+	}
+	k.roomMu.Lock()
+	defer k.roomMu.Unlock()
+	except := p
+	if inbound {
+		except = "" // a dial of the node's own to p in flight counts too
+	}
+	need := k.pendingLocked(except) + 1 - k.cfg.MaxConns
 	if need > 0 {
 		spare := k.spare()
 		var close []peer.ID
@@ -607,6 +664,26 @@ func (k *Keeper) Room(p peer.ID) bool {
 	}
 	k.dialing[p] = time.Now()
 	return true
+}
+
+// Admit decides, as a connection peer p opened is secured (before it
+// counts among the node's connections), whether the node takes it within
+// connections.max: as Room does for a dial of the node's own, yes when p is
+// connected already or kept by role (partners, the reviewer while kept), or
+// when there is room, made if need be by closing the least needed
+// connections (spare); no when the node is full of connections it needs
+// (ferry_connections_refused_total): the peer tries again later (a sender
+// with its backoff, a joining node at its next discovery round). The
+// node's connection gater (ConnGater) calls it; a prebuilt host's network
+// has no gater, and whatever dials over it asks Admit first (the test
+// network's mocknet does).
+func (k *Keeper) Admit(p peer.ID) bool {
+	if k.room(p, true) {
+		return true
+	}
+	k.refused.Inc()
+	k.log.Debug("connection refused: no room under connections.max", "peer", p)
+	return false
 }
 
 // strangerCap bounds the connections peers opened to this node while it

@@ -20,48 +20,71 @@ var errNoRoom = errors.New("no room under connections.max for a DHT dial")
 // rendezvous key, a lookup) dials some twenty peers, the same ones closest
 // to the key for every node; unbounded, each walk took a node, and the
 // peers closest to the key, above the bound until the next trim. Here a
-// dial to a peer this node holds no connection with goes only while the
-// open connections and the DHT's dials in flight are fewer than max; else
+// dial to a peer this node holds no connection with goes only while there
+// is room: the open connections, the dials in flight and the connections
+// other peers are opening, counted by the keeper (Keeper.reserve, once the
+// node's keeper is built; gate carries it) are fewer than max; else
 // it fails at once, and the walk counts the peer unreachable and goes on
 // with the peers this node is connected to (the DHT forgets that peer from
 // its routing table until a connection brings it back). Streams on
 // connections that are open, and everything of the node's other than the
 // DHT, are not affected: a sender's new connection asks Keeper.Room.
-func BoundDials(h host.Host, max int) host.Host { return &boundDials{Host: h, max: max} }
+func BoundDials(h host.Host, gate *Gate, max int) host.Host {
+	return &boundDials{Host: h, gate: gate, max: max}
+}
 
 type boundDials struct {
 	host.Host
+	gate     *Gate
 	max      int
 	inflight atomic.Int64
 }
 
-// take reserves room for one dial; false when there is none.
-func (b *boundDials) take() bool {
+// take reserves room for one dial to p; false when there is none. Once
+// the node's keeper is built the room is the keeper's (Keeper.reserve,
+// counted with the dials and inbound connections it let in); before, the
+// open connections and the DHT's own dials in flight. The returned func
+// gives the room back after the dial.
+func (b *boundDials) take(p peer.ID) (func(err error), bool) {
+	if k := b.gate.keeper.Load(); k != nil {
+		if !k.reserve(p) {
+			return nil, false
+		}
+		return func(err error) {
+			if err != nil {
+				k.unreserve(p)
+			}
+		}, true
+	}
 	if int(b.inflight.Add(1))+len(b.Host.Network().Conns()) > b.max {
 		b.inflight.Add(-1)
-		return false
+		return nil, false
 	}
-	return true
+	return func(error) { b.inflight.Add(-1) }, true
 }
 
 func (b *boundDials) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	if b.Host.Network().Connectedness(ai.ID) == network.Connected {
 		return b.Host.Connect(ctx, ai)
 	}
-	if !b.take() {
+	done, ok := b.take(ai.ID)
+	if !ok {
 		return fmt.Errorf("connect %s: %w", ai.ID, errNoRoom)
 	}
-	defer b.inflight.Add(-1)
-	return b.Host.Connect(ctx, ai)
+	err := b.Host.Connect(ctx, ai)
+	done(err)
+	return err
 }
 
 func (b *boundDials) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	if b.Host.Network().Connectedness(p) == network.Connected {
 		return b.Host.NewStream(ctx, p, pids...)
 	}
-	if !b.take() {
+	done, ok := b.take(p)
+	if !ok {
 		return nil, fmt.Errorf("stream to %s: %w", p, errNoRoom)
 	}
-	defer b.inflight.Add(-1)
-	return b.Host.NewStream(ctx, p, pids...)
+	s, err := b.Host.NewStream(ctx, p, pids...)
+	done(err)
+	return s, err
 }

@@ -149,10 +149,11 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 		if joined {
 			break
 		}
-		if ai.ID == k.self || k.host.Network().Connectedness(ai.ID) == network.Connected {
+		if ai.ID == k.self || k.host.Network().Connectedness(ai.ID) == network.Connected || !k.Room(ai.ID) {
 			continue
 		}
 		if err := k.host.Connect(ctx, ai); err != nil {
+			k.unreserve(ai.ID)
 			k.log.Debug("bootstrap peer unreachable", "peer", ai.ID, "err", err)
 		}
 	}
@@ -205,10 +206,11 @@ func (k *Keeper) round(nctx context.Context, disc *drouting.RoutingDiscovery, ad
 		if lacking <= 0 {
 			break
 		}
-		if ai.ID == k.self || k.book.refused(ai.ID) || k.host.Network().Connectedness(ai.ID) == network.Connected {
+		if ai.ID == k.self || k.book.refused(ai.ID) || k.host.Network().Connectedness(ai.ID) == network.Connected || !k.Room(ai.ID) {
 			continue
 		}
 		if err := k.host.Connect(ctx, ai); err != nil {
+			k.unreserve(ai.ID)
 			k.log.Debug("member unreachable", "peer", ai.ID, "err", err)
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -31,6 +32,12 @@ type Gate struct {
 	// seen holds when each connection without a transport open time
 	// (libp2p's mocknet) connected, by connection id (see openedAt).
 	seen sync.Map
+	// helloAt holds when each connection's hello ended, by connection id
+	// (settled).
+	helloAt sync.Map
+	// keeper is the node's, once built: the DHT's dials (BoundDials) take
+	// room from it.
+	keeper atomic.Pointer[Keeper]
 }
 
 // GateDeps are what the gate works with; every one is required.
@@ -170,7 +177,16 @@ func (g *greetings) wait(c network.Conn, until time.Time, stop <-chan struct{}) 
 }
 
 // greeted marks c's hello done (Hello, when an exchange ends).
-func (g *Gate) greeted(c network.Conn) { g.greetings.greeted(c) }
+func (g *Gate) greeted(c network.Conn) {
+	g.helloAt.LoadOrStore(c.ID(), time.Now())
+	g.greetings.greeted(c)
+}
+
+// settled reports whether c's hello ended at least d ago.
+func (g *Gate) settled(c network.Conn, d time.Duration) bool {
+	v, ok := g.helloAt.Load(c.ID())
+	return ok && time.Since(v.(time.Time)) >= d
+}
 
 // opened notes when c opened, for a transport that keeps no open time
 // (the connection notifiee, as c connects).
@@ -185,6 +201,7 @@ func (g *Gate) opened(c network.Conn) {
 func (g *Gate) closed(c network.Conn) {
 	g.greetings.forget(c)
 	g.seen.Delete(c.ID())
+	g.helloAt.Delete(c.ID())
 }
 
 // openedAt is when c opened: the transport's word (Stat().Opened), else

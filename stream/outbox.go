@@ -540,9 +540,15 @@ var ErrNoRoom = errors.New("no room for a new connection under connections.max")
 // room asks SenderOptions.Room before a stream to a receiver this node
 // holds no connection with: ErrNoRoom while it says no, for at most
 // RoomWait since the receiver last answered; then the dial goes anyway.
-func (o *outbox) room() error {
-	if o.s.opts.Room == nil || o.s.host.Network().Connectedness(o.peer) == network.Connected {
-		return nil
+// dial reports whether the stream may dial: not when the node was
+// connected to the receiver as room looked (a connection closed since, to
+// make room for another, must not come back without Room's word).
+func (o *outbox) room() (dial bool, err error) {
+	if o.s.opts.Room == nil {
+		return true, nil
+	}
+	if o.s.host.Network().Connectedness(o.peer) == network.Connected {
+		return false, nil
 	}
 	ok := o.s.opts.Room(o.peer)
 	now := time.Now()
@@ -559,14 +565,14 @@ func (o *outbox) room() error {
 	o.mu.Unlock()
 	switch {
 	case ok:
-		return nil
+		return true, nil
 	case !since.IsZero() && now.Sub(since) >= o.s.opts.RoomWait:
 		o.s.m.roomForced.Inc()
 		o.s.log.Warn("no room under connections.max for this long: dialing anyway", "peer", o.peer, "waited", now.Sub(since).Round(time.Second))
-		return nil
+		return true, nil
 	}
 	o.s.m.roomWaits.Inc()
-	return ErrNoRoom
+	return false, ErrNoRoom
 }
 
 // checkTimeouts resets a stream on which batches wait and nothing was

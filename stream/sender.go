@@ -905,7 +905,8 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	if st != nil {
 		return nil, errors.New("stream closing")
 	}
-	if err := o.room(); err != nil {
+	dial, err := o.room()
+	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(o.s.ctx, o.s.opts.DialTimeout)
@@ -913,6 +914,9 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	// The outbox keeps its own capped backoff; the swarm's (up to five
 	// minutes after repeated failures) would hold a healed link shut.
 	ctx = network.WithForceDirectDial(ctx, "ferry delivery")
+	if !dial {
+		ctx = network.WithNoDial(ctx, "ferry delivery: connected as room looked")
+	}
 	s, err := o.s.host.NewStream(ctx, o.peer, id)
 	if err != nil {
 		return nil, fmt.Errorf("open %s to %s: %w", id, o.peer, err)

@@ -32,7 +32,22 @@ func (n *Net) mockHost(i int) (host.Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &linker{Host: h, mn: n.mn, wan: n.wan}, nil
+	return &linker{Host: h, mn: n.mn, wan: n.wan, admit: n.admits}, nil
+}
+
+// admits asks the node at `to`, as a built host's connection gater would,
+// whether it takes a connection `from` opens (node.AdmitConnection); a
+// node not running takes none, and its dial fails on its own.
+func (n *Net) admits(to, from peer.ID) bool {
+	for i, id := range n.IDs {
+		if id == to {
+			if nd := n.Node(i); nd != nil {
+				return nd.AdmitConnection(from)
+			}
+			return true
+		}
+	}
+	return true
 }
 
 // unlink removes node i's mocknet links after it stopped, so a restarted
@@ -62,6 +77,21 @@ type linker struct {
 	host.Host
 	mn  mocknet.Mocknet
 	wan *wanLinks // nil: plain mocknet links
+	// admit is the other side's connection gater (a mocknet has none):
+	// whether the node at `to` takes a new connection from `from`.
+	admit func(to, from peer.ID) bool
+}
+
+// admitted asks p, before a dial that makes a new connection, whether it
+// takes it (linker.admit).
+func (l *linker) admitted(p peer.ID) error {
+	if l.admit == nil || p == l.ID() || l.Network().Connectedness(p) == network.Connected {
+		return nil
+	}
+	if !l.admit(p, l.ID()) {
+		return fmt.Errorf("%s refused the connection (its connection gater: no room under connections.max)", p)
+	}
+	return nil
 }
 
 func (l *linker) link(p peer.ID) {
@@ -93,6 +123,9 @@ func (l *linker) link(p peer.ID) {
 }
 
 func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	if err := l.admitted(ai.ID); err != nil {
+		return err
+	}
 	l.link(ai.ID)
 	if err := l.dial(ctx, ai.ID); err != nil {
 		return err
@@ -101,6 +134,15 @@ func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
 }
 
 func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
+	// The mocknet's NewStream dials whatever the context says; a real
+	// swarm does not dial for a stream asked WithNoDial.
+	if noDial, _ := network.GetNoDial(ctx); noDial {
+		if l.Network().Connectedness(p) != network.Connected {
+			return nil, fmt.Errorf("stream to %s without dialing: %w", p, network.ErrNoConn)
+		}
+	} else if err := l.admitted(p); err != nil {
+		return nil, err
+	}
 	l.link(p)
 	if err := l.dial(ctx, p); err != nil {
 		return nil, err
