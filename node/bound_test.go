@@ -29,7 +29,19 @@ func boundNet(t *testing.T) (*testnet.Net, *node.Node, func() int) {
 				c.Connections.Max, c.Connections.Neighbours = maxConns, 1
 			}
 		}})
-	net.WaitMembers(60 * time.Second)
+	// Every node counts every other a member (by their records): node 0,
+	// within 3 connections, need not have met each (its bound refuses
+	// connections it has no room for).
+	wait.Until(t, 60*time.Second, "every node counts every other a member", func() error {
+		for i := range n {
+			for j := range n {
+				if i != j && !net.Node(i).IsMember(net.IDs[j]) {
+					return fmt.Errorf("node %d does not count node %d a member", i, j)
+				}
+			}
+		}
+		return nil
+	})
 	a := net.Node(0)
 	conns := func() int { return len(a.Host().Network().Conns()) }
 	wait.Until(t, 60*time.Second, "node 0 within connections.max", func() error {
