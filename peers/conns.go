@@ -637,11 +637,17 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 	}
 	k.roomMu.Lock()
 	defer k.roomMu.Unlock()
-	except := p
+	except, reserve := p, 0
 	if inbound {
 		except = "" // a dial of the node's own to p in flight counts too
+		// Room is kept for the neighbours this node lacks: others'
+		// connections never crowd out the node's own gossip mesh (a node
+		// full of its joiners' connections learned late members' records
+		// only at its next pull).
+		// At most half the bound: a node keeps taking others'.
+		reserve = min(max(0, k.cfg.Neighbours-len(k.neighbours())), k.cfg.MaxConns/2)
 	}
-	need := k.pendingLocked(except) + 1 - k.cfg.MaxConns
+	need := k.pendingLocked(except) + reserve + 1 - k.cfg.MaxConns
 	if need > 0 {
 		spare := k.spare()
 		var close []peer.ID
@@ -669,7 +675,8 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // Admit decides, as a connection peer p opened is secured (before it
 // counts among the node's connections), whether the node takes it within
 // connections.max: as Room does for a dial of the node's own, yes when p is
-// connected already or kept by role (partners, the reviewer while kept), or
+// connected already, kept by role (partners, the reviewer while kept) or a
+// reviewer of the review group (its connections are always taken), or
 // when there is room, made if need be by closing the least needed
 // connections (spare); no when the node is full of connections it needs
 // (ferry_connections_refused_total): the peer tries again later (a sender
@@ -678,7 +685,10 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // has no gater, and whatever dials over it asks Admit first (the test
 // network's mocknet does).
 func (k *Keeper) Admit(p peer.ID) bool {
-	if k.room(p, true) {
+	// The reviewers' own connections are always taken (beyond the bound,
+	// like a partner's): a member full of busy connections must not turn
+	// away the reviewer's redelivery of decisions it has not reported.
+	if k.book.InReviewGroup(p) || k.room(p, true) {
 		return true
 	}
 	k.refused.Inc()
