@@ -509,6 +509,19 @@ func (k *Keeper) spare() []peer.ID {
 	return out
 }
 
+// graced lists the members whose connections spare leaves out for their
+// grace alone (not kept by role, not busy, not a chosen neighbour), the
+// oldest first. roomMu held.
+func (k *Keeper) graced() []peer.ID {
+	var out []peer.ID
+	for _, p := range k.host.Network().Peers() {
+		if k.book.IsMember(p) && !k.kept(p) && !k.busy(p) && !k.chosen(p) && k.inGrace(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // holdBound trims as soon as a connection takes the node above
 // connections.max (Connected pokes it), not at the next discovery round:
 // a connection nothing needs goes at once, a young one once past its grace
@@ -650,6 +663,12 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 	need := k.pendingLocked(except) + reserve + 1 - k.cfg.MaxConns
 	if need > 0 {
 		spare := k.spare()
+		if inbound && !k.book.IsMember(p) && !k.book.IsPartner(p) {
+			// A joining node (no member yet) knows no one else: it
+			// takes room from members still in their grace too (they
+			// know other members).
+			spare = append(spare, k.graced()...)
+		}
 		var close []peer.ID
 		for _, q := range spare {
 			if need <= 0 {
