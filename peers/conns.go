@@ -704,10 +704,11 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // has no gater, and whatever dials over it asks Admit first (the test
 // network's mocknet does).
 func (k *Keeper) Admit(p peer.ID) bool {
-	// The reviewers' own connections are always taken (beyond the bound,
-	// like a partner's): a member full of busy connections must not turn
-	// away the reviewer's redelivery of decisions it has not reported.
-	if k.book.InReviewGroup(p) || k.room(p, true) {
+	// A reviewer's connection takes room like any other, and is taken
+	// beyond the bound when none can be made (like a partner's): a member
+	// full of busy connections must not turn away the reviewer's
+	// redelivery of decisions it has not reported.
+	if k.room(p, true) || k.book.InReviewGroup(p) {
 		return true
 	}
 	k.refused.Inc()
