@@ -509,6 +509,19 @@ func (k *Keeper) spare() []peer.ID {
 	return out
 }
 
+// graced lists the members whose connections spare leaves out for their
+// grace alone (not kept by role, not busy, not a chosen neighbour), the
+// oldest first. roomMu held.
+func (k *Keeper) graced() []peer.ID {
+	var out []peer.ID
+	for _, p := range k.host.Network().Peers() {
+		if k.book.IsMember(p) && !k.kept(p) && !k.busy(p) && !k.chosen(p) && k.inGrace(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // holdBound trims as soon as a connection takes the node above
 // connections.max (Connected pokes it), not at the next discovery round:
 // a connection nothing needs goes at once, a young one once past its grace
@@ -637,13 +650,25 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 	}
 	k.roomMu.Lock()
 	defer k.roomMu.Unlock()
-	except := p
+	except, reserve := p, 0
 	if inbound {
 		except = "" // a dial of the node's own to p in flight counts too
+		// Room is kept for the neighbours this node lacks: others'
+		// connections never crowd out the node's own gossip mesh (a node
+		// full of its joiners' connections learned late members' records
+		// only at its next pull).
+		// At most half the bound: a node keeps taking others'.
+		reserve = min(max(0, k.cfg.Neighbours-len(k.neighbours())), k.cfg.MaxConns/2)
 	}
-	need := k.pendingLocked(except) + 1 - k.cfg.MaxConns
+	need := k.pendingLocked(except) + reserve + 1 - k.cfg.MaxConns
 	if need > 0 {
 		spare := k.spare()
+		if inbound && !k.book.IsMember(p) && !k.book.IsPartner(p) {
+			// A joining node (no member yet) knows no one else: it
+			// takes room from members still in their grace too (they
+			// know other members).
+			spare = append(spare, k.graced()...)
+		}
 		var close []peer.ID
 		for _, q := range spare {
 			if need <= 0 {
@@ -669,7 +694,8 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // Admit decides, as a connection peer p opened is secured (before it
 // counts among the node's connections), whether the node takes it within
 // connections.max: as Room does for a dial of the node's own, yes when p is
-// connected already or kept by role (partners, the reviewer while kept), or
+// connected already, kept by role (partners, the reviewer while kept) or a
+// reviewer of the review group (its connections are always taken), or
 // when there is room, made if need be by closing the least needed
 // connections (spare); no when the node is full of connections it needs
 // (ferry_connections_refused_total): the peer tries again later (a sender
@@ -678,7 +704,11 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // has no gater, and whatever dials over it asks Admit first (the test
 // network's mocknet does).
 func (k *Keeper) Admit(p peer.ID) bool {
-	if k.room(p, true) {
+	// A reviewer's connection takes room like any other, and is taken
+	// beyond the bound when none can be made (like a partner's): a member
+	// full of busy connections must not turn away the reviewer's
+	// redelivery of decisions it has not reported.
+	if k.room(p, true) || k.book.InReviewGroup(p) {
 		return true
 	}
 	k.refused.Inc()

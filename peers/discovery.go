@@ -77,8 +77,17 @@ func (k *Keeper) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		wait = min(wait*2, period)
+		// A node with no neighbour knows no member to pick: it tries its
+		// bootstrap peers again within seconds (a bootstrap peer full of
+		// connections refuses it until room frees).
+		if len(k.neighbours()) == 0 {
+			wait = min(wait, joinRetry)
+		}
 	}
 }
+
+// joinRetry bounds the wait between rounds of a node with no neighbour.
+const joinRetry = 2 * time.Second
 
 // advertising paces the rendezvous advertisements: every advertiseEvery
 // after one succeeded, and after a failure again in a minute, doubling.
