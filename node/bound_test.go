@@ -103,8 +103,8 @@ func TestInboundWithinTheBound(t *testing.T) {
 	defer cancel()
 	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
 	var dials sync.WaitGroup
-	// Every member but the reviewer (node 1), whose connection is taken
-	// beyond the bound when no room can be made.
+	// Every member but the reviewer (node 1), whose connection closes any
+	// other that is not busy, and is taken beyond the bound when all are.
 	for i := 2; i < 9; i++ {
 		// A refused dial may look like a connection to the dialer (its
 		// handshake ends before the gater's word), closed at once.
@@ -154,8 +154,8 @@ func TestASendersNewConnectionTakesRoom(t *testing.T) {
 	defer cancel()
 	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
 	// What node 0 holds as its own connection to the reviewer opens (other
-	// members' dials to node 0 are not refused and come and go on their
-	// own: the test watches the sender's dial).
+	// members' dials to node 0 take room or are refused on their own: the
+	// test watches the sender's dial).
 	var atOpen atomic.Int64
 	nb := &network.NotifyBundle{ConnectedF: func(nw network.Network, c network.Conn) {
 		if c.RemotePeer() == rv && c.Stat().Direction == network.DirOutbound {

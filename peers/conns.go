@@ -509,6 +509,19 @@ func (k *Keeper) spare() []peer.ID {
 	return out
 }
 
+// unbusy lists the connected peers not kept by role and carrying no work
+// now, but for those in skip: what a reviewer's connection may take room
+// from once spare and graced are used up. roomMu held.
+func (k *Keeper) unbusy(skip []peer.ID) []peer.ID {
+	var out []peer.ID
+	for _, p := range k.host.Network().Peers() {
+		if !slices.Contains(skip, p) && !k.kept(p) && !k.busy(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // graced lists the members whose connections spare leaves out for their
 // grace alone (not kept by role, not busy, not a chosen neighbour), the
 // oldest first. roomMu held.
@@ -651,7 +664,11 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 	k.roomMu.Lock()
 	defer k.roomMu.Unlock()
 	except, reserve := p, 0
-	if inbound {
+	// A reviewer's connection (its neighbour pick, its redelivery of
+	// decisions a member has not reported) is never turned away: it takes
+	// room from any connection not kept and not busy, grace or neighbour.
+	rev := inbound && k.book.InReviewGroup(p)
+	if inbound && !rev {
 		except = "" // a dial of the node's own to p in flight counts too
 		// Room is kept for the neighbours this node lacks: others'
 		// connections never crowd out the node's own gossip mesh (a node
@@ -663,11 +680,14 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 	need := k.pendingLocked(except) + reserve + 1 - k.cfg.MaxConns
 	if need > 0 {
 		spare := k.spare()
-		if inbound && !k.book.IsMember(p) && !k.book.IsPartner(p) {
+		if rev || (inbound && !k.book.IsMember(p) && !k.book.IsPartner(p)) {
 			// A joining node (no member yet) knows no one else: it
 			// takes room from members still in their grace too (they
 			// know other members).
 			spare = append(spare, k.graced()...)
+		}
+		if rev {
+			spare = append(spare, k.unbusy(spare)...)
 		}
 		var close []peer.ID
 		for _, q := range spare {
@@ -704,10 +724,11 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 // has no gater, and whatever dials over it asks Admit first (the test
 // network's mocknet does).
 func (k *Keeper) Admit(p peer.ID) bool {
-	// A reviewer's connection takes room like any other, and is taken
-	// beyond the bound when none can be made (like a partner's): a member
-	// full of busy connections must not turn away the reviewer's
-	// redelivery of decisions it has not reported.
+	// A reviewer's connection takes room from any connection not kept
+	// and not busy (room), and is taken beyond the bound only when every
+	// other is (like a partner's): a member full of busy connections must
+	// not turn away the reviewer's redelivery of decisions it has not
+	// reported.
 	if k.room(p, true) || k.book.InReviewGroup(p) {
 		return true
 	}
