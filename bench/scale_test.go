@@ -307,6 +307,7 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	// Connections are counted from each node's start (the reviewer's
 	// before the others start), and logged every 10 s from the first start.
 	peaks := newConnPeaks(n)
+	peaks.over = func(s string) { t.Logf("N=%d sim=%v: the reviewer above the bound: %s", n, sim, s) }
 	peaks.watch(net, 0, 1)
 	begin := time.Now()
 	var share atomic.Value
@@ -759,6 +760,22 @@ func connBreakdown(net *testnet.Net) string {
 	return fmt.Sprintf("to members %d, to others %d, duplicates %d, inbound %d, outbound %d", member, other, dup, in, out)
 }
 
+// heldBy says what nd holds as connection nc opens: each connection's
+// direction, age, whether its peer is a member and its streams.
+func heldBy(nd *node.Node, nc network.Conn) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d connections as one %s from %s opened:", len(nd.Host().Network().Conns()), nc.Stat().Direction, nc.RemotePeer().ShortString())
+	for _, c := range nd.Host().Network().Conns() {
+		var ps []string
+		for _, st := range c.GetStreams() {
+			ps = append(ps, string(st.Protocol()))
+		}
+		fmt.Fprintf(&b, " [%s %s member=%v %s %v]", c.RemotePeer().ShortString(), c.Stat().Direction,
+			nd.IsMember(c.RemotePeer()), time.Since(c.Stat().Opened).Round(time.Millisecond), ps)
+	}
+	return b.String()
+}
+
 // connPeaks tracks, exactly, the most connections each node held at any
 // instant: it counts the node's connections in its network's notifiee as
 // each one opens (a connection the node closes at once is counted too);
@@ -767,7 +784,15 @@ type connPeaks struct {
 	peak           []atomic.Int64 // since the last reset (the 10-s line)
 	run            []atomic.Int64 // since the last mark (full membership)
 	opened, closed atomic.Int64
+	// over, if set, is told what the reviewer (node 0) held each time a
+	// connection took it above node.DefaultMaxConnections, the first
+	// overMax times.
+	over   func(string)
+	overed atomic.Int64
 }
+
+// overMax bounds the reviewer's connections over the bound that are logged.
+const overMax = 20
 
 func newConnPeaks(n int) *connPeaks {
 	return &connPeaks{peak: make([]atomic.Int64, n), run: make([]atomic.Int64, n)}
@@ -783,9 +808,13 @@ func (c *connPeaks) watch(net *testnet.Net, from, to int) {
 		}
 		nw := nd.Host().Network()
 		nw.Notify(&network.NotifyBundle{
-			ConnectedF: func(network.Network, network.Conn) {
+			ConnectedF: func(_ network.Network, nc network.Conn) {
 				c.opened.Add(1)
-				c.raise(i, int64(len(nw.Conns())))
+				n := len(nw.Conns())
+				c.raise(i, int64(n))
+				if i == 0 && n > node.DefaultMaxConnections && c.over != nil && c.overed.Add(1) <= overMax {
+					c.over(heldBy(nd, nc))
+				}
 			},
 			DisconnectedF: func(network.Network, network.Conn) { c.closed.Add(1) },
 		})

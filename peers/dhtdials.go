@@ -65,7 +65,7 @@ func (b *boundDials) take(p peer.ID) (func(err error), bool) {
 
 func (b *boundDials) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	if b.Host.Network().Connectedness(ai.ID) == network.Connected {
-		return b.Host.Connect(ctx, ai)
+		return nil
 	}
 	done, ok := b.take(ai.ID)
 	if !ok {
@@ -78,7 +78,9 @@ func (b *boundDials) Connect(ctx context.Context, ai peer.AddrInfo) error {
 
 func (b *boundDials) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	if b.Host.Network().Connectedness(p) == network.Connected {
-		return b.Host.NewStream(ctx, p, pids...)
+		// Over the connection found: one closed meanwhile is not dialed
+		// again outside the bound (the walk goes on without p).
+		return b.Host.NewStream(network.WithNoDial(ctx, "dht: connected"), p, pids...)
 	}
 	done, ok := b.take(p)
 	if !ok {
