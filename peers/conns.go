@@ -59,10 +59,14 @@ type Keeper struct {
 	over chan struct{}
 	// roomMu serialises trim and Room (each counts the connections and
 	// closes some); dialing holds when Room let a dial go to a peer, until
-	// its connection opens (or dialHeld passes).
-	roomMu  sync.Mutex
-	dialing map[peer.ID]time.Time
-	warned  time.Time // warnOver's last line
+	// its connection opens (or dialHeld passes), and admitting when Admit
+	// took a connection a peer opens, until it opens: both count against
+	// the bound meanwhile, apart (a peer may be dialing this node while
+	// this node dials it, and the two connections both open).
+	roomMu    sync.Mutex
+	dialing   map[peer.ID]time.Time
+	admitting map[peer.ID]time.Time
+	warned    time.Time // warnOver's last line
 }
 
 // KeeperDeps are what the keeper works with; every one is required but
@@ -94,7 +98,7 @@ func NewKeeper(d KeeperDeps) (*Keeper, error) {
 	}
 	k := &Keeper{cfg: d.Config, self: d.Book.Self(), host: d.Host, dht: d.DHT, book: d.Book, gate: d.Gate, hello: d.Hello,
 		period: period, group: d.Group, log: d.Logger, neighbourSet: map[peer.ID]struct{}{},
-		over: make(chan struct{}, 1), dialing: map[peer.ID]time.Time{},
+		over: make(chan struct{}, 1), dialing: map[peer.ID]time.Time{}, admitting: map[peer.ID]time.Time{},
 		strangersClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "strangers_closed_total",
 			Help: "Connections opened by peers that are neither partners nor members, closed at once because half of connections.max such connections were open."}),
 		roomClosed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ferry", Name: "connections_closed_for_room_total",
@@ -121,7 +125,11 @@ func (k *Keeper) Connected(ctx context.Context, c network.Conn) {
 	k.gate.opened(c)
 	k.capStrangers(c)
 	k.roomMu.Lock()
-	delete(k.dialing, p)
+	if c.Stat().Direction == network.DirInbound {
+		delete(k.admitting, p)
+	} else {
+		delete(k.dialing, p)
+	}
 	k.roomMu.Unlock()
 	if len(k.host.Network().Conns()) > k.cfg.MaxConns {
 		select {
@@ -610,9 +618,10 @@ func (k *Keeper) warnOver() {
 	k.log.Warn("above connections.max with nothing to close", "connections", len(cs), "max", k.cfg.MaxConns, "held", strings.TrimSpace(b.String()))
 }
 
-// pendingLocked is the node's connections and the dials Room let go (or
-// reserve reserved) whose connections have not opened yet, p's aside;
-// roomMu held.
+// pendingLocked is the node's connections, the dials Room let go (or
+// reserve reserved) whose connections have not opened yet, the dial to p
+// aside (Room asked again for it), and the connections Admit took that
+// have not opened yet, p's included; roomMu held.
 func (k *Keeper) pendingLocked(p peer.ID) int {
 	nw := k.host.Network()
 	n := len(nw.Conns())
@@ -623,6 +632,13 @@ func (k *Keeper) pendingLocked(p peer.ID) int {
 		case q != p && nw.Connectedness(q) != network.Connected:
 			n++
 		}
+	}
+	for q, at := range k.admitting {
+		if time.Since(at) > dialHeld {
+			delete(k.admitting, q)
+			continue
+		}
+		n++
 	}
 	return n
 }
@@ -707,7 +723,11 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 			k.roomClosed.Inc()
 		}
 	}
-	k.dialing[p] = time.Now()
+	if inbound {
+		k.admitting[p] = time.Now()
+	} else {
+		k.dialing[p] = time.Now()
+	}
 	return true
 }
 

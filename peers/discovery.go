@@ -256,6 +256,9 @@ func (k *Keeper) closeWalk(keep map[peer.ID]struct{}) {
 		if _, ok := k.dialing[p]; ok {
 			continue
 		}
+		if _, ok := k.admitting[p]; ok {
+			continue
+		}
 		if k.kept(p) || k.chosen(p) || !k.outbound(p) || k.busy(p) {
 			continue
 		}
