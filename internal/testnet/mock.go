@@ -12,7 +12,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 	ma "github.com/multiformats/go-multiaddr"
-	msmux "github.com/multiformats/go-multistream"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -138,7 +137,9 @@ func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) 
 	// The mocknet's NewStream dials whatever the context says; a real
 	// swarm does not dial for a stream asked WithNoDial.
 	if noDial, _ := network.GetNoDial(ctx); noDial {
-		return l.overConn(ctx, p, pids)
+		if l.Network().Connectedness(p) != network.Connected {
+			return nil, fmt.Errorf("stream to %s without dialing: %w", p, network.ErrNoConn)
+		}
 	} else if err := l.admitted(p); err != nil {
 		return nil, err
 	}
@@ -149,51 +150,6 @@ func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) 
 	s, err := l.Host.NewStream(ctx, p, pids...)
 	if err != nil || l.wan == nil {
 		return s, err
-	}
-	return l.wan.wrap(s), nil
-}
-
-// overConn opens a stream to p over a connection open now, as a swarm
-// does for a stream asked WithNoDial: the mocknet's own NewStream dials
-// again when the connection closed since it was looked at (a node closing
-// it to make room), and that connection would open outside the bound.
-func (l *linker) overConn(ctx context.Context, p peer.ID, pids []protocol.ID) (network.Stream, error) {
-	var s network.Stream
-	for _, c := range l.Network().ConnsToPeer(p) {
-		var err error
-		if s, err = c.NewStream(ctx); err == nil {
-			break
-		}
-	}
-	if s == nil {
-		return nil, fmt.Errorf("stream to %s without dialing: %w", p, network.ErrNoConn)
-	}
-	type picked struct {
-		pid protocol.ID
-		err error
-	}
-	ch := make(chan picked, 1)
-	go func() {
-		pid, err := msmux.SelectOneOf(pids, s)
-		ch <- picked{pid, err}
-	}()
-	var r picked
-	select {
-	case r = <-ch:
-	case <-ctx.Done():
-		_ = s.Reset()
-		r = <-ch
-		r.err = ctx.Err()
-	}
-	if r.err == nil {
-		r.err = s.SetProtocol(r.pid)
-	}
-	if r.err != nil {
-		_ = s.Reset()
-		return nil, fmt.Errorf("stream to %s: negotiate %v: %w", p, pids, r.err)
-	}
-	if l.wan == nil {
-		return s, nil
 	}
 	return l.wan.wrap(s), nil
 }
