@@ -3,6 +3,7 @@ package testnet
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,6 +81,58 @@ type linker struct {
 	// admit is the other side's connection gater (a mocknet has none):
 	// whether the node at `to` takes a new connection from `from`.
 	admit func(to, from peer.ID) bool
+
+	// dialsMu guards dials: one dial to a peer at a time. A swarm joins
+	// concurrent dials to one peer into one connection; the mocknet opens
+	// one for each, beyond what the node's bound counted.
+	dialsMu sync.Mutex
+	dials   map[peer.ID]*peerDial
+}
+
+type peerDial struct {
+	mu    sync.Mutex
+	users int
+}
+
+// dialLock holds dials to p to one at a time; the returned func lets go.
+func (l *linker) dialLock(p peer.ID) func() {
+	l.dialsMu.Lock()
+	if l.dials == nil {
+		l.dials = map[peer.ID]*peerDial{}
+	}
+	d := l.dials[p]
+	if d == nil {
+		d = &peerDial{}
+		l.dials[p] = d
+	}
+	d.users++
+	l.dialsMu.Unlock()
+	d.mu.Lock()
+	return func() {
+		d.mu.Unlock()
+		l.dialsMu.Lock()
+		if d.users--; d.users == 0 {
+			delete(l.dials, p)
+		}
+		l.dialsMu.Unlock()
+	}
+}
+
+// connect dials p unless connected, one dial to p at a time: asks p's
+// gater, links, pays the WAN's handshake, then the mocknet's dial.
+func (l *linker) connect(ctx context.Context, ai peer.AddrInfo) error {
+	defer l.dialLock(ai.ID)()
+	if ai.ID == l.ID() || l.Network().Connectedness(ai.ID) == network.Connected {
+		return l.Host.Connect(ctx, ai)
+	}
+	if err := l.admitted(ai.ID); err != nil {
+		return err
+	}
+	l.link(ai.ID)
+	if err := l.dial(ctx, ai.ID); err != nil {
+		return err
+	}
+	return l.Host.Connect(ctx, ai)
 }
 
 // admitted asks p, before a dial that makes a new connection, whether it
@@ -123,14 +176,7 @@ func (l *linker) link(p peer.ID) {
 }
 
 func (l *linker) Connect(ctx context.Context, ai peer.AddrInfo) error {
-	if err := l.admitted(ai.ID); err != nil {
-		return err
-	}
-	l.link(ai.ID)
-	if err := l.dial(ctx, ai.ID); err != nil {
-		return err
-	}
-	return l.Host.Connect(ctx, ai)
+	return l.connect(ctx, ai)
 }
 
 func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
@@ -140,11 +186,7 @@ func (l *linker) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) 
 		if l.Network().Connectedness(p) != network.Connected {
 			return nil, fmt.Errorf("stream to %s without dialing: %w", p, network.ErrNoConn)
 		}
-	} else if err := l.admitted(p); err != nil {
-		return nil, err
-	}
-	l.link(p)
-	if err := l.dial(ctx, p); err != nil {
+	} else if err := l.connect(ctx, peer.AddrInfo{ID: p}); err != nil {
 		return nil, err
 	}
 	s, err := l.Host.NewStream(ctx, p, pids...)
