@@ -135,10 +135,11 @@ func (l *linker) connect(ctx context.Context, ai peer.AddrInfo) error {
 	return l.Host.Connect(ctx, ai)
 }
 
-// admitted asks p, before a dial that makes a new connection, whether it
-// takes it (linker.admit).
+// admitted asks p, before a dial that makes a new connection (connect
+// calls it only when not connected to p), whether it takes it
+// (linker.admit).
 func (l *linker) admitted(p peer.ID) error {
-	if l.admit == nil || p == l.ID() || l.Network().Connectedness(p) == network.Connected {
+	if l.admit == nil {
 		return nil
 	}
 	if !l.admit(p, l.ID()) {
