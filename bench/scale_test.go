@@ -761,7 +761,8 @@ func connBreakdown(net *testnet.Net) string {
 }
 
 // heldBy says what nd holds as connection nc opens: each connection's
-// direction, age, whether its peer is a member and its streams.
+// direction, age (where the transport knows it), whether its peer is a
+// member and its streams.
 func heldBy(nd *node.Node, nc network.Conn) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d connections as one %s from %s opened:", len(nd.Host().Network().Conns()), nc.Stat().Direction, nc.RemotePeer().ShortString())
@@ -770,8 +771,13 @@ func heldBy(nd *node.Node, nc network.Conn) string {
 		for _, st := range c.GetStreams() {
 			ps = append(ps, string(st.Protocol()))
 		}
+		// A mocknet connection has no open time (Stat().Opened is zero).
+		age := "age unknown"
+		if at := c.Stat().Opened; !at.IsZero() {
+			age = time.Since(at).Round(time.Millisecond).String()
+		}
 		fmt.Fprintf(&b, " [%s %s member=%v %s %v]", c.RemotePeer().ShortString(), c.Stat().Direction,
-			nd.IsMember(c.RemotePeer()), time.Since(c.Stat().Opened).Round(time.Millisecond), ps)
+			nd.IsMember(c.RemotePeer()), age, ps)
 	}
 	return b.String()
 }
