@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -386,16 +387,20 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	r.Rest = rest
 	time.Sleep(rest) // a set rest before the idle window, not an event to wait for
 	stopProf := scaleProfile(t, n, sim, "idle")
+	g0 := gcCycles()
 	c0, w0 := cpuTime(), time.Now()
 	time.Sleep(idle) // the idle window whose CPU is measured
 	r.IdleCPU = float64(cpuTime()-c0) / float64(time.Since(w0))
+	gcs := gcCycles() - g0
 	stopProf()
 	t.Logf("N=%d sim=%v: connections %s", n, sim, connBreakdown(net))
 	r.RSS = rssOf(os.Getpid())
 	r.Gor = runtime.NumGoroutine()
 	r.ConnMax, r.ConnMean = testnet.ConnStats(net.ConnsPerNode())
-	t.Logf("N=%d sim=%v: idle CPU %.1f%%, RSS %d MiB, %d goroutines, connections max %d mean %.1f", n, sim,
-		100*r.IdleCPU, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
+	// The collector runs at least every two minutes (the runtime forces
+	// one) and marks every node's heap: a window holds one or none.
+	t.Logf("N=%d sim=%v: idle CPU %.1f%% (%d garbage collections in the window), RSS %d MiB, %d goroutines, connections max %d mean %.1f", n, sim,
+		100*r.IdleCPU, gcs, r.RSS>>20, r.Gor, r.ConnMax, r.ConnMean)
 
 	rev := net.Node(0)
 	// round submits k requests at the reviewer, accepts them all at once
@@ -760,12 +765,26 @@ func connBreakdown(net *testnet.Net) string {
 	return fmt.Sprintf("to members %d, to others %d, duplicates %d, inbound %d, outbound %d", member, other, dup, in, out)
 }
 
-// heldBy says what nd holds as connection nc opens: each connection's
-// direction, age (where the transport knows it), whether its peer is a
-// member and its streams.
-func heldBy(nd *node.Node, nc network.Conn) string {
+// gcCycles is how many garbage collections this process completed.
+func gcCycles() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// heldBy says what nd holds as connection nc opens: where in nd's code an
+// outbound one was dialed (a mocknet's), and each connection's direction,
+// age (where the transport knows it), whether its peer is a member and its
+// streams.
+func heldBy(net *testnet.Net, nd *node.Node, nc network.Conn) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d connections as one %s from %s opened:", len(nd.Host().Network().Conns()), nc.Stat().Direction, nc.RemotePeer().ShortString())
+	fmt.Fprintf(&b, "%d connections as one %s from %s opened", len(nd.Host().Network().Conns()), nc.Stat().Direction, nc.RemotePeer().ShortString())
+	if nc.Stat().Direction == network.DirOutbound {
+		if at := net.DialSite(nd.ID(), nc.RemotePeer()); at != "" {
+			fmt.Fprintf(&b, " (dialed by %s)", at)
+		}
+	}
+	b.WriteString(":")
 	for _, c := range nd.Host().Network().Conns() {
 		var ps []string
 		for _, st := range c.GetStreams() {
@@ -819,7 +838,7 @@ func (c *connPeaks) watch(net *testnet.Net, from, to int) {
 				n := len(nw.Conns())
 				c.raise(i, int64(n))
 				if i == 0 && n > node.DefaultMaxConnections && c.over != nil && c.overed.Add(1) <= overMax {
-					c.over(heldBy(nd, nc))
+					c.over(heldBy(net, nd, nc))
 				}
 			},
 			DisconnectedF: func(network.Network, network.Conn) { c.closed.Add(1) },

@@ -3,6 +3,8 @@ package testnet
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,7 +35,37 @@ func (n *Net) mockHost(i int) (host.Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &linker{Host: h, mn: n.mn, wan: n.wan, admit: n.admits}, nil
+	return &linker{Host: h, mn: n.mn, wan: n.wan, admit: n.admits,
+		site: func(from, to peer.ID, at string) { n.sites.Store([2]peer.ID{from, to}, at) }}, nil
+}
+
+// DialSite says where in the node's code the last mocknet dial from `from`
+// to `to` that made a new connection was asked for (the innermost Ferry
+// functions of its call stack), or "" when none did (a prebuilt host's
+// dials, a connection `to` opened). For tests that must name what took a
+// node above its bound.
+func (n *Net) DialSite(from, to peer.ID) string {
+	v, _ := n.sites.Load([2]peer.ID{from, to})
+	s, _ := v.(string)
+	return s
+}
+
+// callSite names the first Ferry functions (outside this package) on the
+// caller's stack, innermost first.
+func callSite() string {
+	pcs := make([]uintptr, 48)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	var names []string
+	for len(names) < 5 {
+		f, more := frames.Next()
+		if strings.HasPrefix(f.Function, "github.com/ferrynet/ferry/") && !strings.Contains(f.Function, "/internal/testnet.") {
+			names = append(names, strings.TrimPrefix(f.Function, "github.com/ferrynet/ferry/"))
+		}
+		if !more {
+			break
+		}
+	}
+	return strings.Join(names, " < ")
 }
 
 // admits asks the node at `to`, as a built host's connection gater would,
@@ -81,6 +113,9 @@ type linker struct {
 	// admit is the other side's connection gater (a mocknet has none):
 	// whether the node at `to` takes a new connection from `from`.
 	admit func(to, from peer.ID) bool
+	// site, if set, is told where each dial that makes a new connection
+	// was asked for (Net.DialSite).
+	site func(from, to peer.ID, at string)
 
 	// dialsMu guards dials: one dial to a peer at a time. A swarm joins
 	// concurrent dials to one peer into one connection; the mocknet opens
@@ -129,6 +164,9 @@ func (l *linker) connect(ctx context.Context, ai peer.AddrInfo) error {
 		return err
 	}
 	l.link(ai.ID)
+	if l.site != nil {
+		l.site(l.ID(), ai.ID, callSite())
+	}
 	if err := l.dial(ctx, ai.ID); err != nil {
 		return err
 	}

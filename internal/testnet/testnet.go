@@ -87,6 +87,9 @@ type Net struct {
 	wan     *wanLinks       // Options.WAN
 	nats    *server.Server  // Options.SharedNATS
 	closing bool            // Close: no unlinking per node
+	// sites: where in the node's code each mocknet dial that made a new
+	// connection came from, by [dialer, dialed] (DialSite).
+	sites sync.Map
 }
 
 // FastSender is sender timing for tests: quick retries, short ack timeout.
