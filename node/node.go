@@ -320,6 +320,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	// A new connection of the sender's takes room under connections.max
 	// (the keeper is built below, before Start runs the sender).
 	sndo.Room = func(p peer.ID) bool { return n.connectivity.Room(p) }
+	sndo.Dialed = func(p peer.ID) { n.connectivity.Dialed(p) }
 	sndo.OnAhead = n.restore.Ahead
 	sndo.DecisionHead = n.review.Applied
 	sndo.OnAcked = n.feed.Acked

@@ -324,9 +324,18 @@ func (k *Keeper) graceOf(p peer.ID) time.Duration {
 	return trimGrace
 }
 
-// dialHeld is how long a dial Room let go counts against the bound before
-// its connection opens.
-const dialHeld = connectTimeout
+// dialHeld is how long a dial Room let go counts against the bound at
+// most before its connection opens: longer than any dial of the node's
+// own may take (discovery's connectTimeout, the sender's DialTimeout,
+// stream.DefaultDialTimeout). Each dialer gives the room back as its dial
+// ends (Dialed, unreserve); one that expired early let the node count too
+// few and open more than connections.max (a loaded reviewer's sender
+// dials, in the 1,000-node simulation).
+const dialHeld = 30 * time.Second
+
+// admitHeld is how long a connection Admit took counts against the bound
+// at most before it opens (the rest of its upgrade after the gater).
+const admitHeld = connectTimeout
 
 // boundRetry is how often holdBound looks again while the node stays above
 // connections.max after a poke (connections age into trim's reach).
@@ -581,6 +590,12 @@ func (k *Keeper) holdBound(ctx context.Context) {
 	}
 }
 
+// Dialed tells the keeper that a dial to p that Room let go has ended,
+// with a connection or without: the room Room held for it is given back
+// (a connection it opened counts among the node's own now). A dialer that
+// never says holds it for dialHeld.
+func (k *Keeper) Dialed(p peer.ID) { k.unreserve(p) }
+
 // unreserve gives back the room Room reserved for a dial to p that failed.
 func (k *Keeper) unreserve(p peer.ID) {
 	k.roomMu.Lock()
@@ -634,7 +649,7 @@ func (k *Keeper) pendingLocked(p peer.ID) int {
 		}
 	}
 	for q, at := range k.admitting {
-		if time.Since(at) > dialHeld {
+		if time.Since(at) > admitHeld {
 			delete(k.admitting, q)
 			continue
 		}

@@ -125,25 +125,33 @@ func TestUnreportedDecisionsFallBackToTheStream(t *testing.T) {
 }
 
 // room is a SenderOptions.Room that says what it is told and counts the
-// times it was asked.
+// times it was asked, said yes, and was told a dial ended (Dialed).
 type room struct {
-	ok    atomic.Bool
-	asked atomic.Int64
+	ok                   atomic.Bool
+	asked, yes, dialings atomic.Int64
 }
 
 func (r *room) Room(peer.ID) bool {
 	r.asked.Add(1)
-	return r.ok.Load()
+	ok := r.ok.Load()
+	if ok {
+		r.yes.Add(1)
+	}
+	return ok
 }
+
+func (r *room) Dialed(peer.ID) { r.dialings.Add(1) }
 
 // TestNewConnectionsWaitForRoom: a member owed decisions past the fallback,
 // to which the sender holds no connection, is not dialed while Room says
 // no (the reviewer's connections stay within connections.max): nothing is
 // sent, no attempt is counted, the lane says why; once Room says yes, the
-// decisions go.
+// decisions go, and the room the dial took is given back as it ends
+// (Dialed): however long a dial takes, it counts against the bound until
+// then.
 func TestNewConnectionsWaitForRoom(t *testing.T) {
 	r := &room{}
-	p := newDecisionPair(t, 50*time.Millisecond, func(o *SenderOptions) { o.Room, o.RoomWait = r.Room, time.Hour })
+	p := newDecisionPair(t, 50*time.Millisecond, func(o *SenderOptions) { o.Room, o.Dialed, o.RoomWait = r.Room, r.Dialed, time.Hour })
 	vers := p.decide(20, "")
 	wait.For(t, waitTimeout, "the sender asked for room three times", func() bool { return r.asked.Load() >= 3 })
 	if got := p.rec.versions(); len(got) != 0 {
@@ -156,9 +164,15 @@ func TestNewConnectionsWaitForRoom(t *testing.T) {
 	if ls.Attempts != 0 || !strings.Contains(ls.LastError, "connections.max") {
 		t.Fatalf("lane while waiting for room: %d attempts, last error %q; want none, and the wait named", ls.Attempts, ls.LastError)
 	}
+	if n := r.dialings.Load(); n != 0 {
+		t.Fatalf("Dialed told of %d dials while Room never said yes", n)
+	}
 	r.ok.Store(true)
 	wait.For(t, waitTimeout, "B got every decision once there was room", func() bool { return len(p.rec.versions()) == len(vers) })
 	exactlyOnce(t, p.rec.versions(), vers)
+	if yes, ended := r.yes.Load(), r.dialings.Load(); ended == 0 || ended > yes {
+		t.Fatalf("Room said yes %d times and Dialed was told of %d dials that ended: want each dial's end told, at least one", yes, ended)
+	}
 }
 
 // TestNoRoomForLongDialsAnyway: a bound must never cut a member off: after

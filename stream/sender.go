@@ -181,6 +181,10 @@ type SenderOptions struct {
 	// once it has waited RoomWait with no word from the receiver it dials
 	// anyway: a bound must never cut a receiver off.
 	Room func(peer.ID) bool
+	// Dialed, if set, is told when a dial Room let go has ended, opened
+	// or failed (peers.Keeper.Dialed): the room it held is given back
+	// then, however long the dial took.
+	Dialed func(peer.ID)
 	// RoomWait bounds the wait for Room (DefaultRoomWait).
 	RoomWait   time.Duration
 	Logger     *slog.Logger
@@ -918,6 +922,11 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 		ctx = network.WithNoDial(ctx, "ferry delivery: connected as room looked")
 	}
 	s, err := o.s.host.NewStream(ctx, o.peer, id)
+	if dial && o.s.opts.Dialed != nil {
+		// The dial Room let go has ended: its room is the connection's
+		// now, or free again.
+		o.s.opts.Dialed(o.peer)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s to %s: %w", id, o.peer, err)
 	}
