@@ -765,6 +765,24 @@ func connBreakdown(net *testnet.Net) string {
 	return fmt.Sprintf("to members %d, to others %d, duplicates %d, inbound %d, outbound %d", member, other, dup, in, out)
 }
 
+// counters reads nd's unlabelled counters of these names, "name=value"
+// each (a name nd does not have is left out).
+func counters(nd *node.Node, names ...string) string {
+	mfs, err := nd.Registry().Gather()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, name := range names {
+		for _, mf := range mfs {
+			if mf.GetName() == name && len(mf.GetMetric()) > 0 && mf.GetMetric()[0].GetCounter() != nil {
+				out = append(out, fmt.Sprintf("%s=%v", strings.TrimPrefix(name, "ferry_"), mf.GetMetric()[0].GetCounter().GetValue()))
+			}
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 // gcCycles is how many garbage collections this process completed.
 func gcCycles() uint64 {
 	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
@@ -784,6 +802,8 @@ func heldBy(net *testnet.Net, nd *node.Node, nc network.Conn) string {
 			fmt.Fprintf(&b, " (dialed by %s)", at)
 		}
 	}
+	fmt.Fprintf(&b, "; its counters: %s", counters(nd, "ferry_delivery_room_waits_total", "ferry_delivery_room_forced_total",
+		"ferry_connections_closed_for_room_total", "ferry_connections_refused_total"))
 	b.WriteString(":")
 	for _, c := range nd.Host().Network().Conns() {
 		var ps []string

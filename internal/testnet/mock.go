@@ -50,16 +50,22 @@ func (n *Net) DialSite(from, to peer.ID) string {
 	return s
 }
 
-// callSite names the first Ferry functions (outside this package) on the
-// caller's stack, innermost first.
+// callSite names the caller's stack, innermost first: the first Ferry
+// functions (outside this package) and, where Ferry was called from a
+// library's goroutine, the library's functions that called it.
 func callSite() string {
-	pcs := make([]uintptr, 48)
+	pcs := make([]uintptr, 64)
 	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
 	var names []string
-	for len(names) < 5 {
+	lib := 0 // library frames named after the last Ferry one
+	for len(names) < 6 {
 		f, more := frames.Next()
-		if strings.HasPrefix(f.Function, "github.com/ferrynet/ferry/") && !strings.Contains(f.Function, "/internal/testnet.") {
-			names = append(names, strings.TrimPrefix(f.Function, "github.com/ferrynet/ferry/"))
+		switch {
+		case strings.Contains(f.Function, "/internal/testnet."):
+		case strings.HasPrefix(f.Function, "github.com/ferrynet/ferry/"):
+			names, lib = append(names, strings.TrimPrefix(f.Function, "github.com/ferrynet/ferry/")), 0
+		case len(names) > 0 && lib < 2 && !strings.HasPrefix(f.Function, "runtime."):
+			names, lib = append(names, f.Function), lib+1
 		}
 		if !more {
 			break
