@@ -815,8 +815,12 @@ func heldBy(net *testnet.Net, nd *node.Node, nc network.Conn) string {
 		if at := c.Stat().Opened; !at.IsZero() {
 			age = time.Since(at).Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(&b, " [%s %s member=%v %s %v]", c.RemotePeer().ShortString(), c.Stat().Direction,
-			nd.IsMember(c.RemotePeer()), age, ps)
+		closing := ""
+		if c.IsClosed() {
+			closing = " closed, still listed"
+		}
+		fmt.Fprintf(&b, " [%s %s member=%v %s%s %v]", c.RemotePeer().ShortString(), c.Stat().Direction,
+			nd.IsMember(c.RemotePeer()), age, closing, ps)
 	}
 	return b.String()
 }

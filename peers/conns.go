@@ -737,6 +737,12 @@ func (k *Keeper) room(p peer.ID, inbound bool) bool {
 			_ = nw.ClosePeer(q)
 			k.roomClosed.Inc()
 		}
+		// Counted again: a connection whose close is still under way (one
+		// the other side closed first, its streams still resetting) is
+		// listed until it is done, and takes its room until then.
+		if k.pendingLocked(except)+reserve+1 > k.cfg.MaxConns {
+			return false
+		}
 	}
 	if inbound {
 		k.admitting[p] = time.Now()
