@@ -252,13 +252,18 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 	}
 	o := &OpenedPart{Bodies: make([]*pb.Body, len(p.Bodies)), Leaves: make([][32]byte, len(p.Bodies))}
 	slab := make([]pb.Body, len(p.Bodies)) // one allocation for the part's bodies (they live as long as it)
+	total := 0
+	for _, raw := range p.Bodies {
+		total += len(raw)
+	}
+	dec := newBodyDecoder(total)
 	var originBytes []byte
 	for i, raw := range p.Bodies {
 		if len(raw) == 0 {
 			return nil, fmt.Errorf("%w: empty body", ErrMalformedEnvelope)
 		}
 		body := &slab[i]
-		if err := proto.Unmarshal(raw, body); err != nil {
+		if err := dec.decode(raw, body); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrMalformedEnvelope, err)
 		}
 		if i == 0 {
