@@ -327,10 +327,10 @@ func (k *Keeper) graceOf(p peer.ID) time.Duration {
 // dialHeld is how long a dial Room let go counts against the bound at
 // most before its connection opens: longer than any dial of the node's
 // own may take (discovery's connectTimeout, the sender's DialTimeout,
-// stream.DefaultDialTimeout). Each dialer gives the room back as its dial
-// ends (Dialed, unreserve); one that expired early let the node count too
-// few and open more than connections.max (a loaded reviewer's sender
-// dials, in the 1,000-node simulation).
+// stream.DefaultDialTimeout: a hold that ended before the dial did would
+// let the node count too few). Each dialer gives the room back as its dial
+// ends (Dialed, unreserve); the hold bounds what a dialer that never says
+// keeps.
 const dialHeld = 30 * time.Second
 
 // admitHeld is how long a connection Admit took counts against the bound
