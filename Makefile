@@ -70,7 +70,7 @@ bench-store:
 # markdown table and writes it to bench/results/scale.md. Idle is measured 200 s after full
 # membership: a node's start (membership schedule, first advertisement, its dials closing) is over;
 # over 120 s, the period of the collection the Go runtime forces on an idle process (a 60-s window
-# holds one or none of them, and read 0.5 points apart at 100 nodes).
+# holds one of them or none; the log line says how many the window held).
 # The membership wait is 12 minutes from the first start: starting 999 simulated nodes takes 5-7.
 # FERRY_SCALE_WAN sizes are simulated on internet-like links (testnet.Internet: 20-200 ms one way per
 # pair, jitter, 1% of writes retransmitted; seed FERRY_SCALE_WAN_SEED). `make scale-wan` runs that

@@ -918,15 +918,22 @@ func (o *outbox) stream(id protocol.ID) (*outStream, error) {
 	// The outbox keeps its own capped backoff; the swarm's (up to five
 	// minutes after repeated failures) would hold a healed link shut.
 	ctx = network.WithForceDirectDial(ctx, "ferry delivery")
-	if !dial {
-		ctx = network.WithNoDial(ctx, "ferry delivery: connected as room looked")
+	if dial {
+		// One dial for the room Room let go, and the stream over what it
+		// opened: a stream that dials would dial again, outside the bound,
+		// if that connection closed before the stream opened (the keeper
+		// closing a connection that carries nothing yet to make room).
+		err := o.s.host.Connect(ctx, peer.AddrInfo{ID: o.peer})
+		if o.s.opts.Dialed != nil {
+			// The dial has ended: its room is the connection's now, or
+			// free again.
+			o.s.opts.Dialed(o.peer)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open %s to %s: %w", id, o.peer, err)
+		}
 	}
-	s, err := o.s.host.NewStream(ctx, o.peer, id)
-	if dial && o.s.opts.Dialed != nil {
-		// The dial Room let go has ended: its room is the connection's
-		// now, or free again.
-		o.s.opts.Dialed(o.peer)
-	}
+	s, err := o.s.host.NewStream(network.WithNoDial(ctx, "ferry delivery: over an open connection"), o.peer, id)
 	if err != nil {
 		return nil, fmt.Errorf("open %s to %s: %w", id, o.peer, err)
 	}
