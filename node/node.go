@@ -272,7 +272,7 @@ func New(cfg Config, home Home, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.gossip, err = pubsub.NewGossipSub(ctx, peers.StreamsOnly(n.host), gossiptopic.RouterOptions()...); err != nil {
+	if n.gossip, err = pubsub.NewGossipSub(ctx, peers.BoundDials(n.host, n.gate, cfg.Connections.Max), gossiptopic.RouterOptions()...); err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	// What operators see of the services comes from the tracer each is
