@@ -11,12 +11,13 @@ import (
 )
 
 // bodyDecoder decodes the bodies of one part without reflection: a
-// receiver decodes every body it is sent, and proto.Unmarshal spent a
-// fifth of the verification on finding its way through the message's
-// descriptors. Bytes fields are copied into one arena per part (a body
+// receiver decodes every body it is sent, and proto.Unmarshal was close
+// to half of OpenPart's time (a 200,000-create profile of the receiver),
+// with an allocation per field. Bytes fields are copied into one arena per part (a body
 // outlives the frame it came in), and an origin or a data type equal to
-// the one before shares it. A body with anything this decoder does not expect (an
-// unknown field, a field in another wire type) is handed to
+// the one before shares it (the bodies of a part must not be changed in
+// place). A body with anything this decoder does not expect (an unknown
+// field, a field in another wire type) is handed to
 // proto.Unmarshal, so the result is always what proto.Unmarshal gives.
 type bodyDecoder struct {
 	arena    []byte
