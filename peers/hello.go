@@ -36,8 +36,8 @@ type Hello struct {
 	log      *slog.Logger
 
 	mu      sync.Mutex
-	greeted map[string]bool  // connection ids that exchanged hello
-	met     map[peer.ID]bool // peers that exchanged hello since the node started
+	greeted map[network.Conn]bool // connections that exchanged hello (by identity: a swarm connection's ID() formats its peer id at each call)
+	met     map[peer.ID]bool      // peers that exchanged hello since the node started
 }
 
 // HelloDeps are what hello works with; every one is required.
@@ -68,7 +68,7 @@ type HelloDeps struct {
 func NewHello(d HelloDeps) *Hello {
 	return &Hello{cfg: d.Config, h: d.Host, book: d.Book, gate: d.Gate, members: d.Members, holds: d.Holds,
 		onHolds: d.OnHolds, onMember: d.OnMember, group: d.Group, log: d.Logger,
-		greeted: map[string]bool{}, met: map[peer.ID]bool{}}
+		greeted: map[network.Conn]bool{}, met: map[peer.ID]bool{}}
 }
 
 // Met reports whether p exchanged hello with this node since it started.
@@ -84,7 +84,7 @@ func (x *Hello) pending() []network.Conn {
 	defer x.mu.Unlock()
 	var out []network.Conn
 	for _, c := range x.h.Network().Conns() {
-		if !x.greeted[c.ID()] {
+		if !x.greeted[c] {
 			out = append(out, c)
 		}
 	}
@@ -93,7 +93,7 @@ func (x *Hello) pending() []network.Conn {
 
 func (x *Hello) forget(c network.Conn) {
 	x.mu.Lock()
-	delete(x.greeted, c.ID())
+	delete(x.greeted, c)
 	x.mu.Unlock()
 }
 
@@ -181,7 +181,7 @@ func (x *Hello) greet(ctx context.Context, c network.Conn) error {
 func (x *Hello) learn(c network.Conn, h *pb.Hello) {
 	defer x.gate.greeted(c)
 	x.mu.Lock()
-	x.greeted[c.ID()] = true
+	x.greeted[c] = true
 	x.met[c.RemotePeer()] = true
 	x.mu.Unlock()
 	p := c.RemotePeer()
