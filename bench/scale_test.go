@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
+	"runtime/trace"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +57,8 @@ import (
 //	                           the idle window and the decisions, with a goroutine and heap profile
 //	                           at the end of each, into dir
 //	                           (scale-N[-sim]-{start,idle,decisions}.{cpu,goroutine,heap}.pprof)
+//	FERRY_SCALE_TRACE=dir      write an execution trace of 20 s at rest, after the rest and before
+//	                           the idle window, into dir (scale-N[-sim]-rest.trace)
 //
 // Without FERRY_SCALE, TestScaleSmoke runs the same measurement on 4 real
 // and 4 simulated nodes with a one-second idle window (skipped with -short).
@@ -386,6 +389,7 @@ func scaleRun(t *testing.T, n int, sim bool, wan *testnet.WAN, idle, join time.D
 	rest := scaleDuration(t, "FERRY_SCALE_REST", idle/2)
 	r.Rest = rest
 	time.Sleep(rest) // a set rest before the idle window, not an event to wait for
+	scaleTrace(t, n, sim)
 	stopProf := scaleProfile(t, n, sim, "idle")
 	g0 := gcCycles()
 	c0, w0 := cpuTime(), time.Now()
@@ -691,6 +695,37 @@ func TestScaleSmoke(t *testing.T) {
 		fmt.Print(scaleTable(rows, time.Second, loadavg()))
 	}
 }
+
+// scaleTrace writes an execution trace of traceWindow at rest into
+// FERRY_SCALE_TRACE (a directory; nothing when it is unset), before the
+// idle window and outside it: the trace's own cost stays out of the idle
+// CPU. `go tool trace` shows each wake-up and what it was for.
+func scaleTrace(t *testing.T, n int, sim bool) {
+	dir := os.Getenv("FERRY_SCALE_TRACE")
+	if dir == "" {
+		return
+	}
+	name := fmt.Sprintf("scale-%d", n)
+	if sim {
+		name += "-sim"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, name+"-rest.trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := trace.Start(f); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(traceWindow) // the window traced, not an event to wait for
+	trace.Stop()
+}
+
+// traceWindow is how long scaleTrace traces.
+const traceWindow = 20 * time.Second
 
 // scaleProfile starts the profiles of FERRY_SCALE_PROFILE (none when it is
 // unset) and returns what ends them (once; later calls do nothing).

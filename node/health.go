@@ -42,9 +42,10 @@ const (
 	// writes waiting for space, a failure).
 	healthEvery = 250 * time.Millisecond
 	// healthRestEvery is how often it looks at a settled store: anything
-	// that unsettles it wakes the watcher at once (store.Changed), and work
-	// queued since is seen stalled within this of StallAfter.
-	healthRestEvery = 5 * time.Second
+	// that unsettles it wakes the watcher at once (store.Changed), work
+	// queued after a quiet second included. At 5 s, 100 idle nodes' watchers
+	// woke 20 times a second, each with a statfs.
+	healthRestEvery = 15 * time.Second
 )
 
 // The answer of /healthz and /readyz, and Status.Health (package admin).

@@ -617,21 +617,19 @@ func (s *Service) wantReport() {
 
 // reportLoop tells the review group what this member applied and passes
 // on the reports it holds (relay.go), at most every ReportEvery, and looks
-// again HeadEvery after news or after a look that found something due (a
+// again HeadEvery after a look that found something due (news applied, a
 // decision applied by catch-up or the stream, a report to send again); at
-// rest each look that found nothing due doubles the wait, up to headQuiet
-// times HeadEvery (news wakes it at once).
+// rest each look that found nothing due, woken by a head or not, doubles
+// the wait, up to headQuiet times HeadEvery (news wakes it at once).
 func (s *Service) reportLoop() {
 	wait := s.d.HeadEvery
 	retry := time.NewTimer(wait)
 	defer retry.Stop()
 	for {
-		woken := false
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-s.report:
-			woken = true
 		case <-retry.C:
 		}
 		applied := uint64(0)
@@ -639,10 +637,12 @@ func (s *Service) reportLoop() {
 			applied = s.d.Decisions.Applied()
 		}
 		due := s.relayDue(applied)
-		switch {
-		case due || woken:
+		// A wake-up that found nothing due (a head that told nothing new)
+		// keeps the wait growing: at rest the reviewer's head each minute
+		// reset it to HeadEvery, four looks a minute at every member.
+		if due {
 			wait = s.d.HeadEvery
-		default:
+		} else {
 			wait = min(2*wait, headQuiet*s.d.HeadEvery)
 		}
 		retry.Reset(wait)

@@ -279,12 +279,23 @@ func (h *health) recoverFatal() {
 	}
 }
 
-// enqueued counts submitted work; the first of a burst restarts the stall clock.
+// enqueued counts submitted work; the first of a burst restarts the stall
+// clock, and after a quiet second it also wakes a watcher of Changed, which
+// looks rarely at a settled store (its stall must be seen within its
+// bounds); under load, rounds follow each other and nothing is woken.
 func (h *health) enqueued() {
 	if h.queued.Add(1) == 1 {
-		h.lastProgress.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		h.lastProgress.Store(now)
+		if now-h.lastCommit.Load() > int64(quietPoke) {
+			h.poke()
+		}
 	}
 }
+
+// quietPoke is how long without a commit makes the next work wake the
+// watcher of Changed (enqueued).
+const quietPoke = time.Second
 
 // answered counts out a round's work.
 func (h *health) answered(n int) {

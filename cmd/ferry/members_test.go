@@ -43,9 +43,17 @@ func TestMembersCommands(t *testing.T) {
 		return id != ""
 	})
 	mustFerry(t, "--home", home(nC), "requests", "accept", id)
+	var rowsOut string
+	defer func() {
+		if t.Failed() {
+			members, err := ferry(t, "--home", home(nC), "members", "list")
+			t.Logf("C's rows of the decision when the test failed:\n%s\nC's members (%v):\n%s\nconnections per node: %v",
+				rowsOut, err, members, net.ConnsPerNode())
+		}
+	}()
 	testnet.WaitFor(t, 20*time.Second, "C's row for B is pending, A's sended", func() bool {
-		out := mustFerry(t, "--home", home(nC), "acks", "list", "--request", id)
-		return strings.Contains(out, " B ") && strings.Contains(out, "pending") && strings.Contains(out, "sended")
+		rowsOut = mustFerry(t, "--home", home(nC), "acks", "list", "--request", id)
+		return strings.Contains(rowsOut, " B ") && strings.Contains(rowsOut, "pending") && strings.Contains(rowsOut, "sended")
 	})
 
 	for _, c := range []struct{ peer, want string }{

@@ -57,9 +57,9 @@ func RouterOptions() []pubsub.Option {
 // A message is forwarded along the mesh as it comes, not on a heartbeat,
 // so what waits on it is the repair of the mesh after a peer comes or
 // goes, and a message a peer missed, fetched after the IHAVE (the message
-// cache keeps five heartbeats, 10 s). Ferry's own repairs (the decision
+// cache keeps five heartbeats, 15 s). Ferry's own repairs (the decision
 // head, catch-up) run on seconds as well.
-const Heartbeat = 2 * time.Second
+const Heartbeat = 3 * time.Second
 
 // peerQueue is gossipsub's outbound queue per peer (its default is 32).
 const peerQueue = 256
