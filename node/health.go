@@ -41,11 +41,17 @@ const (
 	// not settled (store.Settled: work queued, an ENOSPC, compactions or
 	// writes waiting for space, a failure).
 	healthEvery = 250 * time.Millisecond
-	// healthRestEvery is how often it looks at a settled store: anything
-	// that unsettles it wakes the watcher at once (store.Changed), work
-	// queued after a quiet second included. At 5 s, 100 idle nodes' watchers
-	// woke 20 times a second, each with a statfs.
+	// healthSettledEvery is how often it looks at a settled store that
+	// committed something within healthQuiet: anything that unsettles it
+	// wakes the watcher at once (store.Changed), and work queued since is
+	// seen stalled within this of StallAfter.
+	healthSettledEvery = 5 * time.Second
+	// healthRestEvery is how often it looks at a store at rest (settled,
+	// nothing committed for healthQuiet: store.Resting); the first work
+	// queued then wakes it. At 5 s, 100 idle nodes' watchers woke 20 times
+	// a second, each with a statfs.
 	healthRestEvery = 15 * time.Second
+	healthQuiet     = 5 * time.Second
 )
 
 // The answer of /healthz and /readyz, and Status.Health (package admin).
@@ -128,9 +134,12 @@ func (n *Node) watchHealth() {
 		h := n.st.Health()
 		// One timer, reset each look: often while the store is busy or
 		// unwell, rarely at rest (100 idle nodes looked 400 times a second).
-		if n.st.Settled() {
+		switch {
+		case n.st.Resting(healthQuiet):
 			t.Reset(healthRestEvery)
-		} else {
+		case n.st.Settled():
+			t.Reset(healthSettledEvery)
+		default:
 			t.Reset(healthEvery)
 		}
 		switch {

@@ -241,5 +241,10 @@ func buildHost(ctx context.Context, c Config, key crypto.PrivKey, gater *peers.C
 		// listen failures as text only, so nothing here matches on them.
 		return nil, nil, fmt.Errorf("libp2p host on %s: %w", strings.Join(listen, ", "), err)
 	}
+	// The gater refuses a blocked peer's new connections, but one that
+	// passed it just before the block (CutLink) is added to the swarm
+	// after CutLink closed the peer's connections: the network's report
+	// of each new connection closes it then.
+	gate.DropRefused(h)
 	return gate.Admitted(h), kad, nil
 }

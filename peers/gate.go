@@ -299,7 +299,9 @@ func (a *admittedHost) SetStreamHandlerMatch(pid protocol.ID, m func(protocol.ID
 func (g *Gate) Prebuilt(h host.Host) host.Host { return &gatedHost{Host: h, gate: g} }
 
 // DropRefused closes h's connections with peers the book refuses: those
-// open now, and each one as the network reports it.
+// open now, and each one as the network reports it (behind the gater too: a
+// connection that passed the gater before its peer was blocked is added
+// after the block).
 func (g *Gate) DropRefused(h host.Host) {
 	h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, conn network.Conn) {
 		if g.book.refused(conn.RemotePeer()) {

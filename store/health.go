@@ -144,6 +144,9 @@ type health struct {
 	queued                       atomic.Int64 // operations submitted and not yet answered
 	lastProgress                 atomic.Int64 // unix nanos: last answered round, or when the queue became non-empty
 	lastCommit                   atomic.Int64 // unix nanos of the last round answered
+	// resting: a watcher of Changed looks rarely (Resting said so); the
+	// next work submitted pokes it.
+	resting atomic.Bool
 
 	mu         sync.Mutex
 	free       uint64    // free bytes as of freeAt
@@ -280,22 +283,16 @@ func (h *health) recoverFatal() {
 }
 
 // enqueued counts submitted work; the first of a burst restarts the stall
-// clock, and after a quiet second it also wakes a watcher of Changed, which
-// looks rarely at a settled store (its stall must be seen within its
-// bounds); under load, rounds follow each other and nothing is woken.
+// clock, and wakes a watcher of Changed that rests (Resting), so that a
+// stall is seen within its bounds however rarely the watcher looks at rest.
 func (h *health) enqueued() {
 	if h.queued.Add(1) == 1 {
-		now := time.Now().UnixNano()
-		h.lastProgress.Store(now)
-		if now-h.lastCommit.Load() > int64(quietPoke) {
+		h.lastProgress.Store(time.Now().UnixNano())
+		if h.resting.CompareAndSwap(true, false) {
 			h.poke()
 		}
 	}
 }
-
-// quietPoke is how long without a commit makes the next work wake the
-// watcher of Changed (enqueued).
-const quietPoke = time.Second
 
 // answered counts out a round's work.
 func (h *health) answered(n int) {
@@ -410,6 +407,22 @@ func (s *Store) Settled() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return !h.diskLow
+}
+
+// Resting reports whether a watcher of Health may look only rarely: the
+// store is settled and has committed nothing for quiet. When it says yes,
+// the next work submitted wakes Changed; under load, or right after some,
+// it says no, so that work does not wake the watcher round after round.
+func (s *Store) Resting(quiet time.Duration) bool {
+	if !s.Settled() || time.Now().UnixNano()-s.h.lastCommit.Load() < int64(quiet) {
+		return false
+	}
+	s.h.resting.Store(true)
+	if s.h.queued.Load() > 0 { // work came in between: it may have seen resting false
+		s.h.resting.Store(false)
+		return false
+	}
+	return true
 }
 
 // Health reports whether the store can take writes, and why not.
