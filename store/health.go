@@ -130,7 +130,8 @@ type health struct {
 	failed atomic.Pointer[error] // set by Pebble's listener, the disk-full hook or Fatalf
 	// changed is poked (never blocking) when something Health reports may
 	// have turned: a failure, an ENOSPC, compactions waiting for space, the
-	// disk below the reserve, a corrupt block (Changed).
+	// disk below the reserve, a corrupt block, the first work submitted
+	// while a watcher rests (Changed, Resting).
 	changed chan struct{}
 	// diskFullAt (unix nanos) is when a write met ENOSPC that no compaction
 	// has claimed yet (space.go); it fails the store after diskFullGrace.

@@ -245,3 +245,62 @@ func TestDiskFullFailsStoreAndLosesNothing(t *testing.T) {
 	}
 	t.Logf("%d commits answered ok before the disk filled, all there after reopening", len(acked))
 }
+
+// TestRestingWakesOnWork: a store that committed nothing for the quiet
+// period is resting, and the first work submitted then pokes Changed (a
+// watcher that looks rarely at rest sees a stall in time); right after a
+// commit it is not resting, and work does not poke.
+func TestRestingWakesOnWork(t *testing.T) {
+	key, _ := newKey(t)
+	s, err := Open(t.TempDir(), Options{Signer: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	drain := func() {
+		for {
+			select {
+			case <-s.Changed():
+			default:
+				return
+			}
+		}
+	}
+	commit := func() {
+		done := make(chan error, 1)
+		s.Submit(context.Background(), func(tx *Txn) error { tx.SetAux("x", nil); return nil }, func(err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit()
+	wait.Until(t, 5*time.Second, "the round is marked done", func() error {
+		if !s.Settled() {
+			return errors.New("not settled")
+		}
+		return nil
+	})
+	if s.Resting(time.Hour) {
+		t.Fatal("resting right after a commit")
+	}
+	drain()
+	commit()
+	select {
+	case <-s.Changed():
+		t.Fatal("work poked Changed while the watcher was not resting")
+	default:
+	}
+	wait.Until(t, 5*time.Second, "resting once the quiet period passed", func() error {
+		if !s.Resting(50 * time.Millisecond) {
+			return errors.New("not resting")
+		}
+		return nil
+	})
+	drain()
+	commit()
+	select {
+	case <-s.Changed():
+	default:
+		t.Fatal("the first work after a rest did not poke Changed")
+	}
+}
