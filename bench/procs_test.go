@@ -79,6 +79,9 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 			o.Env = append(o.Env, "FERRY_NATS_EVENTS_ENABLED=false")
 		}
 		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
 			// Each node writes a CPU profile of its run, flushed when it stops.
 			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))
 			// And a heap profile at its stop: alloc_space shows what the

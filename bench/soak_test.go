@@ -158,6 +158,9 @@ func TestSoak(t *testing.T) {
 		if dir == "" {
 			return nil
 		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		return []string{"FERRY_CPUPROFILE=" + dir + "/soak-" + name + ".cpu", "FERRY_MEMPROFILE=" + dir + "/soak-" + name + ".heap"}
 	}
 	a := proc.New(t, proc.Options{Name: "A", LogLevel: "warn", Configure: retention, Env: profiles("A")})
