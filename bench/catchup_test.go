@@ -132,7 +132,8 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("B still misses %d changes", pendingFor(t, a, "B1", "resource"))
+			t.Fatalf("B still misses %d changes (B applied %d of %d, %.0f of them through catch-up)",
+				pendingFor(t, a, "B1", "resource"), acked, n, syncAppliedAt(t, b))
 		}
 		if firstAck == 0 && acked > 0 {
 			firstAck = now() - start
@@ -151,6 +152,9 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 		time.Sleep(pause)
 	}
 	r.Elapsed = now() - start
+	if k := syncAppliedAt(t, b); k > 0 {
+		t.Logf("B took %.0f of the %d changes through catch-up, the rest by the stream", k, n)
+	}
 	cpuB, cpuA := cpuOf(b.Pid()), cpuOf(a.Pid())-cpuA
 	if firstAck == 0 {
 		firstAck = r.Elapsed
@@ -177,7 +181,15 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 // appliedAt is n's ferry_delivery_received_total{outcome="applied"}: the
 // changes it received and committed since its process started.
 func appliedAt(t testing.TB, n *proc.Node) int {
-	return int(metricAt(t, n, `ferry_delivery_received_total{outcome="applied"}`))
+	return int(metricAt(t, n, `ferry_delivery_received_total{outcome="applied"}`) + syncAppliedAt(t, n))
+}
+
+// syncAppliedAt counts the resource changes n applied through catch-up: a
+// partner that starts before its partner is connected asks for that
+// partner's chain (catchup's partner round), and when the connection comes
+// up in between, the changes come that way instead of by the stream.
+func syncAppliedAt(t testing.TB, n *proc.Node) float64 {
+	return metricAt(t, n, `ferry_sync_changes_total{outcome="applied",what="resources"}`)
 }
 
 // metricAt is the value of n's metric named (with its labels) name.
