@@ -127,13 +127,13 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 	// Not A at every look: its count of what it owes scans its log, and
 	// done every 10 ms that took A more CPU than the catch-up itself.
 	for {
-		acked := appliedAt(t, b)
+		acked, bySync := appliedAt(t, b)
 		if acked >= n && pendingFor(t, a, "B1", "resource") == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("B still misses %d changes (B applied %d of %d, %.0f of them through catch-up)",
-				pendingFor(t, a, "B1", "resource"), acked, n, syncAppliedAt(t, b))
+			t.Fatalf("B still misses %d changes (B applied %d of %d, %d of them through catch-up)",
+				pendingFor(t, a, "B1", "resource"), acked, n, bySync)
 		}
 		if firstAck == 0 && acked > 0 {
 			firstAck = now() - start
@@ -152,8 +152,8 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 		time.Sleep(pause)
 	}
 	r.Elapsed = now() - start
-	if k := syncAppliedAt(t, b); k > 0 {
-		t.Logf("B took %.0f of the %d changes through catch-up, the rest by the stream", k, n)
+	if _, k := appliedAt(t, b); k > 0 {
+		t.Logf("B took %d of the %d changes through catch-up, the rest by the stream", k, n)
 	}
 	cpuB, cpuA := cpuOf(b.Pid()), cpuOf(a.Pid())-cpuA
 	if firstAck == 0 {
@@ -178,39 +178,52 @@ func partnerBack(t testing.TB, n, inflight int) catchUpResult {
 	return r
 }
 
-// appliedAt is n's ferry_delivery_received_total{outcome="applied"}: the
-// changes it received and committed since its process started.
-func appliedAt(t testing.TB, n *proc.Node) int {
-	return int(metricAt(t, n, `ferry_delivery_received_total{outcome="applied"}`) + syncAppliedAt(t, n))
-}
-
-// syncAppliedAt counts the resource changes n applied through catch-up: a
-// partner that starts before its partner is connected asks for that
-// partner's chain (catchup's partner round), and when the connection comes
-// up in between, the changes come that way instead of by the stream.
-func syncAppliedAt(t testing.TB, n *proc.Node) float64 {
-	return metricAt(t, n, `ferry_sync_changes_total{outcome="applied",what="resources"}`)
+// appliedAt is what n applied of the resource changes it received since
+// its process started, by the stream (ferry_delivery_received_total) and by
+// catch-up (ferry_sync_changes_total: a partner that starts before its
+// partner is connected asks for that partner's chain in catch-up's partner
+// round, and when the connection comes up in between, the changes come
+// that way): all, and through catch-up. One scrape of n's metrics.
+func appliedAt(t testing.TB, n *proc.Node) (all int, bySync int) {
+	v := metricsAt(t, n, `ferry_delivery_received_total{outcome="applied"}`, `ferry_sync_changes_total{outcome="applied",what="resources"}`)
+	return int(v[0] + v[1]), int(v[1])
 }
 
 // metricAt is the value of n's metric named (with its labels) name.
 func metricAt(t testing.TB, n *proc.Node, name string) float64 {
+	t.Helper()
+	return metricsAt(t, n, name)[0]
+}
+
+// metricsAt reads the values of n's metrics named (with their labels) names
+// from one scrape.
+func metricsAt(t testing.TB, n *proc.Node, names ...string) []float64 {
 	t.Helper()
 	// Not compressed: the look should cost the node little.
 	code, body, err := n.Do("GET", "/metrics", nil, http.Header{"Accept-Encoding": {"identity"}})
 	if err != nil || code != 200 {
 		t.Fatalf("%s metrics: %d %v", n.Name(), code, err)
 	}
+	out, found := make([]float64, len(names)), make([]bool, len(names))
 	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
+		for i, name := range names {
+			v, ok := strings.CutPrefix(line, name+" ")
+			if !ok {
+				continue
+			}
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
 				t.Fatalf("%s metrics: %q: %v", n.Name(), line, err)
 			}
-			return f
+			out[i], found[i] = f, true
 		}
 	}
-	t.Fatalf("%s metrics: no %s", n.Name(), name)
-	return 0
+	for i, ok := range found {
+		if !ok {
+			t.Fatalf("%s metrics: no %s", n.Name(), names[i])
+		}
+	}
+	return out
 }
 
 // newMember: reviewer R makes rows decisions (each a request it submits and

@@ -98,7 +98,7 @@ func (b *boundDials) NewStream(ctx context.Context, p peer.ID, pids ...protocol.
 	err := b.Host.Connect(ctx, peer.AddrInfo{ID: p})
 	done(err)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("stream to %s: %w", p, err)
 	}
 	return b.Host.NewStream(network.WithNoDial(ctx, "bound dial done"), p, pids...)
 }
