@@ -88,6 +88,13 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 			// run allocated, where.
 			o.Env = append(o.Env, "FERRY_MEMPROFILE="+strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")+".heap")
 		}
+		if dir := os.Getenv("FERRY_BENCH_TRACES"); dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			// Each node writes an execution trace of its run (go tool trace).
+			o.Env = append(o.Env, "FERRY_TRACE="+strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")+".trace")
+		}
 		return o
 	}
 	a := proc.New(t, quiet(proc.Options{Name: "A"}))
@@ -154,6 +161,8 @@ type procResult struct {
 	// Disk is each node's data directory (A, then each partner) after the
 	// run and a clean stop (SIGTERM, then its exit).
 	Disk []diskUse
+	// tail says when the slowest samples were sent (ferryProcsLatency).
+	tail string
 }
 
 // diskUse is what one node's data directory holds after a clean stop.
@@ -313,7 +322,23 @@ func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wa
 	r.CPUA, r.CPUB = cpuOf(pa.Pid())-cpuA0, []time.Duration{cpuOf(pbs[0].Pid()) - cpuB0}
 	r.Check, r.Failed = settle(t, a, cs, wait)
 	latencies(&r.ferryResult, a, cs[0])
+	r.tail = tailTimes(a, cs[0], r.P99)
 	return r
+}
+
+// tailTimes says when, in tenths of a second from the first send, the
+// samples above p99 were sent, and how slow each was: whether a paced run's
+// tail is spread or comes in a few stalls.
+func tailTimes(a *app, c *counter, p99 time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "samples above p99 (%v), by send time: reply/event", p99)
+	t0 := a.sendNs[0]
+	for i := range a.sendNs {
+		if d := time.Duration(c.recvNs[i] - a.sendNs[i]); d > p99 {
+			fmt.Fprintf(&b, " %.2fs:%.1f/%.1fms", float64(a.sendNs[i]-t0)/1e9, float64(a.ackNs[i]-a.sendNs[i])/1e6, float64(d)/1e6)
+		}
+	}
+	return b.String()
 }
 
 // TestProcsQuick runs the process throughput alone and prints it:
@@ -351,4 +376,7 @@ func TestProcsLatencyQuick(t *testing.T) {
 	r := ferryProcsLatency(t, rate, 5*time.Second, 2048, 300*time.Millisecond)
 	t.Logf("%d events/s for 5s: send at A to event on B p50 %v, p99 %v, max %v; fsynced reply p50 %v, p99 %v; CPU per event A %.1f µs, B %s µs; %s",
 		rate, r.P50, r.P99, r.Max, r.AckP50, r.AckP99, r.UsPerEvent(), r.partnersUs(), r.Check)
+	if os.Getenv("FERRY_BENCH_TAIL") != "" {
+		t.Log(r.tail)
+	}
 }

@@ -176,7 +176,9 @@ func TestNewWALOnFullDiskIsFatal(t *testing.T) {
 		return
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestNewWALOnFullDiskIsFatal$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "FERRY_STORE_WAL_CHILD=1")
+	// The child's store lives in the parent's temporary directory: the
+	// child ends in os.Exit, which skips its own t.TempDir cleanup.
+	cmd.Env = append(os.Environ(), "FERRY_STORE_WAL_CHILD=1", "FERRY_STORE_WAL_DIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), "fatal: pebble: open ") || !strings.Contains(string(out), "no space left on device") {
@@ -199,7 +201,11 @@ func newWALOnFullDisk(t *testing.T) {
 		}
 		return nil
 	}))
-	s, err := Open(t.TempDir(), Options{Signer: key, Health: HealthOptions{FS: fs, OnFatal: func(err error) {
+	dir := os.Getenv("FERRY_STORE_WAL_DIR")
+	if dir == "" {
+		t.Fatal("FERRY_STORE_WAL_DIR: the parent's directory for the store")
+	}
+	s, err := Open(dir, Options{Signer: key, Health: HealthOptions{FS: fs, OnFatal: func(err error) {
 		fmt.Fprintf(os.Stderr, "fatal: %v\n", err)
 		os.Exit(3)
 	}}})

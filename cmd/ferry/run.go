@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"syscall"
 	"time"
@@ -175,6 +176,18 @@ func runCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("FERRY_CPUPROFILE: %w", err)
 			}
 			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		}
+		if path := os.Getenv("FERRY_TRACE"); path != "" {
+			// An execution trace of the whole run, for `go tool trace`:
+			// where a node waits (syscalls, the scheduler, the collector).
+			f, err := os.Create(path)
+			if err != nil {
+				return fmt.Errorf("FERRY_TRACE: %w", err)
+			}
+			if err := trace.Start(f); err != nil {
+				return fmt.Errorf("FERRY_TRACE: %w", err)
+			}
+			defer func() { trace.Stop(); _ = f.Close() }()
 		}
 		if path := os.Getenv("FERRY_MEMPROFILE"); path != "" {
 			// A heap profile written when the node stops: what it holds
