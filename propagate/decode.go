@@ -1,6 +1,7 @@
 package propagate
 
 import (
+	"encoding/binary"
 	"fmt"
 	"unicode/utf8"
 
@@ -146,6 +147,28 @@ func (s *scan) eat(c byte) bool {
 	return false
 }
 
+// plainRun returns where the run of plain string bytes (all but the quote,
+// the backslash and the control characters) that starts at b[i] ends. It
+// looks at eight bytes at a time: a payload is mostly such runs, and the
+// receiver scans every change it applies.
+func plainRun(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for i+8 <= len(b) {
+		x := binary.LittleEndian.Uint64(b[i:])
+		q, bs := x^(ones*'"'), x^(ones*'\\')
+		// A byte below 0x20, or a zero byte in q or bs, sets its high bit
+		// (exact as to whether any byte of the word does).
+		if ((x-ones*0x20)&^x|(q-ones)&^q|(bs-ones)&^bs)&highs != 0 {
+			break
+		}
+		i += 8
+	}
+	for i < len(b) && b[i] != '"' && b[i] != '\\' && b[i] >= 0x20 {
+		i++
+	}
+	return i
+}
+
 // str reads a string at s.i and returns its contents (between the quotes)
 // and whether it holds escapes.
 func (s *scan) str() (v []byte, esc, ok bool) {
@@ -154,6 +177,10 @@ func (s *scan) str() (v []byte, esc, ok bool) {
 	}
 	start := s.i
 	for s.i < len(s.b) {
+		s.i = plainRun(s.b, s.i)
+		if s.i >= len(s.b) {
+			break
+		}
 		c := s.b[s.i]
 		switch {
 		case c == '"':

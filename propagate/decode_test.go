@@ -108,3 +108,37 @@ func FuzzDecodeRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) { sameAsSlowPath(t, body) })
 }
+
+// BenchmarkDecodeRequest reads the create the benchmarks send: a 256-byte
+// payload, {"id":...,"pad":"xxx..."}.
+//
+//	go test ./propagate/ -run '^$' -bench DecodeRequest -benchmem
+func BenchmarkDecodeRequest(b *testing.B) {
+	body := []byte(`{"action":"create","data_type":"orders","payload":{"id":"r-0000001234","pad":"` +
+		strings.Repeat("x", 256-len(`{"id":"r-0000001234","pad":""}`)) + `"}}`)
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, ok := DecodeRequest(body); !ok {
+			b.Fatal("not taken")
+		}
+	}
+}
+
+// FuzzPlainRun holds the eight-bytes-at-a-time run to the byte-by-byte one.
+func FuzzPlainRun(f *testing.F) {
+	for _, s := range []string{"", "abc", `abcdefghijklmnop"`, "abcdefgh\\ijk", "abcdefgh\x1fijk", "\u00e9\u00e9\u00e9\u00e9\u00e9\"", "0123456701234567\x7f\x80\xff\x20\x21"} {
+		f.Add([]byte(s), 0)
+	}
+	f.Fuzz(func(t *testing.T, b []byte, i int) {
+		if i < 0 || i > len(b) {
+			return
+		}
+		want := i
+		for want < len(b) && b[want] != '"' && b[want] != '\\' && b[want] >= 0x20 {
+			want++
+		}
+		if got := plainRun(b, i); got != want {
+			t.Fatalf("plainRun(%q, %d) = %d, want %d", b, i, got, want)
+		}
+	})
+}
