@@ -90,8 +90,8 @@ scale-wan:
 	FERRY_SCALE_PROCS=0 FERRY_SCALE_N= FERRY_SCALE_SIM= FERRY_SCALE_WAN=$${FERRY_SCALE_WAN-300} $(MAKE) scale
 
 # The soak of docs/BENCHMARKS.md: A and its partner B as processes, 5,000 changes a second for
-# 10 minutes with a one-minute retention window; fails unless RSS stays flat within 10% and the
-# ledger stays bounded; reports the store's bytes per change (samples in bench/results/soak.csv)
+# 10 minutes with a one-minute retention window and 128 MiB events streams; fails unless RSS
+# stays flat within 10% and the ledger stays bounded; reports the store's bytes per change (samples in bench/results/soak.csv)
 # and A's and B's CPU per change against full rate (a part-1 run first, unless FERRY_SOAK_FULLRATE_US).
 # The nodes are built as released (CGO_ENABLED=0, as `make build` and the Dockerfile): with cgo,
 # Pebble's memtables come from the C allocator, which keeps freed 16 MiB arenas and makes the
