@@ -9,7 +9,7 @@ import (
 // of those it was not.
 func TestKnownHasNoFalseNegatives(t *testing.T) {
 	k := newKnown(0) // 65,536 keys, then it grows
-	const n = 200_000
+	const n = 1_000_000
 	for i := range n {
 		k.add("A", "vm", fmt.Sprint("in", i))
 	}
@@ -28,7 +28,9 @@ func TestKnownHasNoFalseNegatives(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d absent resources may be held (%.2f%%)", fp, n, 100*float64(fp)/n)
-	if fp > n/20 {
+	// Every filter adds its false positives (each one a read of the
+	// store): with three filters, under 1% in all.
+	if fp > n/100 {
 		t.Fatalf("%d of %d absent resources may be held: the filter rules out too little", fp, n)
 	}
 	if k.mayHold("A", "other", "in1") && k.mayHold("A", "other", "in2") && k.mayHold("A", "other", "in3") {
