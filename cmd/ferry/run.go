@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -165,30 +166,20 @@ func runCmd(g *globals) *cobra.Command {
 				_ = lock.Unlock()
 			}
 		}()
-		if path := os.Getenv("FERRY_CPUPROFILE"); path != "" {
-			// A CPU profile of the whole run, for `go tool pprof`: where a
-			// node's time goes under a real load.
-			f, err := os.Create(path)
-			if err != nil {
-				return fmt.Errorf("FERRY_CPUPROFILE: %w", err)
-			}
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return fmt.Errorf("FERRY_CPUPROFILE: %w", err)
-			}
-			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		// A CPU profile of the whole run, for `go tool pprof`: where a
+		// node's time goes under a real load.
+		stopProfile, err := recordRun("FERRY_CPUPROFILE", pprof.StartCPUProfile, pprof.StopCPUProfile)
+		if err != nil {
+			return err
 		}
-		if path := os.Getenv("FERRY_TRACE"); path != "" {
-			// An execution trace of the whole run, for `go tool trace`:
-			// where a node waits (syscalls, the scheduler, the collector).
-			f, err := os.Create(path)
-			if err != nil {
-				return fmt.Errorf("FERRY_TRACE: %w", err)
-			}
-			if err := trace.Start(f); err != nil {
-				return fmt.Errorf("FERRY_TRACE: %w", err)
-			}
-			defer func() { trace.Stop(); _ = f.Close() }()
+		defer stopProfile()
+		// An execution trace of the whole run, for `go tool trace`: where
+		// a node waits (syscalls, the scheduler, the collector).
+		stopTrace, err := recordRun("FERRY_TRACE", trace.Start, trace.Stop)
+		if err != nil {
+			return err
 		}
+		defer stopTrace()
 		if path := os.Getenv("FERRY_MEMPROFILE"); path != "" {
 			// A heap profile written when the node stops: what it holds
 			// after a long run.
@@ -274,4 +265,23 @@ func stop(n *node.Node, sigs <-chan os.Signal, cause error) error {
 		}
 		return fmt.Errorf("shutdown did not finish within %v; exiting", shutdownTimeout)
 	}
+}
+
+// recordRun starts a recording of the whole run (start, ended by stop) into
+// the file the environment variable env names, if it names one; the
+// returned func stops it and closes the file.
+func recordRun(env string, start func(io.Writer) error, stop func()) (func(), error) {
+	path := os.Getenv(env)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", env, err)
+	}
+	if err := start(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s: %w", env, err)
+	}
+	return func() { stop(); _ = f.Close() }, nil
 }
