@@ -333,9 +333,9 @@ func ferryProcsLatency(t testing.TB, rate int, d time.Duration, inflight int, wa
 	return r
 }
 
-// tailTimes says when, in tenths of a second from the first send, the
-// samples above p99 were sent, and how slow each was: whether a paced run's
-// tail is spread or comes in a few stalls.
+// tailTimes says when (seconds from the first send) the samples above p99
+// were sent, and how slow each was (the reply at A, the event on B):
+// whether a paced run's tail is spread or comes in a few stalls.
 func tailTimes(a *app, c *counter, p99 time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "samples above p99 (%v), by send time: reply/event", p99)

@@ -14,15 +14,14 @@ import (
 // type and id), its own and its partners': a create of an id it has never
 // held, the common case, needs no read of the store to rule out a conflict
 // (an own create over an existing row, a partner's second create of one
-// resource). It grows by adding a filter twice as
-// large when the newest one is full (each key is in one of them), so it
-// never forgets a key, not even one written in a commit still in flight.
-// A key is looked up in every filter, so their false positives add up:
-// each filter has 16 bits a key and six probes (about 0.2% each), and
-// the next is four times as large (a node with a million resources has
-// three or four filters, under 1% false positives in all; at 10 bits,
-// four probes and doubling it had 3.8% at 600,000 resources, each a read
-// of the store).
+// resource). It grows by adding a filter four times as large when the
+// newest one is full (each key is in one of them), so it never forgets a
+// key, not even one written in a commit still in flight. A key is looked
+// up in every filter, so their false positives add up: each filter has 16
+// bits a key and six probes (about 0.1-0.2% each), so that a node with a
+// million resources, three or four filters, stays under 1% in all (at 10
+// bits, four probes and doubling it had 3.8% at 600,000 resources, each a
+// read of the store).
 type known struct {
 	mu   sync.Mutex
 	seed maphash.Seed
