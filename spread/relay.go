@@ -42,8 +42,12 @@ const (
 	// appliedSignPrefix starts what a member signs in a SignedApplied.
 	appliedSignPrefix = "ferry-applied:"
 	// relayResends is how many times a member sends the same report again
-	// when it reached no reviewer directly.
-	relayResends = 2
+	// when it reached no reviewer directly: HeadEvery after the first
+	// send, then twice as long each time, up to headQuiet HeadEvery
+	// (ownDueLocked). A way up that changes while news spreads can turn a
+	// report back for a while (a hop drops a report it passed on less
+	// than HeadEvery ago): sends spread over minutes meet a settled way.
+	relayResends = 6
 	// maxRelayFrame bounds one AppliedRelay frame: a report is about 115
 	// bytes (a 38-byte peer id, a sequence, a 64-byte signature, tags).
 	maxRelayFrame = 256 << 10
@@ -235,7 +239,7 @@ func (s *Service) relayDue(applied uint64) bool {
 
 // ownDueLocked: this member's report of applied to reviewer rv is due:
 // never sent, or sent only up the way fewer than relayResends+1 times and
-// HeadEvery ago.
+// long enough ago (resendGap).
 func (s *Service) ownDueLocked(rv peer.ID, applied uint64, now time.Time) bool {
 	if applied == 0 || s.reviewer() {
 		return false
@@ -244,7 +248,14 @@ func (s *Service) ownDueLocked(rv peer.ID, applied uint64, now time.Time) bool {
 	if applied > o.seq {
 		return true
 	}
-	return !o.direct && o.sends <= relayResends && now.Sub(o.at) >= s.d.HeadEvery
+	return !o.direct && o.sends <= relayResends && now.Sub(o.at) >= resendGap(s.d.HeadEvery, o.sends)
+}
+
+// resendGap is the wait before sending a report again that went up the
+// way sends times: HeadEvery, doubling with each send, up to headQuiet
+// HeadEvery.
+func resendGap(every time.Duration, sends int) time.Duration {
+	return min(every<<min(max(sends-1, 0), 4), headQuiet*every)
 }
 
 // relay sends, towards every reviewer of the group, this member's report of

@@ -106,3 +106,45 @@ func TestARelayedReportIsChecked(t *testing.T) {
 		t.Fatal("a report passed on longer than HeadEvery ago is not held again")
 	}
 }
+
+// TestOwnReportResentUpTheWay: a member's report that went up the way (no
+// reviewer took it directly) is due again HeadEvery after it went, then
+// after twice as long each time up to headQuiet HeadEvery, relayResends
+// times; one the reviewer took directly, never; a higher sequence, at once.
+func TestOwnReportResentUpTheWay(t *testing.T) {
+	x := newNet(t, 5)
+	m := x.nodes[1].svc
+	rv := x.nodes[0].id
+	every := m.d.HeadEvery
+	var gaps []time.Duration
+	for sends := 1; sends <= relayResends+1; sends++ {
+		gaps = append(gaps, resendGap(every, sends))
+	}
+	want := []time.Duration{every, 2 * every, 4 * every, 8 * every, headQuiet * every, headQuiet * every, headQuiet * every}
+	if fmt.Sprint(gaps) != fmt.Sprint(want) {
+		t.Fatalf("gaps %v, want %v", gaps, want)
+	}
+	now := time.Now()
+	due := func(o ownMark, applied uint64, at time.Time) bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.rl.own[rv] = o
+		return m.ownDueLocked(rv, applied, at)
+	}
+	for sends := 1; sends <= relayResends; sends++ {
+		o := ownMark{seq: 9, sends: sends, at: now}
+		gap := resendGap(every, sends)
+		if due(o, 9, now.Add(gap-time.Millisecond)) || !due(o, 9, now.Add(gap)) {
+			t.Fatalf("after send %d: due before %v, or not at it", sends, gap)
+		}
+	}
+	if due(ownMark{seq: 9, sends: relayResends + 1, at: now}, 9, now.Add(time.Hour)) {
+		t.Fatal("due again after relayResends resends")
+	}
+	if due(ownMark{seq: 9, sends: 1, direct: true, at: now}, 9, now.Add(time.Hour)) {
+		t.Fatal("due again after the reviewer took it directly")
+	}
+	if !due(ownMark{seq: 9, sends: relayResends + 1, direct: true, at: now}, 10, now) {
+		t.Fatal("a higher sequence is not due at once")
+	}
+}
