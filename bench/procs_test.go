@@ -79,20 +79,14 @@ func procNet(t testing.TB, partners, n, every int) (*proc.Node, []*proc.Node, *n
 			// measure what it costs; users run with it on.
 			o.Env = append(o.Env, "FERRY_NATS_EVENTS_ENABLED=false")
 		}
-		if dir := os.Getenv("FERRY_BENCH_PROFILES"); dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			// Each node writes a CPU profile of its run, flushed when it stops.
-			o.Env = append(o.Env, "FERRY_CPUPROFILE="+filepath.Join(dir, profileName(t, o.Name)))
-			// And a heap profile at its stop: alloc_space shows what the
-			// run allocated, where.
-			o.Env = append(o.Env, "FERRY_MEMPROFILE="+strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")+".heap")
+		if dir := envDir(t, "FERRY_BENCH_PROFILES"); dir != "" {
+			// Each node writes a CPU profile of its run, flushed when it
+			// stops, and a heap profile at its stop: alloc_space shows what
+			// the run allocated, where.
+			base := strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")
+			o.Env = append(o.Env, "FERRY_CPUPROFILE="+base+".cpu", "FERRY_MEMPROFILE="+base+".heap")
 		}
-		if dir := os.Getenv("FERRY_BENCH_TRACES"); dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
+		if dir := envDir(t, "FERRY_BENCH_TRACES"); dir != "" {
 			// Each node writes an execution trace of its run (go tool trace).
 			o.Env = append(o.Env, "FERRY_TRACE="+strings.TrimSuffix(filepath.Join(dir, profileName(t, o.Name)), ".cpu")+".trace")
 		}
@@ -307,6 +301,20 @@ func ferryProcs(t testing.TB, partners, n, inflight int, wait time.Duration) pro
 		}
 	}
 	return r
+}
+
+// envDir is the directory the environment variable env names, made if it
+// is not there; "" when env is unset.
+func envDir(t testing.TB, env string) string {
+	t.Helper()
+	dir := os.Getenv(env)
+	if dir == "" {
+		return ""
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatalf("%s: %v", env, err)
+	}
+	return dir
 }
 
 // ferryProcsLatency paces rate events/s for d at A (a process) with one partner.

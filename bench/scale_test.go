@@ -701,18 +701,11 @@ func TestScaleSmoke(t *testing.T) {
 // idle window and outside it: the trace's own cost stays out of the idle
 // CPU. `go tool trace` shows each wake-up and what it was for.
 func scaleTrace(t *testing.T, n int, sim bool) {
-	dir := os.Getenv("FERRY_SCALE_TRACE")
+	dir := envDir(t, "FERRY_SCALE_TRACE")
 	if dir == "" {
 		return
 	}
-	name := fmt.Sprintf("scale-%d", n)
-	if sim {
-		name += "-sim"
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(filepath.Join(dir, name+"-rest.trace"))
+	f, err := os.Create(filepath.Join(dir, scaleName(n, sim)+"-rest.trace"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -724,24 +717,25 @@ func scaleTrace(t *testing.T, n int, sim bool) {
 	trace.Stop()
 }
 
+// scaleName names the files of a scale row: scale-N, scale-N-sim.
+func scaleName(n int, sim bool) string {
+	if sim {
+		return fmt.Sprintf("scale-%d-sim", n)
+	}
+	return fmt.Sprintf("scale-%d", n)
+}
+
 // traceWindow is how long scaleTrace traces.
 const traceWindow = 20 * time.Second
 
 // scaleProfile starts the profiles of FERRY_SCALE_PROFILE (none when it is
 // unset) and returns what ends them (once; later calls do nothing).
 func scaleProfile(t *testing.T, n int, sim bool, phase string) func() {
-	dir := os.Getenv("FERRY_SCALE_PROFILE")
+	dir := envDir(t, "FERRY_SCALE_PROFILE")
 	if dir == "" {
 		return func() {}
 	}
-	name := fmt.Sprintf("scale-%d", n)
-	if sim {
-		name += "-sim"
-	}
-	name += "-" + phase
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	name := scaleName(n, sim) + "-" + phase
 	cpu, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
 	if err != nil {
 		t.Fatal(err)

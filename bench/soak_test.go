@@ -166,12 +166,9 @@ func TestSoak(t *testing.T) {
 		c.NATS.Events.MaxBytes = soakEventsBytes
 	}
 	profiles := func(name string) []string {
-		dir := os.Getenv("FERRY_BENCH_PROFILES")
+		dir := envDir(t, "FERRY_BENCH_PROFILES")
 		if dir == "" {
 			return nil
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
 		}
 		return []string{"FERRY_CPUPROFILE=" + dir + "/soak-" + name + ".cpu", "FERRY_MEMPROFILE=" + dir + "/soak-" + name + ".heap"}
 	}

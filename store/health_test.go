@@ -252,11 +252,7 @@ func TestDiskFullFailsStoreAndLosesNothing(t *testing.T) {
 // commit it is not resting, and work does not poke.
 func TestRestingWakesOnWork(t *testing.T) {
 	key, _ := newKey(t)
-	s, err := Open(t.TempDir(), Options{Signer: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := open(t, t.TempDir(), key)
 	drain := func() {
 		for {
 			select {
@@ -267,9 +263,7 @@ func TestRestingWakesOnWork(t *testing.T) {
 		}
 	}
 	commit := func() {
-		done := make(chan error, 1)
-		s.Submit(context.Background(), func(tx *Txn) error { tx.SetAux("x", nil); return nil }, func(err error) { done <- err })
-		if err := <-done; err != nil {
+		if err := s.Update(context.Background(), func(tx *Txn) error { tx.SetAux("x", nil); return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
