@@ -32,6 +32,10 @@
 //     enough events for about 12 s (issue 18's rule: every Ferry
 //     throughput run at least 200,000 events and 10 s), and that run is
 //     the one reported.
+//   - ferry-noevents: part 1 again with every node's JetStream events stream
+//     off (nats.events.enabled: false, FERRY_BENCH_EVENTS=off): row 1f, and
+//     beside the receiver's CPU in the targets, what the stream costs. The
+//     targets are judged on part 1, as users run it.
 //   - fanout: the same with A and 5 partner processes, until every partner
 //     published every event; A's CPU per event against the 1-partner run.
 //   - jetstream, jetstream-sync: NATS JetStream sourcing, stream SRC on
