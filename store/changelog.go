@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -304,21 +305,45 @@ func ownPrefix(self []byte, ver uint64) []byte {
 // its tree's first leaf, its leaf index, the tree's size, the signature
 // (in the tree's last leaf only) and the body, all but the body as varints.
 func (s *Store) ownRecord(ver, tree uint64, leaf, size uint32, sig, body []byte) []byte {
+	b, body := s.appendOwnHead(nil, ver, tree, leaf, size, sig, body)
+	return append(b, body...)
+}
+
+// appendOwnHead appends to b all of an own change's record but its body
+// (ownRecord), and returns it with the body as the record stores it (its
+// prefix cut when it starts with it): the record is the two one after the
+// other, which the log writes without joining them (seglog.Record.Head).
+func (s *Store) appendOwnHead(b []byte, ver, tree uint64, leaf, size uint32, sig, body []byte) ([]byte, []byte) {
 	flags := uint64(0)
-	if len(s.self) > 0 && len(s.self) < 128 {
-		if p := ownPrefix(s.self, ver); bytes.HasPrefix(body, p) {
-			flags |= ownStripped
-			body = body[len(p):]
-		}
+	if n := ownPrefixLen(s.self, ver, body); n > 0 {
+		flags |= ownStripped
+		body = body[n:]
 	}
-	b := make([]byte, 0, 20+len(sig)+len(body))
 	b = binary.AppendUvarint(b, flags)
 	b = binary.AppendUvarint(b, ver-tree)
 	b = binary.AppendUvarint(b, uint64(leaf))
 	b = binary.AppendUvarint(b, uint64(size))
 	b = binary.AppendUvarint(b, uint64(len(sig)))
-	b = append(b, sig...)
-	return append(b, body...)
+	return append(b, sig...), body
+}
+
+// ownPrefixLen is the length of ownPrefix(self, ver) if body starts with
+// it, and 0 if not (or self cannot be cut: empty or 128 bytes or more).
+func ownPrefixLen(self []byte, ver uint64, body []byte) int {
+	n := 2 + len(self)
+	if len(self) == 0 || len(self) >= 128 || len(body) <= n || body[0] != 0x0a || body[1] != byte(len(self)) ||
+		body[n] != 0x10 || !bytes.Equal(body[2:n], self) {
+		return 0
+	}
+	v, m := binary.Uvarint(body[n+1:])
+	if m <= 0 || v != ver {
+		return 0
+	}
+	// Only the shortest encoding is the prefix (ownPrefix writes it).
+	if m != (bits.Len64(ver|1)+6)/7 {
+		return 0
+	}
+	return n + 1 + m
 }
 
 var errBadRecord = errors.New("malformed change record")
@@ -496,11 +521,13 @@ type partRec struct {
 // and proof in its last, whose count is the group's; count is 0 for the
 // others.
 func partRecord(back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte, body []byte) []byte {
-	n := 24 + len(origin) + len(body)
-	if count > 0 {
-		n += 16 + len(sig) + len(proof)*sha256.Size
-	}
-	b := make([]byte, 0, n)
+	return append(appendPartHead(nil, back, leaf, stripped, origin, count, size, sig, proof), body...)
+}
+
+// appendPartHead appends to b all of a recPart record but its body
+// (partRecord): the log writes the two one after the other
+// (seglog.Record.Head).
+func appendPartHead(b []byte, back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte) []byte {
 	b = binary.AppendUvarint(b, back)
 	lf := uint64(leaf) << 1
 	if stripped {
@@ -521,7 +548,7 @@ func partRecord(back uint64, leaf uint32, stripped bool, origin []byte, count, s
 			b = append(b, h...)
 		}
 	}
-	return append(b, body...)
+	return b
 }
 
 // parsePartRecord decodes the recPart record at version ver (slices of d).
@@ -895,6 +922,9 @@ func (s *Store) compactTrees(recs []seglog.Record, parts map[uint64]PartLeaf) {
 		}
 		stripped := origin != nil
 		first := recs[g.at[0]].Version
+		// The group's headers share one buffer; each body is written
+		// from where it is (seglog.Record.Head).
+		heads := make([]byte, 0, 8*len(g.at)+len(origin)+16+len(g.sig)+len(proof)*sha256.Size)
 		for j, e := range g.shapes {
 			r := &recs[g.at[j]]
 			body := e.Body
@@ -905,11 +935,13 @@ func (s *Store) compactTrees(recs []seglog.Record, parts map[uint64]PartLeaf) {
 			if j == 0 {
 				o = origin
 			}
+			at := len(heads)
 			if j == len(g.at)-1 {
-				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, stripped, o, uint32(len(g.at)), g.size, g.sig, proof, body)
+				heads = appendPartHead(heads, r.Version-first, e.Leaf, stripped, o, uint32(len(g.at)), g.size, g.sig, proof)
 			} else {
-				r.Type, r.Data = recPart, partRecord(r.Version-first, e.Leaf, stripped, o, 0, 0, nil, nil, body)
+				heads = appendPartHead(heads, r.Version-first, e.Leaf, stripped, o, 0, 0, nil, nil)
 			}
+			r.Type, r.Head, r.Data = recPart, heads[at:len(heads):len(heads)], body
 		}
 	}
 }

@@ -765,3 +765,35 @@ func TestCarriedRoundsReplayed(t *testing.T) {
 		t.Fatalf("the record of a whole chain: %q, %v", env, err)
 	}
 }
+
+// ownPrefixLen finds exactly the prefix ownPrefix writes: the same body
+// is cut as bytes.HasPrefix(body, ownPrefix(self, ver)) would cut it.
+func TestOwnPrefixLenIsOwnPrefix(t *testing.T) {
+	self := []byte("0123456789012345678901234567890123456789")
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 20000 {
+		ver := rnd.Uint64() >> (rnd.IntN(64))
+		b := ownPrefix(self, ver)
+		switch i % 6 {
+		case 1: // another version
+			b = ownPrefix(self, ver+1)
+		case 2: // the version in an overlong varint
+			b = append(b[:len(b)-1], b[len(b)-1]|0x80, 0)
+		case 3: // another origin
+			b = ownPrefix([]byte("1123456789012345678901234567890123456789"), ver)
+		case 4: // cut short
+			b = b[:rnd.IntN(len(b))]
+		}
+		body := append(b, make([]byte, rnd.IntN(3))...)
+		want := 0
+		if p := ownPrefix(self, ver); bytes.HasPrefix(body, p) {
+			want = len(p)
+		}
+		if got := ownPrefixLen(self, ver, body); got != want {
+			t.Fatalf("ownPrefixLen(ver %d, %x) = %d, want %d", ver, body, got, want)
+		}
+	}
+	if ownPrefixLen(nil, 1, []byte{0x0a, 0, 0x10, 1}) != 0 || ownPrefixLen(bytes.Repeat([]byte{1}, 128), 1, nil) != 0 {
+		t.Fatal("an empty or a 128-byte origin is cut")
+	}
+}

@@ -801,6 +801,9 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 		return nil, err
 	}
 	recs := make([]seglog.Record, len(sealed))
+	// The records' headers share one buffer (a signature once a tree);
+	// each body is written from where it is (seglog.Record.Head).
+	heads := make([]byte, 0, 12*len(sealed)+64*(len(sealed)/protocols.MaxTreeLeaves+1)) // an Ed25519 signature: 64 bytes
 	for i, x := range sealed {
 		e := envs[i]
 		x.Envelope = e
@@ -810,7 +813,10 @@ func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 		if int(e.LeafIndex) == int(e.TreeSize)-1 {
 			sig = e.RootSignature
 		}
-		recs[i] = seglog.Record{Version: x.version, Type: recOwn, Data: s.ownRecord(x.version, tree, e.LeafIndex, e.TreeSize, sig, x.body)}
+		at := len(heads)
+		var body []byte
+		heads, body = s.appendOwnHead(heads, x.version, tree, e.LeafIndex, e.TreeSize, sig, x.body)
+		recs[i] = seglog.Record{Version: x.version, Type: recOwn, Head: heads[at:len(heads):len(heads)], Data: body}
 	}
 	return recs, nil
 }

@@ -105,7 +105,12 @@ var ErrCorrupt = errors.New("change log damaged")
 type Record struct {
 	Version uint64
 	Type    byte
-	Data    []byte
+	// Head, if any, is written just before Data, as one payload: a record
+	// read back has both in Data. It lets a caller frame bytes it holds
+	// (a change's body) with a header of its own without copying them
+	// into one slice first; Append copies each once, into its write.
+	Head []byte
+	Data []byte
 	// Skipped: IterSkip passed the record over unread (Data is nil).
 	Skipped bool
 }
@@ -550,13 +555,14 @@ func (l *Log) startBytes(first, prevFirst, prevLast uint64) []byte {
 }
 
 func appendRecord(b []byte, r Record) []byte {
-	size := payloadMin + len(r.Data)
+	size := payloadMin + len(r.Head) + len(r.Data)
 	b = binary.BigEndian.AppendUint32(b, uint32(size))
 	crcAt := len(b)
 	b = append(b, 0, 0, 0, 0)
 	start := len(b)
 	b = binary.BigEndian.AppendUint64(b, r.Version)
 	b = append(b, r.Type)
+	b = append(b, r.Head...)
 	b = append(b, r.Data...)
 	binary.BigEndian.PutUint32(b[crcAt:], crc32.Checksum(b[start:], crcTable))
 	return b

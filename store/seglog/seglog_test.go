@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -439,5 +440,42 @@ func TestCommitRecords(t *testing.T) {
 		t.Fatalf("KeepAll: last %d, offered %q", l.Last(), offered)
 	}
 	checkAll(t, l, 43)
+	_ = l.Close()
+}
+
+// A record's Head is written before its Data as one payload: read back,
+// from memory's files and after a reopen, it is the two joined, and its
+// CRC covers both.
+func TestHeadIsWrittenBeforeData(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{KeepAll: true})
+	want := map[uint64][]byte{}
+	var recs []Record
+	for v := uint64(1); v <= 20; v++ {
+		head, data := bytes.Repeat([]byte{byte(v)}, int(v%4)), bytes.Repeat([]byte{byte(100 + v)}, int(v%7))
+		want[v] = append(slices.Clone(head), data...)
+		recs = append(recs, Record{Version: v, Type: 3, Head: head, Data: data})
+	}
+	if err := l.Append(recs); err != nil {
+		t.Fatal(err)
+	}
+	check := func(l *Log) {
+		t.Helper()
+		for v, w := range want {
+			r, err := l.Read(v)
+			if err != nil {
+				t.Fatalf("read %d: %v", v, err)
+			}
+			if r.Head != nil || !bytes.Equal(r.Data, w) {
+				t.Fatalf("record %d: head %x data %x, want data %x", v, r.Head, r.Data, w)
+			}
+		}
+	}
+	check(l)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openT(t, dir, Options{KeepAll: true})
+	check(l)
 	_ = l.Close()
 }
