@@ -277,13 +277,12 @@ func (f *Feed) Decided(row review.Row, err error) {
 // peer; the event follows its commit.
 func (f *Feed) Applied(tx *store.Txn, in *stream.Inbound) {
 	from, body := in.From, in.Body
-	origin, ver, kind := peer.ID(body.Origin), body.OriginVersion, body.Kind
 	tx.OnCommit(func() {
 		// The names are filled in when someone reads the event, as the
 		// detail is: a receiver applies thousands a second, unwatched.
-		e := Event{Time: time.Now().UTC(), Type: EventApplied, Kind: stream.LaneFor(kind).String(), OriginVersion: ver, Detail: body.DataType,
+		e := Event{Time: time.Now().UTC(), Type: EventApplied, Kind: stream.LaneFor(body.Kind).String(), OriginVersion: body.OriginVersion, Detail: body.DataType,
 			fill: func(e *Event) {
-				e.Peer, e.PeerID, e.Origin = f.names.Name(from), f.idText(from), f.idText(origin)
+				e.Peer, e.PeerID, e.Origin = f.names.Name(from), f.idText(from), f.idText(peer.ID(body.Origin))
 				f.appliedDetail(e, body)
 			}}
 		f.hub.emit(e)

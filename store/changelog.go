@@ -843,7 +843,8 @@ func (s *Store) compactTrees(recs []seglog.Record, parts map[uint64]PartLeaf) {
 				if ofPart == nil {
 					ofPart = map[*protocols.Part]*group{}
 				}
-				g = &group{size: pl.Part.Size, sig: pl.Part.Sig, part: pl.Part}
+				n := len(pl.Part.Index) // the most of it the round can hold
+				g = &group{size: pl.Part.Size, sig: pl.Part.Sig, part: pl.Part, at: make([]int, 0, n), shapes: make([]protocols.EnvelopeShape, 0, n)}
 				ofPart[pl.Part] = g
 				groups = append(groups, g)
 			}

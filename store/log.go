@@ -170,13 +170,17 @@ func (t *Txn) AppendReceived(body *pb.Body, hash uint64, env []byte) (uint64, er
 
 // PartLeaf is leaf I of a received part of a tree (protocols.Part: bodies
 // with their places in the tree, the signature and the proof hashes once),
-// verified by the caller. Envelope gives the leaf as a self-contained
-// encoded envelope (protocols.MarshalEnvelope of Part.Envelope), for when
-// the store cannot keep the part as it came.
+// verified by the caller (Opened: what opening it gave).
 type PartLeaf struct {
-	Part     *protocols.Part
-	I        int
-	Envelope func() []byte
+	Part   *protocols.Part
+	Opened *protocols.OpenedPart
+	I      int
+}
+
+// Envelope is the leaf as a self-contained encoded envelope, for when the
+// store cannot keep the part as it came.
+func (pl PartLeaf) Envelope() []byte {
+	return protocols.MarshalEnvelope(pl.Part.Envelope(pl.Opened, pl.I))
 }
 
 // AppendReceivedPart is AppendReceived for a change that came in a part of
@@ -191,7 +195,7 @@ func (t *Txn) AppendReceivedPart(body *pb.Body, hash uint64, leaf PartLeaf) (uin
 		return 0, err
 	}
 	if t.parts == nil {
-		t.parts = map[uint64]PartLeaf{}
+		t.parts = make(map[uint64]PartLeaf, t.changes)
 	}
 	t.parts[ver] = leaf
 	t.logged = append(t.logged, seglog.Record{Version: ver, Type: recPending})

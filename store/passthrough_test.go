@@ -59,8 +59,7 @@ func TestReceivedPartsPassedThrough(t *testing.T) {
 	got := map[uint64][]byte{}
 	var byVer []uint64
 	logPart := func(tx *Txn, p *protocols.Part, o *protocols.OpenedPart, i int, sealed []byte) error {
-		v, err := tx.AppendReceivedPart(o.Bodies[i], HashOfLeaf(o.Leaves[i]), PartLeaf{Part: p, I: i,
-			Envelope: func() []byte { return protocols.MarshalEnvelope(p.Envelope(o, i)) }})
+		v, err := tx.AppendReceivedPart(o.Bodies[i], HashOfLeaf(o.Leaves[i]), PartLeaf{Part: p, Opened: o, I: i})
 		if err != nil {
 			return err
 		}

@@ -1016,6 +1016,9 @@ type Txn struct {
 	// scan. RollbackTo drops it.
 	index   map[uint64]int
 	indexed int
+	// changes: the received changes Reserve was told of (the size of
+	// parts once one is logged).
+	changes int
 	// memo holds the last counters the transaction read or wrote (their
 	// shared keys, counterKey): a batch of received changes reads and
 	// bumps the same few (the version, the origin's chain) once per
@@ -1142,12 +1145,15 @@ func isHot(key string) bool {
 	return strings.HasPrefix(key, keyCtrPrefix) || strings.HasPrefix(key, pPosition)
 }
 
-// Reserve makes room for about writes more writes and hooks more commit
-// hooks: a transaction that knows its size (a batch of changes) grows its
-// lists once instead of doubling them as it goes.
-func (t *Txn) Reserve(writes, hooks int) {
+// Reserve makes room for about writes more writes, hooks more commit hooks
+// and changes more changes for the log: a transaction that knows its size
+// (a batch of changes) grows its lists once instead of doubling them as it
+// goes.
+func (t *Txn) Reserve(writes, hooks, changes int) {
 	t.ops = slices.Grow(t.ops, writes)
 	t.hooks = slices.Grow(t.hooks, hooks)
+	t.logged = slices.Grow(t.logged, changes)
+	t.changes = changes
 	if t.index == nil && len(t.ops)+writes >= indexFrom {
 		t.index = make(map[uint64]int, len(t.ops)+writes)
 	}

@@ -65,11 +65,6 @@ func (in *Inbound) AppendTo(tx *store.Txn) (uint64, error) {
 	return tx.AppendReceived(in.Body, in.Hash, in.Raw)
 }
 
-// partLeaf is leaf i of an opened part as the store takes it.
-func partLeaf(p *protocols.Part, o *protocols.OpenedPart, i int) *store.PartLeaf {
-	return &store.PartLeaf{Part: p, I: i, Envelope: func() []byte { return protocols.MarshalEnvelope(p.Envelope(o, i)) }}
-}
-
 // InboundOf builds the Inbound of a change that arrived outside a
 // delivery stream (catch-up): env must have been verified against origin.
 func InboundOf(env *pb.Envelope, body *pb.Body, origin peer.ID) (*Inbound, error) {
@@ -580,12 +575,14 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 		}
 		done[i] = o
 	}
+	leaves := make([]store.PartLeaf, len(where)) // the leaves as the store takes them, one allocation
 	for j, w := range where {
 		if w.tree == 0 {
 			continue
 		}
 		p, o := parts[w.tree-1], done[w.tree-1]
-		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], part: partLeaf(p, o, w.i)}
+		leaves[j] = store.PartLeaf{Part: p, Opened: o, I: w.i}
+		out[j] = opened{body: o.Bodies[w.i], origin: o.Origin, leaf: o.Leaves[w.i], part: &leaves[j]}
 	}
 	return out, nil
 }
@@ -800,8 +797,8 @@ func (r *Receiver) submit(sq *sequencer, b *batch) {
 		refused, counts = refused[:0], Counts{}
 		// A received resource change writes about four keys (the chain,
 		// the version counter, the origin index, the row) and registers
-		// two hooks (its event, the tracer's).
-		tx.Reserve(4*len(b.ins)+2, 2*len(b.ins))
+		// two hooks (its event, the tracer's), and logs one change.
+		tx.Reserve(4*len(b.ins)+2, 2*len(b.ins), len(b.ins))
 		pos, err := tx.Position(from, uint8(lane))
 		if err != nil {
 			return err
