@@ -72,20 +72,21 @@ func splitPoint(n int) int {
 }
 
 // treeRoot computes MTH over leaf hashes and appends, for every leaf, the
-// audit path (PATH in RFC 9162). Each path's hashes are slices of one
-// buffer per subtree node, shared by the leaves under it.
-func treeRoot(leaves [][32]byte, paths [][][]byte) [32]byte {
+// audit path (PATH in RFC 9162). Each path's hashes are slices of the
+// buffer nodes (64 bytes for each node above the leaves, len(leaves)-1 in
+// all), each node's pair shared by the leaves under it.
+func treeRoot(leaves [][32]byte, paths [][][]byte, nodes []byte) [32]byte {
 	if len(leaves) == 1 {
 		return leaves[0]
 	}
 	k := splitPoint(len(leaves))
-	l := treeRoot(leaves[:k], paths[:k])
-	r := treeRoot(leaves[k:], paths[k:])
-	var sib [64]byte
-	copy(sib[:32], r[:])
-	copy(sib[32:], l[:])
-	shared := make([]byte, 64)
-	copy(shared, sib[:])
+	// This node's pair first, then the left subtree's k-1 nodes, then the
+	// right's.
+	shared := nodes[:64:64]
+	l := treeRoot(leaves[:k], paths[:k], nodes[64:64*k])
+	r := treeRoot(leaves[k:], paths[k:], nodes[64*k:])
+	copy(shared[:32], r[:])
+	copy(shared[32:], l[:])
 	for i := range paths[:k] {
 		paths[i] = append(paths[i], shared[:32:32])
 	}
@@ -154,7 +155,7 @@ func proofs(bodies [][]byte, leaves [][32]byte) ([32]byte, [][][]byte) {
 	for i := range paths {
 		paths[i] = headers[i*depth : i*depth : (i+1)*depth]
 	}
-	return treeRoot(leaves, paths), paths
+	return treeRoot(leaves, paths, make([]byte, 64*max(len(leaves)-1, 0))), paths
 }
 
 func appendEnvelopes(out []*pb.Envelope, bodies [][]byte, paths [][][]byte, sig []byte) []*pb.Envelope {
