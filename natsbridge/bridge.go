@@ -318,7 +318,7 @@ func (r Reply) send(v any, code string) {
 func encode(v any) ([]byte, error) {
 	switch m := v.(type) {
 	case okReply:
-		if b, ok := appendFlat(make([]byte, 0, 256), m, true); ok {
+		if b, ok := appendFlat(make([]byte, 0, flatSize(m)), m, true); ok {
 			return b, nil
 		}
 		out := make(map[string]any, len(m)+1)
@@ -328,7 +328,7 @@ func encode(v any) ([]byte, error) {
 		out["ok"] = true
 		v = out
 	case map[string]any:
-		if b, ok := appendFlat(make([]byte, 0, 256), m, false); ok {
+		if b, ok := appendFlat(make([]byte, 0, flatSize(m)), m, false); ok {
 			return b, nil
 		}
 	}

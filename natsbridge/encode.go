@@ -68,6 +68,24 @@ func appendFlat(b []byte, m map[string]any, withOK bool) ([]byte, bool) {
 	return append(b, '}'), true
 }
 
+// flatSize is about what appendFlat writes for m (exact for strings and
+// encoded values, 20 bytes a number), so that one allocation holds it.
+func flatSize(m map[string]any) int {
+	n := 16 // braces, "ok":true
+	for k, v := range m {
+		n += len(k) + 4
+		switch v := v.(type) {
+		case string:
+			n += len(v) + 2
+		case json.RawMessage:
+			n += len(v)
+		default:
+			n += 20
+		}
+	}
+	return n
+}
+
 // plain reports whether s is printable ASCII that JSON takes as it is.
 func plain(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -41,6 +41,9 @@ func TestFlatRepliesMatchEncodingJSON(t *testing.T) {
 		if ok && string(got) != string(bytes.TrimRight(want.Bytes(), "\n")) {
 			t.Errorf("flat %s, encoding/json %s", got, want.Bytes())
 		}
+		if ok && len(got)+len(`,"ok":true`) > flatSize(c.m) {
+			t.Errorf("flat %s: %d bytes, more than flatSize's %d", got, len(got), flatSize(c.m))
+		}
 		if enc, err := encode(c.m); err != nil || string(enc) != string(bytes.TrimRight(want.Bytes(), "\n")) {
 			t.Errorf("encode %s %v, encoding/json %s", enc, err, want.Bytes())
 		}

@@ -185,6 +185,10 @@ type Store struct {
 	// writes are read from their views. applied is the last round applied.
 	pending []*round
 	rounds  uint64 // the writer's round counter
+	// txn is the writer's transaction, made anew in place for each
+	// operation: a transaction lives no longer than its round (its hooks,
+	// writes and records are handed on before the next is made).
+	txn Txn
 	applied atomic.Uint64
 	g       lifecycle.Group // the writer, the completer and the flushes that kick compactions
 	m       metrics
@@ -645,7 +649,8 @@ func (s *Store) commitRound(ops []*op) *round {
 		if cap(slab)-len(slab) < 16 {
 			slab = make([]kv, 0, min(max(8*len(ops), 64), 4096))
 		}
-		t := &Txn{s: s, view: view, now: now, prior: logged, roundParts: parts, ops: slab[len(slab):len(slab):cap(slab)]}
+		t := &s.txn
+		*t = Txn{s: s, view: view, now: now, prior: logged, roundParts: parts, ops: slab[len(slab):len(slab):cap(slab)]}
 		if err := safeRun(o.fn, t); err != nil {
 			o.err = err
 			continue
