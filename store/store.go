@@ -188,7 +188,7 @@ type Store struct {
 	// txn is the writer's transaction, made anew in place for each
 	// operation: a transaction lives no longer than its round (its hooks,
 	// writes and records are handed on before the next is made).
-	txn Txn
+	txn     Txn
 	applied atomic.Uint64
 	g       lifecycle.Group // the writer, the completer and the flushes that kick compactions
 	m       metrics
