@@ -14,12 +14,15 @@ import (
 // receiver decodes every body it is sent, and proto.Unmarshal was close
 // to half of OpenPart's time (a 200,000-create profile of the receiver),
 // with an allocation per field. Bytes fields are copied into one arena per part (a body
-// outlives the frame it came in), and an origin or a data type equal to
+// outlives the frame it came in), or, when the caller keeps the bodies'
+// bytes unchanged for as long as the bodies live (kept), point into them;
+// an origin or a data type equal to
 // the one before shares it (the bodies of a part must not be changed in
 // place). A body with anything this decoder does not expect (an unknown
 // field, a field in another wire type) is handed to
 // proto.Unmarshal, so the result is always what proto.Unmarshal gives.
 type bodyDecoder struct {
+	kept     bool // bytes fields point into the raw bodies instead of the arena
 	arena    []byte
 	origin   []byte // the last origin owned: a part's bodies share it
 	dataType string
@@ -30,8 +33,11 @@ func newBodyDecoder(total int) *bodyDecoder {
 	return &bodyDecoder{arena: make([]byte, 0, total)}
 }
 
-// own copies b into the arena.
+// own copies b into the arena (or, kept, is b, its capacity cut).
 func (d *bodyDecoder) own(b []byte) []byte {
+	if d.kept {
+		return b[:len(b):len(b)]
+	}
 	if len(d.arena)+len(b) > cap(d.arena) {
 		// Bodies beyond the size given: a new arena (never in OpenPart).
 		d.arena = make([]byte, 0, max(len(b), 4096))

@@ -229,6 +229,10 @@ type Part struct {
 	Proof  [][]byte
 	Index  []uint32
 	Bodies [][]byte
+	// Kept: the caller never changes Bodies' bytes (a frame copied for
+	// the batch), so the opened bodies' bytes fields point into them
+	// instead of being copied once more.
+	Kept bool
 }
 
 // OpenedPart is a verified Part: its origin, the decoded bodies, their leaf
@@ -256,7 +260,10 @@ func (v *Verifier) OpenPart(p *Part) (*OpenedPart, error) {
 	for _, raw := range p.Bodies {
 		total += len(raw)
 	}
-	dec := newBodyDecoder(total)
+	dec := &bodyDecoder{kept: p.Kept}
+	if !p.Kept {
+		dec = newBodyDecoder(total)
+	}
 	var originBytes []byte
 	for i, raw := range p.Bodies {
 		if len(raw) == 0 {

@@ -314,3 +314,47 @@ func TestParseEnvelopeKnowsCanonical(t *testing.T) {
 		}
 	}
 }
+
+// A kept part's opened bodies are the same as a copied one's, their bytes
+// fields point into the raw bodies, and appending to one does not write
+// into the raw bytes after it.
+func TestKeptPartPointsIntoItsBodies(t *testing.T) {
+	key, id := testKey(t)
+	bs := bodies(t, id, 9)
+	envs, err := Seal(key, bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(kept bool) *OpenedPart {
+		raw := make([][]byte, len(bs))
+		for i, b := range bs {
+			raw[i] = bytes.Clone(b)
+		}
+		p := &Part{Size: uint32(len(bs)), Sig: envs[0].RootSignature, Index: []uint32{0, 1, 2, 3, 4, 5, 6, 7, 8}, Bodies: raw, Kept: kept}
+		o, err := NewVerifier().OpenPart(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range o.Bodies {
+			in := func(x []byte) bool {
+				return len(x) > 0 && &x[0] == &raw[i][bytes.Index(raw[i], x)]
+			}
+			if len(b.Payload) == 0 || in(b.Payload) != kept {
+				t.Fatalf("kept %v: body %d's payload in its raw body: %v", kept, i, in(b.Payload))
+			}
+			before := bytes.Clone(raw[i])
+			_ = append(b.Payload, 'x')
+			_ = append(b.Origin, 'x')
+			if !bytes.Equal(raw[i], before) {
+				t.Fatalf("kept %v: appending to body %d's fields wrote into its raw bytes", kept, i)
+			}
+		}
+		return o
+	}
+	copied, kept := open(false), open(true)
+	for i := range copied.Bodies {
+		if !proto.Equal(copied.Bodies[i], kept.Bodies[i]) {
+			t.Fatalf("body %d: kept %v, copied %v", i, kept.Bodies[i], copied.Bodies[i])
+		}
+	}
+}

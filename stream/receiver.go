@@ -444,6 +444,8 @@ func (r *Receiver) readLoop(in *inStream) error {
 			return r.ctx.Err()
 		default:
 		}
+		// The batch's own copy of the frame: its bodies point into it
+		// (protocols.Part.Kept) while the reader's buffer takes the next.
 		b, err := r.open(in, append([]byte(nil), frame...))
 		if err != nil {
 			r.received.WithLabelValues("refused").Inc()
@@ -557,7 +559,9 @@ func (r *Receiver) openEnvelopes(envs, trees [][]byte) ([]opened, error) {
 			if err != nil {
 				return nil, inbound.Refuse("malformed tree proof", err)
 			}
-			p = &protocols.Part{Size: size, Sig: sig, Proof: hashes}
+			// Kept: the frame is the batch's own copy (readLoop), never
+			// written again, so the bodies may point into it.
+			p = &protocols.Part{Size: size, Sig: sig, Proof: hashes, Kept: true}
 			parts[shape.Tree-1] = p
 		}
 		where[j] = at{int(shape.Tree), len(p.Index)}
