@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -294,7 +293,11 @@ const ownStripped = 1
 
 // ownPrefix is what an own body of this node at version ver starts with.
 func ownPrefix(self []byte, ver uint64) []byte {
-	b := make([]byte, 0, 2+len(self)+11)
+	return appendOwnPrefix(make([]byte, 0, 2+len(self)+binary.MaxVarintLen64), self, ver)
+}
+
+// appendOwnPrefix appends ownPrefix(self, ver) to b.
+func appendOwnPrefix(b, self []byte, ver uint64) []byte {
 	b = append(b, 0x0a, byte(len(self)))
 	b = append(b, self...)
 	b = append(b, 0x10)
@@ -330,20 +333,14 @@ func (s *Store) appendOwnHead(b []byte, ver, tree uint64, leaf, size uint32, sig
 // ownPrefixLen is the length of ownPrefix(self, ver) if body starts with
 // it, and 0 if not (or self cannot be cut: empty or 128 bytes or more).
 func ownPrefixLen(self []byte, ver uint64, body []byte) int {
-	n := 2 + len(self)
-	if len(self) == 0 || len(self) >= 128 || len(body) <= n || body[0] != 0x0a || body[1] != byte(len(self)) ||
-		body[n] != 0x10 || !bytes.Equal(body[2:n], self) {
+	if len(self) == 0 || len(self) >= 128 {
 		return 0
 	}
-	v, m := binary.Uvarint(body[n+1:])
-	if m <= 0 || v != ver {
-		return 0
+	var buf [2 + 127 + 1 + binary.MaxVarintLen64]byte // on the stack: no slice a change
+	if p := appendOwnPrefix(buf[:0], self, ver); bytes.HasPrefix(body, p) {
+		return len(p)
 	}
-	// Only the shortest encoding is the prefix (ownPrefix writes it).
-	if m != (bits.Len64(ver|1)+6)/7 {
-		return 0
-	}
-	return n + 1 + m
+	return 0
 }
 
 var errBadRecord = errors.New("malformed change record")
