@@ -463,7 +463,9 @@ func AppendCompactShapes(b []byte, envs [][]byte, shapes []*EnvelopeShape) []byt
 			continue
 		}
 		if cur == nil || cur.size != sh.Size || !bytes.Equal(cur.sig, sh.Sig) || sh.Leaf <= cur.idx[len(cur.idx)-1] {
-			cur = &part{size: sh.Size, sig: sh.Sig, ok: true}
+			// At most the envelopes left, and the leaves left in its tree.
+			n := min(len(envs)-i, int(sh.Size-min(sh.Leaf, sh.Size)))
+			cur = &part{size: sh.Size, sig: sh.Sig, ok: true, at: make([]int, 0, n), idx: make([]uint32, 0, n)}
 			parts = append(parts, cur)
 		}
 		cur.at = append(cur.at, i)

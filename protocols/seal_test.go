@@ -114,3 +114,29 @@ func BenchmarkSealAndVerify1000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAppendCompactShapes encodes a sender's batch: 256 envelopes of
+// trees of 100 changes, starting mid-tree, as shapes (what a sealer hands
+// the sender).
+func BenchmarkAppendCompactShapes(b *testing.B) {
+	key, id := testKey(b)
+	bs := bodies(b, id, 400)
+	var envs []*pb.Envelope
+	for i := 0; i < len(bs); i += 100 {
+		e, err := Seal(key, bs[i:i+100])
+		if err != nil {
+			b.Fatal(err)
+		}
+		envs = append(envs, e...)
+	}
+	envs = envs[50:306]
+	shapes := make([]*EnvelopeShape, len(envs))
+	for i, e := range envs {
+		shapes[i] = ShapeOf(e)
+	}
+	raw := make([][]byte, len(envs))
+	buf := make([]byte, 0, 64<<10)
+	for b.Loop() {
+		buf = AppendCompactShapes(buf[:0], raw, shapes)
+	}
+}
