@@ -29,7 +29,7 @@ import (
 //	             version minus its tree's first leaf's | leaf index | tree
 //	             size | signature length; then the signature (in the tree's
 //	             last leaf only) and the body (without the origin and origin
-//	             version it starts with, when flags say so: ownRecord)
+//	             version it starts with, when flags say so: appendOwnHead)
 //	recEnvelope  a change received from another origin: its envelope as the
 //	             origin sealed it (body, audit path, root signature)
 //	recTree      a change received from another origin with every other
@@ -304,18 +304,13 @@ func appendOwnPrefix(b, self []byte, ver uint64) []byte {
 	return binary.AppendUvarint(b, ver)
 }
 
-// ownRecord encodes an own change for the log: flags, the distance back to
-// its tree's first leaf, its leaf index, the tree's size, the signature
-// (in the tree's last leaf only) and the body, all but the body as varints.
-func (s *Store) ownRecord(ver, tree uint64, leaf, size uint32, sig, body []byte) []byte {
-	b, body := s.appendOwnHead(nil, ver, tree, leaf, size, sig, body)
-	return append(b, body...)
-}
-
-// appendOwnHead appends to b all of an own change's record but its body
-// (ownRecord), and returns it with the body as the record stores it (its
-// prefix cut when it starts with it): the record is the two one after the
-// other, which the log writes without joining them (seglog.Record.Head).
+// appendOwnHead appends to b an own change's log record but its body:
+// flags, the distance back to its tree's first leaf, its leaf index, the
+// tree's size, the signature's length (all varints) and the signature (in
+// the tree's last leaf only); it returns that with the body as the record
+// stores it (its prefix cut when it starts with it). The record is the two
+// one after the other, which the log writes without joining them
+// (seglog.Record.Head).
 func (s *Store) appendOwnHead(b []byte, ver, tree uint64, leaf, size uint32, sig, body []byte) ([]byte, []byte) {
 	flags := uint64(0)
 	if n := ownPrefixLen(s.self, ver, body); n > 0 {
@@ -513,17 +508,11 @@ type partRec struct {
 	body        []byte
 }
 
-// partRecord encodes a recPart record (the layout is at the top of this
-// file); origin is given (stripped) in the group's first record only, sig
-// and proof in its last, whose count is the group's; count is 0 for the
-// others.
-func partRecord(back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte, body []byte) []byte {
-	return append(appendPartHead(nil, back, leaf, stripped, origin, count, size, sig, proof), body...)
-}
-
-// appendPartHead appends to b all of a recPart record but its body
-// (partRecord): the log writes the two one after the other
-// (seglog.Record.Head).
+// appendPartHead appends to b a recPart record but its body (the layout
+// is at the top of this file): origin is given (stripped) in the group's
+// first record only, sig and proof in its last, whose count is the
+// group's; count is 0 for the others. The body follows it in the record,
+// which the log writes without joining the two (seglog.Record.Head).
 func appendPartHead(b []byte, back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte) []byte {
 	b = binary.AppendUvarint(b, back)
 	lf := uint64(leaf) << 1

@@ -797,3 +797,16 @@ func TestOwnPrefixLenIsOwnPrefix(t *testing.T) {
 		t.Fatal("an empty or a 128-byte origin is cut")
 	}
 }
+
+// ownRecord is an own change's log record whole, as the log holds it
+// (appendOwnHead and the body, joined).
+func (s *Store) ownRecord(ver, tree uint64, leaf, size uint32, sig, body []byte) []byte {
+	b, body := s.appendOwnHead(nil, ver, tree, leaf, size, sig, body)
+	return append(b, body...)
+}
+
+// partRecord is a recPart record whole, as the log holds it
+// (appendPartHead and the body, joined).
+func partRecord(back uint64, leaf uint32, stripped bool, origin []byte, count, size uint32, sig []byte, proof [][]byte, body []byte) []byte {
+	return append(appendPartHead(nil, back, leaf, stripped, origin, count, size, sig, proof), body...)
+}

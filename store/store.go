@@ -791,7 +791,7 @@ func safeRun(fn func(*Txn) error, t *Txn) (err error) {
 // seal signs the round's own bodies, one signature per tree of up to
 // protocols.MaxTreeLeaves, sets each Sealed's envelope (for the commit
 // hooks), and returns their log records: the body, its place in its tree,
-// and the signature once per tree (log.go, ownRecord).
+// and the signature once per tree (changelog.go, appendOwnHead).
 func (s *Store) seal(sealed []*Sealed) ([]seglog.Record, error) {
 	if s.opts.Signer == nil {
 		return nil, ErrNoSigner
